@@ -1,0 +1,183 @@
+//! The HTTP client side of the CLI: where the server is, who we are, and JSON calls that
+//! turn API errors into readable messages.
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7000";
+
+/// What `paastech login` saves, readable by its user only.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedLogin {
+    pub server: String,
+    pub email: String,
+    pub token: String,
+}
+
+pub fn login_path() -> Result<PathBuf> {
+    let dir =
+        dirs::config_dir().context("no configuration directory for this user (is HOME set?)")?;
+    Ok(dir.join("paastech").join("login.json"))
+}
+
+pub fn load_login() -> Result<Option<SavedLogin>> {
+    let path = login_path()?;
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+        )),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub fn save_login(login: &SavedLogin) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let path = login_path()?;
+    let dir = path.parent().expect("login path has a parent");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(".login.json.tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    // The mode of an existing file is not changed by `mode()`.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.write_all(serde_json::to_string_pretty(login)?.as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+pub fn forget_login() -> Result<bool> {
+    let path = login_path()?;
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// `--server`/`PAASTECH_SERVER`, else the saved login's server, else the local default;
+    /// the token from `PAASTECH_TOKEN`, else the saved login for that server.
+    pub fn new(server: Option<String>, token: Option<String>) -> Result<Client> {
+        let saved = load_login()?;
+        let base = server
+            .or_else(|| saved.as_ref().map(|s| s.server.clone()))
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        let base = base.trim_end_matches('/').to_owned();
+        let token = token.or_else(|| {
+            saved
+                .filter(|s| s.server.trim_end_matches('/') == base)
+                .map(|s| s.token)
+        });
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Client { base, token, agent })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("Authorization", &format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    fn finish<T: DeserializeOwned>(
+        &self,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T> {
+        let mut response = result
+            .map_err(|err| anyhow!("cannot reach the PaaSTech server at {}: {err}", self.base))?;
+        let status = response.status();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        if status.is_success() {
+            let text = if text.is_empty() { "null" } else { &text };
+            return serde_json::from_str(text)
+                .with_context(|| format!("unexpected answer from the server ({status})"));
+        }
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("the server answered {status}"));
+        if status == 401 && self.token.is_none() {
+            bail!("{message} (run `paastech login` first, or set PAASTECH_TOKEN)");
+        }
+        bail!("{message}")
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.finish(self.authorize(self.agent.get(self.url(path))).call())
+    }
+
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.finish::<Value>(self.authorize(self.agent.delete(self.url(path))).call())
+            .map(drop)
+    }
+
+    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        self.finish(
+            self.authorize(self.agent.post(self.url(path)))
+                .send_json(body),
+        )
+    }
+
+    pub fn patch<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        self.finish(
+            self.authorize(self.agent.patch(self.url(path)))
+                .send_json(body),
+        )
+    }
+}
+
+/// Prints rows under headers, columns padded to their widest cell.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,474 @@
+//! The server's TOML configuration. Unknown keys, wrong types and unknown drivers are
+//! errors naming the key or driver, the file and the line, reported before anything
+//! listens.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue};
+
+/// The whole file. Every section is optional; the defaults are the embedded platform.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where PaaSTech keeps its database, repositories, builds and logs.
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub api: ApiSection,
+    #[serde(default)]
+    pub ssh: SshSection,
+    #[serde(default)]
+    pub ingress: IngressSection,
+    #[serde(default)]
+    pub database: DatabaseSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// `driver` plus that driver's own keys; checked by the driver registry.
+    #[serde(default)]
+    pub runtime: toml::Table,
+    /// `driver`, `project_hooks`, plus the build driver's own keys.
+    #[serde(default)]
+    pub build: toml::Table,
+    #[serde(default)]
+    pub hooks: Vec<HookConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    #[serde(default = "ApiSection::default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl ApiSection {
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7000))
+    }
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: Self::default_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSection {
+    #[serde(default = "SshSection::default_listen")]
+    pub listen: SocketAddr,
+    /// The host name shown in git URLs (default: the ingress domain).
+    pub public_host: Option<String>,
+}
+
+impl SshSection {
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 2222))
+    }
+}
+
+impl Default for SshSection {
+    fn default() -> Self {
+        SshSection {
+            listen: Self::default_listen(),
+            public_host: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressSection {
+    #[serde(default = "IngressSection::default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "IngressSection::default_domain")]
+    pub domain: String,
+    /// The port users reach the ingress on, if a proxy in front changes it.
+    pub public_port: Option<u16>,
+}
+
+impl IngressSection {
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8000))
+    }
+    fn default_domain() -> String {
+        "localhost".into()
+    }
+}
+
+impl Default for IngressSection {
+    fn default() -> Self {
+        IngressSection {
+            listen: Self::default_listen(),
+            domain: Self::default_domain(),
+            public_port: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// `sqlite:///path/to/file.db` or `postgres://user@host/db`; default: SQLite in data_dir.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Signup {
+    #[default]
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    #[serde(default)]
+    pub signup: Signup,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "parsed and checked now; run by the WASM hook host"
+)]
+pub struct HookConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub stages: Vec<String>,
+    #[serde(default)]
+    pub config: toml::Table,
+    pub timeout_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+}
+
+/// A configuration error, with where it is when that is known.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{line}: {}", file.display(), self.message),
+            (Some(file), None) => write!(f, "{}: {}", file.display(), self.message),
+            (None, Some(line)) => write!(f, "line {line}: {}", self.message),
+            (None, None) => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The text of a configuration, kept to point at lines of it.
+pub struct Source {
+    pub file: Option<PathBuf>,
+    pub text: String,
+}
+
+impl Source {
+    pub fn read(path: &Path) -> Result<Source, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: Some(path.to_owned()),
+            line: None,
+            message: format!("cannot read the config file: {err}"),
+        })?;
+        Ok(Source {
+            file: Some(path.to_owned()),
+            text,
+        })
+    }
+
+    pub fn embedded() -> Source {
+        Source {
+            file: None,
+            text: String::new(),
+        }
+    }
+
+    fn error(&self, line: Option<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            message: message.into(),
+        }
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// The line where `section.key` is written (or the section itself, with `key` None).
+    pub fn line_of_key(&self, section: &str, key: Option<&str>) -> Option<usize> {
+        let doc = DeTable::parse(&self.text).ok()?;
+        let (section_key, section_value) =
+            doc.get_ref().iter().find(|(k, _)| k.get_ref() == section)?;
+        let Some(key) = key else {
+            return Some(self.line_of(section_key.span().start));
+        };
+        match section_value.get_ref() {
+            DeValue::Table(table) => table
+                .iter()
+                .find(|(k, _)| k.get_ref() == key)
+                .map(|(k, _)| self.line_of(k.span().start)),
+            _ => None,
+        }
+    }
+
+    pub fn parse(&self) -> Result<ServerConfig, ConfigError> {
+        toml::from_str(&self.text).map_err(|err| {
+            let line = err.span().map(|span| self.line_of(span.start));
+            let message = err.message().trim_end().to_owned();
+            let message = match err.span().and_then(|span| self.key_at(span.start)) {
+                Some(key)
+                    if !message
+                        .contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(&key))) =>
+                {
+                    format!("{key}: {message}")
+                }
+                _ => message,
+            };
+            self.error(line, message)
+        })
+    }
+
+    /// The dotted name of the key written on the line holding `offset` (`ssh.listen`), read
+    /// off the text, since toml's error names the key only when it has no position.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let line_no = self.line_of(offset);
+        let lines: Vec<&str> = self.text.lines().collect();
+        let line = lines.get(line_no - 1)?;
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim();
+        if key.is_empty() || key.starts_with('#') {
+            return None;
+        }
+        let section = lines[..line_no - 1]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+        Some(match section {
+            Some(section) => format!("{section}.{key}"),
+            None => key.to_owned(),
+        })
+    }
+
+    /// Deserializes a driver's own keys (the section minus `driver` and the keys the
+    /// platform reads there), naming the offending key and its line on error.
+    pub fn driver_options<T: DeserializeOwned>(
+        &self,
+        section: &str,
+        table: &toml::Table,
+        platform_keys: &[&str],
+    ) -> Result<T, ConfigError> {
+        let mut options = table.clone();
+        for key in platform_keys {
+            options.remove(*key);
+        }
+        serde_path_to_error::deserialize(toml::Value::Table(options)).map_err(|err| {
+            let inner = err.inner().to_string();
+            // serde names an unknown key in backquotes; a type error is located by its path.
+            let key = inner
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned)
+                .or_else(|| err.path().iter().next().map(|segment| segment.to_string()));
+            let line = key
+                .as_deref()
+                .and_then(|key| self.line_of_key(section, Some(key)))
+                .or_else(|| self.line_of_key(section, None));
+            let message = match key {
+                Some(key) if !inner.contains(&format!("`{key}`")) => {
+                    format!("[{section}] {key}: {inner}")
+                }
+                _ => format!("[{section}] {inner}"),
+            };
+            self.error(line, message)
+        })
+    }
+
+    /// The `driver` of a section, or `default` when the key is absent.
+    pub fn driver_name(
+        &self,
+        section: &str,
+        table: &toml::Table,
+        default: &str,
+    ) -> Result<String, ConfigError> {
+        match table.get("driver") {
+            None => Ok(default.to_owned()),
+            Some(toml::Value::String(name)) => Ok(name.clone()),
+            Some(other) => Err(self.error(
+                self.line_of_key(section, Some("driver")),
+                format!(
+                    "[{section}] driver: expected a string, found {}",
+                    other.type_str()
+                ),
+            )),
+        }
+    }
+
+    /// Wraps a registry's message (unknown driver, options) with the line of `driver`.
+    pub fn driver_error(&self, section: &str, message: impl fmt::Display) -> ConfigError {
+        let line = self
+            .line_of_key(section, Some("driver"))
+            .or_else(|| self.line_of_key(section, None));
+        self.error(line, format!("[{section}] {message}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &str) -> Source {
+        Source {
+            file: Some(PathBuf::from("paastech.toml")),
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let config = source("").parse().expect("empty config parses");
+        assert_eq!(config.api.listen, "127.0.0.1:7000".parse().expect("addr"));
+        assert_eq!(config.ssh.listen, "127.0.0.1:2222".parse().expect("addr"));
+        assert_eq!(
+            config.ingress.listen,
+            "127.0.0.1:8000".parse().expect("addr")
+        );
+        assert_eq!(config.ingress.domain, "localhost");
+        assert_eq!(config.auth.signup, Signup::Open);
+        assert!(config.database.url.is_none());
+    }
+
+    #[test]
+    fn the_briefs_example_parses() {
+        let text = r#"
+data_dir = "/var/lib/paastech"
+[api]
+listen = "127.0.0.1:7000"
+[ssh]
+listen = "127.0.0.1:2222"
+[ingress]
+listen = "127.0.0.1:8000"
+domain = "localhost"
+[database]
+url = "sqlite:///var/lib/paastech/paastech.db"
+[runtime]
+driver = "process"
+[build]
+driver = "process"
+project_hooks = true
+[auth]
+signup = "closed"
+[[hooks]]
+name = "forbid-secrets"
+path = "hooks/forbid-files.wasm"
+stages = ["pre-build"]
+[hooks.config]
+patterns = "*.pem,.env"
+"#;
+        let config = source(text).parse().expect("example parses");
+        assert_eq!(config.hooks.len(), 1);
+        assert_eq!(
+            config.hooks[0]
+                .config
+                .get("patterns")
+                .and_then(|v| v.as_str()),
+            Some("*.pem,.env")
+        );
+        assert_eq!(config.auth.signup, Signup::Closed);
+    }
+
+    #[test]
+    fn errors_name_the_key_the_file_and_the_line() {
+        let cases = [
+            (
+                "[api]\nlisten = \"127.0.0.1:7000\"\nlistne = \"x\"\n",
+                "listne",
+                3,
+            ),
+            ("colour = \"blue\"\n", "colour", 1),
+            ("[ingress]\n\ndomain = 42\n", "string", 3),
+            ("[api]\nlisten = \"not an address\"\n", "address", 2),
+            ("[auth]\nsignup = \"maybe\"\n", "maybe", 2),
+            ("[ssh]\nlisten = 7\n", "listen", 2),
+        ];
+        for (text, needle, line) in cases {
+            let err = source(text).parse().expect_err(text);
+            let shown = err.to_string();
+            assert!(
+                shown.contains(needle),
+                "{shown:?} should mention {needle:?}"
+            );
+            assert_eq!(err.line, Some(line), "{shown:?}");
+            assert!(
+                shown.starts_with(&format!("paastech.toml:{line}:")),
+                "{shown:?}"
+            );
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ExampleOptions {
+        #[allow(dead_code)]
+        grace_seconds: Option<u64>,
+    }
+
+    #[test]
+    fn driver_option_errors_name_the_key_and_line() {
+        let text = "[runtime]\ndriver = \"process\"\n\ngrace_secnds = 3\n";
+        let src = source(text);
+        let config = src.parse().expect("section itself parses");
+        let err = src
+            .driver_options::<ExampleOptions>("runtime", &config.runtime, &["driver"])
+            .expect_err("unknown key");
+        assert_eq!(err.line, Some(4));
+        assert!(err.to_string().contains("grace_secnds"), "{err}");
+
+        let text = "[runtime]\ndriver = \"process\"\ngrace_seconds = \"soon\"\n";
+        let src = source(text);
+        let config = src.parse().expect("section itself parses");
+        let err = src
+            .driver_options::<ExampleOptions>("runtime", &config.runtime, &["driver"])
+            .expect_err("wrong type");
+        assert_eq!(err.line, Some(3));
+        assert!(err.to_string().contains("grace_seconds"), "{err}");
+    }
+
+    #[test]
+    fn driver_name_defaults_and_locates() {
+        let src = source("[runtime]\n\ndriver = \"kubernetes\"\n");
+        let config = src.parse().expect("parses");
+        assert_eq!(
+            src.driver_name("runtime", &config.runtime, "process")
+                .ok()
+                .as_deref(),
+            Some("kubernetes")
+        );
+        assert_eq!(src.driver_error("runtime", "unknown").line, Some(3));
+        assert_eq!(
+            src.driver_name("build", &config.build, "process")
+                .ok()
+                .as_deref(),
+            Some("process")
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! `paastech`: the client commands, and `paastech server`.
+
+mod client;
+mod commands;
+mod config;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "paastech",
+    version,
+    about = "PaaSTech: a self-hosted platform as a service",
+    propagate_version = true
+)]
+struct Cli {
+    /// The PaaSTech server (API address), e.g. http://127.0.0.1:7000.
+    #[arg(long, global = true, env = "PAASTECH_SERVER")]
+    server: Option<String>,
+    /// An API token (default: the saved login).
+    #[arg(long, global = true, env = "PAASTECH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print listings as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ProjectArg {
+    /// The project (default: the one the `paastech` git remote points at).
+    #[arg(short = 'p', long = "project")]
+    project: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an account (the first account on a server is its admin).
+    Signup(CredentialArgs),
+    /// Log in and save the token for later commands.
+    Login(CredentialArgs),
+    /// Forget the saved login.
+    Logout,
+    /// Show who you are logged in as.
+    Whoami,
+    /// Manage the SSH keys you push with.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Create, list, inspect and delete projects.
+    #[command(subcommand)]
+    Projects(ProjectsCommand),
+    /// A project's environment variables.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// List a project's deployments, newest first.
+    Deployments(ProjectArg),
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+    /// Run the PaaSTech server.
+    Server(ServerArgs),
+}
+
+#[derive(Args)]
+struct CredentialArgs {
+    #[arg(long)]
+    email: Option<String>,
+    /// Read the password from standard input instead of prompting.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a public key (default: ~/.ssh/id_ed25519.pub, then ~/.ssh/id_rsa.pub).
+    Add {
+        path: Option<PathBuf>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List,
+    /// Remove a key by its id (see `keys list`).
+    Remove {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Create a long-lived API token; it is shown once.
+    Create {
+        name: String,
+    },
+    List,
+    /// Revoke a token by its id.
+    Revoke {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectsCommand {
+    Create {
+        name: String,
+    },
+    List,
+    Info(ProjectArg),
+    /// Delete a project, its repository and its deployments.
+    Delete {
+        name: String,
+        /// Do not ask to type the name again.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    List(ProjectArg),
+    /// Set variables: `paastech env set KEY=value …`.
+    Set {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Unset variables.
+    Unset {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// The TOML configuration (default: the embedded default, local processes + SQLite).
+    #[arg(long, short = 'c', env = "PAASTECH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => server::main(args.config, args.check),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "paastech",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        command => commands::run(&cli.server, cli.token, cli.json, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The HTTP ingress router (hyper): Host-based routing to app instances.
+//!
+//! This is the only crate that knows HTTP proxying. It serves `http://<project>.<domain>`
+//! from the backends registered in a [`RouteTable`], health-checks new instances
+//! ([`health_check`]) and drains old ones ([`drain`]) so a deployment switch drops no
+//! request, and runs static-site apps ([`serve_static`]).
+//!
+//! A health-gated switch, as the orchestrator drives it:
+//! 1. start the new `web` instances and [`health_check`] each of them;
+//! 2. [`RouteTable::set_backends`] with the new addresses: traffic moves atomically, and
+//!    the call returns the old backends;
+//! 3. [`drain`] those with a timeout, then stop the old instances.
+
+mod health;
+mod proxy;
+mod routes;
+mod server;
+mod static_files;
+
+pub use health::{HealthError, LastSeen, health_check};
+pub use proxy::{IngressConfig, serve};
+pub use routes::{Backend, RouteTable, drain};
+pub use static_files::serve_static;

@@ -1,0 +1,314 @@
+//! The route table: which backends serve which project, round-robin picking, and the
+//! in-flight accounting that lets a deployment switch drain old instances.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use http::uri::Authority;
+use tokio::sync::Notify;
+
+/// One backend (a running `web` instance) as the ingress sees it.
+///
+/// Handles are cheap to clone and compare by identity of the instance they track: the
+/// same address registered again through [`RouteTable::set_backends`] keeps its handle
+/// (and its in-flight count), so draining never misses a request.
+#[derive(Clone)]
+pub struct Backend(Arc<BackendInner>);
+
+struct BackendInner {
+    addr: SocketAddr,
+    /// Pre-rendered `ip:port`, so building the upstream URI allocates nothing per request.
+    authority: Authority,
+    in_flight: AtomicUsize,
+    /// Woken whenever `in_flight` drops to zero.
+    idle: Notify,
+}
+
+impl Backend {
+    fn new(addr: SocketAddr) -> Self {
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .expect("a socket address is a valid URI authority");
+        Backend(Arc::new(BackendInner {
+            addr,
+            authority,
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
+    /// Requests (and upgraded connections) currently being served by this backend.
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.0.authority
+    }
+
+    /// Resolves once nothing is in flight to this backend.
+    async fn idle(&self) {
+        loop {
+            let notified = self.0.idle.notified();
+            tokio::pin!(notified);
+            // Register interest before checking, so a drop to zero between the check and
+            // the await still wakes us.
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("addr", &self.0.addr)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl PartialEq for Backend {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Backend {}
+
+/// Counts one request as in flight to a backend until dropped: the proxy keeps it alive
+/// for the whole exchange, including the streamed response body and upgraded tunnels.
+pub(crate) struct InFlight(Backend);
+
+impl InFlight {
+    fn start(backend: &Backend) -> Self {
+        backend.0.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(backend.clone())
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.0.idle.notify_waiters();
+        }
+    }
+}
+
+struct Pool {
+    backends: Vec<Backend>,
+    next: AtomicUsize,
+}
+
+/// What a lookup found for a project.
+pub(crate) enum Pick {
+    UnknownProject,
+    NoBackends,
+    Backend(InFlight),
+}
+
+/// Which backends serve which project. Cheap to clone (all clones share one table) and
+/// safe to use from any thread; the lock is never held across an await.
+#[derive(Clone, Default)]
+pub struct RouteTable {
+    inner: Arc<RwLock<HashMap<Box<str>, Pool>>>,
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let map = self.read();
+        let mut d = f.debug_map();
+        for (name, pool) in map.iter() {
+            d.entry(name, &pool.backends);
+        }
+        d.finish()
+    }
+}
+
+impl RouteTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // A poisoned lock only means a panic happened while holding it; every write below
+    // leaves the map consistent, so keep serving rather than take the ingress down.
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, Pool>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Box<str>, Pool>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `backends` the whole set serving `project` (atomically: every request after
+    /// this call goes to the new set). An empty set keeps the project known, so it answers
+    /// 503 "no live deployment" rather than 404.
+    ///
+    /// Returns the handles of the previous backends that are not in the new set: pass them
+    /// to [`drain`] before stopping those instances. Addresses present in both sets keep
+    /// their handle and are not returned. Duplicate addresses are collapsed.
+    pub fn set_backends(&self, project: &str, backends: Vec<SocketAddr>) -> Vec<Backend> {
+        let key = project.to_ascii_lowercase();
+        let mut map = self.write();
+        let old = map
+            .remove(key.as_str())
+            .map(|p| p.backends)
+            .unwrap_or_default();
+        let mut new = Vec::with_capacity(backends.len());
+        for addr in backends {
+            if new.iter().any(|b: &Backend| b.addr() == addr) {
+                continue;
+            }
+            let handle = old
+                .iter()
+                .find(|b| b.addr() == addr)
+                .cloned()
+                .unwrap_or_else(|| Backend::new(addr));
+            new.push(handle);
+        }
+        let removed = old
+            .into_iter()
+            .filter(|b| !new.iter().any(|n| n.addr() == b.addr()))
+            .collect();
+        map.insert(
+            key.into_boxed_str(),
+            Pool {
+                backends: new,
+                next: AtomicUsize::new(0),
+            },
+        );
+        removed
+    }
+
+    /// Forgets a project (it answers 404 afterwards). Returns its backends, to drain.
+    pub fn remove(&self, project: &str) -> Vec<Backend> {
+        let key = project.to_ascii_lowercase();
+        self.write()
+            .remove(key.as_str())
+            .map(|p| p.backends)
+            .unwrap_or_default()
+    }
+
+    /// The backends serving `project`; `None` when the project is unknown.
+    pub fn backends(&self, project: &str) -> Option<Vec<Backend>> {
+        let key = project.to_ascii_lowercase();
+        self.read().get(key.as_str()).map(|p| p.backends.clone())
+    }
+
+    /// Picks the next backend of a project, round-robin, and counts the request as in
+    /// flight. `project` must already be lowercase.
+    ///
+    /// The count is taken while the read lock is held: `set_backends` needs the write
+    /// lock, so once it returns, every request routed to an old backend is already counted
+    /// and `drain` cannot miss it.
+    pub(crate) fn pick(&self, project: &str) -> Pick {
+        let map = self.read();
+        let Some(pool) = map.get(project) else {
+            return Pick::UnknownProject;
+        };
+        let n = pool.backends.len();
+        if n == 0 {
+            return Pick::NoBackends;
+        }
+        let i = if n == 1 {
+            0
+        } else {
+            pool.next.fetch_add(1, Ordering::Relaxed) % n
+        };
+        Pick::Backend(InFlight::start(&pool.backends[i]))
+    }
+}
+
+/// Waits until every request in flight to `backends` has finished (responses fully
+/// sent, upgraded connections closed), or `timeout` passes. Returns `true` when they all
+/// went idle, `false` on timeout.
+///
+/// Call it after [`RouteTable::set_backends`] moved traffic away: no new request reaches
+/// those backends, so the count only goes down.
+pub async fn drain(backends: &[Backend], timeout: Duration) -> bool {
+    let all_idle = async {
+        for b in backends {
+            b.idle().await;
+        }
+    };
+    tokio::time::timeout(timeout, all_idle).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn pick_addr(t: &RouteTable, p: &str) -> Option<SocketAddr> {
+        match t.pick(p) {
+            Pick::Backend(g) => Some(g.backend().addr()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn round_robin_and_states() {
+        let t = RouteTable::new();
+        assert!(matches!(t.pick("blog"), Pick::UnknownProject));
+        t.set_backends("Blog", vec![]);
+        assert!(matches!(t.pick("blog"), Pick::NoBackends));
+        t.set_backends("blog", vec![addr(1), addr(2), addr(1)]);
+        let seq: Vec<_> = (0..4).filter_map(|_| pick_addr(&t, "blog")).collect();
+        assert_eq!(seq, vec![addr(1), addr(2), addr(1), addr(2)]);
+        assert_eq!(t.remove("BLOG").len(), 2);
+        assert!(t.backends("blog").is_none());
+    }
+
+    #[test]
+    fn set_backends_returns_only_removed_and_keeps_counts() {
+        let t = RouteTable::new();
+        t.set_backends("a", vec![addr(1), addr(2)]);
+        let guard = match t.pick("a") {
+            Pick::Backend(g) => g,
+            _ => panic!("expected a backend"),
+        };
+        assert_eq!(guard.backend().addr(), addr(1));
+        let removed = t.set_backends("a", vec![addr(1), addr(3)]);
+        assert_eq!(
+            removed.iter().map(Backend::addr).collect::<Vec<_>>(),
+            vec![addr(2)]
+        );
+        let kept = t.backends("a").expect("known");
+        assert_eq!(kept[0].in_flight(), 1, "kept handle keeps its count");
+        drop(guard);
+        assert_eq!(kept[0].in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_guards() {
+        let t = RouteTable::new();
+        t.set_backends("a", vec![addr(1)]);
+        let guard = match t.pick("a") {
+            Pick::Backend(g) => g,
+            _ => panic!("expected a backend"),
+        };
+        let old = t.set_backends("a", vec![addr(2)]);
+        assert!(!drain(&old, Duration::from_millis(50)).await);
+        let waiter = tokio::spawn(async move { drain(&old, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(guard);
+        assert!(waiter.await.expect("join"));
+    }
+}

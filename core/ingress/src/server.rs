@@ -1,0 +1,85 @@
+//! The accept loop shared by the ingress and the static file server: HTTP/1.1 with
+//! keep-alive and upgrades, and a graceful stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::HttpService;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Serves connections from `listener` until `shutdown` resolves, then asks every open
+/// connection to finish its current request and waits up to `grace` for them.
+pub(crate) async fn run<F, S>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    mut make_service: F,
+) where
+    F: FnMut(SocketAddr) -> S,
+    S: HttpService<Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as Body>::Data: Send,
+    <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = http1::Builder::new();
+    // The timer enables hyper's header read timeout, which closes idle slow-loris sockets.
+    builder.keep_alive(true).timer(TokioTimer::new());
+
+    // Every connection task holds a receiver; `closed()` on the sender then tells when the
+    // last one is gone.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Usually EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small request/response exchanges must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let service = make_service(peer);
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(err) = res {
+                        tracing::debug!(error = %err, %peer, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stop.changed() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, %peer, "connection ended with an error");
+            }
+            drop(stop);
+        });
+    }
+
+    drop(listener);
+    drop(stop_rx);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(grace, stop_tx.closed()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+}

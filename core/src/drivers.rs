@@ -1,0 +1,179 @@
+//! The traits every backend implements. They are object-safe (`Arc<dyn …>`), take `&self`,
+//! and speak only core types and `crate::Error`, so local processes, Docker, Podman and
+//! Swarm fit behind the same three seams.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::domain::{EnvVars, ProjectName};
+use crate::error::Result;
+
+/// Where build output and app output go: one line at a time, never blocking the writer.
+pub trait LogSink: Send + Sync {
+    fn line(&self, line: &str);
+}
+
+/// Stores each project's bare git repository.
+#[async_trait]
+pub trait RepoStore: Send + Sync {
+    /// Creates an empty repository whose HEAD is `main`. Idempotent.
+    async fn create(&self, project: &ProjectName) -> Result<()>;
+    /// Removes the repository and everything in it. Missing is not an error.
+    async fn delete(&self, project: &ProjectName) -> Result<()>;
+    /// The on-disk path `git receive-pack` and `git upload-pack` run against.
+    fn path(&self, project: &ProjectName) -> PathBuf;
+    /// Writes the tree of `commit` (a full hex id) into the empty directory `dest`.
+    async fn export(&self, project: &ProjectName, commit: &str, dest: &Path) -> Result<()>;
+}
+
+/// What a builder is asked to build: a source tree exported from one commit.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub project: ProjectName,
+    pub version: i64,
+    pub commit: String,
+    /// The exported source tree; the builder may build in place.
+    pub source: PathBuf,
+    /// Build-time environment: the project's env vars plus what hooks added.
+    pub env: EnvVars,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// An image reference (container runtimes) or a release directory (process runtime).
+    pub reference: String,
+    /// Process type → command, from the Procfile or from detection.
+    pub processes: BTreeMap<String, String>,
+}
+
+/// Turns a source tree into an artifact a `Runtime` can start.
+#[async_trait]
+pub trait ImageBuilder: Send + Sync {
+    /// The driver's configuration name (`process`, `docker`, …).
+    fn name(&self) -> &'static str;
+    async fn build(&self, request: &BuildRequest, log: &dyn LogSink) -> Result<Artifact>;
+    /// Frees an artifact no deployment refers to any more.
+    async fn remove(&self, artifact: &str) -> Result<()>;
+}
+
+/// Resource limits applied to each instance. `None` means the runtime's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+}
+
+/// One instance to start: a process type of a deployment.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub project: ProjectName,
+    pub version: i64,
+    pub process_type: String,
+    /// 0-based index among the instances of this process type.
+    pub index: u32,
+    pub artifact: String,
+    pub command: String,
+    /// The project's env vars; the runtime adds `PORT` for `web`.
+    pub env: EnvVars,
+    pub limits: Limits,
+}
+
+impl InstanceSpec {
+    pub fn is_web(&self) -> bool {
+        self.process_type == "web"
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Starting,
+    Running,
+    /// Exited and being restarted with backoff.
+    Restarting,
+    /// Kept failing; no longer restarted.
+    Crashed,
+    Stopped,
+}
+
+/// A running (or recently running) instance as the runtime sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// The runtime's own handle: a pid-based id, a container id.
+    pub id: String,
+    pub project: ProjectName,
+    pub version: i64,
+    pub process_type: String,
+    pub index: u32,
+    /// Where the ingress reaches a `web` instance.
+    pub addr: Option<SocketAddr>,
+    pub state: InstanceState,
+    pub restarts: u32,
+}
+
+/// Runs instances: local processes, containers, services.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// The driver's configuration name (`process`, `docker`, …).
+    fn name(&self) -> &'static str;
+    /// Starts one instance; its stdout and stderr go to `output`. Returns once it has been
+    /// started (not once it is healthy: health is checked by the orchestrator).
+    async fn start(&self, spec: InstanceSpec, output: Arc<dyn LogSink>) -> Result<Instance>;
+    /// Stops an instance: a polite signal, then a forced one after `grace`. Unknown is not
+    /// an error.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+    /// Every instance this runtime manages, including ones started before a restart of
+    /// the server (containers carry labels; processes do not survive their parent).
+    async fn list(&self) -> Result<Vec<Instance>>;
+}
+
+/// One ref a `git push` wants to move. `old` is all zeros for a new ref, `new` all zeros
+/// for a deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefUpdate {
+    pub refname: String,
+    pub old: String,
+    pub new: String,
+}
+
+impl RefUpdate {
+    pub fn is_delete(&self) -> bool {
+        self.new.bytes().all(|b| b == b'0')
+    }
+}
+
+/// Who receives a push before its refs move (git's pre-receive): the orchestrator.
+#[async_trait]
+pub trait PushHandler: Send + Sync {
+    /// Runs before any ref of the push moves. Lines written to `log` reach the pusher as
+    /// `remote:` lines; an error rejects the whole push with its message. The pushed
+    /// objects are readable through `RepoStore::export` while this runs.
+    async fn pre_receive(
+        &self,
+        project: &ProjectName,
+        user_id: i64,
+        updates: &[RefUpdate],
+        log: Arc<dyn LogSink>,
+    ) -> Result<()>;
+}
+
+/// Moves a project's HTTP traffic: the ingress, seen from the orchestrator.
+#[async_trait]
+pub trait TrafficRouter: Send + Sync {
+    /// Waits until an instance answers its health check (any status below 500), or fails
+    /// with what was last seen once `timeout` has passed.
+    async fn wait_healthy(&self, addr: SocketAddr, timeout: Duration) -> Result<()>;
+    /// Sends the project's traffic to exactly `backends` (none: the project answers "no live
+    /// deployment"), then waits up to `drain` for requests still in flight to backends that
+    /// are no longer used.
+    async fn switch(&self, project: &ProjectName, backends: Vec<SocketAddr>, drain: Duration);
+    /// Forgets the project: its address answers "not found".
+    fn remove(&self, project: &ProjectName);
+}

@@ -1,0 +1,20 @@
+//! PaaSTech's core: the domain (users, projects, builds, deployments), the traits every
+//! backend implements (`RepoStore`, `ImageBuilder`, `Runtime`, `Store`), and the driver
+//! registry. This crate names no concrete backend and no transport: no SQL, no HTTP,
+//! no SSH, no container engine. Drivers depend on it, never the other way round.
+
+pub mod deployment;
+pub mod domain;
+pub mod drivers;
+pub mod error;
+pub mod logs;
+pub mod registry;
+pub mod store;
+
+pub use deployment::{Deployment, DeploymentStatus, NewDeployment};
+pub use domain::{
+    ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User,
+    validate_email, validate_env_key,
+};
+pub use error::{Error, Result};
+pub use store::Store;

@@ -1,0 +1,97 @@
+//! What PaaSTech persists, as one trait. The only implementation speaking SQL lives in
+//! `paastech-store`; tests of pure logic may use an in-memory one.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
+use crate::domain::{
+    ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User,
+};
+use crate::error::Result;
+
+/// A change to a project's env: `Some` sets, `None` unsets.
+pub type EnvChanges = BTreeMap<String, Option<String>>;
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Answers only if the database answers a query.
+    async fn ping(&self) -> Result<()>;
+
+    // Users.
+    /// Creates a user; the first user of the platform becomes an admin (decided atomically).
+    async fn create_user(&self, email: &str, password_hash: &str) -> Result<User>;
+    async fn user(&self, id: i64) -> Result<User>;
+    /// The user with this email and their password hash.
+    async fn user_by_email(&self, email: &str) -> Result<(User, String)>;
+    async fn users(&self) -> Result<Vec<User>>;
+
+    // API tokens, stored as hashes only.
+    async fn create_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        token_hash: &str,
+        expires_at: Option<Timestamp>,
+    ) -> Result<ApiToken>;
+    /// The live token with this hash and its user; records the use.
+    async fn use_token(&self, token_hash: &str) -> Result<(ApiToken, User)>;
+    async fn tokens(&self, user_id: i64) -> Result<Vec<ApiToken>>;
+    async fn delete_token(&self, user_id: i64, token_id: i64) -> Result<()>;
+
+    // SSH keys.
+    async fn add_ssh_key(
+        &self,
+        user_id: i64,
+        name: &str,
+        fingerprint: &str,
+        public_key: &str,
+    ) -> Result<SshKey>;
+    async fn ssh_keys(&self, user_id: i64) -> Result<Vec<SshKey>>;
+    async fn delete_ssh_key(&self, user_id: i64, key_id: i64) -> Result<()>;
+    async fn user_by_ssh_fingerprint(&self, fingerprint: &str) -> Result<(SshKey, User)>;
+
+    // Projects.
+    async fn create_project(&self, owner_id: i64, name: &ProjectName) -> Result<Project>;
+    async fn project(&self, name: &ProjectName) -> Result<Project>;
+    /// Every project of one owner, or of everyone with `None`, by name.
+    async fn projects(&self, owner_id: Option<i64>) -> Result<Vec<Project>>;
+    /// Deletes the project and all that belongs to it.
+    async fn delete_project(&self, project_id: i64) -> Result<()>;
+
+    // Config.
+    async fn env(&self, project_id: i64) -> Result<EnvVars>;
+    /// Applies the changes in one transaction and returns the resulting env.
+    async fn update_env(&self, project_id: i64, changes: &EnvChanges) -> Result<EnvVars>;
+    async fn scale(&self, project_id: i64) -> Result<BTreeMap<String, u32>>;
+    async fn set_scale(&self, project_id: i64, scale: &BTreeMap<String, u32>) -> Result<()>;
+
+    // Builds.
+    async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build>;
+    async fn finish_build(
+        &self,
+        build_id: i64,
+        status: BuildStatus,
+        artifact: Option<&str>,
+        processes: &BTreeMap<String, String>,
+        log: &str,
+    ) -> Result<Build>;
+    async fn build(&self, build_id: i64) -> Result<Build>;
+
+    // Deployments.
+    /// Records a deployment with the next version number of its project.
+    async fn create_deployment(&self, new: &NewDeployment) -> Result<Deployment>;
+    /// Moves a deployment along its state machine; refuses illegal steps.
+    async fn set_deployment_status(
+        &self,
+        deployment_id: i64,
+        status: DeploymentStatus,
+        failure: Option<&str>,
+    ) -> Result<Deployment>;
+    /// Newest first; at most `limit`.
+    async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>>;
+    async fn deployment(&self, project_id: i64, version: i64) -> Result<Deployment>;
+    /// The live deployment of every project, to start again after a server restart.
+    async fn live_deployments(&self) -> Result<Vec<(Project, Deployment)>>;
+}

@@ -1,0 +1,673 @@
+//! The SQL store: the one implementation of [`paastech_core::Store`], on SQLite or
+//! PostgreSQL through diesel. The only crate that knows SQL.
+//!
+//! diesel is synchronous, so every trait method checks a connection out of an r2d2 pool and
+//! runs its queries on tokio's blocking pool. The query code exists once: the `with_conn!`
+//! macro expands the same diesel body for a `SqliteConnection` and a `PgConnection`, which
+//! keeps both backends in step and type-checked.
+
+mod conn;
+mod error;
+mod rows;
+mod schema;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use paastech_core::store::EnvChanges;
+use paastech_core::{
+    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, EnvVars, Error, NewDeployment,
+    Project, ProjectName, Result, SshKey, Store, Timestamp, User,
+};
+
+use crate::conn::{Pools, write_tx};
+use crate::error::{StoreError, conflict_on_unique, not_found, not_found_on_fk};
+use crate::rows::*;
+use crate::schema::*;
+
+/// The SQL store. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct SqlStore {
+    pools: Pools,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+impl SqlStore {
+    /// Opens the database at `url` and brings its schema up to date.
+    ///
+    /// Accepted: `sqlite:///absolute/path.db`, `sqlite://relative/path.db` (the parent
+    /// directory is created), `postgres://…` and `postgresql://…` (libpq connection URLs).
+    /// Anything else is `Error::Invalid`; a database that cannot be reached is
+    /// `Error::Unavailable`. Blocks while it connects and migrates: call it at startup.
+    pub fn open(url: &str) -> Result<SqlStore> {
+        Ok(SqlStore {
+            pools: conn::open(url)?,
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`, for logs and diagnostics.
+    pub fn backend(&self) -> &'static str {
+        match self.pools {
+            Pools::Sqlite(_) => "sqlite",
+            Pools::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Runs `$body` on a pooled connection named `$conn`, on the blocking pool. The body is
+/// expanded once per backend, so it must be plain diesel that both backends accept. It
+/// returns `Result<_, StoreError>`; captured values must be owned (the closure is `move`).
+macro_rules! with_conn {
+    ($store:expr, |$conn:ident| $body:expr) => {{
+        let pools = $store.pools.clone();
+        let joined = tokio::task::spawn_blocking(move || -> std::result::Result<_, StoreError> {
+            match pools {
+                Pools::Sqlite(pool) => {
+                    let mut pooled = pool.get()?;
+                    let $conn: &mut SqliteConnection = &mut pooled;
+                    $body
+                }
+                Pools::Postgres(pool) => {
+                    let mut pooled = pool.get()?;
+                    let $conn: &mut PgConnection = &mut pooled;
+                    $body
+                }
+            }
+        })
+        .await;
+        match joined {
+            Ok(result) => result.map_err(Error::from),
+            Err(e) => Err(Error::internal("database task failed", e)),
+        }
+    }};
+}
+
+/// `NotFound` unless the project exists; inside a transaction, before writing its rows.
+macro_rules! ensure_project {
+    ($conn:ident, $project_id:expr) => {
+        projects::table
+            .find($project_id)
+            .select(projects::id)
+            .first::<i64>($conn)
+            .optional()?
+            .ok_or_else(|| not_found("project not found"))?
+    };
+}
+
+fn now() -> i64 {
+    Timestamp::now().0
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<()> {
+        with_conn!(self, |conn| {
+            diesel::sql_query("SELECT 1").execute(conn)?;
+            Ok(())
+        })
+    }
+
+    async fn create_user(&self, email: &str, password_hash: &str) -> Result<User> {
+        let (email, password_hash) = (email.to_owned(), password_hash.to_owned());
+        with_conn!(self, |conn| {
+            // Count and insert in one write transaction: of two first sign-ups racing,
+            // exactly one sees an empty table.
+            write_tx(conn, |conn| {
+                let is_admin = users::table.count().get_result::<i64>(conn)? == 0;
+                let row = diesel::insert_into(users::table)
+                    .values(NewUserRow {
+                        email: &email,
+                        password_hash: &password_hash,
+                        is_admin,
+                        created_at: now(),
+                    })
+                    .returning(UserRow::as_returning())
+                    .get_result(conn)
+                    .map_err(conflict_on_unique("email already registered"))?;
+                Ok(User::from(row))
+            })
+        })
+    }
+
+    async fn user(&self, id: i64) -> Result<User> {
+        with_conn!(self, |conn| {
+            let row = users::table
+                .find(id)
+                .select(UserRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| not_found("user not found"))?;
+            Ok(User::from(row))
+        })
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<(User, String)> {
+        let email = email.to_owned();
+        with_conn!(self, |conn| {
+            let row = users::table
+                .filter(users::email.eq(&email))
+                .select(UserRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| not_found("no user with this email"))?;
+            let hash = row.password_hash.clone();
+            Ok((User::from(row), hash))
+        })
+    }
+
+    async fn users(&self) -> Result<Vec<User>> {
+        with_conn!(self, |conn| {
+            let rows = users::table
+                .order(users::id)
+                .select(UserRow::as_select())
+                .load(conn)?;
+            Ok(rows.into_iter().map(User::from).collect())
+        })
+    }
+
+    async fn create_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        token_hash: &str,
+        expires_at: Option<Timestamp>,
+    ) -> Result<ApiToken> {
+        let (name, token_hash) = (name.to_owned(), token_hash.to_owned());
+        with_conn!(self, |conn| {
+            let row = diesel::insert_into(api_tokens::table)
+                .values(NewTokenRow {
+                    user_id,
+                    name: &name,
+                    token_hash: &token_hash,
+                    created_at: now(),
+                    expires_at: expires_at.map(|t| t.0),
+                })
+                .returning(TokenRow::as_returning())
+                .get_result(conn)
+                .map_err(|e| match e {
+                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                        not_found("user not found")
+                    }
+                    e => conflict_on_unique("this token already exists")(e),
+                })?;
+            Ok(ApiToken::from(row))
+        })
+    }
+
+    /// A missing and an expired token are both `Unauthorized`: to the caller they are the
+    /// same bad credential.
+    async fn use_token(&self, token_hash: &str) -> Result<(ApiToken, User)> {
+        let token_hash = token_hash.to_owned();
+        with_conn!(self, |conn| {
+            let (mut token, user) = api_tokens::table
+                .inner_join(users::table)
+                .filter(api_tokens::token_hash.eq(&token_hash))
+                .select((TokenRow::as_select(), UserRow::as_select()))
+                .first::<(TokenRow, UserRow)>(conn)
+                .optional()?
+                .ok_or_else(|| StoreError::Core(Error::Unauthorized("invalid API token".into())))?;
+            let now = now();
+            if token.expires_at.is_some_and(|expires| expires <= now) {
+                return Err(StoreError::Core(Error::Unauthorized(
+                    "API token expired".into(),
+                )));
+            }
+            diesel::update(api_tokens::table.find(token.id))
+                .set(api_tokens::last_used_at.eq(now))
+                .execute(conn)?;
+            token.last_used_at = Some(now);
+            Ok((ApiToken::from(token), User::from(user)))
+        })
+    }
+
+    async fn tokens(&self, user_id: i64) -> Result<Vec<ApiToken>> {
+        with_conn!(self, |conn| {
+            let rows = api_tokens::table
+                .filter(api_tokens::user_id.eq(user_id))
+                .order(api_tokens::id)
+                .select(TokenRow::as_select())
+                .load(conn)?;
+            Ok(rows.into_iter().map(ApiToken::from).collect())
+        })
+    }
+
+    async fn delete_token(&self, user_id: i64, token_id: i64) -> Result<()> {
+        with_conn!(self, |conn| {
+            // Another user's token is "not found" too: its existence is not theirs to know.
+            let deleted = diesel::delete(
+                api_tokens::table
+                    .filter(api_tokens::id.eq(token_id))
+                    .filter(api_tokens::user_id.eq(user_id)),
+            )
+            .execute(conn)?;
+            if deleted == 0 {
+                return Err(not_found("token not found"));
+            }
+            Ok(())
+        })
+    }
+
+    async fn add_ssh_key(
+        &self,
+        user_id: i64,
+        name: &str,
+        fingerprint: &str,
+        public_key: &str,
+    ) -> Result<SshKey> {
+        let (name, fingerprint, public_key) = (
+            name.to_owned(),
+            fingerprint.to_owned(),
+            public_key.to_owned(),
+        );
+        with_conn!(self, |conn| {
+            let row = diesel::insert_into(ssh_keys::table)
+                .values(NewSshKeyRow {
+                    user_id,
+                    name: &name,
+                    fingerprint: &fingerprint,
+                    public_key: &public_key,
+                    created_at: now(),
+                })
+                .returning(SshKeyRow::as_returning())
+                .get_result(conn)
+                .map_err(|e| match e {
+                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                        not_found("user not found")
+                    }
+                    e => conflict_on_unique("this SSH key is already registered")(e),
+                })?;
+            Ok(SshKey::from(row))
+        })
+    }
+
+    async fn ssh_keys(&self, user_id: i64) -> Result<Vec<SshKey>> {
+        with_conn!(self, |conn| {
+            let rows = ssh_keys::table
+                .filter(ssh_keys::user_id.eq(user_id))
+                .order(ssh_keys::id)
+                .select(SshKeyRow::as_select())
+                .load(conn)?;
+            Ok(rows.into_iter().map(SshKey::from).collect())
+        })
+    }
+
+    async fn delete_ssh_key(&self, user_id: i64, key_id: i64) -> Result<()> {
+        with_conn!(self, |conn| {
+            let deleted = diesel::delete(
+                ssh_keys::table
+                    .filter(ssh_keys::id.eq(key_id))
+                    .filter(ssh_keys::user_id.eq(user_id)),
+            )
+            .execute(conn)?;
+            if deleted == 0 {
+                return Err(not_found("SSH key not found"));
+            }
+            Ok(())
+        })
+    }
+
+    async fn user_by_ssh_fingerprint(&self, fingerprint: &str) -> Result<(SshKey, User)> {
+        let fingerprint = fingerprint.to_owned();
+        with_conn!(self, |conn| {
+            let (key, user) = ssh_keys::table
+                .inner_join(users::table)
+                .filter(ssh_keys::fingerprint.eq(&fingerprint))
+                .select((SshKeyRow::as_select(), UserRow::as_select()))
+                .first::<(SshKeyRow, UserRow)>(conn)
+                .optional()?
+                .ok_or_else(|| not_found("no user has this SSH key"))?;
+            Ok((SshKey::from(key), User::from(user)))
+        })
+    }
+
+    async fn create_project(&self, owner_id: i64, name: &ProjectName) -> Result<Project> {
+        let name = name.clone();
+        with_conn!(self, |conn| {
+            let row = diesel::insert_into(projects::table)
+                .values(NewProjectRow {
+                    owner_id,
+                    name: name.as_str(),
+                    created_at: now(),
+                })
+                .returning(ProjectRow::as_returning())
+                .get_result(conn)
+                .map_err(|e| match e {
+                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                        not_found("user not found")
+                    }
+                    e => conflict_on_unique("project name already taken")(e),
+                })?;
+            Ok(Project::try_from(row)?)
+        })
+    }
+
+    async fn project(&self, name: &ProjectName) -> Result<Project> {
+        let name = name.clone();
+        with_conn!(self, |conn| {
+            let row = projects::table
+                .filter(projects::name.eq(name.as_str()))
+                .select(ProjectRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| not_found(format!("project {name} not found")))?;
+            Ok(Project::try_from(row)?)
+        })
+    }
+
+    async fn projects(&self, owner_id: Option<i64>) -> Result<Vec<Project>> {
+        with_conn!(self, |conn| {
+            let mut query = projects::table
+                .select(ProjectRow::as_select())
+                .order(projects::name)
+                .into_boxed();
+            if let Some(owner_id) = owner_id {
+                query = query.filter(projects::owner_id.eq(owner_id));
+            }
+            let rows = query.load(conn)?;
+            let projects = rows
+                .into_iter()
+                .map(Project::try_from)
+                .collect::<Result<Vec<_>>>()?;
+            Ok(projects)
+        })
+    }
+
+    async fn delete_project(&self, project_id: i64) -> Result<()> {
+        with_conn!(self, |conn| {
+            // The foreign keys cascade too; deleting explicitly keeps "everything of the
+            // project goes" true even on a SQLite connection opened without foreign keys.
+            write_tx(conn, |conn| {
+                diesel::delete(deployments::table.filter(deployments::project_id.eq(project_id)))
+                    .execute(conn)?;
+                diesel::delete(builds::table.filter(builds::project_id.eq(project_id)))
+                    .execute(conn)?;
+                diesel::delete(env_vars::table.filter(env_vars::project_id.eq(project_id)))
+                    .execute(conn)?;
+                diesel::delete(
+                    process_scale::table.filter(process_scale::project_id.eq(project_id)),
+                )
+                .execute(conn)?;
+                if diesel::delete(projects::table.find(project_id)).execute(conn)? == 0 {
+                    return Err(not_found("project not found"));
+                }
+                Ok(())
+            })
+        })
+    }
+
+    async fn env(&self, project_id: i64) -> Result<EnvVars> {
+        with_conn!(self, |conn| {
+            let rows = env_vars::table
+                .filter(env_vars::project_id.eq(project_id))
+                .select((env_vars::key, env_vars::value))
+                .load::<(String, String)>(conn)?;
+            Ok(rows.into_iter().collect())
+        })
+    }
+
+    async fn update_env(&self, project_id: i64, changes: &EnvChanges) -> Result<EnvVars> {
+        let changes = changes.clone();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                ensure_project!(conn, project_id);
+                for (key, value) in &changes {
+                    diesel::delete(
+                        env_vars::table
+                            .filter(env_vars::project_id.eq(project_id))
+                            .filter(env_vars::key.eq(key)),
+                    )
+                    .execute(conn)?;
+                    if let Some(value) = value {
+                        diesel::insert_into(env_vars::table)
+                            .values((
+                                env_vars::project_id.eq(project_id),
+                                env_vars::key.eq(key),
+                                env_vars::value.eq(value),
+                            ))
+                            .execute(conn)?;
+                    }
+                }
+                let rows = env_vars::table
+                    .filter(env_vars::project_id.eq(project_id))
+                    .select((env_vars::key, env_vars::value))
+                    .load::<(String, String)>(conn)?;
+                Ok(rows.into_iter().collect())
+            })
+        })
+    }
+
+    async fn scale(&self, project_id: i64) -> Result<BTreeMap<String, u32>> {
+        with_conn!(self, |conn| {
+            let rows = process_scale::table
+                .filter(process_scale::project_id.eq(project_id))
+                .select((process_scale::process_type, process_scale::count))
+                .load::<(String, i64)>(conn)?;
+            let mut scale = BTreeMap::new();
+            for (process_type, count) in rows {
+                let count = u32::try_from(count).map_err(|e| {
+                    Error::internal(
+                        format!("invalid scale {count} of {process_type} in store"),
+                        e,
+                    )
+                })?;
+                scale.insert(process_type, count);
+            }
+            Ok(scale)
+        })
+    }
+
+    /// Sets the count of each listed process type; types not listed keep theirs (like
+    /// `heroku ps:scale web=2`, which leaves `worker` alone). A count of 0 is stored as 0.
+    async fn set_scale(&self, project_id: i64, scale: &BTreeMap<String, u32>) -> Result<()> {
+        let scale = scale.clone();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                ensure_project!(conn, project_id);
+                for (process_type, count) in &scale {
+                    diesel::delete(
+                        process_scale::table
+                            .filter(process_scale::project_id.eq(project_id))
+                            .filter(process_scale::process_type.eq(process_type)),
+                    )
+                    .execute(conn)?;
+                    diesel::insert_into(process_scale::table)
+                        .values((
+                            process_scale::project_id.eq(project_id),
+                            process_scale::process_type.eq(process_type),
+                            process_scale::count.eq(i64::from(*count)),
+                        ))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build> {
+        let commit = commit.to_owned();
+        with_conn!(self, |conn| {
+            let row = diesel::insert_into(builds::table)
+                .values(NewBuildRow {
+                    project_id,
+                    commit: &commit,
+                    status: BuildStatus::Building.as_str(),
+                    processes: "{}",
+                    log: "",
+                    created_at: now(),
+                })
+                .returning(BuildRow::as_returning())
+                .get_result(conn)
+                .map_err(not_found_on_fk("project not found"))?;
+            Ok(Build::try_from(row)?)
+        })
+    }
+
+    async fn finish_build(
+        &self,
+        build_id: i64,
+        status: BuildStatus,
+        artifact: Option<&str>,
+        processes: &BTreeMap<String, String>,
+        log: &str,
+    ) -> Result<Build> {
+        let processes = to_json(processes, "build processes")?;
+        let (artifact, log) = (artifact.map(str::to_owned), log.to_owned());
+        with_conn!(self, |conn| {
+            let row = diesel::update(builds::table.find(build_id))
+                .set((
+                    builds::status.eq(status.as_str()),
+                    builds::artifact.eq(&artifact),
+                    builds::processes.eq(&processes),
+                    builds::log.eq(&log),
+                    builds::finished_at.eq(now()),
+                ))
+                .returning(BuildRow::as_returning())
+                .get_result(conn)
+                .optional()?
+                .ok_or_else(|| not_found("build not found"))?;
+            Ok(Build::try_from(row)?)
+        })
+    }
+
+    async fn build(&self, build_id: i64) -> Result<Build> {
+        with_conn!(self, |conn| {
+            let row = builds::table
+                .find(build_id)
+                .select(BuildRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| not_found("build not found"))?;
+            Ok(Build::try_from(row)?)
+        })
+    }
+
+    async fn create_deployment(&self, new: &NewDeployment) -> Result<Deployment> {
+        let config = to_json(&new.config, "deployment config")?;
+        let scale = to_json(&new.scale, "deployment scale")?;
+        let new = new.clone();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                ensure_project!(conn, new.project_id);
+                let latest = deployments::table
+                    .filter(deployments::project_id.eq(new.project_id))
+                    .select(diesel::dsl::max(deployments::version))
+                    .first::<Option<i64>>(conn)?;
+                let now = now();
+                let row = diesel::insert_into(deployments::table)
+                    .values(NewDeploymentRow {
+                        project_id: new.project_id,
+                        version: latest.unwrap_or(0) + 1,
+                        status: new.status.as_str(),
+                        build_id: new.build_id,
+                        commit: new.commit.as_deref(),
+                        config: &config,
+                        scale: &scale,
+                        cause: &new.cause,
+                        created_at: now,
+                        updated_at: now,
+                    })
+                    .returning(DeploymentRow::as_returning())
+                    .get_result(conn)
+                    .map_err(|e| match e {
+                        // A concurrent writer took this version first: count again.
+                        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+                            StoreError::Retry
+                        }
+                        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                            not_found("build not found")
+                        }
+                        e => StoreError::Db(e),
+                    })?;
+                Ok(Deployment::try_from(row)?)
+            })
+        })
+    }
+
+    async fn set_deployment_status(
+        &self,
+        deployment_id: i64,
+        status: DeploymentStatus,
+        failure: Option<&str>,
+    ) -> Result<Deployment> {
+        let failure = failure.map(str::to_owned);
+        with_conn!(self, |conn| {
+            // Read, check and write in one write transaction, so two racing steps cannot both
+            // pass the check against the same old status.
+            write_tx(conn, |conn| {
+                let row = deployments::table
+                    .find(deployment_id)
+                    .select(DeploymentRow::as_select())
+                    .first(conn)
+                    .optional()?
+                    .ok_or_else(|| not_found("deployment not found"))?;
+                DeploymentStatus::parse(&row.status)?.next(status)?;
+                let row = diesel::update(deployments::table.find(deployment_id))
+                    .set((
+                        deployments::status.eq(status.as_str()),
+                        deployments::failure.eq(failure.as_ref().or(row.failure.as_ref())),
+                        deployments::updated_at.eq(now()),
+                    ))
+                    .returning(DeploymentRow::as_returning())
+                    .get_result(conn)?;
+                Ok(Deployment::try_from(row)?)
+            })
+        })
+    }
+
+    async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>> {
+        with_conn!(self, |conn| {
+            let rows = deployments::table
+                .filter(deployments::project_id.eq(project_id))
+                .order(deployments::version.desc())
+                .limit(limit.max(0))
+                .select(DeploymentRow::as_select())
+                .load(conn)?;
+            let deployments = rows
+                .into_iter()
+                .map(Deployment::try_from)
+                .collect::<Result<Vec<_>>>()?;
+            Ok(deployments)
+        })
+    }
+
+    async fn deployment(&self, project_id: i64, version: i64) -> Result<Deployment> {
+        with_conn!(self, |conn| {
+            let row = deployments::table
+                .filter(deployments::project_id.eq(project_id))
+                .filter(deployments::version.eq(version))
+                .select(DeploymentRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| not_found(format!("deployment v{version} not found")))?;
+            Ok(Deployment::try_from(row)?)
+        })
+    }
+
+    async fn live_deployments(&self) -> Result<Vec<(Project, Deployment)>> {
+        with_conn!(self, |conn| {
+            let rows = deployments::table
+                .inner_join(projects::table)
+                .filter(deployments::status.eq(DeploymentStatus::Live.as_str()))
+                .order((projects::name, deployments::version))
+                .select((ProjectRow::as_select(), DeploymentRow::as_select()))
+                .load::<(ProjectRow, DeploymentRow)>(conn)?;
+            let mut live = Vec::with_capacity(rows.len());
+            for (project, deployment) in rows {
+                live.push((
+                    Project::try_from(project)?,
+                    Deployment::try_from(deployment)?,
+                ));
+            }
+            Ok(live)
+        })
+    }
+}

@@ -1,0 +1,248 @@
+//! Rows as stored, and their conversion to the domain types of `paastech-core`. A row that
+//! does not convert (an unknown status, broken JSON) is an internal error: only this crate
+//! writes these tables.
+
+use std::collections::BTreeMap;
+
+use diesel::prelude::*;
+use paastech_core::{
+    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Error, Project, ProjectName,
+    SshKey, Timestamp, User,
+};
+
+use crate::schema::{api_tokens, builds, deployments, projects, ssh_keys, users};
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = users)]
+pub(crate) struct UserRow {
+    pub id: i64,
+    pub email: String,
+    pub password_hash: String,
+    pub is_admin: bool,
+    pub created_at: i64,
+}
+
+impl From<UserRow> for User {
+    fn from(row: UserRow) -> Self {
+        User {
+            id: row.id,
+            email: row.email,
+            is_admin: row.is_admin,
+            created_at: Timestamp(row.created_at),
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = users)]
+pub(crate) struct NewUserRow<'a> {
+    pub email: &'a str,
+    pub password_hash: &'a str,
+    pub is_admin: bool,
+    pub created_at: i64,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = api_tokens)]
+pub(crate) struct TokenRow {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+impl From<TokenRow> for ApiToken {
+    fn from(row: TokenRow) -> Self {
+        ApiToken {
+            id: row.id,
+            user_id: row.user_id,
+            name: row.name,
+            created_at: Timestamp(row.created_at),
+            last_used_at: row.last_used_at.map(Timestamp),
+            expires_at: row.expires_at.map(Timestamp),
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = api_tokens)]
+pub(crate) struct NewTokenRow<'a> {
+    pub user_id: i64,
+    pub name: &'a str,
+    pub token_hash: &'a str,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = ssh_keys)]
+pub(crate) struct SshKeyRow {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    pub fingerprint: String,
+    pub public_key: String,
+    pub created_at: i64,
+}
+
+impl From<SshKeyRow> for SshKey {
+    fn from(row: SshKeyRow) -> Self {
+        SshKey {
+            id: row.id,
+            user_id: row.user_id,
+            name: row.name,
+            fingerprint: row.fingerprint,
+            public_key: row.public_key,
+            created_at: Timestamp(row.created_at),
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = ssh_keys)]
+pub(crate) struct NewSshKeyRow<'a> {
+    pub user_id: i64,
+    pub name: &'a str,
+    pub fingerprint: &'a str,
+    pub public_key: &'a str,
+    pub created_at: i64,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = projects)]
+pub(crate) struct ProjectRow {
+    pub id: i64,
+    pub owner_id: i64,
+    pub name: String,
+    pub created_at: i64,
+}
+
+impl TryFrom<ProjectRow> for Project {
+    type Error = Error;
+
+    fn try_from(row: ProjectRow) -> Result<Self, Error> {
+        let name = ProjectName::parse(&row.name).map_err(|_| {
+            Error::internal_msg(format!("invalid project name {:?} in store", row.name))
+        })?;
+        Ok(Project {
+            id: row.id,
+            name,
+            owner_id: row.owner_id,
+            created_at: Timestamp(row.created_at),
+        })
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = projects)]
+pub(crate) struct NewProjectRow<'a> {
+    pub owner_id: i64,
+    pub name: &'a str,
+    pub created_at: i64,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = builds)]
+pub(crate) struct BuildRow {
+    pub id: i64,
+    pub project_id: i64,
+    pub commit: String,
+    pub status: String,
+    pub artifact: Option<String>,
+    pub processes: String,
+    pub log: String,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl TryFrom<BuildRow> for Build {
+    type Error = Error;
+
+    fn try_from(row: BuildRow) -> Result<Self, Error> {
+        Ok(Build {
+            id: row.id,
+            project_id: row.project_id,
+            commit: row.commit,
+            status: BuildStatus::parse(&row.status)?,
+            artifact: row.artifact,
+            processes: from_json(&row.processes, "build processes")?,
+            log: row.log,
+            created_at: Timestamp(row.created_at),
+            finished_at: row.finished_at.map(Timestamp),
+        })
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = builds)]
+pub(crate) struct NewBuildRow<'a> {
+    pub project_id: i64,
+    pub commit: &'a str,
+    pub status: &'a str,
+    pub processes: &'a str,
+    pub log: &'a str,
+    pub created_at: i64,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = deployments)]
+pub(crate) struct DeploymentRow {
+    pub id: i64,
+    pub project_id: i64,
+    pub version: i64,
+    pub status: String,
+    pub build_id: Option<i64>,
+    pub commit: Option<String>,
+    pub config: String,
+    pub scale: String,
+    pub cause: String,
+    pub failure: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl TryFrom<DeploymentRow> for Deployment {
+    type Error = Error;
+
+    fn try_from(row: DeploymentRow) -> Result<Self, Error> {
+        Ok(Deployment {
+            id: row.id,
+            project_id: row.project_id,
+            version: row.version,
+            status: DeploymentStatus::parse(&row.status)?,
+            build_id: row.build_id,
+            commit: row.commit,
+            config: from_json(&row.config, "deployment config")?,
+            scale: from_json::<BTreeMap<String, u32>>(&row.scale, "deployment scale")?,
+            cause: row.cause,
+            failure: row.failure,
+            created_at: Timestamp(row.created_at),
+            updated_at: Timestamp(row.updated_at),
+        })
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = deployments)]
+pub(crate) struct NewDeploymentRow<'a> {
+    pub project_id: i64,
+    pub version: i64,
+    pub status: &'a str,
+    pub build_id: Option<i64>,
+    pub commit: Option<&'a str>,
+    pub config: &'a str,
+    pub scale: &'a str,
+    pub cause: &'a str,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::internal(format!("cannot encode {what}"), e))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|e| Error::internal(format!("corrupt {what} in store"), e))
+}

@@ -1,0 +1,107 @@
+//! The tables, as diesel sees them. One schema for both backends: every column type here
+//! (BigInt, Text, Bool) means the same on SQLite and PostgreSQL. Kept by hand in step with
+//! `migrations/{sqlite,postgres}`.
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        email -> Text,
+        password_hash -> Text,
+        is_admin -> Bool,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    api_tokens (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        name -> Text,
+        token_hash -> Text,
+        created_at -> BigInt,
+        last_used_at -> Nullable<BigInt>,
+        expires_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    ssh_keys (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        name -> Text,
+        fingerprint -> Text,
+        public_key -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    projects (id) {
+        id -> BigInt,
+        owner_id -> BigInt,
+        name -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    env_vars (project_id, key) {
+        project_id -> BigInt,
+        key -> Text,
+        value -> Text,
+    }
+}
+
+diesel::table! {
+    process_scale (project_id, process_type) {
+        project_id -> BigInt,
+        process_type -> Text,
+        count -> BigInt,
+    }
+}
+
+diesel::table! {
+    builds (id) {
+        id -> BigInt,
+        project_id -> BigInt,
+        commit -> Text,
+        status -> Text,
+        artifact -> Nullable<Text>,
+        processes -> Text,
+        log -> Text,
+        created_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    deployments (id) {
+        id -> BigInt,
+        project_id -> BigInt,
+        version -> BigInt,
+        status -> Text,
+        build_id -> Nullable<BigInt>,
+        commit -> Nullable<Text>,
+        config -> Text,
+        scale -> Text,
+        cause -> Text,
+        failure -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::joinable!(api_tokens -> users (user_id));
+diesel::joinable!(ssh_keys -> users (user_id));
+diesel::joinable!(deployments -> projects (project_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    api_tokens,
+    ssh_keys,
+    projects,
+    env_vars,
+    process_scale,
+    builds,
+    deployments,
+);

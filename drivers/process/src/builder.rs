@@ -1,0 +1,407 @@
+//! `ProcessBuilder`: builds a release directory in place, with the language's own tools.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::Signal;
+use paastech_core::drivers::{Artifact, BuildRequest, ImageBuilder, LogSink};
+use paastech_core::{Error, Result};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::detect::{self, Detected, Language};
+use crate::group;
+use crate::lines::Lines;
+use crate::shell::{shell_join, shell_quote};
+
+/// Variables passed from the server's environment to build steps besides PATH and HOME.
+/// They say where toolchains live and how to reach package registries (proxies, extra CA
+/// certificates); without them a toolchain in a non-default place is not found and a
+/// server behind a proxy cannot download anything. Nothing else of the server's leaks.
+const PASSTHROUGH_VARS: &[&str] = &[
+    "RUSTUP_HOME",
+    "CARGO_HOME",
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+    "GOROOT",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "PIP_CERT",
+    "REQUESTS_CA_BUNDLE",
+];
+
+const PIP_INSTALL: &[&str] = &[
+    "install",
+    "--disable-pip-version-check",
+    "--progress-bar",
+    "off",
+];
+
+#[derive(Debug, Clone)]
+pub struct ProcessBuilderConfig {
+    /// Download caches kept between builds (`pip/`, `npm/`, `go/`).
+    pub cache_dir: PathBuf,
+    /// The time limit of a whole build; the step running when it expires is killed.
+    pub timeout: Duration,
+    /// The argv prefix of the static file server; the app directory is appended.
+    pub static_server: Vec<String>,
+}
+
+pub struct ProcessBuilder {
+    config: ProcessBuilderConfig,
+}
+
+impl ProcessBuilder {
+    pub fn new(config: ProcessBuilderConfig) -> Self {
+        ProcessBuilder { config }
+    }
+
+    /// The steps that build `language` in `dir`, in order.
+    fn plan(&self, language: Option<Language>, dir: &Path) -> Result<Vec<Step>> {
+        let cache = &self.config.cache_dir;
+        let pip = |args: &[&str]| {
+            let pip_cache = cache.join("pip");
+            Step::new(".venv/bin/pip", &[PIP_INSTALL, args].concat())
+                .program(dir.join(".venv/bin/pip"))
+                .env("PIP_CACHE_DIR", pip_cache.clone())
+                .env("PIP_NO_INPUT", "1")
+                .cache(pip_cache)
+        };
+        let steps = match language {
+            None | Some(Language::Static) => Vec::new(),
+            Some(Language::Python) if dir.join("requirements.txt").is_file() => {
+                let text = std::fs::read_to_string(dir.join("requirements.txt"))
+                    .map_err(|e| Error::internal("reading requirements.txt", e))?;
+                if has_requirements(&text) {
+                    vec![
+                        Step::new("python3", &["-m", "venv", ".venv"]),
+                        pip(&["-r", "requirements.txt"]),
+                    ]
+                } else {
+                    // Nothing to install: a venv without pip takes a tenth of the time.
+                    vec![Step::new(
+                        "python3",
+                        &["-m", "venv", "--without-pip", ".venv"],
+                    )]
+                }
+            }
+            Some(Language::Python) => {
+                vec![Step::new("python3", &["-m", "venv", ".venv"]), pip(&["."])]
+            }
+            Some(Language::Node) => {
+                let locked = dir.join("package-lock.json").is_file()
+                    || dir.join("npm-shrinkwrap.json").is_file();
+                let install = if locked { "ci" } else { "install" };
+                let npm_cache = cache.join("npm");
+                vec![
+                    Step::new("npm", &[install, "--no-audit", "--no-fund"])
+                        .env("npm_config_cache", npm_cache.clone())
+                        .env("npm_config_update_notifier", "false")
+                        .cache(npm_cache),
+                ]
+            }
+            Some(Language::Rust) => vec![
+                Step::new("cargo", &["build", "--release"])
+                    .env("CARGO_TARGET_DIR", dir.join("target")),
+            ],
+            Some(Language::Go) => {
+                let go = cache.join("go");
+                vec![
+                    Step::new("go", &["build", "-o", "bin/app", "."])
+                        .env("GOCACHE", go.join("build"))
+                        .env("GOMODCACHE", go.join("mod"))
+                        .env("GOPATH", go.join("path"))
+                        .cache(go),
+                ]
+            }
+        };
+        Ok(steps)
+    }
+
+    /// The environment every step starts from: nothing of the server's but where its
+    /// tools are, then the project's build env.
+    fn base_env(&self, request: &BuildRequest) -> Vec<(OsString, OsString)> {
+        let mut env = Vec::new();
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        env.push(("PATH".into(), path));
+        if let Some(home) = std::env::var_os("HOME") {
+            env.push(("HOME".into(), home));
+        }
+        env.push(("LANG".into(), "C.UTF-8".into()));
+        for name in PASSTHROUGH_VARS {
+            if let Some(value) = std::env::var_os(name) {
+                env.push((name.into(), value));
+            }
+        }
+        for (key, value) in &request.env {
+            env.push((key.into(), value.into()));
+        }
+        env
+    }
+
+    fn static_web_command(&self, dir: &str) -> Result<String> {
+        if self.config.static_server.is_empty() {
+            return Err(Error::Unavailable(
+                "this server has no static file server configured for the process builder".into(),
+            ));
+        }
+        Ok(format!(
+            "{} {}",
+            shell_join(&self.config.static_server),
+            shell_quote(dir)
+        ))
+    }
+}
+
+#[async_trait]
+impl ImageBuilder for ProcessBuilder {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn build(&self, request: &BuildRequest, log: &dyn LogSink) -> Result<Artifact> {
+        let started = Instant::now();
+        let deadline = started + self.config.timeout;
+        let dir = request.source.as_path();
+        let reference = dir
+            .to_str()
+            .ok_or_else(|| Error::internal_msg(format!("release directory {dir:?} is not UTF-8")))?
+            .to_owned();
+        if !dir.is_dir() {
+            return Err(Error::NotFound(format!(
+                "release directory {reference} does not exist"
+            )));
+        }
+
+        let detected = {
+            let dir = dir.to_owned();
+            tokio::task::spawn_blocking(move || detect::detect(&dir))
+                .await
+                .map_err(|e| Error::internal("detecting the app", e))??
+        };
+        log.line(&describe(&detected));
+
+        let base_env = self.base_env(request);
+        for step in self.plan(detected.language, dir)? {
+            for cache in &step.caches {
+                tokio::fs::create_dir_all(cache)
+                    .await
+                    .map_err(|e| Error::internal("creating the build cache directory", e))?;
+            }
+            run_step(&step, dir, &base_env, deadline, self.config.timeout, log).await?;
+        }
+
+        let mut processes = detected.processes;
+        if detected.language == Some(Language::Static) {
+            processes.insert("web".to_owned(), self.static_web_command(&reference)?);
+        }
+        for (name, command) in &processes {
+            log.line(&format!("-----> Process type {name}: {command}"));
+        }
+        log.line(&format!(
+            "-----> Build finished in {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+        tracing::info!(project = %request.project, version = request.version, dir = %reference, "built release");
+        Ok(Artifact {
+            reference,
+            processes,
+        })
+    }
+
+    async fn remove(&self, artifact: &str) -> Result<()> {
+        let path = PathBuf::from(artifact);
+        // A release directory is always an absolute path below some data directory; refuse
+        // anything else rather than delete a surprise.
+        if !path.is_absolute() || path.parent().is_none_or(|p| p.parent().is_none()) {
+            return Err(Error::Invalid(format!(
+                "{artifact:?} is not a release directory"
+            )));
+        }
+        match tokio::fs::remove_dir_all(&path).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(Error::internal(
+                format!("removing release directory {artifact}"),
+                err,
+            )),
+        }
+    }
+}
+
+fn describe(detected: &Detected) -> String {
+    let source = if detected.procfile {
+        "commands from the Procfile"
+    } else {
+        "default commands"
+    };
+    match detected.language {
+        Some(language) => format!("-----> Detected a {} app, {source}", language.as_str()),
+        None => format!("-----> Nothing to build, {source}"),
+    }
+}
+
+/// Whether a requirements file names anything to install (not only comments and blanks).
+fn has_requirements(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .any(|line| !line.is_empty() && !line.starts_with('#'))
+}
+
+/// One build step: an argument vector, never a shell string.
+struct Step {
+    program: OsString,
+    args: Vec<String>,
+    env: Vec<(&'static str, OsString)>,
+    /// Cache directories to create before the step runs.
+    caches: Vec<PathBuf>,
+    /// How the step is named in the build log and in errors.
+    label: String,
+}
+
+impl Step {
+    /// `program` is looked up in the step's PATH unless [`Step::program`] replaces it.
+    fn new(program: &str, args: &[&str]) -> Self {
+        Step {
+            program: program.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: Vec::new(),
+            caches: Vec::new(),
+            label: [program]
+                .iter()
+                .chain(args)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+
+    /// Runs this absolute path; the label keeps the short name given to `new`.
+    fn program(mut self, path: PathBuf) -> Self {
+        self.program = path.into_os_string();
+        self
+    }
+
+    fn env(mut self, key: &'static str, value: impl Into<OsString>) -> Self {
+        self.env.push((key, value.into()));
+        self
+    }
+
+    fn cache(mut self, dir: PathBuf) -> Self {
+        self.caches.push(dir);
+        self
+    }
+}
+
+async fn run_step(
+    step: &Step,
+    dir: &Path,
+    base_env: &[(OsString, OsString)],
+    deadline: Instant,
+    limit: Duration,
+    log: &dyn LogSink,
+) -> Result<()> {
+    log.line(&format!("-----> Running {}", step.label));
+    let mut command = Command::new(&step.program);
+    command
+        .args(&step.args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(base_env.iter().map(|(k, v)| (k, v)))
+        .envs(step.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|err| {
+        if err.kind() == io::ErrorKind::NotFound {
+            Error::Unavailable(format!(
+                "{} is not installed on the server (needed for `{}`)",
+                step.label.split(' ').next().unwrap_or_default(),
+                step.label
+            ))
+        } else {
+            Error::internal(format!("starting build step `{}`", step.label), err)
+        }
+    })?;
+    let pgid = group::pgid_of(&child);
+    let outcome = tokio::time::timeout_at(deadline, pump(&mut child, pgid, log)).await;
+    match outcome {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(Error::Invalid(format!(
+            "build step `{}` failed ({status})",
+            step.label
+        ))),
+        Ok(Err(err)) => Err(Error::internal(
+            format!("running build step `{}`", step.label),
+            err,
+        )),
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                group::signal(pgid, Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            Err(Error::Invalid(format!(
+                "build step `{}` timed out: the build time limit is {}s",
+                step.label,
+                limit.as_secs_f64()
+            )))
+        }
+    }
+}
+
+/// Streams the child's stdout and stderr into `log` line by line until both close and the
+/// child has exited. When the child exits, what it left running in its group is killed:
+/// a build step must not leave daemons behind (nor keep its pipes open forever).
+async fn pump(child: &mut Child, pgid: Option<i32>, log: &dyn LogSink) -> io::Result<ExitStatus> {
+    let mut out = child.stdout.take().map(Lines::new);
+    let mut err = child.stderr.take().map(Lines::new);
+    let mut status = None;
+    loop {
+        let (out_open, err_open) = (out.is_some(), err.is_some());
+        if !out_open
+            && !err_open
+            && let Some(status) = status
+        {
+            return Ok(status);
+        }
+        tokio::select! {
+            line = next(&mut out), if out_open => match line {
+                Some(line) => log.line(&line),
+                None => out = None,
+            },
+            line = next(&mut err), if err_open => match line {
+                Some(line) => log.line(&line),
+                None => err = None,
+            },
+            exited = child.wait(), if status.is_none() => {
+                status = Some(exited?);
+                if let Some(pgid) = pgid {
+                    group::signal(pgid, Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+async fn next<R: tokio::io::AsyncRead + Unpin>(lines: &mut Option<Lines<R>>) -> Option<String> {
+    match lines {
+        Some(lines) => lines.next_line().await,
+        None => None,
+    }
+}

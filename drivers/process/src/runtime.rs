@@ -1,0 +1,460 @@
+//! `ProcessRuntime`: each instance is `sh -c COMMAND` in its own process group, with a
+//! clean environment, supervised by a task that restarts it with backoff.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::Signal;
+use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, Runtime};
+use paastech_core::{Error, Result};
+use tokio::io::AsyncRead;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::group;
+use crate::lines::Lines;
+
+/// The directories searched for system tools, and the tail of every app's PATH. Fixed, so
+/// that neither the server's PATH nor the app's own files decide which `sh` or `prlimit`
+/// runs.
+const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+const SHELL: &str = "/bin/sh";
+
+/// When an instance that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// The wait after the first exit; it doubles with each further exit in `window`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// This many exits within `window` and the instance is `Crashed`, not restarted.
+    pub max_failures: u32,
+    pub window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            max_failures: 5,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The wait before the next start, given how many exits are within the window.
+    fn backoff(&self, recent_failures: usize) -> Duration {
+        let doublings = u32::try_from(recent_failures.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(20);
+        self.initial_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.max_backoff)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessRuntimeConfig {
+    /// The grace period of [`ProcessRuntime::shutdown`].
+    pub grace: Duration,
+    pub restart: RestartPolicy,
+    /// The memory limit of instances whose spec sets none. `None`: unlimited.
+    pub default_memory_bytes: Option<u64>,
+}
+
+impl Default for ProcessRuntimeConfig {
+    fn default() -> Self {
+        ProcessRuntimeConfig {
+            grace: Duration::from_secs(10),
+            restart: RestartPolicy::default(),
+            default_memory_bytes: None,
+        }
+    }
+}
+
+pub struct ProcessRuntime {
+    config: ProcessRuntimeConfig,
+    instances: Mutex<HashMap<String, Entry>>,
+    next_id: AtomicU64,
+}
+
+struct Entry {
+    shared: Arc<Mutex<Shared>>,
+    /// `Some(grace)` asks the supervisor to stop the instance and end.
+    stop: watch::Sender<Option<Duration>>,
+    task: JoinHandle<()>,
+}
+
+/// What the supervisor and the runtime both see of an instance.
+struct Shared {
+    instance: Instance,
+    /// The process group of the current process, while one runs.
+    pgid: Option<i32>,
+}
+
+/// Everything needed to start the instance's process again.
+struct Launch {
+    program: PathBuf,
+    args: Vec<OsString>,
+    dir: PathBuf,
+    env: Vec<(OsString, OsString)>,
+    output: Arc<dyn LogSink>,
+    /// `web.0`, as the instance is named in the lines the runtime writes to `output`.
+    name: String,
+}
+
+impl ProcessRuntime {
+    pub fn new(config: ProcessRuntimeConfig) -> Self {
+        ProcessRuntime {
+            config,
+            instances: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Stops every instance with the configured grace period, as a server shutting down
+    /// does. Dropping the runtime instead kills them at once.
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = lock(&self.instances).keys().cloned().collect();
+        for id in ids {
+            if let Err(err) = self.stop(&id, self.config.grace).await {
+                tracing::warn!(instance = %id, error = %err, "stopping instance at shutdown");
+            }
+        }
+    }
+
+    fn launch(
+        &self,
+        spec: &InstanceSpec,
+        output: Arc<dyn LogSink>,
+        port: Option<u16>,
+    ) -> Result<Launch> {
+        let dir = PathBuf::from(&spec.artifact);
+        if !dir.is_absolute() || !dir.is_dir() {
+            return Err(Error::NotFound(format!(
+                "release directory {} does not exist",
+                spec.artifact
+            )));
+        }
+        let mut env: Vec<(OsString, OsString)> = vec![
+            ("PATH".into(), app_path(&dir)),
+            ("HOME".into(), dir.clone().into_os_string()),
+            ("LANG".into(), "C.UTF-8".into()),
+        ];
+        env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+        if let Some(port) = port {
+            env.push(("PORT".into(), port.to_string().into()));
+        }
+
+        let shell_args: Vec<OsString> = vec!["-c".into(), spec.command.clone().into()];
+        let (program, args) = match spec
+            .limits
+            .memory_bytes
+            .or(self.config.default_memory_bytes)
+        {
+            Some(bytes) => {
+                let prlimit = find_system_tool("prlimit").ok_or_else(|| {
+                    Error::Unavailable(
+                        "prlimit (util-linux) is not installed on the server; it is needed to limit memory".into(),
+                    )
+                })?;
+                let mut args: Vec<OsString> =
+                    vec![format!("--data={bytes}").into(), "--".into(), SHELL.into()];
+                args.extend(shell_args);
+                (prlimit, args)
+            }
+            None => (PathBuf::from(SHELL), shell_args),
+        };
+        if spec.limits.cpus.is_some() {
+            tracing::debug!(project = %spec.project, "cpu limits are not applied to local processes");
+        }
+        Ok(Launch {
+            program,
+            args,
+            dir,
+            env,
+            output,
+            name: format!("{}.{}", spec.process_type, spec.index),
+        })
+    }
+}
+
+impl Drop for ProcessRuntime {
+    /// Processes do not outlive the runtime that manages them.
+    fn drop(&mut self) {
+        for entry in lock(&self.instances).values() {
+            if let Some(pgid) = lock(&entry.shared).pgid {
+                group::signal(pgid, Signal::SIGKILL);
+            }
+            entry.task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn start(&self, spec: InstanceSpec, output: Arc<dyn LogSink>) -> Result<Instance> {
+        let port = if spec.is_web() {
+            Some(free_port()?)
+        } else {
+            None
+        };
+        let launch = self.launch(&spec, output, port)?;
+        let child = spawn(&launch).map_err(|err| {
+            Error::internal(format!("starting {} of {}", launch.name, spec.project), err)
+        })?;
+
+        let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!(
+            "{}-v{}-{}-{}-{seq}",
+            spec.project, spec.version, spec.process_type, spec.index
+        );
+        let instance = Instance {
+            id: id.clone(),
+            project: spec.project,
+            version: spec.version,
+            process_type: spec.process_type,
+            index: spec.index,
+            addr: port.map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            state: InstanceState::Running,
+            restarts: 0,
+        };
+        let shared = Arc::new(Mutex::new(Shared {
+            instance: instance.clone(),
+            pgid: group::pgid_of(&child),
+        }));
+        let (stop, stop_rx) = watch::channel(None);
+        let task = tokio::spawn(supervise(
+            child,
+            launch,
+            Arc::clone(&shared),
+            stop_rx,
+            self.config.restart,
+        ));
+        lock(&self.instances).insert(id.clone(), Entry { shared, stop, task });
+        tracing::info!(instance = %id, addr = ?instance.addr, "started instance");
+        Ok(instance)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let Some(entry) = lock(&self.instances).remove(id) else {
+            return Ok(());
+        };
+        entry.stop.send_replace(Some(grace));
+        if let Err(err) = entry.task.await {
+            tracing::warn!(instance = %id, error = %err, "instance supervisor failed");
+        }
+        tracing::info!(instance = %id, "stopped instance");
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>> {
+        let mut instances: Vec<Instance> = lock(&self.instances)
+            .values()
+            .map(|entry| lock(&entry.shared).instance.clone())
+            .collect();
+        instances.sort_by(|a, b| {
+            (&a.project, a.version, &a.process_type, a.index, &a.id).cmp(&(
+                &b.project,
+                b.version,
+                &b.process_type,
+                b.index,
+                &b.id,
+            ))
+        });
+        Ok(instances)
+    }
+}
+
+/// Runs one instance until it is stopped or has crashed: waits for the process, restarts
+/// it with backoff when it exits, gives up after too many exits in the window.
+async fn supervise(
+    first: Child,
+    launch: Launch,
+    shared: Arc<Mutex<Shared>>,
+    mut stop: watch::Receiver<Option<Duration>>,
+    policy: RestartPolicy,
+) {
+    let mut current = Some(first);
+    let mut failures: VecDeque<Instant> = VecDeque::new();
+    loop {
+        if let Some(mut child) = current.take() {
+            let pgid = group::pgid_of(&child);
+            tokio::select! {
+                status = child.wait() => {
+                    // Whatever the app left running in its group would hold its port.
+                    if let Some(pgid) = pgid {
+                        group::signal(pgid, Signal::SIGKILL);
+                    }
+                    let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                    launch.output.line(&format!("paastech: {} exited ({status})", launch.name));
+                }
+                grace = requested_stop(&mut stop) => {
+                    if let Some(pgid) = pgid {
+                        group::terminate(&mut child, pgid, grace).await;
+                    }
+                    set_state(&shared, InstanceState::Stopped, None);
+                    return;
+                }
+            }
+        }
+
+        let now = Instant::now();
+        failures.push_back(now);
+        while failures
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > policy.window)
+        {
+            failures.pop_front();
+        }
+        if failures.len() >= policy.max_failures as usize {
+            launch.output.line(&format!(
+                "paastech: {} crashed: it stopped {} times within {}s, not restarting",
+                launch.name,
+                failures.len(),
+                policy.window.as_secs()
+            ));
+            set_state(&shared, InstanceState::Crashed, None);
+            let id = lock(&shared).instance.id.clone();
+            tracing::warn!(instance = %id, "instance crashed");
+            return;
+        }
+        let backoff = policy.backoff(failures.len());
+        set_state(&shared, InstanceState::Restarting, None);
+        launch.output.line(&format!(
+            "paastech: restarting {} in {:.1}s",
+            launch.name,
+            backoff.as_secs_f64()
+        ));
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = requested_stop(&mut stop) => {
+                set_state(&shared, InstanceState::Stopped, None);
+                return;
+            }
+        }
+
+        lock(&shared).instance.restarts += 1;
+        match spawn(&launch) {
+            Ok(child) => {
+                set_state(&shared, InstanceState::Running, group::pgid_of(&child));
+                current = Some(child);
+            }
+            Err(err) => launch
+                .output
+                .line(&format!("paastech: could not start {}: {err}", launch.name)),
+        }
+    }
+}
+
+/// Resolves when a stop is requested, with its grace period. If the runtime went away
+/// without asking (it was dropped), that is a stop without grace.
+async fn requested_stop(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
+    match stop.wait_for(Option::is_some).await {
+        Ok(grace) => grace.unwrap_or_default(),
+        Err(_) => Duration::ZERO,
+    }
+}
+
+fn set_state(shared: &Mutex<Shared>, state: InstanceState, pgid: Option<i32>) {
+    let mut shared = lock(shared);
+    shared.instance.state = state;
+    shared.pgid = pgid;
+}
+
+/// Starts the process in its own group and streams its output to the instance's sink.
+fn spawn(launch: &Launch) -> io::Result<Child> {
+    let mut child = Command::new(&launch.program)
+        .args(&launch.args)
+        .current_dir(&launch.dir)
+        .env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(forward(stdout, Arc::clone(&launch.output)));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward(stderr, Arc::clone(&launch.output)));
+    }
+    Ok(child)
+}
+
+async fn forward(stream: impl AsyncRead + Unpin, output: Arc<dyn LogSink>) {
+    let mut lines = Lines::new(stream);
+    while let Some(line) = lines.next_line().await {
+        output.line(&line);
+    }
+}
+
+/// The release's own tools first, then the system's.
+fn app_path(dir: &Path) -> OsString {
+    let mut path = OsString::new();
+    for sub in [".venv/bin", "node_modules/.bin"] {
+        path.push(dir.join(sub));
+        path.push(":");
+    }
+    path.push(SYSTEM_PATH);
+    path
+}
+
+fn find_system_tool(name: &str) -> Option<PathBuf> {
+    SYSTEM_PATH
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| path.is_file())
+}
+
+/// A loopback port free right now: bind port 0, read what the kernel chose, let it go.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| Error::internal("finding a free port", e))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::internal("finding a free port", e))?
+        .port();
+    Ok(port)
+}
+
+/// A poisoned lock only means a panic elsewhere; the data is still consistent enough to
+/// report and to kill processes with.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RestartPolicy::default();
+        let waits: Vec<u128> = (1..=9).map(|n| policy.backoff(n).as_millis()).collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(policy.backoff(1000), Duration::from_secs(30));
+    }
+}

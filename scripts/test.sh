@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every test of PaaSTech on a fresh Debian 12 machine, as root: installs what the
+# tests need, starts the services they use (a throwaway PostgreSQL), builds, checks
+# formatting and lints, and runs the whole workspace's tests.
+#
+#   sudo scripts/test.sh
+#
+# Environment: SKIP_INSTALL=1 skips apt-get (when everything is installed already).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s (%ss)\n' "$*" "$SECONDS"; }
+
+if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
+    step "installing system packages"
+    packages=(git openssh-client postgresql libpq-dev libsqlite3-dev pkg-config libssl-dev
+              python3 python3-venv util-linux procps psmisc ca-certificates)
+    missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    # Node.js may come from another repository than Debian's; only add Debian's if absent.
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if ((${#missing[@]})); then
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+fi
+
+command -v cargo >/dev/null || { echo "cargo is not installed: install Rust (rustup) first" >&2; exit 1; }
+
+step "starting a throwaway PostgreSQL"
+PAASTECH_TEST_POSTGRES_URL="$(scripts/start-postgres.sh)"
+export PAASTECH_TEST_POSTGRES_URL
+echo "PostgreSQL at $PAASTECH_TEST_POSTGRES_URL"
+trap 'scripts/start-postgres.sh --stop >/dev/null 2>&1 || true' EXIT
+
+step "checking formatting"
+cargo fmt --all -- --check
+
+step "building"
+cargo build --workspace --all-targets --locked
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
+step "done"

@@ -1,0 +1,323 @@
+//! Accounts: signup, login, tokens, SSH keys.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use paastech_core::{ApiToken, Error, SshKey, Timestamp, User, validate_email};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::JsonBody;
+use crate::AppState;
+use crate::SignupPolicy;
+use crate::auth::{self, ClientIp, CurrentUser, MaybeUser};
+use crate::error::{ApiResult, ErrorBody};
+
+/// Login tokens expire; tokens made with `POST /tokens` do not.
+const LOGIN_TOKEN_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
+
+#[derive(Deserialize, ToSchema)]
+pub struct Credentials {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub email: String,
+    pub is_admin: bool,
+    pub created_at: String,
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        UserView {
+            id: user.id,
+            email: user.email,
+            is_admin: user.is_admin,
+            created_at: user.created_at.to_rfc3339(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenCreated {
+    pub id: i64,
+    pub name: String,
+    /// The secret: shown once, stored only as a hash.
+    pub token: String,
+    pub expires_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenView {
+    pub id: i64,
+    pub name: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub expires_at: Option<String>,
+}
+
+impl From<ApiToken> for TokenView {
+    fn from(t: ApiToken) -> Self {
+        TokenView {
+            id: t.id,
+            name: t.name,
+            created_at: t.created_at.to_rfc3339(),
+            last_used_at: t.last_used_at.map(Timestamp::to_rfc3339),
+            expires_at: t.expires_at.map(Timestamp::to_rfc3339),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct NewToken {
+    pub name: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct NewSshKey {
+    pub name: Option<String>,
+    /// One OpenSSH public key line: `ssh-ed25519 AAAA… comment`.
+    pub public_key: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SshKeyView {
+    pub id: i64,
+    pub name: String,
+    pub fingerprint: String,
+    pub public_key: String,
+    pub created_at: String,
+}
+
+impl From<SshKey> for SshKeyView {
+    fn from(k: SshKey) -> Self {
+        SshKeyView {
+            id: k.id,
+            name: k.name,
+            fingerprint: k.fingerprint,
+            public_key: k.public_key,
+            created_at: k.created_at.to_rfc3339(),
+        }
+    }
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "{kind} name must be 1 to 100 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates an account. The first account is an admin; with `signup = "closed"` only admins
+/// may create accounts.
+#[utoipa::path(post, path = "/auth/signup", tag = "accounts", request_body = Credentials,
+    responses((status = 201, body = UserView), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn signup(
+    State(state): State<AppState>,
+    MaybeUser(caller): MaybeUser,
+    JsonBody(body): JsonBody<Credentials>,
+) -> ApiResult<(StatusCode, Json<UserView>)> {
+    let email = body.email.trim().to_lowercase();
+    validate_email(&email)?;
+    auth::check_password_rules(&body.password)?;
+    if state.signup == SignupPolicy::Closed && !caller.as_ref().is_some_and(|u| u.is_admin) {
+        // The very first account must always be possible, or nobody could ever get in.
+        if !state.store.users().await?.is_empty() {
+            return Err(Error::Forbidden(
+                "sign-up is closed on this server: ask an admin to create your account".into(),
+            )
+            .into());
+        }
+    }
+    let hash = auth::hash_password(body.password).await?;
+    let user = state.store.create_user(&email, &hash).await?;
+    tracing::info!(user = user.id, admin = user.is_admin, "account created");
+    Ok((StatusCode::CREATED, Json(user.into())))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub token: String,
+    pub expires_at: String,
+    pub user: UserView,
+}
+
+/// Exchanges email and password for a token. Ten failures a minute for one account or one
+/// address answer 429 until the minute has passed.
+#[utoipa::path(post, path = "/auth/login", tag = "accounts", request_body = Credentials,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody),
+              (status = 429, body = ErrorBody)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    JsonBody(body): JsonBody<Credentials>,
+) -> ApiResult<Json<LoginResponse>> {
+    let email = body.email.trim().to_lowercase();
+    state.limiter.check(&email, ip)?;
+    let found = match state.store.user_by_email(&email).await {
+        Ok(found) => Some(found),
+        Err(Error::NotFound(_)) => None,
+        Err(other) => return Err(other.into()),
+    };
+    let hash = found.as_ref().map(|(_, hash)| hash.clone());
+    if !auth::verify_password(body.password, hash).await {
+        state.limiter.record_failure(&email, ip);
+        tracing::warn!(%ip, "failed login");
+        return Err(Error::Unauthorized("wrong email or password".into()).into());
+    }
+    let (user, _) = found.expect("verify_password is false without a user");
+    state.limiter.record_success(&email);
+    let token = auth::new_token();
+    let expires = Timestamp(Timestamp::now().0 + LOGIN_TOKEN_LIFETIME_MS);
+    state
+        .store
+        .create_token(user.id, "login", &auth::token_hash(&token), Some(expires))
+        .await?;
+    Ok(Json(LoginResponse {
+        token,
+        expires_at: expires.to_rfc3339(),
+        user: user.into(),
+    }))
+}
+
+#[utoipa::path(get, path = "/me", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = ErrorBody)))]
+pub async fn me(CurrentUser(user): CurrentUser) -> Json<UserView> {
+    Json(user.into())
+}
+
+#[utoipa::path(get, path = "/users", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody)))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> ApiResult<Json<Vec<UserView>>> {
+    if !user.is_admin {
+        return Err(Error::Forbidden("only admins may list users".into()).into());
+    }
+    Ok(Json(
+        state
+            .store
+            .users()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/tokens", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = Vec<TokenView>)))]
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> ApiResult<Json<Vec<TokenView>>> {
+    Ok(Json(
+        state
+            .store
+            .tokens(user.id)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// Creates a long-lived API token; the secret is in this response only.
+#[utoipa::path(post, path = "/tokens", tag = "accounts", security(("bearer" = [])), request_body = NewToken,
+    responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody)))]
+pub async fn create_token(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    JsonBody(body): JsonBody<NewToken>,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    check_name("token", &body.name)?;
+    let token = auth::new_token();
+    let stored = state
+        .store
+        .create_token(user.id, body.name.trim(), &auth::token_hash(&token), None)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            id: stored.id,
+            name: stored.name,
+            token,
+            expires_at: None,
+        }),
+    ))
+}
+
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "accounts", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_token(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    state.store.delete_token(user.id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/ssh-keys", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = Vec<SshKeyView>)))]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> ApiResult<Json<Vec<SshKeyView>>> {
+    Ok(Json(
+        state
+            .store
+            .ssh_keys(user.id)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+/// Registers an SSH public key for `git push`. A malformed key is a 400 saying why; a key
+/// already registered (on any account) is a 409.
+#[utoipa::path(post, path = "/ssh-keys", tag = "accounts", security(("bearer" = [])), request_body = NewSshKey,
+    responses((status = 201, body = SshKeyView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn add_key(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    JsonBody(body): JsonBody<NewSshKey>,
+) -> ApiResult<(StatusCode, Json<SshKeyView>)> {
+    let parsed = paastech_ssh::parse_public_key(&body.public_key)?;
+    let name = match body.name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        // Default to the key's comment, as `ssh-keygen` wrote it, else its type.
+        _ => body
+            .public_key
+            .split_whitespace()
+            .nth(2)
+            .map(str::to_owned)
+            .unwrap_or_else(|| parsed.algorithm.clone()),
+    };
+    check_name("key", &name)?;
+    let key = state
+        .store
+        .add_ssh_key(user.id, &name, &parsed.fingerprint, &parsed.openssh)
+        .await?;
+    tracing::info!(user = user.id, fingerprint = %key.fingerprint, "ssh key added");
+    Ok((StatusCode::CREATED, Json(key.into())))
+}
+
+#[utoipa::path(delete, path = "/ssh-keys/{id}", tag = "accounts", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_key(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    state.store.delete_ssh_key(user.id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

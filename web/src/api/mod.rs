@@ -1,0 +1,164 @@
+//! `/api/v1`: routes, request and response shapes, and the OpenAPI document built from them.
+
+mod accounts;
+mod projects;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use paastech_core::Error;
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::error::{ApiResult, error_response};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .route("/auth/signup", post(accounts::signup))
+        .route("/auth/login", post(accounts::login))
+        .route("/me", get(accounts::me))
+        .route(
+            "/tokens",
+            get(accounts::list_tokens).post(accounts::create_token),
+        )
+        .route("/tokens/{id}", delete(accounts::delete_token))
+        .route(
+            "/ssh-keys",
+            get(accounts::list_keys).post(accounts::add_key),
+        )
+        .route("/ssh-keys/{id}", delete(accounts::delete_key))
+        .route("/users", get(accounts::list_users))
+        .route("/projects", get(projects::list).post(projects::create))
+        .route(
+            "/projects/{name}",
+            get(projects::get).delete(projects::delete),
+        )
+        .route(
+            "/projects/{name}/env",
+            get(projects::get_env).patch(projects::patch_env),
+        )
+        .route(
+            "/projects/{name}/scale",
+            get(projects::get_scale).put(projects::put_scale),
+        )
+        .route(
+            "/projects/{name}/deployments",
+            get(projects::list_deployments),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such API route".into(),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route".into(),
+    )
+}
+
+/// `axum::Json`, but a malformed body answers in the API's error shape.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> Response {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return error_response(
+            status,
+            "too_large",
+            format!(
+                "request body too large: at most {} bytes",
+                crate::MAX_BODY_BYTES
+            ),
+        );
+    }
+    let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        "unsupported_media_type"
+    } else {
+        "invalid"
+    };
+    error_response(status, code, rejection.body_text())
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub database: String,
+}
+
+/// Liveness that means something: the database answers a query.
+#[utoipa::path(get, path = "/healthz", tag = "platform",
+    responses((status = 200, body = Health), (status = 503, body = crate::error::ErrorBody)))]
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(Health {
+            status: "ok".into(),
+            database: "ok".into(),
+        })
+        .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "health check: database unreachable");
+            crate::error::ApiError(Error::Unavailable("database unreachable".into()))
+                .into_response()
+        }
+    }
+}
+
+async fn openapi() -> ApiResult<Response> {
+    Ok(Json(ApiDoc::openapi()).into_response())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config and deployments. Authenticate with `Authorization: Bearer <token>`."),
+    servers((url = "/api/v1")),
+    paths(
+        healthz,
+        accounts::signup, accounts::login, accounts::me,
+        accounts::list_tokens, accounts::create_token, accounts::delete_token,
+        accounts::list_keys, accounts::add_key, accounts::delete_key, accounts::list_users,
+        projects::list, projects::create, projects::get, projects::delete,
+        projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,
+        projects::list_deployments,
+    ),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! Projects and what belongs to them. Every route checks ownership: a project of someone
+//! else answers 404, so its existence is not revealed. Admins may see and act on all.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use paastech_core::store::EnvChanges;
+use paastech_core::{Deployment, EnvVars, Error, Project, ProjectName, User, validate_env_key};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::JsonBody;
+use crate::AppState;
+use crate::auth::CurrentUser;
+use crate::error::{ApiResult, ErrorBody};
+
+/// The most instances of one process type a project may ask for.
+pub const MAX_INSTANCES: u32 = 20;
+/// The largest env value accepted.
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+
+#[derive(Deserialize, ToSchema)]
+pub struct NewProject {
+    pub name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProjectView {
+    pub name: String,
+    /// Where to `git push`.
+    pub git_url: String,
+    /// Where the app is served.
+    pub url: String,
+    pub owner: String,
+    pub created_at: String,
+    /// The status of the newest deployment, or null before the first push.
+    pub status: Option<String>,
+    pub live_version: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeploymentView {
+    pub version: i64,
+    pub status: String,
+    pub commit: Option<String>,
+    pub cause: String,
+    pub failure: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<Deployment> for DeploymentView {
+    fn from(d: Deployment) -> Self {
+        DeploymentView {
+            version: d.version,
+            status: d.status.as_str().to_owned(),
+            commit: d.commit,
+            cause: d.cause,
+            failure: d.failure,
+            created_at: d.created_at.to_rfc3339(),
+            updated_at: d.updated_at.to_rfc3339(),
+        }
+    }
+}
+
+/// The project named in the path, if the caller may see it; otherwise "not found", exactly
+/// as for a project that does not exist.
+pub(crate) async fn visible_project(
+    state: &AppState,
+    user: &User,
+    name: &str,
+) -> Result<Project, Error> {
+    let not_found = || Error::NotFound(format!("project {name:?} not found"));
+    let name = ProjectName::parse(name).map_err(|_| not_found())?;
+    let project = state.store.project(&name).await.map_err(|err| match err {
+        Error::NotFound(_) => not_found(),
+        other => other,
+    })?;
+    if project.owner_id == user.id || user.is_admin {
+        Ok(project)
+    } else {
+        Err(not_found())
+    }
+}
+
+async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> {
+    let owner = state.store.user(project.owner_id).await?.email;
+    let latest = state.store.deployments(project.id, 20).await?;
+    let status = latest.first().map(|d| d.status.as_str().to_owned());
+    let live_version = latest
+        .iter()
+        .find(|d| d.status == paastech_core::DeploymentStatus::Live)
+        .map(|d| d.version);
+    let name = project.name.as_str();
+    Ok(ProjectView {
+        git_url: state.urls.git_url(name),
+        url: state.urls.app_url(name),
+        name: name.to_owned(),
+        owner,
+        created_at: project.created_at.to_rfc3339(),
+        status,
+        live_version,
+    })
+}
+
+/// The caller's projects (an admin sees all).
+#[utoipa::path(get, path = "/projects", tag = "projects", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ProjectView>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> ApiResult<Json<Vec<ProjectView>>> {
+    let owner = if user.is_admin { None } else { Some(user.id) };
+    let mut views = Vec::new();
+    for project in state.store.projects(owner).await? {
+        views.push(view(&state, project).await?);
+    }
+    Ok(Json(views))
+}
+
+#[utoipa::path(post, path = "/projects", tag = "projects", security(("bearer" = [])), request_body = NewProject,
+    responses((status = 201, body = ProjectView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    JsonBody(body): JsonBody<NewProject>,
+) -> ApiResult<(StatusCode, Json<ProjectView>)> {
+    let name = ProjectName::parse(&body.name)?;
+    let project = state.store.create_project(user.id, &name).await?;
+    tracing::info!(project = %name, user = user.id, "project created");
+    Ok((StatusCode::CREATED, Json(view(&state, project).await?)))
+}
+
+#[utoipa::path(get, path = "/projects/{name}", tag = "projects", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 200, body = ProjectView), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ProjectView>> {
+    let project = visible_project(&state, &user, &name).await?;
+    Ok(Json(view(&state, project).await?))
+}
+
+/// Deletes the project, its repository, its deployments and its running instances.
+#[utoipa::path(delete, path = "/projects/{name}", tag = "projects", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let project = visible_project(&state, &user, &name).await?;
+    state.store.delete_project(project.id).await?;
+    tracing::info!(project = %project.name, user = user.id, "project deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/projects/{name}/env", tag = "config", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 200, body = BTreeMap<String, String>), (status = 404, body = ErrorBody)))]
+pub async fn get_env(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+) -> ApiResult<Json<EnvVars>> {
+    let project = visible_project(&state, &user, &name).await?;
+    Ok(Json(state.store.env(project.id).await?))
+}
+
+fn check_env_changes(changes: &EnvChanges) -> Result<(), Error> {
+    if changes.is_empty() {
+        return Err(Error::Invalid(
+            "no changes: send {\"KEY\": \"value\"} to set, {\"KEY\": null} to unset".into(),
+        ));
+    }
+    for (key, value) in changes {
+        validate_env_key(key)?;
+        if let Some(value) = value {
+            if value.len() > MAX_ENV_VALUE_BYTES {
+                return Err(Error::Invalid(format!(
+                    "value of {key} too long: at most {MAX_ENV_VALUE_BYTES} bytes"
+                )));
+            }
+            if value.contains('\0') {
+                return Err(Error::Invalid(format!(
+                    "value of {key} contains a NUL byte"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `{"KEY": "value"}` sets, `{"KEY": null}` unsets; answers the whole resulting env.
+#[utoipa::path(patch, path = "/projects/{name}/env", tag = "config", security(("bearer" = [])),
+    params(("name" = String, Path)), request_body = BTreeMap<String, Option<String>>,
+    responses((status = 200, body = BTreeMap<String, String>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn patch_env(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+    JsonBody(changes): JsonBody<EnvChanges>,
+) -> ApiResult<Json<EnvVars>> {
+    let project = visible_project(&state, &user, &name).await?;
+    check_env_changes(&changes)?;
+    let env = state.store.update_env(project.id, &changes).await?;
+    tracing::info!(project = %project.name, keys = changes.len(), "env changed");
+    Ok(Json(env))
+}
+
+#[utoipa::path(get, path = "/projects/{name}/scale", tag = "config", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 200, body = BTreeMap<String, u32>), (status = 404, body = ErrorBody)))]
+pub async fn get_scale(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+) -> ApiResult<Json<BTreeMap<String, u32>>> {
+    let project = visible_project(&state, &user, &name).await?;
+    Ok(Json(state.store.scale(project.id).await?))
+}
+
+fn check_scale(scale: &BTreeMap<String, u32>) -> Result<(), Error> {
+    if scale.is_empty() {
+        return Err(Error::Invalid("no process types: send {\"web\": 2}".into()));
+    }
+    for (process, count) in scale {
+        let valid = !process.is_empty()
+            && process.len() <= 63
+            && process
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(Error::Invalid(format!("invalid process type {process:?}")));
+        }
+        if *count > MAX_INSTANCES {
+            return Err(Error::Invalid(format!(
+                "{process}={count}: at most {MAX_INSTANCES} instances per process type"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(put, path = "/projects/{name}/scale", tag = "config", security(("bearer" = [])),
+    params(("name" = String, Path)), request_body = BTreeMap<String, u32>,
+    responses((status = 200, body = BTreeMap<String, u32>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn put_scale(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+    JsonBody(scale): JsonBody<BTreeMap<String, u32>>,
+) -> ApiResult<Json<BTreeMap<String, u32>>> {
+    let project = visible_project(&state, &user, &name).await?;
+    check_scale(&scale)?;
+    state.store.set_scale(project.id, &scale).await?;
+    Ok(Json(state.store.scale(project.id).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct Page {
+    /// How many, newest first (default 50, at most 500).
+    pub limit: Option<i64>,
+}
+
+/// Newest first.
+#[utoipa::path(get, path = "/projects/{name}/deployments", tag = "deployments", security(("bearer" = [])),
+    params(("name" = String, Path), Page), responses((status = 200, body = Vec<DeploymentView>), (status = 404, body = ErrorBody)))]
+pub async fn list_deployments(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<Vec<DeploymentView>>> {
+    let project = visible_project(&state, &user, &name).await?;
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let deployments = state.store.deployments(project.id, limit).await?;
+    Ok(Json(deployments.into_iter().map(Into::into).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_changes_are_validated() {
+        type Changes<'a> = &'a [(&'a str, Option<&'a str>)];
+        let cases: [(Changes, bool); 6] = [
+            (&[("A", Some("1"))], true),
+            (&[("A", None)], true),
+            (&[], false),
+            (&[("1A", Some("x"))], false),
+            (&[("PORT", Some("80"))], false),
+            (&[("A", Some("a\0b"))], false),
+        ];
+        for (changes, ok) in cases {
+            let changes: EnvChanges = changes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_owned)))
+                .collect();
+            assert_eq!(check_env_changes(&changes).is_ok(), ok, "{changes:?}");
+        }
+    }
+
+    #[test]
+    fn scale_is_validated() {
+        let cases: [(&[(&str, u32)], bool); 5] = [
+            (&[("web", 2)], true),
+            (&[("web", 0), ("worker", 3)], true),
+            (&[], false),
+            (&[("web", 21)], false),
+            (&[("we b", 1)], false),
+        ];
+        for (scale, ok) in cases {
+            let scale: BTreeMap<String, u32> =
+                scale.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            assert_eq!(check_scale(&scale).is_ok(), ok, "{scale:?}");
+        }
+    }
+}

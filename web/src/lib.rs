@@ -1,0 +1,95 @@
+//! The HTTP API (`/api/v1`) and, later, the web UI. The only crate that knows JSON shapes
+//! and HTTP status codes; it reaches everything else through core's traits.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use paastech_core::Store;
+
+pub use auth::LoginLimiter;
+
+/// Who may create accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignupPolicy {
+    /// Anyone may sign up.
+    #[default]
+    Open,
+    /// Only admins may create accounts (the very first account is always allowed).
+    Closed,
+}
+
+/// What the API shows users about where things are.
+#[derive(Debug, Clone)]
+pub struct PublicUrls {
+    /// Apps are served at `http://<project>.<domain>[:port]`.
+    pub app_domain: String,
+    /// The ingress port when it is not 80.
+    pub app_port: Option<u16>,
+    /// The host users `git push` to.
+    pub ssh_host: String,
+    pub ssh_port: u16,
+}
+
+impl PublicUrls {
+    pub fn git_url(&self, project: &str) -> String {
+        format!(
+            "ssh://git@{}:{}/{project}.git",
+            self.ssh_host, self.ssh_port
+        )
+    }
+
+    pub fn app_url(&self, project: &str) -> String {
+        match self.app_port {
+            Some(port) if port != 80 => format!("http://{project}.{}:{port}", self.app_domain),
+            _ => format!("http://{project}.{}", self.app_domain),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub signup: SignupPolicy,
+    pub urls: Arc<PublicUrls>,
+    pub limiter: Arc<LoginLimiter>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, signup: SignupPolicy, urls: PublicUrls) -> Self {
+        AppState {
+            store,
+            signup,
+            urls: Arc::new(urls),
+            limiter: Arc::new(LoginLimiter::new(10, Duration::from_secs(60))),
+        }
+    }
+}
+
+/// The largest request body the API accepts; nothing it takes is bigger than an SSH key.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/v1", api::routes())
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the API (and UI) on `listener` until `shutdown` resolves, then lets requests in
+/// flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

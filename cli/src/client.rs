@@ -136,6 +136,34 @@ impl Client {
         bail!("{message}")
     }
 
+    pub fn put<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        self.finish(
+            self.authorize(self.agent.put(self.url(path)))
+                .send_json(body),
+        )
+    }
+
+    /// A streamed GET (logs): the body as a reader, or the API's error.
+    pub fn get_stream(&self, path: &str) -> Result<impl std::io::Read + use<>> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(None)
+            .timeout_recv_body(None)
+            .build()
+            .into();
+        let response = self
+            .authorize(agent.get(self.url(path)))
+            .call()
+            .map_err(|err| anyhow!("cannot reach the PaaSTech server at {}: {err}", self.base))?;
+        if response.status().is_success() {
+            return Ok(response.into_body().into_reader());
+        }
+        match self.finish::<Value>(Ok(response)) {
+            Err(err) => Err(err),
+            Ok(_) => bail!("unexpected answer from the server"),
+        }
+    }
+
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.finish(self.authorize(self.agent.get(self.url(path))).call())
     }

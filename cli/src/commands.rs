@@ -30,7 +30,18 @@ pub fn run(
         Command::Projects(cmd) => projects(&client, out, cmd),
         Command::Env(cmd) => env(&client, out, cmd),
         Command::Deployments(project) => deployments(&client, out, project),
-        Command::Completions { .. } | Command::Server(_) => unreachable!("handled in main"),
+        Command::Deploy { project, version } => deploy(&client, out, project, version, false),
+        Command::Rollback { project, version } => deploy(&client, out, project, version, true),
+        Command::Logs {
+            project,
+            follow,
+            lines,
+        } => logs(&client, project, follow, lines),
+        Command::Scale { project, counts } => scale(&client, out, project, counts),
+        Command::Ps(project) => ps(&client, out, project),
+        Command::Completions { .. } | Command::Server(_) | Command::Internal(_) => {
+            unreachable!("handled in main")
+        }
     }
 }
 
@@ -385,6 +396,110 @@ fn deployments(client: &Client, out: Output, arg: ProjectArg) -> Result<()> {
         row[2] = row[2].chars().take(10).collect();
     }
     print_table(&["VERSION", "STATUS", "COMMIT", "CAUSE", "CREATED"], &rows);
+    Ok(())
+}
+
+fn deploy(
+    client: &Client,
+    out: Output,
+    arg: ProjectArg,
+    version: Option<i64>,
+    rollback: bool,
+) -> Result<()> {
+    let name = resolve_project(&arg)?;
+    let version = match (version, rollback) {
+        (Some(v), _) => Some(v),
+        (None, false) => None,
+        (None, true) => Some(previous_version(client, &name)?),
+    };
+    if let Some(v) = version {
+        eprintln!("Deploying v{v} of {name} (its build and config)…");
+    } else {
+        eprintln!("Deploying the latest build of {name}…");
+    }
+    let deployment: Value = client.post(
+        &format!("/projects/{name}/deployments"),
+        &json!({"version": version}),
+    )?;
+    if out.json {
+        return out.json(&deployment);
+    }
+    println!(
+        "v{} of {name} is {}.",
+        text(&deployment["version"]),
+        text(&deployment["status"])
+    );
+    Ok(())
+}
+
+/// The version that was live before the live one.
+fn previous_version(client: &Client, name: &str) -> Result<i64> {
+    let list: Value = client.get(&format!("/projects/{name}/deployments?limit=500"))?;
+    let list = list.as_array().cloned().unwrap_or_default();
+    let live = list
+        .iter()
+        .find(|d| d["status"] == "live")
+        .and_then(|d| d["version"].as_i64());
+    let live = live.with_context(|| format!("{name} has no live deployment to roll back from"))?;
+    list.iter()
+        .filter(|d| d["status"] == "superseded")
+        .filter_map(|d| d["version"].as_i64())
+        .find(|v| *v < live)
+        .with_context(|| format!("{name} has no earlier version that was live: pass a version"))
+}
+
+fn logs(client: &Client, arg: ProjectArg, follow: bool, lines: usize) -> Result<()> {
+    let name = resolve_project(&arg)?;
+    let mut reader = client.get_stream(&format!(
+        "/projects/{name}/logs?follow={follow}&lines={lines}"
+    ))?;
+    let mut stdout = std::io::stdout().lock();
+    let mut buffer = [0u8; 8192];
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buffer)?;
+        if n == 0 {
+            return Ok(());
+        }
+        stdout.write_all(&buffer[..n])?;
+        stdout.flush()?;
+    }
+}
+
+fn scale(client: &Client, out: Output, arg: ProjectArg, counts: Vec<String>) -> Result<()> {
+    let name = resolve_project(&arg)?;
+    let mut scale = BTreeMap::new();
+    for pair in counts {
+        let (process, count) = pair
+            .split_once('=')
+            .with_context(|| format!("{pair:?} is not TYPE=N"))?;
+        let count: u32 = count
+            .parse()
+            .with_context(|| format!("{pair:?}: N must be a whole number"))?;
+        scale.insert(process.to_owned(), count);
+    }
+    let result: Value = client.put(&format!("/projects/{name}/scale"), &scale)?;
+    if out.json {
+        return out.json(&result);
+    }
+    let shown: Vec<String> = result
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect())
+        .unwrap_or_default();
+    println!("Scaled {name}: {}", shown.join(" "));
+    Ok(())
+}
+
+fn ps(client: &Client, out: Output, arg: ProjectArg) -> Result<()> {
+    let name = resolve_project(&arg)?;
+    let instances: Value = client.get(&format!("/projects/{name}/ps"))?;
+    if out.json {
+        return out.json(&instances);
+    }
+    let mut rows = rows(&instances, &["name", "version", "state", "restarts"]);
+    for row in &mut rows {
+        row[1] = format!("v{}", row[1]);
+    }
+    print_table(&["INSTANCE", "VERSION", "STATE", "RESTARTS"], &rows);
     Ok(())
 }
 

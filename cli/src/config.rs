@@ -90,6 +90,15 @@ pub struct IngressSection {
     pub domain: String,
     /// The port users reach the ingress on, if a proxy in front changes it.
     pub public_port: Option<u16>,
+    /// What a new `web` instance must answer (any status below 500) before it gets traffic.
+    #[serde(default = "IngressSection::default_health_path")]
+    pub health_path: String,
+    /// How long a new `web` instance has to answer its health check.
+    #[serde(default = "IngressSection::default_health_timeout")]
+    pub health_timeout_secs: u64,
+    /// How long requests in flight to replaced instances may take before those stop.
+    #[serde(default = "IngressSection::default_drain_timeout")]
+    pub drain_timeout_secs: u64,
 }
 
 impl IngressSection {
@@ -99,6 +108,15 @@ impl IngressSection {
     fn default_domain() -> String {
         "localhost".into()
     }
+    fn default_health_path() -> String {
+        "/".into()
+    }
+    fn default_health_timeout() -> u64 {
+        30
+    }
+    fn default_drain_timeout() -> u64 {
+        30
+    }
 }
 
 impl Default for IngressSection {
@@ -107,6 +125,9 @@ impl Default for IngressSection {
             listen: Self::default_listen(),
             domain: Self::default_domain(),
             public_port: None,
+            health_path: Self::default_health_path(),
+            health_timeout_secs: Self::default_health_timeout(),
+            drain_timeout_secs: Self::default_drain_timeout(),
         }
     }
 }

@@ -62,10 +62,53 @@ enum Command {
     Env(EnvCommand),
     /// List a project's deployments, newest first.
     Deployments(ProjectArg),
+    /// Deploy the latest build again, or a given version (its build and config).
+    Deploy {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Roll back to a version (default: the one before the live one): code and config.
+    Rollback {
+        #[command(flatten)]
+        project: ProjectArg,
+        version: Option<i64>,
+    },
+    /// Show the app's log; -f follows it.
+    Logs {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many past lines to show.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// Set how many instances of each process type run: `paastech scale web=2 worker=1`.
+    Scale {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(required = true, value_name = "TYPE=N")]
+        counts: Vec<String>,
+    },
+    /// List the app's instances and their state.
+    Ps(ProjectArg),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Run the PaaSTech server.
     Server(ServerArgs),
+    /// Used by the server itself.
+    #[command(subcommand, hide = true)]
+    Internal(InternalCommand),
+}
+
+#[derive(Subcommand)]
+enum InternalCommand {
+    /// git's pre-receive hook: hands the push to the server and relays its output.
+    PreReceive,
+    /// Serves a static site from DIR on 127.0.0.1:$PORT.
+    ServeStatic { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -153,6 +196,12 @@ struct ServerArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Internal(InternalCommand::PreReceive) => {
+            return ExitCode::from(
+                u8::try_from(paastech_driver_git::hook::run_client()).unwrap_or(1),
+            );
+        }
+        Command::Internal(InternalCommand::ServeStatic { dir }) => server::serve_static(dir),
         Command::Server(args) => server::main(args.config, args.check),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -8,6 +8,7 @@ pub mod domain;
 pub mod drivers;
 pub mod error;
 pub mod logs;
+pub mod orchestrator;
 pub mod registry;
 pub mod store;
 

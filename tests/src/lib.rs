@@ -353,3 +353,222 @@ pub fn ssh_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let public = std::fs::read_to_string(path.with_extension("pub")).expect("public key");
     (path, public.trim().to_owned())
 }
+
+/// The repository's `examples/NAME` directory.
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("examples")
+        .join(name)
+}
+
+/// A working copy that pushes to a PaaSTech server with the real `git` over real SSH.
+pub struct GitRepo {
+    pub dir: PathBuf,
+    key: PathBuf,
+    ssh_port: u16,
+}
+
+impl GitRepo {
+    /// A new repository at `dir` holding a copy of `source`, committed on `main`, with a
+    /// `paastech` remote for `project`.
+    pub fn from_dir(
+        dir: &Path,
+        source: &Path,
+        key: &Path,
+        ssh_port: u16,
+        project: &str,
+    ) -> GitRepo {
+        std::fs::create_dir_all(dir).expect("repo dir");
+        copy_tree(source, dir);
+        let repo = GitRepo {
+            dir: dir.to_owned(),
+            key: key.to_owned(),
+            ssh_port,
+        };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.git(&[
+            "remote",
+            "add",
+            "paastech",
+            &format!("ssh://git@127.0.0.1:{ssh_port}/{project}.git"),
+        ]);
+        repo.commit_all("first commit");
+        repo
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("git");
+        command
+            .current_dir(&self.dir)
+            .env("GIT_SSH_COMMAND", ssh_command(&self.key, self.ssh_port))
+            .env("GIT_AUTHOR_NAME", "Ada")
+            .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+            .env("GIT_COMMITTER_NAME", "Ada")
+            .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+            .env_remove("GIT_DIR");
+        command
+    }
+
+    pub fn git(&self, args: &[&str]) -> Output {
+        let output = self.command().args(args).output().expect("running git");
+        assert!(
+            output.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Runs git and returns its output whatever the exit status.
+    pub fn try_git(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("running git")
+    }
+
+    pub fn write(&self, path: &str, contents: &str) {
+        let path = self.dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("parent dir");
+        }
+        std::fs::write(path, contents).expect("writing a file");
+    }
+
+    pub fn commit_all(&self, message: &str) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+    }
+
+    /// `git push paastech <refspec>`: (success, everything git printed).
+    pub fn push(&self, refspec: &str) -> (bool, String) {
+        let output = self.try_git(&["push", "paastech", refspec]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+
+    pub fn head(&self) -> String {
+        String::from_utf8_lossy(&self.git(&["rev-parse", "HEAD"]).stdout)
+            .trim()
+            .to_owned()
+    }
+}
+
+/// What git uses to reach the server: OpenSSH with this key, trusting the new host.
+pub fn ssh_command(key: &Path, port: u16) -> String {
+    format!(
+        "ssh -i {} -p {port} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes",
+        key.display()
+    )
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("reading example") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            std::fs::create_dir_all(&target).expect("dir");
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copying a file");
+        }
+    }
+}
+
+/// One HTTP/1.1 GET through the ingress with the given Host: (status, body).
+pub fn http_get(port: u16, host: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to the ingress");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("response");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, decode_chunked(&text, body))
+}
+
+fn decode_chunked(head: &str, body: String) -> String {
+    let headers = head
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if !headers.contains("transfer-encoding: chunked") {
+        return body;
+    }
+    let mut out = String::new();
+    let mut rest = body.as_str();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || tail.len() < size {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+/// A signed-up user with a registered SSH key: their token and private key path.
+pub struct Developer {
+    pub token: String,
+    pub key: PathBuf,
+}
+
+impl Server {
+    pub fn developer(&self, email: &str) -> Developer {
+        let api = self.api();
+        let token = api.user(email);
+        let name = email.split('@').next().unwrap_or("dev").replace('.', "_");
+        let (key, public) = ssh_keygen(self.dir.path(), &format!("{name}_key"));
+        let (status, body) = api.req(
+            "POST",
+            "/ssh-keys",
+            Some(&token),
+            Some(json!({"public_key": public})),
+        );
+        assert_eq!(status, 201, "adding a key: {body}");
+        Developer { token, key }
+    }
+
+    /// GET through this server's ingress as `http://PROJECT.localhost/PATH`.
+    pub fn app_get(&self, project: &str, path: &str) -> (u16, String) {
+        http_get(
+            self.ingress_port,
+            &format!("{project}.localhost:{}", self.ingress_port),
+            path,
+        )
+    }
+}

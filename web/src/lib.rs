@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use paastech_core::Store;
+use paastech_core::orchestrator::Orchestrator;
 
 pub use auth::LoginLimiter;
 
@@ -55,15 +56,17 @@ impl PublicUrls {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub orchestrator: Arc<Orchestrator>,
     pub signup: SignupPolicy,
     pub urls: Arc<PublicUrls>,
     pub limiter: Arc<LoginLimiter>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, signup: SignupPolicy, urls: PublicUrls) -> Self {
+    pub fn new(orchestrator: Arc<Orchestrator>, signup: SignupPolicy, urls: PublicUrls) -> Self {
         AppState {
-            store,
+            store: Arc::clone(orchestrator.store()),
+            orchestrator,
             signup,
             urls: Arc::new(urls),
             limiter: Arc::new(LoginLimiter::new(10, Duration::from_secs(60))),

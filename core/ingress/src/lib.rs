@@ -13,11 +13,13 @@
 
 mod health;
 mod proxy;
+mod router;
 mod routes;
 mod server;
 mod static_files;
 
 pub use health::{HealthError, LastSeen, health_check};
 pub use proxy::{IngressConfig, serve};
+pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
 pub use static_files::serve_static;

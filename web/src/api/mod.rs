@@ -49,8 +49,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/projects/{name}/deployments",
-            get(projects::list_deployments),
+            get(projects::list_deployments).post(projects::create_deployment),
         )
+        .route("/projects/{name}/logs", get(projects::logs))
+        .route("/projects/{name}/ps", get(projects::instances))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -144,7 +146,7 @@ async fn openapi() -> ApiResult<Response> {
         accounts::list_keys, accounts::add_key, accounts::delete_key, accounts::list_users,
         projects::list, projects::create, projects::get, projects::delete,
         projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,
-        projects::list_deployments,
+        projects::list_deployments, projects::create_deployment, projects::logs, projects::instances,
     ),
     modifiers(&BearerAuth),
 )]

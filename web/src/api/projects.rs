@@ -128,7 +128,7 @@ pub async fn create(
     JsonBody(body): JsonBody<NewProject>,
 ) -> ApiResult<(StatusCode, Json<ProjectView>)> {
     let name = ProjectName::parse(&body.name)?;
-    let project = state.store.create_project(user.id, &name).await?;
+    let project = state.orchestrator.create_project(user.id, &name).await?;
     tracing::info!(project = %name, user = user.id, "project created");
     Ok((StatusCode::CREATED, Json(view(&state, project).await?)))
 }
@@ -153,7 +153,7 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     let project = visible_project(&state, &user, &name).await?;
-    state.store.delete_project(project.id).await?;
+    state.orchestrator.delete_project(&project).await?;
     tracing::info!(project = %project.name, user = user.id, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -193,7 +193,9 @@ fn check_env_changes(changes: &EnvChanges) -> Result<(), Error> {
     Ok(())
 }
 
-/// `{"KEY": "value"}` sets, `{"KEY": null}` unsets; answers the whole resulting env.
+/// `{"KEY": "value"}` sets, `{"KEY": null}` unsets; answers the whole resulting env. Once
+/// the project has a build, a change makes a new deployment and is kept only if that
+/// deployment goes live (otherwise 422, and nothing changed).
 #[utoipa::path(patch, path = "/projects/{name}/env", tag = "config", security(("bearer" = [])),
     params(("name" = String, Path)), request_body = BTreeMap<String, Option<String>>,
     responses((status = 200, body = BTreeMap<String, String>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -205,7 +207,7 @@ pub async fn patch_env(
 ) -> ApiResult<Json<EnvVars>> {
     let project = visible_project(&state, &user, &name).await?;
     check_env_changes(&changes)?;
-    let env = state.store.update_env(project.id, &changes).await?;
+    let (env, _) = state.orchestrator.update_env(&project, &changes).await?;
     tracing::info!(project = %project.name, keys = changes.len(), "env changed");
     Ok(Json(env))
 }
@@ -254,8 +256,7 @@ pub async fn put_scale(
 ) -> ApiResult<Json<BTreeMap<String, u32>>> {
     let project = visible_project(&state, &user, &name).await?;
     check_scale(&scale)?;
-    state.store.set_scale(project.id, &scale).await?;
-    Ok(Json(state.store.scale(project.id).await?))
+    Ok(Json(state.orchestrator.scale(&project, &scale).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -277,6 +278,135 @@ pub async fn list_deployments(
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
     let deployments = state.store.deployments(project.id, limit).await?;
     Ok(Json(deployments.into_iter().map(Into::into).collect()))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+pub struct DeployRequest {
+    /// Roll back to this version (its build and its config); absent: deploy the latest
+    /// build again with the current config.
+    pub version: Option<i64>,
+}
+
+/// Redeploys, or rolls back to `version`. Answers once the new deployment is live, or 422
+/// with the reason if it failed (the previous deployment keeps serving).
+#[utoipa::path(post, path = "/projects/{name}/deployments", tag = "deployments", security(("bearer" = [])),
+    params(("name" = String, Path)), request_body(content = DeployRequest, description = "optional"),
+    responses((status = 201, body = DeploymentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_deployment(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+    body: bytes::Bytes,
+) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
+    let project = visible_project(&state, &user, &name).await?;
+    let request: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DeployRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|err| Error::Invalid(format!("invalid request body: {err}")))?
+    };
+    let deployment = state
+        .orchestrator
+        .redeploy(&project, request.version)
+        .await?;
+    Ok((StatusCode::CREATED, Json(deployment.into())))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct LogQuery {
+    /// Keep the response open and stream new lines.
+    pub follow: Option<bool>,
+    /// How many past lines to start with (default 100, at most 10000).
+    pub lines: Option<usize>,
+}
+
+/// The project's log as plain text, one line per entry: its instances' output and the
+/// platform's notes. With `follow=true` the response streams new lines as they come.
+#[utoipa::path(get, path = "/projects/{name}/logs", tag = "deployments", security(("bearer" = [])),
+    params(("name" = String, Path), LogQuery), responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let project = visible_project(&state, &user, &name).await?;
+    let hub = state.orchestrator.logs();
+    let lines = query.lines.unwrap_or(100).min(10_000);
+    // Subscribe before reading the tail so no line falls between the two.
+    let follower = query
+        .follow
+        .unwrap_or(false)
+        .then(|| hub.follow(&project.name));
+    let mut tail = hub.tail(&project.name, lines).join("\n");
+    if !tail.is_empty() {
+        tail.push('\n');
+    }
+    let head = futures_util::stream::once(async move {
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(tail))
+    });
+    let headers = [
+        (
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        ),
+        (axum::http::header::CACHE_CONTROL, "no-cache"),
+    ];
+    let Some(follower) = follower else {
+        return Ok((headers, axum::body::Body::from_stream(head)).into_response());
+    };
+    let rest = futures_util::stream::unfold(follower, |mut rx| async move {
+        let chunk = match rx.recv().await {
+            Ok(line) => line + "\n",
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                format!("... {n} lines skipped\n")
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(bytes::Bytes::from(chunk)), rx))
+    });
+    use futures_util::StreamExt;
+    Ok((headers, axum::body::Body::from_stream(head.chain(rest))).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InstanceView {
+    pub id: String,
+    /// `web.1`, `worker.2`, …
+    pub name: String,
+    pub process_type: String,
+    pub version: i64,
+    pub state: String,
+    pub restarts: u32,
+}
+
+/// The project's instances and their state.
+#[utoipa::path(get, path = "/projects/{name}/ps", tag = "deployments", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 200, body = Vec<InstanceView>), (status = 404, body = ErrorBody)))]
+pub async fn instances(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<InstanceView>>> {
+    let project = visible_project(&state, &user, &name).await?;
+    let instances = state.orchestrator.instances(&project.name).await?;
+    Ok(Json(
+        instances
+            .into_iter()
+            .map(|i| InstanceView {
+                name: format!("{}.{}", i.process_type, i.index + 1),
+                id: i.id,
+                process_type: i.process_type,
+                version: i.version,
+                state: serde_json::to_value(i.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                restarts: i.restarts,
+            })
+            .collect(),
+    ))
 }
 
 #[cfg(test)]

@@ -1,0 +1,46 @@
+//! The ingress as the orchestrator sees it: core's `TrafficRouter`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use paastech_core::ProjectName;
+use paastech_core::drivers::TrafficRouter;
+
+use crate::{RouteTable, drain, health_check};
+
+/// Health checks over HTTP and atomic switches of a shared [`RouteTable`].
+pub struct IngressRouter {
+    table: RouteTable,
+    health_path: String,
+}
+
+impl IngressRouter {
+    /// `health_path` is what a new instance must answer (any status below 500).
+    pub fn new(table: RouteTable, health_path: impl Into<String>) -> Self {
+        IngressRouter {
+            table,
+            health_path: health_path.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl TrafficRouter for IngressRouter {
+    async fn wait_healthy(&self, addr: SocketAddr, timeout: Duration) -> paastech_core::Result<()> {
+        health_check(addr, &self.health_path, timeout)
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn switch(&self, project: &ProjectName, backends: Vec<SocketAddr>, drain_for: Duration) {
+        let replaced = self.table.set_backends(project.as_str(), backends);
+        if !replaced.is_empty() && !drain(&replaced, drain_for).await {
+            tracing::warn!(project = %project, "requests to replaced instances still running after the drain timeout");
+        }
+    }
+
+    fn remove(&self, project: &ProjectName) {
+        self.table.remove(project.as_str());
+    }
+}

@@ -1,0 +1,1069 @@
+//! The orchestrator: push → build → deployment → rollout → health → switch, and the
+//! changes that make new deployments (env, rollback, redeploy), scaling, and bringing live
+//! deployments back after a restart. It speaks only core traits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
+use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName};
+use crate::drivers::{
+    Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink,
+    PushHandler, RefUpdate, RepoStore, Runtime, TrafficRouter,
+};
+use crate::error::{Error, Result};
+use crate::logs::LogHub;
+use crate::store::{EnvChanges, Store};
+
+/// Branches whose pushes deploy; others are only stored.
+pub const DEPLOY_BRANCHES: [&str; 2] = ["refs/heads/main", "refs/heads/master"];
+/// Keep at most this much of a build's output in the store.
+const MAX_BUILD_LOG_BYTES: usize = 512 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// Where sources are exported and built (`DIR/NAME/vN`).
+    pub releases_dir: PathBuf,
+    /// How long a new `web` instance has to answer before the deployment fails.
+    pub health_timeout: Duration,
+    /// How long replaced instances get between the polite and the forced stop.
+    pub stop_grace: Duration,
+    /// How long requests in flight to replaced instances may take to finish.
+    pub drain_timeout: Duration,
+    /// Limits of every instance.
+    pub limits: Limits,
+}
+
+impl OrchestratorConfig {
+    pub fn new(releases_dir: PathBuf) -> Self {
+        OrchestratorConfig {
+            releases_dir,
+            health_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The instances serving a project's live deployment.
+#[derive(Debug, Clone)]
+struct Running {
+    version: i64,
+    instances: Vec<Instance>,
+}
+
+pub struct Orchestrator {
+    store: Arc<dyn Store>,
+    repos: Arc<dyn RepoStore>,
+    builder: Arc<dyn ImageBuilder>,
+    runtime: Arc<dyn Runtime>,
+    traffic: Arc<dyn TrafficRouter>,
+    logs: Arc<LogHub>,
+    config: OrchestratorConfig,
+    /// One deploy at a time per project; different projects in parallel.
+    locks: Mutex<HashMap<ProjectName, Arc<tokio::sync::Mutex<()>>>>,
+    running: Mutex<HashMap<ProjectName, Running>>,
+}
+
+/// Writes to several sinks, and keeps a bounded copy for the build record.
+struct Tee {
+    sinks: Vec<Arc<dyn LogSink>>,
+    kept: Mutex<String>,
+}
+
+impl Tee {
+    fn new(sinks: Vec<Arc<dyn LogSink>>) -> Arc<Tee> {
+        Arc::new(Tee {
+            sinks,
+            kept: Mutex::new(String::new()),
+        })
+    }
+
+    fn text(&self) -> String {
+        self.kept
+            .lock()
+            .expect("tee lock is never poisoned")
+            .clone()
+    }
+}
+
+impl LogSink for Tee {
+    fn line(&self, line: &str) {
+        for sink in &self.sinks {
+            sink.line(line);
+        }
+        let mut kept = self.kept.lock().expect("tee lock is never poisoned");
+        if kept.len() + line.len() < MAX_BUILD_LOG_BYTES {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+}
+
+struct NullSink;
+
+impl LogSink for NullSink {
+    fn line(&self, _: &str) {}
+}
+
+impl Orchestrator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        repos: Arc<dyn RepoStore>,
+        builder: Arc<dyn ImageBuilder>,
+        runtime: Arc<dyn Runtime>,
+        traffic: Arc<dyn TrafficRouter>,
+        logs: Arc<LogHub>,
+        config: OrchestratorConfig,
+    ) -> Self {
+        Orchestrator {
+            store,
+            repos,
+            builder,
+            runtime,
+            traffic,
+            logs,
+            config,
+            locks: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn logs(&self) -> &Arc<LogHub> {
+        &self.logs
+    }
+
+    pub fn runtime_name(&self) -> &'static str {
+        self.runtime.name()
+    }
+
+    pub fn builder_name(&self) -> &'static str {
+        self.builder.name()
+    }
+
+    fn lock_for(&self, project: &ProjectName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().expect("locks are never poisoned");
+        Arc::clone(locks.entry(project.clone()).or_default())
+    }
+
+    /// Takes the project's deploy lock, telling `log` when it has to wait for another.
+    async fn exclusive(
+        &self,
+        project: &ProjectName,
+        log: &dyn LogSink,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.lock_for(project);
+        match Arc::clone(&lock).try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                log.line(&format!(
+                    "-----> Another deploy of {project} is running; waiting for it to finish"
+                ));
+                lock.lock_owned().await
+            }
+        }
+    }
+
+    // ----- Projects -------------------------------------------------------------------
+
+    /// Creates the project and its repository; neither exists if either fails.
+    pub async fn create_project(&self, owner_id: i64, name: &ProjectName) -> Result<Project> {
+        let project = self.store.create_project(owner_id, name).await?;
+        if let Err(err) = self.repos.create(name).await {
+            if let Err(cleanup) = self.store.delete_project(project.id).await {
+                tracing::error!(project = %name, error = %cleanup, "cannot remove a half-created project");
+            }
+            return Err(err);
+        }
+        self.traffic.switch(name, Vec::new(), Duration::ZERO).await;
+        Ok(project)
+    }
+
+    /// Stops everything of the project and deletes it, its repository, releases and logs.
+    pub async fn delete_project(&self, project: &Project) -> Result<()> {
+        let _guard = self.exclusive(&project.name, &NullSink).await;
+        self.traffic.remove(&project.name);
+        let running = self
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(&project.name);
+        if let Some(running) = running {
+            self.stop_instances(&running.instances).await;
+        }
+        self.store.delete_project(project.id).await?;
+        self.repos.delete(&project.name).await?;
+        let releases = self.config.releases_dir.join(project.name.as_str());
+        if let Err(err) = tokio::fs::remove_dir_all(&releases).await
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(project = %project.name, error = %err, "cannot remove release directories");
+        }
+        self.logs.remove(&project.name);
+        self.locks
+            .lock()
+            .expect("locks are never poisoned")
+            .remove(&project.name);
+        Ok(())
+    }
+
+    /// Whether `user_id` may push to (or fetch) `project`: its owner, or an admin.
+    pub async fn authorize_repo(&self, user_id: i64, name: &ProjectName) -> Result<PathBuf> {
+        let denied = || Error::NotFound("project not found or access denied".into());
+        let project = self.store.project(name).await.map_err(|_| denied())?;
+        let user = self.store.user(user_id).await.map_err(|_| denied())?;
+        if project.owner_id != user_id && !user.is_admin {
+            return Err(denied());
+        }
+        Ok(self.repos.path(name))
+    }
+
+    // ----- Deployments ----------------------------------------------------------------
+
+    /// Builds `commit` and rolls it out as a new deployment; the push's handler.
+    pub async fn deploy_commit(
+        &self,
+        project: &Project,
+        commit: &str,
+        log: Arc<dyn LogSink>,
+    ) -> Result<Deployment> {
+        let _guard = self.exclusive(&project.name, log.as_ref()).await;
+        let env = self.store.env(project.id).await?;
+        let scale = self.store.scale(project.id).await?;
+        let build = self.store.create_build(project.id, commit).await?;
+        let deployment = self
+            .store
+            .create_deployment(&NewDeployment {
+                project_id: project.id,
+                status: DeploymentStatus::Queued,
+                build_id: Some(build.id),
+                commit: Some(commit.to_owned()),
+                config: env.clone(),
+                scale,
+                cause: "push".into(),
+            })
+            .await?;
+        self.logs.note(
+            &project.name,
+            &format!(
+                "deploying v{} (commit {})",
+                deployment.version,
+                short(commit)
+            ),
+        );
+        let deployment = self
+            .store
+            .set_deployment_status(deployment.id, DeploymentStatus::Building, None)
+            .await?;
+        let artifact = match self
+            .build(project, &deployment, &build, &env, Arc::clone(&log))
+            .await
+        {
+            Ok(artifact) => artifact,
+            Err(err) => return Err(self.fail(project, &deployment, err).await),
+        };
+        let deployment = self
+            .store
+            .set_deployment_status(deployment.id, DeploymentStatus::Built, None)
+            .await?;
+        self.roll_out(project, deployment, &artifact, log).await
+    }
+
+    async fn build(
+        &self,
+        project: &Project,
+        deployment: &Deployment,
+        build: &Build,
+        env: &EnvVars,
+        log: Arc<dyn LogSink>,
+    ) -> Result<Artifact> {
+        let commit = build.commit.as_str();
+        let tee = Tee::new(vec![log, self.logs.sink(&project.name, "build")]);
+        let source = self.release_dir(&project.name, deployment.version);
+        let result = async {
+            if tokio::fs::try_exists(&source).await.unwrap_or(false) {
+                tokio::fs::remove_dir_all(&source)
+                    .await
+                    .map_err(|e| Error::internal("clearing the release directory", e))?;
+            }
+            tokio::fs::create_dir_all(&source)
+                .await
+                .map_err(|e| Error::internal("creating the release directory", e))?;
+            tee.line(&format!(
+                "-----> Building {} v{} from {}",
+                project.name,
+                deployment.version,
+                short(commit)
+            ));
+            self.repos.export(&project.name, commit, &source).await?;
+            let request = BuildRequest {
+                project: project.name.clone(),
+                version: deployment.version,
+                commit: commit.to_owned(),
+                source: source.clone(),
+                env: env.clone(),
+            };
+            self.builder.build(&request, tee.as_ref()).await
+        }
+        .await;
+        match result {
+            Ok(artifact) => {
+                if artifact.processes.is_empty() {
+                    let err = Error::DeployFailed(
+                        "the build defines no process types: add a Procfile".into(),
+                    );
+                    let _ = self
+                        .finish_build(build, BuildStatus::Failed, None, &BTreeMap::new(), &tee)
+                        .await;
+                    let _ = tokio::fs::remove_dir_all(&source).await;
+                    return Err(err);
+                }
+                // A builder that made an image does not need the exported source any more.
+                if Path::new(&artifact.reference) != source {
+                    let _ = tokio::fs::remove_dir_all(&source).await;
+                }
+                let processes: Vec<&str> = artifact.processes.keys().map(String::as_str).collect();
+                tee.line(&format!(
+                    "-----> Build succeeded; process types: {}",
+                    processes.join(", ")
+                ));
+                self.finish_build(
+                    build,
+                    BuildStatus::Succeeded,
+                    Some(&artifact.reference),
+                    &artifact.processes,
+                    &tee,
+                )
+                .await?;
+                Ok(artifact)
+            }
+            Err(err) => {
+                tee.line(&format!("-----> Build failed: {err}"));
+                let _ = self
+                    .finish_build(build, BuildStatus::Failed, None, &BTreeMap::new(), &tee)
+                    .await;
+                let _ = tokio::fs::remove_dir_all(&source).await;
+                Err(match err {
+                    Error::DeployFailed(m) => Error::DeployFailed(m),
+                    Error::Invalid(m) => Error::DeployFailed(format!("build failed: {m}")),
+                    other => Error::DeployFailed(format!("build failed: {other}")),
+                })
+            }
+        }
+    }
+
+    async fn finish_build(
+        &self,
+        build: &Build,
+        status: BuildStatus,
+        artifact: Option<&str>,
+        processes: &BTreeMap<String, String>,
+        tee: &Tee,
+    ) -> Result<Build> {
+        self.store
+            .finish_build(build.id, status, artifact, processes, &tee.text())
+            .await
+    }
+
+    fn release_dir(&self, project: &ProjectName, version: i64) -> PathBuf {
+        self.config
+            .releases_dir
+            .join(project.as_str())
+            .join(format!("v{version}"))
+    }
+
+    /// Marks the deployment failed and returns the error to report.
+    async fn fail(&self, project: &Project, deployment: &Deployment, err: Error) -> Error {
+        let reason = err.to_string();
+        if let Err(store_err) = self
+            .store
+            .set_deployment_status(deployment.id, DeploymentStatus::Failed, Some(&reason))
+            .await
+        {
+            tracing::error!(project = %project.name, error = %store_err, "cannot record a failed deployment");
+        }
+        self.logs.note(
+            &project.name,
+            &format!("v{} failed: {reason}", deployment.version),
+        );
+        tracing::warn!(project = %project.name, version = deployment.version, reason = %reason, "deployment failed");
+        match err {
+            Error::DeployFailed(_) => err,
+            other => Error::DeployFailed(format!("v{} failed: {other}", deployment.version)),
+        }
+    }
+
+    /// The process types and counts a deployment runs: every type of the build, `web` and
+    /// the others once unless scaled otherwise.
+    fn plan(artifact: &Artifact, scale: &BTreeMap<String, u32>) -> Vec<(String, u32)> {
+        artifact
+            .processes
+            .keys()
+            .map(|process| (process.clone(), scale.get(process).copied().unwrap_or(1)))
+            .collect()
+    }
+
+    /// Starts a built deployment, checks its health, switches traffic to it and stops the
+    /// deployment it replaces. On failure the previous deployment keeps serving.
+    async fn roll_out(
+        &self,
+        project: &Project,
+        deployment: Deployment,
+        artifact: &Artifact,
+        log: Arc<dyn LogSink>,
+    ) -> Result<Deployment> {
+        let deployment = self
+            .store
+            .set_deployment_status(deployment.id, DeploymentStatus::Starting, None)
+            .await?;
+        log.line(&format!("-----> Starting v{}", deployment.version));
+        let mut started: Vec<Instance> = Vec::new();
+        let result = self
+            .start_and_check(project, &deployment, artifact, &mut started, log.as_ref())
+            .await;
+        if let Err(err) = result {
+            self.stop_instances(&started).await;
+            return Err(self.fail(project, &deployment, err).await);
+        }
+        let deployment = self
+            .store
+            .set_deployment_status(deployment.id, DeploymentStatus::Healthy, None)
+            .await?;
+
+        let web: Vec<SocketAddr> = started
+            .iter()
+            .filter(|i| i.process_type == "web")
+            .filter_map(|i| i.addr)
+            .collect();
+        let previous = self.running.lock().expect("running lock").insert(
+            project.name.clone(),
+            Running {
+                version: deployment.version,
+                instances: started.clone(),
+            },
+        );
+        self.traffic
+            .switch(&project.name, web, self.config.drain_timeout)
+            .await;
+        let deployment = self
+            .store
+            .set_deployment_status(deployment.id, DeploymentStatus::Live, None)
+            .await?;
+        if let Some(previous) = previous {
+            self.stop_instances(&previous.instances).await;
+        }
+        self.supersede_others(project, deployment.id).await;
+        self.logs
+            .note(&project.name, &format!("v{} is live", deployment.version));
+        tracing::info!(project = %project.name, version = deployment.version, "deployment live");
+        Ok(deployment)
+    }
+
+    async fn start_and_check(
+        &self,
+        project: &Project,
+        deployment: &Deployment,
+        artifact: &Artifact,
+        started: &mut Vec<Instance>,
+        log: &dyn LogSink,
+    ) -> Result<()> {
+        let mut env = deployment.config.clone();
+        env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
+        env.insert("PAASTECH_PROJECT".into(), project.name.to_string());
+        for (process, count) in Self::plan(artifact, &deployment.scale) {
+            let command = artifact
+                .processes
+                .get(&process)
+                .cloned()
+                .unwrap_or_default();
+            for index in 0..count {
+                let spec = InstanceSpec {
+                    project: project.name.clone(),
+                    version: deployment.version,
+                    process_type: process.clone(),
+                    index,
+                    artifact: artifact.reference.clone(),
+                    command: command.clone(),
+                    env: env.clone(),
+                    limits: self.config.limits,
+                };
+                let output = self
+                    .logs
+                    .sink(&project.name, &format!("{process}.{}", index + 1));
+                let instance = self.runtime.start(spec, output).await?;
+                started.push(instance);
+            }
+        }
+        for instance in started.iter().filter(|i| i.process_type == "web") {
+            let addr = instance.addr.ok_or_else(|| {
+                Error::internal_msg(format!(
+                    "the runtime gave web.{} no address",
+                    instance.index + 1
+                ))
+            })?;
+            log.line(&format!(
+                "-----> Waiting for web.{} to answer HTTP",
+                instance.index + 1
+            ));
+            self.wait_healthy(project, instance, addr).await?;
+        }
+        // Processes without a health check must at least not have died straight away.
+        let ids: Vec<&str> = started.iter().map(|i| i.id.as_str()).collect();
+        let states = self.runtime.list().await?;
+        if let Some(dead) = states
+            .iter()
+            .find(|i| ids.contains(&i.id.as_str()) && matches!(i.state, InstanceState::Crashed))
+        {
+            return Err(Error::DeployFailed(format!(
+                "{}.{} exited at start; see `paastech logs`",
+                dead.process_type,
+                dead.index + 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits for a web instance to answer, failing early if it exits.
+    async fn wait_healthy(
+        &self,
+        project: &Project,
+        instance: &Instance,
+        addr: SocketAddr,
+    ) -> Result<()> {
+        let name = format!("web.{}", instance.index + 1);
+        let exited = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let Ok(all) = self.runtime.list().await else {
+                    continue;
+                };
+                match all.iter().find(|i| i.id == instance.id) {
+                    Some(i)
+                        if i.restarts > 0
+                            || matches!(
+                                i.state,
+                                InstanceState::Crashed | InstanceState::Stopped
+                            ) =>
+                    {
+                        return;
+                    }
+                    None => return,
+                    _ => {}
+                }
+            }
+        };
+        tokio::select! {
+            result = self.traffic.wait_healthy(addr, self.config.health_timeout) => result.map_err(|err| {
+                Error::DeployFailed(format!("{name} did not pass its health check: {err}"))
+            }),
+            () = exited => {
+                let tail = self.logs.tail(&project.name, 5).join("\n");
+                Err(Error::DeployFailed(format!("{name} exited at start; last log lines:\n{tail}")))
+            }
+        }
+    }
+
+    async fn stop_instances(&self, instances: &[Instance]) {
+        for instance in instances {
+            if let Err(err) = self
+                .runtime
+                .stop(&instance.id, self.config.stop_grace)
+                .await
+            {
+                tracing::warn!(instance = %instance.id, error = %err, "cannot stop instance");
+            }
+        }
+    }
+
+    /// Every other live deployment of the project is superseded by `live_id`.
+    async fn supersede_others(&self, project: &Project, live_id: i64) {
+        let Ok(all) = self.store.deployments(project.id, 50).await else {
+            return;
+        };
+        for other in all
+            .iter()
+            .filter(|d| d.id != live_id && d.status == DeploymentStatus::Live)
+        {
+            if let Err(err) = self
+                .store
+                .set_deployment_status(other.id, DeploymentStatus::Superseded, None)
+                .await
+            {
+                tracing::warn!(project = %project.name, error = %err, "cannot supersede deployment");
+            }
+        }
+    }
+
+    /// The artifact of a deployment's build, if it has a successful one.
+    async fn artifact_of(&self, deployment: &Deployment) -> Result<(Build, Artifact)> {
+        let build_id = deployment.build_id.ok_or_else(|| {
+            Error::Invalid(format!("v{} has no build to deploy", deployment.version))
+        })?;
+        let build = self.store.build(build_id).await?;
+        match (&build.status, &build.artifact) {
+            (BuildStatus::Succeeded, Some(reference)) => {
+                let artifact = Artifact {
+                    reference: reference.clone(),
+                    processes: build.processes.clone(),
+                };
+                Ok((build, artifact))
+            }
+            _ => Err(Error::Invalid(format!(
+                "v{} has no successful build to deploy",
+                deployment.version
+            ))),
+        }
+    }
+
+    /// A new deployment of an existing build with the given config.
+    async fn deploy_build(
+        &self,
+        project: &Project,
+        build: &Build,
+        artifact: &Artifact,
+        config: EnvVars,
+        cause: String,
+        log: Arc<dyn LogSink>,
+    ) -> Result<Deployment> {
+        let scale = self.store.scale(project.id).await?;
+        let deployment = self
+            .store
+            .create_deployment(&NewDeployment {
+                project_id: project.id,
+                status: DeploymentStatus::Queued,
+                build_id: Some(build.id),
+                commit: Some(build.commit.clone()),
+                config,
+                scale,
+                cause: cause.clone(),
+            })
+            .await?;
+        self.logs.note(
+            &project.name,
+            &format!("deploying v{} ({cause})", deployment.version),
+        );
+        let deployment = self
+            .store
+            .set_deployment_status(deployment.id, DeploymentStatus::Built, None)
+            .await?;
+        self.roll_out(project, deployment, artifact, log).await
+    }
+
+    /// The newest deployment that has a successful build.
+    async fn latest_built(
+        &self,
+        project: &Project,
+    ) -> Result<Option<(Deployment, Build, Artifact)>> {
+        for deployment in self.store.deployments(project.id, 100).await? {
+            if deployment.build_id.is_none() {
+                continue;
+            }
+            if let Ok((build, artifact)) = self.artifact_of(&deployment).await {
+                return Ok(Some((deployment, build, artifact)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Changes the env. With a live (or built) app this makes a new deployment, and the
+    /// change is kept only if that deployment goes live.
+    pub async fn update_env(
+        &self,
+        project: &Project,
+        changes: &EnvChanges,
+    ) -> Result<(EnvVars, Option<Deployment>)> {
+        let _guard = self.exclusive(&project.name, &NullSink).await;
+        let mut env = self.store.env(project.id).await?;
+        for (key, value) in changes {
+            match value {
+                Some(value) => env.insert(key.clone(), value.clone()),
+                None => env.remove(key),
+            };
+        }
+        let Some((_, build, artifact)) = self.latest_built(project).await? else {
+            return Ok((self.store.update_env(project.id, changes).await?, None));
+        };
+        let set: Vec<&str> = changes
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let unset: Vec<&str> = changes
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let mut cause = String::from("env:");
+        if !set.is_empty() {
+            cause.push_str(&format!(" set {}", set.join(", ")));
+        }
+        if !unset.is_empty() {
+            cause.push_str(&format!(" unset {}", unset.join(", ")));
+        }
+        let deployment = self
+            .deploy_build(project, &build, &artifact, env, cause, Arc::new(NullSink))
+            .await?;
+        let env = self.store.update_env(project.id, changes).await?;
+        Ok((env, Some(deployment)))
+    }
+
+    /// Deploys again: the latest build with the current env, or, with `version`, that
+    /// version's build *and* config (a rollback, which also restores the env).
+    pub async fn redeploy(&self, project: &Project, version: Option<i64>) -> Result<Deployment> {
+        let _guard = self.exclusive(&project.name, &NullSink).await;
+        match version {
+            None => {
+                let (_, build, artifact) = self.latest_built(project).await?.ok_or_else(|| {
+                    Error::Invalid(format!("{} has no build yet: git push first", project.name))
+                })?;
+                let env = self.store.env(project.id).await?;
+                self.deploy_build(
+                    project,
+                    &build,
+                    &artifact,
+                    env,
+                    "redeploy".into(),
+                    Arc::new(NullSink),
+                )
+                .await
+            }
+            Some(version) => {
+                let target = self.store.deployment(project.id, version).await?;
+                let (build, artifact) = self.artifact_of(&target).await?;
+                let config = target.config.clone();
+                let deployment = self
+                    .deploy_build(
+                        project,
+                        &build,
+                        &artifact,
+                        config.clone(),
+                        format!("rollback to v{version}"),
+                        Arc::new(NullSink),
+                    )
+                    .await?;
+                // The project's env becomes the restored one, so later changes build on it.
+                let current = self.store.env(project.id).await?;
+                let mut changes: EnvChanges = current
+                    .keys()
+                    .filter(|k| !config.contains_key(*k))
+                    .map(|k| (k.clone(), None))
+                    .collect();
+                changes.extend(config.into_iter().map(|(k, v)| (k, Some(v))));
+                if !changes.is_empty() {
+                    self.store.update_env(project.id, &changes).await?;
+                }
+                Ok(deployment)
+            }
+        }
+    }
+
+    /// Sets instance counts and applies them to the live deployment without a new version.
+    pub async fn scale(
+        &self,
+        project: &Project,
+        scale: &BTreeMap<String, u32>,
+    ) -> Result<BTreeMap<String, u32>> {
+        let _guard = self.exclusive(&project.name, &NullSink).await;
+        let live = self.live_artifact(project).await?;
+        if let Some((_, artifact)) = &live
+            && let Some(unknown) = scale.keys().find(|p| !artifact.processes.contains_key(*p))
+        {
+            let known: Vec<&str> = artifact.processes.keys().map(String::as_str).collect();
+            return Err(Error::Invalid(format!(
+                "no process type {unknown:?} in the live deployment; it has: {}",
+                known.join(", ")
+            )));
+        }
+        self.store.set_scale(project.id, scale).await?;
+        let wanted = self.store.scale(project.id).await?;
+        if let Some((deployment, artifact)) = live {
+            self.apply_scale(project, &deployment, &artifact, &wanted)
+                .await?;
+        }
+        Ok(wanted)
+    }
+
+    async fn live_artifact(&self, project: &Project) -> Result<Option<(Deployment, Artifact)>> {
+        let live = self
+            .store
+            .deployments(project.id, 50)
+            .await?
+            .into_iter()
+            .find(|d| d.status == DeploymentStatus::Live);
+        match live {
+            Some(deployment) => {
+                let (_, artifact) = self.artifact_of(&deployment).await?;
+                Ok(Some((deployment, artifact)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn apply_scale(
+        &self,
+        project: &Project,
+        deployment: &Deployment,
+        artifact: &Artifact,
+        wanted: &BTreeMap<String, u32>,
+    ) -> Result<()> {
+        let current = self
+            .running
+            .lock()
+            .expect("running lock")
+            .get(&project.name)
+            .cloned();
+        let Some(mut running) = current else {
+            return Ok(());
+        };
+        let mut env = deployment.config.clone();
+        env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
+        env.insert("PAASTECH_PROJECT".into(), project.name.to_string());
+        let mut to_stop = Vec::new();
+        for (process, count) in Self::plan(artifact, wanted) {
+            let have: Vec<Instance> = running
+                .instances
+                .iter()
+                .filter(|i| i.process_type == process)
+                .cloned()
+                .collect();
+            for index in have.len() as u32..count {
+                let spec = InstanceSpec {
+                    project: project.name.clone(),
+                    version: deployment.version,
+                    process_type: process.clone(),
+                    index,
+                    artifact: artifact.reference.clone(),
+                    command: artifact
+                        .processes
+                        .get(&process)
+                        .cloned()
+                        .unwrap_or_default(),
+                    env: env.clone(),
+                    limits: self.config.limits,
+                };
+                let output = self
+                    .logs
+                    .sink(&project.name, &format!("{process}.{}", index + 1));
+                let instance = self.runtime.start(spec, output).await?;
+                if let (true, Some(addr)) = (process == "web", instance.addr)
+                    && let Err(err) = self.wait_healthy(project, &instance, addr).await
+                {
+                    self.stop_instances(std::slice::from_ref(&instance)).await;
+                    return Err(err);
+                }
+                running.instances.push(instance);
+            }
+            to_stop.extend(have.into_iter().filter(|i| i.index >= count));
+        }
+        running
+            .instances
+            .retain(|i| !to_stop.iter().any(|s| s.id == i.id));
+        let web: Vec<SocketAddr> = running
+            .instances
+            .iter()
+            .filter(|i| i.process_type == "web")
+            .filter_map(|i| i.addr)
+            .collect();
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(project.name.clone(), running);
+        self.traffic
+            .switch(&project.name, web, self.config.drain_timeout)
+            .await;
+        self.stop_instances(&to_stop).await;
+        self.logs.note(
+            &project.name,
+            &format!("scaled: {}", describe_scale(wanted)),
+        );
+        Ok(())
+    }
+
+    /// The project's instances as the runtime sees them.
+    pub async fn instances(&self, project: &ProjectName) -> Result<Vec<Instance>> {
+        let mut all: Vec<Instance> = self
+            .runtime
+            .list()
+            .await?
+            .into_iter()
+            .filter(|i| &i.project == project)
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.process_type, a.index, a.version).cmp(&(&b.process_type, b.index, b.version))
+        });
+        Ok(all)
+    }
+
+    /// After a server start: every project answers (503 until something is live), every
+    /// live deployment runs again, and instances of nothing live are stopped.
+    pub async fn restore(&self) -> Result<()> {
+        for project in self.store.projects(None).await? {
+            self.traffic
+                .switch(&project.name, Vec::new(), Duration::ZERO)
+                .await;
+        }
+        let live = self.store.live_deployments().await?;
+        let existing = self.runtime.list().await?;
+        for instance in &existing {
+            let wanted = live
+                .iter()
+                .any(|(p, d)| p.name == instance.project && d.version == instance.version);
+            if !wanted {
+                tracing::info!(instance = %instance.id, "stopping an instance of no live deployment");
+                let _ = self
+                    .runtime
+                    .stop(&instance.id, self.config.stop_grace)
+                    .await;
+            }
+        }
+        for (project, deployment) in live {
+            let log: Arc<dyn LogSink> = Arc::new(NullSink);
+            let result = async {
+                let _guard = self.exclusive(&project.name, log.as_ref()).await;
+                let (_, artifact) = self.artifact_of(&deployment).await?;
+                let adopted: Vec<Instance> = existing
+                    .iter()
+                    .filter(|i| i.project == project.name && i.version == deployment.version)
+                    .cloned()
+                    .collect();
+                let mut started = adopted.clone();
+                if adopted.is_empty() {
+                    self.start_and_check(
+                        &project,
+                        &deployment,
+                        &artifact,
+                        &mut started,
+                        log.as_ref(),
+                    )
+                    .await
+                    .inspect_err(|_| {
+                        let started = started.clone();
+                        let runtime = Arc::clone(&self.runtime);
+                        let grace = self.config.stop_grace;
+                        tokio::spawn(async move {
+                            for instance in started {
+                                let _ = runtime.stop(&instance.id, grace).await;
+                            }
+                        });
+                    })?;
+                }
+                let web: Vec<SocketAddr> = started
+                    .iter()
+                    .filter(|i| i.process_type == "web")
+                    .filter_map(|i| i.addr)
+                    .collect();
+                self.running.lock().expect("running lock").insert(
+                    project.name.clone(),
+                    Running {
+                        version: deployment.version,
+                        instances: started,
+                    },
+                );
+                self.traffic
+                    .switch(&project.name, web, Duration::ZERO)
+                    .await;
+                self.logs.note(
+                    &project.name,
+                    &format!("v{} restored after a server start", deployment.version),
+                );
+                Ok::<(), Error>(())
+            }
+            .await;
+            if let Err(err) = result {
+                tracing::error!(project = %project.name, version = deployment.version, error = %err, "cannot restore live deployment");
+                self.logs.note(
+                    &project.name,
+                    &format!("v{} could not be restored: {err}", deployment.version),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every instance (server shutdown). Deployments stay live in the store, so the
+    /// next start brings them back.
+    pub async fn shutdown(&self) {
+        let all: Vec<Running> = self
+            .running
+            .lock()
+            .expect("running lock")
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for running in all {
+            self.stop_instances(&running.instances).await;
+        }
+    }
+
+    /// The running version of a project, if any.
+    pub fn running_version(&self, project: &ProjectName) -> Option<i64> {
+        self.running
+            .lock()
+            .expect("running lock")
+            .get(project)
+            .map(|r| r.version)
+    }
+}
+
+#[async_trait::async_trait]
+impl PushHandler for Orchestrator {
+    async fn pre_receive(
+        &self,
+        name: &ProjectName,
+        user_id: i64,
+        updates: &[RefUpdate],
+        log: Arc<dyn LogSink>,
+    ) -> Result<()> {
+        let project = self.store.project(name).await?;
+        self.authorize_repo(user_id, name).await?;
+        for update in updates {
+            if update.is_delete() && DEPLOY_BRANCHES.contains(&update.refname.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "{} is the deployed branch; it cannot be deleted",
+                    update.refname
+                )));
+            }
+        }
+        let deploy = updates
+            .iter()
+            .rev()
+            .find(|u| !u.is_delete() && DEPLOY_BRANCHES.contains(&u.refname.as_str()));
+        let Some(update) = deploy else {
+            for update in updates {
+                log.line(&format!(
+                    "-----> {} stored; only main (or master) deploys",
+                    update.refname
+                ));
+            }
+            return Ok(());
+        };
+        let deployment = self
+            .deploy_commit(&project, &update.new, Arc::clone(&log))
+            .await?;
+        log.line(&format!(
+            "-----> Deployed {} v{}",
+            project.name, deployment.version
+        ));
+        Ok(())
+    }
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(10)]
+}
+
+fn describe_scale(scale: &BTreeMap<String, u32>) -> String {
+    scale
+        .iter()
+        .map(|(p, n)| format!("{p}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -3,6 +3,7 @@
 //! registry. This crate names no concrete backend and no transport: no SQL, no HTTP,
 //! no SSH, no container engine. Drivers depend on it, never the other way round.
 
+pub mod app;
 pub mod deployment;
 pub mod domain;
 pub mod drivers;

@@ -13,10 +13,10 @@ use paastech_core::{Error, Result};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::detect::{self, Detected, Language};
 use crate::group;
 use crate::lines::Lines;
-use crate::shell::{shell_join, shell_quote};
+use paastech_core::app::detect::{self, Detected, Language};
+use paastech_core::app::shell::{shell_join, shell_quote};
 
 /// Variables passed from the server's environment to build steps besides PATH and HOME.
 /// They say where toolchains live and how to reach package registries (proxies, extra CA

@@ -2,7 +2,7 @@
 //!
 //! [`ProcessBuilder`] builds a release directory in place (a Python venv, `npm ci`,
 //! `cargo build --release`, `go build`, or nothing for static sites) and reads the process
-//! types from the Procfile or from detection. [`ProcessRuntime`] runs each instance as
+//! types from the Procfile or from detection (`paastech_core::app`). [`ProcessRuntime`] runs each instance as
 //! `sh -c COMMAND` in its own process group with a clean environment, restarts it with
 //! backoff when it exits, and kills the whole group on stop.
 //!
@@ -10,15 +10,10 @@
 //! it speaks only `paastech_core` types outward.
 
 pub mod builder;
-pub mod detect;
-pub mod procfile;
 pub mod runtime;
-pub mod shell;
 
 mod group;
 mod lines;
 
 pub use builder::{ProcessBuilder, ProcessBuilderConfig};
-pub use detect::{Detected, Language, detect};
 pub use runtime::{ProcessRuntime, ProcessRuntimeConfig, RestartPolicy};
-pub use shell::shell_quote;

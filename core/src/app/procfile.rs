@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use paastech_core::{Error, Result};
+use crate::{Error, Result};
 
 /// Parses a Procfile into process type → command.
 ///

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use paastech_core::{Error, Result};
+use crate::{Error, Result};
 
-use crate::procfile;
-use crate::shell::shell_quote;
+use super::procfile;
+use super::shell::shell_quote;
 
 /// Every file detection looks at, in the order it looks.
 pub const MARKERS: &[&str] = &[

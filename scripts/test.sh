@@ -38,6 +38,15 @@ export PAASTECH_TEST_POSTGRES_URL
 echo "PostgreSQL at $PAASTECH_TEST_POSTGRES_URL"
 trap 'scripts/start-postgres.sh --stop >/dev/null 2>&1 || true' EXIT
 
+# Each file in scripts/setup/ installs and starts one thing some tests need (a container
+# engine, a browser, a WASM target) and exports where to find it. They run in order.
+for setup in scripts/setup/*.sh; do
+    [[ -e "$setup" ]] || continue
+    step "setup: $(basename "$setup")"
+    # shellcheck source=/dev/null
+    source "$setup"
+done
+
 step "checking formatting"
 cargo fmt --all -- --check
 

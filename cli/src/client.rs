@@ -21,17 +21,14 @@ pub struct SavedLogin {
 }
 
 pub fn login_path() -> Result<PathBuf> {
-    let dir =
-        dirs::config_dir().context("no configuration directory for this user (is HOME set?)")?;
+    let dir = dirs::config_dir().context("no configuration directory for this user (is HOME set?)")?;
     Ok(dir.join("paastech").join("login.json"))
 }
 
 pub fn load_login() -> Result<Option<SavedLogin>> {
     let path = login_path()?;
     match fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(
-            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
-        )),
+        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?)),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
     }
@@ -82,19 +79,11 @@ impl Client {
     /// the token from `PAASTECH_TOKEN`, else the saved login for that server.
     pub fn new(server: Option<String>, token: Option<String>) -> Result<Client> {
         let saved = load_login()?;
-        let base = server
-            .or_else(|| saved.as_ref().map(|s| s.server.clone()))
-            .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        let base =
+            server.or_else(|| saved.as_ref().map(|s| s.server.clone())).unwrap_or_else(|| DEFAULT_SERVER.to_owned());
         let base = base.trim_end_matches('/').to_owned();
-        let token = token.or_else(|| {
-            saved
-                .filter(|s| s.server.trim_end_matches('/') == base)
-                .map(|s| s.token)
-        });
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let token = token.or_else(|| saved.filter(|s| s.server.trim_end_matches('/') == base).map(|s| s.token));
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         Ok(Client { base, token, agent })
     }
 
@@ -113,18 +102,13 @@ impl Client {
         }
     }
 
-    fn finish<T: DeserializeOwned>(
-        &self,
-        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<T> {
-        let mut response = result
-            .map_err(|err| anyhow!("cannot reach the PaaSTech server at {}: {err}", self.base))?;
+    fn finish<T: DeserializeOwned>(&self, result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<T> {
+        let mut response = result.map_err(|err| anyhow!("cannot reach the PaaSTech server at {}: {err}", self.base))?;
         let status = response.status();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         if status.is_success() {
             let text = if text.is_empty() { "null" } else { &text };
-            return serde_json::from_str(text)
-                .with_context(|| format!("unexpected answer from the server ({status})"));
+            return serde_json::from_str(text).with_context(|| format!("unexpected answer from the server ({status})"));
         }
         let message = serde_json::from_str::<Value>(&text)
             .ok()
@@ -137,10 +121,7 @@ impl Client {
     }
 
     pub fn put<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
-        self.finish(
-            self.authorize(self.agent.put(self.url(path)))
-                .send_json(body),
-        )
+        self.finish(self.authorize(self.agent.put(self.url(path))).send_json(body))
     }
 
     /// A streamed GET (logs): the body as a reader, or the API's error.
@@ -169,22 +150,15 @@ impl Client {
     }
 
     pub fn delete(&self, path: &str) -> Result<()> {
-        self.finish::<Value>(self.authorize(self.agent.delete(self.url(path))).call())
-            .map(drop)
+        self.finish::<Value>(self.authorize(self.agent.delete(self.url(path))).call()).map(drop)
     }
 
     pub fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
-        self.finish(
-            self.authorize(self.agent.post(self.url(path)))
-                .send_json(body),
-        )
+        self.finish(self.authorize(self.agent.post(self.url(path))).send_json(body))
     }
 
     pub fn patch<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
-        self.finish(
-            self.authorize(self.agent.patch(self.url(path)))
-                .send_json(body),
-        )
+        self.finish(self.authorize(self.agent.patch(self.url(path))).send_json(body))
     }
 }
 
@@ -197,11 +171,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.to_vec());

@@ -8,16 +8,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::client::{self, Client, SavedLogin, print_table};
-use crate::{
-    Command, CredentialArgs, EnvCommand, KeysCommand, ProjectArg, ProjectsCommand, TokensCommand,
-};
+use crate::{Command, CredentialArgs, EnvCommand, KeysCommand, ProjectArg, ProjectsCommand, TokensCommand};
 
-pub fn run(
-    server: &Option<String>,
-    token: Option<String>,
-    json_out: bool,
-    command: Command,
-) -> Result<()> {
+pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, command: Command) -> Result<()> {
     let client = Client::new(server.clone(), token)?;
     let out = Output { json: json_out };
     match command {
@@ -32,11 +25,7 @@ pub fn run(
         Command::Deployments(project) => deployments(&client, out, project),
         Command::Deploy { project, version } => deploy(&client, out, project, version, false),
         Command::Rollback { project, version } => deploy(&client, out, project, version, true),
-        Command::Logs {
-            project,
-            follow,
-            lines,
-        } => logs(&client, project, follow, lines),
+        Command::Logs { project, follow, lines } => logs(&client, project, follow, lines),
         Command::Scale { project, counts } => scale(&client, out, project, counts),
         Command::Ps(project) => ps(&client, out, project),
         Command::Completions { .. } | Command::Server(_) | Command::Internal(_) => {
@@ -68,12 +57,7 @@ fn text(value: &Value) -> String {
 fn rows(items: &Value, fields: &[&str]) -> Vec<Vec<String>> {
     items
         .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|item| fields.iter().map(|f| text(&item[*f])).collect())
-                .collect()
-        })
+        .map(|items| items.iter().map(|item| fields.iter().map(|f| text(&item[*f])).collect()).collect())
         .unwrap_or_default()
 }
 
@@ -107,15 +91,8 @@ fn email_and_password(args: &CredentialArgs, confirm: bool) -> Result<(String, S
 
 fn signup(client: &Client, args: CredentialArgs) -> Result<()> {
     let (email, password) = email_and_password(&args, true)?;
-    let user: Value = client.post(
-        "/auth/signup",
-        &json!({"email": email, "password": password}),
-    )?;
-    let admin = if user["is_admin"] == Value::Bool(true) {
-        " (admin)"
-    } else {
-        ""
-    };
+    let user: Value = client.post("/auth/signup", &json!({"email": email, "password": password}))?;
+    let admin = if user["is_admin"] == Value::Bool(true) { " (admin)" } else { "" };
     println!(
         "Created account {}{admin}. Now run: paastech login --email {}",
         text(&user["email"]),
@@ -126,24 +103,10 @@ fn signup(client: &Client, args: CredentialArgs) -> Result<()> {
 
 fn login(client: &Client, args: CredentialArgs) -> Result<()> {
     let (email, password) = email_and_password(&args, false)?;
-    let answer: Value = client.post(
-        "/auth/login",
-        &json!({"email": email, "password": password}),
-    )?;
-    let token = answer["token"]
-        .as_str()
-        .context("the server sent no token")?
-        .to_owned();
-    let path = client::save_login(&SavedLogin {
-        server: client.base().to_owned(),
-        email: email.clone(),
-        token,
-    })?;
-    println!(
-        "Logged in to {} as {email} (saved in {}).",
-        client.base(),
-        path.display()
-    );
+    let answer: Value = client.post("/auth/login", &json!({"email": email, "password": password}))?;
+    let token = answer["token"].as_str().context("the server sent no token")?.to_owned();
+    let path = client::save_login(&SavedLogin { server: client.base().to_owned(), email: email.clone(), token })?;
+    println!("Logged in to {} as {email} (saved in {}).", client.base(), path.display());
     Ok(())
 }
 
@@ -161,11 +124,7 @@ fn whoami(client: &Client, out: Output) -> Result<()> {
     if out.json {
         return out.json(&me);
     }
-    let role = if me["is_admin"] == Value::Bool(true) {
-        " (admin)"
-    } else {
-        ""
-    };
+    let role = if me["is_admin"] == Value::Bool(true) { " (admin)" } else { "" };
     println!("{}{role} on {}", text(&me["email"]), client.base());
     Ok(())
 }
@@ -188,21 +147,12 @@ fn keys(client: &Client, out: Output, cmd: KeysCommand) -> Result<()> {
                 Some(path) => path,
                 None => default_key_path()?,
             };
-            let public_key = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let key: Value = client.post(
-                "/ssh-keys",
-                &json!({"name": name, "public_key": public_key.trim()}),
-            )?;
+            let public_key = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let key: Value = client.post("/ssh-keys", &json!({"name": name, "public_key": public_key.trim()}))?;
             if out.json {
                 return out.json(&key);
             }
-            println!(
-                "Added key {} ({}) as id {}.",
-                text(&key["name"]),
-                text(&key["fingerprint"]),
-                text(&key["id"])
-            );
+            println!("Added key {} ({}) as id {}.", text(&key["name"]), text(&key["fingerprint"]), text(&key["id"]));
         }
         KeysCommand::List => {
             let keys: Value = client.get("/ssh-keys")?;
@@ -239,10 +189,7 @@ fn tokens(client: &Client, out: Output, cmd: TokensCommand) -> Result<()> {
             }
             print_table(
                 &["ID", "NAME", "CREATED", "LAST USED", "EXPIRES"],
-                &rows(
-                    &tokens,
-                    &["id", "name", "created_at", "last_used_at", "expires_at"],
-                ),
+                &rows(&tokens, &["id", "name", "created_at", "last_used_at", "expires_at"]),
             );
         }
         TokensCommand::Revoke { id } => {
@@ -259,9 +206,7 @@ pub fn resolve_project(arg: &ProjectArg) -> Result<String> {
     if let Some(name) = &arg.project {
         return Ok(name.clone());
     }
-    let output = std::process::Command::new("git")
-        .args(["remote", "get-url", "paastech"])
-        .output();
+    let output = std::process::Command::new("git").args(["remote", "get-url", "paastech"]).output();
     if let Ok(output) = output
         && output.status.success()
         && let Some(name) = project_from_remote(String::from_utf8_lossy(&output.stdout).trim())
@@ -294,10 +239,7 @@ fn projects(client: &Client, out: Output, cmd: ProjectsCommand) -> Result<()> {
             if out.json {
                 return out.json(&projects);
             }
-            print_table(
-                &["NAME", "STATUS", "URL", "OWNER"],
-                &rows(&projects, &["name", "status", "url", "owner"]),
-            );
+            print_table(&["NAME", "STATUS", "URL", "OWNER"], &rows(&projects, &["name", "status", "url", "owner"]));
         }
         ProjectsCommand::Info(arg) => {
             let name = resolve_project(&arg)?;
@@ -305,15 +247,7 @@ fn projects(client: &Client, out: Output, cmd: ProjectsCommand) -> Result<()> {
             if out.json {
                 return out.json(&project);
             }
-            for field in [
-                "name",
-                "status",
-                "live_version",
-                "url",
-                "git_url",
-                "owner",
-                "created_at",
-            ] {
+            for field in ["name", "status", "live_version", "url", "git_url", "owner", "created_at"] {
                 println!("{:<13} {}", format!("{field}:"), text(&project[field]));
             }
         }
@@ -322,9 +256,7 @@ fn projects(client: &Client, out: Output, cmd: ProjectsCommand) -> Result<()> {
                 if !std::io::stdin().is_terminal() {
                     bail!("deleting {name} cannot be undone: pass --yes to confirm");
                 }
-                eprint!(
-                    "This deletes {name}, its repository and its deployments. Type the name to confirm: "
-                );
+                eprint!("This deletes {name}, its repository and its deployments. Type the name to confirm: ");
                 std::io::stderr().flush()?;
                 let mut line = String::new();
                 std::io::stdin().lock().read_line(&mut line)?;
@@ -357,27 +289,19 @@ fn env(client: &Client, out: Output, cmd: EnvCommand) -> Result<()> {
         EnvCommand::Set { project, pairs } => {
             let mut changes = BTreeMap::new();
             for pair in pairs {
-                let (key, value) = pair
-                    .split_once('=')
-                    .with_context(|| format!("{pair:?} is not KEY=value"))?;
+                let (key, value) = pair.split_once('=').with_context(|| format!("{pair:?} is not KEY=value"))?;
                 changes.insert(key.to_owned(), Value::String(value.to_owned()));
             }
             (project, changes)
         }
-        EnvCommand::Unset { project, keys } => (
-            project,
-            keys.into_iter().map(|k| (k, Value::Null)).collect(),
-        ),
+        EnvCommand::Unset { project, keys } => (project, keys.into_iter().map(|k| (k, Value::Null)).collect()),
     };
     let name = resolve_project(&project)?;
     let env: Value = client.patch(&format!("/projects/{name}/env"), &changes)?;
     if out.json {
         return out.json(&env);
     }
-    println!(
-        "Updated the env of {name}: {} variable(s) now set.",
-        env.as_object().map_or(0, |o| o.len())
-    );
+    println!("Updated the env of {name}: {} variable(s) now set.", env.as_object().map_or(0, |o| o.len()));
     Ok(())
 }
 
@@ -387,10 +311,7 @@ fn deployments(client: &Client, out: Output, arg: ProjectArg) -> Result<()> {
     if out.json {
         return out.json(&list);
     }
-    let mut rows = rows(
-        &list,
-        &["version", "status", "commit", "cause", "created_at"],
-    );
+    let mut rows = rows(&list, &["version", "status", "commit", "cause", "created_at"]);
     for row in &mut rows {
         row[0] = format!("v{}", row[0]);
         row[2] = row[2].chars().take(10).collect();
@@ -399,13 +320,7 @@ fn deployments(client: &Client, out: Output, arg: ProjectArg) -> Result<()> {
     Ok(())
 }
 
-fn deploy(
-    client: &Client,
-    out: Output,
-    arg: ProjectArg,
-    version: Option<i64>,
-    rollback: bool,
-) -> Result<()> {
+fn deploy(client: &Client, out: Output, arg: ProjectArg, version: Option<i64>, rollback: bool) -> Result<()> {
     let name = resolve_project(&arg)?;
     let version = match (version, rollback) {
         (Some(v), _) => Some(v),
@@ -417,18 +332,11 @@ fn deploy(
     } else {
         eprintln!("Deploying the latest build of {name}…");
     }
-    let deployment: Value = client.post(
-        &format!("/projects/{name}/deployments"),
-        &json!({"version": version}),
-    )?;
+    let deployment: Value = client.post(&format!("/projects/{name}/deployments"), &json!({"version": version}))?;
     if out.json {
         return out.json(&deployment);
     }
-    println!(
-        "v{} of {name} is {}.",
-        text(&deployment["version"]),
-        text(&deployment["status"])
-    );
+    println!("v{} of {name} is {}.", text(&deployment["version"]), text(&deployment["status"]));
     Ok(())
 }
 
@@ -436,10 +344,7 @@ fn deploy(
 fn previous_version(client: &Client, name: &str) -> Result<i64> {
     let list: Value = client.get(&format!("/projects/{name}/deployments?limit=500"))?;
     let list = list.as_array().cloned().unwrap_or_default();
-    let live = list
-        .iter()
-        .find(|d| d["status"] == "live")
-        .and_then(|d| d["version"].as_i64());
+    let live = list.iter().find(|d| d["status"] == "live").and_then(|d| d["version"].as_i64());
     let live = live.with_context(|| format!("{name} has no live deployment to roll back from"))?;
     list.iter()
         .filter(|d| d["status"] == "superseded")
@@ -450,9 +355,7 @@ fn previous_version(client: &Client, name: &str) -> Result<i64> {
 
 fn logs(client: &Client, arg: ProjectArg, follow: bool, lines: usize) -> Result<()> {
     let name = resolve_project(&arg)?;
-    let mut reader = client.get_stream(&format!(
-        "/projects/{name}/logs?follow={follow}&lines={lines}"
-    ))?;
+    let mut reader = client.get_stream(&format!("/projects/{name}/logs?follow={follow}&lines={lines}"))?;
     let mut stdout = std::io::stdout().lock();
     let mut buffer = [0u8; 8192];
     loop {
@@ -469,22 +372,16 @@ fn scale(client: &Client, out: Output, arg: ProjectArg, counts: Vec<String>) -> 
     let name = resolve_project(&arg)?;
     let mut scale = BTreeMap::new();
     for pair in counts {
-        let (process, count) = pair
-            .split_once('=')
-            .with_context(|| format!("{pair:?} is not TYPE=N"))?;
-        let count: u32 = count
-            .parse()
-            .with_context(|| format!("{pair:?}: N must be a whole number"))?;
+        let (process, count) = pair.split_once('=').with_context(|| format!("{pair:?} is not TYPE=N"))?;
+        let count: u32 = count.parse().with_context(|| format!("{pair:?}: N must be a whole number"))?;
         scale.insert(process.to_owned(), count);
     }
     let result: Value = client.put(&format!("/projects/{name}/scale"), &scale)?;
     if out.json {
         return out.json(&result);
     }
-    let shown: Vec<String> = result
-        .as_object()
-        .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect())
-        .unwrap_or_default();
+    let shown: Vec<String> =
+        result.as_object().map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default();
     println!("Scaled {name}: {}", shown.join(" "));
     Ok(())
 }

@@ -51,9 +51,7 @@ impl ApiSection {
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection {
-            listen: Self::default_listen(),
-        }
+        ApiSection { listen: Self::default_listen() }
     }
 }
 
@@ -74,10 +72,7 @@ impl SshSection {
 
 impl Default for SshSection {
     fn default() -> Self {
-        SshSection {
-            listen: Self::default_listen(),
-            public_host: None,
-        }
+        SshSection { listen: Self::default_listen(), public_host: None }
     }
 }
 
@@ -156,10 +151,7 @@ pub struct AuthSection {
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
-#[expect(
-    dead_code,
-    reason = "parsed and checked now; run by the WASM hook host"
-)]
+#[expect(dead_code, reason = "parsed and checked now; run by the WASM hook host")]
 pub struct HookConfig {
     pub name: String,
     pub path: PathBuf,
@@ -204,48 +196,32 @@ impl Source {
             line: None,
             message: format!("cannot read the config file: {err}"),
         })?;
-        Ok(Source {
-            file: Some(path.to_owned()),
-            text,
-        })
+        Ok(Source { file: Some(path.to_owned()), text })
     }
 
     pub fn embedded() -> Source {
-        Source {
-            file: None,
-            text: String::new(),
-        }
+        Source { file: None, text: String::new() }
     }
 
     fn error(&self, line: Option<usize>, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.clone(),
-            line,
-            message: message.into(),
-        }
+        ConfigError { file: self.file.clone(), line, message: message.into() }
     }
 
     fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())]
-            .bytes()
-            .filter(|b| *b == b'\n')
-            .count()
-            + 1
+        self.text[..offset.min(self.text.len())].bytes().filter(|b| *b == b'\n').count() + 1
     }
 
     /// The line where `section.key` is written (or the section itself, with `key` None).
     pub fn line_of_key(&self, section: &str, key: Option<&str>) -> Option<usize> {
         let doc = DeTable::parse(&self.text).ok()?;
-        let (section_key, section_value) =
-            doc.get_ref().iter().find(|(k, _)| k.get_ref() == section)?;
+        let (section_key, section_value) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == section)?;
         let Some(key) = key else {
             return Some(self.line_of(section_key.span().start));
         };
         match section_value.get_ref() {
-            DeValue::Table(table) => table
-                .iter()
-                .find(|(k, _)| k.get_ref() == key)
-                .map(|(k, _)| self.line_of(k.span().start)),
+            DeValue::Table(table) => {
+                table.iter().find(|(k, _)| k.get_ref() == key).map(|(k, _)| self.line_of(k.span().start))
+            }
             _ => None,
         }
     }
@@ -255,10 +231,7 @@ impl Source {
             let line = err.span().map(|span| self.line_of(span.start));
             let message = err.message().trim_end().to_owned();
             let message = match err.span().and_then(|span| self.key_at(span.start)) {
-                Some(key)
-                    if !message
-                        .contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(&key))) =>
-                {
+                Some(key) if !message.contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(&key))) => {
                     format!("{key}: {message}")
                 }
                 _ => message,
@@ -325,30 +298,20 @@ impl Source {
     }
 
     /// The `driver` of a section, or `default` when the key is absent.
-    pub fn driver_name(
-        &self,
-        section: &str,
-        table: &toml::Table,
-        default: &str,
-    ) -> Result<String, ConfigError> {
+    pub fn driver_name(&self, section: &str, table: &toml::Table, default: &str) -> Result<String, ConfigError> {
         match table.get("driver") {
             None => Ok(default.to_owned()),
             Some(toml::Value::String(name)) => Ok(name.clone()),
             Some(other) => Err(self.error(
                 self.line_of_key(section, Some("driver")),
-                format!(
-                    "[{section}] driver: expected a string, found {}",
-                    other.type_str()
-                ),
+                format!("[{section}] driver: expected a string, found {}", other.type_str()),
             )),
         }
     }
 
     /// Wraps a registry's message (unknown driver, options) with the line of `driver`.
     pub fn driver_error(&self, section: &str, message: impl fmt::Display) -> ConfigError {
-        let line = self
-            .line_of_key(section, Some("driver"))
-            .or_else(|| self.line_of_key(section, None));
+        let line = self.line_of_key(section, Some("driver")).or_else(|| self.line_of_key(section, None));
         self.error(line, format!("[{section}] {message}"))
     }
 }
@@ -358,10 +321,7 @@ mod tests {
     use super::*;
 
     fn source(text: &str) -> Source {
-        Source {
-            file: Some(PathBuf::from("paastech.toml")),
-            text: text.to_owned(),
-        }
+        Source { file: Some(PathBuf::from("paastech.toml")), text: text.to_owned() }
     }
 
     #[test]
@@ -369,10 +329,7 @@ mod tests {
         let config = source("").parse().expect("empty config parses");
         assert_eq!(config.api.listen, "127.0.0.1:7000".parse().expect("addr"));
         assert_eq!(config.ssh.listen, "127.0.0.1:2222".parse().expect("addr"));
-        assert_eq!(
-            config.ingress.listen,
-            "127.0.0.1:8000".parse().expect("addr")
-        );
+        assert_eq!(config.ingress.listen, "127.0.0.1:8000".parse().expect("addr"));
         assert_eq!(config.ingress.domain, "localhost");
         assert_eq!(config.auth.signup, Signup::Open);
         assert!(config.database.url.is_none());
@@ -407,24 +364,14 @@ patterns = "*.pem,.env"
 "#;
         let config = source(text).parse().expect("example parses");
         assert_eq!(config.hooks.len(), 1);
-        assert_eq!(
-            config.hooks[0]
-                .config
-                .get("patterns")
-                .and_then(|v| v.as_str()),
-            Some("*.pem,.env")
-        );
+        assert_eq!(config.hooks[0].config.get("patterns").and_then(|v| v.as_str()), Some("*.pem,.env"));
         assert_eq!(config.auth.signup, Signup::Closed);
     }
 
     #[test]
     fn errors_name_the_key_the_file_and_the_line() {
         let cases = [
-            (
-                "[api]\nlisten = \"127.0.0.1:7000\"\nlistne = \"x\"\n",
-                "listne",
-                3,
-            ),
+            ("[api]\nlisten = \"127.0.0.1:7000\"\nlistne = \"x\"\n", "listne", 3),
             ("colour = \"blue\"\n", "colour", 1),
             ("[ingress]\n\ndomain = 42\n", "string", 3),
             ("[api]\nlisten = \"not an address\"\n", "address", 2),
@@ -434,15 +381,9 @@ patterns = "*.pem,.env"
         for (text, needle, line) in cases {
             let err = source(text).parse().expect_err(text);
             let shown = err.to_string();
-            assert!(
-                shown.contains(needle),
-                "{shown:?} should mention {needle:?}"
-            );
+            assert!(shown.contains(needle), "{shown:?} should mention {needle:?}");
             assert_eq!(err.line, Some(line), "{shown:?}");
-            assert!(
-                shown.starts_with(&format!("paastech.toml:{line}:")),
-                "{shown:?}"
-            );
+            assert!(shown.starts_with(&format!("paastech.toml:{line}:")), "{shown:?}");
         }
     }
 
@@ -458,18 +399,16 @@ patterns = "*.pem,.env"
         let text = "[runtime]\ndriver = \"process\"\n\ngrace_secnds = 3\n";
         let src = source(text);
         let config = src.parse().expect("section itself parses");
-        let err = src
-            .driver_options::<ExampleOptions>("runtime", &config.runtime, &["driver"])
-            .expect_err("unknown key");
+        let err =
+            src.driver_options::<ExampleOptions>("runtime", &config.runtime, &["driver"]).expect_err("unknown key");
         assert_eq!(err.line, Some(4));
         assert!(err.to_string().contains("grace_secnds"), "{err}");
 
         let text = "[runtime]\ndriver = \"process\"\ngrace_seconds = \"soon\"\n";
         let src = source(text);
         let config = src.parse().expect("section itself parses");
-        let err = src
-            .driver_options::<ExampleOptions>("runtime", &config.runtime, &["driver"])
-            .expect_err("wrong type");
+        let err =
+            src.driver_options::<ExampleOptions>("runtime", &config.runtime, &["driver"]).expect_err("wrong type");
         assert_eq!(err.line, Some(3));
         assert!(err.to_string().contains("grace_seconds"), "{err}");
     }
@@ -478,18 +417,8 @@ patterns = "*.pem,.env"
     fn driver_name_defaults_and_locates() {
         let src = source("[runtime]\n\ndriver = \"kubernetes\"\n");
         let config = src.parse().expect("parses");
-        assert_eq!(
-            src.driver_name("runtime", &config.runtime, "process")
-                .ok()
-                .as_deref(),
-            Some("kubernetes")
-        );
+        assert_eq!(src.driver_name("runtime", &config.runtime, "process").ok().as_deref(), Some("kubernetes"));
         assert_eq!(src.driver_error("runtime", "unknown").line, Some(3));
-        assert_eq!(
-            src.driver_name("build", &config.build, "process")
-                .ok()
-                .as_deref(),
-            Some("process")
-        );
+        assert_eq!(src.driver_name("build", &config.build, "process").ok().as_deref(), Some("process"));
     }
 }

@@ -197,19 +197,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Internal(InternalCommand::PreReceive) => {
-            return ExitCode::from(
-                u8::try_from(paastech_driver_git::hook::run_client()).unwrap_or(1),
-            );
+            return ExitCode::from(u8::try_from(paastech_driver_git::hook::run_client()).unwrap_or(1));
         }
         Command::Internal(InternalCommand::ServeStatic { dir }) => server::serve_static(dir),
         Command::Server(args) => server::main(args.config, args.check),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "paastech",
-                &mut std::io::stdout(),
-            );
+            clap_complete::generate(shell, &mut Cli::command(), "paastech", &mut std::io::stdout());
             Ok(())
         }
         command => commands::run(&cli.server, cli.token, cli.json, command),

@@ -14,9 +14,7 @@ use paastech_core::registry::Registry;
 use paastech_core::{ProjectName, Store};
 use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::HookServer;
-use paastech_driver_process::{
-    ProcessBuilder, ProcessBuilderConfig, ProcessRuntime, ProcessRuntimeConfig,
-};
+use paastech_driver_process::{ProcessBuilder, ProcessBuilderConfig, ProcessRuntime, ProcessRuntimeConfig};
 use paastech_ingress::{IngressConfig, IngressRouter, RouteTable};
 use paastech_ssh::{GitAccess, RepoAccess, SshServer};
 use paastech_web::{AppState, PublicUrls, SignupPolicy};
@@ -44,10 +42,7 @@ pub struct DriverInput<'a> {
 
 impl DriverInput<'_> {
     /// The driver's own keys (beside `driver`), as its options struct.
-    fn options<T: serde::de::DeserializeOwned>(
-        &self,
-        platform_keys: &[&str],
-    ) -> paastech_core::Result<T> {
+    fn options<T: serde::de::DeserializeOwned>(&self, platform_keys: &[&str]) -> paastech_core::Result<T> {
         self.source
             .driver_options(self.section, self.table, platform_keys)
             .map_err(|err| paastech_core::Error::Invalid(err.to_string()))
@@ -88,18 +83,9 @@ fn runtime_drivers<'a>() -> Registry<dyn Runtime, DriverInput<'a>> {
             config.default_memory_bytes = options.memory_mb.map(|mb| mb * 1024 * 1024);
             Ok(Arc::new(ProcessRuntime::new(config)) as Arc<dyn Runtime>)
         })
-        .register_disabled(
-            "docker",
-            "the Docker driver is not part of this version yet",
-        )
-        .register_disabled(
-            "podman",
-            "the Podman driver is not part of this version yet",
-        )
-        .register_disabled(
-            "swarm",
-            "the Docker Swarm driver is not part of this version yet",
-        );
+        .register_disabled("docker", "the Docker driver is not part of this version yet")
+        .register_disabled("podman", "the Podman driver is not part of this version yet")
+        .register_disabled("swarm", "the Docker Swarm driver is not part of this version yet");
     registry
 }
 
@@ -109,34 +95,23 @@ fn build_drivers<'a>() -> Registry<dyn ImageBuilder, DriverInput<'a>> {
     registry
         .register("process", |input| {
             let options: ProcessBuildOptions = input.options(BUILD_PLATFORM_KEYS)?;
-            let exe = std::env::current_exe().map_err(|err| {
-                paastech_core::Error::internal("finding the paastech executable", err)
-            })?;
+            let exe = std::env::current_exe()
+                .map_err(|err| paastech_core::Error::internal("finding the paastech executable", err))?;
             let config = ProcessBuilderConfig {
                 cache_dir: input.data_dir.join("cache"),
                 timeout: Duration::from_secs(options.timeout_secs.unwrap_or(15 * 60)),
-                static_server: vec![
-                    exe.display().to_string(),
-                    "internal".into(),
-                    "serve-static".into(),
-                ],
+                static_server: vec![exe.display().to_string(), "internal".into(), "serve-static".into()],
             };
             Ok(Arc::new(ProcessBuilder::new(config)) as Arc<dyn ImageBuilder>)
         })
-        .register_disabled(
-            "docker",
-            "the Docker builder is not part of this version yet",
-        )
-        .register_disabled(
-            "podman",
-            "the Podman builder is not part of this version yet",
-        );
+        .register_disabled("docker", "the Docker builder is not part of this version yet")
+        .register_disabled("podman", "the Podman builder is not part of this version yet");
     registry
 }
 
 fn default_data_dir() -> Result<PathBuf> {
-    let base = dirs::data_local_dir()
-        .context("no per-user data directory (is HOME set?): set data_dir in a config file")?;
+    let base =
+        dirs::data_local_dir().context("no per-user data directory (is HOME set?): set data_dir in a config file")?;
     Ok(base.join("paastech"))
 }
 
@@ -150,23 +125,15 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     let config = source.parse()?;
 
     let runtime_driver = source.driver_name("runtime", &config.runtime, "process")?;
-    runtime_drivers()
-        .check(&runtime_driver)
-        .map_err(|err| source.driver_error("runtime", err))?;
+    runtime_drivers().check(&runtime_driver).map_err(|err| source.driver_error("runtime", err))?;
     let build_driver = source.driver_name("build", &config.build, &runtime_driver)?;
-    build_drivers()
-        .check(&build_driver)
-        .map_err(|err| source.driver_error("build", err))?;
+    build_drivers().check(&build_driver).map_err(|err| source.driver_error("build", err))?;
     // Each driver's own keys are checked now, so a typo stops the start with its line.
     if runtime_driver == "process" {
         source.driver_options::<ProcessRuntimeOptions>("runtime", &config.runtime, &["driver"])?;
     }
     if build_driver == "process" {
-        source.driver_options::<ProcessBuildOptions>(
-            "build",
-            &config.build,
-            BUILD_PLATFORM_KEYS,
-        )?;
+        source.driver_options::<ProcessBuildOptions>("build", &config.build, BUILD_PLATFORM_KEYS)?;
     }
     if let Some(value) = config.build.get("project_hooks")
         && !value.is_bool()
@@ -175,9 +142,7 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     }
 
     if let Some(url) = &config.database.url
-        && !["sqlite://", "postgres://", "postgresql://"]
-            .iter()
-            .any(|scheme| url.starts_with(scheme))
+        && !["sqlite://", "postgres://", "postgresql://"].iter().any(|scheme| url.starts_with(scheme))
     {
         return Err(ConfigError {
             file: source.file.clone(),
@@ -189,33 +154,16 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         return Err(ConfigError {
             file: source.file.clone(),
             line: source.line_of_key("hooks", None),
-            message: format!(
-                "[[hooks]] {:?}: WASM build hooks are not supported by this version yet",
-                hook.name
-            ),
+            message: format!("[[hooks]] {:?}: WASM build hooks are not supported by this version yet", hook.name),
         });
     }
     let data_dir = match &config.data_dir {
         Some(dir) => dir.clone(),
-        None => default_data_dir().map_err(|err| ConfigError {
-            file: None,
-            line: None,
-            message: err.to_string(),
-        })?,
+        None => default_data_dir().map_err(|err| ConfigError { file: None, line: None, message: err.to_string() })?,
     };
-    let database_url = config
-        .database
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("paastech.db").display()));
-    Ok(Settings {
-        source,
-        config,
-        data_dir,
-        database_url,
-        runtime_driver,
-        build_driver,
-    })
+    let database_url =
+        config.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("paastech.db").display()));
+    Ok(Settings { source, config, data_dir, database_url, runtime_driver, build_driver })
 }
 
 pub fn main(config_path: Option<PathBuf>, check: bool) -> Result<()> {
@@ -238,23 +186,12 @@ pub fn main(config_path: Option<PathBuf>, check: bool) -> Result<()> {
 
 /// `paastech internal serve-static DIR`: a static site, run as an app's `web` process.
 pub fn serve_static(dir: PathBuf) -> Result<()> {
-    let port: u16 = std::env::var("PORT")
-        .context("PORT is not set")?
-        .parse()
-        .context("PORT is not a port number")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let port: u16 = std::env::var("PORT").context("PORT is not set")?.parse().context("PORT is not a port number")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let listener = bind(
-            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            "the static site",
-        )
-        .await?;
+        let listener = bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "the static site").await?;
         println!("serving {} on port {port}", dir.display());
-        paastech_ingress::serve_static(listener, dir, shutdown_signal())
-            .await
-            .context("serving static files")
+        paastech_ingress::serve_static(listener, dir, shutdown_signal()).await.context("serving static files")
     })
 }
 
@@ -271,14 +208,7 @@ fn init_logging() {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
-    let Settings {
-        source,
-        config,
-        data_dir,
-        database_url,
-        runtime_driver,
-        build_driver,
-    } = settings;
+    let Settings { source, config, data_dir, database_url, runtime_driver, build_driver } = settings;
     create_private_dir(&data_dir)?;
 
     let store: Arc<dyn Store> = {
@@ -291,79 +221,39 @@ async fn serve(settings: Settings) -> Result<()> {
 
     // Drivers, as configured.
     let runtime = {
-        let input = DriverInput {
-            source: &source,
-            section: "runtime",
-            table: &config.runtime,
-            data_dir: &data_dir,
-        };
+        let input = DriverInput { source: &source, section: "runtime", table: &config.runtime, data_dir: &data_dir };
         build_with(runtime_drivers(), &runtime_driver, input)?
     };
     let builder = {
-        let input = DriverInput {
-            source: &source,
-            section: "build",
-            table: &config.build,
-            data_dir: &data_dir,
-        };
+        let input = DriverInput { source: &source, section: "build", table: &config.build, data_dir: &data_dir };
         build_with(build_drivers(), &build_driver, input)?
     };
     let repos = Arc::new(GitRepoStore::new(data_dir.join("repos")));
 
     // The orchestrator, with the ingress as its traffic router.
     let routes = RouteTable::new();
-    let traffic = Arc::new(IngressRouter::new(
-        routes.clone(),
-        config.ingress.health_path.clone(),
-    ));
+    let traffic = Arc::new(IngressRouter::new(routes.clone(), config.ingress.health_path.clone()));
     let logs = Arc::new(LogHub::new(data_dir.join("logs"), APP_LOG_MAX_BYTES));
     let mut orchestrator_config = OrchestratorConfig::new(data_dir.join("releases"));
     orchestrator_config.health_timeout = Duration::from_secs(config.ingress.health_timeout_secs);
     orchestrator_config.drain_timeout = Duration::from_secs(config.ingress.drain_timeout_secs);
-    let orchestrator = Arc::new(Orchestrator::new(
-        store,
-        repos,
-        builder,
-        runtime,
-        traffic,
-        logs,
-        orchestrator_config,
-    ));
+    let orchestrator = Arc::new(Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config));
 
     // Every listener is bound before anything is served, so a taken port stops the start.
     let api = bind(config.api.listen, "the API").await?;
     let ssh_listener = bind(config.ssh.listen, "SSH").await?;
     let ingress_listener = bind(config.ingress.listen, "the ingress").await?;
-    let hooks = HookServer::bind(
-        data_dir.join("run").join("hooks.sock"),
-        Arc::clone(&orchestrator) as _,
-    )
-    .context("starting the git hook socket")?;
-    let access = Arc::new(RepoAccessPolicy {
-        orchestrator: Arc::clone(&orchestrator),
-        hooks: hooks.clone(),
-    });
-    let ssh = SshServer::new(&data_dir.join("ssh_host_ed25519_key"), access)
-        .context("loading the SSH host key")?;
+    let hooks = HookServer::bind(data_dir.join("run").join("hooks.sock"), Arc::clone(&orchestrator) as _)
+        .context("starting the git hook socket")?;
+    let access = Arc::new(RepoAccessPolicy { orchestrator: Arc::clone(&orchestrator), hooks: hooks.clone() });
+    let ssh = SshServer::new(&data_dir.join("ssh_host_ed25519_key"), access).context("loading the SSH host key")?;
 
-    orchestrator
-        .restore()
-        .await
-        .context("restoring live deployments")?;
+    orchestrator.restore().await.context("restoring live deployments")?;
 
     let urls = PublicUrls {
         app_domain: config.ingress.domain.clone(),
-        app_port: Some(
-            config
-                .ingress
-                .public_port
-                .unwrap_or(config.ingress.listen.port()),
-        ),
-        ssh_host: config
-            .ssh
-            .public_host
-            .clone()
-            .unwrap_or_else(|| ssh_host_default(&config)),
+        app_port: Some(config.ingress.public_port.unwrap_or(config.ingress.listen.port())),
+        ssh_host: config.ssh.public_host.clone().unwrap_or_else(|| ssh_host_default(&config)),
         ssh_port: config.ssh.listen.port(),
     };
     let signup = match config.auth.signup {
@@ -428,15 +318,11 @@ fn build_with<'a, T: ?Sized>(
     name: &str,
     input: DriverInput<'a>,
 ) -> Result<Arc<T>> {
-    registry
-        .build(name, input)
-        .map_err(|err| anyhow::anyhow!("{err}"))
+    registry.build(name, input).map_err(|err| anyhow::anyhow!("{err}"))
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening for {what} on {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("listening for {what} on {addr}"))
 }
 
 /// Who may push and fetch over SSH: the owner of a project, or an admin. A push gets a
@@ -449,20 +335,10 @@ struct RepoAccessPolicy {
 #[async_trait::async_trait]
 impl GitAccess for RepoAccessPolicy {
     async fn user_for_key(&self, fingerprint: &str) -> Option<i64> {
-        self.orchestrator
-            .store()
-            .user_by_ssh_fingerprint(fingerprint)
-            .await
-            .ok()
-            .map(|(_, user)| user.id)
+        self.orchestrator.store().user_by_ssh_fingerprint(fingerprint).await.ok().map(|(_, user)| user.id)
     }
 
-    async fn open_repo(
-        &self,
-        user_id: i64,
-        project: &ProjectName,
-        write: bool,
-    ) -> paastech_core::Result<RepoAccess> {
+    async fn open_repo(&self, user_id: i64, project: &ProjectName, write: bool) -> paastech_core::Result<RepoAccess> {
         let path = self.orchestrator.authorize_repo(user_id, project).await?;
         let access = RepoAccess::new(path);
         Ok(if write {
@@ -478,11 +354,7 @@ impl GitAccess for RepoAccessPolicy {
 /// address itself (what a local user can reach).
 fn ssh_host_default(config: &ServerConfig) -> String {
     let ip = config.ssh.listen.ip();
-    if ip.is_unspecified() {
-        config.ingress.domain.clone()
-    } else {
-        ip.to_string()
-    }
+    if ip.is_unspecified() { config.ingress.domain.clone() } else { ip.to_string() }
 }
 
 /// Hides a password in a database URL for logs.
@@ -547,26 +419,18 @@ mod tests {
 
     #[test]
     fn unknown_drivers_are_named_with_the_known_ones() {
-        let err = load_text("[runtime]\ndriver = \"kubernetes\"\n")
-            .err()
-            .expect("unknown driver");
+        let err = load_text("[runtime]\ndriver = \"kubernetes\"\n").err().expect("unknown driver");
         let shown = err.to_string();
         assert!(shown.contains("paastech.toml:2:"), "{shown}");
-        assert!(
-            shown.contains("\"kubernetes\"") && shown.contains("known drivers: process"),
-            "{shown}"
-        );
+        assert!(shown.contains("\"kubernetes\"") && shown.contains("known drivers: process"), "{shown}");
 
-        let err = load_text("[runtime]\ndriver = \"swarm\"\n")
-            .err()
-            .expect("disabled driver");
+        let err = load_text("[runtime]\ndriver = \"swarm\"\n").err().expect("disabled driver");
         assert!(err.to_string().contains("not enabled"), "{err}");
     }
 
     #[test]
     fn build_driver_follows_the_runtime_by_default() {
-        let Ok(settings) = load_text("data_dir = \"/tmp/x\"\n[runtime]\ndriver = \"process\"\n")
-        else {
+        let Ok(settings) = load_text("data_dir = \"/tmp/x\"\n[runtime]\ndriver = \"process\"\n") else {
             panic!("a valid config");
         };
         assert_eq!(settings.build_driver, "process");
@@ -575,9 +439,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_beside_driver_are_errors() {
-        let err = load_text("[build]\ndriver = \"process\"\nproject_hooks = true\ncolor = 1\n")
-            .err()
-            .expect("bad key");
+        let err = load_text("[build]\ndriver = \"process\"\nproject_hooks = true\ncolor = 1\n").err().expect("bad key");
         assert_eq!(err.line, Some(4), "{err}");
         assert!(err.to_string().contains("color"), "{err}");
     }

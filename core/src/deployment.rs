@@ -64,10 +64,7 @@ impl DeploymentStatus {
 
     /// Failed and superseded deployments never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            DeploymentStatus::Failed | DeploymentStatus::Superseded
-        )
+        matches!(self, DeploymentStatus::Failed | DeploymentStatus::Superseded)
     }
 
     /// Whether `self → next` is a step of the machine.
@@ -90,11 +87,7 @@ impl DeploymentStatus {
         if self.can_become(next) {
             Ok(next)
         } else {
-            Err(Error::Conflict(format!(
-                "a deployment cannot go from {} to {}",
-                self.as_str(),
-                next.as_str()
-            )))
+            Err(Error::Conflict(format!("a deployment cannot go from {} to {}", self.as_str(), next.as_str())))
         }
     }
 }
@@ -140,12 +133,7 @@ mod tests {
     fn happy_path_is_allowed() {
         let path = [Queued, Building, Built, Starting, Healthy, Live, Superseded];
         for pair in path.windows(2) {
-            assert!(
-                pair[0].next(pair[1]).is_ok(),
-                "{:?} -> {:?}",
-                pair[0],
-                pair[1]
-            );
+            assert!(pair[0].next(pair[1]).is_ok(), "{:?} -> {:?}", pair[0], pair[1]);
         }
         // A rollback or config change reuses a build.
         assert!(Queued.next(Built).is_ok());
@@ -163,10 +151,7 @@ mod tests {
             (Superseded, Live),
             (Failed, Failed),
         ] {
-            assert!(
-                from.next(to).is_err(),
-                "{from:?} -> {to:?} should be refused"
-            );
+            assert!(from.next(to).is_err(), "{from:?} -> {to:?} should be refused");
         }
     }
 

@@ -22,10 +22,7 @@ impl Timestamp {
         let nanos = i128::from(self.0) * 1_000_000;
         time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
             .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
             .unwrap_or_else(|| self.0.to_string())
     }
 }
@@ -42,17 +39,12 @@ impl ProjectName {
         let bytes = name.as_bytes();
         let ok = (2..=40).contains(&bytes.len())
             && bytes[0].is_ascii_lowercase()
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
             && bytes[bytes.len() - 1] != b'-';
         if ok {
             Ok(ProjectName(name.to_owned()))
         } else {
-            Err(Error::Invalid(format!(
-                "invalid project name {name:?}: {}",
-                Self::RULE
-            )))
+            Err(Error::Invalid(format!("invalid project name {name:?}: {}", Self::RULE)))
         }
     }
 
@@ -79,25 +71,16 @@ pub fn validate_email(email: &str) -> Result<()> {
     let valid = email.len() <= 254
         && !email.chars().any(char::is_whitespace)
         && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
         });
-    if valid {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("invalid email address {email:?}")))
-    }
+    if valid { Ok(()) } else { Err(Error::Invalid(format!("invalid email address {email:?}"))) }
 }
 
 /// Env var names as a POSIX shell accepts them: `[A-Za-z_][A-Za-z0-9_]*`. `PORT` is the
 /// platform's to set.
 pub fn validate_env_key(key: &str) -> Result<()> {
     let mut chars = key.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && key.len() <= 256;
     if !valid {
@@ -106,9 +89,7 @@ pub fn validate_env_key(key: &str) -> Result<()> {
         )));
     }
     if key == "PORT" {
-        return Err(Error::Invalid(
-            "PORT is set by the platform for the web process".into(),
-        ));
+        return Err(Error::Invalid("PORT is set by the platform for the web process".into()));
     }
     Ok(())
 }
@@ -175,9 +156,7 @@ impl BuildStatus {
             "building" => Ok(BuildStatus::Building),
             "succeeded" => Ok(BuildStatus::Succeeded),
             "failed" => Ok(BuildStatus::Failed),
-            other => Err(Error::internal_msg(format!(
-                "unknown build status {other:?} in store"
-            ))),
+            other => Err(Error::internal_msg(format!("unknown build status {other:?} in store"))),
         }
     }
 }

@@ -40,21 +40,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn internal(
-        message: impl Into<String>,
-        source: impl StdError + Send + Sync + 'static,
-    ) -> Self {
-        Error::Internal {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
+    pub fn internal(message: impl Into<String>, source: impl StdError + Send + Sync + 'static) -> Self {
+        Error::Internal { message: message.into(), source: Some(Box::new(source)) }
     }
 
     pub fn internal_msg(message: impl Into<String>) -> Self {
-        Error::Internal {
-            message: message.into(),
-            source: None,
-        }
+        Error::Internal { message: message.into(), source: None }
     }
 
     /// A stable machine-readable code, used in API error bodies.

@@ -8,6 +8,7 @@ pub mod deployment;
 pub mod domain;
 pub mod drivers;
 pub mod error;
+pub mod hooks;
 pub mod logs;
 pub mod orchestrator;
 pub mod registry;
@@ -15,8 +16,8 @@ pub mod store;
 
 pub use deployment::{Deployment, DeploymentStatus, NewDeployment};
 pub use domain::{
-    ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User,
-    validate_email, validate_env_key,
+    ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User, validate_email,
+    validate_env_key,
 };
 pub use error::{Error, Result};
 pub use store::Store;

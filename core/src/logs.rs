@@ -31,18 +31,11 @@ struct ProjectLog {
 impl LogHub {
     /// Logs go to `dir/NAME.log`; past `max_bytes` the file moves to `NAME.log.1`.
     pub fn new(dir: PathBuf, max_bytes: u64) -> Self {
-        LogHub {
-            dir,
-            max_bytes,
-            projects: Mutex::new(HashMap::new()),
-        }
+        LogHub { dir, max_bytes, projects: Mutex::new(HashMap::new()) }
     }
 
     fn project(&self, project: &ProjectName) -> Arc<ProjectLog> {
-        let mut projects = self
-            .projects
-            .lock()
-            .expect("log hub lock is never poisoned");
+        let mut projects = self.projects.lock().expect("log hub lock is never poisoned");
         Arc::clone(projects.entry(project.clone()).or_insert_with(|| {
             Arc::new(ProjectLog {
                 path: self.dir.join(format!("{project}.log")),
@@ -55,10 +48,7 @@ impl LogHub {
 
     /// A sink whose lines are recorded as coming from `source` (`web.1`, `paastech`).
     pub fn sink(&self, project: &ProjectName, source: &str) -> Arc<dyn LogSink> {
-        Arc::new(SourceSink {
-            log: self.project(project),
-            source: source.to_owned(),
-        })
+        Arc::new(SourceSink { log: self.project(project), source: source.to_owned() })
     }
 
     /// Records one line from the platform itself.
@@ -82,10 +72,7 @@ impl LogHub {
             }
         }
         let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..]
-            .iter()
-            .map(|l| (*l).to_owned())
-            .collect()
+        all[all.len().saturating_sub(lines)..].iter().map(|l| (*l).to_owned()).collect()
     }
 
     /// New lines as they are written.
@@ -95,14 +82,8 @@ impl LogHub {
 
     /// Deletes a project's log files.
     pub fn remove(&self, project: &ProjectName) {
-        let log = self
-            .projects
-            .lock()
-            .expect("log hub lock is never poisoned")
-            .remove(project);
-        let path = log
-            .map(|l| l.path.clone())
-            .unwrap_or_else(|| self.dir.join(format!("{project}.log")));
+        let log = self.projects.lock().expect("log hub lock is never poisoned").remove(project);
+        let path = log.map(|l| l.path.clone()).unwrap_or_else(|| self.dir.join(format!("{project}.log")));
         let _ = std::fs::remove_file(path.with_extension("log.1"));
         let _ = std::fs::remove_file(path);
     }
@@ -121,10 +102,7 @@ impl ProjectLog {
     }
 
     fn append(&self, file: &mut Option<(File, u64)>, entry: &str) -> std::io::Result<()> {
-        if file
-            .as_ref()
-            .is_some_and(|(_, size)| *size > self.max_bytes)
-        {
+        if file.as_ref().is_some_and(|(_, size)| *size > self.max_bytes) {
             *file = None;
             std::fs::rename(&self.path, self.path.with_extension("log.1"))?;
         }
@@ -132,10 +110,7 @@ impl ProjectLog {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let handle = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            let handle = OpenOptions::new().create(true).append(true).open(&self.path)?;
             let size = handle.metadata()?.len();
             *file = Some((handle, size));
         }
@@ -179,9 +154,7 @@ mod tests {
         assert!(tail[2].ends_with("web.1: request 99"), "{tail:?}");
         assert!(tail[0].ends_with("web.1: request 97"), "{tail:?}");
         // Bounded on disk: the current file and one rotated file, each about max_bytes.
-        let current = std::fs::metadata(dir.path().join("blog.log"))
-            .expect("log")
-            .len();
+        let current = std::fs::metadata(dir.path().join("blog.log")).expect("log").len();
         assert!(current <= 2100, "{current}");
         assert!(dir.path().join("blog.log.1").exists());
         assert!(hub.tail(&name("other"), 10).is_empty());

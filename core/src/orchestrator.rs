@@ -11,10 +11,11 @@ use std::time::Duration;
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName};
 use crate::drivers::{
-    Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink,
-    PushHandler, RefUpdate, RepoStore, Runtime, TrafficRouter,
+    Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, PushHandler,
+    RefUpdate, RepoStore, Runtime, TrafficRouter,
 };
 use crate::error::{Error, Result};
+use crate::hooks::{BuildHooks, HookContext, NoHooks};
 use crate::logs::LogHub;
 use crate::store::{EnvChanges, Store};
 
@@ -63,6 +64,7 @@ pub struct Orchestrator {
     runtime: Arc<dyn Runtime>,
     traffic: Arc<dyn TrafficRouter>,
     logs: Arc<LogHub>,
+    hooks: Arc<dyn BuildHooks>,
     config: OrchestratorConfig,
     /// One deploy at a time per project; different projects in parallel.
     locks: Mutex<HashMap<ProjectName, Arc<tokio::sync::Mutex<()>>>>,
@@ -77,17 +79,11 @@ struct Tee {
 
 impl Tee {
     fn new(sinks: Vec<Arc<dyn LogSink>>) -> Arc<Tee> {
-        Arc::new(Tee {
-            sinks,
-            kept: Mutex::new(String::new()),
-        })
+        Arc::new(Tee { sinks, kept: Mutex::new(String::new()) })
     }
 
     fn text(&self) -> String {
-        self.kept
-            .lock()
-            .expect("tee lock is never poisoned")
-            .clone()
+        self.kept.lock().expect("tee lock is never poisoned").clone()
     }
 }
 
@@ -128,9 +124,16 @@ impl Orchestrator {
             traffic,
             logs,
             config,
+            hooks: Arc::new(NoHooks),
             locks: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Runs these build hooks at every deployment's stages.
+    pub fn with_hooks(mut self, hooks: Arc<dyn BuildHooks>) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -155,18 +158,12 @@ impl Orchestrator {
     }
 
     /// Takes the project's deploy lock, telling `log` when it has to wait for another.
-    async fn exclusive(
-        &self,
-        project: &ProjectName,
-        log: &dyn LogSink,
-    ) -> tokio::sync::OwnedMutexGuard<()> {
+    async fn exclusive(&self, project: &ProjectName, log: &dyn LogSink) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = self.lock_for(project);
         match Arc::clone(&lock).try_lock_owned() {
             Ok(guard) => guard,
             Err(_) => {
-                log.line(&format!(
-                    "-----> Another deploy of {project} is running; waiting for it to finish"
-                ));
+                log.line(&format!("-----> Another deploy of {project} is running; waiting for it to finish"));
                 lock.lock_owned().await
             }
         }
@@ -191,11 +188,7 @@ impl Orchestrator {
     pub async fn delete_project(&self, project: &Project) -> Result<()> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         self.traffic.remove(&project.name);
-        let running = self
-            .running
-            .lock()
-            .expect("running lock")
-            .remove(&project.name);
+        let running = self.running.lock().expect("running lock").remove(&project.name);
         if let Some(running) = running {
             self.stop_instances(&running.instances).await;
         }
@@ -208,10 +201,7 @@ impl Orchestrator {
             tracing::warn!(project = %project.name, error = %err, "cannot remove release directories");
         }
         self.logs.remove(&project.name);
-        self.locks
-            .lock()
-            .expect("locks are never poisoned")
-            .remove(&project.name);
+        self.locks.lock().expect("locks are never poisoned").remove(&project.name);
         Ok(())
     }
 
@@ -229,12 +219,7 @@ impl Orchestrator {
     // ----- Deployments ----------------------------------------------------------------
 
     /// Builds `commit` and rolls it out as a new deployment; the push's handler.
-    pub async fn deploy_commit(
-        &self,
-        project: &Project,
-        commit: &str,
-        log: Arc<dyn LogSink>,
-    ) -> Result<Deployment> {
+    pub async fn deploy_commit(&self, project: &Project, commit: &str, log: Arc<dyn LogSink>) -> Result<Deployment> {
         let _guard = self.exclusive(&project.name, log.as_ref()).await;
         let env = self.store.env(project.id).await?;
         let scale = self.store.scale(project.id).await?;
@@ -251,29 +236,13 @@ impl Orchestrator {
                 cause: "push".into(),
             })
             .await?;
-        self.logs.note(
-            &project.name,
-            &format!(
-                "deploying v{} (commit {})",
-                deployment.version,
-                short(commit)
-            ),
-        );
-        let deployment = self
-            .store
-            .set_deployment_status(deployment.id, DeploymentStatus::Building, None)
-            .await?;
-        let artifact = match self
-            .build(project, &deployment, &build, &env, Arc::clone(&log))
-            .await
-        {
+        self.logs.note(&project.name, &format!("deploying v{} (commit {})", deployment.version, short(commit)));
+        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Building, None).await?;
+        let artifact = match self.build(project, &deployment, &build, &env, Arc::clone(&log)).await {
             Ok(artifact) => artifact,
             Err(err) => return Err(self.fail(project, &deployment, err).await),
         };
-        let deployment = self
-            .store
-            .set_deployment_status(deployment.id, DeploymentStatus::Built, None)
-            .await?;
+        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Built, None).await?;
         self.roll_out(project, deployment, &artifact, log).await
     }
 
@@ -297,32 +266,33 @@ impl Orchestrator {
             tokio::fs::create_dir_all(&source)
                 .await
                 .map_err(|e| Error::internal("creating the release directory", e))?;
-            tee.line(&format!(
-                "-----> Building {} v{} from {}",
-                project.name,
-                deployment.version,
-                short(commit)
-            ));
+            tee.line(&format!("-----> Building {} v{} from {}", project.name, deployment.version, short(commit)));
             self.repos.export(&project.name, commit, &source).await?;
+            let ctx = HookContext {
+                project: project.name.clone(),
+                version: deployment.version,
+                commit: Some(commit.to_owned()),
+                source: Some(source.clone()),
+            };
+            let mut build_env = env.clone();
+            build_env.extend(self.pre_build(&ctx, &source, tee.as_ref()).await?);
             let request = BuildRequest {
                 project: project.name.clone(),
                 version: deployment.version,
                 commit: commit.to_owned(),
                 source: source.clone(),
-                env: env.clone(),
+                env: build_env,
             };
-            self.builder.build(&request, tee.as_ref()).await
+            let artifact = self.builder.build(&request, tee.as_ref()).await?;
+            self.hooks.post_build(&ctx, &artifact, tee.as_ref()).await?;
+            Ok(artifact)
         }
         .await;
         match result {
             Ok(artifact) => {
                 if artifact.processes.is_empty() {
-                    let err = Error::DeployFailed(
-                        "the build defines no process types: add a Procfile".into(),
-                    );
-                    let _ = self
-                        .finish_build(build, BuildStatus::Failed, None, &BTreeMap::new(), &tee)
-                        .await;
+                    let err = Error::DeployFailed("the build defines no process types: add a Procfile".into());
+                    let _ = self.finish_build(build, BuildStatus::Failed, None, &BTreeMap::new(), &tee).await;
                     let _ = tokio::fs::remove_dir_all(&source).await;
                     return Err(err);
                 }
@@ -331,25 +301,14 @@ impl Orchestrator {
                     let _ = tokio::fs::remove_dir_all(&source).await;
                 }
                 let processes: Vec<&str> = artifact.processes.keys().map(String::as_str).collect();
-                tee.line(&format!(
-                    "-----> Build succeeded; process types: {}",
-                    processes.join(", ")
-                ));
-                self.finish_build(
-                    build,
-                    BuildStatus::Succeeded,
-                    Some(&artifact.reference),
-                    &artifact.processes,
-                    &tee,
-                )
-                .await?;
+                tee.line(&format!("-----> Build succeeded; process types: {}", processes.join(", ")));
+                self.finish_build(build, BuildStatus::Succeeded, Some(&artifact.reference), &artifact.processes, &tee)
+                    .await?;
                 Ok(artifact)
             }
             Err(err) => {
                 tee.line(&format!("-----> Build failed: {err}"));
-                let _ = self
-                    .finish_build(build, BuildStatus::Failed, None, &BTreeMap::new(), &tee)
-                    .await;
+                let _ = self.finish_build(build, BuildStatus::Failed, None, &BTreeMap::new(), &tee).await;
                 let _ = tokio::fs::remove_dir_all(&source).await;
                 Err(match err {
                     Error::DeployFailed(m) => Error::DeployFailed(m),
@@ -360,6 +319,27 @@ impl Orchestrator {
         }
     }
 
+    /// Runs the pre-build hooks, then copies what they wrote into the build tree.
+    async fn pre_build(&self, ctx: &HookContext, source: &Path, log: &dyn LogSink) -> Result<EnvVars> {
+        let out = source.with_extension("hook-out");
+        let _ = tokio::fs::remove_dir_all(&out).await;
+        tokio::fs::create_dir_all(&out).await.map_err(|e| Error::internal("creating the hook output directory", e))?;
+        let result = self.hooks.pre_build(ctx, &out, log).await;
+        let copied = match &result {
+            Ok(_) => {
+                let (from, to) = (out.clone(), source.to_owned());
+                tokio::task::spawn_blocking(move || copy_tree(&from, &to))
+                    .await
+                    .map_err(|e| Error::internal("copying hook output", e))?
+                    .map_err(|e| Error::internal("copying hook output into the build tree", e))
+            }
+            Err(_) => Ok(()),
+        };
+        let _ = tokio::fs::remove_dir_all(&out).await;
+        copied?;
+        result
+    }
+
     async fn finish_build(
         &self,
         build: &Build,
@@ -368,32 +348,22 @@ impl Orchestrator {
         processes: &BTreeMap<String, String>,
         tee: &Tee,
     ) -> Result<Build> {
-        self.store
-            .finish_build(build.id, status, artifact, processes, &tee.text())
-            .await
+        self.store.finish_build(build.id, status, artifact, processes, &tee.text()).await
     }
 
     fn release_dir(&self, project: &ProjectName, version: i64) -> PathBuf {
-        self.config
-            .releases_dir
-            .join(project.as_str())
-            .join(format!("v{version}"))
+        self.config.releases_dir.join(project.as_str()).join(format!("v{version}"))
     }
 
     /// Marks the deployment failed and returns the error to report.
     async fn fail(&self, project: &Project, deployment: &Deployment, err: Error) -> Error {
         let reason = err.to_string();
-        if let Err(store_err) = self
-            .store
-            .set_deployment_status(deployment.id, DeploymentStatus::Failed, Some(&reason))
-            .await
+        if let Err(store_err) =
+            self.store.set_deployment_status(deployment.id, DeploymentStatus::Failed, Some(&reason)).await
         {
             tracing::error!(project = %project.name, error = %store_err, "cannot record a failed deployment");
         }
-        self.logs.note(
-            &project.name,
-            &format!("v{} failed: {reason}", deployment.version),
-        );
+        self.logs.note(&project.name, &format!("v{} failed: {reason}", deployment.version));
         tracing::warn!(project = %project.name, version = deployment.version, reason = %reason, "deployment failed");
         match err {
             Error::DeployFailed(_) => err,
@@ -404,11 +374,7 @@ impl Orchestrator {
     /// The process types and counts a deployment runs: every type of the build, `web` and
     /// the others once unless scaled otherwise.
     fn plan(artifact: &Artifact, scale: &BTreeMap<String, u32>) -> Vec<(String, u32)> {
-        artifact
-            .processes
-            .keys()
-            .map(|process| (process.clone(), scale.get(process).copied().unwrap_or(1)))
-            .collect()
+        artifact.processes.keys().map(|process| (process.clone(), scale.get(process).copied().unwrap_or(1))).collect()
     }
 
     /// Starts a built deployment, checks its health, switches traffic to it and stops the
@@ -420,51 +386,61 @@ impl Orchestrator {
         artifact: &Artifact,
         log: Arc<dyn LogSink>,
     ) -> Result<Deployment> {
-        let deployment = self
-            .store
-            .set_deployment_status(deployment.id, DeploymentStatus::Starting, None)
-            .await?;
+        let ctx = self.hook_context(project, &deployment, artifact);
+        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Starting, None).await?;
+        let extra_env = match self.pre_deploy(&ctx, &deployment, artifact, log.as_ref()).await {
+            Ok(env) => env,
+            Err(err) => return Err(self.fail(project, &deployment, err).await),
+        };
         log.line(&format!("-----> Starting v{}", deployment.version));
         let mut started: Vec<Instance> = Vec::new();
-        let result = self
-            .start_and_check(project, &deployment, artifact, &mut started, log.as_ref())
-            .await;
+        let result = self.start_and_check(project, &deployment, artifact, &extra_env, &mut started, log.as_ref()).await;
         if let Err(err) = result {
             self.stop_instances(&started).await;
             return Err(self.fail(project, &deployment, err).await);
         }
-        let deployment = self
-            .store
-            .set_deployment_status(deployment.id, DeploymentStatus::Healthy, None)
-            .await?;
+        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Healthy, None).await?;
 
-        let web: Vec<SocketAddr> = started
-            .iter()
-            .filter(|i| i.process_type == "web")
-            .filter_map(|i| i.addr)
-            .collect();
-        let previous = self.running.lock().expect("running lock").insert(
-            project.name.clone(),
-            Running {
-                version: deployment.version,
-                instances: started.clone(),
-            },
-        );
-        self.traffic
-            .switch(&project.name, web, self.config.drain_timeout)
-            .await;
-        let deployment = self
-            .store
-            .set_deployment_status(deployment.id, DeploymentStatus::Live, None)
-            .await?;
+        let web: Vec<SocketAddr> = started.iter().filter(|i| i.process_type == "web").filter_map(|i| i.addr).collect();
+        let previous = self
+            .running
+            .lock()
+            .expect("running lock")
+            .insert(project.name.clone(), Running { version: deployment.version, instances: started.clone() });
+        self.traffic.switch(&project.name, web, self.config.drain_timeout).await;
+        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Live, None).await?;
         if let Some(previous) = previous {
             self.stop_instances(&previous.instances).await;
         }
         self.supersede_others(project, deployment.id).await;
-        self.logs
-            .note(&project.name, &format!("v{} is live", deployment.version));
+        self.hooks.post_deploy(&ctx, log.as_ref()).await;
+        self.logs.note(&project.name, &format!("v{} is live", deployment.version));
         tracing::info!(project = %project.name, version = deployment.version, "deployment live");
         Ok(deployment)
+    }
+
+    /// What hooks are told about a deployment; the build's tree is its source when the
+    /// artifact is a directory that still exists (local processes).
+    fn hook_context(&self, project: &Project, deployment: &Deployment, artifact: &Artifact) -> HookContext {
+        let dir = PathBuf::from(&artifact.reference);
+        HookContext {
+            project: project.name.clone(),
+            version: deployment.version,
+            commit: deployment.commit.clone(),
+            source: (dir.is_absolute() && dir.is_dir()).then_some(dir),
+        }
+    }
+
+    async fn pre_deploy(
+        &self,
+        ctx: &HookContext,
+        deployment: &Deployment,
+        artifact: &Artifact,
+        log: &dyn LogSink,
+    ) -> Result<EnvVars> {
+        let env_names: Vec<String> = deployment.config.keys().cloned().collect();
+        let process_types: Vec<String> = artifact.processes.keys().cloned().collect();
+        self.hooks.pre_deploy(ctx, &env_names, &process_types, log).await
     }
 
     async fn start_and_check(
@@ -472,18 +448,16 @@ impl Orchestrator {
         project: &Project,
         deployment: &Deployment,
         artifact: &Artifact,
+        extra_env: &EnvVars,
         started: &mut Vec<Instance>,
         log: &dyn LogSink,
     ) -> Result<()> {
         let mut env = deployment.config.clone();
+        env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
         env.insert("PAASTECH_PROJECT".into(), project.name.to_string());
         for (process, count) in Self::plan(artifact, &deployment.scale) {
-            let command = artifact
-                .processes
-                .get(&process)
-                .cloned()
-                .unwrap_or_default();
+            let command = artifact.processes.get(&process).cloned().unwrap_or_default();
             for index in 0..count {
                 let spec = InstanceSpec {
                     project: project.name.clone(),
@@ -495,32 +469,23 @@ impl Orchestrator {
                     env: env.clone(),
                     limits: self.config.limits,
                 };
-                let output = self
-                    .logs
-                    .sink(&project.name, &format!("{process}.{}", index + 1));
+                let output = self.logs.sink(&project.name, &format!("{process}.{}", index + 1));
                 let instance = self.runtime.start(spec, output).await?;
                 started.push(instance);
             }
         }
         for instance in started.iter().filter(|i| i.process_type == "web") {
             let addr = instance.addr.ok_or_else(|| {
-                Error::internal_msg(format!(
-                    "the runtime gave web.{} no address",
-                    instance.index + 1
-                ))
+                Error::internal_msg(format!("the runtime gave web.{} no address", instance.index + 1))
             })?;
-            log.line(&format!(
-                "-----> Waiting for web.{} to answer HTTP",
-                instance.index + 1
-            ));
+            log.line(&format!("-----> Waiting for web.{} to answer HTTP", instance.index + 1));
             self.wait_healthy(project, instance, addr).await?;
         }
         // Processes without a health check must at least not have died straight away.
         let ids: Vec<&str> = started.iter().map(|i| i.id.as_str()).collect();
         let states = self.runtime.list().await?;
-        if let Some(dead) = states
-            .iter()
-            .find(|i| ids.contains(&i.id.as_str()) && matches!(i.state, InstanceState::Crashed))
+        if let Some(dead) =
+            states.iter().find(|i| ids.contains(&i.id.as_str()) && matches!(i.state, InstanceState::Crashed))
         {
             return Err(Error::DeployFailed(format!(
                 "{}.{} exited at start; see `paastech logs`",
@@ -532,12 +497,7 @@ impl Orchestrator {
     }
 
     /// Waits for a web instance to answer, failing early if it exits.
-    async fn wait_healthy(
-        &self,
-        project: &Project,
-        instance: &Instance,
-        addr: SocketAddr,
-    ) -> Result<()> {
+    async fn wait_healthy(&self, project: &Project, instance: &Instance, addr: SocketAddr) -> Result<()> {
         let name = format!("web.{}", instance.index + 1);
         let exited = async {
             loop {
@@ -546,13 +506,7 @@ impl Orchestrator {
                     continue;
                 };
                 match all.iter().find(|i| i.id == instance.id) {
-                    Some(i)
-                        if i.restarts > 0
-                            || matches!(
-                                i.state,
-                                InstanceState::Crashed | InstanceState::Stopped
-                            ) =>
-                    {
+                    Some(i) if i.restarts > 0 || matches!(i.state, InstanceState::Crashed | InstanceState::Stopped) => {
                         return;
                     }
                     None => return,
@@ -573,11 +527,7 @@ impl Orchestrator {
 
     async fn stop_instances(&self, instances: &[Instance]) {
         for instance in instances {
-            if let Err(err) = self
-                .runtime
-                .stop(&instance.id, self.config.stop_grace)
-                .await
-            {
+            if let Err(err) = self.runtime.stop(&instance.id, self.config.stop_grace).await {
                 tracing::warn!(instance = %instance.id, error = %err, "cannot stop instance");
             }
         }
@@ -588,15 +538,8 @@ impl Orchestrator {
         let Ok(all) = self.store.deployments(project.id, 50).await else {
             return;
         };
-        for other in all
-            .iter()
-            .filter(|d| d.id != live_id && d.status == DeploymentStatus::Live)
-        {
-            if let Err(err) = self
-                .store
-                .set_deployment_status(other.id, DeploymentStatus::Superseded, None)
-                .await
-            {
+        for other in all.iter().filter(|d| d.id != live_id && d.status == DeploymentStatus::Live) {
+            if let Err(err) = self.store.set_deployment_status(other.id, DeploymentStatus::Superseded, None).await {
                 tracing::warn!(project = %project.name, error = %err, "cannot supersede deployment");
             }
         }
@@ -604,22 +547,16 @@ impl Orchestrator {
 
     /// The artifact of a deployment's build, if it has a successful one.
     async fn artifact_of(&self, deployment: &Deployment) -> Result<(Build, Artifact)> {
-        let build_id = deployment.build_id.ok_or_else(|| {
-            Error::Invalid(format!("v{} has no build to deploy", deployment.version))
-        })?;
+        let build_id = deployment
+            .build_id
+            .ok_or_else(|| Error::Invalid(format!("v{} has no build to deploy", deployment.version)))?;
         let build = self.store.build(build_id).await?;
         match (&build.status, &build.artifact) {
             (BuildStatus::Succeeded, Some(reference)) => {
-                let artifact = Artifact {
-                    reference: reference.clone(),
-                    processes: build.processes.clone(),
-                };
+                let artifact = Artifact { reference: reference.clone(), processes: build.processes.clone() };
                 Ok((build, artifact))
             }
-            _ => Err(Error::Invalid(format!(
-                "v{} has no successful build to deploy",
-                deployment.version
-            ))),
+            _ => Err(Error::Invalid(format!("v{} has no successful build to deploy", deployment.version))),
         }
     }
 
@@ -646,22 +583,13 @@ impl Orchestrator {
                 cause: cause.clone(),
             })
             .await?;
-        self.logs.note(
-            &project.name,
-            &format!("deploying v{} ({cause})", deployment.version),
-        );
-        let deployment = self
-            .store
-            .set_deployment_status(deployment.id, DeploymentStatus::Built, None)
-            .await?;
+        self.logs.note(&project.name, &format!("deploying v{} ({cause})", deployment.version));
+        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Built, None).await?;
         self.roll_out(project, deployment, artifact, log).await
     }
 
     /// The newest deployment that has a successful build.
-    async fn latest_built(
-        &self,
-        project: &Project,
-    ) -> Result<Option<(Deployment, Build, Artifact)>> {
+    async fn latest_built(&self, project: &Project) -> Result<Option<(Deployment, Build, Artifact)>> {
         for deployment in self.store.deployments(project.id, 100).await? {
             if deployment.build_id.is_none() {
                 continue;
@@ -675,11 +603,7 @@ impl Orchestrator {
 
     /// Changes the env. With a live (or built) app this makes a new deployment, and the
     /// change is kept only if that deployment goes live.
-    pub async fn update_env(
-        &self,
-        project: &Project,
-        changes: &EnvChanges,
-    ) -> Result<(EnvVars, Option<Deployment>)> {
+    pub async fn update_env(&self, project: &Project, changes: &EnvChanges) -> Result<(EnvVars, Option<Deployment>)> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         let mut env = self.store.env(project.id).await?;
         for (key, value) in changes {
@@ -691,16 +615,8 @@ impl Orchestrator {
         let Some((_, build, artifact)) = self.latest_built(project).await? else {
             return Ok((self.store.update_env(project.id, changes).await?, None));
         };
-        let set: Vec<&str> = changes
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| k.as_str())
-            .collect();
-        let unset: Vec<&str> = changes
-            .iter()
-            .filter(|(_, v)| v.is_none())
-            .map(|(k, _)| k.as_str())
-            .collect();
+        let set: Vec<&str> = changes.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.as_str()).collect();
+        let unset: Vec<&str> = changes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.as_str()).collect();
         let mut cause = String::from("env:");
         if !set.is_empty() {
             cause.push_str(&format!(" set {}", set.join(", ")));
@@ -708,9 +624,7 @@ impl Orchestrator {
         if !unset.is_empty() {
             cause.push_str(&format!(" unset {}", unset.join(", ")));
         }
-        let deployment = self
-            .deploy_build(project, &build, &artifact, env, cause, Arc::new(NullSink))
-            .await?;
+        let deployment = self.deploy_build(project, &build, &artifact, env, cause, Arc::new(NullSink)).await?;
         let env = self.store.update_env(project.id, changes).await?;
         Ok((env, Some(deployment)))
     }
@@ -721,19 +635,12 @@ impl Orchestrator {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         match version {
             None => {
-                let (_, build, artifact) = self.latest_built(project).await?.ok_or_else(|| {
-                    Error::Invalid(format!("{} has no build yet: git push first", project.name))
-                })?;
+                let (_, build, artifact) = self
+                    .latest_built(project)
+                    .await?
+                    .ok_or_else(|| Error::Invalid(format!("{} has no build yet: git push first", project.name)))?;
                 let env = self.store.env(project.id).await?;
-                self.deploy_build(
-                    project,
-                    &build,
-                    &artifact,
-                    env,
-                    "redeploy".into(),
-                    Arc::new(NullSink),
-                )
-                .await
+                self.deploy_build(project, &build, &artifact, env, "redeploy".into(), Arc::new(NullSink)).await
             }
             Some(version) => {
                 let target = self.store.deployment(project.id, version).await?;
@@ -751,11 +658,8 @@ impl Orchestrator {
                     .await?;
                 // The project's env becomes the restored one, so later changes build on it.
                 let current = self.store.env(project.id).await?;
-                let mut changes: EnvChanges = current
-                    .keys()
-                    .filter(|k| !config.contains_key(*k))
-                    .map(|k| (k.clone(), None))
-                    .collect();
+                let mut changes: EnvChanges =
+                    current.keys().filter(|k| !config.contains_key(*k)).map(|k| (k.clone(), None)).collect();
                 changes.extend(config.into_iter().map(|(k, v)| (k, Some(v))));
                 if !changes.is_empty() {
                     self.store.update_env(project.id, &changes).await?;
@@ -766,11 +670,7 @@ impl Orchestrator {
     }
 
     /// Sets instance counts and applies them to the live deployment without a new version.
-    pub async fn scale(
-        &self,
-        project: &Project,
-        scale: &BTreeMap<String, u32>,
-    ) -> Result<BTreeMap<String, u32>> {
+    pub async fn scale(&self, project: &Project, scale: &BTreeMap<String, u32>) -> Result<BTreeMap<String, u32>> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         let live = self.live_artifact(project).await?;
         if let Some((_, artifact)) = &live
@@ -785,19 +685,14 @@ impl Orchestrator {
         self.store.set_scale(project.id, scale).await?;
         let wanted = self.store.scale(project.id).await?;
         if let Some((deployment, artifact)) = live {
-            self.apply_scale(project, &deployment, &artifact, &wanted)
-                .await?;
+            self.apply_scale(project, &deployment, &artifact, &wanted).await?;
         }
         Ok(wanted)
     }
 
     async fn live_artifact(&self, project: &Project) -> Result<Option<(Deployment, Artifact)>> {
-        let live = self
-            .store
-            .deployments(project.id, 50)
-            .await?
-            .into_iter()
-            .find(|d| d.status == DeploymentStatus::Live);
+        let live =
+            self.store.deployments(project.id, 50).await?.into_iter().find(|d| d.status == DeploymentStatus::Live);
         match live {
             Some(deployment) => {
                 let (_, artifact) = self.artifact_of(&deployment).await?;
@@ -814,26 +709,18 @@ impl Orchestrator {
         artifact: &Artifact,
         wanted: &BTreeMap<String, u32>,
     ) -> Result<()> {
-        let current = self
-            .running
-            .lock()
-            .expect("running lock")
-            .get(&project.name)
-            .cloned();
+        let current = self.running.lock().expect("running lock").get(&project.name).cloned();
         let Some(mut running) = current else {
             return Ok(());
         };
+        let ctx = self.hook_context(project, deployment, artifact);
         let mut env = deployment.config.clone();
+        env.extend(self.pre_deploy(&ctx, deployment, artifact, &NullSink).await?);
         env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
         env.insert("PAASTECH_PROJECT".into(), project.name.to_string());
         let mut to_stop = Vec::new();
         for (process, count) in Self::plan(artifact, wanted) {
-            let have: Vec<Instance> = running
-                .instances
-                .iter()
-                .filter(|i| i.process_type == process)
-                .cloned()
-                .collect();
+            let have: Vec<Instance> = running.instances.iter().filter(|i| i.process_type == process).cloned().collect();
             for index in have.len() as u32..count {
                 let spec = InstanceSpec {
                     project: project.name.clone(),
@@ -841,17 +728,11 @@ impl Orchestrator {
                     process_type: process.clone(),
                     index,
                     artifact: artifact.reference.clone(),
-                    command: artifact
-                        .processes
-                        .get(&process)
-                        .cloned()
-                        .unwrap_or_default(),
+                    command: artifact.processes.get(&process).cloned().unwrap_or_default(),
                     env: env.clone(),
                     limits: self.config.limits,
                 };
-                let output = self
-                    .logs
-                    .sink(&project.name, &format!("{process}.{}", index + 1));
+                let output = self.logs.sink(&project.name, &format!("{process}.{}", index + 1));
                 let instance = self.runtime.start(spec, output).await?;
                 if let (true, Some(addr)) = (process == "web", instance.addr)
                     && let Err(err) = self.wait_healthy(project, &instance, addr).await
@@ -863,42 +744,20 @@ impl Orchestrator {
             }
             to_stop.extend(have.into_iter().filter(|i| i.index >= count));
         }
-        running
-            .instances
-            .retain(|i| !to_stop.iter().any(|s| s.id == i.id));
-        let web: Vec<SocketAddr> = running
-            .instances
-            .iter()
-            .filter(|i| i.process_type == "web")
-            .filter_map(|i| i.addr)
-            .collect();
-        self.running
-            .lock()
-            .expect("running lock")
-            .insert(project.name.clone(), running);
-        self.traffic
-            .switch(&project.name, web, self.config.drain_timeout)
-            .await;
+        running.instances.retain(|i| !to_stop.iter().any(|s| s.id == i.id));
+        let web: Vec<SocketAddr> =
+            running.instances.iter().filter(|i| i.process_type == "web").filter_map(|i| i.addr).collect();
+        self.running.lock().expect("running lock").insert(project.name.clone(), running);
+        self.traffic.switch(&project.name, web, self.config.drain_timeout).await;
         self.stop_instances(&to_stop).await;
-        self.logs.note(
-            &project.name,
-            &format!("scaled: {}", describe_scale(wanted)),
-        );
+        self.logs.note(&project.name, &format!("scaled: {}", describe_scale(wanted)));
         Ok(())
     }
 
     /// The project's instances as the runtime sees them.
     pub async fn instances(&self, project: &ProjectName) -> Result<Vec<Instance>> {
-        let mut all: Vec<Instance> = self
-            .runtime
-            .list()
-            .await?
-            .into_iter()
-            .filter(|i| &i.project == project)
-            .collect();
-        all.sort_by(|a, b| {
-            (&a.process_type, a.index, a.version).cmp(&(&b.process_type, b.index, b.version))
-        });
+        let mut all: Vec<Instance> = self.runtime.list().await?.into_iter().filter(|i| &i.project == project).collect();
+        all.sort_by(|a, b| (&a.process_type, a.index, a.version).cmp(&(&b.process_type, b.index, b.version)));
         Ok(all)
     }
 
@@ -906,22 +765,15 @@ impl Orchestrator {
     /// live deployment runs again, and instances of nothing live are stopped.
     pub async fn restore(&self) -> Result<()> {
         for project in self.store.projects(None).await? {
-            self.traffic
-                .switch(&project.name, Vec::new(), Duration::ZERO)
-                .await;
+            self.traffic.switch(&project.name, Vec::new(), Duration::ZERO).await;
         }
         let live = self.store.live_deployments().await?;
         let existing = self.runtime.list().await?;
         for instance in &existing {
-            let wanted = live
-                .iter()
-                .any(|(p, d)| p.name == instance.project && d.version == instance.version);
+            let wanted = live.iter().any(|(p, d)| p.name == instance.project && d.version == instance.version);
             if !wanted {
                 tracing::info!(instance = %instance.id, "stopping an instance of no live deployment");
-                let _ = self
-                    .runtime
-                    .stop(&instance.id, self.config.stop_grace)
-                    .await;
+                let _ = self.runtime.stop(&instance.id, self.config.stop_grace).await;
             }
         }
         for (project, deployment) in live {
@@ -936,53 +788,35 @@ impl Orchestrator {
                     .collect();
                 let mut started = adopted.clone();
                 if adopted.is_empty() {
-                    self.start_and_check(
-                        &project,
-                        &deployment,
-                        &artifact,
-                        &mut started,
-                        log.as_ref(),
-                    )
-                    .await
-                    .inspect_err(|_| {
-                        let started = started.clone();
-                        let runtime = Arc::clone(&self.runtime);
-                        let grace = self.config.stop_grace;
-                        tokio::spawn(async move {
-                            for instance in started {
-                                let _ = runtime.stop(&instance.id, grace).await;
-                            }
-                        });
-                    })?;
+                    let ctx = self.hook_context(&project, &deployment, &artifact);
+                    let extra_env = self.pre_deploy(&ctx, &deployment, &artifact, log.as_ref()).await?;
+                    self.start_and_check(&project, &deployment, &artifact, &extra_env, &mut started, log.as_ref())
+                        .await
+                        .inspect_err(|_| {
+                            let started = started.clone();
+                            let runtime = Arc::clone(&self.runtime);
+                            let grace = self.config.stop_grace;
+                            tokio::spawn(async move {
+                                for instance in started {
+                                    let _ = runtime.stop(&instance.id, grace).await;
+                                }
+                            });
+                        })?;
                 }
-                let web: Vec<SocketAddr> = started
-                    .iter()
-                    .filter(|i| i.process_type == "web")
-                    .filter_map(|i| i.addr)
-                    .collect();
-                self.running.lock().expect("running lock").insert(
-                    project.name.clone(),
-                    Running {
-                        version: deployment.version,
-                        instances: started,
-                    },
-                );
-                self.traffic
-                    .switch(&project.name, web, Duration::ZERO)
-                    .await;
-                self.logs.note(
-                    &project.name,
-                    &format!("v{} restored after a server start", deployment.version),
-                );
+                let web: Vec<SocketAddr> =
+                    started.iter().filter(|i| i.process_type == "web").filter_map(|i| i.addr).collect();
+                self.running
+                    .lock()
+                    .expect("running lock")
+                    .insert(project.name.clone(), Running { version: deployment.version, instances: started });
+                self.traffic.switch(&project.name, web, Duration::ZERO).await;
+                self.logs.note(&project.name, &format!("v{} restored after a server start", deployment.version));
                 Ok::<(), Error>(())
             }
             .await;
             if let Err(err) = result {
                 tracing::error!(project = %project.name, version = deployment.version, error = %err, "cannot restore live deployment");
-                self.logs.note(
-                    &project.name,
-                    &format!("v{} could not be restored: {err}", deployment.version),
-                );
+                self.logs.note(&project.name, &format!("v{} could not be restored: {err}", deployment.version));
             }
         }
         Ok(())
@@ -991,13 +825,7 @@ impl Orchestrator {
     /// Stops every instance (server shutdown). Deployments stay live in the store, so the
     /// next start brings them back.
     pub async fn shutdown(&self) {
-        let all: Vec<Running> = self
-            .running
-            .lock()
-            .expect("running lock")
-            .drain()
-            .map(|(_, r)| r)
-            .collect();
+        let all: Vec<Running> = self.running.lock().expect("running lock").drain().map(|(_, r)| r).collect();
         for running in all {
             self.stop_instances(&running.instances).await;
         }
@@ -1005,11 +833,7 @@ impl Orchestrator {
 
     /// The running version of a project, if any.
     pub fn running_version(&self, project: &ProjectName) -> Option<i64> {
-        self.running
-            .lock()
-            .expect("running lock")
-            .get(project)
-            .map(|r| r.version)
+        self.running.lock().expect("running lock").get(project).map(|r| r.version)
     }
 }
 
@@ -1026,32 +850,18 @@ impl PushHandler for Orchestrator {
         self.authorize_repo(user_id, name).await?;
         for update in updates {
             if update.is_delete() && DEPLOY_BRANCHES.contains(&update.refname.as_str()) {
-                return Err(Error::Invalid(format!(
-                    "{} is the deployed branch; it cannot be deleted",
-                    update.refname
-                )));
+                return Err(Error::Invalid(format!("{} is the deployed branch; it cannot be deleted", update.refname)));
             }
         }
-        let deploy = updates
-            .iter()
-            .rev()
-            .find(|u| !u.is_delete() && DEPLOY_BRANCHES.contains(&u.refname.as_str()));
+        let deploy = updates.iter().rev().find(|u| !u.is_delete() && DEPLOY_BRANCHES.contains(&u.refname.as_str()));
         let Some(update) = deploy else {
             for update in updates {
-                log.line(&format!(
-                    "-----> {} stored; only main (or master) deploys",
-                    update.refname
-                ));
+                log.line(&format!("-----> {} stored; only main (or master) deploys", update.refname));
             }
             return Ok(());
         };
-        let deployment = self
-            .deploy_commit(&project, &update.new, Arc::clone(&log))
-            .await?;
-        log.line(&format!(
-            "-----> Deployed {} v{}",
-            project.name, deployment.version
-        ));
+        let deployment = self.deploy_commit(&project, &update.new, Arc::clone(&log)).await?;
+        log.line(&format!("-----> Deployed {} v{}", project.name, deployment.version));
         Ok(())
     }
 }
@@ -1061,9 +871,24 @@ fn short(commit: &str) -> &str {
 }
 
 fn describe_scale(scale: &BTreeMap<String, u32>) -> String {
-    scale
-        .iter()
-        .map(|(p, n)| format!("{p}={n}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    scale.iter().map(|(p, n)| format!("{p}={n}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Copies files and directories from `from` into `to`, replacing files of the same name.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            if target.is_symlink() {
+                std::fs::remove_file(&target)?;
+            }
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }

@@ -19,11 +19,7 @@ pub struct Registry<T: ?Sized, O> {
 impl<T: ?Sized, O> Registry<T, O> {
     /// `kind` names what the registry holds in messages: "runtime", "build".
     pub fn new(kind: &'static str) -> Self {
-        Registry {
-            kind,
-            constructors: BTreeMap::new(),
-            disabled: BTreeMap::new(),
-        }
+        Registry { kind, constructors: BTreeMap::new(), disabled: BTreeMap::new() }
     }
 
     pub fn register(
@@ -91,9 +87,7 @@ mod tests {
     fn registry() -> Registry<dyn Greeter, String> {
         let mut r: Registry<dyn Greeter, String> = Registry::new("runtime");
         r.register("hello", |who| Ok(Arc::new(Hello(who)) as Arc<dyn Greeter>))
-            .register("polite", |who| {
-                Ok(Arc::new(Hello(format!("dear {who}"))) as Arc<dyn Greeter>)
-            })
+            .register("polite", |who| Ok(Arc::new(Hello(format!("dear {who}"))) as Arc<dyn Greeter>))
             .register_disabled("swarm", "not implemented yet");
         r
     }
@@ -101,25 +95,13 @@ mod tests {
     #[test]
     fn builds_a_registered_driver_with_its_options() {
         let r = registry();
-        assert_eq!(
-            r.build("polite", "ops".into())
-                .map(|g| g.greet())
-                .ok()
-                .as_deref(),
-            Some("hello dear ops")
-        );
+        assert_eq!(r.build("polite", "ops".into()).map(|g| g.greet()).ok().as_deref(), Some("hello dear ops"));
     }
 
     #[test]
     fn unknown_driver_lists_known_names() {
-        let err = registry()
-            .build("kubernetes", String::new())
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            err.as_deref(),
-            Some("unknown runtime driver \"kubernetes\"; known drivers: hello, polite")
-        );
+        let err = registry().build("kubernetes", String::new()).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("unknown runtime driver \"kubernetes\"; known drivers: hello, polite"));
     }
 
     #[test]

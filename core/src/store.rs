@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
-use crate::domain::{
-    ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User,
-};
+use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
 use crate::error::Result;
 
 /// A change to a project's env: `Some` sets, `None` unsets.
@@ -41,13 +39,7 @@ pub trait Store: Send + Sync {
     async fn delete_token(&self, user_id: i64, token_id: i64) -> Result<()>;
 
     // SSH keys.
-    async fn add_ssh_key(
-        &self,
-        user_id: i64,
-        name: &str,
-        fingerprint: &str,
-        public_key: &str,
-    ) -> Result<SshKey>;
+    async fn add_ssh_key(&self, user_id: i64, name: &str, fingerprint: &str, public_key: &str) -> Result<SshKey>;
     async fn ssh_keys(&self, user_id: i64) -> Result<Vec<SshKey>>;
     async fn delete_ssh_key(&self, user_id: i64, key_id: i64) -> Result<()>;
     async fn user_by_ssh_fingerprint(&self, fingerprint: &str) -> Result<(SshKey, User)>;

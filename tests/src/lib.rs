@@ -16,20 +16,10 @@ pub fn paastech_bin() -> &'static Path {
     BIN.get_or_init(|| {
         // Test executables live in target/<profile>/deps; the binary one level up.
         let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile> directory");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "paastech-cli",
-                "--bin",
-                "paastech",
-            ])
+            .args(["build", "--quiet", "-p", "paastech-cli", "--bin", "paastech"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("running cargo build for the paastech binary");
@@ -42,10 +32,7 @@ pub fn paastech_bin() -> &'static Path {
 
 /// A free TCP port on 127.0.0.1 (bound then released: good enough on a test machine).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// The admin URL of the PostgreSQL server the test command started. Tests that need it
@@ -64,34 +51,19 @@ pub fn fresh_postgres_database(prefix: &str) -> String {
     let admin = postgres_admin_url();
     let name = format!("{prefix}_{}_{}", std::process::id(), unique());
     let output = Command::new("psql")
-        .args([
-            admin.as_str(),
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qc",
-            &format!("CREATE DATABASE {name}"),
-        ])
+        .args([admin.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", &format!("CREATE DATABASE {name}")])
         .output()
         .expect("running psql");
-    assert!(
-        output.status.success(),
-        "creating database {name}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let base = admin
-        .rsplit_once('/')
-        .map(|(base, _)| base)
-        .expect("admin URL has a database part");
+    assert!(output.status.success(), "creating database {name}: {}", String::from_utf8_lossy(&output.stderr));
+    let base = admin.rsplit_once('/').map(|(base, _)| base).expect("admin URL has a database part");
     format!("{base}/{name}")
 }
 
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     u64::from(nanos) * 1000 + NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -117,14 +89,7 @@ impl Server {
             data = dir.path().join("data").display().to_string(),
         );
         std::fs::write(&config_path, config).expect("writing server config");
-        let mut server = Server {
-            dir,
-            config_path,
-            api_port,
-            ssh_port,
-            ingress_port,
-            child: None,
-        };
+        let mut server = Server { dir, config_path, api_port, ssh_port, ingress_port, child: None };
         server.spawn();
         server
     }
@@ -143,11 +108,7 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("server log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("server log");
         let child = Command::new(paastech_bin())
             .args(["server", "--config"])
             .arg(&self.config_path)
@@ -167,19 +128,12 @@ impl Server {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
-                    "paastech server exited with {status} before it was ready:\n{}",
-                    self.log()
-                );
+                panic!("paastech server exited with {status} before it was ready:\n{}", self.log());
             }
             if let Ok((200, _)) = self.api().call("GET", "/healthz", None, None) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "paastech server not ready after 30 s:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "paastech server not ready after 30 s:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -187,9 +141,7 @@ impl Server {
     /// Stops the server with SIGTERM, as an operator would, and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -216,9 +168,7 @@ impl Server {
     }
 
     pub fn api(&self) -> Api {
-        Api {
-            base: format!("{}/api/v1", self.api_url()),
-        }
+        Api { base: format!("{}/api/v1", self.api_url()) }
     }
 
     /// Runs the `paastech` CLI against this server with its own HOME (so its saved login
@@ -292,51 +242,29 @@ impl Api {
         };
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string()?;
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Ok((status, value))
     }
 
     /// Like `call`, but panics on a transport error.
-    pub fn req(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        self.call(method, path, token, body.as_ref())
-            .unwrap_or_else(|err| panic!("{method} {path}: {err}"))
+    pub fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        self.call(method, path, token, body.as_ref()).unwrap_or_else(|err| panic!("{method} {path}: {err}"))
     }
 
     /// Signs up and logs in; returns the token.
     pub fn user(&self, email: &str) -> String {
         let password = "correct horse battery";
-        let (status, body) = self.req(
-            "POST",
-            "/auth/signup",
-            None,
-            Some(json!({"email": email, "password": password})),
-        );
+        let (status, body) =
+            self.req("POST", "/auth/signup", None, Some(json!({"email": email, "password": password})));
         assert_eq!(status, 201, "signup {email}: {body}");
         self.login(email, password)
     }
 
     pub fn login(&self, email: &str, password: &str) -> String {
-        let (status, body) = self.req(
-            "POST",
-            "/auth/login",
-            None,
-            Some(json!({"email": email, "password": password})),
-        );
+        let (status, body) = self.req("POST", "/auth/login", None, Some(json!({"email": email, "password": password})));
         assert_eq!(status, 200, "login {email}: {body}");
-        body["token"]
-            .as_str()
-            .expect("token in login answer")
-            .to_owned()
+        body["token"].as_str().expect("token in login answer").to_owned()
     }
 }
 
@@ -356,10 +284,7 @@ pub fn ssh_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 
 /// The repository's `examples/NAME` directory.
 pub fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("examples")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples").join(name)
 }
 
 /// A working copy that pushes to a PaaSTech server with the real `git` over real SSH.
@@ -372,27 +297,12 @@ pub struct GitRepo {
 impl GitRepo {
     /// A new repository at `dir` holding a copy of `source`, committed on `main`, with a
     /// `paastech` remote for `project`.
-    pub fn from_dir(
-        dir: &Path,
-        source: &Path,
-        key: &Path,
-        ssh_port: u16,
-        project: &str,
-    ) -> GitRepo {
+    pub fn from_dir(dir: &Path, source: &Path, key: &Path, ssh_port: u16, project: &str) -> GitRepo {
         std::fs::create_dir_all(dir).expect("repo dir");
         copy_tree(source, dir);
-        let repo = GitRepo {
-            dir: dir.to_owned(),
-            key: key.to_owned(),
-            ssh_port,
-        };
+        let repo = GitRepo { dir: dir.to_owned(), key: key.to_owned(), ssh_port };
         repo.git(&["init", "-q", "-b", "main"]);
-        repo.git(&[
-            "remote",
-            "add",
-            "paastech",
-            &format!("ssh://git@127.0.0.1:{ssh_port}/{project}.git"),
-        ]);
+        repo.git(&["remote", "add", "paastech", &format!("ssh://git@127.0.0.1:{ssh_port}/{project}.git")]);
         repo.commit_all("first commit");
         repo
     }
@@ -412,11 +322,7 @@ impl GitRepo {
 
     pub fn git(&self, args: &[&str]) -> Output {
         let output = self.command().args(args).output().expect("running git");
-        assert!(
-            output.status.success(),
-            "git {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
         output
     }
 
@@ -441,18 +347,12 @@ impl GitRepo {
     /// `git push paastech <refspec>`: (success, everything git printed).
     pub fn push(&self, refspec: &str) -> (bool, String) {
         let output = self.try_git(&["push", "paastech", refspec]);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         (output.status.success(), text)
     }
 
     pub fn head(&self) -> String {
-        String::from_utf8_lossy(&self.git(&["rev-parse", "HEAD"]).stdout)
-            .trim()
-            .to_owned()
+        String::from_utf8_lossy(&self.git(&["rev-parse", "HEAD"]).stdout).trim().to_owned()
     }
 }
 
@@ -480,37 +380,19 @@ fn copy_tree(from: &Path, to: &Path) {
 /// One HTTP/1.1 GET through the ingress with the given Host: (status, body).
 pub fn http_get(port: u16, host: &str, path: &str) -> (u16, String) {
     use std::io::Read;
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to the ingress");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to the ingress");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("request");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("response");
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, decode_chunked(&text, body))
 }
 
 fn decode_chunked(head: &str, body: String) -> String {
-    let headers = head
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let headers = head.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
     if !headers.contains("transfer-encoding: chunked") {
         return body;
     }
@@ -553,22 +435,13 @@ impl Server {
         let token = api.user(email);
         let name = email.split('@').next().unwrap_or("dev").replace('.', "_");
         let (key, public) = ssh_keygen(self.dir.path(), &format!("{name}_key"));
-        let (status, body) = api.req(
-            "POST",
-            "/ssh-keys",
-            Some(&token),
-            Some(json!({"public_key": public})),
-        );
+        let (status, body) = api.req("POST", "/ssh-keys", Some(&token), Some(json!({"public_key": public})));
         assert_eq!(status, 201, "adding a key: {body}");
         Developer { token, key }
     }
 
     /// GET through this server's ingress as `http://PROJECT.localhost/PATH`.
     pub fn app_get(&self, project: &str, path: &str) -> (u16, String) {
-        http_get(
-            self.ingress_port,
-            &format!("{project}.localhost:{}", self.ingress_port),
-            path,
-        )
+        http_get(self.ingress_port, &format!("{project}.localhost:{}", self.ingress_port), path)
     }
 }

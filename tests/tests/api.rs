@@ -10,96 +10,39 @@ fn signup_login_tokens_and_me() {
     let server = Server::start("");
     let api = server.api();
 
-    let (status, first) = api.req(
-        "POST",
-        "/auth/signup",
-        None,
-        Some(json!({"email": "Ada@Example.com", "password": PASSWORD})),
-    );
+    let (status, first) =
+        api.req("POST", "/auth/signup", None, Some(json!({"email": "Ada@Example.com", "password": PASSWORD})));
     assert_eq!(status, 201, "{first}");
     assert_eq!(first["email"], "ada@example.com");
     assert_eq!(first["is_admin"], true, "the first account is an admin");
-    let (status, second) = api.req(
-        "POST",
-        "/auth/signup",
-        None,
-        Some(json!({"email": "bob@example.com", "password": PASSWORD})),
-    );
-    assert_eq!(
-        (status, &second["is_admin"]),
-        (201, &Value::Bool(false)),
-        "{second}"
-    );
+    let (status, second) =
+        api.req("POST", "/auth/signup", None, Some(json!({"email": "bob@example.com", "password": PASSWORD})));
+    assert_eq!((status, &second["is_admin"]), (201, &Value::Bool(false)), "{second}");
 
-    let (status, body) = api.req(
-        "POST",
-        "/auth/signup",
-        None,
-        Some(json!({"email": "ada@example.com", "password": PASSWORD})),
-    );
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("conflict")),
-        "{body}"
-    );
-    let (status, body) = api.req(
-        "POST",
-        "/auth/signup",
-        None,
-        Some(json!({"email": "not-an-email", "password": PASSWORD})),
-    );
+    let (status, body) =
+        api.req("POST", "/auth/signup", None, Some(json!({"email": "ada@example.com", "password": PASSWORD})));
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
+    let (status, body) =
+        api.req("POST", "/auth/signup", None, Some(json!({"email": "not-an-email", "password": PASSWORD})));
     assert_eq!(status, 400, "{body}");
-    let (status, body) = api.req(
-        "POST",
-        "/auth/signup",
-        None,
-        Some(json!({"email": "c@example.com", "password": "short"})),
-    );
+    let (status, body) =
+        api.req("POST", "/auth/signup", None, Some(json!({"email": "c@example.com", "password": "short"})));
     assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("at least 8"),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("at least 8"), "{body}");
 
-    let (status, body) = api.req(
-        "POST",
-        "/auth/login",
-        None,
-        Some(json!({"email": "ada@example.com", "password": "wrong password"})),
-    );
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("unauthorized")),
-        "{body}"
-    );
-    let (status, body) = api.req(
-        "POST",
-        "/auth/login",
-        None,
-        Some(json!({"email": "nobody@example.com", "password": PASSWORD})),
-    );
-    assert_eq!(
-        status, 401,
-        "an unknown account looks like a wrong password: {body}"
-    );
+    let (status, body) =
+        api.req("POST", "/auth/login", None, Some(json!({"email": "ada@example.com", "password": "wrong password"})));
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
+    let (status, body) =
+        api.req("POST", "/auth/login", None, Some(json!({"email": "nobody@example.com", "password": PASSWORD})));
+    assert_eq!(status, 401, "an unknown account looks like a wrong password: {body}");
 
     let token = api.login("ada@example.com", PASSWORD);
     let (status, me) = api.req("GET", "/me", Some(&token), None);
-    assert_eq!(
-        (status, me["email"].as_str()),
-        (200, Some("ada@example.com")),
-        "{me}"
-    );
+    assert_eq!((status, me["email"].as_str()), (200, Some("ada@example.com")), "{me}");
 
     let (status, body) = api.req("GET", "/me", None, None);
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("unauthorized")),
-        "{body}"
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
     let (status, _) = api.req("GET", "/me", Some("pt_forged"), None);
     assert_eq!(status, 401);
 
@@ -110,39 +53,19 @@ fn signup_login_tokens_and_me() {
     assert_eq!(api.req("GET", "/me", Some(&api_token), None).0, 200);
     let (_, tokens) = api.req("GET", "/tokens", Some(&token), None);
     let listed = tokens.as_array().expect("token list");
-    assert!(
-        listed
-            .iter()
-            .any(|t| t["name"] == "ci" && !t["last_used_at"].is_null()),
-        "{tokens}"
-    );
-    assert!(
-        listed.iter().all(|t| t.get("token").is_none()),
-        "secrets are never listed: {tokens}"
-    );
+    assert!(listed.iter().any(|t| t["name"] == "ci" && !t["last_used_at"].is_null()), "{tokens}");
+    assert!(listed.iter().all(|t| t.get("token").is_none()), "secrets are never listed: {tokens}");
     let id = created["id"].as_i64().expect("id");
     // Bob cannot revoke Ada's token.
     let bob = api.login("bob@example.com", PASSWORD);
-    assert_eq!(
-        api.req("DELETE", &format!("/tokens/{id}"), Some(&bob), None)
-            .0,
-        404
-    );
-    assert_eq!(
-        api.req("DELETE", &format!("/tokens/{id}"), Some(&token), None)
-            .0,
-        204
-    );
+    assert_eq!(api.req("DELETE", &format!("/tokens/{id}"), Some(&bob), None).0, 404);
+    assert_eq!(api.req("DELETE", &format!("/tokens/{id}"), Some(&token), None).0, 204);
     assert_eq!(api.req("GET", "/me", Some(&api_token), None).0, 401);
 
     // Only admins list users.
     assert_eq!(api.req("GET", "/users", Some(&bob), None).0, 403);
     let (status, users) = api.req("GET", "/users", Some(&token), None);
-    assert_eq!(
-        (status, users.as_array().map(Vec::len)),
-        (200, Some(2)),
-        "{users}"
-    );
+    assert_eq!((status, users.as_array().map(Vec::len)), (200, Some(2)), "{users}");
 }
 
 #[test]
@@ -151,20 +74,12 @@ fn failed_logins_are_slowed_down() {
     let api = server.api();
     api.user("ada@example.com");
     for attempt in 1..=10 {
-        let (status, _) = api.req(
-            "POST",
-            "/auth/login",
-            None,
-            Some(json!({"email": "ada@example.com", "password": "nope nope"})),
-        );
+        let (status, _) =
+            api.req("POST", "/auth/login", None, Some(json!({"email": "ada@example.com", "password": "nope nope"})));
         assert_eq!(status, 401, "attempt {attempt}");
     }
-    let (status, body) = api.req(
-        "POST",
-        "/auth/login",
-        None,
-        Some(json!({"email": "ada@example.com", "password": PASSWORD})),
-    );
+    let (status, body) =
+        api.req("POST", "/auth/login", None, Some(json!({"email": "ada@example.com", "password": PASSWORD})));
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (429, Some("rate_limited")),
@@ -177,23 +92,11 @@ fn closed_signup_lets_only_admins_create_accounts() {
     let server = Server::start("[auth]\nsignup = \"closed\"\n");
     let api = server.api();
     let admin = api.user("admin@example.com");
-    let (status, body) = api.req(
-        "POST",
-        "/auth/signup",
-        None,
-        Some(json!({"email": "eve@example.com", "password": PASSWORD})),
-    );
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{body}"
-    );
-    let (status, body) = api.req(
-        "POST",
-        "/auth/signup",
-        Some(&admin),
-        Some(json!({"email": "eve@example.com", "password": PASSWORD})),
-    );
+    let (status, body) =
+        api.req("POST", "/auth/signup", None, Some(json!({"email": "eve@example.com", "password": PASSWORD})));
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (status, body) =
+        api.req("POST", "/auth/signup", Some(&admin), Some(json!({"email": "eve@example.com", "password": PASSWORD})));
     assert_eq!(status, 201, "{body}");
 }
 
@@ -211,80 +114,30 @@ fn ssh_keys_are_validated_and_unique() {
         ("-----BEGIN OPENSSH PRIVATE KEY-----", "key"),
         ("", "key"),
     ] {
-        let (status, body) = api.req(
-            "POST",
-            "/ssh-keys",
-            Some(&ada),
-            Some(json!({"name": "x", "public_key": bad})),
-        );
+        let (status, body) = api.req("POST", "/ssh-keys", Some(&ada), Some(json!({"name": "x", "public_key": bad})));
         assert_eq!(status, 400, "{bad:?}: {body}");
-        let message = body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_lowercase();
-        assert!(
-            message.contains(why),
-            "{bad:?}: the message should say why: {body}"
-        );
+        let message = body["error"]["message"].as_str().unwrap_or_default().to_lowercase();
+        assert!(message.contains(why), "{bad:?}: the message should say why: {body}");
     }
 
-    let (status, key) = api.req(
-        "POST",
-        "/ssh-keys",
-        Some(&ada),
-        Some(json!({"public_key": public})),
-    );
+    let (status, key) = api.req("POST", "/ssh-keys", Some(&ada), Some(json!({"public_key": public})));
     assert_eq!(status, 201, "{key}");
-    assert!(
-        key["fingerprint"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("SHA256:"),
-        "{key}"
-    );
-    assert_eq!(
-        key["name"], "ada_key",
-        "the comment names the key by default"
-    );
+    assert!(key["fingerprint"].as_str().unwrap_or_default().starts_with("SHA256:"), "{key}");
+    assert_eq!(key["name"], "ada_key", "the comment names the key by default");
 
-    let (status, body) = api.req(
-        "POST",
-        "/ssh-keys",
-        Some(&bob),
-        Some(json!({"name": "stolen", "public_key": public})),
-    );
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("conflict")),
-        "{body}"
-    );
+    let (status, body) =
+        api.req("POST", "/ssh-keys", Some(&bob), Some(json!({"name": "stolen", "public_key": public})));
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
 
     let (_, keys) = api.req("GET", "/ssh-keys", Some(&ada), None);
     assert_eq!(keys.as_array().map(Vec::len), Some(1), "{keys}");
     let (_, keys) = api.req("GET", "/ssh-keys", Some(&bob), None);
     assert_eq!(keys.as_array().map(Vec::len), Some(0), "{keys}");
     let id = key["id"].as_i64().expect("id");
-    assert_eq!(
-        api.req("DELETE", &format!("/ssh-keys/{id}"), Some(&bob), None)
-            .0,
-        404
-    );
-    assert_eq!(
-        api.req("DELETE", &format!("/ssh-keys/{id}"), Some(&ada), None)
-            .0,
-        204
-    );
+    assert_eq!(api.req("DELETE", &format!("/ssh-keys/{id}"), Some(&bob), None).0, 404);
+    assert_eq!(api.req("DELETE", &format!("/ssh-keys/{id}"), Some(&ada), None).0, 204);
     // Once removed it may be registered again, by anyone.
-    assert_eq!(
-        api.req(
-            "POST",
-            "/ssh-keys",
-            Some(&bob),
-            Some(json!({"name": "mine", "public_key": public}))
-        )
-        .0,
-        201
-    );
+    assert_eq!(api.req("POST", "/ssh-keys", Some(&bob), Some(json!({"name": "mine", "public_key": public}))).0, 201);
 }
 
 #[test]
@@ -313,25 +166,14 @@ fn project_names_follow_the_dns_label_rule() {
         assert_eq!(status, expected, "{name:?}: {body}");
         if expected == 400 {
             assert!(
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("lowercase letters"),
+                body["error"]["message"].as_str().unwrap_or_default().contains("lowercase letters"),
                 "quotes the rule: {body}"
             );
         }
     }
     let (_, blog) = api.req("GET", "/projects/blog", Some(&ada), None);
-    assert_eq!(
-        blog["git_url"],
-        format!("ssh://git@127.0.0.1:{}/blog.git", server.ssh_port),
-        "{blog}"
-    );
-    assert_eq!(
-        blog["url"],
-        format!("http://blog.localhost:{}", server.ingress_port),
-        "{blog}"
-    );
+    assert_eq!(blog["git_url"], format!("ssh://git@127.0.0.1:{}/blog.git", server.ssh_port), "{blog}");
+    assert_eq!(blog["url"], format!("http://blog.localhost:{}", server.ingress_port), "{blog}");
 }
 
 #[test]
@@ -341,26 +183,8 @@ fn other_users_projects_are_not_found() {
     let admin = api.user("admin@example.com");
     let ada = api.user("ada@example.com");
     let bob = api.user("bob@example.com");
-    assert_eq!(
-        api.req(
-            "POST",
-            "/projects",
-            Some(&ada),
-            Some(json!({"name": "secret"}))
-        )
-        .0,
-        201
-    );
-    assert_eq!(
-        api.req(
-            "PATCH",
-            "/projects/secret/env",
-            Some(&ada),
-            Some(json!({"TOKEN": "s3cr3t"}))
-        )
-        .0,
-        200
-    );
+    assert_eq!(api.req("POST", "/projects", Some(&ada), Some(json!({"name": "secret"}))).0, 201);
+    assert_eq!(api.req("PATCH", "/projects/secret/env", Some(&ada), Some(json!({"TOKEN": "s3cr3t"}))).0, 200);
 
     let routes: [(&str, &str, Option<Value>); 7] = [
         ("GET", "/projects/secret", None),
@@ -386,19 +210,12 @@ fn other_users_projects_are_not_found() {
     assert_eq!(listed, json!([]), "bob lists none of ada's projects");
 
     // The owner and an admin see it.
-    assert_eq!(
-        api.req("GET", "/projects/secret/env", Some(&ada), None).1,
-        json!({"TOKEN": "s3cr3t"})
-    );
+    assert_eq!(api.req("GET", "/projects/secret/env", Some(&ada), None).1, json!({"TOKEN": "s3cr3t"}));
     let (status, env) = api.req("GET", "/projects/secret/env", Some(&admin), None);
     assert_eq!((status, env), (200, json!({"TOKEN": "s3cr3t"})));
     // Every project route needs a token at all.
     for (method, path, body) in routes {
-        assert_eq!(
-            api.req(method, path, None, body).0,
-            401,
-            "{method} {path} without a token"
-        );
+        assert_eq!(api.req(method, path, None, body).0, 401, "{method} {path} without a token");
     }
 }
 
@@ -407,61 +224,21 @@ fn env_and_scale_round_trip() {
     let server = Server::start("");
     let api = server.api();
     let ada = api.user("ada@example.com");
-    assert_eq!(
-        api.req(
-            "POST",
-            "/projects",
-            Some(&ada),
-            Some(json!({"name": "shop"}))
-        )
-        .0,
-        201
-    );
-    let (status, env) = api.req(
-        "PATCH",
-        "/projects/shop/env",
-        Some(&ada),
-        Some(json!({"A": "1", "B": "two words"})),
-    );
+    assert_eq!(api.req("POST", "/projects", Some(&ada), Some(json!({"name": "shop"}))).0, 201);
+    let (status, env) = api.req("PATCH", "/projects/shop/env", Some(&ada), Some(json!({"A": "1", "B": "two words"})));
     assert_eq!((status, env), (200, json!({"A": "1", "B": "two words"})));
-    let (_, env) = api.req(
-        "PATCH",
-        "/projects/shop/env",
-        Some(&ada),
-        Some(json!({"A": null, "C": "3"})),
-    );
+    let (_, env) = api.req("PATCH", "/projects/shop/env", Some(&ada), Some(json!({"A": null, "C": "3"})));
     assert_eq!(env, json!({"B": "two words", "C": "3"}));
-    for bad in [
-        json!({}),
-        json!({"1X": "y"}),
-        json!({"PORT": "80"}),
-        json!({"A": 5}),
-        json!(["A"]),
-    ] {
+    for bad in [json!({}), json!({"1X": "y"}), json!({"PORT": "80"}), json!({"A": 5}), json!(["A"])] {
         let (status, body) = api.req("PATCH", "/projects/shop/env", Some(&ada), Some(bad.clone()));
         assert!(status == 400 || status == 422, "{bad}: {status} {body}");
         assert!(body["error"]["message"].is_string(), "error shape: {body}");
     }
     assert_eq!(
-        api.req(
-            "PUT",
-            "/projects/shop/scale",
-            Some(&ada),
-            Some(json!({"web": 2, "worker": 1}))
-        )
-        .1,
+        api.req("PUT", "/projects/shop/scale", Some(&ada), Some(json!({"web": 2, "worker": 1}))).1,
         json!({"web": 2, "worker": 1})
     );
-    assert_eq!(
-        api.req(
-            "PUT",
-            "/projects/shop/scale",
-            Some(&ada),
-            Some(json!({"web": 99}))
-        )
-        .0,
-        400
-    );
+    assert_eq!(api.req("PUT", "/projects/shop/scale", Some(&ada), Some(json!({"web": 99}))).0, 400);
     let (status, deployments) = api.req("GET", "/projects/shop/deployments", Some(&ada), None);
     assert_eq!((status, deployments), (200, json!([])));
 }
@@ -471,19 +248,11 @@ fn bodies_are_size_limited_and_errors_are_json() {
     let server = Server::start("");
     let api = server.api();
     let big = "x".repeat(200 * 1024);
-    let (status, body) = api.req(
-        "POST",
-        "/auth/signup",
-        None,
-        Some(json!({"email": "a@b.io", "password": big})),
-    );
+    let (status, body) = api.req("POST", "/auth/signup", None, Some(json!({"email": "a@b.io", "password": big})));
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "too_large");
     let (status, body) = api.req("GET", "/no/such/route", None, None);
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
     let (status, body) = api.req("POST", "/auth/login", None, Some(json!({"email": 1})));
     assert!(status == 400 || status == 422, "{status} {body}");
     assert!(body["error"]["message"].is_string(), "{body}");
@@ -497,13 +266,7 @@ fn health_and_openapi() {
     assert_eq!((status, health["database"].as_str()), (200, Some("ok")));
     let (status, doc) = api.req("GET", "/openapi.json", None, None);
     assert_eq!(status, 200);
-    assert!(
-        doc["openapi"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("3."),
-        "{doc}"
-    );
+    assert!(doc["openapi"].as_str().unwrap_or_default().starts_with("3."), "{doc}");
     for path in [
         "/auth/signup",
         "/auth/login",
@@ -524,74 +287,21 @@ fn survives_restart(mut server: Server) {
     let api = server.api();
     let ada = api.user("ada@example.com");
     let (_, public) = ssh_keygen(server.dir.path(), "restart_key");
-    assert_eq!(
-        api.req(
-            "POST",
-            "/ssh-keys",
-            Some(&ada),
-            Some(json!({"name": "k", "public_key": public}))
-        )
-        .0,
-        201
-    );
-    assert_eq!(
-        api.req(
-            "POST",
-            "/projects",
-            Some(&ada),
-            Some(json!({"name": "durable"}))
-        )
-        .0,
-        201
-    );
-    assert_eq!(
-        api.req(
-            "PATCH",
-            "/projects/durable/env",
-            Some(&ada),
-            Some(json!({"KEEP": "me"}))
-        )
-        .0,
-        200
-    );
-    let (_, created) = api.req(
-        "POST",
-        "/tokens",
-        Some(&ada),
-        Some(json!({"name": "deploy"})),
-    );
+    assert_eq!(api.req("POST", "/ssh-keys", Some(&ada), Some(json!({"name": "k", "public_key": public}))).0, 201);
+    assert_eq!(api.req("POST", "/projects", Some(&ada), Some(json!({"name": "durable"}))).0, 201);
+    assert_eq!(api.req("PATCH", "/projects/durable/env", Some(&ada), Some(json!({"KEEP": "me"}))).0, 200);
+    let (_, created) = api.req("POST", "/tokens", Some(&ada), Some(json!({"name": "deploy"})));
     let api_token = created["token"].as_str().expect("token").to_owned();
 
     server.restart();
     let api = server.api();
-    assert_eq!(
-        api.req("GET", "/me", Some(&ada), None).0,
-        200,
-        "login token survives"
-    );
-    assert_eq!(
-        api.req("GET", "/me", Some(&api_token), None).0,
-        200,
-        "API token survives"
-    );
-    assert_eq!(
-        api.req("GET", "/projects/durable/env", Some(&ada), None).1,
-        json!({"KEEP": "me"})
-    );
-    assert_eq!(
-        api.req("GET", "/ssh-keys", Some(&ada), None)
-            .1
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(api.req("GET", "/me", Some(&ada), None).0, 200, "login token survives");
+    assert_eq!(api.req("GET", "/me", Some(&api_token), None).0, 200, "API token survives");
+    assert_eq!(api.req("GET", "/projects/durable/env", Some(&ada), None).1, json!({"KEEP": "me"}));
+    assert_eq!(api.req("GET", "/ssh-keys", Some(&ada), None).1.as_array().map(Vec::len), Some(1));
     api.login("ada@example.com", PASSWORD);
-    let (_, second) = api.req(
-        "POST",
-        "/auth/signup",
-        None,
-        Some(json!({"email": "late@example.com", "password": PASSWORD})),
-    );
+    let (_, second) =
+        api.req("POST", "/auth/signup", None, Some(json!({"email": "late@example.com", "password": PASSWORD})));
     assert_eq!(second["is_admin"], false, "still only one first user");
 }
 
@@ -616,46 +326,10 @@ fn the_api_journey_on_postgres() {
     let api = server.api();
     let ada = api.user("ada@example.com");
     let bob = api.user("bob@example.com");
-    assert_eq!(
-        api.req(
-            "POST",
-            "/projects",
-            Some(&ada),
-            Some(json!({"name": "pg-app"}))
-        )
-        .0,
-        201
-    );
-    assert_eq!(
-        api.req(
-            "POST",
-            "/projects",
-            Some(&bob),
-            Some(json!({"name": "pg-app"}))
-        )
-        .0,
-        409
-    );
+    assert_eq!(api.req("POST", "/projects", Some(&ada), Some(json!({"name": "pg-app"}))).0, 201);
+    assert_eq!(api.req("POST", "/projects", Some(&bob), Some(json!({"name": "pg-app"}))).0, 409);
     assert_eq!(api.req("GET", "/projects/pg-app", Some(&bob), None).0, 404);
     let (_, public) = ssh_keygen(server.dir.path(), "pg_key");
-    assert_eq!(
-        api.req(
-            "POST",
-            "/ssh-keys",
-            Some(&ada),
-            Some(json!({"public_key": public}))
-        )
-        .0,
-        201
-    );
-    assert_eq!(
-        api.req(
-            "POST",
-            "/ssh-keys",
-            Some(&bob),
-            Some(json!({"public_key": public}))
-        )
-        .0,
-        409
-    );
+    assert_eq!(api.req("POST", "/ssh-keys", Some(&ada), Some(json!({"public_key": public}))).0, 201);
+    assert_eq!(api.req("POST", "/ssh-keys", Some(&bob), Some(json!({"public_key": public}))).0, 409);
 }

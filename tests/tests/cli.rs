@@ -19,11 +19,7 @@ fn ok(output: &Output) -> String {
 }
 
 fn failed(output: &Output) -> String {
-    assert!(
-        !output.status.success(),
-        "should fail; stdout: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    assert!(!output.status.success(), "should fail; stdout: {}", String::from_utf8_lossy(&output.stdout));
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
@@ -34,35 +30,17 @@ fn cli_journey_signup_login_keys_projects_env() {
     let home = home.path();
     let pw = Some("correct horse battery\n");
 
-    let out = ok(&server.cli(
-        home,
-        &["signup", "--email", "ada@example.com", "--password-stdin"],
-        pw,
-    ));
-    assert!(
-        out.contains("ada@example.com") && out.contains("admin"),
-        "{out}"
-    );
+    let out = ok(&server.cli(home, &["signup", "--email", "ada@example.com", "--password-stdin"], pw));
+    assert!(out.contains("ada@example.com") && out.contains("admin"), "{out}");
     let err = failed(&server.cli(home, &["whoami"], None));
     assert!(err.contains("paastech login"), "tells how to log in: {err}");
-    let err = failed(&server.cli(
-        home,
-        &["login", "--email", "ada@example.com", "--password-stdin"],
-        Some("bad password\n"),
-    ));
+    let err =
+        failed(&server.cli(home, &["login", "--email", "ada@example.com", "--password-stdin"], Some("bad password\n")));
     assert!(err.contains("wrong email or password"), "{err}");
-    ok(&server.cli(
-        home,
-        &["login", "--email", "ada@example.com", "--password-stdin"],
-        pw,
-    ));
+    ok(&server.cli(home, &["login", "--email", "ada@example.com", "--password-stdin"], pw));
 
     let saved = home.join(".config/paastech/login.json");
-    let mode = std::fs::metadata(&saved)
-        .expect("saved login")
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(&saved).expect("saved login").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the saved login is private");
     let out = ok(&server.cli(home, &["whoami"], None));
     assert!(out.contains("ada@example.com (admin)"), "{out}");
@@ -72,43 +50,20 @@ fn cli_journey_signup_login_keys_projects_env() {
     ssh_keygen(&home.join(".ssh"), "id_ed25519");
     let out = ok(&server.cli(home, &["keys", "add"], None));
     assert!(out.contains("SHA256:"), "{out}");
-    let keys: Value =
-        serde_json::from_str(&ok(&server.cli(home, &["keys", "list", "--json"], None)))
-            .expect("json");
+    let keys: Value = serde_json::from_str(&ok(&server.cli(home, &["keys", "list", "--json"], None))).expect("json");
     assert_eq!(keys.as_array().map(Vec::len), Some(1), "{keys}");
     let out = ok(&server.cli(home, &["keys", "list"], None));
-    assert!(
-        out.starts_with("ID") && out.contains("FINGERPRINT"),
-        "a table: {out}"
-    );
+    assert!(out.starts_with("ID") && out.contains("FINGERPRINT"), "a table: {out}");
 
     let out = ok(&server.cli(home, &["projects", "create", "cli-app"], None));
-    assert!(
-        out.contains("git remote add paastech ssh://git@127.0.0.1:"),
-        "{out}"
-    );
+    assert!(out.contains("git remote add paastech ssh://git@127.0.0.1:"), "{out}");
     let err = failed(&server.cli(home, &["projects", "create", "Bad_Name"], None));
     assert!(err.contains("lowercase letters"), "{err}");
-    let projects: Value = serde_json::from_str(&ok(&server.cli(
-        home,
-        &["projects", "list", "--json"],
-        None,
-    )))
-    .expect("json");
+    let projects: Value =
+        serde_json::from_str(&ok(&server.cli(home, &["projects", "list", "--json"], None))).expect("json");
     assert_eq!(projects[0]["name"], "cli-app", "{projects}");
 
-    ok(&server.cli(
-        home,
-        &[
-            "env",
-            "set",
-            "-p",
-            "cli-app",
-            "GREETING=hi there",
-            "MODE=prod",
-        ],
-        None,
-    ));
+    ok(&server.cli(home, &["env", "set", "-p", "cli-app", "GREETING=hi there", "MODE=prod"], None));
     ok(&server.cli(home, &["env", "unset", "-p", "cli-app", "MODE"], None));
     let out = ok(&server.cli(home, &["env", "list", "-p", "cli-app"], None));
     assert_eq!(out.trim(), "GREETING=hi there");
@@ -118,31 +73,14 @@ fn cli_journey_signup_login_keys_projects_env() {
     // The project of the `paastech` git remote is the default.
     let repo = home.join("repo");
     std::fs::create_dir_all(&repo).expect("repo dir");
-    let git = |args: &[&str]| {
-        assert!(
-            Command::new("git")
-                .args(args)
-                .current_dir(&repo)
-                .status()
-                .expect("git")
-                .success()
-        )
-    };
+    let git =
+        |args: &[&str]| assert!(Command::new("git").args(args).current_dir(&repo).status().expect("git").success());
     git(&["init", "-q"]);
-    git(&[
-        "remote",
-        "add",
-        "paastech",
-        &format!("ssh://git@127.0.0.1:{}/cli-app.git", server.ssh_port),
-    ]);
+    git(&["remote", "add", "paastech", &format!("ssh://git@127.0.0.1:{}/cli-app.git", server.ssh_port)]);
     let out = paastech_tests::cli(&repo, &server.api_url(), &["env", "list"], None);
     // HOME is the repo here, so no saved login: the error is about the login, not the project.
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("login"),
-        "{out:?}"
-    );
-    let token = serde_json::from_str::<Value>(&std::fs::read_to_string(&saved).expect("login"))
-        .expect("json")["token"]
+    assert!(String::from_utf8_lossy(&out.stderr).contains("login"), "{out:?}");
+    let token = serde_json::from_str::<Value>(&std::fs::read_to_string(&saved).expect("login")).expect("json")["token"]
         .as_str()
         .expect("token")
         .to_owned();
@@ -167,10 +105,7 @@ fn cli_journey_signup_login_keys_projects_env() {
 
 #[test]
 fn completions_are_printed() {
-    let out = Command::new(paastech_bin())
-        .args(["completions", "bash"])
-        .output()
-        .expect("paastech");
+    let out = Command::new(paastech_bin()).args(["completions", "bash"]).output().expect("paastech");
     assert!(ok(&out).contains("paastech"));
 }
 
@@ -178,37 +113,17 @@ fn check(config: &str) -> Output {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("paastech.toml");
     std::fs::write(&path, config).expect("config");
-    Command::new(paastech_bin())
-        .args(["server", "--config"])
-        .arg(&path)
-        .output()
-        .expect("paastech server")
+    Command::new(paastech_bin()).args(["server", "--config"]).arg(&path).output().expect("paastech server")
 }
 
 #[test]
 fn config_errors_stop_the_server_naming_key_file_and_line() {
     let cases = [
-        (
-            "[api]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",
-            "paastech.toml:3:",
-            "lisen",
-        ),
+        ("[api]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n", "paastech.toml:3:", "lisen"),
         ("[ingress]\ndomain = 5\n", "paastech.toml:2:", "string"),
-        (
-            "[runtime]\ndriver = \"kubernetes\"\n",
-            "paastech.toml:2:",
-            "kubernetes",
-        ),
-        (
-            "[runtime]\ndriver = \"process\"\nshiny = true\n",
-            "paastech.toml:3:",
-            "shiny",
-        ),
-        (
-            "[build]\ndriver = \"nope\"\n",
-            "paastech.toml:2:",
-            "known drivers: process",
-        ),
+        ("[runtime]\ndriver = \"kubernetes\"\n", "paastech.toml:2:", "kubernetes"),
+        ("[runtime]\ndriver = \"process\"\nshiny = true\n", "paastech.toml:3:", "shiny"),
+        ("[build]\ndriver = \"nope\"\n", "paastech.toml:2:", "known drivers: process"),
         ("[database]\nurl = \"mysql://x\"\n", "", "sqlite"),
         ("this is not toml\n", "paastech.toml:1:", ""),
     ];
@@ -217,10 +132,7 @@ fn config_errors_stop_the_server_naming_key_file_and_line() {
         let stderr = failed(&output);
         assert!(stderr.contains(location), "{config:?}: {stderr}");
         assert!(stderr.contains(needle), "{config:?}: {stderr}");
-        assert!(
-            !stderr.contains("server started"),
-            "nothing listened: {stderr}"
-        );
+        assert!(!stderr.contains("server started"), "nothing listened: {stderr}");
     }
 }
 
@@ -229,19 +141,11 @@ fn server_check_validates_without_starting() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("ok.toml");
     std::fs::write(&path, "[runtime]\ndriver = \"process\"\n").expect("config");
-    let out = Command::new(paastech_bin())
-        .args(["server", "--check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = Command::new(paastech_bin()).args(["server", "--check", "--config"]).arg(&path).output().expect("run");
     assert!(ok(&out).contains("valid"));
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[runtime]\ndriver = \"nope\"\n").expect("config");
-    let out = Command::new(paastech_bin())
-        .args(["server", "--check", "--config"])
-        .arg(&bad)
-        .output()
-        .expect("run");
+    let out = Command::new(paastech_bin()).args(["server", "--check", "--config"]).arg(&bad).output().expect("run");
     assert!(failed(&out).contains("bad.toml:2:"));
     let out = Command::new(paastech_bin())
         .args(["server", "--check", "--config", "/nonexistent/x.toml"])

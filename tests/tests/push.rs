@@ -8,22 +8,12 @@ use paastech_tests::{GitRepo, Server, eventually, example, ssh_command};
 use serde_json::{Value, json};
 
 fn create_project(server: &Server, token: &str, name: &str) {
-    let (status, body) = server.api().req(
-        "POST",
-        "/projects",
-        Some(token),
-        Some(json!({"name": name})),
-    );
+    let (status, body) = server.api().req("POST", "/projects", Some(token), Some(json!({"name": name})));
     assert_eq!(status, 201, "{body}");
 }
 
 fn deployments(server: &Server, token: &str, project: &str) -> Vec<Value> {
-    let (status, body) = server.api().req(
-        "GET",
-        &format!("/projects/{project}/deployments"),
-        Some(token),
-        None,
-    );
+    let (status, body) = server.api().req("GET", &format!("/projects/{project}/deployments"), Some(token), None);
     assert_eq!(status, 200, "{body}");
     body.as_array().cloned().unwrap_or_default()
 }
@@ -36,66 +26,33 @@ fn python_app_push_env_broken_push_rollback_and_restart() {
     let (status, page) = server.app_get("py-app", "/");
     assert_eq!(status, 503, "nothing live yet: {page}");
 
-    let repo = GitRepo::from_dir(
-        &server.dir.path().join("py"),
-        &example("python-hello"),
-        &ada.key,
-        server.ssh_port,
-        "py-app",
-    );
+    let repo =
+        GitRepo::from_dir(&server.dir.path().join("py"), &example("python-hello"), &ada.key, server.ssh_port, "py-app");
     let (ok, output) = repo.push("main");
     assert!(ok, "first push: {output}\n{}", server.log());
-    assert!(
-        output.contains("remote: -----> Building py-app v1"),
-        "build log streams back: {output}"
-    );
-    assert!(
-        output.contains("remote: -----> Deployed py-app v1"),
-        "{output}"
-    );
+    assert!(output.contains("remote: -----> Building py-app v1"), "build log streams back: {output}");
+    assert!(output.contains("remote: -----> Deployed py-app v1"), "{output}");
     let (status, body) = server.app_get("py-app", "/");
-    assert_eq!(
-        (status, body.trim()),
-        (200, "hello from python-hello (version 1)")
-    );
+    assert_eq!((status, body.trim()), (200, "hello from python-hello (version 1)"));
     let list = deployments(&server, &ada.token, "py-app");
     assert_eq!(list[0]["status"], "live");
     assert_eq!(list[0]["commit"], repo.head());
 
     // An env change makes v2 and reaches the app.
-    let (status, env) = server.api().req(
-        "PATCH",
-        "/projects/py-app/env",
-        Some(&ada.token),
-        Some(json!({"GREETING": "bonjour"})),
-    );
+    let (status, env) =
+        server.api().req("PATCH", "/projects/py-app/env", Some(&ada.token), Some(json!({"GREETING": "bonjour"})));
     assert_eq!((status, env), (200, json!({"GREETING": "bonjour"})));
-    assert_eq!(
-        server.app_get("py-app", "/").1.trim(),
-        "bonjour from python-hello (version 2)"
-    );
+    assert_eq!(server.app_get("py-app", "/").1.trim(), "bonjour from python-hello (version 2)");
 
     // A push whose app dies at start is rejected; v2 keeps serving.
-    repo.write(
-        "app.py",
-        "import sys\nprint('boom: missing config', flush=True)\nsys.exit(3)\n",
-    );
+    repo.write("app.py", "import sys\nprint('boom: missing config', flush=True)\nsys.exit(3)\n");
     repo.commit_all("broken");
     let (ok, output) = repo.push("main");
     assert!(!ok, "a broken app must fail the push: {output}");
-    assert!(
-        output.contains("web.1"),
-        "the reason names the process: {output}"
-    );
-    assert_eq!(
-        server.app_get("py-app", "/").1.trim(),
-        "bonjour from python-hello (version 2)"
-    );
+    assert!(output.contains("web.1"), "the reason names the process: {output}");
+    assert_eq!(server.app_get("py-app", "/").1.trim(), "bonjour from python-hello (version 2)");
     let list = deployments(&server, &ada.token, "py-app");
-    assert_eq!(
-        (list[0]["version"].as_i64(), list[0]["status"].as_str()),
-        (Some(3), Some("failed"))
-    );
+    assert_eq!((list[0]["version"].as_i64(), list[0]["status"].as_str()), (Some(3), Some("failed")));
     assert_eq!(list[1]["status"], "live");
 
     // A fixed push goes live as v4; other branches are stored without a deploy.
@@ -109,49 +66,22 @@ fn python_app_push_env_broken_push_rollback_and_restart() {
     repo.commit_all("fixed");
     let (ok, output) = repo.push("main");
     assert!(ok, "{output}");
-    assert_eq!(
-        server.app_get("py-app", "/").1.trim(),
-        "bonjour from v4 (version 4)"
-    );
+    assert_eq!(server.app_get("py-app", "/").1.trim(), "bonjour from v4 (version 4)");
     let (ok, output) = repo.push("main:refs/heads/feature");
-    assert!(
-        ok && output.contains("only main (or master) deploys"),
-        "{output}"
-    );
+    assert!(ok && output.contains("only main (or master) deploys"), "{output}");
     assert_eq!(deployments(&server, &ada.token, "py-app").len(), 4);
 
     // Rollback to v1: its code and its config (no GREETING).
-    let (status, body) = server.api().req(
-        "POST",
-        "/projects/py-app/deployments",
-        Some(&ada.token),
-        Some(json!({"version": 1})),
-    );
+    let (status, body) =
+        server.api().req("POST", "/projects/py-app/deployments", Some(&ada.token), Some(json!({"version": 1})));
     assert_eq!(status, 201, "{body}");
-    assert_eq!(
-        server.app_get("py-app", "/").1.trim(),
-        "hello from python-hello (version 5)"
-    );
-    assert_eq!(
-        server
-            .api()
-            .req("GET", "/projects/py-app/env", Some(&ada.token), None)
-            .1,
-        json!({})
-    );
+    assert_eq!(server.app_get("py-app", "/").1.trim(), "hello from python-hello (version 5)");
+    assert_eq!(server.api().req("GET", "/projects/py-app/env", Some(&ada.token), None).1, json!({}));
     let list = deployments(&server, &ada.token, "py-app");
-    assert_eq!(
-        (list[0]["status"].as_str(), list[0]["cause"].as_str()),
-        (Some("live"), Some("rollback to v1"))
-    );
+    assert_eq!((list[0]["status"].as_str(), list[0]["cause"].as_str()), (Some("live"), Some("rollback to v1")));
 
     // The app's own output is in its log.
-    let (status, logs) = server.api().req(
-        "GET",
-        "/projects/py-app/logs?lines=200",
-        Some(&ada.token),
-        None,
-    );
+    let (status, logs) = server.api().req("GET", "/projects/py-app/logs?lines=200", Some(&ada.token), None);
     assert_eq!(status, 200);
     let logs = logs.as_str().unwrap_or_default().to_owned();
     assert!(logs.contains("web.1: python-hello listening"), "{logs}");
@@ -160,17 +90,12 @@ fn python_app_push_env_broken_push_rollback_and_restart() {
     // After a restart the live version serves again without a push.
     server.restart();
     assert!(
-        eventually(Duration::from_secs(20), || server
-            .app_get("py-app", "/")
-            .1
-            .trim()
+        eventually(Duration::from_secs(20), || server.app_get("py-app", "/").1.trim()
             == "hello from python-hello (version 5)"),
         "the app serves again after a restart:\n{}",
         server.log()
     );
-    let (_, ps) = server
-        .api()
-        .req("GET", "/projects/py-app/ps", Some(&ada.token), None);
+    let (_, ps) = server.api().req("GET", "/projects/py-app/ps", Some(&ada.token), None);
     assert_eq!(ps[0]["name"], "web.1", "{ps}");
     assert_eq!(ps[0]["state"], "running", "{ps}");
 }
@@ -188,13 +113,8 @@ fn node_and_static_apps_are_served() {
         server.ssh_port,
         "node-app",
     );
-    let site = GitRepo::from_dir(
-        &server.dir.path().join("site"),
-        &example("static-hello"),
-        &ada.key,
-        server.ssh_port,
-        "site",
-    );
+    let site =
+        GitRepo::from_dir(&server.dir.path().join("site"), &example("static-hello"), &ada.key, server.ssh_port, "site");
     let (ok, output) = node.push("main");
     assert!(ok, "{output}\n{}", server.log());
     let (status, body) = server.app_get("node-app", "/");
@@ -204,10 +124,7 @@ fn node_and_static_apps_are_served() {
     assert!(ok, "{output}\n{}", server.log());
     let (status, body) = server.app_get("site", "/");
     assert_eq!(status, 200);
-    assert_eq!(
-        body,
-        std::fs::read_to_string(example("static-hello").join("index.html")).expect("index")
-    );
+    assert_eq!(body, std::fs::read_to_string(example("static-hello").join("index.html")).expect("index"));
     let (status, _) = server.app_get("site", "/style.css");
     assert_eq!(status, 200);
     let (status, _) = server.app_get("nothing-here", "/");
@@ -220,30 +137,18 @@ fn a_failed_build_rejects_the_push_with_the_reason() {
     let ada = server.developer("ada@example.com");
     create_project(&server, &ada.token, "nothing");
     let dir = server.dir.path().join("empty");
-    let repo = GitRepo::from_dir(
-        &dir,
-        &example("static-hello"),
-        &ada.key,
-        server.ssh_port,
-        "nothing",
-    );
+    let repo = GitRepo::from_dir(&dir, &example("static-hello"), &ada.key, server.ssh_port, "nothing");
     repo.git(&["rm", "-q", "index.html", "style.css", "README.md"]);
     repo.write("notes.txt", "no app here\n");
     repo.commit_all("not an app");
     let (ok, output) = repo.push("main");
     assert!(!ok, "{output}");
-    assert!(
-        output.contains("Procfile") && output.contains("package.json"),
-        "lists what was looked for: {output}"
-    );
+    assert!(output.contains("Procfile") && output.contains("package.json"), "lists what was looked for: {output}");
     let list = deployments(&server, &ada.token, "nothing");
     assert_eq!(list[0]["status"], "failed");
     // The ref did not move: the server's main is still absent.
     let output = repo.try_git(&["ls-remote", "paastech"]);
-    assert!(
-        String::from_utf8_lossy(&output.stdout).trim().is_empty(),
-        "{output:?}"
-    );
+    assert!(String::from_utf8_lossy(&output.stdout).trim().is_empty(), "{output:?}");
 }
 
 #[test]
@@ -270,16 +175,9 @@ fn ssh_allows_only_git_for_the_owner() {
         "private",
     );
     let (ok, output) = eve_repo.push("main");
-    assert!(
-        !ok && output.contains("project not found or access denied"),
-        "{output}"
-    );
+    assert!(!ok && output.contains("project not found or access denied"), "{output}");
     let clone = Command::new("git")
-        .args([
-            "clone",
-            "-q",
-            &format!("ssh://git@127.0.0.1:{}/private.git", server.ssh_port),
-        ])
+        .args(["clone", "-q", &format!("ssh://git@127.0.0.1:{}/private.git", server.ssh_port)])
         .arg(server.dir.path().join("eve-clone"))
         .env("GIT_SSH_COMMAND", ssh_command(&eve.key, server.ssh_port))
         .output()
@@ -289,11 +187,7 @@ fn ssh_allows_only_git_for_the_owner() {
 
     // Ada can clone her own.
     let clone = Command::new("git")
-        .args([
-            "clone",
-            "-q",
-            &format!("ssh://git@127.0.0.1:{}/private.git", server.ssh_port),
-        ])
+        .args(["clone", "-q", &format!("ssh://git@127.0.0.1:{}/private.git", server.ssh_port)])
         .arg(server.dir.path().join("ada-clone"))
         .env("GIT_SSH_COMMAND", ssh_command(&ada.key, server.ssh_port))
         .output()
@@ -320,17 +214,10 @@ fn ssh_allows_only_git_for_the_owner() {
         ]);
         command.args(args).output().expect("ssh")
     };
-    for command in [
-        &["ls", "/"][..],
-        &["git-receive-pack 'private.git'; id"],
-        &["sh", "-c", "id"],
-    ] {
+    for command in [&["ls", "/"][..], &["git-receive-pack 'private.git'; id"], &["sh", "-c", "id"]] {
         let output = ssh(command);
         assert!(!output.status.success(), "{command:?} must be refused");
-        assert!(
-            !String::from_utf8_lossy(&output.stdout).contains("uid="),
-            "{command:?} ran"
-        );
+        assert!(!String::from_utf8_lossy(&output.stdout).contains("uid="), "{command:?} ran");
     }
     let output = ssh(&[]);
     assert!(!output.status.success(), "no shell");

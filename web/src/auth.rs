@@ -24,14 +24,10 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 pub fn check_password_rules(password: &str) -> Result<(), Error> {
     let len = password.chars().count();
     if len < MIN_PASSWORD_LEN {
-        return Err(Error::Invalid(format!(
-            "password too short: use at least {MIN_PASSWORD_LEN} characters"
-        )));
+        return Err(Error::Invalid(format!("password too short: use at least {MIN_PASSWORD_LEN} characters")));
     }
     if password.len() > MAX_PASSWORD_LEN {
-        return Err(Error::Invalid(format!(
-            "password too long: at most {MAX_PASSWORD_LEN} bytes"
-        )));
+        return Err(Error::Invalid(format!("password too long: at most {MAX_PASSWORD_LEN} bytes")));
     }
     Ok(())
 }
@@ -41,8 +37,7 @@ pub async fn hash_password(password: String) -> Result<String, Error> {
     tokio::task::spawn_blocking(move || {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
-        let salt =
-            SaltString::encode_b64(&salt).map_err(|e| Error::internal_msg(format!("salt: {e}")))?;
+        let salt = SaltString::encode_b64(&salt).map_err(|e| Error::internal_msg(format!("salt: {e}")))?;
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|hash| hash.to_string())
@@ -58,10 +53,7 @@ fn dummy_hash() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DUMMY.get_or_init(|| {
         let salt = SaltString::encode_b64(b"paastech-no-user").expect("16 bytes is a valid salt");
-        Argon2::default()
-            .hash_password(new_token().as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .unwrap_or_default()
+        Argon2::default().hash_password(new_token().as_bytes(), &salt).map(|hash| hash.to_string()).unwrap_or_default()
     })
 }
 
@@ -72,9 +64,7 @@ pub async fn verify_password(password: String, hash: Option<String>) -> bool {
         let Ok(parsed) = PasswordHash::new(&hash) else {
             return false;
         };
-        let ok = Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
+        let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
         ok && exists
     })
     .await
@@ -85,10 +75,7 @@ pub async fn verify_password(password: String, hash: Option<String>) -> bool {
 pub fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!(
-        "pt_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("pt_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Tokens are high-entropy, so a fast hash is enough; only the hash is stored.
@@ -103,30 +90,21 @@ pub struct CurrentUser(pub User);
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                Error::Unauthorized("missing Authorization: Bearer <token> header".into())
-            })?;
+            .ok_or_else(|| Error::Unauthorized("missing Authorization: Bearer <token> header".into()))?;
         let token = header
             .to_str()
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| {
-                Error::Unauthorized("the Authorization header must be \"Bearer <token>\"".into())
-            })?;
+            .ok_or_else(|| Error::Unauthorized("the Authorization header must be \"Bearer <token>\"".into()))?;
         match state.store.use_token(&token_hash(token)).await {
             Ok((_, user)) => Ok(CurrentUser(user)),
-            Err(Error::NotFound(_)) => {
-                Err(Error::Unauthorized("invalid or expired token".into()).into())
-            }
+            Err(Error::NotFound(_)) => Err(Error::Unauthorized("invalid or expired token".into()).into()),
             Err(other) => Err(other.into()),
         }
     }
@@ -138,17 +116,9 @@ pub struct MaybeUser(pub Option<User>);
 impl FromRequestParts<AppState> for MaybeUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        if parts
-            .headers
-            .contains_key(axum::http::header::AUTHORIZATION)
-        {
-            CurrentUser::from_request_parts(parts, state)
-                .await
-                .map(|CurrentUser(user)| MaybeUser(Some(user)))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+            CurrentUser::from_request_parts(parts, state).await.map(|CurrentUser(user)| MaybeUser(Some(user)))
         } else {
             Ok(MaybeUser(None))
         }
@@ -182,43 +152,26 @@ pub struct LoginLimiter {
 
 impl LoginLimiter {
     pub fn new(max_failures: usize, window: Duration) -> Self {
-        LoginLimiter {
-            max_failures,
-            window,
-            failures: Mutex::new(HashMap::new()),
-        }
+        LoginLimiter { max_failures, window, failures: Mutex::new(HashMap::new()) }
     }
 
     fn keys(email: &str, ip: IpAddr) -> [String; 2] {
-        [
-            format!("email:{}", email.to_lowercase()),
-            format!("ip:{ip}"),
-        ]
+        [format!("email:{}", email.to_lowercase()), format!("ip:{ip}")]
     }
 
     /// Refuses when either the account or the address has too many recent failures.
     pub fn check(&self, email: &str, ip: IpAddr) -> Result<(), Error> {
         let now = Instant::now();
-        let mut failures = self
-            .failures
-            .lock()
-            .expect("limiter lock is never poisoned");
+        let mut failures = self.failures.lock().expect("limiter lock is never poisoned");
         for key in Self::keys(email, ip) {
             if let Some(times) = failures.get_mut(&key) {
                 times.retain(|t| now.duration_since(*t) < self.window);
                 if times.len() >= self.max_failures {
                     let retry = times
                         .first()
-                        .map(|first| {
-                            self.window
-                                .saturating_sub(now.duration_since(*first))
-                                .as_secs()
-                                + 1
-                        })
+                        .map(|first| self.window.saturating_sub(now.duration_since(*first)).as_secs() + 1)
                         .unwrap_or(1);
-                    return Err(Error::RateLimited(format!(
-                        "too many failed logins; try again in {retry} s"
-                    )));
+                    return Err(Error::RateLimited(format!("too many failed logins; try again in {retry} s")));
                 }
             }
         }
@@ -227,10 +180,7 @@ impl LoginLimiter {
 
     pub fn record_failure(&self, email: &str, ip: IpAddr) {
         let now = Instant::now();
-        let mut failures = self
-            .failures
-            .lock()
-            .expect("limiter lock is never poisoned");
+        let mut failures = self.failures.lock().expect("limiter lock is never poisoned");
         // Bound memory: forget stale entries once the map grows.
         if failures.len() > 10_000 {
             failures.retain(|_, times| times.iter().any(|t| now.duration_since(*t) < self.window));
@@ -241,10 +191,7 @@ impl LoginLimiter {
     }
 
     pub fn record_success(&self, email: &str) {
-        let mut failures = self
-            .failures
-            .lock()
-            .expect("limiter lock is never poisoned");
+        let mut failures = self.failures.lock().expect("limiter lock is never poisoned");
         failures.remove(&format!("email:{}", email.to_lowercase()));
     }
 }
@@ -280,19 +227,9 @@ mod tests {
             assert!(limiter.check("a@b.io", ip).is_ok());
             limiter.record_failure("a@b.io", ip);
         }
-        assert!(matches!(
-            limiter.check("A@B.io", "10.0.0.2".parse().expect("ip")),
-            Err(Error::RateLimited(_))
-        ));
-        assert!(matches!(
-            limiter.check("other@b.io", ip),
-            Err(Error::RateLimited(_))
-        ));
-        assert!(
-            limiter
-                .check("other@b.io", "10.0.0.3".parse().expect("ip"))
-                .is_ok()
-        );
+        assert!(matches!(limiter.check("A@B.io", "10.0.0.2".parse().expect("ip")), Err(Error::RateLimited(_))));
+        assert!(matches!(limiter.check("other@b.io", ip), Err(Error::RateLimited(_))));
+        assert!(limiter.check("other@b.io", "10.0.0.3".parse().expect("ip")).is_ok());
     }
 
     #[test]

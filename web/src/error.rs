@@ -46,12 +46,7 @@ pub fn status_of(err: &Error) -> StatusCode {
 }
 
 pub fn error_response(status: StatusCode, code: &str, message: String) -> Response {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code: code.to_owned(),
-            message,
-        },
-    };
+    let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message } };
     (status, Json(body)).into_response()
 }
 
@@ -70,10 +65,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = error_response(status, self.0.code(), self.0.to_string());
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                "www-authenticate",
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
         }
         response
     }

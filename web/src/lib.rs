@@ -39,10 +39,7 @@ pub struct PublicUrls {
 
 impl PublicUrls {
     pub fn git_url(&self, project: &str) -> String {
-        format!(
-            "ssh://git@{}:{}/{project}.git",
-            self.ssh_host, self.ssh_port
-        )
+        format!("ssh://git@{}:{}/{project}.git", self.ssh_host, self.ssh_port)
     }
 
     pub fn app_url(&self, project: &str) -> String {
@@ -78,10 +75,7 @@ impl AppState {
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .nest("/api/v1", api::routes())
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+    Router::new().nest("/api/v1", api::routes()).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
 }
 
 /// Serves the API (and UI) on `listener` until `shutdown` resolves, then lets requests in
@@ -92,7 +86,5 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

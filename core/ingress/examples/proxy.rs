@@ -14,10 +14,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let table = RouteTable::new();
     for route in args {
         let (name, backends) = route.split_once('=').ok_or(usage)?;
-        let addrs = backends
-            .split(',')
-            .map(str::parse)
-            .collect::<Result<Vec<SocketAddr>, _>>()?;
+        let addrs = backends.split(',').map(str::parse).collect::<Result<Vec<SocketAddr>, _>>()?;
         table.set_backends(name, addrs);
     }
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -62,26 +62,13 @@ impl From<HealthError> for paastech_core::Error {
 /// GETs `http://addr/path` until an answer with a status below 500 arrives (healthy) or
 /// `timeout` passes. Each attempt uses a fresh connection, so a restarted app is seen as
 /// it is now.
-pub async fn health_check(
-    addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> Result<(), HealthError> {
-    let path = if path.starts_with('/') {
-        path.to_owned()
-    } else {
-        format!("/{path}")
-    };
+pub async fn health_check(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), HealthError> {
+    let path = if path.starts_with('/') { path.to_owned() } else { format!("/{path}") };
     let target = match PathAndQuery::try_from(path.as_str()) {
         Ok(target) => target,
         Err(err) => {
             // Retrying cannot fix a malformed path: say so at once.
-            return Err(HealthError {
-                addr,
-                path,
-                timeout,
-                last: LastSeen::InvalidPath(err.to_string()),
-            });
+            return Err(HealthError { addr, path, timeout, last: LastSeen::InvalidPath(err.to_string()) });
         }
     };
     let deadline = Instant::now() + timeout;
@@ -95,20 +82,13 @@ pub async fn health_check(
         // Sleep, then give up with what this attempt saw if no time is left for another.
         tokio::time::sleep_until((Instant::now() + RETRY_INTERVAL).min(deadline)).await;
         if Instant::now() >= deadline {
-            return Err(HealthError {
-                addr,
-                path,
-                timeout,
-                last,
-            });
+            return Err(HealthError { addr, path, timeout, last });
         }
     }
 }
 
 async fn attempt(addr: SocketAddr, path: &PathAndQuery) -> Result<StatusCode, LastSeen> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(LastSeen::ConnectFailed)?;
+    let stream = TcpStream::connect(addr).await.map_err(LastSeen::ConnectFailed)?;
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -124,9 +104,9 @@ async fn attempt(addr: SocketAddr, path: &PathAndQuery) -> Result<StatusCode, La
     conn.abort();
     match result {
         Ok(resp) => Ok(resp.status()),
-        Err(err) if err.is_incomplete_message() || err.is_canceled() => Err(LastSeen::BadResponse(
-            "the connection closed before a response".to_owned(),
-        )),
+        Err(err) if err.is_incomplete_message() || err.is_canceled() => {
+            Err(LastSeen::BadResponse("the connection closed before a response".to_owned()))
+        }
         Err(err) => Err(LastSeen::BadResponse(err.to_string())),
     }
 }

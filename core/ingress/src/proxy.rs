@@ -74,11 +74,7 @@ pub async fn serve(
         .pool_idle_timeout(Duration::from_secs(60))
         .build(connector);
     let domain = config.domain.trim_matches('.').to_ascii_lowercase();
-    let shared = Arc::new(Shared {
-        table,
-        suffix: format!(".{domain}").into_boxed_str(),
-        client,
-    });
+    let shared = Arc::new(Shared { table, suffix: format!(".{domain}").into_boxed_str(), client });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, domain = %domain, "ingress listening");
     }
@@ -93,8 +89,7 @@ pub async fn serve(
 }
 
 fn client_ip_header(peer: SocketAddr) -> HeaderValue {
-    HeaderValue::from_str(&peer.ip().to_canonical().to_string())
-        .expect("an IP address is a valid header value")
+    HeaderValue::from_str(&peer.ip().to_canonical().to_string()).expect("an IP address is a valid header value")
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -115,11 +110,7 @@ async fn proxy(
         return Ok(page(Page::NotFound));
     };
     let guard = {
-        let Some(name) = host
-            .to_str()
-            .ok()
-            .and_then(|h| project_of(h, &shared.suffix))
-        else {
+        let Some(name) = host.to_str().ok().and_then(|h| project_of(h, &shared.suffix)) else {
             return Ok(page(Page::NotFound));
         };
         let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -142,10 +133,7 @@ async fn proxy(
     target.scheme = Some(Scheme::HTTP);
     target.authority = Some(guard.backend().authority().clone());
     target.path_and_query = Some(
-        std::mem::take(&mut parts.uri)
-            .into_parts()
-            .path_and_query
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        std::mem::take(&mut parts.uri).into_parts().path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
     parts.uri = match Uri::from_parts(target) {
         Ok(uri) => uri,
@@ -168,11 +156,7 @@ async fn proxy(
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     headers.insert(X_FORWARDED_HOST.clone(), host);
 
-    let mut resp = match shared
-        .client
-        .request(Request::from_parts(parts, body))
-        .await
-    {
+    let mut resp = match shared.client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => resp,
         Err(err) => {
             tracing::warn!(
@@ -191,21 +175,13 @@ async fn proxy(
         tokio::spawn(tunnel(client_upgrade, backend_upgrade, guard));
         let (mut parts, _) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         return Ok(Response::from_parts(parts, ProxyBody::Page(None)));
     }
 
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::Backend {
-            body,
-            _in_flight: guard,
-        },
-    ))
+    Ok(Response::from_parts(parts, ProxyBody::Backend { body, _in_flight: guard }))
 }
 
 /// Copies bytes both ways between the client and the backend once both sides switched
@@ -253,17 +229,11 @@ fn project_of<'a>(host: &'a str, suffix: &str) -> Option<&'a str> {
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v, "upgrade"))
+    headers.contains_key(header::UPGRADE) && headers.get_all(header::CONNECTION).iter().any(|v| has_token(v, "upgrade"))
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
@@ -334,10 +304,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Backend { body, .. } => Pin::new(body).poll_frame(cx),
             ProxyBody::Page(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -354,9 +321,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Backend { body, .. } => body.size_hint(),
-            ProxyBody::Page(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            ProxyBody::Page(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }
@@ -393,10 +358,7 @@ fn page(which: Page) -> Response<ProxyBody> {
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(header::SERVER, HeaderValue::from_static("paastech"));
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -430,10 +392,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Foo"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Foo"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-foo", HeaderValue::from_static("1"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));

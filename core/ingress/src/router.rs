@@ -18,19 +18,14 @@ pub struct IngressRouter {
 impl IngressRouter {
     /// `health_path` is what a new instance must answer (any status below 500).
     pub fn new(table: RouteTable, health_path: impl Into<String>) -> Self {
-        IngressRouter {
-            table,
-            health_path: health_path.into(),
-        }
+        IngressRouter { table, health_path: health_path.into() }
     }
 }
 
 #[async_trait]
 impl TrafficRouter for IngressRouter {
     async fn wait_healthy(&self, addr: SocketAddr, timeout: Duration) -> paastech_core::Result<()> {
-        health_check(addr, &self.health_path, timeout)
-            .await
-            .map_err(Into::into)
+        health_check(addr, &self.health_path, timeout).await.map_err(Into::into)
     }
 
     async fn switch(&self, project: &ProjectName, backends: Vec<SocketAddr>, drain_for: Duration) {

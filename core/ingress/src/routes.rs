@@ -30,14 +30,9 @@ struct BackendInner {
 
 impl Backend {
     fn new(addr: SocketAddr) -> Self {
-        let authority = Authority::try_from(addr.to_string().as_str())
-            .expect("a socket address is a valid URI authority");
-        Backend(Arc::new(BackendInner {
-            addr,
-            authority,
-            in_flight: AtomicUsize::new(0),
-            idle: Notify::new(),
-        }))
+        let authority =
+            Authority::try_from(addr.to_string().as_str()).expect("a socket address is a valid URI authority");
+        Backend(Arc::new(BackendInner { addr, authority, in_flight: AtomicUsize::new(0), idle: Notify::new() }))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -71,10 +66,7 @@ impl Backend {
 
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backend")
-            .field("addr", &self.0.addr)
-            .field("in_flight", &self.in_flight())
-            .finish()
+        f.debug_struct("Backend").field("addr", &self.0.addr).field("in_flight", &self.in_flight()).finish()
     }
 }
 
@@ -164,43 +156,24 @@ impl RouteTable {
     pub fn set_backends(&self, project: &str, backends: Vec<SocketAddr>) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
         let mut map = self.write();
-        let old = map
-            .remove(key.as_str())
-            .map(|p| p.backends)
-            .unwrap_or_default();
+        let old = map.remove(key.as_str()).map(|p| p.backends).unwrap_or_default();
         let mut new = Vec::with_capacity(backends.len());
         for addr in backends {
             if new.iter().any(|b: &Backend| b.addr() == addr) {
                 continue;
             }
-            let handle = old
-                .iter()
-                .find(|b| b.addr() == addr)
-                .cloned()
-                .unwrap_or_else(|| Backend::new(addr));
+            let handle = old.iter().find(|b| b.addr() == addr).cloned().unwrap_or_else(|| Backend::new(addr));
             new.push(handle);
         }
-        let removed = old
-            .into_iter()
-            .filter(|b| !new.iter().any(|n| n.addr() == b.addr()))
-            .collect();
-        map.insert(
-            key.into_boxed_str(),
-            Pool {
-                backends: new,
-                next: AtomicUsize::new(0),
-            },
-        );
+        let removed = old.into_iter().filter(|b| !new.iter().any(|n| n.addr() == b.addr())).collect();
+        map.insert(key.into_boxed_str(), Pool { backends: new, next: AtomicUsize::new(0) });
         removed
     }
 
     /// Forgets a project (it answers 404 afterwards). Returns its backends, to drain.
     pub fn remove(&self, project: &str) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
-        self.write()
-            .remove(key.as_str())
-            .map(|p| p.backends)
-            .unwrap_or_default()
+        self.write().remove(key.as_str()).map(|p| p.backends).unwrap_or_default()
     }
 
     /// The backends serving `project`; `None` when the project is unknown.
@@ -224,11 +197,7 @@ impl RouteTable {
         if n == 0 {
             return Pick::NoBackends;
         }
-        let i = if n == 1 {
-            0
-        } else {
-            pool.next.fetch_add(1, Ordering::Relaxed) % n
-        };
+        let i = if n == 1 { 0 } else { pool.next.fetch_add(1, Ordering::Relaxed) % n };
         Pick::Backend(InFlight::start(&pool.backends[i]))
     }
 }
@@ -286,10 +255,7 @@ mod tests {
         };
         assert_eq!(guard.backend().addr(), addr(1));
         let removed = t.set_backends("a", vec![addr(1), addr(3)]);
-        assert_eq!(
-            removed.iter().map(Backend::addr).collect::<Vec<_>>(),
-            vec![addr(2)]
-        );
+        assert_eq!(removed.iter().map(Backend::addr).collect::<Vec<_>>(), vec![addr(2)]);
         let kept = t.backends("a").expect("known");
         assert_eq!(kept[0].in_flight(), 1, "kept handle keeps its count");
         drop(guard);

@@ -53,9 +53,7 @@ pub(crate) async fn run<F, S>(
         // Small request/response exchanges must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let service = make_service(peer);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);

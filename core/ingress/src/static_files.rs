@@ -28,14 +28,10 @@ type StaticBody = Either<FileBody, Full<Bytes>>;
 /// through `..`, encoded or not, nor through symlinks).
 ///
 /// Fails at once if `root` is not a readable directory.
-pub async fn serve_static(
-    listener: TcpListener,
-    root: PathBuf,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    let root = tokio::fs::canonicalize(&root).await.map_err(|err| {
-        io::Error::new(err.kind(), format!("static root {}: {err}", root.display()))
-    })?;
+pub async fn serve_static(listener: TcpListener, root: PathBuf, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    let root = tokio::fs::canonicalize(&root)
+        .await
+        .map_err(|err| io::Error::new(err.kind(), format!("static root {}: {err}", root.display())))?;
     if !tokio::fs::metadata(&root).await?.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::NotADirectory,
@@ -51,17 +47,13 @@ pub async fn serve_static(
     Ok(())
 }
 
-async fn handle(
-    root: Arc<Path>,
-    req: Request<Incoming>,
-) -> Result<Response<StaticBody>, Infallible> {
+async fn handle(root: Arc<Path>, req: Request<Incoming>) -> Result<Response<StaticBody>, Infallible> {
     let head = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
         _ => {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return Ok(resp);
         }
     };
@@ -97,21 +89,12 @@ async fn handle(
         Ok(m) if m.is_file() => m.len(),
         _ => return Ok(text(StatusCode::NOT_FOUND, "not found\n")),
     };
-    let body = if head {
-        Either::Right(Full::new(Bytes::new()))
-    } else {
-        Either::Left(FileBody {
-            file,
-            remaining: len,
-        })
-    };
+    let body =
+        if head { Either::Right(Full::new(Bytes::new())) } else { Either::Left(FileBody { file, remaining: len }) };
     let mut resp = Response::new(body);
     let headers = resp.headers_mut();
     headers.insert(header::SERVER, HeaderValue::from_static("paastech"));
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(&path)),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&path)));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     Ok(resp)
 }
@@ -168,26 +151,17 @@ fn redirect_to_dir(uri: &http::Uri) -> Response<StaticBody> {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<StaticBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
-        body.as_bytes(),
-    ))));
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(header::SERVER, HeaderValue::from_static("paastech"));
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
 /// The media type of a file, by extension.
 fn content_type(path: &Path) -> &'static str {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "html" | "htm" => "text/html; charset=utf-8",
         "css" => "text/css; charset=utf-8",
@@ -231,10 +205,7 @@ impl Body for FileBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
         if this.remaining == 0 {
             return Poll::Ready(None);
@@ -306,10 +277,7 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(
-            content_type(Path::new("a/INDEX.HTML")),
-            "text/html; charset=utf-8"
-        );
+        assert_eq!(content_type(Path::new("a/INDEX.HTML")), "text/html; charset=utf-8");
         assert_eq!(content_type(Path::new("x.woff2")), "font/woff2");
         assert_eq!(content_type(Path::new("noext")), "application/octet-stream");
     }

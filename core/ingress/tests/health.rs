@@ -27,16 +27,11 @@ async fn healthy_once_the_app_answers_below_500() {
             } else {
                 StatusCode::NOT_FOUND
             };
-            Response::builder()
-                .status(status)
-                .body(full(""))
-                .expect("response")
+            Response::builder().status(status).body(full("")).expect("response")
         }
     })
     .await;
-    health_check(app.addr, "healthz", Duration::from_secs(5))
-        .await
-        .expect("healthy");
+    health_check(app.addr, "healthz", Duration::from_secs(5)).await.expect("healthy");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
@@ -50,32 +45,24 @@ async fn waits_for_the_app_to_start_listening() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let listener = TcpListener::bind(addr).await.expect("rebind");
         let (stream, _) = listener.accept().await.expect("accept");
-        let svc = hyper::service::service_fn(|_req| async {
-            Ok::<_, std::convert::Infallible>(Response::new(full("up")))
-        });
+        let svc =
+            hyper::service::service_fn(|_req| async { Ok::<_, std::convert::Infallible>(Response::new(full("up"))) });
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
             .await;
     });
-    health_check(addr, "/", Duration::from_secs(5))
-        .await
-        .expect("healthy once listening");
+    health_check(addr, "/", Duration::from_secs(5)).await.expect("healthy once listening");
     start_later.abort();
 }
 
 #[tokio::test]
 async fn fails_on_500_and_says_so() {
     let app = backend(|_req| async {
-        Response::builder()
-            .status(StatusCode::INTERNAL_SERVER_ERROR)
-            .body(full("boom"))
-            .expect("response")
+        Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).body(full("boom")).expect("response")
     })
     .await;
     let started = tokio::time::Instant::now();
-    let err = health_check(app.addr, "/", Duration::from_millis(400))
-        .await
-        .expect_err("a 500 is not healthy");
+    let err = health_check(app.addr, "/", Duration::from_millis(400)).await.expect_err("a 500 is not healthy");
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(matches!(err.last, LastSeen::Status(s) if s == StatusCode::INTERNAL_SERVER_ERROR));
@@ -88,9 +75,7 @@ async fn fails_on_connection_refused() {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         l.local_addr().expect("addr")
     };
-    let err = health_check(addr, "/", Duration::from_millis(300))
-        .await
-        .expect_err("nothing listens");
+    let err = health_check(addr, "/", Duration::from_millis(300)).await.expect_err("nothing listens");
     assert!(matches!(err.last, LastSeen::ConnectFailed(_)), "{err:?}");
     assert!(err.to_string().contains("connection failed"), "{err}");
     let core: paastech_core::Error = err.into();
@@ -109,13 +94,8 @@ async fn times_out_when_the_app_never_answers() {
         }
     });
     let started = tokio::time::Instant::now();
-    let err = health_check(addr, "/", Duration::from_millis(300))
-        .await
-        .expect_err("no answer");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "timeout respected"
-    );
+    let err = health_check(addr, "/", Duration::from_millis(300)).await.expect_err("no answer");
+    assert!(started.elapsed() < Duration::from_secs(2), "timeout respected");
     assert!(matches!(err.last, LastSeen::NoAnswer), "{err:?}");
     assert!(err.to_string().contains("no answer"), "{err}");
 }
@@ -123,8 +103,6 @@ async fn times_out_when_the_app_never_answers() {
 #[tokio::test]
 async fn invalid_path_fails_at_once() {
     let app = text_backend("ok").await;
-    let err = health_check(app.addr, "/a b", Duration::from_secs(5))
-        .await
-        .expect_err("invalid path");
+    let err = health_check(app.addr, "/a b", Duration::from_secs(5)).await.expect_err("invalid path");
     assert!(matches!(err.last, LastSeen::InvalidPath(_)), "{err:?}");
 }

@@ -42,13 +42,7 @@ async fn unknown_host_is_404_page() {
     let blog = text_backend("blog").await;
     table.set_backends("blog", vec![blog.addr]);
 
-    for host in [
-        "nope.apps.test",
-        "apps.test",
-        "a.blog.apps.test",
-        "blog.other.test",
-        "127.0.0.1",
-    ] {
+    for host in ["nope.apps.test", "apps.test", "a.blog.apps.test", "blog.other.test", "127.0.0.1"] {
         let answer = get(ingress, host, "/").await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND, "host {host}");
         assert_eq!(answer.headers["server"], "paastech");
@@ -67,11 +61,7 @@ async fn project_without_backends_is_503_page() {
     let answer = get(ingress, "idle.apps.test", "/").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.headers["server"], "paastech");
-    assert!(
-        answer.body.contains("no live deployment"),
-        "{}",
-        answer.body
-    );
+    assert!(answer.body.contains("no live deployment"), "{}", answer.body);
 
     table.remove("idle");
     let answer = get(ingress, "idle.apps.test", "/").await;
@@ -108,12 +98,7 @@ async fn forwards_method_path_headers_and_adds_forwarded_headers() {
         async move {
             let (parts, body) = req.into_parts();
             let body = body.collect().await.expect("body").to_bytes();
-            *store.lock().expect("lock") = Some((
-                parts.method.to_string(),
-                parts.uri.to_string(),
-                parts.headers,
-                body,
-            ));
+            *store.lock().expect("lock") = Some((parts.method.to_string(), parts.uri.to_string(), parts.headers, body));
             Response::builder()
                 .status(StatusCode::CREATED)
                 .header("x-app", "yes")
@@ -166,10 +151,8 @@ async fn streams_large_bodies_both_ways() {
     const CHUNKS: usize = 64; // 16 MiB
     let (ingress, table) = start_ingress().await;
     // Echoes the request body as the response body, as it arrives.
-    let echo = backend(|req: Request<hyper::body::Incoming>| async move {
-        Response::new(req.into_body().boxed())
-    })
-    .await;
+    let echo =
+        backend(|req: Request<hyper::body::Incoming>| async move { Response::new(req.into_body().boxed()) }).await;
     table.set_backends("echo", vec![echo.addr]);
 
     let (tx, rx) = mpsc::channel::<Bytes>(1);
@@ -206,9 +189,8 @@ async fn streams_large_bodies_both_ways() {
             tx.send(chunk(i)).await.expect("send chunk");
         }
     });
-    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
-        .await
-        .expect("echo keeps flowing")
+    while let Some(frame) =
+        tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("echo keeps flowing")
     {
         if let Ok(data) = frame.expect("frame ok").into_data() {
             received += data.len();
@@ -230,11 +212,7 @@ async fn reuses_backend_connections() {
         let answer = get(ingress, "pool.apps.test", "/").await;
         assert_eq!(answer.body, "ok");
     }
-    assert_eq!(
-        app.connections(),
-        1,
-        "sequential requests share one backend connection"
-    );
+    assert_eq!(app.connections(), 1, "sequential requests share one backend connection");
 }
 
 #[tokio::test]
@@ -259,12 +237,7 @@ async fn read_head(stream: &mut TcpStream) -> String {
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         let n = stream.read(&mut byte).await.expect("read head");
-        assert_eq!(
-            n,
-            1,
-            "closed in the head: {}",
-            String::from_utf8_lossy(&head)
-        );
+        assert_eq!(n, 1, "closed in the head: {}", String::from_utf8_lossy(&head));
         head.push(byte[0]);
     }
     String::from_utf8_lossy(&head).into_owned()
@@ -282,9 +255,7 @@ async fn upgrade_is_tunnelled_both_ways() {
         let head = read_head(&mut stream).await;
         let _ = head_tx.send(head);
         stream
-            .write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-            )
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
             .await
             .expect("write 101");
         let mut buf = [0u8; 1024];
@@ -306,27 +277,16 @@ async fn upgrade_is_tunnelled_both_ways() {
         )
         .await
         .expect("write upgrade");
-    let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut client))
-        .await
-        .expect("101 within 10s");
+    let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut client)).await.expect("101 within 10s");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let lower = head.to_ascii_lowercase();
     assert!(lower.contains("upgrade: echo"), "{head}");
     assert!(lower.contains("connection: upgrade"), "{head}");
 
-    let backend_head = head_rx
-        .await
-        .expect("backend saw the request")
-        .to_ascii_lowercase();
-    assert!(
-        backend_head.starts_with("get /socket http/1.1"),
-        "{backend_head}"
-    );
+    let backend_head = head_rx.await.expect("backend saw the request").to_ascii_lowercase();
+    assert!(backend_head.starts_with("get /socket http/1.1"), "{backend_head}");
     assert!(backend_head.contains("upgrade: echo"), "{backend_head}");
-    assert!(
-        backend_head.contains("connection: upgrade"),
-        "{backend_head}"
-    );
+    assert!(backend_head.contains("connection: upgrade"), "{backend_head}");
     assert!(backend_head.contains("sec-test: 1"), "{backend_head}");
 
     for msg in [&b"hello"[..], b"second message", &[b'x'; 5000][..]] {
@@ -368,10 +328,7 @@ async fn drain_waits_for_in_flight_request_then_switch_is_atomic() {
     table.set_backends("app", vec![slow.addr]);
 
     let pending = tokio::spawn(get(ingress, "app.apps.test", "/slow"));
-    arrived_rx
-        .recv()
-        .await
-        .expect("slow request reached the backend");
+    arrived_rx.recv().await.expect("slow request reached the backend");
 
     let old = table.set_backends("app", vec![fresh.addr]);
     assert_eq!(old.len(), 1);
@@ -386,10 +343,7 @@ async fn drain_waits_for_in_flight_request_then_switch_is_atomic() {
         async move { paastech_ingress::drain(&old, Duration::from_secs(10)).await }
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert!(
-        !drained.is_finished(),
-        "drain must wait for the slow request"
-    );
+    assert!(!drained.is_finished(), "drain must wait for the slow request");
 
     release.notify_one();
     assert!(drained.await.expect("join"), "drained before the timeout");
@@ -414,10 +368,7 @@ async fn drain_gives_up_at_timeout() {
     .await;
     table.set_backends("hang", vec![hang.addr]);
     let _pending = tokio::spawn(get(ingress, "hang.apps.test", "/"));
-    arrived_rx
-        .recv()
-        .await
-        .expect("request reached the backend");
+    arrived_rx.recv().await.expect("request reached the backend");
     let old = table.set_backends("hang", vec![]);
     let started = tokio::time::Instant::now();
     assert!(!paastech_ingress::drain(&old, Duration::from_millis(200)).await);
@@ -454,18 +405,12 @@ async fn shutdown_lets_open_requests_finish_then_stops() {
     .await;
     table.set_backends("app", vec![slow.addr]);
     let pending = tokio::spawn(get(ingress, "app.apps.test", "/"));
-    arrived_rx
-        .recv()
-        .await
-        .expect("request reached the backend");
+    arrived_rx.recv().await.expect("request reached the backend");
 
     stop_tx.send(()).expect("stop");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!server.is_finished(), "waits for the open request");
-    assert!(
-        TcpStream::connect(ingress).await.is_err(),
-        "no new connections after shutdown"
-    );
+    assert!(TcpStream::connect(ingress).await.is_err(), "no new connections after shutdown");
 
     release.notify_one();
     let answer = pending.await.expect("join");

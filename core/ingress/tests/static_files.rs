@@ -29,16 +29,11 @@ async fn site() -> Site {
     std::fs::write(root.join("logo.svg"), "<svg/>").expect("write");
     std::fs::write(root.join("data.bin"), [0u8, 1, 2]).expect("write");
     std::fs::write(root.join("big.txt"), "x".repeat(300_000)).expect("write");
-    std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("link.txt"))
-        .expect("symlink");
+    std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("link.txt")).expect("symlink");
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(paastech_ingress::serve_static(
-        listener,
-        root,
-        std::future::pending(),
-    ));
+    tokio::spawn(paastech_ingress::serve_static(listener, root, std::future::pending()));
     Site { addr, _dir: dir }
 }
 
@@ -50,11 +45,7 @@ async fn serves_files_and_index_pages() {
         ("/", "<h1>home</h1>", "text/html; charset=utf-8"),
         ("/index.html", "<h1>home</h1>", "text/html; charset=utf-8"),
         ("/docs/", "<h1>docs</h1>", "text/html; charset=utf-8"),
-        (
-            "/docs/deep/page.html?v=1",
-            "deep",
-            "text/html; charset=utf-8",
-        ),
+        ("/docs/deep/page.html?v=1", "deep", "text/html; charset=utf-8"),
         ("/style.css", "body{}", "text/css; charset=utf-8"),
         ("/app.JS", "1", "text/javascript; charset=utf-8"),
         ("/logo.svg", "<svg/>", "image/svg+xml"),
@@ -65,10 +56,7 @@ async fn serves_files_and_index_pages() {
         assert_eq!(answer.status, StatusCode::OK, "{path}");
         assert_eq!(answer.body, *body, "{path}");
         assert_eq!(answer.headers["content-type"], *ctype, "{path}");
-        assert_eq!(
-            answer.headers["content-length"],
-            body.len().to_string().as_str()
-        );
+        assert_eq!(answer.headers["content-length"], body.len().to_string().as_str());
     }
     let big = get(site.addr, host, "/big.txt").await;
     assert_eq!(big.body.len(), 300_000);
@@ -85,41 +73,22 @@ async fn directory_without_slash_redirects() {
 #[tokio::test]
 async fn head_has_headers_without_body() {
     let site = site().await;
-    let raw = raw_request(
-        site.addr,
-        "HEAD /style.css HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let raw = raw_request(site.addr, "HEAD /style.css HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n").await;
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    assert!(
-        raw.to_ascii_lowercase().contains("content-length: 6"),
-        "{raw}"
-    );
+    assert!(raw.to_ascii_lowercase().contains("content-length: 6"), "{raw}");
     assert!(raw.ends_with("\r\n\r\n"), "no body after the head: {raw:?}");
 }
 
 #[tokio::test]
 async fn missing_and_other_methods() {
     let site = site().await;
-    assert_eq!(
-        get(site.addr, "site", "/nope.html").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(get(site.addr, "site", "/nope.html").await.status, StatusCode::NOT_FOUND);
     // A directory without an index.
-    assert_eq!(
-        get(site.addr, "site", "/empty/").await.status,
-        StatusCode::NOT_FOUND
-    );
-    let raw = raw_request(
-        site.addr,
-        "POST / HTTP/1.1\r\nHost: site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    assert_eq!(get(site.addr, "site", "/empty/").await.status, StatusCode::NOT_FOUND);
+    let raw =
+        raw_request(site.addr, "POST / HTTP/1.1\r\nHost: site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
     assert!(raw.starts_with("HTTP/1.1 405"), "{raw}");
-    assert!(
-        raw.to_ascii_lowercase().contains("allow: get, head"),
-        "{raw}"
-    );
+    assert!(raw.to_ascii_lowercase().contains("allow: get, head"), "{raw}");
 }
 
 #[tokio::test]
@@ -141,10 +110,7 @@ async fn never_serves_outside_the_root() {
         let request = format!("GET {path} HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n");
         let raw = raw_request(site.addr, &request).await;
         assert!(!raw.contains("TOP SECRET"), "{path} leaked: {raw}");
-        assert!(
-            raw.starts_with("HTTP/1.1 404") || raw.starts_with("HTTP/1.1 400"),
-            "{path}: {raw}"
-        );
+        assert!(raw.starts_with("HTTP/1.1 404") || raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
     }
 }
 
@@ -158,8 +124,5 @@ async fn missing_root_is_an_error() {
     )
     .await
     .expect_err("no such root");
-    assert!(
-        err.to_string().contains("/nonexistent/paastech-root"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/nonexistent/paastech-root"), "{err}");
 }

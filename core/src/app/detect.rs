@@ -14,15 +14,8 @@ use super::procfile;
 use super::shell::shell_quote;
 
 /// Every file detection looks at, in the order it looks.
-pub const MARKERS: &[&str] = &[
-    "Procfile",
-    "requirements.txt",
-    "pyproject.toml",
-    "package.json",
-    "Cargo.toml",
-    "go.mod",
-    "index.html",
-];
+pub const MARKERS: &[&str] =
+    &["Procfile", "requirements.txt", "pyproject.toml", "package.json", "Cargo.toml", "go.mod", "index.html"];
 
 /// A Procfile larger than this is not a Procfile.
 const MAX_PROCFILE_BYTES: u64 = 64 * 1024;
@@ -65,11 +58,7 @@ pub struct Detected {
 pub fn detect(dir: &Path) -> Result<Detected> {
     let has = |name: &str| is_regular_file(&dir.join(name));
 
-    let procfile = if has("Procfile") {
-        Some(read_procfile(dir)?)
-    } else {
-        None
-    };
+    let procfile = if has("Procfile") { Some(read_procfile(dir)?) } else { None };
 
     let language = if has("requirements.txt") || has("pyproject.toml") {
         Some(Language::Python)
@@ -86,11 +75,7 @@ pub fn detect(dir: &Path) -> Result<Detected> {
     };
 
     if let Some(processes) = procfile {
-        return Ok(Detected {
-            language,
-            procfile: true,
-            processes,
-        });
+        return Ok(Detected { language, procfile: true, processes });
     }
     let Some(language) = language else {
         return Err(Error::Invalid(format!(
@@ -101,9 +86,7 @@ pub fn detect(dir: &Path) -> Result<Detected> {
     let web = match language {
         Language::Python => return Err(no_default(language, "web: python3 app.py")),
         Language::Node => Some("npm start".to_owned()),
-        Language::Rust => {
-            rust_binary(dir)?.map(|name| format!("target/release/{}", shell_quote(&name)))
-        }
+        Language::Rust => rust_binary(dir)?.map(|name| format!("target/release/{}", shell_quote(&name))),
         Language::Go => Some("bin/app".to_owned()),
         Language::Static => None,
     };
@@ -112,11 +95,7 @@ pub fn detect(dir: &Path) -> Result<Detected> {
         (_, Some(web)) => BTreeMap::from([("web".to_owned(), web)]),
         (_, None) => return Err(no_default(language, "web: target/release/my-app")),
     };
-    Ok(Detected {
-        language: Some(language),
-        procfile: false,
-        processes,
-    })
+    Ok(Detected { language: Some(language), procfile: false, processes })
 }
 
 fn no_default(language: Language, example: &str) -> Error {
@@ -128,46 +107,34 @@ fn no_default(language: Language, example: &str) -> Error {
 }
 
 fn is_regular_file(path: &Path) -> bool {
-    path.symlink_metadata()
-        .is_ok_and(|m| m.file_type().is_file())
+    path.symlink_metadata().is_ok_and(|m| m.file_type().is_file())
 }
 
 fn read_procfile(dir: &Path) -> Result<BTreeMap<String, String>> {
     let path = dir.join("Procfile");
-    let len = path
-        .symlink_metadata()
-        .map_err(|e| read_error("Procfile", e))?
-        .len();
+    let len = path.symlink_metadata().map_err(|e| read_error("Procfile", e))?.len();
     if len > MAX_PROCFILE_BYTES {
-        return Err(Error::Invalid(format!(
-            "Procfile is {len} bytes; the limit is {MAX_PROCFILE_BYTES}"
-        )));
+        return Err(Error::Invalid(format!("Procfile is {len} bytes; the limit is {MAX_PROCFILE_BYTES}")));
     }
     let bytes = std::fs::read(&path).map_err(|e| read_error("Procfile", e))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| Error::Invalid("Procfile is not valid UTF-8".into()))?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::Invalid("Procfile is not valid UTF-8".into()))?;
     procfile::parse(&text)
 }
 
 /// The binary `cargo build --release` makes by default: the only `[[bin]]` if there is
 /// exactly one, else the package name. `None` for a workspace without a package.
 fn rust_binary(dir: &Path) -> Result<Option<String>> {
-    let text =
-        std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| read_error("Cargo.toml", e))?;
-    let manifest: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        Error::Invalid(format!("Cargo.toml is not valid TOML: {}", e.message()))
-    })?;
+    let text = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| read_error("Cargo.toml", e))?;
+    let manifest: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| Error::Invalid(format!("Cargo.toml is not valid TOML: {}", e.message())))?;
     let bins = manifest.get("bin").and_then(|b| b.as_array());
     if let Some([bin]) = bins.map(Vec::as_slice)
         && let Some(name) = bin.get("name").and_then(|n| n.as_str())
     {
         return Ok(Some(name.to_owned()));
     }
-    Ok(manifest
-        .get("package")
-        .and_then(|p| p.get("name"))
-        .and_then(|n| n.as_str())
-        .map(str::to_owned))
+    Ok(manifest.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()).map(str::to_owned))
 }
 
 fn read_error(what: &str, err: io::Error) -> Error {
@@ -191,39 +158,25 @@ mod tests {
     }
 
     fn procs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn detects_apps() {
         let cases: &[Case] = &[
             (
-                &[
-                    ("requirements.txt", ""),
-                    ("Procfile", "web: python3 app.py"),
-                ],
+                &[("requirements.txt", ""), ("Procfile", "web: python3 app.py")],
                 Some(Language::Python),
                 true,
                 &[("web", "python3 app.py")],
             ),
             (
-                &[
-                    ("pyproject.toml", "[project]\nname='x'"),
-                    ("Procfile", "web: x\nworker: y"),
-                ],
+                &[("pyproject.toml", "[project]\nname='x'"), ("Procfile", "web: x\nworker: y")],
                 Some(Language::Python),
                 true,
                 &[("web", "x"), ("worker", "y")],
             ),
-            (
-                &[("package.json", "{}")],
-                Some(Language::Node),
-                false,
-                &[("web", "npm start")],
-            ),
+            (&[("package.json", "{}")], Some(Language::Node), false, &[("web", "npm start")]),
             (
                 &[("package.json", "{}"), ("Procfile", "worker: node w.js")],
                 Some(Language::Node),
@@ -231,19 +184,13 @@ mod tests {
                 &[("worker", "node w.js")],
             ),
             (
-                &[(
-                    "Cargo.toml",
-                    "[package]\nname = \"my-app\"\nversion = \"0.1.0\"",
-                )],
+                &[("Cargo.toml", "[package]\nname = \"my-app\"\nversion = \"0.1.0\"")],
                 Some(Language::Rust),
                 false,
                 &[("web", "target/release/my-app")],
             ),
             (
-                &[(
-                    "Cargo.toml",
-                    "[package]\nname = \"pkg\"\n[[bin]]\nname = \"server\"\npath = \"src/main.rs\"",
-                )],
+                &[("Cargo.toml", "[package]\nname = \"pkg\"\n[[bin]]\nname = \"server\"\npath = \"src/main.rs\"")],
                 Some(Language::Rust),
                 false,
                 &[("web", "target/release/server")],
@@ -254,37 +201,13 @@ mod tests {
                 false,
                 &[("web", "target/release/'it'\\''s'")],
             ),
-            (
-                &[("go.mod", "module x")],
-                Some(Language::Go),
-                false,
-                &[("web", "bin/app")],
-            ),
-            (
-                &[("index.html", "<p>hi")],
-                Some(Language::Static),
-                false,
-                &[],
-            ),
-            (
-                &[("index.html", "<p>hi"), ("Procfile", "web: ./serve")],
-                None,
-                true,
-                &[("web", "./serve")],
-            ),
-            (
-                &[("Procfile", "web: ./run.sh")],
-                None,
-                true,
-                &[("web", "./run.sh")],
-            ),
+            (&[("go.mod", "module x")], Some(Language::Go), false, &[("web", "bin/app")]),
+            (&[("index.html", "<p>hi")], Some(Language::Static), false, &[]),
+            (&[("index.html", "<p>hi"), ("Procfile", "web: ./serve")], None, true, &[("web", "./serve")]),
+            (&[("Procfile", "web: ./run.sh")], None, true, &[("web", "./run.sh")]),
             // Python is checked before Node: a Python app with a JS asset toolchain.
             (
-                &[
-                    ("requirements.txt", ""),
-                    ("package.json", "{}"),
-                    ("Procfile", "web: a"),
-                ],
+                &[("requirements.txt", ""), ("package.json", "{}"), ("Procfile", "web: a")],
                 Some(Language::Python),
                 true,
                 &[("web", "a")],
@@ -295,11 +218,7 @@ mod tests {
             let got = detect(dir.path()).unwrap_or_else(|e| panic!("{files:?}: {e}"));
             assert_eq!(
                 got,
-                Detected {
-                    language: *language,
-                    procfile: *procfile,
-                    processes: procs(processes)
-                },
+                Detected { language: *language, procfile: *procfile, processes: procs(processes) },
                 "{files:?}"
             );
         }
@@ -321,23 +240,11 @@ mod tests {
                 ],
             ),
             (&[("README.md", "hi")], &["none of"]),
-            (
-                &[("requirements.txt", "flask")],
-                &["python", "add a Procfile"],
-            ),
+            (&[("requirements.txt", "flask")], &["python", "add a Procfile"]),
             (&[("pyproject.toml", "")], &["python", "add a Procfile"]),
-            (
-                &[("Cargo.toml", "[workspace]\nmembers = []")],
-                &["rust", "add a Procfile"],
-            ),
-            (
-                &[("Cargo.toml", "[package")],
-                &["Cargo.toml is not valid TOML"],
-            ),
-            (
-                &[("requirements.txt", ""), ("Procfile", "web python3 app.py")],
-                &["Procfile line 1"],
-            ),
+            (&[("Cargo.toml", "[workspace]\nmembers = []")], &["rust", "add a Procfile"]),
+            (&[("Cargo.toml", "[package")], &["Cargo.toml is not valid TOML"]),
+            (&[("requirements.txt", ""), ("Procfile", "web python3 app.py")], &["Procfile line 1"]),
             (&[("Procfile", "# nothing\n")], &["no process types"]),
             (&[("Procfile", "web: a\nweb: b")], &["line 2", "twice"]),
         ];
@@ -346,10 +253,7 @@ mod tests {
             match detect(dir.path()) {
                 Err(Error::Invalid(message)) => {
                     for needle in *needles {
-                        assert!(
-                            message.contains(needle),
-                            "{files:?}: {message:?} lacks {needle:?}"
-                        );
+                        assert!(message.contains(needle), "{files:?}: {message:?} lacks {needle:?}");
                     }
                 }
                 other => panic!("{files:?}: expected an invalid error, got {other:?}"),
@@ -360,8 +264,7 @@ mod tests {
     #[test]
     fn ignores_symlinked_markers() {
         let dir = tree(&[("real", "web: cat /etc/shadow")]);
-        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("Procfile"))
-            .expect("symlink");
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("Procfile")).expect("symlink");
         std::fs::create_dir(dir.path().join("package.json")).expect("dir");
         let err = detect(dir.path()).expect_err("a symlink or a directory is not a marker");
         assert!(err.to_string().contains("none of"), "{err}");

@@ -18,33 +18,18 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>> {
             continue;
         }
         let Some((name, command)) = line.split_once(':') else {
-            return Err(invalid(
-                number,
-                "expected `name: command` but found no colon",
-            ));
+            return Err(invalid(number, "expected `name: command` but found no colon"));
         };
         let name = name.trim();
         if !is_valid_name(name) {
-            return Err(invalid(
-                number,
-                &format!("invalid process type {name:?}: use letters, digits, `_` and `-`"),
-            ));
+            return Err(invalid(number, &format!("invalid process type {name:?}: use letters, digits, `_` and `-`")));
         }
         let command = command.trim();
         if command.is_empty() {
-            return Err(invalid(
-                number,
-                &format!("process type {name:?} has an empty command"),
-            ));
+            return Err(invalid(number, &format!("process type {name:?} has an empty command")));
         }
-        if processes
-            .insert(name.to_owned(), command.to_owned())
-            .is_some()
-        {
-            return Err(invalid(
-                number,
-                &format!("process type {name:?} is declared twice"),
-            ));
+        if processes.insert(name.to_owned(), command.to_owned()).is_some() {
+            return Err(invalid(number, &format!("process type {name:?} is declared twice")));
         }
     }
     if processes.is_empty() {
@@ -55,10 +40,7 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>> {
 
 /// `[a-zA-Z0-9_-]+`, the names Heroku and Piku accept.
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn invalid(line: usize, why: &str) -> Error {
@@ -70,10 +52,7 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -85,18 +64,9 @@ mod tests {
                 "# comment\n\nweb: npm start\n  worker:   node worker.js  \n",
                 &[("web", "npm start"), ("worker", "node worker.js")],
             ),
-            (
-                "web:gunicorn app:app -b :$PORT",
-                &[("web", "gunicorn app:app -b :$PORT")],
-            ),
-            (
-                "web: a\r\nclock-2_b: b\r\n",
-                &[("web", "a"), ("clock-2_b", "b")],
-            ),
-            (
-                "   # indented comment\nWeb: x # not a comment",
-                &[("Web", "x # not a comment")],
-            ),
+            ("web:gunicorn app:app -b :$PORT", &[("web", "gunicorn app:app -b :$PORT")]),
+            ("web: a\r\nclock-2_b: b\r\n", &[("web", "a"), ("clock-2_b", "b")]),
+            ("   # indented comment\nWeb: x # not a comment", &[("Web", "x # not a comment")]),
         ];
         for (text, expected) in cases {
             let got = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));

@@ -6,10 +6,7 @@
 /// readability; anything else goes in single quotes, where nothing is special except the
 /// single quote itself, which is written as `'\''` (close, escaped quote, reopen).
 pub fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b));
+    let plain = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b));
     if plain {
         return word.to_owned();
     }
@@ -18,11 +15,7 @@ pub fn shell_quote(word: &str) -> String {
 
 /// Quotes each word and joins them with spaces: a command line for `sh -c`.
 pub fn shell_join<S: AsRef<str>>(words: &[S]) -> String {
-    words
-        .iter()
-        .map(|w| shell_quote(w.as_ref()))
-        .collect::<Vec<_>>()
-        .join(" ")
+    words.iter().map(|w| shell_quote(w.as_ref())).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -70,12 +63,7 @@ mod tests {
     #[test]
     fn sh_reads_quoted_words_back() {
         let script = format!("printf '%s\\0' {}", shell_join(WORDS));
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&script)
-            .env_clear()
-            .output()
-            .expect("run sh");
+        let out = std::process::Command::new("/bin/sh").arg("-c").arg(&script).env_clear().output().expect("run sh");
         assert!(out.status.success(), "{out:?}");
         let text = String::from_utf8(out.stdout).expect("utf-8");
         let words: Vec<&str> = text.split_terminator('\0').collect();

@@ -48,19 +48,14 @@ pub fn parse_git_command(command: &str) -> Result<(GitService, ProjectName)> {
     .find_map(|(prefix, service)| command.strip_prefix(prefix).map(|arg| (*service, arg)))
     .ok_or_else(unsupported)?;
 
-    let path = ['\'', '"']
-        .iter()
-        .find_map(|q| arg.strip_prefix(*q).and_then(|rest| rest.strip_suffix(*q)))
-        .unwrap_or(arg);
+    let path =
+        ['\'', '"'].iter().find_map(|q| arg.strip_prefix(*q).and_then(|rest| rest.strip_suffix(*q))).unwrap_or(arg);
     let path = path.strip_prefix('/').unwrap_or(path);
     let name = path.strip_suffix(".git").unwrap_or(path);
     // ProjectName allows only [a-z0-9-]: no quote, space, slash, dot or control character
     // survives this, whatever the quoting above let through.
     let project = ProjectName::parse(name).map_err(|_| {
-        Error::Invalid(format!(
-            "invalid repository path: use ssh://HOST/NAME.git ({})",
-            ProjectName::RULE
-        ))
+        Error::Invalid(format!("invalid repository path: use ssh://HOST/NAME.git ({})", ProjectName::RULE))
     })?;
     Ok((service, project))
 }
@@ -72,32 +67,12 @@ mod tests {
     #[test]
     fn accepts_what_git_sends() {
         let good = [
-            (
-                "git-receive-pack 'blog.git'",
-                GitService::ReceivePack,
-                "blog",
-            ),
+            ("git-receive-pack 'blog.git'", GitService::ReceivePack, "blog"),
             ("git-upload-pack 'blog.git'", GitService::UploadPack, "blog"),
-            (
-                "git-receive-pack '/blog.git'",
-                GitService::ReceivePack,
-                "blog",
-            ),
-            (
-                "git-upload-pack '/my-app2'",
-                GitService::UploadPack,
-                "my-app2",
-            ),
-            (
-                "git receive-pack 'blog.git'",
-                GitService::ReceivePack,
-                "blog",
-            ),
-            (
-                "git upload-pack \"blog.git\"",
-                GitService::UploadPack,
-                "blog",
-            ),
+            ("git-receive-pack '/blog.git'", GitService::ReceivePack, "blog"),
+            ("git-upload-pack '/my-app2'", GitService::UploadPack, "my-app2"),
+            ("git receive-pack 'blog.git'", GitService::ReceivePack, "blog"),
+            ("git upload-pack \"blog.git\"", GitService::UploadPack, "blog"),
             ("git-upload-pack \"/blog\"", GitService::UploadPack, "blog"),
             ("git-upload-pack blog.git", GitService::UploadPack, "blog"),
             ("git-receive-pack /blog", GitService::ReceivePack, "blog"),
@@ -149,10 +124,7 @@ mod tests {
         ];
         for input in bad {
             let result = parse_git_command(input);
-            assert!(
-                matches!(result, Err(Error::Invalid(_))),
-                "{input:?} gave {result:?}"
-            );
+            assert!(matches!(result, Err(Error::Invalid(_))), "{input:?} gave {result:?}");
         }
     }
 

@@ -31,19 +31,14 @@ pub fn parse_public_key(line: &str) -> Result<ParsedKey> {
     }
     if line.contains("PRIVATE KEY") {
         return Err(Error::Invalid(
-            "this is a private key: never share it; paste the public key (the .pub file) instead"
-                .to_owned(),
+            "this is a private key: never share it; paste the public key (the .pub file) instead".to_owned(),
         ));
     }
     if line.contains('\n') {
-        return Err(Error::Invalid(
-            "the public key must be a single line".to_owned(),
-        ));
+        return Err(Error::Invalid("the public key must be a single line".to_owned()));
     }
     let key = PublicKey::from_openssh(line).map_err(|err| {
-        Error::Invalid(format!(
-            "not an OpenSSH public key ({err}); expected a line like \"ssh-ed25519 AAAA… comment\""
-        ))
+        Error::Invalid(format!("not an OpenSSH public key ({err}); expected a line like \"ssh-ed25519 AAAA… comment\""))
     })?;
     let algorithm = key.algorithm();
     match &algorithm {
@@ -57,17 +52,13 @@ pub fn parse_public_key(line: &str) -> Result<ParsedKey> {
             }
         }
         other => {
-            return Err(Error::Invalid(format!(
-                "unsupported key type {}: use ed25519, ECDSA or RSA",
-                other.as_str()
-            )));
+            return Err(Error::Invalid(format!("unsupported key type {}: use ed25519, ECDSA or RSA", other.as_str())));
         }
     }
     let mut bare = key.clone();
     bare.set_comment("");
-    let openssh = bare
-        .to_openssh()
-        .map_err(|err| Error::Invalid(format!("the public key cannot be encoded: {err}")))?;
+    let openssh =
+        bare.to_openssh().map_err(|err| Error::Invalid(format!("the public key cannot be encoded: {err}")))?;
     Ok(ParsedKey {
         algorithm: algorithm.as_str().to_owned(),
         fingerprint: fingerprint(&key),
@@ -84,14 +75,10 @@ pub(crate) fn fingerprint(key: &PublicKey) -> String {
 /// clients see the same host key across restarts.
 pub(crate) fn load_or_generate_host_key(path: &Path) -> Result<PrivateKey> {
     match std::fs::read_to_string(path) {
-        Ok(pem) => PrivateKey::from_openssh(pem.as_bytes()).map_err(|err| {
-            Error::internal(format!("reading the SSH host key {}", path.display()), err)
-        }),
+        Ok(pem) => PrivateKey::from_openssh(pem.as_bytes())
+            .map_err(|err| Error::internal(format!("reading the SSH host key {}", path.display()), err)),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => generate_host_key(path),
-        Err(err) => Err(Error::internal(
-            format!("reading the SSH host key {}", path.display()),
-            err,
-        )),
+        Err(err) => Err(Error::internal(format!("reading the SSH host key {}", path.display()), err)),
     }
 }
 
@@ -100,32 +87,18 @@ fn generate_host_key(path: &Path) -> Result<PrivateKey> {
 
     // russh's own generator wants rand 0.10; a 32-byte seed from the OS is all ed25519 needs.
     let seed: [u8; 32] = rand::random();
-    let key = PrivateKey::new(
-        KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
-        "paastech host key",
-    )
-    .map_err(|err| Error::internal("making the SSH host key", err))?;
-    let pem = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|err| Error::internal("encoding the SSH host key", err))?;
-    let io_err = |err: std::io::Error| {
-        Error::internal(format!("writing the SSH host key {}", path.display()), err)
-    };
+    let key = PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)), "paastech host key")
+        .map_err(|err| Error::internal("making the SSH host key", err))?;
+    let pem = key.to_openssh(LineEnding::LF).map_err(|err| Error::internal("encoding the SSH host key", err))?;
+    let io_err = |err: std::io::Error| Error::internal(format!("writing the SSH host key {}", path.display()), err);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io_err)?;
     }
     // Written under another name and renamed: a crash never leaves half a key, and
     // create_new with 0600 means the key is never readable by others, not even briefly.
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err)?;
-    file.write_all(pem.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_err)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io_err)?;
+    file.write_all(pem.as_bytes()).and_then(|()| file.sync_all()).map_err(io_err)?;
     std::fs::rename(&tmp, path).map_err(io_err)?;
     tracing::info!(path = %path.display(), fingerprint = %fingerprint(key.public_key()), "SSH host key generated");
     Ok(key)
@@ -135,30 +108,22 @@ fn generate_host_key(path: &Path) -> Result<PrivateKey> {
 mod tests {
     use super::*;
 
-    const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbRWVHNq8S/YbWFQ3iSvjn8s3JtrmdiL+rtN+5eBqzy alice@laptop";
+    const ED25519: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbRWVHNq8S/YbWFQ3iSvjn8s3JtrmdiL+rtN+5eBqzy alice@laptop";
 
     fn keygen(kind: &str, bits: Option<&str>, dir: &Path) -> (String, String) {
         let path = dir.join(format!("key-{kind}-{}", bits.unwrap_or("d")));
         let mut cmd = std::process::Command::new("ssh-keygen");
-        cmd.args(["-q", "-t", kind, "-N", "", "-C", "me@host", "-f"])
-            .arg(&path);
+        cmd.args(["-q", "-t", kind, "-N", "", "-C", "me@host", "-f"]).arg(&path);
         if let Some(bits) = bits {
             cmd.args(["-b", bits]);
         }
         let status = cmd.status().expect("ssh-keygen");
         assert!(status.success());
         let public = std::fs::read_to_string(path.with_extension("pub")).expect("pub");
-        let out = std::process::Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(&path)
-            .output()
-            .expect("ssh-keygen -l");
+        let out = std::process::Command::new("ssh-keygen").arg("-lf").arg(&path).output().expect("ssh-keygen -l");
         let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-        let fingerprint = listing
-            .split_whitespace()
-            .nth(1)
-            .expect("fingerprint")
-            .to_owned();
+        let fingerprint = listing.split_whitespace().nth(1).expect("fingerprint").to_owned();
         (public, fingerprint)
     }
 
@@ -177,11 +142,7 @@ mod tests {
             assert_eq!(parsed.fingerprint, expected, "{kind}");
             assert!(parsed.fingerprint.starts_with("SHA256:"));
             let mut words = public.split_whitespace();
-            let expected_openssh = format!(
-                "{} {}",
-                words.next().expect("type"),
-                words.next().expect("base64")
-            );
+            let expected_openssh = format!("{} {}", words.next().expect("type"), words.next().expect("base64"));
             assert_eq!(parsed.openssh, expected_openssh);
         }
     }
@@ -225,10 +186,7 @@ mod tests {
     #[test]
     fn comment_and_whitespace_are_dropped() {
         let parsed = parse_public_key(&format!("  {ED25519}  \n")).expect("valid");
-        assert_eq!(
-            parsed.openssh,
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbRWVHNq8S/YbWFQ3iSvjn8s3JtrmdiL+rtN+5eBqzy"
-        );
+        assert_eq!(parsed.openssh, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbRWVHNq8S/YbWFQ3iSvjn8s3JtrmdiL+rtN+5eBqzy");
     }
 
     #[test]
@@ -238,22 +196,12 @@ mod tests {
         let path = dir.path().join("state/ssh_host_ed25519_key");
         let first = load_or_generate_host_key(&path).expect("generate");
         assert_eq!(first.algorithm(), Algorithm::Ed25519);
-        let mode = std::fs::metadata(&path)
-            .expect("key file")
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(&path).expect("key file").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let second = load_or_generate_host_key(&path).expect("load");
-        assert_eq!(
-            fingerprint(first.public_key()),
-            fingerprint(second.public_key())
-        );
+        assert_eq!(fingerprint(first.public_key()), fingerprint(second.public_key()));
         // ssh-keygen reads what we wrote: it is a real OpenSSH private key.
-        let out = std::process::Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(&path)
-            .output()
-            .expect("ssh-keygen");
+        let out = std::process::Command::new("ssh-keygen").arg("-lf").arg(&path).output().expect("ssh-keygen");
         assert!(String::from_utf8_lossy(&out.stdout).contains(&fingerprint(first.public_key())));
     }
 }

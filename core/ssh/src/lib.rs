@@ -34,12 +34,7 @@ pub trait GitAccess: Send + Sync {
     /// Opens `project`'s repository for `user_id`, to push (`write`) or fetch. Answer
     /// `NotFound` or `Forbidden` when the project is missing or not theirs: both reach the
     /// user as the same "project not found or access denied".
-    async fn open_repo(
-        &self,
-        user_id: i64,
-        project: &ProjectName,
-        write: bool,
-    ) -> Result<RepoAccess>;
+    async fn open_repo(&self, user_id: i64, project: &ProjectName, write: bool) -> Result<RepoAccess>;
 }
 
 /// A repository git may run against.
@@ -54,11 +49,7 @@ pub struct RepoAccess {
 
 impl RepoAccess {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        RepoAccess {
-            path: path.into(),
-            env: Vec::new(),
-            guard: None,
-        }
+        RepoAccess { path: path.into(), env: Vec::new(), guard: None }
     }
 
     pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
@@ -76,10 +67,7 @@ impl std::fmt::Debug for RepoAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The env may carry secrets (the hook token): names only.
         let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
-        f.debug_struct("RepoAccess")
-            .field("path", &self.path)
-            .field("env", &names)
-            .finish_non_exhaustive()
+        f.debug_struct("RepoAccess").field("path", &self.path).field("env", &names).finish_non_exhaustive()
     }
 }
 
@@ -113,11 +101,7 @@ impl SshServer {
             nodelay: true,
             ..Default::default()
         };
-        Ok(SshServer {
-            config: Arc::new(config),
-            access,
-            fingerprint,
-        })
+        Ok(SshServer { config: Arc::new(config), access, fingerprint })
     }
 
     /// The host key's fingerprint (`SHA256:…`), for logs and for users to check.

@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use paastech_core::{Error, ProjectName};
 use russh::keys::ssh_key::PublicKey;
-use russh::server::{
-    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
-};
+use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -52,12 +50,7 @@ impl russh::server::Server for Factory {
     type Handler = Connection;
 
     fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
-        Connection {
-            access: self.access.clone(),
-            peer,
-            user_id: None,
-            channels: HashMap::new(),
-        }
+        Connection { access: self.access.clone(), peer, user_id: None, channels: HashMap::new() }
     }
 
     fn handle_session_error(&mut self, error: russh::Error) {
@@ -68,12 +61,7 @@ impl russh::server::Server for Factory {
 
 /// What a channel's task should do, decided by the handler.
 enum Start {
-    Git {
-        service: GitService,
-        project: ProjectName,
-        repo: RepoAccess,
-        user_id: i64,
-    },
+    Git { service: GitService, project: ProjectName, repo: RepoAccess, user_id: i64 },
     Refuse(String),
 }
 
@@ -93,9 +81,7 @@ pub(crate) struct Connection {
 
 impl Connection {
     async fn lookup(&self, key: &PublicKey) -> Option<i64> {
-        self.access
-            .user_for_key(&crate::keys::fingerprint(key))
-            .await
+        self.access.user_for_key(&crate::keys::fingerprint(key)).await
     }
 
     /// Answers a shell/exec/subsystem request: success (so the client reads what follows),
@@ -132,17 +118,8 @@ impl Connection {
                 return Start::Refuse(err.to_string());
             }
         };
-        match self
-            .access
-            .open_repo(user_id, &project, service.is_write())
-            .await
-        {
-            Ok(repo) => Start::Git {
-                service,
-                project,
-                repo,
-                user_id,
-            },
+        match self.access.open_repo(user_id, &project, service.is_write()).await {
+            Ok(repo) => Start::Git { service, project, repo, user_id },
             Err(Error::NotFound(_) | Error::Forbidden(_) | Error::Unauthorized(_)) => {
                 tracing::info!(user_id, project = %project, "git access denied");
                 Start::Refuse(DENIED.to_owned())
@@ -158,11 +135,7 @@ impl Connection {
 impl Handler for Connection {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(
-        &mut self,
-        _user: &str,
-        offer: PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(&mut self, _user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
         // Refusing unknown keys before the signature lets the client try its next key.
         Ok(match self.lookup(offer.public_key).await {
             Some(_) => Auth::Accept,
@@ -170,11 +143,7 @@ impl Handler for Connection {
         })
     }
 
-    async fn auth_publickey(
-        &mut self,
-        _user: &str,
-        key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(&mut self, _user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         match self.lookup(key.public_key).await {
             Some(user_id) => {
                 tracing::debug!(user_id, peer = ?self.peer, "SSH key accepted");
@@ -192,29 +161,17 @@ impl Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.channels.len() >= MAX_CHANNELS {
-            reply
-                .reject(russh::ChannelOpenFailure::ResourceShortage)
-                .await;
+            reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
         reply.accept().await;
         let (tx, rx) = oneshot::channel();
-        self.channels.insert(
-            channel.id(),
-            PendingChannel {
-                start: Some(tx),
-                pty: false,
-            },
-        );
+        self.channels.insert(channel.id(), PendingChannel { start: Some(tx), pty: false });
         tokio::spawn(run_channel(channel, rx));
         Ok(())
     }
 
-    async fn channel_close(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         Ok(())
     }
@@ -228,20 +185,12 @@ impl Handler for Connection {
         let Some((tx, pty)) = self.start(channel, session)? else {
             return Ok(());
         };
-        let start = if pty {
-            Start::Refuse(NO_TTY.to_owned())
-        } else {
-            self.decide(data).await
-        };
+        let start = if pty { Start::Refuse(NO_TTY.to_owned()) } else { self.decide(data).await };
         let _ = tx.send(start);
         Ok(())
     }
 
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
         // Even after a refused terminal (an interactive `ssh git@host`), what the user needs
         // to hear is that there is no shell.
         if let Some((tx, _pty)) = self.start(channel, session)? {
@@ -331,12 +280,7 @@ async fn run_channel(channel: Channel<Msg>, mut start: oneshot::Receiver<Start>)
     };
     match start {
         Start::Refuse(message) => refuse(&write, &message).await,
-        Start::Git {
-            service,
-            project,
-            repo,
-            user_id,
-        } => {
+        Start::Git { service, project, repo, user_id } => {
             tracing::info!(user_id, project = %project, service = service.subcommand(), "git started");
             let code = run_git(service, repo, read, &write, client_eof).await;
             tracing::info!(user_id, project = %project, service = service.subcommand(), code, "git finished");
@@ -369,10 +313,7 @@ async fn run_git(
 ) -> u32 {
     let mut command = tokio::process::Command::new("git");
     // An argv, never a shell line: the path is ours, the service one of two words.
-    command
-        .arg(service.subcommand())
-        .arg(&repo.path)
-        .env_clear();
+    command.arg(service.subcommand()).arg(&repo.path).env_clear();
     for name in INHERITED_ENV {
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
@@ -392,8 +333,7 @@ async fn run_git(
             return 1;
         }
     };
-    let (Some(stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         // All three were piped above.
         refuse(write, "the git server is unavailable, try again later").await;

@@ -28,33 +28,15 @@ fn main() {
     let exact = args.iter().any(|a| a == "--exact");
     let filter = args.into_iter().find(|a| !a.starts_with('-'));
     let tests: Vec<TestCase> = vec![
-        ("push_builds_then_clone_and_fetch", || {
-            Box::pin(push_builds_then_clone_and_fetch())
-        }),
-        ("failed_build_rejects_push", || {
-            Box::pin(failed_build_rejects_push())
-        }),
+        ("push_builds_then_clone_and_fetch", || Box::pin(push_builds_then_clone_and_fetch())),
+        ("failed_build_rejects_push", || Box::pin(failed_build_rejects_push())),
         ("large_push_and_clone", || Box::pin(large_push_and_clone())),
-        ("hook_output_streams_live", || {
-            Box::pin(hook_output_streams_live())
-        }),
-        ("unknown_key_is_refused", || {
-            Box::pin(unknown_key_is_refused())
-        }),
-        ("other_users_project_is_refused", || {
-            Box::pin(other_users_project_is_refused())
-        }),
-        (
-            "only_git_commands_run",
-            || Box::pin(only_git_commands_run()),
-        ),
-        (
-            "forwarding_is_refused",
-            || Box::pin(forwarding_is_refused()),
-        ),
-        ("host_key_persists_across_restarts", || {
-            Box::pin(host_key_persists_across_restarts())
-        }),
+        ("hook_output_streams_live", || Box::pin(hook_output_streams_live())),
+        ("unknown_key_is_refused", || Box::pin(unknown_key_is_refused())),
+        ("other_users_project_is_refused", || Box::pin(other_users_project_is_refused())),
+        ("only_git_commands_run", || Box::pin(only_git_commands_run())),
+        ("forwarding_is_refused", || Box::pin(forwarding_is_refused())),
+        ("host_key_persists_across_restarts", || Box::pin(host_key_persists_across_restarts())),
     ];
     let tests: Vec<TestCase> = tests
         .into_iter()
@@ -81,10 +63,7 @@ type TestCase = (&'static str, fn() -> TestFuture);
 /// Runs the tests concurrently, each in its own task: a panic fails that test only.
 async fn run_tests(tests: Vec<TestCase>) -> usize {
     println!("running {} tests", tests.len());
-    let handles: Vec<_> = tests
-        .into_iter()
-        .map(|(name, test)| (name, tokio::spawn(test())))
-        .collect();
+    let handles: Vec<_> = tests.into_iter().map(|(name, test)| (name, tokio::spawn(test()))).collect();
     let mut failed = 0;
     for (name, handle) in handles {
         match handle.await {
@@ -116,12 +95,7 @@ impl GitAccess for TestAccess {
         self.keys.get(fingerprint).copied()
     }
 
-    async fn open_repo(
-        &self,
-        user_id: i64,
-        project: &ProjectName,
-        write: bool,
-    ) -> Result<RepoAccess> {
+    async fn open_repo(&self, user_id: i64, project: &ProjectName, write: bool) -> Result<RepoAccess> {
         match self.owners.get(project.as_str()) {
             None => return Err(Error::NotFound(format!("no project {project}"))),
             Some(owner) if *owner != user_id => return Err(Error::Forbidden("not yours".into())),
@@ -156,15 +130,11 @@ impl PushHandler for TestHandler {
         updates: &[RefUpdate],
         log: Arc<dyn LogSink>,
     ) -> Result<()> {
-        self.seen
-            .lock()
-            .expect("lock")
-            .push((project.to_string(), user_id, updates.to_vec()));
+        self.seen.lock().expect("lock").push((project.to_string(), user_id, updates.to_vec()));
         for update in updates.iter().filter(|u| !u.is_delete()) {
             let dest = self.scratch.join(&update.new);
             self.store.export(project, &update.new, &dest).await?;
-            let app = std::fs::read_to_string(dest.join("app.txt"))
-                .map_err(|e| Error::internal("read", e))?;
+            let app = std::fs::read_to_string(dest.join("app.txt")).map_err(|e| Error::internal("read", e))?;
             log.line(&format!("-----> building {}", update.refname));
             log.line(&format!("app says {}", app.trim()));
             if app.contains("WAIT") {
@@ -173,9 +143,7 @@ impl PushHandler for TestHandler {
                 log.line("released");
             }
             if app.contains("FAIL") {
-                return Err(Error::Invalid(
-                    "build failed: app.txt asked for it".to_owned(),
-                ));
+                return Err(Error::Invalid("build failed: app.txt asked for it".to_owned()));
             }
         }
         Ok(())
@@ -225,10 +193,7 @@ async fn fixture() -> Fixture {
 
     let store = GitRepoStore::new(root.join("repos"));
     for name in ["blog", "shop"] {
-        store
-            .create(&ProjectName::parse(name).expect("name"))
-            .await
-            .expect("create repo");
+        store.create(&ProjectName::parse(name).expect("name")).await.expect("create repo");
     }
     let handler = Arc::new(TestHandler {
         store: store.clone(),
@@ -236,8 +201,7 @@ async fn fixture() -> Fixture {
         seen: Mutex::new(Vec::new()),
         release: tokio::sync::Notify::new(),
     });
-    let hooks =
-        HookServer::bind(root.join("run/hooks.sock"), handler.clone()).expect("hook server");
+    let hooks = HookServer::bind(root.join("run/hooks.sock"), handler.clone()).expect("hook server");
     let serving = hooks.clone();
     tokio::spawn(async move { serving.serve().await });
 
@@ -248,16 +212,7 @@ async fn fixture() -> Fixture {
         hooks,
     });
     let (addr, server) = start_server(&root.join("state/ssh_host_ed25519_key"), access).await;
-    Fixture {
-        dir,
-        addr,
-        store,
-        handler,
-        alice,
-        bob,
-        mallory,
-        server,
-    }
+    Fixture { dir, addr, store, handler, alice, bob, mallory, server }
 }
 
 async fn start_server(
@@ -265,9 +220,7 @@ async fn start_server(
     access: Arc<dyn GitAccess>,
 ) -> (SocketAddr, tokio::task::JoinHandle<Result<()>>) {
     let server = SshServer::new(host_key, access).expect("ssh server");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     (addr, tokio::spawn(server.serve(listener)))
 }
@@ -302,10 +255,7 @@ fn git_command(cwd: &Path, key: &Key, args: &[&str]) -> tokio::process::Command 
     let mut cmd = tokio::process::Command::new("git");
     cmd.args(args)
         .current_dir(cwd)
-        .env(
-            "GIT_SSH_COMMAND",
-            format!("ssh {}", ssh_options(key).join(" ")),
-        )
+        .env("GIT_SSH_COMMAND", format!("ssh {}", ssh_options(key).join(" ")))
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_AUTHOR_NAME", "t")
@@ -317,22 +267,15 @@ fn git_command(cwd: &Path, key: &Key, args: &[&str]) -> tokio::process::Command 
 }
 
 async fn git(cwd: &Path, key: &Key, args: &[&str]) -> Output {
-    tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        git_command(cwd, key, args).output(),
-    )
-    .await
-    .expect("git timed out")
-    .expect("run git")
+    tokio::time::timeout(std::time::Duration::from_secs(60), git_command(cwd, key, args).output())
+        .await
+        .expect("git timed out")
+        .expect("run git")
 }
 
 async fn git_ok(cwd: &Path, key: &Key, args: &[&str]) -> String {
     let out = git(cwd, key, args).await;
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -375,9 +318,7 @@ fn remote_main(f: &Fixture, project: &str) -> Option<String> {
         .args(["rev-parse", "--verify", "-q", "refs/heads/main"])
         .output()
         .expect("git rev-parse");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 async fn push_builds_then_clone_and_fetch() {
@@ -386,60 +327,26 @@ async fn push_builds_then_clone_and_fetch() {
     let out = git(&work, &f.alice, &["push", &url(&f, "blog"), "main"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "push failed: {stderr}");
-    assert!(
-        stderr.contains("remote: -----> building refs/heads/main"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("remote: app says hello over ssh"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("remote: -----> building refs/heads/main"), "{stderr}");
+    assert!(stderr.contains("remote: app says hello over ssh"), "{stderr}");
     assert_eq!(remote_main(&f, "blog").as_deref(), Some(head.as_str()));
 
     let seen = f.handler.seen.lock().expect("lock").clone();
-    let expected = vec![RefUpdate {
-        refname: "refs/heads/main".into(),
-        old: "0".repeat(40),
-        new: head.clone(),
-    }];
+    let expected = vec![RefUpdate { refname: "refs/heads/main".into(), old: "0".repeat(40), new: head.clone() }];
     assert_eq!(seen, vec![("blog".to_owned(), ALICE, expected)]);
     let exported = f.dir.path().join("scratch").join(&head).join("app.txt");
-    assert_eq!(
-        std::fs::read_to_string(exported).expect("exported during the hook"),
-        "hello over ssh"
-    );
+    assert_eq!(std::fs::read_to_string(exported).expect("exported during the hook"), "hello over ssh");
 
     // Clone, then fetch a second push.
     let clone = f.dir.path().join("clone");
-    git_ok(
-        f.dir.path(),
-        &f.alice,
-        &[
-            "clone",
-            "-q",
-            &url(&f, "blog"),
-            clone.to_str().expect("utf-8"),
-        ],
-    )
-    .await;
-    assert_eq!(
-        std::fs::read_to_string(clone.join("app.txt")).expect("cloned"),
-        "hello over ssh"
-    );
+    git_ok(f.dir.path(), &f.alice, &["clone", "-q", &url(&f, "blog"), clone.to_str().expect("utf-8")]).await;
+    assert_eq!(std::fs::read_to_string(clone.join("app.txt")).expect("cloned"), "hello over ssh");
     let second = commit(&f, &work, "second").await;
     // The spaced command form and a path without `.git` work as well.
     let bare_url = format!("ssh://git@127.0.0.1:{}/blog", f.addr.port());
-    git_ok(
-        &work,
-        &f.alice,
-        &["push", "--receive-pack=git receive-pack", &bare_url, "main"],
-    )
-    .await;
+    git_ok(&work, &f.alice, &["push", "--receive-pack=git receive-pack", &bare_url, "main"]).await;
     git_ok(&clone, &f.alice, &["fetch", "-q", "origin"]).await;
-    assert_eq!(
-        git_ok(&clone, &f.alice, &["rev-parse", "origin/main"]).await,
-        second
-    );
+    assert_eq!(git_ok(&clone, &f.alice, &["rev-parse", "origin/main"]).await, second);
 }
 
 async fn failed_build_rejects_push() {
@@ -451,16 +358,9 @@ async fn failed_build_rejects_push() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "push should fail: {stderr}");
     assert!(stderr.contains("remote: app says please FAIL"), "{stderr}");
-    assert!(
-        stderr.contains("remote: push rejected: build failed: app.txt asked for it"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("remote: push rejected: build failed: app.txt asked for it"), "{stderr}");
     assert!(stderr.contains("pre-receive hook declined"), "{stderr}");
-    assert_eq!(
-        remote_main(&f, "blog").as_deref(),
-        Some(good.as_str()),
-        "the ref must not move"
-    );
+    assert_eq!(remote_main(&f, "blog").as_deref(), Some(good.as_str()), "the ref must not move");
 }
 
 /// Log lines reach the pusher while the handler is still running, not when it ends: the
@@ -483,14 +383,8 @@ async fn hook_output_streams_live() {
             seen.extend_from_slice(&buf[..n]);
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
-        .await
-        .expect("the log line never streamed");
-    assert_eq!(
-        remote_main(&f, "blog"),
-        None,
-        "the ref moved before the handler finished"
-    );
+    tokio::time::timeout(std::time::Duration::from_secs(30), waiting).await.expect("the log line never streamed");
+    assert_eq!(remote_main(&f, "blog"), None, "the ref moved before the handler finished");
     f.handler.release.notify_one();
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).await.expect("read stderr");
@@ -511,17 +405,7 @@ async fn large_push_and_clone() {
     git_ok(&work, &f.alice, &["push", "-q", &url(&f, "blog"), "main"]).await;
     assert_eq!(remote_main(&f, "blog").as_deref(), Some(head.as_str()));
     let clone = f.dir.path().join("clone");
-    git_ok(
-        f.dir.path(),
-        &f.alice,
-        &[
-            "clone",
-            "-q",
-            &url(&f, "blog"),
-            clone.to_str().expect("utf-8"),
-        ],
-    )
-    .await;
+    git_ok(f.dir.path(), &f.alice, &["clone", "-q", &url(&f, "blog"), clone.to_str().expect("utf-8")]).await;
     assert!(std::fs::read(clone.join("blob.bin")).expect("cloned blob") == data);
 }
 
@@ -555,24 +439,15 @@ async fn other_users_project_is_refused() {
     let (work, _) = work_tree(&f, "work", "hello").await;
     // Bob owns "shop", not "blog"; "nothing" does not exist. Same answer for both.
     for (project, args) in [
-        (
-            "blog",
-            vec!["push".to_owned(), url(&f, "blog"), "main".to_owned()],
-        ),
+        ("blog", vec!["push".to_owned(), url(&f, "blog"), "main".to_owned()]),
         ("blog", vec!["fetch".to_owned(), url(&f, "blog")]),
-        (
-            "nothing",
-            vec!["push".to_owned(), url(&f, "nothing"), "main".to_owned()],
-        ),
+        ("nothing", vec!["push".to_owned(), url(&f, "nothing"), "main".to_owned()]),
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = git(&work, &f.bob, &args).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{project}: {stderr}");
-        assert!(
-            stderr.contains("project not found or access denied"),
-            "{project}: {stderr}"
-        );
+        assert!(stderr.contains("project not found or access denied"), "{project}: {stderr}");
     }
     assert_eq!(remote_main(&f, "blog"), None);
     // Bob can push his own.
@@ -586,44 +461,21 @@ async fn only_git_commands_run() {
     // (arguments, exit status, message on stderr)
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec![host, "ls"], 1, "unsupported command"),
-        (
-            vec![
-                host,
-                "git-receive-pack 'blog.git'; touch /tmp/paastech-pwned",
-            ],
-            1,
-            "invalid repository path",
-        ),
-        (
-            vec![host, "git-upload-pack '../shop.git'"],
-            1,
-            "invalid repository path",
-        ),
-        (
-            vec![host, "git-upload-archive 'blog.git'"],
-            1,
-            "unsupported command",
-        ),
+        (vec![host, "git-receive-pack 'blog.git'; touch /tmp/paastech-pwned"], 1, "invalid repository path"),
+        (vec![host, "git-upload-pack '../shop.git'"], 1, "invalid repository path"),
+        (vec![host, "git-upload-archive 'blog.git'"], 1, "unsupported command"),
         (vec!["-T", host], 1, "there is no shell"),
         (vec!["-s", host, "sftp"], 1, "subsystems are not supported"),
         // The pty request is refused; OpenSSH gives up itself when a terminal was forced.
         (vec!["-tt", host], 255, "PTY allocation request failed"),
-        (
-            vec!["-tt", host, "git-upload-pack 'blog.git'"],
-            255,
-            "PTY allocation request failed",
-        ),
+        (vec!["-tt", host, "git-upload-pack 'blog.git'"], 255, "PTY allocation request failed"),
     ];
     for (args, code, message) in cases {
         let out = ssh(&f.alice, f.addr, &args).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "one line: {args:?}: {stderr}"
-        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?}");
     }
     assert!(!Path::new("/tmp/paastech-pwned").exists());
@@ -633,29 +485,12 @@ async fn forwarding_is_refused() {
     let f = fixture().await;
     let host = "git@127.0.0.1";
     // direct-tcpip (ssh -W / -L): the channel open is refused.
-    let out = ssh(
-        &f.alice,
-        f.addr,
-        &["-W", &format!("127.0.0.1:{}", f.addr.port()), host],
-    )
-    .await;
+    let out = ssh(&f.alice, f.addr, &["-W", &format!("127.0.0.1:{}", f.addr.port()), host]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("stdio forwarding failed"), "{stderr}");
     // tcpip-forward (ssh -R): the global request is refused.
-    let out = ssh(
-        &f.alice,
-        f.addr,
-        &[
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-R",
-            "0:127.0.0.1:1",
-            "-N",
-            host,
-        ],
-    )
-    .await;
+    let out = ssh(&f.alice, f.addr, &["-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:1", "-N", host]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("remote port forwarding failed"), "{stderr}");
@@ -669,17 +504,9 @@ async fn scanned_fingerprint(addr: SocketAddr) -> String {
         .await
         .expect("ssh-keyscan");
     let scanned = temp_file(&out.stdout);
-    let out = std::process::Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(scanned.path())
-        .output()
-        .expect("ssh-keygen");
+    let out = std::process::Command::new("ssh-keygen").arg("-lf").arg(scanned.path()).output().expect("ssh-keygen");
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-    listing
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("no key scanned: {listing}"))
-        .to_owned()
+    listing.split_whitespace().nth(1).unwrap_or_else(|| panic!("no key scanned: {listing}")).to_owned()
 }
 
 fn temp_file(content: &[u8]) -> tempfile::NamedTempFile {
@@ -693,10 +520,7 @@ async fn host_key_persists_across_restarts() {
     use std::os::unix::fs::PermissionsExt;
     let f = fixture().await;
     let key_path = f.dir.path().join("state/ssh_host_ed25519_key");
-    let mode = std::fs::metadata(&key_path)
-        .expect("host key written")
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(&key_path).expect("host key written").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let first = scanned_fingerprint(f.addr).await;
 
@@ -704,13 +528,9 @@ async fn host_key_persists_across_restarts() {
         keys: HashMap::new(),
         owners: HashMap::new(),
         store: f.store.clone(),
-        hooks: HookServer::bind(f.dir.path().join("run2/hooks.sock"), f.handler.clone())
-            .expect("hooks"),
+        hooks: HookServer::bind(f.dir.path().join("run2/hooks.sock"), f.handler.clone()).expect("hooks"),
     });
-    let expected = SshServer::new(&key_path, access.clone())
-        .expect("server")
-        .host_key_fingerprint()
-        .to_owned();
+    let expected = SshServer::new(&key_path, access.clone()).expect("server").host_key_fingerprint().to_owned();
     let (addr, server) = start_server(&key_path, access).await;
     let second = scanned_fingerprint(addr).await;
     server.abort();

@@ -25,7 +25,8 @@ const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 /// Attempts of a write transaction that lost a race (PostgreSQL serialization failures).
 const MAX_TX_ATTEMPTS: u32 = 30;
 
-pub(crate) const ACCEPTED_URLS: &str = "use sqlite:///absolute/path.db, sqlite://relative/path.db, postgres://user@host/db or postgresql://user@host/db";
+pub(crate) const ACCEPTED_URLS: &str =
+    "use sqlite:///absolute/path.db, sqlite://relative/path.db, postgres://user@host/db or postgresql://user@host/db";
 
 #[derive(Clone)]
 pub(crate) enum Pools {
@@ -41,9 +42,7 @@ enum Target<'a> {
 fn parse_url(url: &str) -> Result<Target<'_>, Error> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() || path == "/" {
-            return Err(Error::Invalid(format!(
-                "database url {url:?} names no file: {ACCEPTED_URLS}"
-            )));
+            return Err(Error::Invalid(format!("database url {url:?} names no file: {ACCEPTED_URLS}")));
         }
         return Ok(Target::Sqlite(path));
     }
@@ -52,9 +51,7 @@ fn parse_url(url: &str) -> Result<Target<'_>, Error> {
     }
     // Only the scheme is echoed: the rest may hold a password.
     let scheme = url.split_once("://").map_or("(none)", |(scheme, _)| scheme);
-    Err(Error::Invalid(format!(
-        "unsupported database url scheme {scheme:?}: {ACCEPTED_URLS}"
-    )))
+    Err(Error::Invalid(format!("unsupported database url scheme {scheme:?}: {ACCEPTED_URLS}")))
 }
 
 pub(crate) fn open(url: &str) -> Result<Pools, Error> {
@@ -74,23 +71,13 @@ fn migrate<C: MigrationHarness<DB>, DB: diesel::backend::Backend>(
                 tracing::info!(count = applied.len(), "applied database migrations");
             }
         })
-        .map_err(|source| Error::Internal {
-            message: "database migration failed".into(),
-            source: Some(source),
-        })
+        .map_err(|source| Error::Internal { message: "database migration failed".into(), source: Some(source) })
 }
 
 fn open_sqlite(path: &str) -> Result<Pools, Error> {
-    if let Some(parent) = Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            Error::internal(
-                format!("cannot create database directory {}", parent.display()),
-                e,
-            )
-        })?;
+    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::internal(format!("cannot create database directory {}", parent.display()), e))?;
     }
     // One connection first, outside the pool: its error says why the file cannot be opened,
     // where the pool would only time out.
@@ -113,12 +100,8 @@ fn open_sqlite(path: &str) -> Result<Pools, Error> {
 
 fn open_postgres(url: &str) -> Result<Pools, Error> {
     // libpq's messages name host and port, never the password.
-    let mut conn = PgConnection::establish(url).map_err(|e| {
-        Error::Unavailable(format!(
-            "cannot connect to PostgreSQL: {}",
-            e.to_string().trim()
-        ))
-    })?;
+    let mut conn = PgConnection::establish(url)
+        .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {}", e.to_string().trim())))?;
     migrate(&mut conn, POSTGRES_MIGRATIONS)?;
     drop(conn);
 
@@ -157,19 +140,13 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup 
 /// One attempt at a transaction that reads then writes and must see no concurrent writer in
 /// between (first user is admin, next version number, checked status step).
 pub(crate) trait TxConn: Sized {
-    fn tx_once<T>(
-        &mut self,
-        body: &mut impl FnMut(&mut Self) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError>;
+    fn tx_once<T>(&mut self, body: &mut impl FnMut(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError>;
 }
 
 impl TxConn for SqliteConnection {
     /// `BEGIN IMMEDIATE` takes the write lock up front: writers queue (busy_timeout) instead
     /// of failing when a read lock cannot be upgraded.
-    fn tx_once<T>(
-        &mut self,
-        body: &mut impl FnMut(&mut Self) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn tx_once<T>(&mut self, body: &mut impl FnMut(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
         self.immediate_transaction(|conn| body(conn))
     }
 }
@@ -177,13 +154,8 @@ impl TxConn for SqliteConnection {
 impl TxConn for PgConnection {
     /// SERIALIZABLE: PostgreSQL aborts one of two racing transactions with a serialization
     /// failure, and `write_tx` runs it again.
-    fn tx_once<T>(
-        &mut self,
-        body: &mut impl FnMut(&mut Self) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.build_transaction()
-            .serializable()
-            .run(|conn| body(conn))
+    fn tx_once<T>(&mut self, body: &mut impl FnMut(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.build_transaction().serializable().run(|conn| body(conn))
     }
 }
 
@@ -214,29 +186,11 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert!(matches!(
-            parse_url("sqlite:///var/lib/p.db"),
-            Ok(Target::Sqlite("/var/lib/p.db"))
-        ));
-        assert!(matches!(
-            parse_url("sqlite://p.db"),
-            Ok(Target::Sqlite("p.db"))
-        ));
-        assert!(matches!(
-            parse_url("postgres://u@h/db"),
-            Ok(Target::Postgres("postgres://u@h/db"))
-        ));
-        assert!(matches!(
-            parse_url("postgresql://u@h/db"),
-            Ok(Target::Postgres(_))
-        ));
-        for bad in [
-            "sqlite://",
-            "sqlite:///",
-            "mysql://u:secret@h/db",
-            "/var/lib/p.db",
-            "",
-        ] {
+        assert!(matches!(parse_url("sqlite:///var/lib/p.db"), Ok(Target::Sqlite("/var/lib/p.db"))));
+        assert!(matches!(parse_url("sqlite://p.db"), Ok(Target::Sqlite("p.db"))));
+        assert!(matches!(parse_url("postgres://u@h/db"), Ok(Target::Postgres("postgres://u@h/db"))));
+        assert!(matches!(parse_url("postgresql://u@h/db"), Ok(Target::Postgres(_))));
+        for bad in ["sqlite://", "sqlite:///", "mysql://u:secret@h/db", "/var/lib/p.db", ""] {
             match parse_url(bad) {
                 Err(Error::Invalid(message)) => {
                     assert!(message.contains("sqlite:///absolute/path.db"), "{message}");

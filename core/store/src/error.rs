@@ -20,11 +20,7 @@ impl StoreError {
     pub(crate) fn is_retryable(&self) -> bool {
         matches!(
             self,
-            StoreError::Retry
-                | StoreError::Db(DieselError::DatabaseError(
-                    DatabaseErrorKind::SerializationFailure,
-                    _
-                ))
+            StoreError::Retry | StoreError::Db(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
         )
     }
 }
@@ -53,9 +49,7 @@ impl From<StoreError> for Error {
             StoreError::Core(e) => e,
             StoreError::Db(e) => Error::internal("database error", e),
             StoreError::Pool(e) => Error::internal("database unavailable", e),
-            StoreError::Retry => {
-                Error::internal_msg("database busy: too many concurrent writes, try again")
-            }
+            StoreError::Retry => Error::internal_msg("database busy: too many concurrent writes, try again"),
         }
     }
 }

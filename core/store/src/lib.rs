@@ -18,8 +18,8 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use paastech_core::store::EnvChanges;
 use paastech_core::{
-    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, EnvVars, Error, NewDeployment,
-    Project, ProjectName, Result, SshKey, Store, Timestamp, User,
+    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, EnvVars, Error, NewDeployment, Project, ProjectName,
+    Result, SshKey, Store, Timestamp, User,
 };
 
 use crate::conn::{Pools, write_tx};
@@ -35,9 +35,7 @@ pub struct SqlStore {
 
 impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlStore")
-            .field("backend", &self.backend())
-            .finish()
+        f.debug_struct("SqlStore").field("backend", &self.backend()).finish()
     }
 }
 
@@ -49,9 +47,7 @@ impl SqlStore {
     /// Anything else is `Error::Invalid`; a database that cannot be reached is
     /// `Error::Unavailable`. Blocks while it connects and migrates: call it at startup.
     pub fn open(url: &str) -> Result<SqlStore> {
-        Ok(SqlStore {
-            pools: conn::open(url)?,
-        })
+        Ok(SqlStore { pools: conn::open(url)? })
     }
 
     /// `"sqlite"` or `"postgres"`, for logs and diagnostics.
@@ -124,12 +120,7 @@ impl Store for SqlStore {
             write_tx(conn, |conn| {
                 let is_admin = users::table.count().get_result::<i64>(conn)? == 0;
                 let row = diesel::insert_into(users::table)
-                    .values(NewUserRow {
-                        email: &email,
-                        password_hash: &password_hash,
-                        is_admin,
-                        created_at: now(),
-                    })
+                    .values(NewUserRow { email: &email, password_hash: &password_hash, is_admin, created_at: now() })
                     .returning(UserRow::as_returning())
                     .get_result(conn)
                     .map_err(conflict_on_unique("email already registered"))?;
@@ -166,10 +157,7 @@ impl Store for SqlStore {
 
     async fn users(&self) -> Result<Vec<User>> {
         with_conn!(self, |conn| {
-            let rows = users::table
-                .order(users::id)
-                .select(UserRow::as_select())
-                .load(conn)?;
+            let rows = users::table.order(users::id).select(UserRow::as_select()).load(conn)?;
             Ok(rows.into_iter().map(User::from).collect())
         })
     }
@@ -217,13 +205,9 @@ impl Store for SqlStore {
                 .ok_or_else(|| StoreError::Core(Error::Unauthorized("invalid API token".into())))?;
             let now = now();
             if token.expires_at.is_some_and(|expires| expires <= now) {
-                return Err(StoreError::Core(Error::Unauthorized(
-                    "API token expired".into(),
-                )));
+                return Err(StoreError::Core(Error::Unauthorized("API token expired".into())));
             }
-            diesel::update(api_tokens::table.find(token.id))
-                .set(api_tokens::last_used_at.eq(now))
-                .execute(conn)?;
+            diesel::update(api_tokens::table.find(token.id)).set(api_tokens::last_used_at.eq(now)).execute(conn)?;
             token.last_used_at = Some(now);
             Ok((ApiToken::from(token), User::from(user)))
         })
@@ -244,9 +228,7 @@ impl Store for SqlStore {
         with_conn!(self, |conn| {
             // Another user's token is "not found" too: its existence is not theirs to know.
             let deleted = diesel::delete(
-                api_tokens::table
-                    .filter(api_tokens::id.eq(token_id))
-                    .filter(api_tokens::user_id.eq(user_id)),
+                api_tokens::table.filter(api_tokens::id.eq(token_id)).filter(api_tokens::user_id.eq(user_id)),
             )
             .execute(conn)?;
             if deleted == 0 {
@@ -256,18 +238,8 @@ impl Store for SqlStore {
         })
     }
 
-    async fn add_ssh_key(
-        &self,
-        user_id: i64,
-        name: &str,
-        fingerprint: &str,
-        public_key: &str,
-    ) -> Result<SshKey> {
-        let (name, fingerprint, public_key) = (
-            name.to_owned(),
-            fingerprint.to_owned(),
-            public_key.to_owned(),
-        );
+    async fn add_ssh_key(&self, user_id: i64, name: &str, fingerprint: &str, public_key: &str) -> Result<SshKey> {
+        let (name, fingerprint, public_key) = (name.to_owned(), fingerprint.to_owned(), public_key.to_owned());
         with_conn!(self, |conn| {
             let row = diesel::insert_into(ssh_keys::table)
                 .values(NewSshKeyRow {
@@ -302,12 +274,9 @@ impl Store for SqlStore {
 
     async fn delete_ssh_key(&self, user_id: i64, key_id: i64) -> Result<()> {
         with_conn!(self, |conn| {
-            let deleted = diesel::delete(
-                ssh_keys::table
-                    .filter(ssh_keys::id.eq(key_id))
-                    .filter(ssh_keys::user_id.eq(user_id)),
-            )
-            .execute(conn)?;
+            let deleted =
+                diesel::delete(ssh_keys::table.filter(ssh_keys::id.eq(key_id)).filter(ssh_keys::user_id.eq(user_id)))
+                    .execute(conn)?;
             if deleted == 0 {
                 return Err(not_found("SSH key not found"));
             }
@@ -333,11 +302,7 @@ impl Store for SqlStore {
         let name = name.clone();
         with_conn!(self, |conn| {
             let row = diesel::insert_into(projects::table)
-                .values(NewProjectRow {
-                    owner_id,
-                    name: name.as_str(),
-                    created_at: now(),
-                })
+                .values(NewProjectRow { owner_id, name: name.as_str(), created_at: now() })
                 .returning(ProjectRow::as_returning())
                 .get_result(conn)
                 .map_err(|e| match e {
@@ -365,18 +330,12 @@ impl Store for SqlStore {
 
     async fn projects(&self, owner_id: Option<i64>) -> Result<Vec<Project>> {
         with_conn!(self, |conn| {
-            let mut query = projects::table
-                .select(ProjectRow::as_select())
-                .order(projects::name)
-                .into_boxed();
+            let mut query = projects::table.select(ProjectRow::as_select()).order(projects::name).into_boxed();
             if let Some(owner_id) = owner_id {
                 query = query.filter(projects::owner_id.eq(owner_id));
             }
             let rows = query.load(conn)?;
-            let projects = rows
-                .into_iter()
-                .map(Project::try_from)
-                .collect::<Result<Vec<_>>>()?;
+            let projects = rows.into_iter().map(Project::try_from).collect::<Result<Vec<_>>>()?;
             Ok(projects)
         })
     }
@@ -386,16 +345,10 @@ impl Store for SqlStore {
             // The foreign keys cascade too; deleting explicitly keeps "everything of the
             // project goes" true even on a SQLite connection opened without foreign keys.
             write_tx(conn, |conn| {
-                diesel::delete(deployments::table.filter(deployments::project_id.eq(project_id)))
-                    .execute(conn)?;
-                diesel::delete(builds::table.filter(builds::project_id.eq(project_id)))
-                    .execute(conn)?;
-                diesel::delete(env_vars::table.filter(env_vars::project_id.eq(project_id)))
-                    .execute(conn)?;
-                diesel::delete(
-                    process_scale::table.filter(process_scale::project_id.eq(project_id)),
-                )
-                .execute(conn)?;
+                diesel::delete(deployments::table.filter(deployments::project_id.eq(project_id))).execute(conn)?;
+                diesel::delete(builds::table.filter(builds::project_id.eq(project_id))).execute(conn)?;
+                diesel::delete(env_vars::table.filter(env_vars::project_id.eq(project_id))).execute(conn)?;
+                diesel::delete(process_scale::table.filter(process_scale::project_id.eq(project_id))).execute(conn)?;
                 if diesel::delete(projects::table.find(project_id)).execute(conn)? == 0 {
                     return Err(not_found("project not found"));
                 }
@@ -421,9 +374,7 @@ impl Store for SqlStore {
                 ensure_project!(conn, project_id);
                 for (key, value) in &changes {
                     diesel::delete(
-                        env_vars::table
-                            .filter(env_vars::project_id.eq(project_id))
-                            .filter(env_vars::key.eq(key)),
+                        env_vars::table.filter(env_vars::project_id.eq(project_id)).filter(env_vars::key.eq(key)),
                     )
                     .execute(conn)?;
                     if let Some(value) = value {
@@ -453,12 +404,8 @@ impl Store for SqlStore {
                 .load::<(String, i64)>(conn)?;
             let mut scale = BTreeMap::new();
             for (process_type, count) in rows {
-                let count = u32::try_from(count).map_err(|e| {
-                    Error::internal(
-                        format!("invalid scale {count} of {process_type} in store"),
-                        e,
-                    )
-                })?;
+                let count = u32::try_from(count)
+                    .map_err(|e| Error::internal(format!("invalid scale {count} of {process_type} in store"), e))?;
                 scale.insert(process_type, count);
             }
             Ok(scale)
@@ -579,9 +526,7 @@ impl Store for SqlStore {
                     .get_result(conn)
                     .map_err(|e| match e {
                         // A concurrent writer took this version first: count again.
-                        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-                            StoreError::Retry
-                        }
+                        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => StoreError::Retry,
                         DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
                             not_found("build not found")
                         }
@@ -631,10 +576,7 @@ impl Store for SqlStore {
                 .limit(limit.max(0))
                 .select(DeploymentRow::as_select())
                 .load(conn)?;
-            let deployments = rows
-                .into_iter()
-                .map(Deployment::try_from)
-                .collect::<Result<Vec<_>>>()?;
+            let deployments = rows.into_iter().map(Deployment::try_from).collect::<Result<Vec<_>>>()?;
             Ok(deployments)
         })
     }
@@ -662,10 +604,7 @@ impl Store for SqlStore {
                 .load::<(ProjectRow, DeploymentRow)>(conn)?;
             let mut live = Vec::with_capacity(rows.len());
             for (project, deployment) in rows {
-                live.push((
-                    Project::try_from(project)?,
-                    Deployment::try_from(deployment)?,
-                ));
+                live.push((Project::try_from(project)?, Deployment::try_from(deployment)?));
             }
             Ok(live)
         })

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use paastech_core::{
-    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Error, Project, ProjectName,
-    SshKey, Timestamp, User,
+    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Error, Project, ProjectName, SshKey, Timestamp, User,
 };
 
 use crate::schema::{api_tokens, builds, deployments, projects, ssh_keys, users};
@@ -24,12 +23,7 @@ pub(crate) struct UserRow {
 
 impl From<UserRow> for User {
     fn from(row: UserRow) -> Self {
-        User {
-            id: row.id,
-            email: row.email,
-            is_admin: row.is_admin,
-            created_at: Timestamp(row.created_at),
-        }
+        User { id: row.id, email: row.email, is_admin: row.is_admin, created_at: Timestamp(row.created_at) }
     }
 }
 
@@ -123,15 +117,9 @@ impl TryFrom<ProjectRow> for Project {
     type Error = Error;
 
     fn try_from(row: ProjectRow) -> Result<Self, Error> {
-        let name = ProjectName::parse(&row.name).map_err(|_| {
-            Error::internal_msg(format!("invalid project name {:?} in store", row.name))
-        })?;
-        Ok(Project {
-            id: row.id,
-            name,
-            owner_id: row.owner_id,
-            created_at: Timestamp(row.created_at),
-        })
+        let name = ProjectName::parse(&row.name)
+            .map_err(|_| Error::internal_msg(format!("invalid project name {:?} in store", row.name)))?;
+        Ok(Project { id: row.id, name, owner_id: row.owner_id, created_at: Timestamp(row.created_at) })
     }
 }
 

@@ -34,10 +34,7 @@ impl TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         // A subdirectory that does not exist yet: `open` must create it.
         let url = format!("sqlite://{}", dir.path().join("data/paastech.db").display());
-        TestDb {
-            url,
-            _cleanup: Cleanup::Sqlite { _dir: dir },
-        }
+        TestDb { url, _cleanup: Cleanup::Sqlite { _dir: dir } }
     }
 
     fn postgres() -> TestDb {
@@ -52,17 +49,9 @@ impl TestDb {
         let database = format!("paastech_test_{:016x}", rand::random::<u64>());
         let mut admin = PgConnection::establish(&admin_url)
             .unwrap_or_else(|e| panic!("cannot connect to PAASTECH_TEST_POSTGRES_URL: {e}"));
-        admin
-            .batch_execute(&format!("CREATE DATABASE {database}"))
-            .expect("create test database");
+        admin.batch_execute(&format!("CREATE DATABASE {database}")).expect("create test database");
         let url = with_database(&admin_url, &database);
-        TestDb {
-            url,
-            _cleanup: Cleanup::Postgres {
-                admin_url,
-                database,
-            },
-        }
+        TestDb { url, _cleanup: Cleanup::Postgres { admin_url, database } }
     }
 
     fn open(&self) -> SqlStore {
@@ -72,15 +61,11 @@ impl TestDb {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Cleanup::Postgres {
-            admin_url,
-            database,
-        } = self
+        if let Cleanup::Postgres { admin_url, database } = self
             && let Ok(mut admin) = PgConnection::establish(admin_url)
         {
             // FORCE: a pool of a store the test leaked may still hold connections.
-            let _ =
-                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
         }
     }
 }
@@ -89,9 +74,7 @@ impl Drop for Cleanup {
 fn with_database(url: &str, database: &str) -> String {
     let authority_start = url.find("://").map_or(0, |i| i + 3);
     let (without_query, query) = url.split_at(url.find('?').unwrap_or(url.len()));
-    let base_end = without_query[authority_start..]
-        .find('/')
-        .map_or(without_query.len(), |i| authority_start + i);
+    let base_end = without_query[authority_start..].find('/').map_or(without_query.len(), |i| authority_start + i);
     format!("{}/{database}{query}", &url[..base_end])
 }
 
@@ -141,10 +124,7 @@ fn name(s: &str) -> ProjectName {
 }
 
 async fn new_user(store: &SqlStore, email: &str) -> User {
-    store
-        .create_user(email, "$argon2id$fake-hash")
-        .await
-        .expect("create user")
+    store.create_user(email, "$argon2id$fake-hash").await.expect("create user")
 }
 
 fn new_deployment(project_id: i64, cause: &str) -> NewDeployment {
@@ -176,10 +156,7 @@ async fn warm_pool(store: &SqlStore) {
 #[track_caller]
 fn assert_not_found<T: std::fmt::Debug>(result: Result<T, Error>, mentions: &str) {
     match result {
-        Err(Error::NotFound(message)) => assert!(
-            message.contains(mentions),
-            "{message:?} should name {mentions:?}"
-        ),
+        Err(Error::NotFound(message)) => assert!(message.contains(mentions), "{message:?} should name {mentions:?}"),
         other => panic!("expected NotFound naming {mentions:?}, got {other:?}"),
     }
 }
@@ -199,19 +176,13 @@ async fn ping_answers(db: &TestDb) {
 async fn first_user_is_admin_second_is_not(db: &TestDb) {
     let store = db.open();
     let first = new_user(&store, "first@example.com").await;
-    let second = store
-        .create_user("second@example.com", "hash-2")
-        .await
-        .expect("second user");
+    let second = store.create_user("second@example.com", "hash-2").await.expect("second user");
     assert!(first.is_admin);
     assert!(!second.is_admin);
     assert_ne!(first.id, second.id);
 
     assert_eq!(store.user(second.id).await.expect("user"), second);
-    let (found, hash) = store
-        .user_by_email("second@example.com")
-        .await
-        .expect("by email");
+    let (found, hash) = store.user_by_email("second@example.com").await.expect("by email");
     assert_eq!((found, hash.as_str()), (second.clone(), "hash-2"));
     assert_eq!(store.users().await.expect("users"), vec![first, second]);
     assert_not_found(store.user(424242).await, "user");
@@ -233,19 +204,13 @@ async fn concurrent_first_users_make_one_admin(db: &TestDb) {
             admins += 1;
         }
     }
-    assert_eq!(
-        admins, 1,
-        "exactly one of the racing first users is an admin"
-    );
+    assert_eq!(admins, 1, "exactly one of the racing first users is an admin");
 }
 
 async fn duplicate_email_is_a_conflict(db: &TestDb) {
     let store = db.open();
     new_user(&store, "a@example.com").await;
-    assert_conflict(
-        store.create_user("a@example.com", "other").await,
-        "email already registered",
-    );
+    assert_conflict(store.create_user("a@example.com", "other").await, "email already registered");
     assert_eq!(store.users().await.expect("users").len(), 1);
 }
 
@@ -254,14 +219,8 @@ async fn tokens_are_used_expire_and_are_deleted_by_their_owner_only(db: &TestDb)
     let alice = new_user(&store, "alice@example.com").await;
     let bob = new_user(&store, "bob@example.com").await;
 
-    let token = store
-        .create_token(alice.id, "laptop", "hash-a", None)
-        .await
-        .expect("token");
-    assert_eq!(
-        (token.user_id, token.name.as_str(), token.last_used_at),
-        (alice.id, "laptop", None)
-    );
+    let token = store.create_token(alice.id, "laptop", "hash-a", None).await.expect("token");
+    assert_eq!((token.user_id, token.name.as_str(), token.last_used_at), (alice.id, "laptop", None));
 
     let before = Timestamp::now();
     let (used, user) = store.use_token("hash-a").await.expect("use token");
@@ -273,58 +232,25 @@ async fn tokens_are_used_expire_and_are_deleted_by_their_owner_only(db: &TestDb)
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].last_used_at, Some(last_used), "the use is stored");
 
-    assert_conflict(
-        store.create_token(bob.id, "dup", "hash-a", None).await,
-        "this token already exists",
-    );
-    assert_not_found(
-        store.create_token(424242, "x", "hash-x", None).await,
-        "user",
-    );
+    assert_conflict(store.create_token(bob.id, "dup", "hash-a", None).await, "this token already exists");
+    assert_not_found(store.create_token(424242, "x", "hash-x", None).await, "user");
 
     // Expired a second ago: refused, and its use is not recorded.
     let expired = Timestamp(Timestamp::now().0 - 1_000);
-    store
-        .create_token(alice.id, "old", "hash-old", Some(expired))
-        .await
-        .expect("token");
-    assert!(matches!(
-        store.use_token("hash-old").await,
-        Err(Error::Unauthorized(_))
-    ));
+    store.create_token(alice.id, "old", "hash-old", Some(expired)).await.expect("token");
+    assert!(matches!(store.use_token("hash-old").await, Err(Error::Unauthorized(_))));
     let future = Timestamp(Timestamp::now().0 + 3_600_000);
-    store
-        .create_token(alice.id, "ci", "hash-ci", Some(future))
-        .await
-        .expect("token");
-    store
-        .use_token("hash-ci")
-        .await
-        .expect("a token that expires later works");
-    assert!(matches!(
-        store.use_token("no-such-hash").await,
-        Err(Error::Unauthorized(_))
-    ));
+    store.create_token(alice.id, "ci", "hash-ci", Some(future)).await.expect("token");
+    store.use_token("hash-ci").await.expect("a token that expires later works");
+    assert!(matches!(store.use_token("no-such-hash").await, Err(Error::Unauthorized(_))));
 
     // Bob cannot delete Alice's token, nor learn that it exists.
     assert_not_found(store.delete_token(bob.id, token.id).await, "token");
     store.use_token("hash-a").await.expect("still there");
-    store
-        .delete_token(alice.id, token.id)
-        .await
-        .expect("delete own token");
-    assert!(matches!(
-        store.use_token("hash-a").await,
-        Err(Error::Unauthorized(_))
-    ));
+    store.delete_token(alice.id, token.id).await.expect("delete own token");
+    assert!(matches!(store.use_token("hash-a").await, Err(Error::Unauthorized(_))));
     assert_not_found(store.delete_token(alice.id, token.id).await, "token");
-    let names: Vec<_> = store
-        .tokens(alice.id)
-        .await
-        .expect("tokens")
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
+    let names: Vec<_> = store.tokens(alice.id).await.expect("tokens").into_iter().map(|t| t.name).collect();
     assert_eq!(names, ["old", "ci"]);
     assert!(store.tokens(bob.id).await.expect("tokens").is_empty());
 }
@@ -333,119 +259,63 @@ async fn ssh_keys_are_unique_and_deleted_by_their_owner_only(db: &TestDb) {
     let store = db.open();
     let alice = new_user(&store, "alice@example.com").await;
     let bob = new_user(&store, "bob@example.com").await;
-    let key = store
-        .add_ssh_key(alice.id, "laptop", "SHA256:aaa", "ssh-ed25519 AAAA")
-        .await
-        .expect("add key");
-    assert_eq!(
-        (key.user_id, key.fingerprint.as_str()),
-        (alice.id, "SHA256:aaa")
-    );
+    let key = store.add_ssh_key(alice.id, "laptop", "SHA256:aaa", "ssh-ed25519 AAAA").await.expect("add key");
+    assert_eq!((key.user_id, key.fingerprint.as_str()), (alice.id, "SHA256:aaa"));
 
     assert_conflict(
-        store
-            .add_ssh_key(bob.id, "stolen", "SHA256:aaa", "ssh-ed25519 AAAA")
-            .await,
+        store.add_ssh_key(bob.id, "stolen", "SHA256:aaa", "ssh-ed25519 AAAA").await,
         "this SSH key is already registered",
     );
-    let (found, owner) = store
-        .user_by_ssh_fingerprint("SHA256:aaa")
-        .await
-        .expect("by fingerprint");
+    let (found, owner) = store.user_by_ssh_fingerprint("SHA256:aaa").await.expect("by fingerprint");
     assert_eq!((found, owner), (key.clone(), alice.clone()));
     assert_not_found(store.user_by_ssh_fingerprint("SHA256:zzz").await, "SSH key");
-    assert_eq!(
-        store.ssh_keys(alice.id).await.expect("keys"),
-        vec![key.clone()]
-    );
+    assert_eq!(store.ssh_keys(alice.id).await.expect("keys"), vec![key.clone()]);
     assert!(store.ssh_keys(bob.id).await.expect("keys").is_empty());
 
     assert_not_found(store.delete_ssh_key(bob.id, key.id).await, "SSH key");
     assert_eq!(store.ssh_keys(alice.id).await.expect("keys").len(), 1);
-    store
-        .delete_ssh_key(alice.id, key.id)
-        .await
-        .expect("delete own key");
+    store.delete_ssh_key(alice.id, key.id).await.expect("delete own key");
     assert_not_found(store.user_by_ssh_fingerprint("SHA256:aaa").await, "SSH key");
     // Once removed, the key may be registered again, by anyone.
-    store
-        .add_ssh_key(bob.id, "now mine", "SHA256:aaa", "ssh-ed25519 AAAA")
-        .await
-        .expect("re-add");
+    store.add_ssh_key(bob.id, "now mine", "SHA256:aaa", "ssh-ed25519 AAAA").await.expect("re-add");
 }
 
 async fn projects_are_created_listed_and_unique(db: &TestDb) {
     let store = db.open();
     let alice = new_user(&store, "alice@example.com").await;
     let bob = new_user(&store, "bob@example.com").await;
-    let blog = store
-        .create_project(alice.id, &name("blog"))
-        .await
-        .expect("create");
+    let blog = store.create_project(alice.id, &name("blog")).await.expect("create");
     assert_eq!((blog.name.as_str(), blog.owner_id), ("blog", alice.id));
-    let api = store
-        .create_project(alice.id, &name("api"))
-        .await
-        .expect("create");
-    let shop = store
-        .create_project(bob.id, &name("shop"))
-        .await
-        .expect("create");
+    let api = store.create_project(alice.id, &name("api")).await.expect("create");
+    let shop = store.create_project(bob.id, &name("shop")).await.expect("create");
 
-    assert_conflict(
-        store.create_project(bob.id, &name("blog")).await,
-        "project name already taken",
-    );
+    assert_conflict(store.create_project(bob.id, &name("blog")).await, "project name already taken");
     assert_not_found(store.create_project(424242, &name("orphan")).await, "user");
 
     assert_eq!(store.project(&name("blog")).await.expect("project"), blog);
     assert_not_found(store.project(&name("nope")).await, "nope");
-    assert_eq!(
-        store.projects(Some(alice.id)).await.expect("list"),
-        vec![api.clone(), blog.clone()]
-    );
-    assert_eq!(
-        store.projects(Some(bob.id)).await.expect("list"),
-        vec![shop.clone()]
-    );
-    assert_eq!(
-        store.projects(None).await.expect("list"),
-        vec![api, blog, shop]
-    );
+    assert_eq!(store.projects(Some(alice.id)).await.expect("list"), vec![api.clone(), blog.clone()]);
+    assert_eq!(store.projects(Some(bob.id)).await.expect("list"), vec![shop.clone()]);
+    assert_eq!(store.projects(None).await.expect("list"), vec![api, blog, shop]);
 }
 
 async fn deleting_a_project_deletes_everything_of_it(db: &TestDb) {
     let store = db.open();
     let alice = new_user(&store, "alice@example.com").await;
-    let doomed = store
-        .create_project(alice.id, &name("doomed"))
-        .await
-        .expect("create");
-    let kept = store
-        .create_project(alice.id, &name("kept"))
-        .await
-        .expect("create");
+    let doomed = store.create_project(alice.id, &name("doomed")).await.expect("create");
+    let kept = store.create_project(alice.id, &name("kept")).await.expect("create");
     for project in [&doomed, &kept] {
         let changes = EnvChanges::from([("K".to_owned(), Some("v".to_owned()))]);
         store.update_env(project.id, &changes).await.expect("env");
-        store
-            .set_scale(project.id, &BTreeMap::from([("web".to_owned(), 2)]))
-            .await
-            .expect("scale");
+        store.set_scale(project.id, &BTreeMap::from([("web".to_owned(), 2)])).await.expect("scale");
         let build = store.create_build(project.id, "abc").await.expect("build");
         let mut new = new_deployment(project.id, "push");
         new.build_id = Some(build.id);
         let deployment = store.create_deployment(&new).await.expect("deployment");
-        for step in [
-            DeploymentStatus::Built,
-            DeploymentStatus::Starting,
-            DeploymentStatus::Healthy,
-            DeploymentStatus::Live,
-        ] {
-            store
-                .set_deployment_status(deployment.id, step, None)
-                .await
-                .expect("step");
+        for step in
+            [DeploymentStatus::Built, DeploymentStatus::Starting, DeploymentStatus::Healthy, DeploymentStatus::Live]
+        {
+            store.set_deployment_status(deployment.id, step, None).await.expect("step");
         }
     }
     let doomed_build = store.create_build(doomed.id, "def").await.expect("build");
@@ -454,43 +324,24 @@ async fn deleting_a_project_deletes_everything_of_it(db: &TestDb) {
     assert_not_found(store.project(&name("doomed")).await, "doomed");
     assert!(store.env(doomed.id).await.expect("env").is_empty());
     assert!(store.scale(doomed.id).await.expect("scale").is_empty());
-    assert!(
-        store
-            .deployments(doomed.id, 10)
-            .await
-            .expect("deployments")
-            .is_empty()
-    );
+    assert!(store.deployments(doomed.id, 10).await.expect("deployments").is_empty());
     assert_not_found(store.build(doomed_build.id).await, "build");
     assert_not_found(store.delete_project(doomed.id).await, "project");
 
     // The other project is untouched.
     assert_eq!(store.env(kept.id).await.expect("env").len(), 1);
-    assert_eq!(
-        store
-            .deployments(kept.id, 10)
-            .await
-            .expect("deployments")
-            .len(),
-        1
-    );
+    assert_eq!(store.deployments(kept.id, 10).await.expect("deployments").len(), 1);
     let live = store.live_deployments().await.expect("live");
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].0, kept);
     // The name is free again.
-    store
-        .create_project(alice.id, &name("doomed"))
-        .await
-        .expect("name reusable");
+    store.create_project(alice.id, &name("doomed")).await.expect("name reusable");
 }
 
 async fn env_updates_set_and_unset_in_one_go(db: &TestDb) {
     let store = db.open();
     let alice = new_user(&store, "alice@example.com").await;
-    let project = store
-        .create_project(alice.id, &name("app"))
-        .await
-        .expect("create");
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
     assert!(store.env(project.id).await.expect("env").is_empty());
 
     let set = EnvChanges::from([
@@ -521,17 +372,11 @@ async fn env_updates_set_and_unset_in_one_go(db: &TestDb) {
 async fn scale_sets_listed_types_only(db: &TestDb) {
     let store = db.open();
     let alice = new_user(&store, "alice@example.com").await;
-    let project = store
-        .create_project(alice.id, &name("app"))
-        .await
-        .expect("create");
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
     assert!(store.scale(project.id).await.expect("scale").is_empty());
     let both = BTreeMap::from([("web".to_owned(), 2), ("worker".to_owned(), 1)]);
     store.set_scale(project.id, &both).await.expect("set");
-    store
-        .set_scale(project.id, &BTreeMap::from([("web".to_owned(), 0)]))
-        .await
-        .expect("set");
+    store.set_scale(project.id, &BTreeMap::from([("web".to_owned(), 0)])).await.expect("set");
     assert_eq!(
         store.scale(project.id).await.expect("scale"),
         BTreeMap::from([("web".to_owned(), 0), ("worker".to_owned(), 1)])
@@ -542,33 +387,14 @@ async fn scale_sets_listed_types_only(db: &TestDb) {
 async fn builds_are_created_and_finished(db: &TestDb) {
     let store = db.open();
     let alice = new_user(&store, "alice@example.com").await;
-    let project = store
-        .create_project(alice.id, &name("app"))
-        .await
-        .expect("create");
-    let build = store
-        .create_build(project.id, "0123abc")
-        .await
-        .expect("build");
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let build = store.create_build(project.id, "0123abc").await.expect("build");
     assert_eq!(build.status, paastech_core::BuildStatus::Building);
-    assert_eq!(
-        (
-            build.commit.as_str(),
-            build.artifact.as_deref(),
-            build.finished_at
-        ),
-        ("0123abc", None, None)
-    );
+    assert_eq!((build.commit.as_str(), build.artifact.as_deref(), build.finished_at), ("0123abc", None, None));
 
     let processes = BTreeMap::from([("web".to_owned(), "python app.py".to_owned())]);
     let done = store
-        .finish_build(
-            build.id,
-            paastech_core::BuildStatus::Succeeded,
-            Some("/builds/1"),
-            &processes,
-            "step 1\nok\n",
-        )
+        .finish_build(build.id, paastech_core::BuildStatus::Succeeded, Some("/builds/1"), &processes, "step 1\nok\n")
         .await
         .expect("finish");
     assert_eq!(done.status, paastech_core::BuildStatus::Succeeded);
@@ -581,88 +407,36 @@ async fn builds_are_created_and_finished(db: &TestDb) {
     assert_not_found(store.build(424242).await, "build");
     assert_not_found(store.create_build(424242, "x").await, "project");
     let none = BTreeMap::new();
-    assert_not_found(
-        store
-            .finish_build(424242, paastech_core::BuildStatus::Failed, None, &none, "")
-            .await,
-        "build",
-    );
+    assert_not_found(store.finish_build(424242, paastech_core::BuildStatus::Failed, None, &none, "").await, "build");
 }
 
 async fn deployment_versions_increase_per_project(db: &TestDb) {
     let store = db.open();
     let alice = new_user(&store, "alice@example.com").await;
-    let one = store
-        .create_project(alice.id, &name("one"))
-        .await
-        .expect("create");
-    let two = store
-        .create_project(alice.id, &name("two"))
-        .await
-        .expect("create");
+    let one = store.create_project(alice.id, &name("one")).await.expect("create");
+    let two = store.create_project(alice.id, &name("two")).await.expect("create");
 
     let mut versions = Vec::new();
     for cause in ["push", "env", "rollback to v1"] {
-        versions.push(
-            store
-                .create_deployment(&new_deployment(one.id, cause))
-                .await
-                .expect("deploy")
-                .version,
-        );
+        versions.push(store.create_deployment(&new_deployment(one.id, cause)).await.expect("deploy").version);
     }
     assert_eq!(versions, [1, 2, 3]);
-    let other = store
-        .create_deployment(&new_deployment(two.id, "push"))
-        .await
-        .expect("deploy");
+    let other = store.create_deployment(&new_deployment(two.id, "push")).await.expect("deploy");
     assert_eq!(other.version, 1, "versions count per project");
 
     let v2 = store.deployment(one.id, 2).await.expect("v2");
     let expected = new_deployment(one.id, "env");
     assert_eq!(
-        (
-            v2.status,
-            v2.build_id,
-            v2.commit,
-            v2.config,
-            v2.scale,
-            v2.cause.as_str(),
-            v2.failure
-        ),
-        (
-            expected.status,
-            None,
-            expected.commit,
-            expected.config,
-            expected.scale,
-            "env",
-            None
-        )
+        (v2.status, v2.build_id, v2.commit, v2.config, v2.scale, v2.cause.as_str(), v2.failure),
+        (expected.status, None, expected.commit, expected.config, expected.scale, "env", None)
     );
-    let newest_first: Vec<_> = store
-        .deployments(one.id, 10)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|d| d.version)
-        .collect();
+    let newest_first: Vec<_> =
+        store.deployments(one.id, 10).await.expect("list").into_iter().map(|d| d.version).collect();
     assert_eq!(newest_first, [3, 2, 1]);
-    let limited: Vec<_> = store
-        .deployments(one.id, 2)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|d| d.version)
-        .collect();
+    let limited: Vec<_> = store.deployments(one.id, 2).await.expect("list").into_iter().map(|d| d.version).collect();
     assert_eq!(limited, [3, 2]);
     assert_not_found(store.deployment(one.id, 9).await, "v9");
-    assert_not_found(
-        store
-            .create_deployment(&new_deployment(424242, "push"))
-            .await,
-        "project",
-    );
+    assert_not_found(store.create_deployment(&new_deployment(424242, "push")).await, "project");
     let mut dangling = new_deployment(one.id, "push");
     dangling.build_id = Some(424242);
     assert_not_found(store.create_deployment(&dangling).await, "build");
@@ -672,103 +446,53 @@ async fn deployment_status_follows_the_state_machine(db: &TestDb) {
     use DeploymentStatus::*;
     let store = db.open();
     let alice = new_user(&store, "alice@example.com").await;
-    let project = store
-        .create_project(alice.id, &name("app"))
-        .await
-        .expect("create");
-    let first = store
-        .create_deployment(&new_deployment(project.id, "push"))
-        .await
-        .expect("deploy");
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let first = store.create_deployment(&new_deployment(project.id, "push")).await.expect("deploy");
     assert_eq!(first.status, Queued);
 
     match store.set_deployment_status(first.id, Live, None).await {
-        Err(Error::Conflict(message)) => assert!(
-            message.contains("queued") && message.contains("live"),
-            "{message}"
-        ),
+        Err(Error::Conflict(message)) => assert!(message.contains("queued") && message.contains("live"), "{message}"),
         other => panic!("queued -> live must be refused, got {other:?}"),
     }
-    assert_eq!(
-        store.deployment(project.id, 1).await.expect("v1").status,
-        Queued,
-        "a refused step changes nothing"
-    );
+    assert_eq!(store.deployment(project.id, 1).await.expect("v1").status, Queued, "a refused step changes nothing");
     assert!(store.live_deployments().await.expect("live").is_empty());
 
     let mut last = first.clone();
     for step in [Building, Built, Starting, Healthy, Live] {
-        last = store
-            .set_deployment_status(first.id, step, None)
-            .await
-            .expect("legal step");
+        last = store.set_deployment_status(first.id, step, None).await.expect("legal step");
         assert_eq!(last.status, step);
     }
     assert!(last.updated_at >= first.updated_at);
     let live = store.live_deployments().await.expect("live");
     assert_eq!(live, vec![(project.clone(), last.clone())]);
-    assert!(
-        store
-            .set_deployment_status(first.id, Failed, Some("late"))
-            .await
-            .is_err(),
-        "live cannot fail"
-    );
+    assert!(store.set_deployment_status(first.id, Failed, Some("late")).await.is_err(), "live cannot fail");
 
-    let second = store
-        .create_deployment(&new_deployment(project.id, "push"))
-        .await
-        .expect("deploy");
-    let failed = store
-        .set_deployment_status(second.id, Failed, Some("health check timed out"))
-        .await
-        .expect("fail");
-    assert_eq!(
-        (failed.status, failed.failure.as_deref()),
-        (Failed, Some("health check timed out"))
-    );
-    assert!(matches!(
-        store.set_deployment_status(second.id, Building, None).await,
-        Err(Error::Conflict(_))
-    ));
+    let second = store.create_deployment(&new_deployment(project.id, "push")).await.expect("deploy");
+    let failed = store.set_deployment_status(second.id, Failed, Some("health check timed out")).await.expect("fail");
+    assert_eq!((failed.status, failed.failure.as_deref()), (Failed, Some("health check timed out")));
+    assert!(matches!(store.set_deployment_status(second.id, Building, None).await, Err(Error::Conflict(_))));
 
-    store
-        .set_deployment_status(first.id, Superseded, None)
-        .await
-        .expect("superseded");
+    store.set_deployment_status(first.id, Superseded, None).await.expect("superseded");
     assert!(store.live_deployments().await.expect("live").is_empty());
-    assert_not_found(
-        store.set_deployment_status(424242, Building, None).await,
-        "deployment",
-    );
+    assert_not_found(store.set_deployment_status(424242, Building, None).await, "deployment");
 }
 
 async fn concurrent_deployments_get_distinct_versions(db: &TestDb) {
     let store = db.open();
     let alice = new_user(&store, "alice@example.com").await;
-    let project = store
-        .create_project(alice.id, &name("busy"))
-        .await
-        .expect("create");
+    let project = store.create_project(alice.id, &name("busy")).await.expect("create");
     warm_pool(&store).await;
     let tasks: Vec<_> = (0..12)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .create_deployment(&new_deployment(project.id, &format!("push {i}")))
-                    .await
-            })
+            tokio::spawn(
+                async move { store.create_deployment(&new_deployment(project.id, &format!("push {i}"))).await },
+            )
         })
         .collect();
     let mut versions = Vec::new();
     for task in tasks {
-        versions.push(
-            task.await
-                .expect("task")
-                .expect("create deployment")
-                .version,
-        );
+        versions.push(task.await.expect("task").expect("create deployment").version);
     }
     versions.sort_unstable();
     assert_eq!(versions, (1..=12).collect::<Vec<i64>>());
@@ -778,38 +502,17 @@ async fn data_survives_reopening_the_store(db: &TestDb) {
     let (user, project) = {
         let store = db.open();
         let user = new_user(&store, "alice@example.com").await;
-        let project = store
-            .create_project(user.id, &name("durable"))
-            .await
-            .expect("create");
-        store
-            .create_deployment(&new_deployment(project.id, "push"))
-            .await
-            .expect("deploy");
+        let project = store.create_project(user.id, &name("durable")).await.expect("create");
+        store.create_deployment(&new_deployment(project.id, "push")).await.expect("deploy");
         (user, project)
     };
     let store = db.open();
     assert_eq!(store.user(user.id).await.expect("user"), user);
-    assert_eq!(
-        store.project(&name("durable")).await.expect("project"),
-        project
-    );
-    let next = store
-        .create_deployment(&new_deployment(project.id, "redeploy"))
-        .await
-        .expect("deploy");
-    assert_eq!(
-        next.version, 2,
-        "version numbering continues after a reopen"
-    );
+    assert_eq!(store.project(&name("durable")).await.expect("project"), project);
+    let next = store.create_deployment(&new_deployment(project.id, "redeploy")).await.expect("deploy");
+    assert_eq!(next.version, 2, "version numbering continues after a reopen");
     // Reopening runs the migrations again: already applied, nothing to do, no error.
-    assert!(
-        !store
-            .create_user("bob@example.com", "h")
-            .await
-            .expect("user")
-            .is_admin
-    );
+    assert!(!store.create_user("bob@example.com", "h").await.expect("user").is_admin);
 }
 
 #[test]
@@ -833,16 +536,7 @@ fn open_reports_an_unreachable_postgres() {
 
 #[test]
 fn database_urls_are_rewritten_for_test_databases() {
-    assert_eq!(
-        with_database("postgres://u@h:5/postgres", "t1"),
-        "postgres://u@h:5/t1"
-    );
-    assert_eq!(
-        with_database("postgres://u@h:5", "t1"),
-        "postgres://u@h:5/t1"
-    );
-    assert_eq!(
-        with_database("postgres://u@h/postgres?sslmode=disable", "t1"),
-        "postgres://u@h/t1?sslmode=disable"
-    );
+    assert_eq!(with_database("postgres://u@h:5/postgres", "t1"), "postgres://u@h:5/t1");
+    assert_eq!(with_database("postgres://u@h:5", "t1"), "postgres://u@h:5/t1");
+    assert_eq!(with_database("postgres://u@h/postgres?sslmode=disable", "t1"), "postgres://u@h/t1?sslmode=disable");
 }

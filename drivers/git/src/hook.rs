@@ -87,13 +87,8 @@ impl HookServer {
         use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 
         let socket: PathBuf = path.into();
-        let io_err = |what: &str, err: std::io::Error| {
-            Error::internal(format!("{what} {}", socket.display()), err)
-        };
-        if let Some(parent) = socket
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty() && !p.exists())
-        {
+        let io_err = |what: &str, err: std::io::Error| Error::internal(format!("{what} {}", socket.display()), err);
+        if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -102,32 +97,18 @@ impl HookServer {
         }
         if let Ok(meta) = std::fs::symlink_metadata(&socket) {
             if !meta.file_type().is_socket() {
-                return Err(Error::Conflict(format!(
-                    "{} exists and is not a socket",
-                    socket.display()
-                )));
+                return Err(Error::Conflict(format!("{} exists and is not a socket", socket.display())));
             }
             if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                return Err(Error::Conflict(format!(
-                    "another server is listening on {}",
-                    socket.display()
-                )));
+                return Err(Error::Conflict(format!("another server is listening on {}", socket.display())));
             }
-            std::fs::remove_file(&socket)
-                .map_err(|err| io_err("removing the stale socket", err))?;
+            std::fs::remove_file(&socket).map_err(|err| io_err("removing the stale socket", err))?;
         }
         let listener = UnixListener::bind(&socket).map_err(|err| io_err("binding", err))?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(|err| io_err("restricting", err))?;
-        let exe = std::env::current_exe()
-            .map_err(|err| Error::internal("finding the running executable", err))?;
-        Ok(HookServer {
-            listener: Arc::new(listener),
-            socket,
-            exe,
-            handler,
-            tickets: Tickets::default(),
-        })
+        let exe = std::env::current_exe().map_err(|err| Error::internal("finding the running executable", err))?;
+        Ok(HookServer { listener: Arc::new(listener), socket, exe, handler, tickets: Tickets::default() })
     }
 
     /// The executable the hook script runs as `EXE internal pre-receive`.
@@ -144,23 +125,9 @@ impl HookServer {
     /// `git receive-pack` child and keep the ticket until it exits: dropping it revokes the
     /// token. A token is good for one hook run.
     pub fn register(&self, project: &ProjectName, user_id: i64) -> HookTicket {
-        let token: String = rand::random::<[u8; 32]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        lock(&self.tickets).insert(
-            token.clone(),
-            Registration {
-                project: project.clone(),
-                user_id,
-            },
-        );
-        HookTicket {
-            token,
-            socket: self.socket.clone(),
-            exe: self.exe.clone(),
-            tickets: self.tickets.clone(),
-        }
+        let token: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+        lock(&self.tickets).insert(token.clone(), Registration { project: project.clone(), user_id });
+        HookTicket { token, socket: self.socket.clone(), exe: self.exe.clone(), tickets: self.tickets.clone() }
     }
 
     /// Accepts hook clients until the task is dropped.
@@ -202,8 +169,8 @@ impl HookServer {
             Ok(Ok(n)) if n > 0 && line.ends_with('\n') => {}
             _ => return Err("the hook sent no request".to_owned()),
         }
-        let request: Request = serde_json::from_str(&line)
-            .map_err(|err| format!("the hook sent a malformed request: {err}"))?;
+        let request: Request =
+            serde_json::from_str(&line).map_err(|err| format!("the hook sent a malformed request: {err}"))?;
         // One use per token: a leaked token cannot start a second build.
         let registration = lock(&self.tickets).remove(&request.token);
         let Some(Registration { project, user_id }) = registration else {
@@ -215,16 +182,9 @@ impl HookServer {
             .into_iter()
             .map(|u| {
                 if is_object_id(&u.old) && is_object_id(&u.new) && !u.refname.is_empty() {
-                    Ok(RefUpdate {
-                        refname: u.refname,
-                        old: u.old,
-                        new: u.new,
-                    })
+                    Ok(RefUpdate { refname: u.refname, old: u.old, new: u.new })
                 } else {
-                    Err(format!(
-                        "the hook sent a malformed ref update for {:?}",
-                        u.refname
-                    ))
+                    Err(format!("the hook sent a malformed ref update for {:?}", u.refname))
                 }
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -288,10 +248,7 @@ impl HookTicket {
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
             (ENV_EXE.to_owned(), self.exe.to_string_lossy().into_owned()),
-            (
-                ENV_SOCKET.to_owned(),
-                self.socket.to_string_lossy().into_owned(),
-            ),
+            (ENV_SOCKET.to_owned(), self.socket.to_string_lossy().into_owned()),
             (ENV_TOKEN.to_owned(), self.token.clone()),
         ]
     }
@@ -300,9 +257,7 @@ impl HookTicket {
 impl std::fmt::Debug for HookTicket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the token.
-        f.debug_struct("HookTicket")
-            .field("socket", &self.socket)
-            .finish_non_exhaustive()
+        f.debug_struct("HookTicket").field("socket", &self.socket).finish_non_exhaustive()
     }
 }
 
@@ -323,19 +278,14 @@ impl LogSink for ChannelLog {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The map stays consistent even if a holder panicked: every operation is one call.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn is_object_id(id: &str) -> bool {
     matches!(id.len(), 40 | 64) && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-async fn write_reply(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-    reply: &Reply,
-) -> std::io::Result<()> {
+async fn write_reply(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     line.push(b'\n');
     write.write_all(&line).await
@@ -359,27 +309,22 @@ pub fn run_client() -> i32 {
 }
 
 fn client() -> std::result::Result<bool, String> {
-    let (Some(socket), Some(token)) = (std::env::var_os(ENV_SOCKET), std::env::var(ENV_TOKEN).ok())
-    else {
+    let (Some(socket), Some(token)) = (std::env::var_os(ENV_SOCKET), std::env::var(ENV_TOKEN).ok()) else {
         return Err("pushes are only accepted through the PaaSTech git server".to_owned());
     };
     let updates = parse_updates(std::io::stdin().lock())?;
     let mut stream = std::os::unix::net::UnixStream::connect(&socket)
         .map_err(|err| format!("cannot reach the PaaSTech server: {err}"))?;
-    let mut request =
-        serde_json::to_vec(&Request { token, updates }).map_err(|err| err.to_string())?;
+    let mut request = serde_json::to_vec(&Request { token, updates }).map_err(|err| err.to_string())?;
     request.push(b'\n');
-    stream
-        .write_all(&request)
-        .map_err(|err| format!("cannot reach the PaaSTech server: {err}"))?;
+    stream.write_all(&request).map_err(|err| format!("cannot reach the PaaSTech server: {err}"))?;
 
     // No read timeout: a build can take many minutes. If the server dies, the socket closes
     // and the read below ends.
     let mut out = std::io::stdout().lock();
     for line in std::io::BufReader::new(stream).lines() {
         let line = line.map_err(|err| format!("lost the PaaSTech server: {err}"))?;
-        let reply: Reply = serde_json::from_str(&line)
-            .map_err(|err| format!("bad answer from the server: {err}"))?;
+        let reply: Reply = serde_json::from_str(&line).map_err(|err| format!("bad answer from the server: {err}"))?;
         // Writes may fail if git is gone; the outcome still decides the exit code.
         match reply {
             Reply::Log { line } => {
@@ -408,11 +353,7 @@ fn parse_updates(input: impl BufRead) -> std::result::Result<Vec<WireUpdate>, St
         let mut parts = line.splitn(3, ' ');
         match (parts.next(), parts.next(), parts.next()) {
             (Some(old), Some(new), Some(refname)) if is_object_id(old) && is_object_id(new) => {
-                updates.push(WireUpdate {
-                    refname: refname.to_owned(),
-                    old: old.to_owned(),
-                    new: new.to_owned(),
-                });
+                updates.push(WireUpdate { refname: refname.to_owned(), old: old.to_owned(), new: new.to_owned() });
             }
             _ => return Err(format!("unexpected pre-receive input {line:?}")),
         }
@@ -440,10 +381,7 @@ mod tests {
 
     #[test]
     fn replies_are_one_json_line_each() {
-        let json = serde_json::to_string(&Reply::Log {
-            line: "a\nb".to_owned(),
-        })
-        .expect("json");
+        let json = serde_json::to_string(&Reply::Log { line: "a\nb".to_owned() }).expect("json");
         assert!(!json.contains('\n'));
         assert_eq!(json, r#"{"type":"log","line":"a\nb"}"#);
     }

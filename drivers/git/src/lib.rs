@@ -58,10 +58,7 @@ impl RepoStore for GitRepoStore {
                 Ok(())
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(Error::internal(
-                format!("deleting the repository of {project}"),
-                err,
-            )),
+            Err(err) => Err(Error::internal(format!("deleting the repository of {project}"), err)),
         }
     }
 
@@ -80,12 +77,8 @@ impl RepoStore for GitRepoStore {
 }
 
 /// git2 is blocking: keep it off the async workers.
-async fn run_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| Error::internal("a git task panicked", err))?
+async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|err| Error::internal("a git task panicked", err))?
 }
 
 fn create_repo(path: &Path, project: &str) -> Result<()> {
@@ -94,18 +87,12 @@ fn create_repo(path: &Path, project: &str) -> Result<()> {
         Err(_) => {
             let mut opts = git2::RepositoryInitOptions::new();
             // `git init --bare` would point HEAD at master; pushes go to main.
-            opts.bare(true)
-                .mkdir(true)
-                .mkpath(true)
-                .initial_head("main")
-                .no_reinit(true);
-            git2::Repository::init_opts(path, &opts).map_err(|err| {
-                Error::internal(format!("creating the repository of {project}"), err)
-            })?
+            opts.bare(true).mkdir(true).mkpath(true).initial_head("main").no_reinit(true);
+            git2::Repository::init_opts(path, &opts)
+                .map_err(|err| Error::internal(format!("creating the repository of {project}"), err))?
         }
     };
-    install_hook(repo.path())
-        .map_err(|err| Error::internal(format!("installing the hook of {project}"), err))?;
+    install_hook(repo.path()).map_err(|err| Error::internal(format!("installing the hook of {project}"), err))?;
     tracing::info!(project, path = %path.display(), "repository ready");
     Ok(())
 }
@@ -174,21 +161,12 @@ mod tests {
         let project = name("empty");
         let dest = dir.path().join("out");
         let commit = "0123456789abcdef0123456789abcdef01234567";
-        let err = store
-            .export(&project, commit, &dest)
-            .await
-            .expect_err("no repo");
+        let err = store.export(&project, commit, &dest).await.expect_err("no repo");
         assert!(matches!(err, Error::NotFound(_)), "{err:?}");
         store.create(&project).await.expect("create");
-        let err = store
-            .export(&project, commit, &dest)
-            .await
-            .expect_err("no commit");
+        let err = store.export(&project, commit, &dest).await.expect_err("no commit");
         assert!(matches!(err, Error::NotFound(_)), "{err:?}");
-        let err = store
-            .export(&project, "main; rm -rf /", &dest)
-            .await
-            .expect_err("bad id");
+        let err = store.export(&project, "main; rm -rf /", &dest).await.expect_err("bad id");
         assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     }
 }

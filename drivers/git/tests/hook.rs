@@ -24,21 +24,11 @@ fn main() {
     let exact = args.iter().any(|a| a == "--exact");
     let filter = args.into_iter().find(|a| !a.starts_with('-'));
     let tests: Vec<TestCase> = vec![
-        ("push_runs_handler_and_export_reads_quarantine", || {
-            Box::pin(push_runs_handler_and_export_reads_quarantine())
-        }),
-        ("handler_error_rejects_push", || {
-            Box::pin(handler_error_rejects_push())
-        }),
-        ("unknown_or_revoked_token_is_refused", || {
-            Box::pin(unknown_or_revoked_token_is_refused())
-        }),
-        ("push_without_the_server_is_refused", || {
-            Box::pin(push_without_the_server_is_refused())
-        }),
-        ("socket_and_parent_are_private", || {
-            Box::pin(socket_and_parent_are_private())
-        }),
+        ("push_runs_handler_and_export_reads_quarantine", || Box::pin(push_runs_handler_and_export_reads_quarantine())),
+        ("handler_error_rejects_push", || Box::pin(handler_error_rejects_push())),
+        ("unknown_or_revoked_token_is_refused", || Box::pin(unknown_or_revoked_token_is_refused())),
+        ("push_without_the_server_is_refused", || Box::pin(push_without_the_server_is_refused())),
+        ("socket_and_parent_are_private", || Box::pin(socket_and_parent_are_private())),
     ];
     let tests: Vec<TestCase> = tests
         .into_iter()
@@ -65,10 +55,7 @@ type TestCase = (&'static str, fn() -> TestFuture);
 /// Runs the tests concurrently, each in its own task: a panic fails that test only.
 async fn run_tests(tests: Vec<TestCase>) -> usize {
     println!("running {} tests", tests.len());
-    let handles: Vec<_> = tests
-        .into_iter()
-        .map(|(name, test)| (name, tokio::spawn(test())))
-        .collect();
+    let handles: Vec<_> = tests.into_iter().map(|(name, test)| (name, tokio::spawn(test()))).collect();
     let mut failed = 0;
     for (name, handle) in handles {
         match handle.await {
@@ -100,21 +87,15 @@ impl PushHandler for TestHandler {
         updates: &[RefUpdate],
         log: Arc<dyn LogSink>,
     ) -> Result<()> {
-        self.seen
-            .lock()
-            .expect("lock")
-            .push((project.to_string(), user_id, updates.to_vec()));
+        self.seen.lock().expect("lock").push((project.to_string(), user_id, updates.to_vec()));
         for update in updates.iter().filter(|u| !u.is_delete()) {
             let dest = self.scratch.join(&update.new);
             self.store.export(project, &update.new, &dest).await?;
-            let app = std::fs::read_to_string(dest.join("app.txt"))
-                .map_err(|e| Error::internal("read", e))?;
+            let app = std::fs::read_to_string(dest.join("app.txt")).map_err(|e| Error::internal("read", e))?;
             log.line(&format!("building {}", update.refname));
             log.line(&format!("app says {}", app.trim()));
             if app.contains("FAIL") {
-                return Err(Error::Invalid(
-                    "build failed: app.txt asked for it".to_owned(),
-                ));
+                return Err(Error::Invalid("build failed: app.txt asked for it".to_owned()));
             }
         }
         Ok(())
@@ -137,27 +118,15 @@ async fn fixture() -> Fixture {
     let store = GitRepoStore::new(root.join("repos"));
     let project = ProjectName::parse("blog").expect("name");
     store.create(&project).await.expect("create repo");
-    let handler = Arc::new(TestHandler {
-        store: store.clone(),
-        scratch: root.join("scratch"),
-        seen: Mutex::new(Vec::new()),
-    });
-    let hooks =
-        HookServer::bind(root.join("run/hook.sock"), handler.clone()).expect("bind hook server");
+    let handler =
+        Arc::new(TestHandler { store: store.clone(), scratch: root.join("scratch"), seen: Mutex::new(Vec::new()) });
+    let hooks = HookServer::bind(root.join("run/hook.sock"), handler.clone()).expect("bind hook server");
     let serving = hooks.clone();
     tokio::spawn(async move { serving.serve().await });
     let work = root.join("work");
     std::fs::create_dir(&work).expect("work dir");
     git(&work, &["init", "-q", "-b", "main"]).await;
-    Fixture {
-        _dir: dir,
-        root,
-        store,
-        handler,
-        hooks,
-        project,
-        work,
-    }
+    Fixture { _dir: dir, root, store, handler, hooks, project, work }
 }
 
 /// Runs git with no user or system configuration.
@@ -179,11 +148,7 @@ fn git_command(cwd: &Path, args: &[&str]) -> tokio::process::Command {
 
 async fn git(cwd: &Path, args: &[&str]) -> String {
     let out = git_command(cwd, args).output().await.expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -192,8 +157,7 @@ async fn commit(work: &Path, app: &str) -> String {
     std::fs::write(work.join("app.txt"), app).expect("write app");
     std::fs::create_dir_all(work.join("bin")).expect("bin dir");
     std::fs::write(work.join("bin/run"), "#!/bin/sh\necho hi\n").expect("write run");
-    std::fs::set_permissions(work.join("bin/run"), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod");
+    std::fs::set_permissions(work.join("bin/run"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     if !work.join("link").exists() {
         std::os::unix::fs::symlink("app.txt", work.join("link")).expect("symlink");
     }
@@ -212,9 +176,7 @@ async fn push(f: &Fixture, env: &[(String, String)]) -> Output {
 
 fn remote_main(f: &Fixture) -> Option<String> {
     let repo = git2::Repository::open_bare(f.store.path(&f.project)).expect("open");
-    repo.refname_to_id("refs/heads/main")
-        .ok()
-        .map(|id| id.to_string())
+    repo.refname_to_id("refs/heads/main").ok().map(|id| id.to_string())
 }
 
 async fn push_runs_handler_and_export_reads_quarantine() {
@@ -224,10 +186,7 @@ async fn push_runs_handler_and_export_reads_quarantine() {
     let out = push(&f, &ticket.env()).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "push failed: {stderr}");
-    assert!(
-        stderr.contains("remote: building refs/heads/main"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("remote: building refs/heads/main"), "{stderr}");
     assert!(stderr.contains("remote: app says hello"), "{stderr}");
     assert_eq!(remote_main(&f).as_deref(), Some(head.as_str()));
 
@@ -235,48 +194,23 @@ async fn push_runs_handler_and_export_reads_quarantine() {
     assert_eq!(seen.len(), 1);
     let (project, user, updates) = &seen[0];
     assert_eq!((project.as_str(), *user), ("blog", 7));
-    assert_eq!(
-        updates,
-        &vec![RefUpdate {
-            refname: "refs/heads/main".into(),
-            old: "0".repeat(40),
-            new: head.clone()
-        }]
-    );
+    assert_eq!(updates, &vec![RefUpdate { refname: "refs/heads/main".into(), old: "0".repeat(40), new: head.clone() }]);
 
     // What the handler exported inside the hook: content, exec bit, symlink, no .git.
     use std::os::unix::fs::PermissionsExt;
     let exported = f.root.join("scratch").join(&head);
-    assert_eq!(
-        std::fs::read_to_string(exported.join("app.txt")).expect("app"),
-        "hello"
-    );
-    let mode = std::fs::metadata(exported.join("bin/run"))
-        .expect("run")
-        .permissions()
-        .mode();
+    assert_eq!(std::fs::read_to_string(exported.join("app.txt")).expect("app"), "hello");
+    let mode = std::fs::metadata(exported.join("bin/run")).expect("run").permissions().mode();
     assert_eq!(mode & 0o777, 0o755);
-    let mode = std::fs::metadata(exported.join("app.txt"))
-        .expect("app")
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(exported.join("app.txt")).expect("app").permissions().mode();
     assert_eq!(mode & 0o111, 0);
-    assert_eq!(
-        std::fs::read_link(exported.join("link")).expect("link"),
-        PathBuf::from("app.txt")
-    );
+    assert_eq!(std::fs::read_link(exported.join("link")).expect("link"), PathBuf::from("app.txt"));
     assert!(!exported.join(".git").exists());
 
     // After the push the objects are in the store proper: export works from outside a hook.
     let again = f.root.join("again");
-    f.store
-        .export(&f.project, &head, &again)
-        .await
-        .expect("export after push");
-    assert_eq!(
-        std::fs::read_to_string(again.join("app.txt")).expect("app"),
-        "hello"
-    );
+    f.store.export(&f.project, &head, &again).await.expect("export after push");
+    assert_eq!(std::fs::read_to_string(again.join("app.txt")).expect("app"), "hello");
 }
 
 async fn handler_error_rejects_push() {
@@ -284,11 +218,7 @@ async fn handler_error_rejects_push() {
     let good = commit(&f.work, "fine").await;
     let ticket = f.hooks.register(&f.project, 1);
     let out = push(&f, &ticket.env()).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     drop(ticket);
 
     commit(&f.work, "please FAIL").await;
@@ -297,16 +227,9 @@ async fn handler_error_rejects_push() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "push should fail: {stderr}");
     assert!(stderr.contains("remote: app says please FAIL"), "{stderr}");
-    assert!(
-        stderr.contains("remote: push rejected: build failed: app.txt asked for it"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("remote: push rejected: build failed: app.txt asked for it"), "{stderr}");
     assert!(stderr.contains("pre-receive hook declined"), "{stderr}");
-    assert_eq!(
-        remote_main(&f).as_deref(),
-        Some(good.as_str()),
-        "the ref must not move"
-    );
+    assert_eq!(remote_main(&f).as_deref(), Some(good.as_str()), "the ref must not move");
 }
 
 async fn unknown_or_revoked_token_is_refused() {
@@ -327,20 +250,13 @@ async fn unknown_or_revoked_token_is_refused() {
     }
     let out = push(&f, &env).await;
     assert!(!out.status.success());
-    assert!(
-        f.handler.seen.lock().expect("lock").is_empty(),
-        "the handler must not run"
-    );
+    assert!(f.handler.seen.lock().expect("lock").is_empty(), "the handler must not run");
     assert_eq!(remote_main(&f), None);
 
     // A token is good for one hook run only.
     let ticket = f.hooks.register(&f.project, 1);
     let out = push(&f, &ticket.env()).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     commit(&f.work, "second").await;
     let out = push(&f, &ticket.env()).await;
     assert!(!out.status.success(), "a token must not be reused");
@@ -352,10 +268,7 @@ async fn push_without_the_server_is_refused() {
     let out = push(&f, &[]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("only accepted through the PaaSTech git server"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("only accepted through the PaaSTech git server"), "{stderr}");
     assert_eq!(remote_main(&f), None);
 }
 
@@ -363,19 +276,11 @@ async fn socket_and_parent_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let f = fixture().await;
     let socket = f.hooks.socket_path();
-    let mode = std::fs::metadata(socket)
-        .expect("socket")
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(socket).expect("socket").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let mode = std::fs::metadata(socket.parent().expect("parent"))
-        .expect("dir")
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(socket.parent().expect("parent")).expect("dir").permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
     // A second server on a live socket is a conflict, not a silent takeover.
-    let err = HookServer::bind(socket, f.handler.clone())
-        .err()
-        .expect("conflict");
+    let err = HookServer::bind(socket, f.handler.clone()).err().expect("conflict");
     assert!(matches!(err, Error::Conflict(_)), "{err:?}");
 }

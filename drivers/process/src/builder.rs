@@ -43,12 +43,7 @@ const PASSTHROUGH_VARS: &[&str] = &[
     "REQUESTS_CA_BUNDLE",
 ];
 
-const PIP_INSTALL: &[&str] = &[
-    "install",
-    "--disable-pip-version-check",
-    "--progress-bar",
-    "off",
-];
+const PIP_INSTALL: &[&str] = &["install", "--disable-pip-version-check", "--progress-bar", "off"];
 
 #[derive(Debug, Clone)]
 pub struct ProcessBuilderConfig {
@@ -86,24 +81,17 @@ impl ProcessBuilder {
                 let text = std::fs::read_to_string(dir.join("requirements.txt"))
                     .map_err(|e| Error::internal("reading requirements.txt", e))?;
                 if has_requirements(&text) {
-                    vec![
-                        Step::new("python3", &["-m", "venv", ".venv"]),
-                        pip(&["-r", "requirements.txt"]),
-                    ]
+                    vec![Step::new("python3", &["-m", "venv", ".venv"]), pip(&["-r", "requirements.txt"])]
                 } else {
                     // Nothing to install: a venv without pip takes a tenth of the time.
-                    vec![Step::new(
-                        "python3",
-                        &["-m", "venv", "--without-pip", ".venv"],
-                    )]
+                    vec![Step::new("python3", &["-m", "venv", "--without-pip", ".venv"])]
                 }
             }
             Some(Language::Python) => {
                 vec![Step::new("python3", &["-m", "venv", ".venv"]), pip(&["."])]
             }
             Some(Language::Node) => {
-                let locked = dir.join("package-lock.json").is_file()
-                    || dir.join("npm-shrinkwrap.json").is_file();
+                let locked = dir.join("package-lock.json").is_file() || dir.join("npm-shrinkwrap.json").is_file();
                 let install = if locked { "ci" } else { "install" };
                 let npm_cache = cache.join("npm");
                 vec![
@@ -113,10 +101,9 @@ impl ProcessBuilder {
                         .cache(npm_cache),
                 ]
             }
-            Some(Language::Rust) => vec![
-                Step::new("cargo", &["build", "--release"])
-                    .env("CARGO_TARGET_DIR", dir.join("target")),
-            ],
+            Some(Language::Rust) => {
+                vec![Step::new("cargo", &["build", "--release"]).env("CARGO_TARGET_DIR", dir.join("target"))]
+            }
             Some(Language::Go) => {
                 let go = cache.join("go");
                 vec![
@@ -135,8 +122,7 @@ impl ProcessBuilder {
     /// tools are, then the project's build env.
     fn base_env(&self, request: &BuildRequest) -> Vec<(OsString, OsString)> {
         let mut env = Vec::new();
-        let path =
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         env.push(("PATH".into(), path));
         if let Some(home) = std::env::var_os("HOME") {
             env.push(("HOME".into(), home));
@@ -159,11 +145,7 @@ impl ProcessBuilder {
                 "this server has no static file server configured for the process builder".into(),
             ));
         }
-        Ok(format!(
-            "{} {}",
-            shell_join(&self.config.static_server),
-            shell_quote(dir)
-        ))
+        Ok(format!("{} {}", shell_join(&self.config.static_server), shell_quote(dir)))
     }
 }
 
@@ -182,9 +164,7 @@ impl ImageBuilder for ProcessBuilder {
             .ok_or_else(|| Error::internal_msg(format!("release directory {dir:?} is not UTF-8")))?
             .to_owned();
         if !dir.is_dir() {
-            return Err(Error::NotFound(format!(
-                "release directory {reference} does not exist"
-            )));
+            return Err(Error::NotFound(format!("release directory {reference} does not exist")));
         }
 
         let detected = {
@@ -212,15 +192,9 @@ impl ImageBuilder for ProcessBuilder {
         for (name, command) in &processes {
             log.line(&format!("-----> Process type {name}: {command}"));
         }
-        log.line(&format!(
-            "-----> Build finished in {:.1}s",
-            started.elapsed().as_secs_f64()
-        ));
+        log.line(&format!("-----> Build finished in {:.1}s", started.elapsed().as_secs_f64()));
         tracing::info!(project = %request.project, version = request.version, dir = %reference, "built release");
-        Ok(Artifact {
-            reference,
-            processes,
-        })
+        Ok(Artifact { reference, processes })
     }
 
     async fn remove(&self, artifact: &str) -> Result<()> {
@@ -228,27 +202,18 @@ impl ImageBuilder for ProcessBuilder {
         // A release directory is always an absolute path below some data directory; refuse
         // anything else rather than delete a surprise.
         if !path.is_absolute() || path.parent().is_none_or(|p| p.parent().is_none()) {
-            return Err(Error::Invalid(format!(
-                "{artifact:?} is not a release directory"
-            )));
+            return Err(Error::Invalid(format!("{artifact:?} is not a release directory")));
         }
         match tokio::fs::remove_dir_all(&path).await {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(Error::internal(
-                format!("removing release directory {artifact}"),
-                err,
-            )),
+            Err(err) => Err(Error::internal(format!("removing release directory {artifact}"), err)),
         }
     }
 }
 
 fn describe(detected: &Detected) -> String {
-    let source = if detected.procfile {
-        "commands from the Procfile"
-    } else {
-        "default commands"
-    };
+    let source = if detected.procfile { "commands from the Procfile" } else { "default commands" };
     match detected.language {
         Some(language) => format!("-----> Detected a {} app, {source}", language.as_str()),
         None => format!("-----> Nothing to build, {source}"),
@@ -257,9 +222,7 @@ fn describe(detected: &Detected) -> String {
 
 /// Whether a requirements file names anything to install (not only comments and blanks).
 fn has_requirements(text: &str) -> bool {
-    text.lines()
-        .map(str::trim)
-        .any(|line| !line.is_empty() && !line.starts_with('#'))
+    text.lines().map(str::trim).any(|line| !line.is_empty() && !line.starts_with('#'))
 }
 
 /// One build step: an argument vector, never a shell string.
@@ -281,12 +244,7 @@ impl Step {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             env: Vec::new(),
             caches: Vec::new(),
-            label: [program]
-                .iter()
-                .chain(args)
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" "),
+            label: [program].iter().chain(args).copied().collect::<Vec<_>>().join(" "),
         }
     }
 
@@ -343,14 +301,8 @@ async fn run_step(
     let outcome = tokio::time::timeout_at(deadline, pump(&mut child, pgid, log)).await;
     match outcome {
         Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(Error::Invalid(format!(
-            "build step `{}` failed ({status})",
-            step.label
-        ))),
-        Ok(Err(err)) => Err(Error::internal(
-            format!("running build step `{}`", step.label),
-            err,
-        )),
+        Ok(Ok(status)) => Err(Error::Invalid(format!("build step `{}` failed ({status})", step.label))),
+        Ok(Err(err)) => Err(Error::internal(format!("running build step `{}`", step.label), err)),
         Err(_) => {
             if let Some(pgid) = pgid {
                 group::signal(pgid, Signal::SIGKILL);

@@ -12,10 +12,7 @@ use tokio::time::Instant;
 /// The group id of a child started with `process_group(0)`: its own pid. `None` for a
 /// value that must never be signalled (0 and 1 would hit our own group or init).
 pub(crate) fn pgid_of(child: &Child) -> Option<i32> {
-    child
-        .id()
-        .and_then(|pid| i32::try_from(pid).ok())
-        .filter(|&pid| pid > 1)
+    child.id().and_then(|pid| i32::try_from(pid).ok()).filter(|&pid| pid > 1)
 }
 
 /// Sends `signal` to the group; a group that no longer exists is not an error.
@@ -38,12 +35,7 @@ pub(crate) fn alive(pgid: i32) -> bool {
     };
     entries
         .filter_map(|entry| entry.ok())
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
+        .filter(|entry| entry.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
         .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
         .any(|stat| live_member(&stat, pgid))
 }

@@ -13,10 +13,7 @@ pub(crate) struct Lines<R> {
 
 impl<R: AsyncRead + Unpin> Lines<R> {
     pub(crate) fn new(reader: R) -> Self {
-        Lines {
-            reader: BufReader::new(reader),
-            buf: Vec::new(),
-        }
+        Lines { reader: BufReader::new(reader), buf: Vec::new() }
     }
 
     /// The next line without its line ending, invalid UTF-8 replaced; `None` at the end.
@@ -50,11 +47,7 @@ impl<R: AsyncRead + Unpin> Lines<R> {
     }
 
     fn take_rest(&mut self) -> Option<String> {
-        if self.buf.is_empty() {
-            None
-        } else {
-            Some(self.take_line())
-        }
+        if self.buf.is_empty() { None } else { Some(self.take_line()) }
     }
 
     fn take_line(&mut self) -> String {

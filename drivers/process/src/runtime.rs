@@ -55,12 +55,8 @@ impl Default for RestartPolicy {
 impl RestartPolicy {
     /// The wait before the next start, given how many exits are within the window.
     fn backoff(&self, recent_failures: usize) -> Duration {
-        let doublings = u32::try_from(recent_failures.saturating_sub(1))
-            .unwrap_or(u32::MAX)
-            .min(20);
-        self.initial_backoff
-            .saturating_mul(1 << doublings)
-            .min(self.max_backoff)
+        let doublings = u32::try_from(recent_failures.saturating_sub(1)).unwrap_or(u32::MAX).min(20);
+        self.initial_backoff.saturating_mul(1 << doublings).min(self.max_backoff)
     }
 }
 
@@ -116,11 +112,7 @@ struct Launch {
 
 impl ProcessRuntime {
     pub fn new(config: ProcessRuntimeConfig) -> Self {
-        ProcessRuntime {
-            config,
-            instances: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-        }
+        ProcessRuntime { config, instances: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) }
     }
 
     /// Stops every instance with the configured grace period, as a server shutting down
@@ -134,18 +126,10 @@ impl ProcessRuntime {
         }
     }
 
-    fn launch(
-        &self,
-        spec: &InstanceSpec,
-        output: Arc<dyn LogSink>,
-        port: Option<u16>,
-    ) -> Result<Launch> {
+    fn launch(&self, spec: &InstanceSpec, output: Arc<dyn LogSink>, port: Option<u16>) -> Result<Launch> {
         let dir = PathBuf::from(&spec.artifact);
         if !dir.is_absolute() || !dir.is_dir() {
-            return Err(Error::NotFound(format!(
-                "release directory {} does not exist",
-                spec.artifact
-            )));
+            return Err(Error::NotFound(format!("release directory {} does not exist", spec.artifact)));
         }
         let mut env: Vec<(OsString, OsString)> = vec![
             ("PATH".into(), app_path(&dir)),
@@ -158,19 +142,14 @@ impl ProcessRuntime {
         }
 
         let shell_args: Vec<OsString> = vec!["-c".into(), spec.command.clone().into()];
-        let (program, args) = match spec
-            .limits
-            .memory_bytes
-            .or(self.config.default_memory_bytes)
-        {
+        let (program, args) = match spec.limits.memory_bytes.or(self.config.default_memory_bytes) {
             Some(bytes) => {
                 let prlimit = find_system_tool("prlimit").ok_or_else(|| {
                     Error::Unavailable(
                         "prlimit (util-linux) is not installed on the server; it is needed to limit memory".into(),
                     )
                 })?;
-                let mut args: Vec<OsString> =
-                    vec![format!("--data={bytes}").into(), "--".into(), SHELL.into()];
+                let mut args: Vec<OsString> = vec![format!("--data={bytes}").into(), "--".into(), SHELL.into()];
                 args.extend(shell_args);
                 (prlimit, args)
             }
@@ -179,14 +158,7 @@ impl ProcessRuntime {
         if spec.limits.cpus.is_some() {
             tracing::debug!(project = %spec.project, "cpu limits are not applied to local processes");
         }
-        Ok(Launch {
-            program,
-            args,
-            dir,
-            env,
-            output,
-            name: format!("{}.{}", spec.process_type, spec.index),
-        })
+        Ok(Launch { program, args, dir, env, output, name: format!("{}.{}", spec.process_type, spec.index) })
     }
 }
 
@@ -209,21 +181,13 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn start(&self, spec: InstanceSpec, output: Arc<dyn LogSink>) -> Result<Instance> {
-        let port = if spec.is_web() {
-            Some(free_port()?)
-        } else {
-            None
-        };
+        let port = if spec.is_web() { Some(free_port()?) } else { None };
         let launch = self.launch(&spec, output, port)?;
-        let child = spawn(&launch).map_err(|err| {
-            Error::internal(format!("starting {} of {}", launch.name, spec.project), err)
-        })?;
+        let child = spawn(&launch)
+            .map_err(|err| Error::internal(format!("starting {} of {}", launch.name, spec.project), err))?;
 
         let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!(
-            "{}-v{}-{}-{}-{seq}",
-            spec.project, spec.version, spec.process_type, spec.index
-        );
+        let id = format!("{}-v{}-{}-{}-{seq}", spec.project, spec.version, spec.process_type, spec.index);
         let instance = Instance {
             id: id.clone(),
             project: spec.project,
@@ -234,18 +198,9 @@ impl Runtime for ProcessRuntime {
             state: InstanceState::Running,
             restarts: 0,
         };
-        let shared = Arc::new(Mutex::new(Shared {
-            instance: instance.clone(),
-            pgid: group::pgid_of(&child),
-        }));
+        let shared = Arc::new(Mutex::new(Shared { instance: instance.clone(), pgid: group::pgid_of(&child) }));
         let (stop, stop_rx) = watch::channel(None);
-        let task = tokio::spawn(supervise(
-            child,
-            launch,
-            Arc::clone(&shared),
-            stop_rx,
-            self.config.restart,
-        ));
+        let task = tokio::spawn(supervise(child, launch, Arc::clone(&shared), stop_rx, self.config.restart));
         lock(&self.instances).insert(id.clone(), Entry { shared, stop, task });
         tracing::info!(instance = %id, addr = ?instance.addr, "started instance");
         Ok(instance)
@@ -264,10 +219,8 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn list(&self) -> Result<Vec<Instance>> {
-        let mut instances: Vec<Instance> = lock(&self.instances)
-            .values()
-            .map(|entry| lock(&entry.shared).instance.clone())
-            .collect();
+        let mut instances: Vec<Instance> =
+            lock(&self.instances).values().map(|entry| lock(&entry.shared).instance.clone()).collect();
         instances.sort_by(|a, b| {
             (&a.project, a.version, &a.process_type, a.index, &a.id).cmp(&(
                 &b.project,
@@ -316,10 +269,7 @@ async fn supervise(
 
         let now = Instant::now();
         failures.push_back(now);
-        while failures
-            .front()
-            .is_some_and(|&t| now.duration_since(t) > policy.window)
-        {
+        while failures.front().is_some_and(|&t| now.duration_since(t) > policy.window) {
             failures.pop_front();
         }
         if failures.len() >= policy.max_failures as usize {
@@ -336,11 +286,7 @@ async fn supervise(
         }
         let backoff = policy.backoff(failures.len());
         set_state(&shared, InstanceState::Restarting, None);
-        launch.output.line(&format!(
-            "paastech: restarting {} in {:.1}s",
-            launch.name,
-            backoff.as_secs_f64()
-        ));
+        launch.output.line(&format!("paastech: restarting {} in {:.1}s", launch.name, backoff.as_secs_f64()));
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             _ = requested_stop(&mut stop) => {
@@ -355,9 +301,7 @@ async fn supervise(
                 set_state(&shared, InstanceState::Running, group::pgid_of(&child));
                 current = Some(child);
             }
-            Err(err) => launch
-                .output
-                .line(&format!("paastech: could not start {}: {err}", launch.name)),
+            Err(err) => launch.output.line(&format!("paastech: could not start {}: {err}", launch.name)),
         }
     }
 }
@@ -418,29 +362,21 @@ fn app_path(dir: &Path) -> OsString {
 }
 
 fn find_system_tool(name: &str) -> Option<PathBuf> {
-    SYSTEM_PATH
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|path| path.is_file())
+    SYSTEM_PATH.split(':').map(|dir| Path::new(dir).join(name)).find(|path| path.is_file())
 }
 
 /// A loopback port free right now: bind port 0, read what the kernel chose, let it go.
 fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| Error::internal("finding a free port", e))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| Error::internal("finding a free port", e))?
-        .port();
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| Error::internal("finding a free port", e))?;
+    let port = listener.local_addr().map_err(|e| Error::internal("finding a free port", e))?.port();
     Ok(port)
 }
 
 /// A poisoned lock only means a panic elsewhere; the data is still consistent enough to
 /// report and to kill processes with.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -451,10 +387,7 @@ mod tests {
     fn backoff_doubles_up_to_the_cap() {
         let policy = RestartPolicy::default();
         let waits: Vec<u128> = (1..=9).map(|n| policy.backoff(n).as_millis()).collect();
-        assert_eq!(
-            waits,
-            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
-        );
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
         assert_eq!(policy.backoff(1000), Duration::from_secs(30));
     }
 }

@@ -40,12 +40,7 @@ fn spec(dir: &std::path::Path, process_type: &str, command: &str) -> InstanceSpe
 }
 
 async fn state_of(runtime: &ProcessRuntime, id: &str) -> Option<Instance> {
-    runtime
-        .list()
-        .await
-        .expect("list")
-        .into_iter()
-        .find(|i| i.id == id)
+    runtime.list().await.expect("list").into_iter().find(|i| i.id == id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,26 +61,14 @@ async fn serves_the_python_example_over_http() {
 
     let response = http_get(addr, "/").await;
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
-    assert!(
-        response.contains("bonjour from python-hello (version 7)"),
-        "{response}"
-    );
-    wait_until("the request in the app's log", WAIT, || {
-        log.count("\"GET / HTTP/1.0\" 200") == 1
-    })
-    .await;
+    assert!(response.contains("bonjour from python-hello (version 7)"), "{response}");
+    wait_until("the request in the app's log", WAIT, || log.count("\"GET / HTTP/1.0\" 200") == 1).await;
 
     let listed = runtime.list().await.expect("list");
     assert_eq!(listed, std::slice::from_ref(&instance));
-    runtime
-        .stop(&instance.id, Duration::from_secs(2))
-        .await
-        .expect("stop");
+    runtime.stop(&instance.id, Duration::from_secs(2)).await.expect("stop");
     assert!(runtime.list().await.expect("list").is_empty());
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "the app still listens after stop"
-    );
+    assert!(std::net::TcpStream::connect(addr).is_err(), "the app still listens after stop");
 }
 
 #[tokio::test]
@@ -94,51 +77,28 @@ async fn apps_get_their_env_and_nothing_of_the_servers() {
     let runtime = runtime();
     let log = Collect::new();
     let mut spec = spec(dir.path(), "worker", "env; exec sleep 60");
-    spec.env
-        .insert("GREETING".into(), "hi there; $(not run)".into());
+    spec.env.insert("GREETING".into(), "hi there; $(not run)".into());
     let worker = runtime.start(spec, log.clone()).await.expect("start");
     assert_eq!(worker.addr, None);
     wait_until("the env listing", WAIT, || log.value("GREETING").is_some()).await;
 
-    assert!(
-        std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
-        "the test's own env is the server's"
-    );
-    let names: BTreeSet<String> = log
-        .lines()
-        .iter()
-        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()))
-        .collect();
-    let allowed: BTreeSet<String> = [
-        "PATH", "HOME", "LANG", "PWD", "SHLVL", "OLDPWD", "_", "GREETING",
-    ]
-    .map(String::from)
-    .into();
-    assert!(
-        names.is_subset(&allowed),
-        "leaked: {:?}",
-        names.difference(&allowed).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        log.value("GREETING").as_deref(),
-        Some("hi there; $(not run)")
-    );
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some(), "the test's own env is the server's");
+    let names: BTreeSet<String> =
+        log.lines().iter().filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned())).collect();
+    let allowed: BTreeSet<String> =
+        ["PATH", "HOME", "LANG", "PWD", "SHLVL", "OLDPWD", "_", "GREETING"].map(String::from).into();
+    assert!(names.is_subset(&allowed), "leaked: {:?}", names.difference(&allowed).collect::<Vec<_>>());
+    assert_eq!(log.value("GREETING").as_deref(), Some("hi there; $(not run)"));
     assert_eq!(log.value("LANG").as_deref(), Some("C.UTF-8"));
     assert_eq!(log.value("HOME").as_deref(), dir.path().to_str());
     let path = log.value("PATH").expect("PATH");
-    assert!(
-        path.starts_with(&format!("{}/.venv/bin:", dir.path().display())),
-        "{path}"
-    );
+    assert!(path.starts_with(&format!("{}/.venv/bin:", dir.path().display())), "{path}");
     assert!(path.ends_with(":/usr/local/bin:/usr/bin:/bin"), "{path}");
     assert!(!names.contains("PORT"), "a worker gets no PORT");
 
     let web_log = Collect::new();
     let web = runtime
-        .start(
-            spec_with(dir.path(), "web", "echo PORT=$PORT; exec sleep 60"),
-            web_log.clone(),
-        )
+        .start(spec_with(dir.path(), "web", "echo PORT=$PORT; exec sleep 60"), web_log.clone())
         .await
         .expect("start web");
     wait_until("the web port", WAIT, || web_log.value("PORT").is_some()).await;
@@ -159,11 +119,7 @@ async fn restarts_an_exited_process_then_gives_up() {
     let log = Collect::new();
     let once = runtime
         .start(
-            spec(
-                dir.path(),
-                "worker",
-                "if [ -e ran ]; then echo again; exec sleep 60; fi; touch ran; exit 1",
-            ),
+            spec(dir.path(), "worker", "if [ -e ran ]; then echo again; exec sleep 60; fi; touch ran; exit 1"),
             log.clone(),
         )
         .await
@@ -174,13 +130,7 @@ async fn restarts_an_exited_process_then_gives_up() {
 
     // Always exits: started max_failures (3) times, then Crashed and left alone.
     let log = Collect::new();
-    let failing = runtime
-        .start(
-            spec(dir.path(), "clock", "echo starting; exit 3"),
-            log.clone(),
-        )
-        .await
-        .expect("start");
+    let failing = runtime.start(spec(dir.path(), "clock", "echo starting; exit 3"), log.clone()).await.expect("start");
     let mut crashed = None;
     let deadline = Instant::now() + WAIT;
     while crashed.is_none() {
@@ -196,14 +146,8 @@ async fn restarts_an_exited_process_then_gives_up() {
     assert_eq!(log.exactly("starting"), 3, "{}", log.text());
     assert!(log.text().contains("crashed"), "{}", log.text());
 
-    runtime
-        .stop(&failing.id, Duration::from_secs(1))
-        .await
-        .expect("stop a crashed instance");
-    runtime
-        .stop(&failing.id, Duration::from_secs(1))
-        .await
-        .expect("unknown is not an error");
+    runtime.stop(&failing.id, Duration::from_secs(1)).await.expect("stop a crashed instance");
+    runtime.stop(&failing.id, Duration::from_secs(1)).await.expect("unknown is not an error");
     assert_eq!(runtime.list().await.expect("list").len(), 1);
 }
 
@@ -215,52 +159,35 @@ async fn stop_kills_the_whole_process_group() {
     // A polite app: SIGTERM ends the shell and its child quickly.
     let log = Collect::new();
     let polite = runtime
-        .start(
-            spec(
-                dir.path(),
-                "worker",
-                "echo leader=$$; sleep 300 & echo child=$!; wait",
-            ),
-            log.clone(),
-        )
+        .start(spec(dir.path(), "worker", "echo leader=$$; sleep 300 & echo child=$!; wait"), log.clone())
         .await
         .expect("start");
     wait_until("the pids", WAIT, || log.value("child").is_some()).await;
-    let pids = [log.value("leader"), log.value("child")]
-        .map(|p| p.and_then(|p| p.parse::<u32>().ok()).expect("pid"));
+    let pids = [log.value("leader"), log.value("child")].map(|p| p.and_then(|p| p.parse::<u32>().ok()).expect("pid"));
     assert!(pids.iter().all(|&p| alive(p)));
     let started = Instant::now();
-    runtime
-        .stop(&polite.id, Duration::from_secs(5))
-        .await
-        .expect("stop");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "SIGTERM should have sufficed"
-    );
+    runtime.stop(&polite.id, Duration::from_secs(5)).await.expect("stop");
+    assert!(started.elapsed() < Duration::from_secs(4), "SIGTERM should have sufficed");
     wait_until("the group to die", WAIT, || pids.iter().all(|&p| !alive(p))).await;
 
     // A stubborn app ignores SIGTERM (its child inherits that): SIGKILL after the grace.
     let log = Collect::new();
     let stubborn = runtime
         .start(
-            spec(dir.path(), "worker", "trap '' TERM; echo leader=$$; sleep 300 & echo child=$!; while :; do sleep 0.05; done"),
+            spec(
+                dir.path(),
+                "worker",
+                "trap '' TERM; echo leader=$$; sleep 300 & echo child=$!; while :; do sleep 0.05; done",
+            ),
             log.clone(),
         )
         .await
         .expect("start");
     wait_until("the pids", WAIT, || log.value("child").is_some()).await;
-    let pids = [log.value("leader"), log.value("child")]
-        .map(|p| p.and_then(|p| p.parse::<u32>().ok()).expect("pid"));
+    let pids = [log.value("leader"), log.value("child")].map(|p| p.and_then(|p| p.parse::<u32>().ok()).expect("pid"));
     let started = Instant::now();
-    runtime
-        .stop(&stubborn.id, Duration::from_millis(500))
-        .await
-        .expect("stop");
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "it waited the grace period"
-    );
+    runtime.stop(&stubborn.id, Duration::from_millis(500)).await.expect("stop");
+    assert!(started.elapsed() >= Duration::from_millis(500), "it waited the grace period");
     wait_until("the group to die", WAIT, || pids.iter().all(|&p| !alive(p))).await;
     assert!(runtime.list().await.expect("list").is_empty());
 }
@@ -271,19 +198,11 @@ async fn dropping_the_runtime_kills_its_instances() {
     let runtime = runtime();
     let log = Collect::new();
     runtime
-        .start(
-            spec(
-                dir.path(),
-                "worker",
-                "echo leader=$$; sleep 300 & echo child=$!; wait",
-            ),
-            log.clone(),
-        )
+        .start(spec(dir.path(), "worker", "echo leader=$$; sleep 300 & echo child=$!; wait"), log.clone())
         .await
         .expect("start");
     wait_until("the pids", WAIT, || log.value("child").is_some()).await;
-    let pids = [log.value("leader"), log.value("child")]
-        .map(|p| p.and_then(|p| p.parse::<u32>().ok()).expect("pid"));
+    let pids = [log.value("leader"), log.value("child")].map(|p| p.and_then(|p| p.parse::<u32>().ok()).expect("pid"));
     drop(runtime);
     wait_until("the group to die", WAIT, || pids.iter().all(|&p| !alive(p))).await;
 }
@@ -299,20 +218,13 @@ async fn shutdown_stops_everything() {
         runtime.start(spec, log.clone()).await.expect("start");
     }
     wait_until("both pids", WAIT, || log.count("leader=") == 2).await;
-    let pids: Vec<u32> = log
-        .lines()
-        .iter()
-        .filter_map(|l| l.strip_prefix("leader=")?.parse().ok())
-        .collect();
+    let pids: Vec<u32> = log.lines().iter().filter_map(|l| l.strip_prefix("leader=")?.parse().ok()).collect();
     let listed = runtime.list().await.expect("list");
     assert_eq!(listed.iter().map(|i| i.index).collect::<Vec<_>>(), [0, 1]);
     assert_ne!(listed[0].addr, listed[1].addr);
     runtime.shutdown().await;
     assert!(runtime.list().await.expect("list").is_empty());
-    wait_until("the processes to die", WAIT, || {
-        pids.iter().all(|&p| !alive(p))
-    })
-    .await;
+    wait_until("the processes to die", WAIT, || pids.iter().all(|&p| !alive(p))).await;
 }
 
 #[tokio::test]
@@ -335,10 +247,7 @@ async fn a_memory_hog_dies_under_its_limit() {
         ..ProcessRuntimeConfig::default()
     });
     let log = Collect::new();
-    runtime
-        .start(spec(dir.path(), "worker", hog), log.clone())
-        .await
-        .expect("start");
+    runtime.start(spec(dir.path(), "worker", hog), log.clone()).await.expect("start");
     wait_until("a MemoryError", WAIT, || log.count("MemoryError") >= 1).await;
     assert_eq!(log.count("survived"), 0);
 
@@ -346,10 +255,7 @@ async fn a_memory_hog_dies_under_its_limit() {
     // shows the limit is what killed it.
     let runtime = self::runtime();
     let log = Collect::new();
-    runtime
-        .start(spec(dir.path(), "worker", hog), log.clone())
-        .await
-        .expect("start");
+    runtime.start(spec(dir.path(), "worker", hog), log.clone()).await.expect("start");
     wait_until("the unlimited run", WAIT, || log.count("survived") >= 1).await;
 }
 
@@ -358,9 +264,6 @@ async fn a_missing_release_directory_is_not_found() {
     let runtime = runtime();
     let dir = tempfile::tempdir().expect("temp dir");
     let gone = dir.path().join("gone");
-    let err = runtime
-        .start(spec(&gone, "web", "true"), Arc::new(Collect::default()))
-        .await
-        .expect_err("missing dir");
+    let err = runtime.start(spec(&gone, "web", "true"), Arc::new(Collect::default())).await.expect_err("missing dir");
     assert_eq!(err.code(), "not_found", "{err}");
 }

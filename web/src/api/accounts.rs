@@ -32,12 +32,7 @@ pub struct UserView {
 
 impl From<User> for UserView {
     fn from(user: User) -> Self {
-        UserView {
-            id: user.id,
-            email: user.email,
-            is_admin: user.is_admin,
-            created_at: user.created_at.to_rfc3339(),
-        }
+        UserView { id: user.id, email: user.email, is_admin: user.is_admin, created_at: user.created_at.to_rfc3339() }
     }
 }
 
@@ -106,9 +101,7 @@ impl From<SshKey> for SshKeyView {
 
 fn check_name(kind: &str, name: &str) -> Result<(), Error> {
     if name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-        return Err(Error::Invalid(format!(
-            "{kind} name must be 1 to 100 printable characters"
-        )));
+        return Err(Error::Invalid(format!("{kind} name must be 1 to 100 printable characters")));
     }
     Ok(())
 }
@@ -175,15 +168,8 @@ pub async fn login(
     state.limiter.record_success(&email);
     let token = auth::new_token();
     let expires = Timestamp(Timestamp::now().0 + LOGIN_TOKEN_LIFETIME_MS);
-    state
-        .store
-        .create_token(user.id, "login", &auth::token_hash(&token), Some(expires))
-        .await?;
-    Ok(Json(LoginResponse {
-        token,
-        expires_at: expires.to_rfc3339(),
-        user: user.into(),
-    }))
+    state.store.create_token(user.id, "login", &auth::token_hash(&token), Some(expires)).await?;
+    Ok(Json(LoginResponse { token, expires_at: expires.to_rfc3339(), user: user.into() }))
 }
 
 #[utoipa::path(get, path = "/me", tag = "accounts", security(("bearer" = [])),
@@ -201,15 +187,7 @@ pub async fn list_users(
     if !user.is_admin {
         return Err(Error::Forbidden("only admins may list users".into()).into());
     }
-    Ok(Json(
-        state
-            .store
-            .users()
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    ))
+    Ok(Json(state.store.users().await?.into_iter().map(Into::into).collect()))
 }
 
 #[utoipa::path(get, path = "/tokens", tag = "accounts", security(("bearer" = [])),
@@ -218,15 +196,7 @@ pub async fn list_tokens(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
 ) -> ApiResult<Json<Vec<TokenView>>> {
-    Ok(Json(
-        state
-            .store
-            .tokens(user.id)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    ))
+    Ok(Json(state.store.tokens(user.id).await?.into_iter().map(Into::into).collect()))
 }
 
 /// Creates a long-lived API token; the secret is in this response only.
@@ -239,19 +209,8 @@ pub async fn create_token(
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     check_name("token", &body.name)?;
     let token = auth::new_token();
-    let stored = state
-        .store
-        .create_token(user.id, body.name.trim(), &auth::token_hash(&token), None)
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenCreated {
-            id: stored.id,
-            name: stored.name,
-            token,
-            expires_at: None,
-        }),
-    ))
+    let stored = state.store.create_token(user.id, body.name.trim(), &auth::token_hash(&token), None).await?;
+    Ok((StatusCode::CREATED, Json(TokenCreated { id: stored.id, name: stored.name, token, expires_at: None })))
 }
 
 #[utoipa::path(delete, path = "/tokens/{id}", tag = "accounts", security(("bearer" = [])),
@@ -271,15 +230,7 @@ pub async fn list_keys(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
 ) -> ApiResult<Json<Vec<SshKeyView>>> {
-    Ok(Json(
-        state
-            .store
-            .ssh_keys(user.id)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    ))
+    Ok(Json(state.store.ssh_keys(user.id).await?.into_iter().map(Into::into).collect()))
 }
 
 /// Registers an SSH public key for `git push`. A malformed key is a 400 saying why; a key
@@ -295,18 +246,10 @@ pub async fn add_key(
     let name = match body.name.as_deref().map(str::trim) {
         Some(name) if !name.is_empty() => name.to_owned(),
         // Default to the key's comment, as `ssh-keygen` wrote it, else its type.
-        _ => body
-            .public_key
-            .split_whitespace()
-            .nth(2)
-            .map(str::to_owned)
-            .unwrap_or_else(|| parsed.algorithm.clone()),
+        _ => body.public_key.split_whitespace().nth(2).map(str::to_owned).unwrap_or_else(|| parsed.algorithm.clone()),
     };
     check_name("key", &name)?;
-    let key = state
-        .store
-        .add_ssh_key(user.id, &name, &parsed.fingerprint, &parsed.openssh)
-        .await?;
+    let key = state.store.add_ssh_key(user.id, &name, &parsed.fingerprint, &parsed.openssh).await?;
     tracing::info!(user = user.id, fingerprint = %key.fingerprint, "ssh key added");
     Ok((StatusCode::CREATED, Json(key.into())))
 }

@@ -23,34 +23,16 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/signup", post(accounts::signup))
         .route("/auth/login", post(accounts::login))
         .route("/me", get(accounts::me))
-        .route(
-            "/tokens",
-            get(accounts::list_tokens).post(accounts::create_token),
-        )
+        .route("/tokens", get(accounts::list_tokens).post(accounts::create_token))
         .route("/tokens/{id}", delete(accounts::delete_token))
-        .route(
-            "/ssh-keys",
-            get(accounts::list_keys).post(accounts::add_key),
-        )
+        .route("/ssh-keys", get(accounts::list_keys).post(accounts::add_key))
         .route("/ssh-keys/{id}", delete(accounts::delete_key))
         .route("/users", get(accounts::list_users))
         .route("/projects", get(projects::list).post(projects::create))
-        .route(
-            "/projects/{name}",
-            get(projects::get).delete(projects::delete),
-        )
-        .route(
-            "/projects/{name}/env",
-            get(projects::get_env).patch(projects::patch_env),
-        )
-        .route(
-            "/projects/{name}/scale",
-            get(projects::get_scale).put(projects::put_scale),
-        )
-        .route(
-            "/projects/{name}/deployments",
-            get(projects::list_deployments).post(projects::create_deployment),
-        )
+        .route("/projects/{name}", get(projects::get).delete(projects::delete))
+        .route("/projects/{name}/env", get(projects::get_env).patch(projects::patch_env))
+        .route("/projects/{name}/scale", get(projects::get_scale).put(projects::put_scale))
+        .route("/projects/{name}/deployments", get(projects::list_deployments).post(projects::create_deployment))
         .route("/projects/{name}/logs", get(projects::logs))
         .route("/projects/{name}/ps", get(projects::instances))
         .fallback(not_found)
@@ -58,19 +40,11 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn not_found() -> Response {
-    error_response(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such API route".into(),
-    )
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such API route".into())
 }
 
 async fn method_not_allowed() -> Response {
-    error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this route".into(),
-    )
+    error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route".into())
 }
 
 /// `axum::Json`, but a malformed body answers in the API's error shape.
@@ -93,17 +67,10 @@ fn json_rejection(rejection: JsonRejection) -> Response {
         return error_response(
             status,
             "too_large",
-            format!(
-                "request body too large: at most {} bytes",
-                crate::MAX_BODY_BYTES
-            ),
+            format!("request body too large: at most {} bytes", crate::MAX_BODY_BYTES),
         );
     }
-    let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        "unsupported_media_type"
-    } else {
-        "invalid"
-    };
+    let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE { "unsupported_media_type" } else { "invalid" };
     error_response(status, code, rejection.body_text())
 }
 
@@ -118,15 +85,10 @@ pub struct Health {
     responses((status = 200, body = Health), (status = 503, body = crate::error::ErrorBody)))]
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(Health {
-            status: "ok".into(),
-            database: "ok".into(),
-        })
-        .into_response(),
+        Ok(()) => Json(Health { status: "ok".into(), database: "ok".into() }).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "health check: database unreachable");
-            crate::error::ApiError(Error::Unavailable("database unreachable".into()))
-                .into_response()
+            crate::error::ApiError(Error::Unavailable("database unreachable".into())).into_response()
         }
     }
 }

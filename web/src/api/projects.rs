@@ -67,32 +67,21 @@ impl From<Deployment> for DeploymentView {
 
 /// The project named in the path, if the caller may see it; otherwise "not found", exactly
 /// as for a project that does not exist.
-pub(crate) async fn visible_project(
-    state: &AppState,
-    user: &User,
-    name: &str,
-) -> Result<Project, Error> {
+pub(crate) async fn visible_project(state: &AppState, user: &User, name: &str) -> Result<Project, Error> {
     let not_found = || Error::NotFound(format!("project {name:?} not found"));
     let name = ProjectName::parse(name).map_err(|_| not_found())?;
     let project = state.store.project(&name).await.map_err(|err| match err {
         Error::NotFound(_) => not_found(),
         other => other,
     })?;
-    if project.owner_id == user.id || user.is_admin {
-        Ok(project)
-    } else {
-        Err(not_found())
-    }
+    if project.owner_id == user.id || user.is_admin { Ok(project) } else { Err(not_found()) }
 }
 
 async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> {
     let owner = state.store.user(project.owner_id).await?.email;
     let latest = state.store.deployments(project.id, 20).await?;
     let status = latest.first().map(|d| d.status.as_str().to_owned());
-    let live_version = latest
-        .iter()
-        .find(|d| d.status == paastech_core::DeploymentStatus::Live)
-        .map(|d| d.version);
+    let live_version = latest.iter().find(|d| d.status == paastech_core::DeploymentStatus::Live).map(|d| d.version);
     let name = project.name.as_str();
     Ok(ProjectView {
         git_url: state.urls.git_url(name),
@@ -108,10 +97,7 @@ async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> 
 /// The caller's projects (an admin sees all).
 #[utoipa::path(get, path = "/projects", tag = "projects", security(("bearer" = [])),
     responses((status = 200, body = Vec<ProjectView>)))]
-pub async fn list(
-    State(state): State<AppState>,
-    CurrentUser(user): CurrentUser,
-) -> ApiResult<Json<Vec<ProjectView>>> {
+pub async fn list(State(state): State<AppState>, CurrentUser(user): CurrentUser) -> ApiResult<Json<Vec<ProjectView>>> {
     let owner = if user.is_admin { None } else { Some(user.id) };
     let mut views = Vec::new();
     for project in state.store.projects(owner).await? {
@@ -171,22 +157,16 @@ pub async fn get_env(
 
 fn check_env_changes(changes: &EnvChanges) -> Result<(), Error> {
     if changes.is_empty() {
-        return Err(Error::Invalid(
-            "no changes: send {\"KEY\": \"value\"} to set, {\"KEY\": null} to unset".into(),
-        ));
+        return Err(Error::Invalid("no changes: send {\"KEY\": \"value\"} to set, {\"KEY\": null} to unset".into()));
     }
     for (key, value) in changes {
         validate_env_key(key)?;
         if let Some(value) = value {
             if value.len() > MAX_ENV_VALUE_BYTES {
-                return Err(Error::Invalid(format!(
-                    "value of {key} too long: at most {MAX_ENV_VALUE_BYTES} bytes"
-                )));
+                return Err(Error::Invalid(format!("value of {key} too long: at most {MAX_ENV_VALUE_BYTES} bytes")));
             }
             if value.contains('\0') {
-                return Err(Error::Invalid(format!(
-                    "value of {key} contains a NUL byte"
-                )));
+                return Err(Error::Invalid(format!("value of {key} contains a NUL byte")));
             }
         }
     }
@@ -230,9 +210,7 @@ fn check_scale(scale: &BTreeMap<String, u32>) -> Result<(), Error> {
     for (process, count) in scale {
         let valid = !process.is_empty()
             && process.len() <= 63
-            && process
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && process.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !valid {
             return Err(Error::Invalid(format!("invalid process type {process:?}")));
         }
@@ -302,13 +280,9 @@ pub async fn create_deployment(
     let request: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DeployRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|err| Error::Invalid(format!("invalid request body: {err}")))?
+        serde_json::from_slice(&body).map_err(|err| Error::Invalid(format!("invalid request body: {err}")))?
     };
-    let deployment = state
-        .orchestrator
-        .redeploy(&project, request.version)
-        .await?;
+    let deployment = state.orchestrator.redeploy(&project, request.version).await?;
     Ok((StatusCode::CREATED, Json(deployment.into())))
 }
 
@@ -335,22 +309,14 @@ pub async fn logs(
     let hub = state.orchestrator.logs();
     let lines = query.lines.unwrap_or(100).min(10_000);
     // Subscribe before reading the tail so no line falls between the two.
-    let follower = query
-        .follow
-        .unwrap_or(false)
-        .then(|| hub.follow(&project.name));
+    let follower = query.follow.unwrap_or(false).then(|| hub.follow(&project.name));
     let mut tail = hub.tail(&project.name, lines).join("\n");
     if !tail.is_empty() {
         tail.push('\n');
     }
-    let head = futures_util::stream::once(async move {
-        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(tail))
-    });
+    let head = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(bytes::Bytes::from(tail)) });
     let headers = [
-        (
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; charset=utf-8",
-        ),
+        (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
         (axum::http::header::CACHE_CONTROL, "no-cache"),
     ];
     let Some(follower) = follower else {
@@ -425,10 +391,7 @@ mod tests {
             (&[("A", Some("a\0b"))], false),
         ];
         for (changes, ok) in cases {
-            let changes: EnvChanges = changes
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.map(str::to_owned)))
-                .collect();
+            let changes: EnvChanges = changes.iter().map(|(k, v)| (k.to_string(), v.map(str::to_owned))).collect();
             assert_eq!(check_env_changes(&changes).is_ok(), ok, "{changes:?}");
         }
     }
@@ -443,8 +406,7 @@ mod tests {
             (&[("we b", 1)], false),
         ];
         for (scale, ok) in cases {
-            let scale: BTreeMap<String, u32> =
-                scale.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let scale: BTreeMap<String, u32> = scale.iter().map(|(k, v)| (k.to_string(), *v)).collect();
             assert_eq!(check_scale(&scale).is_ok(), ok, "{scale:?}");
         }
     }

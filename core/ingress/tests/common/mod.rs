@@ -30,25 +30,16 @@ pub type TestBody = BoxBody<Bytes, hyper::Error>;
 pub type ClientBody = BoxBody<Bytes, Infallible>;
 
 pub fn full(data: impl Into<Bytes>) -> TestBody {
-    Full::new(data.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
 }
 
 /// An ingress on a random port, serving `DOMAIN`, until the test's runtime ends.
 pub async fn start_ingress() -> (SocketAddr, RouteTable) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind ingress");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
     let addr = listener.local_addr().expect("ingress addr");
     let table = RouteTable::new();
     let config = IngressConfig::new(DOMAIN);
-    tokio::spawn(paastech_ingress::serve(
-        listener,
-        config,
-        table.clone(),
-        std::future::pending(),
-    ));
+    tokio::spawn(paastech_ingress::serve(listener, config, table.clone(), std::future::pending()));
     (addr, table)
 }
 
@@ -70,9 +61,7 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind backend");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
     let addr = listener.local_addr().expect("backend addr");
     let connections = Arc::new(AtomicUsize::new(0));
     let count = connections.clone();
@@ -88,9 +77,7 @@ where
                     let fut = handler(req);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -133,20 +120,13 @@ pub async fn send(req: Request<ClientBody>) -> Answer {
         .expect("request through the ingress");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("read body").to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    Answer { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
 }
 
 /// Writes `request` as is on a new TCP connection and reads until the server closes.
 pub async fn raw_request(addr: SocketAddr, request: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write request");
+    stream.write_all(request.as_bytes()).await.expect("write request");
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
         .await
@@ -162,10 +142,7 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
     }
 }

@@ -39,9 +39,7 @@ impl Collect {
     /// The value after `key=` on the first line that starts with it.
     pub fn value(&self, key: &str) -> Option<String> {
         let prefix = format!("{key}=");
-        self.lines()
-            .iter()
-            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        self.lines().iter().find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
     }
 }
 
@@ -69,17 +67,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
             match TcpStream::connect(addr) {
                 Ok(stream) => break stream,
                 Err(err) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "app never listened on {addr}: {err}"
-                    );
+                    assert!(Instant::now() < deadline, "app never listened on {addr}: {err}");
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
         };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send request");
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read response");
@@ -101,9 +94,7 @@ pub fn alive(pid: u32) -> bool {
 }
 
 pub fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)
 }
 
 /// Copies a directory tree (files and directories only) into `dest`.

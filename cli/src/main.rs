@@ -14,8 +14,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 #[command(
     name = "paastech",
     version,
-    about = "PaaSTech: a self-hosted platform as a service",
-    propagate_version = true
+    about = "PaaSTech: a self-hosted platform as a service"
 )]
 struct Cli {
     /// The PaaSTech server (API address), e.g. http://127.0.0.1:7000.
@@ -213,5 +212,16 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks its own definition only when a command is used: check all of them.
+    #[test]
+    fn command_line_definition_is_valid() {
+        Cli::command().debug_assert();
     }
 }

@@ -28,6 +28,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Logs { project, follow, lines } => logs(&client, project, follow, lines),
         Command::Scale { project, counts } => scale(&client, out, project, counts),
         Command::Ps(project) => ps(&client, out, project),
+        Command::Limits { project, settings } => limits(&client, out, project, settings),
         Command::Completions { .. } | Command::Server(_) | Command::Internal(_) => {
             unreachable!("handled in main")
         }
@@ -397,6 +398,36 @@ fn ps(client: &Client, out: Output, arg: ProjectArg) -> Result<()> {
         row[1] = format!("v{}", row[1]);
     }
     print_table(&["INSTANCE", "VERSION", "STATE", "RESTARTS"], &rows);
+    Ok(())
+}
+
+fn limits(client: &Client, out: Output, arg: ProjectArg, settings: Vec<String>) -> Result<()> {
+    let name = resolve_project(&arg)?;
+    let path = format!("/projects/{name}/limits");
+    let mut limits: Value = client.get(&path)?;
+    if !settings.is_empty() {
+        for setting in &settings {
+            let (key, value) =
+                setting.split_once('=').with_context(|| format!("{setting:?} is not memory=MB or cpus=N"))?;
+            let value = match (key, value) {
+                (_, "default") => Value::Null,
+                ("memory", mb) => {
+                    json!(mb.parse::<u64>().with_context(|| format!("memory={mb}: a whole number of MiB"))?)
+                }
+                ("cpus", cpus) => json!(cpus.parse::<f64>().with_context(|| format!("cpus={cpus}: a number"))?),
+                _ => bail!("unknown limit {key:?}: use memory=MB or cpus=N"),
+            };
+            let field = if key == "memory" { "memory_mb" } else { "cpus" };
+            limits[field] = value;
+        }
+        limits = client.put(&path, &limits)?;
+    }
+    if out.json {
+        return out.json(&limits);
+    }
+    let memory = limits["memory_mb"].as_u64().map(|mb| format!("{mb} MiB")).unwrap_or("server default".into());
+    let cpus = limits["cpus"].as_f64().map(|c| c.to_string()).unwrap_or("server default".into());
+    println!("{name}: memory {memory}, cpus {cpus}");
     Ok(())
 }
 

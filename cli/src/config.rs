@@ -149,16 +149,21 @@ pub struct AuthSection {
     pub signup: Signup,
 }
 
+/// One `[[hooks]]` entry: an operator's WASM build hook, run for every project.
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
-#[expect(dead_code, reason = "parsed and checked now; run by the WASM hook host")]
 pub struct HookConfig {
     pub name: String,
+    /// The component; relative paths are relative to the config file's directory.
     pub path: PathBuf,
+    /// `pre-build`, `post-build`, `pre-deploy`, `post-deploy`.
     pub stages: Vec<String>,
+    /// What the hook reads with `config(key)`.
     #[serde(default)]
     pub config: toml::Table,
+    /// Wall time of one call (default 10 000).
     pub timeout_ms: Option<u64>,
+    /// Memory cap of one call (default 64).
     pub memory_mb: Option<u64>,
 }
 
@@ -224,6 +229,25 @@ impl Source {
             }
             _ => None,
         }
+    }
+
+    /// The line of the `index`th `[[section]]` table (or of its `key`, when written).
+    pub fn line_of_array_table(&self, section: &str, index: usize, key: Option<&str>) -> Option<usize> {
+        let doc = DeTable::parse(&self.text).ok()?;
+        let (_, value) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == section)?;
+        let DeValue::Array(items) = value.get_ref() else {
+            return None;
+        };
+        let item = items.get(index)?;
+        if let (Some(key), DeValue::Table(table)) = (key, item.get_ref())
+            && let Some((k, _)) = table.iter().find(|(k, _)| k.get_ref() == key)
+        {
+            return Some(self.line_of(k.span().start));
+        }
+        // A table's span starts after its `[[section]]` header: point at the header.
+        let start = item.span().start;
+        let header = self.text[..start.min(self.text.len())].rfind(&format!("[[{section}]]")).unwrap_or(start);
+        Some(self.line_of(header))
     }
 
     pub fn parse(&self) -> Result<ServerConfig, ConfigError> {

@@ -11,11 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "paastech",
-    version,
-    about = "PaaSTech: a self-hosted platform as a service"
-)]
+#[command(name = "paastech", version, about = "PaaSTech: a self-hosted platform as a service")]
 struct Cli {
     /// The PaaSTech server (API address), e.g. http://127.0.0.1:7000.
     #[arg(long, global = true, env = "PAASTECH_SERVER")]
@@ -93,6 +89,14 @@ enum Command {
     },
     /// List the app's instances and their state.
     Ps(ProjectArg),
+    /// Show or set the memory and CPU of each instance: `paastech limits memory=256 cpus=0.5`
+    /// (`default` resets one to the server's default). A change deploys.
+    Limits {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(value_name = "memory=MB|cpus=N")]
+        settings: Vec<String>,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Run the PaaSTech server.

@@ -12,10 +12,13 @@ use paastech_core::logs::LogHub;
 use paastech_core::orchestrator::{Orchestrator, OrchestratorConfig};
 use paastech_core::registry::Registry;
 use paastech_core::{ProjectName, Store};
+use paastech_driver_docker::{DockerBuilder, DockerBuilderConfig, DockerRuntime, DockerRuntimeConfig};
 use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::HookServer;
+use paastech_driver_podman::{PodmanBuilder, PodmanBuilderConfig, PodmanRuntime, PodmanRuntimeConfig, Ulimit};
 use paastech_driver_process::{ProcessBuilder, ProcessBuilderConfig, ProcessRuntime, ProcessRuntimeConfig};
 use paastech_ingress::{IngressConfig, IngressRouter, RouteTable};
+use paastech_plugins::{HookHost, HookLimits, HookSpec, HostOptions, Stage};
 use paastech_ssh::{GitAccess, RepoAccess, SshServer};
 use paastech_web::{AppState, PublicUrls, SignupPolicy};
 use tokio::net::TcpListener;
@@ -30,6 +33,8 @@ pub struct Settings {
     pub database_url: String,
     pub runtime_driver: String,
     pub build_driver: String,
+    /// The WASM build hooks, compiled (operator hooks) and checked.
+    pub build_hooks: Arc<HookHost>,
 }
 
 /// What a driver constructor gets: its own keys, and where the platform keeps things.
@@ -37,6 +42,8 @@ pub struct DriverInput<'a> {
     pub source: &'a Source,
     pub section: &'static str,
     pub table: &'a toml::Table,
+    /// The `[runtime]` table: a builder sharing the runtime's engine reads its socket.
+    pub runtime: &'a toml::Table,
     pub data_dir: &'a Path,
 }
 
@@ -67,6 +74,168 @@ struct ProcessBuildOptions {
     timeout_secs: Option<u64>,
 }
 
+/// Keys of `[runtime] driver = "docker"`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DockerRuntimeOptions {
+    /// The engine's API socket; default `/var/run/docker.sock`.
+    socket: Option<PathBuf>,
+    /// Memory limit of each container, in MiB (default 512); no swap beyond it.
+    memory_mb: Option<u64>,
+    /// CPU limit of each container, in cores (default 1.0).
+    cpus: Option<f64>,
+    /// Most processes per container (default 512).
+    pids_limit: Option<i64>,
+    /// Restarts of a failing container before it stays down (default 5).
+    max_restarts: Option<u32>,
+    /// Label value telling this server's containers from others' on the same engine;
+    /// default: derived from data_dir.
+    namespace: Option<String>,
+}
+
+/// Keys of `[build] driver = "docker"` (besides the platform's `project_hooks`).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DockerBuildOptions {
+    /// The engine's API socket; default: `[runtime] socket` when the runtime is Docker,
+    /// else `/var/run/docker.sock`.
+    socket: Option<PathBuf>,
+    /// The image a Dockerfile is generated FROM for apps without one; unset: such apps
+    /// need a Dockerfile.
+    base_image: Option<String>,
+    /// The longest a build may take, in seconds (default 900).
+    timeout_secs: Option<u64>,
+}
+
+impl DockerRuntimeOptions {
+    fn config(self, data_dir: &Path) -> paastech_core::Result<DockerRuntimeConfig> {
+        let mut config = DockerRuntimeConfig {
+            namespace: self.namespace.unwrap_or_else(|| namespace_of(data_dir)),
+            ..DockerRuntimeConfig::default()
+        };
+        if let Some(socket) = self.socket {
+            config.engine.socket = socket;
+        }
+        if let Some(mb) = self.memory_mb {
+            if mb < 4 {
+                return Err(paastech_core::Error::Invalid("memory_mb must be at least 4".into()));
+            }
+            config.default_memory_bytes = mb.saturating_mul(1024 * 1024);
+        }
+        if let Some(cpus) = self.cpus {
+            if !(cpus > 0.0 && cpus.is_finite()) {
+                return Err(paastech_core::Error::Invalid("cpus must be a number above 0".into()));
+            }
+            config.default_cpus = cpus;
+        }
+        if let Some(pids) = self.pids_limit {
+            if pids < 1 {
+                return Err(paastech_core::Error::Invalid("pids_limit must be at least 1".into()));
+            }
+            config.pids_limit = pids;
+        }
+        if let Some(restarts) = self.max_restarts {
+            config.max_restarts = restarts;
+        }
+        Ok(config)
+    }
+}
+
+/// Keys of `[runtime] driver = "podman"`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PodmanRuntimeOptions {
+    /// The libpod API socket; default `/run/podman/podman.sock`.
+    socket: Option<PathBuf>,
+    /// The OCI runtime of containers; default `runc` (crun fails on cgroup v1 hosts).
+    runtime: Option<String>,
+    /// Ulimits of each container, `NAME=SOFT:HARD`; default nofile and nproc 1024:1024.
+    ulimits: Option<Vec<String>>,
+    /// Memory limit of each container, in MiB (default 512); no swap beyond it.
+    memory_mb: Option<u64>,
+    /// CPU limit of each container, in cores (default 1.0).
+    cpus: Option<f64>,
+    /// Most processes per container (default 512).
+    pids_limit: Option<u32>,
+    /// Restarts of a failing container before it stays down (default 5).
+    max_restarts: Option<u32>,
+    /// Label value telling this server's containers from others' on the same engine;
+    /// default: derived from data_dir.
+    namespace: Option<String>,
+}
+
+impl PodmanRuntimeOptions {
+    fn config(self, data_dir: &Path) -> paastech_core::Result<PodmanRuntimeConfig> {
+        let invalid = |message: String| paastech_core::Error::Invalid(message);
+        let mut config = PodmanRuntimeConfig {
+            namespace: self.namespace.unwrap_or_else(|| namespace_of(data_dir)),
+            ..PodmanRuntimeConfig::default()
+        };
+        if let Some(socket) = self.socket {
+            config.socket = socket;
+        }
+        if let Some(runtime) = self.runtime {
+            if runtime.trim().is_empty() {
+                return Err(invalid("runtime must name an OCI runtime, like \"runc\"".into()));
+            }
+            config.oci_runtime = runtime;
+        }
+        if let Some(ulimits) = self.ulimits {
+            config.ulimits = ulimits
+                .iter()
+                .map(|u| u.parse::<Ulimit>().map_err(|e| invalid(format!("ulimits: {e}"))))
+                .collect::<paastech_core::Result<_>>()?;
+        }
+        if let Some(mb) = self.memory_mb {
+            if mb < 6 {
+                return Err(invalid("memory_mb must be at least 6".into()));
+            }
+            config.default_memory_bytes = mb.saturating_mul(1024 * 1024);
+        }
+        if let Some(cpus) = self.cpus {
+            if !(cpus > 0.0 && cpus.is_finite()) {
+                return Err(invalid("cpus must be a number above 0".into()));
+            }
+            config.default_cpus = cpus;
+        }
+        if let Some(pids) = self.pids_limit {
+            if pids < 1 {
+                return Err(invalid("pids_limit must be at least 1".into()));
+            }
+            config.pids_limit = pids;
+        }
+        if let Some(restarts) = self.max_restarts {
+            config.max_restarts = restarts;
+        }
+        Ok(config)
+    }
+}
+
+/// Keys of `[build] driver = "podman"` (besides the platform's `project_hooks`).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PodmanBuildOptions {
+    /// The libpod API socket; default: `[runtime] socket` when the runtime is Podman,
+    /// else `/run/podman/podman.sock`.
+    socket: Option<PathBuf>,
+    /// The image a Dockerfile is generated FROM for apps without one; unset: such apps
+    /// need a Dockerfile.
+    base_image: Option<String>,
+    /// The longest a build may take, in seconds (default 900).
+    timeout_secs: Option<u64>,
+}
+
+/// A stable name for the containers of the server using `data_dir`: FNV-1a of its path
+/// (stable across releases, unlike std's hasher).
+fn namespace_of(data_dir: &Path) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in data_dir.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 /// Keys the platform itself reads in `[build]`.
 const BUILD_PLATFORM_KEYS: &[&str] = &["driver", "project_hooks"];
 
@@ -83,8 +252,14 @@ fn runtime_drivers<'a>() -> Registry<dyn Runtime, DriverInput<'a>> {
             config.default_memory_bytes = options.memory_mb.map(|mb| mb * 1024 * 1024);
             Ok(Arc::new(ProcessRuntime::new(config)) as Arc<dyn Runtime>)
         })
-        .register_disabled("docker", "the Docker driver is not part of this version yet")
-        .register_disabled("podman", "the Podman driver is not part of this version yet")
+        .register("docker", |input| {
+            let options: DockerRuntimeOptions = input.options(&["driver"])?;
+            Ok(Arc::new(DockerRuntime::new(options.config(input.data_dir)?)) as Arc<dyn Runtime>)
+        })
+        .register("podman", |input| {
+            let options: PodmanRuntimeOptions = input.options(&["driver"])?;
+            Ok(Arc::new(PodmanRuntime::new(options.config(input.data_dir)?)) as Arc<dyn Runtime>)
+        })
         .register_disabled("swarm", "the Docker Swarm driver is not part of this version yet");
     registry
 }
@@ -104,8 +279,36 @@ fn build_drivers<'a>() -> Registry<dyn ImageBuilder, DriverInput<'a>> {
             };
             Ok(Arc::new(ProcessBuilder::new(config)) as Arc<dyn ImageBuilder>)
         })
-        .register_disabled("docker", "the Docker builder is not part of this version yet")
-        .register_disabled("podman", "the Podman builder is not part of this version yet");
+        .register("docker", |input| {
+            let options: DockerBuildOptions = input.options(BUILD_PLATFORM_KEYS)?;
+            let mut config = DockerBuilderConfig { base_image: options.base_image, ..DockerBuilderConfig::default() };
+            // The builder uses the runtime's engine unless told otherwise.
+            let runtime_socket = (input.runtime.get("driver").and_then(|d| d.as_str()) == Some("docker"))
+                .then(|| input.runtime.get("socket").and_then(|s| s.as_str()).map(PathBuf::from))
+                .flatten();
+            if let Some(socket) = options.socket.or(runtime_socket) {
+                config.engine.socket = socket;
+            }
+            if let Some(secs) = options.timeout_secs {
+                config.timeout = Duration::from_secs(secs);
+            }
+            Ok(Arc::new(DockerBuilder::new(config)) as Arc<dyn ImageBuilder>)
+        })
+        .register("podman", |input| {
+            let options: PodmanBuildOptions = input.options(BUILD_PLATFORM_KEYS)?;
+            let mut config = PodmanBuilderConfig { base_image: options.base_image, ..PodmanBuilderConfig::default() };
+            // The builder uses the runtime's engine unless told otherwise.
+            let runtime_socket = (input.runtime.get("driver").and_then(|d| d.as_str()) == Some("podman"))
+                .then(|| input.runtime.get("socket").and_then(|s| s.as_str()).map(PathBuf::from))
+                .flatten();
+            if let Some(socket) = options.socket.or(runtime_socket) {
+                config.socket = socket;
+            }
+            if let Some(secs) = options.timeout_secs {
+                config.timeout = Duration::from_secs(secs);
+            }
+            Ok(Arc::new(PodmanBuilder::new(config)) as Arc<dyn ImageBuilder>)
+        });
     registry
 }
 
@@ -135,6 +338,20 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     if build_driver == "process" {
         source.driver_options::<ProcessBuildOptions>("build", &config.build, BUILD_PLATFORM_KEYS)?;
     }
+    if runtime_driver == "docker" {
+        let options = source.driver_options::<DockerRuntimeOptions>("runtime", &config.runtime, &["driver"])?;
+        options.config(Path::new("")).map_err(|err| source.driver_error("runtime", err.to_string()))?;
+    }
+    if build_driver == "docker" {
+        source.driver_options::<DockerBuildOptions>("build", &config.build, BUILD_PLATFORM_KEYS)?;
+    }
+    if runtime_driver == "podman" {
+        let options = source.driver_options::<PodmanRuntimeOptions>("runtime", &config.runtime, &["driver"])?;
+        options.config(Path::new("")).map_err(|err| source.driver_error("runtime", err.to_string()))?;
+    }
+    if build_driver == "podman" {
+        source.driver_options::<PodmanBuildOptions>("build", &config.build, BUILD_PLATFORM_KEYS)?;
+    }
     if let Some(value) = config.build.get("project_hooks")
         && !value.is_bool()
     {
@@ -150,20 +367,75 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
             message: "[database] url must start with sqlite:// or postgres://".into(),
         });
     }
-    if let Some(hook) = config.hooks.first() {
-        return Err(ConfigError {
-            file: source.file.clone(),
-            line: source.line_of_key("hooks", None),
-            message: format!("[[hooks]] {:?}: WASM build hooks are not supported by this version yet", hook.name),
-        });
-    }
+    let build_hooks = Arc::new(load_hooks(&source, &config)?);
     let data_dir = match &config.data_dir {
         Some(dir) => dir.clone(),
         None => default_data_dir().map_err(|err| ConfigError { file: None, line: None, message: err.to_string() })?,
     };
     let database_url =
         config.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("paastech.db").display()));
-    Ok(Settings { source, config, data_dir, database_url, runtime_driver, build_driver })
+    Ok(Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks })
+}
+
+/// Checks every `[[hooks]]` entry and compiles its component (a missing or invalid file
+/// stops the start, naming the file and the entry's line).
+fn load_hooks(source: &Source, config: &ServerConfig) -> Result<HookHost, ConfigError> {
+    let base = source.file.as_deref().and_then(Path::parent).map(Path::to_owned).unwrap_or_default();
+    let mut specs = Vec::with_capacity(config.hooks.len());
+    for (index, hook) in config.hooks.iter().enumerate() {
+        let error = |key: Option<&str>, message: String| ConfigError {
+            file: source.file.clone(),
+            line: source.line_of_array_table("hooks", index, key),
+            message: format!("[[hooks]] {:?}: {message}", hook.name),
+        };
+        if hook.stages.is_empty() {
+            return Err(error(
+                Some("stages"),
+                "stages is empty: name at least one of pre-build, post-build, pre-deploy, post-deploy".into(),
+            ));
+        }
+        let stages = hook
+            .stages
+            .iter()
+            .map(|stage| stage.parse::<Stage>())
+            .collect::<Result<Vec<Stage>, String>>()
+            .map_err(|message| error(Some("stages"), message))?;
+        let hook_config = paastech_plugins::config_table(&hook.config)
+            .map_err(|message| error(Some("config"), format!("config.{message}")))?;
+        let mut limits = HookLimits::default();
+        if let Some(ms) = hook.timeout_ms {
+            if ms == 0 {
+                return Err(error(Some("timeout_ms"), "timeout_ms must be above 0".into()));
+            }
+            limits.timeout = Duration::from_millis(ms);
+        }
+        if let Some(mb) = hook.memory_mb {
+            if mb == 0 || mb > 4096 {
+                return Err(error(Some("memory_mb"), "memory_mb must be between 1 and 4096".into()));
+            }
+            limits.memory_bytes = usize::try_from(mb * 1024 * 1024).unwrap_or(usize::MAX);
+        }
+        let path = if hook.path.is_absolute() { hook.path.clone() } else { base.join(&hook.path) };
+        if !path.is_file() {
+            return Err(error(Some("path"), format!("{} is not a file", path.display())));
+        }
+        specs.push(HookSpec { name: hook.name.clone(), path, stages, config: hook_config, limits });
+    }
+    let project_hooks = config.build.get("project_hooks").and_then(toml::Value::as_bool).unwrap_or(true);
+    let options = HostOptions { project_hooks, ..HostOptions::default() };
+    HookHost::new(specs, options).map_err(|err| {
+        let index = match &err {
+            paastech_plugins::PluginError::Read { name, .. }
+            | paastech_plugins::PluginError::Invalid { name, .. }
+            | paastech_plugins::PluginError::Config { name, .. } => config.hooks.iter().position(|h| &h.name == name),
+            paastech_plugins::PluginError::Engine(_) => None,
+        };
+        ConfigError {
+            file: source.file.clone(),
+            line: index.and_then(|index| source.line_of_array_table("hooks", index, Some("path"))),
+            message: format!("[[hooks]] {err}"),
+        }
+    })
 }
 
 pub fn main(config_path: Option<PathBuf>, check: bool) -> Result<()> {
@@ -208,7 +480,7 @@ fn init_logging() {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
-    let Settings { source, config, data_dir, database_url, runtime_driver, build_driver } = settings;
+    let Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks } = settings;
     create_private_dir(&data_dir)?;
 
     let store: Arc<dyn Store> = {
@@ -221,11 +493,23 @@ async fn serve(settings: Settings) -> Result<()> {
 
     // Drivers, as configured.
     let runtime = {
-        let input = DriverInput { source: &source, section: "runtime", table: &config.runtime, data_dir: &data_dir };
+        let input = DriverInput {
+            source: &source,
+            section: "runtime",
+            table: &config.runtime,
+            runtime: &config.runtime,
+            data_dir: &data_dir,
+        };
         build_with(runtime_drivers(), &runtime_driver, input)?
     };
     let builder = {
-        let input = DriverInput { source: &source, section: "build", table: &config.build, data_dir: &data_dir };
+        let input = DriverInput {
+            source: &source,
+            section: "build",
+            table: &config.build,
+            runtime: &config.runtime,
+            data_dir: &data_dir,
+        };
         build_with(build_drivers(), &build_driver, input)?
     };
     let repos = Arc::new(GitRepoStore::new(data_dir.join("repos")));
@@ -237,7 +521,14 @@ async fn serve(settings: Settings) -> Result<()> {
     let mut orchestrator_config = OrchestratorConfig::new(data_dir.join("releases"));
     orchestrator_config.health_timeout = Duration::from_secs(config.ingress.health_timeout_secs);
     orchestrator_config.drain_timeout = Duration::from_secs(config.ingress.drain_timeout_secs);
-    let orchestrator = Arc::new(Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config));
+    orchestrator_config.app_url = {
+        let port = config.ingress.public_port.unwrap_or(config.ingress.listen.port());
+        let port = if port == 80 { String::new() } else { format!(":{port}") };
+        format!("http://{{name}}.{}{port}", config.ingress.domain)
+    };
+    let orchestrator = Arc::new(
+        Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config).with_hooks(build_hooks),
+    );
 
     // Every listener is bound before anything is served, so a taken port stops the start.
     let api = bind(config.api.listen, "the API").await?;
@@ -248,7 +539,16 @@ async fn serve(settings: Settings) -> Result<()> {
     let access = Arc::new(RepoAccessPolicy { orchestrator: Arc::clone(&orchestrator), hooks: hooks.clone() });
     let ssh = SshServer::new(&data_dir.join("ssh_host_ed25519_key"), access).context("loading the SSH host key")?;
 
-    orchestrator.restore().await.context("restoring live deployments")?;
+    // Live deployments start again in the background: the API answers meanwhile, and each
+    // project answers 503 until its deployment is back.
+    tokio::spawn({
+        let orchestrator = Arc::clone(&orchestrator);
+        async move {
+            if let Err(err) = orchestrator.restore().await {
+                tracing::error!(error = %err, "cannot restore live deployments");
+            }
+        }
+    });
 
     let urls = PublicUrls {
         app_domain: config.ingress.domain.clone(),
@@ -422,10 +722,52 @@ mod tests {
         let err = load_text("[runtime]\ndriver = \"kubernetes\"\n").err().expect("unknown driver");
         let shown = err.to_string();
         assert!(shown.contains("paastech.toml:2:"), "{shown}");
-        assert!(shown.contains("\"kubernetes\"") && shown.contains("known drivers: process"), "{shown}");
+        assert!(
+            shown.contains("\"kubernetes\"") && shown.contains("known drivers: docker, podman, process"),
+            "{shown}"
+        );
 
         let err = load_text("[runtime]\ndriver = \"swarm\"\n").err().expect("disabled driver");
         assert!(err.to_string().contains("not enabled"), "{err}");
+    }
+
+    #[test]
+    fn docker_keys_are_checked() {
+        let text = "data_dir = \"/tmp/x\"\n[runtime]\ndriver = \"docker\"\nsocket = \"/run/d.sock\"\nmemory_mb = 256\ncpus = 0.5\n\
+                    [build]\nbase_image = \"paastech/busybox:latest\"\n";
+        let Ok(settings) = load_text(text) else {
+            panic!("a valid docker config");
+        };
+        assert_eq!(settings.build_driver, "docker", "the build driver follows the runtime");
+        let err = load_text("[runtime]\ndriver = \"docker\"\nmemroy_mb = 1\n").err().expect("typo");
+        assert!(err.to_string().contains("memroy_mb") && err.line == Some(3), "{err}");
+        let err = load_text("[runtime]\ndriver = \"docker\"\ncpus = 0\n").err().expect("no cpu");
+        assert!(err.to_string().contains("cpus must be"), "{err}");
+        assert_ne!(namespace_of(Path::new("/a")), namespace_of(Path::new("/b")));
+        assert_eq!(namespace_of(Path::new("/a")), namespace_of(Path::new("/a")));
+    }
+
+    #[test]
+    fn podman_keys_are_checked() {
+        let text = "data_dir = \"/tmp/x\"\n[runtime]\ndriver = \"podman\"\nsocket = \"/run/p.sock\"\nruntime = \"runc\"\n\
+                    ulimits = [\"nofile=2048:2048\"]\nmemory_mb = 256\ncpus = 0.5\n[build]\nbase_image = \"paastech/busybox\"\n";
+        let Ok(settings) = load_text(text) else {
+            panic!("a valid podman config");
+        };
+        assert_eq!(settings.build_driver, "podman", "the build driver follows the runtime");
+        let options: PodmanRuntimeOptions =
+            settings.source.driver_options("runtime", &settings.config.runtime, &["driver"]).expect("options");
+        let config = options.config(Path::new("/tmp/x")).expect("config");
+        assert_eq!(config.socket, Path::new("/run/p.sock"));
+        assert_eq!(config.ulimits, vec!["nofile=2048:2048".parse::<Ulimit>().expect("ulimit")]);
+        assert_eq!((config.default_memory_bytes, config.default_cpus), (256 * 1024 * 1024, 0.5));
+        assert_eq!(config.namespace, namespace_of(Path::new("/tmp/x")));
+        let err = load_text("[runtime]\ndriver = \"podman\"\nulimit = []\n").err().expect("typo");
+        assert!(err.to_string().contains("ulimit") && err.line == Some(3), "{err}");
+        let err = load_text("[runtime]\ndriver = \"podman\"\nulimits = [\"nofile=9:1\"]\n").err().expect("bad");
+        assert!(err.to_string().contains("soft limit is above"), "{err}");
+        let err = load_text("[runtime]\ndriver = \"podman\"\n[build]\nbase_imag = \"x\"\n").err().expect("typo");
+        assert!(err.to_string().contains("base_imag"), "{err}");
     }
 
     #[test]
@@ -435,6 +777,44 @@ mod tests {
         };
         assert_eq!(settings.build_driver, "process");
         assert_eq!(settings.database_url, "sqlite:///tmp/x/paastech.db");
+    }
+
+    #[test]
+    fn hook_errors_name_the_entry_and_its_line() {
+        let cases = [
+            (
+                "[[hooks]]\nname = \"a\"\npath = \"/nonexistent/a.wasm\"\nstages = [\"pre-build\"]\n",
+                3,
+                "/nonexistent/a.wasm",
+            ),
+            (
+                "[build]\nproject_hooks = true\n\n[[hooks]]\nname = \"b\"\npath = \"b.wasm\"\nstages = [\"pre-built\"]\n",
+                7,
+                "unknown stage \"pre-built\"",
+            ),
+            ("[[hooks]]\nname = \"c\"\npath = \"c.wasm\"\nstages = []\n", 4, "stages is empty"),
+            ("[[hooks]]\nname = \"d\"\npath = \"d.wasm\"\nstages = [\"pre-build\"]\ntimeout_ms = 0\n", 5, "timeout_ms"),
+            (
+                "[[hooks]]\nname = \"e\"\npath = \"e.wasm\"\nstages = [\"pre-build\"]\n[hooks.config]\nx = { y = 1 }\n",
+                5,
+                "config.x",
+            ),
+        ];
+        for (text, line, needle) in cases {
+            let err = load_text(text).err().expect(text);
+            let shown = err.to_string();
+            assert!(shown.contains(needle), "{shown:?} should mention {needle:?}");
+            assert_eq!(err.line, Some(line), "{shown}");
+        }
+        // A file that is there but is not a component: named with its entry's path line.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("bad.wasm"), b"not wasm").expect("write");
+        let path = dir.path().join("paastech.toml");
+        std::fs::write(&path, "[[hooks]]\nname = \"first\"\npath = \"bad.wasm\"\nstages = [\"pre-build\"]\n")
+            .expect("write config");
+        let err = load(Some(&path)).err().expect("invalid component");
+        assert!(err.to_string().contains("bad.wasm") && err.to_string().contains("first"), "{err}");
+        assert_eq!(err.line, Some(3), "{err}");
     }
 
     #[test]

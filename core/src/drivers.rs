@@ -132,6 +132,19 @@ pub trait Runtime: Send + Sync {
     /// Every instance this runtime manages, including ones started before a restart of
     /// the server (containers carry labels; processes do not survive their parent).
     async fn list(&self) -> Result<Vec<Instance>>;
+    /// Whether instances keep running when the server stops (containers do, processes do
+    /// not). If so, a server stop leaves them running and the next start adopts them, so
+    /// apps are not interrupted by a server restart.
+    fn instances_outlive_server(&self) -> bool {
+        false
+    }
+    /// Sends the output of an instance this runtime did not start in this process (one
+    /// adopted after a server restart) to `output`. Runtimes whose instances cannot outlive
+    /// the server have nothing to attach to.
+    async fn attach(&self, id: &str, output: Arc<dyn LogSink>) -> Result<()> {
+        let _ = (id, output);
+        Ok(())
+    }
 }
 
 /// One ref a `git push` wants to move. `old` is all zeros for a new ref, `new` all zeros

@@ -16,9 +16,10 @@ pub struct HookContext {
     pub project: ProjectName,
     pub version: i64,
     pub commit: Option<String>,
-    /// The exported source tree, on a push. Project hooks (`.paastech/hooks/*.wasm`) are
-    /// read from it; deployments without a fresh source (env changes, rollbacks) run the
-    /// operator's hooks only.
+    /// The build's source tree, where project hooks (`.paastech/hooks/*.wasm`) are read
+    /// from: on a push, the exported commit; for later deployments of the same build (env
+    /// changes, rollbacks, a restart) the release directory when the runtime keeps one
+    /// (local processes). `None` (an image-only build) runs the operator's hooks only.
     pub source: Option<PathBuf>,
 }
 

@@ -36,6 +36,8 @@ pub struct OrchestratorConfig {
     pub drain_timeout: Duration,
     /// Limits of every instance.
     pub limits: Limits,
+    /// Where users reach a project, with `{name}` for the project: shown after a deploy.
+    pub app_url: String,
 }
 
 impl OrchestratorConfig {
@@ -46,6 +48,7 @@ impl OrchestratorConfig {
             stop_grace: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             limits: Limits::default(),
+            app_url: "http://{name}.localhost".into(),
         }
     }
 }
@@ -452,6 +455,7 @@ impl Orchestrator {
         started: &mut Vec<Instance>,
         log: &dyn LogSink,
     ) -> Result<()> {
+        let limits = self.limits_of(project).await?;
         let mut env = deployment.config.clone();
         env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
@@ -467,7 +471,7 @@ impl Orchestrator {
                     artifact: artifact.reference.clone(),
                     command: command.clone(),
                     env: env.clone(),
-                    limits: self.config.limits,
+                    limits,
                 };
                 let output = self.logs.sink(&project.name, &format!("{process}.{}", index + 1));
                 let instance = self.runtime.start(spec, output).await?;
@@ -714,8 +718,10 @@ impl Orchestrator {
             return Ok(());
         };
         let ctx = self.hook_context(project, deployment, artifact);
+        let limits = self.limits_of(project).await?;
         let mut env = deployment.config.clone();
-        env.extend(self.pre_deploy(&ctx, deployment, artifact, &NullSink).await?);
+        let hook_log = self.logs.sink(&project.name, "hooks");
+        env.extend(self.pre_deploy(&ctx, deployment, artifact, hook_log.as_ref()).await?);
         env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
         env.insert("PAASTECH_PROJECT".into(), project.name.to_string());
         let mut to_stop = Vec::new();
@@ -730,7 +736,7 @@ impl Orchestrator {
                     artifact: artifact.reference.clone(),
                     command: artifact.processes.get(&process).cloned().unwrap_or_default(),
                     env: env.clone(),
-                    limits: self.config.limits,
+                    limits,
                 };
                 let output = self.logs.sink(&project.name, &format!("{process}.{}", index + 1));
                 let instance = self.runtime.start(spec, output).await?;
@@ -752,6 +758,36 @@ impl Orchestrator {
         self.stop_instances(&to_stop).await;
         self.logs.note(&project.name, &format!("scaled: {}", describe_scale(wanted)));
         Ok(())
+    }
+
+    /// The limits of the project's instances: its own, else the server-wide ones.
+    async fn limits_of(&self, project: &Project) -> Result<Limits> {
+        let own = self.store.limits(project.id).await?;
+        Ok(Limits {
+            memory_bytes: own.memory_bytes.or(self.config.limits.memory_bytes),
+            cpus: own.cpus.or(self.config.limits.cpus),
+        })
+    }
+
+    /// Sets the project's own limits (`None`: the server's default) and, once it has a
+    /// build, applies them with a new deployment.
+    pub async fn set_limits(&self, project: &Project, limits: &Limits) -> Result<Option<Deployment>> {
+        let _guard = self.exclusive(&project.name, &NullSink).await;
+        let previous = self.store.limits(project.id).await?;
+        self.store.set_limits(project.id, limits).await?;
+        let Some((_, build, artifact)) = self.latest_built(project).await? else {
+            return Ok(None);
+        };
+        let env = self.store.env(project.id).await?;
+        let cause = format!("limits: {}", describe_limits(limits));
+        match self.deploy_build(project, &build, &artifact, env, cause, Arc::new(NullSink)).await {
+            Ok(deployment) => Ok(Some(deployment)),
+            Err(err) => {
+                // The change is kept only if the app runs with it.
+                self.store.set_limits(project.id, &previous).await?;
+                Err(err)
+            }
+        }
     }
 
     /// The project's instances as the runtime sees them.
@@ -777,7 +813,7 @@ impl Orchestrator {
             }
         }
         for (project, deployment) in live {
-            let log: Arc<dyn LogSink> = Arc::new(NullSink);
+            let log = self.logs.sink(&project.name, "paastech");
             let result = async {
                 let _guard = self.exclusive(&project.name, log.as_ref()).await;
                 let (_, artifact) = self.artifact_of(&deployment).await?;
@@ -786,6 +822,12 @@ impl Orchestrator {
                     .filter(|i| i.project == project.name && i.version == deployment.version)
                     .cloned()
                     .collect();
+                for instance in &adopted {
+                    let output = self.logs.sink(&project.name, &format!("{}.{}", instance.process_type, instance.index + 1));
+                    if let Err(err) = self.runtime.attach(&instance.id, output).await {
+                        tracing::warn!(instance = %instance.id, error = %err, "cannot follow an adopted instance's output");
+                    }
+                }
                 let mut started = adopted.clone();
                 if adopted.is_empty() {
                     let ctx = self.hook_context(&project, &deployment, &artifact);
@@ -822,10 +864,16 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Stops every instance (server shutdown). Deployments stay live in the store, so the
-    /// next start brings them back.
+    /// Stops every instance at server shutdown, unless the runtime's instances outlive the
+    /// server (containers), which the next start adopts. Deployments stay live in the store,
+    /// so the next start brings them back either way.
     pub async fn shutdown(&self) {
         let all: Vec<Running> = self.running.lock().expect("running lock").drain().map(|(_, r)| r).collect();
+        if self.runtime.instances_outlive_server() {
+            let count: usize = all.iter().map(|r| r.instances.len()).sum();
+            tracing::info!(instances = count, "leaving instances running; the next start adopts them");
+            return;
+        }
         for running in all {
             self.stop_instances(&running.instances).await;
         }
@@ -861,13 +909,21 @@ impl PushHandler for Orchestrator {
             return Ok(());
         };
         let deployment = self.deploy_commit(&project, &update.new, Arc::clone(&log)).await?;
-        log.line(&format!("-----> Deployed {} v{}", project.name, deployment.version));
+        let url = self.config.app_url.replace("{name}", project.name.as_str());
+        log.line(&format!("-----> Deployed {} v{}: {url}", project.name, deployment.version));
         Ok(())
     }
 }
 
 fn short(commit: &str) -> &str {
     &commit[..commit.len().min(10)]
+}
+
+fn describe_limits(limits: &Limits) -> String {
+    let memory =
+        limits.memory_bytes.map(|b| format!("memory={}MB", b / (1024 * 1024))).unwrap_or("memory=default".into());
+    let cpus = limits.cpus.map(|c| format!("cpus={c}")).unwrap_or("cpus=default".into());
+    format!("{memory} {cpus}")
 }
 
 fn describe_scale(scale: &BTreeMap<String, u32>) -> String {

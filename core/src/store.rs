@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
+use crate::drivers::Limits;
 use crate::error::Result;
 
 /// A change to a project's env: `Some` sets, `None` unsets.
@@ -58,6 +59,9 @@ pub trait Store: Send + Sync {
     async fn update_env(&self, project_id: i64, changes: &EnvChanges) -> Result<EnvVars>;
     async fn scale(&self, project_id: i64) -> Result<BTreeMap<String, u32>>;
     async fn set_scale(&self, project_id: i64, scale: &BTreeMap<String, u32>) -> Result<()>;
+    /// The project's own instance limits; `None` fields fall back to the runtime's defaults.
+    async fn limits(&self, project_id: i64) -> Result<Limits>;
+    async fn set_limits(&self, project_id: i64, limits: &Limits) -> Result<()>;
 
     // Builds.
     async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build>;

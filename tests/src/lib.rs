@@ -1,6 +1,9 @@
 //! Support for the end-to-end journeys: build and start a real `paastech server` process
 //! on free loopback ports, talk to it over real HTTP, run the real CLI against it.
 
+pub mod conformance;
+pub mod engines;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -9,6 +12,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+pub mod webdriver;
 
 /// The `paastech` binary of this workspace, built once per test process.
 pub fn paastech_bin() -> &'static Path {

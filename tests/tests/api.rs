@@ -186,13 +186,18 @@ fn other_users_projects_are_not_found() {
     assert_eq!(api.req("POST", "/projects", Some(&ada), Some(json!({"name": "secret"}))).0, 201);
     assert_eq!(api.req("PATCH", "/projects/secret/env", Some(&ada), Some(json!({"TOKEN": "s3cr3t"}))).0, 200);
 
-    let routes: [(&str, &str, Option<Value>); 7] = [
+    let routes: [(&str, &str, Option<Value>); 12] = [
         ("GET", "/projects/secret", None),
         ("DELETE", "/projects/secret", None),
         ("GET", "/projects/secret/env", None),
         ("PATCH", "/projects/secret/env", Some(json!({"A": "b"}))),
         ("GET", "/projects/secret/deployments", None),
         ("GET", "/projects/secret/scale", None),
+        ("GET", "/projects/secret/limits", None),
+        ("PUT", "/projects/secret/limits", Some(json!({"memory_mb": 64}))),
+        ("POST", "/projects/secret/deployments", Some(json!({}))),
+        ("GET", "/projects/secret/logs", None),
+        ("GET", "/projects/secret/ps", None),
         ("PUT", "/projects/secret/scale", Some(json!({"web": 2}))),
     ];
     for (method, path, body) in &routes {
@@ -239,6 +244,13 @@ fn env_and_scale_round_trip() {
         json!({"web": 2, "worker": 1})
     );
     assert_eq!(api.req("PUT", "/projects/shop/scale", Some(&ada), Some(json!({"web": 99}))).0, 400);
+    assert_eq!(api.req("GET", "/projects/shop/limits", Some(&ada), None).1, json!({"memory_mb": null, "cpus": null}));
+    for bad in [json!({"memory_mb": 1}), json!({"cpus": 0}), json!({"cpus": 100.0}), json!({"memory_mb": "big"})] {
+        let (status, body) = api.req("PUT", "/projects/shop/limits", Some(&ada), Some(bad.clone()));
+        assert!(status == 400 || status == 422, "{bad}: {status} {body}");
+    }
+    let (status, limits) = api.req("PUT", "/projects/shop/limits", Some(&ada), Some(json!({"memory_mb": 256})));
+    assert_eq!((status, limits), (200, json!({"memory_mb": 256, "cpus": null})));
     let (status, deployments) = api.req("GET", "/projects/shop/deployments", Some(&ada), None);
     assert_eq!((status, deployments), (200, json!([])));
 }

@@ -31,7 +31,11 @@ fn python_app_push_env_broken_push_rollback_and_restart() {
     let (ok, output) = repo.push("main");
     assert!(ok, "first push: {output}\n{}", server.log());
     assert!(output.contains("remote: -----> Building py-app v1"), "build log streams back: {output}");
-    assert!(output.contains("remote: -----> Deployed py-app v1"), "{output}");
+    let url = format!("http://py-app.localhost:{}", server.ingress_port);
+    assert!(
+        output.contains(&format!("remote: -----> Deployed py-app v1: {url}")),
+        "ends with version and URL: {output}"
+    );
     let (status, body) = server.app_get("py-app", "/");
     assert_eq!((status, body.trim()), (200, "hello from python-hello (version 1)"));
     let list = deployments(&server, &ada.token, "py-app");

@@ -25,8 +25,13 @@ fn deploy_rollback_logs_scale_and_ps_from_the_cli() {
     let server = Server::start("");
     let ada = server.developer("ada@example.com");
     assert!(cli(&server, &ada.token, &["projects", "create", "cli-py"]).0);
-    let repo =
-        GitRepo::from_dir(&server.dir.path().join("repo"), &example("python-hello"), &ada.key, server.ssh_port, "cli-py");
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("repo"),
+        &example("python-hello"),
+        &ada.key,
+        server.ssh_port,
+        "cli-py",
+    );
     let (ok, output) = repo.push("main");
     assert!(ok, "{output}");
 
@@ -114,8 +119,10 @@ fn two_pushes_to_one_project_never_build_at_once() {
     // A slow build: a Procfile app whose build step (pip) is preceded by a sleeping hook
     // is not available on the process builder, so make two repos push concurrently and
     // check that their builds do not overlap in the log.
-    let a = GitRepo::from_dir(&server.dir.path().join("a"), &example("python-hello"), &ada.key, server.ssh_port, "busy");
-    let b = GitRepo::from_dir(&server.dir.path().join("b"), &example("python-hello"), &ada.key, server.ssh_port, "busy");
+    let a =
+        GitRepo::from_dir(&server.dir.path().join("a"), &example("python-hello"), &ada.key, server.ssh_port, "busy");
+    let b =
+        GitRepo::from_dir(&server.dir.path().join("b"), &example("python-hello"), &ada.key, server.ssh_port, "busy");
     b.write("README.md", "second\n");
     b.commit_all("second");
     // Both start from nothing: b force-pushes so it never needs a's history.

@@ -1,9 +1,11 @@
-//! The HTTP API (`/api/v1`) and, later, the web UI. The only crate that knows JSON shapes
-//! and HTTP status codes; it reaches everything else through core's traits.
+//! The HTTP API (`/api/v1`) and the web UI (server-rendered pages at `/`). The only crate
+//! that knows JSON shapes, HTML and HTTP status codes; it reaches everything else through
+//! core's traits.
 
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +59,11 @@ pub struct AppState {
     pub signup: SignupPolicy,
     pub urls: Arc<PublicUrls>,
     pub limiter: Arc<LoginLimiter>,
+    /// Names of the build hooks in use (configured and per-project), shown on the admin page.
+    pub hook_names: Arc<Vec<String>>,
+    /// Flips to true when the server starts shutting down, so endless streams (live logs)
+    /// end and the graceful shutdown does not wait on them.
+    pub(crate) stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -67,6 +74,22 @@ impl AppState {
             signup,
             urls: Arc::new(urls),
             limiter: Arc::new(LoginLimiter::new(10, Duration::from_secs(60))),
+            hook_names: Arc::new(Vec::new()),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Records the build hooks in use, for the admin page.
+    pub fn with_hook_names(mut self, names: Vec<String>) -> Self {
+        self.hook_names = Arc::new(names);
+        self
+    }
+
+    /// Resolves once the server is shutting down.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
         }
     }
 }
@@ -74,8 +97,9 @@ impl AppState {
 /// The largest request body the API accepts; nothing it takes is bigger than an SSH key.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The API under `/api/v1` and the web UI everywhere else.
 pub fn router(state: AppState) -> Router {
-    Router::new().nest("/api/v1", api::routes()).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
+    ui::routes().nest("/api/v1", api::routes()).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
 }
 
 /// Serves the API (and UI) on `listener` until `shutdown` resolves, then lets requests in
@@ -85,6 +109,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stopping = Arc::clone(&state.stopping);
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

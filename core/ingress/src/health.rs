@@ -14,6 +14,13 @@ use tokio::time::Instant;
 
 /// Pause between two attempts: short, so a healthy app goes live quickly.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+/// While the app is not listening yet its port refuses the connection, which costs the app
+/// nothing: retry that much more often at first. Most apps bind within a few tens of
+/// milliseconds of starting, and with 100 ms polls a deploy waited ~50 ms more on average.
+const FAST_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+/// How long the fast polling of a refused port lasts; an app slower than that to bind is
+/// doing real start-up work and gets the normal interval.
+const FAST_RETRY_FOR: Duration = Duration::from_secs(2);
 
 /// What the last attempt of a failed health check saw.
 #[derive(Debug)]
@@ -71,7 +78,8 @@ pub async fn health_check(addr: SocketAddr, path: &str, timeout: Duration) -> Re
             return Err(HealthError { addr, path, timeout, last: LastSeen::InvalidPath(err.to_string()) });
         }
     };
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     loop {
         let last = match tokio::time::timeout_at(deadline, attempt(addr, &target)).await {
             Ok(Ok(status)) if status.as_u16() < 500 => return Ok(()),
@@ -80,10 +88,21 @@ pub async fn health_check(addr: SocketAddr, path: &str, timeout: Duration) -> Re
             Err(_) => LastSeen::NoAnswer,
         };
         // Sleep, then give up with what this attempt saw if no time is left for another.
-        tokio::time::sleep_until((Instant::now() + RETRY_INTERVAL).min(deadline)).await;
+        let pause = retry_pause(&last, started.elapsed());
+        tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
         if Instant::now() >= deadline {
             return Err(HealthError { addr, path, timeout, last });
         }
+    }
+}
+
+/// The wait before the next attempt, given what the last one saw and how long the check has
+/// run: quick polls only while the port refuses connections early on; an app that answers
+/// (even with an error) is never hammered.
+fn retry_pause(last: &LastSeen, elapsed: Duration) -> Duration {
+    match last {
+        LastSeen::ConnectFailed(_) if elapsed < FAST_RETRY_FOR => FAST_RETRY_INTERVAL,
+        _ => RETRY_INTERVAL,
     }
 }
 
@@ -108,5 +127,26 @@ async fn attempt(addr: SocketAddr, path: &PathAndQuery) -> Result<StatusCode, La
             Err(LastSeen::BadResponse("the connection closed before a response".to_owned()))
         }
         Err(err) => Err(LastSeen::BadResponse(err.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_fast_only_while_the_port_refuses_early_on() {
+        let refused = || LastSeen::ConnectFailed(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let cases: &[(LastSeen, Duration, Duration)] = &[
+            (refused(), Duration::ZERO, FAST_RETRY_INTERVAL),
+            (refused(), Duration::from_millis(1999), FAST_RETRY_INTERVAL),
+            (refused(), FAST_RETRY_FOR, RETRY_INTERVAL),
+            (LastSeen::Status(StatusCode::SERVICE_UNAVAILABLE), Duration::ZERO, RETRY_INTERVAL),
+            (LastSeen::NoAnswer, Duration::ZERO, RETRY_INTERVAL),
+            (LastSeen::BadResponse("x".into()), Duration::ZERO, RETRY_INTERVAL),
+        ];
+        for (last, elapsed, want) in cases {
+            assert_eq!(retry_pause(last, *elapsed), *want, "after {last} at {elapsed:?}");
+        }
     }
 }

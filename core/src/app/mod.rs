@@ -2,6 +2,7 @@
 //! quoting used when a command line has to be written for `sh -c`. Pure logic shared by
 //! every builder (local processes, and Dockerfiles generated for container runtimes).
 
+pub mod container;
 pub mod detect;
 pub mod procfile;
 pub mod shell;

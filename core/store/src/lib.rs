@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
     ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, EnvVars, Error, NewDeployment, Project, ProjectName,
@@ -349,6 +350,8 @@ impl Store for SqlStore {
                 diesel::delete(builds::table.filter(builds::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(env_vars::table.filter(env_vars::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(process_scale::table.filter(process_scale::project_id.eq(project_id))).execute(conn)?;
+                diesel::delete(project_limits::table.filter(project_limits::project_id.eq(project_id)))
+                    .execute(conn)?;
                 if diesel::delete(projects::table.find(project_id)).execute(conn)? == 0 {
                     return Err(not_found("project not found"));
                 }
@@ -431,6 +434,42 @@ impl Store for SqlStore {
                             process_scale::project_id.eq(project_id),
                             process_scale::process_type.eq(process_type),
                             process_scale::count.eq(i64::from(*count)),
+                        ))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    async fn limits(&self, project_id: i64) -> Result<Limits> {
+        with_conn!(self, |conn| {
+            let row = project_limits::table
+                .find(project_id)
+                .select((project_limits::memory_mb, project_limits::cpus))
+                .first::<(Option<i64>, Option<f64>)>(conn)
+                .optional()?;
+            let (memory_mb, cpus) = row.unwrap_or((None, None));
+            Ok(Limits {
+                memory_bytes: memory_mb.and_then(|mb| u64::try_from(mb).ok()).map(|mb| mb * 1024 * 1024),
+                cpus,
+            })
+        })
+    }
+
+    async fn set_limits(&self, project_id: i64, limits: &Limits) -> Result<()> {
+        let memory_mb = limits.memory_bytes.map(|bytes| i64::try_from(bytes / (1024 * 1024)).unwrap_or(i64::MAX));
+        let cpus = limits.cpus;
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                ensure_project!(conn, project_id);
+                diesel::delete(project_limits::table.find(project_id)).execute(conn)?;
+                if memory_mb.is_some() || cpus.is_some() {
+                    diesel::insert_into(project_limits::table)
+                        .values((
+                            project_limits::project_id.eq(project_id),
+                            project_limits::memory_mb.eq(memory_mb),
+                            project_limits::cpus.eq(cpus),
                         ))
                         .execute(conn)?;
                 }

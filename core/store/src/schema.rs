@@ -45,6 +45,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    project_limits (project_id) {
+        project_id -> BigInt,
+        memory_mb -> Nullable<BigInt>,
+        cpus -> Nullable<Double>,
+    }
+}
+
+diesel::table! {
     env_vars (project_id, key) {
         project_id -> BigInt,
         key -> Text,
@@ -100,6 +108,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_tokens,
     ssh_keys,
     projects,
+    project_limits,
     env_vars,
     process_scale,
     builds,

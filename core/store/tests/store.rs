@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
+use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{DeploymentStatus, Error, NewDeployment, ProjectName, Store, Timestamp, User};
 use paastech_store::SqlStore;
@@ -112,6 +113,7 @@ suite!(
     deleting_a_project_deletes_everything_of_it,
     env_updates_set_and_unset_in_one_go,
     scale_sets_listed_types_only,
+    limits_are_set_replaced_and_cleared,
     builds_are_created_and_finished,
     deployment_versions_increase_per_project,
     deployment_status_follows_the_state_machine,
@@ -382,6 +384,22 @@ async fn scale_sets_listed_types_only(db: &TestDb) {
         BTreeMap::from([("web".to_owned(), 0), ("worker".to_owned(), 1)])
     );
     assert_not_found(store.set_scale(424242, &both).await, "project");
+}
+
+async fn limits_are_set_replaced_and_cleared(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    assert_eq!(store.limits(project.id).await.expect("limits"), Limits::default());
+    let set = Limits { memory_bytes: Some(256 * 1024 * 1024), cpus: Some(0.5) };
+    store.set_limits(project.id, &set).await.expect("set");
+    assert_eq!(store.limits(project.id).await.expect("limits"), set);
+    let memory_only = Limits { memory_bytes: Some(64 * 1024 * 1024), cpus: None };
+    store.set_limits(project.id, &memory_only).await.expect("replace");
+    assert_eq!(store.limits(project.id).await.expect("limits"), memory_only);
+    store.set_limits(project.id, &Limits::default()).await.expect("clear");
+    assert_eq!(store.limits(project.id).await.expect("limits"), Limits::default());
+    assert_not_found(store.set_limits(424242, &set).await, "project");
 }
 
 async fn builds_are_created_and_finished(db: &TestDb) {

@@ -99,7 +99,7 @@ impl From<SshKey> for SshKeyView {
     }
 }
 
-fn check_name(kind: &str, name: &str) -> Result<(), Error> {
+pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), Error> {
     if name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
         return Err(Error::Invalid(format!("{kind} name must be 1 to 100 printable characters")));
     }

@@ -1,7 +1,7 @@
 //! `/api/v1`: routes, request and response shapes, and the OpenAPI document built from them.
 
-mod accounts;
-mod projects;
+pub(crate) mod accounts;
+pub(crate) mod projects;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/env", get(projects::get_env).patch(projects::patch_env))
         .route("/projects/{name}/scale", get(projects::get_scale).put(projects::put_scale))
         .route("/projects/{name}/deployments", get(projects::list_deployments).post(projects::create_deployment))
+        .route("/projects/{name}/limits", get(projects::get_limits).put(projects::put_limits))
         .route("/projects/{name}/logs", get(projects::logs))
         .route("/projects/{name}/ps", get(projects::instances))
         .fallback(not_found)
@@ -108,7 +109,7 @@ async fn openapi() -> ApiResult<Response> {
         accounts::list_keys, accounts::add_key, accounts::delete_key, accounts::list_users,
         projects::list, projects::create, projects::get, projects::delete,
         projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,
-        projects::list_deployments, projects::create_deployment, projects::logs, projects::instances,
+        projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances,
     ),
     modifiers(&BearerAuth),
 )]

@@ -155,7 +155,7 @@ pub async fn get_env(
     Ok(Json(state.store.env(project.id).await?))
 }
 
-fn check_env_changes(changes: &EnvChanges) -> Result<(), Error> {
+pub(crate) fn check_env_changes(changes: &EnvChanges) -> Result<(), Error> {
     if changes.is_empty() {
         return Err(Error::Invalid("no changes: send {\"KEY\": \"value\"} to set, {\"KEY\": null} to unset".into()));
     }
@@ -203,7 +203,7 @@ pub async fn get_scale(
     Ok(Json(state.store.scale(project.id).await?))
 }
 
-fn check_scale(scale: &BTreeMap<String, u32>) -> Result<(), Error> {
+pub(crate) fn check_scale(scale: &BTreeMap<String, u32>) -> Result<(), Error> {
     if scale.is_empty() {
         return Err(Error::Invalid("no process types: send {\"web\": 2}".into()));
     }
@@ -256,6 +256,63 @@ pub async fn list_deployments(
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
     let deployments = state.store.deployments(project.id, limit).await?;
     Ok(Json(deployments.into_iter().map(Into::into).collect()))
+}
+
+/// A project's own instance limits; null means the server's default.
+#[derive(Serialize, Deserialize, ToSchema, Default, Debug, PartialEq)]
+pub struct LimitsBody {
+    /// Memory of each instance, in MiB (16 to 65536).
+    pub memory_mb: Option<u64>,
+    /// CPUs of each instance (0.01 to 64); ignored by the process runtime.
+    pub cpus: Option<f64>,
+}
+
+impl LimitsBody {
+    fn check(&self) -> Result<paastech_core::drivers::Limits, Error> {
+        if let Some(mb) = self.memory_mb
+            && !(16..=65_536).contains(&mb)
+        {
+            return Err(Error::Invalid(format!("memory_mb={mb}: use 16 to 65536 (MiB), or null for the default")));
+        }
+        if let Some(cpus) = self.cpus
+            && !(0.01..=64.0).contains(&cpus)
+        {
+            return Err(Error::Invalid(format!("cpus={cpus}: use 0.01 to 64, or null for the default")));
+        }
+        Ok(paastech_core::drivers::Limits { memory_bytes: self.memory_mb.map(|mb| mb * 1024 * 1024), cpus: self.cpus })
+    }
+
+    fn of(limits: paastech_core::drivers::Limits) -> Self {
+        LimitsBody { memory_mb: limits.memory_bytes.map(|b| b / (1024 * 1024)), cpus: limits.cpus }
+    }
+}
+
+#[utoipa::path(get, path = "/projects/{name}/limits", tag = "config", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 200, body = LimitsBody), (status = 404, body = ErrorBody)))]
+pub async fn get_limits(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+) -> ApiResult<Json<LimitsBody>> {
+    let project = visible_project(&state, &user, &name).await?;
+    Ok(Json(LimitsBody::of(state.store.limits(project.id).await?)))
+}
+
+/// Sets the project's instance limits, overriding the server's defaults. Once the project
+/// has a build this makes a new deployment; if that fails (422), nothing changed.
+#[utoipa::path(put, path = "/projects/{name}/limits", tag = "config", security(("bearer" = [])),
+    params(("name" = String, Path)), request_body = LimitsBody,
+    responses((status = 200, body = LimitsBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn put_limits(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<LimitsBody>,
+) -> ApiResult<Json<LimitsBody>> {
+    let project = visible_project(&state, &user, &name).await?;
+    let limits = body.check()?;
+    state.orchestrator.set_limits(&project, &limits).await?;
+    Ok(Json(LimitsBody::of(state.store.limits(project.id).await?)))
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -333,6 +390,8 @@ pub async fn logs(
         Some((Ok(bytes::Bytes::from(chunk)), rx))
     });
     use futures_util::StreamExt;
+    // A followed log ends when the server stops, so it never holds up a shutdown.
+    let rest = rest.take_until(Box::pin(state.stopped()));
     Ok((headers, axum::body::Body::from_stream(head.chain(rest))).into_response())
 }
 

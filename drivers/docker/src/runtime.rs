@@ -1,0 +1,465 @@
+//! `DockerRuntime`: each instance is a labelled container, restarted by the engine when it
+//! fails, its output followed from the engine's log into the instance's sink.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use paastech_core::ProjectName;
+use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, Runtime};
+use paastech_core::{Error, Result};
+use tokio::task::JoinHandle;
+
+use crate::engine::{Engine, EngineConfig, engine_error, status_of};
+use crate::labels;
+
+/// Capabilities given back after dropping all: what images that start as root and then
+/// switch to their own user (nginx, most official images' entrypoints) need for that.
+/// No `NET_BIND_SERVICE`: apps listen on `$PORT`, above 1024.
+const CAPABILITIES: &[&str] = &["CHOWN", "SETUID", "SETGID"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerRuntimeConfig {
+    pub engine: EngineConfig,
+    /// Which server's containers these are: `list` sees, and `stop` touches, only
+    /// containers labelled with it, so servers sharing an engine leave each other alone
+    /// (a server's reconcile at start removes what it does not know).
+    pub namespace: String,
+    /// The memory limit of instances whose spec sets none (no swap beyond it).
+    pub default_memory_bytes: u64,
+    /// The CPU limit of instances whose spec sets none, in cores.
+    pub default_cpus: f64,
+    /// The most processes (and threads) one container may have: a fork bomb stays inside.
+    pub pids_limit: i64,
+    /// How many times the engine restarts a failing container before it stays down
+    /// (`Crashed`).
+    pub max_restarts: u32,
+    /// The port `web` containers listen on inside (their `PORT`).
+    pub container_port: u16,
+}
+
+impl Default for DockerRuntimeConfig {
+    fn default() -> Self {
+        DockerRuntimeConfig {
+            engine: EngineConfig::default(),
+            namespace: "default".into(),
+            default_memory_bytes: 512 * 1024 * 1024,
+            default_cpus: 1.0,
+            pids_limit: 512,
+            max_restarts: 5,
+            container_port: 5000,
+        }
+    }
+}
+
+pub struct DockerRuntime {
+    config: DockerRuntimeConfig,
+    engine: Engine,
+    /// The log followers of the containers this runtime started, by container id.
+    followers: Mutex<HashMap<String, JoinHandle<()>>>,
+    next: AtomicU64,
+}
+
+impl DockerRuntime {
+    pub fn new(config: DockerRuntimeConfig) -> Self {
+        let engine = Engine::new(config.engine.clone());
+        DockerRuntime { config, engine, followers: Mutex::new(HashMap::new()), next: AtomicU64::new(0) }
+    }
+
+    /// Checks that the engine answers; the server calls it at start so that a missing
+    /// engine stops the start with the socket's path.
+    pub async fn ping(&self) -> Result<()> {
+        let docker = self.engine.client().await?;
+        docker
+            .ping()
+            .await
+            .map_err(|err| engine_error(format!("pinging the engine at {}", self.engine.socket()), err))?;
+        Ok(())
+    }
+
+    fn container_name(&self, spec: &InstanceSpec) -> String {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let process: String = spec
+            .process_type
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect();
+        format!("paastech-{}-v{}-{process}-{}-{:x}{seq}", spec.project, spec.version, spec.index, nanos)
+    }
+
+    fn create_body(&self, spec: &InstanceSpec, host_port: Option<u16>) -> ContainerCreateBody {
+        let port_key = format!("{}/tcp", self.config.container_port);
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if host_port.is_some() {
+            env.push(format!("PORT={}", self.config.container_port));
+        }
+        let cmd = (!spec.command.is_empty()).then(|| vec!["/bin/sh".to_owned(), "-c".to_owned(), spec.command.clone()]);
+        let memory = spec.limits.memory_bytes.unwrap_or(self.config.default_memory_bytes);
+        let memory = i64::try_from(memory).unwrap_or(i64::MAX);
+        let cpus = spec.limits.cpus.unwrap_or(self.config.default_cpus);
+        let port_bindings = host_port.map(|port| {
+            HashMap::from([(
+                port_key.clone(),
+                Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(port.to_string()) }]),
+            )])
+        });
+        let labels = HashMap::from([
+            (labels::NAMESPACE.to_owned(), self.config.namespace.clone()),
+            (labels::PROJECT.to_owned(), spec.project.to_string()),
+            (labels::DEPLOYMENT.to_owned(), spec.version.to_string()),
+            (labels::PROCESS.to_owned(), spec.process_type.clone()),
+            (labels::INDEX.to_owned(), spec.index.to_string()),
+        ]);
+        ContainerCreateBody {
+            image: Some(spec.artifact.clone()),
+            cmd,
+            env: Some(env),
+            labels: Some(labels),
+            exposed_ports: host_port.map(|_| vec![port_key]),
+            host_config: Some(HostConfig {
+                port_bindings,
+                privileged: Some(false),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
+                memory: Some(memory),
+                // The same as memory: no swap, so the limit is the limit.
+                memory_swap: Some(memory),
+                nano_cpus: Some((cpus * 1e9) as i64),
+                pids_limit: Some(self.config.pids_limit),
+                // An init as PID 1 passes the polite stop signal on: a shell or a server
+                // that is PID 1 itself would ignore it and wait for the forced kill.
+                init: Some(true),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                    maximum_retry_count: Some(i64::from(self.config.max_restarts)),
+                }),
+                // The engine keeps the logs on disk: bounded.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), "10m".to_owned()),
+                        ("max-file".to_owned(), "2".to_owned()),
+                    ])),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn create_and_start(&self, docker: &Docker, spec: &InstanceSpec) -> Result<(String, Option<u16>)> {
+        // The engine gives a random host port a new value at every restart, which would
+        // leave the ingress pointing at nothing: the runtime picks the port and keeps it.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let host_port = if spec.is_web() { Some(free_port()?) } else { None };
+            let name = self.container_name(spec);
+            let options = CreateContainerOptionsBuilder::default().name(&name).build();
+            let created = docker.create_container(Some(options), self.create_body(spec, host_port)).await;
+            let id = match created {
+                Ok(created) => created.id,
+                Err(err) if status_of(&err) == Some(404) => {
+                    return Err(Error::NotFound(format!("image {} does not exist", spec.artifact)));
+                }
+                Err(err) => return Err(engine_error(format!("creating a container for {}", spec.artifact), err)),
+            };
+            match docker.start_container(&id, None).await {
+                Ok(()) => return Ok((id, host_port)),
+                Err(err) => {
+                    let _ = docker
+                        .remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                        .await;
+                    let taken = err.to_string().contains("already allocated")
+                        || err.to_string().contains("address already in use");
+                    if taken && attempt < 4 {
+                        tracing::debug!(port = ?host_port, "host port taken meanwhile, picking another");
+                        continue;
+                    }
+                    return Err(engine_error(format!("starting a container of {}", spec.artifact), err));
+                }
+            }
+        }
+    }
+
+    fn followers(&self) -> MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        self.followers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for DockerRuntime {
+    /// Containers outlive the runtime (a restarted server adopts them); followers do not.
+    fn drop(&mut self) {
+        for (_, task) in self.followers().drain() {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn instances_outlive_server(&self) -> bool {
+        true
+    }
+
+    async fn start(&self, spec: InstanceSpec, output: Arc<dyn LogSink>) -> Result<Instance> {
+        let docker = self.engine.client().await?;
+        let (id, host_port) = self.create_and_start(docker, &spec).await?;
+        let name = format!("{}.{}", spec.process_type, spec.index);
+        let task = tokio::spawn(follow_logs(docker.clone(), id.clone(), name, output, 0));
+        self.followers().insert(id.clone(), task);
+        let instance = Instance {
+            id: id.clone(),
+            project: spec.project,
+            version: spec.version,
+            process_type: spec.process_type,
+            index: spec.index,
+            addr: host_port.map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            state: InstanceState::Running,
+            restarts: 0,
+        };
+        tracing::info!(instance = %short(&id), addr = ?instance.addr, image = %spec.artifact, "started container");
+        Ok(instance)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let docker = self.engine.client().await?;
+        // Only the platform's own containers: an id from elsewhere is unknown here.
+        match docker.inspect_container(id, None::<InspectContainerOptions>).await {
+            Ok(inspect) if self.is_ours(&inspect) => {}
+            Ok(_) => {
+                tracing::warn!(container = %short(id), "not stopping a container the platform did not start");
+                return Ok(());
+            }
+            Err(err) if status_of(&err) == Some(404) => return Ok(()),
+            Err(err) => return Err(engine_error(format!("inspecting container {}", short(id)), err)),
+        }
+        let secs = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)).unwrap_or(i32::MAX);
+        match docker.stop_container(id, Some(StopContainerOptionsBuilder::default().t(secs).build())).await {
+            Ok(()) => {}
+            // 304: already stopped; 404: already gone.
+            Err(err) if matches!(status_of(&err), Some(304 | 404)) => {}
+            Err(err) => tracing::warn!(container = %short(id), error = %err, "polite stop failed; removing by force"),
+        }
+        match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
+            Ok(()) => {}
+            Err(err) if status_of(&err) == Some(404) => {}
+            // 409: the engine is already removing it.
+            Err(err) if status_of(&err) == Some(409) => {}
+            Err(err) => return Err(engine_error(format!("removing container {}", short(id)), err)),
+        }
+        let follower = self.followers().remove(id);
+        if let Some(task) = follower {
+            // The stream ends with the container; give the last lines a moment, no more.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                abort.abort();
+            }
+        }
+        tracing::info!(container = %short(id), "stopped container");
+        Ok(())
+    }
+
+    /// Follows an adopted container's output from now on (its past lines were forwarded by
+    /// the server that started it).
+    async fn attach(&self, id: &str, output: Arc<dyn LogSink>) -> Result<()> {
+        let docker = self.engine.client().await?;
+        let inspect = match docker.inspect_container(id, None::<InspectContainerOptions>).await {
+            Ok(inspect) if self.is_ours(&inspect) => inspect,
+            Ok(_) => {
+                return Err(paastech_core::Error::NotFound(format!("container {} is not the platform's", short(id))));
+            }
+            Err(err) => return Err(engine_error(format!("inspecting container {}", short(id)), err)),
+        };
+        let name = self
+            .instance_of(&inspect)
+            .map(|i| format!("{}.{}", i.process_type, i.index))
+            .unwrap_or_else(|| short(id).to_owned());
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let task = tokio::spawn(follow_logs(docker.clone(), id.to_owned(), name, output, now));
+        if let Some(previous) = self.followers().insert(id.to_owned(), task) {
+            previous.abort();
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>> {
+        let docker = self.engine.client().await?;
+        let namespace = format!("{}={}", labels::NAMESPACE, self.config.namespace);
+        let filters = HashMap::from([("label", vec![labels::PROJECT, namespace.as_str()])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let summaries =
+            docker.list_containers(Some(options)).await.map_err(|err| engine_error("listing containers", err))?;
+        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
+        let inspected = futures_util::future::join_all(
+            ids.iter().map(|id| docker.inspect_container(id, None::<InspectContainerOptions>)),
+        )
+        .await;
+        let mut instances = Vec::new();
+        for (id, result) in ids.iter().zip(inspected) {
+            match result {
+                Ok(inspect) => match self.instance_of(&inspect) {
+                    Some(instance) => instances.push(instance),
+                    None => tracing::warn!(container = %short(id), "a container with unreadable paastech labels"),
+                },
+                // Removed between the listing and the inspection.
+                Err(err) if status_of(&err) == Some(404) => {}
+                Err(err) => return Err(engine_error(format!("inspecting container {}", short(id)), err)),
+            }
+        }
+        instances.sort_by(|a, b| {
+            (&a.project, a.version, &a.process_type, a.index, &a.id).cmp(&(
+                &b.project,
+                b.version,
+                &b.process_type,
+                b.index,
+                &b.id,
+            ))
+        });
+        Ok(instances)
+    }
+}
+
+impl DockerRuntime {
+    /// An instance as the labels and the engine's state describe it.
+    fn instance_of(&self, inspect: &ContainerInspectResponse) -> Option<Instance> {
+        let labels = inspect.config.as_ref()?.labels.as_ref()?;
+        let project = ProjectName::parse(labels.get(labels::PROJECT)?).ok()?;
+        let version = labels.get(labels::DEPLOYMENT)?.parse().ok()?;
+        let process_type = labels.get(labels::PROCESS)?.clone();
+        let index = labels.get(labels::INDEX)?.parse().ok()?;
+        let port_key = format!("{}/tcp", self.config.container_port);
+        let addr = inspect
+            .host_config
+            .as_ref()
+            .and_then(|h| h.port_bindings.as_ref())
+            .and_then(|bindings| bindings.get(&port_key).cloned().flatten())
+            .and_then(|bindings| bindings.into_iter().next())
+            .and_then(|binding| binding.host_port?.parse::<u16>().ok())
+            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        let state = inspect.state.as_ref();
+        let status = state.and_then(|s| s.status).unwrap_or(ContainerStateStatusEnum::EMPTY);
+        let state = match status {
+            ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::PAUSED => InstanceState::Running,
+            ContainerStateStatusEnum::RESTARTING => InstanceState::Restarting,
+            ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::EMPTY => InstanceState::Starting,
+            // The platform removes what it stops: a container that exited did so by itself
+            // and the engine has given up restarting it (or it exited with success, which
+            // `on-failure` does not restart either).
+            ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD => InstanceState::Crashed,
+            ContainerStateStatusEnum::REMOVING | ContainerStateStatusEnum::STOPPING => InstanceState::Stopped,
+        };
+        Some(Instance {
+            id: inspect.id.clone()?,
+            project,
+            version,
+            process_type,
+            index,
+            addr,
+            state,
+            restarts: inspect.restart_count.and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+        })
+    }
+}
+
+impl DockerRuntime {
+    /// Whether the container is one of this namespace's instances.
+    fn is_ours(&self, inspect: &ContainerInspectResponse) -> bool {
+        inspect.config.as_ref().and_then(|c| c.labels.as_ref()).is_some_and(|l| {
+            l.contains_key(labels::PROJECT) && l.get(labels::NAMESPACE) == Some(&self.config.namespace)
+        })
+    }
+}
+
+/// Follows a container's log into `output` across the engine's restarts of it, until the
+/// container stays down or is removed. Lines carry the engine's timestamps, so the lines
+/// already forwarded are skipped when the log is opened again after a restart.
+async fn follow_logs(docker: Docker, id: String, name: String, output: Arc<dyn LogSink>, mut since: i64) {
+    let mut last_stamp = String::new();
+    let mut last_exit = String::new();
+    loop {
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .since(i32::try_from(since).unwrap_or(0))
+            .build();
+        let mut stream = docker.logs(&id, Some(options));
+        while let Some(item) = stream.next().await {
+            let bytes = match item {
+                Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message } | LogOutput::Console { message }) => {
+                    message
+                }
+                Ok(LogOutput::StdIn { .. }) => continue,
+                Err(err) => {
+                    tracing::debug!(container = %short(&id), error = %err, "log stream ended");
+                    break;
+                }
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            for line in text.lines() {
+                let (stamp, line) = line.split_once(' ').unwrap_or((line, ""));
+                // RFC 3339 with fixed-width nanoseconds: compares as text.
+                if stamp <= last_stamp.as_str() {
+                    continue;
+                }
+                last_stamp = stamp.to_owned();
+                output.line(line);
+            }
+        }
+        since = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64 - 5).unwrap_or(0).max(0);
+        let inspect = match docker.inspect_container(&id, None::<InspectContainerOptions>).await {
+            Ok(inspect) => inspect,
+            Err(_) => return,
+        };
+        let state = inspect.state.unwrap_or_default();
+        if let Some(finished) = state.finished_at.filter(|f| *f != last_exit && !f.starts_with("0001-"))
+            && !state.running.unwrap_or(false)
+        {
+            let code = state.exit_code.unwrap_or_default();
+            let oom = if state.oom_killed.unwrap_or(false) { ", out of memory" } else { "" };
+            output.line(&format!("paastech: {name} exited (exit status {code}{oom})"));
+            last_exit = finished;
+        }
+        match state.status {
+            Some(ContainerStateStatusEnum::RESTARTING | ContainerStateStatusEnum::CREATED) => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Some(ContainerStateStatusEnum::RUNNING) => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => return,
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A loopback port free right now: bind port 0, read what the kernel chose, let it go.
+fn free_port() -> Result<u16> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| Error::internal("finding a free port", e))?;
+    let port = listener.local_addr().map_err(|e| Error::internal("finding a free port", e))?.port();
+    Ok(port)
+}

@@ -1,0 +1,854 @@
+#!/usr/bin/env python3
+"""PaaSTech benchmark of issue #3, side by side with its baselines, in one run.
+
+(a) `git push` transport: PaaSTech's SSH server vs OpenSSH's sshd + git-receive-pack.
+(b) push-to-live of examples/static-hello and examples/python-hello (first deploy, redeploys).
+(c) ingress requests/s and p99 vs nginx as a reverse proxy to the same backend, with wrk.
+
+Everything listens on 127.0.0.1 only, every loop is bounded, and everything started here
+is stopped at the end (also on Ctrl-C). Run through scripts/bench.sh, which builds the
+release binary and installs the tools; see `--help` for knobs.
+"""
+
+import argparse
+import atexit
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.com",
+    "GIT_COMMITTER_NAME": "Bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load():
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f}/{five:.2f}"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def run(cmd, cwd=None, env=None, check=True, capture=True):
+    full_env = dict(os.environ, **GIT_ENV, **(env or {}))
+    res = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=capture, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+class Processes:
+    """Every long-running process this benchmark starts, stopped in reverse order."""
+
+    def __init__(self):
+        self.procs = []  # (name, Popen, stop signal, grace seconds)
+
+    def start(self, name, cmd, log_path, sig=signal.SIGTERM, grace=15.0, env=None):
+        out = open(log_path, "ab")
+        # Its own process group, so stopping it also reaches the workers it forks.
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            env=dict(os.environ, **(env or {})),
+        )
+        out.close()
+        self.procs.append((name, proc, sig, grace))
+        return proc
+
+    def stop(self, proc):
+        for entry in list(self.procs):
+            if entry[1] is proc:
+                self._stop(*entry)
+                self.procs.remove(entry)
+
+    @staticmethod
+    def _stop(name, proc, sig, grace):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            log(f"{name} did not stop in {grace}s: SIGKILL")
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+    def stop_all(self):
+        while self.procs:
+            self._stop(*self.procs.pop())
+
+
+# ---------------------------------------------------------------------------------------
+# PaaSTech
+
+
+class PaaSTech:
+    def __init__(self, binary, work, procs):
+        self.binary = binary
+        self.dir = os.path.join(work, "paastech")
+        os.makedirs(self.dir)
+        self.api_port, self.ssh_port, self.ingress_port = free_port(), free_port(), free_port()
+        self.procs = procs
+        self.proc = None
+        self.token = None
+
+    def start(self):
+        config = os.path.join(self.dir, "paastech.toml")
+        with open(config, "w") as f:
+            f.write(
+                f'data_dir = "{self.dir}/data"\n\n'
+                f'[api]\nlisten = "127.0.0.1:{self.api_port}"\n\n'
+                f'[ssh]\nlisten = "127.0.0.1:{self.ssh_port}"\n\n'
+                f'[ingress]\nlisten = "127.0.0.1:{self.ingress_port}"\ndomain = "localhost"\n'
+            )
+        self.proc = self.procs.start(
+            "paastech", [self.binary, "server", "--config", config], os.path.join(self.dir, "server.log"),
+            grace=40.0, env={"PAASTECH_LOG": "info"},
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"paastech server exited:\n{self.log_tail()}")
+            try:
+                if self.api("GET", "/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"paastech server not ready after 30s:\n{self.log_tail()}")
+
+    def log_tail(self, n=40):
+        try:
+            with open(os.path.join(self.dir, "server.log")) as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def api(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}/api/v1{path}", data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                text = resp.read().decode()
+                return resp.status, (json.loads(text) if text else None)
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def developer(self, public_key):
+        email, password = "bench@example.com", "correct horse battery"
+        status, body = self.api("POST", "/auth/signup", {"email": email, "password": password})
+        assert status == 201, f"signup: {status} {body}"
+        status, body = self.api("POST", "/auth/login", {"email": email, "password": password})
+        assert status == 200, f"login: {status} {body}"
+        self.token = body["token"]
+        status, body = self.api("POST", "/ssh-keys", {"name": "bench", "public_key": public_key})
+        assert status == 201, f"ssh key: {status} {body}"
+
+    def create_project(self, name):
+        status, body = self.api("POST", "/projects", {"name": name})
+        assert status == 201, f"create {name}: {status} {body}"
+        return f"ssh://git@127.0.0.1:{self.ssh_port}/{name}.git"
+
+    def get(self, project, path="/", timeout=5.0):
+        """GET through the ingress: (status, body)."""
+        return http_get(self.ingress_port, f"{project}.localhost:{self.ingress_port}", path, timeout)
+
+    def stop(self):
+        if self.proc:
+            self.procs.stop(self.proc)
+            self.proc = None
+
+
+def http_get(port, host, path="/", timeout=5.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host, "Connection": "close"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------
+# OpenSSH
+
+
+class OpenSsh:
+    """OpenSSH's sshd on a free loopback port, set up as a git server usually is: a dedicated
+    user whose login shell is git-shell (root's shell here would read ~/.bashrc on every
+    connection, which on this machine runs `pyenv init` and costs ~0.3 s a push)."""
+
+    USER = "paastech-bench-git"
+
+    def __init__(self, work, procs, client_pub):
+        self.dir = os.path.join(work, "sshd")
+        self.home = os.path.join(work, "sshd-home")
+        self.remotes = os.path.join(self.home, "repos")
+        os.makedirs(self.dir)
+        os.makedirs(self.remotes)
+        self.port = free_port()
+        self.procs = procs
+        self.client_pub = client_pub
+        self.user_created = False
+
+    def start(self):
+        git_shell = shutil.which("git-shell")
+        if not git_shell:
+            raise RuntimeError("git-shell not found (it ships with git)")
+        # A user left by an interrupted run is replaced, so its home is this run's.
+        if run(["id", self.USER], check=False).returncode == 0:
+            run(["userdel", self.USER])
+        run(["useradd", "--system", "--no-create-home", "--home-dir", self.home, "--shell", git_shell, self.USER])
+        self.user_created = True
+        # useradd leaves the password "!" (locked), and without PAM sshd then refuses even
+        # key logins; "*" means no password, not locked.
+        run(["usermod", "-p", "*", self.USER])
+        run(["chown", "-R", f"{self.USER}:", self.home])
+        host_key = os.path.join(self.dir, "host_ed25519_key")
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key])
+        authorized = os.path.join(self.dir, "authorized_keys")
+        with open(authorized, "w") as f:
+            f.write(self.client_pub + "\n")
+        os.chmod(authorized, 0o644)
+        config = os.path.join(self.dir, "sshd_config")
+        with open(config, "w") as f:
+            f.write(
+                f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+                f"PidFile {self.dir}/sshd.pid\nAuthorizedKeysFile {authorized}\nAllowUsers {self.USER}\n"
+                "StrictModes no\nUsePAM no\nPermitRootLogin no\nPubkeyAuthentication yes\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPrintMotd no\nPrintLastLog no\n"
+                "AcceptEnv GIT_PROTOCOL\n"
+            )
+        # sshd's privilege separation directory; Debian creates it at boot, a container may not.
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        run([sshd, "-t", "-f", config])
+        self.proc = self.procs.start("sshd", [sshd, "-D", "-e", "-f", config], os.path.join(self.dir, "sshd.log"))
+        wait_port(self.port)
+
+    def remove_user(self):
+        if self.user_created:
+            run(["userdel", self.USER], check=False)
+            self.user_created = False
+
+    def new_remote(self, name):
+        path = os.path.join(self.remotes, f"{name}.git")
+        run(["git", "init", "-q", "--bare", path])
+        run(["chown", "-R", f"{self.USER}:", path])
+        return f"ssh://{self.USER}@127.0.0.1:{self.port}{path}"
+
+
+# ---------------------------------------------------------------------------------------
+# Repositories
+
+
+def ssh_command(key):
+    return (
+        f"ssh -i {key} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+        "-o LogLevel=ERROR -o BatchMode=yes"
+    )
+
+
+class Repo:
+    def __init__(self, path, key):
+        self.path = path
+        self.env = {"GIT_SSH_COMMAND": ssh_command(key)}
+
+    def git(self, *args, check=True):
+        return run(["git", *args], cwd=self.path, env=self.env, check=check)
+
+    def init(self):
+        self.git("init", "-q", "-b", "main")
+        self.commit("first commit")
+
+    def commit(self, message):
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+
+    def push(self, url, refspec):
+        """Times `git push URL REFSPEC`: (seconds, ok, output)."""
+        started = time.perf_counter()
+        res = run(["git", "push", "--porcelain", url, refspec], cwd=self.path, env=self.env, check=False)
+        return time.perf_counter() - started, res.returncode == 0, res.stdout + res.stderr
+
+
+def make_big_repo(path, key, megabytes, files):
+    os.makedirs(path)
+    per_file = megabytes * 1024 * 1024 // files
+    for i in range(files):
+        with open(os.path.join(path, f"blob-{i}.bin"), "wb") as f:
+            f.write(os.urandom(per_file))
+    with open(os.path.join(path, "README.md"), "w") as f:
+        f.write("random, incompressible data for the push benchmark\n")
+    repo = Repo(path, key)
+    repo.init()
+    # Packed, as a developer's repository mostly is: pack-objects then reuses the compressed
+    # data instead of re-deflating 50 MB on every push, so the push measures the transport
+    # and the server rather than the client's zlib.
+    repo.git("repack", "-a", "-d", "-q")
+    return repo
+
+
+def make_small_repo(path, key):
+    """Ten small files; one is index.html, so a push to main deploys a static site."""
+    os.makedirs(path)
+    with open(os.path.join(path, "index.html"), "w") as f:
+        f.write("<!doctype html><title>small</title><p>ten-file bench repo</p>\n")
+    for i in range(9):
+        with open(os.path.join(path, f"file-{i}.txt"), "w") as f:
+            f.write(f"small file {i}\n" + "lorem ipsum dolor sit amet\n" * (i + 1) * 20)
+    repo = Repo(path, key)
+    repo.init()
+    return repo
+
+
+def copy_example(name, dest, key):
+    shutil.copytree(os.path.join(ROOT, "examples", name), dest)
+    repo = Repo(dest, key)
+    repo.init()
+    return repo
+
+
+# ---------------------------------------------------------------------------------------
+# (a) push transport
+
+
+def bench_push(paas, sshd, key, work, rounds, big_mb, results):
+    log(f"(a) push transport: building a {big_mb} MB repo and a 10-file repo")
+    big = make_big_repo(os.path.join(work, "repo-big"), key, big_mb, 5)
+    small = make_small_repo(os.path.join(work, "repo-small"), key)
+    size = run(["du", "-sk", os.path.join(big.path, ".git", "objects")]).stdout.split()[0]
+    log(f"big repo objects: {int(size) / 1024:.1f} MiB")
+
+    local_remotes = os.path.join(work, "local-remotes")
+    os.makedirs(local_remotes)
+
+    def local_remote(name):
+        path = os.path.join(local_remotes, f"{name}.git")
+        run(["git", "init", "-q", "--bare", path])
+        return path
+
+    for label, repo in (("big", big), ("small", small)):
+        times = {"paastech": [], "openssh": [], "local": []}
+        load_before = load()
+        for r in range(rounds):
+            la = load()
+            # Rotate which goes first, so none always runs on a warmer cache.
+            order = ("paastech", "openssh", "local")[r % 3:] + ("paastech", "openssh", "local")[: r % 3]
+            for who in order:
+                name = f"push-{label}-{r}"
+                if who == "paastech":
+                    url = paas.create_project(name)
+                elif who == "openssh":
+                    url = sshd.new_remote(name)
+                else:
+                    # git alone, no SSH: the floor both servers sit on.
+                    url = local_remote(name)
+                secs, ok, out = repo.push(url, "main:refs/heads/bench")
+                if not ok:
+                    raise RuntimeError(f"{who} push of the {label} repo failed:\n{out}\n{paas.log_tail()}")
+                times[who].append(secs)
+                log(f"push {label} round {r} {who}: {secs:.3f}s (load {la})")
+        results["push"][label] = {**times, "load": f"{load_before} -> {load()}"}
+
+    # A push to main also builds and deploys (here the small repo is a static site).
+    url = paas.create_project("push-small-main")
+    secs, ok, out = small.push(url, "main")
+    results["push"]["small_main"] = {"secs": secs, "ok": ok, "load": load()}
+    log(f"push small to main (build + deploy): {secs:.3f}s ok={ok}")
+    if not ok:
+        log(out)
+
+
+# ---------------------------------------------------------------------------------------
+# (b) push-to-live
+
+
+class Poller(threading.Thread):
+    """Polls the ingress every `interval` until `want` is in the body, recording when."""
+
+    def __init__(self, paas, project, want, started, timeout, interval=0.01):
+        super().__init__(daemon=True)
+        self.paas, self.project, self.want, self.started = paas, project, want, started
+        self.deadline = started + timeout
+        self.interval = interval
+        self.seen_at = None
+        self.stop_flag = threading.Event()
+
+    def run(self):
+        while not self.stop_flag.is_set() and time.perf_counter() < self.deadline:
+            try:
+                status, body = self.paas.get(self.project, timeout=2.0)
+                if status == 200 and self.want in body:
+                    self.seen_at = time.perf_counter() - self.started
+                    return
+            except OSError:
+                pass
+            time.sleep(self.interval)
+
+
+def push_to_live(paas, repo, url, project, want, timeout=120.0):
+    """(seconds until `want` is served, seconds until git push returned, push ok)."""
+    started = time.perf_counter()
+    poller = Poller(paas, project, want, started, timeout)
+    poller.start()
+    res = run(["git", "push", "-q", url, "main"], cwd=repo.path, env=repo.env, check=False)
+    pushed = time.perf_counter() - started
+    if res.returncode != 0:
+        poller.stop_flag.set()
+        poller.join()
+        raise RuntimeError(f"push of {project} failed:\n{res.stdout}{res.stderr}\n{paas.log_tail()}")
+    poller.join(timeout=max(0.0, timeout - pushed) + 5)
+    poller.stop_flag.set()
+    if poller.seen_at is None:
+        raise RuntimeError(f"{project}: {want!r} not served within {timeout}s\n{paas.log_tail()}")
+    return poller.seen_at, pushed
+
+
+def bench_live(paas, key, work, rounds, results):
+    apps = {
+        # project: (example, file to edit, first content, edit(text, n) -> text, content after edit n)
+        "static-hello": (
+            "static-hello",
+            "index.html",
+            "hello from static-hello",
+            lambda text, n: re.sub(r"hello from [^<]*<", f"hello from redeploy-{n}<", text),
+            lambda n: f"hello from redeploy-{n}",
+        ),
+        "python-hello": (
+            "python-hello",
+            "app.py",
+            "hello from python-hello",
+            lambda text, n: re.sub(r"from [a-z0-9-]+\"", f'from redeploy-{n}"', text),
+            lambda n: f"hello from redeploy-{n}",
+        ),
+    }
+    for project, (example, path, first, edit, after) in apps.items():
+        log(f"(b) push-to-live: {project}")
+        repo = copy_example(example, os.path.join(work, f"live-{project}"), key)
+        url = paas.create_project(project)
+        la = load()
+        served, pushed = push_to_live(paas, repo, url, project, first)
+        log(f"{project} first deploy: served after {served:.3f}s, push returned after {pushed:.3f}s (load {la})")
+        entry = {"first": (served, pushed, la), "redeploys": []}
+        for n in range(2, rounds + 2):
+            file = os.path.join(repo.path, path)
+            with open(file) as f:
+                text = f.read()
+            changed = edit(text, n)
+            assert changed != text, f"the one-line change to {path} did not apply"
+            with open(file, "w") as f:
+                f.write(changed)
+            repo.commit(f"redeploy {n}")
+            la = load()
+            served, pushed = push_to_live(paas, repo, url, project, after(n))
+            log(f"{project} redeploy {n}: served after {served:.3f}s, push returned after {pushed:.3f}s (load {la})")
+            entry["redeploys"].append((served, pushed, la))
+        results["live"][project] = entry
+
+
+# ---------------------------------------------------------------------------------------
+# (c) ingress vs nginx
+
+BACKEND_CONF = """\
+# The benchmark backend: nginx serving one small file (the same process behind both proxies).
+worker_processes 1;
+user root;
+pid {dir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {dir}/www;
+        location / {{ index index.html; }}
+    }}
+}}
+"""
+
+PROXY_CONF = """\
+# nginx as a reverse proxy, configured sensibly: keepalive upstream connections, one worker
+# per core, HTTP/1.1 upstream, the same forwarding headers PaaSTech's ingress sets.
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {dir}/tmp-body;
+    proxy_temp_path {dir}/tmp-proxy;
+    fastcgi_temp_path {dir}/tmp-fastcgi;
+    uwsgi_temp_path {dir}/tmp-uwsgi;
+    scgi_temp_path {dir}/tmp-scgi;
+    upstream backend {{
+        server {backend};
+        keepalive 256;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+        }}
+    }}
+}}
+"""
+
+BACKEND_RUN = """\
+#!/bin/sh
+# Procfile web process: nginx on $PORT serving www/ (nginx reads no env, so the port is
+# written into its config here).
+set -eu
+dir=$(pwd)
+sed -e "s|@PORT@|$PORT|" -e "s|@DIR@|$dir|" backend.conf.in > backend.conf
+# Tells the benchmark where the backend is, for the nginx proxy in front of the same one.
+echo "$PORT $$" > {port_file}.tmp && mv {port_file}.tmp {port_file}
+exec {nginx} -p "$dir" -c "$dir/backend.conf" -g 'daemon off;'
+"""
+
+
+def parse_wrk(text):
+    """(requests/s, p50 ms, p99 ms, errors) from `wrk --latency` output."""
+
+    def ms(value):
+        m = re.match(r"([\d.]+)(us|ms|s|m)", value)
+        if not m:
+            return float("nan")
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        errors += int(m.group(1))
+    return rps, p50, p99, errors, total
+
+
+def cpu_seconds(pgid):
+    """User + system CPU time of every process in the group `pgid` (all their threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # The command name may hold spaces: split after its closing parenthesis.
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def wrk(port, host, connections, seconds):
+    threads = min(2, connections)
+    cmd = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency",
+        "-H", f"Host: {host}", f"http://127.0.0.1:{port}/",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if res.returncode != 0:
+        raise RuntimeError(f"wrk failed: {res.stderr}")
+    return parse_wrk(res.stdout)
+
+
+def bench_ingress(paas, procs, work, rounds, seconds, conns, results):
+    log("(c) ingress: deploying the nginx backend as a PaaSTech app")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    app = os.path.join(work, "backend-app")
+    port_file = os.path.join(work, "backend.port")
+    os.makedirs(os.path.join(app, "www"))
+    # A small page, typical of an API answer or a tiny HTML page.
+    with open(os.path.join(app, "www", "index.html"), "w") as f:
+        f.write("<!doctype html><title>bench</title><p>" + "x" * 512 + "</p>\n")
+    with open(os.path.join(app, "backend.conf.in"), "w") as f:
+        f.write(BACKEND_CONF.format(dir="@DIR@", port="@PORT@"))
+    with open(os.path.join(app, "run-backend.sh"), "w") as f:
+        f.write(BACKEND_RUN.format(nginx=nginx, port_file=port_file))
+    with open(os.path.join(app, "Procfile"), "w") as f:
+        f.write("web: sh run-backend.sh\n")
+    repo = Repo(app, results["key"])
+    repo.init()
+    url = paas.create_project("bench-backend")
+    secs, ok, out = repo.push(url, "main")
+    if not ok:
+        raise RuntimeError(f"deploying the backend failed:\n{out}\n{paas.log_tail()}")
+    with open(port_file) as f:
+        port_text, pid_text = f.read().split()
+    backend_port = int(port_text)
+    # The runtime made the backend's `sh -c` a process-group leader; nginx is in that group.
+    with open(f"/proc/{int(pid_text)}/stat") as f:
+        backend_pgid = int(f.read().rsplit(")", 1)[1].split()[2])
+    backend = f"127.0.0.1:{backend_port}"
+    log(f"backend nginx at {backend}")
+
+    proxy_dir = os.path.join(work, "nginx-proxy")
+    os.makedirs(proxy_dir)
+    proxy_port = free_port()
+    conf = os.path.join(proxy_dir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(PROXY_CONF.format(dir=proxy_dir, port=proxy_port, backend=backend))
+    run([nginx, "-t", "-q", "-p", proxy_dir, "-c", conf])
+    proxy = procs.start(
+        "nginx-proxy", [nginx, "-p", proxy_dir, "-c", conf, "-g", "daemon off;"],
+        os.path.join(proxy_dir, "stderr.log"), sig=signal.SIGQUIT,
+    )
+    wait_port(proxy_port)
+
+    host = f"bench-backend.localhost:{paas.ingress_port}"
+    # Both proxies must answer exactly what the backend answers.
+    direct = http_get(backend_port, host)
+    for name, port in (("nginx", proxy_port), ("paastech", paas.ingress_port)):
+        got = http_get(port, host)
+        assert got == direct, f"{name} answers {got[0]} {got[1][:80]!r}, the backend {direct[0]}"
+
+    targets = {"backend": backend_port, "nginx": proxy_port, "paastech": paas.ingress_port}
+    # Whose CPU time a run costs: CPU per request is the figure least moved by other load.
+    groups = {"backend": backend_pgid, "nginx": proxy.pid, "paastech": paas.proc.pid}
+    out = {c: {t: [] for t in targets} for c in conns}
+    for r in range(rounds):
+        for c in conns:
+            # Warm both proxies' upstream pools at this concurrency, unmeasured.
+            for port in (proxy_port, paas.ingress_port):
+                wrk(port, host, c, 1)
+            order = ["backend", "nginx", "paastech"] if r % 2 == 0 else ["backend", "paastech", "nginx"]
+            for t in order:
+                la = load()
+                cpu_before = cpu_seconds(groups[t])
+                rps, p50, p99, errors, total = wrk(targets[t], host, c, seconds)
+                us_per_req = (cpu_seconds(groups[t]) - cpu_before) / max(total, 1) * 1e6
+                out[c][t].append(
+                    {"rps": rps, "p50": p50, "p99": p99, "errors": errors, "load": la, "cpu_us": us_per_req}
+                )
+                log(f"wrk c={c} round {r} {t}: {rps:.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+                    f"{us_per_req:.1f} CPU us/req, errors {errors} (load {la})")
+    results["ingress"] = out
+    results["ingress_rounds"] = rounds
+    procs.stop(proxy)
+
+
+# ---------------------------------------------------------------------------------------
+# The table
+
+
+def fmt_s(values):
+    return f"{statistics.median(values):.3f}" if values else "-"
+
+
+def print_table(results, targets):
+    w = sys.stdout.write
+    w("\n")
+    w("PaaSTech benchmark (issue #3): all on 127.0.0.1, one machine, same run\n")
+    w(f"host: {os.cpu_count()} CPUs; load at start {results['load_start']}, at end {load()}\n")
+    w(f"(medians of {results['rounds']} rounds; every round listed after the median)\n\n")
+
+    if results["push"]:
+        print_push(w, results)
+    if results["live"]:
+        print_live(w, results, targets)
+    if results.get("ingress"):
+        print_ingress(w, results, targets)
+    w("\n")
+
+
+def print_push(w, results):
+    w("(a) git push transport, to refs/heads/bench (no deploy)\n")
+    w(f"{'repo':<22}{'PaaSTech s':>12}{'OpenSSH s':>12}{'ratio':>8}  {'target':<22}{'no-SSH s':>9}  rounds P / O\n")
+    for label, title in (("big", f"{results['big_mb']} MB random, 5 files"), ("small", "10 small files")):
+        d = results["push"].get(label)
+        if not d:
+            continue
+        p, o = statistics.median(d["paastech"]), statistics.median(d["openssh"])
+        verdict = "met" if p <= o * 1.05 else "MISSED"
+        floor = statistics.median(d["local"])
+        w(f"{title:<22}{p:>12.3f}{o:>12.3f}{p / o:>7.2f}x  {'<= OpenSSH: ' + verdict:<22}{floor:>9.3f}  "
+          f"{' '.join(f'{x:.2f}' for x in d['paastech'])} / {' '.join(f'{x:.2f}' for x in d['openssh'])}"
+          f"  (load {d['load']})\n")
+    w("no-SSH = `git push /local/bare.git`: git's own cost, the floor of both\n")
+    sm = results["push"].get("small_main")
+    if sm:
+        w(f"{'10 files to main':<22}{sm['secs']:>12.3f}{'-':>12}{'':>8}  "
+          f"(builds + deploys a static site; ok={sm['ok']})\n")
+    w("\n")
+
+
+def print_live(w, results, targets):
+    w("(b) push-to-live: from `git push` start until the new content is served by the ingress\n")
+    w(f"{'app':<16}{'deploy':<12}{'served s':>10}{'push s':>9}  {'load':<11}{'target':<24}\n")
+    for project, entry in results["live"].items():
+        s, p, la = entry["first"]
+        w(f"{project:<16}{'first':<12}{s:>10.3f}{p:>9.3f}  {la:<11}\n")
+        for i, (s, p, la) in enumerate(entry["redeploys"]):
+            target = ""
+            if project == "python-hello":
+                target = f"< {targets['redeploy']:.1f} s: {'met' if s < targets['redeploy'] else 'MISSED'}"
+                target += f" ({s / targets['piku']:.2f}x Piku)"
+            w(f"{'':<16}{'redeploy ' + str(i + 2):<12}{s:>10.3f}{p:>9.3f}  {la:<11}{target}\n")
+        served = [s for s, _, _ in entry["redeploys"]]
+        if served:
+            w(f"{'':<16}{'median':<12}{statistics.median(served):>10.3f}\n")
+    w("\n")
+
+
+def print_ingress(w, results, targets):
+    ing = results["ingress"]
+    if ing:
+        w("(c) ingress vs nginx reverse proxy, same nginx backend, wrk -t2, "
+          f"{results['wrk_seconds']} s per run, median of {results['ingress_rounds']} round(s)\n")
+        w(f"{'conns':>5}  {'backend rps':>12}{'nginx rps':>11}{'PaaSTech rps':>13}{'ratio':>7}  "
+          f"{'nginx p99':>10}{'PaaSTech p99':>13}{'ratio':>7}  {'CPU us/req N/P':>15}  {'errors N/P':>10}  verdict\n")
+        for c, t in ing.items():
+            def med(who, key):
+                return statistics.median(x[key] for x in t[who])
+
+            b, n, p = med("backend", "rps"), med("nginx", "rps"), med("paastech", "rps")
+            n99, p99 = med("nginx", "p99"), med("paastech", "p99")
+            errs = f"{sum(x['errors'] for x in t['nginx'])}/{sum(x['errors'] for x in t['paastech'])}"
+            cpu = f"{med('nginx', 'cpu_us'):.1f}/{med('paastech', 'cpu_us'):.1f}"
+            ok_rps = p >= targets["ingress"] * n
+            ok_p99 = p99 <= n99 * 1.05
+            verdict = f"rps {'met' if ok_rps else 'MISSED'}, p99 {'met' if ok_p99 else 'MISSED'}"
+            w(f"{c:>5}  {b:>12.0f}{n:>11.0f}{p:>13.0f}{p / n:>6.2f}x  {n99:>8.2f}ms{p99:>11.2f}ms"
+              f"{p99 / n99:>6.2f}x  {cpu:>15}  {errs:>10}  {verdict}\n")
+            for who in ("nginx", "paastech"):
+                runs = ", ".join(f"{x['rps']:.0f}/{x['p99']:.2f}ms/{x['cpu_us']:.1f}us@{x['load']}" for x in t[who])
+                w(f"{'':>5}  {who} rounds (rps/p99/CPU per req@load): {runs}\n")
+        w(f"targets: PaaSTech rps >= {targets['ingress']:.1f}x nginx's, p99 no worse (5% tolerance); "
+          "CPU us/req = the proxy's own CPU time per request (all its processes and threads)\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paastech", default=os.path.join(ROOT, "target", "release", "paastech"))
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions of each timed measurement")
+    parser.add_argument("--big-mb", type=int, default=50, help="size of the random-data repository")
+    parser.add_argument("--wrk-seconds", type=int, default=5)
+    parser.add_argument("--connections", default="8,64,256")
+    parser.add_argument("--only", default="push,live,ingress", help="which parts to run")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args()
+    if not (1 <= args.rounds <= 20 and 1 <= args.wrk_seconds <= 60 and 1 <= args.big_mb <= 500):
+        parser.error("rounds 1..20, wrk-seconds 1..60, big-mb 1..500")
+    only = set(args.only.split(","))
+    conns = [int(c) for c in args.connections.split(",")]
+
+    work = tempfile.mkdtemp(prefix="paastech-bench-")
+    # The OpenSSH git user must reach its home inside.
+    os.chmod(work, 0o755)
+    procs = Processes()
+    sshd = None
+
+    def cleanup():
+        procs.stop_all()
+        if sshd:
+            sshd.remove_user()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"work directory kept: {work}")
+
+    atexit.register(cleanup)
+    # SIGTERM/SIGINT: unwind through atexit so every process is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    results = {"push": {}, "live": {}, "rounds": args.rounds, "big_mb": args.big_mb,
+               "wrk_seconds": args.wrk_seconds, "load_start": load()}
+    key = os.path.join(work, "client_key")
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", key])
+    with open(key + ".pub") as f:
+        pub = f.read().strip()
+    results["key"] = key
+
+    paas = PaaSTech(args.paastech, work, procs)
+    paas.start()
+    paas.developer(pub)
+    log(f"paastech: api {paas.api_port}, ssh {paas.ssh_port}, ingress {paas.ingress_port}; load {load()}")
+
+    if "push" in only:
+        sshd = OpenSsh(work, procs, pub)
+        sshd.start()
+        log(f"sshd on 127.0.0.1:{sshd.port}")
+        bench_push(paas, sshd, key, work, args.rounds, args.big_mb, results)
+    if "live" in only:
+        bench_live(paas, key, work, args.rounds, results)
+    if "ingress" in only:
+        bench_ingress(paas, procs, work, max(1, args.rounds - 1), args.wrk_seconds, conns, results)
+
+    targets = {"redeploy": 1.0, "piku": 1.9, "ingress": 1.1}
+    print_table(results, targets)
+    if args.json:
+        results.pop("key", None)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    paas.stop()
+
+
+if __name__ == "__main__":
+    main()

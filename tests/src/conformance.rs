@@ -1,0 +1,515 @@
+//! The runtime conformance suite: one generic set of cases every `Runtime` passes (local
+//! processes, Docker, Podman alike), as `docs/specs/runtime.md` specifies. A driver's test
+//! file builds a [`Target`] (a runtime factory and the conformance app built for it) and
+//! calls each case from its own `#[tokio::test]`.
+//!
+//! The app is `tests/apps/conformance`: busybox `httpd` + a CGI page, with the process
+//! types `web`, `crash` and `hog` (see its README).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use paastech_core::ProjectName;
+use paastech_core::drivers::{
+    Artifact, Instance, InstanceSpec, InstanceState, Limits, LogSink, Runtime, TrafficRouter,
+};
+use paastech_ingress::{IngressConfig, IngressRouter, RouteTable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What a runtime keeps of its instances when the server restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRestart {
+    /// Instances outlive the runtime (containers) and a new runtime lists them: the
+    /// orchestrator adopts them.
+    Adopted,
+    /// Instances end with the runtime (processes): a new runtime lists none and the
+    /// orchestrator starts them again.
+    Ended,
+}
+
+/// A runtime under test.
+pub struct Target {
+    /// A new runtime, as a server (re)starting makes one. Every call is a fresh instance
+    /// talking to the same backend.
+    pub new_runtime: Box<dyn Fn() -> Arc<dyn Runtime> + Send + Sync>,
+    /// The conformance app, built for this runtime (a directory, an image).
+    pub artifact: Artifact,
+    pub after_restart: AfterRestart,
+    /// The memory limit the `limits` case gives the hog.
+    pub hog_memory_bytes: u64,
+    /// Whatever must live as long as the target (the app's directory).
+    pub keep: Option<tempfile::TempDir>,
+}
+
+/// One `#[tokio::test]` per case of the suite, each with a fresh target from `$target`
+/// (an expression giving a [`Target`]). A driver's test file is this one line.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($target:expr) => {
+        $crate::conformance_tests!(@cases $target;
+            start_stop_replace, env_and_port, logs_reach_the_sink, crashed_instances_are_restarted,
+            scale_round_robin, health_gated_switch, reconcile_after_restart, limits_are_enforced);
+    };
+    (@cases $target:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let target: $crate::conformance::Target = $target;
+                $crate::conformance::$case(&target).await;
+            }
+        )*
+    };
+}
+
+/// The conformance app's source directory.
+pub fn app_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps").join("conformance")
+}
+
+/// A copy of the app in `dest` (created), as a release directory of the process builder.
+pub fn copy_app(dest: &Path) -> Artifact {
+    copy_dir(&app_dir(), dest);
+    let detected = paastech_core::app::detect(dest).expect("the conformance app has a Procfile");
+    Artifact { reference: dest.display().to_string(), processes: detected.processes }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creating the app copy");
+    for entry in std::fs::read_dir(from).expect("reading the conformance app") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copying a file");
+        }
+    }
+}
+
+/// A project name no other case (or concurrent run) uses.
+fn project(case: &str) -> ProjectName {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let salt = std::process::id() % 100_000;
+    ProjectName::parse(&format!("conf-{case}-{salt}-{n}")).expect("a valid project name")
+}
+
+/// A sink that keeps every line.
+#[derive(Default)]
+pub struct Lines(Mutex<Vec<String>>);
+
+impl Lines {
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().expect("lines lock").clone()
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.all().iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+impl LogSink for Lines {
+    fn line(&self, line: &str) {
+        self.0.lock().expect("lines lock").push(line.to_owned());
+    }
+}
+
+impl Target {
+    fn spec(&self, project: &ProjectName, version: i64, process: &str, index: u32) -> InstanceSpec {
+        let command = self
+            .artifact
+            .processes
+            .get(process)
+            .unwrap_or_else(|| panic!("the conformance app has no {process} process"))
+            .clone();
+        let env = BTreeMap::from([
+            ("PAASTECH_VERSION".to_owned(), version.to_string()),
+            ("MARKER".to_owned(), format!("{project}-v{version}")),
+        ]);
+        InstanceSpec {
+            project: project.clone(),
+            version,
+            process_type: process.to_owned(),
+            index,
+            artifact: self.artifact.reference.clone(),
+            command,
+            env,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// One HTTP/1.1 GET: (status, body), or what went wrong.
+pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status =
+            text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(format!("no status: {text:?}"))?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), work).await.unwrap_or_else(|_| Err(format!("GET {addr}: timeout")))
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns whether it held.
+async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn serves(addr: SocketAddr, needle: &str) -> bool {
+    matches!(http_get(addr, "localhost", "/").await, Ok((200, body)) if body.contains(needle))
+}
+
+async fn find(runtime: &dyn Runtime, id: &str) -> Option<Instance> {
+    runtime.list().await.expect("list").into_iter().find(|i| i.id == id)
+}
+
+async fn start(runtime: &dyn Runtime, spec: InstanceSpec) -> (Instance, Arc<Lines>) {
+    let lines = Arc::new(Lines::default());
+    let what = format!("{} {}.{}", spec.project, spec.process_type, spec.index);
+    let instance = runtime.start(spec, lines.clone()).await.unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    (instance, lines)
+}
+
+const STARTUP: Duration = Duration::from_secs(30);
+const GRACE: Duration = Duration::from_secs(5);
+
+/// MUST: start runs an instance that serves; list shows it; a second version runs beside
+/// it (a replacement); stop ends one without touching the other; stopping again, or an
+/// unknown id, is not an error.
+pub async fn start_stop_replace(target: &Target) {
+    let runtime = (target.new_runtime)();
+    let project = project("replace");
+    let (v1, _) = start(runtime.as_ref(), target.spec(&project, 1, "web", 0)).await;
+    let addr1 = v1.addr.expect("a web instance has an address");
+    assert!(addr1.ip().is_loopback(), "web instances are published on loopback only: {addr1}");
+    assert!(eventually(STARTUP, || serves(addr1, "version=1")).await, "v1 serves at {addr1}");
+    let listed = find(runtime.as_ref(), &v1.id).await.expect("list shows the started instance");
+    assert_eq!(
+        (listed.project, listed.version, listed.process_type.as_str(), listed.index),
+        (project.clone(), 1, "web", 0)
+    );
+    assert_eq!(listed.state, InstanceState::Running);
+    assert_eq!(listed.addr, Some(addr1));
+
+    let (v2, _) = start(runtime.as_ref(), target.spec(&project, 2, "web", 0)).await;
+    let addr2 = v2.addr.expect("address");
+    assert_ne!(addr1, addr2, "two instances never share an address");
+    assert!(eventually(STARTUP, || serves(addr2, "version=2")).await, "v2 serves at {addr2}");
+    assert!(serves(addr1, "version=1").await, "v1 still serves while v2 starts");
+
+    runtime.stop(&v1.id, GRACE).await.expect("stop v1");
+    assert!(find(runtime.as_ref(), &v1.id).await.is_none(), "a stopped instance is no longer listed");
+    assert!(
+        eventually(Duration::from_secs(10), || async { http_get(addr1, "localhost", "/").await.is_err() }).await,
+        "nothing answers at v1's address after stop"
+    );
+    assert!(serves(addr2, "version=2").await, "stopping v1 leaves v2 serving");
+    runtime.stop(&v1.id, GRACE).await.expect("stopping twice is not an error");
+    runtime.stop("no-such-instance", GRACE).await.expect("an unknown id is not an error");
+    runtime.stop(&v2.id, GRACE).await.expect("stop v2");
+}
+
+/// MUST: the spec's env vars reach the process unchanged; a web instance gets PORT and
+/// listens on it; the instance's address reaches that port.
+pub async fn env_and_port(target: &Target) {
+    let runtime = (target.new_runtime)();
+    let project = project("env");
+    let mut spec = target.spec(&project, 1, "web", 0);
+    spec.env.insert("GREETING".into(), "hello 'quoted' $NOT_EXPANDED \"x\"".into());
+    let (web, _) = start(runtime.as_ref(), spec).await;
+    let addr = web.addr.expect("address");
+    assert!(eventually(STARTUP, || serves(addr, "marker=")).await, "serves at {addr}");
+    let (_, body) = http_get(addr, "localhost", "/").await.expect("GET /");
+    assert!(body.contains(&format!("marker={project}-v1")), "{body}");
+    assert!(body.contains("greeting=hello 'quoted' $NOT_EXPANDED \"x\""), "values pass unchanged: {body}");
+    let port: u16 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("port="))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("PORT is set to a number: {body}"));
+    assert!(port > 0, "{body}");
+    runtime.stop(&web.id, GRACE).await.expect("stop");
+
+    // A process that is not web gets no address.
+    let (crash, _) = start(runtime.as_ref(), target.spec(&project, 1, "crash", 0)).await;
+    assert_eq!(crash.addr, None, "only web instances are published");
+    runtime.stop(&crash.id, GRACE).await.expect("stop");
+}
+
+/// MUST: what the process writes to stdout and stderr reaches the sink, line by line.
+pub async fn logs_reach_the_sink(target: &Target) {
+    let runtime = (target.new_runtime)();
+    let project = project("logs");
+    let (web, lines) = start(runtime.as_ref(), target.spec(&project, 1, "web", 0)).await;
+    let addr = web.addr.expect("address");
+    assert!(
+        eventually(STARTUP, || async { lines.count("conformance web starting on port") > 0 }).await,
+        "stdout reaches the sink: {:?}",
+        lines.all()
+    );
+    assert!(eventually(STARTUP, || serves(addr, "marker=")).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async { lines.count("cgi: served /") > 0 }).await,
+        "stderr reaches the sink: {:?}",
+        lines.all()
+    );
+    runtime.stop(&web.id, GRACE).await.expect("stop");
+}
+
+/// MUST: an instance that exits is started again (its `restarts` grows), and one that
+/// keeps failing ends `Crashed` and stays listed until stopped.
+pub async fn crashed_instances_are_restarted(target: &Target) {
+    let runtime = (target.new_runtime)();
+    let project = project("crash");
+    let (crash, lines) = start(runtime.as_ref(), target.spec(&project, 1, "crash", 0)).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            find(runtime.as_ref(), &crash.id).await.is_some_and(|i| i.restarts >= 1)
+        })
+        .await,
+        "restarts grows: {:?}",
+        find(runtime.as_ref(), &crash.id).await
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            find(runtime.as_ref(), &crash.id).await.is_some_and(|i| i.state == InstanceState::Crashed)
+        })
+        .await,
+        "one that keeps failing ends crashed: {:?}",
+        find(runtime.as_ref(), &crash.id).await
+    );
+    assert!(lines.count("crash: exiting at once") >= 2, "every run's output is in the sink: {:?}", lines.all());
+    runtime.stop(&crash.id, GRACE).await.expect("stop");
+    assert!(find(runtime.as_ref(), &crash.id).await.is_none());
+}
+
+/// A real ingress on a free port serving `table`; stops when the returned sender drops.
+async fn ingress(table: RouteTable) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+    let addr = listener.local_addr().expect("ingress addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(paastech_ingress::serve(listener, IngressConfig::new("localhost"), table, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+fn instance_of(body: &str) -> String {
+    body.lines().find_map(|l| l.strip_prefix("instance=")).unwrap_or_default().to_owned()
+}
+
+/// MUST: N instances of one process type run side by side, each with its own address,
+/// and the ingress serves them round-robin.
+pub async fn scale_round_robin(target: &Target) {
+    const N: u32 = 3;
+    let runtime = (target.new_runtime)();
+    let project = project("scale");
+    let mut instances = Vec::new();
+    for index in 0..N {
+        instances.push(start(runtime.as_ref(), target.spec(&project, 1, "web", index)).await.0);
+    }
+    let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr.expect("address")).collect();
+    for addr in &addrs {
+        assert!(eventually(STARTUP, || serves(*addr, "marker=")).await, "{addr} serves");
+    }
+    let listed: Vec<Instance> =
+        runtime.list().await.expect("list").into_iter().filter(|i| i.project == project).collect();
+    let mut indexes: Vec<u32> = listed.iter().map(|i| i.index).collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..N).collect::<Vec<_>>(), "{listed:?}");
+
+    let table = RouteTable::new();
+    table.set_backends(project.as_str(), addrs.clone());
+    let (ingress_addr, _stop) = ingress(table).await;
+    let host = format!("{project}.localhost");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..(N * 4) {
+        let (status, body) = http_get(ingress_addr, &host, "/").await.expect("GET through the ingress");
+        assert_eq!(status, 200, "{body}");
+        *seen.entry(instance_of(&body)).or_default() += 1;
+    }
+    assert_eq!(seen.len(), N as usize, "every instance answers: {seen:?}");
+    assert!(seen.values().all(|&n| n == 4), "round-robin spreads requests evenly: {seen:?}");
+    for instance in instances {
+        runtime.stop(&instance.id, GRACE).await.expect("stop");
+    }
+}
+
+/// Requests the ingress without pause until stopped: (requests, failures, last bodies).
+struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+    last: Arc<Mutex<String>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl ClientLoop {
+    fn start(ingress: SocketAddr, host: String) -> ClientLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let last = Arc::new(Mutex::new(String::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (s, l, c) = (stop.clone(), last.clone(), count.clone());
+        let task = tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match http_get(ingress, &host, "/").await {
+                    Ok((200, body)) => *l.lock().expect("last lock") = body,
+                    Ok((status, body)) => failures.push(format!("{status}: {body}")),
+                    Err(err) => failures.push(err),
+                }
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            (c.load(Ordering::Relaxed), failures)
+        });
+        ClientLoop { stop, task, last, count }
+    }
+
+    fn last(&self) -> String {
+        self.last.lock().expect("last lock").clone()
+    }
+
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("client loop")
+    }
+}
+
+/// MUST: with the orchestrator's sequence (start, health check, switch, drain, stop) no
+/// request fails while one version replaces another, and a new version that never
+/// becomes healthy is never switched to.
+pub async fn health_gated_switch(target: &Target) {
+    let runtime = (target.new_runtime)();
+    let project = project("switch");
+    let table = RouteTable::new();
+    let router = IngressRouter::new(table.clone(), "/");
+    let (ingress_addr, _stop) = ingress(table).await;
+
+    let (v1, _) = start(runtime.as_ref(), target.spec(&project, 1, "web", 0)).await;
+    let addr1 = v1.addr.expect("address");
+    router.wait_healthy(addr1, STARTUP).await.expect("v1 becomes healthy");
+    router.switch(&project, vec![addr1], Duration::from_secs(10)).await;
+
+    let client = ClientLoop::start(ingress_addr, format!("{project}.localhost"));
+    assert!(
+        eventually(Duration::from_secs(10), || async { client.last().contains("version=1") }).await,
+        "v1 serves through the ingress"
+    );
+
+    let (v2, _) = start(runtime.as_ref(), target.spec(&project, 2, "web", 0)).await;
+    let addr2 = v2.addr.expect("address");
+    router.wait_healthy(addr2, STARTUP).await.expect("v2 becomes healthy");
+    router.switch(&project, vec![addr2], Duration::from_secs(10)).await;
+    runtime.stop(&v1.id, GRACE).await.expect("stop v1");
+    assert!(
+        eventually(Duration::from_secs(10), || async { client.last().contains("version=2") }).await,
+        "v2 serves after the switch"
+    );
+
+    // A version whose web process dies at start never gets traffic.
+    let mut broken = target.spec(&project, 3, "web", 0);
+    broken.command = target.artifact.processes["crash"].clone();
+    let (v3, _) = start(runtime.as_ref(), broken).await;
+    let addr3 = v3.addr.expect("address");
+    let health = router.wait_healthy(addr3, Duration::from_secs(5)).await;
+    assert!(health.is_err(), "a web instance that exits is not healthy");
+    runtime.stop(&v3.id, GRACE).await.expect("stop v3");
+    let before = client.count.load(Ordering::Relaxed);
+    assert!(eventually(Duration::from_secs(10), || async { client.count.load(Ordering::Relaxed) > before + 5 }).await);
+    assert!(client.last().contains("version=2"), "v2 keeps serving: {}", client.last());
+
+    let (requests, failures) = client.finish().await;
+    assert!(requests > 10, "the client loop ran ({requests} requests)");
+    assert!(failures.is_empty(), "{} of {requests} requests failed during the switches: {failures:?}", failures.len());
+    runtime.stop(&v2.id, GRACE).await.expect("stop v2");
+}
+
+/// MUST: a new runtime (a server restart) lists what the previous one started when the
+/// runtime's instances outlive it, and can stop them; when they do not, it lists none of
+/// them and they are gone.
+pub async fn reconcile_after_restart(target: &Target) {
+    let project = project("reconcile");
+    let first = (target.new_runtime)();
+    let (web, _) = start(first.as_ref(), target.spec(&project, 1, "web", 0)).await;
+    let addr = web.addr.expect("address");
+    assert!(eventually(STARTUP, || serves(addr, "version=1")).await);
+    drop(first);
+
+    let second = (target.new_runtime)();
+    let seen = find(second.as_ref(), &web.id).await;
+    match target.after_restart {
+        AfterRestart::Adopted => {
+            let seen = seen.expect("a new runtime lists the instance started before the restart");
+            assert_eq!(
+                (seen.project.clone(), seen.version, seen.process_type.as_str(), seen.index),
+                (project.clone(), 1, "web", 0)
+            );
+            assert_eq!(seen.addr, Some(addr), "at the same address");
+            assert_eq!(seen.state, InstanceState::Running);
+            assert!(serves(addr, "version=1").await, "and it kept serving");
+            second.stop(&web.id, GRACE).await.expect("the new runtime stops it");
+            assert!(find(second.as_ref(), &web.id).await.is_none());
+        }
+        AfterRestart::Ended => {
+            assert!(seen.is_none(), "a new runtime lists no instance of the old one: {seen:?}");
+            assert!(
+                eventually(Duration::from_secs(10), || async { http_get(addr, "localhost", "/").await.is_err() }).await,
+                "the old instance ended with its runtime"
+            );
+        }
+    }
+}
+
+/// MUST: an instance that allocates without bound is stopped by its memory limit (and
+/// restarted or crashed as any failing instance), while the host and other instances
+/// are unaffected.
+pub async fn limits_are_enforced(target: &Target) {
+    let runtime = (target.new_runtime)();
+    let project = project("limits");
+    let (web, _) = start(runtime.as_ref(), target.spec(&project, 1, "web", 0)).await;
+    let addr = web.addr.expect("address");
+    assert!(eventually(STARTUP, || serves(addr, "marker=")).await);
+
+    let mut hog = target.spec(&project, 1, "hog", 0);
+    hog.limits = Limits { memory_bytes: Some(target.hog_memory_bytes), cpus: Some(0.5) };
+    let started = Instant::now();
+    let (hog, lines) = start(runtime.as_ref(), hog).await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            find(runtime.as_ref(), &hog.id).await.is_some_and(|i| {
+                i.restarts >= 1 || matches!(i.state, InstanceState::Crashed | InstanceState::Restarting)
+            })
+        })
+        .await,
+        "the hog is stopped by its limit: {:?}; output {:?}",
+        find(runtime.as_ref(), &hog.id).await,
+        lines.all()
+    );
+    assert!(lines.count("hog: allocating without bound") >= 1, "{:?}", lines.all());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(serves(addr, "marker=").await, "another instance keeps serving");
+    runtime.stop(&hog.id, GRACE).await.expect("stop hog");
+    runtime.stop(&web.id, GRACE).await.expect("stop web");
+}

@@ -1,0 +1,305 @@
+//! The container journeys of issue #4, one copy for every engine: the real `git` over real
+//! SSH to a real server whose runtime is a real container engine, the app served through
+//! the real ingress. Each engine's test file names its [`Engine`] and calls these.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{GitRepo, Server, eventually, example, http_get};
+
+/// What differs between engines, as the tests see them.
+pub struct Engine {
+    /// The `driver` name in the configuration.
+    pub driver: &'static str,
+    /// The engine's own CLI, used to look at what the driver did.
+    pub cli: &'static str,
+    /// The local base image the setup script imported.
+    pub base_image: &'static str,
+    /// Where the builder tags images (`paastech/` or `localhost/paastech/`).
+    pub image_prefix: &'static str,
+    /// How the engine's build output starts.
+    pub build_marker: &'static str,
+    /// Extra arguments so `rm` does not wait, and `ps` prints full ids.
+    pub rm_args: &'static [&'static str],
+    pub ps_args: &'static [&'static str],
+    /// Prefix of project names, so engines' tests never share a project name.
+    pub prefix: &'static str,
+    /// Checks a container's security settings with the engine's CLI.
+    pub check_security: fn(&Engine, &str),
+    /// `inspect --format` of memory and CPU, and what it prints for 128 MiB and 0.5 CPU.
+    pub limits_format: &'static str,
+    pub limits_expected: &'static str,
+    /// A command that succeeds when the engine answers, and how to start it.
+    pub ping: &'static [&'static str],
+    pub setup: &'static str,
+}
+
+impl Engine {
+    /// Fails (never skips) when the engine does not answer.
+    pub fn require(&self) {
+        let ok = Command::new(self.cli).args(self.ping).output();
+        assert!(
+            ok.as_ref().is_ok_and(|o| o.status.success()),
+            "the {} engine is needed for these tests and does not answer: {ok:?}\n\
+             start it with `bash {}` (scripts/test.sh does)",
+            self.driver,
+            self.setup
+        );
+    }
+
+    pub fn run(&self, args: &[&str]) -> String {
+        let output = Command::new(self.cli).args(args).output().expect("running the engine's CLI");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn running_containers(&self, project: &str) -> Vec<String> {
+        let filter = format!("label=paastech.project={project}");
+        let mut args = vec!["ps", "-q"];
+        args.extend_from_slice(self.ps_args);
+        args.extend(["--filter", filter.as_str()]);
+        self.run(&args).split_whitespace().map(str::to_owned).collect()
+    }
+}
+
+/// Removes a project's containers and images however the test ends.
+struct Cleanup<'a>(&'a Engine, String);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let engine = self.0;
+        let ids = engine.run(&["ps", "-aq", "--filter", &format!("label=paastech.project={}", self.1)]);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = Command::new(engine.cli).args(engine.rm_args).args(&ids).output();
+        }
+        let images = engine.run(&["images", "-q", &format!("{}{}", engine.image_prefix, self.1)]);
+        let images: Vec<&str> = images.split_whitespace().collect();
+        if !images.is_empty() {
+            let _ = Command::new(engine.cli).args(["rmi", "-f"]).args(&images).output();
+        }
+    }
+}
+
+fn deployments(server: &Server, token: &str, project: &str) -> Vec<Value> {
+    let (status, body) = server.api().req("GET", &format!("/projects/{project}/deployments"), Some(token), None);
+    assert_eq!(status, 200, "{body}");
+    body.as_array().cloned().unwrap_or_default()
+}
+
+fn page(server: &Server, project: &str) -> String {
+    let (status, body) = server.app_get(project, "/");
+    format!("{status} {}", body.trim())
+}
+
+/// A Dockerfile app pushed and served; a second push replaces it without a failed request;
+/// container security; env change and rollback; scale to 2; per-project limits; a release
+/// that exits at once rejected while the old one serves; a server restart adopts the
+/// running containers.
+pub fn dockerfile_journey(engine: &Engine) {
+    engine.require();
+    let project = format!("{}h{}", engine.prefix, std::process::id());
+    let _cleanup = Cleanup(engine, project.clone());
+    let mut server = Server::start(&format!("[runtime]\ndriver = \"{}\"\n", engine.driver));
+    let ada = server.developer("ada@example.com");
+    let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": project})));
+    assert_eq!(status, 201, "{body}");
+
+    // A Dockerfile app is built by the engine, its output streamed to the push, and served.
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("app"),
+        &example("dockerfile-hello"),
+        &ada.key,
+        server.ssh_port,
+        &project,
+    );
+    let started = std::time::Instant::now();
+    let (ok, output) = repo.push("main");
+    assert!(ok, "first push: {output}\n{}", server.log());
+    eprintln!("first push took {:.1}s", started.elapsed().as_secs_f64());
+    assert!(
+        output.contains(&format!("remote: {}", engine.build_marker)),
+        "the engine's build output streams back: {output}"
+    );
+    assert!(output.contains(&format!("Deployed {project} v1")), "{output}");
+    assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 1)");
+
+    // Each container: labelled, never privileged, no new privileges, capabilities dropped,
+    // memory, CPU and pids limits, published on loopback only.
+    let ids = engine.running_containers(&project);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    (engine.check_security)(engine, &ids[0]);
+
+    // A second push replaces it while a client keeps requesting: no request fails.
+    repo.write(
+        "www/cgi-bin/index.cgi",
+        &std::fs::read_to_string(example("dockerfile-hello").join("www/cgi-bin/index.cgi"))
+            .expect("cgi")
+            .replace("from dockerfile-hello", "from v2"),
+    );
+    repo.commit_all("second");
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let client = {
+        let (stop, count, port, host) =
+            (stop.clone(), count.clone(), server.ingress_port, format!("{project}.localhost"));
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = http_get(port, &host, "/");
+                if status != 200 {
+                    failures.push(format!("{status} {body}"));
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        })
+    };
+    let started = std::time::Instant::now();
+    let (ok, output) = repo.push("main");
+    eprintln!("second push took {:.1}s", started.elapsed().as_secs_f64());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let failures = client.join().expect("client loop");
+    assert!(ok, "{output}\n{}", server.log());
+    let requests = count.load(Ordering::Relaxed);
+    assert!(requests > 20, "the client loop ran: {requests}");
+    assert!(failures.is_empty(), "{} of {requests} requests failed during the push: {failures:?}", failures.len());
+    assert_eq!(page(&server, &project), "200 hello from v2 (version 2)");
+    assert!(eventually(Duration::from_secs(20), || engine.running_containers(&project).len() == 1), "v1 was removed");
+
+    // An env change and a rollback reach the app.
+    let (status, _) = server.api().req(
+        "PATCH",
+        &format!("/projects/{project}/env"),
+        Some(&ada.token),
+        Some(json!({"GREETING": "bonjour"})),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(page(&server, &project), "200 bonjour from v2 (version 3)");
+    let (status, body) = server.api().req(
+        "POST",
+        &format!("/projects/{project}/deployments"),
+        Some(&ada.token),
+        Some(json!({"version": 1})),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 4)");
+
+    // Scale to 2: two containers, both served.
+    let (status, body) =
+        server.api().req("PUT", &format!("/projects/{project}/scale"), Some(&ada.token), Some(json!({"web": 2})));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        eventually(Duration::from_secs(20), || engine.running_containers(&project).len() == 2),
+        "{:?}",
+        engine.running_containers(&project)
+    );
+    for _ in 0..4 {
+        assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 4)");
+    }
+
+    // The project's own limits override the server's default, with a new deployment.
+    let (status, body) = server.api().req(
+        "PUT",
+        &format!("/projects/{project}/limits"),
+        Some(&ada.token),
+        Some(json!({"memory_mb": 128, "cpus": 0.5})),
+    );
+    assert_eq!((status, &body), (200, &json!({"memory_mb": 128, "cpus": 0.5})));
+    assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 5)");
+    let ids = engine.running_containers(&project);
+    assert_eq!(ids.len(), 2, "the scale is kept: {ids:?}");
+    for id in &ids {
+        let limits = engine.run(&["inspect", "--format", engine.limits_format, id]);
+        assert_eq!(limits.trim(), engine.limits_expected, "memory 128 MiB, half a CPU");
+    }
+
+    // A release whose container exits at once is rejected; the old one keeps serving.
+    repo.write(
+        "Dockerfile",
+        &format!("FROM {}\nCMD [\"sh\", \"-c\", \"echo missing config; exit 3\"]\n", engine.base_image),
+    );
+    repo.commit_all("broken");
+    let (ok, output) = repo.push("main");
+    assert!(!ok, "a release that exits at once fails the push: {output}");
+    assert!(output.contains("web.1"), "the reason names the process: {output}");
+    assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 5)");
+    let list = deployments(&server, &ada.token, &project);
+    assert_eq!((list[0]["version"].as_i64(), list[0]["status"].as_str()), (Some(6), Some("failed")));
+    assert!(eventually(Duration::from_secs(20), || engine.running_containers(&project).len() == 2), "only v4 runs");
+
+    // After a restart the app serves again: the running containers are adopted, not
+    // replaced, so the app is not interrupted.
+    let before: std::collections::BTreeSet<String> = engine.running_containers(&project).into_iter().collect();
+    server.restart();
+    assert!(
+        eventually(Duration::from_secs(30), || page(&server, &project)
+            == "200 hello from dockerfile-hello (version 5)"),
+        "the app serves again after a restart: {}\n{}",
+        page(&server, &project),
+        server.log()
+    );
+    let after: std::collections::BTreeSet<String> = engine.running_containers(&project).into_iter().collect();
+    assert_eq!(before, after, "the same containers serve after the restart");
+    let (_, logs) = server.api().req("GET", &format!("/projects/{project}/logs?lines=50"), Some(&ada.token), None);
+    assert!(logs.as_str().unwrap_or_default().contains("restored after a server start"), "{logs}");
+}
+
+/// Without a Dockerfile: refused, or generated from detection and a base image.
+pub fn no_dockerfile_journey(engine: &Engine) {
+    engine.require();
+    let project = format!("{}nodf{}", engine.prefix, std::process::id());
+    let _cleanup = Cleanup(engine, project.clone());
+    let server = Server::start(&format!("[runtime]\ndriver = \"{}\"\n", engine.driver));
+    let ada = server.developer("ada@example.com");
+    let (status, _) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": project})));
+    assert_eq!(status, 201);
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("site"),
+        &example("static-hello"),
+        &ada.key,
+        server.ssh_port,
+        &project,
+    );
+    let (ok, output) = repo.push("main");
+    assert!(!ok, "{output}");
+    assert!(output.contains("Dockerfile") && output.contains("base_image"), "says what is needed: {output}");
+
+    // With a base image, a static site gets a generated Dockerfile and is served by httpd;
+    // a Python app on busybox is refused with the reason.
+    let project = format!("{}gen{}", engine.prefix, std::process::id());
+    let _cleanup = Cleanup(engine, project.clone());
+    let server = Server::start(&format!(
+        "[runtime]\ndriver = \"{}\"\n\n[build]\nbase_image = \"{}\"\n",
+        engine.driver, engine.base_image
+    ));
+    let ada = server.developer("ada@example.com");
+    let (status, _) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": project})));
+    assert_eq!(status, 201);
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("site"),
+        &example("static-hello"),
+        &ada.key,
+        server.ssh_port,
+        &project,
+    );
+    let (ok, output) = repo.push("main");
+    assert!(ok, "{output}\n{}", server.log());
+    assert!(output.contains("generated one for a static app"), "{output}");
+    let (status, body) = server.app_get(&project, "/");
+    assert_eq!(status, 200);
+    assert_eq!(body, std::fs::read_to_string(example("static-hello").join("index.html")).expect("index"));
+
+    let python =
+        GitRepo::from_dir(&server.dir.path().join("py"), &example("python-hello"), &ada.key, server.ssh_port, &project);
+    // Another history: forced over the site's.
+    let pushed = python.try_git(&["push", "--force", "paastech", "main"]);
+    let output = format!("{}{}", String::from_utf8_lossy(&pushed.stdout), String::from_utf8_lossy(&pushed.stderr));
+    assert!(!pushed.status.success(), "{output}");
+    assert!(output.contains("has no python3") && output.contains("add a Dockerfile"), "{output}");
+    assert_eq!(server.app_get(&project, "/").0, 200, "the site keeps serving");
+}

@@ -1,0 +1,145 @@
+//! The dashboard and project creation, and what several pages share: project rows and the
+//! confirmations shown after a redirect.
+
+use std::collections::HashMap;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect};
+use paastech_core::{Error, Project, ProjectName, Timestamp};
+use serde::Deserialize;
+
+use super::session::Session;
+use super::view::{Badge, Dashboard, FieldErrors, Layout, NewProject, ProjectRow, When};
+use super::{UiResult, render};
+use crate::AppState;
+
+/// After a POST, pages redirect with `?done=WHAT[&v=N]`; the page turns that into a
+/// sentence. Only these fixed sentences can appear, so a crafted link shows nothing odd.
+#[derive(Deserialize, Default)]
+pub struct Notice {
+    done: Option<String>,
+    v: Option<i64>,
+}
+
+impl Notice {
+    pub fn message(&self) -> Option<String> {
+        let v = self.v.map(|v| format!("v{v}")).unwrap_or_else(|| "the new deployment".into());
+        let text = match self.done.as_deref()? {
+            "created" => "Project created. Push your code to deploy it.".to_owned(),
+            "deleted" => "Project deleted.".to_owned(),
+            "env-deployed" => format!("Saved. The change made a new deployment: {v} is live."),
+            "env-saved" => "Saved. It applies from the first deployment.".to_owned(),
+            "deployed" => format!("Deployed: {v} is live."),
+            "scaled" => "Scale saved and applied.".to_owned(),
+            "key-added" => "SSH key added.".to_owned(),
+            "key-removed" => "SSH key removed.".to_owned(),
+            "token-revoked" => "Token revoked.".to_owned(),
+            _ => return None,
+        };
+        Some(text)
+    }
+}
+
+/// One row per project with its status and newest deployment: one small query per
+/// project for its few newest deployments, several at a time so that their round trips
+/// overlap (hundreds of projects stay well within a page's time budget).
+pub(crate) async fn project_rows(
+    state: &AppState,
+    projects: Vec<Project>,
+    owners: &HashMap<i64, String>,
+) -> Result<Vec<ProjectRow>, Error> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let now = Timestamp::now();
+    futures_util::stream::iter(projects)
+        .map(|project| async move {
+            let recent = state.store.deployments(project.id, 5).await?;
+            let latest = recent.first();
+            let name = project.name.as_str();
+            Ok::<_, Error>(ProjectRow {
+                url: state.urls.app_url(name),
+                badge: Badge::project(&recent),
+                owner: owners.get(&project.owner_id).cloned().unwrap_or_default(),
+                last: latest.map(|d| format!("v{} · {}", d.version, d.cause)),
+                when: latest.map(|d| When::of(d.created_at, now)),
+                name: name.to_owned(),
+            })
+        })
+        .buffered(PARALLEL_QUERIES)
+        .try_collect()
+        .await
+}
+
+/// How many of those queries run at once (the store's pools hold at least this many).
+const PARALLEL_QUERIES: usize = 4;
+
+pub async fn dashboard(State(state): State<AppState>, session: Session, Query(notice): Query<Notice>) -> UiResult {
+    // Admins see every project on the admin page; here, as everyone, their own.
+    let projects = state.store.projects(Some(session.user.id)).await?;
+    let rows = project_rows(&state, projects, &HashMap::new()).await?;
+    let has_keys = !state.store.ssh_keys(session.user.id).await?.is_empty();
+    let page = Dashboard {
+        l: Layout::new(&session, "Projects", "projects").with_notice(notice.message()),
+        projects: rows,
+        has_keys,
+    };
+    render(StatusCode::OK, &page)
+}
+
+pub async fn new_project_page(session: Session) -> UiResult {
+    let page = NewProject {
+        l: Layout::new(&session, "New project", "projects"),
+        name: String::new(),
+        errors: FieldErrors::default(),
+    };
+    render(StatusCode::OK, &page)
+}
+
+#[derive(Deserialize)]
+pub struct NewProjectForm {
+    #[serde(default)]
+    name: String,
+}
+
+pub async fn create_project(
+    State(state): State<AppState>,
+    session: Session,
+    Form(form): Form<NewProjectForm>,
+) -> UiResult {
+    let name = form.name.trim().to_owned();
+    let result = match ProjectName::parse(&name) {
+        Ok(parsed) => state.orchestrator.create_project(session.user.id, &parsed).await.map(|_| parsed),
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(parsed) => {
+            tracing::info!(project = %parsed, user = session.user.id, "project created (web)");
+            Ok(Redirect::to(&format!("/projects/{parsed}?done=created")).into_response())
+        }
+        Err(err @ (Error::Invalid(_) | Error::Conflict(_))) => {
+            let status = if matches!(err, Error::Conflict(_)) { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
+            let page = NewProject {
+                l: Layout::new(&session, "New project", "projects"),
+                name,
+                errors: FieldErrors::one("name", err.to_string()),
+            };
+            render(status, &page)
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_are_fixed_sentences() {
+        let notice = |done: &str, v| Notice { done: Some(done.into()), v }.message();
+        assert_eq!(notice("deployed", Some(6)).as_deref(), Some("Deployed: v6 is live."));
+        assert!(notice("env-deployed", Some(2)).is_some_and(|m| m.contains("new deployment: v2 is live")));
+        assert_eq!(notice("<script>", None), None);
+        assert_eq!(Notice::default().message(), None);
+    }
+}

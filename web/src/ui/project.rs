@@ -1,0 +1,454 @@
+//! A project's tabs: overview, deployments (with build logs and rollback), env, scale,
+//! logs (live), settings (delete). Every handler starts from `visible_project`, the API's
+//! ownership rule: someone else's project is the plain 404 page.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect};
+use futures_util::StreamExt;
+use paastech_core::drivers::InstanceState;
+use paastech_core::store::EnvChanges;
+use paastech_core::{Deployment, DeploymentStatus, Error, Project, Timestamp, validate_env_key};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::pages::Notice;
+use super::session::Session;
+use super::view::{
+    Badge, BuildLog, DeploymentRow, Deployments, EnvPage, FieldErrors, InstanceRow, Layout, LogsPage, Overview,
+    ProjectHead, ScalePage, ScaleRow, SettingsPage,
+};
+use super::{UiResult, render};
+use crate::AppState;
+use crate::api::projects::{MAX_INSTANCES, check_env_changes, check_scale, visible_project};
+
+/// Deployments listed on the deployments tab.
+const DEPLOYMENTS_SHOWN: i64 = 50;
+/// Log lines a logs tab starts with.
+const LOG_LINES_SHOWN: usize = 200;
+/// The most of a build log one page shows (its end); keeps every page light.
+const BUILD_LOG_SHOWN_BYTES: usize = 96 * 1024;
+
+/// The project, the head every tab shows, and its newest `recent` deployments.
+async fn load(
+    state: &AppState,
+    session: &Session,
+    name: &str,
+    tab: &'static str,
+    recent: i64,
+) -> Result<(Project, ProjectHead, Vec<Deployment>), Error> {
+    let project = visible_project(state, &session.user, name).await?;
+    let deployments = state.store.deployments(project.id, recent).await?;
+    let name = project.name.as_str();
+    let head = ProjectHead {
+        name: name.to_owned(),
+        url: state.urls.app_url(name),
+        git_url: state.urls.git_url(name),
+        badge: Badge::project(&deployments),
+        live_version: deployments.iter().find(|d| d.status == DeploymentStatus::Live).map(|d| d.version),
+        tab,
+    };
+    Ok((project, head, deployments))
+}
+
+fn layout(session: &Session, head: &ProjectHead, title: &str, live: bool) -> Layout {
+    let mut layout = Layout::new(session, format!("{title} · {}", head.name), "projects");
+    if live {
+        layout.stream = Some(format!("/projects/{}/logs/stream", head.name));
+    }
+    layout
+}
+
+fn state_text(state: InstanceState) -> (&'static str, &'static str) {
+    match state {
+        InstanceState::Starting => ("starting", "busy"),
+        InstanceState::Running => ("running", "ok"),
+        InstanceState::Restarting => ("restarting", "warn"),
+        InstanceState::Crashed => ("crashed", "bad"),
+        InstanceState::Stopped => ("stopped", "old"),
+    }
+}
+
+pub async fn overview(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Query(notice): Query<Notice>,
+) -> UiResult {
+    let (project, head, deployments) = load(&state, &session, &name, "overview", 5).await?;
+    let instances = state
+        .orchestrator
+        .instances(&project.name)
+        .await?
+        .into_iter()
+        .map(|i| {
+            let (text, class) = state_text(i.state);
+            InstanceRow {
+                name: format!("{}.{}", i.process_type, i.index + 1),
+                version: i.version,
+                state: text.to_owned(),
+                state_class: class,
+                restarts: i.restarts,
+            }
+        })
+        .collect();
+    let has_keys = !state.store.ssh_keys(session.user.id).await?.is_empty();
+    let now = Timestamp::now();
+    let page = Overview {
+        l: layout(&session, &head, "Overview", true).with_notice(notice.message()),
+        latest: deployments.first().map(|d| DeploymentRow::of(d, now)),
+        p: head,
+        instances,
+        has_keys,
+    };
+    render(StatusCode::OK, &page)
+}
+
+async fn deployments_page(
+    state: &AppState,
+    session: &Session,
+    name: &str,
+    notice: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> UiResult {
+    let (_, head, deployments) = load(state, session, name, "deployments", DEPLOYMENTS_SHOWN + 1).await?;
+    let now = Timestamp::now();
+    let more = deployments.len() as i64 > DEPLOYMENTS_SHOWN;
+    let rows = deployments.iter().take(DEPLOYMENTS_SHOWN as usize).map(|d| DeploymentRow::of(d, now)).collect();
+    let page =
+        Deployments { l: layout(session, &head, "Deployments", true).with_notice(notice), p: head, rows, error, more };
+    render(status, &page)
+}
+
+pub async fn deployments(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Query(notice): Query<Notice>,
+) -> UiResult {
+    deployments_page(&state, &session, &name, notice.message(), None, StatusCode::OK).await
+}
+
+#[derive(Deserialize)]
+pub struct DeployForm {
+    /// A version to roll back to; absent: deploy the latest build again.
+    version: Option<i64>,
+}
+
+/// The rollback (and redeploy) button. Answers once the new deployment is live, or shows
+/// why it failed; the previous deployment keeps serving then.
+pub async fn deploy(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<DeployForm>,
+) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    match state.orchestrator.redeploy(&project, form.version).await {
+        Ok(deployment) => {
+            tracing::info!(project = %project.name, version = deployment.version, "deployed (web)");
+            let to = format!("/projects/{}/deployments?done=deployed&v={}", project.name, deployment.version);
+            Ok(Redirect::to(&to).into_response())
+        }
+        Err(err @ (Error::DeployFailed(_) | Error::Invalid(_) | Error::NotFound(_) | Error::Conflict(_))) => {
+            let message = match form.version {
+                Some(v) => format!("Rolling back to v{v} did not work: {err}"),
+                None => format!("Deploying did not work: {err}"),
+            };
+            deployments_page(&state, &session, &name, None, Some(message), StatusCode::UNPROCESSABLE_ENTITY).await
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+pub async fn build_log(
+    State(state): State<AppState>,
+    session: Session,
+    Path((name, version)): Path<(String, i64)>,
+) -> UiResult {
+    let (project, head, _) = load(&state, &session, &name, "deployments", 5).await?;
+    let deployment = state.store.deployment(project.id, version).await?;
+    let build = match deployment.build_id {
+        Some(id) => Some(state.store.build(id).await?),
+        None => None,
+    };
+    let (build_status, log) = match build {
+        Some(build) => (build.status.as_str().to_owned(), build.log),
+        None => ("none".to_owned(), String::new()),
+    };
+    let truncated = log.len() > BUILD_LOG_SHOWN_BYTES;
+    let log = if truncated {
+        let mut start = log.len() - BUILD_LOG_SHOWN_BYTES;
+        while !log.is_char_boundary(start) {
+            start += 1;
+        }
+        log[start..].to_owned()
+    } else {
+        log
+    };
+    let page = BuildLog {
+        l: layout(&session, &head, &format!("v{version} build log"), false),
+        p: head,
+        row: DeploymentRow::of(&deployment, Timestamp::now()),
+        build_status,
+        log,
+        truncated,
+    };
+    render(StatusCode::OK, &page)
+}
+
+// ----- Env ------------------------------------------------------------------------------
+
+async fn env_page_with(
+    state: &AppState,
+    session: &Session,
+    name: &str,
+    notice: Option<String>,
+    form: (String, String, FieldErrors),
+    status: StatusCode,
+) -> UiResult {
+    let (project, head, _) = load(state, session, name, "env", 5).await?;
+    let vars = state.store.env(project.id).await?.into_iter().collect();
+    let (key, value, errors) = form;
+    let page =
+        EnvPage { l: layout(session, &head, "Env", false).with_notice(notice), p: head, vars, key, value, errors };
+    render(status, &page)
+}
+
+pub async fn env_page(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Query(notice): Query<Notice>,
+) -> UiResult {
+    let empty = (String::new(), String::new(), FieldErrors::default());
+    env_page_with(&state, &session, &name, notice.message(), empty, StatusCode::OK).await
+}
+
+#[derive(Deserialize)]
+pub struct EnvForm {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+/// Applies one change; a change to a deployed app makes a new deployment, kept only if it
+/// goes live.
+async fn apply_env(state: &AppState, session: &Session, name: &str, key: String, value: Option<String>) -> UiResult {
+    let project = visible_project(state, &session.user, name).await?;
+    let shown_value = value.clone().unwrap_or_default();
+    let mut errors = FieldErrors::default();
+    if let Err(err) = validate_env_key(&key) {
+        errors.add("key", err.to_string());
+    }
+    let changes: EnvChanges = [(key.clone(), value)].into_iter().collect();
+    if errors.is_empty()
+        && let Err(err) = check_env_changes(&changes)
+    {
+        errors.add("value", err.to_string());
+    }
+    if !errors.is_empty() {
+        return env_page_with(state, session, name, None, (key, shown_value, errors), StatusCode::BAD_REQUEST).await;
+    }
+    match state.orchestrator.update_env(&project, &changes).await {
+        Ok((_, deployment)) => {
+            tracing::info!(project = %project.name, "env changed (web)");
+            let to = match deployment {
+                Some(d) => format!("/projects/{}/env?done=env-deployed&v={}", project.name, d.version),
+                None => format!("/projects/{}/env?done=env-saved", project.name),
+            };
+            Ok(Redirect::to(&to).into_response())
+        }
+        Err(Error::DeployFailed(reason)) => {
+            let errors = FieldErrors::one(
+                "form",
+                format!("The new deployment failed, so nothing changed and the previous one still serves: {reason}"),
+            );
+            env_page_with(state, session, name, None, (key, shown_value, errors), StatusCode::UNPROCESSABLE_ENTITY)
+                .await
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+pub async fn env_save(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<EnvForm>,
+) -> UiResult {
+    let key = form.key.trim().to_owned();
+    apply_env(&state, &session, &name, key, Some(form.value)).await
+}
+
+pub async fn env_remove(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<EnvForm>,
+) -> UiResult {
+    apply_env(&state, &session, &name, form.key.trim().to_owned(), None).await
+}
+
+// ----- Scale ----------------------------------------------------------------------------
+
+/// The process types to offer: the live build's, else those scaled before, else `web`.
+async fn process_types(state: &AppState, project: &Project, recent: &[Deployment]) -> Result<Vec<String>, Error> {
+    if let Some(build_id) = recent.iter().find(|d| d.status == DeploymentStatus::Live).and_then(|d| d.build_id) {
+        let build = state.store.build(build_id).await?;
+        if !build.processes.is_empty() {
+            return Ok(build.processes.keys().cloned().collect());
+        }
+    }
+    let scaled: Vec<String> = state.store.scale(project.id).await?.into_keys().collect();
+    Ok(if scaled.is_empty() { vec!["web".to_owned()] } else { scaled })
+}
+
+async fn scale_page_with(
+    state: &AppState,
+    session: &Session,
+    name: &str,
+    notice: Option<String>,
+    sent: Option<(HashMap<String, String>, FieldErrors)>,
+    status: StatusCode,
+) -> UiResult {
+    let (project, head, recent) = load(state, session, name, "scale", 5).await?;
+    let current = state.store.scale(project.id).await?;
+    let (sent, errors) = sent.unwrap_or_default();
+    let rows = process_types(state, &project, &recent)
+        .await?
+        .into_iter()
+        .map(|process| ScaleRow {
+            count: sent
+                .get(&process)
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| current.get(&process).copied().unwrap_or(1)),
+            process,
+        })
+        .collect();
+    let page = ScalePage {
+        l: layout(session, &head, "Scale", false).with_notice(notice),
+        p: head,
+        rows,
+        max: MAX_INSTANCES,
+        error: errors.get("form").map(str::to_owned),
+    };
+    render(status, &page)
+}
+
+pub async fn scale_page(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Query(notice): Query<Notice>,
+) -> UiResult {
+    scale_page_with(&state, &session, &name, notice.message(), None, StatusCode::OK).await
+}
+
+/// The form has one number field per process type, named after it.
+pub async fn scale_save(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    let mut scale = BTreeMap::new();
+    let mut errors = FieldErrors::default();
+    let mut bad_field = None;
+    for (process, count) in form.iter().filter(|(k, _)| k.as_str() != "csrf") {
+        match count.trim().parse::<u32>() {
+            Ok(n) if n <= MAX_INSTANCES => {
+                scale.insert(process.clone(), n);
+            }
+            _ => bad_field = Some(process.clone()),
+        }
+    }
+    if let Some(process) = bad_field {
+        errors.add("form", format!("{process}: enter a whole number from 0 to {MAX_INSTANCES}"));
+    } else if let Err(err) = check_scale(&scale) {
+        errors.add("form", err.to_string());
+    }
+    if errors.is_empty() {
+        match state.orchestrator.scale(&project, &scale).await {
+            Ok(_) => {
+                tracing::info!(project = %project.name, "scaled (web)");
+                return Ok(Redirect::to(&format!("/projects/{}/scale?done=scaled", project.name)).into_response());
+            }
+            Err(err @ (Error::Invalid(_) | Error::DeployFailed(_))) => errors.add("form", err.to_string()),
+            Err(other) => return Err(other.into()),
+        }
+    }
+    scale_page_with(&state, &session, &name, None, Some((form, errors)), StatusCode::BAD_REQUEST).await
+}
+
+// ----- Logs -----------------------------------------------------------------------------
+
+pub async fn logs_page(State(state): State<AppState>, session: Session, Path(name): Path<String>) -> UiResult {
+    let (project, head, _) = load(&state, &session, &name, "logs", 5).await?;
+    let lines = state.orchestrator.logs().tail(&project.name, LOG_LINES_SHOWN);
+    let page = LogsPage { l: layout(&session, &head, "Logs", true), p: head, lines };
+    render(StatusCode::OK, &page)
+}
+
+/// Server-sent events: each new line of the project's log (its instances' output, build
+/// output and the platform's notes) as one event, until the page goes away or the server
+/// stops.
+pub async fn logs_stream(State(state): State<AppState>, session: Session, Path(name): Path<String>) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    let follower = state.orchestrator.logs().follow(&project.name);
+    let lines = futures_util::stream::unfold(follower, |mut rx| async move {
+        let data = match rx.recv().await {
+            Ok(line) => line,
+            Err(RecvError::Lagged(n)) => format!("... {n} lines skipped"),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(Event::default().data(data)), rx))
+    })
+    .take_until(state.stopped());
+    Ok(Sse::new(lines).keep_alive(KeepAlive::default()).into_response())
+}
+
+// ----- Settings -------------------------------------------------------------------------
+
+pub async fn settings(State(state): State<AppState>, session: Session, Path(name): Path<String>) -> UiResult {
+    let (_, head, _) = load(&state, &session, &name, "settings", 5).await?;
+    let page = SettingsPage { l: layout(&session, &head, "Settings", false), p: head, errors: FieldErrors::default() };
+    render(StatusCode::OK, &page)
+}
+
+#[derive(Deserialize)]
+pub struct DeleteForm {
+    #[serde(default)]
+    confirm: String,
+}
+
+/// Deletes the project once its name has been typed.
+pub async fn delete(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<DeleteForm>,
+) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    if form.confirm.trim() != project.name.as_str() {
+        let (_, head, _) = load(&state, &session, &name, "settings", 5).await?;
+        let message = format!("Type the project's name, {}, to confirm.", project.name);
+        let page = SettingsPage {
+            l: layout(&session, &head, "Settings", false),
+            p: head,
+            errors: FieldErrors::one("confirm", message),
+        };
+        return render(StatusCode::UNPROCESSABLE_ENTITY, &page);
+    }
+    state.orchestrator.delete_project(&project).await?;
+    tracing::info!(project = %project.name, user = session.user.id, "project deleted (web)");
+    Ok(Redirect::to("/?done=deleted").into_response())
+}

@@ -413,7 +413,16 @@ impl Orchestrator {
         self.traffic.switch(&project.name, web, self.config.drain_timeout).await;
         let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Live, None).await?;
         if let Some(previous) = previous {
-            self.stop_instances(&previous.instances).await;
+            // Traffic has moved and drained: the pusher need not wait for the old instances'
+            // polite stop (up to the grace period).
+            let (runtime, grace) = (Arc::clone(&self.runtime), self.config.stop_grace);
+            tokio::spawn(async move {
+                for instance in previous.instances {
+                    if let Err(err) = runtime.stop(&instance.id, grace).await {
+                        tracing::warn!(instance = %instance.id, error = %err, "cannot stop a replaced instance");
+                    }
+                }
+            });
         }
         self.supersede_others(project, deployment.id).await;
         self.hooks.post_deploy(&ctx, log.as_ref()).await;

@@ -123,7 +123,7 @@ fn config_errors_stop_the_server_naming_key_file_and_line() {
         ("[ingress]\ndomain = 5\n", "paastech.toml:2:", "string"),
         ("[runtime]\ndriver = \"kubernetes\"\n", "paastech.toml:2:", "kubernetes"),
         ("[runtime]\ndriver = \"process\"\nshiny = true\n", "paastech.toml:3:", "shiny"),
-        ("[build]\ndriver = \"nope\"\n", "paastech.toml:2:", "known drivers: process"),
+        ("[build]\ndriver = \"nope\"\n", "paastech.toml:2:", "known drivers: docker, podman, process"),
         ("[database]\nurl = \"mysql://x\"\n", "", "sqlite"),
         ("this is not toml\n", "paastech.toml:1:", ""),
     ];

@@ -250,6 +250,7 @@ fn runtime_drivers<'a>() -> Registry<dyn Runtime, DriverInput<'a>> {
                 config.grace = Duration::from_secs(secs);
             }
             config.default_memory_bytes = options.memory_mb.map(|mb| mb * 1024 * 1024);
+            config.ledger = Some(input.data_dir.join("run").join("processes"));
             Ok(Arc::new(ProcessRuntime::new(config)) as Arc<dyn Runtime>)
         })
         .register("docker", |input| {

@@ -159,6 +159,19 @@ impl Server {
         }
     }
 
+    /// Kills the server with SIGKILL, as a crash or the OOM killer would: it stops nothing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again after `stop` or `kill`.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -184,11 +197,9 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server as an operator would, so it stops its apps too.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }
 

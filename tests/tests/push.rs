@@ -226,3 +226,39 @@ fn ssh_allows_only_git_for_the_owner() {
     let output = ssh(&[]);
     assert!(!output.status.success(), "no shell");
 }
+
+/// App processes are children of the server: after the server is killed (a crash, the OOM
+/// killer), its next start stops the orphans before starting the live deployments again.
+#[test]
+fn a_killed_server_leaves_no_orphan_app_running() {
+    let mut server = Server::start("");
+    let ada = server.developer("ada@example.com");
+    create_project(&server, &ada.token, "orphans");
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("site"),
+        &example("static-hello"),
+        &ada.key,
+        server.ssh_port,
+        "orphans",
+    );
+    assert!(repo.push("main").0);
+    let release = server.data_dir().join("releases").join("orphans");
+    let apps = || -> Vec<String> {
+        let output = Command::new("pgrep").args(["-f", &release.display().to_string()]).output().expect("pgrep");
+        String::from_utf8_lossy(&output.stdout).split_whitespace().map(str::to_owned).collect()
+    };
+    let before = apps();
+    assert!(!before.is_empty(), "the static server runs");
+
+    server.kill();
+    assert_eq!(apps(), before, "the orphan outlives a killed server");
+    server.start_again();
+    assert!(
+        eventually(Duration::from_secs(20), || server.app_get("orphans", "/").0 == 200),
+        "served again:\n{}",
+        server.log()
+    );
+    let after = apps();
+    assert!(!after.is_empty(), "a new instance runs");
+    assert!(after.iter().all(|pid| !before.contains(pid)), "the orphans {before:?} were stopped: {after:?}");
+}

@@ -13,6 +13,7 @@ pub mod builder;
 pub mod runtime;
 
 mod group;
+mod ledger;
 mod lines;
 
 pub use builder::{ProcessBuilder, ProcessBuilderConfig};

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::group;
+use crate::ledger::Ledger;
 use crate::lines::Lines;
 
 /// The directories searched for system tools, and the tail of every app's PATH. Fixed, so
@@ -67,6 +68,9 @@ pub struct ProcessRuntimeConfig {
     pub restart: RestartPolicy,
     /// The memory limit of instances whose spec sets none. `None`: unlimited.
     pub default_memory_bytes: Option<u64>,
+    /// Where the process groups started are written down, so that the next runtime can
+    /// stop those a dead server left running. `None`: not recorded.
+    pub ledger: Option<PathBuf>,
 }
 
 impl Default for ProcessRuntimeConfig {
@@ -75,12 +79,14 @@ impl Default for ProcessRuntimeConfig {
             grace: Duration::from_secs(10),
             restart: RestartPolicy::default(),
             default_memory_bytes: None,
+            ledger: None,
         }
     }
 }
 
 pub struct ProcessRuntime {
     config: ProcessRuntimeConfig,
+    ledger: Option<Arc<Ledger>>,
     instances: Mutex<HashMap<String, Entry>>,
     next_id: AtomicU64,
 }
@@ -108,11 +114,20 @@ struct Launch {
     output: Arc<dyn LogSink>,
     /// `web.0`, as the instance is named in the lines the runtime writes to `output`.
     name: String,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl ProcessRuntime {
+    /// With a ledger configured, first stops what a previous server left running.
     pub fn new(config: ProcessRuntimeConfig) -> Self {
-        ProcessRuntime { config, instances: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) }
+        let ledger = config.ledger.as_deref().and_then(|path| match Ledger::open(path) {
+            Ok(ledger) => Some(Arc::new(ledger)),
+            Err(err) => {
+                tracing::warn!(path = %path.display(), error = %err, "cannot keep the app process ledger");
+                None
+            }
+        });
+        ProcessRuntime { config, ledger, instances: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) }
     }
 
     /// Stops every instance with the configured grace period, as a server shutting down
@@ -158,7 +173,8 @@ impl ProcessRuntime {
         if spec.limits.cpus.is_some() {
             tracing::debug!(project = %spec.project, "cpu limits are not applied to local processes");
         }
-        Ok(Launch { program, args, dir, env, output, name: format!("{}.{}", spec.process_type, spec.index) })
+        let name = format!("{}.{}", spec.process_type, spec.index);
+        Ok(Launch { program, args, dir, env, output, name, ledger: self.ledger.clone() })
     }
 }
 
@@ -334,6 +350,9 @@ fn spawn(launch: &Launch) -> io::Result<Child> {
         .process_group(0)
         .kill_on_drop(true)
         .spawn()?;
+    if let (Some(ledger), Some(pgid)) = (&launch.ledger, group::pgid_of(&child)) {
+        ledger.record(pgid);
+    }
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(forward(stdout, Arc::clone(&launch.output)));
     }

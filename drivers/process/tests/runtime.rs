@@ -23,6 +23,7 @@ fn runtime() -> ProcessRuntime {
             window: Duration::from_secs(60),
         },
         default_memory_bytes: None,
+        ledger: None,
     })
 }
 

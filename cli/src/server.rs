@@ -482,6 +482,7 @@ fn init_logging() {
 
 async fn serve(settings: Settings) -> Result<()> {
     let Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks } = settings;
+    let hook_host = Arc::clone(&build_hooks);
     create_private_dir(&data_dir)?;
 
     let store: Arc<dyn Store> = {
@@ -528,7 +529,8 @@ async fn serve(settings: Settings) -> Result<()> {
         format!("http://{{name}}.{}{port}", config.ingress.domain)
     };
     let orchestrator = Arc::new(
-        Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config).with_hooks(build_hooks),
+        Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config)
+            .with_hooks(Arc::clone(&build_hooks) as _),
     );
 
     // Every listener is bound before anything is served, so a taken port stops the start.
@@ -561,7 +563,11 @@ async fn serve(settings: Settings) -> Result<()> {
         Signup::Open => SignupPolicy::Open,
         Signup::Closed => SignupPolicy::Closed,
     };
-    let state = AppState::new(Arc::clone(&orchestrator), signup, urls);
+    let mut hook_names: Vec<String> = hook_host.operator_hooks().into_iter().map(str::to_owned).collect();
+    if hook_host.project_hooks_allowed() {
+        hook_names.push("project hooks (.paastech/hooks/*.wasm)".into());
+    }
+    let state = AppState::new(Arc::clone(&orchestrator), signup, urls).with_hook_names(hook_names);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

@@ -244,6 +244,11 @@ impl HookHost {
         self.operator.iter().map(|hook| hook.name.as_str()).collect()
     }
 
+    /// Whether projects' own hooks run.
+    pub fn project_hooks_allowed(&self) -> bool {
+        self.options.project_hooks
+    }
+
     /// Reads and compiles `.paastech/hooks/*.wasm` under `source`, in file-name order.
     async fn load_project_hooks(&self, source: &Path) -> Result<Vec<Arc<Loaded>>> {
         let dir = source.join(PROJECT_HOOKS_DIR);

@@ -211,8 +211,13 @@ pub fn dockerfile_journey(engine: &Engine) {
     );
     assert_eq!((status, &body), (200, &json!({"memory_mb": 128, "cpus": 0.5})));
     assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 5)");
+    // The replaced containers stop in the background once traffic has moved.
+    assert!(
+        eventually(Duration::from_secs(30), || engine.running_containers(&project).len() == 2),
+        "the scale is kept: {:?}",
+        engine.running_containers(&project)
+    );
     let ids = engine.running_containers(&project);
-    assert_eq!(ids.len(), 2, "the scale is kept: {ids:?}");
     for id in &ids {
         let limits = engine.run(&["inspect", "--format", engine.limits_format, id]);
         assert_eq!(limits.trim(), engine.limits_expected, "memory 128 MiB, half a CPU");

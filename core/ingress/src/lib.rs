@@ -17,6 +17,7 @@ mod router;
 mod routes;
 mod server;
 mod static_files;
+mod upstream;
 
 pub use health::{HealthError, LastSeen, health_check};
 pub use proxy::{IngressConfig, serve};

@@ -5,24 +5,26 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{self, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 
 use crate::routes::{InFlight, Pick, RouteTable};
+use crate::upstream;
 
 /// How the ingress runs. Build it with [`IngressConfig::new`] and adjust the fields.
 #[derive(Debug, Clone)]
@@ -45,13 +47,14 @@ impl IngressConfig {
     }
 }
 
-type BackendClient = Client<HttpConnector, Incoming>;
-
+/// What the requests of one ingress thread share.
 struct Shared {
     table: RouteTable,
     /// `.<domain>`, lowercase, so matching a Host is one case-insensitive suffix compare.
     suffix: Box<str>,
-    client: BackendClient,
+    connect_timeout: Duration,
+    /// This thread's index, to reuse the backend connections its own runtime drives.
+    shard: usize,
 }
 
 /// Serves the ingress on `listener` until `shutdown` resolves (then lets open requests
@@ -60,32 +63,225 @@ struct Shared {
 /// `Host: NAME.<domain>[:port]` (any case) goes to NAME's backends in `table`; an unknown
 /// name gets a 404 page, a project without backends a 503 page, an unreachable backend a
 /// 502 page.
+///
+/// The proxying runs on threads of its own, one per core, each a single-threaded tokio
+/// runtime accepting on the same socket: a request, its backend exchange and the
+/// response are then all handled by one thread, with no cross-thread wakeup on the way
+/// (on a multi-thread runtime those cost about a third of the CPU time at low
+/// concurrency). The caller's runtime only waits for `shutdown`. Dropping the returned
+/// future stops the threads too.
 pub async fn serve(
     listener: TcpListener,
     config: IngressConfig,
     table: RouteTable,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector);
     let domain = config.domain.trim_matches('.').to_ascii_lowercase();
-    let shared = Arc::new(Shared { table, suffix: format!(".{domain}").into_boxed_str(), client });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, domain = %domain, "ingress listening");
     }
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot take over the ingress socket");
+            return;
+        }
+    };
+    let suffix: Box<str> = format!(".{domain}").into_boxed_str();
 
-    crate::server::run(listener, shutdown, config.shutdown_grace, move |peer| {
-        let shared = shared.clone();
-        // Rendered once per connection, reused by every request on it.
-        let client_ip = client_ip_header(peer);
-        service_fn(move |req| proxy(shared.clone(), client_ip.clone(), req))
-    })
-    .await;
+    // `true` (or the sender dropped with this future) stops every thread.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Each thread holds a sender; `recv` returns `None` once they have all finished.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let (handoff, mut inboxes): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
+    let balance = Arc::new(Balance { loads: (0..threads).map(|_| AtomicUsize::new(0)).collect(), handoff });
+    let mut listener = Some(listener);
+    for (i, inbox) in inboxes.drain(..).enumerate() {
+        // The last thread takes the socket itself, the others a duplicate of it, so it is
+        // closed once every thread stopped accepting.
+        let socket = if i + 1 == threads {
+            listener.take()
+        } else {
+            match listener.as_ref().map(std::net::TcpListener::try_clone) {
+                Some(Ok(socket)) => Some(socket),
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "cannot duplicate the ingress socket");
+                    None
+                }
+                None => None,
+            }
+        };
+        let shared = Arc::new(Shared {
+            table: table.clone(),
+            suffix: suffix.clone(),
+            connect_timeout: config.connect_timeout,
+            shard: i,
+        });
+        let thread = Thread { shared, balance: balance.clone(), inbox, grace: config.shutdown_grace };
+        let (mut stop, done) = (stop_rx.clone(), done_tx.clone());
+        let spawned = std::thread::Builder::new().name(format!("ingress-{i}")).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start an ingress thread's runtime");
+                    return;
+                }
+            };
+            runtime.block_on(thread.run(socket, async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            }));
+            drop(done);
+        });
+        if let Err(err) = spawned {
+            tracing::error!(error = %err, "cannot start an ingress thread");
+            // Never pick it as the least busy.
+            balance.loads[i].store(usize::MAX / 2, Ordering::Relaxed);
+        }
+    }
+    drop((done_tx, stop_rx, balance));
+
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    // The threads give open connections `shutdown_grace` themselves.
+    let _ = done_rx.recv().await;
+}
+
+/// A new client connection, moved between threads.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// Spreads client connections evenly over the ingress threads. Whichever thread accepts
+/// a connection (the first awake, often the same one in a burst) passes it on when
+/// another thread serves fewer; once placed, a connection stays on its thread.
+struct Balance {
+    /// Open client connections per thread.
+    loads: Box<[AtomicUsize]>,
+    handoff: Vec<mpsc::UnboundedSender<Handoff>>,
+}
+
+impl Balance {
+    /// Which thread should serve a connection `shard` just accepted; counts it there.
+    fn place(&self, shard: usize) -> usize {
+        let mine = self.loads[shard].load(Ordering::Relaxed);
+        let (least, load) = self
+            .loads
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, load)| load)
+            .unwrap_or((shard, mine));
+        let to = if load + 1 < mine { least } else { shard };
+        self.loads[to].fetch_add(1, Ordering::Relaxed);
+        to
+    }
+}
+
+/// Counts a connection on its thread until the connection ends.
+struct Load(Arc<Balance>, usize);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.loads[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One ingress thread: its share of the work and how it gets connections.
+struct Thread {
+    shared: Arc<Shared>,
+    balance: Arc<Balance>,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+    grace: Duration,
+}
+
+impl Thread {
+    /// Accepts on `socket` (when there is one) and serves connections accepted here or
+    /// handed over by other threads, until `stopped`.
+    async fn run(mut self, socket: Option<std::net::TcpListener>, stopped: impl Future<Output = ()>) {
+        let listener = match socket.map(TcpListener::from_std) {
+            Some(Ok(listener)) => Some(listener),
+            Some(Err(err)) => {
+                tracing::error!(error = %err, "cannot register the ingress socket");
+                None
+            }
+            None => None,
+        };
+        // hyper arms a header read timer (30 s) for every request. Tokio wakes its driver
+        // through an eventfd whenever a timer becomes the earliest one, which with no
+        // other timer is every request: one more write and one more epoll_wait each. A
+        // timer that is always due sooner avoids that for the price of one wakeup a second.
+        tokio::spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let shard = self.shared.shard;
+        let connections = crate::server::Connections::new();
+        tokio::pin!(stopped);
+        loop {
+            let (stream, peer) = tokio::select! {
+                biased;
+                () = &mut stopped => break,
+                Some((stream, peer)) = self.inbox.recv() => match TcpStream::from_std(stream) {
+                    Ok(stream) => (stream, peer),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot take over a client connection");
+                        drop(Load(self.balance.clone(), shard));
+                        continue;
+                    }
+                },
+                (stream, peer) = accept(listener.as_ref()) => {
+                    let to = self.balance.place(shard);
+                    if to == shard {
+                        (stream, peer)
+                    } else {
+                        match self.hand_over(to, stream, peer) {
+                            Some(stream) => (stream, peer),
+                            None => continue,
+                        }
+                    }
+                }
+            };
+            let shared = self.shared.clone();
+            // Rendered once per connection, reused by every request on it.
+            let client_ip = client_ip_header(peer);
+            let service = service_fn(move |req| proxy(shared.clone(), client_ip.clone(), req));
+            connections.serve(stream, peer, service, Load(self.balance.clone(), shard));
+        }
+        drop(listener);
+        drop(self.inbox);
+        connections.finish(self.grace).await;
+    }
+
+    /// Passes a connection to thread `to`; gives it back, counted here, if that fails.
+    fn hand_over(&self, to: usize, stream: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+        let shard = self.shared.shard;
+        let back = match stream.into_std() {
+            Ok(stream) => match self.balance.handoff[to].send((stream, peer)) {
+                Ok(()) => return None,
+                Err(mpsc::error::SendError((stream, _))) => TcpStream::from_std(stream),
+            },
+            Err(err) => Err(err),
+        };
+        drop(Load(self.balance.clone(), to));
+        match back {
+            Ok(stream) => {
+                self.balance.loads[shard].fetch_add(1, Ordering::Relaxed);
+                Some(stream)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot hand over a client connection");
+                None
+            }
+        }
+    }
+}
+
+/// The next connection on `listener`; never, without one.
+async fn accept(listener: Option<&TcpListener>) -> (TcpStream, SocketAddr) {
+    match listener {
+        Some(listener) => crate::server::accept(listener).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn client_ip_header(peer: SocketAddr) -> HeaderValue {
@@ -129,20 +325,16 @@ async fn proxy(
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    let mut target = uri::Parts::default();
-    target.scheme = Some(Scheme::HTTP);
-    target.authority = Some(guard.backend().authority().clone());
-    target.path_and_query = Some(
-        std::mem::take(&mut parts.uri).into_parts().path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    parts.uri = match Uri::from_parts(target) {
-        Ok(uri) => uri,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot build the upstream URI");
-            return Ok(page(Page::BadGateway));
-        }
-    };
-    // Always speak HTTP/1.1 upstream so backend connections stay pooled, whatever the
+    // Upstream requests use the origin form (`/path?query`): the backend learns the host
+    // from `Host`. Nearly every client already sends that form, which is then kept as is.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = std::mem::take(&mut parts.uri)
+            .into_parts()
+            .path_and_query
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
+    // Always speak HTTP/1.1 upstream so backend connections stay open, whatever the
     // client speaks; hyper downgrades the response for HTTP/1.0 clients.
     parts.version = Version::HTTP_11;
 
@@ -156,15 +348,34 @@ async fn proxy(
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     headers.insert(X_FORWARDED_HOST.clone(), host);
 
-    let mut resp = match shared.client.request(Request::from_parts(parts, body)).await {
-        Ok(resp) => resp,
-        Err(err) => {
-            tracing::warn!(
-                backend = %guard.backend().addr(),
-                error = %error_chain(&err),
-                "backend request failed"
-            );
-            return Ok(page(Page::BadGateway));
+    let backend = guard.backend();
+    let mut req = Request::from_parts(parts, body);
+    let (mut resp, sender) = loop {
+        let (mut sender, pooled) = match backend.conns().take(shared.shard) {
+            Some(sender) => (sender, true),
+            None => match upstream::connect(backend.addr(), shared.connect_timeout, shared.shard).await {
+                Ok(sender) => (sender, false),
+                Err(err) => {
+                    tracing::warn!(backend = %backend.addr(), error = %error_chain(&err), "backend connection failed");
+                    return Ok(page(Page::BadGateway));
+                }
+            },
+        };
+        match sender.send.try_send_request(req).await {
+            Ok(resp) => break (resp, sender),
+            Err(mut err) => match err.take_message() {
+                // The backend closed an idle connection just as it was picked, before any
+                // of the request went out: send it again, on a new connection if need be.
+                Some(unsent) if pooled => req = unsent,
+                _ => {
+                    tracing::warn!(
+                        backend = %backend.addr(),
+                        error = %error_chain(err.error()),
+                        "backend request failed"
+                    );
+                    return Ok(page(Page::BadGateway));
+                }
+            },
         }
     };
 
@@ -181,7 +392,8 @@ async fn proxy(
 
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, ProxyBody::Backend { body, _in_flight: guard }))
+    let body = BackendBody { body, conn: Some(sender), done: false, in_flight: guard };
+    Ok(Response::from_parts(parts, ProxyBody::Backend(body)))
 }
 
 /// Copies bytes both ways between the client and the backend once both sides switched
@@ -292,12 +504,44 @@ fn append_forwarded_for(headers: &mut HeaderMap, client_ip: HeaderValue) {
 
 /// The response body: the backend's, streamed as it arrives, or one of our own pages.
 pub(crate) enum ProxyBody {
-    Backend {
-        body: Incoming,
-        /// Keeps the request counted in flight until the body is fully sent or dropped.
-        _in_flight: InFlight,
-    },
+    Backend(BackendBody),
     Page(Option<Bytes>),
+}
+
+/// A backend's response body. Once it has been read to the end, its connection goes back
+/// to the backend's idle connections; a body dropped before its end (the client went
+/// away) drops the connection instead, since unread bytes are still on it.
+pub(crate) struct BackendBody {
+    body: Incoming,
+    conn: Option<upstream::Sender>,
+    /// The body returned its last frame.
+    done: bool,
+    /// Keeps the request counted in flight until the body is fully sent or dropped.
+    in_flight: InFlight,
+}
+
+impl Drop for BackendBody {
+    fn drop(&mut self) {
+        let Some(mut sender) = self.conn.take() else { return };
+        if !(self.done || self.body.is_end_stream()) {
+            return;
+        }
+        let backend = self.in_flight.backend();
+        if sender.send.is_ready() {
+            backend.conns().put(sender);
+        } else if !sender.send.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // The connection task has not caught up with the end of the exchange yet
+            // (or the request body is still being sent): keep it once it has.
+            let backend = backend.clone();
+            runtime.spawn(async move {
+                if sender.send.ready().await.is_ok() {
+                    backend.conns().put(sender);
+                }
+            });
+        }
+    }
 }
 
 impl Body for ProxyBody {
@@ -306,21 +550,27 @@ impl Body for ProxyBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Backend { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Backend(b) => {
+                let frame = Pin::new(&mut b.body).poll_frame(cx);
+                if let Poll::Ready(None) = frame {
+                    b.done = true;
+                }
+                frame
+            }
             ProxyBody::Page(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Backend { body, .. } => body.is_end_stream(),
+            ProxyBody::Backend(b) => b.body.is_end_stream(),
             ProxyBody::Page(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Backend { body, .. } => body.size_hint(),
+            ProxyBody::Backend(b) => b.body.size_hint(),
             ProxyBody::Page(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
@@ -401,6 +651,22 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-keep"]);
+    }
+
+    #[test]
+    fn connections_spread_over_threads() {
+        let (handoff, _inboxes): (Vec<_>, Vec<_>) = (0..3).map(|_| mpsc::unbounded_channel()).unzip();
+        let balance = Arc::new(Balance { loads: (0..3).map(|_| AtomicUsize::new(0)).collect(), handoff });
+        // Thread 0 accepts a burst: it keeps one more than the others at most.
+        let placed: Vec<usize> = (0..7).map(|_| balance.place(0)).collect();
+        assert_eq!(placed, vec![0, 0, 1, 2, 0, 1, 2]);
+        let loads = |b: &Balance| b.loads.iter().map(|l| l.load(Ordering::Relaxed)).collect::<Vec<_>>();
+        assert_eq!(loads(&balance), vec![3, 2, 2]);
+        // A connection ending on thread 2 makes it the next pick.
+        drop(Load(balance.clone(), 2));
+        drop(Load(balance.clone(), 2));
+        assert_eq!(balance.place(0), 2);
+        assert_eq!(loads(&balance), vec![3, 2, 1]);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use http::uri::Authority;
 use tokio::sync::Notify;
+
+use crate::upstream::IdleConns;
 
 /// One backend (a running `web` instance) as the ingress sees it.
 ///
@@ -21,18 +22,21 @@ pub struct Backend(Arc<BackendInner>);
 
 struct BackendInner {
     addr: SocketAddr,
-    /// Pre-rendered `ip:port`, so building the upstream URI allocates nothing per request.
-    authority: Authority,
+    /// Keep-alive connections to this backend, closed when the backend is forgotten.
+    conns: IdleConns,
     in_flight: AtomicUsize,
     /// Woken whenever `in_flight` drops to zero.
-    idle: Notify,
+    idle_notify: Notify,
 }
 
 impl Backend {
     fn new(addr: SocketAddr) -> Self {
-        let authority =
-            Authority::try_from(addr.to_string().as_str()).expect("a socket address is a valid URI authority");
-        Backend(Arc::new(BackendInner { addr, authority, in_flight: AtomicUsize::new(0), idle: Notify::new() }))
+        Backend(Arc::new(BackendInner {
+            addr,
+            conns: IdleConns::default(),
+            in_flight: AtomicUsize::new(0),
+            idle_notify: Notify::new(),
+        }))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -44,14 +48,14 @@ impl Backend {
         self.0.in_flight.load(Ordering::Acquire)
     }
 
-    pub(crate) fn authority(&self) -> &Authority {
-        &self.0.authority
+    pub(crate) fn conns(&self) -> &IdleConns {
+        &self.0.conns
     }
 
     /// Resolves once nothing is in flight to this backend.
     async fn idle(&self) {
         loop {
-            let notified = self.0.idle.notified();
+            let notified = self.0.idle_notify.notified();
             tokio::pin!(notified);
             // Register interest before checking, so a drop to zero between the check and
             // the await still wakes us.
@@ -96,7 +100,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.0.idle.notify_waiters();
+            self.0.0.idle_notify.notify_waiters();
         }
     }
 }

@@ -9,7 +9,7 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// Serves connections from `listener` until `shutdown` resolves, then asks every open
@@ -27,35 +27,68 @@ pub(crate) async fn run<F, S>(
     <S::ResBody as Body>::Data: Send,
     <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = http1::Builder::new();
-    // The timer enables hyper's header read timeout, which closes idle slow-loris sockets.
-    builder.keep_alive(true).timer(TokioTimer::new());
-
-    // Every connection task holds a receiver; `closed()` on the sender then tells when the
-    // last one is gone.
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let connections = Connections::new();
     tokio::pin!(shutdown);
-
     loop {
         let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    // Usually EMFILE: back off instead of spinning on the error.
-                    tracing::warn!(error = %err, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
         };
+        connections.serve(stream, peer, make_service(peer), ());
+    }
+    drop(listener);
+    connections.finish(grace).await;
+}
+
+/// The next connection on `listener`.
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return conn,
+            Err(err) => {
+                // Usually EMFILE: back off instead of spinning on the error.
+                tracing::warn!(error = %err, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The HTTP connections being served, each in a task of its own, and their graceful stop.
+pub(crate) struct Connections {
+    builder: http1::Builder,
+    // Every connection task holds a receiver; `closed()` on the sender then tells when the
+    // last one is gone.
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+}
+
+impl Connections {
+    pub(crate) fn new() -> Self {
+        let mut builder = http1::Builder::new();
+        // The timer enables hyper's header read timeout, which closes idle slow-loris sockets.
+        builder.keep_alive(true).timer(TokioTimer::new());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        Connections { builder, stop_tx, stop_rx }
+    }
+
+    /// Serves HTTP on `stream` in a new task, which drops `guard` when the connection ends.
+    pub(crate) fn serve<S, G>(&self, stream: TcpStream, peer: SocketAddr, service: S, guard: G)
+    where
+        S: HttpService<Incoming> + Send + 'static,
+        S::Future: Send + 'static,
+        S::ResBody: Send + 'static,
+        <S::ResBody as Body>::Data: Send,
+        <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        G: Send + 'static,
+    {
         // Small request/response exchanges must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let service = make_service(peer);
-        let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
-        let mut stop = stop_rx.clone();
+        let conn = self.builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let mut stop = self.stop_rx.clone();
         tokio::spawn(async move {
+            let _guard = guard;
             tokio::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {
@@ -74,10 +107,14 @@ pub(crate) async fn run<F, S>(
         });
     }
 
-    drop(listener);
-    drop(stop_rx);
-    let _ = stop_tx.send(true);
-    if tokio::time::timeout(grace, stop_tx.closed()).await.is_err() {
-        tracing::warn!("connections still open after the shutdown grace period");
+    /// Asks every connection to finish its current request and waits up to `grace` for
+    /// them to close.
+    pub(crate) async fn finish(self, grace: Duration) {
+        let Connections { stop_tx, stop_rx, .. } = self;
+        drop(stop_rx);
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(grace, stop_tx.closed()).await.is_err() {
+            tracing::warn!("connections still open after the shutdown grace period");
+        }
     }
 }

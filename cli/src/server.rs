@@ -236,8 +236,17 @@ fn namespace_of(data_dir: &Path) -> String {
     format!("{hash:016x}")
 }
 
+/// `[build] keep_builds`: how many of a project's newest builds keep their artifact for
+/// rollbacks (default 10). `None` when the value is not a number from 2 to 1000.
+fn keep_builds(config: &ServerConfig) -> Option<usize> {
+    match config.build.get("keep_builds") {
+        None => Some(10),
+        Some(value) => value.as_integer().filter(|n| (2..=1000).contains(n)).and_then(|n| usize::try_from(n).ok()),
+    }
+}
+
 /// Keys the platform itself reads in `[build]`.
-const BUILD_PLATFORM_KEYS: &[&str] = &["driver", "project_hooks"];
+const BUILD_PLATFORM_KEYS: &[&str] = &["driver", "project_hooks", "keep_builds"];
 
 /// What each driver name means: the one place runtime drivers are registered.
 fn runtime_drivers<'a>() -> Registry<dyn Runtime, DriverInput<'a>> {
@@ -357,6 +366,13 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         && !value.is_bool()
     {
         return Err(source.driver_error("build", "project_hooks must be true or false"));
+    }
+    if keep_builds(&config).is_none() {
+        return Err(ConfigError {
+            file: source.file.clone(),
+            line: source.line_of_key("build", Some("keep_builds")),
+            message: "[build] keep_builds must be a whole number from 2 to 1000".into(),
+        });
     }
 
     if let Some(url) = &config.database.url
@@ -523,6 +539,7 @@ async fn serve(settings: Settings) -> Result<()> {
     let mut orchestrator_config = OrchestratorConfig::new(data_dir.join("releases"));
     orchestrator_config.health_timeout = Duration::from_secs(config.ingress.health_timeout_secs);
     orchestrator_config.drain_timeout = Duration::from_secs(config.ingress.drain_timeout_secs);
+    orchestrator_config.keep_builds = keep_builds(&config).unwrap_or(10);
     orchestrator_config.app_url = {
         let port = config.ingress.public_port.unwrap_or(config.ingress.listen.port());
         let port = if port == 80 { String::new() } else { format!(":{port}") };

@@ -38,6 +38,9 @@ pub struct OrchestratorConfig {
     pub limits: Limits,
     /// Where users reach a project, with `{name}` for the project: shown after a deploy.
     pub app_url: String,
+    /// How many of a project's newest builds keep their artifact (image or release
+    /// directory) for rollbacks; older ones are removed after each deployment goes live.
+    pub keep_builds: usize,
 }
 
 impl OrchestratorConfig {
@@ -49,6 +52,7 @@ impl OrchestratorConfig {
             drain_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             app_url: "http://{name}.localhost".into(),
+            keep_builds: 10,
         }
     }
 }
@@ -425,6 +429,7 @@ impl Orchestrator {
             });
         }
         self.supersede_others(project, deployment.id).await;
+        self.prune_builds(project, &deployment).await;
         self.hooks.post_deploy(&ctx, log.as_ref()).await;
         self.logs.note(&project.name, &format!("v{} is live", deployment.version));
         tracing::info!(project = %project.name, version = deployment.version, "deployment live");
@@ -558,6 +563,35 @@ impl Orchestrator {
         }
     }
 
+    /// Removes the artifacts of builds older than the newest `keep_builds` (never the live
+    /// one's), so disk use stays bounded; their records and logs stay. Failures are only
+    /// logged: a leftover artifact costs space, not correctness.
+    async fn prune_builds(&self, project: &Project, live: &Deployment) {
+        let keep = self.config.keep_builds.max(2);
+        let Ok(deployments) = self.store.deployments(project.id, 500).await else { return };
+        let mut seen: Vec<i64> = Vec::new();
+        for build_id in deployments.iter().filter_map(|d| d.build_id) {
+            if !seen.contains(&build_id) {
+                seen.push(build_id);
+            }
+        }
+        for build_id in seen.into_iter().skip(keep).filter(|id| Some(*id) != live.build_id) {
+            let Ok(build) = self.store.build(build_id).await else { continue };
+            let Some(artifact) = build.artifact.as_deref() else { continue };
+            match self.builder.remove(artifact).await {
+                Ok(()) => {
+                    if let Err(err) = self.store.clear_build_artifact(build_id).await {
+                        tracing::warn!(project = %project.name, build = build_id, error = %err, "cannot record a pruned build");
+                    }
+                    tracing::info!(project = %project.name, build = build_id, "removed an old build's artifact");
+                }
+                Err(err) => {
+                    tracing::warn!(project = %project.name, build = build_id, error = %err, "cannot remove an old build")
+                }
+            }
+        }
+    }
+
     /// The artifact of a deployment's build, if it has a successful one.
     async fn artifact_of(&self, deployment: &Deployment) -> Result<(Build, Artifact)> {
         let build_id = deployment
@@ -569,6 +603,10 @@ impl Orchestrator {
                 let artifact = Artifact { reference: reference.clone(), processes: build.processes.clone() };
                 Ok((build, artifact))
             }
+            (BuildStatus::Succeeded, None) => Err(Error::Invalid(format!(
+                "the build of v{} was removed to save space (only the newest {} builds are kept); push its commit again",
+                deployment.version, self.config.keep_builds
+            ))),
             _ => Err(Error::Invalid(format!("v{} has no successful build to deploy", deployment.version))),
         }
     }

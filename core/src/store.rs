@@ -74,6 +74,9 @@ pub trait Store: Send + Sync {
         log: &str,
     ) -> Result<Build>;
     async fn build(&self, build_id: i64) -> Result<Build>;
+    /// Forgets a build's artifact once it has been removed to save space; its record and
+    /// log stay.
+    async fn clear_build_artifact(&self, build_id: i64) -> Result<()>;
 
     // Deployments.
     /// Records a deployment with the next version number of its project.

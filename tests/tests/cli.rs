@@ -125,6 +125,7 @@ fn config_errors_stop_the_server_naming_key_file_and_line() {
         ("[runtime]\ndriver = \"process\"\nshiny = true\n", "paastech.toml:3:", "shiny"),
         ("[build]\ndriver = \"nope\"\n", "paastech.toml:2:", "known drivers: docker, podman, process"),
         ("[database]\nurl = \"mysql://x\"\n", "", "sqlite"),
+        ("[build]\nkeep_builds = 1\n", "paastech.toml:2:", "keep_builds"),
         ("this is not toml\n", "paastech.toml:1:", ""),
     ];
     for (config, location, needle) in cases {

@@ -262,3 +262,37 @@ fn a_killed_server_leaves_no_orphan_app_running() {
     assert!(!after.is_empty(), "a new instance runs");
     assert!(after.iter().all(|pid| !before.contains(pid)), "the orphans {before:?} were stopped: {after:?}");
 }
+
+/// Old builds' artifacts are removed once `keep_builds` newer ones exist: disk use stays
+/// bounded, and a rollback to a removed build says why it cannot be done.
+#[test]
+fn old_builds_are_pruned_and_say_so() {
+    let server = Server::start("[build]\nkeep_builds = 2\n");
+    let ada = server.developer("ada@example.com");
+    create_project(&server, &ada.token, "pruned");
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("site"),
+        &example("static-hello"),
+        &ada.key,
+        server.ssh_port,
+        "pruned",
+    );
+    assert!(repo.push("main").0);
+    for round in 2..=3 {
+        repo.write("index.html", &format!("<h1>round {round}</h1>\n"));
+        repo.commit_all(&format!("round {round}"));
+        let (ok, output) = repo.push("main");
+        assert!(ok, "{output}");
+    }
+    let releases = server.data_dir().join("releases").join("pruned");
+    assert!(!releases.join("v1").exists(), "v1's release directory was removed");
+    assert!(releases.join("v2").exists() && releases.join("v3").exists(), "the newest two are kept");
+    let (status, body) =
+        server.api().req("POST", "/projects/pruned/deployments", Some(&ada.token), Some(json!({"version": 1})));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("removed to save space"), "{body}");
+    let (status, body) =
+        server.api().req("POST", "/projects/pruned/deployments", Some(&ada.token), Some(json!({"version": 2})));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(server.app_get("pruned", "/").1, "<h1>round 2</h1>\n");
+}

@@ -536,6 +536,17 @@ impl Store for SqlStore {
         })
     }
 
+    async fn clear_build_artifact(&self, build_id: i64) -> Result<()> {
+        with_conn!(self, |conn| {
+            let updated =
+                diesel::update(builds::table.find(build_id)).set(builds::artifact.eq(None::<String>)).execute(conn)?;
+            if updated == 0 {
+                return Err(not_found("build not found"));
+            }
+            Ok(())
+        })
+    }
+
     async fn create_deployment(&self, new: &NewDeployment) -> Result<Deployment> {
         let config = to_json(&new.config, "deployment config")?;
         let scale = to_json(&new.scale, "deployment scale")?;

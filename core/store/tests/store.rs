@@ -422,6 +422,11 @@ async fn builds_are_created_and_finished(db: &TestDb) {
     assert!(done.finished_at.is_some());
     assert_eq!(store.build(build.id).await.expect("build"), done);
 
+    store.clear_build_artifact(build.id).await.expect("clear the artifact");
+    let cleared = store.build(build.id).await.expect("build");
+    assert_eq!((cleared.artifact, cleared.status, cleared.log), (None, done.status, done.log));
+    assert_not_found(store.clear_build_artifact(424242).await, "build");
+
     assert_not_found(store.build(424242).await, "build");
     assert_not_found(store.create_build(424242, "x").await, "project");
     let none = BTreeMap::new();

@@ -34,7 +34,7 @@ pub trait Store: Send + Sync {
         token_hash: &str,
         expires_at: Option<Timestamp>,
     ) -> Result<ApiToken>;
-    /// The live token with this hash and its user; records the use.
+    /// The live token with this hash and its user; records the use (to the minute).
     async fn use_token(&self, token_hash: &str) -> Result<(ApiToken, User)>;
     async fn tokens(&self, user_id: i64) -> Result<Vec<ApiToken>>;
     async fn delete_token(&self, user_id: i64, token_id: i64) -> Result<()>;

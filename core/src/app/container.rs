@@ -113,6 +113,18 @@ pub struct BuildPlan {
     pub describe: String,
 }
 
+impl BuildPlan {
+    /// Tells the pusher what is built: which Dockerfile, and a generated one in full.
+    pub fn announce(&self, log: &dyn crate::drivers::LogSink) {
+        log.line(&self.describe);
+        if let Some(generated) = &self.generated {
+            for line in generated.dockerfile.lines() {
+                log.line(&format!("       {line}"));
+            }
+        }
+    }
+}
+
 /// What to build: the repository's Dockerfile, or one generated from detection and the
 /// base image.
 pub fn plan(source: &Path, base_image: Option<&str>) -> Result<BuildPlan> {

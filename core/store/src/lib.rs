@@ -100,6 +100,9 @@ macro_rules! ensure_project {
     };
 }
 
+/// How precisely a token's last use is kept.
+const LAST_USED_RESOLUTION_MS: i64 = 60_000;
+
 fn now() -> i64 {
     Timestamp::now().0
 }
@@ -208,8 +211,12 @@ impl Store for SqlStore {
             if token.expires_at.is_some_and(|expires| expires <= now) {
                 return Err(StoreError::Core(Error::Unauthorized("API token expired".into())));
             }
-            diesel::update(api_tokens::table.find(token.id)).set(api_tokens::last_used_at.eq(now)).execute(conn)?;
-            token.last_used_at = Some(now);
+            // Every authenticated request comes through here: record a use at most once a
+            // minute, so reads do not each cost a database write.
+            if token.last_used_at.is_none_or(|last| now - last >= LAST_USED_RESOLUTION_MS) {
+                diesel::update(api_tokens::table.find(token.id)).set(api_tokens::last_used_at.eq(now)).execute(conn)?;
+                token.last_used_at = Some(now);
+            }
             Ok((ApiToken::from(token), User::from(user)))
         })
     }

@@ -62,12 +62,7 @@ impl ImageBuilder for DockerBuilder {
                 .await
                 .map_err(|e| Error::internal("reading the source tree", e))??
         };
-        log.line(&plan.describe);
-        if let Some(generated) = &plan.generated {
-            for line in generated.dockerfile.lines() {
-                log.line(&format!("       {line}"));
-            }
-        }
+        plan.announce(log);
         let extra = plan.generated.as_ref().map(|g| g.dockerfile.clone().into_bytes());
         let context = tokio::task::spawn_blocking(move || {
             let extra: Vec<(&str, &[u8])> =

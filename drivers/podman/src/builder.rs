@@ -112,12 +112,7 @@ impl ImageBuilder for PodmanBuilder {
                 .await
                 .map_err(|e| Error::internal("reading the source tree", e))??
         };
-        log.line(&plan.describe);
-        if let Some(generated) = &plan.generated {
-            for line in generated.dockerfile.lines() {
-                log.line(&format!("       {line}"));
-            }
-        }
+        plan.announce(log);
         // The context goes to a temp file, streamed from there: a big repository is not
         // held in memory, and packing it does not block the async threads.
         let extra = plan.generated.as_ref().map(|g| g.dockerfile.clone().into_bytes());

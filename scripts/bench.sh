@@ -12,7 +12,8 @@
 # what it needs (as root, Debian), stops everything it started.
 #
 # Usage: [PAASTECH_BENCH_BIN=BIN] scripts/bench.sh [--rounds N] [--only push,live,ingress] [--big-mb MB]
-#                         [--wrk-seconds S] [--connections 8,64,256] [--keep] [--json FILE]
+#                         [--wrk-seconds S] [--ingress-rounds N] [--connections 8,64,256] [--keep]
+#                         [--json FILE]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -94,6 +95,8 @@ pub struct IngressSection {
     /// How long requests in flight to replaced instances may take before those stop.
     #[serde(default = "IngressSection::default_drain_timeout")]
     pub drain_timeout_secs: u64,
+    /// Proxy threads (default: one per two cores).
+    pub threads: Option<NonZeroUsize>,
 }
 
 impl IngressSection {
@@ -123,6 +126,7 @@ impl Default for IngressSection {
             health_path: Self::default_health_path(),
             health_timeout_secs: Self::default_health_timeout(),
             drain_timeout_secs: Self::default_drain_timeout(),
+            threads: None,
         }
     }
 }
@@ -401,6 +405,7 @@ patterns = "*.pem,.env"
             ("[api]\nlisten = \"not an address\"\n", "address", 2),
             ("[auth]\nsignup = \"maybe\"\n", "maybe", 2),
             ("[ssh]\nlisten = 7\n", "listen", 2),
+            ("[ingress]\nthreads = 0\n", "nonzero", 2),
         ];
         for (text, needle, line) in cases {
             let err = source(text).parse().expect_err(text);

@@ -603,12 +603,11 @@ async fn serve(settings: Settings) -> Result<()> {
             tracing::error!(error = %err, "SSH server stopped");
         }
     });
-    let ingress = tokio::spawn(paastech_ingress::serve(
-        ingress_listener,
-        IngressConfig::new(config.ingress.domain.clone()),
-        routes,
-        stopped(),
-    ));
+    let mut ingress_config = IngressConfig::new(config.ingress.domain.clone());
+    if let Some(threads) = config.ingress.threads {
+        ingress_config.threads = threads;
+    }
+    let ingress = tokio::spawn(paastech_ingress::serve(ingress_listener, ingress_config, routes, stopped()));
     tracing::info!(
         api = %config.api.listen,
         ssh = %config.ssh.listen,

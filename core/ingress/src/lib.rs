@@ -11,6 +11,8 @@
 //!    the call returns the old backends;
 //! 3. [`drain`] those with a timeout, then stop the old instances.
 
+mod forward;
+mod h1;
 mod health;
 mod proxy;
 mod router;
@@ -20,7 +22,7 @@ mod static_files;
 mod upstream;
 
 pub use health::{HealthError, LastSeen, health_check};
-pub use proxy::{IngressConfig, serve};
+pub use proxy::{IngressConfig, default_threads, serve};
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
 pub use static_files::serve_static;

@@ -1,30 +1,18 @@
 //! The reverse proxy: `NAME.<domain>` → one of NAME's backends, bodies streamed both
 //! ways, upgrades (WebSocket) tunnelled.
 
-use std::borrow::Cow;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::routes::{InFlight, Pick, RouteTable};
-use crate::upstream;
+use crate::forward;
+use crate::routes::RouteTable;
 
 /// How the ingress runs. Build it with [`IngressConfig::new`] and adjust the fields.
 #[derive(Debug, Clone)]
@@ -35,6 +23,8 @@ pub struct IngressConfig {
     pub connect_timeout: Duration,
     /// After `shutdown` resolves, how long open connections get to finish their request.
     pub shutdown_grace: Duration,
+    /// How many threads proxy requests (each a single-threaded runtime).
+    pub threads: NonZeroUsize,
 }
 
 impl IngressConfig {
@@ -43,18 +33,31 @@ impl IngressConfig {
             domain: domain.into(),
             connect_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            threads: default_threads(),
         }
     }
 }
 
+/// One proxy thread per two cores. The ingress shares its machine with the apps behind it,
+/// and a proxy thread spends most of its time in the kernel moving bytes between sockets,
+/// waking the processes at either end: fewer, busier threads handle more events per
+/// wakeup. On 2 cores, with the load generator and the backend on the same machine, one
+/// thread served 10–20% more requests than two (`scripts/bench.sh`).
+pub fn default_threads() -> NonZeroUsize {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    NonZeroUsize::new(cores / 2).unwrap_or(NonZeroUsize::MIN)
+}
+
 /// What the requests of one ingress thread share.
-struct Shared {
-    table: RouteTable,
+pub(crate) struct Shared {
+    pub(crate) table: RouteTable,
     /// `.<domain>`, lowercase, so matching a Host is one case-insensitive suffix compare.
-    suffix: Box<str>,
-    connect_timeout: Duration,
+    pub(crate) suffix: Box<str>,
+    pub(crate) connect_timeout: Duration,
     /// This thread's index, to reuse the backend connections its own runtime drives.
-    shard: usize,
+    pub(crate) shard: usize,
+    /// Set once the ingress stops: busy connections close after their current exchange.
+    pub(crate) stopping: Arc<AtomicBool>,
 }
 
 /// Serves the ingress on `listener` until `shutdown` resolves (then lets open requests
@@ -64,10 +67,10 @@ struct Shared {
 /// name gets a 404 page, a project without backends a 503 page, an unreachable backend a
 /// 502 page.
 ///
-/// The proxying runs on threads of its own, one per core, each a single-threaded tokio
-/// runtime accepting on the same socket: a request, its backend exchange and the
-/// response are then all handled by one thread, with no cross-thread wakeup on the way
-/// (on a multi-thread runtime those cost about a third of the CPU time at low
+/// The proxying runs on threads of its own (`config.threads`), each a single-threaded
+/// tokio runtime accepting on the same socket: a request, its backend exchange and the
+/// response are then all handled by one task of one thread, with no wakeup of another
+/// on the way (on a multi-thread runtime those cost about a third of the CPU time at low
 /// concurrency). The caller's runtime only waits for `shutdown`. Dropping the returned
 /// future stops the threads too.
 pub async fn serve(
@@ -93,7 +96,8 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     // Each thread holds a sender; `recv` returns `None` once they have all finished.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let threads = config.threads.get();
+    let stopping = Arc::new(AtomicBool::new(false));
     let (handoff, mut inboxes): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
     let balance = Arc::new(Balance { loads: (0..threads).map(|_| AtomicUsize::new(0)).collect(), handoff });
     let mut listener = Some(listener);
@@ -117,6 +121,7 @@ pub async fn serve(
             suffix: suffix.clone(),
             connect_timeout: config.connect_timeout,
             shard: i,
+            stopping: stopping.clone(),
         });
         let thread = Thread { shared, balance: balance.clone(), inbox, grace: config.shutdown_grace };
         let (mut stop, done) = (stop_rx.clone(), done_tx.clone());
@@ -142,6 +147,7 @@ pub async fn serve(
     drop((done_tx, stop_rx, balance));
 
     shutdown.await;
+    stopping.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     // The threads give open connections `shutdown_grace` themselves.
     let _ = done_rx.recv().await;
@@ -205,17 +211,19 @@ impl Thread {
             }
             None => None,
         };
-        // hyper arms a header read timer (30 s) for every request. Tokio wakes its driver
-        // through an eventfd whenever a timer becomes the earliest one, which with no
-        // other timer is every request: one more write and one more epoll_wait each. A
-        // timer that is always due sooner avoids that for the price of one wakeup a second.
+        // Every connection moves its request head deadline now and then. Tokio wakes its
+        // driver through an eventfd whenever a timer becomes the earliest one, which with
+        // no other timer is often: one more write and one more epoll_wait each. A timer
+        // that is always due sooner avoids that for the price of one wakeup a second.
         tokio::spawn(async {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
         let shard = self.shared.shard;
-        let connections = crate::server::Connections::new();
+        // Every connection task holds a receiver: `closed()` on the sender then tells
+        // when the last one is gone.
+        let (stop_tx, stop_rx) = watch::channel(false);
         tokio::pin!(stopped);
         loop {
             let (stream, peer) = tokio::select! {
@@ -241,15 +249,21 @@ impl Thread {
                     }
                 }
             };
-            let shared = self.shared.clone();
-            // Rendered once per connection, reused by every request on it.
-            let client_ip = client_ip_header(peer);
-            let service = service_fn(move |req| proxy(shared.clone(), client_ip.clone(), req));
-            connections.serve(stream, peer, service, Load(self.balance.clone(), shard));
+            let client_ip = peer.ip().to_canonical().to_string().into_boxed_str();
+            let load = Load(self.balance.clone(), shard);
+            let connection = forward::connection(self.shared.clone(), stream, client_ip, stop_rx.clone());
+            tokio::spawn(async move {
+                connection.await;
+                drop(load);
+            });
         }
         drop(listener);
         drop(self.inbox);
-        connections.finish(self.grace).await;
+        drop(stop_rx);
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(self.grace, stop_tx.closed()).await.is_err() {
+            tracing::warn!("ingress connections still open after the shutdown grace period");
+        }
     }
 
     /// Passes a connection to thread `to`; gives it back, counted here, if that fails.
@@ -284,149 +298,9 @@ async fn accept(listener: Option<&TcpListener>) -> (TcpStream, SocketAddr) {
     }
 }
 
-fn client_ip_header(peer: SocketAddr) -> HeaderValue {
-    HeaderValue::from_str(&peer.ip().to_canonical().to_string()).expect("an IP address is a valid header value")
-}
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-async fn proxy(
-    shared: Arc<Shared>,
-    client_ip: HeaderValue,
-    mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    // An absolute-form request line names the host itself and wins over `Host`.
-    let host = match req.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
-    };
-    let Some(host) = host else {
-        return Ok(page(Page::NotFound));
-    };
-    let guard = {
-        let Some(name) = host.to_str().ok().and_then(|h| project_of(h, &shared.suffix)) else {
-            return Ok(page(Page::NotFound));
-        };
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(name.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(name)
-        };
-        match shared.table.pick(&name) {
-            Pick::UnknownProject => return Ok(page(Page::NotFound)),
-            Pick::NoBackends => return Ok(page(Page::NoDeployment)),
-            Pick::Backend(guard) => guard,
-        }
-    };
-
-    let upgrading = is_upgrade(req.headers());
-    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-
-    let (mut parts, body) = req.into_parts();
-    // Upstream requests use the origin form (`/path?query`): the backend learns the host
-    // from `Host`. Nearly every client already sends that form, which is then kept as is.
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let path = std::mem::take(&mut parts.uri)
-            .into_parts()
-            .path_and_query
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::from(path);
-    }
-    // Always speak HTTP/1.1 upstream so backend connections stay open, whatever the
-    // client speaks; hyper downgrades the response for HTTP/1.0 clients.
-    parts.version = Version::HTTP_11;
-
-    let headers = &mut parts.headers;
-    strip_hop_by_hop(headers, upgrading);
-    if upgrading {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    headers.insert(header::HOST, host.clone());
-    append_forwarded_for(headers, client_ip);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    headers.insert(X_FORWARDED_HOST.clone(), host);
-
-    let backend = guard.backend();
-    let mut req = Request::from_parts(parts, body);
-    let (mut resp, sender) = loop {
-        let (mut sender, pooled) = match backend.conns().take(shared.shard) {
-            Some(sender) => (sender, true),
-            None => match upstream::connect(backend.addr(), shared.connect_timeout, shared.shard).await {
-                Ok(sender) => (sender, false),
-                Err(err) => {
-                    tracing::warn!(backend = %backend.addr(), error = %error_chain(&err), "backend connection failed");
-                    return Ok(page(Page::BadGateway));
-                }
-            },
-        };
-        match sender.send.try_send_request(req).await {
-            Ok(resp) => break (resp, sender),
-            Err(mut err) => match err.take_message() {
-                // The backend closed an idle connection just as it was picked, before any
-                // of the request went out: send it again, on a new connection if need be.
-                Some(unsent) if pooled => req = unsent,
-                _ => {
-                    tracing::warn!(
-                        backend = %backend.addr(),
-                        error = %error_chain(err.error()),
-                        "backend request failed"
-                    );
-                    return Ok(page(Page::BadGateway));
-                }
-            },
-        }
-    };
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade
-    {
-        let backend_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(tunnel(client_upgrade, backend_upgrade, guard));
-        let (mut parts, _) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, true);
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        return Ok(Response::from_parts(parts, ProxyBody::Page(None)));
-    }
-
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    let body = BackendBody { body, conn: Some(sender), done: false, in_flight: guard };
-    Ok(Response::from_parts(parts, ProxyBody::Backend(body)))
-}
-
-/// Copies bytes both ways between the client and the backend once both sides switched
-/// protocols. The request stays counted in flight until the tunnel closes.
-async fn tunnel(client: OnUpgrade, backend: OnUpgrade, _in_flight: InFlight) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
-        Err(err) => {
-            tracing::debug!(error = %err, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut backend = TokioIo::new(backend);
-    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-        tracing::debug!(error = %err, "upgraded connection ended with an error");
-    }
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// `NAME` out of `NAME.<domain>[:port][.]`, or `None` when the host is not one label
 /// under our domain. `suffix` is `.<domain>` in lowercase.
-fn project_of<'a>(host: &'a str, suffix: &str) -> Option<&'a str> {
+pub(crate) fn project_of<'a>(host: &'a str, suffix: &str) -> Option<&'a str> {
     let host = match host.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         Some(_) => return None,
@@ -438,179 +312,6 @@ fn project_of<'a>(host: &'a str, suffix: &str) -> Option<&'a str> {
         return None;
     }
     Some(name)
-}
-
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && headers.get_all(header::CONNECTION).iter().any(|v| has_token(v, "upgrade"))
-}
-
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-];
-
-/// Removes hop-by-hop headers, including any the `Connection` header names. Framing
-/// (`Transfer-Encoding`) is hyper's business on each hop. `Upgrade` survives only on an
-/// upgrade exchange, where it must reach the other side.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let (first, rest) = {
-        let mut values = headers.get_all(header::CONNECTION).iter();
-        // Nearly always one value (`keep-alive`); an empty Vec does not allocate.
-        (values.next().cloned(), values.cloned().collect::<Vec<_>>())
-    };
-    for value in first.iter().chain(rest.iter()) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
-                continue;
-            }
-            headers.remove(token);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::TRANSFER_ENCODING);
-    if !keep_upgrade {
-        headers.remove(header::UPGRADE);
-    }
-}
-
-/// Appends the client's address to any `X-Forwarded-For` it sent.
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: HeaderValue) {
-    if !headers.contains_key(&X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR.clone(), client_ip);
-        return;
-    }
-    let mut joined = BytesMut::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        joined.extend_from_slice(value.as_bytes());
-        joined.extend_from_slice(b", ");
-    }
-    joined.extend_from_slice(client_ip.as_bytes());
-    let value = HeaderValue::from_maybe_shared(joined.freeze()).unwrap_or(client_ip);
-    headers.insert(X_FORWARDED_FOR.clone(), value);
-}
-
-/// The response body: the backend's, streamed as it arrives, or one of our own pages.
-pub(crate) enum ProxyBody {
-    Backend(BackendBody),
-    Page(Option<Bytes>),
-}
-
-/// A backend's response body. Once it has been read to the end, its connection goes back
-/// to the backend's idle connections; a body dropped before its end (the client went
-/// away) drops the connection instead, since unread bytes are still on it.
-pub(crate) struct BackendBody {
-    body: Incoming,
-    conn: Option<upstream::Sender>,
-    /// The body returned its last frame.
-    done: bool,
-    /// Keeps the request counted in flight until the body is fully sent or dropped.
-    in_flight: InFlight,
-}
-
-impl Drop for BackendBody {
-    fn drop(&mut self) {
-        let Some(mut sender) = self.conn.take() else { return };
-        if !(self.done || self.body.is_end_stream()) {
-            return;
-        }
-        let backend = self.in_flight.backend();
-        if sender.send.is_ready() {
-            backend.conns().put(sender);
-        } else if !sender.send.is_closed()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            // The connection task has not caught up with the end of the exchange yet
-            // (or the request body is still being sent): keep it once it has.
-            let backend = backend.clone();
-            runtime.spawn(async move {
-                if sender.send.ready().await.is_ok() {
-                    backend.conns().put(sender);
-                }
-            });
-        }
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Backend(b) => {
-                let frame = Pin::new(&mut b.body).poll_frame(cx);
-                if let Poll::Ready(None) = frame {
-                    b.done = true;
-                }
-                frame
-            }
-            ProxyBody::Page(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Backend(b) => b.body.is_end_stream(),
-            ProxyBody::Page(bytes) => bytes.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Backend(b) => b.body.size_hint(),
-            ProxyBody::Page(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Page {
-    NotFound,
-    NoDeployment,
-    BadGateway,
-}
-
-const NOT_FOUND_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>No app here</title></head>\
-<body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
-<h1>404 &mdash; no app here</h1><p>There is no app at this address.</p>\
-<p><small>paastech</small></p></body></html>\n";
-
-const NO_DEPLOYMENT_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>No live deployment</title></head>\
-<body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
-<h1>503 &mdash; no live deployment</h1><p>This app exists but has no live deployment right now. Push to deploy it, or scale its web processes above zero.</p>\
-<p><small>paastech</small></p></body></html>\n";
-
-const BAD_GATEWAY_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Bad gateway</title></head>\
-<body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
-<h1>502 &mdash; bad gateway</h1><p>The app did not answer. It may be restarting; try again in a moment.</p>\
-<p><small>paastech</small></p></body></html>\n";
-
-fn page(which: Page) -> Response<ProxyBody> {
-    let (status, html) = match which {
-        Page::NotFound => (StatusCode::NOT_FOUND, NOT_FOUND_HTML),
-        Page::NoDeployment => (StatusCode::SERVICE_UNAVAILABLE, NO_DEPLOYMENT_HTML),
-        Page::BadGateway => (StatusCode::BAD_GATEWAY, BAD_GATEWAY_HTML),
-    };
-    let mut resp = Response::new(ProxyBody::Page(Some(Bytes::from_static(html.as_bytes()))));
-    *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(header::SERVER, HeaderValue::from_static("paastech"));
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
 }
 
 #[cfg(test)]
@@ -640,20 +341,6 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Foo"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-foo", HeaderValue::from_static("1"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
-        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, vec!["x-keep"]);
-    }
-
-    #[test]
     fn connections_spread_over_threads() {
         let (handoff, _inboxes): (Vec<_>, Vec<_>) = (0..3).map(|_| mpsc::unbounded_channel()).unzip();
         let balance = Arc::new(Balance { loads: (0..3).map(|_| AtomicUsize::new(0)).collect(), handoff });
@@ -667,14 +354,5 @@ mod tests {
         drop(Load(balance.clone(), 2));
         assert_eq!(balance.place(0), 2);
         assert_eq!(loads(&balance), vec![3, 2, 1]);
-    }
-
-    #[test]
-    fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, HeaderValue::from_static("10.0.0.2"));
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.2");
-        append_forwarded_for(&mut h, HeaderValue::from_static("10.0.0.3"));
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.2, 10.0.0.3");
     }
 }

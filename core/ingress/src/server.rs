@@ -1,5 +1,5 @@
-//! The accept loop shared by the ingress and the static file server: HTTP/1.1 with
-//! keep-alive and upgrades, and a graceful stop.
+//! The hyper server of the static file server (HTTP/1.1 with keep-alive, and a graceful
+//! stop), and the accept loop it shares with the proxy.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,7 +35,7 @@ pub(crate) async fn run<F, S>(
             () = &mut shutdown => break,
             accepted = accept(&listener) => accepted,
         };
-        connections.serve(stream, peer, make_service(peer), ());
+        connections.serve(stream, peer, make_service(peer));
     }
     drop(listener);
     connections.finish(grace).await;
@@ -56,7 +56,7 @@ pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 }
 
 /// The HTTP connections being served, each in a task of its own, and their graceful stop.
-pub(crate) struct Connections {
+struct Connections {
     builder: http1::Builder,
     // Every connection task holds a receiver; `closed()` on the sender then tells when the
     // last one is gone.
@@ -65,7 +65,7 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         let mut builder = http1::Builder::new();
         // The timer enables hyper's header read timeout, which closes idle slow-loris sockets.
         builder.keep_alive(true).timer(TokioTimer::new());
@@ -73,22 +73,20 @@ impl Connections {
         Connections { builder, stop_tx, stop_rx }
     }
 
-    /// Serves HTTP on `stream` in a new task, which drops `guard` when the connection ends.
-    pub(crate) fn serve<S, G>(&self, stream: TcpStream, peer: SocketAddr, service: S, guard: G)
+    /// Serves HTTP on `stream` in a new task.
+    fn serve<S>(&self, stream: TcpStream, peer: SocketAddr, service: S)
     where
         S: HttpService<Incoming> + Send + 'static,
         S::Future: Send + 'static,
         S::ResBody: Send + 'static,
         <S::ResBody as Body>::Data: Send,
         <S::ResBody as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        G: Send + 'static,
     {
         // Small request/response exchanges must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let conn = self.builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
         let mut stop = self.stop_rx.clone();
         tokio::spawn(async move {
-            let _guard = guard;
             tokio::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {
@@ -109,7 +107,7 @@ impl Connections {
 
     /// Asks every connection to finish its current request and waits up to `grace` for
     /// them to close.
-    pub(crate) async fn finish(self, grace: Duration) {
+    async fn finish(self, grace: Duration) {
         let Connections { stop_tx, stop_rx, .. } = self;
         drop(stop_rx);
         let _ = stop_tx.send(true);

@@ -284,8 +284,8 @@ async fn run_step(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
+    group::own_session(&mut command);
     let mut child = command.spawn().map_err(|err| {
         if err.kind() == io::ErrorKind::NotFound {
             Error::Unavailable(format!(

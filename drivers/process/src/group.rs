@@ -1,5 +1,6 @@
-//! Signals to whole process groups: every instance and build step leads its own group,
-//! so one signal reaches the shell, the app and anything the app started.
+//! Signals to whole process groups: every instance and build step leads its own session
+//! (and so its own group), so one signal reaches the shell, the app and anything the app
+//! started.
 
 use std::time::Duration;
 
@@ -9,7 +10,22 @@ use nix::unistd::Pid;
 use tokio::process::Child;
 use tokio::time::Instant;
 
-/// The group id of a child started with `process_group(0)`: its own pid. `None` for a
+/// Makes the process `command` starts the leader of a new session, and so of a new
+/// process group whose id is its pid. A session of its own means no controlling terminal
+/// (a hangup of the operator's terminal never reaches apps) and, on kernels that group
+/// scheduling by session (autogroup, the default on desktop and many server kernels), a
+/// CPU share of its own: a busy app competes with the ingress and the API as one peer,
+/// not inside the server's share.
+pub(crate) fn own_session(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed; setsid(2) is one, and nothing is allocated.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+    }
+}
+
+/// The group id of a child started by [`own_session`]: its own pid. `None` for a
 /// value that must never be signalled (0 and 1 would hit our own group or init).
 pub(crate) fn pgid_of(child: &Child) -> Option<i32> {
     child.id().and_then(|pid| i32::try_from(pid).ok()).filter(|&pid| pid > 1)

@@ -337,9 +337,10 @@ fn set_state(shared: &Mutex<Shared>, state: InstanceState, pgid: Option<i32>) {
     shared.pgid = pgid;
 }
 
-/// Starts the process in its own group and streams its output to the instance's sink.
+/// Starts the process in its own session and streams its output to the instance's sink.
 fn spawn(launch: &Launch) -> io::Result<Child> {
-    let mut child = Command::new(&launch.program)
+    let mut command = Command::new(&launch.program);
+    command
         .args(&launch.args)
         .current_dir(&launch.dir)
         .env_clear()
@@ -347,9 +348,9 @@ fn spawn(launch: &Launch) -> io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
+        .kill_on_drop(true);
+    group::own_session(&mut command);
+    let mut child = command.spawn()?;
     if let (Some(ledger), Some(pgid)) = (&launch.ledger, group::pgid_of(&child)) {
         ledger.record(pgid);
     }

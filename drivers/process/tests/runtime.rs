@@ -107,6 +107,24 @@ async fn apps_get_their_env_and_nothing_of_the_servers() {
     assert_eq!(web_log.value("PORT"), Some(port.to_string()));
 }
 
+#[tokio::test]
+async fn apps_lead_a_session_of_their_own() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = runtime();
+    let log = Collect::new();
+    // Fields 5 and 6 of /proc/PID/stat: process group and session.
+    let command = "echo PID=$$; echo PGRP=$(cut -d' ' -f5 /proc/$$/stat); echo SID=$(cut -d' ' -f6 /proc/$$/stat); \
+                   exec sleep 60";
+    runtime.start(spec(dir.path(), "worker", command), log.clone()).await.expect("start");
+    wait_until("the ids", WAIT, || log.value("SID").is_some()).await;
+    let pid = log.value("PID").expect("pid");
+    assert_eq!(log.value("PGRP"), Some(pid.clone()), "leads its process group");
+    assert_eq!(log.value("SID"), Some(pid), "leads its session");
+    let ours = std::fs::read_to_string("/proc/self/stat").expect("own stat");
+    let our_session = ours.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(3)).expect("session");
+    assert_ne!(log.value("SID").as_deref(), Some(our_session), "not in the server's session");
+}
+
 fn spec_with(dir: &std::path::Path, process_type: &str, command: &str) -> InstanceSpec {
     spec(dir, process_type, command)
 }

@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -32,16 +31,71 @@ pub(crate) const SOURCE_GUEST_DIR: &str = "/source";
 pub(crate) const OUT_GUEST_DIR: &str = "/out";
 
 /// The engine, the linker with WASI and the host interface, and the thread that ticks
-/// the epoch (stopped when the last `Runtime` clone is dropped).
+/// the epoch (stopped when the `Runtime` is dropped).
 pub(crate) struct Runtime {
     pub(crate) engine: Engine,
     linker: Linker<State>,
-    stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
+}
+
+/// Advances the epoch while calls run, and sleeps otherwise: an idle server must not
+/// wake up every tick.
+#[derive(Default)]
+struct Ticker {
+    state: Mutex<TickerState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct TickerState {
+    /// Calls running now.
+    running: usize,
+    stop: bool,
+}
+
+impl Ticker {
+    // A poisoned lock only means a panic while holding it; the counts stay consistent.
+    fn lock(&self) -> MutexGuard<'_, TickerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(&self, engine: &Engine) {
+        loop {
+            {
+                let mut state = self.lock();
+                while state.running == 0 && !state.stop {
+                    state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+                if state.stop {
+                    return;
+                }
+            }
+            std::thread::sleep(TICK);
+            engine.increment_epoch();
+        }
+    }
+
+    /// Keeps the epoch advancing until the returned guard is dropped.
+    fn start(self: &Arc<Self>) -> Ticking {
+        self.lock().running += 1;
+        self.wake.notify_one();
+        Ticking(Arc::clone(self))
+    }
+}
+
+/// One running call, for the [`Ticker`].
+struct Ticking(Arc<Ticker>);
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.lock().running -= 1;
+    }
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.ticker.lock().stop = true;
+        self.ticker.wake.notify_one();
     }
 }
 
@@ -56,19 +110,13 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|err| format!("linking WASI: {err}"))?;
         Hook::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
             .map_err(|err| format!("linking the hook interface: {err}"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let ticker_engine = engine.clone();
-        let ticker_stop = Arc::clone(&stop);
+        let ticker = Arc::new(Ticker::default());
+        let (ticker_engine, thread_ticker) = (engine.clone(), Arc::clone(&ticker));
         std::thread::Builder::new()
             .name("hook-epoch".into())
-            .spawn(move || {
-                while !ticker_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    ticker_engine.increment_epoch();
-                }
-            })
+            .spawn(move || thread_ticker.run(&ticker_engine))
             .map_err(|err| format!("starting the hook timer thread: {err}"))?;
-        Ok(Runtime { engine, linker, stop })
+        Ok(Runtime { engine, linker, ticker })
     }
 
     /// Compiles a component and checks it is a hook this host can run (its imports are
@@ -235,8 +283,10 @@ pub(crate) fn invoke(
     let mut store = Store::new(&runtime.engine, state);
     store.limiter(|state| &mut state.limiter);
     let ticks = (limits.timeout.as_millis() / TICK.as_millis()).max(1);
+    // The deadline counts ticks from now; the epoch only advances while calls run.
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
     store.epoch_deadline_trap();
+    let _ticking = runtime.ticker.start();
 
     let result = hook.pre.instantiate(&mut store).and_then(|instance: Hook| match &call {
         Call::PreBuild => instance.call_pre_build(&mut store, &ctx, OUT_GUEST_DIR).map(|r| r.map(|output| output.env)),

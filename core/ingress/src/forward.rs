@@ -1,0 +1,528 @@
+//! One client connection of the ingress: requests read, routed and forwarded to a
+//! backend, responses streamed back, for as long as both sides keep the connection.
+//!
+//! This is the ingress's hot path, so it works on bytes: a head is parsed and rewritten
+//! for the next hop in one pass ([`h1`]), bodies are copied without being decoded, and a
+//! small response goes out in the same write as its head. One task serves the client and
+//! the backend side of an exchange, so a request wakes nothing but itself, and nothing is
+//! allocated per request once a connection's buffers have grown to its traffic.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::h1::{self, Answering, Chunked, Framing, Piece};
+use crate::proxy::{Shared, project_of};
+use crate::routes::{InFlight, Pick};
+use crate::upstream;
+
+/// How long a client has to send a whole request head, counted from when the ingress
+/// starts waiting for it (so idle keep-alive connections close after this too).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The head deadline is moved only once it is this close, so that most requests do not
+/// touch the timer at all: a client gets between this and [`HEAD_TIMEOUT`].
+const HEAD_TIMEOUT_MIN: Duration = Duration::from_secs(25);
+/// Reads ask for at least this much room.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Serves one client connection until it closes, fails, times out, or the ingress stops.
+///
+/// `stop` changes when the ingress stops: an idle connection closes at once, a busy one
+/// after its current exchange.
+pub(crate) async fn connection(
+    shared: Arc<Shared>,
+    mut client: TcpStream,
+    client_ip: Box<str>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Small request/response exchanges must not wait for Nagle.
+    let _ = client.set_nodelay(true);
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    let deadline = tokio::time::sleep(HEAD_TIMEOUT);
+    tokio::pin!(deadline);
+    let fwd = h1::Forwarded { client_ip: &client_ip };
+    let mut cbuf: Vec<u8> = Vec::with_capacity(4096);
+    let mut bbuf: Vec<u8> = Vec::new();
+    // The request head as the backend gets it, and the response as the client gets it.
+    let mut up: Vec<u8> = Vec::with_capacity(1024);
+    let mut down: Vec<u8> = Vec::with_capacity(4096);
+
+    loop {
+        // 1. A whole request head, rewritten for the backend into `up`.
+        let now = Instant::now();
+        if deadline.deadline() < now + HEAD_TIMEOUT_MIN {
+            deadline.as_mut().reset(now + HEAD_TIMEOUT);
+        }
+        let req = loop {
+            up.clear();
+            if !cbuf.is_empty() {
+                match h1::request(&cbuf, &fwd, &mut up) {
+                    Ok(Some(req)) => break req,
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::debug!(error = %err, client = %client_ip, "refused a request");
+                        let (status, reason) = err.status();
+                        let _ = client.write_all(&error_page(status, reason)).await;
+                        return;
+                    }
+                }
+            }
+            reserve(&mut cbuf);
+            let read = tokio::select! {
+                biased;
+                read = client.read_buf(&mut cbuf) => read,
+                _ = &mut stopped, if cbuf.is_empty() => return,
+                () = &mut deadline => {
+                    if !cbuf.is_empty() {
+                        let _ = client.write_all(&error_page(408, "Request Timeout")).await;
+                    }
+                    return;
+                }
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let answering = Answering {
+            head_method: req.head_method,
+            http10: req.http10,
+            keep_alive: req.keep_alive,
+            upgrade: req.upgrade,
+        };
+
+        // 2. Which backend.
+        let pick = {
+            let host = req.host.as_ref().and_then(|r| std::str::from_utf8(&cbuf[r.clone()]).ok());
+            match host.and_then(|h| project_of(h, &shared.suffix)) {
+                Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    shared.table.pick(&name.to_ascii_lowercase())
+                }
+                Some(name) => shared.table.pick(name),
+                None => Pick::UnknownProject,
+            }
+        };
+        let in_flight = match pick {
+            Pick::Backend(in_flight) => in_flight,
+            Pick::UnknownProject | Pick::NoBackends => {
+                let which = if matches!(pick, Pick::NoBackends) { Page::NoDeployment } else { Page::NotFound };
+                // The body was not read: the connection cannot carry another request.
+                let keep_alive = req.keep_alive && req.framing == Framing::Empty;
+                cbuf.drain(..req.head_len);
+                if write_page(&mut client, which, answering, keep_alive).await.is_err() || !keep_alive {
+                    return;
+                }
+                continue;
+            }
+        };
+
+        // 3. The exchange.
+        down.clear();
+        let exchanged =
+            exchange(&shared, &mut client, &mut cbuf, &mut bbuf, &mut up, &mut down, &req, answering, in_flight).await;
+        match exchanged {
+            Ok(true) if !shared.stopping.load(Ordering::Relaxed) => {}
+            Ok(_) => return,
+            Err(Failed::BeforeResponse(err)) => {
+                tracing::warn!(error = %err, "backend request failed");
+                let _ = write_page(&mut client, Page::BadGateway, answering, false).await;
+                return;
+            }
+            Err(Failed::Client | Failed::AfterResponse) => return,
+        }
+    }
+}
+
+/// How an exchange went wrong.
+enum Failed {
+    /// The backend failed before the client got anything: it gets a 502 page.
+    BeforeResponse(BackendError),
+    /// The backend failed in the middle of the response: the client connection closes.
+    AfterResponse,
+    /// The client went away or sent a malformed body.
+    Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BackendError {
+    #[error(transparent)]
+    Connect(#[from] upstream::ConnectError),
+    #[error("sending the request to the backend failed")]
+    Write(#[source] io::Error),
+    #[error("reading the backend's response failed")]
+    Io(#[source] io::Error),
+    #[error("backend closed the connection before answering")]
+    Closed,
+    #[error("backend sent an invalid response")]
+    Response(#[from] h1::ResponseError),
+    #[error("backend switched protocols without being asked to")]
+    UnaskedSwitch,
+}
+
+/// Forwards one request (its head, rewritten, in `up`; its body after `req.head_len` in
+/// `cbuf`) and the response. `Ok(true)`: the client connection can carry another request.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    shared: &Shared,
+    client: &mut TcpStream,
+    cbuf: &mut Vec<u8>,
+    bbuf: &mut Vec<u8>,
+    up: &mut Vec<u8>,
+    down: &mut Vec<u8>,
+    req: &h1::Request,
+    answering: Answering,
+    in_flight: InFlight,
+) -> Result<bool, Failed> {
+    let backend = in_flight.backend();
+    // The body bytes that came with the head go out in the same write.
+    let mut chunked = Chunked::default();
+    let available = &cbuf[req.head_len..];
+    let (prefix, body_done) = match req.framing {
+        Framing::Empty | Framing::UntilClose => (0, true),
+        Framing::Length(n) => {
+            let k = usize::try_from(n).unwrap_or(usize::MAX).min(available.len());
+            (k, k as u64 == n)
+        }
+        Framing::Chunked => {
+            let k = chunked.measure(available).map_err(|_| Failed::Client)?;
+            (k, chunked.is_done())
+        }
+    };
+    up.extend_from_slice(&available[..prefix]);
+    cbuf.drain(..req.head_len + prefix);
+    let mut remaining = match req.framing {
+        Framing::Length(n) => n - prefix as u64,
+        _ => 0,
+    };
+
+    if req.expect_continue && !req.http10 && !body_done {
+        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(|_| Failed::Client)?;
+    }
+
+    loop {
+        let mut conn = match backend.conns().take(shared.shard) {
+            Some(conn) => conn,
+            None => upstream::connect(backend.addr(), shared.connect_timeout, shared.shard)
+                .await
+                .map_err(|e| Failed::BeforeResponse(e.into()))?,
+        };
+        bbuf.clear();
+        if let Err(err) = conn.stream.write_all(up).await {
+            // The backend closed an idle connection just as it was picked: a request
+            // without a body goes again, on a new connection.
+            if conn.reused && req.framing == Framing::Empty {
+                continue;
+            }
+            return Err(Failed::BeforeResponse(BackendError::Write(err)));
+        }
+        let responded = if body_done {
+            respond(&mut conn.stream, bbuf, client, down, answering).await
+        } else {
+            // The rest of the request body and the response stream at the same time:
+            // a backend may answer (and stream its answer) before the body ended.
+            let (mut cr, mut cw) = client.split();
+            let (mut br, mut bw) = conn.stream.split();
+            let body = pump_body(&mut cr, cbuf, &mut bw, req.framing, &mut chunked, &mut remaining);
+            let response = respond(&mut br, bbuf, &mut cw, down, answering);
+            let (body, response) = tokio::join!(body, response);
+            match (body, response) {
+                (Err(Side::Client), _) => return Err(Failed::Client),
+                // The backend stopped reading: its answer (if any) still went out, and
+                // the connection to it is not reused.
+                (Err(Side::Backend), Ok(Responded::Done { client_keep_alive, .. })) => {
+                    Ok(Responded::Done { backend_keep_alive: false, client_keep_alive })
+                }
+                (_, response) => response,
+            }
+        };
+        match responded {
+            Ok(Responded::Done { backend_keep_alive, client_keep_alive }) => {
+                if backend_keep_alive {
+                    backend.conns().put(conn);
+                }
+                drop(in_flight);
+                return Ok(client_keep_alive && req.keep_alive);
+            }
+            Ok(Responded::Switched) => {
+                // Both sides switched protocols: bytes both ways until either closes.
+                // What the client sent past its head belongs to the backend.
+                conn.stream.write_all(cbuf).await.map_err(|_| Failed::AfterResponse)?;
+                if let Err(err) = tokio::io::copy_bidirectional(client, &mut conn.stream).await {
+                    tracing::debug!(error = %err, "upgraded connection ended with an error");
+                }
+                drop(in_flight);
+                return Ok(false);
+            }
+            Err(Failed::BeforeResponse(BackendError::Closed)) if conn.reused && req.framing == Framing::Empty => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// How a response went out.
+enum Responded {
+    /// All of it; whether each connection can carry another exchange.
+    Done { backend_keep_alive: bool, client_keep_alive: bool },
+    /// A `101 Switching Protocols`, head and any bytes after it: the connection is now
+    /// a tunnel.
+    Switched,
+}
+
+/// Reads the backend's response and sends it to the client as it arrives: head
+/// rewritten, body copied (or decoded for an HTTP/1.0 client). What came with the head
+/// goes in the same write.
+async fn respond<R, W>(
+    backend: &mut R,
+    bbuf: &mut Vec<u8>,
+    client: &mut W,
+    down: &mut Vec<u8>,
+    answering: Answering,
+) -> Result<Responded, Failed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let resp = read_response_head(backend, bbuf, client, down, answering).await.map_err(Failed::BeforeResponse)?;
+    // `bbuf[at..]` is what is left to forward.
+    let mut at = resp.head_len;
+    if resp.status == 101 {
+        down.extend_from_slice(&bbuf[at..]);
+        bbuf.clear();
+        client.write_all(down).await.map_err(|_| Failed::Client)?;
+        return Ok(Responded::Switched);
+    }
+    let mut chunked = Chunked::default();
+    let mut remaining = match resp.framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut backend_open = true;
+    loop {
+        let input = &bbuf[at..];
+        match resp.framing {
+            Framing::Empty => {}
+            Framing::Length(_) => {
+                let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(input.len());
+                down.extend_from_slice(&input[..n]);
+                remaining -= n as u64;
+                at += n;
+            }
+            Framing::Chunked if resp.raw_chunked => {
+                let n = chunked.measure(input).map_err(|_| Failed::AfterResponse)?;
+                down.extend_from_slice(&input[..n]);
+                at += n;
+            }
+            Framing::Chunked => {
+                // An HTTP/1.0 client: the data alone, ended by closing the connection.
+                let mut i = 0;
+                while i < input.len() && !chunked.is_done() {
+                    match chunked.step(&input[i..]).map_err(|_| Failed::AfterResponse)? {
+                        Piece::Data(n) => {
+                            down.extend_from_slice(&input[i..i + n]);
+                            i += n;
+                        }
+                        Piece::Framing(n) => i += n,
+                    }
+                }
+                at += i;
+            }
+            Framing::UntilClose => {
+                down.extend_from_slice(input);
+                at = bbuf.len();
+            }
+        }
+        if !down.is_empty() {
+            client.write_all(down).await.map_err(|_| Failed::Client)?;
+            down.clear();
+        }
+        let done = match resp.framing {
+            Framing::Empty => true,
+            Framing::Length(_) => remaining == 0,
+            Framing::Chunked => chunked.is_done(),
+            Framing::UntilClose => !backend_open,
+        };
+        if done {
+            break;
+        }
+        bbuf.drain(..at);
+        at = 0;
+        reserve(bbuf);
+        match backend.read_buf(bbuf).await {
+            Ok(0) if resp.framing == Framing::UntilClose => backend_open = false,
+            Ok(0) | Err(_) => return Err(Failed::AfterResponse),
+            Ok(_) => {}
+        }
+    }
+    let leftover = at < bbuf.len();
+    bbuf.clear();
+    // Bytes past the response mean the backend and the ingress disagree on framing:
+    // never send another request on that connection.
+    Ok(Responded::Done {
+        backend_keep_alive: resp.backend_keep_alive && !leftover && backend_open,
+        client_keep_alive: resp.client_keep_alive,
+    })
+}
+
+/// Which side of an exchange failed.
+enum Side {
+    Client,
+    Backend,
+}
+
+/// Copies the rest of a request body from the client to the backend.
+async fn pump_body<R, W>(
+    client: &mut R,
+    cbuf: &mut Vec<u8>,
+    backend: &mut W,
+    framing: Framing,
+    chunked: &mut Chunked,
+    remaining: &mut u64,
+) -> Result<(), Side>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let done = match framing {
+            Framing::Length(_) => *remaining == 0,
+            Framing::Chunked => chunked.is_done(),
+            Framing::Empty | Framing::UntilClose => true,
+        };
+        if done {
+            return Ok(());
+        }
+        if cbuf.is_empty() {
+            reserve(cbuf);
+            match client.read_buf(cbuf).await {
+                Ok(0) | Err(_) => return Err(Side::Client),
+                Ok(_) => {}
+            }
+        }
+        let n = match framing {
+            Framing::Chunked => chunked.measure(cbuf).map_err(|_| Side::Client)?,
+            _ => {
+                let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(cbuf.len());
+                *remaining -= n as u64;
+                n
+            }
+        };
+        backend.write_all(&cbuf[..n]).await.map_err(|_| Side::Backend)?;
+        cbuf.drain(..n);
+    }
+}
+
+/// Reads the response head into `bbuf` and rewrites it for the client into `out`;
+/// interim (1xx) responses are passed on to the client as they come.
+async fn read_response_head<R, W>(
+    backend: &mut R,
+    bbuf: &mut Vec<u8>,
+    client: &mut W,
+    out: &mut Vec<u8>,
+    answering: Answering,
+) -> Result<h1::Response, BackendError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut got_any = false;
+    loop {
+        if !bbuf.is_empty() {
+            out.clear();
+            if let Some(resp) = h1::response(bbuf, answering, out)? {
+                match resp.status {
+                    101 if answering.upgrade => return Ok(resp),
+                    101 => return Err(BackendError::UnaskedSwitch),
+                    100..=199 => {
+                        // An HTTP/1.0 client knows no interim responses.
+                        if !answering.http10 && resp.status != 100 {
+                            client.write_all(out).await.map_err(BackendError::Io)?;
+                        }
+                        bbuf.drain(..resp.head_len);
+                        continue;
+                    }
+                    _ => return Ok(resp),
+                }
+            }
+        }
+        reserve(bbuf);
+        match backend.read_buf(bbuf).await {
+            // Closed or reset before a byte of answer: the backend dropped the connection.
+            Ok(0) | Err(_) if !got_any => return Err(BackendError::Closed),
+            Ok(0) => return Err(BackendError::Response(h1::ResponseError::Malformed)),
+            Ok(_) => got_any = true,
+            Err(err) => return Err(BackendError::Io(err)),
+        }
+    }
+}
+
+/// Makes sure `buf` has room for a read.
+fn reserve(buf: &mut Vec<u8>) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// Our own answers.
+#[derive(Clone, Copy)]
+pub(crate) enum Page {
+    NotFound,
+    NoDeployment,
+    BadGateway,
+}
+
+const NOT_FOUND_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>No app here</title></head>\
+<body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
+<h1>404 &mdash; no app here</h1><p>There is no app at this address.</p>\
+<p><small>paastech</small></p></body></html>\n";
+
+const NO_DEPLOYMENT_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>No live deployment</title></head>\
+<body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
+<h1>503 &mdash; no live deployment</h1><p>This app exists but has no live deployment right now. Push to deploy it, or scale its web processes above zero.</p>\
+<p><small>paastech</small></p></body></html>\n";
+
+const BAD_GATEWAY_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Bad gateway</title></head>\
+<body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
+<h1>502 &mdash; bad gateway</h1><p>The app did not answer. It may be restarting; try again in a moment.</p>\
+<p><small>paastech</small></p></body></html>\n";
+
+async fn write_page(client: &mut TcpStream, which: Page, req: Answering, keep_alive: bool) -> io::Result<()> {
+    let (status, html) = match which {
+        Page::NotFound => ("404 Not Found", NOT_FOUND_HTML),
+        Page::NoDeployment => ("503 Service Unavailable", NO_DEPLOYMENT_HTML),
+        Page::BadGateway => ("502 Bad Gateway", BAD_GATEWAY_HTML),
+    };
+    let version = if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let connection = match (keep_alive, req.http10) {
+        (false, _) => "Connection: close\r\n",
+        (true, true) => "Connection: keep-alive\r\n",
+        (true, false) => "",
+    };
+    let mut page = format!(
+        "{version} {status}\r\nServer: paastech\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Cache-Control: no-store\r\nContent-Length: {}\r\n{connection}\r\n",
+        html.len()
+    )
+    .into_bytes();
+    if !req.head_method {
+        page.extend_from_slice(html.as_bytes());
+    }
+    client.write_all(&page).await
+}
+
+/// A plain answer to a request that cannot be served at all; the connection closes.
+fn error_page(status: u16, reason: &str) -> Vec<u8> {
+    let body = format!("{status} {reason}\n");
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nServer: paastech\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}

@@ -1,0 +1,333 @@
+//! The ingress's HTTP/1 on the wire: message framing both ways (lengths, chunked bodies,
+//! bodies delimited by a close), HTTP/1.0 clients, pipelining, `Expect: 100-continue`,
+//! refused requests, and backends that close their idle connections.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that echoes the request body, with its length.
+async fn echo_backend() -> TestBackend {
+    backend(|req: Request<hyper::body::Incoming>| async move {
+        let body = req.into_body().collect().await.expect("request body").to_bytes();
+        Response::new(full(body))
+    })
+    .await
+}
+
+/// A backend on raw TCP: for each request on a connection (head, then a
+/// `Content-Length` body), writes `reply(head, n)` (`n`: requests before it on this
+/// connection), then closes the connection if told to; `None` closes it without an
+/// answer. Counts the requests it answered.
+async fn raw_backend<F>(reply: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(&str, usize) -> Option<(Vec<u8>, bool)> + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    let reply = Arc::new(reply);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let (reply, count) = (reply.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for n in 0.. {
+                    let Some(end) = read_until_blank_line(&mut stream, &mut buf).await else { return };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .map_or(0, |v| v.parse().expect("length"));
+                    while buf.len() < end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + length);
+                    let Some((answer, close)) = reply(&head, n) else { return };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if stream.write_all(&answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// Reads into `buf` until it holds a blank line; the offset just past it.
+async fn read_until_blank_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads one response with a `Content-Length` body from `stream`: (head, body).
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (String, String) {
+    let end = tokio::time::timeout(Duration::from_secs(10), read_until_blank_line(stream, buf))
+        .await
+        .expect("a response head within 10s")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+        .map_or(0, |v| v.parse().expect("length"));
+    while buf.len() < end + length {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.expect("read body");
+        assert!(n > 0, "closed in the body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[end..end + length]).into_owned();
+    buf.drain(..end + length);
+    (head, body)
+}
+
+async fn connect(ingress: SocketAddr) -> TcpStream {
+    TcpStream::connect(ingress).await.expect("connect to the ingress")
+}
+
+#[tokio::test]
+async fn chunked_request_bodies_reach_the_backend_whole() {
+    let (ingress, table) = start_ingress().await;
+    let echo = echo_backend().await;
+    table.set_backends("echo", vec![echo.addr]);
+
+    let mut client = connect(ingress).await;
+    client
+        .write_all(
+            b"POST /up HTTP/1.1\r\nHost: echo.apps.test\r\nTransfer-Encoding: chunked\r\n\r\n5;name=x\r\nhello\r\n",
+        )
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.write_all(b"6\r\n world\r\n0\r\nX-Checksum: 1\r\n\r\n").await.expect("write");
+    let mut buf = Vec::new();
+    let (head, body) = read_response(&mut client, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "hello world");
+    // The connection carries the next request.
+    client.write_all(b"POST / HTTP/1.1\r\nHost: echo.apps.test\r\nContent-Length: 2\r\n\r\nok").await.expect("write");
+    let (_, body) = read_response(&mut client, &mut buf).await;
+    assert_eq!(body, "ok");
+}
+
+/// A backend whose body has no length: hyper sends it chunked to an HTTP/1.1 client.
+async fn chunked_backend() -> TestBackend {
+    backend(|_req| async move {
+        let chunks = ["one,", "two,", "three"].map(|c| Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from(c))));
+        let body = http_body_util::StreamBody::new(tokio_stream::iter(chunks));
+        Response::new(body.boxed())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn chunked_responses_pass_as_is_or_decoded_for_http10() {
+    let (ingress, table) = start_ingress().await;
+    let app = chunked_backend().await;
+    table.set_backends("stream", vec![app.addr]);
+
+    let raw = raw_request(ingress, "GET / HTTP/1.1\r\nHost: stream.apps.test\r\nConnection: close\r\n\r\n").await;
+    let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    assert!(body.ends_with("0\r\n\r\n") && body.contains("three"), "{body:?}");
+
+    // An HTTP/1.0 client knows no chunks: it gets the data, ended by the close.
+    let raw = raw_request(ingress, "GET / HTTP/1.0\r\nHost: stream.apps.test\r\n\r\n").await;
+    let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding"), "{head}");
+    assert_eq!(body, "one,two,three");
+}
+
+#[tokio::test]
+async fn http10_keep_alive_and_head_requests() {
+    let (ingress, table) = start_ingress().await;
+    let app = text_backend("hello").await;
+    table.set_backends("old", vec![app.addr]);
+
+    let mut client = connect(ingress).await;
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        client
+            .write_all(b"GET / HTTP/1.0\r\nHost: old.apps.test\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .expect("write");
+        let (head, body) = read_response(&mut client, &mut buf).await;
+        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("connection: keep-alive"), "{head}");
+        assert_eq!(body, "hello");
+    }
+    // HEAD: the length of what GET would send, and no body, so the next answer is not
+    // mistaken for one.
+    client.write_all(b"HEAD / HTTP/1.0\r\nHost: old.apps.test\r\nConnection: keep-alive\r\n\r\n").await.expect("write");
+    let end = read_until_blank_line(&mut client, &mut buf).await.expect("HEAD answer");
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    assert!(head.to_ascii_lowercase().contains("content-length: 5"), "{head}");
+    buf.drain(..end);
+    client.write_all(b"GET / HTTP/1.0\r\nHost: old.apps.test\r\n\r\n").await.expect("write");
+    let (_, body) = read_response(&mut client, &mut buf).await;
+    assert_eq!(body, "hello");
+    // Without keep-alive, an HTTP/1.0 exchange ends the connection.
+    let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut [0u8; 1])).await.expect("closed");
+    assert_eq!(n.expect("read"), 0);
+    assert_eq!(app.connections(), 1, "all of it on one backend connection");
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (ingress, table) = start_ingress().await;
+    let echo = echo_backend().await;
+    table.set_backends("echo", vec![echo.addr]);
+
+    let mut client = connect(ingress).await;
+    client
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: echo.apps.test\r\nContent-Length: 5\r\n\r\nfirstPOST / HTTP/1.1\r\n\
+              Host: echo.apps.test\r\nContent-Length: 6\r\n\r\nsecondGET / HTTP/1.1\r\nHost: echo.apps.test\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    for want in ["first", "second", ""] {
+        let (_, body) = read_response(&mut client, &mut buf).await;
+        assert_eq!(body, want);
+    }
+}
+
+#[tokio::test]
+async fn bodies_delimited_by_close_reach_the_client() {
+    let (ingress, table) = start_ingress().await;
+    let (app, _) = raw_backend(|_, _| Some((b"HTTP/1.1 200 OK\r\nX-App: 1\r\n\r\nuntil the end".to_vec(), true))).await;
+    table.set_backends("legacy", vec![app]);
+    for _ in 0..2 {
+        let raw = raw_request(ingress, "GET / HTTP/1.1\r\nHost: legacy.apps.test\r\n\r\n").await;
+        let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.1 200") && head.contains("X-App: 1"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert_eq!(body, "until the end");
+    }
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_before_the_body() {
+    let (ingress, table) = start_ingress().await;
+    let echo = echo_backend().await;
+    table.set_backends("echo", vec![echo.addr]);
+
+    let mut client = connect(ingress).await;
+    client
+        .write_all(b"PUT / HTTP/1.1\r\nHost: echo.apps.test\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), read_until_blank_line(&mut client, &mut buf))
+        .await
+        .expect("100 Continue before the body")
+        .expect("an interim response");
+    assert!(buf.starts_with(b"HTTP/1.1 100 Continue\r\n"), "{}", String::from_utf8_lossy(&buf));
+    buf.drain(..end);
+    client.write_all(b"data").await.expect("write body");
+    let (head, body) = read_response(&mut client, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "data");
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_before_any_backend() {
+    let (ingress, table) = start_ingress().await;
+    let (app, requests) =
+        raw_backend(|_, _| Some((b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false))).await;
+    table.set_backends("app", vec![app]);
+
+    let big = format!("GET / HTTP/1.1\r\nHost: app.apps.test\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000));
+    let cases = [
+        ("GET / HTTP/1.1\r\nHost: app.apps.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: app.apps.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400"),
+        ("POST / HTTP/1.1\r\nHost: app.apps.test\r\nContent-Length: +3\r\n\r\nabc", "400"),
+        ("POST / HTTP/1.1\r\nHost: app.apps.test\r\nTransfer-Encoding: gzip\r\n\r\n", "501"),
+        ("GET / HTTP/1.1\r\nHost: app.apps.test\r\nHost: other.apps.test\r\n\r\n", "400"),
+        ("GET /\x01 HTTP/1.1\r\nHost: app.apps.test\r\n\r\n", "400"),
+        ("HELLO\r\n\r\n", "400"),
+        (big.as_str(), "431"),
+    ];
+    for (request, status) in cases {
+        let raw = raw_request(ingress, request).await;
+        assert!(raw.starts_with(&format!("HTTP/1.1 {status} ")), "{request:.80?} got {raw:.200}");
+    }
+    // A chunk size that is not hex: the request had started, so the exchange is cut off.
+    let raw = raw_request(
+        ingress,
+        "POST / HTTP/1.1\r\nHost: app.apps.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(!raw.contains("200 OK"), "{raw}");
+    assert_eq!(requests.load(Ordering::SeqCst), 0, "no malformed request reached the backend");
+}
+
+#[tokio::test]
+async fn backend_closing_idle_connections_costs_no_request() {
+    let (ingress, table) = start_ingress().await;
+    // Answers one request per connection, then closes it: as a backend does when its
+    // keep-alive timeout ends between two requests.
+    let ok = || Some((b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false));
+    let (app, requests) = raw_backend(move |_, n| if n == 0 { ok().map(|(a, _)| (a, true)) } else { None }).await;
+    table.set_backends("flaky", vec![app]);
+    for i in 0..3 {
+        let answer = get(ingress, "flaky.apps.test", "/").await;
+        assert_eq!(answer.body, "ok", "request {i}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Keeps the connection, but drops it without an answer when the next request comes:
+    // as when the timeout ends just as the ingress reuses the connection. A request
+    // without a body goes again on a new connection.
+    let (app, requests_2) = raw_backend(move |_, n| if n == 0 { ok() } else { None }).await;
+    table.set_backends("racy", vec![app]);
+    for i in 0..3 {
+        let answer = get(ingress, "racy.apps.test", "/").await;
+        assert_eq!(answer.status, http::StatusCode::OK, "request {i}: {}", answer.body);
+        assert_eq!(answer.body, "ok", "request {i}");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert_eq!(requests_2.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn invalid_backend_responses_are_502() {
+    let (ingress, table) = start_ingress().await;
+    let (app, _) = raw_backend(|_, _| {
+        Some((b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc".to_vec(), true))
+    })
+    .await;
+    table.set_backends("bad", vec![app]);
+    let answer = get(ingress, "bad.apps.test", "/").await;
+    assert_eq!(answer.status, http::StatusCode::BAD_GATEWAY);
+    assert!(answer.body.contains("502"), "{}", answer.body);
+}

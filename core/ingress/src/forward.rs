@@ -7,6 +7,7 @@
 //! the backend side of an exchange, so a request wakes nothing but itself, and nothing is
 //! allocated per request once a connection's buffers have grown to its traffic.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,6 +31,18 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const HEAD_TIMEOUT_MIN: Duration = Duration::from_secs(25);
 /// Reads ask for at least this much room.
 const READ_CHUNK: usize = 16 * 1024;
+/// A connection's buffers shrink back once idle if they grew past this (one huge head
+/// must not keep its memory for the life of a keep-alive connection).
+const KEEP_CAPACITY: usize = 64 * 1024;
+/// How long a request body or a response may make no progress on the client's side
+/// (nginx's `client_body_timeout` and `send_timeout`), and a request body on the
+/// backend's, before the exchange is cut off.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After an error page, how long (and how many bytes) the client's unread request is
+/// read and dropped before closing, so that closing does not reset the connection
+/// before the client read the page.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Serves one client connection until it closes, fails, times out, or the ingress stops.
 ///
@@ -60,20 +73,26 @@ pub(crate) async fn connection(
         if deadline.deadline() < now + HEAD_TIMEOUT_MIN {
             deadline.as_mut().reset(now + HEAD_TIMEOUT);
         }
+        for buf in [&mut cbuf, &mut bbuf, &mut up, &mut down] {
+            if buf.capacity() > KEEP_CAPACITY && buf.len() < KEEP_CAPACITY / 16 {
+                buf.shrink_to(KEEP_CAPACITY / 16);
+            }
+        }
+        // `cbuf[..scanned]` holds no end of a head: a head sent a byte at a time is
+        // parsed once, not once per byte.
+        let mut scanned = 0;
         let req = loop {
             up.clear();
-            if !cbuf.is_empty() {
+            if head_may_end(&cbuf, scanned) {
                 match h1::request(&cbuf, &fwd, &mut up) {
                     Ok(Some(req)) => break req,
                     Ok(None) => {}
-                    Err(err) => {
-                        tracing::debug!(error = %err, client = %client_ip, "refused a request");
-                        let (status, reason) = err.status();
-                        let _ = client.write_all(&error_page(status, reason)).await;
-                        return;
-                    }
+                    Err(err) => return refuse(&mut client, &client_ip, err).await,
                 }
+            } else if cbuf.len() >= h1::MAX_HEAD_BYTES {
+                return refuse(&mut client, &client_ip, h1::RequestError::TooLarge).await;
             }
+            scanned = cbuf.len();
             reserve(&mut cbuf);
             let read = tokio::select! {
                 biased;
@@ -82,6 +101,7 @@ pub(crate) async fn connection(
                 () = &mut deadline => {
                     if !cbuf.is_empty() {
                         let _ = client.write_all(&error_page(408, "Request Timeout")).await;
+                        linger(&mut client).await;
                     }
                     return;
                 }
@@ -91,12 +111,10 @@ pub(crate) async fn connection(
                 Ok(_) => {}
             }
         };
-        let answering = Answering {
-            head_method: req.head_method,
-            http10: req.http10,
-            keep_alive: req.keep_alive,
-            upgrade: req.upgrade,
-        };
+        // A stopping ingress says so on its last response.
+        let keep_alive = req.keep_alive && !shared.stopping.load(Ordering::Relaxed);
+        let answering =
+            Answering { head_method: req.head_method, http10: req.http10, keep_alive, upgrade: req.upgrade };
 
         // 2. Which backend.
         let pick = {
@@ -114,9 +132,13 @@ pub(crate) async fn connection(
             Pick::UnknownProject | Pick::NoBackends => {
                 let which = if matches!(pick, Pick::NoBackends) { Page::NoDeployment } else { Page::NotFound };
                 // The body was not read: the connection cannot carry another request.
-                let keep_alive = req.keep_alive && req.framing == Framing::Empty;
+                let keep_alive = keep_alive && req.framing == Framing::Empty;
                 cbuf.drain(..req.head_len);
-                if write_page(&mut client, which, answering, keep_alive).await.is_err() || !keep_alive {
+                if write_page(&mut client, which, answering, keep_alive).await.is_err() {
+                    return;
+                }
+                if !keep_alive {
+                    linger(&mut client).await;
                     return;
                 }
                 continue;
@@ -132,12 +154,54 @@ pub(crate) async fn connection(
             Ok(_) => return,
             Err(Failed::BeforeResponse(err)) => {
                 tracing::warn!(error = %err, "backend request failed");
-                let _ = write_page(&mut client, Page::BadGateway, answering, false).await;
+                if write_page(&mut client, Page::BadGateway, answering, false).await.is_ok() {
+                    linger(&mut client).await;
+                }
                 return;
             }
             Err(Failed::Client | Failed::AfterResponse) => return,
         }
     }
+}
+
+/// Whether `buf` may hold a whole head, given that `buf[..scanned]` ends none: a blank
+/// line (CRLF CRLF, or bare LFs, which httparse accepts too) in the new bytes.
+fn head_may_end(buf: &[u8], scanned: usize) -> bool {
+    buf[scanned.saturating_sub(3)..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r")
+}
+
+/// Answers a request that cannot be served at all, then closes.
+async fn refuse(client: &mut TcpStream, client_ip: &str, err: h1::RequestError) {
+    tracing::debug!(error = %err, client = %client_ip, "refused a request");
+    let (status, reason) = err.status();
+    if client.write_all(&error_page(status, reason)).await.is_ok() {
+        linger(client).await;
+    }
+}
+
+/// Closes our side, then reads and drops what the client still sends, for a while: a
+/// close with unread bytes resets the connection, which can destroy the answer before
+/// the client read it.
+async fn linger(client: &mut TcpStream) {
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let mut dropped = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while dropped < LINGER_BYTES {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dropped += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// `io` with [`IDLE_TIMEOUT`]: a timeout is an error like any other.
+async fn idle<T>(io: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(IDLE_TIMEOUT, io).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 /// How an exchange went wrong.
@@ -181,24 +245,25 @@ async fn exchange(
     in_flight: InFlight,
 ) -> Result<bool, Failed> {
     let backend = in_flight.backend();
-    // The body bytes that came with the head go out in the same write.
+    // The body bytes that came with the head go out in the same write (a chunked body
+    // chunked anew, see `Chunked::rechunk`).
     let mut chunked = Chunked::default();
-    let available = &cbuf[req.head_len..];
-    let (prefix, body_done) = match req.framing {
+    let body = &cbuf[req.head_len..];
+    let (used, body_done) = match req.framing {
         Framing::Empty | Framing::UntilClose => (0, true),
         Framing::Length(n) => {
-            let k = usize::try_from(n).unwrap_or(usize::MAX).min(available.len());
+            let k = usize::try_from(n).unwrap_or(usize::MAX).min(body.len());
+            up.extend_from_slice(&body[..k]);
             (k, k as u64 == n)
         }
         Framing::Chunked => {
-            let k = chunked.measure(available).map_err(|_| Failed::Client)?;
+            let k = chunked.rechunk(body, up).map_err(|_| Failed::Client)?;
             (k, chunked.is_done())
         }
     };
-    up.extend_from_slice(&available[..prefix]);
-    cbuf.drain(..req.head_len + prefix);
+    cbuf.drain(..req.head_len + used);
     let mut remaining = match req.framing {
-        Framing::Length(n) => n - prefix as u64,
+        Framing::Length(n) => n - used as u64,
         _ => 0,
     };
 
@@ -214,10 +279,11 @@ async fn exchange(
                 .map_err(|e| Failed::BeforeResponse(e.into()))?,
         };
         bbuf.clear();
-        if let Err(err) = conn.stream.write_all(up).await {
-            // The backend closed an idle connection just as it was picked: a request
-            // without a body goes again, on a new connection.
-            if conn.reused && req.framing == Framing::Empty {
+        if let Err(err) = idle(conn.stream.write_all(up)).await {
+            // The backend closed an idle connection just as it was picked: nothing of the
+            // request reached the app, and what it has of the body is still in `up` and on
+            // the client's socket, so it goes again on another connection.
+            if conn.reused {
                 continue;
             }
             return Err(Failed::BeforeResponse(BackendError::Write(err)));
@@ -225,21 +291,38 @@ async fn exchange(
         let responded = if body_done {
             respond(&mut conn.stream, bbuf, client, down, answering).await
         } else {
-            // The rest of the request body and the response stream at the same time:
-            // a backend may answer (and stream its answer) before the body ended.
+            // The rest of the request body and the response stream at the same time: a
+            // backend may answer (and stream its answer) before the body ended.
             let (mut cr, mut cw) = client.split();
             let (mut br, mut bw) = conn.stream.split();
-            let body = pump_body(&mut cr, cbuf, &mut bw, req.framing, &mut chunked, &mut remaining);
+            let body = pump_body(&mut cr, cbuf, &mut bw, up, req.framing, &mut chunked, &mut remaining);
             let response = respond(&mut br, bbuf, &mut cw, down, answering);
-            let (body, response) = tokio::join!(body, response);
-            match (body, response) {
-                (Err(Side::Client), _) => return Err(Failed::Client),
-                // The backend stopped reading: its answer (if any) still went out, and
-                // the connection to it is not reused.
-                (Err(Side::Backend), Ok(Responded::Done { client_keep_alive, .. })) => {
-                    Ok(Responded::Done { backend_keep_alive: false, client_keep_alive })
+            tokio::pin!(body, response);
+            let (mut body_sent, mut responded) = (None, None);
+            // Whichever side fails first ends the exchange: waiting for the other could
+            // be waiting forever (a backend that waits for the rest of a body the client
+            // will never send).
+            while body_sent.is_none() || responded.is_none() {
+                tokio::select! {
+                    sent = &mut body, if body_sent.is_none() => match sent {
+                        Err(Side::Client) => return Err(Failed::Client),
+                        sent => body_sent = Some(sent),
+                    },
+                    response = &mut response, if responded.is_none() => match response {
+                        Err(err) => return Err(err),
+                        Ok(response) => responded = Some(response),
+                    },
                 }
-                (_, response) => response,
+            }
+            match (body_sent, responded) {
+                // The backend stopped reading the body, and answered: the answer went
+                // out, but neither connection can carry another request (the rest of
+                // the body is still on the client's).
+                (Some(Err(Side::Backend)), Some(Responded::Done { .. })) => {
+                    Ok(Responded::Done { backend_keep_alive: false, client_keep_alive: false })
+                }
+                (_, Some(response)) => Ok(response),
+                (_, None) => Err(Failed::AfterResponse),
             }
         };
         match responded {
@@ -260,7 +343,10 @@ async fn exchange(
                 drop(in_flight);
                 return Ok(false);
             }
-            Err(Failed::BeforeResponse(BackendError::Closed)) if conn.reused && req.framing == Framing::Empty => {}
+            // Dropped without an answer after the request went out: the app may have run
+            // it, so only a request that may run twice goes again.
+            Err(Failed::BeforeResponse(BackendError::Closed))
+                if conn.reused && req.framing == Framing::Empty && req.idempotent => {}
             Err(err) => return Err(err),
         }
     }
@@ -295,7 +381,7 @@ where
     if resp.status == 101 {
         down.extend_from_slice(&bbuf[at..]);
         bbuf.clear();
-        client.write_all(down).await.map_err(|_| Failed::Client)?;
+        idle(client.write_all(down)).await.map_err(|_| Failed::Client)?;
         return Ok(Responded::Switched);
     }
     let mut chunked = Chunked::default();
@@ -339,7 +425,7 @@ where
             }
         }
         if !down.is_empty() {
-            client.write_all(down).await.map_err(|_| Failed::Client)?;
+            idle(client.write_all(down)).await.map_err(|_| Failed::Client)?;
             down.clear();
         }
         let done = match resp.framing {
@@ -376,11 +462,14 @@ enum Side {
     Backend,
 }
 
-/// Copies the rest of a request body from the client to the backend.
+/// Copies the rest of a request body from the client to the backend (a chunked one
+/// chunked anew through `scratch`).
+#[allow(clippy::too_many_arguments)]
 async fn pump_body<R, W>(
     client: &mut R,
     cbuf: &mut Vec<u8>,
     backend: &mut W,
+    scratch: &mut Vec<u8>,
     framing: Framing,
     chunked: &mut Chunked,
     remaining: &mut u64,
@@ -400,21 +489,27 @@ where
         }
         if cbuf.is_empty() {
             reserve(cbuf);
-            match client.read_buf(cbuf).await {
+            match idle(client.read_buf(cbuf)).await {
                 Ok(0) | Err(_) => return Err(Side::Client),
                 Ok(_) => {}
             }
         }
-        let n = match framing {
-            Framing::Chunked => chunked.measure(cbuf).map_err(|_| Side::Client)?,
+        let sent = match framing {
+            Framing::Chunked => {
+                scratch.clear();
+                let n = chunked.rechunk(cbuf, scratch).map_err(|_| Side::Client)?;
+                cbuf.drain(..n);
+                idle(backend.write_all(scratch)).await
+            }
             _ => {
                 let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(cbuf.len());
                 *remaining -= n as u64;
-                n
+                let sent = idle(backend.write_all(&cbuf[..n])).await;
+                cbuf.drain(..n);
+                sent
             }
         };
-        backend.write_all(&cbuf[..n]).await.map_err(|_| Side::Backend)?;
-        cbuf.drain(..n);
+        sent.map_err(|_| Side::Backend)?;
     }
 }
 

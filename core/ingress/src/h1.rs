@@ -69,6 +69,9 @@ pub(crate) struct Request {
     pub head_method: bool,
     /// `Expect: 100-continue`: the client waits for a `100 Continue` before its body.
     pub expect_continue: bool,
+    /// Sending the request twice has the effect of sending it once (RFC 9110 §9.2.2): it
+    /// may go again if the backend dropped the connection without answering.
+    pub idempotent: bool,
 }
 
 /// What the proxy adds to every request it forwards.
@@ -80,23 +83,26 @@ pub(crate) struct Forwarded<'a> {
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the proxy sets itself: never copied.
 /// `Upgrade` is handled apart, since an upgrade must reach the other side.
 fn dropped_request_header(name: &str) -> bool {
-    const NAMES: [&str; 13] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "content-length",
-        "host",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "expect",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+    REQUEST_DROPPED.iter().any(|n| n.eq_ignore_ascii_case(name))
+        || aliases(name, &REQUEST_DROPPED)
+        || aliases(name, &["x-forwarded-for"])
 }
+
+const REQUEST_DROPPED: [&str; 13] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "expect",
+];
 
 fn dropped_response_header(name: &str) -> bool {
     const NAMES: [&str; 8] = [
@@ -115,6 +121,17 @@ fn dropped_response_header(name: &str) -> bool {
 /// Whether a comma-separated header value holds `token` (any case).
 pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Whether `name` is one of `names` once its underscores are read as dashes. CGI-style
+/// servers (WSGI, Rack, PHP) read `X_Forwarded_For` and `X-Forwarded-For` as the same
+/// variable, so a client must not slip past the proxy's own headers with underscores.
+fn aliases(name: &str, names: &[&str]) -> bool {
+    name.contains('_')
+        && names.iter().any(|n| {
+            n.len() == name.len()
+                && n.bytes().zip(name.bytes()).all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
+        })
 }
 
 /// Whether `name` is listed in one of the `Connection` values (which makes it hop-by-hop).
@@ -189,6 +206,9 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
         return Err(RequestError::Malformed("more than one Host"));
     }
     let host = authority.map(str::as_bytes).or(host_field);
+    if host.is_none() && !http10 {
+        return Err(RequestError::Malformed("no Host"));
+    }
 
     let connection: Vec<&[u8]> = named("connection").map(|h| h.value).collect();
     let upgrade = named("upgrade").next().is_some() && connection.iter().any(|v| has_token(v, "upgrade"));
@@ -266,6 +286,8 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
             let _ = write!(Bytes(out), "Content-Length: {n}\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        // Some frameworks want a length on a POST even when the body is empty.
+        Framing::Empty if length == Some(0) => out.extend_from_slice(b"Content-Length: 0\r\n"),
         Framing::Empty | Framing::UntilClose => {}
     }
     if upgrade {
@@ -285,6 +307,7 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
         upgrade,
         head_method: method == "HEAD",
         expect_continue,
+        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
     }))
 }
 
@@ -399,6 +422,9 @@ pub(crate) fn response(input: &[u8], req: Answering, out: &mut Vec<u8>) -> Resul
         }
     };
     let backend_keep_alive = framing != Framing::UntilClose
+        // Both framings at once (RFC 9112 §6.3): the message is read by its chunks, but
+        // the connection is not to be trusted with another.
+        && !(chunked.is_some() && length.is_some())
         && !connection.iter().any(|v| has_token(v, "close"))
         && (version == 1 || connection.iter().any(|v| has_token(v, "keep-alive")));
     let raw_chunked = framing == Framing::Chunked && !req.http10;
@@ -414,7 +440,8 @@ pub(crate) fn response(input: &[u8], req: Answering, out: &mut Vec<u8>) -> Resul
         let is_upgrade = h.name.eq_ignore_ascii_case("upgrade");
         if dropped_response_header(h.name)
             || (is_upgrade && !switching)
-            || (!is_upgrade && named_by_connection(&connection, h.name))
+            // The length is the framing the client reads by, whatever `Connection` lists.
+            || (!is_upgrade && !framing_field && named_by_connection(&connection, h.name))
             // Decoded or read until close: the length the client sees is not the backend's.
             || (framing_field && matches!(framing, Framing::Chunked | Framing::UntilClose))
         {
@@ -422,7 +449,8 @@ pub(crate) fn response(input: &[u8], req: Answering, out: &mut Vec<u8>) -> Resul
         }
         put_header(out, h.name.as_bytes(), h.value);
     }
-    if raw_chunked || (framing == Framing::Empty && chunked.is_some() && !req.http10) {
+    // A coding other than chunked (read until close) reaches the client with its name.
+    if raw_chunked || (chunked == Some(false)) || (framing == Framing::Empty && chunked.is_some() && !req.http10) {
         for h in named("transfer-encoding") {
             put_header(out, b"Transfer-Encoding", h.value);
         }
@@ -448,6 +476,8 @@ pub(crate) struct Chunked {
     remaining: u64,
     /// Hex digits of the current size line.
     digits: u8,
+    /// [`Chunked::rechunk`] wrote the last chunk.
+    finished: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -536,6 +566,30 @@ impl Chunked {
         Ok(Piece::Framing(used))
     }
 
+    /// Consumes the body's bytes at the start of `input` and appends them to `out` chunked
+    /// anew: the data in one chunk, the last chunk once the body ends. Extensions and
+    /// trailers are dropped, so a backend never parses what the proxy merely measured.
+    /// Returns how many bytes of `input` were consumed.
+    pub(crate) fn rechunk(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+        let mut at = 0;
+        while at < input.len() && !self.is_done() {
+            match self.step(&input[at..])? {
+                Piece::Data(n) => {
+                    let _ = write!(Bytes(out), "{n:x}\r\n");
+                    out.extend_from_slice(&input[at..at + n]);
+                    out.extend_from_slice(b"\r\n");
+                    at += n;
+                }
+                Piece::Framing(n) => at += n,
+            }
+        }
+        if self.is_done() && !self.finished {
+            self.finished = true;
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        Ok(at)
+    }
+
     /// How many bytes at the start of `input` belong to the body (all of them, unless it
     /// ends inside `input`).
     pub(crate) fn measure(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
@@ -618,6 +672,7 @@ mod tests {
                 Err(RequestError::Malformed("Transfer-Encoding in an HTTP/1.0 request")),
             ),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Err(RequestError::Malformed("more than one Host"))),
+            ("GET / HTTP/1.1\r\n\r\n", Err(RequestError::Malformed("no Host"))),
             ("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", Err(RequestError::Malformed("CONNECT is not supported"))),
             ("GET / HTTP/1.1\r\nHost a\r\n\r\n", Err(RequestError::Malformed("not an HTTP/1 request head"))),
             ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", Err(RequestError::Malformed("not an HTTP/1 request head"))),
@@ -628,6 +683,29 @@ mod tests {
                 (r.framing, r.keep_alive)
             });
             assert_eq!(&got, want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn headers_the_proxy_sets_cannot_be_smuggled_with_underscores_or_connection() {
+        let (_, out) = req("POST / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nX_Forwarded_Proto: https\r\n\
+                            Content_Length: 9\r\nX_Custom: kept\r\nContent-Length: 0\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(
+            out,
+            "POST / HTTP/1.1\r\nHost: a\r\nX_Custom: kept\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\
+             X-Forwarded-Host: a\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        for (method, want) in
+            [("GET", true), ("HEAD", true), ("PUT", true), ("DELETE", true), ("POST", false), ("PATCH", false)]
+        {
+            let (r, _) = req(&format!("{method} / HTTP/1.1\r\nHost: a\r\n\r\n")).expect("valid").expect("complete");
+            assert_eq!(r.idempotent, want, "{method}");
         }
     }
 
@@ -707,6 +785,14 @@ mod tests {
                 true,
                 true,
             ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                GET11,
+                Chunked,
+                true,
+                false,
+                true,
+            ),
         ];
         for &(raw, answering, framing, raw_chunked, backend, client) in cases {
             let (r, _) = resp(raw, answering).expect(raw);
@@ -736,6 +822,13 @@ mod tests {
         assert_eq!(out, "HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n");
         let (_, out) = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", GET11).expect("valid");
         assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        // `Connection` may not take away the length the client reads the body by.
+        let (r, out) =
+            resp("HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok", GET11).expect("ok");
+        assert_eq!((r.framing, out.as_str()), (Framing::Length(2), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"));
+        // A coding the proxy does not decode is named to the client, which reads until close.
+        let (_, out) = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", GET11).expect("ok");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n");
         let upgrade = Answering { upgrade: true, ..GET11 };
         let (r, out) =
             resp("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", upgrade)
@@ -787,6 +880,15 @@ mod tests {
                 assert_eq!(c.measure(with_next.as_bytes()), Ok(body.len()), "{body:?}");
             }
         }
+        // Re-encoded for the backend: the data alone, in chunks of our own making.
+        let mut c = Chunked::default();
+        let mut out = Vec::new();
+        let body = b"5;ext=\"x\"\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nGET /next";
+        let used = c.rechunk(&body[..14], &mut out).expect("first part");
+        let used = used + c.rechunk(&body[used..], &mut out).expect("the rest");
+        assert_eq!(used, body.len() - "GET /next".len());
+        assert_eq!(String::from_utf8(out).expect("utf-8"), "3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n");
+
         let bad = [
             "x\r\n",
             "\r\n",

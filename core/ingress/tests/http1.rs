@@ -331,3 +331,96 @@ async fn invalid_backend_responses_are_502() {
     assert_eq!(answer.status, http::StatusCode::BAD_GATEWAY);
     assert!(answer.body.contains("502"), "{}", answer.body);
 }
+
+#[tokio::test]
+async fn a_body_the_backend_did_not_read_never_becomes_a_request() {
+    let (ingress, table) = start_ingress().await;
+    // Answers at once and closes without reading the body, as servers do with bodies
+    // they do not want; records every request line it sees.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if let Some(end) = read_until_blank_line(&mut stream, &mut buf).await {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    record.lock().expect("lock").push(head.lines().next().unwrap_or_default().to_owned());
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+                }
+            });
+        }
+    });
+    table.set_backends("app", vec![app]);
+
+    let mut client = connect(ingress).await;
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: app.apps.test\r\nContent-Length: 200\r\n\r\nfirst bytes")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let (_, body) = read_response(&mut client, &mut buf).await;
+    assert_eq!(body, "ok");
+    // The rest of the declared body holds what looks like a request: it is body, and
+    // must never reach a backend as one.
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: app.apps.test\r\n\r\n";
+    let _ = client.write_all(&[b'x'; 60]).await;
+    let _ = client.write_all(smuggled).await;
+    let _ = client.write_all(&[b'y'; 200]).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest)).await.expect("closed");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(*seen.lock().expect("lock"), vec!["POST /upload HTTP/1.1".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_client_that_fails_mid_body_releases_the_backend() {
+    let (ingress, table) = start_ingress().await;
+    let echo = echo_backend().await;
+    table.set_backends("echo", vec![echo.addr]);
+    let in_flight = || table.backends("echo").expect("known")[0].in_flight();
+
+    // A malformed chunk size in the middle of the body.
+    let raw = raw_request(
+        ingress,
+        "POST / HTTP/1.1\r\nHost: echo.apps.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n",
+    )
+    .await;
+    assert!(!raw.contains("200"), "{raw}");
+    // A client that goes away before the end of its body.
+    let mut client = connect(ingress).await;
+    client
+        .write_all(b"POST / HTTP/1.1\r\nHost: echo.apps.test\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(client);
+    for _ in 0..100 {
+        if in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(in_flight(), 0, "the exchanges ended");
+}
+
+#[tokio::test]
+async fn a_request_that_may_not_run_twice_is_not_sent_twice() {
+    let (ingress, table) = start_ingress().await;
+    // Keeps its first connection, then drops it without an answer on the next request.
+    let ok = || Some((b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false));
+    let (app, answered) = raw_backend(move |_, n| if n == 0 { ok() } else { None }).await;
+    table.set_backends("pay", vec![app]);
+    assert_eq!(get(ingress, "pay.apps.test", "/").await.body, "ok");
+    let mut client = connect(ingress).await;
+    client.write_all(b"POST /charge HTTP/1.1\r\nHost: pay.apps.test\r\n\r\n").await.expect("write");
+    let mut buf = Vec::new();
+    let (head, _) = read_response(&mut client, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert_eq!(answered.load(Ordering::SeqCst), 1, "the POST was not replayed on a new connection");
+}

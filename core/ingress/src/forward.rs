@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::h1::{self, Answering, Chunked, Framing, Piece};
+use crate::h1::{self, Answering, Chunked, Framing};
 use crate::proxy::{Shared, project_of};
 use crate::routes::{InFlight, Pick};
 use crate::upstream;
@@ -100,7 +100,7 @@ pub(crate) async fn connection(
                 _ = &mut stopped, if cbuf.is_empty() => return,
                 () = &mut deadline => {
                     if !cbuf.is_empty() {
-                        let _ = client.write_all(&error_page(408, "Request Timeout")).await;
+                        let _ = client.write_all(&error_page(408, "Request Timeout", "the request head did not arrive in time")).await;
                         linger(&mut client).await;
                     }
                     return;
@@ -174,7 +174,7 @@ fn head_may_end(buf: &[u8], scanned: usize) -> bool {
 async fn refuse(client: &mut TcpStream, client_ip: &str, err: h1::RequestError) {
     tracing::debug!(error = %err, client = %client_ip, "refused a request");
     let (status, reason) = err.status();
-    if client.write_all(&error_page(status, reason)).await.is_ok() {
+    if client.write_all(&error_page(status, reason, &err.to_string())).await.is_ok() {
         linger(client).await;
     }
 }
@@ -407,17 +407,7 @@ where
             }
             Framing::Chunked => {
                 // An HTTP/1.0 client: the data alone, ended by closing the connection.
-                let mut i = 0;
-                while i < input.len() && !chunked.is_done() {
-                    match chunked.step(&input[i..]).map_err(|_| Failed::AfterResponse)? {
-                        Piece::Data(n) => {
-                            down.extend_from_slice(&input[i..i + n]);
-                            i += n;
-                        }
-                        Piece::Framing(n) => i += n,
-                    }
-                }
-                at += i;
+                at += chunked.decode(input, down).map_err(|_| Failed::AfterResponse)?;
             }
             Framing::UntilClose => {
                 down.extend_from_slice(input);
@@ -612,8 +602,9 @@ async fn write_page(client: &mut TcpStream, which: Page, req: Answering, keep_al
 }
 
 /// A plain answer to a request that cannot be served at all; the connection closes.
-fn error_page(status: u16, reason: &str) -> Vec<u8> {
-    let body = format!("{status} {reason}\n");
+/// `why` says what was wrong with the request.
+fn error_page(status: u16, reason: &str, why: &str) -> Vec<u8> {
+    let body = format!("{status} {reason}: {why}\n");
     format!(
         "HTTP/1.1 {status} {reason}\r\nServer: paastech\r\nContent-Type: text/plain; charset=utf-8\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -80,15 +80,10 @@ pub(crate) struct Forwarded<'a> {
     pub client_ip: &'a str,
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the proxy sets itself: never copied.
-/// `Upgrade` is handled apart, since an upgrade must reach the other side.
-fn dropped_request_header(name: &str) -> bool {
-    REQUEST_DROPPED.iter().any(|n| n.eq_ignore_ascii_case(name))
-        || aliases(name, &REQUEST_DROPPED)
-        || aliases(name, &["x-forwarded-for"])
-}
-
-const REQUEST_DROPPED: [&str; 13] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1), and `Transfer-Encoding`, which each hop sets
+/// for its own framing: never copied either way. `Upgrade` is handled apart, since an
+/// upgrade must reach the other side.
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -97,25 +92,21 @@ const REQUEST_DROPPED: [&str; 13] = [
     "te",
     "trailer",
     "transfer-encoding",
-    "content-length",
-    "host",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "expect",
 ];
 
+/// What the proxy itself sets on a request, from what it parsed (the length) or knows
+/// (`X-Forwarded-For` is appended to, apart), or answers itself (`Expect`).
+const SET_ON_REQUESTS: [&str; 5] = ["content-length", "host", "x-forwarded-proto", "x-forwarded-host", "expect"];
+
+fn dropped_request_header(name: &str) -> bool {
+    [&HOP_BY_HOP[..], &SET_ON_REQUESTS]
+        .into_iter()
+        .any(|names| names.iter().any(|n| n.eq_ignore_ascii_case(name)) || aliases(name, names))
+        || aliases(name, &["x-forwarded-for"])
+}
+
 fn dropped_response_header(name: &str) -> bool {
-    const NAMES: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+    HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// Whether a comma-separated header value holds `token` (any case).
@@ -220,19 +211,17 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
 
     let length = content_length(named("content-length").map(|h| h.value))
         .map_err(|()| RequestError::Malformed("invalid Content-Length"))?;
-    let framing = match ends_chunked(named("transfer-encoding").map(|h| h.value)) {
-        Some(_) if http10 => return Err(RequestError::Malformed("Transfer-Encoding in an HTTP/1.0 request")),
-        Some(_) if length.is_some() => {
-            return Err(RequestError::Malformed("both Content-Length and Transfer-Encoding"));
-        }
-        Some(true) if named("transfer-encoding").count() == 1 && named("transfer-encoding").all(is_only_chunked) => {
-            Framing::Chunked
-        }
-        Some(_) => return Err(RequestError::UnsupportedCoding),
-        None => match length {
+    // A request body is `chunked` alone, in one field, or has a length.
+    let mut codings = named("transfer-encoding");
+    let framing = match (codings.next(), codings.next()) {
+        (None, _) => match length {
             None | Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
         },
+        _ if http10 => return Err(RequestError::Malformed("Transfer-Encoding in an HTTP/1.0 request")),
+        _ if length.is_some() => return Err(RequestError::Malformed("both Content-Length and Transfer-Encoding")),
+        (Some(h), None) if h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+        _ => return Err(RequestError::UnsupportedCoding),
     };
     // A protocol switch on a request with a body is not one the proxy can tunnel.
     let upgrade = upgrade && framing == Framing::Empty;
@@ -309,10 +298,6 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
         expect_continue,
         idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
     }))
-}
-
-fn is_only_chunked(h: &httparse::Header<'_>) -> bool {
-    h.value.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// `(path and query, authority)` of a request target; the path is empty (and the query
@@ -501,7 +486,7 @@ enum ChunkState {
 
 /// A run of a chunked body, as [`Chunked::step`] finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Piece {
+enum Piece {
     /// Size lines, CRLFs and trailers: `n` bytes that carry no data.
     Framing(usize),
     /// `n` bytes of the message's data.
@@ -519,7 +504,7 @@ impl Chunked {
     }
 
     /// The first piece of `input`, which continues the body; `Framing(0)` once done.
-    pub(crate) fn step(&mut self, input: &[u8]) -> Result<Piece, ChunkError> {
+    fn step(&mut self, input: &[u8]) -> Result<Piece, ChunkError> {
         use ChunkState::*;
         if self.state == Data {
             let n = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(input.len());
@@ -566,39 +551,47 @@ impl Chunked {
         Ok(Piece::Framing(used))
     }
 
-    /// Consumes the body's bytes at the start of `input` and appends them to `out` chunked
-    /// anew: the data in one chunk, the last chunk once the body ends. Extensions and
-    /// trailers are dropped, so a backend never parses what the proxy merely measured.
-    /// Returns how many bytes of `input` were consumed.
-    pub(crate) fn rechunk(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+    /// Goes through the body's bytes at the start of `input` (all of them, unless it ends
+    /// inside `input`), handing each run of data to `data`. Returns how many bytes of
+    /// `input` belong to the body.
+    fn each_data(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
         let mut at = 0;
         while at < input.len() && !self.is_done() {
             match self.step(&input[at..])? {
                 Piece::Data(n) => {
-                    let _ = write!(Bytes(out), "{n:x}\r\n");
-                    out.extend_from_slice(&input[at..at + n]);
-                    out.extend_from_slice(b"\r\n");
+                    data(&input[at..at + n]);
                     at += n;
                 }
                 Piece::Framing(n) => at += n,
             }
         }
+        Ok(at)
+    }
+
+    /// How many bytes at the start of `input` belong to the body.
+    pub(crate) fn measure(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        self.each_data(input, |_| {})
+    }
+
+    /// Like [`Chunked::measure`], appending the body's data alone to `out`.
+    pub(crate) fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+        self.each_data(input, |data| out.extend_from_slice(data))
+    }
+
+    /// Like [`Chunked::measure`], appending the body to `out` chunked anew: each run of
+    /// data in a chunk of its own, the last chunk once the body ends. Extensions and
+    /// trailers are dropped, so a backend never parses what the proxy merely measured.
+    pub(crate) fn rechunk(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+        let used = self.each_data(input, |data| {
+            let _ = write!(Bytes(out), "{:x}\r\n", data.len());
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        })?;
         if self.is_done() && !self.finished {
             self.finished = true;
             out.extend_from_slice(b"0\r\n\r\n");
         }
-        Ok(at)
-    }
-
-    /// How many bytes at the start of `input` belong to the body (all of them, unless it
-    /// ends inside `input`).
-    pub(crate) fn measure(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
-        let mut at = 0;
-        while at < input.len() && !self.is_done() {
-            let (Piece::Framing(n) | Piece::Data(n)) = self.step(&input[at..])?;
-            at += n;
-        }
-        Ok(at)
+        Ok(used)
     }
 }
 
@@ -843,17 +836,7 @@ mod tests {
         let mut data = Vec::new();
         let mut at = 0;
         for piece in body.chunks(split) {
-            let mut i = 0;
-            while i < piece.len() && !c.is_done() {
-                match c.step(&piece[i..])? {
-                    Piece::Data(n) => {
-                        data.extend_from_slice(&piece[i..i + n]);
-                        i += n;
-                    }
-                    Piece::Framing(n) => i += n,
-                }
-            }
-            at += i;
+            at += c.decode(piece, &mut data)?;
             if c.is_done() {
                 return Ok((data, at));
             }

@@ -22,7 +22,7 @@ mod static_files;
 mod upstream;
 
 pub use health::{HealthError, LastSeen, health_check};
-pub use proxy::{IngressConfig, default_threads, serve};
+pub use proxy::{IngressConfig, serve};
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
 pub use static_files::serve_static;

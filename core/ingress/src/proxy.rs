@@ -43,7 +43,7 @@ impl IngressConfig {
 /// waking the processes at either end: fewer, busier threads handle more events per
 /// wakeup. On 2 cores, with the load generator and the backend on the same machine, one
 /// thread served 10–20% more requests than two (`scripts/bench.sh`).
-pub fn default_threads() -> NonZeroUsize {
+fn default_threads() -> NonZeroUsize {
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     NonZeroUsize::new(cores / 2).unwrap_or(NonZeroUsize::MIN)
 }

@@ -47,12 +47,7 @@ where
                 for n in 0.. {
                     let Some(end) = read_until_blank_line(&mut stream, &mut buf).await else { return };
                     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                        })
-                        .map_or(0, |v| v.parse().expect("length"));
+                    let length = content_length(&head);
                     while buf.len() < end + length {
                         let mut chunk = [0u8; 4096];
                         match stream.read(&mut chunk).await {
@@ -71,6 +66,13 @@ where
         }
     });
     (addr, requests)
+}
+
+/// The `Content-Length` of a head, 0 without one.
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+        .map_or(0, |v| v.parse().expect("length"))
 }
 
 /// Reads into `buf` until it holds a blank line; the offset just past it.
@@ -94,10 +96,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (String, St
         .expect("a response head within 10s")
         .expect("a response head");
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-        .map_or(0, |v| v.parse().expect("length"));
+    let length = content_length(&head);
     while buf.len() < end + length {
         let mut chunk = [0u8; 4096];
         let n = stream.read(&mut chunk).await.expect("read body");
@@ -282,6 +281,9 @@ async fn malformed_requests_are_refused_before_any_backend() {
         let raw = raw_request(ingress, request).await;
         assert!(raw.starts_with(&format!("HTTP/1.1 {status} ")), "{request:.80?} got {raw:.200}");
     }
+    // The answer names the problem.
+    let raw = raw_request(ingress, cases[0].0).await;
+    assert!(raw.ends_with("both Content-Length and Transfer-Encoding\n"), "{raw}");
     // A chunk size that is not hex: the request had started, so the exchange is cut off.
     let raw = raw_request(
         ingress,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod hooks;
 pub mod logs;
 pub mod orchestrator;
+pub mod ports;
 pub mod registry;
 pub mod store;
 

@@ -5,7 +5,6 @@ pub mod conformance;
 pub mod engines;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -37,7 +36,7 @@ pub fn paastech_bin() -> &'static Path {
 
 /// A free TCP port on 127.0.0.1 (bound then released: good enough on a test machine).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    paastech_core::ports::free_loopback_port().expect("free port")
 }
 
 /// The admin URL of the PostgreSQL server the test command started. Tests that need it
@@ -85,6 +84,20 @@ pub struct Server {
 impl Server {
     /// Starts a server; `extra` is appended to its TOML configuration.
     pub fn start(extra: &str) -> Server {
+        // Another test's server or app may bind a port between its choice here and this
+        // server's bind: then it starts again on other ports.
+        for _ in 0..3 {
+            let mut server = Server::configure(extra);
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("paastech server exited before it was ready:\n{log}"),
+            }
+        }
+        panic!("paastech server found its ports taken three times in a row")
+    }
+
+    fn configure(extra: &str) -> Server {
         let dir = tempfile::tempdir().expect("server temp dir");
         let (api_port, ssh_port, ingress_port) = (free_port(), free_port(), free_port());
         let config_path = dir.path().join("paastech.toml");
@@ -94,9 +107,7 @@ impl Server {
             data = dir.path().join("data").display().to_string(),
         );
         std::fs::write(&config_path, config).expect("writing server config");
-        let mut server = Server { dir, config_path, api_port, ssh_port, ingress_port, child: None };
-        server.spawn();
-        server
+        Server { dir, config_path, api_port, ssh_port, ingress_port, child: None }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -113,6 +124,13 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("paastech server exited before it was ready:\n{log}");
+        }
+    }
+
+    /// Starts the server process and waits until it answers; if it exits first, its log.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("server log");
         let child = Command::new(paastech_bin())
             .args(["server", "--config"])
@@ -124,19 +142,20 @@ impl Server {
             .spawn()
             .expect("spawning paastech server");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("paastech server exited with {status} before it was ready:\n{}", self.log());
+                self.child = None;
+                return Err(format!("(exited with {status})\n{}", self.log()));
             }
             if let Ok((200, _)) = self.api().call("GET", "/healthz", None, None) {
-                return;
+                return Ok(());
             }
             assert!(Instant::now() < deadline, "paastech server not ready after 30 s:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));

@@ -2,7 +2,7 @@
 //! fails, its output followed from the engine's log into the instance's sink.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +21,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use paastech_core::ProjectName;
 use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, Runtime};
+use paastech_core::ports::free_loopback_port;
 use paastech_core::{Error, Result};
 use tokio::task::JoinHandle;
 
@@ -169,7 +170,11 @@ impl DockerRuntime {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let host_port = if spec.is_web() { Some(free_port()?) } else { None };
+            let host_port = if spec.is_web() {
+                Some(free_loopback_port().map_err(|e| Error::internal("finding a free port", e))?)
+            } else {
+                None
+            };
             let name = self.container_name(spec);
             let options = CreateContainerOptionsBuilder::default().name(&name).build();
             let created = docker.create_container(Some(options), self.create_body(spec, host_port)).await;
@@ -454,12 +459,4 @@ async fn follow_logs(docker: Docker, id: String, name: String, output: Arc<dyn L
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
-}
-
-/// A loopback port free right now: bind port 0, read what the kernel chose, let it go.
-fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| Error::internal("finding a free port", e))?;
-    let port = listener.local_addr().map_err(|e| Error::internal("finding a free port", e))?.port();
-    Ok(port)
 }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, Runtime};
+use paastech_core::ports::free_loopback_port;
 use paastech_core::{Error, Result};
 use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
@@ -197,7 +198,11 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn start(&self, spec: InstanceSpec, output: Arc<dyn LogSink>) -> Result<Instance> {
-        let port = if spec.is_web() { Some(free_port()?) } else { None };
+        let port = if spec.is_web() {
+            Some(free_loopback_port().map_err(|e| Error::internal("finding a free port", e))?)
+        } else {
+            None
+        };
         let launch = self.launch(&spec, output, port)?;
         let child = spawn(&launch)
             .map_err(|err| Error::internal(format!("starting {} of {}", launch.name, spec.project), err))?;
@@ -383,14 +388,6 @@ fn app_path(dir: &Path) -> OsString {
 
 fn find_system_tool(name: &str) -> Option<PathBuf> {
     SYSTEM_PATH.split(':').map(|dir| Path::new(dir).join(name)).find(|path| path.is_file())
-}
-
-/// A loopback port free right now: bind port 0, read what the kernel chose, let it go.
-fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| Error::internal("finding a free port", e))?;
-    let port = listener.local_addr().map_err(|e| Error::internal("finding a free port", e))?.port();
-    Ok(port)
 }
 
 /// A poisoned lock only means a panic elsewhere; the data is still consistent enough to

@@ -598,11 +598,7 @@ async fn serve(settings: Settings) -> Result<()> {
             tracing::error!(error = %err, "git hook socket stopped");
         }
     });
-    tokio::spawn(async move {
-        if let Err(err) = ssh.serve(ssh_listener).await {
-            tracing::error!(error = %err, "SSH server stopped");
-        }
-    });
+    tokio::spawn(ssh.serve(ssh_listener));
     let mut ingress_config = IngressConfig::new(config.ingress.domain.clone());
     if let Some(threads) = config.ingress.threads {
         ingress_config.threads = threads;

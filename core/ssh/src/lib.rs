@@ -3,8 +3,9 @@
 //! It authenticates users by public key, accepts exactly two commands —
 //! `git-receive-pack` and `git-upload-pack` on one project — and runs them as plain argv
 //! (`git receive-pack PATH`), never through a shell. Everything else (shells, terminals,
-//! other commands, env, forwarding, subsystems) is refused. Who may do what is not decided
-//! here: the composition root implements [`GitAccess`].
+//! other commands, env other than git's `GIT_PROTOCOL`, forwarding, subsystems) is
+//! refused. Who may do what is not decided here: the composition root implements
+//! [`GitAccess`].
 
 mod command;
 mod keys;
@@ -16,10 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use paastech_core::{Error, ProjectName, Result};
+use paastech_core::{ProjectName, Result};
 use russh::MethodKind;
 use russh::server::Server as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 pub use command::{GitService, parse_git_command};
 pub use keys::{ParsedKey, parse_public_key};
@@ -71,11 +73,21 @@ impl std::fmt::Debug for RepoAccess {
     }
 }
 
+/// How long a connection may take to authenticate, from its first byte (OpenSSH's
+/// `LoginGraceTime` is 120 s; git authenticates within a second).
+const LOGIN_GRACE: Duration = Duration::from_secs(60);
+/// Connections that have not authenticated yet, at most: past it, new ones are closed at
+/// once, so a flood of idle connections cannot pile up tasks and memory (as OpenSSH's
+/// `MaxStartups`).
+const MAX_UNAUTHENTICATED: usize = 64;
+
 /// The SSH git server.
 pub struct SshServer {
     config: Arc<russh::server::Config>,
     access: Arc<dyn GitAccess>,
     fingerprint: String,
+    login_grace: Duration,
+    max_unauthenticated: usize,
 }
 
 impl SshServer {
@@ -101,7 +113,20 @@ impl SshServer {
             nodelay: true,
             ..Default::default()
         };
-        Ok(SshServer { config: Arc::new(config), access, fingerprint })
+        Ok(SshServer {
+            config: Arc::new(config),
+            access,
+            fingerprint,
+            login_grace: LOGIN_GRACE,
+            max_unauthenticated: MAX_UNAUTHENTICATED,
+        })
+    }
+
+    /// Other limits on connections that have not authenticated (tests use short ones).
+    pub fn with_login_limits(mut self, grace: Duration, max_unauthenticated: usize) -> Self {
+        self.login_grace = grace;
+        self.max_unauthenticated = max_unauthenticated;
+        self
     }
 
     /// The host key's fingerprint (`SHA256:…`), for logs and for users to check.
@@ -111,14 +136,97 @@ impl SshServer {
 
     /// Serves connections from `listener` until the future is dropped. Sessions already
     /// running carry on to their end.
-    pub async fn serve(self, listener: TcpListener) -> Result<()> {
+    pub async fn serve(self, listener: TcpListener) {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, fingerprint = %self.fingerprint, "SSH git server listening");
         }
         let mut factory = session::Factory::new(self.access);
-        factory
-            .run_on_socket(self.config, &listener)
-            .await
-            .map_err(|err| Error::internal("the SSH server stopped", err))
+        let logins = Arc::new(Semaphore::new(self.max_unauthenticated));
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, mostly: wait for some to close.
+                    tracing::warn!(error = %err, "accepting an SSH connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(login) = logins.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "too many SSH connections waiting to authenticate: closed a new one");
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            // A second handle on the socket, to shut it down if login takes too long:
+            // russh's session task only ends when its socket does.
+            let (socket, cut) = match duplicate(socket) {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot take an SSH connection");
+                    continue;
+                }
+            };
+            let (authenticated, on_auth) = oneshot::channel();
+            let handler = factory.new_client(Some(peer)).on_authenticated(authenticated);
+            let config = self.config.clone();
+            tokio::spawn(session(config, socket, cut, handler, login, on_auth, self.login_grace));
+        }
+    }
+}
+
+fn duplicate(socket: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let socket = socket.into_std()?;
+    let cut = socket.try_clone()?;
+    Ok((TcpStream::from_std(socket)?, cut))
+}
+
+/// Runs one connection. It holds a place among the unauthenticated (`login`) until it
+/// authenticates, and is cut off (`cut` shut down) if that does not happen within `grace`.
+async fn session(
+    config: Arc<russh::server::Config>,
+    socket: TcpStream,
+    cut: std::net::TcpStream,
+    handler: session::Connection,
+    login: OwnedSemaphorePermit,
+    on_auth: oneshot::Receiver<()>,
+    grace: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + grace;
+    // The version exchange happens here: a client that sends nothing must not hold it.
+    let session = match tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler)).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(err)) => return tracing::debug!(error = %err, "SSH connection setup failed"),
+        Err(_) => return tracing::debug!("SSH client sent no version in time: closed"),
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    tokio::select! {
+        ended = &mut session => return log_end(ended),
+        authenticated = on_auth => if authenticated.is_err() {
+            // The handler is gone: the session ended.
+            return log_end(session.await);
+        },
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::debug!("SSH client did not authenticate in time: disconnected");
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "authentication took too long".into(), String::new())
+                .await;
+            // A moment for the message to go out, then the socket is shut whatever the
+            // client does.
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut session).await;
+            let _ = cut.shutdown(std::net::Shutdown::Both);
+            drop(login);
+            let _ = session.await;
+            return;
+        }
+    }
+    drop((login, cut));
+    log_end(session.await);
+}
+
+fn log_end(ended: std::result::Result<(), russh::Error>) {
+    // Clients hanging up, scanners, failed key exchanges: routine on an open port.
+    if let Err(error) = ended {
+        tracing::debug!(error = %error, "SSH session ended with an error");
     }
 }

@@ -50,18 +50,13 @@ impl russh::server::Server for Factory {
     type Handler = Connection;
 
     fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
-        Connection { access: self.access.clone(), peer, user_id: None, channels: HashMap::new() }
-    }
-
-    fn handle_session_error(&mut self, error: russh::Error) {
-        // Clients hanging up, scanners, failed key exchanges: routine on an open port.
-        tracing::debug!(error = %error, "SSH session ended with an error");
+        Connection { access: self.access.clone(), peer, user_id: None, channels: HashMap::new(), on_auth: None }
     }
 }
 
 /// What a channel's task should do, decided by the handler.
 enum Start {
-    Git { service: GitService, project: ProjectName, repo: RepoAccess, user_id: i64 },
+    Git { service: GitService, project: ProjectName, repo: RepoAccess, user_id: i64, protocol: Option<&'static str> },
     Refuse(String),
 }
 
@@ -70,6 +65,8 @@ struct PendingChannel {
     start: Option<oneshot::Sender<Start>>,
     /// A terminal was asked for; git never does.
     pty: bool,
+    /// The wire protocol version the client asked for (`GIT_PROTOCOL`), checked.
+    git_protocol: Option<&'static str>,
 }
 
 pub(crate) struct Connection {
@@ -77,9 +74,16 @@ pub(crate) struct Connection {
     peer: Option<SocketAddr>,
     user_id: Option<i64>,
     channels: HashMap<ChannelId, PendingChannel>,
+    /// Told once the client has authenticated.
+    on_auth: Option<oneshot::Sender<()>>,
 }
 
 impl Connection {
+    pub(crate) fn on_authenticated(mut self, tell: oneshot::Sender<()>) -> Self {
+        self.on_auth = Some(tell);
+        self
+    }
+
     async fn lookup(&self, key: &PublicKey) -> Option<i64> {
         self.access.user_for_key(&crate::keys::fingerprint(key)).await
     }
@@ -91,7 +95,7 @@ impl Connection {
         &mut self,
         channel: ChannelId,
         session: &mut Session,
-    ) -> Result<Option<(oneshot::Sender<Start>, bool)>, russh::Error> {
+    ) -> Result<Option<(oneshot::Sender<Start>, &PendingChannel)>, russh::Error> {
         let Some(pending) = self.channels.get_mut(&channel) else {
             session.channel_failure(channel)?;
             return Ok(None);
@@ -101,10 +105,10 @@ impl Connection {
             return Ok(None);
         };
         session.channel_success(channel)?;
-        Ok(Some((tx, pending.pty)))
+        Ok(Some((tx, pending)))
     }
 
-    async fn decide(&self, command: &[u8]) -> Start {
+    async fn decide(&self, command: &[u8], protocol: Option<&'static str>) -> Start {
         let Some(user_id) = self.user_id else {
             return Start::Refuse(DENIED.to_owned());
         };
@@ -119,7 +123,7 @@ impl Connection {
             }
         };
         match self.access.open_repo(user_id, &project, service.is_write()).await {
-            Ok(repo) => Start::Git { service, project, repo, user_id },
+            Ok(repo) => Start::Git { service, project, repo, user_id, protocol },
             Err(Error::NotFound(_) | Error::Forbidden(_) | Error::Unauthorized(_)) => {
                 tracing::info!(user_id, project = %project, "git access denied");
                 Start::Refuse(DENIED.to_owned())
@@ -148,6 +152,9 @@ impl Handler for Connection {
             Some(user_id) => {
                 tracing::debug!(user_id, peer = ?self.peer, "SSH key accepted");
                 self.user_id = Some(user_id);
+                if let Some(tell) = self.on_auth.take() {
+                    let _ = tell.send(());
+                }
                 Ok(Auth::Accept)
             }
             None => Ok(Auth::reject()),
@@ -166,7 +173,7 @@ impl Handler for Connection {
         }
         reply.accept().await;
         let (tx, rx) = oneshot::channel();
-        self.channels.insert(channel.id(), PendingChannel { start: Some(tx), pty: false });
+        self.channels.insert(channel.id(), PendingChannel { start: Some(tx), pty: false, git_protocol: None });
         tokio::spawn(run_channel(channel, rx));
         Ok(())
     }
@@ -182,10 +189,11 @@ impl Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some((tx, pty)) = self.start(channel, session)? else {
+        let Some((tx, pending)) = self.start(channel, session)? else {
             return Ok(());
         };
-        let start = if pty { Start::Refuse(NO_TTY.to_owned()) } else { self.decide(data).await };
+        let (pty, protocol) = (pending.pty, pending.git_protocol);
+        let start = if pty { Start::Refuse(NO_TTY.to_owned()) } else { self.decide(data, protocol).await };
         let _ = tx.send(start);
         Ok(())
     }
@@ -233,13 +241,25 @@ impl Handler for Connection {
     async fn env_request(
         &mut self,
         channel: ChannelId,
-        _name: &str,
-        _value: &str,
+        name: &str,
+        value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // OpenSSH sends LANG and git sends GIT_PROTOCOL this way; refusing is harmless
-        // (git falls back to protocol v0) and keeps the child's environment ours alone.
-        session.channel_failure(channel)
+        // git asks for its wire protocol this way; that alone is taken, and only as one of
+        // the values git knows. Anything else (OpenSSH sends LANG) is refused, which
+        // clients ignore: the child's environment stays ours.
+        let version = match (name, value) {
+            ("GIT_PROTOCOL", "version=2") => Some("version=2"),
+            ("GIT_PROTOCOL", "version=1") => Some("version=1"),
+            _ => None,
+        };
+        match (version, self.channels.get_mut(&channel)) {
+            (Some(version), Some(pending)) => {
+                pending.git_protocol = Some(version);
+                session.channel_success(channel)
+            }
+            _ => session.channel_failure(channel),
+        }
     }
 
     async fn x11_request(
@@ -280,9 +300,9 @@ async fn run_channel(channel: Channel<Msg>, mut start: oneshot::Receiver<Start>)
     };
     match start {
         Start::Refuse(message) => refuse(&write, &message).await,
-        Start::Git { service, project, repo, user_id } => {
+        Start::Git { service, project, repo, user_id, protocol } => {
             tracing::info!(user_id, project = %project, service = service.subcommand(), "git started");
-            let code = run_git(service, repo, read, &write, client_eof).await;
+            let code = run_git(service, repo, protocol, read, &write, client_eof).await;
             tracing::info!(user_id, project = %project, service = service.subcommand(), code, "git finished");
         }
     }
@@ -307,6 +327,7 @@ async fn finish(write: &ChannelWriteHalf<Msg>, code: u32) {
 async fn run_git(
     service: GitService,
     repo: RepoAccess,
+    protocol: Option<&str>,
     mut read: ChannelReadHalf,
     write: &ChannelWriteHalf<Msg>,
     client_eof: bool,
@@ -318,6 +339,9 @@ async fn run_git(
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
         }
+    }
+    if let Some(protocol) = protocol {
+        command.env("GIT_PROTOCOL", protocol);
     }
     command
         .envs(repo.env.iter().map(|(k, v)| (k, v)))

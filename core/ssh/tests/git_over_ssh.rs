@@ -3,13 +3,15 @@
 //! pre-receive plumbing (`HookServer`). The hook re-executes this test binary as
 //! `internal pre-receive`, exactly as the `paastech` binary does.
 
+#[path = "../../../drivers/git/tests/support/libtest.rs"]
+mod libtest;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use paastech_core::drivers::{LogSink, PushHandler, RefUpdate, RepoStore};
@@ -23,11 +25,7 @@ fn main() {
     if args.len() == 2 && args[0] == "internal" && args[1] == "pre-receive" {
         std::process::exit(hook::run_client());
     }
-    // The few libtest flags tools pass: `--list` (test discovery) and `--exact`.
-    let list = args.iter().any(|a| a == "--list");
-    let exact = args.iter().any(|a| a == "--exact");
-    let filter = args.into_iter().find(|a| !a.starts_with('-'));
-    let tests: Vec<TestCase> = vec![
+    let tests: Vec<libtest::TestCase> = vec![
         ("push_builds_then_clone_and_fetch", || Box::pin(push_builds_then_clone_and_fetch())),
         ("failed_build_rejects_push", || Box::pin(failed_build_rejects_push())),
         ("large_push_and_clone", || Box::pin(large_push_and_clone())),
@@ -37,45 +35,9 @@ fn main() {
         ("only_git_commands_run", || Box::pin(only_git_commands_run())),
         ("forwarding_is_refused", || Box::pin(forwarding_is_refused())),
         ("host_key_persists_across_restarts", || Box::pin(host_key_persists_across_restarts())),
+        ("slow_logins_are_cut_off", || Box::pin(slow_logins_are_cut_off())),
     ];
-    let tests: Vec<TestCase> = tests
-        .into_iter()
-        .filter(|(name, _)| match filter.as_deref() {
-            None => true,
-            Some(f) if exact => *name == f,
-            Some(f) => name.contains(f),
-        })
-        .collect();
-    if list {
-        for (name, _) in &tests {
-            println!("{name}: test");
-        }
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let failed = runtime.block_on(run_tests(tests));
-    std::process::exit(i32::from(failed > 0));
-}
-
-type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-type TestCase = (&'static str, fn() -> TestFuture);
-
-/// Runs the tests concurrently, each in its own task: a panic fails that test only.
-async fn run_tests(tests: Vec<TestCase>) -> usize {
-    println!("running {} tests", tests.len());
-    let handles: Vec<_> = tests.into_iter().map(|(name, test)| (name, tokio::spawn(test()))).collect();
-    let mut failed = 0;
-    for (name, handle) in handles {
-        match handle.await {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!("test result: {failed} failed");
-    failed
+    libtest::main(args, tests)
 }
 
 const ALICE: i64 = 1;
@@ -175,7 +137,7 @@ struct Fixture {
     alice: Key,
     bob: Key,
     mallory: Key,
-    server: tokio::task::JoinHandle<Result<()>>,
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Fixture {
@@ -185,6 +147,11 @@ impl Drop for Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(|server| server).await
+}
+
+/// A fixture whose server is first passed through `configure`.
+async fn fixture_with(configure: impl FnOnce(SshServer) -> SshServer) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let (alice, alice_fp) = keygen(root, "alice");
@@ -211,15 +178,16 @@ async fn fixture() -> Fixture {
         store: store.clone(),
         hooks,
     });
-    let (addr, server) = start_server(&root.join("state/ssh_host_ed25519_key"), access).await;
+    let server = configure(SshServer::new(&root.join("state/ssh_host_ed25519_key"), access).expect("ssh server"));
+    let (addr, server) = serve(server).await;
     Fixture { dir, addr, store, handler, alice, bob, mallory, server }
 }
 
-async fn start_server(
-    host_key: &Path,
-    access: Arc<dyn GitAccess>,
-) -> (SocketAddr, tokio::task::JoinHandle<Result<()>>) {
-    let server = SshServer::new(host_key, access).expect("ssh server");
+async fn start_server(host_key: &Path, access: Arc<dyn GitAccess>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    serve(SshServer::new(host_key, access).expect("ssh server")).await
+}
+
+async fn serve(server: SshServer) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     (addr, tokio::spawn(server.serve(listener)))
@@ -267,7 +235,7 @@ fn git_command(cwd: &Path, key: &Key, args: &[&str]) -> tokio::process::Command 
 }
 
 async fn git(cwd: &Path, key: &Key, args: &[&str]) -> Output {
-    tokio::time::timeout(std::time::Duration::from_secs(60), git_command(cwd, key, args).output())
+    tokio::time::timeout(Duration::from_secs(60), git_command(cwd, key, args).output())
         .await
         .expect("git timed out")
         .expect("run git")
@@ -286,10 +254,7 @@ async fn ssh(key: &Key, addr: SocketAddr, extra: &[&str]) -> Output {
         .args(extra)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
-        .await
-        .expect("ssh timed out")
-        .expect("run ssh")
+    tokio::time::timeout(Duration::from_secs(30), cmd.output()).await.expect("ssh timed out").expect("run ssh")
 }
 
 fn url(f: &Fixture, project: &str) -> String {
@@ -347,6 +312,16 @@ async fn push_builds_then_clone_and_fetch() {
     git_ok(&work, &f.alice, &["push", "--receive-pack=git receive-pack", &bare_url, "main"]).await;
     git_ok(&clone, &f.alice, &["fetch", "-q", "origin"]).await;
     assert_eq!(git_ok(&clone, &f.alice, &["rev-parse", "origin/main"]).await, second);
+    // git asks for wire protocol v2 (GIT_PROTOCOL, sent as an SSH env request) and gets it.
+    let out = git_command(&clone, &f.alice, &["-c", "protocol.version=2", "ls-remote", "origin"])
+        .env("GIT_TRACE_PACKET", "1")
+        .output()
+        .await
+        .expect("git ls-remote");
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{trace}");
+    assert!(trace.contains("< version 2"), "the server speaks protocol v2: {trace}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&second));
 }
 
 async fn failed_build_rejects_push() {
@@ -383,7 +358,7 @@ async fn hook_output_streams_live() {
             seen.extend_from_slice(&buf[..n]);
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(30), waiting).await.expect("the log line never streamed");
+    tokio::time::timeout(Duration::from_secs(30), waiting).await.expect("the log line never streamed");
     assert_eq!(remote_main(&f, "blog"), None, "the ref moved before the handler finished");
     f.handler.release.notify_one();
     let mut rest = String::new();
@@ -537,4 +512,74 @@ async fn host_key_persists_across_restarts() {
     assert!(first.starts_with("SHA256:"), "{first}");
     assert_eq!(first, second);
     assert_eq!(first, expected);
+}
+
+/// What a raw TCP client gets from the server: its bytes until the server closes, or
+/// `None` if it is still open after `within`.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| got)
+}
+
+async fn slow_logins_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const GRACE: Duration = Duration::from_secs(2);
+    let f = fixture_with(|server| server.with_login_limits(GRACE, 2)).await;
+    let started = tokio::time::Instant::now();
+    // One client says nothing at all; another sends its version and then nothing.
+    let mut silent = tokio::net::TcpStream::connect(f.addr).await.expect("connect");
+    let mut stalled = tokio::net::TcpStream::connect(f.addr).await.expect("connect");
+    stalled.write_all(b"SSH-2.0-stalled\r\n").await.expect("send version");
+    let mut banner = [0u8; 17];
+    stalled.read_exact(&mut banner).await.expect("server version");
+    assert_eq!(&banner, b"SSH-2.0-PaaSTech\r");
+
+    // Both hold the two places for unauthenticated connections: a third is closed at once.
+    let mut third = tokio::net::TcpStream::connect(f.addr).await.expect("connect");
+    let got = read_until_closed(&mut third, GRACE / 2).await;
+    assert_eq!(got.as_deref(), Some(&b""[..]), "the third connection is closed without a word");
+
+    // Past the grace time both are cut off, whatever they do not send.
+    let got = read_until_closed(&mut silent, GRACE * 3).await.expect("the silent client is cut off");
+    assert!(got.starts_with(b"SSH-2.0-PaaSTech"), "{}", String::from_utf8_lossy(&got));
+    assert!(read_until_closed(&mut stalled, GRACE * 3).await.is_some(), "the stalled client is cut off");
+    assert!(started.elapsed() >= GRACE, "not before the grace time: {:?}", started.elapsed());
+
+    // Their places are free again, and a session that authenticated outlives the grace time.
+    let mut fetch = tokio::process::Command::new("ssh")
+        .args(ssh_options(&f.alice))
+        .args(["-p", &f.addr.port().to_string(), "git@127.0.0.1", "git-upload-pack 'blog.git'"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ssh");
+    let mut stdout = fetch.stdout.take().expect("stdout");
+    let mut advertised = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), stdout.read_exact(&mut advertised))
+        .await
+        .expect("upload-pack answers in time")
+        .expect("upload-pack's advertisement");
+    tokio::time::sleep(GRACE + Duration::from_secs(1)).await;
+    // A flush packet: "nothing wanted", and upload-pack ends cleanly.
+    let mut stdin = fetch.stdin.take().expect("stdin");
+    stdin.write_all(b"0000").await.expect("the session is still open");
+    drop(stdin);
+    let mut rest = Vec::new();
+    let _ = stdout.read_to_end(&mut rest).await;
+    let out = tokio::time::timeout(Duration::from_secs(10), fetch.wait_with_output()).await.expect("ssh ends");
+    let out = out.expect("ssh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -2,9 +2,10 @@
 //! the installed hook, which re-executes this test binary as `internal pre-receive` (as the
 //! real binary does), which talks to a real `HookServer` over its Unix socket.
 
-use std::future::Future;
+#[path = "support/libtest.rs"]
+mod libtest;
+
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
@@ -19,55 +20,14 @@ fn main() {
     if args.len() == 2 && args[0] == "internal" && args[1] == "pre-receive" {
         std::process::exit(hook::run_client());
     }
-    // The few libtest flags tools pass: `--list` (test discovery) and `--exact`.
-    let list = args.iter().any(|a| a == "--list");
-    let exact = args.iter().any(|a| a == "--exact");
-    let filter = args.into_iter().find(|a| !a.starts_with('-'));
-    let tests: Vec<TestCase> = vec![
+    let tests: Vec<libtest::TestCase> = vec![
         ("push_runs_handler_and_export_reads_quarantine", || Box::pin(push_runs_handler_and_export_reads_quarantine())),
         ("handler_error_rejects_push", || Box::pin(handler_error_rejects_push())),
         ("unknown_or_revoked_token_is_refused", || Box::pin(unknown_or_revoked_token_is_refused())),
         ("push_without_the_server_is_refused", || Box::pin(push_without_the_server_is_refused())),
         ("socket_and_parent_are_private", || Box::pin(socket_and_parent_are_private())),
     ];
-    let tests: Vec<TestCase> = tests
-        .into_iter()
-        .filter(|(name, _)| match filter.as_deref() {
-            None => true,
-            Some(f) if exact => *name == f,
-            Some(f) => name.contains(f),
-        })
-        .collect();
-    if list {
-        for (name, _) in &tests {
-            println!("{name}: test");
-        }
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let failed = runtime.block_on(run_tests(tests));
-    std::process::exit(i32::from(failed > 0));
-}
-
-type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-type TestCase = (&'static str, fn() -> TestFuture);
-
-/// Runs the tests concurrently, each in its own task: a panic fails that test only.
-async fn run_tests(tests: Vec<TestCase>) -> usize {
-    println!("running {} tests", tests.len());
-    let handles: Vec<_> = tests.into_iter().map(|(name, test)| (name, tokio::spawn(test()))).collect();
-    let mut failed = 0;
-    for (name, handle) in handles {
-        match handle.await {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!("test result: {} failed", failed);
-    failed
+    libtest::main(args, tests)
 }
 
 /// Records pushes, exports each pushed commit while the hook runs, and fails the push when

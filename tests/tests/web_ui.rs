@@ -1,6 +1,7 @@
 //! Issue #6 journeys: the web UI of a real `paastech server` process, driven by a real
 //! headless Chromium (Debian's `chromium` + `chromium-driver`, over WebDriver), with the
-//! real `git` pushing over real SSH. Screenshots of the main pages go to docs/screenshots/.
+//! real `git` pushing over real SSH. Screenshots of the main pages go to
+//! target/tmp/screenshots/, or to `$PAASTECH_SCREENSHOTS` (to refresh docs/screenshots/).
 //!
 //! The browser tests fail, not skip, when Chromium is missing: run
 //! `scripts/setup/50-chromium.sh` (scripts/test.sh does).
@@ -13,8 +14,13 @@ use paastech_tests::{GitRepo, Server, example, ssh_keygen};
 
 const PASSWORD: &str = "correct horse battery";
 
+/// Where a screenshot goes: a test run leaves the source tree alone unless asked.
 fn screenshot_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("docs").join("screenshots").join(format!("{name}.png"))
+    let dir = std::env::var_os("PAASTECH_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots"));
+    std::fs::create_dir_all(&dir).expect("screenshot directory");
+    dir.join(format!("{name}.png"))
 }
 
 fn sign_up(browser: &Browser, base: &str, email: &str) {

@@ -1,5 +1,6 @@
 //! Runs the ingress alone, for load tests against other proxies:
 //! `cargo run --release -p paastech-ingress --example proxy -- 127.0.0.1:8000 localhost blog=127.0.0.1:9000`
+//! (`INGRESS_THREADS=N` sets how many threads proxy).
 
 use std::net::SocketAddr;
 
@@ -21,6 +22,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve(listener, IngressConfig::new(domain), table, shutdown).await;
+    let mut config = IngressConfig::new(domain);
+    // As `[ingress] threads` in the server's configuration.
+    if let Ok(threads) = std::env::var("INGRESS_THREADS") {
+        config.threads = threads.parse()?;
+    }
+    serve(listener, config, table, shutdown).await;
     Ok(())
 }

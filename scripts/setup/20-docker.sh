@@ -38,7 +38,8 @@ paastech_docker_setup() {
         fi
         echo "starting dockerd (storage driver $driver), log in $log"
         # setsid: the engine outlives this shell and is not killed with the test run's group.
-        setsid dockerd --host "unix://$sock" --storage-driver "$driver" >>"$log" 2>&1 </dev/null &
+        # Not from the checkout: a daemon's working directory is no place for the tests' files.
+        (cd /tmp && setsid dockerd --host "unix://$sock" --storage-driver "$driver" >>"$log" 2>&1 </dev/null &)
         local i
         for ((i = 0; i < 120; i++)); do
             "$docker" -H "unix://$sock" info >/dev/null 2>&1 && break

@@ -58,7 +58,9 @@ runtime = "runc"'
         mkdir -p "$(dirname "$sock")"
         rm -f "$sock"
         # setsid: the service outlives this shell and is not killed with the test run's group.
-        setsid podman system service --time=0 "unix://$sock" >>"$log" 2>&1 </dev/null &
+        # From /tmp: conmon drops files (an `oom` marker when a container is OOM-killed) in
+        # the service's working directory, which must not be the checkout.
+        (cd /tmp && setsid podman system service --time=0 "unix://$sock" >>"$log" 2>&1 </dev/null &)
         local i
         for ((i = 0; i < 120; i++)); do
             paastech_podman_answers "$sock" && break

@@ -126,16 +126,31 @@ impl Client {
 
     /// A streamed GET (logs): the body as a reader, or the API's error.
     pub fn get_stream(&self, path: &str) -> Result<impl std::io::Read + use<>> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let response = self.authorize(Self::streaming_agent().get(self.url(path))).call();
+        self.stream(response)
+    }
+
+    /// A POST whose answer streams (a one-off command's output).
+    pub fn post_stream<B: Serialize>(&self, path: &str, body: &B) -> Result<impl std::io::Read + use<B>> {
+        let response = self.authorize(Self::streaming_agent().post(self.url(path))).send_json(body);
+        self.stream(response)
+    }
+
+    /// An agent without timeouts: a followed log or a command's output may take hours.
+    fn streaming_agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(None)
             .timeout_recv_body(None)
             .build()
-            .into();
-        let response = self
-            .authorize(agent.get(self.url(path)))
-            .call()
-            .map_err(|err| anyhow!("cannot reach the PaaSTech server at {}: {err}", self.base))?;
+            .into()
+    }
+
+    fn stream(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<impl std::io::Read + use<>> {
+        let response = response.map_err(|err| anyhow!("cannot reach the PaaSTech server at {}: {err}", self.base))?;
         if response.status().is_success() {
             return Ok(response.into_body().into_reader());
         }

@@ -28,6 +28,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Logs { project, follow, lines } => logs(&client, project, follow, lines),
         Command::Scale { project, counts } => scale(&client, out, project, counts),
         Command::Ps(project) => ps(&client, out, project),
+        Command::Run { project, command } => run_once(&client, out, project, command),
         Command::Limits { project, settings } => limits(&client, out, project, settings),
         Command::Completions { .. } | Command::Server(_) | Command::Internal(_) => {
             unreachable!("handled in main")
@@ -367,6 +368,33 @@ fn logs(client: &Client, arg: ProjectArg, follow: bool, lines: usize) -> Result<
         stdout.write_all(&buffer[..n])?;
         stdout.flush()?;
     }
+}
+
+/// Prints a one-off command's output as it comes, then exits with its exit code.
+fn run_once(client: &Client, out: Output, arg: ProjectArg, command: Vec<String>) -> Result<()> {
+    let name = resolve_project(&arg)?;
+    let reader = client.post_stream(&format!("/projects/{name}/run"), &json!({ "command": command }))?;
+    let mut stdout = std::io::stdout().lock();
+    for event in std::io::BufReader::new(reader).lines() {
+        let event = event.context("reading the command's output")?;
+        if out.json {
+            writeln!(stdout, "{event}")?;
+        }
+        let event: Value = serde_json::from_str(&event).context("unexpected answer from the server")?;
+        if let Some(line) = event["line"].as_str() {
+            if !out.json {
+                writeln!(stdout, "{line}")?;
+            }
+        } else if let Some(code) = event["exit_code"].as_i64() {
+            stdout.flush()?;
+            std::process::exit(i32::try_from(code).unwrap_or(1));
+        } else if let Some(message) = event["error"]["message"].as_str() {
+            stdout.flush()?;
+            bail!("{message}");
+        }
+        stdout.flush()?;
+    }
+    bail!("the server ended the command's output without its exit code")
 }
 
 fn scale(client: &Client, out: Output, arg: ProjectArg, counts: Vec<String>) -> Result<()> {

@@ -89,6 +89,15 @@ enum Command {
     },
     /// List the app's instances and their state.
     Ps(ProjectArg),
+    /// Run a one-off command in the live deployment, with its code, env and limits:
+    /// `paastech run -- python manage.py migrate`. Exits with the command's exit code.
+    Run {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// The program and its arguments, after `--`; no shell (`-- sh -c '…'` for one).
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Show or set the memory and CPU of each instance: `paastech limits memory=256 cpus=0.5`
     /// (`default` resets one to the server's default). A change deploys.
     Limits {

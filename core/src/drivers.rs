@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::domain::{EnvVars, ProjectName};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Where build output and app output go: one line at a time, never blocking the writer.
 pub trait LogSink: Send + Sync {
@@ -144,6 +144,36 @@ pub trait Runtime: Send + Sync {
     async fn attach(&self, id: &str, output: Arc<dyn LogSink>) -> Result<()> {
         let _ = (id, output);
         Ok(())
+    }
+    /// Runs a one-off command (`paastech run`) in the deployment `spec` describes: its
+    /// artifact, env and limits, but `run.argv` as an argument vector (no shell) instead of
+    /// a Procfile command, once, without restarts, a port or traffic. Its stdout and
+    /// stderr go to `output`, all of it before this returns its exit code. Past
+    /// `run.timeout` it is stopped, and that is an error.
+    async fn run_once(&self, spec: InstanceSpec, run: OneOff, output: Arc<dyn LogSink>) -> Result<i32> {
+        let _ = (spec, run, output);
+        Err(Error::Unavailable(format!("the {} runtime cannot run one-off commands", self.name())))
+    }
+}
+
+/// A one-off command: what `paastech run -- CMD…` asks for.
+#[derive(Debug, Clone)]
+pub struct OneOff {
+    /// The program and its arguments; never empty.
+    pub argv: Vec<String>,
+    /// How long it may run.
+    pub timeout: Duration,
+}
+
+impl OneOff {
+    /// The program to run.
+    pub fn program(&self) -> &str {
+        self.argv.first().map_or("", String::as_str)
+    }
+
+    /// What a runtime answers for a command it stopped at its timeout.
+    pub fn timed_out(&self) -> Error {
+        Error::Invalid(format!("the command ran longer than {} s and was stopped", self.timeout.as_secs()))
     }
 }
 

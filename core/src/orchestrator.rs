@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName};
 use crate::drivers::{
-    Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, PushHandler,
+    Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, OneOff, PushHandler,
     RefUpdate, RepoStore, Runtime, TrafficRouter,
 };
 use crate::error::{Error, Result};
@@ -23,6 +23,10 @@ use crate::store::{EnvChanges, Store};
 pub const DEPLOY_BRANCHES: [&str; 2] = ["refs/heads/main", "refs/heads/master"];
 /// Keep at most this much of a build's output in the store.
 const MAX_BUILD_LOG_BYTES: usize = 512 * 1024;
+/// How long a one-off command (`paastech run`) may run.
+pub const ONE_OFF_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The most a one-off command line may weigh, all arguments together.
+const MAX_ONE_OFF_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -838,6 +842,39 @@ impl Orchestrator {
     }
 
     /// The project's instances as the runtime sees them.
+    /// Prepares a one-off command (`paastech run -- CMD…`) in the live deployment: its
+    /// build, its config and the project's limits, with `argv` run as it is (no shell).
+    /// Bad input and a project with nothing live are refused here, before anything runs.
+    pub async fn prepare_run(&self, project: &Project, argv: Vec<String>) -> Result<PreparedRun> {
+        if argv.first().is_none_or(|program| program.is_empty()) {
+            return Err(Error::Invalid("command: give the program to run and its arguments".into()));
+        }
+        if argv.iter().any(|arg| arg.contains('\0')) {
+            return Err(Error::Invalid("command: arguments cannot contain NUL bytes".into()));
+        }
+        if argv.iter().map(String::len).sum::<usize>() > MAX_ONE_OFF_BYTES {
+            return Err(Error::Invalid(format!("command: longer than {} KiB", MAX_ONE_OFF_BYTES / 1024)));
+        }
+        let (deployment, artifact) = self
+            .live_artifact(project)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("{} has nothing live to run in: git push first", project.name)))?;
+        let mut env = deployment.config.clone();
+        env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
+        env.insert("PAASTECH_PROJECT".into(), project.name.to_string());
+        let spec = InstanceSpec {
+            project: project.name.clone(),
+            version: deployment.version,
+            process_type: "run".into(),
+            index: 0,
+            artifact: artifact.reference,
+            command: String::new(),
+            env,
+            limits: self.limits_of(project).await?,
+        };
+        Ok(PreparedRun { runtime: self.runtime.clone(), spec, run: OneOff { argv, timeout: ONE_OFF_TIMEOUT } })
+    }
+
     pub async fn instances(&self, project: &ProjectName) -> Result<Vec<Instance>> {
         let mut all: Vec<Instance> = self.runtime.list().await?.into_iter().filter(|i| &i.project == project).collect();
         all.sort_by(|a, b| (&a.process_type, a.index, a.version).cmp(&(&b.process_type, b.index, b.version)));
@@ -994,4 +1031,21 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A one-off command ready to run: see [`Orchestrator::prepare_run`]. It is not an
+/// instance: it gets no traffic, no restart, and does not count towards the scale.
+pub struct PreparedRun {
+    runtime: Arc<dyn Runtime>,
+    spec: InstanceSpec,
+    run: OneOff,
+}
+
+impl PreparedRun {
+    /// Runs it; its output goes to `output`; the answer is its exit code.
+    pub async fn run(self, output: Arc<dyn LogSink>) -> Result<i32> {
+        let PreparedRun { runtime, spec, run } = self;
+        tracing::info!(project = %spec.project, version = spec.version, program = %run.program(), "one-off command");
+        runtime.run_once(spec, run, output).await
+    }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use paastech_core::ProjectName;
 use paastech_core::drivers::{
-    Artifact, Instance, InstanceSpec, InstanceState, Limits, LogSink, Runtime, TrafficRouter,
+    Artifact, Instance, InstanceSpec, InstanceState, Limits, LogSink, OneOff, Runtime, TrafficRouter,
 };
 use paastech_ingress::{IngressConfig, IngressRouter, RouteTable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +52,8 @@ macro_rules! conformance_tests {
     ($target:expr) => {
         $crate::conformance_tests!(@cases $target;
             start_stop_replace, env_and_port, logs_reach_the_sink, crashed_instances_are_restarted,
-            scale_round_robin, health_gated_switch, reconcile_after_restart, limits_are_enforced);
+            scale_round_robin, health_gated_switch, reconcile_after_restart, limits_are_enforced,
+            one_off_commands_run_once);
     };
     (@cases $target:expr; $($case:ident),*) => {
         $(
@@ -521,4 +522,48 @@ pub async fn limits_are_enforced(target: &Target) {
     assert!(serves(addr, "marker=").await, "another instance keeps serving");
     runtime.stop(&hog.id, GRACE).await.expect("stop hog");
     runtime.stop(&web.id, GRACE).await.expect("stop web");
+}
+
+/// MUST: a one-off command runs once in the deployment's artifact and env, as an argument
+/// vector; its output (stdout and stderr) is all in the sink when `run_once` returns its exit
+/// code; it gets no restart and is not listed. A program the artifact lacks is an error (or
+/// a failed run) naming it; one that outlives its timeout is stopped, and that is an error.
+pub async fn one_off_commands_run_once(target: &Target) {
+    let runtime = (target.new_runtime)();
+    let project = project("oneoff");
+    let mut spec = target.spec(&project, 1, "web", 0);
+    spec.process_type = "run".to_owned();
+    let run =
+        |argv: &[&str], timeout: Duration| OneOff { argv: argv.iter().map(|a| (*a).to_owned()).collect(), timeout };
+
+    let lines = Arc::new(Lines::default());
+    let script = "echo \"one-off $MARKER in $(pwd)\"; ls www >/dev/null; echo to-stderr >&2; exit 7";
+    let code = runtime
+        .run_once(spec.clone(), run(&["sh", "-c", script], STARTUP), lines.clone())
+        .await
+        .unwrap_or_else(|e| panic!("running a one-off command: {e}"));
+    assert_eq!(code, 7, "its exit code comes back: {:?}", lines.all());
+    assert_eq!(lines.count(&format!("one-off {project}-v1 in ")), 1, "stdout, with the env: {:?}", lines.all());
+    assert_eq!(lines.count("to-stderr"), 1, "stderr too: {:?}", lines.all());
+    assert!(
+        !runtime.list().await.expect("list").iter().any(|i| i.project == project),
+        "a one-off command is no instance"
+    );
+
+    let lines = Arc::new(Lines::default());
+    match runtime.run_once(spec.clone(), run(&["no-such-program", "x"], STARTUP), lines.clone()).await {
+        Err(err) => assert!(err.to_string().contains("no-such-program"), "the error names the program: {err}"),
+        Ok(code) => {
+            assert_ne!(code, 0, "a missing program fails");
+            assert!(lines.count("no-such-program") >= 1, "the output names the program: {:?}", lines.all());
+        }
+    }
+
+    let started = Instant::now();
+    let lines = Arc::new(Lines::default());
+    let late = runtime.run_once(spec, run(&["sleep", "60"], Duration::from_secs(1)), lines.clone()).await;
+    let err = late.expect_err("a command past its timeout is an error");
+    assert!(err.to_string().contains("1 s"), "the error says the limit: {err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "it was stopped: {:?}", started.elapsed());
+    assert!(!runtime.list().await.expect("list").iter().any(|i| i.project == project));
 }

@@ -1,5 +1,5 @@
-//! Issue #3 through the CLI: deploy, rollback, logs (following), scale, ps; and two pushes
-//! to one project never build at once.
+//! Issue #3 through the CLI: deploy, rollback, logs (following), scale, ps, one-off
+//! commands (`run`); and two pushes to one project never build at once.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -136,4 +136,68 @@ fn two_pushes_to_one_project_never_build_at_once() {
     let list = list.as_array().cloned().unwrap_or_default();
     assert_eq!(list.len(), 2, "{list:?}");
     assert!(eventually(Duration::from_secs(5), || server.app_get("busy", "/").0 == 200));
+}
+
+/// `paastech run -- CMD…`: (exit code, stdout, stderr).
+fn run(server: &Server, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(paastech_bin())
+        .arg("run")
+        .args(args)
+        .env("PAASTECH_SERVER", server.api_url())
+        .env("PAASTECH_TOKEN", token)
+        .env("HOME", server.dir.path())
+        .output()
+        .expect("paastech run");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code(), text(&output.stdout), text(&output.stderr))
+}
+
+#[test]
+fn one_off_commands_run_in_the_live_deployment() {
+    let server = Server::start("");
+    let ada = server.developer("ada@example.com");
+    assert!(cli(&server, &ada.token, &["projects", "create", "run-py"]).0);
+    let (code, _, stderr) = run(&server, &ada.token, &["-p", "run-py", "--", "python3", "-V"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("run-py has nothing live to run in: git push first"), "{stderr}");
+
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("repo"),
+        &example("python-hello"),
+        &ada.key,
+        server.ssh_port,
+        "run-py",
+    );
+    let (ok, output) = repo.push("main");
+    assert!(ok, "{output}");
+    let (ok, output) = cli(&server, &ada.token, &["env", "set", "-p", "run-py", "GREETING=hey"]);
+    assert!(ok, "{output}");
+
+    // In the release (its venv's `python` first on PATH), with the live config; stdout and
+    // stderr come back, and so does the exit code. The argv reaches the app as it is.
+    let script = "import os, sys; print(os.environ['GREETING'], os.environ['PAASTECH_VERSION'], \
+                  os.path.exists('app.py'), sys.argv[1:]); print('to stderr', file=sys.stderr); sys.exit(4)";
+    let (code, stdout, stderr) =
+        run(&server, &ada.token, &["-p", "run-py", "--", "python", "-c", script, "$HOME", "a b;c"]);
+    assert_eq!(code, Some(4), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("hey 2 True ['$HOME', 'a b;c']"), "{stdout}");
+    assert!(stdout.contains("to stderr"), "{stdout}");
+    let (code, stdout, _) = run(&server, &ada.token, &["-p", "run-py", "--json", "--", "sh", "-c", "echo $GREETING"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(stdout, "{\"line\":\"hey\"}\n{\"exit_code\":0}\n");
+    let (code, _, stderr) = run(&server, &ada.token, &["-p", "run-py", "--", "no-such-program"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no-such-program"), "{stderr}");
+
+    // A one-off command is no instance, and others' projects stay out of reach.
+    let (_, output) = cli(&server, &ada.token, &["ps", "-p", "run-py"]);
+    assert!(output.contains("web.1") && !output.lines().any(|l| l.starts_with("run")), "{output}");
+    let eve = server.developer("eve@example.com");
+    let (code, _, stderr) = run(&server, &eve.token, &["-p", "run-py", "--", "true"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("not found"), "{stderr}");
+    let api = server.api();
+    let (status, body) = api.req("POST", "/projects/run-py/run", Some(&ada.token), Some(json!({"command": []})));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("command")), "{body}");
 }

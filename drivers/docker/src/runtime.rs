@@ -16,11 +16,11 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use paastech_core::ProjectName;
-use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, Runtime};
+use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime};
 use paastech_core::ports::free_loopback_port;
 use paastech_core::{Error, Result};
 use tokio::task::JoinHandle;
@@ -32,6 +32,10 @@ use crate::labels;
 /// switch to their own user (nginx, most official images' entrypoints) need for that.
 /// No `NET_BIND_SERVICE`: apps listen on `$PORT`, above 1024.
 const CAPABILITIES: &[&str] = &["CHOWN", "SETUID", "SETGID"];
+
+/// The label of a one-off command's container (its value: the project), in place of the
+/// instance labels: `list` does not see it, reconcile does not adopt or stop it.
+const ONE_OFF_LABEL: &str = "paastech.one-off";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerRuntimeConfig {
@@ -92,14 +96,11 @@ impl DockerRuntime {
         Ok(())
     }
 
-    fn container_name(&self, spec: &InstanceSpec) -> String {
+    fn container_name(&self, spec: &InstanceSpec, process: &str) -> String {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let process: String = spec
-            .process_type
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-            .collect();
+        let process: String =
+            process.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
         format!("paastech-{}-v{}-{process}-{}-{:x}{seq}", spec.project, spec.version, spec.index, nanos)
     }
 
@@ -164,6 +165,25 @@ impl DockerRuntime {
         }
     }
 
+    /// The body of a one-off command's container: an instance's (image, env, limits,
+    /// lockdown), but running `run.argv` once, without a port, a restart or instance labels.
+    fn one_off_body(&self, spec: &InstanceSpec, run: &OneOff) -> ContainerCreateBody {
+        let mut body = self.create_body(spec, None);
+        // In place of the image's command, as `start` puts a Procfile command.
+        body.cmd = Some(run.argv.clone());
+        body.labels = Some(HashMap::from([
+            (labels::NAMESPACE.to_owned(), self.config.namespace.clone()),
+            (ONE_OFF_LABEL.to_owned(), spec.project.to_string()),
+        ]));
+        if let Some(host) = body.host_config.as_mut() {
+            host.restart_policy = None;
+            // The engine then execs the program itself, and a missing one fails the start
+            // with an error naming it. No signal needs passing on: a timeout kills.
+            host.init = Some(false);
+        }
+        body
+    }
+
     async fn create_and_start(&self, docker: &Docker, spec: &InstanceSpec) -> Result<(String, Option<u16>)> {
         // The engine gives a random host port a new value at every restart, which would
         // leave the ingress pointing at nothing: the runtime picks the port and keeps it.
@@ -175,16 +195,8 @@ impl DockerRuntime {
             } else {
                 None
             };
-            let name = self.container_name(spec);
-            let options = CreateContainerOptionsBuilder::default().name(&name).build();
-            let created = docker.create_container(Some(options), self.create_body(spec, host_port)).await;
-            let id = match created {
-                Ok(created) => created.id,
-                Err(err) if status_of(&err) == Some(404) => {
-                    return Err(Error::NotFound(format!("image {} does not exist", spec.artifact)));
-                }
-                Err(err) => return Err(engine_error(format!("creating a container for {}", spec.artifact), err)),
-            };
+            let name = self.container_name(spec, &spec.process_type);
+            let id = create_container(docker, &name, self.create_body(spec, host_port)).await?;
             match docker.start_container(&id, None).await {
                 Ok(()) => return Ok((id, host_port)),
                 Err(err) => {
@@ -205,6 +217,17 @@ impl DockerRuntime {
 
     fn followers(&self) -> MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
         self.followers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Creates a container named `name`; its id.
+async fn create_container(docker: &Docker, name: &str, body: ContainerCreateBody) -> Result<String> {
+    let image = body.image.clone().unwrap_or_default();
+    let options = CreateContainerOptionsBuilder::default().name(name).build();
+    match docker.create_container(Some(options), body).await {
+        Ok(created) => Ok(created.id),
+        Err(err) if status_of(&err) == Some(404) => Err(Error::NotFound(format!("image {image} does not exist"))),
+        Err(err) => Err(engine_error(format!("creating a container for {image}"), err)),
     }
 }
 
@@ -343,6 +366,20 @@ impl Runtime for DockerRuntime {
         });
         Ok(instances)
     }
+
+    async fn run_once(&self, spec: InstanceSpec, run: OneOff, output: Arc<dyn LogSink>) -> Result<i32> {
+        if run.argv.is_empty() {
+            return Err(Error::Invalid("a one-off command needs a program to run".into()));
+        }
+        let docker = self.engine.client().await?.clone();
+        let name = self.container_name(&spec, "run");
+        let body = self.one_off_body(&spec, &run);
+        // Its own task: when the caller gives up (a dropped request), the container is still
+        // removed, at the latest at the timeout.
+        tokio::spawn(run_one_off(docker, name, body, run, output))
+            .await
+            .map_err(|err| Error::internal("running a one-off command", err))?
+    }
 }
 
 impl DockerRuntime {
@@ -403,36 +440,7 @@ async fn follow_logs(docker: Docker, id: String, name: String, output: Arc<dyn L
     let mut last_stamp = String::new();
     let mut last_exit = String::new();
     loop {
-        let options = LogsOptionsBuilder::default()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .since(i32::try_from(since).unwrap_or(0))
-            .build();
-        let mut stream = docker.logs(&id, Some(options));
-        while let Some(item) = stream.next().await {
-            let bytes = match item {
-                Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message } | LogOutput::Console { message }) => {
-                    message
-                }
-                Ok(LogOutput::StdIn { .. }) => continue,
-                Err(err) => {
-                    tracing::debug!(container = %short(&id), error = %err, "log stream ended");
-                    break;
-                }
-            };
-            let text = String::from_utf8_lossy(&bytes);
-            for line in text.lines() {
-                let (stamp, line) = line.split_once(' ').unwrap_or((line, ""));
-                // RFC 3339 with fixed-width nanoseconds: compares as text.
-                if stamp <= last_stamp.as_str() {
-                    continue;
-                }
-                last_stamp = stamp.to_owned();
-                output.line(line);
-            }
-        }
+        forward_log(&docker, &id, since, &mut last_stamp, output.as_ref()).await;
         since = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64 - 5).unwrap_or(0).max(0);
         let inspect = match docker.inspect_container(&id, None::<InspectContainerOptions>).await {
             Ok(inspect) => inspect,
@@ -457,6 +465,133 @@ async fn follow_logs(docker: Docker, id: String, name: String, output: Arc<dyn L
     }
 }
 
+/// Creates and runs a one-off command's container, then removes it whatever happened (which
+/// also kills a command past its timeout).
+async fn run_one_off(
+    docker: Docker,
+    name: String,
+    body: ContainerCreateBody,
+    run: OneOff,
+    output: Arc<dyn LogSink>,
+) -> Result<i32> {
+    let id = create_container(&docker, &name, body).await?;
+    let result = run_to_exit(&docker, &id, &run, output.as_ref()).await;
+    match docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
+        Ok(()) => {}
+        Err(err) if matches!(status_of(&err), Some(404 | 409)) => {}
+        Err(err) => tracing::warn!(container = %short(&id), error = %err, "cannot remove a one-off container"),
+    }
+    result
+}
+
+/// Starts a created one-off container; its exit code, once all its output is in `output`.
+async fn run_to_exit(docker: &Docker, id: &str, run: &OneOff, output: &dyn LogSink) -> Result<i32> {
+    docker.start_container(id, None).await.map_err(|err| engine_error(format!("running {}", run.program()), err))?;
+    let mut last_stamp = String::new();
+    // The log stream ends once the container has exited.
+    let finished = async {
+        let (code, ()) = tokio::join!(exit_code(docker, id), forward_log(docker, id, 0, &mut last_stamp, output));
+        code
+    };
+    let code = tokio::time::timeout(run.timeout, finished).await.map_err(|_| run.timed_out())??;
+    // A follow that ended early (an engine hiccup) missed lines: read to the end once more.
+    forward_log(docker, id, 0, &mut last_stamp, output).await;
+    Ok(code)
+}
+
+/// A container's exit code, once it has exited.
+async fn exit_code(docker: &Docker, id: &str) -> Result<i32> {
+    let mut wait = std::pin::pin!(docker.wait_container(id, None::<WaitContainerOptions>));
+    let code = match wait.next().await {
+        Some(Ok(exit)) => exit.status_code,
+        // bollard turns a non-zero exit into an error.
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+        Some(Err(err)) => return Err(engine_error(format!("waiting for container {}", short(id)), err)),
+        None => return Err(Error::internal_msg(format!("the engine gave no exit code for container {}", short(id)))),
+    };
+    Ok(i32::try_from(code).unwrap_or(i32::MAX))
+}
+
+/// Forwards a container's log from `since` (seconds since the epoch) into `output`,
+/// following it while the container runs; lines not newer than `last_stamp` (the engine's
+/// timestamp of the last line forwarded) are skipped.
+async fn forward_log(docker: &Docker, id: &str, since: i64, last_stamp: &mut String, output: &dyn LogSink) {
+    let options = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .since(i32::try_from(since).unwrap_or(0))
+        .build();
+    let mut stream = docker.logs(id, Some(options));
+    while let Some(item) = stream.next().await {
+        let bytes = match item {
+            Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message } | LogOutput::Console { message }) => {
+                message
+            }
+            Ok(LogOutput::StdIn { .. }) => continue,
+            Err(err) => {
+                tracing::debug!(container = %short(id), error = %err, "log stream ended");
+                break;
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.lines() {
+            let (stamp, line) = line.split_once(' ').unwrap_or((line, ""));
+            // RFC 3339 with fixed-width nanoseconds: compares as text.
+            if stamp <= last_stamp.as_str() {
+                continue;
+            }
+            *last_stamp = stamp.to_owned();
+            output.line(line);
+        }
+    }
+}
+
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use paastech_core::drivers::Limits;
+
+    use super::*;
+
+    #[test]
+    fn one_off_body_runs_argv_once_without_a_port() {
+        let runtime = DockerRuntime::new(DockerRuntimeConfig::default());
+        let spec = InstanceSpec {
+            project: ProjectName::parse("demo").expect("name"),
+            version: 4,
+            process_type: "web".into(),
+            index: 0,
+            artifact: "paastech/demo:v4".into(),
+            command: "exec httpd -f -p $PORT".into(),
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+            limits: Limits { memory_bytes: Some(128 * 1024 * 1024), cpus: Some(0.5) },
+        };
+        let run = OneOff { argv: vec!["rake".into(), "db:migrate".into()], timeout: Duration::from_secs(60) };
+        let body = runtime.one_off_body(&spec, &run);
+        assert_eq!(body.image.as_deref(), Some("paastech/demo:v4"));
+        assert_eq!(body.cmd, Some(run.argv.clone()), "the argument vector, no shell");
+        assert_eq!(body.env, Some(vec!["GREETING=hi".to_owned()]), "the project's env, no PORT");
+        assert_eq!(body.exposed_ports, None);
+        let labels = body.labels.expect("labels");
+        assert_eq!(labels.get(ONE_OFF_LABEL).map(String::as_str), Some("demo"));
+        assert!(!labels.contains_key(labels::PROJECT), "list does not see it: {labels:?}");
+        let host = body.host_config.expect("host config");
+        assert_eq!(host.port_bindings, None);
+        assert_eq!(host.restart_policy, None);
+        assert_eq!(host.init, Some(false));
+        // The lockdown and limits of an instance.
+        assert_eq!(host.privileged, Some(false));
+        assert_eq!(host.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(host.memory, Some(128 * 1024 * 1024));
+        assert_eq!(host.nano_cpus, Some(500_000_000));
+        assert_eq!(host.pids_limit, Some(512));
+    }
 }

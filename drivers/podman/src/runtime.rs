@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, Runtime};
+use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime};
 use paastech_core::{Error, ProjectName, Result};
 use podman_api::conn::TtyChunk;
 use podman_api::opts::{ContainerDeleteOpts, ContainerListFilter, ContainerListOpts, ContainerLogsOpts};
@@ -35,6 +35,9 @@ pub const LABEL_INDEX: &str = "paastech.index";
 /// Which server (data directory) manages the container, so that servers sharing one
 /// engine (or tests running in parallel) never list, adopt or stop each other's containers.
 pub const LABEL_NAMESPACE: &str = "paastech.namespace";
+/// The label of a one-off command's container (its value: the project), in place of the
+/// instance labels: `list` does not see it, reconcile does not adopt or stop it.
+pub const LABEL_ONE_OFF: &str = "paastech.one-off";
 
 /// Capabilities given back after dropping all: what images that start as root and then
 /// switch to their own user need for that (the same set as the Docker driver). No
@@ -220,15 +223,39 @@ impl PodmanRuntime {
         body
     }
 
+    /// The libpod SpecGenerator of a one-off command's container: an instance's (image, env,
+    /// limits, lockdown), but running `run.argv` once, without a port, a restart or instance
+    /// labels.
+    fn one_off_spec(&self, spec: &InstanceSpec, run: &OneOff, name: &str) -> Value {
+        let mut body = self.container_spec(spec, name);
+        // In place of the image's entrypoint and command, as `start` puts a Procfile command.
+        body["entrypoint"] = json!([run.program()]);
+        body["command"] = json!(run.argv.get(1..).unwrap_or_default());
+        body["env"] = json!(spec.env);
+        body["labels"] = json!(BTreeMap::from([
+            (LABEL_NAMESPACE, self.config.namespace.clone()),
+            (LABEL_ONE_OFF, spec.project.to_string()),
+        ]));
+        // The engine then execs the program itself, and a missing one fails the start with
+        // an error naming it (catatonit's does not). No signal needs passing on: a timeout kills.
+        body["init"] = json!(false);
+        if let Some(fields) = body.as_object_mut() {
+            for field in ["portmappings", "restart_policy", "restart_tries"] {
+                fields.remove(field);
+            }
+        }
+        body
+    }
+
     /// A name that says what runs in it and never clashes with a leftover container.
-    fn container_name(&self, spec: &InstanceSpec) -> String {
+    fn container_name(&self, spec: &InstanceSpec, process: &str) -> String {
         let seq = self.next_name.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or_default();
         let suffix = (u64::from(nanos) ^ (seq << 32)) & 0xff_ffff;
-        format!("paastech-{}-v{}-{}-{}-{suffix:06x}", spec.project, spec.version, spec.process_type, spec.index + 1)
+        format!("paastech-{}-v{}-{process}-{}-{suffix:06x}", spec.project, spec.version, spec.index + 1)
     }
 
     /// The loopback address the engine published the container's `PORT` on.
@@ -251,21 +278,6 @@ impl PodmanRuntime {
             .filter(|port| *port != 0)
             .ok_or_else(|| Error::internal_msg(format!("podman published no host port for {key} of container {id}")))?;
         Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-    }
-
-    /// Stops (the stop signal, then SIGKILL after `grace`) and removes a container in one
-    /// call. podman-api's stop sends its timeout as `Timeout`, which libpod 4.3 ignores
-    /// (it waits its default 10 s); removal's `timeout` is read.
-    async fn remove(&self, id: &str, grace: Duration) -> Result<()> {
-        let timeout = usize::try_from(grace.as_secs()).unwrap_or(usize::MAX);
-        let opts = ContainerDeleteOpts::builder().force(true).timeout(timeout).build();
-        match self.engine.podman.containers().get(id).delete(&opts).await {
-            Ok(()) => Ok(()),
-            Err(err) => match self.engine.error("removing a container", err) {
-                Error::NotFound(_) => Ok(()),
-                other => Err(other),
-            },
-        }
     }
 
     /// One instance as the engine sees it now; `None` when it no longer exists or is not
@@ -339,7 +351,7 @@ impl Runtime for PodmanRuntime {
     }
 
     async fn start(&self, spec: InstanceSpec, output: Arc<dyn LogSink>) -> Result<Instance> {
-        let name = self.container_name(&spec);
+        let name = self.container_name(&spec, &spec.process_type);
         let label = format!("{}.{}", spec.process_type, spec.index + 1);
         let body = self.container_spec(&spec, &name);
         // Podman checks the image and the spec here: what it refuses fails this deploy.
@@ -357,7 +369,7 @@ impl Runtime for PodmanRuntime {
 
         if let Err(err) = self.engine.podman.containers().get(&id).start(None).await {
             let err = self.engine.error("starting a container", err);
-            if let Err(cleanup) = self.remove(&id, Duration::ZERO).await {
+            if let Err(cleanup) = remove(&self.engine, &id, Duration::ZERO).await {
                 tracing::warn!(container = %id, error = %cleanup, "cannot remove a container that did not start");
             }
             return Err(match err {
@@ -369,7 +381,7 @@ impl Runtime for PodmanRuntime {
             match self.published_addr(&id).await {
                 Ok(addr) => Some(addr),
                 Err(err) => {
-                    let _ = self.remove(&id, Duration::ZERO).await;
+                    let _ = remove(&self.engine, &id, Duration::ZERO).await;
                     return Err(err);
                 }
             }
@@ -403,7 +415,7 @@ impl Runtime for PodmanRuntime {
         if self.inspect_instance(id.to_owned()).await?.is_none() {
             return Ok(());
         }
-        self.remove(id, grace).await?;
+        remove(&self.engine, id, grace).await?;
         tracing::info!(container = %id, "stopped container");
         Ok(())
     }
@@ -468,6 +480,87 @@ impl Runtime for PodmanRuntime {
         });
         Ok(instances)
     }
+
+    async fn run_once(&self, spec: InstanceSpec, run: OneOff, output: Arc<dyn LogSink>) -> Result<i32> {
+        if run.argv.is_empty() {
+            return Err(Error::Invalid("a one-off command needs a program to run".into()));
+        }
+        let name = self.container_name(&spec, "run");
+        let body = self.one_off_spec(&spec, &run, &name);
+        // Its own task: when the caller gives up (a dropped request), the container is still
+        // removed, at the latest at the timeout.
+        tokio::spawn(run_one_off(self.engine.clone(), body, run, output))
+            .await
+            .map_err(|err| Error::internal("running a one-off command", err))?
+    }
+}
+
+/// Stops (the stop signal, then SIGKILL after `grace`) and removes a container in one
+/// call. podman-api's stop sends its timeout as `Timeout`, which libpod 4.3 ignores (it
+/// waits its default 10 s); removal's `timeout` is read.
+async fn remove(engine: &Engine, id: &str, grace: Duration) -> Result<()> {
+    let timeout = usize::try_from(grace.as_secs()).unwrap_or(usize::MAX);
+    let opts = ContainerDeleteOpts::builder().force(true).timeout(timeout).build();
+    match engine.podman.containers().get(id).delete(&opts).await {
+        Ok(()) => Ok(()),
+        Err(err) => match engine.error("removing a container", err) {
+            Error::NotFound(_) => Ok(()),
+            other => Err(other),
+        },
+    }
+}
+
+/// Creates and runs a one-off command's container (`body`), then removes it whatever
+/// happened (which also kills a command past its timeout).
+async fn run_one_off(engine: Engine, body: Value, run: OneOff, output: Arc<dyn LogSink>) -> Result<i32> {
+    let doing = format!("creating a container of {}", body["image"].as_str().unwrap_or_default());
+    let created = engine.post_json(&doing, "containers/create", &body).await?;
+    let id = created
+        .get("Id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::internal_msg("podman created a container but gave no id"))?
+        .to_owned();
+    let result = run_to_exit(&engine, &id, &run, output.as_ref()).await;
+    if let Err(err) = remove(&engine, &id, Duration::ZERO).await {
+        tracing::warn!(container = %id, error = %err, "cannot remove a one-off container");
+    }
+    result
+}
+
+/// Starts a created one-off container; its exit code, once all its output is in `output`.
+async fn run_to_exit(engine: &Engine, id: &str, run: &OneOff, output: &dyn LogSink) -> Result<i32> {
+    let container = engine.podman.containers().get(id);
+    // Podman answers 500 for a program missing from the image: the command's fault.
+    container.start(None).await.map_err(|err| match engine.error(&format!("running {}", run.program()), err) {
+        err @ Error::Unavailable(_) => err,
+        other => Error::Invalid(other.to_string()),
+    })?;
+    let mut passed_on = 0usize;
+    // The log stream ends once the container has exited.
+    let finished = async {
+        let exited = async {
+            container.wait(&Default::default()).await.map_err(|e| engine.error("waiting for a container", e))?;
+            let data = container.inspect().await.map_err(|e| engine.error("inspecting a container", e))?;
+            Ok::<_, Error>(data.state.and_then(|s| s.exit_code).unwrap_or_default())
+        };
+        let streamed = read_log(&container, true, |line| {
+            passed_on += 1;
+            output.line(line);
+        });
+        let (code, ()) = tokio::join!(exited, streamed);
+        code
+    };
+    let code = tokio::time::timeout(run.timeout, finished).await.map_err(|_| run.timed_out())??;
+    // A follow that ended early (an engine hiccup) missed lines: read to the end once more.
+    let mut read = 0usize;
+    read_log(&container, false, |line| {
+        read += 1;
+        if read > passed_on {
+            output.line(line);
+        }
+    })
+    .await;
+    Ok(code)
 }
 
 /// What a container's labels say it runs.
@@ -669,5 +762,35 @@ mod tests {
         let body = runtime.container_spec(&spec, "n");
         assert!(body.get("portmappings").is_none() && body.get("command").is_none(), "{body}");
         assert!(body["env"].get("PORT").is_none());
+    }
+
+    #[test]
+    fn one_off_spec_runs_argv_once_without_a_port() {
+        let runtime = PodmanRuntime::new(PodmanRuntimeConfig::default());
+        let spec = InstanceSpec {
+            project: ProjectName::parse("demo").expect("name"),
+            version: 4,
+            process_type: "web".into(),
+            index: 0,
+            artifact: "localhost/paastech/demo:v4".into(),
+            command: "exec httpd -f -p $PORT".into(),
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+            limits: Default::default(),
+        };
+        let run = OneOff { argv: vec!["rake".into(), "db:migrate".into()], timeout: Duration::from_secs(60) };
+        let body = runtime.one_off_spec(&spec, &run, "n");
+        assert_eq!(body["image"], "localhost/paastech/demo:v4");
+        assert_eq!((&body["entrypoint"], &body["command"]), (&json!(["rake"]), &json!(["db:migrate"])), "no shell");
+        assert_eq!(body["env"], json!({"GREETING": "hi"}), "no PORT");
+        assert_eq!(body["labels"], json!({"paastech.one-off": "demo", "paastech.namespace": "default"}));
+        for absent in ["portmappings", "restart_policy", "restart_tries"] {
+            assert!(body.get(absent).is_none(), "{absent}: {body}");
+        }
+        assert_eq!(body["init"], false);
+        // The lockdown and limits of an instance.
+        assert_eq!(body["no_new_privileges"], true);
+        assert_eq!(body["cap_drop"], json!(["ALL"]));
+        assert_eq!(body["resource_limits"]["pids"]["limit"], 512);
+        assert_eq!(body["resource_limits"]["memory"]["limit"], 512 * 1024 * 1024);
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
-use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, Runtime};
+use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime};
 use paastech_core::ports::free_loopback_port;
 use paastech_core::{Error, Result};
 use tokio::io::AsyncRead;
@@ -31,6 +32,8 @@ use crate::lines::Lines;
 /// runs.
 const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const SHELL: &str = "/bin/sh";
+/// A one-off command past its timeout gets this long between SIGTERM and SIGKILL.
+const ONE_OFF_GRACE: Duration = Duration::from_secs(5);
 
 /// When an instance that exited is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +145,15 @@ impl ProcessRuntime {
         }
     }
 
-    fn launch(&self, spec: &InstanceSpec, output: Arc<dyn LogSink>, port: Option<u16>) -> Result<Launch> {
+    /// How to run `spec`: its Procfile command through the shell, or `argv` (a one-off
+    /// command) as it is.
+    fn launch(
+        &self,
+        spec: &InstanceSpec,
+        output: Arc<dyn LogSink>,
+        port: Option<u16>,
+        argv: Option<&[String]>,
+    ) -> Result<Launch> {
         let dir = PathBuf::from(&spec.artifact);
         if !dir.is_absolute() || !dir.is_dir() {
             return Err(Error::NotFound(format!("release directory {} does not exist", spec.artifact)));
@@ -157,7 +168,10 @@ impl ProcessRuntime {
             env.push(("PORT".into(), port.to_string().into()));
         }
 
-        let shell_args: Vec<OsString> = vec!["-c".into(), spec.command.clone().into()];
+        let command: Vec<OsString> = match argv {
+            Some(argv) => argv.iter().map(OsString::from).collect(),
+            None => vec![SHELL.into(), "-c".into(), spec.command.clone().into()],
+        };
         let (program, args) = match spec.limits.memory_bytes.or(self.config.default_memory_bytes) {
             Some(bytes) => {
                 let prlimit = find_system_tool("prlimit").ok_or_else(|| {
@@ -165,11 +179,15 @@ impl ProcessRuntime {
                         "prlimit (util-linux) is not installed on the server; it is needed to limit memory".into(),
                     )
                 })?;
-                let mut args: Vec<OsString> = vec![format!("--data={bytes}").into(), "--".into(), SHELL.into()];
-                args.extend(shell_args);
+                let mut args: Vec<OsString> = vec![format!("--data={bytes}").into(), "--".into()];
+                args.extend(command);
                 (prlimit, args)
             }
-            None => (PathBuf::from(SHELL), shell_args),
+            None => {
+                let mut command = command.into_iter();
+                let program = command.next().map(PathBuf::from).unwrap_or_default();
+                (program, command.collect())
+            }
         };
         if spec.limits.cpus.is_some() {
             tracing::debug!(project = %spec.project, "cpu limits are not applied to local processes");
@@ -203,7 +221,7 @@ impl Runtime for ProcessRuntime {
         } else {
             None
         };
-        let launch = self.launch(&spec, output, port)?;
+        let launch = self.launch(&spec, output, port, None)?;
         let child = spawn(&launch)
             .map_err(|err| Error::internal(format!("starting {} of {}", launch.name, spec.project), err))?;
 
@@ -225,6 +243,38 @@ impl Runtime for ProcessRuntime {
         lock(&self.instances).insert(id.clone(), Entry { shared, stop, task });
         tracing::info!(instance = %id, addr = ?instance.addr, "started instance");
         Ok(instance)
+    }
+
+    async fn run_once(&self, spec: InstanceSpec, run: OneOff, output: Arc<dyn LogSink>) -> Result<i32> {
+        if run.argv.is_empty() {
+            return Err(Error::Invalid("no command to run".into()));
+        }
+        let launch = self.launch(&spec, output, None, Some(&run.argv))?;
+        let (mut child, forwarding) = spawn_forwarding(&launch).map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound => {
+                Error::Invalid(format!("{}: no such program in the release or on the server", run.program()))
+            }
+            _ => Error::internal(format!("starting {} in {}", run.program(), spec.project), err),
+        })?;
+        let pgid = group::pgid_of(&child);
+        let ran = match tokio::time::timeout(run.timeout, child.wait()).await {
+            Ok(Ok(status)) => Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))),
+            Ok(Err(err)) => Err(Error::internal(format!("waiting for {}", run.program()), err)),
+            Err(_) => {
+                if let Some(pgid) = pgid {
+                    group::terminate(&mut child, pgid, ONE_OFF_GRACE).await;
+                }
+                Err(run.timed_out())
+            }
+        };
+        // What it left running would hold its output open (and outlive it).
+        if let Some(pgid) = pgid {
+            group::signal(pgid, Signal::SIGKILL);
+        }
+        for task in forwarding {
+            let _ = task.await;
+        }
+        ran
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
@@ -344,6 +394,12 @@ fn set_state(shared: &Mutex<Shared>, state: InstanceState, pgid: Option<i32>) {
 
 /// Starts the process in its own session and streams its output to the instance's sink.
 fn spawn(launch: &Launch) -> io::Result<Child> {
+    spawn_forwarding(launch).map(|(child, _)| child)
+}
+
+/// [`spawn`], with the tasks forwarding its stdout and stderr, which end once both are
+/// closed.
+fn spawn_forwarding(launch: &Launch) -> io::Result<(Child, Vec<JoinHandle<()>>)> {
     let mut command = Command::new(&launch.program);
     command
         .args(&launch.args)
@@ -359,13 +415,14 @@ fn spawn(launch: &Launch) -> io::Result<Child> {
     if let (Some(ledger), Some(pgid)) = (&launch.ledger, group::pgid_of(&child)) {
         ledger.record(pgid);
     }
+    let mut forwarding = Vec::with_capacity(2);
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(forward(stdout, Arc::clone(&launch.output)));
+        forwarding.push(tokio::spawn(forward(stdout, Arc::clone(&launch.output))));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward(stderr, Arc::clone(&launch.output)));
+        forwarding.push(tokio::spawn(forward(stderr, Arc::clone(&launch.output))));
     }
-    Ok(child)
+    Ok((child, forwarding))
 }
 
 async fn forward(stream: impl AsyncRead + Unpin, output: Arc<dyn LogSink>) {

@@ -36,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/limits", get(projects::get_limits).put(projects::put_limits))
         .route("/projects/{name}/logs", get(projects::logs))
         .route("/projects/{name}/ps", get(projects::instances))
+        .route("/projects/{name}/run", post(projects::run))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -110,6 +111,7 @@ async fn openapi() -> ApiResult<Response> {
         projects::list, projects::create, projects::get, projects::delete,
         projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,
         projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances,
+        projects::run,
     ),
     modifiers(&BearerAuth),
 )]

@@ -2,10 +2,13 @@
 //! else answers 404, so its existence is not revealed. Admins may see and act on all.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use paastech_core::drivers::LogSink;
 use paastech_core::store::EnvChanges;
 use paastech_core::{Deployment, EnvVars, Error, Project, ProjectName, User, validate_env_key};
 use serde::{Deserialize, Serialize};
@@ -393,6 +396,83 @@ pub async fn logs(
     // A followed log ends when the server stops, so it never holds up a shutdown.
     let rest = rest.take_until(Box::pin(state.stopped()));
     Ok((headers, axum::body::Body::from_stream(head.chain(rest))).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct RunRequest {
+    /// The program and its arguments, run as they are: no shell (give `["sh", "-c", "…"]`
+    /// for one).
+    pub command: Vec<String>,
+}
+
+/// Runs a one-off command in the live deployment (its build, config and limits), as
+/// `heroku run` does. The answer streams as JSON lines: `{"line": "…"}` for each line of
+/// output, then `{"exit_code": N}`, or `{"error": {"code", "message"}}` if it could not
+/// run to its end (it is stopped after an hour). It keeps running if the client goes away.
+#[utoipa::path(post, path = "/projects/{name}/run", tag = "deployments", security(("bearer" = [])),
+    params(("name" = String, Path)), request_body = RunRequest,
+    responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn run(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<RunRequest>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let project = visible_project(&state, &user, &name).await?;
+    let prepared = state.orchestrator.prepare_run(&project, body.command).await?;
+    tracing::info!(project = %project.name, user = user.id, "one-off command started");
+    let (events, rx) = tokio::sync::mpsc::channel(RUN_EVENTS_BUFFERED);
+    let sink = Arc::new(RunOutput { events, skipped: AtomicUsize::new(0) });
+    tokio::spawn(async move {
+        let outcome = match prepared.run(sink.clone()).await {
+            Ok(code) => serde_json::json!({ "exit_code": code }),
+            Err(err) => serde_json::json!({ "error": { "code": err.code(), "message": err.to_string() } }),
+        };
+        sink.flush_skipped();
+        // The last event waits for room: it is never the one dropped.
+        let _ = sink.events.send(format!("{outcome}\n")).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(event)), rx))
+    });
+    let headers =
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson"), (axum::http::header::CACHE_CONTROL, "no-cache")];
+    Ok((headers, axum::body::Body::from_stream(stream)).into_response())
+}
+
+/// Output lines a slow client has not read yet; past it, lines are counted and skipped
+/// (a sink never blocks the command).
+const RUN_EVENTS_BUFFERED: usize = 4096;
+
+/// A one-off command's output, as JSON-line events for the response.
+struct RunOutput {
+    events: tokio::sync::mpsc::Sender<String>,
+    skipped: AtomicUsize,
+}
+
+impl RunOutput {
+    fn flush_skipped(&self) {
+        let skipped = self.skipped.swap(0, Ordering::Relaxed);
+        if skipped > 0 {
+            let note =
+                serde_json::json!({ "line": format!("... {skipped} lines skipped (the client read too slowly)") });
+            if self.events.try_send(format!("{note}\n")).is_err() {
+                self.skipped.fetch_add(skipped, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl LogSink for RunOutput {
+    fn line(&self, line: &str) {
+        self.flush_skipped();
+        let event = serde_json::json!({ "line": line });
+        if self.events.try_send(format!("{event}\n")).is_err() {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]

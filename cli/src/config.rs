@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
+use paastech_ingress::IpRange;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
@@ -97,6 +98,15 @@ pub struct IngressSection {
     pub drain_timeout_secs: u64,
     /// Proxy threads (default: one per two cores).
     pub threads: Option<NonZeroUsize>,
+    /// Addresses or CIDR blocks of proxies in front (a load balancer, a TLS terminator)
+    /// whose `X-Forwarded-Proto` reaches apps; from anyone else it is `http`.
+    #[serde(default, deserialize_with = "ip_ranges")]
+    pub trusted_proxies: Vec<IpRange>,
+}
+
+fn ip_ranges<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpRange>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts.iter().map(|text| text.parse().map_err(serde::de::Error::custom)).collect()
 }
 
 impl IngressSection {
@@ -127,6 +137,7 @@ impl Default for IngressSection {
             health_timeout_secs: Self::default_health_timeout(),
             drain_timeout_secs: Self::default_drain_timeout(),
             threads: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -364,6 +375,14 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_are_addresses_and_blocks() {
+        let config = source("[ingress]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").parse().expect("parses");
+        let ranges: Vec<String> = config.ingress.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(ranges, ["10.0.0.0/8", "::1/128"]);
+        assert!(source("").parse().expect("parses").ingress.trusted_proxies.is_empty(), "none by default");
+    }
+
+    #[test]
     fn the_briefs_example_parses() {
         let text = r#"
 data_dir = "/var/lib/paastech"
@@ -406,6 +425,7 @@ patterns = "*.pem,.env"
             ("[auth]\nsignup = \"maybe\"\n", "maybe", 2),
             ("[ssh]\nlisten = 7\n", "listen", 2),
             ("[ingress]\nthreads = 0\n", "nonzero", 2),
+            ("[ingress]\ntrusted_proxies = [\"10.0.0.1\", \"10.0.0.0/33\"]\n", "0 to 32", 2),
         ];
         for (text, needle, line) in cases {
             let err = source(text).parse().expect_err(text);

@@ -603,6 +603,7 @@ async fn serve(settings: Settings) -> Result<()> {
     if let Some(threads) = config.ingress.threads {
         ingress_config.threads = threads;
     }
+    ingress_config.trusted_proxies = config.ingress.trusted_proxies.clone();
     let ingress = tokio::spawn(paastech_ingress::serve(ingress_listener, ingress_config, routes, stopped()));
     tracing::info!(
         api = %config.api.listen,

@@ -125,8 +125,9 @@ class Processes:
 
 
 class PaaSTech:
-    def __init__(self, binary, work, procs):
+    def __init__(self, binary, work, procs, ingress_threads=None):
         self.binary = binary
+        self.ingress_threads = ingress_threads
         self.dir = os.path.join(work, "paastech")
         os.makedirs(self.dir)
         self.api_port, self.ssh_port, self.ingress_port = free_port(), free_port(), free_port()
@@ -142,6 +143,7 @@ class PaaSTech:
                 f'[api]\nlisten = "127.0.0.1:{self.api_port}"\n\n'
                 f'[ssh]\nlisten = "127.0.0.1:{self.ssh_port}"\n\n'
                 f'[ingress]\nlisten = "127.0.0.1:{self.ingress_port}"\ndomain = "localhost"\n'
+                + (f"threads = {self.ingress_threads}\n" if self.ingress_threads else "")
             )
         self.proc = self.procs.start(
             "paastech", [self.binary, "server", "--config", config], os.path.join(self.dir, "server.log"),
@@ -798,6 +800,7 @@ def main():
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--ingress-rounds", type=int, default=5, help="rounds of the ingress comparison")
     parser.add_argument("--connections", default="8,64,256")
+    parser.add_argument("--ingress-threads", type=int, help="the ingress's `threads` (default: the server's)")
     parser.add_argument("--only", default="push,live,ingress", help="which parts to run")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", help="also write the raw results here")
@@ -835,7 +838,7 @@ def main():
         pub = f.read().strip()
     results["key"] = key
 
-    paas = PaaSTech(args.paastech, work, procs)
+    paas = PaaSTech(args.paastech, work, procs, args.ingress_threads)
     paas.start()
     paas.developer(pub)
     log(f"paastech: api {paas.api_port}, ssh {paas.ssh_port}, ingress {paas.ingress_port}; load {load()}")

@@ -52,6 +52,7 @@ pub(crate) async fn connection(
     shared: Arc<Shared>,
     mut client: TcpStream,
     client_ip: Box<str>,
+    trusted: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     // Small request/response exchanges must not wait for Nagle.
@@ -60,7 +61,7 @@ pub(crate) async fn connection(
     tokio::pin!(stopped);
     let deadline = tokio::time::sleep(HEAD_TIMEOUT);
     tokio::pin!(deadline);
-    let fwd = h1::Forwarded { client_ip: &client_ip };
+    let fwd = h1::Forwarded { client_ip: &client_ip, trusted };
     let mut cbuf: Vec<u8> = Vec::with_capacity(4096);
     let mut bbuf: Vec<u8> = Vec::new();
     // The request head as the backend gets it, and the response as the client gets it.

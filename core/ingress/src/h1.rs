@@ -78,6 +78,8 @@ pub(crate) struct Request {
 pub(crate) struct Forwarded<'a> {
     /// The client's address, for `X-Forwarded-For`.
     pub client_ip: &'a str,
+    /// The client is a trusted proxy: its `X-Forwarded-Proto` is passed on.
+    pub trusted: bool,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), and `Transfer-Encoding`, which each hop sets
@@ -266,7 +268,14 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
     if !forwarded_for {
         put_header(out, b"X-Forwarded-For", fwd.client_ip.as_bytes());
     }
-    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    // Only a trusted proxy in front knows whether the client spoke TLS to it.
+    // The first proxy's word is first in the list.
+    let said = named("x-forwarded-proto").next().and_then(|h| h.value.split(|&b| b == b',').next());
+    let proto = match said.map(<[u8]>::trim_ascii) {
+        Some(v) if fwd.trusted && v.eq_ignore_ascii_case(b"https") => "https",
+        _ => "http",
+    };
+    put_header(out, b"X-Forwarded-Proto", proto.as_bytes());
     if let Some(host) = host {
         put_header(out, b"X-Forwarded-Host", host);
     }
@@ -601,7 +610,7 @@ mod tests {
 
     fn req(raw: &str) -> Result<Option<(Request, String)>, RequestError> {
         let mut out = Vec::new();
-        let fwd = Forwarded { client_ip: "10.0.0.9" };
+        let fwd = Forwarded { client_ip: "10.0.0.9", trusted: false };
         Ok(request(raw.as_bytes(), &fwd, &mut out)?.map(|r| (r, String::from_utf8(out).expect("utf-8"))))
     }
 
@@ -619,6 +628,33 @@ mod tests {
         assert_eq!(r.head_len, REQ.len() - "rest".len());
         assert_eq!(&"GET /a?b HTTP/1.1\r\nHost: Blog.apps\r\n"[r.host.clone().expect("host")], "Blog.apps");
         assert_eq!((r.framing, r.http10, r.keep_alive, r.upgrade), (Framing::Empty, false, true, false));
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_says_the_request_came_over_https() {
+        let proto = |trusted: bool, header: &str| {
+            let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{header}\r\n");
+            let mut out = Vec::new();
+            let fwd = Forwarded { client_ip: "10.0.0.9", trusted };
+            request(raw.as_bytes(), &fwd, &mut out).expect("valid").expect("complete");
+            let out = String::from_utf8(out).expect("utf-8");
+            let protos: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("X-Forwarded-Proto: ")).collect();
+            assert_eq!(protos.len(), 1, "one X-Forwarded-Proto: {out}");
+            protos[0].to_owned()
+        };
+        let cases: &[(bool, &str, &str)] = &[
+            (true, "X-Forwarded-Proto: https\r\n", "https"),
+            (true, "X-Forwarded-Proto:  HTTPS \r\n", "https"),
+            (true, "X-Forwarded-Proto: https, http\r\n", "https"),
+            (true, "X-Forwarded-Proto: http\r\n", "http"),
+            (true, "X-Forwarded-Proto: gopher\r\n", "http"),
+            (true, "", "http"),
+            (true, "X_Forwarded_Proto: https\r\n", "http"),
+            (false, "X-Forwarded-Proto: https\r\n", "http"),
+        ];
+        for &(trusted, header, want) in cases {
+            assert_eq!(proto(trusted, header), want, "trusted {trusted}, {header:?}");
+        }
     }
 
     #[test]

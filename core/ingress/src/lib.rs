@@ -1,4 +1,5 @@
-//! The HTTP ingress router (hyper): Host-based routing to app instances.
+//! The HTTP ingress: Host-based routing to app instances (HTTP/1 forwarded on bytes;
+//! hyper for the static-site server and health checks).
 //!
 //! This is the only crate that knows HTTP proxying. It serves `http://<project>.<domain>`
 //! from the backends registered in a [`RouteTable`], health-checks new instances
@@ -19,6 +20,7 @@ mod router;
 mod routes;
 mod server;
 mod static_files;
+mod trust;
 mod upstream;
 
 pub use health::{HealthError, LastSeen, health_check};
@@ -26,3 +28,4 @@ pub use proxy::{IngressConfig, serve};
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
 pub use static_files::serve_static;
+pub use trust::{IpRange, IpRangeError};

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::forward;
 use crate::routes::RouteTable;
+use crate::trust::IpRange;
 
 /// How the ingress runs. Build it with [`IngressConfig::new`] and adjust the fields.
 #[derive(Debug, Clone)]
@@ -25,6 +26,9 @@ pub struct IngressConfig {
     pub shutdown_grace: Duration,
     /// How many threads proxy requests (each a single-threaded runtime).
     pub threads: NonZeroUsize,
+    /// Peers (a load balancer, a TLS terminator) whose `X-Forwarded-Proto` is passed on;
+    /// from anyone else it is replaced with `http`.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl IngressConfig {
@@ -34,6 +38,7 @@ impl IngressConfig {
             connect_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             threads: default_threads(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -58,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) shard: usize,
     /// Set once the ingress stops: busy connections close after their current exchange.
     pub(crate) stopping: Arc<AtomicBool>,
+    /// See [`IngressConfig::trusted_proxies`].
+    pub(crate) trusted_proxies: Arc<[IpRange]>,
 }
 
 /// Serves the ingress on `listener` until `shutdown` resolves (then lets open requests
@@ -91,6 +98,7 @@ pub async fn serve(
         }
     };
     let suffix: Box<str> = format!(".{domain}").into_boxed_str();
+    let trusted_proxies: Arc<[IpRange]> = config.trusted_proxies.clone().into();
 
     // `true` (or the sender dropped with this future) stops every thread.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -122,6 +130,7 @@ pub async fn serve(
             connect_timeout: config.connect_timeout,
             shard: i,
             stopping: stopping.clone(),
+            trusted_proxies: trusted_proxies.clone(),
         });
         let thread = Thread { shared, balance: balance.clone(), inbox, grace: config.shutdown_grace };
         let (mut stop, done) = (stop_rx.clone(), done_tx.clone());
@@ -250,8 +259,9 @@ impl Thread {
                 }
             };
             let client_ip = peer.ip().to_canonical().to_string().into_boxed_str();
+            let trusted = self.shared.trusted_proxies.iter().any(|range| range.contains(peer.ip()));
             let load = Load(self.balance.clone(), shard);
-            let connection = forward::connection(self.shared.clone(), stream, client_ip, stop_rx.clone());
+            let connection = forward::connection(self.shared.clone(), stream, client_ip, trusted, stop_rx.clone());
             tokio::spawn(async move {
                 connection.await;
                 drop(load);

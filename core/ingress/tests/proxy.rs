@@ -9,6 +9,7 @@ use bytes::Bytes;
 use common::*;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use paastech_ingress::IngressConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -143,6 +144,33 @@ async fn forwards_method_path_headers_and_adds_forwarded_headers() {
     for hop in ["x-hop", "keep-alive", "proxy-authorization"] {
         assert!(headers.get(hop).is_none(), "{hop} reached the backend");
     }
+}
+
+/// The `X-Forwarded-Proto` a backend hears when the client (127.0.0.1) says `https`, with
+/// `trusted` as the ingress's trusted proxies.
+async fn proto_heard_with(trusted: &[&str]) -> String {
+    let mut config = IngressConfig::new(DOMAIN);
+    config.trusted_proxies = trusted.iter().map(|t| t.parse().expect("range")).collect();
+    let (ingress, table) = start_ingress_with(config).await;
+    let app = backend(|req: Request<hyper::body::Incoming>| async move {
+        let proto = req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("none");
+        Response::new(full(proto.to_owned()))
+    })
+    .await;
+    table.set_backends("tls", vec![app.addr]);
+    let req = Request::get(format!("http://{ingress}/"))
+        .header("host", "tls.apps.test")
+        .header("x-forwarded-proto", "https")
+        .body(empty())
+        .expect("request");
+    send(req).await.body
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_in_front_says_whether_the_client_used_https() {
+    assert_eq!(proto_heard_with(&["127.0.0.0/8"]).await, "https", "a trusted proxy is believed");
+    assert_eq!(proto_heard_with(&["10.0.0.0/8", "::1"]).await, "http", "anyone else is not");
+    assert_eq!(proto_heard_with(&[]).await, "http", "nobody is trusted by default");
 }
 
 #[tokio::test]

@@ -35,10 +35,14 @@ pub fn full(data: impl Into<Bytes>) -> TestBody {
 
 /// An ingress on a random port, serving `DOMAIN`, until the test's runtime ends.
 pub async fn start_ingress() -> (SocketAddr, RouteTable) {
+    start_ingress_with(IngressConfig::new(DOMAIN)).await
+}
+
+/// [`start_ingress`] with another configuration (its domain should be `DOMAIN`).
+pub async fn start_ingress_with(config: IngressConfig) -> (SocketAddr, RouteTable) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
     let addr = listener.local_addr().expect("ingress addr");
     let table = RouteTable::new();
-    let config = IngressConfig::new(DOMAIN);
     tokio::spawn(paastech_ingress::serve(listener, config, table.clone(), std::future::pending()));
     (addr, table)
 }

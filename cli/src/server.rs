@@ -236,6 +236,44 @@ fn namespace_of(data_dir: &Path) -> String {
     format!("{hash:016x}")
 }
 
+/// A hook's limits from its timeout and memory settings (named by `keys`), else the
+/// defaults; an error names the key and what it must be.
+fn hook_limits(
+    timeout_ms: Option<u64>,
+    memory_mb: Option<u64>,
+    [timeout_key, memory_key]: [&'static str; 2],
+) -> Result<HookLimits, (&'static str, String)> {
+    let mut limits = HookLimits::default();
+    if let Some(ms) = timeout_ms {
+        if ms == 0 {
+            return Err((timeout_key, format!("{timeout_key} must be above 0")));
+        }
+        limits.timeout = Duration::from_millis(ms);
+    }
+    if let Some(mb) = memory_mb {
+        if mb == 0 || mb > 4096 {
+            return Err((memory_key, format!("{memory_key} must be between 1 and 4096")));
+        }
+        limits.memory_bytes = usize::try_from(mb * 1024 * 1024).unwrap_or(usize::MAX);
+    }
+    Ok(limits)
+}
+
+/// `[build] project_hook_timeout_ms` and `project_hook_memory_mb`: the limits of each call
+/// of a project's own hooks.
+fn project_hook_limits(config: &ServerConfig) -> Result<HookLimits, (&'static str, String)> {
+    let number = |key: &'static str| match config.build.get(key) {
+        None => Ok(None),
+        Some(value) => value
+            .as_integer()
+            .and_then(|n| u64::try_from(n).ok())
+            .map(Some)
+            .ok_or((key, format!("{key} must be a whole number"))),
+    };
+    let keys = ["project_hook_timeout_ms", "project_hook_memory_mb"];
+    hook_limits(number(keys[0])?, number(keys[1])?, keys)
+}
+
 /// `[build] keep_builds`: how many of a project's newest builds keep their artifact for
 /// rollbacks (default 10). `None` when the value is not a number from 2 to 1000.
 fn keep_builds(config: &ServerConfig) -> Option<usize> {
@@ -246,7 +284,8 @@ fn keep_builds(config: &ServerConfig) -> Option<usize> {
 }
 
 /// Keys the platform itself reads in `[build]`.
-const BUILD_PLATFORM_KEYS: &[&str] = &["driver", "project_hooks", "keep_builds"];
+const BUILD_PLATFORM_KEYS: &[&str] =
+    &["driver", "project_hooks", "keep_builds", "project_hook_timeout_ms", "project_hook_memory_mb"];
 
 /// What each driver name means: the one place runtime drivers are registered.
 fn runtime_drivers<'a>() -> Registry<dyn Runtime, DriverInput<'a>> {
@@ -419,19 +458,8 @@ fn load_hooks(source: &Source, config: &ServerConfig) -> Result<HookHost, Config
             .map_err(|message| error(Some("stages"), message))?;
         let hook_config = paastech_plugins::config_table(&hook.config)
             .map_err(|message| error(Some("config"), format!("config.{message}")))?;
-        let mut limits = HookLimits::default();
-        if let Some(ms) = hook.timeout_ms {
-            if ms == 0 {
-                return Err(error(Some("timeout_ms"), "timeout_ms must be above 0".into()));
-            }
-            limits.timeout = Duration::from_millis(ms);
-        }
-        if let Some(mb) = hook.memory_mb {
-            if mb == 0 || mb > 4096 {
-                return Err(error(Some("memory_mb"), "memory_mb must be between 1 and 4096".into()));
-            }
-            limits.memory_bytes = usize::try_from(mb * 1024 * 1024).unwrap_or(usize::MAX);
-        }
+        let limits = hook_limits(hook.timeout_ms, hook.memory_mb, ["timeout_ms", "memory_mb"])
+            .map_err(|(key, message)| error(Some(key), message))?;
         let path = if hook.path.is_absolute() { hook.path.clone() } else { base.join(&hook.path) };
         if !path.is_file() {
             return Err(error(Some("path"), format!("{} is not a file", path.display())));
@@ -439,7 +467,12 @@ fn load_hooks(source: &Source, config: &ServerConfig) -> Result<HookHost, Config
         specs.push(HookSpec { name: hook.name.clone(), path, stages, config: hook_config, limits });
     }
     let project_hooks = config.build.get("project_hooks").and_then(toml::Value::as_bool).unwrap_or(true);
-    let options = HostOptions { project_hooks, ..HostOptions::default() };
+    let project_limits = project_hook_limits(config).map_err(|(key, message)| ConfigError {
+        file: source.file.clone(),
+        line: source.line_of_key("build", Some(key)),
+        message: format!("[build] {message}"),
+    })?;
+    let options = HostOptions { project_hooks, project_limits };
     HookHost::new(specs, options).map_err(|err| {
         let index = match &err {
             paastech_plugins::PluginError::Read { name, .. }
@@ -814,6 +847,13 @@ mod tests {
             ),
             ("[[hooks]]\nname = \"c\"\npath = \"c.wasm\"\nstages = []\n", 4, "stages is empty"),
             ("[[hooks]]\nname = \"d\"\npath = \"d.wasm\"\nstages = [\"pre-build\"]\ntimeout_ms = 0\n", 5, "timeout_ms"),
+            ("[build]\nproject_hook_timeout_ms = 0\n", 2, "[build] project_hook_timeout_ms must be above 0"),
+            (
+                "[build]\ndriver = \"process\"\nproject_hook_memory_mb = 5000\n",
+                3,
+                "[build] project_hook_memory_mb must be between 1 and 4096",
+            ),
+            ("[build]\nproject_hook_memory_mb = \"big\"\n", 2, "project_hook_memory_mb must be a whole number"),
             (
                 "[[hooks]]\nname = \"e\"\npath = \"e.wasm\"\nstages = [\"pre-build\"]\n[hooks.config]\nx = { y = 1 }\n",
                 5,

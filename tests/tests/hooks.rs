@@ -163,6 +163,21 @@ fn project_hooks_shape_real_pushes_unless_switched_off() {
 }
 
 #[test]
+fn project_hook_limits_come_from_the_config() {
+    // 1 MiB is less than a Rust component's own linear memory: the hook cannot even start.
+    let server = Server::start("[build]\nproject_hook_memory_mb = 1\n");
+    let ada = server.developer("ada@example.com");
+    create_project(&server, &ada.token, "tight-hooks");
+    let src = bare_app(server.dir.path());
+    let repo = GitRepo::from_dir(&server.dir.path().join("repo"), &src, &ada.key, server.ssh_port, "tight-hooks");
+    add_project_hook(&repo, "20-procfile", "procfile_gen", "web = \"python3 app.py\"\n");
+    repo.commit_all("hooks");
+    let (ok, output) = repo.push("main");
+    assert!(!ok, "{output}");
+    assert!(output.contains("project hook 20-procfile (pre-build) exceeded its memory limit of 1 MiB"), "{output}");
+}
+
+#[test]
 fn server_check_names_an_invalid_hook_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("bad.wasm"), "garbage").expect("write");

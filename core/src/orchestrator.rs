@@ -1044,8 +1044,6 @@ pub struct PreparedRun {
 impl PreparedRun {
     /// Runs it; its output goes to `output`; the answer is its exit code.
     pub async fn run(self, output: Arc<dyn LogSink>) -> Result<i32> {
-        let PreparedRun { runtime, spec, run } = self;
-        tracing::info!(project = %spec.project, version = spec.version, program = %run.program(), "one-off command");
-        runtime.run_once(spec, run, output).await
+        self.runtime.run_once(self.spec, self.run, output).await
     }
 }

@@ -142,6 +142,8 @@ impl SshServer {
         }
         let mut factory = session::Factory::new(self.access);
         let logins = Arc::new(Semaphore::new(self.max_unauthenticated));
+        // A flood of refused connections is said once a minute, not once each.
+        let mut warned_full: Option<std::time::Instant> = None;
         loop {
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -153,7 +155,11 @@ impl SshServer {
                 }
             };
             let Ok(login) = logins.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "too many SSH connections waiting to authenticate: closed a new one");
+                if warned_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    warned_full = Some(std::time::Instant::now());
+                    tracing::warn!(%peer, limit = self.max_unauthenticated,
+                        "too many SSH connections waiting to authenticate: closing new ones until some finish");
+                }
                 continue;
             };
             let _ = socket.set_nodelay(true);

@@ -420,8 +420,9 @@ pub async fn run(
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
     let project = visible_project(&state, &user, &name).await?;
+    let program = body.command.first().cloned().unwrap_or_default();
     let prepared = state.orchestrator.prepare_run(&project, body.command).await?;
-    tracing::info!(project = %project.name, user = user.id, "one-off command started");
+    tracing::info!(project = %project.name, user = user.id, %program, "one-off command started");
     let (events, rx) = tokio::sync::mpsc::channel(RUN_EVENTS_BUFFERED);
     let sink = Arc::new(RunOutput { events, skipped: AtomicUsize::new(0) });
     tokio::spawn(async move {

@@ -52,6 +52,10 @@ impl PublicUrls {
     }
 }
 
+/// How many projects' store queries a listing runs at once (the store's pools hold at
+/// least this many connections).
+pub(crate) const PARALLEL_QUERIES: usize = 4;
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,

@@ -101,11 +101,15 @@ async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> 
 #[utoipa::path(get, path = "/projects", tag = "projects", security(("bearer" = [])),
     responses((status = 200, body = Vec<ProjectView>)))]
 pub async fn list(State(state): State<AppState>, CurrentUser(user): CurrentUser) -> ApiResult<Json<Vec<ProjectView>>> {
+    use futures_util::{StreamExt, TryStreamExt};
     let owner = if user.is_admin { None } else { Some(user.id) };
-    let mut views = Vec::new();
-    for project in state.store.projects(owner).await? {
-        views.push(view(&state, project).await?);
-    }
+    let projects = state.store.projects(owner).await?;
+    // A few projects' queries at once, as the web UI's dashboard does.
+    let views = futures_util::stream::iter(projects)
+        .map(|project| view(&state, project))
+        .buffered(crate::PARALLEL_QUERIES)
+        .try_collect()
+        .await?;
     Ok(Json(views))
 }
 

@@ -66,13 +66,10 @@ pub(crate) async fn project_rows(
                 name: name.to_owned(),
             })
         })
-        .buffered(PARALLEL_QUERIES)
+        .buffered(crate::PARALLEL_QUERIES)
         .try_collect()
         .await
 }
-
-/// How many of those queries run at once (the store's pools hold at least this many).
-const PARALLEL_QUERIES: usize = 4;
 
 pub async fn dashboard(State(state): State<AppState>, session: Session, Query(notice): Query<Notice>) -> UiResult {
     // Admins see every project on the admin page; here, as everyone, their own.

@@ -771,6 +771,16 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_configuration_example_loads() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("\n## Configuration\n").nth(1).expect("a Configuration section");
+        let block = section.split("```toml\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a toml block");
+        let settings = load_text(block).unwrap_or_else(|err| panic!("the README's example does not load: {err}"));
+        assert_eq!((settings.runtime_driver.as_str(), settings.build_driver.as_str()), ("process", "process"));
+        assert_eq!(settings.config.ingress.trusted_proxies.len(), 1);
+    }
+
+    #[test]
     fn unknown_drivers_are_named_with_the_known_ones() {
         let err = load_text("[runtime]\ndriver = \"kubernetes\"\n").err().expect("unknown driver");
         let shown = err.to_string();

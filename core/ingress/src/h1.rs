@@ -269,10 +269,10 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
         put_header(out, b"X-Forwarded-For", fwd.client_ip.as_bytes());
     }
     // Only a trusted proxy in front knows whether the client spoke TLS to it.
-    // The first proxy's word is first in the list.
-    let said = named("x-forwarded-proto").next().and_then(|h| h.value.split(|&b| b == b',').next());
-    let proto = match said.map(<[u8]>::trim_ascii) {
-        Some(v) if fwd.trusted && v.eq_ignore_ascii_case(b"https") => "https",
+    // The first proxy's word is first in the list; an untrusted client's is not read.
+    let said = || named("x-forwarded-proto").next().and_then(|h| h.value.split(|&b| b == b',').next());
+    let proto = match fwd.trusted.then(said).flatten().map(<[u8]>::trim_ascii) {
+        Some(v) if v.eq_ignore_ascii_case(b"https") => "https",
         _ => "http",
     };
     put_header(out, b"X-Forwarded-Proto", proto.as_bytes());

@@ -112,13 +112,17 @@ async fn connect(ingress: SocketAddr) -> TcpStream {
     TcpStream::connect(ingress).await.expect("connect to the ingress")
 }
 
-#[tokio::test]
-async fn chunked_request_bodies_reach_the_backend_whole() {
+/// A client connection to a fresh ingress serving `echo.apps.test` from [`echo_backend`].
+async fn client_of_echo() -> TcpStream {
     let (ingress, table) = start_ingress().await;
     let echo = echo_backend().await;
     table.set_backends("echo", vec![echo.addr]);
+    connect(ingress).await
+}
 
-    let mut client = connect(ingress).await;
+#[tokio::test]
+async fn chunked_request_bodies_reach_the_backend_whole() {
+    let mut client = client_of_echo().await;
     client
         .write_all(
             b"POST /up HTTP/1.1\r\nHost: echo.apps.test\r\nTransfer-Encoding: chunked\r\n\r\n5;name=x\r\nhello\r\n",
@@ -202,11 +206,7 @@ async fn http10_keep_alive_and_head_requests() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    let (ingress, table) = start_ingress().await;
-    let echo = echo_backend().await;
-    table.set_backends("echo", vec![echo.addr]);
-
-    let mut client = connect(ingress).await;
+    let mut client = client_of_echo().await;
     client
         .write_all(
             b"POST / HTTP/1.1\r\nHost: echo.apps.test\r\nContent-Length: 5\r\n\r\nfirstPOST / HTTP/1.1\r\n\
@@ -237,11 +237,7 @@ async fn bodies_delimited_by_close_reach_the_client() {
 
 #[tokio::test]
 async fn expect_continue_is_answered_before_the_body() {
-    let (ingress, table) = start_ingress().await;
-    let echo = echo_backend().await;
-    table.set_backends("echo", vec![echo.addr]);
-
-    let mut client = connect(ingress).await;
+    let mut client = client_of_echo().await;
     client
         .write_all(b"PUT / HTTP/1.1\r\nHost: echo.apps.test\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
         .await

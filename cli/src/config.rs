@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use paastech_ingress::IpRange;
@@ -96,6 +96,10 @@ pub struct IngressSection {
     /// How long requests in flight to replaced instances may take before those stop.
     #[serde(default = "IngressSection::default_drain_timeout")]
     pub drain_timeout_secs: u64,
+    /// How long an app may take to start answering a request (then the client gets a
+    /// 504 page), and then how long it may send nothing in the middle of its answer.
+    #[serde(default = "IngressSection::default_backend_timeout")]
+    pub backend_timeout_secs: NonZeroU64,
     /// Proxy threads (default: one per two cores).
     pub threads: Option<NonZeroUsize>,
     /// Addresses or CIDR blocks of proxies in front (a load balancer, a TLS terminator)
@@ -125,6 +129,9 @@ impl IngressSection {
     fn default_drain_timeout() -> u64 {
         30
     }
+    fn default_backend_timeout() -> NonZeroU64 {
+        NonZeroU64::new(60).unwrap_or(NonZeroU64::MIN)
+    }
 }
 
 impl Default for IngressSection {
@@ -136,6 +143,7 @@ impl Default for IngressSection {
             health_path: Self::default_health_path(),
             health_timeout_secs: Self::default_health_timeout(),
             drain_timeout_secs: Self::default_drain_timeout(),
+            backend_timeout_secs: Self::default_backend_timeout(),
             threads: None,
             trusted_proxies: Vec::new(),
         }
@@ -425,6 +433,7 @@ patterns = "*.pem,.env"
             ("[auth]\nsignup = \"maybe\"\n", "maybe", 2),
             ("[ssh]\nlisten = 7\n", "listen", 2),
             ("[ingress]\nthreads = 0\n", "nonzero", 2),
+            ("[ingress]\n\nbackend_timeout_secs = 0\n", "nonzero", 3),
             ("[ingress]\ntrusted_proxies = [\"10.0.0.1\", \"10.0.0.0/33\"]\n", "0 to 32", 2),
         ];
         for (text, needle, line) in cases {

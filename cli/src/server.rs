@@ -637,6 +637,7 @@ async fn serve(settings: Settings) -> Result<()> {
         ingress_config.threads = threads;
     }
     ingress_config.trusted_proxies = config.ingress.trusted_proxies.clone();
+    ingress_config.backend_timeout = Duration::from_secs(config.ingress.backend_timeout_secs.get());
     let ingress = tokio::spawn(paastech_ingress::serve(ingress_listener, ingress_config, routes, stopped()));
     tracing::info!(
         api = %config.api.listen,

@@ -9,14 +9,15 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::h1::{self, Answering, Chunked, Framing};
 use crate::proxy::{Shared, project_of};
@@ -26,9 +27,6 @@ use crate::upstream;
 /// How long a client has to send a whole request head, counted from when the ingress
 /// starts waiting for it (so idle keep-alive connections close after this too).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// The head deadline is moved only once it is this close, so that most requests do not
-/// touch the timer at all: a client gets between this and [`HEAD_TIMEOUT`].
-const HEAD_TIMEOUT_MIN: Duration = Duration::from_secs(25);
 /// Reads ask for at least this much room.
 const READ_CHUNK: usize = 16 * 1024;
 /// A connection's buffers shrink back once idle if they grew past this (one huge head
@@ -61,6 +59,9 @@ pub(crate) async fn connection(
     tokio::pin!(stopped);
     let deadline = tokio::time::sleep(HEAD_TIMEOUT);
     tokio::pin!(deadline);
+    // For the backend's answer (see `IngressConfig::backend_timeout`).
+    let backend_deadline = tokio::time::sleep(shared.backend_timeout);
+    tokio::pin!(backend_deadline);
     let fwd = h1::Forwarded { client_ip: &client_ip, trusted };
     let mut cbuf: Vec<u8> = Vec::with_capacity(4096);
     let mut bbuf: Vec<u8> = Vec::new();
@@ -70,10 +71,7 @@ pub(crate) async fn connection(
 
     loop {
         // 1. A whole request head, rewritten for the backend into `up`.
-        let now = Instant::now();
-        if deadline.deadline() < now + HEAD_TIMEOUT_MIN {
-            deadline.as_mut().reset(now + HEAD_TIMEOUT);
-        }
+        extend(deadline.as_mut(), HEAD_TIMEOUT);
         for buf in [&mut cbuf, &mut bbuf, &mut up, &mut down] {
             if buf.capacity() > KEEP_CAPACITY && buf.len() < KEEP_CAPACITY / 16 {
                 buf.shrink_to(KEEP_CAPACITY / 16);
@@ -148,20 +146,35 @@ pub(crate) async fn connection(
 
         // 3. The exchange.
         down.clear();
+        let buffers = Buffers { cbuf: &mut cbuf, bbuf: &mut bbuf, up: &mut up, down: &mut down };
         let exchanged =
-            exchange(&shared, &mut client, &mut cbuf, &mut bbuf, &mut up, &mut down, &req, answering, in_flight).await;
+            exchange(&shared, &mut client, buffers, backend_deadline.as_mut(), &req, answering, in_flight).await;
         match exchanged {
             Ok(true) if !shared.stopping.load(Ordering::Relaxed) => {}
             Ok(_) => return,
             Err(Failed::BeforeResponse(err)) => {
                 tracing::warn!(error = %err, "backend request failed");
-                if write_page(&mut client, Page::BadGateway, answering, false).await.is_ok() {
+                let page = match err {
+                    BackendError::Timeout => Page::GatewayTimeout,
+                    _ => Page::BadGateway,
+                };
+                if write_page(&mut client, page, answering, false).await.is_ok() {
                     linger(&mut client).await;
                 }
                 return;
             }
             Err(Failed::Client | Failed::AfterResponse) => return,
         }
+    }
+}
+
+/// Moves `deadline` to `timeout` from now, unless it is that far already but for a
+/// sixteenth: a registered timer then stays untouched for most requests, and a wait is
+/// cut off after between 15/16 of `timeout` and all of it.
+fn extend(deadline: Pin<&mut Sleep>, timeout: Duration) {
+    let now = Instant::now();
+    if deadline.deadline() < now + (timeout - timeout / 16) {
+        deadline.reset(now + timeout);
     }
 }
 
@@ -229,22 +242,36 @@ enum BackendError {
     Response(#[from] h1::ResponseError),
     #[error("backend switched protocols without being asked to")]
     UnaskedSwitch,
+    #[error("backend did not start its answer in time")]
+    Timeout,
+}
+
+/// A connection's buffers, lent to one exchange.
+struct Buffers<'a> {
+    /// From the client: the request head, then body bytes.
+    cbuf: &'a mut Vec<u8>,
+    /// From the backend.
+    bbuf: &'a mut Vec<u8>,
+    /// To the backend: the rewritten head and body bytes.
+    up: &'a mut Vec<u8>,
+    /// To the client.
+    down: &'a mut Vec<u8>,
 }
 
 /// Forwards one request (its head, rewritten, in `up`; its body after `req.head_len` in
 /// `cbuf`) and the response. `Ok(true)`: the client connection can carry another request.
-#[allow(clippy::too_many_arguments)]
+/// `deadline` is the connection's timer for the backend's answer.
 async fn exchange(
     shared: &Shared,
     client: &mut TcpStream,
-    cbuf: &mut Vec<u8>,
-    bbuf: &mut Vec<u8>,
-    up: &mut Vec<u8>,
-    down: &mut Vec<u8>,
+    buffers: Buffers<'_>,
+    mut deadline: Pin<&mut Sleep>,
     req: &h1::Request,
     answering: Answering,
     in_flight: InFlight,
 ) -> Result<bool, Failed> {
+    let Buffers { cbuf, bbuf, up, down } = buffers;
+    let timeout = shared.backend_timeout;
     let backend = in_flight.backend();
     // The body bytes that came with the head go out in the same write (a chunked body
     // chunked anew, see `Chunked::rechunk`).
@@ -289,15 +316,21 @@ async fn exchange(
             }
             return Err(Failed::BeforeResponse(BackendError::Write(err)));
         }
+        let head_seen = AtomicBool::new(false);
         let responded = if body_done {
-            respond(&mut conn.stream, bbuf, client, down, answering).await
+            extend(deadline.as_mut(), timeout);
+            let wait = Wait { head: Some(deadline.as_mut()), head_seen: &head_seen, body: timeout };
+            respond(&mut conn.stream, bbuf, client, down, answering, wait).await
         } else {
             // The rest of the request body and the response stream at the same time: a
             // backend may answer (and stream its answer) before the body ended.
             let (mut cr, mut cw) = client.split();
             let (mut br, mut bw) = conn.stream.split();
             let body = pump_body(&mut cr, cbuf, &mut bw, up, req.framing, &mut chunked, &mut remaining);
-            let response = respond(&mut br, bbuf, &mut cw, down, answering);
+            // The backend may wait for the whole body before it answers: its time to
+            // answer counts from then, here.
+            let wait = Wait { head: None, head_seen: &head_seen, body: timeout };
+            let response = respond(&mut br, bbuf, &mut cw, down, answering, wait);
             tokio::pin!(body, response);
             let (mut body_sent, mut responded) = (None, None);
             // Whichever side fails first ends the exchange: waiting for the other could
@@ -307,7 +340,16 @@ async fn exchange(
                 tokio::select! {
                     sent = &mut body, if body_sent.is_none() => match sent {
                         Err(Side::Client) => return Err(Failed::Client),
-                        sent => body_sent = Some(sent),
+                        sent => {
+                            body_sent = Some(sent);
+                            extend(deadline.as_mut(), timeout);
+                        }
+                    },
+                    () = deadline.as_mut(), if body_sent.is_some() && !head_seen.load(Ordering::Relaxed) => {
+                        // The head may have come in while this waited.
+                        if !head_seen.load(Ordering::Relaxed) {
+                            return Err(Failed::BeforeResponse(BackendError::Timeout));
+                        }
                     },
                     response = &mut response, if responded.is_none() => match response {
                         Err(err) => return Err(err),
@@ -362,6 +404,16 @@ enum Responded {
     Switched,
 }
 
+/// How long [`respond`] waits for the backend.
+struct Wait<'a> {
+    /// Until when the response head may take (`None`: the caller keeps the time).
+    head: Option<Pin<&'a mut Sleep>>,
+    /// Set once the response head arrived.
+    head_seen: &'a AtomicBool,
+    /// How long the backend may then send nothing.
+    body: Duration,
+}
+
 /// Reads the backend's response and sends it to the client as it arrives: head
 /// rewritten, body copied (or decoded for an HTTP/1.0 client). What came with the head
 /// goes in the same write.
@@ -371,12 +423,15 @@ async fn respond<R, W>(
     client: &mut W,
     down: &mut Vec<u8>,
     answering: Answering,
+    wait: Wait<'_>,
 ) -> Result<Responded, Failed>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let resp = read_response_head(backend, bbuf, client, down, answering).await.map_err(Failed::BeforeResponse)?;
+    let resp =
+        read_response_head(backend, bbuf, client, down, answering, wait.head).await.map_err(Failed::BeforeResponse)?;
+    wait.head_seen.store(true, Ordering::Relaxed);
     // `bbuf[at..]` is what is left to forward.
     let mut at = resp.head_len;
     if resp.status == 101 {
@@ -431,10 +486,14 @@ where
         bbuf.drain(..at);
         at = 0;
         reserve(bbuf);
-        match backend.read_buf(bbuf).await {
-            Ok(0) if resp.framing == Framing::UntilClose => backend_open = false,
-            Ok(0) | Err(_) => return Err(Failed::AfterResponse),
-            Ok(_) => {}
+        match tokio::time::timeout(wait.body, backend.read_buf(bbuf)).await {
+            Ok(Ok(0)) if resp.framing == Framing::UntilClose => backend_open = false,
+            Ok(Ok(0) | Err(_)) => return Err(Failed::AfterResponse),
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                tracing::warn!(after = ?wait.body, "backend stopped sending in the middle of its answer");
+                return Err(Failed::AfterResponse);
+            }
         }
     }
     let leftover = at < bbuf.len();
@@ -505,13 +564,15 @@ where
 }
 
 /// Reads the response head into `bbuf` and rewrites it for the client into `out`;
-/// interim (1xx) responses are passed on to the client as they come.
+/// interim (1xx) responses are passed on to the client as they come. Gives up when
+/// `deadline` passes.
 async fn read_response_head<R, W>(
     backend: &mut R,
     bbuf: &mut Vec<u8>,
     client: &mut W,
     out: &mut Vec<u8>,
     answering: Answering,
+    mut deadline: Option<Pin<&mut Sleep>>,
 ) -> Result<h1::Response, BackendError>
 where
     R: AsyncRead + Unpin,
@@ -538,7 +599,16 @@ where
             }
         }
         reserve(bbuf);
-        match backend.read_buf(bbuf).await {
+        let read = match deadline.as_mut() {
+            // The read first: a timer that is not polled is not registered.
+            Some(deadline) => tokio::select! {
+                biased;
+                read = backend.read_buf(bbuf) => read,
+                () = deadline.as_mut() => return Err(BackendError::Timeout),
+            },
+            None => backend.read_buf(bbuf).await,
+        };
+        match read {
             // Closed or reset before a byte of answer: the backend dropped the connection.
             Ok(0) | Err(_) if !got_any => return Err(BackendError::Closed),
             Ok(0) => return Err(BackendError::Response(h1::ResponseError::Malformed)),
@@ -561,6 +631,7 @@ pub(crate) enum Page {
     NotFound,
     NoDeployment,
     BadGateway,
+    GatewayTimeout,
 }
 
 const NOT_FOUND_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>No app here</title></head>\
@@ -573,6 +644,11 @@ const NO_DEPLOYMENT_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"u
 <h1>503 &mdash; no live deployment</h1><p>This app exists but has no live deployment right now. Push to deploy it, or scale its web processes above zero.</p>\
 <p><small>paastech</small></p></body></html>\n";
 
+const GATEWAY_TIMEOUT_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Gateway timeout</title></head>\
+<body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
+<h1>504 &mdash; gateway timeout</h1><p>The app took too long to answer.</p>\
+<p><small>paastech</small></p></body></html>\n";
+
 const BAD_GATEWAY_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Bad gateway</title></head>\
 <body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
 <h1>502 &mdash; bad gateway</h1><p>The app did not answer. It may be restarting; try again in a moment.</p>\
@@ -583,6 +659,7 @@ async fn write_page(client: &mut TcpStream, which: Page, req: Answering, keep_al
         Page::NotFound => ("404 Not Found", NOT_FOUND_HTML),
         Page::NoDeployment => ("503 Service Unavailable", NO_DEPLOYMENT_HTML),
         Page::BadGateway => ("502 Bad Gateway", BAD_GATEWAY_HTML),
+        Page::GatewayTimeout => ("504 Gateway Timeout", GATEWAY_TIMEOUT_HTML),
     };
     let version = if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
     let connection = match (keep_alive, req.http10) {

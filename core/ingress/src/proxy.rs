@@ -22,6 +22,10 @@ pub struct IngressConfig {
     pub domain: String,
     /// How long to wait for a backend to accept a connection before answering 502.
     pub connect_timeout: Duration,
+    /// How long a backend may take to start its answer once it has the whole request
+    /// (then a 504 page), and how long it may then send nothing in the middle of its
+    /// answer (then the client's connection is closed), as nginx's `proxy_read_timeout`.
+    pub backend_timeout: Duration,
     /// After `shutdown` resolves, how long open connections get to finish their request.
     pub shutdown_grace: Duration,
     /// How many threads proxy requests (each a single-threaded runtime).
@@ -36,6 +40,7 @@ impl IngressConfig {
         IngressConfig {
             domain: domain.into(),
             connect_timeout: Duration::from_secs(5),
+            backend_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             threads: default_threads(),
             trusted_proxies: Vec::new(),
@@ -59,6 +64,8 @@ pub(crate) struct Shared {
     /// `.<domain>`, lowercase, so matching a Host is one case-insensitive suffix compare.
     pub(crate) suffix: Box<str>,
     pub(crate) connect_timeout: Duration,
+    /// See [`IngressConfig::backend_timeout`].
+    pub(crate) backend_timeout: Duration,
     /// This thread's index, to reuse the backend connections its own runtime drives.
     pub(crate) shard: usize,
     /// Set once the ingress stops: busy connections close after their current exchange.
@@ -128,6 +135,7 @@ pub async fn serve(
             table: table.clone(),
             suffix: suffix.clone(),
             connect_timeout: config.connect_timeout,
+            backend_timeout: config.backend_timeout,
             shard: i,
             stopping: stopping.clone(),
             trusted_proxies: trusted_proxies.clone(),

@@ -1,18 +1,20 @@
 //! The ingress's HTTP/1 on the wire: message framing both ways (lengths, chunked bodies,
 //! bodies delimited by a close), HTTP/1.0 clients, pipelining, `Expect: 100-continue`,
-//! refused requests, and backends that close their idle connections.
+//! refused requests, backends that close their idle connections, and backends too slow
+//! to answer.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use paastech_ingress::IngressConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -421,4 +423,124 @@ async fn a_request_that_may_not_run_twice_is_not_sent_twice() {
     let (head, _) = read_response(&mut client, &mut buf).await;
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert_eq!(answered.load(Ordering::SeqCst), 1, "the POST was not replayed on a new connection");
+}
+
+/// The backend time limit of [`start_impatient_ingress`].
+const BACKEND_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// An ingress whose backends get [`BACKEND_TIMEOUT`] to answer.
+async fn start_impatient_ingress() -> (SocketAddr, paastech_ingress::RouteTable) {
+    let mut config = IngressConfig::new(DOMAIN);
+    config.backend_timeout = BACKEND_TIMEOUT;
+    start_ingress_with(config).await
+}
+
+/// A backend on raw TCP that reads each request whole (head, then a `Content-Length`
+/// body), waits `delay(head)`, then writes `answer`, and goes on with the connection.
+async fn slow_backend<F>(delay: F, answer: &'static [u8]) -> SocketAddr
+where
+    F: Fn(&str) -> Duration + Send + Sync + 'static,
+{
+    let delay = Arc::new(delay);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let delay = delay.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = read_until_blank_line(&mut stream, &mut buf).await else { return };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let length = content_length(&head);
+                    while buf.len() < end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + length);
+                    tokio::time::sleep(delay(&head)).await;
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+const NEVER: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn an_app_that_does_not_answer_in_time_gets_a_504() {
+    let (ingress, table) = start_impatient_ingress().await;
+    let app = slow_backend(|_| NEVER, OK).await;
+    table.set_backends("stuck", vec![app]);
+    let started = Instant::now();
+    let answer = get(ingress, "stuck.apps.test", "/").await;
+    let waited = started.elapsed();
+    assert_eq!(answer.status, http::StatusCode::GATEWAY_TIMEOUT, "{}", answer.body);
+    assert!(answer.body.contains("took too long"), "{}", answer.body);
+    assert!(waited >= BACKEND_TIMEOUT * 15 / 16, "gave up after {waited:?}");
+    assert!(waited < BACKEND_TIMEOUT * 10, "gave up only after {waited:?}");
+    assert_eq!(table.backends("stuck").expect("known")[0].in_flight(), 0, "nothing stays in flight");
+}
+
+#[tokio::test]
+async fn every_request_gets_the_whole_time_to_be_answered() {
+    // Each answer takes well over half the limit: together they take much longer than
+    // it, on one connection.
+    let (ingress, table) = start_impatient_ingress().await;
+    let app = slow_backend(|_| BACKEND_TIMEOUT * 5 / 8, OK).await;
+    table.set_backends("slow", vec![app]);
+    let mut client = connect(ingress).await;
+    let mut buf = Vec::new();
+    for i in 0..4 {
+        client.write_all(b"GET / HTTP/1.1\r\nHost: slow.apps.test\r\n\r\n").await.expect("write");
+        let (head, body) = read_response(&mut client, &mut buf).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        assert_eq!(body, "ok");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_that_stops_in_the_middle_ends_the_connection() {
+    let (ingress, table) = start_impatient_ingress().await;
+    // Promises 10 bytes, sends 5, then nothing.
+    let app = slow_backend(|_| Duration::ZERO, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
+    table.set_backends("halting", vec![app]);
+    let mut client = connect(ingress).await;
+    client.write_all(b"GET / HTTP/1.1\r\nHost: halting.apps.test\r\n\r\n").await.expect("write");
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await;
+    assert!(closed.is_ok(), "the connection was not closed");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("\r\n\r\nhello"), "{got}");
+    assert_eq!(table.backends("halting").expect("known")[0].in_flight(), 0, "nothing stays in flight");
+}
+
+#[tokio::test]
+async fn the_time_to_answer_counts_from_the_end_of_the_request_body() {
+    let (ingress, table) = start_impatient_ingress().await;
+    let app = slow_backend(|head| if head.starts_with("POST /hang") { NEVER } else { Duration::ZERO }, OK).await;
+    table.set_backends("upload", vec![app]);
+    for (path, answer) in [("/save", "HTTP/1.1 200"), ("/hang", "HTTP/1.1 504")] {
+        let mut client = connect(ingress).await;
+        let head = format!("POST {path} HTTP/1.1\r\nHost: upload.apps.test\r\nContent-Length: 10\r\n\r\nhello");
+        client.write_all(head.as_bytes()).await.expect("write");
+        // The client takes longer than the backend's limit to send its body.
+        tokio::time::sleep(BACKEND_TIMEOUT * 3 / 2).await;
+        let sent = Instant::now();
+        client.write_all(b"world").await.expect("write the rest of the body");
+        let mut buf = Vec::new();
+        let (head, _) = read_response(&mut client, &mut buf).await;
+        assert!(head.starts_with(answer), "{path}: {head}");
+        if path == "/hang" {
+            assert!(sent.elapsed() >= BACKEND_TIMEOUT * 15 / 16, "gave up {:?} after the body", sent.elapsed());
+        }
+    }
 }

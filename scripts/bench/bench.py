@@ -589,6 +589,14 @@ def parse_wrk(text):
     return rps, p50, p99, errors, total
 
 
+def machine_ticks():
+    """(idle, all) CPU ticks of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    # user nice system idle iowait irq softirq steal
+    return fields[3] + fields[4], sum(fields)
+
+
 def cpu_seconds(pgid):
     """User + system CPU time of every process in the group `pgid` (all their threads)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -683,13 +691,20 @@ def bench_ingress(paas, procs, work, rounds, seconds, conns, results):
             for t in order:
                 la = load()
                 cpu_before = cpu_seconds(groups[t])
+                idle_before, all_before = machine_ticks()
                 rps, p50, p99, errors, total = wrk(targets[t], host, c, seconds)
                 us_per_req = (cpu_seconds(groups[t]) - cpu_before) / max(total, 1) * 1e6
-                out[c][t].append(
-                    {"rps": rps, "p50": p50, "p99": p99, "errors": errors, "load": la, "cpu_us": us_per_req}
-                )
+                idle_after, all_after = machine_ticks()
+                idle, ticks = idle_after - idle_before, max(all_after - all_before, 1)
+                # Every CPU's time but idle, per request: wrk, the backend, the proxy, the kernel.
+                machine_us = (ticks - idle) / os.sysconf("SC_CLK_TCK") / max(total, 1) * 1e6
+                out[c][t].append({
+                    "rps": rps, "p50": p50, "p99": p99, "errors": errors, "load": la, "cpu_us": us_per_req,
+                    "machine_us": machine_us, "idle": idle / ticks,
+                })
                 log(f"wrk c={c} round {r} {t}: {rps:.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
-                    f"{us_per_req:.1f} CPU us/req, errors {errors} (load {la})")
+                    f"{us_per_req:.1f} CPU us/req, machine {machine_us:.1f} us/req, idle {idle / ticks:.1%}, "
+                    f"errors {errors} (load {la})")
     results["ingress"] = out
     results["ingress_rounds"] = rounds
     procs.stop(proxy)
@@ -785,11 +800,16 @@ def print_ingress(w, results, targets):
             verdict = f"rps {'met' if ok_rps else 'MISSED'}, p99 {'met' if ok_p99 else 'MISSED'}"
             w(f"{c:>5}  {b:>12.0f}{n:>11.0f}{p:>13.0f}{rps_ratio:>6.2f}x  {n99:>8.2f}ms{p99:>11.2f}ms"
               f"{p99_ratio:>6.2f}x  {cpu:>15}  {errs:>10}  {verdict}\n")
+            machine = f"{med('nginx', 'machine_us'):.1f}/{med('paastech', 'machine_us'):.1f}"
+            idle = f"{med('nginx', 'idle'):.1%}/{med('paastech', 'idle'):.1%}"
+            w(f"{'':>5}  whole machine: CPU us/req N/P {machine}, idle N/P {idle}\n")
             for who in ("nginx", "paastech"):
                 runs = ", ".join(f"{x['rps']:.0f}/{x['p99']:.2f}ms/{x['cpu_us']:.1f}us@{x['load']}" for x in t[who])
                 w(f"{'':>5}  {who} rounds (rps/p99/CPU per req@load): {runs}\n")
         w(f"targets: PaaSTech rps >= {targets['ingress']:.1f}x nginx's, p99 no worse (5% tolerance); "
-          "CPU us/req = the proxy's own CPU time per request (all its processes and threads)\n")
+          "CPU us/req = the proxy's own CPU time per request (all its processes and threads);\n"
+          "whole machine = all CPU time but idle per request (wrk, backend, proxy, kernel): on a machine "
+          "kept busy, rps ~ cores x (1 - idle) / that\n")
 
 
 def main():

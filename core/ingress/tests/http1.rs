@@ -35,29 +35,30 @@ async fn raw_backend<F>(reply: F) -> (SocketAddr, Arc<AtomicUsize>)
 where
     F: Fn(&str, usize) -> Option<(Vec<u8>, bool)> + Send + Sync + 'static,
 {
+    raw_backend_slowed(|_| Duration::ZERO, reply).await
+}
+
+/// [`raw_backend`], waiting `delay(head)` before each answer.
+async fn raw_backend_slowed<D, F>(delay: D, reply: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    D: Fn(&str) -> Duration + Send + Sync + 'static,
+    F: Fn(&str, usize) -> Option<(Vec<u8>, bool)> + Send + Sync + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let requests = Arc::new(AtomicUsize::new(0));
     let count = requests.clone();
-    let reply = Arc::new(reply);
+    let behaviour = Arc::new((delay, reply));
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else { return };
-            let (reply, count) = (reply.clone(), count.clone());
+            let (behaviour, count) = (behaviour.clone(), count.clone());
             tokio::spawn(async move {
+                let (delay, reply) = &*behaviour;
                 let mut buf = Vec::new();
                 for n in 0.. {
-                    let Some(end) = read_until_blank_line(&mut stream, &mut buf).await else { return };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    let length = content_length(&head);
-                    while buf.len() < end + length {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..end + length);
+                    let Some(head) = read_request(&mut stream, &mut buf).await else { return };
+                    tokio::time::sleep(delay(&head)).await;
                     let Some((answer, close)) = reply(&head, n) else { return };
                     count.fetch_add(1, Ordering::SeqCst);
                     if stream.write_all(&answer).await.is_err() || close {
@@ -68,6 +69,23 @@ where
         }
     });
     (addr, requests)
+}
+
+/// Reads one request (head, then a `Content-Length` body) off `buf` and `stream`; its
+/// head. `None` once the connection ends.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let end = read_until_blank_line(stream, buf).await?;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let length = content_length(&head);
+    while buf.len() < end + length {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.drain(..end + length);
+    Some(head)
 }
 
 /// The `Content-Length` of a head, 0 without one.
@@ -435,41 +453,12 @@ async fn start_impatient_ingress() -> (SocketAddr, paastech_ingress::RouteTable)
     start_ingress_with(config).await
 }
 
-/// A backend on raw TCP that reads each request whole (head, then a `Content-Length`
-/// body), waits `delay(head)`, then writes `answer`, and goes on with the connection.
+/// A backend on raw TCP that answers each request with `answer` after `delay(head)`.
 async fn slow_backend<F>(delay: F, answer: &'static [u8]) -> SocketAddr
 where
     F: Fn(&str) -> Duration + Send + Sync + 'static,
 {
-    let delay = Arc::new(delay);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let delay = delay.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let Some(end) = read_until_blank_line(&mut stream, &mut buf).await else { return };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    let length = content_length(&head);
-                    while buf.len() < end + length {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..end + length);
-                    tokio::time::sleep(delay(&head)).await;
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    raw_backend_slowed(delay, move |_, _| Some((answer.to_vec(), false))).await.0
 }
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";

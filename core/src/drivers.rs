@@ -154,6 +154,12 @@ pub trait Runtime: Send + Sync {
         let _ = (spec, run, output);
         Err(Error::Unavailable(format!("the {} runtime cannot run one-off commands", self.name())))
     }
+    /// Removes the one-off commands a previous server left running: it stopped without
+    /// waiting for them (a crash, a kill), and containers outlive it. The ones started
+    /// through this runtime value are not touched. How many it removed.
+    async fn remove_stray_one_offs(&self) -> Result<usize> {
+        Ok(0)
+    }
 }
 
 /// A one-off command: what `paastech run -- CMD…` asks for.

@@ -884,6 +884,11 @@ impl Orchestrator {
     /// After a server start: every project answers (503 until something is live), every
     /// live deployment runs again, and instances of nothing live are stopped.
     pub async fn restore(&self) -> Result<()> {
+        match self.runtime.remove_stray_one_offs().await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "removed one-off commands a previous server left running"),
+            Err(err) => tracing::warn!(error = %err, "cannot remove one-off commands a previous server left running"),
+        }
         for project in self.store.projects(None).await? {
             self.traffic.switch(&project.name, Vec::new(), Duration::ZERO).await;
         }

@@ -53,7 +53,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $target;
             start_stop_replace, env_and_port, logs_reach_the_sink, crashed_instances_are_restarted,
             scale_round_robin, health_gated_switch, reconcile_after_restart, limits_are_enforced,
-            one_off_commands_run_once);
+            one_off_commands_run_once, stray_one_offs_are_removed_after_a_restart);
     };
     (@cases $target:expr; $($case:ident),*) => {
         $(
@@ -566,4 +566,48 @@ pub async fn one_off_commands_run_once(target: &Target) {
     assert!(err.to_string().contains("1 s"), "the error says the limit: {err}");
     assert!(started.elapsed() < Duration::from_secs(20), "it was stopped: {:?}", started.elapsed());
     assert!(!runtime.list().await.expect("list").iter().any(|i| i.project == project));
+}
+
+/// A one-off command still running when its server went away is removed by the next
+/// server (containers outlive a server; processes do not, so there is nothing to remove),
+/// and that server's own one-offs are left alone.
+pub async fn stray_one_offs_are_removed_after_a_restart(target: &Target) {
+    let old = (target.new_runtime)();
+    if target.after_restart == AfterRestart::Ended {
+        assert_eq!(old.remove_stray_one_offs().await.expect("sweep"), 0);
+        return;
+    }
+    let project = project("stray");
+    let mut spec = target.spec(&project, 1, "web", 0);
+    spec.process_type = "run".to_owned();
+    let start = |runtime: Arc<dyn Runtime>, marker: &'static str, secs: u32| {
+        let (spec, lines) = (spec.clone(), Arc::new(Lines::default()));
+        let argv = ["sh", "-c", &format!("echo {marker}; exec sleep {secs}")].map(str::to_owned).to_vec();
+        let run = OneOff { argv, timeout: Duration::from_secs(120) };
+        let output = lines.clone();
+        (tokio::spawn(async move { runtime.run_once(spec, run, output).await }), lines)
+    };
+    // The old server's command; the server "crashes" (nothing will wait for it).
+    let (stray, stray_lines) = start(old.clone(), "stray-started", 60);
+    assert!(
+        eventually(STARTUP, || async { stray_lines.count("stray-started") == 1 }).await,
+        "the one-off started: {:?}",
+        stray_lines.all()
+    );
+    // Creation times are in whole seconds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let new = (target.new_runtime)();
+    let (own, own_lines) = start(new.clone(), "own-started", 6);
+    assert!(
+        eventually(STARTUP, || async { own_lines.count("own-started") == 1 }).await,
+        "the new server's one-off started: {:?}",
+        own_lines.all()
+    );
+
+    assert_eq!(new.remove_stray_one_offs().await.expect("removing strays"), 1, "the old server's one-off");
+    let ended = tokio::time::timeout(Duration::from_secs(20), stray).await.expect("the stray one-off ended");
+    assert!(!matches!(ended.expect("join"), Ok(0)), "it was stopped, not left to finish");
+    assert_eq!(new.remove_stray_one_offs().await.expect("removing strays"), 0, "nothing else is a stray");
+    let own = tokio::time::timeout(Duration::from_secs(60), own).await.expect("the new server's one-off ended");
+    assert_eq!(own.expect("join").expect("ran"), 0, "the new server's one-off ran to its end");
 }

@@ -55,7 +55,14 @@ fn image() -> &'static Artifact {
 
 fn docker_target() -> Target {
     Target {
-        new_runtime: Box::new(|| Arc::new(DockerRuntime::new(DockerRuntimeConfig::default()))),
+        // A namespace of this test's own: a case that removes what another server left
+        // (stray one-offs) must not see the other tests' containers.
+        new_runtime: Box::new(|| {
+            Arc::new(DockerRuntime::new(DockerRuntimeConfig {
+                namespace: format!("conformance-{}", std::process::id()),
+                ..DockerRuntimeConfig::default()
+            }))
+        }),
         artifact: image().clone(),
         after_restart: AfterRestart::Adopted,
         hog_memory_bytes: 64 * 1024 * 1024,

@@ -77,12 +77,21 @@ pub struct DockerRuntime {
     /// The log followers of the containers this runtime started, by container id.
     followers: Mutex<HashMap<String, JoinHandle<()>>>,
     next: AtomicU64,
+    /// When this value was made, in whole seconds since the epoch: one-off containers
+    /// created before are another server's.
+    made_at: i64,
 }
 
 impl DockerRuntime {
     pub fn new(config: DockerRuntimeConfig) -> Self {
         let engine = Engine::new(config.engine.clone());
-        DockerRuntime { config, engine, followers: Mutex::new(HashMap::new()), next: AtomicU64::new(0) }
+        DockerRuntime {
+            config,
+            engine,
+            followers: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            made_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+        }
     }
 
     /// Checks that the engine answers; the server calls it at start so that a missing
@@ -365,6 +374,29 @@ impl Runtime for DockerRuntime {
             ))
         });
         Ok(instances)
+    }
+
+    async fn remove_stray_one_offs(&self) -> Result<usize> {
+        let docker = self.engine.client().await?;
+        let namespace = format!("{}={}", labels::NAMESPACE, self.config.namespace);
+        let filters = HashMap::from([("label", vec![ONE_OFF_LABEL, namespace.as_str()])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let summaries =
+            docker.list_containers(Some(options)).await.map_err(|err| engine_error("listing containers", err))?;
+        let mut removed = 0;
+        for summary in summaries {
+            let (Some(id), Some(created)) = (summary.id, summary.created) else { continue };
+            if created >= self.made_at {
+                continue;
+            }
+            let force = RemoveContainerOptionsBuilder::default().force(true).build();
+            match docker.remove_container(&id, Some(force)).await {
+                Ok(()) => removed += 1,
+                Err(err) if matches!(status_of(&err), Some(404 | 409)) => {}
+                Err(err) => return Err(engine_error(format!("removing container {}", short(&id)), err)),
+            }
+        }
+        Ok(removed)
     }
 
     async fn run_once(&self, spec: InstanceSpec, run: OneOff, output: Arc<dyn LogSink>) -> Result<i32> {

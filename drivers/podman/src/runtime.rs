@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -140,13 +140,22 @@ pub struct PodmanRuntime {
     /// The task streaming each started container's output, by container id.
     followers: Mutex<HashMap<String, JoinHandle<()>>>,
     next_name: AtomicU64,
+    /// When this value was made, in whole seconds since the epoch: one-off containers
+    /// created before are another server's.
+    made_at: i64,
 }
 
 impl PodmanRuntime {
     /// Connects lazily: the engine is first reached by the first call.
     pub fn new(config: PodmanRuntimeConfig) -> Self {
         let engine = Engine::new(&config.socket);
-        PodmanRuntime { config, engine, followers: Mutex::new(HashMap::new()), next_name: AtomicU64::new(0) }
+        PodmanRuntime {
+            config,
+            engine,
+            followers: Mutex::new(HashMap::new()),
+            next_name: AtomicU64::new(0),
+            made_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+        }
     }
 
     /// Checks that the engine answers, with an error saying how to start it if not.
@@ -479,6 +488,33 @@ impl Runtime for PodmanRuntime {
             ))
         });
         Ok(instances)
+    }
+
+    async fn remove_stray_one_offs(&self) -> Result<usize> {
+        let opts = ContainerListOpts::builder()
+            .all(true)
+            .filter([
+                ContainerListFilter::LabelKey(LABEL_ONE_OFF.into()),
+                ContainerListFilter::LabelKeyVal(LABEL_NAMESPACE.into(), self.config.namespace.clone()),
+            ])
+            .build();
+        let listed = self
+            .engine
+            .podman
+            .containers()
+            .list(&opts)
+            .await
+            .map_err(|e| self.engine.error("listing containers", e))?;
+        let mut removed = 0;
+        for container in listed {
+            let (Some(id), Some(created)) = (container.id, container.created) else { continue };
+            if created.timestamp() >= self.made_at {
+                continue;
+            }
+            remove(&self.engine, &id, Duration::ZERO).await?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     async fn run_once(&self, spec: InstanceSpec, run: OneOff, output: Arc<dyn LogSink>) -> Result<i32> {

@@ -156,7 +156,8 @@ pub trait Runtime: Send + Sync {
     }
     /// Removes the one-off commands a previous server left running: it stopped without
     /// waiting for them (a crash, a kill), and containers outlive it. The ones started
-    /// through this runtime value are not touched. How many it removed.
+    /// through this runtime value are not touched. How many it removed. (A runtime that
+    /// stops them otherwise, as the process runtime's ledger does, keeps this default.)
     async fn remove_stray_one_offs(&self) -> Result<usize> {
         Ok(0)
     }

@@ -569,8 +569,9 @@ pub async fn one_off_commands_run_once(target: &Target) {
 }
 
 /// A one-off command still running when its server went away is removed by the next
-/// server (containers outlive a server; processes do not, so there is nothing to remove),
-/// and that server's own one-offs are left alone.
+/// server, and that server's own one-offs are left alone. (Containers outlive a server.
+/// The process runtime kills a previous server's groups from its ledger when it is made:
+/// nothing is left for this call, and its own test covers the ledger.)
 pub async fn stray_one_offs_are_removed_after_a_restart(target: &Target) {
     let old = (target.new_runtime)();
     if target.after_restart == AfterRestart::Ended {

@@ -257,6 +257,15 @@ impl PodmanRuntime {
     }
 
     /// A name that says what runs in it and never clashes with a leftover container.
+    /// Every container of this runtime's namespace (running or not), or only those with
+    /// the label `label`.
+    async fn containers(&self, label: Option<&str>) -> Result<Vec<podman_api::models::ListContainer>> {
+        let mut filters = vec![ContainerListFilter::LabelKeyVal(LABEL_NAMESPACE.into(), self.config.namespace.clone())];
+        filters.extend(label.map(|label| ContainerListFilter::LabelKey(label.into())));
+        let opts = ContainerListOpts::builder().all(true).filter(filters).build();
+        self.engine.podman.containers().list(&opts).await.map_err(|e| self.engine.error("listing containers", e))
+    }
+
     fn container_name(&self, spec: &InstanceSpec, process: &str) -> String {
         let seq = self.next_name.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
@@ -459,17 +468,7 @@ impl Runtime for PodmanRuntime {
     }
 
     async fn list(&self) -> Result<Vec<Instance>> {
-        let opts = ContainerListOpts::builder()
-            .all(true)
-            .filter([ContainerListFilter::LabelKeyVal(LABEL_NAMESPACE.into(), self.config.namespace.clone())])
-            .build();
-        let listed = self
-            .engine
-            .podman
-            .containers()
-            .list(&opts)
-            .await
-            .map_err(|e| self.engine.error("listing containers", e))?;
+        let listed = self.containers(None).await?;
         // The restart count is only in a container's inspection.
         let inspections = listed.into_iter().filter_map(|c| c.id).map(|id| self.inspect_instance(id));
         let mut instances = Vec::new();
@@ -491,20 +490,7 @@ impl Runtime for PodmanRuntime {
     }
 
     async fn remove_stray_one_offs(&self) -> Result<usize> {
-        let opts = ContainerListOpts::builder()
-            .all(true)
-            .filter([
-                ContainerListFilter::LabelKey(LABEL_ONE_OFF.into()),
-                ContainerListFilter::LabelKeyVal(LABEL_NAMESPACE.into(), self.config.namespace.clone()),
-            ])
-            .build();
-        let listed = self
-            .engine
-            .podman
-            .containers()
-            .list(&opts)
-            .await
-            .map_err(|e| self.engine.error("listing containers", e))?;
+        let listed = self.containers(Some(LABEL_ONE_OFF)).await?;
         let mut removed = 0;
         for container in listed {
             let (Some(id), Some(created)) = (container.id, container.created) else { continue };

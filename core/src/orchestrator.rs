@@ -474,10 +474,7 @@ impl Orchestrator {
         log: &dyn LogSink,
     ) -> Result<()> {
         let limits = self.limits_of(project).await?;
-        let mut env = deployment.config.clone();
-        env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
-        env.insert("PAASTECH_PROJECT".into(), project.name.to_string());
+        let env = app_env(project, deployment, extra_env.clone());
         for (process, count) in Self::plan(artifact, &deployment.scale) {
             let command = artifact.processes.get(&process).cloned().unwrap_or_default();
             for index in 0..count {
@@ -770,11 +767,9 @@ impl Orchestrator {
         };
         let ctx = self.hook_context(project, deployment, artifact);
         let limits = self.limits_of(project).await?;
-        let mut env = deployment.config.clone();
         let hook_log = self.logs.sink(&project.name, "hooks");
-        env.extend(self.pre_deploy(&ctx, deployment, artifact, hook_log.as_ref()).await?);
-        env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
-        env.insert("PAASTECH_PROJECT".into(), project.name.to_string());
+        let extra_env = self.pre_deploy(&ctx, deployment, artifact, hook_log.as_ref()).await?;
+        let env = app_env(project, deployment, extra_env);
         let mut to_stop = Vec::new();
         for (process, count) in Self::plan(artifact, wanted) {
             let have: Vec<Instance> = running.instances.iter().filter(|i| i.process_type == process).cloned().collect();
@@ -841,7 +836,6 @@ impl Orchestrator {
         }
     }
 
-    /// The project's instances as the runtime sees them.
     /// Prepares a one-off command (`paastech run -- CMD…`) in the live deployment: its
     /// build, its config and the project's limits, with `argv` run as it is (no shell).
     /// Bad input and a project with nothing live are refused here, before anything runs.
@@ -859,9 +853,7 @@ impl Orchestrator {
             .live_artifact(project)
             .await?
             .ok_or_else(|| Error::Invalid(format!("{} has nothing live to run in: git push first", project.name)))?;
-        let mut env = deployment.config.clone();
-        env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
-        env.insert("PAASTECH_PROJECT".into(), project.name.to_string());
+        let env = app_env(project, &deployment, EnvVars::new());
         let spec = InstanceSpec {
             project: project.name.clone(),
             version: deployment.version,
@@ -875,6 +867,7 @@ impl Orchestrator {
         Ok(PreparedRun { runtime: self.runtime.clone(), spec, run: OneOff { argv, timeout: ONE_OFF_TIMEOUT } })
     }
 
+    /// The project's instances as the runtime sees them.
     pub async fn instances(&self, project: &ProjectName) -> Result<Vec<Instance>> {
         let mut all: Vec<Instance> = self.runtime.list().await?.into_iter().filter(|i| &i.project == project).collect();
         all.sort_by(|a, b| (&a.process_type, a.index, a.version).cmp(&(&b.process_type, b.index, b.version)));
@@ -1036,6 +1029,16 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The env of an app's processes: the deployment's config, what its pre-deploy hooks added
+/// (`extra`), and which project and version they are.
+fn app_env(project: &Project, deployment: &Deployment, extra: EnvVars) -> EnvVars {
+    let mut env = deployment.config.clone();
+    env.extend(extra);
+    env.insert("PAASTECH_VERSION".into(), deployment.version.to_string());
+    env.insert("PAASTECH_PROJECT".into(), project.name.to_string());
+    env
 }
 
 /// A one-off command ready to run: see [`Orchestrator::prepare_run`]. It is not an

@@ -8,14 +8,19 @@ use std::time::Duration;
 use paastech_tests::{GitRepo, Server, eventually, example, paastech_bin};
 use serde_json::{Value, json};
 
-fn cli(server: &Server, token: &str, args: &[&str]) -> (bool, String) {
-    let output = Command::new(paastech_bin())
+/// The `paastech` CLI with `args`, as the user with `token` on `server`.
+fn paastech(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(paastech_bin())
         .args(args)
         .env("PAASTECH_SERVER", server.api_url())
         .env("PAASTECH_TOKEN", token)
         .env("HOME", server.dir.path())
         .output()
-        .expect("paastech");
+        .expect("paastech")
+}
+
+fn cli(server: &Server, token: &str, args: &[&str]) -> (bool, String) {
+    let output = paastech(server, token, args);
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
 }
@@ -140,14 +145,7 @@ fn two_pushes_to_one_project_never_build_at_once() {
 
 /// `paastech run -- CMD…`: (exit code, stdout, stderr).
 fn run(server: &Server, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(paastech_bin())
-        .arg("run")
-        .args(args)
-        .env("PAASTECH_SERVER", server.api_url())
-        .env("PAASTECH_TOKEN", token)
-        .env("HOME", server.dir.path())
-        .output()
-        .expect("paastech run");
+    let output = paastech(server, token, &[&["run"], args].concat());
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     (output.status.code(), text(&output.stdout), text(&output.stderr))
 }

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary, HostConfig,
+    HostConfigLogConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -174,6 +174,14 @@ impl DockerRuntime {
         }
     }
 
+    /// The containers of this runtime's namespace (running or not) that carry `label`.
+    async fn containers(&self, docker: &Docker, label: &str) -> Result<Vec<ContainerSummary>> {
+        let namespace = format!("{}={}", labels::NAMESPACE, self.config.namespace);
+        let filters = HashMap::from([("label", vec![label, namespace.as_str()])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        docker.list_containers(Some(options)).await.map_err(|err| engine_error("listing containers", err))
+    }
+
     /// The body of a one-off command's container: an instance's (image, env, limits,
     /// lockdown), but running `run.argv` once, without a port, a restart or instance labels.
     fn one_off_body(&self, spec: &InstanceSpec, run: &OneOff) -> ContainerCreateBody {
@@ -209,9 +217,7 @@ impl DockerRuntime {
             match docker.start_container(&id, None).await {
                 Ok(()) => return Ok((id, host_port)),
                 Err(err) => {
-                    let _ = docker
-                        .remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
-                        .await;
+                    let _ = remove_container(docker, &id).await;
                     let taken = err.to_string().contains("already allocated")
                         || err.to_string().contains("address already in use");
                     if taken && attempt < 4 {
@@ -226,6 +232,17 @@ impl DockerRuntime {
 
     fn followers(&self) -> MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
         self.followers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Removes a container, running or not; one already gone (or being removed) is no error.
+async fn remove_container(docker: &Docker, id: &str) -> Result<()> {
+    match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
+        // 409: the engine is already removing it.
+        Err(err) if !matches!(status_of(&err), Some(404 | 409)) => {
+            Err(engine_error(format!("removing container {}", short(id)), err))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -298,13 +315,7 @@ impl Runtime for DockerRuntime {
             Err(err) if matches!(status_of(&err), Some(304 | 404)) => {}
             Err(err) => tracing::warn!(container = %short(id), error = %err, "polite stop failed; removing by force"),
         }
-        match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
-            Ok(()) => {}
-            Err(err) if status_of(&err) == Some(404) => {}
-            // 409: the engine is already removing it.
-            Err(err) if status_of(&err) == Some(409) => {}
-            Err(err) => return Err(engine_error(format!("removing container {}", short(id)), err)),
-        }
+        remove_container(docker, id).await?;
         let follower = self.followers().remove(id);
         if let Some(task) = follower {
             // The stream ends with the container; give the last lines a moment, no more.
@@ -342,11 +353,7 @@ impl Runtime for DockerRuntime {
 
     async fn list(&self) -> Result<Vec<Instance>> {
         let docker = self.engine.client().await?;
-        let namespace = format!("{}={}", labels::NAMESPACE, self.config.namespace);
-        let filters = HashMap::from([("label", vec![labels::PROJECT, namespace.as_str()])]);
-        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let summaries =
-            docker.list_containers(Some(options)).await.map_err(|err| engine_error("listing containers", err))?;
+        let summaries = self.containers(docker, labels::PROJECT).await?;
         let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
         let inspected = futures_util::future::join_all(
             ids.iter().map(|id| docker.inspect_container(id, None::<InspectContainerOptions>)),
@@ -378,22 +385,12 @@ impl Runtime for DockerRuntime {
 
     async fn remove_stray_one_offs(&self) -> Result<usize> {
         let docker = self.engine.client().await?;
-        let namespace = format!("{}={}", labels::NAMESPACE, self.config.namespace);
-        let filters = HashMap::from([("label", vec![ONE_OFF_LABEL, namespace.as_str()])]);
-        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let summaries =
-            docker.list_containers(Some(options)).await.map_err(|err| engine_error("listing containers", err))?;
         let mut removed = 0;
-        for summary in summaries {
+        for summary in self.containers(docker, ONE_OFF_LABEL).await? {
             let (Some(id), Some(created)) = (summary.id, summary.created) else { continue };
-            if created >= self.made_at {
-                continue;
-            }
-            let force = RemoveContainerOptionsBuilder::default().force(true).build();
-            match docker.remove_container(&id, Some(force)).await {
-                Ok(()) => removed += 1,
-                Err(err) if matches!(status_of(&err), Some(404 | 409)) => {}
-                Err(err) => return Err(engine_error(format!("removing container {}", short(&id)), err)),
+            if created < self.made_at {
+                remove_container(docker, &id).await?;
+                removed += 1;
             }
         }
         Ok(removed)
@@ -508,10 +505,8 @@ async fn run_one_off(
 ) -> Result<i32> {
     let id = create_container(&docker, &name, body).await?;
     let result = run_to_exit(&docker, &id, &run, output.as_ref()).await;
-    match docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
-        Ok(()) => {}
-        Err(err) if matches!(status_of(&err), Some(404 | 409)) => {}
-        Err(err) => tracing::warn!(container = %short(&id), error = %err, "cannot remove a one-off container"),
+    if let Err(err) = remove_container(&docker, &id).await {
+        tracing::warn!(container = %short(&id), error = %err, "cannot remove a one-off container");
     }
     result
 }

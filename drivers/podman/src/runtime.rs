@@ -256,7 +256,6 @@ impl PodmanRuntime {
         body
     }
 
-    /// A name that says what runs in it and never clashes with a leftover container.
     /// Every container of this runtime's namespace (running or not), or only those with
     /// the label `label`.
     async fn containers(&self, label: Option<&str>) -> Result<Vec<podman_api::models::ListContainer>> {
@@ -266,6 +265,7 @@ impl PodmanRuntime {
         self.engine.podman.containers().list(&opts).await.map_err(|e| self.engine.error("listing containers", e))
     }
 
+    /// A name that says what runs in it and never clashes with a leftover container.
     fn container_name(&self, spec: &InstanceSpec, process: &str) -> String {
         let seq = self.next_name.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()

@@ -1,6 +1,8 @@
 # Podman engine for the Podman driver's tests (sourced by scripts/test.sh; also runs on its
 # own: `bash scripts/setup/30-podman.sh`). On a fresh Debian 12, as root, idempotent:
-#   - installs podman, runc and busybox-static if missing (Debian 12: Podman 4.3.1);
+#   - installs podman, runc, catatonit and busybox-static if missing (Debian 12: Podman 4.3.1);
+#     catatonit is podman's container init (`--init`), only a Recommends of the package, and
+#     this script installs without recommends: without it every container with an init fails;
 #   - makes runc the OCI runtime and sets default ulimits nofile/nproc=1024:1024 in
 #     /etc/containers/containers.conf.d/50-paastech.conf: crun fails on this cgroup setup,
 #     and Podman's default ulimits exceed the hard limits of these machines;
@@ -21,7 +23,7 @@ paastech_podman_setup() {
     if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
         local missing=()
         local p
-        for p in podman runc busybox-static; do
+        for p in podman runc catatonit busybox-static; do
             dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
         done
         if ((${#missing[@]})); then

@@ -592,14 +592,14 @@ async fn serve(settings: Settings) -> Result<()> {
     let access = Arc::new(RepoAccessPolicy { orchestrator: Arc::clone(&orchestrator), hooks: hooks.clone() });
     let ssh = SshServer::new(&data_dir.join("ssh_host_ed25519_key"), access).context("loading the SSH host key")?;
 
-    // Live deployments start again in the background: the API answers meanwhile, and each
-    // project answers 503 until its deployment is back.
-    tokio::spawn({
-        let orchestrator = Arc::clone(&orchestrator);
-        async move {
-            if let Err(err) = orchestrator.restore().await {
-                tracing::error!(error = %err, "cannot restore live deployments");
-            }
+    // Before anything is served: deployments a stopped server left half-done are recorded
+    // failed, and each project's lock is taken. Live deployments then start again in the
+    // background: the API answers meanwhile, each project answers 503 until its deployment
+    // is back, and a push or change to it waits for that.
+    let restore = orchestrator.begin_restore().await.context("reconciling deployments left by the last run")?;
+    tokio::spawn(async move {
+        if let Err(err) = restore.run().await {
+            tracing::error!(error = %err, "cannot restore live deployments");
         }
     });
 

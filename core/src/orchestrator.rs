@@ -3,6 +3,7 @@
 //! deployments back after a restart. It speaks only core traits.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ const MAX_BUILD_LOG_BYTES: usize = 512 * 1024;
 pub const ONE_OFF_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The most a one-off command line may weigh, all arguments together.
 const MAX_ONE_OFF_BYTES: usize = 64 * 1024;
+/// Why a deployment that was on its way when the server stopped is failed at the next start.
+pub const INTERRUPTED: &str = "interrupted by a server restart";
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -183,20 +186,47 @@ impl Orchestrator {
     // ----- Projects -------------------------------------------------------------------
 
     /// Creates the project and its repository; neither exists if either fails.
-    pub async fn create_project(&self, owner_id: i64, name: &ProjectName) -> Result<Project> {
-        let project = self.store.create_project(owner_id, name).await?;
-        if let Err(err) = self.repos.create(name).await {
-            if let Err(cleanup) = self.store.delete_project(project.id).await {
-                tracing::error!(project = %name, error = %cleanup, "cannot remove a half-created project");
+    /// Runs a change of a project's state on a task of its own, and waits for its answer.
+    /// Whoever waits may hang up (an HTTP client that goes away drops this future): the
+    /// change still runs to its end, or to its undo, never stopping half-way. Changes of
+    /// one project are serialized by its lock, inside `work`.
+    async fn detached<T, F, Fut>(self: &Arc<Self>, work: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Orchestrator>) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(work(Arc::clone(self)))
+            .await
+            .unwrap_or_else(|err| Err(Error::internal("a project change stopped unexpectedly", err)))
+    }
+
+    // ----- Projects -------------------------------------------------------------------
+
+    /// Creates the project and its repository; neither exists if either fails.
+    pub async fn create_project(self: &Arc<Self>, owner_id: i64, name: &ProjectName) -> Result<Project> {
+        let name = name.clone();
+        self.detached(move |this| async move {
+            let project = this.store.create_project(owner_id, &name).await?;
+            if let Err(err) = this.repos.create(&name).await {
+                if let Err(cleanup) = this.store.delete_project(project.id).await {
+                    tracing::error!(project = %name, error = %cleanup, "cannot remove a half-created project");
+                }
+                return Err(err);
             }
-            return Err(err);
-        }
-        self.traffic.switch(name, Vec::new(), Duration::ZERO).await;
-        Ok(project)
+            this.traffic.switch(&name, Vec::new(), Duration::ZERO).await;
+            Ok(project)
+        })
+        .await
     }
 
     /// Stops everything of the project and deletes it, its repository, releases and logs.
-    pub async fn delete_project(&self, project: &Project) -> Result<()> {
+    pub async fn delete_project(self: &Arc<Self>, project: &Project) -> Result<()> {
+        let project = project.clone();
+        self.detached(move |this| async move { this.delete_project_now(&project).await }).await
+    }
+
+    async fn delete_project_now(&self, project: &Project) -> Result<()> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         self.traffic.remove(&project.name);
         let running = self.running.lock().expect("running lock").remove(&project.name);
@@ -235,26 +265,34 @@ impl Orchestrator {
         let env = self.store.env(project.id).await?;
         let scale = self.store.scale(project.id).await?;
         let build = self.store.create_build(project.id, commit).await?;
-        let deployment = self
-            .store
-            .create_deployment(&NewDeployment {
-                project_id: project.id,
-                status: DeploymentStatus::Queued,
-                build_id: Some(build.id),
-                commit: Some(commit.to_owned()),
-                config: env.clone(),
-                scale,
-                cause: "push".into(),
-            })
-            .await?;
-        self.logs.note(&project.name, &format!("deploying v{} (commit {})", deployment.version, short(commit)));
-        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Building, None).await?;
-        let artifact = match self.build(project, &deployment, &build, &env, Arc::clone(&log)).await {
-            Ok(artifact) => artifact,
-            Err(err) => return Err(self.fail(project, &deployment, err).await),
+        let new = NewDeployment {
+            project_id: project.id,
+            status: DeploymentStatus::Queued,
+            build_id: Some(build.id),
+            commit: Some(commit.to_owned()),
+            config: env.clone(),
+            scale,
+            cause: "push".into(),
         };
-        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Built, None).await?;
-        self.roll_out(project, deployment, &artifact, log).await
+        let deployment = match self.store.create_deployment(&new).await {
+            Ok(deployment) => deployment,
+            Err(err) => {
+                let _ = self.store.finish_build(build.id, BuildStatus::Failed, None, &BTreeMap::new(), "").await;
+                return Err(err);
+            }
+        };
+        self.logs.note(&project.name, &format!("deploying v{} (commit {})", deployment.version, short(commit)));
+        let built = async {
+            let building = self.store.set_deployment_status(deployment.id, DeploymentStatus::Building, None).await?;
+            let artifact = self.build(project, &building, &build, &env, Arc::clone(&log)).await?;
+            let built = self.store.set_deployment_status(deployment.id, DeploymentStatus::Built, None).await?;
+            Ok((built, artifact))
+        }
+        .await;
+        match built {
+            Ok((built, artifact)) => self.roll_out(project, built, &artifact, log, &EnvChanges::new()).await,
+            Err(err) => Err(self.fail(project, &deployment, err).await),
+        }
     }
 
     async fn build(
@@ -388,38 +426,50 @@ impl Orchestrator {
         artifact.processes.keys().map(|process| (process.clone(), scale.get(process).copied().unwrap_or(1))).collect()
     }
 
-    /// Starts a built deployment, checks its health, switches traffic to it and stops the
-    /// deployment it replaces. On failure the previous deployment keeps serving.
+    /// Starts a built deployment, checks its health, switches traffic to it, records it
+    /// live together with `env` (the config change it carries), and stops the deployment it
+    /// replaces. Each step that fails undoes the ones before it: what was started is
+    /// stopped, traffic goes back, the store keeps the previous deployment live and the env
+    /// unchanged, and the deployment is recorded failed.
     async fn roll_out(
         &self,
         project: &Project,
         deployment: Deployment,
         artifact: &Artifact,
         log: Arc<dyn LogSink>,
+        env: &EnvChanges,
     ) -> Result<Deployment> {
         let ctx = self.hook_context(project, &deployment, artifact);
-        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Starting, None).await?;
-        let extra_env = match self.pre_deploy(&ctx, &deployment, artifact, log.as_ref()).await {
-            Ok(env) => env,
-            Err(err) => return Err(self.fail(project, &deployment, err).await),
-        };
-        log.line(&format!("-----> Starting v{}", deployment.version));
         let mut started: Vec<Instance> = Vec::new();
-        let result = self.start_and_check(project, &deployment, artifact, &extra_env, &mut started, log.as_ref()).await;
-        if let Err(err) = result {
+        let healthy = async {
+            let starting = self.store.set_deployment_status(deployment.id, DeploymentStatus::Starting, None).await?;
+            let extra_env = self.pre_deploy(&ctx, &starting, artifact, log.as_ref()).await?;
+            log.line(&format!("-----> Starting v{}", deployment.version));
+            self.start_and_check(project, &starting, artifact, &extra_env, &mut started, log.as_ref()).await?;
+            self.store.set_deployment_status(deployment.id, DeploymentStatus::Healthy, None).await
+        }
+        .await;
+        if let Err(err) = healthy {
             self.stop_instances(&started).await;
             return Err(self.fail(project, &deployment, err).await);
         }
-        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Healthy, None).await?;
 
-        let web: Vec<SocketAddr> = started.iter().filter(|i| i.process_type == "web").filter_map(|i| i.addr).collect();
-        let previous = self
-            .running
+        let previous = self.running.lock().expect("running lock").get(&project.name).cloned();
+        self.traffic.switch(&project.name, web_addrs(&started), self.config.drain_timeout).await;
+        let live = match self.store.make_live(deployment.id, env).await {
+            Ok(live) => live,
+            Err(err) => {
+                // The store still says the previous deployment is live: so must the ingress.
+                let back = previous.as_ref().map(|p| web_addrs(&p.instances)).unwrap_or_default();
+                self.traffic.switch(&project.name, back, self.config.drain_timeout).await;
+                self.stop_instances(&started).await;
+                return Err(self.fail(project, &deployment, err).await);
+            }
+        };
+        self.running
             .lock()
             .expect("running lock")
-            .insert(project.name.clone(), Running { version: deployment.version, instances: started.clone() });
-        self.traffic.switch(&project.name, web, self.config.drain_timeout).await;
-        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Live, None).await?;
+            .insert(project.name.clone(), Running { version: live.version, instances: started });
         if let Some(previous) = previous {
             // Traffic has moved and drained: the pusher need not wait for the old instances'
             // polite stop (up to the grace period).
@@ -432,12 +482,11 @@ impl Orchestrator {
                 }
             });
         }
-        self.supersede_others(project, deployment.id).await;
-        self.prune_builds(project, &deployment).await;
+        self.prune_builds(project, &live).await;
         self.hooks.post_deploy(&ctx, log.as_ref()).await;
-        self.logs.note(&project.name, &format!("v{} is live", deployment.version));
-        tracing::info!(project = %project.name, version = deployment.version, "deployment live");
-        Ok(deployment)
+        self.logs.note(&project.name, &format!("v{} is live", live.version));
+        tracing::info!(project = %project.name, version = live.version, "deployment live");
+        Ok(live)
     }
 
     /// What hooks are told about a deployment; the build's tree is its source when the
@@ -552,18 +601,6 @@ impl Orchestrator {
         }
     }
 
-    /// Every other live deployment of the project is superseded by `live_id`.
-    async fn supersede_others(&self, project: &Project, live_id: i64) {
-        let Ok(all) = self.store.deployments(project.id, 50).await else {
-            return;
-        };
-        for other in all.iter().filter(|d| d.id != live_id && d.status == DeploymentStatus::Live) {
-            if let Err(err) = self.store.set_deployment_status(other.id, DeploymentStatus::Superseded, None).await {
-                tracing::warn!(project = %project.name, error = %err, "cannot supersede deployment");
-            }
-        }
-    }
-
     /// Removes the artifacts of builds older than the newest `keep_builds` (never the live
     /// one's), so disk use stays bounded; their records and logs stay. Failures are only
     /// logged: a leftover artifact costs space, not correctness.
@@ -612,7 +649,8 @@ impl Orchestrator {
         }
     }
 
-    /// A new deployment of an existing build with the given config.
+    /// A new deployment of an existing build with the given config; `env` is the change to
+    /// the project's env that is saved when (and only if) it goes live.
     async fn deploy_build(
         &self,
         project: &Project,
@@ -620,7 +658,7 @@ impl Orchestrator {
         artifact: &Artifact,
         config: EnvVars,
         cause: String,
-        log: Arc<dyn LogSink>,
+        env: &EnvChanges,
     ) -> Result<Deployment> {
         let scale = self.store.scale(project.id).await?;
         let deployment = self
@@ -636,8 +674,11 @@ impl Orchestrator {
             })
             .await?;
         self.logs.note(&project.name, &format!("deploying v{} ({cause})", deployment.version));
-        let deployment = self.store.set_deployment_status(deployment.id, DeploymentStatus::Built, None).await?;
-        self.roll_out(project, deployment, artifact, log).await
+        let built = match self.store.set_deployment_status(deployment.id, DeploymentStatus::Built, None).await {
+            Ok(built) => built,
+            Err(err) => return Err(self.fail(project, &deployment, err).await),
+        };
+        self.roll_out(project, built, artifact, Arc::new(NullSink), env).await
     }
 
     /// The newest deployment that has a successful build.
@@ -654,8 +695,17 @@ impl Orchestrator {
     }
 
     /// Changes the env. With a live (or built) app this makes a new deployment, and the
-    /// change is kept only if that deployment goes live.
-    pub async fn update_env(&self, project: &Project, changes: &EnvChanges) -> Result<(EnvVars, Option<Deployment>)> {
+    /// change is saved only if that deployment goes live (in the same transaction).
+    pub async fn update_env(
+        self: &Arc<Self>,
+        project: &Project,
+        changes: &EnvChanges,
+    ) -> Result<(EnvVars, Option<Deployment>)> {
+        let (project, changes) = (project.clone(), changes.clone());
+        self.detached(move |this| async move { this.update_env_now(&project, &changes).await }).await
+    }
+
+    async fn update_env_now(&self, project: &Project, changes: &EnvChanges) -> Result<(EnvVars, Option<Deployment>)> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         let mut env = self.store.env(project.id).await?;
         for (key, value) in changes {
@@ -676,14 +726,18 @@ impl Orchestrator {
         if !unset.is_empty() {
             cause.push_str(&format!(" unset {}", unset.join(", ")));
         }
-        let deployment = self.deploy_build(project, &build, &artifact, env, cause, Arc::new(NullSink)).await?;
-        let env = self.store.update_env(project.id, changes).await?;
+        let deployment = self.deploy_build(project, &build, &artifact, env.clone(), cause, changes).await?;
         Ok((env, Some(deployment)))
     }
 
     /// Deploys again: the latest build with the current env, or, with `version`, that
     /// version's build *and* config (a rollback, which also restores the env).
-    pub async fn redeploy(&self, project: &Project, version: Option<i64>) -> Result<Deployment> {
+    pub async fn redeploy(self: &Arc<Self>, project: &Project, version: Option<i64>) -> Result<Deployment> {
+        let project = project.clone();
+        self.detached(move |this| async move { this.redeploy_now(&project, version).await }).await
+    }
+
+    async fn redeploy_now(&self, project: &Project, version: Option<i64>) -> Result<Deployment> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         match version {
             None => {
@@ -692,37 +746,35 @@ impl Orchestrator {
                     .await?
                     .ok_or_else(|| Error::Invalid(format!("{} has no build yet: git push first", project.name)))?;
                 let env = self.store.env(project.id).await?;
-                self.deploy_build(project, &build, &artifact, env, "redeploy".into(), Arc::new(NullSink)).await
+                self.deploy_build(project, &build, &artifact, env, "redeploy".into(), &EnvChanges::new()).await
             }
             Some(version) => {
                 let target = self.store.deployment(project.id, version).await?;
                 let (build, artifact) = self.artifact_of(&target).await?;
-                let config = target.config.clone();
-                let deployment = self
-                    .deploy_build(
-                        project,
-                        &build,
-                        &artifact,
-                        config.clone(),
-                        format!("rollback to v{version}"),
-                        Arc::new(NullSink),
-                    )
-                    .await?;
                 // The project's env becomes the restored one, so later changes build on it.
                 let current = self.store.env(project.id).await?;
-                let mut changes: EnvChanges =
-                    current.keys().filter(|k| !config.contains_key(*k)).map(|k| (k.clone(), None)).collect();
-                changes.extend(config.into_iter().map(|(k, v)| (k, Some(v))));
-                if !changes.is_empty() {
-                    self.store.update_env(project.id, &changes).await?;
-                }
-                Ok(deployment)
+                let mut restore: EnvChanges =
+                    current.keys().filter(|k| !target.config.contains_key(*k)).map(|k| (k.clone(), None)).collect();
+                restore.extend(target.config.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+                let cause = format!("rollback to v{version}");
+                self.deploy_build(project, &build, &artifact, target.config.clone(), cause, &restore).await
             }
         }
     }
 
-    /// Sets instance counts and applies them to the live deployment without a new version.
-    pub async fn scale(&self, project: &Project, scale: &BTreeMap<String, u32>) -> Result<BTreeMap<String, u32>> {
+    /// Sets instance counts (types not named keep theirs) and applies them to the live
+    /// deployment without a new version. The counts are saved only once the instances they
+    /// add answer; if one does not, those started are stopped and nothing changes.
+    pub async fn scale(
+        self: &Arc<Self>,
+        project: &Project,
+        scale: &BTreeMap<String, u32>,
+    ) -> Result<BTreeMap<String, u32>> {
+        let (project, scale) = (project.clone(), scale.clone());
+        self.detached(move |this| async move { this.scale_now(&project, &scale).await }).await
+    }
+
+    async fn scale_now(&self, project: &Project, scale: &BTreeMap<String, u32>) -> Result<BTreeMap<String, u32>> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         let live = self.live_artifact(project).await?;
         if let Some((_, artifact)) = &live
@@ -734,18 +786,18 @@ impl Orchestrator {
                 known.join(", ")
             )));
         }
-        self.store.set_scale(project.id, scale).await?;
-        let wanted = self.store.scale(project.id).await?;
-        if let Some((deployment, artifact)) = live {
-            self.apply_scale(project, &deployment, &artifact, &wanted).await?;
+        let mut wanted = self.store.scale(project.id).await?;
+        wanted.extend(scale.iter().map(|(process, count)| (process.clone(), *count)));
+        match live {
+            Some((deployment, artifact)) => self.apply_scale(project, &deployment, &artifact, scale, &wanted).await?,
+            None => self.store.set_scale(project.id, scale).await?,
         }
         Ok(wanted)
     }
 
+    /// The live deployment and its build's artifact, if something is live.
     async fn live_artifact(&self, project: &Project) -> Result<Option<(Deployment, Artifact)>> {
-        let live =
-            self.store.deployments(project.id, 50).await?.into_iter().find(|d| d.status == DeploymentStatus::Live);
-        match live {
+        match self.store.live_deployment(project.id).await? {
             Some(deployment) => {
                 let (_, artifact) = self.artifact_of(&deployment).await?;
                 Ok(Some((deployment, artifact)))
@@ -754,52 +806,67 @@ impl Orchestrator {
         }
     }
 
+    /// Starts what `wanted` adds (each web instance must answer), saves `change`, switches
+    /// traffic, then stops what `wanted` removes. A failure before the save stops what it
+    /// started and leaves everything as it was.
     async fn apply_scale(
         &self,
         project: &Project,
         deployment: &Deployment,
         artifact: &Artifact,
+        change: &BTreeMap<String, u32>,
         wanted: &BTreeMap<String, u32>,
     ) -> Result<()> {
         let current = self.running.lock().expect("running lock").get(&project.name).cloned();
-        let Some(mut running) = current else {
-            return Ok(());
+        let Some(running) = current else {
+            return self.store.set_scale(project.id, change).await;
         };
-        let ctx = self.hook_context(project, deployment, artifact);
-        let limits = self.limits_of(project).await?;
-        let hook_log = self.logs.sink(&project.name, "hooks");
-        let extra_env = self.pre_deploy(&ctx, deployment, artifact, hook_log.as_ref()).await?;
-        let env = app_env(project, deployment, extra_env);
-        let mut to_stop = Vec::new();
-        for (process, count) in Self::plan(artifact, wanted) {
-            let have: Vec<Instance> = running.instances.iter().filter(|i| i.process_type == process).cloned().collect();
-            for index in have.len() as u32..count {
-                let spec = InstanceSpec {
-                    project: project.name.clone(),
-                    version: deployment.version,
-                    process_type: process.clone(),
-                    index,
-                    artifact: artifact.reference.clone(),
-                    command: artifact.processes.get(&process).cloned().unwrap_or_default(),
-                    env: env.clone(),
-                    limits,
-                };
-                let output = self.logs.sink(&project.name, &format!("{process}.{}", index + 1));
-                let instance = self.runtime.start(spec, output).await?;
-                if let (true, Some(addr)) = (process == "web", instance.addr)
-                    && let Err(err) = self.wait_healthy(project, &instance, addr).await
-                {
-                    self.stop_instances(std::slice::from_ref(&instance)).await;
-                    return Err(err);
+        let mut started: Vec<Instance> = Vec::new();
+        let added = async {
+            let ctx = self.hook_context(project, deployment, artifact);
+            let limits = self.limits_of(project).await?;
+            let hook_log = self.logs.sink(&project.name, "hooks");
+            let extra_env = self.pre_deploy(&ctx, deployment, artifact, hook_log.as_ref()).await?;
+            let env = app_env(project, deployment, extra_env);
+            for (process, count) in Self::plan(artifact, wanted) {
+                let have = running.instances.iter().filter(|i| i.process_type == process).count() as u32;
+                for index in have..count {
+                    let spec = InstanceSpec {
+                        project: project.name.clone(),
+                        version: deployment.version,
+                        process_type: process.clone(),
+                        index,
+                        artifact: artifact.reference.clone(),
+                        command: artifact.processes.get(&process).cloned().unwrap_or_default(),
+                        env: env.clone(),
+                        limits,
+                    };
+                    let output = self.logs.sink(&project.name, &format!("{process}.{}", index + 1));
+                    let instance = self.runtime.start(spec, output).await?;
+                    started.push(instance.clone());
+                    if let (true, Some(addr)) = (process == "web", instance.addr) {
+                        self.wait_healthy(project, &instance, addr).await?;
+                    }
                 }
-                running.instances.push(instance);
             }
-            to_stop.extend(have.into_iter().filter(|i| i.index >= count));
+            self.store.set_scale(project.id, change).await
         }
-        running.instances.retain(|i| !to_stop.iter().any(|s| s.id == i.id));
-        let web: Vec<SocketAddr> =
-            running.instances.iter().filter(|i| i.process_type == "web").filter_map(|i| i.addr).collect();
-        self.running.lock().expect("running lock").insert(project.name.clone(), running);
+        .await;
+        if let Err(err) = added {
+            self.stop_instances(&started).await;
+            return Err(err);
+        }
+        let plan: BTreeMap<String, u32> = Self::plan(artifact, wanted).into_iter().collect();
+        let (to_stop, mut kept): (Vec<Instance>, Vec<Instance>) = running
+            .instances
+            .into_iter()
+            .partition(|i| plan.get(&i.process_type).is_some_and(|count| i.index >= *count));
+        kept.extend(started);
+        let web = web_addrs(&kept);
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(project.name.clone(), Running { version: running.version, instances: kept });
         self.traffic.switch(&project.name, web, self.config.drain_timeout).await;
         self.stop_instances(&to_stop).await;
         self.logs.note(&project.name, &format!("scaled: {}", describe_scale(wanted)));
@@ -816,24 +883,31 @@ impl Orchestrator {
     }
 
     /// Sets the project's own limits (`None`: the server's default) and, once it has a
-    /// build, applies them with a new deployment.
-    pub async fn set_limits(&self, project: &Project, limits: &Limits) -> Result<Option<Deployment>> {
+    /// build, applies them with a new deployment; they are kept only if it goes live.
+    pub async fn set_limits(self: &Arc<Self>, project: &Project, limits: &Limits) -> Result<Option<Deployment>> {
+        let (project, limits) = (project.clone(), *limits);
+        self.detached(move |this| async move { this.set_limits_now(&project, &limits).await }).await
+    }
+
+    async fn set_limits_now(&self, project: &Project, limits: &Limits) -> Result<Option<Deployment>> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         let previous = self.store.limits(project.id).await?;
         self.store.set_limits(project.id, limits).await?;
-        let Some((_, build, artifact)) = self.latest_built(project).await? else {
-            return Ok(None);
-        };
-        let env = self.store.env(project.id).await?;
-        let cause = format!("limits: {}", describe_limits(limits));
-        match self.deploy_build(project, &build, &artifact, env, cause, Arc::new(NullSink)).await {
-            Ok(deployment) => Ok(Some(deployment)),
-            Err(err) => {
-                // The change is kept only if the app runs with it.
-                self.store.set_limits(project.id, &previous).await?;
-                Err(err)
-            }
+        let deployed = async {
+            let Some((_, build, artifact)) = self.latest_built(project).await? else {
+                return Ok(None);
+            };
+            let env = self.store.env(project.id).await?;
+            let cause = format!("limits: {}", describe_limits(limits));
+            self.deploy_build(project, &build, &artifact, env, cause, &EnvChanges::new()).await.map(Some)
         }
+        .await;
+        if deployed.is_err()
+            && let Err(err) = self.store.set_limits(project.id, &previous).await
+        {
+            tracing::error!(project = %project.name, error = %err, "cannot restore the limits of a failed change");
+        }
+        deployed
     }
 
     /// Prepares a one-off command (`paastech run -- CMD…`) in the live deployment: its
@@ -874,75 +948,92 @@ impl Orchestrator {
         Ok(all)
     }
 
-    /// After a server start: every project answers (503 until something is live), every
-    /// live deployment runs again, and instances of nothing live are stopped.
-    pub async fn restore(&self) -> Result<()> {
-        match self.runtime.remove_stray_one_offs().await {
-            Ok(0) => {}
-            Ok(count) => tracing::info!(count, "removed one-off commands a previous server left running"),
-            Err(err) => tracing::warn!(error = %err, "cannot remove one-off commands a previous server left running"),
-        }
-        for project in self.store.projects(None).await? {
-            self.traffic.switch(&project.name, Vec::new(), Duration::ZERO).await;
-        }
-        let live = self.store.live_deployments().await?;
-        let existing = self.runtime.list().await?;
-        for instance in &existing {
-            let wanted = live.iter().any(|(p, d)| p.name == instance.project && d.version == instance.version);
-            if !wanted {
-                tracing::info!(instance = %instance.id, "stopping an instance of no live deployment");
-                let _ = self.runtime.stop(&instance.id, self.config.stop_grace).await;
-            }
-        }
-        for (project, deployment) in live {
-            let log = self.logs.sink(&project.name, "paastech");
-            let result = async {
-                let _guard = self.exclusive(&project.name, log.as_ref()).await;
-                let (_, artifact) = self.artifact_of(&deployment).await?;
-                let adopted: Vec<Instance> = existing
-                    .iter()
-                    .filter(|i| i.project == project.name && i.version == deployment.version)
-                    .cloned()
-                    .collect();
-                for instance in &adopted {
-                    let output = self.logs.sink(&project.name, &format!("{}.{}", instance.process_type, instance.index + 1));
-                    if let Err(err) = self.runtime.attach(&instance.id, output).await {
-                        tracing::warn!(instance = %instance.id, error = %err, "cannot follow an adopted instance's output");
+    /// The first step of a server start, taken before anything listens: deployments a
+    /// stopped server left on their way are recorded failed and their leftovers removed;
+    /// every project answers 503 and its lock is held until its live deployment runs again,
+    /// so work that arrives meanwhile waits for the restore instead of racing it. Then
+    /// [`Restore::run`] does the rest, in the background.
+    pub async fn begin_restore(self: &Arc<Self>) -> Result<Restore> {
+        let projects = self.store.projects(None).await?;
+        let interrupted = self.store.interrupt_unfinished(INTERRUPTED).await?;
+        for deployment in &interrupted {
+            let Some(project) = projects.iter().find(|p| p.id == deployment.project_id) else { continue };
+            tracing::warn!(project = %project.name, version = deployment.version, "deployment interrupted by a server restart");
+            self.logs.note(&project.name, &format!("v{} failed: {INTERRUPTED}", deployment.version));
+            // A build that never finished leaves its half-made release directory.
+            let unfinished = match deployment.build_id {
+                Some(id) => self.store.build(id).await.map(|b| b.artifact.is_none()).unwrap_or(false),
+                None => false,
+            };
+            if unfinished {
+                let dir = self.release_dir(&project.name, deployment.version);
+                for leftover in [dir.with_extension("hook-out"), dir] {
+                    if let Err(err) = tokio::fs::remove_dir_all(&leftover).await
+                        && err.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!(project = %project.name, error = %err, "cannot remove an interrupted build's files");
                     }
                 }
-                let mut started = adopted.clone();
-                if adopted.is_empty() {
-                    let ctx = self.hook_context(&project, &deployment, &artifact);
-                    let extra_env = self.pre_deploy(&ctx, &deployment, &artifact, log.as_ref()).await?;
-                    self.start_and_check(&project, &deployment, &artifact, &extra_env, &mut started, log.as_ref())
-                        .await
-                        .inspect_err(|_| {
-                            let started = started.clone();
-                            let runtime = Arc::clone(&self.runtime);
-                            let grace = self.config.stop_grace;
-                            tokio::spawn(async move {
-                                for instance in started {
-                                    let _ = runtime.stop(&instance.id, grace).await;
-                                }
-                            });
-                        })?;
-                }
-                let web: Vec<SocketAddr> =
-                    started.iter().filter(|i| i.process_type == "web").filter_map(|i| i.addr).collect();
-                self.running
-                    .lock()
-                    .expect("running lock")
-                    .insert(project.name.clone(), Running { version: deployment.version, instances: started });
-                self.traffic.switch(&project.name, web, Duration::ZERO).await;
-                self.logs.note(&project.name, &format!("v{} restored after a server start", deployment.version));
-                Ok::<(), Error>(())
-            }
-            .await;
-            if let Err(err) = result {
-                tracing::error!(project = %project.name, version = deployment.version, error = %err, "cannot restore live deployment");
-                self.logs.note(&project.name, &format!("v{} could not be restored: {err}", deployment.version));
             }
         }
+        let mut held = Vec::with_capacity(projects.len());
+        for project in projects {
+            self.traffic.switch(&project.name, Vec::new(), Duration::ZERO).await;
+            let guard = self.lock_for(&project.name).lock_owned().await;
+            held.push((project, guard));
+        }
+        Ok(Restore { orchestrator: Arc::clone(self), held })
+    }
+
+    /// Both steps of a server start at once: [`Self::begin_restore`], then [`Restore::run`].
+    pub async fn restore(self: &Arc<Self>) -> Result<()> {
+        self.begin_restore().await?.run().await
+    }
+
+    /// Brings one project's live deployment back, under its lock: adopts its instances that
+    /// outlived the server, or starts them again, and stops the project's other instances.
+    async fn restore_project(&self, project: &Project, existing: &[Instance]) -> Result<()> {
+        let live = self.store.live_deployment(project.id).await?;
+        let (kept, stale): (Vec<Instance>, Vec<Instance>) = existing
+            .iter()
+            .filter(|i| i.project == project.name)
+            .cloned()
+            .partition(|i| live.as_ref().is_some_and(|d| d.version == i.version));
+        for instance in &stale {
+            tracing::info!(instance = %instance.id, "stopping an instance of no live deployment");
+        }
+        self.stop_instances(&stale).await;
+        let Some(mut deployment) = live else { return Ok(()) };
+        let log = self.logs.sink(&project.name, "paastech");
+        let (_, artifact) = self.artifact_of(&deployment).await?;
+        for instance in &kept {
+            let output = self.logs.sink(&project.name, &format!("{}.{}", instance.process_type, instance.index + 1));
+            if let Err(err) = self.runtime.attach(&instance.id, output).await {
+                tracing::warn!(instance = %instance.id, error = %err, "cannot follow an adopted instance's output");
+            }
+        }
+        let mut started = kept;
+        if started.is_empty() {
+            // The project's scale may have changed since the deployment was made.
+            deployment.scale = self.store.scale(project.id).await?;
+            let ctx = self.hook_context(project, &deployment, &artifact);
+            let checked = async {
+                let extra_env = self.pre_deploy(&ctx, &deployment, &artifact, log.as_ref()).await?;
+                self.start_and_check(project, &deployment, &artifact, &extra_env, &mut started, log.as_ref()).await
+            }
+            .await;
+            if let Err(err) = checked {
+                self.stop_instances(&started).await;
+                return Err(err);
+            }
+        }
+        let web = web_addrs(&started);
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(project.name.clone(), Running { version: deployment.version, instances: started });
+        self.traffic.switch(&project.name, web, Duration::ZERO).await;
+        self.logs.note(&project.name, &format!("v{} restored after a server start", deployment.version));
         Ok(())
     }
 
@@ -1054,4 +1145,44 @@ impl PreparedRun {
     pub async fn run(self, output: Arc<dyn LogSink>) -> Result<i32> {
         self.runtime.run_once(self.spec, self.run, output).await
     }
+}
+
+/// A server start's restore, begun: every project's lock is held. See
+/// [`Orchestrator::begin_restore`].
+pub struct Restore {
+    orchestrator: Arc<Orchestrator>,
+    held: Vec<(Project, tokio::sync::OwnedMutexGuard<()>)>,
+}
+
+impl Restore {
+    /// Removes what a previous server left running that nothing wants, then brings each
+    /// project's live deployment back, releasing each project's lock once it is done.
+    pub async fn run(self) -> Result<()> {
+        let Restore { orchestrator: this, held } = self;
+        match this.runtime.remove_stray_one_offs().await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "removed one-off commands a previous server left running"),
+            Err(err) => tracing::warn!(error = %err, "cannot remove one-off commands a previous server left running"),
+        }
+        let existing = this.runtime.list().await?;
+        // Instances of projects deleted meanwhile (listed after the instances, so a project
+        // created since is known here).
+        let projects = this.store.projects(None).await?;
+        let orphans: Vec<Instance> =
+            existing.iter().filter(|i| !projects.iter().any(|p| p.name == i.project)).cloned().collect();
+        this.stop_instances(&orphans).await;
+        for (project, guard) in held {
+            if let Err(err) = this.restore_project(&project, &existing).await {
+                tracing::error!(project = %project.name, error = %err, "cannot restore the live deployment");
+                this.logs.note(&project.name, &format!("the live deployment could not be restored: {err}"));
+            }
+            drop(guard);
+        }
+        Ok(())
+    }
+}
+
+/// Where the ingress reaches the `web` instances among `instances`.
+fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
+    instances.iter().filter(|i| i.process_type == "web").filter_map(|i| i.addr).collect()
 }

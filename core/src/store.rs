@@ -93,4 +93,14 @@ pub trait Store: Send + Sync {
     async fn deployment(&self, project_id: i64, version: i64) -> Result<Deployment>;
     /// The live deployment of every project, to start again after a server restart.
     async fn live_deployments(&self) -> Result<Vec<(Project, Deployment)>>;
+    /// The project's live deployment: at most one, kept so by the store.
+    async fn live_deployment(&self, project_id: i64) -> Result<Option<Deployment>>;
+    /// In one transaction: the healthy deployment becomes live, the one it replaces is
+    /// superseded, and `env` is applied to the project's env (the config change, or the
+    /// restored config of a rollback, that this deployment carries). All or nothing.
+    async fn make_live(&self, deployment_id: i64, env: &EnvChanges) -> Result<Deployment>;
+    /// Marks every deployment still on its way (queued to healthy) failed with `reason`, and
+    /// every build still running failed: what a server that stopped mid-way left. Returns
+    /// the deployments it marked. Called at start, before any new work is taken.
+    async fn interrupt_unfinished(&self, reason: &str) -> Result<Vec<Deployment>>;
 }

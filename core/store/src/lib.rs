@@ -100,6 +100,21 @@ macro_rules! ensure_project {
     };
 }
 
+/// Applies `$changes` (an `&EnvChanges`) to the project's env vars; inside a transaction.
+macro_rules! apply_env_changes {
+    ($conn:ident, $project_id:expr, $changes:expr) => {
+        for (key, value) in $changes {
+            diesel::delete(env_vars::table.filter(env_vars::project_id.eq($project_id)).filter(env_vars::key.eq(key)))
+                .execute($conn)?;
+            if let Some(value) = value {
+                diesel::insert_into(env_vars::table)
+                    .values((env_vars::project_id.eq($project_id), env_vars::key.eq(key), env_vars::value.eq(value)))
+                    .execute($conn)?;
+            }
+        }
+    };
+}
+
 /// How precisely a token's last use is kept.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 
@@ -382,21 +397,7 @@ impl Store for SqlStore {
         with_conn!(self, |conn| {
             write_tx(conn, |conn| {
                 ensure_project!(conn, project_id);
-                for (key, value) in &changes {
-                    diesel::delete(
-                        env_vars::table.filter(env_vars::project_id.eq(project_id)).filter(env_vars::key.eq(key)),
-                    )
-                    .execute(conn)?;
-                    if let Some(value) = value {
-                        diesel::insert_into(env_vars::table)
-                            .values((
-                                env_vars::project_id.eq(project_id),
-                                env_vars::key.eq(key),
-                                env_vars::value.eq(value),
-                            ))
-                            .execute(conn)?;
-                    }
-                }
+                apply_env_changes!(conn, project_id, &changes);
                 let rows = env_vars::table
                     .filter(env_vars::project_id.eq(project_id))
                     .select((env_vars::key, env_vars::value))
@@ -664,6 +665,74 @@ impl Store for SqlStore {
                 live.push((Project::try_from(project)?, Deployment::try_from(deployment)?));
             }
             Ok(live)
+        })
+    }
+
+    async fn live_deployment(&self, project_id: i64) -> Result<Option<Deployment>> {
+        with_conn!(self, |conn| {
+            let row = deployments::table
+                .filter(deployments::project_id.eq(project_id))
+                .filter(deployments::status.eq(DeploymentStatus::Live.as_str()))
+                .select(DeploymentRow::as_select())
+                .first(conn)
+                .optional()?;
+            Ok(row.map(Deployment::try_from).transpose()?)
+        })
+    }
+
+    async fn make_live(&self, deployment_id: i64, env: &EnvChanges) -> Result<Deployment> {
+        let env = env.clone();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                let row = deployments::table
+                    .find(deployment_id)
+                    .select(DeploymentRow::as_select())
+                    .first(conn)
+                    .optional()?
+                    .ok_or_else(|| not_found("deployment not found"))?;
+                DeploymentStatus::parse(&row.status)?.next(DeploymentStatus::Live)?;
+                let now = now();
+                // The one-live index holds at every statement: the old one steps down first.
+                diesel::update(
+                    deployments::table
+                        .filter(deployments::project_id.eq(row.project_id))
+                        .filter(deployments::status.eq(DeploymentStatus::Live.as_str())),
+                )
+                .set((deployments::status.eq(DeploymentStatus::Superseded.as_str()), deployments::updated_at.eq(now)))
+                .execute(conn)?;
+                apply_env_changes!(conn, row.project_id, &env);
+                let row = diesel::update(deployments::table.find(deployment_id))
+                    .set((deployments::status.eq(DeploymentStatus::Live.as_str()), deployments::updated_at.eq(now)))
+                    .returning(DeploymentRow::as_returning())
+                    .get_result(conn)?;
+                Ok(Deployment::try_from(row)?)
+            })
+        })
+    }
+
+    async fn interrupt_unfinished(&self, reason: &str) -> Result<Vec<Deployment>> {
+        let reason = reason.to_owned();
+        let unfinished: Vec<&'static str> = DeploymentStatus::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal() && *s != DeploymentStatus::Live)
+            .map(DeploymentStatus::as_str)
+            .collect();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                let now = now();
+                let rows = diesel::update(deployments::table.filter(deployments::status.eq_any(&unfinished)))
+                    .set((
+                        deployments::status.eq(DeploymentStatus::Failed.as_str()),
+                        deployments::failure.eq(&reason),
+                        deployments::updated_at.eq(now),
+                    ))
+                    .returning(DeploymentRow::as_returning())
+                    .get_results(conn)?;
+                diesel::update(builds::table.filter(builds::status.eq(BuildStatus::Building.as_str())))
+                    .set((builds::status.eq(BuildStatus::Failed.as_str()), builds::finished_at.eq(now)))
+                    .execute(conn)?;
+                Ok(rows.into_iter().map(Deployment::try_from).collect::<Result<Vec<_>>>()?)
+            })
         })
     }
 }

@@ -118,6 +118,10 @@ suite!(
     deployment_versions_increase_per_project,
     deployment_status_follows_the_state_machine,
     concurrent_deployments_get_distinct_versions,
+    going_live_supersedes_and_saves_the_env_at_once,
+    a_refused_go_live_changes_nothing,
+    one_live_deployment_per_project,
+    unfinished_deployments_are_interrupted,
     data_survives_reopening_the_store,
 );
 
@@ -498,6 +502,120 @@ async fn deployment_status_follows_the_state_machine(db: &TestDb) {
     store.set_deployment_status(first.id, Superseded, None).await.expect("superseded");
     assert!(store.live_deployments().await.expect("live").is_empty());
     assert_not_found(store.set_deployment_status(424242, Building, None).await, "deployment");
+}
+
+/// A deployment of `project_id` walked up to `Healthy`.
+async fn healthy_deployment(store: &SqlStore, project_id: i64) -> paastech_core::Deployment {
+    use DeploymentStatus::*;
+    let deployment = store.create_deployment(&new_deployment(project_id, "push")).await.expect("deploy");
+    for step in [Building, Built, Starting, Healthy] {
+        store.set_deployment_status(deployment.id, step, None).await.expect("legal step");
+    }
+    store.deployment(project_id, deployment.version).await.expect("read back")
+}
+
+async fn going_live_supersedes_and_saves_the_env_at_once(db: &TestDb) {
+    use DeploymentStatus::*;
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let other = store.create_project(alice.id, &name("other")).await.expect("create");
+    assert_eq!(store.live_deployment(project.id).await.expect("live"), None);
+    store.update_env(project.id, &EnvChanges::from([("OLD".into(), Some("1".into()))])).await.expect("env");
+
+    let v1 = healthy_deployment(&store, project.id).await;
+    let live = store.make_live(v1.id, &EnvChanges::new()).await.expect("v1 live");
+    assert_eq!(live.status, Live);
+    let theirs = healthy_deployment(&store, other.id).await;
+    store.make_live(theirs.id, &EnvChanges::new()).await.expect("other project's live");
+
+    let v2 = healthy_deployment(&store, project.id).await;
+    let changes = EnvChanges::from([("OLD".into(), None), ("NEW".into(), Some("2".into()))]);
+    store.make_live(v2.id, &changes).await.expect("v2 live");
+    assert_eq!(store.live_deployment(project.id).await.expect("live").map(|d| d.version), Some(2));
+    assert_eq!(store.deployment(project.id, 1).await.expect("v1").status, Superseded);
+    assert_eq!(store.env(project.id).await.expect("env"), BTreeMap::from([("NEW".into(), "2".into())]));
+    // Another project's live deployment is not touched.
+    assert_eq!(store.live_deployment(other.id).await.expect("live").map(|d| d.id), Some(theirs.id));
+}
+
+async fn a_refused_go_live_changes_nothing(db: &TestDb) {
+    use DeploymentStatus::*;
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let v1 = healthy_deployment(&store, project.id).await;
+    store.make_live(v1.id, &EnvChanges::new()).await.expect("v1 live");
+    // v2 never passed its health check: it cannot go live, and its env change is not saved.
+    let v2 = store.create_deployment(&new_deployment(project.id, "env")).await.expect("deploy");
+    store.set_deployment_status(v2.id, Built, None).await.expect("built");
+    let changes = EnvChanges::from([("SECRET".into(), Some("x".into()))]);
+    assert!(matches!(store.make_live(v2.id, &changes).await, Err(Error::Conflict(_))));
+    assert_eq!(store.live_deployment(project.id).await.expect("live").map(|d| d.id), Some(v1.id));
+    assert!(store.env(project.id).await.expect("env").is_empty());
+    assert_not_found(store.make_live(424242, &changes).await, "deployment");
+}
+
+async fn one_live_deployment_per_project(db: &TestDb) {
+    use DeploymentStatus::*;
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let v1 = healthy_deployment(&store, project.id).await;
+    store.make_live(v1.id, &EnvChanges::new()).await.expect("v1 live");
+    // The plain status step cannot make a second live deployment beside the first.
+    let v2 = healthy_deployment(&store, project.id).await;
+    assert!(store.set_deployment_status(v2.id, Live, None).await.is_err(), "a second live deployment");
+    assert_eq!(store.deployment(project.id, 2).await.expect("v2").status, Healthy);
+    // After 60 failed deployments the live one is still found.
+    for _ in 0..60 {
+        let failed = store.create_deployment(&new_deployment(project.id, "push")).await.expect("deploy");
+        store.set_deployment_status(failed.id, Failed, Some("build failed")).await.expect("fail");
+    }
+    assert_eq!(store.live_deployment(project.id).await.expect("live").map(|d| d.version), Some(1));
+}
+
+async fn unfinished_deployments_are_interrupted(db: &TestDb) {
+    use DeploymentStatus::*;
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let live = healthy_deployment(&store, project.id).await;
+    store.make_live(live.id, &EnvChanges::new()).await.expect("live");
+    let build = store.create_build(project.id, "abc123").await.expect("build");
+    let building = store
+        .create_deployment(&NewDeployment { build_id: Some(build.id), ..new_deployment(project.id, "push") })
+        .await
+        .expect("deploy");
+    store.set_deployment_status(building.id, Building, None).await.expect("building");
+    let starting = store.create_deployment(&new_deployment(project.id, "env")).await.expect("deploy");
+    for step in [Built, Starting] {
+        store.set_deployment_status(starting.id, step, None).await.expect("step");
+    }
+    let queued = store.create_deployment(&new_deployment(project.id, "redeploy")).await.expect("deploy");
+    let failed = store.create_deployment(&new_deployment(project.id, "push")).await.expect("deploy");
+    store.set_deployment_status(failed.id, Failed, Some("build failed")).await.expect("fail");
+
+    let mut interrupted: Vec<i64> = store
+        .interrupt_unfinished("interrupted by a server restart")
+        .await
+        .expect("interrupt")
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    interrupted.sort_unstable();
+    assert_eq!(interrupted, vec![building.id, starting.id, queued.id]);
+    for version in [building.version, starting.version, queued.version] {
+        let d = store.deployment(project.id, version).await.expect("read");
+        assert_eq!((d.status, d.failure.as_deref()), (Failed, Some("interrupted by a server restart")));
+    }
+    assert_eq!(
+        store.deployment(project.id, failed.version).await.expect("read").failure.as_deref(),
+        Some("build failed")
+    );
+    assert_eq!(store.live_deployment(project.id).await.expect("live").map(|d| d.id), Some(live.id));
+    assert_eq!(store.build(build.id).await.expect("build").status, paastech_core::BuildStatus::Failed);
+    assert!(store.interrupt_unfinished("again").await.expect("interrupt").is_empty(), "nothing left to interrupt");
 }
 
 async fn concurrent_deployments_get_distinct_versions(db: &TestDb) {

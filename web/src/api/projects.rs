@@ -82,9 +82,9 @@ pub(crate) async fn visible_project(state: &AppState, user: &User, name: &str) -
 
 async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> {
     let owner = state.store.user(project.owner_id).await?.email;
-    let latest = state.store.deployments(project.id, 20).await?;
+    let latest = state.store.deployments(project.id, 1).await?;
     let status = latest.first().map(|d| d.status.as_str().to_owned());
-    let live_version = latest.iter().find(|d| d.status == paastech_core::DeploymentStatus::Live).map(|d| d.version);
+    let live_version = state.store.live_deployment(project.id).await?.map(|d| d.version);
     let name = project.name.as_str();
     Ok(ProjectView {
         git_url: state.urls.git_url(name),

@@ -54,12 +54,13 @@ pub(crate) async fn project_rows(
     let now = Timestamp::now();
     futures_util::stream::iter(projects)
         .map(|project| async move {
-            let recent = state.store.deployments(project.id, 5).await?;
+            let recent = state.store.deployments(project.id, 1).await?;
+            let live = state.store.live_deployment(project.id).await?;
             let latest = recent.first();
             let name = project.name.as_str();
             Ok::<_, Error>(ProjectRow {
                 url: state.urls.app_url(name),
-                badge: Badge::project(&recent),
+                badge: Badge::project(latest, live.as_ref()),
                 owner: owners.get(&project.owner_id).cloned().unwrap_or_default(),
                 last: latest.map(|d| format!("v{} · {}", d.version, d.cause)),
                 when: latest.map(|d| When::of(d.created_at, now)),

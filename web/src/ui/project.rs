@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Redirect};
 use futures_util::StreamExt;
 use paastech_core::drivers::InstanceState;
 use paastech_core::store::EnvChanges;
-use paastech_core::{Deployment, DeploymentStatus, Error, Project, Timestamp, validate_env_key};
+use paastech_core::{Deployment, Error, Project, Timestamp, validate_env_key};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -44,13 +44,14 @@ async fn load(
 ) -> Result<(Project, ProjectHead, Vec<Deployment>), Error> {
     let project = visible_project(state, &session.user, name).await?;
     let deployments = state.store.deployments(project.id, recent).await?;
+    let live = state.store.live_deployment(project.id).await?;
     let name = project.name.as_str();
     let head = ProjectHead {
         name: name.to_owned(),
         url: state.urls.app_url(name),
         git_url: state.urls.git_url(name),
-        badge: Badge::project(&deployments),
-        live_version: deployments.iter().find(|d| d.status == DeploymentStatus::Live).map(|d| d.version),
+        badge: Badge::project(deployments.first(), live.as_ref()),
+        live_version: live.as_ref().map(|d| d.version),
         tab,
     };
     Ok((project, head, deployments))
@@ -300,8 +301,8 @@ pub async fn env_remove(
 // ----- Scale ----------------------------------------------------------------------------
 
 /// The process types to offer: the live build's, else those scaled before, else `web`.
-async fn process_types(state: &AppState, project: &Project, recent: &[Deployment]) -> Result<Vec<String>, Error> {
-    if let Some(build_id) = recent.iter().find(|d| d.status == DeploymentStatus::Live).and_then(|d| d.build_id) {
+async fn process_types(state: &AppState, project: &Project) -> Result<Vec<String>, Error> {
+    if let Some(build_id) = state.store.live_deployment(project.id).await?.and_then(|d| d.build_id) {
         let build = state.store.build(build_id).await?;
         if !build.processes.is_empty() {
             return Ok(build.processes.keys().cloned().collect());
@@ -319,10 +320,10 @@ async fn scale_page_with(
     sent: Option<(HashMap<String, String>, FieldErrors)>,
     status: StatusCode,
 ) -> UiResult {
-    let (project, head, recent) = load(state, session, name, "scale", 5).await?;
+    let (project, head, _) = load(state, session, name, "scale", 5).await?;
     let current = state.store.scale(project.id).await?;
     let (sent, errors) = sent.unwrap_or_default();
-    let rows = process_types(state, &project, &recent)
+    let rows = process_types(state, &project)
         .await?
         .into_iter()
         .map(|process| ScaleRow {

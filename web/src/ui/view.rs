@@ -107,10 +107,9 @@ impl Badge {
         Badge { class, text: status.as_str().to_owned() }
     }
 
-    /// A project's status from its newest deployments (newest first).
-    pub fn project(recent: &[Deployment]) -> Badge {
-        let live = recent.iter().find(|d| d.status == DeploymentStatus::Live);
-        match (recent.first(), live) {
+    /// A project's status from its newest deployment and its live one.
+    pub fn project(latest: Option<&Deployment>, live: Option<&Deployment>) -> Badge {
+        match (latest, live) {
             (None, _) => Badge { class: "none", text: "not deployed".into() },
             (Some(latest), Some(live)) if latest.id == live.id => Badge { class: "ok", text: "live".into() },
             (Some(latest), _) if !latest.status.is_terminal() && latest.status != DeploymentStatus::Live => {
@@ -410,10 +409,10 @@ mod tests {
             updated_at: Timestamp(0),
         };
         use DeploymentStatus::*;
-        assert_eq!(Badge::project(&[]).text, "not deployed");
-        assert_eq!(Badge::project(&[d(2, Live), d(1, Superseded)]).class, "ok");
-        assert_eq!(Badge::project(&[d(3, Building), d(2, Live)]).text, "deploying");
-        assert_eq!(Badge::project(&[d(3, Failed), d(2, Live)]).class, "warn");
-        assert_eq!(Badge::project(&[d(1, Failed)]).text, "failed");
+        assert_eq!(Badge::project(None, None).text, "not deployed");
+        assert_eq!(Badge::project(Some(&d(2, Live)), Some(&d(2, Live))).class, "ok");
+        assert_eq!(Badge::project(Some(&d(3, Building)), Some(&d(2, Live))).text, "deploying");
+        assert_eq!(Badge::project(Some(&d(3, Failed)), Some(&d(2, Live))).class, "warn");
+        assert_eq!(Badge::project(Some(&d(1, Failed)), None).text, "failed");
     }
 }

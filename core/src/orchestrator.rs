@@ -1186,3 +1186,6 @@ impl Restore {
 fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
     instances.iter().filter(|i| i.process_type == "web").filter_map(|i| i.addr).collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,908 @@
+//! The orchestrator's failure paths, with in-memory fakes of every seam: each fake can fail
+//! a chosen call, and every call ticks one shared step counter, so a test can also drop the
+//! caller at each await point. Each test asserts what runs, what is stored and what is
+//! served afterwards. (Real drivers are exercised by the journeys in `tests/`.)
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{INTERRUPTED, Orchestrator, OrchestratorConfig};
+use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
+use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
+use crate::drivers::{
+    Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, RepoStore, Runtime,
+    TrafficRouter,
+};
+use crate::error::{Error, Result};
+use crate::logs::LogHub;
+use crate::store::{EnvChanges, Store};
+
+// ----- Shared step counter ----------------------------------------------------------------
+
+/// Counts calls into the fakes; a test waits for the N-th to drop its caller there.
+#[derive(Default)]
+struct Steps {
+    count: AtomicUsize,
+    notify: tokio::sync::Notify,
+}
+
+impl Steps {
+    /// One call into a fake; it yields, so that a caller waiting for this step runs
+    /// before the call goes on, as it would at a real await point.
+    async fn tick(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        tokio::task::yield_now().await;
+    }
+
+    fn now(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    async fn reached(&self, step: usize) {
+        loop {
+            let notified = self.notify.notified();
+            if self.now() >= step {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Calls that fail on purpose: name → (calls to let through first, calls to fail then).
+#[derive(Default)]
+struct Faults(Mutex<HashMap<&'static str, (usize, usize)>>);
+
+impl Faults {
+    /// The next call named `call` fails, and `times - 1` after it.
+    fn set(&self, call: &'static str, times: usize) {
+        self.after(call, 0, times);
+    }
+
+    /// `call` succeeds `skip` more times, then fails `times` times.
+    fn after(&self, call: &'static str, skip: usize, times: usize) {
+        self.0.lock().expect("faults").insert(call, (skip, times));
+    }
+
+    fn clear(&self) {
+        self.0.lock().expect("faults").clear();
+    }
+
+    fn check(&self, call: &'static str) -> Result<()> {
+        let mut faults = self.0.lock().expect("faults");
+        match faults.get_mut(call) {
+            Some((skip, _)) if *skip > 0 => {
+                *skip -= 1;
+                Ok(())
+            }
+            Some((_, left)) if *left > 0 => {
+                *left -= 1;
+                Err(Error::Unavailable(format!("{call} failed on purpose")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+// ----- Store ------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Data {
+    users: Vec<User>,
+    projects: Vec<Project>,
+    env: HashMap<i64, EnvVars>,
+    scale: HashMap<i64, BTreeMap<String, u32>>,
+    limits: HashMap<i64, Limits>,
+    builds: Vec<Build>,
+    deployments: Vec<Deployment>,
+}
+
+/// The store's contract in memory, for the calls the orchestrator makes.
+struct MemStore {
+    data: Mutex<Data>,
+    faults: Faults,
+    steps: Arc<Steps>,
+}
+
+impl MemStore {
+    async fn enter(&self, call: &'static str) -> Result<std::sync::MutexGuard<'_, Data>> {
+        self.steps.tick().await;
+        self.faults.check(call)?;
+        Ok(self.data.lock().expect("store data"))
+    }
+
+    fn not_used<T>() -> Result<T> {
+        Err(Error::internal_msg("not used by the orchestrator"))
+    }
+}
+
+fn apply(env: &mut EnvVars, changes: &EnvChanges) {
+    for (key, value) in changes {
+        match value {
+            Some(value) => env.insert(key.clone(), value.clone()),
+            None => env.remove(key),
+        };
+    }
+}
+
+#[async_trait]
+impl Store for MemStore {
+    async fn ping(&self) -> Result<()> {
+        self.enter("ping").await.map(|_| ())
+    }
+    async fn create_user(&self, email: &str, _: &str) -> Result<User> {
+        let mut data = self.enter("create_user").await?;
+        let user =
+            User { id: data.users.len() as i64 + 1, email: email.into(), is_admin: false, created_at: Timestamp(0) };
+        data.users.push(user.clone());
+        Ok(user)
+    }
+    async fn user(&self, id: i64) -> Result<User> {
+        let data = self.enter("user").await?;
+        data.users.iter().find(|u| u.id == id).cloned().ok_or_else(|| Error::NotFound("user".into()))
+    }
+    async fn user_by_email(&self, _: &str) -> Result<(User, String)> {
+        Self::not_used()
+    }
+    async fn users(&self) -> Result<Vec<User>> {
+        Self::not_used()
+    }
+    async fn create_token(&self, _: i64, _: &str, _: &str, _: Option<Timestamp>) -> Result<ApiToken> {
+        Self::not_used()
+    }
+    async fn use_token(&self, _: &str) -> Result<(ApiToken, User)> {
+        Self::not_used()
+    }
+    async fn tokens(&self, _: i64) -> Result<Vec<ApiToken>> {
+        Self::not_used()
+    }
+    async fn delete_token(&self, _: i64, _: i64) -> Result<()> {
+        Self::not_used()
+    }
+    async fn add_ssh_key(&self, _: i64, _: &str, _: &str, _: &str) -> Result<SshKey> {
+        Self::not_used()
+    }
+    async fn ssh_keys(&self, _: i64) -> Result<Vec<SshKey>> {
+        Self::not_used()
+    }
+    async fn delete_ssh_key(&self, _: i64, _: i64) -> Result<()> {
+        Self::not_used()
+    }
+    async fn user_by_ssh_fingerprint(&self, _: &str) -> Result<(SshKey, User)> {
+        Self::not_used()
+    }
+    async fn create_project(&self, owner_id: i64, name: &ProjectName) -> Result<Project> {
+        let mut data = self.enter("create_project").await?;
+        let project =
+            Project { id: data.projects.len() as i64 + 1, name: name.clone(), owner_id, created_at: Timestamp(0) };
+        data.projects.push(project.clone());
+        Ok(project)
+    }
+    async fn project(&self, name: &ProjectName) -> Result<Project> {
+        let data = self.enter("project").await?;
+        data.projects.iter().find(|p| &p.name == name).cloned().ok_or_else(|| Error::NotFound("project".into()))
+    }
+    async fn projects(&self, _: Option<i64>) -> Result<Vec<Project>> {
+        Ok(self.enter("projects").await?.projects.clone())
+    }
+    async fn delete_project(&self, project_id: i64) -> Result<()> {
+        self.enter("delete_project").await?.projects.retain(|p| p.id != project_id);
+        Ok(())
+    }
+    async fn env(&self, project_id: i64) -> Result<EnvVars> {
+        Ok(self.enter("env").await?.env.get(&project_id).cloned().unwrap_or_default())
+    }
+    async fn update_env(&self, project_id: i64, changes: &EnvChanges) -> Result<EnvVars> {
+        let mut data = self.enter("update_env").await?;
+        let env = data.env.entry(project_id).or_default();
+        apply(env, changes);
+        Ok(env.clone())
+    }
+    async fn scale(&self, project_id: i64) -> Result<BTreeMap<String, u32>> {
+        Ok(self.enter("scale").await?.scale.get(&project_id).cloned().unwrap_or_default())
+    }
+    async fn set_scale(&self, project_id: i64, scale: &BTreeMap<String, u32>) -> Result<()> {
+        self.enter("set_scale").await?.scale.entry(project_id).or_default().extend(scale.clone());
+        Ok(())
+    }
+    async fn limits(&self, project_id: i64) -> Result<Limits> {
+        Ok(self.enter("limits").await?.limits.get(&project_id).copied().unwrap_or_default())
+    }
+    async fn set_limits(&self, project_id: i64, limits: &Limits) -> Result<()> {
+        self.enter("set_limits").await?.limits.insert(project_id, *limits);
+        Ok(())
+    }
+    async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build> {
+        let mut data = self.enter("create_build").await?;
+        let build = Build {
+            id: data.builds.len() as i64 + 1,
+            project_id,
+            commit: commit.into(),
+            status: BuildStatus::Building,
+            artifact: None,
+            processes: BTreeMap::new(),
+            log: String::new(),
+            created_at: Timestamp(0),
+            finished_at: None,
+        };
+        data.builds.push(build.clone());
+        Ok(build)
+    }
+    async fn finish_build(
+        &self,
+        build_id: i64,
+        status: BuildStatus,
+        artifact: Option<&str>,
+        processes: &BTreeMap<String, String>,
+        log: &str,
+    ) -> Result<Build> {
+        let mut data = self.enter("finish_build").await?;
+        let build = data.builds.iter_mut().find(|b| b.id == build_id).ok_or_else(|| Error::NotFound("build".into()))?;
+        build.status = status;
+        build.artifact = artifact.map(str::to_owned);
+        build.processes = processes.clone();
+        build.log = log.into();
+        Ok(build.clone())
+    }
+    async fn build(&self, build_id: i64) -> Result<Build> {
+        let data = self.enter("build").await?;
+        data.builds.iter().find(|b| b.id == build_id).cloned().ok_or_else(|| Error::NotFound("build".into()))
+    }
+    async fn clear_build_artifact(&self, build_id: i64) -> Result<()> {
+        let mut data = self.enter("clear_build_artifact").await?;
+        if let Some(build) = data.builds.iter_mut().find(|b| b.id == build_id) {
+            build.artifact = None;
+        }
+        Ok(())
+    }
+    async fn create_deployment(&self, new: &NewDeployment) -> Result<Deployment> {
+        let mut data = self.enter("create_deployment").await?;
+        let version = data.deployments.iter().filter(|d| d.project_id == new.project_id).count() as i64 + 1;
+        let deployment = Deployment {
+            id: data.deployments.len() as i64 + 1,
+            project_id: new.project_id,
+            version,
+            status: new.status,
+            build_id: new.build_id,
+            commit: new.commit.clone(),
+            config: new.config.clone(),
+            scale: new.scale.clone(),
+            cause: new.cause.clone(),
+            failure: None,
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+        };
+        data.deployments.push(deployment.clone());
+        Ok(deployment)
+    }
+    async fn set_deployment_status(
+        &self,
+        deployment_id: i64,
+        status: DeploymentStatus,
+        failure: Option<&str>,
+    ) -> Result<Deployment> {
+        let mut data = self.enter("set_deployment_status").await?;
+        let deployment = data
+            .deployments
+            .iter_mut()
+            .find(|d| d.id == deployment_id)
+            .ok_or_else(|| Error::NotFound("deployment".into()))?;
+        deployment.status = deployment.status.next(status)?;
+        if let Some(failure) = failure {
+            deployment.failure = Some(failure.into());
+        }
+        Ok(deployment.clone())
+    }
+    async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>> {
+        let data = self.enter("deployments").await?;
+        let mut all: Vec<Deployment> =
+            data.deployments.iter().filter(|d| d.project_id == project_id).cloned().collect();
+        all.reverse();
+        all.truncate(limit as usize);
+        Ok(all)
+    }
+    async fn deployment(&self, project_id: i64, version: i64) -> Result<Deployment> {
+        let data = self.enter("deployment").await?;
+        data.deployments
+            .iter()
+            .find(|d| d.project_id == project_id && d.version == version)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("deployment v{version} not found")))
+    }
+    async fn live_deployments(&self) -> Result<Vec<(Project, Deployment)>> {
+        let data = self.enter("live_deployments").await?;
+        Ok(data
+            .deployments
+            .iter()
+            .filter(|d| d.status == DeploymentStatus::Live)
+            .filter_map(|d| data.projects.iter().find(|p| p.id == d.project_id).map(|p| (p.clone(), d.clone())))
+            .collect())
+    }
+    async fn live_deployment(&self, project_id: i64) -> Result<Option<Deployment>> {
+        let data = self.enter("live_deployment").await?;
+        Ok(data.deployments.iter().find(|d| d.project_id == project_id && d.status == DeploymentStatus::Live).cloned())
+    }
+    async fn make_live(&self, deployment_id: i64, env: &EnvChanges) -> Result<Deployment> {
+        let mut data = self.enter("make_live").await?;
+        let index = data
+            .deployments
+            .iter()
+            .position(|d| d.id == deployment_id)
+            .ok_or_else(|| Error::NotFound("deployment".into()))?;
+        data.deployments[index].status.next(DeploymentStatus::Live)?;
+        let project_id = data.deployments[index].project_id;
+        for other in data.deployments.iter_mut().filter(|d| d.project_id == project_id) {
+            if other.status == DeploymentStatus::Live {
+                other.status = DeploymentStatus::Superseded;
+            }
+        }
+        apply(data.env.entry(project_id).or_default(), env);
+        data.deployments[index].status = DeploymentStatus::Live;
+        Ok(data.deployments[index].clone())
+    }
+    async fn interrupt_unfinished(&self, reason: &str) -> Result<Vec<Deployment>> {
+        let mut data = self.enter("interrupt_unfinished").await?;
+        let mut interrupted = Vec::new();
+        for deployment in data.deployments.iter_mut() {
+            if !deployment.status.is_terminal() && deployment.status != DeploymentStatus::Live {
+                deployment.status = DeploymentStatus::Failed;
+                deployment.failure = Some(reason.into());
+                interrupted.push(deployment.clone());
+            }
+        }
+        for build in data.builds.iter_mut().filter(|b| b.status == BuildStatus::Building) {
+            build.status = BuildStatus::Failed;
+        }
+        Ok(interrupted)
+    }
+}
+
+// ----- Drivers ----------------------------------------------------------------------------
+
+struct FakeRepos {
+    steps: Arc<Steps>,
+}
+
+#[async_trait]
+impl RepoStore for FakeRepos {
+    async fn create(&self, _: &ProjectName) -> Result<()> {
+        self.steps.tick().await;
+        Ok(())
+    }
+    async fn delete(&self, _: &ProjectName) -> Result<()> {
+        self.steps.tick().await;
+        Ok(())
+    }
+    fn path(&self, project: &ProjectName) -> PathBuf {
+        PathBuf::from("/nonexistent").join(project.as_str())
+    }
+    async fn export(&self, _: &ProjectName, _: &str, _: &Path) -> Result<()> {
+        self.steps.tick().await;
+        Ok(())
+    }
+}
+
+struct FakeBuilder {
+    steps: Arc<Steps>,
+    faults: Faults,
+}
+
+#[async_trait]
+impl ImageBuilder for FakeBuilder {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    async fn build(&self, request: &BuildRequest, log: &dyn LogSink) -> Result<Artifact> {
+        self.steps.tick().await;
+        if let Err(err) = self.faults.check("build") {
+            log.line("error: the code does not compile");
+            return Err(Error::Invalid(format!("compile error ({err})")));
+        }
+        Ok(Artifact {
+            reference: format!("image-{}-v{}", request.project, request.version),
+            processes: BTreeMap::from([("web".to_owned(), "serve".to_owned())]),
+        })
+    }
+    async fn remove(&self, _: &str) -> Result<()> {
+        self.steps.tick().await;
+        Ok(())
+    }
+}
+
+struct FakeRuntime {
+    steps: Arc<Steps>,
+    faults: Faults,
+    started: AtomicUsize,
+    instances: Mutex<Vec<Instance>>,
+}
+
+impl FakeRuntime {
+    fn instances(&self) -> Vec<Instance> {
+        self.instances.lock().expect("instances").clone()
+    }
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    async fn start(&self, spec: InstanceSpec, _: Arc<dyn LogSink>) -> Result<Instance> {
+        self.steps.tick().await;
+        self.faults.check("start")?;
+        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let instance = Instance {
+            id: format!("i{n}"),
+            project: spec.project.clone(),
+            version: spec.version,
+            process_type: spec.process_type.clone(),
+            index: spec.index,
+            addr: spec.is_web().then(|| SocketAddr::from(([127, 0, 0, 1], 20_000 + n as u16))),
+            state: InstanceState::Running,
+            restarts: 0,
+        };
+        self.instances.lock().expect("instances").push(instance.clone());
+        Ok(instance)
+    }
+    async fn stop(&self, id: &str, _: Duration) -> Result<()> {
+        self.steps.tick().await;
+        self.instances.lock().expect("instances").retain(|i| i.id != id);
+        Ok(())
+    }
+    async fn list(&self) -> Result<Vec<Instance>> {
+        self.steps.tick().await;
+        Ok(self.instances())
+    }
+}
+
+struct FakeTraffic {
+    steps: Arc<Steps>,
+    unhealthy: AtomicBool,
+    routes: Mutex<HashMap<ProjectName, Vec<SocketAddr>>>,
+}
+
+#[async_trait]
+impl TrafficRouter for FakeTraffic {
+    async fn wait_healthy(&self, addr: SocketAddr, _: Duration) -> Result<()> {
+        self.steps.tick().await;
+        if self.unhealthy.load(Ordering::SeqCst) {
+            return Err(Error::DeployFailed(format!("{addr} answered 503")));
+        }
+        Ok(())
+    }
+    async fn switch(&self, project: &ProjectName, mut backends: Vec<SocketAddr>, _: Duration) {
+        self.steps.tick().await;
+        backends.sort();
+        self.routes.lock().expect("routes").insert(project.clone(), backends);
+    }
+    fn remove(&self, project: &ProjectName) {
+        self.routes.lock().expect("routes").remove(project);
+    }
+}
+
+// ----- The world a test runs in -----------------------------------------------------------
+
+struct World {
+    orchestrator: Arc<Orchestrator>,
+    store: Arc<MemStore>,
+    builder: Arc<FakeBuilder>,
+    runtime: Arc<FakeRuntime>,
+    traffic: Arc<FakeTraffic>,
+    steps: Arc<Steps>,
+    project: Project,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    /// A project with `webs` web instances of v1 live, and `GREETING=hello`.
+    async fn new(webs: u32) -> World {
+        let steps = Arc::new(Steps::default());
+        let store = Arc::new(MemStore { data: Mutex::default(), faults: Faults::default(), steps: Arc::clone(&steps) });
+        let builder = Arc::new(FakeBuilder { steps: Arc::clone(&steps), faults: Faults::default() });
+        let runtime = Arc::new(FakeRuntime {
+            steps: Arc::clone(&steps),
+            faults: Faults::default(),
+            started: AtomicUsize::new(0),
+            instances: Mutex::default(),
+        });
+        let traffic = Arc::new(FakeTraffic {
+            steps: Arc::clone(&steps),
+            unhealthy: AtomicBool::new(false),
+            routes: Mutex::default(),
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut world = World {
+            orchestrator: Arc::new(Orchestrator::new(
+                Arc::clone(&store) as _,
+                Arc::new(FakeRepos { steps: Arc::clone(&steps) }),
+                Arc::clone(&builder) as _,
+                Arc::clone(&runtime) as _,
+                Arc::clone(&traffic) as _,
+                Arc::new(LogHub::new(dir.path().join("logs"), 1 << 20)),
+                OrchestratorConfig::new(dir.path().join("releases")),
+            )),
+            store,
+            builder,
+            runtime,
+            traffic,
+            steps,
+            project: Project {
+                id: 0,
+                name: ProjectName::parse("app").expect("name"),
+                owner_id: 0,
+                created_at: Timestamp(0),
+            },
+            dir,
+        };
+        let owner = world.store.create_user("ada@example.com", "hash").await.expect("user");
+        world.project = world.orchestrator.create_project(owner.id, &world.project.name).await.expect("project");
+        world.store.set_scale(world.project.id, &BTreeMap::from([("web".into(), webs)])).await.expect("scale");
+        world.store.update_env(world.project.id, &changes(&[("GREETING", Some("hello"))])).await.expect("env");
+        world.push().await.expect("v1 deploys");
+        world.serves(1, webs).await;
+        world
+    }
+
+    /// The same store, drivers and files, with a new orchestrator: a server restart.
+    fn restarted(&self) -> Arc<Orchestrator> {
+        Arc::new(Orchestrator::new(
+            Arc::clone(&self.store) as _,
+            Arc::new(FakeRepos { steps: Arc::clone(&self.steps) }),
+            Arc::clone(&self.builder) as _,
+            Arc::clone(&self.runtime) as _,
+            Arc::clone(&self.traffic) as _,
+            Arc::new(LogHub::new(self.dir.path().join("logs"), 1 << 20)),
+            OrchestratorConfig::new(self.dir.path().join("releases")),
+        ))
+    }
+
+    async fn push(&self) -> Result<Deployment> {
+        self.orchestrator.deploy_commit(&self.project, "c0ffee", Arc::new(super::NullSink)).await
+    }
+
+    async fn env(&self) -> EnvVars {
+        self.store.env(self.project.id).await.expect("env")
+    }
+
+    async fn deployment(&self, version: i64) -> Deployment {
+        self.store.deployment(self.project.id, version).await.expect("deployment")
+    }
+
+    /// Waits until nothing of the project's runs on the orchestrator (its lock is free)
+    /// and replaced instances have been stopped (in the background).
+    async fn settle(&self, version: i64) {
+        drop(self.orchestrator.lock_for(&self.project.name).lock().await);
+        for _ in 0..200 {
+            if self.runtime.instances().iter().all(|i| i.version == version) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Exactly `webs` instances of `version` run, the ingress sends traffic to exactly
+    /// them, the store says `version` is live, and no deployment is left on its way.
+    #[track_caller]
+    fn serves(&self, version: i64, webs: u32) -> impl Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            self.settle(version).await;
+            let instances = self.runtime.instances();
+            let versions: Vec<i64> = instances.iter().map(|i| i.version).collect();
+            assert_eq!(versions, vec![version; webs as usize], "instances running ({caller})");
+            let mut addrs: Vec<SocketAddr> = instances.iter().filter_map(|i| i.addr).collect();
+            addrs.sort();
+            let routes = self.traffic.routes.lock().expect("routes").get(&self.project.name).cloned();
+            assert_eq!(routes, Some(addrs), "ingress backends ({caller})");
+            let live = self.store.live_deployment(self.project.id).await.expect("live");
+            assert_eq!(live.map(|d| d.version), Some(version), "live deployment in the store ({caller})");
+            assert_eq!(self.orchestrator.running_version(&self.project.name), Some(version), "running ({caller})");
+            for deployment in self.store.deployments(self.project.id, 1000).await.expect("deployments") {
+                assert!(
+                    deployment.status.is_terminal() || deployment.status == DeploymentStatus::Live,
+                    "v{} left {:?} ({caller})",
+                    deployment.version,
+                    deployment.status
+                );
+            }
+        }
+    }
+}
+
+fn changes(pairs: &[(&str, Option<&str>)]) -> EnvChanges {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.map(str::to_owned))).collect()
+}
+
+fn vars(pairs: &[(&str, &str)]) -> EnvVars {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[track_caller]
+fn assert_failed<T: std::fmt::Debug>(result: Result<T>, mentions: &str) {
+    match result {
+        Err(Error::DeployFailed(message)) => assert!(message.contains(mentions), "{message:?} should say {mentions:?}"),
+        other => panic!("expected a failed deployment saying {mentions:?}, got {other:?}"),
+    }
+}
+
+// ----- Failure paths ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_failed_build_keeps_the_previous_deployment() {
+    let world = World::new(1).await;
+    world.builder.faults.set("build", 1);
+    assert_failed(world.push().await, "build failed");
+    world.serves(1, 1).await;
+    let v2 = world.deployment(2).await;
+    assert_eq!(v2.status, DeploymentStatus::Failed);
+    assert_eq!(world.store.build(v2.build_id.expect("build")).await.expect("build").status, BuildStatus::Failed);
+    // The next push works.
+    world.push().await.expect("v3 deploys");
+    world.serves(3, 1).await;
+}
+
+#[tokio::test]
+async fn a_failed_start_stops_what_started_and_keeps_the_config() {
+    let world = World::new(2).await;
+    let starts = world.runtime.started.load(Ordering::SeqCst);
+    // The first of v2's two instances starts, the second does not.
+    world.runtime.faults.after("start", 1, 1);
+    let result = world.orchestrator.update_env(&world.project, &changes(&[("GREETING", Some("bonjour"))])).await;
+    assert_failed(result, "start failed on purpose");
+    world.serves(1, 2).await;
+    assert_eq!(world.runtime.started.load(Ordering::SeqCst), starts + 1, "one v2 instance started, and was stopped");
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]), "the config is unchanged");
+    assert_eq!(world.deployment(2).await.status, DeploymentStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_failed_health_check_stops_the_new_instances() {
+    let world = World::new(1).await;
+    world.traffic.unhealthy.store(true, Ordering::SeqCst);
+    let result = world.orchestrator.update_env(&world.project, &changes(&[("GREETING", None)])).await;
+    assert_failed(result, "did not pass its health check");
+    world.serves(1, 1).await;
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]));
+    let v2 = world.deployment(2).await;
+    assert_eq!(v2.status, DeploymentStatus::Failed);
+    assert!(v2.failure.as_deref().is_some_and(|f| f.contains("health check")), "{:?}", v2.failure);
+}
+
+#[tokio::test]
+async fn a_store_failure_when_going_live_switches_traffic_back() {
+    let world = World::new(2).await;
+    world.store.faults.set("make_live", 1);
+    let result = world.orchestrator.update_env(&world.project, &changes(&[("GREETING", Some("bonjour"))])).await;
+    assert_failed(result, "make_live failed on purpose");
+    // Traffic had moved to v2: it is back on v1's instances, and v2's are stopped.
+    world.serves(1, 2).await;
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]));
+    assert_eq!(world.deployment(2).await.status, DeploymentStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_store_failure_on_a_rollback_restores_nothing() {
+    let world = World::new(1).await;
+    world.orchestrator.update_env(&world.project, &changes(&[("GREETING", Some("bonjour"))])).await.expect("v2");
+    world.serves(2, 1).await;
+    world.store.faults.set("make_live", 1);
+    assert_failed(world.orchestrator.redeploy(&world.project, Some(1)).await, "make_live failed on purpose");
+    world.serves(2, 1).await;
+    assert_eq!(world.env().await, vars(&[("GREETING", "bonjour")]), "v1's config is not restored");
+    // Without the fault, the rollback restores v1's build and config.
+    let v4 = world.orchestrator.redeploy(&world.project, Some(1)).await.expect("rollback");
+    world.serves(v4.version, 1).await;
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]));
+}
+
+#[tokio::test]
+async fn a_store_outage_mid_change_is_recorded_failed_at_the_next_start() {
+    let world = World::new(1).await;
+    // Every status write fails: the change cannot even record that it failed.
+    world.store.faults.set("set_deployment_status", usize::MAX);
+    let result = world.orchestrator.update_env(&world.project, &changes(&[("GREETING", Some("bonjour"))])).await;
+    assert_failed(result, "set_deployment_status failed on purpose");
+    world.store.faults.clear();
+    assert_eq!(world.deployment(2).await.status, DeploymentStatus::Queued, "left on its way");
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]));
+
+    // The next server start records it failed, and brings v1 back.
+    let restarted = world.restarted();
+    restarted.restore().await.expect("restore");
+    let v2 = world.deployment(2).await;
+    assert_eq!((v2.status, v2.failure.as_deref()), (DeploymentStatus::Failed, Some(INTERRUPTED)));
+    let world = World { orchestrator: restarted, ..world };
+    world.serves(1, 1).await;
+}
+
+#[tokio::test]
+async fn limits_are_kept_only_if_the_app_runs_with_them() {
+    let world = World::new(1).await;
+    world.traffic.unhealthy.store(true, Ordering::SeqCst);
+    let limits = Limits { memory_bytes: Some(64 << 20), cpus: Some(0.5) };
+    assert_failed(world.orchestrator.set_limits(&world.project, &limits).await, "health check");
+    assert_eq!(world.store.limits(world.project.id).await.expect("limits"), Limits::default());
+    world.serves(1, 1).await;
+    world.traffic.unhealthy.store(false, Ordering::SeqCst);
+    world.orchestrator.set_limits(&world.project, &limits).await.expect("limits apply");
+    assert_eq!(world.store.limits(world.project.id).await.expect("limits"), limits);
+    world.serves(3, 1).await;
+}
+
+// ----- Scaling ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn scaling_up_and_down_moves_traffic_without_a_new_version() {
+    let world = World::new(1).await;
+    let scale = |n| BTreeMap::from([("web".to_owned(), n)]);
+    assert_eq!(world.orchestrator.scale(&world.project, &scale(3)).await.expect("scale up"), scale(3));
+    world.serves(1, 3).await;
+    world.orchestrator.scale(&world.project, &scale(1)).await.expect("scale down");
+    world.serves(1, 1).await;
+    assert_eq!(world.store.scale(world.project.id).await.expect("scale"), scale(1));
+}
+
+#[tokio::test]
+async fn a_failed_scale_up_stops_what_it_started_and_keeps_the_count() {
+    let world = World::new(1).await;
+    let scale = BTreeMap::from([("web".to_owned(), 3)]);
+    // The first added instance starts, the second does not.
+    world.runtime.faults.after("start", 1, 1);
+    assert!(world.orchestrator.scale(&world.project, &scale).await.is_err());
+    world.serves(1, 1).await;
+    assert_eq!(world.store.scale(world.project.id).await.expect("scale")["web"], 1);
+    // An added web instance that does not answer is stopped too.
+    world.traffic.unhealthy.store(true, Ordering::SeqCst);
+    assert!(world.orchestrator.scale(&world.project, &scale).await.is_err());
+    world.serves(1, 1).await;
+    assert_eq!(world.store.scale(world.project.id).await.expect("scale")["web"], 1);
+}
+
+#[tokio::test]
+async fn the_live_deployment_is_found_after_many_failed_pushes() {
+    let world = World::new(1).await;
+    world.builder.faults.set("build", 60);
+    for _ in 0..60 {
+        assert!(world.push().await.is_err());
+    }
+    let scaled = world.orchestrator.scale(&world.project, &BTreeMap::from([("web".to_owned(), 2)])).await;
+    assert!(scaled.is_ok(), "{scaled:?}");
+    world.serves(1, 2).await;
+    assert!(world.orchestrator.prepare_run(&world.project, vec!["true".into()]).await.is_ok());
+}
+
+// ----- Hang-ups ---------------------------------------------------------------------------
+
+/// Runs `change` on a fresh world once to count its steps, then again for each step k,
+/// dropping the caller right after the k-th call into a fake. Every time, the change must
+/// end exactly as if nobody had hung up.
+async fn hang_up_at_every_step<F, Fut>(webs: u32, change: F, expect: impl AsyncFn(&World))
+where
+    F: Fn(Arc<Orchestrator>, Project) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let world = World::new(webs).await;
+    let start = world.steps.now();
+    change(Arc::clone(&world.orchestrator), world.project.clone()).await;
+    let total = world.steps.now() - start;
+    expect(&world).await;
+    assert!(total > 5, "the change made only {total} calls");
+    for k in 1..total {
+        let world = World::new(webs).await;
+        let start = world.steps.now();
+        tokio::select! {
+            () = change(Arc::clone(&world.orchestrator), world.project.clone()) => {
+                panic!("the change ended before step {k} of {total}")
+            }
+            () = world.steps.reached(start + k) => {}
+        }
+        expect(&world).await;
+    }
+}
+
+#[tokio::test]
+async fn an_env_change_completes_whoever_hangs_up() {
+    hang_up_at_every_step(
+        2,
+        |orchestrator, project| async move {
+            orchestrator.update_env(&project, &changes(&[("GREETING", Some("bonjour"))])).await.expect("env change");
+        },
+        async |world: &World| {
+            world.serves(2, 2).await;
+            assert_eq!(world.env().await, vars(&[("GREETING", "bonjour")]));
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rollback_completes_whoever_hangs_up() {
+    hang_up_at_every_step(
+        1,
+        |orchestrator, project| async move {
+            orchestrator.redeploy(&project, Some(1)).await.expect("rollback");
+        },
+        async |world: &World| {
+            world.serves(2, 1).await;
+            assert_eq!(world.deployment(2).await.cause, "rollback to v1");
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_scale_completes_whoever_hangs_up() {
+    hang_up_at_every_step(
+        1,
+        |orchestrator, project| async move {
+            orchestrator.scale(&project, &BTreeMap::from([("web".to_owned(), 3)])).await.expect("scale");
+        },
+        async |world: &World| {
+            world.serves(1, 3).await;
+            assert_eq!(world.store.scale(world.project.id).await.expect("scale")["web"], 3);
+        },
+    )
+    .await;
+}
+
+// ----- Restarts ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_start_fails_what_was_on_its_way_and_serves_the_live_one() {
+    let world = World::new(1).await;
+    // A server killed during a build left v2 building, with its build unfinished.
+    let build = world.store.create_build(world.project.id, "beef").await.expect("build");
+    let v2 = world
+        .store
+        .create_deployment(&NewDeployment {
+            project_id: world.project.id,
+            status: DeploymentStatus::Queued,
+            build_id: Some(build.id),
+            commit: Some("beef".into()),
+            config: EnvVars::new(),
+            scale: BTreeMap::new(),
+            cause: "push".into(),
+        })
+        .await
+        .expect("v2");
+    world.store.set_deployment_status(v2.id, DeploymentStatus::Building, None).await.expect("building");
+    let half_built = world.dir.path().join("releases/app/v2");
+    std::fs::create_dir_all(&half_built).expect("release dir");
+
+    let world = World { orchestrator: world.restarted(), ..world };
+    world.orchestrator.restore().await.expect("restore");
+    let v2 = world.deployment(2).await;
+    assert_eq!((v2.status, v2.failure.as_deref()), (DeploymentStatus::Failed, Some(INTERRUPTED)));
+    assert_eq!(world.store.build(build.id).await.expect("build").status, BuildStatus::Failed);
+    assert!(!half_built.exists(), "the half-made release directory is removed");
+    world.serves(1, 1).await;
+    world.push().await.expect("the next push works");
+    world.serves(3, 1).await;
+}
+
+#[tokio::test]
+async fn a_push_during_the_restore_waits_for_it_and_stays_live() {
+    let world = World::new(1).await;
+    // A restart: the runtime lost its instances (processes die with the server).
+    world.runtime.instances.lock().expect("instances").clear();
+    let world = World { orchestrator: world.restarted(), ..world };
+    let restore = world.orchestrator.begin_restore().await.expect("begin restore");
+    let push = tokio::spawn({
+        let (orchestrator, project) = (Arc::clone(&world.orchestrator), world.project.clone());
+        async move { orchestrator.deploy_commit(&project, "f00d", Arc::new(super::NullSink)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!push.is_finished(), "the push waits for the restore");
+    assert_eq!(world.store.deployments(world.project.id, 10).await.expect("deployments").len(), 1);
+    restore.run().await.expect("restore");
+    let v2 = push.await.expect("task").expect("the push deploys after the restore");
+    assert_eq!(v2.version, 2);
+    world.serves(2, 1).await;
+}

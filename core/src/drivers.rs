@@ -132,6 +132,18 @@ pub trait Runtime: Send + Sync {
     /// Every instance this runtime manages, including ones started before a restart of
     /// the server (containers carry labels; processes do not survive their parent).
     async fn list(&self) -> Result<Vec<Instance>>;
+    /// One instance as `list` would show it now; `None` when the runtime does not manage
+    /// it (never started, stopped, or another server's). For polling one instance (a health
+    /// wait): a runtime answers it without looking at every other instance. The default
+    /// goes through `list`, so every runtime has it.
+    async fn status(&self, id: &str) -> Result<Option<Instance>> {
+        Ok(self.list().await?.into_iter().find(|instance| instance.id == id))
+    }
+    /// The instances of one project, as `list` would show them. The default goes through
+    /// `list`; a runtime that can ask its backend for one project's only does.
+    async fn list_project(&self, project: &ProjectName) -> Result<Vec<Instance>> {
+        Ok(self.list().await?.into_iter().filter(|instance| &instance.project == project).collect())
+    }
     /// Whether instances keep running when the server stops (containers do, processes do
     /// not). If so, a server stop leaves them running and the next start adopts them, so
     /// apps are not interrupted by a server restart.

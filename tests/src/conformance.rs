@@ -53,7 +53,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $target;
             start_stop_replace, env_and_port, logs_reach_the_sink, crashed_instances_are_restarted,
             scale_round_robin, health_gated_switch, reconcile_after_restart, limits_are_enforced,
-            one_off_commands_run_once, stray_one_offs_are_removed_after_a_restart);
+            one_off_commands_run_once, stray_one_offs_are_removed_after_a_restart, status_and_list_project);
     };
     (@cases $target:expr; $($case:ident),*) => {
         $(
@@ -302,6 +302,8 @@ pub async fn crashed_instances_are_restarted(target: &Target) {
         "one that keeps failing ends crashed: {:?}",
         find(runtime.as_ref(), &crash.id).await
     );
+    let status = runtime.status(&crash.id).await.expect("status");
+    assert_eq!(status.map(|i| i.state), Some(InstanceState::Crashed), "status says so too");
     assert!(
         eventually(Duration::from_secs(10), || async { lines.count("crash: exiting at once") >= 2 }).await,
         "every run's output is in the sink: {:?}",
@@ -473,12 +475,16 @@ pub async fn reconcile_after_restart(target: &Target) {
             );
             assert_eq!(seen.addr, Some(addr), "at the same address");
             assert_eq!(seen.state, InstanceState::Running);
+            assert_eq!(second.status(&web.id).await.expect("status"), Some(seen.clone()), "status sees it too");
+            assert_eq!(second.list_project(&project).await.expect("list_project"), vec![seen.clone()]);
             assert!(serves(addr, "version=1").await, "and it kept serving");
             second.stop(&web.id, GRACE).await.expect("the new runtime stops it");
             assert!(find(second.as_ref(), &web.id).await.is_none());
         }
         AfterRestart::Ended => {
             assert!(seen.is_none(), "a new runtime lists no instance of the old one: {seen:?}");
+            assert_eq!(second.status(&web.id).await.expect("status"), None);
+            assert_eq!(second.list_project(&project).await.expect("list_project"), vec![]);
             assert!(
                 eventually(Duration::from_secs(10), || async { http_get(addr, "localhost", "/").await.is_err() }).await,
                 "the old instance ended with its runtime"
@@ -549,6 +555,7 @@ pub async fn one_off_commands_run_once(target: &Target) {
         !runtime.list().await.expect("list").iter().any(|i| i.project == project),
         "a one-off command is no instance"
     );
+    assert_eq!(runtime.list_project(&project).await.expect("list_project"), vec![], "not even of its project");
 
     let lines = Arc::new(Lines::default());
     match runtime.run_once(spec.clone(), run(&["no-such-program", "x"], STARTUP), lines.clone()).await {
@@ -611,4 +618,45 @@ pub async fn stray_one_offs_are_removed_after_a_restart(target: &Target) {
     assert_eq!(new.remove_stray_one_offs().await.expect("removing strays"), 0, "nothing else is a stray");
     let own = tokio::time::timeout(Duration::from_secs(60), own).await.expect("the new server's one-off ended");
     assert_eq!(own.expect("join").expect("ran"), 0, "the new server's one-off ran to its end");
+}
+
+/// MUST: `status(id)` answers one instance as `list` shows it, and `None` once it is
+/// stopped or for an id the runtime never had; `list_project` answers exactly one
+/// project's instances (not those of a project whose name starts the same).
+pub async fn status_and_list_project(target: &Target) {
+    let runtime = (target.new_runtime)();
+    let project = project("status");
+    let other = ProjectName::parse(&format!("{project}-b")).expect("a valid project name");
+    let (web, _) = start(runtime.as_ref(), target.spec(&project, 1, "web", 0)).await;
+    let (worker, _) = start(runtime.as_ref(), target.spec(&project, 2, "crash", 0)).await;
+    let (elsewhere, _) = start(runtime.as_ref(), target.spec(&other, 1, "web", 0)).await;
+    let addr = web.addr.expect("address");
+    assert!(eventually(STARTUP, || serves(addr, "version=1")).await, "serves at {addr}");
+
+    let status = runtime.status(&web.id).await.expect("status").expect("status of a started instance");
+    assert_eq!(
+        (&status.id, &status.project, status.version, status.process_type.as_str(), status.index, status.addr),
+        (&web.id, &project, 1, "web", 0, Some(addr))
+    );
+    assert_eq!(status.state, InstanceState::Running);
+    assert_eq!(Some(&status), find(runtime.as_ref(), &web.id).await.as_ref(), "as list shows it");
+
+    let ids = |instances: Vec<Instance>| {
+        let mut ids: Vec<String> = instances.into_iter().map(|i| i.id).collect();
+        ids.sort();
+        ids
+    };
+    let mut want = vec![web.id.clone(), worker.id.clone()];
+    want.sort();
+    assert_eq!(ids(runtime.list_project(&project).await.expect("list_project")), want, "both, and only, of its own");
+    assert_eq!(ids(runtime.list_project(&other).await.expect("list_project")), vec![elsewhere.id.clone()]);
+    let unknown = ProjectName::parse(&format!("{project}-none")).expect("a valid project name");
+    assert_eq!(runtime.list_project(&unknown).await.expect("list_project"), vec![], "a project with none");
+
+    runtime.stop(&web.id, GRACE).await.expect("stop");
+    assert_eq!(runtime.status(&web.id).await.expect("status"), None, "a stopped instance is unknown");
+    assert_eq!(ids(runtime.list_project(&project).await.expect("list_project")), vec![worker.id.clone()]);
+    assert_eq!(runtime.status("no-such-instance").await.expect("status"), None, "an unknown id");
+    runtime.stop(&worker.id, GRACE).await.expect("stop");
+    runtime.stop(&elsewhere.id, GRACE).await.expect("stop");
 }

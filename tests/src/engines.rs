@@ -308,3 +308,101 @@ pub fn no_dockerfile_journey(engine: &Engine) {
     assert!(output.contains("has no python3") && output.contains("add a Dockerfile"), "{output}");
     assert_eq!(server.app_get(&project, "/").0, 200, "the site keeps serving");
 }
+
+impl Engine {
+    /// Everything an image tells about itself: its history (each step's command, in full),
+    /// its configuration, and every file of every layer (`save`).
+    fn image_everything(&self, image: &str) -> String {
+        let mut text = String::new();
+        for args in [&["history", "--no-trunc", image][..], &["image", "inspect", image], &["save", image]] {
+            let output = Command::new(self.cli).args(args).output().expect("running the engine's CLI");
+            assert!(output.status.success(), "{} {args:?}: {}", self.cli, String::from_utf8_lossy(&output.stderr));
+            text.push_str(&String::from_utf8_lossy(&output.stdout));
+        }
+        text
+    }
+}
+
+/// A value no build output, image or engine has seen before.
+fn random_value(what: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{what}-{:x}", nanos ^ (u128::from(std::process::id()) << 64))
+}
+
+/// No config var in an image: a secret config var reaches neither a generated Dockerfile's
+/// build nor a repository Dockerfile that does not declare it (the engine is not even given
+/// it: it would warn of an unused build argument), and nothing of the image (history,
+/// configuration, files) holds its value; a var the Dockerfile declares with `ARG` does
+/// reach the build.
+pub fn secrets_stay_out_of_images_journey(engine: &Engine) {
+    engine.require();
+    let project = format!("{}sec{}", engine.prefix, std::process::id());
+    let _cleanup = Cleanup(engine, project.clone());
+    let server = Server::start(&format!(
+        "[runtime]\ndriver = \"{}\"\n\n[build]\nbase_image = \"{}\"\n",
+        engine.driver, engine.base_image
+    ));
+    let ada = server.developer("ada@example.com");
+    let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": project})));
+    assert_eq!(status, 201, "{body}");
+    let (secret, greeting) = (random_value("s3cret"), random_value("hello"));
+    let (status, body) = server.api().req(
+        "PATCH",
+        &format!("/projects/{project}/env"),
+        Some(&ada.token),
+        Some(json!({"SECRET_TOKEN": secret, "BUILD_GREETING": greeting})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let latest_image = || {
+        let version = deployments(&server, &ada.token, &project)[0]["version"].as_i64().expect("a version");
+        format!("{}{project}:v{version}", engine.image_prefix)
+    };
+    let clean = |output: &str, what: &str| {
+        assert!(!output.contains(&secret), "{what}: the secret is in the build output: {output}");
+        assert!(!output.contains("not consumed"), "{what}: the engine was given an undeclared var: {output}");
+    };
+
+    // A generated Dockerfile gets no config var.
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("site"),
+        &example("static-hello"),
+        &ada.key,
+        server.ssh_port,
+        &project,
+    );
+    let (ok, output) = repo.push("main");
+    assert!(ok, "{output}\n{}", server.log());
+    assert!(output.contains("generated one for a static app"), "{output}");
+    clean(&output, "generated Dockerfile");
+    let image = latest_image();
+    let everything = engine.image_everything(&image);
+    assert!(everything.contains("httpd"), "the image was read: {image}");
+    assert!(!everything.contains(&secret), "the secret is in {image} (generated Dockerfile)");
+    assert!(!everything.contains(&greeting), "a var is in {image} (generated Dockerfile)");
+
+    // The repository's Dockerfile RUNs a step and declares one var: that one reaches the
+    // build (and, as documented, its value is in the RUN step's history), the other not.
+    repo.write(
+        "Dockerfile",
+        &format!(
+            "FROM {}\n# the greeting only\narg BUILD_GREETING\nWORKDIR /www\nCOPY . /www\n\
+             RUN echo \"built: $BUILD_GREETING\" > /www/built.txt && echo \"undeclared: [$SECRET_TOKEN]\" >> \
+             /www/built.txt\nCMD [\"sh\", \"-c\", \"exec httpd -f -p \\\"$PORT\\\" -h /www\"]\n",
+            engine.base_image
+        ),
+    );
+    repo.commit_all("a Dockerfile");
+    let (ok, output) = repo.push("main");
+    assert!(ok, "{output}\n{}", server.log());
+    assert!(output.contains("Build arguments the Dockerfile declares: BUILD_GREETING"), "{output}");
+    clean(&output, "repository Dockerfile");
+    assert_eq!(
+        server.app_get(&project, "/built.txt"),
+        (200, format!("built: {greeting}\nundeclared: []\n")),
+        "the declared var reached the build, the other not"
+    );
+    let image = latest_image();
+    let everything = engine.image_everything(&image);
+    assert!(!everything.contains(&secret), "the secret is in {image} (repository Dockerfile)");
+    assert!(everything.contains(&format!("BUILD_GREETING={greeting}")), "the engine records a declared ARG's value");
+}

@@ -1,7 +1,7 @@
 //! Issue #4 journeys on Docker (`scripts/setup/20-docker.sh` starts the engine): see
 //! `paastech_tests::engines`. Without an engine these tests fail, saying so.
 
-use paastech_tests::engines::{Engine, dockerfile_journey, no_dockerfile_journey};
+use paastech_tests::engines::{Engine, dockerfile_journey, no_dockerfile_journey, secrets_stay_out_of_images_journey};
 
 /// Labelled, never privileged, no new privileges, every capability dropped, memory, CPU and
 /// pids limits, published on loopback only.
@@ -42,4 +42,9 @@ fn dockerfile_app_push_replace_env_rollback_scale_broken_and_restart() {
 #[test]
 fn an_app_without_dockerfile_needs_one_or_a_base_image() {
     no_dockerfile_journey(&DOCKER);
+}
+
+#[test]
+fn config_vars_reach_a_build_only_as_the_dockerfile_declares_them() {
+    secrets_stay_out_of_images_journey(&DOCKER);
 }

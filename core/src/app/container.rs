@@ -8,6 +8,7 @@ use std::io;
 use std::path::Path;
 
 use super::detect::{Detected, Language};
+use crate::domain::EnvVars;
 use crate::{Error, Result};
 
 /// The name under which a generated Dockerfile is added to the build context; a name no
@@ -109,6 +110,11 @@ pub struct BuildPlan {
     /// A Dockerfile generated from detection, added to the context as [`GENERATED_DOCKERFILE`].
     pub generated: Option<Generated>,
     pub processes: BTreeMap<String, String>,
+    /// The build arguments the engine is given: the vars of the build env that the
+    /// repository's Dockerfile declares with `ARG`, and nothing for a generated one. Any
+    /// other var would be on its way into the engine's request, its logs and (for a
+    /// declared one) the image's history, so only what the Dockerfile asks for goes.
+    pub build_args: EnvVars,
     /// One line for the push output, saying which of the two it is.
     pub describe: String,
 }
@@ -117,6 +123,11 @@ impl BuildPlan {
     /// Tells the pusher what is built: which Dockerfile, and a generated one in full.
     pub fn announce(&self, log: &dyn crate::drivers::LogSink) {
         log.line(&self.describe);
+        if !self.build_args.is_empty() {
+            // Names only: the values may be secrets.
+            let names: Vec<&str> = self.build_args.keys().map(String::as_str).collect();
+            log.line(&format!("-----> Build arguments the Dockerfile declares: {}", names.join(", ")));
+        }
         if let Some(generated) = &self.generated {
             for line in generated.dockerfile.lines() {
                 log.line(&format!("       {line}"));
@@ -126,10 +137,15 @@ impl BuildPlan {
 }
 
 /// What to build: the repository's Dockerfile, or one generated from detection and the
-/// base image.
-pub fn plan(source: &Path, base_image: Option<&str>) -> Result<BuildPlan> {
+/// base image. `env` is the build env (the project's vars and what pre-build hooks added):
+/// only the vars a repository's Dockerfile declares are passed on, and none to a generated
+/// Dockerfile.
+pub fn plan(source: &Path, base_image: Option<&str>, env: &EnvVars) -> Result<BuildPlan> {
     let is_file = |name: &str| source.join(name).symlink_metadata().is_ok_and(|m| m.file_type().is_file());
     if is_file("Dockerfile") {
+        let text = std::fs::read(source.join("Dockerfile"))
+            .map_err(|e| Error::internal("reading the repository's Dockerfile", e))?;
+        let build_args = super::dockerfile::build_args(&String::from_utf8_lossy(&text), env);
         // The image's own command is `web` unless a Procfile says otherwise.
         let (processes, describe) = if is_file("Procfile") {
             let detected = super::detect::detect(source)?;
@@ -137,7 +153,7 @@ pub fn plan(source: &Path, base_image: Option<&str>) -> Result<BuildPlan> {
         } else {
             (BTreeMap::from([("web".to_owned(), String::new())]), "-----> Building the Dockerfile".to_owned())
         };
-        return Ok(BuildPlan { dockerfile: "Dockerfile", generated: None, processes, describe });
+        return Ok(BuildPlan { dockerfile: "Dockerfile", generated: None, processes, build_args, describe });
     }
     let detected = super::detect::detect(source).map_err(|err| match err {
         Error::Invalid(message) => Error::Invalid(format!("{message}; or add a Dockerfile")),
@@ -151,6 +167,7 @@ pub fn plan(source: &Path, base_image: Option<&str>) -> Result<BuildPlan> {
         dockerfile: GENERATED_DOCKERFILE,
         processes: generated.processes.clone(),
         generated: Some(generated),
+        build_args: EnvVars::new(),
         describe,
     })
 }
@@ -220,6 +237,22 @@ mod tests {
         assert!(err.to_string().contains("add one") && err.to_string().contains("Dockerfile"), "{err}");
         let err = generate(&detected(Some(Language::Static), &[]), Some("two words")).expect_err("bad image");
         assert!(err.to_string().contains("not an image reference"), "{err}");
+    }
+
+    #[test]
+    fn only_a_repository_dockerfile_gets_build_args_and_only_those_it_declares() {
+        let env: EnvVars = [("SECRET", "s3cr3t"), ("NPM_TOKEN", "t0k3n")].map(|(k, v)| (k.into(), v.into())).into();
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("index.html"), "hi").expect("file");
+        let generated = plan(dir.path(), Some("base"), &env).expect("a generated Dockerfile");
+        assert!(generated.generated.is_some());
+        assert!(generated.build_args.is_empty(), "a generated Dockerfile gets no var: {:?}", generated.build_args);
+
+        std::fs::write(dir.path().join("Dockerfile"), "FROM base\narg NPM_TOKEN\nRUN make\n").expect("Dockerfile");
+        let own = plan(dir.path(), None, &env).expect("the repository's Dockerfile");
+        assert_eq!(own.dockerfile, "Dockerfile");
+        let want: EnvVars = [("NPM_TOKEN".to_owned(), "t0k3n".to_owned())].into();
+        assert_eq!(own.build_args, want);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod detect;
+pub mod dockerfile;
 pub mod procfile;
 pub mod shell;
 

@@ -57,8 +57,8 @@ impl ImageBuilder for DockerBuilder {
         let started = Instant::now();
         let source = request.source.clone();
         let plan = {
-            let (source, base_image) = (source.clone(), self.config.base_image.clone());
-            tokio::task::spawn_blocking(move || context::plan(&source, base_image.as_deref()))
+            let (source, base_image, env) = (source.clone(), self.config.base_image.clone(), request.env.clone());
+            tokio::task::spawn_blocking(move || context::plan(&source, base_image.as_deref(), &env))
                 .await
                 .map_err(|e| Error::internal("reading the source tree", e))??
         };
@@ -74,7 +74,8 @@ impl ImageBuilder for DockerBuilder {
         .map_err(|e| Error::internal("packing the build context", e))?;
 
         let tag = image_tag(request.project.as_str(), request.version);
-        let buildargs: HashMap<String, String> = request.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // Only the vars the Dockerfile declares: no other reaches the engine.
+        let buildargs: HashMap<String, String> = plan.build_args.clone().into_iter().collect();
         let labels = HashMap::from([
             (crate::labels::PROJECT.to_owned(), request.project.to_string()),
             (crate::labels::DEPLOYMENT.to_owned(), request.version.to_string()),

@@ -174,7 +174,8 @@ impl DockerRuntime {
         }
     }
 
-    /// The containers of this runtime's namespace (running or not) that carry `label`.
+    /// The containers of this runtime's namespace (running or not) that carry `label` (a
+    /// key, or `key=value`).
     async fn containers(&self, docker: &Docker, label: &str) -> Result<Vec<ContainerSummary>> {
         let namespace = format!("{}={}", labels::NAMESPACE, self.config.namespace);
         let filters = HashMap::from([("label", vec![label, namespace.as_str()])]);
@@ -352,35 +353,24 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list(&self) -> Result<Vec<Instance>> {
+        self.instances(labels::PROJECT).await
+    }
+
+    /// One inspection of the one container, not a listing.
+    async fn status(&self, id: &str) -> Result<Option<Instance>> {
         let docker = self.engine.client().await?;
-        let summaries = self.containers(docker, labels::PROJECT).await?;
-        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
-        let inspected = futures_util::future::join_all(
-            ids.iter().map(|id| docker.inspect_container(id, None::<InspectContainerOptions>)),
-        )
-        .await;
-        let mut instances = Vec::new();
-        for (id, result) in ids.iter().zip(inspected) {
-            match result {
-                Ok(inspect) => match self.instance_of(&inspect) {
-                    Some(instance) => instances.push(instance),
-                    None => tracing::warn!(container = %short(id), "a container with unreadable paastech labels"),
-                },
-                // Removed between the listing and the inspection.
-                Err(err) if status_of(&err) == Some(404) => {}
-                Err(err) => return Err(engine_error(format!("inspecting container {}", short(id)), err)),
-            }
+        match docker.inspect_container(id, None::<InspectContainerOptions>).await {
+            Ok(inspect) if self.is_ours(&inspect) => Ok(self.instance_of(&inspect)),
+            Ok(_) => Ok(None),
+            Err(err) if status_of(&err) == Some(404) => Ok(None),
+            Err(err) => Err(engine_error(format!("inspecting container {}", short(id)), err)),
         }
-        instances.sort_by(|a, b| {
-            (&a.project, a.version, &a.process_type, a.index, &a.id).cmp(&(
-                &b.project,
-                b.version,
-                &b.process_type,
-                b.index,
-                &b.id,
-            ))
-        });
-        Ok(instances)
+    }
+
+    /// The engine lists only the project's containers (a label filter), and only those are
+    /// inspected.
+    async fn list_project(&self, project: &ProjectName) -> Result<Vec<Instance>> {
+        self.instances(&format!("{}={project}", labels::PROJECT)).await
     }
 
     async fn remove_stray_one_offs(&self) -> Result<usize> {
@@ -412,6 +402,41 @@ impl Runtime for DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// The instances of this namespace's containers that carry `label` (a key, or
+    /// `key=value`): listed by the engine with that filter, then each inspected (the
+    /// restart count and the published port are only in an inspection).
+    async fn instances(&self, label: &str) -> Result<Vec<Instance>> {
+        let docker = self.engine.client().await?;
+        let summaries = self.containers(docker, label).await?;
+        let ids: Vec<String> = summaries.into_iter().filter_map(|s| s.id).collect();
+        let inspected = futures_util::future::join_all(
+            ids.iter().map(|id| docker.inspect_container(id, None::<InspectContainerOptions>)),
+        )
+        .await;
+        let mut instances = Vec::new();
+        for (id, result) in ids.iter().zip(inspected) {
+            match result {
+                Ok(inspect) => match self.instance_of(&inspect) {
+                    Some(instance) => instances.push(instance),
+                    None => tracing::warn!(container = %short(id), "a container with unreadable paastech labels"),
+                },
+                // Removed between the listing and the inspection.
+                Err(err) if status_of(&err) == Some(404) => {}
+                Err(err) => return Err(engine_error(format!("inspecting container {}", short(id)), err)),
+            }
+        }
+        instances.sort_by(|a, b| {
+            (&a.project, a.version, &a.process_type, a.index, &a.id).cmp(&(
+                &b.project,
+                b.version,
+                &b.process_type,
+                b.index,
+                &b.id,
+            ))
+        });
+        Ok(instances)
+    }
+
     /// An instance as the labels and the engine's state describe it.
     fn instance_of(&self, inspect: &ContainerInspectResponse) -> Option<Instance> {
         let labels = inspect.config.as_ref()?.labels.as_ref()?;

@@ -73,6 +73,22 @@ fn query_value(value: &str) -> String {
     out
 }
 
+/// The libpod build request's path and query. libpod 4.3 takes build arguments only in
+/// the query string (which its service may log), so only the ones the Dockerfile declares
+/// are there (the plan's); a build that declares none sends no `buildargs` at all.
+fn build_path(plan: &context::BuildPlan, tag: &str, labels: &Value) -> String {
+    let mut path = format!(
+        "build?dockerfile={}&t={}&rm=true&forcerm=true&labels={}",
+        query_value(plan.dockerfile),
+        query_value(tag),
+        query_value(&labels.to_string()),
+    );
+    if !plan.build_args.is_empty() {
+        path.push_str(&format!("&buildargs={}", query_value(&json!(plan.build_args).to_string())));
+    }
+    path
+}
+
 /// One line of libpod's build answer: `{"stream": "..."}` for output, `{"error": "..."}`
 /// when the build fails, other keys (`aux`, the image id) ignored.
 enum BuildEvent {
@@ -107,8 +123,8 @@ impl ImageBuilder for PodmanBuilder {
         let started = Instant::now();
         let source = request.source.clone();
         let plan = {
-            let (source, base_image) = (source.clone(), self.config.base_image.clone());
-            tokio::task::spawn_blocking(move || context::plan(&source, base_image.as_deref()))
+            let (source, base_image, env) = (source.clone(), self.config.base_image.clone(), request.env.clone());
+            tokio::task::spawn_blocking(move || context::plan(&source, base_image.as_deref(), &env))
                 .await
                 .map_err(|e| Error::internal("reading the source tree", e))??
         };
@@ -136,13 +152,7 @@ impl ImageBuilder for PodmanBuilder {
             LABEL_PROJECT: request.project.to_string(),
             LABEL_DEPLOYMENT: request.version.to_string(),
         });
-        let path = format!(
-            "build?dockerfile={}&t={}&rm=true&forcerm=true&buildargs={}&labels={}",
-            query_value(plan.dockerfile),
-            query_value(&tag),
-            query_value(&json!(request.env).to_string()),
-            query_value(&labels.to_string()),
-        );
+        let path = build_path(&plan, &tag, &labels);
         log.line(&format!("-----> Building image {tag} ({} KiB of context)", tar_len / 1024));
         let outcome = tokio::time::timeout(self.config.timeout, async {
             let mut body = self.engine.post_tar("building the image", &path, tar.path()).await?;
@@ -225,6 +235,25 @@ mod tests {
         assert_eq!(query_value("localhost/paastech/a:v1"), "localhost%2Fpaastech%2Fa%3Av1");
         assert_eq!(query_value(r#"{"K":"a b&c"}"#), "%7B%22K%22%3A%22a%20b%26c%22%7D");
         assert_eq!(query_value("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn only_declared_build_args_travel_in_the_url() {
+        let env = [("SECRET", "s3cr3t-value"), ("NPM_TOKEN", "t0k3n-value")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let labels = json!({"paastech.project": "demo"});
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("index.html"), "hi").expect("file");
+        let generated = context::plan(dir.path(), Some("base"), &env).expect("a generated Dockerfile");
+        let path = build_path(&generated, "localhost/paastech/demo:v1", &labels);
+        assert!(!path.contains("buildargs") && !path.contains("value"), "no var for a generated Dockerfile: {path}");
+
+        std::fs::write(dir.path().join("Dockerfile"), "FROM base\nARG NPM_TOKEN\nRUN make\n").expect("Dockerfile");
+        let own = context::plan(dir.path(), None, &env).expect("the repository's Dockerfile");
+        let path = build_path(&own, "localhost/paastech/demo:v1", &labels);
+        assert!(path.contains("&buildargs=%7B%22NPM_TOKEN%22%3A%22t0k3n-value%22%7D"), "the declared one: {path}");
+        assert!(!path.contains("SECRET") && !path.contains("s3cr3t"), "not the undeclared one: {path}");
     }
 
     #[test]

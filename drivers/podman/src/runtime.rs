@@ -256,11 +256,11 @@ impl PodmanRuntime {
         body
     }
 
-    /// Every container of this runtime's namespace (running or not), or only those with
-    /// the label `label`.
-    async fn containers(&self, label: Option<&str>) -> Result<Vec<podman_api::models::ListContainer>> {
+    /// Every container of this runtime's namespace (running or not), or only those that
+    /// also pass `filter` (a label filter: the engine does the filtering).
+    async fn containers(&self, filter: Option<ContainerListFilter>) -> Result<Vec<podman_api::models::ListContainer>> {
         let mut filters = vec![ContainerListFilter::LabelKeyVal(LABEL_NAMESPACE.into(), self.config.namespace.clone())];
-        filters.extend(label.map(|label| ContainerListFilter::LabelKey(label.into())));
+        filters.extend(filter);
         let opts = ContainerListOpts::builder().all(true).filter(filters).build();
         self.engine.podman.containers().list(&opts).await.map_err(|e| self.engine.error("listing containers", e))
     }
@@ -345,6 +345,30 @@ impl PodmanRuntime {
             state,
             restarts,
         }))
+    }
+
+    /// The instances of this namespace's containers that pass `filter`: listed by the
+    /// engine with it, then each inspected.
+    async fn instances(&self, filter: Option<ContainerListFilter>) -> Result<Vec<Instance>> {
+        let listed = self.containers(filter).await?;
+        // The restart count is only in a container's inspection.
+        let inspections = listed.into_iter().filter_map(|c| c.id).map(|id| self.inspect_instance(id));
+        let mut instances = Vec::new();
+        for result in futures_util::future::join_all(inspections).await {
+            if let Some(instance) = result? {
+                instances.push(instance);
+            }
+        }
+        instances.sort_by(|a, b| {
+            (&a.project, a.version, &a.process_type, a.index, &a.id).cmp(&(
+                &b.project,
+                b.version,
+                &b.process_type,
+                b.index,
+                &b.id,
+            ))
+        });
+        Ok(instances)
     }
 
     fn followers(&self) -> MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
@@ -468,29 +492,22 @@ impl Runtime for PodmanRuntime {
     }
 
     async fn list(&self) -> Result<Vec<Instance>> {
-        let listed = self.containers(None).await?;
-        // The restart count is only in a container's inspection.
-        let inspections = listed.into_iter().filter_map(|c| c.id).map(|id| self.inspect_instance(id));
-        let mut instances = Vec::new();
-        for result in futures_util::future::join_all(inspections).await {
-            if let Some(instance) = result? {
-                instances.push(instance);
-            }
-        }
-        instances.sort_by(|a, b| {
-            (&a.project, a.version, &a.process_type, a.index, &a.id).cmp(&(
-                &b.project,
-                b.version,
-                &b.process_type,
-                b.index,
-                &b.id,
-            ))
-        });
-        Ok(instances)
+        self.instances(None).await
+    }
+
+    /// One inspection of the one container, not a listing.
+    async fn status(&self, id: &str) -> Result<Option<Instance>> {
+        self.inspect_instance(id.to_owned()).await
+    }
+
+    /// The engine lists only the project's containers (a label filter), and only those are
+    /// inspected.
+    async fn list_project(&self, project: &ProjectName) -> Result<Vec<Instance>> {
+        self.instances(Some(ContainerListFilter::LabelKeyVal(LABEL_PROJECT.into(), project.to_string()))).await
     }
 
     async fn remove_stray_one_offs(&self) -> Result<usize> {
-        let listed = self.containers(Some(LABEL_ONE_OFF)).await?;
+        let listed = self.containers(Some(ContainerListFilter::LabelKey(LABEL_ONE_OFF.into()))).await?;
         let mut removed = 0;
         for container in listed {
             let (Some(id), Some(created)) = (container.id, container.created) else { continue };

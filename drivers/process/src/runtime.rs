@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime};
 use paastech_core::ports::free_loopback_port;
-use paastech_core::{Error, Result};
+use paastech_core::{Error, ProjectName, Result};
 use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -290,8 +290,26 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn list(&self) -> Result<Vec<Instance>> {
-        let mut instances: Vec<Instance> =
-            lock(&self.instances).values().map(|entry| lock(&entry.shared).instance.clone()).collect();
+        Ok(self.instances_where(|_| true))
+    }
+
+    async fn status(&self, id: &str) -> Result<Option<Instance>> {
+        Ok(lock(&self.instances).get(id).map(|entry| lock(&entry.shared).instance.clone()))
+    }
+
+    async fn list_project(&self, project: &ProjectName) -> Result<Vec<Instance>> {
+        Ok(self.instances_where(|instance| &instance.project == project))
+    }
+}
+
+impl ProcessRuntime {
+    /// The instances of the table that `keep` accepts, in `list`'s order.
+    fn instances_where(&self, keep: impl Fn(&Instance) -> bool) -> Vec<Instance> {
+        let mut instances: Vec<Instance> = lock(&self.instances)
+            .values()
+            .map(|entry| lock(&entry.shared).instance.clone())
+            .filter(|instance| keep(instance))
+            .collect();
         instances.sort_by(|a, b| {
             (&a.project, a.version, &a.process_type, a.index, &a.id).cmp(&(
                 &b.project,
@@ -301,7 +319,7 @@ impl Runtime for ProcessRuntime {
                 &b.id,
             ))
         });
-        Ok(instances)
+        instances
     }
 }
 

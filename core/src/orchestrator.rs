@@ -551,7 +551,7 @@ impl Orchestrator {
         }
         // Processes without a health check must at least not have died straight away.
         let ids: Vec<&str> = started.iter().map(|i| i.id.as_str()).collect();
-        let states = self.runtime.list().await?;
+        let states = self.runtime.list_project(&project.name).await?;
         if let Some(dead) =
             states.iter().find(|i| ids.contains(&i.id.as_str()) && matches!(i.state, InstanceState::Crashed))
         {
@@ -570,10 +570,10 @@ impl Orchestrator {
         let exited = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let Ok(all) = self.runtime.list().await else {
+                let Ok(status) = self.runtime.status(&instance.id).await else {
                     continue;
                 };
-                match all.iter().find(|i| i.id == instance.id) {
+                match status {
                     Some(i) if i.restarts > 0 || matches!(i.state, InstanceState::Crashed | InstanceState::Stopped) => {
                         return;
                     }
@@ -943,7 +943,7 @@ impl Orchestrator {
 
     /// The project's instances as the runtime sees them.
     pub async fn instances(&self, project: &ProjectName) -> Result<Vec<Instance>> {
-        let mut all: Vec<Instance> = self.runtime.list().await?.into_iter().filter(|i| &i.project == project).collect();
+        let mut all: Vec<Instance> = self.runtime.list_project(project).await?;
         all.sort_by(|a, b| (&a.process_type, a.index, a.version).cmp(&(&b.process_type, b.index, b.version)));
         Ok(all)
     }

@@ -525,21 +525,9 @@ impl Orchestrator {
         let limits = self.limits_of(project).await?;
         let env = app_env(project, deployment, extra_env.clone());
         for (process, count) in Self::plan(artifact, &deployment.scale) {
-            let command = artifact.processes.get(&process).cloned().unwrap_or_default();
             for index in 0..count {
-                let spec = InstanceSpec {
-                    project: project.name.clone(),
-                    version: deployment.version,
-                    process_type: process.clone(),
-                    index,
-                    artifact: artifact.reference.clone(),
-                    command: command.clone(),
-                    env: env.clone(),
-                    limits,
-                };
-                let output = self.logs.sink(&project.name, &format!("{process}.{}", index + 1));
-                let instance = self.runtime.start(spec, output).await?;
-                started.push(instance);
+                let spec = instance_spec(project, deployment, artifact, &process, index, &env, limits);
+                started.push(self.start_instance(spec).await?);
             }
         }
         for instance in started.iter().filter(|i| i.process_type == "web") {
@@ -562,6 +550,12 @@ impl Orchestrator {
             )));
         }
         Ok(())
+    }
+
+    /// Starts one instance, its output going to the project's log as `TYPE.N`.
+    async fn start_instance(&self, spec: InstanceSpec) -> Result<Instance> {
+        let output = self.logs.sink(&spec.project, &format!("{}.{}", spec.process_type, spec.index + 1));
+        self.runtime.start(spec, output).await
     }
 
     /// Waits for a web instance to answer, failing early if it exits.
@@ -831,18 +825,8 @@ impl Orchestrator {
             for (process, count) in Self::plan(artifact, wanted) {
                 let have = running.instances.iter().filter(|i| i.process_type == process).count() as u32;
                 for index in have..count {
-                    let spec = InstanceSpec {
-                        project: project.name.clone(),
-                        version: deployment.version,
-                        process_type: process.clone(),
-                        index,
-                        artifact: artifact.reference.clone(),
-                        command: artifact.processes.get(&process).cloned().unwrap_or_default(),
-                        env: env.clone(),
-                        limits,
-                    };
-                    let output = self.logs.sink(&project.name, &format!("{process}.{}", index + 1));
-                    let instance = self.runtime.start(spec, output).await?;
+                    let spec = instance_spec(project, deployment, artifact, &process, index, &env, limits);
+                    let instance = self.start_instance(spec).await?;
                     started.push(instance.clone());
                     if let (true, Some(addr)) = (process == "web", instance.addr) {
                         self.wait_healthy(project, &instance, addr).await?;
@@ -1120,6 +1104,28 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Instance `index` of `process` in `deployment`.
+fn instance_spec(
+    project: &Project,
+    deployment: &Deployment,
+    artifact: &Artifact,
+    process: &str,
+    index: u32,
+    env: &EnvVars,
+    limits: Limits,
+) -> InstanceSpec {
+    InstanceSpec {
+        project: project.name.clone(),
+        version: deployment.version,
+        process_type: process.to_owned(),
+        index,
+        artifact: artifact.reference.clone(),
+        command: artifact.processes.get(process).cloned().unwrap_or_default(),
+        env: env.clone(),
+        limits,
+    }
 }
 
 /// The env of an app's processes: the deployment's config, what its pre-deploy hooks added

@@ -115,6 +115,18 @@ macro_rules! apply_env_changes {
     };
 }
 
+/// The deployment row with this id, or `NotFound`.
+macro_rules! deployment_row {
+    ($conn:ident, $deployment_id:expr) => {
+        deployments::table
+            .find($deployment_id)
+            .select(DeploymentRow::as_select())
+            .first($conn)
+            .optional()?
+            .ok_or_else(|| not_found("deployment not found"))?
+    };
+}
+
 /// How precisely a token's last use is kept.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 
@@ -606,12 +618,7 @@ impl Store for SqlStore {
             // Read, check and write in one write transaction, so two racing steps cannot both
             // pass the check against the same old status.
             write_tx(conn, |conn| {
-                let row = deployments::table
-                    .find(deployment_id)
-                    .select(DeploymentRow::as_select())
-                    .first(conn)
-                    .optional()?
-                    .ok_or_else(|| not_found("deployment not found"))?;
+                let row = deployment_row!(conn, deployment_id);
                 DeploymentStatus::parse(&row.status)?.next(status)?;
                 let row = diesel::update(deployments::table.find(deployment_id))
                     .set((
@@ -684,12 +691,7 @@ impl Store for SqlStore {
         let env = env.clone();
         with_conn!(self, |conn| {
             write_tx(conn, |conn| {
-                let row = deployments::table
-                    .find(deployment_id)
-                    .select(DeploymentRow::as_select())
-                    .first(conn)
-                    .optional()?
-                    .ok_or_else(|| not_found("deployment not found"))?;
+                let row = deployment_row!(conn, deployment_id);
                 DeploymentStatus::parse(&row.status)?.next(DeploymentStatus::Live)?;
                 let now = now();
                 // The one-live index holds at every statement: the old one steps down first.

@@ -40,7 +40,8 @@ impl CappedListener {
     pub(crate) fn new(inner: TcpListener, limit: NonZeroUsize) -> Self {
         CappedListener {
             inner,
-            open: Arc::new(Semaphore::new(limit.get())),
+            // A semaphore holds at most MAX_PERMITS; no machine has that many descriptors.
+            open: Arc::new(Semaphore::new(limit.get().min(Semaphore::MAX_PERMITS))),
             limit: limit.get(),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             refusal: refusal().into(),
@@ -210,6 +211,13 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("no connection was served within 2 s of one closing");
+    }
+
+    #[tokio::test]
+    async fn any_cap_is_accepted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let capped = CappedListener::new(listener, NonZeroUsize::MAX);
+        assert_eq!(capped.limit, usize::MAX);
     }
 
     #[tokio::test]

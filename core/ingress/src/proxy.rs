@@ -210,7 +210,8 @@ struct Cap {
 impl Cap {
     fn new(limit: NonZeroUsize) -> Self {
         Cap {
-            open: Arc::new(Semaphore::new(limit.get())),
+            // A semaphore holds at most MAX_PERMITS; no machine has that many descriptors.
+            open: Arc::new(Semaphore::new(limit.get().min(Semaphore::MAX_PERMITS))),
             limit: limit.get(),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             warned: Mutex::new(None),

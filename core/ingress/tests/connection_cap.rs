@@ -73,6 +73,55 @@ async fn past_the_cap_a_new_connection_gets_503_until_one_closes() {
     held.push(open_when_served(ingress).await);
 }
 
+#[tokio::test]
+async fn any_cap_is_accepted() {
+    let mut config = IngressConfig::new(DOMAIN);
+    config.max_connections = NonZeroUsize::MAX;
+    let (ingress, table) = start_ingress_with(config).await;
+    let app = text_backend("app").await;
+    table.set_backends("app", vec![app.addr]);
+    let mut stream = TcpStream::connect(ingress).await.expect("connect");
+    assert!(one_request(&mut stream).await.starts_with("HTTP/1.1 200"));
+}
+
+/// Refusing costs a socket for up to a second; once `MAX_REFUSING` refusals are under way,
+/// a connection over the cap is closed at once, without a page.
+#[tokio::test]
+async fn past_the_refusals_it_can_afford_a_connection_is_closed_at_once() {
+    let mut config = IngressConfig::new(DOMAIN);
+    config.max_connections = NonZeroUsize::MIN;
+    let (ingress, table) = start_ingress_with(config).await;
+    let app = text_backend("app").await;
+    table.set_backends("app", vec![app.addr]);
+    let mut held = TcpStream::connect(ingress).await.expect("connect");
+    assert!(one_request(&mut held).await.starts_with("HTTP/1.1 200"));
+
+    // Many more than MAX_REFUSING at once, silent: each refusal waits for its client.
+    let mut extra = Vec::new();
+    for _ in 0..4 * paastech_ingress::MAX_REFUSING {
+        extra.push(TcpStream::connect(ingress).await.expect("connect"));
+    }
+    let (mut paged, mut closed) = (0, 0);
+    for mut stream in extra {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("closed within 10 s")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        if answer.is_empty() {
+            closed += 1;
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 503") && answer.ends_with("connections\n"), "{answer}");
+            paged += 1;
+        }
+    }
+    assert!(paged >= paastech_ingress::MAX_REFUSING, "{paged} pages, {closed} closed at once");
+    assert!(closed > 0, "{paged} pages, {closed} closed at once");
+    // And the connection in place is unaffected.
+    assert!(one_request(&mut held).await.starts_with("HTTP/1.1 200"));
+}
+
 /// A new connection that was served a request, tried every 20 ms for at most 2 s while
 /// the ingress answers 503.
 async fn open_when_served(ingress: std::net::SocketAddr) -> TcpStream {

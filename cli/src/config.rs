@@ -43,17 +43,23 @@ pub struct ServerConfig {
 pub struct ApiSection {
     #[serde(default = "ApiSection::default_listen")]
     pub listen: SocketAddr,
+    /// Open connections at most; past it, a new one is answered 503 and closed.
+    #[serde(default = "ApiSection::default_max_connections")]
+    pub max_connections: NonZeroUsize,
 }
 
 impl ApiSection {
     fn default_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 7000))
     }
+    fn default_max_connections() -> NonZeroUsize {
+        paastech_web::DEFAULT_MAX_CONNECTIONS
+    }
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { listen: Self::default_listen() }
+        ApiSection { listen: Self::default_listen(), max_connections: Self::default_max_connections() }
     }
 }
 
@@ -106,6 +112,9 @@ pub struct IngressSection {
     /// whose `X-Forwarded-Proto` reaches apps; from anyone else it is `http`.
     #[serde(default, deserialize_with = "ip_ranges")]
     pub trusted_proxies: Vec<IpRange>,
+    /// Open client connections at most; past it, a new one gets a 503 page and is closed.
+    #[serde(default = "IngressSection::default_max_connections")]
+    pub max_connections: NonZeroUsize,
 }
 
 fn ip_ranges<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpRange>, D::Error> {
@@ -132,6 +141,9 @@ impl IngressSection {
     fn default_backend_timeout() -> NonZeroU64 {
         NonZeroU64::new(60).unwrap_or(NonZeroU64::MIN)
     }
+    fn default_max_connections() -> NonZeroUsize {
+        paastech_ingress::DEFAULT_MAX_CONNECTIONS
+    }
 }
 
 impl Default for IngressSection {
@@ -146,6 +158,7 @@ impl Default for IngressSection {
             backend_timeout_secs: Self::default_backend_timeout(),
             threads: None,
             trusted_proxies: Vec::new(),
+            max_connections: Self::default_max_connections(),
         }
     }
 }
@@ -380,6 +393,22 @@ mod tests {
         assert_eq!(config.ingress.domain, "localhost");
         assert_eq!(config.auth.signup, Signup::Open);
         assert!(config.database.url.is_none());
+        assert_eq!((config.api.max_connections.get(), config.ingress.max_connections.get()), (1024, 10_000));
+    }
+
+    #[test]
+    fn connection_caps_are_read_and_zero_is_refused_naming_the_key() {
+        let config = source("[api]\nmax_connections = 8\n[ingress]\nmax_connections = 9\n").parse().expect("parses");
+        assert_eq!((config.api.max_connections.get(), config.ingress.max_connections.get()), (8, 9));
+        for (text, key, line) in [
+            ("[api]\nmax_connections = 0\n", "api.max_connections", 2),
+            ("[ingress]\n\nmax_connections = 0\n", "ingress.max_connections", 3),
+        ] {
+            let err = source(text).parse().expect_err(text);
+            let shown = err.to_string();
+            assert!(shown.starts_with(&format!("paastech.toml:{line}: {key}:")), "{shown:?}");
+            assert!(shown.contains("nonzero"), "{shown:?}");
+        }
     }
 
     #[test]

@@ -638,6 +638,7 @@ async fn serve(settings: Settings) -> Result<()> {
     }
     ingress_config.trusted_proxies = config.ingress.trusted_proxies.clone();
     ingress_config.backend_timeout = Duration::from_secs(config.ingress.backend_timeout_secs.get());
+    ingress_config.max_connections = config.ingress.max_connections;
     let ingress = tokio::spawn(paastech_ingress::serve(ingress_listener, ingress_config, routes, stopped()));
     tracing::info!(
         api = %config.api.listen,
@@ -650,7 +651,7 @@ async fn serve(settings: Settings) -> Result<()> {
         build = %build_driver,
         "paastech server started"
     );
-    let api_server = tokio::spawn(paastech_web::serve(api, state, stopped()));
+    let api_server = tokio::spawn(paastech_web::serve(api, state, config.api.max_connections, stopped()));
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
@@ -779,6 +780,10 @@ mod tests {
         let settings = load_text(block).unwrap_or_else(|err| panic!("the README's example does not load: {err}"));
         assert_eq!((settings.runtime_driver.as_str(), settings.build_driver.as_str()), ("process", "process"));
         assert_eq!(settings.config.ingress.trusted_proxies.len(), 1);
+        assert_eq!(
+            (settings.config.api.max_connections.get(), settings.config.ingress.max_connections.get()),
+            (1024, 10_000)
+        );
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Passwords (argon2id), API tokens (random, stored as SHA-256 hashes), the
 //! authenticated-user extractor, and the failed-login limiter.
+//!
+//! Each argon2 computation takes about 19 MiB and a core for a while, so at most
+//! [`argon2_permits`] run at once; the others wait their turn.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
@@ -14,6 +17,7 @@ use base64::Engine;
 use paastech_core::{Error, User};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -32,9 +36,37 @@ pub fn check_password_rules(password: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// How many argon2 hashes or verifications run at once: one per core (at most 8), as
+/// each keeps a core busy; more would only make each one slower and take more memory.
+pub fn argon2_permits() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).clamp(1, 8)
+}
+
+fn argon2_gate() -> &'static Arc<Semaphore> {
+    static GATE: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    GATE.get_or_init(|| Arc::new(Semaphore::new(argon2_permits())))
+}
+
+/// Runs argon2 `work` on a blocking thread once one of the [`argon2_permits`] is free.
+/// The permit goes with the work, so a request that gives up waiting for the answer
+/// still holds its place until the computation ends.
+async fn run_argon2<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    let permit = argon2_gate()
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|err| Error::internal("waiting for a password slot", err))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|err| Error::internal("password hashing task", err))
+}
+
 /// Hashes on a blocking thread: argon2 is deliberately slow.
 pub async fn hash_password(password: String) -> Result<String, Error> {
-    tokio::task::spawn_blocking(move || {
+    run_argon2(move || {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
         let salt = SaltString::encode_b64(&salt).map_err(|e| Error::internal_msg(format!("salt: {e}")))?;
@@ -43,14 +75,13 @@ pub async fn hash_password(password: String) -> Result<String, Error> {
             .map(|hash| hash.to_string())
             .map_err(|e| Error::internal_msg(format!("hashing password: {e}")))
     })
-    .await
-    .map_err(|e| Error::internal("password hashing task", e))?
+    .await?
 }
 
 /// A hash of a password nobody has, verified against when the account does not exist, so
 /// that a missing account takes as long to refuse as a wrong password.
 fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
         let salt = SaltString::encode_b64(b"paastech-no-user").expect("16 bytes is a valid salt");
         Argon2::default().hash_password(new_token().as_bytes(), &salt).map(|hash| hash.to_string()).unwrap_or_default()
@@ -58,7 +89,7 @@ fn dummy_hash() -> &'static str {
 }
 
 pub async fn verify_password(password: String, hash: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
+    run_argon2(move || {
         let exists = hash.is_some();
         let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
         let Ok(parsed) = PasswordHash::new(&hash) else {
@@ -144,6 +175,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 
 /// Counts failed logins per account and per address in a sliding window; past the limit,
 /// logins are refused with 429 until the window moves on.
+///
+/// An attempt is counted, as a failure, *before* its password is checked
+/// ([`LoginLimiter::attempt`]), in the same step as the check against the limit, and given
+/// back when it succeeds: parallel guesses cannot all pass the check before any of them
+/// is counted.
 pub struct LoginLimiter {
     max_failures: usize,
     window: Duration,
@@ -159,12 +195,24 @@ impl LoginLimiter {
         [format!("email:{}", email.to_lowercase()), format!("ip:{ip}")]
     }
 
-    /// Refuses when either the account or the address has too many recent failures.
-    pub fn check(&self, email: &str, ip: IpAddr) -> Result<(), Error> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Instant>>> {
+        // Every change is one call under the lock: the map is consistent even after a panic.
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a login attempt for the account and the address, or refuses it when either
+    /// has too many recent failures. The attempt stays counted as a failure unless
+    /// [`Attempt::succeeded`] is called.
+    pub fn attempt(&self, email: &str, ip: IpAddr) -> Result<Attempt<'_>, Error> {
         let now = Instant::now();
-        let mut failures = self.failures.lock().expect("limiter lock is never poisoned");
-        for key in Self::keys(email, ip) {
-            if let Some(times) = failures.get_mut(&key) {
+        let keys = Self::keys(email, ip);
+        let mut failures = self.lock();
+        // Bound memory: forget stale entries once the map grows.
+        if failures.len() > 10_000 {
+            failures.retain(|_, times| times.iter().any(|t| now.duration_since(*t) < self.window));
+        }
+        for key in &keys {
+            if let Some(times) = failures.get_mut(key) {
                 times.retain(|t| now.duration_since(*t) < self.window);
                 if times.len() >= self.max_failures {
                     let retry = times
@@ -175,24 +223,36 @@ impl LoginLimiter {
                 }
             }
         }
-        Ok(())
-    }
-
-    pub fn record_failure(&self, email: &str, ip: IpAddr) {
-        let now = Instant::now();
-        let mut failures = self.failures.lock().expect("limiter lock is never poisoned");
-        // Bound memory: forget stale entries once the map grows.
-        if failures.len() > 10_000 {
-            failures.retain(|_, times| times.iter().any(|t| now.duration_since(*t) < self.window));
+        for key in &keys {
+            failures.entry(key.clone()).or_default().push(now);
         }
-        for key in Self::keys(email, ip) {
-            failures.entry(key).or_default().push(now);
-        }
+        Ok(Attempt { limiter: self, keys, at: now })
     }
+}
 
-    pub fn record_success(&self, email: &str) {
-        let mut failures = self.failures.lock().expect("limiter lock is never poisoned");
-        failures.remove(&format!("email:{}", email.to_lowercase()));
+/// A login attempt counted by [`LoginLimiter::attempt`]; a failure unless it succeeds.
+#[must_use = "an attempt is a failure unless `succeeded` is called"]
+pub struct Attempt<'a> {
+    limiter: &'a LoginLimiter,
+    keys: [String; 2],
+    at: Instant,
+}
+
+impl Attempt<'_> {
+    /// The password was right: the account's failures are forgotten, and this attempt no
+    /// longer counts against the address.
+    pub fn succeeded(self) {
+        let [account, address] = &self.keys;
+        let mut failures = self.limiter.lock();
+        failures.remove(account);
+        if let Some(times) = failures.get_mut(address) {
+            if let Some(i) = times.iter().rposition(|t| *t == self.at) {
+                times.remove(i);
+            }
+            if times.is_empty() {
+                failures.remove(address);
+            }
+        }
     }
 }
 
@@ -224,21 +284,97 @@ mod tests {
         let limiter = LoginLimiter::new(3, Duration::from_secs(60));
         let ip: IpAddr = "10.0.0.1".parse().expect("ip");
         for _ in 0..3 {
-            assert!(limiter.check("a@b.io", ip).is_ok());
-            limiter.record_failure("a@b.io", ip);
+            drop(limiter.attempt("a@b.io", ip).expect("under the limit"));
         }
-        assert!(matches!(limiter.check("A@B.io", "10.0.0.2".parse().expect("ip")), Err(Error::RateLimited(_))));
-        assert!(matches!(limiter.check("other@b.io", ip), Err(Error::RateLimited(_))));
-        assert!(limiter.check("other@b.io", "10.0.0.3".parse().expect("ip")).is_ok());
+        assert!(matches!(limiter.attempt("A@B.io", "10.0.0.2".parse().expect("ip")), Err(Error::RateLimited(_))));
+        assert!(matches!(limiter.attempt("other@b.io", ip), Err(Error::RateLimited(_))));
+        assert!(limiter.attempt("other@b.io", "10.0.0.3".parse().expect("ip")).is_ok());
+    }
+
+    #[test]
+    fn a_successful_attempt_gives_its_place_back() {
+        let limiter = LoginLimiter::new(2, Duration::from_secs(60));
+        let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+        // Many good logins from one address never add up to a limit.
+        for _ in 0..10 {
+            limiter.attempt("a@b.io", ip).expect("under the limit").succeeded();
+        }
+        // A success forgets the account's failures, but not the address's other ones.
+        drop(limiter.attempt("a@b.io", ip).expect("first failure"));
+        drop(limiter.attempt("c@d.io", ip).expect("second failure"));
+        assert!(limiter.attempt("x@y.io", ip).is_err(), "the address is at its limit");
+        assert!(limiter.attempt("a@b.io", "10.0.0.9".parse().expect("ip")).is_ok());
+    }
+
+    /// Parallel guesses: each is counted before its password is checked, so no more than
+    /// the limit ever reach the check, however many arrive at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn parallel_guesses_are_counted_before_they_are_verified() {
+        let limiter = Arc::new(LoginLimiter::new(5, Duration::from_secs(60)));
+        let hash = hash_password("the right one".into()).await.expect("hash");
+        let verified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let barrier = Arc::new(tokio::sync::Barrier::new(50));
+        let guesses: Vec<_> = (0..50)
+            .map(|i| {
+                let (limiter, hash, verified, barrier) =
+                    (limiter.clone(), hash.clone(), verified.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let ip: IpAddr = "10.0.0.1".parse().expect("ip");
+                    // What the login handlers do.
+                    let attempt = limiter.attempt("a@b.io", ip)?;
+                    verified.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if verify_password(format!("guess {i}"), Some(hash)).await {
+                        attempt.succeeded();
+                    }
+                    Ok::<(), Error>(())
+                })
+            })
+            .collect();
+        let mut limited = 0;
+        for guess in guesses {
+            if let Err(Error::RateLimited(_)) = guess.await.expect("guess task") {
+                limited += 1;
+            }
+        }
+        assert_eq!(verified.load(std::sync::atomic::Ordering::SeqCst), 5);
+        assert_eq!(limited, 45);
     }
 
     #[test]
     fn limiter_forgets_after_the_window() {
         let limiter = LoginLimiter::new(1, Duration::from_millis(20));
         let ip: IpAddr = "10.0.0.1".parse().expect("ip");
-        limiter.record_failure("a@b.io", ip);
-        assert!(limiter.check("a@b.io", ip).is_err());
+        drop(limiter.attempt("a@b.io", ip).expect("first"));
+        assert!(limiter.attempt("a@b.io", ip).is_err());
         std::thread::sleep(Duration::from_millis(30));
-        assert!(limiter.check("a@b.io", ip).is_ok());
+        assert!(limiter.attempt("a@b.io", ip).is_ok());
+    }
+
+    /// However many hashes and verifications are asked for at once, at most
+    /// `argon2_permits()` run at the same time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn argon2_runs_at_most_its_permits_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..24)
+            .map(|_| {
+                let (running, peak) = (running.clone(), peak.clone());
+                tokio::spawn(run_argon2(move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    // Stands for the hash: long enough for the others to pile up.
+                    std::thread::sleep(Duration::from_millis(20));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }))
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task").expect("argon2 slot");
+        }
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(peak <= argon2_permits(), "{peak} ran at once, more than {}", argon2_permits());
+        assert!(peak >= 1);
     }
 }

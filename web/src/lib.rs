@@ -4,14 +4,17 @@
 
 pub mod api;
 pub mod auth;
+mod connections;
 pub mod error;
 pub mod ui;
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
 use paastech_core::Store;
 use paastech_core::orchestrator::Orchestrator;
 
@@ -106,18 +109,35 @@ pub fn router(state: AppState) -> Router {
     ui::routes().nest("/api/v1", api::routes()).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
 }
 
+/// The default cap on open API connections (`[api] max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(1024).expect("not zero");
+
 /// Serves the API (and UI) on `listener` until `shutdown` resolves, then lets requests in
-/// flight finish.
+/// flight finish. At most `max_connections` connections are open at once; past that, a
+/// new one is answered `503` with the error body (code `too_many_connections`) and closed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    max_connections: NonZeroUsize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stopping = Arc::clone(&state.stopping);
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let shutdown = async move {
         shutdown.await;
         stopping.send_replace(true);
     };
+    serve_router(listener, router(state), max_connections, shutdown).await
+}
+
+async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    max_connections: NonZeroUsize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // `tap_io` changes nothing, but axum gives the peer address (`ConnectInfo`, which the
+    // login limiter needs) only for its own listeners and for those wrapped by it.
+    let listener = connections::CappedListener::new(listener, max_connections).tap_io(|_| {});
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

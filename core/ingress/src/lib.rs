@@ -24,7 +24,7 @@ mod trust;
 mod upstream;
 
 pub use health::{HealthError, LastSeen, health_check};
-pub use proxy::{IngressConfig, serve};
+pub use proxy::{DEFAULT_MAX_CONNECTIONS, IngressConfig, MAX_REFUSING, serve};
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
 pub use static_files::serve_static;

@@ -4,12 +4,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::forward;
 use crate::routes::RouteTable;
@@ -33,7 +34,27 @@ pub struct IngressConfig {
     /// Peers (a load balancer, a TLS terminator) whose `X-Forwarded-Proto` is passed on;
     /// from anyone else it is replaced with `http`.
     pub trusted_proxies: Vec<IpRange>,
+    /// Open client connections at most (they share the process's file descriptors with
+    /// SSH and the API). Past it, a new connection gets a short `503` page with
+    /// `Retry-After` and is closed; see [`MAX_REFUSING`].
+    pub max_connections: NonZeroUsize,
 }
+
+/// The default [`IngressConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(10_000).expect("not zero");
+
+/// Connections past the cap being answered their `503` page at once. Each is held for at
+/// most [`REFUSAL_LINGER`]; past this many, a connection over the cap is closed without a
+/// word, which costs nothing.
+pub const MAX_REFUSING: usize = 64;
+/// How long a refused connection is held: to send the page, then to read and drop what
+/// the client sent, so that closing does not reset the connection before it read the page.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+const REFUSAL_LINGER_BYTES: usize = 64 * 1024;
+/// What a connection over the cap reads.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: paastech\r\n\
+Content-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nContent-Length: 66\r\nConnection: close\r\n\r\n\
+503 Service Unavailable: the server has too many open connections\n";
 
 impl IngressConfig {
     pub fn new(domain: impl Into<String>) -> Self {
@@ -44,6 +65,7 @@ impl IngressConfig {
             shutdown_grace: Duration::from_secs(10),
             threads: default_threads(),
             trusted_proxies: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -115,6 +137,7 @@ pub async fn serve(
     let stopping = Arc::new(AtomicBool::new(false));
     let (handoff, mut inboxes): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
     let balance = Arc::new(Balance { loads: (0..threads).map(|_| AtomicUsize::new(0)).collect(), handoff });
+    let cap = Arc::new(Cap::new(config.max_connections));
     let mut listener = Some(listener);
     for (i, inbox) in inboxes.drain(..).enumerate() {
         // The last thread takes the socket itself, the others a duplicate of it, so it is
@@ -140,7 +163,7 @@ pub async fn serve(
             stopping: stopping.clone(),
             trusted_proxies: trusted_proxies.clone(),
         });
-        let thread = Thread { shared, balance: balance.clone(), inbox, grace: config.shutdown_grace };
+        let thread = Thread { shared, balance: balance.clone(), cap: cap.clone(), inbox, grace: config.shutdown_grace };
         let (mut stop, done) = (stop_rx.clone(), done_tx.clone());
         let spawned = std::thread::Builder::new().name(format!("ingress-{i}")).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -170,8 +193,75 @@ pub async fn serve(
     let _ = done_rx.recv().await;
 }
 
-/// A new client connection, moved between threads.
-type Handoff = (std::net::TcpStream, SocketAddr);
+/// A new client connection, moved between threads, with its place under the cap.
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// The cap on open client connections, shared by every ingress thread.
+struct Cap {
+    /// One permit per connection that may be open; a connection holds one until it ends.
+    open: Arc<Semaphore>,
+    limit: usize,
+    /// One permit per refused connection that may be answered at once.
+    refusing: Arc<Semaphore>,
+    /// When a refusal was last logged: a flood of them is said once a minute, not once each.
+    warned: Mutex<Option<Instant>>,
+}
+
+impl Cap {
+    fn new(limit: NonZeroUsize) -> Self {
+        Cap {
+            // A semaphore holds at most MAX_PERMITS; no machine has that many descriptors.
+            open: Arc::new(Semaphore::new(limit.get().min(Semaphore::MAX_PERMITS))),
+            limit: limit.get(),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            warned: Mutex::new(None),
+        }
+    }
+
+    /// A place for a new connection, or `None` when the cap is reached: the connection
+    /// is then refused (answered with a 503 page if that is affordable) and closed.
+    fn admit(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+        if let Ok(permit) = self.open.clone().try_acquire_owned() {
+            return Some((stream, permit));
+        }
+        self.warn(peer);
+        if let Ok(refusing) = self.refusing.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                refuse(stream).await;
+                drop(refusing);
+            });
+        }
+        None
+    }
+
+    fn warn(&self, peer: SocketAddr) {
+        let mut warned = self.warned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *warned = Some(Instant::now());
+            tracing::warn!(%peer, limit = self.limit,
+                "too many open ingress connections: refusing new ones with 503 until some close ([ingress] max_connections)");
+        }
+    }
+}
+
+/// Answers a connection over the cap with its 503 page, then closes it after reading
+/// what the client sent, all within [`REFUSAL_LINGER`].
+async fn refuse(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        stream.write_all(TOO_MANY_CONNECTIONS).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < REFUSAL_LINGER_BYTES {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}
 
 /// Spreads client connections evenly over the ingress threads. Whichever thread accepts
 /// a connection (the first awake, often the same one in a burst) passes it on when
@@ -212,6 +302,7 @@ impl Drop for Load {
 struct Thread {
     shared: Arc<Shared>,
     balance: Arc<Balance>,
+    cap: Arc<Cap>,
     inbox: mpsc::UnboundedReceiver<Handoff>,
     grace: Duration,
 }
@@ -243,11 +334,11 @@ impl Thread {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::pin!(stopped);
         loop {
-            let (stream, peer) = tokio::select! {
+            let (stream, peer, permit) = tokio::select! {
                 biased;
                 () = &mut stopped => break,
-                Some((stream, peer)) = self.inbox.recv() => match TcpStream::from_std(stream) {
-                    Ok(stream) => (stream, peer),
+                Some((stream, peer, permit)) = self.inbox.recv() => match TcpStream::from_std(stream) {
+                    Ok(stream) => (stream, peer, permit),
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot take over a client connection");
                         drop(Load(self.balance.clone(), shard));
@@ -255,12 +346,16 @@ impl Thread {
                     }
                 },
                 (stream, peer) = accept(listener.as_ref()) => {
+                    // Counted before anything else is spent on it.
+                    let Some((stream, permit)) = self.cap.admit(stream, peer) else {
+                        continue;
+                    };
                     let to = self.balance.place(shard);
                     if to == shard {
-                        (stream, peer)
+                        (stream, peer, permit)
                     } else {
-                        match self.hand_over(to, stream, peer) {
-                            Some(stream) => (stream, peer),
+                        match self.hand_over(to, stream, peer, permit) {
+                            Some((stream, permit)) => (stream, peer, permit),
                             None => continue,
                         }
                     }
@@ -273,6 +368,7 @@ impl Thread {
             tokio::spawn(async move {
                 connection.await;
                 drop(load);
+                drop(permit);
             });
         }
         drop(listener);
@@ -285,20 +381,26 @@ impl Thread {
     }
 
     /// Passes a connection to thread `to`; gives it back, counted here, if that fails.
-    fn hand_over(&self, to: usize, stream: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+    fn hand_over(
+        &self,
+        to: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<(TcpStream, OwnedSemaphorePermit)> {
         let shard = self.shared.shard;
         let back = match stream.into_std() {
-            Ok(stream) => match self.balance.handoff[to].send((stream, peer)) {
+            Ok(stream) => match self.balance.handoff[to].send((stream, peer, permit)) {
                 Ok(()) => return None,
-                Err(mpsc::error::SendError((stream, _))) => TcpStream::from_std(stream),
+                Err(mpsc::error::SendError((stream, _, permit))) => TcpStream::from_std(stream).map(|s| (s, permit)),
             },
             Err(err) => Err(err),
         };
         drop(Load(self.balance.clone(), to));
         match back {
-            Ok(stream) => {
+            Ok(back) => {
                 self.balance.loads[shard].fetch_add(1, Ordering::Relaxed);
-                Some(stream)
+                Some(back)
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot hand over a client connection");
@@ -356,6 +458,14 @@ mod tests {
         for (host, want) in cases {
             assert_eq!(project_of(host, s), *want, "host {host:?}");
         }
+    }
+
+    #[test]
+    fn the_refusal_page_says_its_length() {
+        let page = std::str::from_utf8(TOO_MANY_CONNECTIONS).expect("ascii");
+        let (head, body) = page.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())), "{head}");
+        assert!(head.contains("\r\nRetry-After: 1\r\n"), "{head}");
     }
 
     #[test]

@@ -10,8 +10,14 @@
 //! Wire protocol: JSON, one object per line. The client sends one [`Request`]; the server
 //! answers with any number of `{"type":"log","line":…}` then exactly one `{"type":"accepted"}`
 //! or `{"type":"rejected","message":…}`.
+//!
+//! The log is relayed through a bounded queue ([`MAX_QUEUED_LINES`], [`MAX_QUEUED_BYTES`]):
+//! a build never waits for a slow pusher, and when the queue is full its oldest lines make
+//! room for new ones, so the pusher later reads a note saying how many lines it missed,
+//! then the newest lines (where a build's error is). The full log is kept elsewhere (the
+//! build record and the project's log).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,7 +28,7 @@ use paastech_core::{Error, ProjectName, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// The PaaSTech executable the hook script runs.
 pub const ENV_EXE: &str = "PAASTECH_EXE";
@@ -36,6 +42,10 @@ pub const ENV_TOKEN: &str = "PAASTECH_HOOK_TOKEN";
 const MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
 /// The hook sends its request right after connecting.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many log lines wait for a slow pusher; older ones are dropped past it.
+pub const MAX_QUEUED_LINES: usize = 4096;
+/// And at most this many bytes of them (a longer single line is cut to this).
+pub const MAX_QUEUED_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
@@ -189,35 +199,16 @@ impl HookServer {
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
 
-        // Log lines go through one queue and one writer task, so they reach the client in
-        // order and `LogSink::line` never blocks the handler.
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        let sink: Arc<dyn LogSink> = Arc::new(ChannelLog(tx));
+        // Log lines go through one bounded queue, so they reach the client in order and
+        // `LogSink::line` never blocks the handler, whatever the client's pace.
+        let queue = Arc::new(LogQueue::new(MAX_QUEUED_LINES, MAX_QUEUED_BYTES));
+        let sink: Arc<dyn LogSink> = queue.clone();
         let handler = self.handler.clone();
         let push = tokio::spawn(async move {
             let result = handler.pre_receive(&project, user_id, &updates, sink).await;
             (project, result)
         });
-        tokio::pin!(push);
-        let mut client_gone = false;
-        let outcome = loop {
-            tokio::select! {
-                // Once the handler is done, whatever it logged is already queued.
-                joined = &mut push => break joined,
-                Some(line) = rx.recv() => {
-                    if !client_gone && write_reply(write, &Reply::Log { line }).await.is_err() {
-                        // The push is gone, but the handler keeps going: stopping a build
-                        // or a rollout halfway would leave worse state than finishing it.
-                        client_gone = true;
-                    }
-                }
-            }
-        };
-        while let Ok(line) = rx.try_recv() {
-            if client_gone || write_reply(write, &Reply::Log { line }).await.is_err() {
-                break;
-            }
-        }
+        let outcome = relay(&queue, write, push).await;
         match outcome {
             Ok((project, Ok(()))) => {
                 tracing::info!(project = %project, user_id, "push accepted");
@@ -267,13 +258,133 @@ impl Drop for HookTicket {
     }
 }
 
-struct ChannelLog(mpsc::UnboundedSender<String>);
-
-impl LogSink for ChannelLog {
-    fn line(&self, line: &str) {
-        // The connection may be over; a log line is not worth an error.
-        let _ = self.0.send(line.to_owned());
+/// Writes the handler's log lines to the client as they come, until the handler is done,
+/// then what is left; returns the handler's outcome.
+async fn relay<T>(
+    queue: &LogQueue,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    push: tokio::task::JoinHandle<T>,
+) -> std::result::Result<T, tokio::task::JoinError> {
+    tokio::pin!(push);
+    let mut client_gone = false;
+    let outcome = loop {
+        tokio::select! {
+            // Once the handler is done, whatever it logged is already queued.
+            joined = &mut push => break joined,
+            line = queue.next() => {
+                if !client_gone && write_reply(write, &Reply::Log { line }).await.is_err() {
+                    // The push is gone, but the handler keeps going: stopping a build
+                    // or a rollout halfway would leave worse state than finishing it.
+                    client_gone = true;
+                    queue.close();
+                }
+            }
+        }
+    };
+    while let Some(line) = queue.try_next() {
+        if client_gone || write_reply(write, &Reply::Log { line }).await.is_err() {
+            break;
+        }
     }
+    outcome
+}
+
+/// The log lines waiting for the client: at most `max_lines` lines and `max_bytes` bytes.
+/// When full, the oldest waiting lines are dropped and counted, and the reader gets a note
+/// in their place.
+struct LogQueue {
+    state: Mutex<QueueState>,
+    ready: Notify,
+    max_lines: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    lines: VecDeque<String>,
+    bytes: usize,
+    /// Lines dropped just before `lines[0]` (the reader has seen what came before).
+    dropped: u64,
+    /// The client is gone: nothing more is kept.
+    closed: bool,
+}
+
+impl LogQueue {
+    fn new(max_lines: usize, max_bytes: usize) -> Self {
+        LogQueue { state: Mutex::default(), ready: Notify::new(), max_lines: max_lines.max(1), max_bytes }
+    }
+
+    /// The next line (or note) for the client, once there is one.
+    async fn next(&self) -> String {
+        loop {
+            if let Some(line) = self.try_next() {
+                return line;
+            }
+            // `notify_one` stores a wakeup when nobody waits, so none is lost between the
+            // check above and this wait.
+            self.ready.notified().await;
+        }
+    }
+
+    fn try_next(&self) -> Option<String> {
+        let mut state = lock(&self.state);
+        if state.dropped > 0 {
+            let dropped = std::mem::take(&mut state.dropped);
+            let s = if dropped == 1 { "" } else { "s" };
+            return Some(format!("[{dropped} line{s} dropped: the client reads too slowly]"));
+        }
+        let line = state.lines.pop_front()?;
+        state.bytes -= line.len();
+        Some(line)
+    }
+
+    fn close(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        state.lines.clear();
+        state.bytes = 0;
+    }
+
+    /// Lines and bytes waiting.
+    #[cfg(test)]
+    fn queued(&self) -> (usize, usize) {
+        let state = lock(&self.state);
+        (state.lines.len(), state.bytes)
+    }
+}
+
+impl LogSink for LogQueue {
+    fn line(&self, line: &str) {
+        let line = truncate(line, self.max_bytes);
+        let mut state = lock(&self.state);
+        if state.closed {
+            return;
+        }
+        while !state.lines.is_empty()
+            && (state.lines.len() >= self.max_lines || state.bytes + line.len() > self.max_bytes)
+        {
+            if let Some(old) = state.lines.pop_front() {
+                state.bytes -= old.len();
+                state.dropped += 1;
+            }
+        }
+        state.bytes += line.len();
+        state.lines.push_back(line.to_owned());
+        drop(state);
+        self.ready.notify_one();
+    }
+}
+
+/// `line` cut to at most `max` bytes, on a character boundary.
+fn truncate(line: &str, max: usize) -> &str {
+    if line.len() <= max {
+        return line;
+    }
+    let mut end = max;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    &line[..end]
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -377,6 +488,116 @@ mod tests {
         assert_eq!(updates[1].new, zero);
         assert!(parse_updates(&b"garbage\n"[..]).is_err());
         assert!(parse_updates(format!("{a} xyz refs/heads/main\n").as_bytes()).is_err());
+    }
+
+    fn drain(queue: &LogQueue) -> Vec<String> {
+        std::iter::from_fn(|| queue.try_next()).collect()
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_lines_and_says_how_many() {
+        let queue = LogQueue::new(4, 1024);
+        for i in 0..10 {
+            queue.line(&format!("line {i}"));
+        }
+        assert_eq!(queue.queued(), (4, 4 * "line 0".len()));
+        let want = ["[6 lines dropped: the client reads too slowly]", "line 6", "line 7", "line 8", "line 9"];
+        assert_eq!(drain(&queue), want);
+        assert_eq!(queue.queued(), (0, 0));
+
+        // The count starts again, and the note sits where the lines went missing.
+        queue.line("a");
+        assert_eq!(queue.try_next().as_deref(), Some("a"));
+        for line in ["b", "c", "d", "e", "f"] {
+            queue.line(line);
+        }
+        assert_eq!(drain(&queue), ["[1 line dropped: the client reads too slowly]", "c", "d", "e", "f"]);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let queue = LogQueue::new(100, 10);
+        for line in ["aaaa", "bbbb", "cccc", "dddd"] {
+            queue.line(line);
+            assert!(queue.queued().1 <= 10);
+        }
+        assert_eq!(drain(&queue), ["[2 lines dropped: the client reads too slowly]", "cccc", "dddd"]);
+        // A line longer than the whole bound is cut to it, on a character boundary.
+        queue.line("ééééééé");
+        assert_eq!(drain(&queue), ["ééééé"]);
+    }
+
+    #[test]
+    fn a_closed_queue_keeps_nothing() {
+        let queue = LogQueue::new(4, 1024);
+        queue.line("before");
+        queue.close();
+        queue.line("after");
+        assert_eq!(queue.queued(), (0, 0));
+        assert!(queue.try_next().is_none());
+    }
+
+    /// A build floods far more than the bound at a pusher that reads nothing until the build
+    /// is over: the queue never holds more than its bound, the build never waits, and the
+    /// pusher then reads the first lines (those the socket took), the note, and the last
+    /// lines, through the real relay over a real socket.
+    #[tokio::test]
+    async fn a_flood_to_a_client_that_does_not_read_stays_bounded() {
+        const LINES: usize = 100_000;
+        let (server, client) = UnixStream::pair().expect("socket pair");
+        let (_read, mut write) = server.into_split();
+        let queue = Arc::new(LogQueue::new(MAX_QUEUED_LINES, MAX_QUEUED_BYTES));
+        let (flooded_tx, flooded_rx) = tokio::sync::oneshot::channel();
+        let sink: Arc<dyn LogSink> = queue.clone();
+        let observed = queue.clone();
+        let push = tokio::spawn(async move {
+            let padding = "x".repeat(100);
+            let mut most = (0, 0);
+            for i in 0..LINES {
+                sink.line(&format!("line {i} {padding}"));
+                let (lines, bytes) = observed.queued();
+                most = (most.0.max(lines), most.1.max(bytes));
+                if i % 1000 == 0 {
+                    // Let the relay run, as a real build's awaits would.
+                    tokio::task::yield_now().await;
+                }
+            }
+            sink.line("the last line");
+            let _ = flooded_tx.send(());
+            most
+        });
+        let relayed = tokio::spawn(async move {
+            let outcome = relay(&queue, &mut write, push).await;
+            let _ = write_reply(&mut write, &Reply::Accepted).await;
+            outcome
+        });
+
+        // Nothing is read until the build is over.
+        tokio::time::timeout(Duration::from_secs(60), flooded_rx).await.expect("the flood ends").expect("flooded");
+        let mut seen = Vec::new();
+        let mut lines = BufReader::new(client).lines();
+        while let Some(line) = lines.next_line().await.expect("read") {
+            match serde_json::from_str::<Reply>(&line).expect("reply") {
+                Reply::Log { line } => seen.push(line),
+                Reply::Accepted => break,
+                Reply::Rejected { message } => panic!("rejected: {message}"),
+            }
+        }
+        let most = relayed.await.expect("relay").expect("push");
+        assert!(most.0 <= MAX_QUEUED_LINES && most.1 <= MAX_QUEUED_BYTES, "queued at most {most:?}");
+        assert_eq!(seen.first().map(String::as_str), Some(format!("line 0 {}", "x".repeat(100)).as_str()));
+        assert_eq!(seen.last().map(String::as_str), Some("the last line"));
+        let notes: Vec<&String> = seen.iter().filter(|l| l.contains("dropped: the client reads too slowly")).collect();
+        assert!(!notes.is_empty(), "no note among {} lines", seen.len());
+        let dropped: usize = notes
+            .iter()
+            .map(|note| {
+                note.trim_start_matches('[').split(' ').next().and_then(|n| n.parse::<usize>().ok()).expect("count")
+            })
+            .sum();
+        // Every line is either seen or counted as dropped.
+        assert_eq!(seen.len() - notes.len() + dropped, LINES + 1, "{notes:?}");
+        assert!(seen.len() < LINES / 4, "{} lines were kept for the client", seen.len());
     }
 
     #[test]

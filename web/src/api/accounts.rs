@@ -152,7 +152,8 @@ pub async fn login(
     JsonBody(body): JsonBody<Credentials>,
 ) -> ApiResult<Json<LoginResponse>> {
     let email = body.email.trim().to_lowercase();
-    state.limiter.check(&email, ip)?;
+    // Counted as a failure until the password proves right.
+    let attempt = state.limiter.attempt(&email, ip)?;
     let found = match state.store.user_by_email(&email).await {
         Ok(found) => Some(found),
         Err(Error::NotFound(_)) => None,
@@ -160,12 +161,11 @@ pub async fn login(
     };
     let hash = found.as_ref().map(|(_, hash)| hash.clone());
     if !auth::verify_password(body.password, hash).await {
-        state.limiter.record_failure(&email, ip);
         tracing::warn!(%ip, "failed login");
         return Err(Error::Unauthorized("wrong email or password".into()).into());
     }
     let (user, _) = found.expect("verify_password is false without a user");
-    state.limiter.record_success(&email);
+    attempt.succeeded();
     let token = auth::new_token();
     let expires = Timestamp(Timestamp::now().0 + LOGIN_TOKEN_LIFETIME_MS);
     state.store.create_token(user.id, "login", &auth::token_hash(&token), Some(expires)).await?;

@@ -196,10 +196,14 @@ pub async fn login(
     Form(form): Form<AuthForm>,
 ) -> UiResult {
     let email = form.email.trim().to_lowercase();
-    if let Err(err) = state.limiter.check(&email, ip) {
-        let errors = FieldErrors::one("form", err.to_string());
-        return auth_page(&headers, false, &email, errors, None, StatusCode::TOO_MANY_REQUESTS);
-    }
+    // Counted as a failure until the password proves right.
+    let attempt = match state.limiter.attempt(&email, ip) {
+        Ok(attempt) => attempt,
+        Err(err) => {
+            let errors = FieldErrors::one("form", err.to_string());
+            return auth_page(&headers, false, &email, errors, None, StatusCode::TOO_MANY_REQUESTS);
+        }
+    };
     let found = match state.store.user_by_email(&email).await {
         Ok(found) => Some(found),
         Err(Error::NotFound(_)) => None,
@@ -211,13 +215,12 @@ pub async fn login(
     let user = match found {
         Some((user, _)) if verified => user,
         _ => {
-            state.limiter.record_failure(&email, ip);
             tracing::warn!(%ip, "failed web login");
             let errors = FieldErrors::one("password", "Wrong email or password.".into());
             return auth_page(&headers, false, &email, errors, None, StatusCode::UNAUTHORIZED);
         }
     };
-    state.limiter.record_success(&email);
+    attempt.succeeded();
     start_session(&state, &headers, &user).await
 }
 

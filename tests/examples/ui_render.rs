@@ -135,22 +135,6 @@ fn render_ms(header: Option<&str>) -> Result<f64, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::render_ms;
-
-    #[test]
-    fn server_timing_is_read_or_refused() {
-        assert_eq!(render_ms(Some("render;dur=1.25")), Ok(1.25));
-        assert_eq!(render_ms(Some("db;dur=9, render;desc=\"page\";dur=0.50")), Ok(0.5));
-        for bad in [None, Some(""), Some("render"), Some("db;dur=3"), Some("render;dur="), Some("render;dur=NaN"),
-            Some("render;dur=-1"), Some("render;dur=inf"), Some("render;dur=1ms")]
-        {
-            assert!(render_ms(bad).is_err(), "{bad:?}");
-        }
-    }
-}
-
 /// Ten deployments per project, as pushes and env changes make them: each with a build
 /// and a log, the newest live and the others superseded.
 async fn seed(url: &str, names: &[String]) {
@@ -221,4 +205,28 @@ fn login_cookie(server: &Server) -> String {
         .filter_map(|v| v.to_str().ok())
         .find_map(|c| c.strip_prefix("paastech_session=").and_then(|c| c.split(';').next()).map(str::to_owned))
         .expect("session cookie")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_ms;
+
+    #[test]
+    fn server_timing_is_read_or_refused() {
+        assert_eq!(render_ms(Some("render;dur=1.25")), Ok(1.25));
+        assert_eq!(render_ms(Some("db;dur=9, render;desc=\"page\";dur=0.50")), Ok(0.5));
+        for bad in [
+            None,
+            Some(""),
+            Some("render"),
+            Some("db;dur=3"),
+            Some("render;dur="),
+            Some("render;dur=NaN"),
+            Some("render;dur=-1"),
+            Some("render;dur=inf"),
+            Some("render;dur=1ms"),
+        ] {
+            assert!(render_ms(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -469,7 +469,8 @@ pub(crate) fn response(input: &[u8], req: Answering, out: &mut Vec<u8>) -> Resul
     // A coding other than chunked (read until close) reaches the client with its name.
     // In one field without empty list elements, so that no client can read another
     // final coding than the proxy did (`chunked,` is not `chunked` to every parser).
-    if raw_chunked || (chunked == Some(false)) || (framing == Framing::Empty && chunked.is_some() && !req.http10) {
+    // Never to an HTTP/1.0 client (RFC 9112 §6.1), which could not read it.
+    if !req.http10 && (raw_chunked || chunked == Some(false) || (framing == Framing::Empty && chunked.is_some())) {
         out.extend_from_slice(b"Transfer-Encoding: ");
         let codings = named("transfer-encoding").flat_map(|h| h.value.split(|&b| b == b','));
         for (i, coding) in codings.map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()).enumerate() {
@@ -850,6 +851,12 @@ mod tests {
             resp("HTTP/1.1 200 OK\r\ncontent-length:1\r\nX: y\r\ncontent-length: 1\r\n\r\n", GET11).expect("valid");
         assert_eq!(r.framing, Framing::Length(1));
         assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX: y\r\n\r\n");
+        // No Transfer-Encoding to an HTTP/1.0 client (hyper refuses the response): the
+        // body is read until the backend closes, and so is it by the client.
+        let http10 = Answering { http10: true, ..GET11 };
+        let (r, out) = resp("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", http10).expect("valid");
+        assert_eq!((r.framing, r.client_keep_alive), (Framing::UntilClose, false));
+        assert_eq!(out, "HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n");
     }
 
     fn resp(raw: &str, answering: Answering) -> Result<(Response, String), ResponseError> {

@@ -1,8 +1,9 @@
 //! Property tests of the HTTP/1 framing: heads generated from a grammar (odd case, OWS,
 //! obs-fold, duplicates, lengths with signs, leading zeros, lists and huge numbers,
 //! `Transfer-Encoding` lists) and from random bytes, checked against httparse and against
-//! the rules of RFC 9112 §6 written out here on their own, and chunked bodies fed in
-//! random pieces, checked against a reference decoder.
+//! the rules of RFC 9112 §6 written out here on their own; what the proxy sends read by
+//! hyper, as the backend and as the client; and chunked bodies fed in random pieces,
+//! checked against a reference decoder.
 //!
 //! The number of cases is fixed (`PROPTEST_CASES` overrides it), so the run is bounded.
 
@@ -704,6 +705,197 @@ fn pieces() -> impl Strategy<Value = Vec<usize>> {
 }
 
 // ---------------------------------------------------------------------------------------
+// hyper, as the backend: another parser reads what the proxy forwards.
+// ---------------------------------------------------------------------------------------
+
+/// Each request hyper's HTTP/1 server reads from `wire`: method, target and body. Stops at
+/// the first it cannot read.
+fn hyper_reads(wire: Vec<u8>) -> Vec<(String, String, Vec<u8>)> {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let log = Arc::clone(&seen);
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let log = Arc::clone(&log);
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await?.to_bytes().to_vec();
+                log.lock().expect("not poisoned").push((parts.method.to_string(), parts.uri.to_string(), body));
+                Ok::<_, hyper::Error>(hyper::Response::new(Empty::<bytes::Bytes>::new()))
+            }
+        });
+        // Half-close: the pipe is shut for writing once all is sent, and hyper is to read
+        // every request in it all the same.
+        let conn = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+        let send = async move {
+            client.write_all(&wire).await.expect("the pipe is open");
+            client.shutdown().await.expect("the pipe is open");
+            // Drain the answers, so hyper never waits on a full pipe.
+            let mut sink = Vec::new();
+            let _ = client.read_to_end(&mut sink).await;
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async { tokio::join!(conn, send) }).await;
+    });
+    Arc::try_unwrap(seen).map(|m| m.into_inner().expect("not poisoned")).unwrap_or_default()
+}
+
+/// The bytes hyper's URI parser refuses in a target (RFC 3986 has no place for them);
+/// httparse lets them through.
+fn hyper_refuses_target(target: &str) -> bool {
+    target.bytes().any(|b| b"\"<>\\^`{|}".contains(&b))
+}
+
+/// (b) with another parser: what the proxy forwards (head rewritten, body copied or
+/// chunked anew) is read by hyper as the same request, with the same body, and the next
+/// request after it as the next one.
+fn check_request_with_hyper(raw: &[u8], chunked_body: &[u8], data: &[u8]) -> Result<(), TestCaseError> {
+    let mut out = Vec::new();
+    let Ok(Some(req)) = request(raw, &FWD, &mut out) else { return Ok(()) };
+    if req.upgrade {
+        // The connection is a tunnel after it: nothing more to read as HTTP.
+        return Ok(());
+    }
+    let body = match req.framing {
+        Framing::Empty | Framing::UntilClose => Vec::new(),
+        Framing::Length(n) if n <= 4096 => vec![b'x'; usize::try_from(n).unwrap_or(0)],
+        Framing::Length(_) => return Ok(()),
+        Framing::Chunked => {
+            let mut c = Chunked::default();
+            let used = c.rechunk(chunked_body, &mut out).map_err(|_| TestCaseError::fail("a valid body"))?;
+            prop_assert_eq!(used, chunked_body.len());
+            data.to_vec()
+        }
+    };
+    if req.framing != Framing::Chunked {
+        out.extend_from_slice(&body);
+    }
+    out.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+    let seen = hyper_reads(out.clone());
+    let mut storage = [httparse::EMPTY_HEADER; 64];
+    let (sent, _) = parse_request(&out, &mut storage).ok_or_else(|| TestCaseError::fail("the head parses"))?;
+    let (method, target) = (sent.method.unwrap_or_default(), sent.path.unwrap_or_default());
+    if seen.is_empty() && hyper_refuses_target(target) {
+        return Ok(());
+    }
+    prop_assert_eq!(seen.len(), 2, "hyper read another number of requests from {:?}", Raw(out.clone()));
+    // hyper drops a fragment (which has no place in a request target, RFC 9112 §3.2).
+    let target = target.split('#').next().unwrap_or_default();
+    prop_assert_eq!((seen[0].0.as_str(), seen[0].1.as_str()), (method, target));
+    prop_assert_eq!(&seen[0].2, &body, "hyper read another body");
+    prop_assert_eq!(seen[1].1.as_str(), "/next");
+    Ok(())
+}
+
+/// The responses hyper's HTTP/1 client reads (status and body) for requests (`HEAD` or
+/// `GET`) on one connection, each answered by one of `answers` once its head is in, the
+/// connection shut after the last.
+fn hyper_client_reads(answers: Vec<Vec<u8>>, head: bool) -> Result<Vec<(u16, Vec<u8>)>, String> {
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let requests = answers.len();
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::spawn(conn);
+        let serve = async {
+            let mut heads = Vec::new();
+            for (i, answer) in answers.iter().enumerate() {
+                // An answer before its request is one the client may refuse.
+                while heads.windows(4).filter(|w| w == b"\r\n\r\n").count() <= i {
+                    let mut buf = [0u8; 1024];
+                    match server.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => heads.extend_from_slice(&buf[..n]),
+                    }
+                }
+                server.write_all(answer).await.expect("the pipe is open");
+            }
+            server.shutdown().await.expect("the pipe is open");
+        };
+        let ask = async {
+            let mut got = Vec::new();
+            for _ in 0..requests {
+                let method = if head { "HEAD" } else { "GET" };
+                let req = hyper::Request::builder()
+                    .method(method)
+                    .uri("/")
+                    .header("host", "a")
+                    .body(Empty::<bytes::Bytes>::new())
+                    .expect("a valid request");
+                sender.ready().await.map_err(|e| e.to_string())?;
+                let response = sender.send_request(req).await.map_err(|e| format!("response {}: {e}", got.len()))?;
+                let status = response.status().as_u16();
+                let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+                got.push((status, body.to_vec()));
+            }
+            Ok::<_, String>(got)
+        };
+        let timed = tokio::time::timeout(std::time::Duration::from_secs(10), async { tokio::join!(serve, ask).1 });
+        let got = timed.await.map_err(|_| "hyper waited for more".to_owned())?;
+        conn.abort();
+        got
+    })
+}
+
+/// (d) with another parser: hyper, as the client, reads the rewritten response with the
+/// body the proxy sends after it as one response with that body, and the next response
+/// after it as the next one.
+fn check_response_with_hyper(
+    raw: &[u8],
+    answering: Answering,
+    chunked_body: &[u8],
+    data: &[u8],
+) -> Result<(), TestCaseError> {
+    let mut out = Vec::new();
+    let Ok(Some(resp)) = response(raw, answering, &mut out) else { return Ok(()) };
+    // Interim responses are skipped by a client, and a switch ends HTTP.
+    if (100..200).contains(&resp.status) {
+        return Ok(());
+    }
+    let (body, want) = match resp.framing {
+        Framing::Empty => (Vec::new(), Vec::new()),
+        Framing::Length(n) if n <= 4096 => {
+            let body = vec![b'y'; usize::try_from(n).unwrap_or(0)];
+            (body.clone(), body)
+        }
+        Framing::Length(_) => return Ok(()),
+        Framing::Chunked if resp.raw_chunked => (chunked_body.to_vec(), data.to_vec()),
+        // Decoded for an HTTP/1.0 client, or read until the backend closes: the data,
+        // then the proxy closes.
+        Framing::Chunked | Framing::UntilClose => (data.to_vec(), data.to_vec()),
+    };
+    let want = if answering.head_method { Vec::new() } else { want };
+    out.extend_from_slice(&body);
+    let again = resp.client_keep_alive;
+    let mut answers = vec![out.clone()];
+    if again {
+        answers.push(b"HTTP/1.1 202 Accepted\r\nContent-Length: 4\r\n\r\nnext".to_vec());
+    }
+    let got = hyper_client_reads(answers, answering.head_method)
+        .map_err(|e| TestCaseError::fail(format!("hyper: {e} in {:?}", Raw(out.clone()))))?;
+    prop_assert_eq!(got[0].0, resp.status);
+    prop_assert_eq!(&got[0].1, &want, "hyper read another body from {:?}", Raw(out.clone()));
+    if again {
+        let next: &[u8] = if answering.head_method { b"" } else { b"next" };
+        prop_assert_eq!((got[1].0, got[1].1.as_slice()), (202, next), "the next response, in {:?}", Raw(out));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
 // The properties.
 // ---------------------------------------------------------------------------------------
 
@@ -787,6 +979,21 @@ proptest! {
         let _ = response(&bytes, answering, &mut out);
         prop_assert_eq!(ours_in_pieces(&bytes, &split), ours_in_pieces(&bytes, &[]));
         prop_assert_eq!(ours_in_pieces(&bytes, &[]), reference_chunked(&bytes));
+    }
+
+    /// (b) against hyper: the backend reads the same request and body, and nothing after
+    /// it is taken for part of it.
+    #[test]
+    fn hyper_reads_what_the_backend_gets(raw in request_head(), (body, data) in chunked_body()) {
+        check_request_with_hyper(&raw.0, &body, &data)?;
+    }
+
+    /// (d) against hyper: the client reads the same response and body, and the next
+    /// response after it as the next one.
+    #[test]
+    fn hyper_reads_what_the_client_gets(raw in response_head(), answering in answering(),
+                                        (body, data) in chunked_body()) {
+        check_response_with_hyper(&raw.0, answering, &body, &data)?;
     }
 
     /// Random bytes after a valid request line: the same checks as generated heads.

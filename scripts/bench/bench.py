@@ -31,6 +31,13 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 
+# Piku is the baseline the issue names for push-to-live, but it cannot be installed from
+# the registries this benchmark may use: no Debian package, none on npm, and the `piku` on
+# PyPI is an unrelated CircuitPython tool; Piku itself installs from its git repository.
+# A ratio against a figure from another machine or day would not be a measurement, so
+# none is printed.
+PIKU_NOT_MEASURED = "Piku is not installable from Debian, PyPI or npm; the PyPI `piku` is another tool"
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Bench",
     "GIT_AUTHOR_EMAIL": "bench@example.com",
@@ -765,11 +772,11 @@ def print_live(w, results, targets):
             target = ""
             if project == "python-hello":
                 target = f"< {targets['redeploy']:.1f} s: {'met' if s < targets['redeploy'] else 'MISSED'}"
-                target += f" ({s / targets['piku']:.2f}x Piku)"
             w(f"{'':<16}{'redeploy ' + str(i + 2):<12}{s:>10.3f}{p:>9.3f}  {la:<11}{target}\n")
         served = [s for s, _, _ in entry["redeploys"]]
         if served:
             w(f"{'':<16}{'median':<12}{statistics.median(served):>10.3f}\n")
+    w(f"Piku: not measured, so no ratio against it ({PIKU_NOT_MEASURED})\n")
     w("\n")
 
 
@@ -873,7 +880,7 @@ def main():
     if "ingress" in only:
         bench_ingress(paas, procs, work, args.ingress_rounds, args.wrk_seconds, conns, results)
 
-    targets = {"redeploy": 1.0, "piku": 1.9, "ingress": 1.1}
+    targets = {"redeploy": 1.0, "ingress": 1.1}
     print_table(results, targets)
     if args.json:
         results.pop("key", None)

@@ -137,16 +137,17 @@ fn offset(input: &[u8], part: &[u8]) -> usize {
     part.as_ptr() as usize - input.as_ptr() as usize
 }
 
-/// The value of `Content-Length` fields: all must be the same number (RFC 9112 §6.3).
+/// The value of `Content-Length` fields: all must be the same number (RFC 9112 §6.3),
+/// leading zeros and all, that fits in 64 bits.
 fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, ()> {
     let mut found = None;
     for value in values {
         for part in value.split(|&b| b == b',') {
             let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return Err(());
             }
-            let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            let n = part.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0'))).ok_or(())?;
             match found {
                 Some(m) if m != n => return Err(()),
                 _ => found = Some(n),
@@ -157,11 +158,18 @@ fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u
 }
 
 /// Whether `Transfer-Encoding` ends in `chunked`; `None` when there is no such field.
-fn ends_chunked<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<bool> {
-    let first = values.next()?;
-    let last = values.last().unwrap_or(first);
-    let coding = last.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
-    Some(coding.eq_ignore_ascii_case(b"chunked"))
+/// Empty list elements do not count (RFC 9110 §5.6.1): `chunked,` ends in `chunked` (and
+/// [`response`] passes it on as `chunked` alone, which no parser reads otherwise).
+fn ends_chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<bool> {
+    let mut found = None;
+    for value in values {
+        let last = value.split(|&b| b == b',').map(<[u8]>::trim_ascii).rfind(|c| !c.is_empty());
+        match last {
+            Some(coding) => found = Some(coding.eq_ignore_ascii_case(b"chunked")),
+            None => found = found.or(Some(false)),
+        }
+    }
+    found
 }
 
 /// Parses a request head at the start of `input` and writes it, rewritten for the
@@ -223,6 +231,11 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
         _ if http10 => return Err(RequestError::Malformed("Transfer-Encoding in an HTTP/1.0 request")),
         _ if length.is_some() => return Err(RequestError::Malformed("both Content-Length and Transfer-Encoding")),
         (Some(h), None) if h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+        // Where the body ends cannot be known (RFC 9112 §6.3 rule 4).
+        _ if ends_chunked(named("transfer-encoding").map(|h| h.value)) != Some(true) => {
+            return Err(RequestError::Malformed("Transfer-Encoding does not end in chunked"));
+        }
+        // Codings the proxy does not decode before `chunked`, or `chunked` twice.
         _ => return Err(RequestError::UnsupportedCoding),
     };
     // A protocol switch on a request with a body is not one the proxy can tunnel.
@@ -237,9 +250,9 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
     }
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(host) = host {
-        put_header(out, b"Host", host);
-    }
+    // HTTP/1.1 requires the field; empty when an HTTP/1.0 client named no host (RFC 9112
+    // §3.2).
+    put_header(out, b"Host", host.unwrap_or_default());
     let mut forwarded_for = false;
     for h in headers.iter() {
         let is_upgrade = h.name.eq_ignore_ascii_case("upgrade");
@@ -372,7 +385,7 @@ pub(crate) struct Response {
 }
 
 /// What the proxy knows of the request a response answers.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Answering {
     pub head_method: bool,
     pub http10: bool,
@@ -429,6 +442,7 @@ pub(crate) fn response(input: &[u8], req: Answering, out: &mut Vec<u8>) -> Resul
     let _ = write!(Bytes(out), "{status} ");
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut length_written = false;
     for h in headers.iter() {
         let framing_field = h.name.eq_ignore_ascii_case("content-length");
         let is_upgrade = h.name.eq_ignore_ascii_case("upgrade");
@@ -441,13 +455,31 @@ pub(crate) fn response(input: &[u8], req: Answering, out: &mut Vec<u8>) -> Resul
         {
             continue;
         }
+        if framing_field {
+            // One field with the one number, where the backend's first one was: a client
+            // that refuses `5, 5` or two fields reads the same length as the proxy.
+            if let (Some(n), false) = (length, length_written) {
+                length_written = true;
+                let _ = write!(Bytes(out), "Content-Length: {n}\r\n");
+            }
+            continue;
+        }
         put_header(out, h.name.as_bytes(), h.value);
     }
     // A coding other than chunked (read until close) reaches the client with its name.
-    if raw_chunked || (chunked == Some(false)) || (framing == Framing::Empty && chunked.is_some() && !req.http10) {
-        for h in named("transfer-encoding") {
-            put_header(out, b"Transfer-Encoding", h.value);
+    // In one field without empty list elements, so that no client can read another
+    // final coding than the proxy did (`chunked,` is not `chunked` to every parser).
+    // Never to an HTTP/1.0 client (RFC 9112 §6.1), which could not read it.
+    if !req.http10 && (raw_chunked || chunked == Some(false) || (framing == Framing::Empty && chunked.is_some())) {
+        out.extend_from_slice(b"Transfer-Encoding: ");
+        let codings = named("transfer-encoding").flat_map(|h| h.value.split(|&b| b == b','));
+        for (i, coding) in codings.map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()).enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(coding);
         }
+        out.extend_from_slice(b"\r\n");
     }
     if switching {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -687,7 +719,19 @@ mod tests {
                 "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
                 Err(RequestError::Malformed("both Content-Length and Transfer-Encoding")),
             ),
-            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", Err(RequestError::UnsupportedCoding)),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Err(RequestError::Malformed("Transfer-Encoding does not end in chunked")),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                Err(RequestError::Malformed("Transfer-Encoding does not end in chunked")),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;q=1\r\n\r\n",
+                Err(RequestError::Malformed("Transfer-Encoding does not end in chunked")),
+            ),
+            ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n", Err(RequestError::UnsupportedCoding)),
             (
                 "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
                 Err(RequestError::UnsupportedCoding),
@@ -778,6 +822,41 @@ mod tests {
             req("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n").expect("valid").expect("complete");
         assert!(!r.upgrade);
         assert!(!out.contains("pgrade"), "{out}");
+    }
+
+    /// Cases the property tests (`props.rs`) found, shrunk.
+    #[test]
+    fn framing_cases_found_by_the_property_tests() {
+        // An HTTP/1.1 head always has a Host, empty when an HTTP/1.0 client named none.
+        let (r, out) = req("A * HTTP/1.0\r\n\r\n").expect("valid").expect("complete");
+        assert_eq!(r.host, None);
+        assert!(out.starts_with("A * HTTP/1.1\r\nHost: \r\n"), "{out}");
+        // Any number of leading zeros, and every length that fits in 64 bits.
+        for (length, want) in [
+            ("18446744073709551615", Ok(Framing::Length(u64::MAX))),
+            ("0000000000000000000000012", Ok(Framing::Length(12))),
+            ("18446744073709551616", Err(RequestError::Malformed("invalid Content-Length"))),
+        ] {
+            let got = req(&format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n"))
+                .map(|r| r.expect("complete").0.framing);
+            assert_eq!(got, want, "{length}");
+        }
+        // An empty list element is no coding: `chunked,` ends in chunked, and reaches the
+        // client so that no parser can read it otherwise.
+        let (r, out) = resp("HTTP/1.1 200 OK\r\ntransfer-encoding:chunked,\r\n\r\n", GET11).expect("valid");
+        assert_eq!((r.framing, r.raw_chunked), (Framing::Chunked, true));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        // Lengths the backend repeated reach the client as one field.
+        let (r, out) =
+            resp("HTTP/1.1 200 OK\r\ncontent-length:1\r\nX: y\r\ncontent-length: 1\r\n\r\n", GET11).expect("valid");
+        assert_eq!(r.framing, Framing::Length(1));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX: y\r\n\r\n");
+        // No Transfer-Encoding to an HTTP/1.0 client (hyper refuses the response): the
+        // body is read until the backend closes, and so is it by the client.
+        let http10 = Answering { http10: true, ..GET11 };
+        let (r, out) = resp("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", http10).expect("valid");
+        assert_eq!((r.framing, r.client_keep_alive), (Framing::UntilClose, false));
+        assert_eq!(out, "HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n");
     }
 
     fn resp(raw: &str, answering: Answering) -> Result<(Response, String), ResponseError> {
@@ -924,3 +1003,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props;

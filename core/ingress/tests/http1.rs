@@ -287,7 +287,10 @@ async fn malformed_requests_are_refused_before_any_backend() {
         ("GET / HTTP/1.1\r\nHost: app.apps.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "400"),
         ("POST / HTTP/1.1\r\nHost: app.apps.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400"),
         ("POST / HTTP/1.1\r\nHost: app.apps.test\r\nContent-Length: +3\r\n\r\nabc", "400"),
-        ("POST / HTTP/1.1\r\nHost: app.apps.test\r\nTransfer-Encoding: gzip\r\n\r\n", "501"),
+        // RFC 9112 §6.3: a request whose final coding is not chunked has no known end.
+        ("POST / HTTP/1.1\r\nHost: app.apps.test\r\nTransfer-Encoding: gzip\r\n\r\n", "400"),
+        // A coding before chunked the proxy does not decode.
+        ("POST / HTTP/1.1\r\nHost: app.apps.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "501"),
         ("GET / HTTP/1.1\r\nHost: app.apps.test\r\nHost: other.apps.test\r\n\r\n", "400"),
         ("GET /\x01 HTTP/1.1\r\nHost: app.apps.test\r\n\r\n", "400"),
         ("HELLO\r\n\r\n", "400"),

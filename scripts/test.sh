@@ -15,8 +15,10 @@ step() { printf '\n==> %s (%ss)\n' "$*" "$SECONDS"; }
 
 if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
     step "installing system packages"
-    packages=(git openssh-client postgresql libpq-dev libsqlite3-dev pkg-config libssl-dev
-              python3 python3-venv util-linux procps psmisc ca-certificates)
+    # gcc: the C compiler and linker Rust links with (rustup does not bring one; C build
+    # scripts need it). busybox-static: the process driver's conformance apps (busybox httpd).
+    packages=(git openssh-client postgresql libpq-dev libsqlite3-dev pkg-config libssl-dev gcc
+              python3 python3-venv util-linux procps psmisc ca-certificates busybox-static)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,8 @@
 # Docker engine for the Docker driver's tests (sourced by scripts/test.sh; also runs on its
 # own: `bash scripts/setup/20-docker.sh`). On a fresh Debian 12, as root, idempotent:
-#   - installs docker.io and busybox-static if missing;
+#   - installs docker.io, busybox-static and apparmor if missing (apparmor_parser is only a
+#     Recommends of docker.io; on a kernel with AppArmor on, Debian's stock one, Docker 20.10
+#     cannot start a container without it);
 #   - starts dockerd if /var/run/docker.sock does not answer (no systemd here), logging to
 #     /tmp/paastech-dockerd.log, with overlay2 when the kernel mounts overlayfs, else vfs;
 #   - builds the local base image paastech/busybox:latest (`docker import` of a busybox
@@ -16,7 +18,7 @@ paastech_docker_setup() {
     if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
         local missing=()
         local p
-        for p in docker.io busybox-static; do
+        for p in docker.io busybox-static apparmor; do
             dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
         done
         if ((${#missing[@]})); then

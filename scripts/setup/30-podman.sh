@@ -3,6 +3,7 @@
 #   - installs podman, runc, catatonit and busybox-static if missing (Debian 12: Podman 4.3.1);
 #     catatonit is podman's container init (`--init`), only a Recommends of the package, and
 #     this script installs without recommends: without it every container with an init fails;
+#     apparmor too, for kernels with AppArmor on (as for Docker);
 #   - makes runc the OCI runtime and sets default ulimits nofile/nproc=1024:1024 in
 #     /etc/containers/containers.conf.d/50-paastech.conf: crun fails on this cgroup setup,
 #     and Podman's default ulimits exceed the hard limits of these machines;
@@ -23,7 +24,7 @@ paastech_podman_setup() {
     if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
         local missing=()
         local p
-        for p in podman runc catatonit busybox-static; do
+        for p in podman runc catatonit busybox-static apparmor; do
             dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
         done
         if ((${#missing[@]})); then

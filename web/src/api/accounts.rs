@@ -129,6 +129,10 @@ pub async fn signup(
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     let email = body.email.trim().to_lowercase();
     validate_email(&email)?;
+    // `validate_email` lets control characters through; PostgreSQL refuses a NUL in text.
+    if email.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!("invalid email address {email:?}: control characters")).into());
+    }
     auth::check_password_rules(&body.password)?;
     if state.signup == SignupPolicy::Closed && !caller.as_ref().is_some_and(|u| u.is_admin) {
         // The very first account must always be possible, or nobody could ever get in.
@@ -163,7 +167,14 @@ pub async fn login(
 ) -> ApiResult<Json<LoginResponse>> {
     let email = body.email.trim().to_lowercase();
     state.limiter.check(&email, ip)?;
-    let found = match state.store.user_by_email(&email).await {
+    // No account has control characters in its email (signup refuses them), and PostgreSQL
+    // would fail on a NUL: such an email is simply not found.
+    let lookup = if email.chars().any(char::is_control) {
+        Err(Error::NotFound("no user with this email".into()))
+    } else {
+        state.store.user_by_email(&email).await
+    };
+    let found = match lookup {
         Ok(found) => Some(found),
         Err(Error::NotFound(_)) => None,
         Err(other) => return Err(other.into()),

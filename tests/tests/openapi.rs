@@ -220,6 +220,9 @@ fn send(url: &str, method: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16,
     (response.status().as_u16(), content_type, value)
 }
 
+/// (method, path, route in the document, headers, body, expected status, expected code)
+type Case<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a str)>, &'a [u8], u16, &'a str);
+
 /// What axum refuses before a handler runs answers the API's error body too, and the
 /// document lists each of those statuses on the route.
 #[test]
@@ -235,7 +238,7 @@ fn rejections_answer_the_error_body_and_are_documented() {
     let json_type = ("Content-Type", "application/json");
     let too_big = format!("{{\"name\": \"{}\"}}", "x".repeat(70 * 1024));
     #[rustfmt::skip]
-    let cases: [(&str, &str, &str, Vec<(&str, &str)>, &[u8], u16, &str); 13] = [
+    let cases: [Case; 13] = [
         ("POST", "/projects", "/projects", vec![auth, json_type], b"{\"name\":", 400, "invalid"),
         ("POST", "/projects", "/projects", vec![auth, ("Content-Type", "text/plain")], b"{\"name\": \"a1\"}", 415, "unsupported_media_type"),
         ("POST", "/projects", "/projects", vec![auth], b"", 415, "unsupported_media_type"),

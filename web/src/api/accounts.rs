@@ -83,8 +83,12 @@ pub struct NewSshKey {
     /// 1 to 100 printable characters; absent or blank: the key's comment.
     #[schema(max_length = 100, example = "laptop")]
     pub name: Option<String>,
-    /// One OpenSSH public key line: `ssh-ed25519 AAAA… comment`.
-    #[schema(example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ3uY8c0JxZ5QG8RZ0m8hZ6V5bJ6fP4bq7Yl2m0Xk7P ada@laptop")]
+    /// One OpenSSH public key line, `ssh-ed25519 AAAA… comment` (ed25519, ECDSA, or RSA
+    /// of at least 2048 bits); spaces around it are ignored.
+    #[schema(
+        pattern = "^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) AAAA[A-Za-z0-9+/]+={0,2}( .*)?$",
+        example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC0IBxv7GciRNxnYJKUB8KCCRnaszwdF4KsRUxht8WUP ada@laptop"
+    )]
     pub public_key: String,
 }
 

@@ -1,24 +1,29 @@
 //! Accounts: signup, login, tokens, SSH keys.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use paastech_core::{ApiToken, Error, SshKey, Timestamp, User, validate_email};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::JsonBody;
+use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
+use super::{JsonBody, PathParam};
 use crate::AppState;
 use crate::SignupPolicy;
 use crate::auth::{self, ClientIp, CurrentUser, MaybeUser};
-use crate::error::{ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorStatus};
 
 /// Login tokens expire; tokens made with `POST /tokens` do not.
 const LOGIN_TOKEN_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
 
 #[derive(Deserialize, ToSchema)]
 pub struct Credentials {
+    /// Compared without case and surrounding spaces.
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     pub email: String,
+    /// At least 8 characters, at most 1024 bytes.
+    #[schema(min_length = 8, max_length = 1024, example = "correct horse battery")]
     pub password: String,
 }
 
@@ -68,13 +73,22 @@ impl From<ApiToken> for TokenView {
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewToken {
+    /// 1 to 100 printable characters, not only spaces.
+    #[schema(min_length = 1, max_length = 100, example = "ci")]
     pub name: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewSshKey {
+    /// 1 to 100 printable characters; absent or blank: the key's comment.
+    #[schema(max_length = 100, example = "laptop")]
     pub name: Option<String>,
-    /// One OpenSSH public key line: `ssh-ed25519 AAAA… comment`.
+    /// One OpenSSH public key line, `ssh-ed25519 AAAA… comment` (ed25519, ECDSA, or RSA
+    /// of at least 2048 bits); spaces around it are ignored.
+    #[schema(
+        pattern = "^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) AAAA[A-Za-z0-9+/]+={0,2}( .*)?$",
+        example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC0IBxv7GciRNxnYJKUB8KCCRnaszwdF4KsRUxht8WUP ada@laptop"
+    )]
     pub public_key: String,
 }
 
@@ -100,7 +114,7 @@ impl From<SshKey> for SshKeyView {
 }
 
 pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), Error> {
-    if name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+    if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(Error::Invalid(format!("{kind} name must be 1 to 100 printable characters")));
     }
     Ok(())
@@ -109,8 +123,9 @@ pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), Error> {
 /// Creates an account. The first account is an admin; with `signup = "closed"` only admins
 /// may create accounts.
 #[utoipa::path(post, path = "/auth/signup", tag = "accounts", request_body = Credentials,
-    responses((status = 201, body = UserView), (status = 400, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    // A token is optional: an admin's lets them create accounts when sign-up is closed.
+    security((), ("bearer" = [])),
+    responses((status = 201, body = UserView), JsonBodyErrors, NeedsToken, ErrorStatus<403>, ErrorStatus<409>))]
 pub async fn signup(
     State(state): State<AppState>,
     MaybeUser(caller): MaybeUser,
@@ -118,6 +133,10 @@ pub async fn signup(
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     let email = body.email.trim().to_lowercase();
     validate_email(&email)?;
+    // `validate_email` lets control characters through; PostgreSQL refuses a NUL in text.
+    if email.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!("invalid email address {email:?}: control characters")).into());
+    }
     auth::check_password_rules(&body.password)?;
     if state.signup == SignupPolicy::Closed && !caller.as_ref().is_some_and(|u| u.is_admin) {
         // The very first account must always be possible, or nobody could ever get in.
@@ -144,8 +163,7 @@ pub struct LoginResponse {
 /// Exchanges email and password for a token. Ten failures a minute for one account or one
 /// address answer 429 until the minute has passed.
 #[utoipa::path(post, path = "/auth/login", tag = "accounts", request_body = Credentials,
-    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody),
-              (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = LoginResponse), JsonBodyErrors, ErrorStatus<401>, ErrorStatus<429>))]
 pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -154,7 +172,14 @@ pub async fn login(
     let email = body.email.trim().to_lowercase();
     // Counted as a failure until the password proves right.
     let attempt = state.limiter.attempt(&email, ip)?;
-    let found = match state.store.user_by_email(&email).await {
+    // No account has control characters in its email (signup refuses them), and PostgreSQL
+    // would fail on a NUL: such an email is simply not found.
+    let lookup = if email.chars().any(char::is_control) {
+        Err(Error::NotFound("no user with this email".into()))
+    } else {
+        state.store.user_by_email(&email).await
+    };
+    let found = match lookup {
         Ok(found) => Some(found),
         Err(Error::NotFound(_)) => None,
         Err(other) => return Err(other.into()),
@@ -173,13 +198,13 @@ pub async fn login(
 }
 
 #[utoipa::path(get, path = "/me", tag = "accounts", security(("bearer" = [])),
-    responses((status = 200, body = UserView), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = UserView), NeedsToken))]
 pub async fn me(CurrentUser(user): CurrentUser) -> Json<UserView> {
     Json(user.into())
 }
 
 #[utoipa::path(get, path = "/users", tag = "accounts", security(("bearer" = [])),
-    responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = Vec<UserView>), NeedsToken, ErrorStatus<403>))]
 pub async fn list_users(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -191,7 +216,7 @@ pub async fn list_users(
 }
 
 #[utoipa::path(get, path = "/tokens", tag = "accounts", security(("bearer" = [])),
-    responses((status = 200, body = Vec<TokenView>)))]
+    responses((status = 200, body = Vec<TokenView>), NeedsToken))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -201,7 +226,7 @@ pub async fn list_tokens(
 
 /// Creates a long-lived API token; the secret is in this response only.
 #[utoipa::path(post, path = "/tokens", tag = "accounts", security(("bearer" = [])), request_body = NewToken,
-    responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = TokenCreated), NeedsToken, JsonBodyErrors))]
 pub async fn create_token(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -214,18 +239,19 @@ pub async fn create_token(
 }
 
 #[utoipa::path(delete, path = "/tokens/{id}", tag = "accounts", security(("bearer" = [])),
-    params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+    params(("id" = i64, Path, description = "the token's id, from `GET /tokens`")),
+    responses((status = 204, description = "revoked"), NeedsToken, ParamErrors, ErrorStatus<404>))]
 pub async fn delete_token(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(id): Path<i64>,
+    PathParam(id): PathParam<i64>,
 ) -> ApiResult<StatusCode> {
     state.store.delete_token(user.id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/ssh-keys", tag = "accounts", security(("bearer" = [])),
-    responses((status = 200, body = Vec<SshKeyView>)))]
+    responses((status = 200, body = Vec<SshKeyView>), NeedsToken))]
 pub async fn list_keys(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -236,7 +262,7 @@ pub async fn list_keys(
 /// Registers an SSH public key for `git push`. A malformed key is a 400 saying why; a key
 /// already registered (on any account) is a 409.
 #[utoipa::path(post, path = "/ssh-keys", tag = "accounts", security(("bearer" = [])), request_body = NewSshKey,
-    responses((status = 201, body = SshKeyView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = SshKeyView), NeedsToken, JsonBodyErrors, ErrorStatus<409>))]
 pub async fn add_key(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -255,11 +281,12 @@ pub async fn add_key(
 }
 
 #[utoipa::path(delete, path = "/ssh-keys/{id}", tag = "accounts", security(("bearer" = [])),
-    params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+    params(("id" = i64, Path, description = "the key's id, from `GET /ssh-keys`")),
+    responses((status = 204, description = "removed"), NeedsToken, ParamErrors, ErrorStatus<404>))]
 pub async fn delete_key(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(id): Path<i64>,
+    PathParam(id): PathParam<i64>,
 ) -> ApiResult<StatusCode> {
     state.store.delete_ssh_key(user.id, id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -1,20 +1,20 @@
 //! `/api/v1`: routes, request and response shapes, and the OpenAPI document built from them.
 
 pub(crate) mod accounts;
+pub(crate) mod extract;
 pub(crate) mod projects;
+pub(crate) mod schemas;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use paastech_core::Error;
-use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
+pub use self::extract::{JsonBody, PathParam, QueryParams, RawBody};
 use crate::AppState;
-use crate::error::{ApiResult, error_response};
+use crate::error::{ApiResult, ErrorBody, ErrorStatus, error_response};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -49,33 +49,6 @@ async fn method_not_allowed() -> Response {
     error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route".into())
 }
 
-/// `axum::Json`, but a malformed body answers in the API's error shape.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(JsonBody(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
-    }
-}
-
-fn json_rejection(rejection: JsonRejection) -> Response {
-    let status = rejection.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return error_response(
-            status,
-            "too_large",
-            format!("request body too large: at most {} bytes", crate::MAX_BODY_BYTES),
-        );
-    }
-    let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE { "unsupported_media_type" } else { "invalid" };
-    error_response(status, code, rejection.body_text())
-}
-
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: String,
@@ -84,7 +57,7 @@ pub struct Health {
 
 /// Liveness that means something: the database answers a query.
 #[utoipa::path(get, path = "/healthz", tag = "platform",
-    responses((status = 200, body = Health), (status = 503, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Health), ErrorStatus<503>))]
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(Health { status: "ok".into(), database: "ok".into() }).into_response(),
@@ -113,6 +86,7 @@ async fn openapi() -> ApiResult<Response> {
         projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances,
         projects::run,
     ),
+    components(schemas(ErrorBody), responses(ErrorBody)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use paastech_core::drivers::LogSink;
 use paastech_core::store::EnvChanges;
@@ -14,10 +14,12 @@ use paastech_core::{Deployment, EnvVars, Error, Project, ProjectName, User, vali
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::JsonBody;
+use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors, RawBodyErrors};
+use super::schemas::{EnvChangesSchema, EnvSchema, ProjectNameSchema, ScaleChangeSchema, ScaleSchema};
+use super::{JsonBody, PathParam, QueryParams, RawBody};
 use crate::AppState;
 use crate::auth::CurrentUser;
-use crate::error::{ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorStatus};
 
 /// The most instances of one process type a project may ask for.
 pub const MAX_INSTANCES: u32 = 20;
@@ -26,6 +28,8 @@ pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewProject {
+    /// Unique on the server.
+    #[schema(value_type = ProjectNameSchema)]
     pub name: String,
 }
 
@@ -99,7 +103,7 @@ async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> 
 
 /// The caller's projects (an admin sees all).
 #[utoipa::path(get, path = "/projects", tag = "projects", security(("bearer" = [])),
-    responses((status = 200, body = Vec<ProjectView>)))]
+    responses((status = 200, body = Vec<ProjectView>), NeedsToken))]
 pub async fn list(State(state): State<AppState>, CurrentUser(user): CurrentUser) -> ApiResult<Json<Vec<ProjectView>>> {
     use futures_util::{StreamExt, TryStreamExt};
     let owner = if user.is_admin { None } else { Some(user.id) };
@@ -114,7 +118,7 @@ pub async fn list(State(state): State<AppState>, CurrentUser(user): CurrentUser)
 }
 
 #[utoipa::path(post, path = "/projects", tag = "projects", security(("bearer" = [])), request_body = NewProject,
-    responses((status = 201, body = ProjectView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = ProjectView), NeedsToken, JsonBodyErrors, ErrorStatus<409>))]
 pub async fn create(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -127,11 +131,11 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/projects/{name}", tag = "projects", security(("bearer" = [])),
-    params(("name" = String, Path)), responses((status = 200, body = ProjectView), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)), responses((status = 200, body = ProjectView), NeedsToken, ParamErrors, ErrorStatus<404>))]
 pub async fn get(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<ProjectView>> {
     let project = visible_project(&state, &user, &name).await?;
     Ok(Json(view(&state, project).await?))
@@ -139,11 +143,11 @@ pub async fn get(
 
 /// Deletes the project, its repository, its deployments and its running instances.
 #[utoipa::path(delete, path = "/projects/{name}", tag = "projects", security(("bearer" = [])),
-    params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)), responses((status = 204, description = "deleted"), NeedsToken, ParamErrors, ErrorStatus<404>))]
 pub async fn delete(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<StatusCode> {
     let project = visible_project(&state, &user, &name).await?;
     state.orchestrator.delete_project(&project).await?;
@@ -152,11 +156,11 @@ pub async fn delete(
 }
 
 #[utoipa::path(get, path = "/projects/{name}/env", tag = "config", security(("bearer" = [])),
-    params(("name" = String, Path)), responses((status = 200, body = BTreeMap<String, String>), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)), responses((status = 200, body = EnvSchema), NeedsToken, ParamErrors, ErrorStatus<404>))]
 pub async fn get_env(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<EnvVars>> {
     let project = visible_project(&state, &user, &name).await?;
     Ok(Json(state.store.env(project.id).await?))
@@ -184,12 +188,12 @@ pub(crate) fn check_env_changes(changes: &EnvChanges) -> Result<(), Error> {
 /// the project has a build, a change makes a new deployment and is kept only if that
 /// deployment goes live (otherwise 422, and nothing changed).
 #[utoipa::path(patch, path = "/projects/{name}/env", tag = "config", security(("bearer" = [])),
-    params(("name" = String, Path)), request_body = BTreeMap<String, Option<String>>,
-    responses((status = 200, body = BTreeMap<String, String>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)), request_body = EnvChangesSchema,
+    responses((status = 200, body = EnvSchema), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn patch_env(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     JsonBody(changes): JsonBody<EnvChanges>,
 ) -> ApiResult<Json<EnvVars>> {
     let project = visible_project(&state, &user, &name).await?;
@@ -200,11 +204,11 @@ pub async fn patch_env(
 }
 
 #[utoipa::path(get, path = "/projects/{name}/scale", tag = "config", security(("bearer" = [])),
-    params(("name" = String, Path)), responses((status = 200, body = BTreeMap<String, u32>), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)), responses((status = 200, body = ScaleSchema), NeedsToken, ParamErrors, ErrorStatus<404>))]
 pub async fn get_scale(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<BTreeMap<String, u32>>> {
     let project = visible_project(&state, &user, &name).await?;
     Ok(Json(state.store.scale(project.id).await?))
@@ -231,12 +235,12 @@ pub(crate) fn check_scale(scale: &BTreeMap<String, u32>) -> Result<(), Error> {
 }
 
 #[utoipa::path(put, path = "/projects/{name}/scale", tag = "config", security(("bearer" = [])),
-    params(("name" = String, Path)), request_body = BTreeMap<String, u32>,
-    responses((status = 200, body = BTreeMap<String, u32>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)), request_body = ScaleChangeSchema,
+    responses((status = 200, body = ScaleSchema), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn put_scale(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     JsonBody(scale): JsonBody<BTreeMap<String, u32>>,
 ) -> ApiResult<Json<BTreeMap<String, u32>>> {
     let project = visible_project(&state, &user, &name).await?;
@@ -245,19 +249,21 @@ pub async fn put_scale(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
-    /// How many, newest first (default 50, at most 500).
+    /// How many, newest first (default 50; below 1 counts as 1, above 500 as 500).
+    #[param(nullable = false, example = 20)]
     pub limit: Option<i64>,
 }
 
 /// Newest first.
 #[utoipa::path(get, path = "/projects/{name}/deployments", tag = "deployments", security(("bearer" = [])),
-    params(("name" = String, Path), Page), responses((status = 200, body = Vec<DeploymentView>), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path), Page), responses((status = 200, body = Vec<DeploymentView>), NeedsToken, ParamErrors, ErrorStatus<404>))]
 pub async fn list_deployments(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
-    Query(page): Query<Page>,
+    PathParam(name): PathParam<String>,
+    QueryParams(page): QueryParams<Page>,
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
     let project = visible_project(&state, &user, &name).await?;
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
@@ -269,8 +275,10 @@ pub async fn list_deployments(
 #[derive(Serialize, Deserialize, ToSchema, Default, Debug, PartialEq)]
 pub struct LimitsBody {
     /// Memory of each instance, in MiB (16 to 65536).
+    #[schema(minimum = 16, maximum = 65536, example = 256)]
     pub memory_mb: Option<u64>,
     /// CPUs of each instance (0.01 to 64); ignored by the process runtime.
+    #[schema(minimum = 0.01, maximum = 64.0, example = 0.5)]
     pub cpus: Option<f64>,
 }
 
@@ -295,11 +303,11 @@ impl LimitsBody {
 }
 
 #[utoipa::path(get, path = "/projects/{name}/limits", tag = "config", security(("bearer" = [])),
-    params(("name" = String, Path)), responses((status = 200, body = LimitsBody), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)), responses((status = 200, body = LimitsBody), NeedsToken, ParamErrors, ErrorStatus<404>))]
 pub async fn get_limits(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<LimitsBody>> {
     let project = visible_project(&state, &user, &name).await?;
     Ok(Json(LimitsBody::of(state.store.limits(project.id).await?)))
@@ -308,12 +316,12 @@ pub async fn get_limits(
 /// Sets the project's instance limits, overriding the server's defaults. Once the project
 /// has a build this makes a new deployment; if that fails (422), nothing changed.
 #[utoipa::path(put, path = "/projects/{name}/limits", tag = "config", security(("bearer" = [])),
-    params(("name" = String, Path)), request_body = LimitsBody,
-    responses((status = 200, body = LimitsBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)), request_body = LimitsBody,
+    responses((status = 200, body = LimitsBody), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn put_limits(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<LimitsBody>,
 ) -> ApiResult<Json<LimitsBody>> {
     let project = visible_project(&state, &user, &name).await?;
@@ -332,41 +340,50 @@ pub struct DeployRequest {
 /// Redeploys, or rolls back to `version`. Answers once the new deployment is live, or 422
 /// with the reason if it failed (the previous deployment keeps serving).
 #[utoipa::path(post, path = "/projects/{name}/deployments", tag = "deployments", security(("bearer" = [])),
-    params(("name" = String, Path)), request_body(content = DeployRequest, description = "optional"),
-    responses((status = 201, body = DeploymentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)),
+    request_body(content = Option<DeployRequest>, content_type = "application/json",
+        description = "optional: absent or empty redeploys the latest build"),
+    responses((status = 201, body = DeploymentView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn create_deployment(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
-    body: bytes::Bytes,
+    PathParam(name): PathParam<String>,
+    RawBody(body): RawBody,
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
     let project = visible_project(&state, &user, &name).await?;
+    // No body, an empty one or `null`: the latest build again.
     let request: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DeployRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|err| Error::Invalid(format!("invalid request body: {err}")))?
+        serde_json::from_slice::<Option<DeployRequest>>(&body)
+            .map_err(|err| Error::Invalid(format!("invalid request body: {err}")))?
+            .unwrap_or_default()
     };
     let deployment = state.orchestrator.redeploy(&project, request.version).await?;
     Ok((StatusCode::CREATED, Json(deployment.into())))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Keep the response open and stream new lines.
+    #[param(nullable = false)]
     pub follow: Option<bool>,
-    /// How many past lines to start with (default 100, at most 10000).
+    /// How many past lines to start with (default 100; above 10000 counts as 10000).
+    #[param(nullable = false, minimum = 0, example = 100)]
     pub lines: Option<usize>,
 }
 
 /// The project's log as plain text, one line per entry: its instances' output and the
 /// platform's notes. With `follow=true` the response streams new lines as they come.
 #[utoipa::path(get, path = "/projects/{name}/logs", tag = "deployments", security(("bearer" = [])),
-    params(("name" = String, Path), LogQuery), responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path), LogQuery),
+    responses((status = 200, content_type = "text/plain", body = String), NeedsToken, ParamErrors, ErrorStatus<404>))]
 pub async fn logs(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
-    Query(query): Query<LogQuery>,
+    PathParam(name): PathParam<String>,
+    QueryParams(query): QueryParams<LogQuery>,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
     let project = visible_project(&state, &user, &name).await?;
@@ -405,7 +422,8 @@ pub async fn logs(
 #[derive(Deserialize, ToSchema)]
 pub struct RunRequest {
     /// The program and its arguments, run as they are: no shell (give `["sh", "-c", "…"]`
-    /// for one).
+    /// for one). The program is not empty; no argument holds a NUL byte.
+    #[schema(min_items = 1, example = json!(["sh", "-c", "echo hello"]))]
     pub command: Vec<String>,
 }
 
@@ -414,12 +432,12 @@ pub struct RunRequest {
 /// output, then `{"exit_code": N}`, or `{"error": {"code", "message"}}` if it could not
 /// run to its end (it is stopped after an hour). It keeps running if the client goes away.
 #[utoipa::path(post, path = "/projects/{name}/run", tag = "deployments", security(("bearer" = [])),
-    params(("name" = String, Path)), request_body = RunRequest,
-    responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)), request_body = RunRequest,
+    responses((status = 200, content_type = "application/x-ndjson", body = String), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>))]
 pub async fn run(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<RunRequest>,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
@@ -493,11 +511,11 @@ pub struct InstanceView {
 
 /// The project's instances and their state.
 #[utoipa::path(get, path = "/projects/{name}/ps", tag = "deployments", security(("bearer" = [])),
-    params(("name" = String, Path)), responses((status = 200, body = Vec<InstanceView>), (status = 404, body = ErrorBody)))]
+    params(("name" = ProjectNameSchema, Path)), responses((status = 200, body = Vec<InstanceView>), NeedsToken, ParamErrors, ErrorStatus<404>))]
 pub async fn instances(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<Vec<InstanceView>>> {
     let project = visible_project(&state, &user, &name).await?;
     let instances = state.orchestrator.instances(&project.name).await?;

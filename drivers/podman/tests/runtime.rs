@@ -150,8 +150,12 @@ async fn a_failing_container_is_restarted_then_crashed_with_its_output() {
 async fn containers_outlive_the_runtime_and_are_found_by_their_owner() {
     let me = owner("reconcile");
     let first = runtime(&me);
+    let first_log = Collect::new();
     let worker =
-        first.start(spec("worker", "echo before restart; exec sleep 600"), Collect::new()).await.expect("start");
+        first.start(spec("worker", "echo before restart; exec sleep 600"), first_log.clone()).await.expect("start");
+    // The line is written before the restart (on a loaded machine the container may take a
+    // while to run its first command): it is old output for the next runtime.
+    wait_until("the first line", WAIT, async || first_log.count("before restart") == 1).await;
     drop(first);
 
     // A new runtime with the same owner (a restarted server) finds the container...

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::domain::{EnvVars, ProjectName};
 use crate::error::{Error, Result};
+use crate::hostname::Hostname;
 
 /// Where build output and app output go: one line at a time, never blocking the writer.
 pub trait LogSink: Send + Sync {
@@ -236,6 +237,10 @@ pub trait TrafficRouter: Send + Sync {
     /// deployment"), then waits up to `drain` for requests still in flight to backends that
     /// are no longer used.
     async fn switch(&self, project: &ProjectName, backends: Vec<SocketAddr>, drain: Duration);
-    /// Forgets the project: its address answers "not found".
+    /// Forgets the project: its address and its custom domains answer "not found".
     fn remove(&self, project: &ProjectName);
+    /// Makes `domains` the whole set of custom domains served like the project's own
+    /// address (at once, for every request after this call); domains it had before and
+    /// not in the set answer "not found".
+    fn set_domains(&self, project: &ProjectName, domains: &[Hostname]);
 }

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod drivers;
 pub mod error;
 pub mod hooks;
+pub mod hostname;
 pub mod logs;
 pub mod orchestrator;
 pub mod ports;
@@ -21,4 +22,5 @@ pub use domain::{
     validate_env_key,
 };
 pub use error::{Error, Result};
+pub use hostname::{Domain, DomainRules, Hostname};
 pub use store::Store;

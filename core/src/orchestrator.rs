@@ -17,6 +17,7 @@ use crate::drivers::{
 };
 use crate::error::{Error, Result};
 use crate::hooks::{BuildHooks, HookContext, NoHooks};
+use crate::hostname::{Domain, DomainRules, Hostname};
 use crate::logs::LogHub;
 use crate::store::{EnvChanges, Store};
 
@@ -48,6 +49,9 @@ pub struct OrchestratorConfig {
     /// How many of a project's newest builds keep their artifact (image or release
     /// directory) for rollbacks; older ones are removed after each deployment goes live.
     pub keep_builds: usize,
+    /// The names a project may not claim as a custom domain (the app domain and the API's
+    /// host).
+    pub domain_rules: DomainRules,
 }
 
 impl OrchestratorConfig {
@@ -60,6 +64,7 @@ impl OrchestratorConfig {
             limits: Limits::default(),
             app_url: "http://{name}.localhost".into(),
             keep_builds: 10,
+            domain_rules: DomainRules::new("localhost"),
         }
     }
 }
@@ -243,6 +248,72 @@ impl Orchestrator {
         }
         self.logs.remove(&project.name);
         self.locks.lock().expect("locks are never poisoned").remove(&project.name);
+        Ok(())
+    }
+
+    // ----- Custom domains -------------------------------------------------------------
+
+    /// The project's custom domains, by name.
+    pub async fn domains(&self, project: &Project) -> Result<Vec<Domain>> {
+        self.store.domains(project.id).await
+    }
+
+    /// Gives the project a custom domain and routes it at once. `input` is validated (and
+    /// put in its canonical form) against the platform's rules; a domain another project
+    /// has is a `Conflict` that names that project only when it has the same owner.
+    pub async fn add_domain(self: &Arc<Self>, project: &Project, input: &str) -> Result<Domain> {
+        let name = self.config.domain_rules.parse(input)?;
+        let project = project.clone();
+        self.detached(move |this| async move {
+            let _guard = this.exclusive(&project.name, &NullSink).await;
+            let domain = match this.store.add_domain(project.id, &name).await {
+                Err(Error::Conflict(_)) => return Err(this.domain_taken(&project, &name).await),
+                other => other?,
+            };
+            this.route_domains(&project).await?;
+            tracing::info!(project = %project.name, domain = %name, "custom domain added");
+            Ok(domain)
+        })
+        .await
+    }
+
+    /// Why `name` cannot be added to `project`: it belongs to a project, named only when
+    /// the same user owns both (anyone else learns nothing about other users' projects).
+    async fn domain_taken(&self, project: &Project, name: &Hostname) -> Error {
+        let holder = match self.store.domain(name).await {
+            Ok(domain) => domain.project_id,
+            // Freed since: still taken as far as this request could tell.
+            Err(_) => return Error::Conflict(format!("domain {name} is taken by another project")),
+        };
+        if holder == project.id {
+            return Error::Conflict(format!("domain {name} is already a domain of project {}", project.name));
+        }
+        let siblings = self.store.projects(Some(project.owner_id)).await.unwrap_or_default();
+        match siblings.iter().find(|p| p.id == holder) {
+            Some(other) => Error::Conflict(format!("domain {name} is taken by your project {}", other.name)),
+            None => Error::Conflict(format!("domain {name} is taken by another project")),
+        }
+    }
+
+    /// Takes a custom domain from the project; it answers "not found" at once.
+    pub async fn remove_domain(self: &Arc<Self>, project: &Project, input: &str) -> Result<()> {
+        let not_found = || Error::NotFound(format!("{input:?} is not a domain of project {}", project.name));
+        let name = Hostname::parse(input).map_err(|_| not_found())?;
+        let project = project.clone();
+        self.detached(move |this| async move {
+            let _guard = this.exclusive(&project.name, &NullSink).await;
+            this.store.delete_domain(project.id, &name).await?;
+            this.route_domains(&project).await?;
+            tracing::info!(project = %project.name, domain = %name, "custom domain removed");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Routes exactly the project's stored custom domains to it.
+    async fn route_domains(&self, project: &Project) -> Result<()> {
+        let names: Vec<Hostname> = self.store.domains(project.id).await?.into_iter().map(|d| d.name).collect();
+        self.traffic.set_domains(&project.name, &names);
         Ok(())
     }
 
@@ -963,6 +1034,8 @@ impl Orchestrator {
         let mut held = Vec::with_capacity(projects.len());
         for project in projects {
             self.traffic.switch(&project.name, Vec::new(), Duration::ZERO).await;
+            // Its custom domains answer like its own name from now on (503 until restored).
+            self.route_domains(&project).await?;
             let guard = self.lock_for(&project.name).lock_owned().await;
             held.push((project, guard));
         }

@@ -9,6 +9,7 @@ use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
 use crate::drivers::Limits;
 use crate::error::Result;
+use crate::hostname::{Domain, Hostname};
 
 /// A change to a project's env: `Some` sets, `None` unsets.
 pub type EnvChanges = BTreeMap<String, Option<String>>;
@@ -62,6 +63,16 @@ pub trait Store: Send + Sync {
     /// The project's own instance limits; `None` fields fall back to the runtime's defaults.
     async fn limits(&self, project_id: i64) -> Result<Limits>;
     async fn set_limits(&self, project_id: i64, limits: &Limits) -> Result<()>;
+
+    // Custom domains.
+    /// Gives the project a custom domain; `Conflict` when any project has it already.
+    async fn add_domain(&self, project_id: i64, name: &Hostname) -> Result<Domain>;
+    /// The project's custom domains, by name.
+    async fn domains(&self, project_id: i64) -> Result<Vec<Domain>>;
+    /// The domain with this name, whichever project has it.
+    async fn domain(&self, name: &Hostname) -> Result<Domain>;
+    /// Takes a custom domain from the project; `NotFound` unless the project has it.
+    async fn delete_domain(&self, project_id: i64, name: &Hostname) -> Result<()>;
 
     // Builds.
     async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build>;

@@ -123,7 +123,7 @@ pub(crate) async fn connection(
                     shared.table.pick(&name.to_ascii_lowercase())
                 }
                 Some(name) => shared.table.pick(name),
-                None => Pick::UnknownProject,
+                None => host.map_or(Pick::UnknownProject, |h| shared.table.pick_by_host(h)),
             }
         };
         let in_flight = match pick {

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use paastech_core::ProjectName;
 use paastech_core::drivers::TrafficRouter;
+use paastech_core::{Hostname, ProjectName};
 
 use crate::{RouteTable, drain, health_check};
 
@@ -37,5 +37,10 @@ impl TrafficRouter for IngressRouter {
 
     fn remove(&self, project: &ProjectName) {
         self.table.remove(project.as_str());
+    }
+
+    fn set_domains(&self, project: &ProjectName, domains: &[Hostname]) {
+        let names: Vec<&str> = domains.iter().map(Hostname::as_str).collect();
+        self.table.set_domains(project.as_str(), &names);
     }
 }

@@ -117,19 +117,32 @@ pub(crate) enum Pick {
     Backend(InFlight),
 }
 
-/// Which backends serve which project. Cheap to clone (all clones share one table) and
-/// safe to use from any thread; the lock is never held across an await.
+/// Projects and the custom domains that lead to them, under one lock, so a lookup by
+/// domain sees a consistent pair.
+#[derive(Default)]
+struct Routes {
+    pools: HashMap<Box<str>, Pool>,
+    /// Custom domain (lowercase, no trailing dot) → project.
+    domains: HashMap<Box<str>, Box<str>>,
+}
+
+/// Which backends serve which project, and which custom domains lead to which project.
+/// Cheap to clone (all clones share one table) and safe to use from any thread; the lock
+/// is never held across an await.
 #[derive(Clone, Default)]
 pub struct RouteTable {
-    inner: Arc<RwLock<HashMap<Box<str>, Pool>>>,
+    inner: Arc<RwLock<Routes>>,
 }
 
 impl fmt::Debug for RouteTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let map = self.read();
+        let routes = self.read();
         let mut d = f.debug_map();
-        for (name, pool) in map.iter() {
+        for (name, pool) in routes.pools.iter() {
             d.entry(name, &pool.backends);
+        }
+        for (domain, project) in routes.domains.iter() {
+            d.entry(domain, project);
         }
         d.finish()
     }
@@ -142,11 +155,11 @@ impl RouteTable {
 
     // A poisoned lock only means a panic happened while holding it; every write below
     // leaves the map consistent, so keep serving rather than take the ingress down.
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, Pool>> {
+    fn read(&self) -> RwLockReadGuard<'_, Routes> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Box<str>, Pool>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Routes> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -159,8 +172,8 @@ impl RouteTable {
     /// their handle and are not returned. Duplicate addresses are collapsed.
     pub fn set_backends(&self, project: &str, backends: Vec<SocketAddr>) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
-        let mut map = self.write();
-        let old = map.remove(key.as_str()).map(|p| p.backends).unwrap_or_default();
+        let mut routes = self.write();
+        let old = routes.pools.remove(key.as_str()).map(|p| p.backends).unwrap_or_default();
         let mut new = Vec::with_capacity(backends.len());
         for addr in backends {
             if new.iter().any(|b: &Backend| b.addr() == addr) {
@@ -170,20 +183,42 @@ impl RouteTable {
             new.push(handle);
         }
         let removed = old.into_iter().filter(|b| !new.iter().any(|n| n.addr() == b.addr())).collect();
-        map.insert(key.into_boxed_str(), Pool { backends: new, next: AtomicUsize::new(0) });
+        routes.pools.insert(key.into_boxed_str(), Pool { backends: new, next: AtomicUsize::new(0) });
         removed
     }
 
-    /// Forgets a project (it answers 404 afterwards). Returns its backends, to drain.
+    /// Forgets a project and its custom domains (they answer 404 afterwards). Returns its
+    /// backends, to drain.
     pub fn remove(&self, project: &str) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
-        self.write().remove(key.as_str()).map(|p| p.backends).unwrap_or_default()
+        let mut routes = self.write();
+        routes.domains.retain(|_, p| **p != *key);
+        routes.pools.remove(key.as_str()).map(|p| p.backends).unwrap_or_default()
     }
 
     /// The backends serving `project`; `None` when the project is unknown.
     pub fn backends(&self, project: &str) -> Option<Vec<Backend>> {
         let key = project.to_ascii_lowercase();
-        self.read().get(key.as_str()).map(|p| p.backends.clone())
+        self.read().pools.get(key.as_str()).map(|p| p.backends.clone())
+    }
+
+    /// Makes `domains` the whole set of custom domains that lead to `project` (atomically).
+    /// Its other domains answer 404 afterwards; a domain another project had moves here.
+    pub fn set_domains<S: AsRef<str>>(&self, project: &str, domains: &[S]) {
+        let key: Box<str> = project.to_ascii_lowercase().into_boxed_str();
+        let mut routes = self.write();
+        routes.domains.retain(|_, p| *p != key);
+        for domain in domains {
+            let domain = domain.as_ref();
+            let domain = domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase();
+            routes.domains.insert(domain.into_boxed_str(), key.clone());
+        }
+    }
+
+    /// The project a custom domain leads to.
+    pub fn project_of_domain(&self, domain: &str) -> Option<String> {
+        let domain = domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase();
+        self.read().domains.get(domain.as_str()).map(|p| p.to_string())
     }
 
     /// Picks the next backend of a project, round-robin, and counts the request as in
@@ -193,10 +228,38 @@ impl RouteTable {
     /// lock, so once it returns, every request routed to an old backend is already counted
     /// and `drain` cannot miss it.
     pub(crate) fn pick(&self, project: &str) -> Pick {
-        let map = self.read();
-        let Some(pool) = map.get(project) else {
+        let routes = self.read();
+        let Some(pool) = routes.pools.get(project) else {
             return Pick::UnknownProject;
         };
+        Self::pick_in(pool)
+    }
+
+    /// Like [`Self::pick`], for a request whose `Host` (with or without a port and a
+    /// trailing dot, any case) is one of a project's custom domains.
+    pub(crate) fn pick_by_host(&self, host: &str) -> Pick {
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some(_) => return Pick::UnknownProject,
+            None => host,
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        // Stored names are lowercase; only a Host that is not pays for a copy.
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let routes = self.read();
+        let Some(pool) = routes.domains.get(host).and_then(|project| routes.pools.get(project)) else {
+            return Pick::UnknownProject;
+        };
+        Self::pick_in(pool)
+    }
+
+    fn pick_in(pool: &Pool) -> Pick {
         let n = pool.backends.len();
         if n == 0 {
             return Pick::NoBackends;
@@ -264,6 +327,41 @@ mod tests {
         assert_eq!(kept[0].in_flight(), 1, "kept handle keeps its count");
         drop(guard);
         assert_eq!(kept[0].in_flight(), 0);
+    }
+
+    #[test]
+    fn custom_domains_lead_to_their_project_until_removed() {
+        let t = RouteTable::new();
+        t.set_backends("blog", vec![addr(1)]);
+        assert!(matches!(t.pick_by_host("www.example.com"), Pick::UnknownProject));
+        t.set_domains("blog", &["www.example.com", "Example.ORG."]);
+        for host in ["www.example.com", "WWW.Example.com:8000", "www.example.com.", "example.org", "example.org.:80"] {
+            assert_eq!(pick_by_host_addr(&t, host), Some(addr(1)), "{host:?}");
+        }
+        for host in ["example.com", "www.example.com:x", "blog", "a.www.example.com", ""] {
+            assert!(matches!(t.pick_by_host(host), Pick::UnknownProject), "{host:?}");
+        }
+        // A domain of a project with no live deployment answers like the project.
+        t.set_domains("shop", &["shop.example.net"]);
+        assert!(matches!(t.pick_by_host("shop.example.net"), Pick::UnknownProject));
+        t.set_backends("shop", vec![]);
+        assert!(matches!(t.pick_by_host("shop.example.net"), Pick::NoBackends));
+        // Setting the set again drops what is not in it.
+        t.set_domains("blog", &["example.org"]);
+        assert!(matches!(t.pick_by_host("www.example.com"), Pick::UnknownProject));
+        assert_eq!(t.project_of_domain("example.org").as_deref(), Some("blog"));
+        // Forgetting the project forgets its domains, and only its.
+        t.remove("blog");
+        assert!(matches!(t.pick_by_host("example.org"), Pick::UnknownProject));
+        assert_eq!(t.project_of_domain("example.org"), None);
+        assert_eq!(t.project_of_domain("shop.example.net").as_deref(), Some("shop"));
+    }
+
+    fn pick_by_host_addr(t: &RouteTable, host: &str) -> Option<SocketAddr> {
+        match t.pick_by_host(host) {
+            Pick::Backend(g) => Some(g.backend().addr()),
+            _ => None,
+        }
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use crate::drivers::{
     TrafficRouter,
 };
 use crate::error::{Error, Result};
+use crate::hostname::{Domain, Hostname};
 use crate::logs::LogHub;
 use crate::store::{EnvChanges, Store};
 
@@ -102,6 +103,8 @@ struct Data {
     limits: HashMap<i64, Limits>,
     builds: Vec<Build>,
     deployments: Vec<Deployment>,
+    domains: Vec<Domain>,
+    next_domain_id: i64,
 }
 
 /// The store's contract in memory, for the calls the orchestrator makes.
@@ -189,11 +192,43 @@ impl Store for MemStore {
         let data = self.enter("project").await?;
         data.projects.iter().find(|p| &p.name == name).cloned().ok_or_else(|| Error::NotFound("project".into()))
     }
-    async fn projects(&self, _: Option<i64>) -> Result<Vec<Project>> {
-        Ok(self.enter("projects").await?.projects.clone())
+    async fn projects(&self, owner_id: Option<i64>) -> Result<Vec<Project>> {
+        let data = self.enter("projects").await?;
+        Ok(data.projects.iter().filter(|p| owner_id.is_none_or(|id| p.owner_id == id)).cloned().collect())
     }
     async fn delete_project(&self, project_id: i64) -> Result<()> {
-        self.enter("delete_project").await?.projects.retain(|p| p.id != project_id);
+        let mut data = self.enter("delete_project").await?;
+        data.projects.retain(|p| p.id != project_id);
+        data.domains.retain(|d| d.project_id != project_id);
+        Ok(())
+    }
+    async fn add_domain(&self, project_id: i64, name: &Hostname) -> Result<Domain> {
+        let mut data = self.enter("add_domain").await?;
+        if data.domains.iter().any(|d| &d.name == name) {
+            return Err(Error::Conflict("taken".into()));
+        }
+        data.next_domain_id += 1;
+        let domain = Domain { id: data.next_domain_id, project_id, name: name.clone(), created_at: Timestamp(0) };
+        data.domains.push(domain.clone());
+        Ok(domain)
+    }
+    async fn domains(&self, project_id: i64) -> Result<Vec<Domain>> {
+        let data = self.enter("domains").await?;
+        let mut domains: Vec<Domain> = data.domains.iter().filter(|d| d.project_id == project_id).cloned().collect();
+        domains.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(domains)
+    }
+    async fn domain(&self, name: &Hostname) -> Result<Domain> {
+        let data = self.enter("domain").await?;
+        data.domains.iter().find(|d| &d.name == name).cloned().ok_or_else(|| Error::NotFound("domain".into()))
+    }
+    async fn delete_domain(&self, project_id: i64, name: &Hostname) -> Result<()> {
+        let mut data = self.enter("delete_domain").await?;
+        let before = data.domains.len();
+        data.domains.retain(|d| !(d.project_id == project_id && &d.name == name));
+        if data.domains.len() == before {
+            return Err(Error::NotFound("domain".into()));
+        }
         Ok(())
     }
     async fn env(&self, project_id: i64) -> Result<EnvVars> {
@@ -466,6 +501,14 @@ struct FakeTraffic {
     steps: Arc<Steps>,
     unhealthy: AtomicBool,
     routes: Mutex<HashMap<ProjectName, Vec<SocketAddr>>>,
+    /// Custom domain → the project it is routed to.
+    domains: Mutex<BTreeMap<String, ProjectName>>,
+}
+
+impl FakeTraffic {
+    fn routed_domains(&self) -> BTreeMap<String, ProjectName> {
+        self.domains.lock().expect("domains").clone()
+    }
 }
 
 #[async_trait]
@@ -484,6 +527,12 @@ impl TrafficRouter for FakeTraffic {
     }
     fn remove(&self, project: &ProjectName) {
         self.routes.lock().expect("routes").remove(project);
+        self.domains.lock().expect("domains").retain(|_, p| p != project);
+    }
+    fn set_domains(&self, project: &ProjectName, domains: &[Hostname]) {
+        let mut routed = self.domains.lock().expect("domains");
+        routed.retain(|_, p| p != project);
+        routed.extend(domains.iter().map(|d| (d.to_string(), project.clone())));
     }
 }
 
@@ -516,6 +565,7 @@ impl World {
             steps: Arc::clone(&steps),
             unhealthy: AtomicBool::new(false),
             routes: Mutex::default(),
+            domains: Mutex::default(),
         });
         let dir = tempfile::tempdir().expect("temp dir");
         let mut world = World {
@@ -905,4 +955,69 @@ async fn a_push_during_the_restore_waits_for_it_and_stays_live() {
     let v2 = push.await.expect("task").expect("the push deploys after the restore");
     assert_eq!(v2.version, 2);
     world.serves(2, 1).await;
+}
+
+// ----- Custom domains ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_custom_domain_is_routed_at_once_kept_over_a_restart_and_unique() {
+    let world = World::new(1).await;
+    let app = world.project.name.clone();
+    let added = world.orchestrator.add_domain(&world.project, "WWW.Example.com.").await.expect("add");
+    assert_eq!(added.name.as_str(), "www.example.com", "stored in its canonical form");
+    assert_eq!(world.traffic.routed_domains(), BTreeMap::from([("www.example.com".to_string(), app.clone())]));
+
+    let invalid = world.orchestrator.add_domain(&world.project, "blog.localhost").await;
+    assert!(matches!(&invalid, Err(Error::Invalid(m)) if m.contains("platform's")), "{invalid:?}");
+    let again = world.orchestrator.add_domain(&world.project, "www.example.com").await;
+    assert!(matches!(&again, Err(Error::Conflict(m)) if m.contains("already a domain of project app")), "{again:?}");
+
+    // Another owner's project learns that the name is taken, not by whom.
+    let stranger = world.store.create_user("bo@example.com", "hash").await.expect("user");
+    let (other_name, site_name) =
+        (ProjectName::parse("other").expect("name"), ProjectName::parse("site").expect("name"));
+    let other = world.orchestrator.create_project(stranger.id, &other_name).await.expect("project");
+    let taken = world.orchestrator.add_domain(&other, "www.example.com").await;
+    assert!(matches!(&taken, Err(Error::Conflict(m)) if m.contains("taken by another project")), "{taken:?}");
+    // The same owner's other project is named.
+    let sibling = world.orchestrator.create_project(world.project.owner_id, &site_name).await.expect("project");
+    let taken = world.orchestrator.add_domain(&sibling, "www.example.com").await;
+    assert!(matches!(&taken, Err(Error::Conflict(m)) if m.contains("your project app")), "{taken:?}");
+
+    // A restart routes the stored domains again, before the deployment is back.
+    world.traffic.domains.lock().expect("domains").clear();
+    let world = World { orchestrator: world.restarted(), ..world };
+    let restore = world.orchestrator.begin_restore().await.expect("begin restore");
+    assert_eq!(world.traffic.routed_domains(), BTreeMap::from([("www.example.com".to_string(), app.clone())]));
+    restore.run().await.expect("restore");
+    world.serves(1, 1).await;
+
+    let missing = world.orchestrator.remove_domain(&world.project, "nope.example.com").await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+    world.orchestrator.remove_domain(&world.project, "www.example.com").await.expect("remove");
+    assert!(world.traffic.routed_domains().is_empty(), "a removed domain is routed nowhere");
+    assert!(world.store.domains(world.project.id).await.expect("domains").is_empty());
+    // Once free, another project may take it.
+    world.orchestrator.add_domain(&other, "www.example.com").await.expect("free again");
+}
+
+#[tokio::test]
+async fn a_domain_change_completes_whoever_hangs_up() {
+    let world = World::new(1).await;
+    for _ in 0..3 {
+        let start = world.steps.now();
+        let add = tokio::spawn({
+            let (orchestrator, project) = (Arc::clone(&world.orchestrator), world.project.clone());
+            async move { orchestrator.add_domain(&project, "www.example.com").await }
+        });
+        world.steps.reached(start + 1).await;
+        add.abort();
+        world.settle(1).await;
+        let stored: Vec<String> =
+            world.store.domains(world.project.id).await.expect("domains").iter().map(|d| d.name.to_string()).collect();
+        let routed: Vec<String> = world.traffic.routed_domains().into_keys().collect();
+        assert_eq!(stored, vec!["www.example.com".to_string()]);
+        assert_eq!(routed, stored, "what is routed is what is stored");
+        world.orchestrator.remove_domain(&world.project, "www.example.com").await.expect("remove");
+    }
 }

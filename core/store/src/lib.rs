@@ -19,8 +19,8 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
-    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, EnvVars, Error, NewDeployment, Project, ProjectName,
-    Result, SshKey, Store, Timestamp, User,
+    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname, NewDeployment,
+    Project, ProjectName, Result, SshKey, Store, Timestamp, User,
 };
 
 use crate::conn::{Pools, write_tx};
@@ -386,6 +386,7 @@ impl Store for SqlStore {
                 diesel::delete(process_scale::table.filter(process_scale::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(project_limits::table.filter(project_limits::project_id.eq(project_id)))
                     .execute(conn)?;
+                diesel::delete(domains::table.filter(domains::project_id.eq(project_id))).execute(conn)?;
                 if diesel::delete(projects::table.find(project_id)).execute(conn)? == 0 {
                     return Err(not_found("project not found"));
                 }
@@ -495,6 +496,65 @@ impl Store for SqlStore {
                 }
                 Ok(())
             })
+        })
+    }
+
+    async fn add_domain(&self, project_id: i64, name: &Hostname) -> Result<Domain> {
+        let name = name.clone();
+        with_conn!(self, |conn| {
+            let row = diesel::insert_into(domains::table)
+                .values((
+                    domains::project_id.eq(project_id),
+                    domains::name.eq(name.as_str()),
+                    domains::created_at.eq(now()),
+                ))
+                .returning(DomainRow::as_returning())
+                .get_result(conn)
+                .map_err(|e| match e {
+                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                        not_found("project not found")
+                    }
+                    e => conflict_on_unique("this domain is taken by another project")(e),
+                })?;
+            Ok(Domain::try_from(row)?)
+        })
+    }
+
+    async fn domains(&self, project_id: i64) -> Result<Vec<Domain>> {
+        with_conn!(self, |conn| {
+            let rows = domains::table
+                .filter(domains::project_id.eq(project_id))
+                .order(domains::name)
+                .select(DomainRow::as_select())
+                .load(conn)?;
+            Ok(rows.into_iter().map(Domain::try_from).collect::<Result<Vec<_>>>()?)
+        })
+    }
+
+    async fn domain(&self, name: &Hostname) -> Result<Domain> {
+        let name = name.clone();
+        with_conn!(self, |conn| {
+            let row = domains::table
+                .filter(domains::name.eq(name.as_str()))
+                .select(DomainRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| not_found(format!("domain {name} not found")))?;
+            Ok(Domain::try_from(row)?)
+        })
+    }
+
+    async fn delete_domain(&self, project_id: i64, name: &Hostname) -> Result<()> {
+        let name = name.clone();
+        with_conn!(self, |conn| {
+            let deleted = diesel::delete(
+                domains::table.filter(domains::project_id.eq(project_id)).filter(domains::name.eq(name.as_str())),
+            )
+            .execute(conn)?;
+            if deleted == 0 {
+                return Err(not_found(format!("{name} is not a domain of this project")));
+            }
+            Ok(())
         })
     }
 

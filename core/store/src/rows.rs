@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use paastech_core::{
-    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Error, Project, ProjectName, SshKey, Timestamp, User,
+    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, Error, Hostname, Project, ProjectName, SshKey,
+    Timestamp, User,
 };
 
-use crate::schema::{api_tokens, builds, deployments, projects, ssh_keys, users};
+use crate::schema::{api_tokens, builds, deployments, domains, projects, ssh_keys, users};
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = users)]
@@ -129,6 +130,25 @@ pub(crate) struct NewProjectRow<'a> {
     pub owner_id: i64,
     pub name: &'a str,
     pub created_at: i64,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = domains)]
+pub(crate) struct DomainRow {
+    pub id: i64,
+    pub project_id: i64,
+    pub name: String,
+    pub created_at: i64,
+}
+
+impl TryFrom<DomainRow> for Domain {
+    type Error = Error;
+
+    fn try_from(row: DomainRow) -> Result<Self, Error> {
+        let name = Hostname::parse(&row.name)
+            .map_err(|_| Error::internal_msg(format!("invalid domain {:?} in store", row.name)))?;
+        Ok(Domain { id: row.id, project_id: row.project_id, name, created_at: Timestamp(row.created_at) })
+    }
 }
 
 #[derive(Queryable, Selectable)]

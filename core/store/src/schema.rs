@@ -99,6 +99,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    domains (id) {
+        id -> BigInt,
+        project_id -> BigInt,
+        name -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(ssh_keys -> users (user_id));
 diesel::joinable!(deployments -> projects (project_id));
@@ -113,4 +122,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     process_scale,
     builds,
     deployments,
+    domains,
 );

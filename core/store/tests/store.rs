@@ -10,7 +10,7 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
-use paastech_core::{DeploymentStatus, Error, NewDeployment, ProjectName, Store, Timestamp, User};
+use paastech_core::{DeploymentStatus, Error, Hostname, NewDeployment, ProjectName, Store, Timestamp, User};
 use paastech_store::SqlStore;
 
 /// Where one test's database lives, and the cleanup when the test ends.
@@ -123,7 +123,12 @@ suite!(
     one_live_deployment_per_project,
     unfinished_deployments_are_interrupted,
     data_survives_reopening_the_store,
+    domains_are_unique_listed_deleted_and_go_with_their_project,
 );
+
+fn host(s: &str) -> Hostname {
+    Hostname::parse(s).expect("valid host name")
+}
 
 fn name(s: &str) -> ProjectName {
     ProjectName::parse(s).expect("valid project name")
@@ -325,6 +330,7 @@ async fn deleting_a_project_deletes_everything_of_it(db: &TestDb) {
         }
     }
     let doomed_build = store.create_build(doomed.id, "def").await.expect("build");
+    store.add_domain(doomed.id, &host("doomed.example.com")).await.expect("domain");
 
     store.delete_project(doomed.id).await.expect("delete");
     assert_not_found(store.project(&name("doomed")).await, "doomed");
@@ -332,6 +338,7 @@ async fn deleting_a_project_deletes_everything_of_it(db: &TestDb) {
     assert!(store.scale(doomed.id).await.expect("scale").is_empty());
     assert!(store.deployments(doomed.id, 10).await.expect("deployments").is_empty());
     assert_not_found(store.build(doomed_build.id).await, "build");
+    assert_not_found(store.domain(&host("doomed.example.com")).await, "doomed.example.com");
     assert_not_found(store.delete_project(doomed.id).await, "project");
 
     // The other project is untouched.
@@ -680,4 +687,38 @@ fn database_urls_are_rewritten_for_test_databases() {
     assert_eq!(with_database("postgres://u@h:5/postgres", "t1"), "postgres://u@h:5/t1");
     assert_eq!(with_database("postgres://u@h:5", "t1"), "postgres://u@h:5/t1");
     assert_eq!(with_database("postgres://u@h/postgres?sslmode=disable", "t1"), "postgres://u@h/t1?sslmode=disable");
+}
+
+async fn domains_are_unique_listed_deleted_and_go_with_their_project(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let blog = store.create_project(alice.id, &name("blog")).await.expect("create");
+    let shop = store.create_project(alice.id, &name("shop")).await.expect("create");
+    let www = store.add_domain(blog.id, &host("www.example.com")).await.expect("add");
+    assert_eq!((www.project_id, www.name.as_str()), (blog.id, "www.example.com"));
+    assert!(www.created_at.0 > 0);
+    let apex = store.add_domain(blog.id, &host("example.com")).await.expect("add");
+
+    assert_conflict(
+        store.add_domain(shop.id, &host("www.example.com")).await,
+        "this domain is taken by another project",
+    );
+    assert_conflict(
+        store.add_domain(blog.id, &host("www.example.com")).await,
+        "this domain is taken by another project",
+    );
+    assert_not_found(store.add_domain(424242, &host("orphan.example.com")).await, "project");
+
+    assert_eq!(store.domains(blog.id).await.expect("list"), vec![apex.clone(), www.clone()], "by name");
+    assert!(store.domains(shop.id).await.expect("list").is_empty());
+    assert_eq!(store.domain(&host("www.example.com")).await.expect("domain"), www);
+    assert_not_found(store.domain(&host("nope.example.com")).await, "nope.example.com");
+
+    // Only the project that has it can delete it.
+    assert_not_found(store.delete_domain(shop.id, &host("www.example.com")).await, "www.example.com");
+    store.delete_domain(blog.id, &host("www.example.com")).await.expect("delete");
+    assert_not_found(store.delete_domain(blog.id, &host("www.example.com")).await, "www.example.com");
+    assert_eq!(store.domains(blog.id).await.expect("list"), vec![apex]);
+    // Free again, for any project.
+    store.add_domain(shop.id, &host("www.example.com")).await.expect("taken by another");
 }

@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::client::{self, Client, SavedLogin, print_table};
-use crate::{Command, CredentialArgs, EnvCommand, KeysCommand, ProjectArg, ProjectsCommand, TokensCommand};
+use crate::{
+    Command, CredentialArgs, DomainsCommand, EnvCommand, KeysCommand, ProjectArg, ProjectsCommand, TokensCommand,
+};
 
 pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, command: Command) -> Result<()> {
     let client = Client::new(server.clone(), token)?;
@@ -22,6 +24,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Tokens(cmd) => tokens(&client, out, cmd),
         Command::Projects(cmd) => projects(&client, out, cmd),
         Command::Env(cmd) => env(&client, out, cmd),
+        Command::Domains(cmd) => domains(&client, out, cmd),
         Command::Deployments(project) => deployments(&client, out, project),
         Command::Deploy { project, version } => deploy(&client, out, project, version, false),
         Command::Rollback { project, version } => deploy(&client, out, project, version, true),
@@ -172,6 +175,48 @@ fn keys(client: &Client, out: Output, cmd: KeysCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn domains(client: &Client, out: Output, cmd: DomainsCommand) -> Result<()> {
+    match cmd {
+        DomainsCommand::Add { project, domain } => {
+            let name = resolve_project(&project)?;
+            let added: Value = client.post(&format!("/projects/{name}/domains"), &json!({"domain": domain}))?;
+            if out.json {
+                return out.json(&added);
+            }
+            println!("Added {} to {name}: {}", text(&added["domain"]), text(&added["url"]));
+            println!("Point its DNS (an A/AAAA record, or a CNAME) at this server for it to reach the app.");
+        }
+        DomainsCommand::List(project) => {
+            let name = resolve_project(&project)?;
+            let domains: Value = client.get(&format!("/projects/{name}/domains"))?;
+            if out.json {
+                return out.json(&domains);
+            }
+            print_table(&["DOMAIN", "URL", "ADDED"], &rows(&domains, &["domain", "url", "created_at"]));
+        }
+        DomainsCommand::Remove { project, domain } => {
+            let name = resolve_project(&project)?;
+            client.delete(&format!("/projects/{name}/domains/{}", path_segment(&domain)))?;
+            println!("Removed {domain} from {name}.");
+        }
+    }
+    Ok(())
+}
+
+/// `s` as one URL path segment: every byte but the unreserved ones percent-encoded, so a
+/// `/`, `?` or `#` a user typed stays inside the segment.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn tokens(client: &Client, out: Output, cmd: TokensCommand) -> Result<()> {
@@ -462,6 +507,13 @@ fn limits(client: &Client, out: Output, arg: ProjectArg, settings: Vec<String>) 
 #[cfg(test)]
 mod tests {
     use super::project_from_remote;
+
+    #[test]
+    fn path_segments_keep_reserved_characters_inside() {
+        assert_eq!(path_segment("www.example.com"), "www.example.com");
+        assert_eq!(path_segment("a/b?c#d e"), "a%2Fb%3Fc%23d%20e");
+        assert_eq!(path_segment("bücher.example"), "b%C3%BCcher.example");
+    }
 
     #[test]
     fn project_names_from_remotes() {

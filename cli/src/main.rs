@@ -55,6 +55,9 @@ enum Command {
     /// A project's environment variables.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// A project's custom domains: host names it answers on besides NAME.<domain>.
+    #[command(subcommand)]
+    Domains(DomainsCommand),
     /// List a project's deployments, newest first.
     Deployments(ProjectArg),
     /// Deploy the latest build again, or a given version (its build and config).
@@ -192,6 +195,23 @@ enum EnvCommand {
         project: ProjectArg,
         #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainsCommand {
+    /// Serve the project on DOMAIN too (point its DNS at this server): takes effect at once.
+    Add {
+        #[command(flatten)]
+        project: ProjectArg,
+        domain: String,
+    },
+    List(ProjectArg),
+    /// Stop serving the project on DOMAIN.
+    Remove {
+        #[command(flatten)]
+        project: ProjectArg,
+        domain: String,
     },
 }
 

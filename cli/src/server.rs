@@ -11,7 +11,7 @@ use paastech_core::drivers::{ImageBuilder, Runtime};
 use paastech_core::logs::LogHub;
 use paastech_core::orchestrator::{Orchestrator, OrchestratorConfig};
 use paastech_core::registry::Registry;
-use paastech_core::{ProjectName, Store};
+use paastech_core::{DomainRules, ProjectName, Store};
 use paastech_driver_docker::{DockerBuilder, DockerBuilderConfig, DockerRuntime, DockerRuntimeConfig};
 use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::HookServer;
@@ -573,6 +573,8 @@ async fn serve(settings: Settings) -> Result<()> {
     orchestrator_config.health_timeout = Duration::from_secs(config.ingress.health_timeout_secs);
     orchestrator_config.drain_timeout = Duration::from_secs(config.ingress.drain_timeout_secs);
     orchestrator_config.keep_builds = keep_builds(&config).unwrap_or(10);
+    // Names under the app domain are projects' own: no project may claim one.
+    orchestrator_config.domain_rules = DomainRules::new(config.ingress.domain.clone());
     orchestrator_config.app_url = {
         let port = config.ingress.public_port.unwrap_or(config.ingress.listen.port());
         let port = if port == 80 { String::new() } else { format!(":{port}") };

@@ -47,6 +47,15 @@ impl PublicUrls {
         format!("ssh://git@{}:{}/{project}.git", self.ssh_host, self.ssh_port)
     }
 
+    /// Where a project answers on one of its custom domains: the ingress's port, like
+    /// its own address.
+    pub fn domain_url(&self, domain: &str) -> String {
+        match self.app_port {
+            Some(port) if port != 80 => format!("http://{domain}:{port}"),
+            _ => format!("http://{domain}"),
+        }
+    }
+
     pub fn app_url(&self, project: &str) -> String {
         match self.app_port {
             Some(port) if port != 80 => format!("http://{project}.{}:{port}", self.app_domain),

@@ -1,6 +1,7 @@
 //! `/api/v1`: routes, request and response shapes, and the OpenAPI document built from them.
 
 pub(crate) mod accounts;
+pub(crate) mod domains;
 pub(crate) mod extract;
 pub(crate) mod projects;
 pub(crate) mod schemas;
@@ -36,6 +37,8 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/limits", get(projects::get_limits).put(projects::put_limits))
         .route("/projects/{name}/logs", get(projects::logs))
         .route("/projects/{name}/ps", get(projects::instances))
+        .route("/projects/{name}/domains", get(domains::list).post(domains::add))
+        .route("/projects/{name}/domains/{domain}", delete(domains::remove))
         .route("/projects/{name}/run", post(projects::run))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -74,7 +77,7 @@ async fn openapi() -> ApiResult<Response> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config and deployments. Authenticate with `Authorization: Bearer <token>`."),
+    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains and deployments. Authenticate with `Authorization: Bearer <token>`."),
     servers((url = "/api/v1")),
     paths(
         healthz,
@@ -85,6 +88,7 @@ async fn openapi() -> ApiResult<Response> {
         projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,
         projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances,
         projects::run,
+        domains::list, domains::add, domains::remove,
     ),
     components(schemas(ErrorBody), responses(ErrorBody)),
     modifiers(&BearerAuth),

@@ -38,6 +38,32 @@ impl ToSchema for ProjectNameSchema {
     }
 }
 
+/// A custom domain as `Hostname::parse` keeps it: RFC 1123 labels, at least two, the last
+/// starting with a letter (a numeric one would read as an IP address). The server also
+/// takes upper case, a trailing dot and Unicode names, which it stores in this form.
+pub struct DomainNameSchema;
+
+impl PartialSchema for DomainNameSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"))
+            .min_length(Some(3))
+            .max_length(Some(253))
+            .description(Some(
+                "a host name such as www.example.com: labels of lowercase letters, digits and hyphens; not an IP address, not a wildcard, not a name under the platform's app domain",
+            ))
+            .examples(["www.example.com"])
+            .into()
+    }
+}
+
+impl ToSchema for DomainNameSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "DomainName".into()
+    }
+}
+
 /// `validate_env_key`'s rule (the name `PORT` is refused too: it is the platform's).
 fn env_key() -> Schema {
     ObjectBuilder::new()

@@ -12,8 +12,10 @@ use crate::error::{Error, Result};
 /// The longest input looked at; longer ones are refused before any conversion work.
 const MAX_INPUT_BYTES: usize = 1024;
 
-/// A custom domain in its canonical form: ASCII (IDNA names in their `xn--` form),
-/// lowercase, without a trailing dot; RFC 1123 labels, at least two, 253 bytes at most.
+/// A custom domain in its canonical form: ASCII, lowercase, without a trailing dot; RFC 1123
+/// labels, at least two, the last starting with a letter, 253 bytes at most. An
+/// internationalized name is taken only in its ASCII (`xn--`) form; given in Unicode, it is
+/// refused with a message that names that form.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Hostname(String);
@@ -41,12 +43,10 @@ impl Hostname {
         if input.contains("://") || input.contains('/') || input.contains(':') {
             return Err(invalid("give the host name alone, without scheme, port or path"));
         }
-        // UTS 46 with the STD3 rules: maps Unicode names to their ASCII (xn--) form,
-        // lowercases, and refuses characters no host name has. An ASCII name passes through
-        // unchanged except for case, and a bad `xn--` label is refused here too.
-        let ascii = idna::domain_to_ascii_cow(input.as_bytes(), idna::AsciiDenyList::STD3).map_err(|_| {
-            invalid("not a valid host name (an internationalized name must convert to its ASCII xn-- form)")
-        })?;
+        // UTS 46 with the STD3 rules: lowercases, refuses characters no host name has and
+        // `xn--` labels that do not decode, and gives a Unicode name's ASCII form.
+        let ascii = idna::domain_to_ascii_cow(input.as_bytes(), idna::AsciiDenyList::STD3)
+            .map_err(|_| invalid("not a valid host name: letters, digits, hyphens and dots only"))?;
         let name = ascii.strip_suffix('.').unwrap_or(&ascii);
         if looks_like_ipv4(name) {
             return Err(invalid("an IP address is not a domain: point a DNS name at the server instead"));
@@ -67,6 +67,15 @@ impl Hostname {
             if !ok {
                 return Err(invalid(Self::RULE));
             }
+        }
+        if labels.last().is_some_and(|tld| !tld.as_bytes()[0].is_ascii_lowercase()) {
+            return Err(invalid("the last label (the top-level domain) starts with a letter"));
+        }
+        // One spelling per name, the one DNS and certificates use: what is stored is what
+        // was typed, but lowercase. The API document's pattern can then say exactly what
+        // is taken, which it could not for every Unicode spelling UTS 46 maps.
+        if !input.is_ascii() {
+            return Err(invalid(&format!("internationalized names are taken in their ASCII form: use {name}")));
         }
         Ok(Hostname(name.to_owned()))
     }
@@ -184,9 +193,14 @@ mod tests {
                 ("example.com", Ok("example.com")),
                 ("a-b.c1.example.co.uk", Ok("a-b.c1.example.co.uk")),
                 ("123.example.com", Ok("123.example.com")),
-                ("bücher.example", Ok("xn--bcher-kva.example")),
+                ("bücher.example", Err("ASCII form: use xn--bcher-kva.example")),
                 ("xn--bcher-kva.example", Ok("xn--bcher-kva.example")),
-                ("ÉCOLE.example", Ok("xn--cole-9oa.example")),
+                ("ÉCOLE.example", Err("use xn--cole-9oa.example")),
+                ("bücher。example", Err("use xn--bcher-kva.example")),
+                ("例え.テスト", Err("use xn--r8jz45g.xn--zckzah")),
+                ("bücher.local_host", Err("letters, digits, hyphens and dots only")),
+                ("example.1com", Err("top-level domain")),
+                ("example.c0m", Ok("example.c0m")),
                 (long_ok.as_str(), Ok(long_ok.as_str())),
                 (at_limit.as_str(), Ok(at_limit.as_str())),
                 ("", Err("required")),
@@ -200,6 +214,7 @@ mod tests {
                 (".example.com", Err("letters, digits and hyphens")),
                 ("my_app.example.com", Err("not a valid host name")),
                 ("a b.example.com", Err("not a valid host name")),
+                ("ª.example.com", Err("use a.example.com")),
                 ("xn--zz.example", Err("xn--")),
                 ("*.example.com", Err("wildcard")),
                 ("www.*.example.com", Err("wildcard")),

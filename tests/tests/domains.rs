@@ -122,8 +122,10 @@ fn cli_domains_add_list_remove() {
     ok(&server.cli(home, &["login", "--email", "ada@example.com", "--password-stdin"], pw));
     ok(&server.cli(home, &["projects", "create", "blog"], None));
 
-    let out = ok(&server.cli(home, &["domains", "add", "-p", "blog", "Bücher.example"], None));
-    assert!(out.contains("xn--bcher-kva.example"), "shown in its ASCII form: {out}");
+    let err = failed(&server.cli(home, &["domains", "add", "-p", "blog", "Bücher.example"], None));
+    assert!(err.contains("use xn--bcher-kva.example"), "names the ASCII form to use: {err}");
+    let out = ok(&server.cli(home, &["domains", "add", "-p", "blog", "XN--bcher-kva.example"], None));
+    assert!(out.contains("xn--bcher-kva.example"), "{out}");
     assert!(out.contains("DNS"), "says what to do next: {out}");
     ok(&server.cli(home, &["domains", "add", "-p", "blog", "www.example.org"], None));
     let out = ok(&server.cli(home, &["domains", "list", "-p", "blog"], None));
@@ -141,8 +143,8 @@ fn cli_domains_add_list_remove() {
     let err = failed(&server.cli(home, &["domains", "add", "-p", "blog", "10.0.0.1"], None));
     assert!(err.contains("IP address"), "{err}");
 
-    // The Unicode spelling removes the same domain; a name with a slash stays one segment.
-    ok(&server.cli(home, &["domains", "remove", "-p", "blog", "bücher.example"], None));
+    // Any case removes it; a name with a slash stays one path segment.
+    ok(&server.cli(home, &["domains", "remove", "-p", "blog", "Xn--Bcher-kva.example."], None));
     let err = failed(&server.cli(home, &["domains", "remove", "-p", "blog", "a/b.example"], None));
     assert!(err.contains("not a domain of project blog"), "{err}");
     let list: Value = serde_json::from_str(&ok(&server.cli(home, &["--json", "domains", "list", "-p", "blog"], None)))

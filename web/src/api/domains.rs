@@ -18,8 +18,8 @@ use crate::error::{ApiResult, ErrorStatus};
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewDomain {
-    /// A host name; stored lowercase, without a trailing dot, internationalized names in
-    /// their ASCII (`xn--`) form.
+    /// A host name; stored lowercase, without a trailing dot. An internationalized name is
+    /// taken in its ASCII (`xn--`) form only: given in Unicode, the refusal names that form.
     #[schema(value_type = DomainNameSchema)]
     pub domain: String,
 }
@@ -57,7 +57,8 @@ pub async fn list(
 
 /// Adds a custom domain; the ingress serves the project on it at once. 400 names what is
 /// wrong with the name (not a host name, an IP address, a wildcard, a name under the
-/// platform's app domain); 409 when any project has it already.
+/// platform's app domain, a Unicode name, with the ASCII form to use); 409 when any project
+/// has it already.
 #[utoipa::path(post, path = "/projects/{name}/domains", tag = "domains", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = NewDomain,
     responses((status = 201, body = DomainView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<409>))]

@@ -38,20 +38,22 @@ impl ToSchema for ProjectNameSchema {
     }
 }
 
-/// A custom domain as `Hostname::parse` keeps it: RFC 1123 labels, at least two, the last
-/// starting with a letter (a numeric one would read as an IP address). The server also
-/// takes upper case, a trailing dot and Unicode names, which it stores in this form.
+/// A custom domain as `Hostname::parse` takes it: RFC 1123 labels, at least two, the last
+/// starting with a letter (a numeric one would read as an IP address), any case, an
+/// optional trailing dot; stored lowercase without the dot. Exactly what is taken, so a
+/// name that does not match is refused (400); one that matches may still be refused for
+/// its length (253 without the dot) or as the platform's own name.
 pub struct DomainNameSchema;
 
 impl PartialSchema for DomainNameSchema {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .pattern(Some(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"))
+            .pattern(Some(r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"))
             .min_length(Some(3))
-            .max_length(Some(253))
+            .max_length(Some(254))
             .description(Some(
-                "a host name such as www.example.com: labels of lowercase letters, digits and hyphens; not an IP address, not a wildcard, not a name under the platform's app domain",
+                "a host name such as www.example.com: labels of letters, digits and hyphens, internationalized names in their ASCII (xn--) form; not an IP address, not a wildcard, not a name under the platform's app domain",
             ))
             .examples(["www.example.com"])
             .into()

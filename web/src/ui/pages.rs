@@ -33,6 +33,8 @@ impl Notice {
             "env-saved" => "Saved. It applies from the first deployment.".to_owned(),
             "deployed" => format!("Deployed: {v} is live."),
             "scaled" => "Scale saved and applied.".to_owned(),
+            "domain-added" => "Domain added: the app answers on it as soon as its DNS points here.".to_owned(),
+            "domain-removed" => "Domain removed.".to_owned(),
             "key-added" => "SSH key added.".to_owned(),
             "key-removed" => "SSH key removed.".to_owned(),
             "token-revoked" => "Token revoked.".to_owned(),

@@ -1,4 +1,4 @@
-//! A project's tabs: overview, deployments (with build logs and rollback), env, scale,
+//! A project's tabs: overview, deployments (with build logs and rollback), env, domains, scale,
 //! logs (live), settings (delete). Every handler starts from `visible_project`, the API's
 //! ownership rule: someone else's project is the plain 404 page.
 
@@ -20,8 +20,8 @@ use tokio::sync::broadcast::error::RecvError;
 use super::pages::Notice;
 use super::session::Session;
 use super::view::{
-    Badge, BuildLog, DeploymentRow, Deployments, EnvPage, FieldErrors, InstanceRow, Layout, LogsPage, Overview,
-    ProjectHead, ScalePage, ScaleRow, SettingsPage,
+    Badge, BuildLog, DeploymentRow, Deployments, DomainRow, DomainsPage, EnvPage, FieldErrors, InstanceRow, Layout,
+    LogsPage, Overview, ProjectHead, ScalePage, ScaleRow, SettingsPage, When,
 };
 use super::{UiResult, render};
 use crate::AppState;
@@ -202,6 +202,80 @@ pub async fn build_log(
         truncated,
     };
     render(StatusCode::OK, &page)
+}
+
+// ----- Domains --------------------------------------------------------------------------
+
+async fn domains_page_with(
+    state: &AppState,
+    session: &Session,
+    name: &str,
+    notice: Option<String>,
+    form: (String, FieldErrors),
+    status: StatusCode,
+) -> UiResult {
+    let (project, head, _) = load(state, session, name, "domains", 5).await?;
+    let now = Timestamp::now();
+    let domains = state
+        .orchestrator
+        .domains(&project)
+        .await?
+        .into_iter()
+        .map(|d| DomainRow {
+            url: state.urls.domain_url(d.name.as_str()),
+            domain: d.name.to_string(),
+            when: When::of(d.created_at, now),
+        })
+        .collect();
+    let (domain, errors) = form;
+    let l = layout(session, &head, "Domains", false).with_notice(notice);
+    render(status, &DomainsPage { l, p: head, domains, domain, errors })
+}
+
+pub async fn domains_page(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Query(notice): Query<Notice>,
+) -> UiResult {
+    let empty = (String::new(), FieldErrors::default());
+    domains_page_with(&state, &session, &name, notice.message(), empty, StatusCode::OK).await
+}
+
+#[derive(Deserialize)]
+pub struct DomainForm {
+    #[serde(default)]
+    domain: String,
+}
+
+pub async fn domain_add(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<DomainForm>,
+) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    let domain = form.domain.trim().to_owned();
+    match state.orchestrator.add_domain(&project, &domain).await {
+        Ok(_) => Ok(Redirect::to(&format!("/projects/{}/domains?done=domain-added", project.name)).into_response()),
+        Err(err @ (Error::Invalid(_) | Error::Conflict(_))) => {
+            let status = if matches!(err, Error::Conflict(_)) { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
+            let errors = FieldErrors::one("domain", err.to_string());
+            domains_page_with(&state, &session, &name, None, (domain, errors), status).await
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+pub async fn domain_remove(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<DomainForm>,
+) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    state.orchestrator.remove_domain(&project, &form.domain).await?;
+    Ok(Redirect::to(&format!("/projects/{}/domains?done=domain-removed", project.name)).into_response())
 }
 
 // ----- Env ------------------------------------------------------------------------------

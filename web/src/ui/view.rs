@@ -281,6 +281,23 @@ pub struct EnvPage {
     pub errors: FieldErrors,
 }
 
+pub struct DomainRow {
+    pub domain: String,
+    pub url: String,
+    pub when: When,
+}
+
+#[derive(Template)]
+#[template(path = "domains.html")]
+pub struct DomainsPage {
+    pub l: Layout,
+    pub p: ProjectHead,
+    pub domains: Vec<DomainRow>,
+    /// The add form's value, shown again with its error.
+    pub domain: String,
+    pub errors: FieldErrors,
+}
+
 pub struct ScaleRow {
     pub process: String,
     pub count: u32,

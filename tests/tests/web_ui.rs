@@ -117,6 +117,16 @@ fn a_developer_deploys_configures_rolls_back_and_deletes_from_the_browser() {
     assert_eq!(server.app_get("webapp", "/").1.trim(), "bonjour from python-hello (version 2)");
     browser.screenshot(&screenshot_path("project-env"));
 
+    // A custom domain from the Domains tab: the app answers on it at once.
+    browser.find("nav.tabs a[href='/projects/webapp/domains']").click();
+    browser.fill("#domain", "www.webapp.example");
+    browser.find("form[action='/projects/webapp/domains'] button[type=submit]").click();
+    expect_text(&browser, ".notice", "Domain added", 30, &server);
+    expect_text(&browser, "table.domains", "www.webapp.example", 5, &server);
+    let (status, body) = paastech_tests::http_get(server.ingress_port, "www.webapp.example", "/");
+    assert_eq!((status, body.trim()), (200, "bonjour from python-hello (version 2)"));
+    browser.screenshot(&screenshot_path("project-domains"));
+
     // Roll back to v1 with its button: its code and its config.
     browser.find("nav.tabs a[href='/projects/webapp/deployments']").click();
     browser.find("button[data-rollback='1']").click();
@@ -376,6 +386,18 @@ fn forms_need_their_csrf_token_and_pages_are_locked_down() {
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("id=\"key-error\"") && bad.body.contains("invalid env var name"), "{}", bad.body);
 
+    // The Domains tab: its forms need the token, errors show next to the field.
+    let refused = web.post("/projects/blog/domains", &[("domain", "www.blog.example")]);
+    assert_eq!(refused.status, 403);
+    let added = web.post("/projects/blog/domains", &[("csrf", &csrf), ("domain", "www.blog.example")]);
+    assert_eq!((added.status, added.header("location")), (303, Some("/projects/blog/domains?done=domain-added")));
+    let page = web.get("/projects/blog/domains");
+    assert!(page.body.contains("www.blog.example"), "{}", page.body);
+    let bad = web.post("/projects/blog/domains", &[("csrf", &csrf), ("domain", "blog.localhost")]);
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("id=\"domain-error\"") && bad.body.contains("platform's"), "{}", bad.body);
+    assert!(bad.body.contains("value=\"blog.localhost\""), "the entered value is kept");
+
     // Another user: ada's project is the same 404 page as a project that does not exist.
     let mut bob = Web::new(&server.api_url());
     bob.sign_up("bob@example.com");
@@ -387,6 +409,11 @@ fn forms_need_their_csrf_token_and_pages_are_locked_down() {
     let delete = bob.post("/projects/blog/delete", &[("csrf", &bob_csrf), ("confirm", "blog")]);
     assert_eq!(delete.status, 404);
     assert_eq!(web.get("/projects/blog").status, 200, "still there for ada");
+    let remove = bob.post("/projects/blog/domains/remove", &[("csrf", &bob_csrf), ("domain", "www.blog.example")]);
+    assert_eq!(remove.status, 404);
+    let removed = web.post("/projects/blog/domains/remove", &[("csrf", &csrf), ("domain", "www.blog.example")]);
+    assert_eq!(removed.status, 303, "{}", removed.body);
+    assert!(!web.get("/projects/blog/domains").body.contains("www.blog.example"), "gone from the list");
     // Ada's token does not work in bob's forms, nor bob's in ada's.
     assert_eq!(bob.post("/projects/blog/delete", &[("csrf", &csrf), ("confirm", "blog")]).status, 403);
 

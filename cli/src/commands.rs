@@ -506,7 +506,7 @@ fn limits(client: &Client, out: Output, arg: ProjectArg, settings: Vec<String>) 
 
 #[cfg(test)]
 mod tests {
-    use super::project_from_remote;
+    use super::{path_segment, project_from_remote};
 
     #[test]
     fn path_segments_keep_reserved_characters_inside() {

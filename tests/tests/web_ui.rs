@@ -395,7 +395,11 @@ fn forms_need_their_csrf_token_and_pages_are_locked_down() {
     assert!(page.body.contains("www.blog.example"), "{}", page.body);
     let bad = web.post("/projects/blog/domains", &[("csrf", &csrf), ("domain", "blog.localhost")]);
     assert_eq!(bad.status, 400);
-    assert!(bad.body.contains("id=\"domain-error\"") && bad.body.contains("platform's"), "{}", bad.body);
+    assert!(
+        bad.body.contains("id=\"domain-error\"") && bad.body.contains("names under localhost are the platform"),
+        "{}",
+        bad.body
+    );
     assert!(bad.body.contains("value=\"blog.localhost\""), "the entered value is kept");
 
     // Another user: ada's project is the same 404 page as a project that does not exist.

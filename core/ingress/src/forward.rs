@@ -148,7 +148,8 @@ pub(crate) async fn connection(
         if let Some(site) = in_flight.backend().site() {
             // The body was not read: the connection cannot carry another request.
             let keep_alive = keep_alive && req.framing == Framing::Empty;
-            let served = static_serve::serve(site, &mut client, &cbuf[..req.head_len], answering, keep_alive, &mut down);
+            let served =
+                static_serve::serve(site, &mut client, &cbuf[..req.head_len], answering, keep_alive, &mut down);
             let served = served.await;
             drop(in_flight);
             cbuf.drain(..req.head_len);

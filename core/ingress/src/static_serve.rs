@@ -85,7 +85,12 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     out.clear();
     let version = if answering.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
     let reason = reply.status.canonical_reason().unwrap_or("");
-    let _ = write!(out, "{version} {} {reason}\r\nServer: paastech\r\nDate: {}\r\n", reply.status.as_u16(), http_date_now());
+    let _ = write!(
+        out,
+        "{version} {} {reason}\r\nServer: paastech\r\nDate: {}\r\n",
+        reply.status.as_u16(),
+        http_date_now()
+    );
     for (name, value) in &reply.headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");

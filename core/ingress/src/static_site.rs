@@ -85,7 +85,11 @@ pub(crate) enum ReplyBody {
     Empty,
     Bytes(Bytes),
     /// `len` bytes of the file at `path` from `offset`, streamed.
-    File { path: PathBuf, offset: u64, len: u64 },
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl StaticSite {
@@ -339,11 +343,7 @@ fn if_range_holds(variant: &Variant, if_range: Option<&[u8]>) -> bool {
         return false;
     };
     let value = value.trim();
-    if value.starts_with('"') {
-        value == variant.etag
-    } else {
-        value == variant.last_modified
-    }
+    if value.starts_with('"') { value == variant.etag } else { value == variant.last_modified }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -352,7 +352,10 @@ enum RangeAsk {
     /// as RFC 9110 §14.2 allows).
     Whole,
     /// Bytes `start..=end`.
-    Part { start: u64, end: u64 },
+    Part {
+        start: u64,
+        end: u64,
+    },
     Unsatisfiable,
 }
 
@@ -401,12 +404,8 @@ fn accepted_encodings(value: &[u8]) -> (bool, bool) {
     for item in value.split(',') {
         let mut parts = item.split(';');
         let name = parts.next().unwrap_or("").trim();
-        let refused = parts.any(|p| {
-            p.trim()
-                .strip_prefix("q=")
-                .and_then(|q| q.trim().parse::<f32>().ok())
-                .is_some_and(|q| q <= 0.0)
-        });
+        let refused = parts
+            .any(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()).is_some_and(|q| q <= 0.0));
         if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
             gzip = !refused;
         } else if name.eq_ignore_ascii_case("br") {

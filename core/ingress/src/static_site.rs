@@ -160,7 +160,7 @@ impl StaticSite {
             Some(r) => r,
             None if !disk => return None,
             None => match self.resolve(&rel, dir_wanted) {
-                Found::File(r) => self.remember(key, r),
+                Found::File(r) => self.remember(key, *r),
                 Found::Directory => return Some(redirect_to_dir(raw_path, query)),
                 Found::Missing => return Some(not_found()),
             },
@@ -206,12 +206,12 @@ impl StaticSite {
             name.push(ext);
             self.variant(Path::new(&name), tag)
         };
-        Found::File(Resolved {
+        Found::File(Box::new(Resolved {
             content_type: content_type(&path),
             gzip: sibling(".gz", "gz"),
             brotli: sibling(".br", "br"),
             identity,
-        })
+        }))
     }
 
     /// A regular file inside the root (after following every symlink), described and,
@@ -250,7 +250,7 @@ impl StaticSite {
 }
 
 enum Found {
-    File(Resolved),
+    File(Box<Resolved>),
     Directory,
     Missing,
 }

@@ -326,12 +326,14 @@ async fn conditional_requests(via: Via) {
     }
 }
 
+/// Request headers, status, body, `Content-Range`.
+type RangeCase<'a> = (Vec<(&'a str, &'a str)>, u16, &'a str, Option<&'a str>);
+
 async fn ranges(via: Via) {
     let site = site(via).await;
     let etag = ask(&site, "GET", "/digits.txt", &[]).await.header("etag").expect("an ETag").to_owned();
     let stale = "\"0-0-0\"".to_owned();
-    // (headers, status, body, Content-Range)
-    let cases: Vec<(Vec<(&str, &str)>, u16, &str, Option<&str>)> = vec![
+    let cases: Vec<RangeCase> = vec![
         (vec![("Range", "bytes=2-5")], 206, "2345", Some("bytes 2-5/10")),
         (vec![("Range", "bytes=0-0")], 206, "0", Some("bytes 0-0/10")),
         (vec![("Range", "bytes=7-")], 206, "789", Some("bytes 7-9/10")),
@@ -360,10 +362,12 @@ async fn ranges(via: Via) {
     assert_eq!(ask(&site, "GET", "/big.txt", &[]).await.body.len(), 300_000);
 }
 
+/// Path, `Accept-Encoding`, body, `Content-Encoding`, `Vary`.
+type EncodingCase = (&'static str, Option<&'static str>, &'static str, Option<&'static str>, Option<&'static str>);
+
 async fn precompressed_variants(via: Via) {
     let site = site(via).await;
-    // (path, Accept-Encoding, body, Content-Encoding, Vary)
-    let cases: &[(&str, Option<&str>, &str, Option<&str>, Option<&str>)] = &[
+    let cases: &[EncodingCase] = &[
         ("/app.js", None, "plain js", None, Some("Accept-Encoding")),
         ("/app.js", Some("gzip, deflate, br"), "BR js", Some("br"), Some("Accept-Encoding")),
         ("/app.js", Some("gzip"), "GZ js", Some("gzip"), Some("Accept-Encoding")),

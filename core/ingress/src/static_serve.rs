@@ -228,6 +228,10 @@ fn discover_blocking(prefix: &[String], addrs: &[SocketAddr]) -> HashMap<SocketA
         if !pid.to_str().is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) {
             continue;
         }
+        // The argv first: reading it is cheaper than listing every descriptor.
+        let Some(dir) = static_dir_of(&entry.path(), &exe, prefix) else {
+            continue;
+        };
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
@@ -239,14 +243,12 @@ fn discover_blocking(prefix: &[String], addrs: &[SocketAddr]) -> HashMap<SocketA
         let Some(addr) = addr else {
             continue;
         };
-        if let Some(dir) = static_dir_of(&entry.path(), &exe, prefix) {
-            match StaticSite::open(&dir) {
-                Ok(site) => {
-                    tracing::debug!(%addr, dir = %dir.display(), "serving a static site from the ingress");
-                    found.insert(addr, Arc::new(site));
-                }
-                Err(err) => tracing::warn!(%addr, error = %err, "static site server found, but its directory is not"),
+        match StaticSite::open(&dir) {
+            Ok(site) => {
+                tracing::debug!(%addr, dir = %dir.display(), "serving a static site from the ingress");
+                found.insert(addr, Arc::new(site));
             }
+            Err(err) => tracing::warn!(%addr, error = %err, "static site server found, but its directory is not"),
         }
     }
     found

@@ -11,7 +11,7 @@
 # Prints a table with ratios against the baselines. Builds paastech in release, installs
 # what it needs (as root, Debian), stops everything it started.
 #
-# Usage: [PAASTECH_BENCH_BIN=BIN] scripts/bench.sh [--rounds N] [--only push,live,ingress] [--big-mb MB]
+# Usage: [PAASTECH_BENCH_BIN=BIN] scripts/bench.sh [--rounds N] [--only push,live,ingress,static] [--big-mb MB]
 #                         [--wrk-seconds S] [--ingress-rounds N] [--connections 8,64,256] [--keep]
 #                         [--json FILE]
 set -euo pipefail

@@ -319,12 +319,10 @@ fn build_drivers<'a>() -> Registry<dyn ImageBuilder, DriverInput<'a>> {
     registry
         .register("process", |input| {
             let options: ProcessBuildOptions = input.options(BUILD_PLATFORM_KEYS)?;
-            let exe = std::env::current_exe()
-                .map_err(|err| paastech_core::Error::internal("finding the paastech executable", err))?;
             let config = ProcessBuilderConfig {
                 cache_dir: input.data_dir.join("cache"),
                 timeout: Duration::from_secs(options.timeout_secs.unwrap_or(15 * 60)),
-                static_server: vec![exe.display().to_string(), "internal".into(), "serve-static".into()],
+                static_server: static_server_argv()?,
             };
             Ok(Arc::new(ProcessBuilder::new(config)) as Arc<dyn ImageBuilder>)
         })
@@ -506,6 +504,15 @@ pub fn main(config_path: Option<PathBuf>, check: bool) -> Result<()> {
     runtime.block_on(serve(settings))
 }
 
+/// The argv of the static file server, without its directory: what the process builder
+/// runs as a static site's `web` process, and what the ingress recognizes to serve the
+/// site's files itself.
+fn static_server_argv() -> paastech_core::Result<Vec<String>> {
+    let exe = std::env::current_exe()
+        .map_err(|err| paastech_core::Error::internal("finding the paastech executable", err))?;
+    Ok(vec![exe.display().to_string(), "internal".into(), "serve-static".into()])
+}
+
 /// `paastech internal serve-static DIR`: a static site, run as an app's `web` process.
 pub fn serve_static(dir: PathBuf) -> Result<()> {
     let port: u16 = std::env::var("PORT").context("PORT is not set")?.parse().context("PORT is not a port number")?;
@@ -567,7 +574,12 @@ async fn serve(settings: Settings) -> Result<()> {
 
     // The orchestrator, with the ingress as its traffic router.
     let routes = RouteTable::new();
-    let traffic = Arc::new(IngressRouter::new(routes.clone(), config.ingress.health_path.clone()));
+    // Static sites built by the process builder are answered by the ingress from their
+    // files (it recognizes the static server's processes by this argv).
+    let traffic = Arc::new(
+        IngressRouter::new(routes.clone(), config.ingress.health_path.clone())
+            .serve_static_sites(static_server_argv().context("finding the paastech executable")?),
+    );
     let logs = Arc::new(LogHub::new(data_dir.join("logs"), APP_LOG_MAX_BYTES));
     let mut orchestrator_config = OrchestratorConfig::new(data_dir.join("releases"));
     orchestrator_config.health_timeout = Duration::from_secs(config.ingress.health_timeout_secs);

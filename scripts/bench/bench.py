@@ -4,6 +4,8 @@
 (a) `git push` transport: PaaSTech's SSH server vs OpenSSH's sshd + git-receive-pack.
 (b) push-to-live of examples/static-hello and examples/python-hello (first deploy, redeploys).
 (c) ingress requests/s and p99 vs nginx as a reverse proxy to the same backend, with wrk.
+(d) a static site (1 KB index.html) served by PaaSTech's ingress vs nginx serving the same
+    file, with wrk; the `serve-static` process alone is measured beside them.
 
 Everything listens on 127.0.0.1 only, every loop is bounded, and everything started here
 is stopped at the end (also on Ctrl-C). Run through scripts/bench.sh, which builds the
@@ -718,6 +720,163 @@ def bench_ingress(paas, procs, work, rounds, seconds, conns, results):
 
 
 # ---------------------------------------------------------------------------------------
+# (d) static site vs nginx serving the same directory
+
+STATIC_CONF = """\
+# nginx serving a directory, configured as one would for static files: one worker per core,
+# sendfile, open_file_cache (its cache of open files and their metadata).
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache max=1000 inactive=60s;
+    open_file_cache_valid 60s;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {dir}/tmp-body;
+    proxy_temp_path {dir}/tmp-proxy;
+    fastcgi_temp_path {dir}/tmp-fastcgi;
+    uwsgi_temp_path {dir}/tmp-uwsgi;
+    scgi_temp_path {dir}/tmp-scgi;
+    types {{ text/html html; }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {root};
+        location / {{ index index.html; }}
+    }}
+}}
+"""
+
+
+def static_server_port(project):
+    """The port of the `paastech internal serve-static` process of `project`'s live release
+    (found in /proc: its argv names the release directory, its socket the port)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if args[1:3] == [b"internal", b"serve-static"] and project.encode() in args[3]:
+            pids.append(entry)
+    inodes = set()
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                return int(fields[1].split(":")[1], 16)
+    raise RuntimeError(f"no serve-static process found for {project}")
+
+
+def bench_static(paas, procs, work, rounds, seconds, conns, results):
+    log("(d) static: deploying a static site (1 KB index.html) as a PaaSTech app")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    app = os.path.join(work, "static-app")
+    os.makedirs(app)
+    page = "<!doctype html><title>bench</title><p>" + "x" * 1024 + "</p>\n"
+    page = page[: 1024 - 5] + "</p>\n"
+    with open(os.path.join(app, "index.html"), "w") as f:
+        f.write(page)
+    repo = Repo(app, results["key"])
+    repo.init()
+    url = paas.create_project("bench-static")
+    secs, ok, out = repo.push(url, "main")
+    if not ok:
+        raise RuntimeError(f"deploying the static site failed:\n{out}\n{paas.log_tail()}")
+
+    # nginx serves a copy of the same files (PaaSTech's release directory is its own).
+    nginx_dir = os.path.join(work, "nginx-static")
+    root = os.path.join(nginx_dir, "www")
+    os.makedirs(root)
+    shutil.copy(os.path.join(app, "index.html"), root)
+    port = free_port()
+    conf = os.path.join(nginx_dir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(STATIC_CONF.format(dir=nginx_dir, port=port, root=root))
+    run([nginx, "-t", "-q", "-p", nginx_dir, "-c", conf])
+    server = procs.start(
+        "nginx-static", [nginx, "-p", nginx_dir, "-c", conf, "-g", "daemon off;"],
+        os.path.join(nginx_dir, "stderr.log"), sig=signal.SIGQUIT,
+    )
+    wait_port(port)
+    process_port = static_server_port("bench-static")
+
+    host = f"bench-static.localhost:{paas.ingress_port}"
+    want = (200, page)
+    for name, p in (("nginx", port), ("paastech", paas.ingress_port), ("process", process_port)):
+        got = http_get(p, host)
+        assert got == want, f"{name} answers {got[0]} {got[1][:80]!r}"
+
+    # `process`: the `serve-static` process alone, which the ingress proxied to before it
+    # served static sites itself (the hop's cost is the difference).
+    targets = {"nginx": port, "paastech": paas.ingress_port, "process": process_port}
+    groups = {"nginx": server.pid, "paastech": paas.proc.pid, "process": None}
+    out = {c: {t: [] for t in targets} for c in conns}
+    for r in range(rounds):
+        for c in conns:
+            for p in (port, paas.ingress_port):
+                wrk(p, host, c, 1)
+            order = ["nginx", "paastech", "process"] if r % 2 == 0 else ["paastech", "nginx", "process"]
+            for t in order:
+                la = load()
+                cpu_before = cpu_seconds(groups[t]) if groups[t] else 0.0
+                rps, p50, p99, errors, total = wrk(targets[t], host, c, seconds)
+                cpu = (cpu_seconds(groups[t]) - cpu_before) / max(total, 1) * 1e6 if groups[t] else float("nan")
+                out[c][t].append({"rps": rps, "p50": p50, "p99": p99, "errors": errors, "load": la, "cpu_us": cpu})
+                log(f"wrk c={c} round {r} static {t}: {rps:.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+                    f"{cpu:.1f} CPU us/req, errors {errors} (load {la})")
+    results["static"] = out
+    results["static_rounds"] = rounds
+    procs.stop(server)
+
+
+def print_static(w, results, targets):
+    st = results["static"]
+    w("(d) static site (1 KB index.html) vs nginx serving the same file, wrk -t2, "
+      f"{results['wrk_seconds']} s per run, {results['static_rounds']} round(s); rps and p99: medians; "
+      "ratios: median of the ratios within each round\n")
+    w(f"{'conns':>5}  {'nginx rps':>10}{'PaaSTech rps':>13}{'ratio':>7}  {'nginx p99':>10}{'PaaSTech p99':>13}"
+      f"{'ratio':>7}  {'CPU us/req N/P':>15}  {'process rps':>12}  {'errors N/P':>10}  verdict\n")
+    for c, t in st.items():
+        def med(who, key):
+            return statistics.median(x[key] for x in t[who])
+
+        def paired(key):
+            return statistics.median(y[key] / x[key] for x, y in zip(t["nginx"], t["paastech"]))
+
+        n, p, proc = med("nginx", "rps"), med("paastech", "rps"), med("process", "rps")
+        n99, p99 = med("nginx", "p99"), med("paastech", "p99")
+        rps_ratio, p99_ratio = paired("rps"), paired("p99")
+        errs = f"{sum(x['errors'] for x in t['nginx'])}/{sum(x['errors'] for x in t['paastech'])}"
+        cpu = f"{med('nginx', 'cpu_us'):.1f}/{med('paastech', 'cpu_us'):.1f}"
+        verdict = (f"rps {'met' if rps_ratio >= targets['static'] else 'MISSED'}, "
+                   f"p99 {'met' if p99_ratio <= 1.05 else 'MISSED'}")
+        w(f"{c:>5}  {n:>10.0f}{p:>13.0f}{rps_ratio:>6.2f}x  {n99:>8.2f}ms{p99:>11.2f}ms{p99_ratio:>6.2f}x  "
+          f"{cpu:>15}  {proc:>12.0f}  {errs:>10}  {verdict}\n")
+        for who in ("nginx", "paastech", "process"):
+            runs = ", ".join(f"{x['rps']:.0f}/{x['p99']:.2f}ms@{x['load']}" for x in t[who])
+            w(f"{'':>5}  {who} rounds (rps/p99@load): {runs}\n")
+    w(f"targets: PaaSTech rps >= {targets['static']:.1f}x nginx's, p99 no worse (5% tolerance); "
+      "process = the serve-static process alone, without the ingress\n")
+
+
+# ---------------------------------------------------------------------------------------
 # The table
 
 
@@ -738,6 +897,8 @@ def print_table(results, targets):
         print_live(w, results, targets)
     if results.get("ingress"):
         print_ingress(w, results, targets)
+    if results.get("static"):
+        print_static(w, results, targets)
     w("\n")
 
 
@@ -828,7 +989,7 @@ def main():
     parser.add_argument("--ingress-rounds", type=int, default=5, help="rounds of the ingress comparison")
     parser.add_argument("--connections", default="8,64,256")
     parser.add_argument("--ingress-threads", type=int, help="the ingress's `threads` (default: the server's)")
-    parser.add_argument("--only", default="push,live,ingress", help="which parts to run")
+    parser.add_argument("--only", default="push,live,ingress,static", help="which parts to run")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
@@ -879,8 +1040,10 @@ def main():
         bench_live(paas, key, work, args.rounds, results)
     if "ingress" in only:
         bench_ingress(paas, procs, work, args.ingress_rounds, args.wrk_seconds, conns, results)
+    if "static" in only:
+        bench_static(paas, procs, work, args.ingress_rounds, args.wrk_seconds, conns, results)
 
-    targets = {"redeploy": 1.0, "ingress": 1.1}
+    targets = {"redeploy": 1.0, "ingress": 1.1, "static": 1.0}
     print_table(results, targets)
     if args.json:
         results.pop("key", None)

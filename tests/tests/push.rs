@@ -296,3 +296,79 @@ fn old_builds_are_pruned_and_say_so() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(server.app_get("pruned", "/").1, "<h1>round 2</h1>\n");
 }
+
+/// The pids of the `paastech internal serve-static DIR` processes serving a release of
+/// `project` (their DIR is the release directory, which holds the project's name).
+fn static_server_pids(project: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.get(1..3) == Some(&["internal".to_owned(), "serve-static".to_owned()][..])
+            && args.get(3).is_some_and(|dir| dir.contains(&format!("/releases/{project}/")))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Keeps processes stopped (SIGSTOP) until dropped, so a test failing midway leaves none
+/// frozen.
+struct Frozen(Vec<u32>);
+
+impl Frozen {
+    fn new(pids: Vec<u32>) -> Self {
+        for pid in &pids {
+            let status = Command::new("kill").args(["-STOP", &pid.to_string()]).status().expect("kill");
+            assert!(status.success(), "stopping {pid}");
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        }
+    }
+}
+
+#[test]
+fn a_static_site_is_served_by_the_ingress_and_a_push_serves_its_new_files_at_once() {
+    let server = Server::start("");
+    let ada = server.developer("ada@example.com");
+    create_project(&server, &ada.token, "site");
+    let site =
+        GitRepo::from_dir(&server.dir.path().join("site"), &example("static-hello"), &ada.key, server.ssh_port, "site");
+    let (ok, output) = site.push("main");
+    assert!(ok, "{output}\n{}", server.log());
+    let v1 = std::fs::read_to_string(example("static-hello").join("index.html")).expect("index");
+    assert_eq!(server.app_get("site", "/"), (200, v1.clone()));
+
+    // The ingress answers from the files itself: with the static server process frozen
+    // (a proxied request would wait for it), the site is still served.
+    let pids = static_server_pids("site");
+    assert_eq!(pids.len(), 1, "one web instance serves the site: {pids:?}");
+    {
+        let _frozen = Frozen::new(pids);
+        assert_eq!(server.app_get("site", "/"), (200, v1.clone()));
+        assert_eq!(server.app_get("site", "/style.css").0, 200);
+    }
+
+    // A new deployment is a new directory: its files are served as soon as the push
+    // returns, never the old cached ones.
+    site.write("index.html", "<h1>version two</h1>\n");
+    site.commit_all("version two");
+    let (ok, output) = site.push("main");
+    assert!(ok, "{output}\n{}", server.log());
+    assert_eq!(server.app_get("site", "/"), (200, "<h1>version two</h1>\n".to_owned()));
+    let _frozen = Frozen::new(static_server_pids("site"));
+    assert_eq!(server.app_get("site", "/"), (200, "<h1>version two</h1>\n".to_owned()));
+}

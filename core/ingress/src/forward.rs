@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use crate::h1::{self, Answering, Chunked, Framing};
 use crate::proxy::{Shared, project_of};
 use crate::routes::{InFlight, Pick};
-use crate::upstream;
+use crate::{static_serve, upstream};
 
 /// How long a client has to send a whole request head, counted from when the ingress
 /// starts waiting for it (so idle keep-alive connections close after this too).
@@ -143,6 +143,23 @@ pub(crate) async fn connection(
                 continue;
             }
         };
+
+        // A static site: answered from its files here, without the hop to its process.
+        if let Some(site) = in_flight.backend().site() {
+            // The body was not read: the connection cannot carry another request.
+            let keep_alive = keep_alive && req.framing == Framing::Empty;
+            let served =
+                static_serve::serve(site, &mut client, &cbuf[..req.head_len], answering, keep_alive, &mut down);
+            let served = served.await;
+            drop(in_flight);
+            cbuf.drain(..req.head_len);
+            match served {
+                Ok(true) if !shared.stopping.load(Ordering::Relaxed) => continue,
+                Ok(_) => linger(&mut client).await,
+                Err(err) => tracing::debug!(error = %err, "static answer failed"),
+            }
+            return;
+        }
 
         // 3. The exchange.
         down.clear();

@@ -20,6 +20,8 @@ mod router;
 mod routes;
 mod server;
 mod static_files;
+mod static_serve;
+mod static_site;
 mod trust;
 mod upstream;
 
@@ -28,4 +30,5 @@ pub use proxy::{DEFAULT_MAX_CONNECTIONS, IngressConfig, MAX_REFUSING, serve};
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
 pub use static_files::serve_static;
+pub use static_site::StaticSite;
 pub use trust::{IpRange, IpRangeError};

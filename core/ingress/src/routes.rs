@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::static_site::StaticSite;
 use crate::upstream::IdleConns;
 
 /// One backend (a running `web` instance) as the ingress sees it.
@@ -27,6 +28,9 @@ struct BackendInner {
     in_flight: AtomicUsize,
     /// Woken whenever `in_flight` drops to zero.
     idle_notify: Notify,
+    /// Set when this backend is the platform's static file server: the ingress answers
+    /// from the site's files instead of forwarding (`static_serve.rs`).
+    site: OnceLock<Arc<StaticSite>>,
 }
 
 impl Backend {
@@ -36,7 +40,19 @@ impl Backend {
             conns: IdleConns::default(),
             in_flight: AtomicUsize::new(0),
             idle_notify: Notify::new(),
+            site: OnceLock::new(),
         }))
+    }
+
+    /// The static site this backend serves, when the ingress answers for it.
+    pub(crate) fn site(&self) -> Option<&Arc<StaticSite>> {
+        self.0.site.get()
+    }
+
+    /// Answers this backend's requests from `site` from now on. The same backend (one
+    /// process on one address) always serves the same site, so the first call wins.
+    pub(crate) fn serve_from(&self, site: Arc<StaticSite>) {
+        let _ = self.0.site.set(site);
     }
 
     pub fn addr(&self) -> SocketAddr {

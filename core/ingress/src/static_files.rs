@@ -1,22 +1,26 @@
-//! A small static file server, used to run "static site" apps (a directory with an
-//! `index.html`) as a `web` process.
+//! The static file server process: a [`StaticSite`] over hyper, run as the `web` process
+//! of "static site" apps (a directory with an `index.html`). The ingress serves the same
+//! sites itself when it can (see `static_site.rs`); this process is what it would
+//! otherwise proxy to, and what the health check sees.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 use tokio::net::TcpListener;
+
+use crate::static_site::{Ask, Reply, ReplyBody, StaticSite};
 
 /// Size of one read from a file, and so of one body frame.
 const CHUNK: usize = 64 * 1024;
@@ -29,170 +33,89 @@ type StaticBody = Either<FileBody, Full<Bytes>>;
 ///
 /// Fails at once if `root` is not a readable directory.
 pub async fn serve_static(listener: TcpListener, root: PathBuf, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-    let root = tokio::fs::canonicalize(&root)
+    let site = tokio::task::spawn_blocking(move || StaticSite::open(&root))
         .await
-        .map_err(|err| io::Error::new(err.kind(), format!("static root {}: {err}", root.display())))?;
-    if !tokio::fs::metadata(&root).await?.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            format!("static root {} is not a directory", root.display()),
-        ));
-    }
-    let root: Arc<Path> = root.into();
+        .map_err(|err| io::Error::other(format!("opening the static root: {err}")))??;
+    let site = Arc::new(site);
     crate::server::run(listener, shutdown, Duration::from_secs(5), move |_| {
-        let root = root.clone();
-        service_fn(move |req| handle(root.clone(), req))
+        let site = site.clone();
+        service_fn(move |req| handle(site.clone(), req))
     })
     .await;
     Ok(())
 }
 
-async fn handle(root: Arc<Path>, req: Request<Incoming>) -> Result<Response<StaticBody>, Infallible> {
-    let head = match *req.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        _ => {
-            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+async fn handle(site: Arc<StaticSite>, req: Request<Incoming>) -> Result<Response<StaticBody>, Infallible> {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let header = |name: header::HeaderName| req.headers().get(name).map(|v| v.as_bytes().to_vec());
+    let method = req.method().as_str().to_owned();
+    let (inm, ims, range, if_range, ae) = (
+        header(header::IF_NONE_MATCH),
+        header(header::IF_MODIFIED_SINCE),
+        header(header::RANGE),
+        header(header::IF_RANGE),
+        header(header::ACCEPT_ENCODING),
+    );
+    let answer = move || {
+        let ask = Ask {
+            method: &method,
+            target: &target,
+            if_none_match: inm.as_deref(),
+            if_modified_since: ims.as_deref(),
+            range: range.as_deref(),
+            if_range: if_range.as_deref(),
+            accept_encoding: ae.as_deref(),
+        };
+        site.answer(&ask)
+    };
+    // A first look at a file reads the disk.
+    let reply = match tokio::task::spawn_blocking(answer).await {
+        Ok(reply) => reply,
+        Err(err) => {
+            tracing::error!(error = %err, "static file lookup failed");
+            let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(b"internal error\n"))));
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             return Ok(resp);
         }
     };
-    let raw = req.uri().path();
-    let Some(rel) = safe_relative_path(raw) else {
-        return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
+    Ok(into_response(reply).await)
+}
+
+async fn into_response(reply: Reply) -> Response<StaticBody> {
+    let body = match reply.body {
+        ReplyBody::Empty => Either::Right(Full::new(Bytes::new())),
+        ReplyBody::Bytes(bytes) => Either::Right(Full::new(bytes)),
+        ReplyBody::File { path, offset, len } => match open_at(&path, offset).await {
+            Ok(file) => Either::Left(FileBody { file, remaining: len }),
+            Err(err) => {
+                tracing::debug!(path = %path.display(), error = %err, "cannot open file");
+                let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(b"not found\n"))));
+                *resp.status_mut() = StatusCode::NOT_FOUND;
+                return resp;
+            }
+        },
     };
-    let mut path = root.join(&rel);
-    let Ok(meta) = tokio::fs::metadata(&path).await else {
-        return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
-    };
-    if meta.is_dir() {
-        if !raw.ends_with('/') {
-            // Relative links in the index resolve against the directory only with the
-            // trailing slash, as every web server does.
-            return Ok(redirect_to_dir(req.uri()));
-        }
-        path.push("index.html");
-    }
-    // Symlinks in the site may point anywhere: resolve them and check we are still in.
-    let path = match tokio::fs::canonicalize(&path).await {
-        Ok(p) if p.starts_with(&root) => p,
-        _ => return Ok(text(StatusCode::NOT_FOUND, "not found\n")),
-    };
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(err) => {
-            tracing::debug!(path = %path.display(), error = %err, "cannot open file");
-            return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
-        }
-    };
-    let len = match file.metadata().await {
-        Ok(m) if m.is_file() => m.len(),
-        _ => return Ok(text(StatusCode::NOT_FOUND, "not found\n")),
-    };
-    let body =
-        if head { Either::Right(Full::new(Bytes::new())) } else { Either::Left(FileBody { file, remaining: len }) };
     let mut resp = Response::new(body);
+    *resp.status_mut() = reply.status;
     let headers = resp.headers_mut();
     headers.insert(header::SERVER, HeaderValue::from_static("paastech"));
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&path)));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    Ok(resp)
-}
-
-/// The request path as a path relative to the root, or `None` if it is malformed or
-/// tries to climb out (`..`, `%2e%2e`, an encoded `/` or `\`, a NUL byte).
-fn safe_relative_path(raw: &str) -> Option<PathBuf> {
-    let decoded = percent_decode(raw)?;
-    let mut rel = PathBuf::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => return None,
-            s if s.contains(['\\', '\0']) => return None,
-            s => rel.push(s),
+    for (name, value) in reply.headers {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.append(name, value);
         }
     }
-    Some(rel)
-}
-
-/// Decodes `%XX` escapes; `None` on a malformed escape or a result that is not UTF-8.
-/// Decoding happens once, so `%252e` stays the literal `%2e`.
-fn percent_decode(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hi = (hex[0] as char).to_digit(16)?;
-            let lo = (hex[1] as char).to_digit(16)?;
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn redirect_to_dir(uri: &http::Uri) -> Response<StaticBody> {
-    // Collapse leading slashes: `//evil.example` would be a protocol-relative redirect.
-    let path = format!("/{}/", uri.path().trim_start_matches('/'));
-    let location = match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
-    let mut resp = text(StatusCode::MOVED_PERMANENTLY, "moved\n");
-    if let Ok(value) = HeaderValue::try_from(location) {
-        resp.headers_mut().insert(header::LOCATION, value);
+    if let Some(len) = reply.content_length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     resp
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<StaticBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
-    *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(header::SERVER, HeaderValue::from_static("paastech"));
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    resp
-}
-
-/// The media type of a file, by extension.
-fn content_type(path: &Path) -> &'static str {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    match ext.as_str() {
-        "html" | "htm" => "text/html; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "json" | "map" => "application/json",
-        "webmanifest" => "application/manifest+json",
-        "txt" => "text/plain; charset=utf-8",
-        "md" => "text/markdown; charset=utf-8",
-        "csv" => "text/csv; charset=utf-8",
-        "xml" => "application/xml",
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "avif" => "image/avif",
-        "ico" => "image/x-icon",
-        "woff" => "font/woff",
-        "woff2" => "font/woff2",
-        "ttf" => "font/ttf",
-        "otf" => "font/otf",
-        "wasm" => "application/wasm",
-        "pdf" => "application/pdf",
-        "zip" => "application/zip",
-        "mp4" => "video/mp4",
-        "webm" => "video/webm",
-        "mp3" => "audio/mpeg",
-        "ogg" => "audio/ogg",
-        "wav" => "audio/wav",
-        _ => "application/octet-stream",
+async fn open_at(path: &std::path::Path, offset: u64) -> io::Result<tokio::fs::File> {
+    let mut file = tokio::fs::File::open(path).await?;
+    if offset > 0 {
+        file.seek(io::SeekFrom::Start(offset)).await?;
     }
+    Ok(file)
 }
 
 /// A file streamed in chunks, so large files are never held in memory.
@@ -239,46 +162,5 @@ impl Body for FileBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_stay_inside_root() {
-        let ok: &[(&str, &str)] = &[
-            ("/", ""),
-            ("/a/b.html", "a/b.html"),
-            ("/a//./b", "a/b"),
-            ("/caf%C3%A9.txt", "café.txt"),
-            ("/%252e%252e/x", "%2e%2e/x"),
-        ];
-        for (raw, want) in ok {
-            assert_eq!(safe_relative_path(raw), Some(PathBuf::from(want)), "{raw}");
-        }
-        for raw in [
-            "/..",
-            "/../etc/passwd",
-            "/a/../../b",
-            "/%2e%2e/x",
-            "/%2E%2e/x",
-            "/a/%2e%2e%2f..",
-            "/..%2fetc",
-            "/..%5cx",
-            "/%00",
-            "/%zz",
-            "/%2",
-        ] {
-            assert_eq!(safe_relative_path(raw), None, "{raw}");
-        }
-    }
-
-    #[test]
-    fn content_types() {
-        assert_eq!(content_type(Path::new("a/INDEX.HTML")), "text/html; charset=utf-8");
-        assert_eq!(content_type(Path::new("x.woff2")), "font/woff2");
-        assert_eq!(content_type(Path::new("noext")), "application/octet-stream");
     }
 }

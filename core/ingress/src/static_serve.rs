@@ -1,0 +1,311 @@
+//! The ingress's fast path for static sites: a request routed to a backend that is the
+//! platform's own static file server is answered from the site's files by the ingress
+//! itself, on the client's connection, without the hop to that process.
+//!
+//! Which backends qualify is decided once per deployment switch ([`discover`]): the process
+//! listening on the backend's address must be the configured static server binary run as
+//! `PREFIX… DIR`. The answer is then exactly what that process would give (both use one
+//! [`StaticSite`]), so serving it here changes nothing but the cost.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+
+use crate::h1::{Answering, MAX_HEADERS};
+use crate::static_site::{Ask, Reply, ReplyBody, StaticSite, http_date_now};
+
+/// How long a write to the client may make no progress.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// One read of a streamed file.
+const CHUNK: usize = 128 * 1024;
+
+/// Answers one request (`head`: its whole head, already parsed once by `h1`) from `site`.
+/// `Ok(true)`: the connection may carry another request.
+pub(crate) async fn serve<S: AsyncWrite + Unpin>(
+    site: &Arc<StaticSite>,
+    client: &mut S,
+    head: &[u8],
+    answering: Answering,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let reply = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        // `h1` accepted this head already; a failure here would be a bug, answered as 400.
+        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "static request head did not parse again"));
+        }
+        let mut ask = Ask { method: req.method.unwrap_or(""), target: req.path.unwrap_or("/"), ..Ask::default() };
+        for h in req.headers.iter() {
+            let slot = if h.name.eq_ignore_ascii_case("if-none-match") {
+                &mut ask.if_none_match
+            } else if h.name.eq_ignore_ascii_case("if-modified-since") {
+                &mut ask.if_modified_since
+            } else if h.name.eq_ignore_ascii_case("range") {
+                &mut ask.range
+            } else if h.name.eq_ignore_ascii_case("if-range") {
+                &mut ask.if_range
+            } else if h.name.eq_ignore_ascii_case("accept-encoding") {
+                &mut ask.accept_encoding
+            } else {
+                continue;
+            };
+            *slot = Some(h.value);
+        }
+        match site.answer_cached(&ask) {
+            Some(reply) => reply,
+            None => {
+                // Not seen yet: the first look reads the disk, off this thread.
+                let owned = OwnedAsk::from(&ask);
+                let site = site.clone();
+                tokio::task::spawn_blocking(move || site.answer(&owned.ask()))
+                    .await
+                    .map_err(|err| io::Error::other(format!("static file lookup failed: {err}")))?
+            }
+        }
+    };
+    write_reply(client, reply, answering, keep_alive, out).await?;
+    Ok(keep_alive)
+}
+
+async fn write_reply<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    reply: Reply,
+    answering: Answering,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    use std::io::Write as _;
+    out.clear();
+    let version = if answering.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let reason = reply.status.canonical_reason().unwrap_or("");
+    let _ = write!(
+        out,
+        "{version} {} {reason}\r\nServer: paastech\r\nDate: {}\r\n",
+        reply.status.as_u16(),
+        http_date_now()
+    );
+    for (name, value) in &reply.headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(len) = reply.content_length {
+        let _ = write!(out, "content-length: {len}\r\n");
+    }
+    match (keep_alive, answering.http10) {
+        (false, _) => out.extend_from_slice(b"connection: close\r\n"),
+        (true, true) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        (true, false) => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    if answering.head_method {
+        return write_all(client, out).await;
+    }
+    match reply.body {
+        ReplyBody::Empty => write_all(client, out).await,
+        ReplyBody::Bytes(bytes) => {
+            // A small answer goes out in one write with its head.
+            out.extend_from_slice(&bytes);
+            write_all(client, out).await
+        }
+        ReplyBody::File { path, offset, len } => {
+            let mut file = tokio::fs::File::open(&path).await?;
+            file.seek(io::SeekFrom::Start(offset)).await?;
+            write_all(client, out).await?;
+            let mut remaining = len;
+            let mut buf = vec![0u8; CHUNK];
+            while remaining > 0 {
+                let want = usize::try_from(remaining).map_or(CHUNK, |r| r.min(CHUNK));
+                let n = file.read(&mut buf[..want]).await?;
+                if n == 0 {
+                    // The file shrank after its length was sent: cut the connection rather
+                    // than send a body shorter than announced.
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent"));
+                }
+                write_all(client, &buf[..n]).await?;
+                remaining -= n as u64;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn write_all<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) -> io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, client.write_all(bytes))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// An [`Ask`] that owns its parts, to move to a blocking thread.
+struct OwnedAsk {
+    method: String,
+    target: String,
+    headers: [Option<Vec<u8>>; 5],
+}
+
+impl OwnedAsk {
+    fn from(ask: &Ask<'_>) -> Self {
+        let own = |v: Option<&[u8]>| v.map(<[u8]>::to_vec);
+        OwnedAsk {
+            method: ask.method.to_owned(),
+            target: ask.target.to_owned(),
+            headers: [
+                own(ask.if_none_match),
+                own(ask.if_modified_since),
+                own(ask.range),
+                own(ask.if_range),
+                own(ask.accept_encoding),
+            ],
+        }
+    }
+
+    fn ask(&self) -> Ask<'_> {
+        let [inm, ims, range, if_range, ae] = &self.headers;
+        Ask {
+            method: &self.method,
+            target: &self.target,
+            if_none_match: inm.as_deref(),
+            if_modified_since: ims.as_deref(),
+            range: range.as_deref(),
+            if_range: if_range.as_deref(),
+            accept_encoding: ae.as_deref(),
+        }
+    }
+}
+
+/// For each of `addrs` that is served by the static server `prefix` (its argv, without
+/// the directory), the site that process serves. Looks at `/proc`: the process holding
+/// the listening socket must run the same executable as `prefix[0]` with exactly
+/// `prefix… DIR` as its arguments. Anything else (another program, a container's port,
+/// an address that is not local) is proxied as usual.
+pub(crate) async fn discover(prefix: Vec<String>, addrs: Vec<SocketAddr>) -> HashMap<SocketAddr, Arc<StaticSite>> {
+    tokio::task::spawn_blocking(move || discover_blocking(&prefix, &addrs)).await.unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "looking for static site servers failed");
+        HashMap::new()
+    })
+}
+
+fn discover_blocking(prefix: &[String], addrs: &[SocketAddr]) -> HashMap<SocketAddr, Arc<StaticSite>> {
+    let mut found = HashMap::new();
+    let Some(program) = prefix.first() else {
+        return found;
+    };
+    let Ok(exe) = std::fs::canonicalize(program) else {
+        return found;
+    };
+    let addrs: Vec<SocketAddr> = addrs.iter().copied().filter(|a| a.ip().is_loopback()).collect();
+    if addrs.is_empty() {
+        return found;
+    }
+    // Listening sockets on our addresses: inode → address.
+    let mut inodes: HashMap<u64, SocketAddr> = HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for (ip, port, inode) in text.lines().skip(1).filter_map(listening_socket) {
+            if let Some(addr) = addrs.iter().find(|a| a.port() == port && (a.ip() == ip || ip.is_unspecified())) {
+                inodes.insert(inode, *addr);
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return found;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let pid = entry.file_name();
+        if !pid.to_str().is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+            continue;
+        }
+        // The argv first: reading it is cheaper than listing every descriptor.
+        let Some(dir) = static_dir_of(&entry.path(), &exe, prefix) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let addr = fds.flatten().find_map(|fd| {
+            let link = std::fs::read_link(fd.path()).ok()?;
+            let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()?;
+            inodes.get(&inode).copied()
+        });
+        let Some(addr) = addr else {
+            continue;
+        };
+        match StaticSite::open(&dir) {
+            Ok(site) => {
+                tracing::debug!(%addr, dir = %dir.display(), "serving a static site from the ingress");
+                found.insert(addr, Arc::new(site));
+            }
+            Err(err) => tracing::warn!(%addr, error = %err, "static site server found, but its directory is not"),
+        }
+    }
+    found
+}
+
+/// The directory a process serves, if it is `exe` run as `prefix… DIR`.
+fn static_dir_of(proc_dir: &Path, exe: &Path, prefix: &[String]) -> Option<PathBuf> {
+    if std::fs::read_link(proc_dir.join("exe")).ok()? != exe {
+        return None;
+    }
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.strip_suffix(b"\0").unwrap_or(&cmdline).split(|b| *b == 0).collect();
+    if args.len() != prefix.len() + 1 || args[1..prefix.len()].iter().zip(&prefix[1..]).any(|(a, p)| *a != p.as_bytes())
+    {
+        return None;
+    }
+    let dir = PathBuf::from(std::str::from_utf8(args[prefix.len()]).ok()?);
+    dir.is_absolute().then_some(dir)
+}
+
+/// One line of `/proc/net/tcp{,6}`: the local address and inode of a listening socket.
+fn listening_socket(line: &str) -> Option<(IpAddr, u16, u64)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+    if fields.len() < 10 || fields[3] != "0A" {
+        return None;
+    }
+    let (ip, port) = fields[1].split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // Addresses are printed as 32-bit words in the kernel's byte order.
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes())),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+                let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            let v6 = Ipv6Addr::from(bytes);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some((ip, port, fields[9].parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_listening_sockets() {
+        let v4 = "   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(listening_socket(v4), Some((IpAddr::V4(Ipv4Addr::LOCALHOST), 8080, 12345)));
+        let established = v4.replace(" 0A ", " 01 ");
+        assert_eq!(listening_socket(&established), None);
+        let v6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1";
+        assert_eq!(listening_socket(v6), Some((IpAddr::V6(Ipv6Addr::LOCALHOST), 80, 777)));
+    }
+}

@@ -14,18 +14,21 @@
 
 mod forward;
 mod h1;
+mod h2;
 mod health;
 mod proxy;
 mod router;
 mod routes;
 mod server;
 mod static_files;
+mod tls;
 mod trust;
 mod upstream;
 
 pub use health::{HealthError, LastSeen, health_check};
-pub use proxy::{DEFAULT_MAX_CONNECTIONS, IngressConfig, MAX_REFUSING, serve};
+pub use proxy::{DEFAULT_MAX_CONNECTIONS, IngressConfig, MAX_REFUSING, serve, serve_with_https};
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
 pub use static_files::serve_static;
+pub use tls::{CertStore, Certificate, CertificateError};
 pub use trust::{IpRange, IpRangeError};

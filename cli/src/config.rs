@@ -392,7 +392,8 @@ impl Source {
     /// the key, its line and the file that is wrong.
     pub fn certificate(&self, config: &ServerConfig) -> Result<Option<Certificate>, ConfigError> {
         let tls = &config.tls;
-        let at = |section: &str, key: &str| self.line_of_key(section, Some(key)).or_else(|| self.line_of_key(section, None));
+        let at =
+            |section: &str, key: &str| self.line_of_key(section, Some(key)).or_else(|| self.line_of_key(section, None));
         let (cert_file, key_file) = match (config.ingress.https_listen, &tls.cert_file, &tls.key_file) {
             (None, None, None) => return Ok(None),
             (Some(_), Some(cert), Some(key)) => (cert, key),
@@ -419,16 +420,15 @@ impl Source {
         let base = self.file.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
         let (cert_path, key_path) = (base.join(cert_file), base.join(key_file));
         let read = |key: &str, path: &Path| {
-            std::fs::read(path).map_err(|err| {
-                self.error(at("tls", key), format!("tls.{key}: cannot read {}: {err}", path.display()))
-            })
+            std::fs::read(path)
+                .map_err(|err| self.error(at("tls", key), format!("tls.{key}: cannot read {}: {err}", path.display())))
         };
         let (chain, private_key) = (read("cert_file", &cert_path)?, read("key_file", &key_path)?);
         Certificate::from_pem(&chain, &private_key).map(Some).map_err(|err| {
             let (key, path) = match err {
-                CertificateError::NoCertificate | CertificateError::CertificatePem(_) | CertificateError::BadCertificate(_) => {
-                    ("cert_file", &cert_path)
-                }
+                CertificateError::NoCertificate
+                | CertificateError::CertificatePem(_)
+                | CertificateError::BadCertificate(_) => ("cert_file", &cert_path),
                 CertificateError::KeyMismatch => {
                     return self.error(
                         at("tls", "key_file"),
@@ -601,11 +601,31 @@ patterns = "*.pem,.env"
     #[test]
     fn certificate_errors_name_the_key_the_file_and_the_line() {
         let cases: &[(&str, usize, &[&str])] = &[
-            ("[tls]\ncert_file = \"missing.pem\"\nkey_file = \"wild.key\"\n", 5, &["tls.cert_file", "missing.pem", "cannot read"]),
-            ("[tls]\ncert_file = \"wild.pem\"\nkey_file = \"gone.key\"\n", 6, &["tls.key_file", "gone.key", "cannot read"]),
-            ("[tls]\ncert_file = \"junk.pem\"\nkey_file = \"wild.key\"\n", 5, &["tls.cert_file", "junk.pem", "malformed"]),
-            ("[tls]\ncert_file = \"wild.key\"\nkey_file = \"wild.key\"\n", 5, &["tls.cert_file", "wild.key", "no PEM certificate"]),
-            ("[tls]\ncert_file = \"wild.pem\"\nkey_file = \"wild.pem\"\n", 6, &["tls.key_file", "wild.pem", "no PEM private key"]),
+            (
+                "[tls]\ncert_file = \"missing.pem\"\nkey_file = \"wild.key\"\n",
+                5,
+                &["tls.cert_file", "missing.pem", "cannot read"],
+            ),
+            (
+                "[tls]\ncert_file = \"wild.pem\"\nkey_file = \"gone.key\"\n",
+                6,
+                &["tls.key_file", "gone.key", "cannot read"],
+            ),
+            (
+                "[tls]\ncert_file = \"junk.pem\"\nkey_file = \"wild.key\"\n",
+                5,
+                &["tls.cert_file", "junk.pem", "malformed"],
+            ),
+            (
+                "[tls]\ncert_file = \"wild.key\"\nkey_file = \"wild.key\"\n",
+                5,
+                &["tls.cert_file", "wild.key", "no PEM certificate"],
+            ),
+            (
+                "[tls]\ncert_file = \"wild.pem\"\nkey_file = \"wild.pem\"\n",
+                6,
+                &["tls.key_file", "wild.pem", "no PEM private key"],
+            ),
             (
                 "[tls]\ncert_file = \"wild.pem\"\nkey_file = \"other.key\"\n",
                 6,

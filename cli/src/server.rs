@@ -801,7 +801,15 @@ mod tests {
         let readme = include_str!("../../README.md");
         let section = readme.split("\n## Configuration\n").nth(1).expect("a Configuration section");
         let block = section.split("```toml\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a toml block");
-        let settings = load_text(block).unwrap_or_else(|err| panic!("the README's example does not load: {err}"));
+        // Its certificate files, beside the config as the example names them.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wild = rcgen::generate_simple_self_signed(vec!["*.apps.localhost".to_owned()]).expect("certificate");
+        std::fs::write(dir.path().join("wildcard.pem"), wild.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("wildcard.key"), wild.signing_key.serialize_pem()).expect("write");
+        let path = dir.path().join("paastech.toml");
+        std::fs::write(&path, block).expect("write config");
+        let settings = load(Some(&path)).unwrap_or_else(|err| panic!("the README's example does not load: {err}"));
+        assert!(settings.certificate.is_some(), "the example serves https");
         assert_eq!((settings.runtime_driver.as_str(), settings.build_driver.as_str()), ("process", "process"));
         assert_eq!(settings.config.ingress.trusted_proxies.len(), 1);
         assert_eq!(

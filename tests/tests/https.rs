@@ -30,8 +30,8 @@ fn write_certificate(dir: &std::path::Path) -> rustls::pki_types::CertificateDer
     // webpki (like NSS and browsers) refuses a wildcard with a single label after it, so
     // `*.localhost` alone would not verify for any client: the leaf also names the one
     // app this journey fetches. The ingress serves it from its wildcard slot either way.
-    let mut leaf = CertificateParams::new(vec!["*.localhost".to_owned(), "site.localhost".to_owned()])
-        .expect("leaf params");
+    let mut leaf =
+        CertificateParams::new(vec!["*.localhost".to_owned(), "site.localhost".to_owned()]).expect("leaf params");
     leaf.distinguished_name.push(DnType::CommonName, "*.localhost");
     let key = KeyPair::generate().expect("leaf key");
     let cert = leaf.signed_by(&key, &ca).expect("leaf");

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
 
 use crate::h1::{self, Answering, Chunked, Framing};
 use crate::proxy::{Shared, project_of};
@@ -704,7 +704,12 @@ pub(crate) fn page(which: Page) -> (u16, &'static str) {
     }
 }
 
-async fn write_page(client: &mut (impl AsyncWrite + Unpin), which: Page, req: Answering, keep_alive: bool) -> io::Result<()> {
+async fn write_page(
+    client: &mut (impl AsyncWrite + Unpin),
+    which: Page,
+    req: Answering,
+    keep_alive: bool,
+) -> io::Result<()> {
     let (_, html) = page(which);
     let status = match which {
         Page::NotFound => "404 Not Found",

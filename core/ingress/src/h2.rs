@@ -96,7 +96,10 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
         Pick::UnknownProject => return page(Page::NotFound, &req),
     };
     if req.method() == Method::CONNECT {
-        return plain(StatusCode::NOT_IMPLEMENTED, "CONNECT (and WebSocket over HTTP/2) is not supported; use HTTP/1.1");
+        return plain(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT (and WebSocket over HTTP/2) is not supported; use HTTP/1.1",
+        );
     }
     let Some(host) = host else {
         return page(Page::NotFound, &req);

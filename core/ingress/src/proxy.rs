@@ -13,10 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::forward;
+use crate::h2;
 use crate::routes::RouteTable;
 use crate::tls::{ALPN_H2, CertStore};
 use crate::trust::IpRange;
-use crate::h2;
 
 /// How the ingress runs. Build it with [`IngressConfig::new`] and adjust the fields.
 #[derive(Debug, Clone)]

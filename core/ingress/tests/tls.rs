@@ -77,7 +77,14 @@ async fn start(certs: CertStore) -> (SocketAddr, RouteTable) {
     let addr = https.local_addr().expect("https addr");
     let table = RouteTable::new();
     let config = IngressConfig::new(DOMAIN);
-    tokio::spawn(paastech_ingress::serve_with_https(plain, https, certs, config, table.clone(), std::future::pending()));
+    tokio::spawn(paastech_ingress::serve_with_https(
+        plain,
+        https,
+        certs,
+        config,
+        table.clone(),
+        std::future::pending(),
+    ));
     (addr, table)
 }
 
@@ -181,16 +188,16 @@ async fn http2_streams_are_forwarded_as_http1_with_the_same_headers() {
     let host = format!("blog.{DOMAIN}");
     let tls = connect(addr, pki.client(&[H2, HTTP11]), &host).await.expect("handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(H2), "h2 negotiated");
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .expect("http/2 handshake");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("http/2 handshake");
     tokio::spawn(conn);
 
     // Several streams at once on the one connection.
     let mut streams = Vec::new();
     for i in 0..8 {
         let mut send = send.clone();
-        let req = Request::get(format!("https://{host}/s{i}")).version(Version::HTTP_2).body(no_body()).expect("request");
+        let req =
+            Request::get(format!("https://{host}/s{i}")).version(Version::HTTP_2).body(no_body()).expect("request");
         streams.push(tokio::spawn(async move { read(send.send_request(req).await.expect("answer")).await }));
     }
     for (i, stream) in streams.into_iter().enumerate() {
@@ -219,7 +226,10 @@ async fn http2_streams_are_forwarded_as_http1_with_the_same_headers() {
         ("nothing", StatusCode::NOT_FOUND, "no app here"),
         ("idle", StatusCode::SERVICE_UNAVAILABLE, "no live deployment"),
     ] {
-        let req = Request::get(format!("https://{name}.{DOMAIN}/")).version(Version::HTTP_2).body(no_body()).expect("request");
+        let req = Request::get(format!("https://{name}.{DOMAIN}/"))
+            .version(Version::HTTP_2)
+            .body(no_body())
+            .expect("request");
         let (status, text) = read(sender.send_request(req).await.expect("answer")).await;
         assert_eq!(status, want, "{name}: {text}");
         assert!(text.contains(says), "{name}: {text}");
@@ -227,7 +237,8 @@ async fn http2_streams_are_forwarded_as_http1_with_the_same_headers() {
     // A backend that is gone: 502.
     let gone = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
     table.set_backends("gone", vec![gone]);
-    let req = Request::get(format!("https://gone.{DOMAIN}/")).version(Version::HTTP_2).body(no_body()).expect("request");
+    let req =
+        Request::get(format!("https://gone.{DOMAIN}/")).version(Version::HTTP_2).body(no_body()).expect("request");
     let (status, text) = read(sender.send_request(req).await.expect("answer")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{text}");
 }
@@ -242,7 +253,14 @@ async fn http2_backend_timeout_gets_504() {
     let table = RouteTable::new();
     let mut config = IngressConfig::new(DOMAIN);
     config.backend_timeout = Duration::from_millis(300);
-    tokio::spawn(paastech_ingress::serve_with_https(plain, https, certs, config, table.clone(), std::future::pending()));
+    tokio::spawn(paastech_ingress::serve_with_https(
+        plain,
+        https,
+        certs,
+        config,
+        table.clone(),
+        std::future::pending(),
+    ));
     let slow = backend(|_req| async {
         tokio::time::sleep(Duration::from_secs(5)).await;
         Response::new(full("late"))
@@ -302,7 +320,11 @@ impl ServerCertVerifier for Shown {
 
 /// Connects as a client that accepts any certificate; returns what it was shown, and
 /// whether the handshake went through.
-async fn shown(addr: SocketAddr, sni: Option<&str>, versions: &[&'static rustls::SupportedProtocolVersion]) -> (Vec<CertificateDer<'static>>, bool) {
+async fn shown(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (Vec<CertificateDer<'static>>, bool) {
     let verifier = Arc::new(Shown::default());
     let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(versions)
@@ -352,10 +374,7 @@ async fn a_name_without_its_own_certificate_never_gets_another_one() {
     // alert when no certificate resolves for the name).
     let err = connect(addr, pki.client(&[HTTP11]), "www.example.com").await.expect_err("no certificate for it");
     let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
-    assert!(
-        matches!(inner, Some(rustls::Error::AlertReceived(rustls::AlertDescription::AccessDenied))),
-        "{err:?}"
-    );
+    assert!(matches!(inner, Some(rustls::Error::AlertReceived(rustls::AlertDescription::AccessDenied))), "{err:?}");
 }
 
 #[tokio::test]

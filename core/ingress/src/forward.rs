@@ -27,7 +27,7 @@ use crate::upstream;
 
 /// How long a client has to send a whole request head, counted from when the ingress
 /// starts waiting for it (so idle keep-alive connections close after this too).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reads ask for at least this much room.
 const READ_CHUNK: usize = 16 * 1024;
 /// A connection's buffers shrink back once idle if they grew past this (one huge head

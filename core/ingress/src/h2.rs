@@ -7,7 +7,9 @@
 //! flight needs a backend connection of its own).
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -50,8 +52,43 @@ pub(crate) fn upstream(connect_timeout: std::time::Duration) -> Upstream {
         .build(connector)
 }
 
-/// Serves one HTTP/2 connection until it closes or the ingress stops (then the client is
-/// told with GOAWAY and open streams finish).
+/// How long an HTTP/2 connection may have no stream open before it is closed (GOAWAY),
+/// as an idle HTTP/1 connection is after [`forward::HEAD_TIMEOUT`].
+const IDLE_TIMEOUT: Duration = forward::HEAD_TIMEOUT;
+
+/// The streams open on one connection, and since when none is.
+struct Activity {
+    open: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    fn idle_for(&self) -> Option<Duration> {
+        let since = *self.idle_since.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.open.load(Ordering::Acquire) == 0).then(|| since.elapsed())
+    }
+}
+
+/// One stream open, until its answer has gone out (or was dropped).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: &Arc<Activity>) -> Busy {
+        activity.open.fetch_add(1, Ordering::AcqRel);
+        Busy(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one HTTP/2 connection until it closes, stays idle for [`IDLE_TIMEOUT`], or the
+/// ingress stops (in the last two cases the client is told with GOAWAY and open streams
+/// finish).
 pub(crate) async fn connection(
     shared: Arc<Shared>,
     client: TlsStream<TcpStream>,
@@ -59,22 +96,33 @@ pub(crate) async fn connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let client_ip: Arc<str> = client_ip.into();
+    let activity = Arc::new(Activity { open: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()) });
+    let streams = activity.clone();
     let service = service_fn(move |req| {
-        let (shared, client_ip) = (shared.clone(), client_ip.clone());
-        async move { Ok::<_, Infallible>(forward_request(&shared, &client_ip, req).await) }
+        let (shared, client_ip, busy) = (shared.clone(), client_ip.clone(), Busy::start(&streams));
+        async move { Ok::<_, Infallible>(forward_request(&shared, &client_ip, req, busy).await) }
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     let conn = builder.serve_connection(TokioIo::new(client), service);
     tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(err) = res {
-                tracing::debug!(error = %err, "http/2 connection ended with an error");
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(err) = res {
+                    tracing::debug!(error = %err, "http/2 connection ended with an error");
+                }
+                return;
             }
-            return;
+            _ = stop.changed() => break,
+            // Checked now and then rather than timed exactly: closed after between
+            // IDLE_TIMEOUT and 5/4 of it.
+            () = tokio::time::sleep(IDLE_TIMEOUT / 4) => {
+                if activity.idle_for().is_some_and(|idle| idle >= IDLE_TIMEOUT) {
+                    break;
+                }
+            }
         }
-        _ = stop.changed() => {}
     }
     conn.as_mut().graceful_shutdown();
     if let Err(err) = conn.await {
@@ -84,7 +132,7 @@ pub(crate) async fn connection(
 
 /// One request: routed by its authority (or `Host`), sent to a backend as HTTP/1.1, the
 /// answer streamed back.
-async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming>) -> Response<Body> {
+async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming>, busy: Busy) -> Response<Body> {
     let host = req
         .uri()
         .authority()
@@ -169,7 +217,7 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
     // deployment switch drains it before stopping the old instance).
     let body = body
         .map_frame(move |frame| {
-            let _kept = &in_flight;
+            let _kept = (&in_flight, &busy);
             frame
         })
         .boxed_unsync();

@@ -415,6 +415,28 @@ async fn a_certificate_replaced_at_run_time_is_served_to_new_connections() {
 }
 
 #[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_30_seconds() {
+    let pki = Pki::new();
+    let (addr, table) = start(with_wildcard(&pki)).await;
+    let app = echo_backend().await;
+    table.set_backends("blog", vec![app.addr]);
+    let host = format!("blog.{DOMAIN}");
+    let tls = connect(addr, pki.client(&[H2]), &host).await.expect("handshake");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("http/2");
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("https://{host}/")).version(Version::HTTP_2).body(no_body()).expect("request");
+    let (status, _) = read(send.send_request(req).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::OK);
+    let idle = std::time::Instant::now();
+    // The client keeps its side open: only the ingress can end the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(45), conn).await;
+    assert!(ended.is_ok(), "the ingress did not close an idle http/2 connection");
+    assert!(idle.elapsed() >= Duration::from_secs(29), "closed after {:?}, before the idle timeout", idle.elapsed());
+    drop(send);
+}
+
+#[tokio::test]
 async fn plain_http_still_says_http_beside_https() {
     let pki = Pki::new();
     let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");

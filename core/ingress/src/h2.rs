@@ -7,8 +7,11 @@
 //! flight needs a backend connection of its own).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +19,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -24,14 +27,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 use tokio_rustls::server::TlsStream;
 
 use crate::forward::{self, Page};
 use crate::h1;
 use crate::proxy::Shared;
-use crate::routes::Pick;
+use crate::routes::{InFlight, Pick};
 
-type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -213,15 +218,63 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
     for name in names {
         parts.headers.remove(&name);
     }
-    // The backend request counts as in flight until its whole answer went out (a
-    // deployment switch drains it before stopping the old instance).
-    let body = body
-        .map_frame(move |frame| {
-            let _kept = (&in_flight, &busy);
-            frame
-        })
-        .boxed_unsync();
-    Response::from_parts(parts, body)
+    let body = Watched {
+        inner: body,
+        timeout: shared.backend_timeout,
+        sleep: Box::pin(tokio::time::sleep(shared.backend_timeout)),
+        waiting: false,
+        _kept: (in_flight, busy),
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// A backend's answer on its way to the client: cut off when the backend sends nothing
+/// for `timeout` while the ingress waits for more (the HTTP/1 path's rule). It also keeps
+/// the request counted as in flight until the whole answer went out (a deployment
+/// switch drains it before stopping the old instance), and its stream as open.
+struct Watched {
+    inner: Incoming,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// Whether a frame is being waited for: the time counts from the first ask, not
+    /// from the last frame (a slow client, not polling, is not the backend's fault).
+    waiting: bool,
+    _kept: (InFlight, Busy),
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if !this.waiting {
+            this.waiting = true;
+            let deadline = tokio::time::Instant::now() + this.timeout;
+            this.sleep.as_mut().reset(deadline);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::warn!(after = ?this.timeout, "backend stopped sending in the middle of its answer");
+                    Poll::Ready(Some(Err("backend stopped sending in the middle of its answer".into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn page(which: Page, req: &Request<Incoming>) -> Response<Body> {

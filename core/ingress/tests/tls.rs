@@ -244,7 +244,7 @@ async fn http2_streams_are_forwarded_as_http1_with_the_same_headers() {
 }
 
 #[tokio::test]
-async fn http2_backend_timeout_gets_504() {
+async fn http2_backend_timeouts_are_those_of_http1() {
     let pki = Pki::new();
     let certs = with_wildcard(&pki);
     let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
@@ -278,6 +278,27 @@ async fn http2_backend_timeout_gets_504() {
     let (status, text) = read(send.send_request(req).await.expect("answer")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{text}");
     assert!(started.elapsed() < Duration::from_secs(4), "answered after the timeout, not after the backend");
+
+    // A backend that stops in the middle of its answer: the stream is cut off after the
+    // same timeout, not left hanging.
+    let stalls = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    table.set_backends("stalls", vec![stalls.local_addr().expect("addr")]);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok((mut stream, _)) = stalls.accept().await else { return };
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    let req =
+        Request::get(format!("https://stalls.{DOMAIN}/")).version(Version::HTTP_2).body(no_body()).expect("request");
+    let response = send.send_request(req).await.expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(4), response.into_body().collect()).await;
+    assert!(matches!(body, Ok(Err(_))), "the stream must be reset, not completed or left hanging");
+    assert!(started.elapsed() < Duration::from_secs(3), "cut off after {:?}", started.elapsed());
 }
 
 /// A client verifier that accepts anything and keeps the certificate it was shown: to

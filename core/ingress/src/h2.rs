@@ -170,13 +170,21 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
         return plain(StatusCode::BAD_REQUEST, "the request's authority is not a valid host");
     };
     headers.insert(header::HOST, host_value.clone());
-    let mut forwarded_for = Vec::new();
+    let (mut forwarded_for, mut cookies) = (Vec::new(), Vec::new());
     for (name, value) in &parts.headers {
         if name == X_FORWARDED_FOR {
             forwarded_for.push(value.as_bytes());
+        } else if name == header::COOKIE {
+            cookies.push(value.as_bytes());
         } else if !h1::dropped_request_header(name.as_str()) && name != header::CONNECTION {
             headers.append(name, value.clone());
         }
+    }
+    // HTTP/2 may split cookies into several fields; HTTP/1.1 has one (RFC 9113 §8.2.3).
+    if !cookies.is_empty()
+        && let Ok(cookie) = HeaderValue::from_bytes(&cookies.join(&b"; "[..]))
+    {
+        headers.insert(header::COOKIE, cookie);
     }
     // The earlier proxies' addresses first, as on the HTTP/1 path.
     let mut xff = forwarded_for.join(&b", "[..]);

@@ -111,6 +111,8 @@ async fn echo_backend() -> common::TestBackend {
             header("x-forwarded-for"),
             header("x-forwarded-host"),
         );
+        let cookies: Vec<&str> = req.headers().get_all("cookie").iter().filter_map(|v| v.to_str().ok()).collect();
+        let line = format!("{line} cookies={cookies:?}");
         let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(usize::MAX);
         Response::new(full(format!("{line} body={body}")))
     })
@@ -214,12 +216,15 @@ async fn http2_streams_are_forwarded_as_http1_with_the_same_headers() {
         .header("x-forwarded-for", "10.1.2.3")
         .header("x-forwarded-proto", "http")
         .header("x_forwarded_proto", "http")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
         .body(body(vec![b'y'; 200 * 1024]))
         .expect("request");
     let (status, text) = read(sender.send_request(req).await.expect("answer")).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert!(text.contains("method=POST") && text.ends_with("body=204800"), "{text}");
     assert!(text.contains("proto=https xff=10.1.2.3, 127.0.0.1"), "{text}");
+    assert!(text.contains(r#"cookies=["a=1; b=2"]"#), "one Cookie field for HTTP/1.1: {text}");
 
     // The ingress's own pages, as over HTTP/1.
     for (name, want, says) in [

@@ -4,7 +4,10 @@
 //! This is the only crate that knows HTTP proxying. It serves `http://<project>.<domain>`
 //! from the backends registered in a [`RouteTable`], health-checks new instances
 //! ([`health_check`]) and drains old ones ([`drain`]) so a deployment switch drops no
-//! request, and runs static-site apps ([`serve_static`]).
+//! request, and runs static-site apps ([`serve_static`]). With [`serve_with_https`] it
+//! also terminates TLS (rustls, ring) with the certificates of a [`CertStore`], chosen by
+//! SNI, and serves HTTP/2 to clients that ask for it; apps always get HTTP/1.1. This is
+//! the only crate that names rustls types.
 //!
 //! A health-gated switch, as the orchestrator drives it:
 //! 1. start the new `web` instances and [`health_check`] each of them;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
-use paastech_ingress::IpRange;
+use paastech_ingress::{Certificate, CertificateError, IpRange};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub ssh: SshSection,
     #[serde(default)]
     pub ingress: IngressSection,
+    #[serde(default)]
+    pub tls: TlsSection,
     #[serde(default)]
     pub database: DatabaseSection,
     #[serde(default)]
@@ -93,6 +95,9 @@ pub struct IngressSection {
     pub domain: String,
     /// The port users reach the ingress on, if a proxy in front changes it.
     pub public_port: Option<u16>,
+    /// Where the ingress serves HTTPS (HTTP/1.1 and HTTP/2), with the `[tls]`
+    /// certificates; no HTTPS without it.
+    pub https_listen: Option<SocketAddr>,
     /// What a new `web` instance must answer (any status below 500) before it gets traffic.
     #[serde(default = "IngressSection::default_health_path")]
     pub health_path: String,
@@ -152,6 +157,7 @@ impl Default for IngressSection {
             listen: Self::default_listen(),
             domain: Self::default_domain(),
             public_port: None,
+            https_listen: None,
             health_path: Self::default_health_path(),
             health_timeout_secs: Self::default_health_timeout(),
             drain_timeout_secs: Self::default_drain_timeout(),
@@ -161,6 +167,18 @@ impl Default for IngressSection {
             max_connections: Self::default_max_connections(),
         }
     }
+}
+
+/// The ingress's certificates. The ACME keys of the brief (`acme_directory`,
+/// `acme_ca_file`, `email`, `challenge`) are not accepted yet: unknown keys are errors,
+/// rather than keys accepted and ignored.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// A PEM certificate chain (leaf first) for `*.<domain>`, served for every app.
+    pub cert_file: Option<PathBuf>,
+    /// Its PEM private key (PKCS#8, SEC1 or RSA).
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -369,6 +387,60 @@ impl Source {
         }
     }
 
+    /// The operator's certificate for `*.<domain>` (`[tls] cert_file`, `key_file`, paths
+    /// relative to the config file), read and checked: `None` without HTTPS. Errors name
+    /// the key, its line and the file that is wrong.
+    pub fn certificate(&self, config: &ServerConfig) -> Result<Option<Certificate>, ConfigError> {
+        let tls = &config.tls;
+        let at =
+            |section: &str, key: &str| self.line_of_key(section, Some(key)).or_else(|| self.line_of_key(section, None));
+        let (cert_file, key_file) = match (config.ingress.https_listen, &tls.cert_file, &tls.key_file) {
+            (None, None, None) => return Ok(None),
+            (Some(_), Some(cert), Some(key)) => (cert, key),
+            (None, _, _) => {
+                let key = if tls.cert_file.is_some() { "cert_file" } else { "key_file" };
+                return Err(self.error(
+                    at("tls", key),
+                    format!("tls.{key} is set but [ingress] https_listen is not: nothing would serve the certificate"),
+                ));
+            }
+            (Some(_), None, None) => {
+                return Err(self.error(
+                    at("ingress", "https_listen"),
+                    "ingress.https_listen needs a certificate: set [tls] cert_file and key_file",
+                ));
+            }
+            (Some(_), Some(_), None) => {
+                return Err(self.error(at("tls", "cert_file"), "tls.cert_file is set without tls.key_file"));
+            }
+            (Some(_), None, Some(_)) => {
+                return Err(self.error(at("tls", "key_file"), "tls.key_file is set without tls.cert_file"));
+            }
+        };
+        let base = self.file.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
+        let (cert_path, key_path) = (base.join(cert_file), base.join(key_file));
+        let read = |key: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|err| self.error(at("tls", key), format!("tls.{key}: cannot read {}: {err}", path.display())))
+        };
+        let (chain, private_key) = (read("cert_file", &cert_path)?, read("key_file", &key_path)?);
+        Certificate::from_pem(&chain, &private_key).map(Some).map_err(|err| {
+            let (key, path) = match err {
+                CertificateError::NoCertificate
+                | CertificateError::CertificatePem(_)
+                | CertificateError::BadCertificate(_) => ("cert_file", &cert_path),
+                CertificateError::KeyMismatch => {
+                    return self.error(
+                        at("tls", "key_file"),
+                        format!("tls.key_file: {}: {err} in {}", key_path.display(), cert_path.display()),
+                    );
+                }
+                _ => ("key_file", &key_path),
+            };
+            self.error(at("tls", key), format!("tls.{key}: {}: {err}", path.display()))
+        })
+    }
+
     /// Wraps a registry's message (unknown driver, options) with the line of `driver`.
     pub fn driver_error(&self, section: &str, message: impl fmt::Display) -> ConfigError {
         let line = self.line_of_key(section, Some("driver")).or_else(|| self.line_of_key(section, None));
@@ -498,6 +570,95 @@ patterns = "*.pem,.env"
             src.driver_options::<ExampleOptions>("runtime", &config.runtime, &["driver"]).expect_err("wrong type");
         assert_eq!(err.line, Some(3));
         assert!(err.to_string().contains("grace_seconds"), "{err}");
+    }
+
+    /// A directory with a config file (`text`) and a certificate for `*.apps.test`:
+    /// `wild.pem`, `wild.key`, and `other.key` (the key of another certificate).
+    fn tls_files(text: &str) -> (tempfile::TempDir, Source) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wild = rcgen::generate_simple_self_signed(vec!["*.apps.test".to_owned()]).expect("certificate");
+        let other = rcgen::generate_simple_self_signed(vec!["other.test".to_owned()]).expect("certificate");
+        std::fs::write(dir.path().join("wild.pem"), wild.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("wild.key"), wild.signing_key.serialize_pem()).expect("write");
+        std::fs::write(dir.path().join("other.key"), other.signing_key.serialize_pem()).expect("write");
+        std::fs::write(dir.path().join("junk.pem"), "-----BEGIN CERTIFICATE-----\n!!!\n").expect("write");
+        let source = Source { file: Some(dir.path().join("paastech.toml")), text: text.to_owned() };
+        (dir, source)
+    }
+
+    const HTTPS: &str = "[ingress]\ndomain = \"apps.test\"\nhttps_listen = \"127.0.0.1:8443\"\n";
+
+    #[test]
+    fn the_operators_certificate_is_read_relative_to_the_config() {
+        let (_dir, src) = tls_files(&format!("{HTTPS}[tls]\ncert_file = \"wild.pem\"\nkey_file = \"wild.key\"\n"));
+        let config = src.parse().expect("parses");
+        assert_eq!(config.ingress.https_listen, Some("127.0.0.1:8443".parse().expect("addr")));
+        assert!(src.certificate(&config).expect("a valid certificate").is_some());
+        let (_dir, src) = tls_files("");
+        assert!(src.certificate(&src.parse().expect("parses")).expect("no tls").is_none(), "no https by default");
+    }
+
+    #[test]
+    fn certificate_errors_name_the_key_the_file_and_the_line() {
+        let cases: &[(&str, usize, &[&str])] = &[
+            (
+                "[tls]\ncert_file = \"missing.pem\"\nkey_file = \"wild.key\"\n",
+                5,
+                &["tls.cert_file", "missing.pem", "cannot read"],
+            ),
+            (
+                "[tls]\ncert_file = \"wild.pem\"\nkey_file = \"gone.key\"\n",
+                6,
+                &["tls.key_file", "gone.key", "cannot read"],
+            ),
+            (
+                "[tls]\ncert_file = \"junk.pem\"\nkey_file = \"wild.key\"\n",
+                5,
+                &["tls.cert_file", "junk.pem", "malformed"],
+            ),
+            (
+                "[tls]\ncert_file = \"wild.key\"\nkey_file = \"wild.key\"\n",
+                5,
+                &["tls.cert_file", "wild.key", "no PEM certificate"],
+            ),
+            (
+                "[tls]\ncert_file = \"wild.pem\"\nkey_file = \"wild.pem\"\n",
+                6,
+                &["tls.key_file", "wild.pem", "no PEM private key"],
+            ),
+            (
+                "[tls]\ncert_file = \"wild.pem\"\nkey_file = \"other.key\"\n",
+                6,
+                &["tls.key_file", "other.key", "does not match the certificate", "wild.pem"],
+            ),
+            ("[tls]\ncert_file = \"wild.pem\"\n", 5, &["tls.cert_file is set without tls.key_file"]),
+            ("", 3, &["ingress.https_listen needs a certificate"]),
+        ];
+        for &(tls, line, needles) in cases {
+            let (_dir, src) = tls_files(&format!("{HTTPS}{tls}"));
+            let config = src.parse().expect("parses");
+            let err = src.certificate(&config).expect_err(tls);
+            let shown = err.to_string();
+            for needle in needles {
+                assert!(shown.contains(needle), "{shown:?} should mention {needle:?}");
+            }
+            assert_eq!(err.line, Some(line), "{shown}");
+            assert!(shown.contains("paastech.toml:"), "{shown}");
+        }
+        // A certificate without an HTTPS listener would serve nothing.
+        let (_dir, src) = tls_files("[tls]\ncert_file = \"wild.pem\"\nkey_file = \"wild.key\"\n");
+        let err = src.certificate(&src.parse().expect("parses")).expect_err("no https_listen");
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.to_string().contains("https_listen is not"), "{err}");
+    }
+
+    #[test]
+    fn acme_keys_are_not_accepted_yet() {
+        for key in ["acme_directory", "acme_ca_file", "email", "challenge"] {
+            let err = source(&format!("[tls]\n{key} = \"x\"\n")).parse().expect_err(key);
+            assert_eq!(err.line, Some(2), "{err}");
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::HookServer;
 use paastech_driver_podman::{PodmanBuilder, PodmanBuilderConfig, PodmanRuntime, PodmanRuntimeConfig, Ulimit};
 use paastech_driver_process::{ProcessBuilder, ProcessBuilderConfig, ProcessRuntime, ProcessRuntimeConfig};
-use paastech_ingress::{IngressConfig, IngressRouter, RouteTable};
+use paastech_ingress::{CertStore, Certificate, IngressConfig, IngressRouter, RouteTable};
 use paastech_plugins::{HookHost, HookLimits, HookSpec, HostOptions, Stage};
 use paastech_ssh::{GitAccess, RepoAccess, SshServer};
 use paastech_web::{AppState, PublicUrls, SignupPolicy};
@@ -35,6 +35,8 @@ pub struct Settings {
     pub build_driver: String,
     /// The WASM build hooks, compiled (operator hooks) and checked.
     pub build_hooks: Arc<HookHost>,
+    /// The operator's `*.<domain>` certificate, when the ingress serves HTTPS.
+    pub certificate: Option<Certificate>,
 }
 
 /// What a driver constructor gets: its own keys, and where the platform keeps things.
@@ -422,13 +424,14 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         });
     }
     let build_hooks = Arc::new(load_hooks(&source, &config)?);
+    let certificate = source.certificate(&config)?;
     let data_dir = match &config.data_dir {
         Some(dir) => dir.clone(),
         None => default_data_dir().map_err(|err| ConfigError { file: None, line: None, message: err.to_string() })?,
     };
     let database_url =
         config.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("paastech.db").display()));
-    Ok(Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks })
+    Ok(Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks, certificate })
 }
 
 /// Checks every `[[hooks]]` entry and compiles its component (a missing or invalid file
@@ -537,7 +540,8 @@ fn init_logging() {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
-    let Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks } = settings;
+    let Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks, certificate } =
+        settings;
     let hook_host = Arc::clone(&build_hooks);
     create_private_dir(&data_dir)?;
 
@@ -601,6 +605,10 @@ async fn serve(settings: Settings) -> Result<()> {
     let api = bind(config.api.listen, "the API").await?;
     let ssh_listener = bind(config.ssh.listen, "SSH").await?;
     let ingress_listener = bind(config.ingress.listen, "the ingress").await?;
+    let https_listener = match config.ingress.https_listen {
+        Some(addr) => Some(bind(addr, "the ingress's HTTPS").await?),
+        None => None,
+    };
     let hooks = HookServer::bind(data_dir.join("run").join("hooks.sock"), Arc::clone(&orchestrator) as _)
         .context("starting the git hook socket")?;
     let access = Arc::new(RepoAccessPolicy { orchestrator: Arc::clone(&orchestrator), hooks: hooks.clone() });
@@ -653,11 +661,27 @@ async fn serve(settings: Settings) -> Result<()> {
     ingress_config.trusted_proxies = config.ingress.trusted_proxies.clone();
     ingress_config.backend_timeout = Duration::from_secs(config.ingress.backend_timeout_secs.get());
     ingress_config.max_connections = config.ingress.max_connections;
-    let ingress = tokio::spawn(paastech_ingress::serve(ingress_listener, ingress_config, routes, stopped()));
+    let ingress = match (https_listener, certificate) {
+        (Some(https), Some(certificate)) => {
+            // The store ACME will fill too; the operator's certificate covers `*.<domain>`.
+            let certs = CertStore::new(&config.ingress.domain);
+            certs.set_wildcard(Some(certificate));
+            tokio::spawn(paastech_ingress::serve_with_https(
+                ingress_listener,
+                https,
+                certs,
+                ingress_config,
+                routes,
+                stopped(),
+            ))
+        }
+        _ => tokio::spawn(paastech_ingress::serve(ingress_listener, ingress_config, routes, stopped())),
+    };
     tracing::info!(
         api = %config.api.listen,
         ssh = %config.ssh.listen,
         ingress = %config.ingress.listen,
+        https = %config.ingress.https_listen.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         domain = %config.ingress.domain,
         data_dir = %data_dir.display(),
         database = %redact(&database_url),
@@ -791,7 +815,15 @@ mod tests {
         let readme = include_str!("../../README.md");
         let section = readme.split("\n## Configuration\n").nth(1).expect("a Configuration section");
         let block = section.split("```toml\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a toml block");
-        let settings = load_text(block).unwrap_or_else(|err| panic!("the README's example does not load: {err}"));
+        // Its certificate files, beside the config as the example names them.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wild = rcgen::generate_simple_self_signed(vec!["*.apps.localhost".to_owned()]).expect("certificate");
+        std::fs::write(dir.path().join("wildcard.pem"), wild.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("wildcard.key"), wild.signing_key.serialize_pem()).expect("write");
+        let path = dir.path().join("paastech.toml");
+        std::fs::write(&path, block).expect("write config");
+        let settings = load(Some(&path)).unwrap_or_else(|err| panic!("the README's example does not load: {err}"));
+        assert!(settings.certificate.is_some(), "the example serves https");
         assert_eq!((settings.runtime_driver.as_str(), settings.build_driver.as_str()), ("process", "process"));
         assert_eq!(settings.config.ingress.trusted_proxies.len(), 1);
         assert_eq!(

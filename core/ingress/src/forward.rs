@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
 
 use crate::h1::{self, Answering, Chunked, Framing};
 use crate::proxy::{Shared, project_of};
@@ -26,7 +27,7 @@ use crate::{static_serve, upstream};
 
 /// How long a client has to send a whole request head, counted from when the ingress
 /// starts waiting for it (so idle keep-alive connections close after this too).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reads ask for at least this much room.
 const READ_CHUNK: usize = 16 * 1024;
 /// A connection's buffers shrink back once idle if they grew past this (one huge head
@@ -42,19 +43,51 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
+/// A client connection: plain TCP, or TLS over it. Generic rather than boxed, so the
+/// plain path compiles to what it was before TLS existed.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin {
+    /// Whether the client spoke TLS to the ingress (`X-Forwarded-Proto: https`).
+    const HTTPS: bool;
+    type Read<'a>: AsyncRead + Unpin
+    where
+        Self: 'a;
+    type Write<'a>: AsyncWrite + Unpin
+    where
+        Self: 'a;
+    /// The two directions, to read a request body while a response streams back.
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+}
+
+impl ClientIo for TcpStream {
+    const HTTPS: bool = false;
+    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+}
+
+impl ClientIo for TlsStream<TcpStream> {
+    const HTTPS: bool = true;
+    // A TLS session is one state for both directions: the halves share it behind a lock.
+    type Read<'a> = tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(self)
+    }
+}
+
 /// Serves one client connection until it closes, fails, times out, or the ingress stops.
 ///
 /// `stop` changes when the ingress stops: an idle connection closes at once, a busy one
 /// after its current exchange.
-pub(crate) async fn connection(
+pub(crate) async fn connection<C: ClientIo>(
     shared: Arc<Shared>,
-    mut client: TcpStream,
+    mut client: C,
     client_ip: Box<str>,
     trusted: bool,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Small request/response exchanges must not wait for Nagle.
-    let _ = client.set_nodelay(true);
     let stopped = stop.changed();
     tokio::pin!(stopped);
     let deadline = tokio::time::sleep(HEAD_TIMEOUT);
@@ -62,7 +95,7 @@ pub(crate) async fn connection(
     // For the backend's answer (see `IngressConfig::backend_timeout`).
     let backend_deadline = tokio::time::sleep(shared.backend_timeout);
     tokio::pin!(backend_deadline);
-    let fwd = h1::Forwarded { client_ip: &client_ip, trusted };
+    let fwd = h1::Forwarded { client_ip: &client_ip, trusted, https: C::HTTPS };
     let mut cbuf: Vec<u8> = Vec::with_capacity(4096);
     let mut bbuf: Vec<u8> = Vec::new();
     // The request head as the backend gets it, and the response as the client gets it.
@@ -99,7 +132,7 @@ pub(crate) async fn connection(
                 _ = &mut stopped, if cbuf.is_empty() => return,
                 () = &mut deadline => {
                     if !cbuf.is_empty() {
-                        let _ = client.write_all(&error_page(408, "Request Timeout", "the request head did not arrive in time")).await;
+                        let _ = send(&mut client, &error_page(408, "Request Timeout", "the request head did not arrive in time")).await;
                         linger(&mut client).await;
                     }
                     return;
@@ -116,16 +149,7 @@ pub(crate) async fn connection(
             Answering { head_method: req.head_method, http10: req.http10, keep_alive, upgrade: req.upgrade };
 
         // 2. Which backend.
-        let pick = {
-            let host = req.host.as_ref().and_then(|r| std::str::from_utf8(&cbuf[r.clone()]).ok());
-            match host.and_then(|h| project_of(h, &shared.suffix)) {
-                Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
-                    shared.table.pick(&name.to_ascii_lowercase())
-                }
-                Some(name) => shared.table.pick(name),
-                None => host.map_or(Pick::UnknownProject, |h| shared.table.pick_by_host(h)),
-            }
-        };
+        let pick = pick(&shared, req.host.as_ref().and_then(|r| std::str::from_utf8(&cbuf[r.clone()]).ok()));
         let in_flight = match pick {
             Pick::Backend(in_flight) => in_flight,
             Pick::UnknownProject | Pick::NoBackends => {
@@ -185,6 +209,16 @@ pub(crate) async fn connection(
     }
 }
 
+/// The backend for a request to `host` (its `Host`, or its HTTP/2 authority).
+pub(crate) fn pick(shared: &Shared, host: Option<&str>) -> Pick {
+    match host.and_then(|h| project_of(h, &shared.suffix)) {
+        Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => shared.table.pick(&name.to_ascii_lowercase()),
+        Some(name) => shared.table.pick(name),
+        // Not `NAME.<domain>`: a project's custom domain, or nobody's.
+        None => host.map_or(Pick::UnknownProject, |h| shared.table.pick_by_host(h)),
+    }
+}
+
 /// Moves `deadline` to `timeout` from now, unless it is that far already but for a
 /// sixteenth: a registered timer then stays untouched for most requests, and a wait is
 /// cut off after between 15/16 of `timeout` and all of it.
@@ -202,10 +236,10 @@ fn head_may_end(buf: &[u8], scanned: usize) -> bool {
 }
 
 /// Answers a request that cannot be served at all, then closes.
-async fn refuse(client: &mut TcpStream, client_ip: &str, err: h1::RequestError) {
+async fn refuse(client: &mut (impl AsyncRead + AsyncWrite + Unpin), client_ip: &str, err: h1::RequestError) {
     tracing::debug!(error = %err, client = %client_ip, "refused a request");
     let (status, reason) = err.status();
-    if client.write_all(&error_page(status, reason, &err.to_string())).await.is_ok() {
+    if send(client, &error_page(status, reason, &err.to_string())).await.is_ok() {
         linger(client).await;
     }
 }
@@ -213,7 +247,7 @@ async fn refuse(client: &mut TcpStream, client_ip: &str, err: h1::RequestError) 
 /// Closes our side, then reads and drops what the client still sends, for a while: a
 /// close with unread bytes resets the connection, which can destroy the answer before
 /// the client read it.
-async fn linger(client: &mut TcpStream) {
+async fn linger(client: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
     if client.shutdown().await.is_err() {
         return;
     }
@@ -278,9 +312,9 @@ struct Buffers<'a> {
 /// Forwards one request (its head, rewritten, in `up`; its body after `req.head_len` in
 /// `cbuf`) and the response. `Ok(true)`: the client connection can carry another request.
 /// `deadline` is the connection's timer for the backend's answer.
-async fn exchange(
+async fn exchange<C: ClientIo>(
     shared: &Shared,
-    client: &mut TcpStream,
+    client: &mut C,
     buffers: Buffers<'_>,
     mut deadline: Pin<&mut Sleep>,
     req: &h1::Request,
@@ -313,7 +347,7 @@ async fn exchange(
     };
 
     if req.expect_continue && !req.http10 && !body_done {
-        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(|_| Failed::Client)?;
+        send(client, b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(|_| Failed::Client)?;
     }
 
     loop {
@@ -341,7 +375,7 @@ async fn exchange(
         } else {
             // The rest of the request body and the response stream at the same time: a
             // backend may answer (and stream its answer) before the body ended.
-            let (mut cr, mut cw) = client.split();
+            let (mut cr, mut cw) = client.halves();
             let (mut br, mut bw) = conn.stream.split();
             let body = pump_body(&mut cr, cbuf, &mut bw, up, req.framing, &mut chunked, &mut remaining);
             // The backend may wait for the whole body before it answers: its time to
@@ -454,7 +488,7 @@ where
     if resp.status == 101 {
         down.extend_from_slice(&bbuf[at..]);
         bbuf.clear();
-        idle(client.write_all(down)).await.map_err(|_| Failed::Client)?;
+        idle(send(client, down)).await.map_err(|_| Failed::Client)?;
         return Ok(Responded::Switched);
     }
     let mut chunked = Chunked::default();
@@ -488,7 +522,7 @@ where
             }
         }
         if !down.is_empty() {
-            idle(client.write_all(down)).await.map_err(|_| Failed::Client)?;
+            idle(send(client, down)).await.map_err(|_| Failed::Client)?;
             down.clear();
         }
         let done = match resp.framing {
@@ -606,7 +640,7 @@ where
                     100..=199 => {
                         // An HTTP/1.0 client knows no interim responses.
                         if !answering.http10 && resp.status != 100 {
-                            client.write_all(out).await.map_err(BackendError::Io)?;
+                            send(client, out).await.map_err(BackendError::Io)?;
                         }
                         bbuf.drain(..resp.head_len);
                         continue;
@@ -633,6 +667,13 @@ where
             Err(err) => return Err(BackendError::Io(err)),
         }
     }
+}
+
+/// Writes `bytes` to the client and flushes them: over TLS, a write can leave the end of
+/// a record in the session's buffer, which a flush sends (a no-op on plain TCP).
+async fn send<W: AsyncWrite + Unpin>(client: &mut W, bytes: &[u8]) -> io::Result<()> {
+    client.write_all(bytes).await?;
+    client.flush().await
 }
 
 /// Makes sure `buf` has room for a read.
@@ -671,12 +712,28 @@ const BAD_GATEWAY_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf
 <h1>502 &mdash; bad gateway</h1><p>The app did not answer. It may be restarting; try again in a moment.</p>\
 <p><small>paastech</small></p></body></html>\n";
 
-async fn write_page(client: &mut TcpStream, which: Page, req: Answering, keep_alive: bool) -> io::Result<()> {
-    let (status, html) = match which {
-        Page::NotFound => ("404 Not Found", NOT_FOUND_HTML),
-        Page::NoDeployment => ("503 Service Unavailable", NO_DEPLOYMENT_HTML),
-        Page::BadGateway => ("502 Bad Gateway", BAD_GATEWAY_HTML),
-        Page::GatewayTimeout => ("504 Gateway Timeout", GATEWAY_TIMEOUT_HTML),
+/// A page's status code and HTML.
+pub(crate) fn page(which: Page) -> (u16, &'static str) {
+    match which {
+        Page::NotFound => (404, NOT_FOUND_HTML),
+        Page::NoDeployment => (503, NO_DEPLOYMENT_HTML),
+        Page::BadGateway => (502, BAD_GATEWAY_HTML),
+        Page::GatewayTimeout => (504, GATEWAY_TIMEOUT_HTML),
+    }
+}
+
+async fn write_page(
+    client: &mut (impl AsyncWrite + Unpin),
+    which: Page,
+    req: Answering,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let (_, html) = page(which);
+    let status = match which {
+        Page::NotFound => "404 Not Found",
+        Page::NoDeployment => "503 Service Unavailable",
+        Page::BadGateway => "502 Bad Gateway",
+        Page::GatewayTimeout => "504 Gateway Timeout",
     };
     let version = if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
     let connection = match (keep_alive, req.http10) {
@@ -693,7 +750,7 @@ async fn write_page(client: &mut TcpStream, which: Page, req: Answering, keep_al
     if !req.head_method {
         page.extend_from_slice(html.as_bytes());
     }
-    client.write_all(&page).await
+    send(client, &page).await
 }
 
 /// A plain answer to a request that cannot be served at all; the connection closes.

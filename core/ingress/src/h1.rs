@@ -80,6 +80,9 @@ pub(crate) struct Forwarded<'a> {
     pub client_ip: &'a str,
     /// The client is a trusted proxy: its `X-Forwarded-Proto` is passed on.
     pub trusted: bool,
+    /// The client spoke TLS to the ingress itself: `X-Forwarded-Proto: https`, whoever
+    /// the client is.
+    pub https: bool,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), and `Transfer-Encoding`, which each hop sets
@@ -100,14 +103,14 @@ const HOP_BY_HOP: [&str; 8] = [
 /// (`X-Forwarded-For` is appended to, apart), or answers itself (`Expect`).
 const SET_ON_REQUESTS: [&str; 5] = ["content-length", "host", "x-forwarded-proto", "x-forwarded-host", "expect"];
 
-fn dropped_request_header(name: &str) -> bool {
+pub(crate) fn dropped_request_header(name: &str) -> bool {
     [&HOP_BY_HOP[..], &SET_ON_REQUESTS]
         .into_iter()
         .any(|names| names.iter().any(|n| n.eq_ignore_ascii_case(name)) || aliases(name, names))
         || aliases(name, &["x-forwarded-for"])
 }
 
-fn dropped_response_header(name: &str) -> bool {
+pub(crate) fn dropped_response_header(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
@@ -285,6 +288,7 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
     // The first proxy's word is first in the list; an untrusted client's is not read.
     let said = || named("x-forwarded-proto").next().and_then(|h| h.value.split(|&b| b == b',').next());
     let proto = match fwd.trusted.then(said).flatten().map(<[u8]>::trim_ascii) {
+        _ if fwd.https => "https",
         Some(v) if v.eq_ignore_ascii_case(b"https") => "https",
         _ => "http",
     };
@@ -642,7 +646,7 @@ mod tests {
 
     fn req(raw: &str) -> Result<Option<(Request, String)>, RequestError> {
         let mut out = Vec::new();
-        let fwd = Forwarded { client_ip: "10.0.0.9", trusted: false };
+        let fwd = Forwarded { client_ip: "10.0.0.9", trusted: false, https: false };
         Ok(request(raw.as_bytes(), &fwd, &mut out)?.map(|r| (r, String::from_utf8(out).expect("utf-8"))))
     }
 
@@ -664,16 +668,23 @@ mod tests {
 
     #[test]
     fn only_a_trusted_proxy_says_the_request_came_over_https() {
-        let proto = |trusted: bool, header: &str| {
+        let proto_over = |https: bool, trusted: bool, header: &str| {
             let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{header}\r\n");
             let mut out = Vec::new();
-            let fwd = Forwarded { client_ip: "10.0.0.9", trusted };
+            let fwd = Forwarded { client_ip: "10.0.0.9", trusted, https };
             request(raw.as_bytes(), &fwd, &mut out).expect("valid").expect("complete");
             let out = String::from_utf8(out).expect("utf-8");
             let protos: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("X-Forwarded-Proto: ")).collect();
             assert_eq!(protos.len(), 1, "one X-Forwarded-Proto: {out}");
             protos[0].to_owned()
         };
+        let proto = |trusted: bool, header: &str| proto_over(false, trusted, header);
+        // Over the ingress's own TLS it is https, whatever a client says.
+        for trusted in [false, true] {
+            for header in ["", "X-Forwarded-Proto: http\r\n", "X-Forwarded-Proto: https\r\n"] {
+                assert_eq!(proto_over(true, trusted, header), "https", "over TLS, trusted {trusted}, {header:?}");
+            }
+        }
         let cases: &[(bool, &str, &str)] = &[
             (true, "X-Forwarded-Proto: https\r\n", "https"),
             (true, "X-Forwarded-Proto:  HTTPS \r\n", "https"),

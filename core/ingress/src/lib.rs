@@ -4,7 +4,10 @@
 //! This is the only crate that knows HTTP proxying. It serves `http://<project>.<domain>`
 //! from the backends registered in a [`RouteTable`], health-checks new instances
 //! ([`health_check`]) and drains old ones ([`drain`]) so a deployment switch drops no
-//! request, and runs static-site apps ([`serve_static`]).
+//! request, and runs static-site apps ([`serve_static`]). With [`serve_with_https`] it
+//! also terminates TLS (rustls, ring) with the certificates of a [`CertStore`], chosen by
+//! SNI, and serves HTTP/2 to clients that ask for it; apps always get HTTP/1.1. This is
+//! the only crate that names rustls types.
 //!
 //! A health-gated switch, as the orchestrator drives it:
 //! 1. start the new `web` instances and [`health_check`] each of them;
@@ -14,6 +17,7 @@
 
 mod forward;
 mod h1;
+mod h2;
 mod health;
 mod proxy;
 mod router;
@@ -22,13 +26,15 @@ mod server;
 mod static_files;
 mod static_serve;
 mod static_site;
+mod tls;
 mod trust;
 mod upstream;
 
 pub use health::{HealthError, LastSeen, health_check};
-pub use proxy::{DEFAULT_MAX_CONNECTIONS, IngressConfig, MAX_REFUSING, serve};
+pub use proxy::{DEFAULT_MAX_CONNECTIONS, IngressConfig, MAX_REFUSING, serve, serve_with_https};
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
 pub use static_files::serve_static;
 pub use static_site::StaticSite;
+pub use tls::{CertStore, Certificate, CertificateError};
 pub use trust::{IpRange, IpRangeError};

@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::forward;
+use crate::h2;
 use crate::routes::RouteTable;
+use crate::tls::{ALPN_H2, CertStore};
 use crate::trust::IpRange;
 
 /// How the ingress runs. Build it with [`IngressConfig::new`] and adjust the fields.
@@ -51,6 +53,8 @@ pub const MAX_REFUSING: usize = 64;
 /// the client sent, so that closing does not reset the connection before it read the page.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 const REFUSAL_LINGER_BYTES: usize = 64 * 1024;
+/// How long a client has for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a connection over the cap reads.
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: paastech\r\n\
 Content-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nContent-Length: 66\r\nConnection: close\r\n\r\n\
@@ -94,6 +98,8 @@ pub(crate) struct Shared {
     pub(crate) stopping: Arc<AtomicBool>,
     /// See [`IngressConfig::trusted_proxies`].
     pub(crate) trusted_proxies: Arc<[IpRange]>,
+    /// This thread's HTTP/1.1 client to backends, for requests that came over HTTP/2.
+    pub(crate) h2_upstream: h2::Upstream,
 }
 
 /// Serves the ingress on `listener` until `shutdown` resolves (then lets open requests
@@ -115,6 +121,35 @@ pub async fn serve(
     table: RouteTable,
     shutdown: impl Future<Output = ()>,
 ) {
+    run(listener, None, config, table, shutdown).await;
+}
+
+/// [`serve`], and HTTPS on `https` with the certificates of `certs` (chosen per
+/// connection by SNI; a name it has none for fails the handshake). TLS 1.2 and 1.3; ALPN
+/// `h2` gets HTTP/2, anything else HTTP/1.1 on the same path as plain HTTP. Apps are sent
+/// `X-Forwarded-Proto: https` for requests that came over TLS.
+///
+/// Both listeners share the proxy threads and the cap on open connections (a TLS
+/// connection over the cap is closed without an answer: a plain-text 503 page would mean
+/// nothing to it).
+pub async fn serve_with_https(
+    listener: TcpListener,
+    https: TcpListener,
+    certs: CertStore,
+    config: IngressConfig,
+    table: RouteTable,
+    shutdown: impl Future<Output = ()>,
+) {
+    run(listener, Some((https, certs)), config, table, shutdown).await;
+}
+
+async fn run(
+    listener: TcpListener,
+    https: Option<(TcpListener, CertStore)>,
+    config: IngressConfig,
+    table: RouteTable,
+    shutdown: impl Future<Output = ()>,
+) {
     let domain = config.domain.trim_matches('.').to_ascii_lowercase();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, domain = %domain, "ingress listening");
@@ -125,6 +160,21 @@ pub async fn serve(
             tracing::error!(error = %err, "cannot take over the ingress socket");
             return;
         }
+    };
+    let (https, acceptor) = match https {
+        Some((https, certs)) => {
+            if let Ok(addr) = https.local_addr() {
+                tracing::info!(%addr, "ingress listening for https");
+            }
+            match https.into_std() {
+                Ok(https) => (Some(https), Some(tokio_rustls::TlsAcceptor::from(certs.server_config()))),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot take over the ingress's https socket");
+                    return;
+                }
+            }
+        }
+        None => (None, None),
     };
     let suffix: Box<str> = format!(".{domain}").into_boxed_str();
     let trusted_proxies: Arc<[IpRange]> = config.trusted_proxies.clone().into();
@@ -138,22 +188,12 @@ pub async fn serve(
     let (handoff, mut inboxes): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
     let balance = Arc::new(Balance { loads: (0..threads).map(|_| AtomicUsize::new(0)).collect(), handoff });
     let cap = Arc::new(Cap::new(config.max_connections));
-    let mut listener = Some(listener);
+    let (mut listener, mut https) = (Some(listener), https);
     for (i, inbox) in inboxes.drain(..).enumerate() {
         // The last thread takes the socket itself, the others a duplicate of it, so it is
         // closed once every thread stopped accepting.
-        let socket = if i + 1 == threads {
-            listener.take()
-        } else {
-            match listener.as_ref().map(std::net::TcpListener::try_clone) {
-                Some(Ok(socket)) => Some(socket),
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "cannot duplicate the ingress socket");
-                    None
-                }
-                None => None,
-            }
-        };
+        let last = i + 1 == threads;
+        let sockets = Sockets { plain: share_socket(&mut listener, last), tls: share_socket(&mut https, last) };
         let shared = Arc::new(Shared {
             table: table.clone(),
             suffix: suffix.clone(),
@@ -162,8 +202,16 @@ pub async fn serve(
             shard: i,
             stopping: stopping.clone(),
             trusted_proxies: trusted_proxies.clone(),
+            h2_upstream: h2::upstream(config.connect_timeout),
         });
-        let thread = Thread { shared, balance: balance.clone(), cap: cap.clone(), inbox, grace: config.shutdown_grace };
+        let thread = Thread {
+            shared,
+            balance: balance.clone(),
+            cap: cap.clone(),
+            inbox,
+            grace: config.shutdown_grace,
+            tls: acceptor.clone(),
+        };
         let (mut stop, done) = (stop_rx.clone(), done_tx.clone());
         let spawned = std::thread::Builder::new().name(format!("ingress-{i}")).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -173,7 +221,7 @@ pub async fn serve(
                     return;
                 }
             };
-            runtime.block_on(thread.run(socket, async move {
+            runtime.block_on(thread.run(sockets, async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             }));
             drop(done);
@@ -193,8 +241,30 @@ pub async fn serve(
     let _ = done_rx.recv().await;
 }
 
-/// A new client connection, moved between threads, with its place under the cap.
-type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+/// The listening sockets one thread accepts on.
+struct Sockets {
+    plain: Option<std::net::TcpListener>,
+    tls: Option<std::net::TcpListener>,
+}
+
+/// `socket` itself when `last`, else a duplicate of it.
+fn share_socket(socket: &mut Option<std::net::TcpListener>, last: bool) -> Option<std::net::TcpListener> {
+    if last {
+        return socket.take();
+    }
+    match socket.as_ref().map(std::net::TcpListener::try_clone) {
+        Some(Ok(socket)) => Some(socket),
+        Some(Err(err)) => {
+            tracing::warn!(error = %err, "cannot duplicate the ingress socket");
+            None
+        }
+        None => None,
+    }
+}
+
+/// A new client connection, moved between threads, with its place under the cap, and
+/// whether it came on the TLS listener.
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit, bool);
 
 /// The cap on open client connections, shared by every ingress thread.
 struct Cap {
@@ -220,11 +290,14 @@ impl Cap {
 
     /// A place for a new connection, or `None` when the cap is reached: the connection
     /// is then refused (answered with a 503 page if that is affordable) and closed.
-    fn admit(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    fn admit(&self, stream: TcpStream, peer: SocketAddr, tls: bool) -> Option<(TcpStream, OwnedSemaphorePermit)> {
         if let Ok(permit) = self.open.clone().try_acquire_owned() {
             return Some((stream, permit));
         }
         self.warn(peer);
+        if tls {
+            return None;
+        }
         if let Ok(refusing) = self.refusing.clone().try_acquire_owned() {
             tokio::spawn(async move {
                 refuse(stream).await;
@@ -305,13 +378,15 @@ struct Thread {
     cap: Arc<Cap>,
     inbox: mpsc::UnboundedReceiver<Handoff>,
     grace: Duration,
+    /// The TLS side, when the ingress serves HTTPS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Thread {
     /// Accepts on `socket` (when there is one) and serves connections accepted here or
     /// handed over by other threads, until `stopped`.
-    async fn run(mut self, socket: Option<std::net::TcpListener>, stopped: impl Future<Output = ()>) {
-        let listener = match socket.map(TcpListener::from_std) {
+    async fn run(mut self, sockets: Sockets, stopped: impl Future<Output = ()>) {
+        let register = |socket: Option<std::net::TcpListener>| match socket.map(TcpListener::from_std) {
             Some(Ok(listener)) => Some(listener),
             Some(Err(err)) => {
                 tracing::error!(error = %err, "cannot register the ingress socket");
@@ -319,6 +394,7 @@ impl Thread {
             }
             None => None,
         };
+        let (listener, tls_listener) = (register(sockets.plain), register(sockets.tls));
         // Every connection moves its request head deadline now and then. Tokio wakes its
         // driver through an eventfd whenever a timer becomes the earliest one, which with
         // no other timer is often: one more write and one more epoll_wait each. A timer
@@ -334,28 +410,28 @@ impl Thread {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::pin!(stopped);
         loop {
-            let (stream, peer, permit) = tokio::select! {
+            let (stream, peer, permit, tls) = tokio::select! {
                 biased;
                 () = &mut stopped => break,
-                Some((stream, peer, permit)) = self.inbox.recv() => match TcpStream::from_std(stream) {
-                    Ok(stream) => (stream, peer, permit),
+                Some((stream, peer, permit, tls)) = self.inbox.recv() => match TcpStream::from_std(stream) {
+                    Ok(stream) => (stream, peer, permit, tls),
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot take over a client connection");
                         drop(Load(self.balance.clone(), shard));
                         continue;
                     }
                 },
-                (stream, peer) = accept(listener.as_ref()) => {
+                (stream, peer, tls) = accept_either(listener.as_ref(), tls_listener.as_ref()) => {
                     // Counted before anything else is spent on it.
-                    let Some((stream, permit)) = self.cap.admit(stream, peer) else {
+                    let Some((stream, permit)) = self.cap.admit(stream, peer, tls) else {
                         continue;
                     };
                     let to = self.balance.place(shard);
                     if to == shard {
-                        (stream, peer, permit)
+                        (stream, peer, permit, tls)
                     } else {
-                        match self.hand_over(to, stream, peer, permit) {
-                            Some((stream, permit)) => (stream, peer, permit),
+                        match self.hand_over(to, stream, peer, permit, tls) {
+                            Some((stream, permit)) => (stream, peer, permit, tls),
                             None => continue,
                         }
                     }
@@ -364,14 +440,30 @@ impl Thread {
             let client_ip = peer.ip().to_canonical().to_string().into_boxed_str();
             let trusted = self.shared.trusted_proxies.iter().any(|range| range.contains(peer.ip()));
             let load = Load(self.balance.clone(), shard);
-            let connection = forward::connection(self.shared.clone(), stream, client_ip, trusted, stop_rx.clone());
-            tokio::spawn(async move {
-                connection.await;
-                drop(load);
-                drop(permit);
-            });
+            // Small request/response exchanges must not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            let (shared, stop) = (self.shared.clone(), stop_rx.clone());
+            match self.tls.as_ref().filter(|_| tls) {
+                None => {
+                    let connection = forward::connection(shared, stream, client_ip, trusted, stop);
+                    tokio::spawn(async move {
+                        connection.await;
+                        drop(load);
+                        drop(permit);
+                    });
+                }
+                Some(acceptor) => {
+                    let connection = tls_connection(shared, acceptor.clone(), stream, client_ip, trusted, stop);
+                    tokio::spawn(async move {
+                        connection.await;
+                        drop(load);
+                        drop(permit);
+                    });
+                }
+            }
         }
         drop(listener);
+        drop(tls_listener);
         drop(self.inbox);
         drop(stop_rx);
         let _ = stop_tx.send(true);
@@ -387,12 +479,13 @@ impl Thread {
         stream: TcpStream,
         peer: SocketAddr,
         permit: OwnedSemaphorePermit,
+        tls: bool,
     ) -> Option<(TcpStream, OwnedSemaphorePermit)> {
         let shard = self.shared.shard;
         let back = match stream.into_std() {
-            Ok(stream) => match self.balance.handoff[to].send((stream, peer, permit)) {
+            Ok(stream) => match self.balance.handoff[to].send((stream, peer, permit, tls)) {
                 Ok(()) => return None,
-                Err(mpsc::error::SendError((stream, _, permit))) => TcpStream::from_std(stream).map(|s| (s, permit)),
+                Err(mpsc::error::SendError((stream, _, permit, _))) => TcpStream::from_std(stream).map(|s| (s, permit)),
             },
             Err(err) => Err(err),
         };
@@ -415,6 +508,50 @@ async fn accept(listener: Option<&TcpListener>) -> (TcpStream, SocketAddr) {
     match listener {
         Some(listener) => crate::server::accept(listener).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The next connection on either listener, and whether it came on `tls`.
+async fn accept_either(plain: Option<&TcpListener>, tls: Option<&TcpListener>) -> (TcpStream, SocketAddr, bool) {
+    if tls.is_none() {
+        let (stream, peer) = accept(plain).await;
+        return (stream, peer, false);
+    }
+    tokio::select! {
+        (stream, peer) = accept(plain) => (stream, peer, false),
+        (stream, peer) = accept(tls) => (stream, peer, true),
+    }
+}
+
+/// Serves a connection of the TLS listener: the handshake (bounded in time, and given up
+/// when the ingress stops), then HTTP/2 or HTTP/1.1 as the client and ALPN chose.
+async fn tls_connection(
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    client_ip: Box<str>,
+    trusted: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, client = %client_ip, "tls handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %client_ip, "tls handshake timed out");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
+        h2::connection(shared, stream, client_ip, stop).await;
+    } else {
+        forward::connection(shared, stream, client_ip, trusted, stop).await;
     }
 }
 

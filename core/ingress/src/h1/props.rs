@@ -338,7 +338,7 @@ fn answering() -> impl Strategy<Value = Answering> {
 // Requests.
 // ---------------------------------------------------------------------------------------
 
-const FWD: Forwarded<'static> = Forwarded { client_ip: "10.0.0.9", trusted: false };
+const FWD: Forwarded<'static> = Forwarded { client_ip: "10.0.0.9", trusted: false, https: false };
 
 /// Checks one request head against the model, and the head rewritten for the backend.
 fn check_request(raw: &[u8]) -> Result<(), TestCaseError> {

@@ -1,0 +1,485 @@
+//! HTTPS on the ingress, over real sockets on 127.0.0.1: certificates made here by a test
+//! CA (rcgen), a rustls client that trusts only that CA, HTTP/1.1 and HTTP/2 (ALPN), and
+//! the choice of certificate by SNI.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{DOMAIN, backend, full};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use paastech_ingress::{CertStore, Certificate, IngressConfig, RouteTable};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+const H2: &[u8] = b"h2";
+const HTTP11: &[u8] = b"http/1.1";
+
+/// A test CA and the leaves it signs.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "paastech test ca");
+        let key = KeyPair::generate().expect("ca key");
+        Pki { ca: CertifiedIssuer::self_signed(params, key).expect("ca certificate") }
+    }
+
+    /// A leaf for `names`, as PEM: the chain (leaf, then the CA) and the key.
+    fn leaf_pem(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names.clone()).expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, names[0].clone());
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.ca).expect("leaf certificate");
+        (format!("{}{}", cert.pem(), self.ca.pem()), key.serialize_pem())
+    }
+
+    fn leaf(&self, names: &[&str]) -> Certificate {
+        let (chain, key) = self.leaf_pem(names);
+        Certificate::from_pem(chain.as_bytes(), key.as_bytes()).expect("a valid leaf")
+    }
+
+    /// A client trusting only this CA, offering `alpn`.
+    fn client(&self, alpn: &[&[u8]]) -> ClientConfig {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.der().clone()).expect("add the test ca");
+        let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("tls versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+}
+
+/// An ingress with HTTPS on a random port, serving `DOMAIN` with the certificates in
+/// `certs`, until the test's runtime ends. Returns the HTTPS address.
+async fn start(certs: CertStore) -> (SocketAddr, RouteTable) {
+    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let addr = https.local_addr().expect("https addr");
+    let table = RouteTable::new();
+    let config = IngressConfig::new(DOMAIN);
+    tokio::spawn(paastech_ingress::serve_with_https(
+        plain,
+        https,
+        certs,
+        config,
+        table.clone(),
+        std::future::pending(),
+    ));
+    (addr, table)
+}
+
+async fn connect(addr: SocketAddr, config: ClientConfig, sni: &str) -> Result<TlsStream<TcpStream>, std::io::Error> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(sni.to_owned()).expect("a server name");
+    tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(Arc::new(config)).connect(name, tcp))
+        .await
+        .expect("handshake within 10s")
+}
+
+/// A backend that answers with what it saw: the version, `Host`, `X-Forwarded-*`, and
+/// the length of the body.
+async fn echo_backend() -> common::TestBackend {
+    backend(|req: Request<Incoming>| async move {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+        let line = format!(
+            "version={:?} method={} path={} host={} proto={} xff={} xfh={}",
+            req.version(),
+            req.method(),
+            req.uri().path(),
+            header("host"),
+            header("x-forwarded-proto"),
+            header("x-forwarded-for"),
+            header("x-forwarded-host"),
+        );
+        let cookies: Vec<&str> = req.headers().get_all("cookie").iter().filter_map(|v| v.to_str().ok()).collect();
+        let line = format!("{line} cookies={cookies:?}");
+        let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(usize::MAX);
+        Response::new(full(format!("{line} body={body}")))
+    })
+    .await
+}
+
+async fn read(resp: Response<Incoming>) -> (StatusCode, String) {
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+type ClientBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn body(data: impl Into<Bytes>) -> ClientBody {
+    Full::new(data.into()).boxed()
+}
+
+fn no_body() -> ClientBody {
+    Empty::new().boxed()
+}
+
+fn with_wildcard(pki: &Pki) -> CertStore {
+    let certs = CertStore::new(DOMAIN);
+    certs.set_wildcard(Some(pki.leaf(&[&format!("*.{DOMAIN}")])));
+    certs
+}
+
+#[tokio::test]
+async fn https_http1_reaches_the_app_with_forwarded_proto_https() {
+    let pki = Pki::new();
+    let (addr, table) = start(with_wildcard(&pki)).await;
+    let app = echo_backend().await;
+    table.set_backends("blog", vec![app.addr]);
+
+    let host = format!("blog.{DOMAIN}");
+    let tls = connect(addr, pki.client(&[HTTP11]), &host).await.expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(HTTP11));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("http/1.1");
+    tokio::spawn(conn);
+    // A client's own X-Forwarded-Proto does not count: the ingress knows it is https.
+    let req = Request::get("/hello")
+        .header("host", &host)
+        .header("x-forwarded-proto", "http")
+        .body(no_body())
+        .expect("request");
+    let (status, text) = read(send.send_request(req).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("version=HTTP/1.1 method=GET path=/hello"), "{text}");
+    assert!(text.contains(&format!("host={host} proto=https xff=127.0.0.1 xfh={host}")), "{text}");
+
+    // The same connection carries a POST whose body is streamed in many TLS records.
+    let big = vec![b'x'; 300 * 1024];
+    let req = Request::post("/upload").header("host", &host).body(body(big)).expect("request");
+    let (status, text) = read(send.send_request(req).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("method=POST") && text.contains("proto=https") && text.ends_with("body=307200"), "{text}");
+    assert_eq!(app.connections(), 1, "the backend connection is reused");
+
+    // A project without an app gets the ingress's own page, over TLS too.
+    let req = Request::get("/").header("host", format!("nothing.{DOMAIN}")).body(no_body()).expect("request");
+    let (status, text) = read(send.send_request(req).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(text.contains("no app here"), "{text}");
+}
+
+#[tokio::test]
+async fn http2_streams_are_forwarded_as_http1_with_the_same_headers() {
+    let pki = Pki::new();
+    let (addr, table) = start(with_wildcard(&pki)).await;
+    let app = echo_backend().await;
+    table.set_backends("blog", vec![app.addr]);
+    table.set_backends("idle", vec![]);
+
+    let host = format!("blog.{DOMAIN}");
+    let tls = connect(addr, pki.client(&[H2, HTTP11]), &host).await.expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(H2), "h2 negotiated");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("http/2 handshake");
+    tokio::spawn(conn);
+
+    // Several streams at once on the one connection.
+    let mut streams = Vec::new();
+    for i in 0..8 {
+        let mut send = send.clone();
+        let req =
+            Request::get(format!("https://{host}/s{i}")).version(Version::HTTP_2).body(no_body()).expect("request");
+        streams.push(tokio::spawn(async move { read(send.send_request(req).await.expect("answer")).await }));
+    }
+    for (i, stream) in streams.into_iter().enumerate() {
+        let (status, text) = stream.await.expect("stream task");
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert!(text.contains(&format!("version=HTTP/1.1 method=GET path=/s{i}")), "{text}");
+        assert!(text.contains(&format!("host={host} proto=https xff=127.0.0.1 xfh={host}")), "{text}");
+    }
+
+    // A POST body, and a client's own forwarding headers.
+    let mut sender = send.clone();
+    let req = Request::post(format!("https://{host}/upload"))
+        .version(Version::HTTP_2)
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-forwarded-proto", "http")
+        .header("x_forwarded_proto", "http")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(body(vec![b'y'; 200 * 1024]))
+        .expect("request");
+    let (status, text) = read(sender.send_request(req).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("method=POST") && text.ends_with("body=204800"), "{text}");
+    assert!(text.contains("proto=https xff=10.1.2.3, 127.0.0.1"), "{text}");
+    assert!(text.contains(r#"cookies=["a=1; b=2"]"#), "one Cookie field for HTTP/1.1: {text}");
+
+    // The ingress's own pages, as over HTTP/1.
+    for (name, want, says) in [
+        ("nothing", StatusCode::NOT_FOUND, "no app here"),
+        ("idle", StatusCode::SERVICE_UNAVAILABLE, "no live deployment"),
+    ] {
+        let req = Request::get(format!("https://{name}.{DOMAIN}/"))
+            .version(Version::HTTP_2)
+            .body(no_body())
+            .expect("request");
+        let (status, text) = read(sender.send_request(req).await.expect("answer")).await;
+        assert_eq!(status, want, "{name}: {text}");
+        assert!(text.contains(says), "{name}: {text}");
+    }
+    // A backend that is gone: 502.
+    let gone = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    table.set_backends("gone", vec![gone]);
+    let req =
+        Request::get(format!("https://gone.{DOMAIN}/")).version(Version::HTTP_2).body(no_body()).expect("request");
+    let (status, text) = read(sender.send_request(req).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{text}");
+}
+
+#[tokio::test]
+async fn http2_backend_timeouts_are_those_of_http1() {
+    let pki = Pki::new();
+    let certs = with_wildcard(&pki);
+    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let addr = https.local_addr().expect("https addr");
+    let table = RouteTable::new();
+    let mut config = IngressConfig::new(DOMAIN);
+    config.backend_timeout = Duration::from_millis(300);
+    tokio::spawn(paastech_ingress::serve_with_https(
+        plain,
+        https,
+        certs,
+        config,
+        table.clone(),
+        std::future::pending(),
+    ));
+    let slow = backend(|_req| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    table.set_backends("slow", vec![slow.addr]);
+
+    let host = format!("slow.{DOMAIN}");
+    let tls = connect(addr, pki.client(&[H2]), &host).await.expect("handshake");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("http/2");
+    tokio::spawn(conn);
+    let req = Request::get(format!("https://{host}/")).version(Version::HTTP_2).body(no_body()).expect("request");
+    let started = std::time::Instant::now();
+    let (status, text) = read(send.send_request(req).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{text}");
+    assert!(started.elapsed() < Duration::from_secs(4), "answered after the timeout, not after the backend");
+
+    // A backend that stops in the middle of its answer: the stream is cut off after the
+    // same timeout, not left hanging.
+    let stalls = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    table.set_backends("stalls", vec![stalls.local_addr().expect("addr")]);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok((mut stream, _)) = stalls.accept().await else { return };
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    let req =
+        Request::get(format!("https://stalls.{DOMAIN}/")).version(Version::HTTP_2).body(no_body()).expect("request");
+    let response = send.send_request(req).await.expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(4), response.into_body().collect()).await;
+    assert!(matches!(body, Ok(Err(_))), "the stream must be reset, not completed or left hanging");
+    assert!(started.elapsed() < Duration::from_secs(3), "cut off after {:?}", started.elapsed());
+}
+
+/// A client verifier that accepts anything and keeps the certificate it was shown: to
+/// see what the server sends, not whether the client would trust it.
+#[derive(Debug, Default)]
+struct Shown(Mutex<Vec<CertificateDer<'static>>>);
+
+impl ServerCertVerifier for Shown {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.lock().expect("not poisoned").push(end_entity.clone().into_owned());
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Connects as a client that accepts any certificate; returns what it was shown, and
+/// whether the handshake went through.
+async fn shown(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (Vec<CertificateDer<'static>>, bool) {
+    let verifier = Arc::new(Shown::default());
+    let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
+        .expect("tls versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    config.enable_sni = sni.is_some();
+    let ok = connect(addr, config, sni.unwrap_or("unnamed.example")).await.is_ok();
+    let certs = verifier.0.lock().expect("not poisoned").clone();
+    (certs, ok)
+}
+
+#[tokio::test]
+async fn a_name_without_its_own_certificate_never_gets_another_one() {
+    let pki = Pki::new();
+    let certs = with_wildcard(&pki);
+    let shop = pki.leaf(&["shop.example.com"]);
+    certs.insert("shop.example.com", shop);
+    let (addr, _table) = start(certs).await;
+    let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+    for versions in [tls12, tls13] {
+        // Served names get their certificate.
+        let (got, ok) = shown(addr, Some("shop.example.com"), versions).await;
+        assert!(ok && got.len() == 1, "shop.example.com");
+        let (wild, ok) = shown(addr, Some(&format!("blog.{DOMAIN}")), versions).await;
+        assert!(ok && wild.len() == 1 && wild != got, "blog under the domain gets the wildcard");
+
+        // Any other name, or none: the handshake fails before any certificate is sent.
+        for sni in [
+            None,
+            Some("www.example.com"),
+            Some("example.com"),
+            Some(DOMAIN),
+            Some(&*format!("a.b.{DOMAIN}")),
+            Some(&*format!("blog.{DOMAIN}.evil.test")),
+        ] {
+            let (got, ok) = shown(addr, sni, versions).await;
+            assert!(!ok, "{sni:?} must fail the handshake");
+            assert!(got.is_empty(), "{sni:?} was shown a certificate");
+        }
+    }
+
+    // And a client that checks says why: the server refused the handshake (rustls's
+    // alert when no certificate resolves for the name).
+    let err = connect(addr, pki.client(&[HTTP11]), "www.example.com").await.expect_err("no certificate for it");
+    let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    assert!(matches!(inner, Some(rustls::Error::AlertReceived(rustls::AlertDescription::AccessDenied))), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_certificate_replaced_at_run_time_is_served_to_new_connections() {
+    let pki = Pki::new();
+    let certs = CertStore::new(DOMAIN);
+    let (addr, table) = start(certs.clone()).await;
+    let app = echo_backend().await;
+    table.set_backends("blog", vec![app.addr]);
+    let host = format!("blog.{DOMAIN}");
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+    let (got, ok) = shown(addr, Some(&host), tls13).await;
+    assert!(!ok && got.is_empty(), "no certificate yet");
+
+    certs.insert(&host, pki.leaf(&[&host]));
+    let (first, ok) = shown(addr, Some(&host), tls13).await;
+    assert!(ok && first.len() == 1);
+    // A connection opened now keeps its session after the replacement.
+    let kept = connect(addr, pki.client(&[HTTP11]), &host).await.expect("handshake with the first certificate");
+
+    certs.insert(&host, pki.leaf(&[&host]));
+    let (second, ok) = shown(addr, Some(&host), tls13).await;
+    assert!(ok && second.len() == 1 && second != first, "new connections get the new certificate");
+    let verified = connect(addr, pki.client(&[HTTP11]), &host).await.expect("the new one verifies");
+    let peer = verified.get_ref().1.peer_certificates().expect("peer certificates")[0].clone();
+    assert_eq!(peer, second[0]);
+
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(kept)).await.expect("http/1.1");
+    tokio::spawn(conn);
+    let req = Request::get("/").header("host", &host).body(no_body()).expect("request");
+    let (status, _) = read(send.send_request(req).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::OK, "the older connection still works");
+
+    certs.remove(&host);
+    let (got, ok) = shown(addr, Some(&host), tls13).await;
+    assert!(!ok && got.is_empty(), "removed: no certificate again");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_30_seconds() {
+    let pki = Pki::new();
+    let (addr, table) = start(with_wildcard(&pki)).await;
+    let app = echo_backend().await;
+    table.set_backends("blog", vec![app.addr]);
+    let host = format!("blog.{DOMAIN}");
+    let tls = connect(addr, pki.client(&[H2]), &host).await.expect("handshake");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("http/2");
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("https://{host}/")).version(Version::HTTP_2).body(no_body()).expect("request");
+    let (status, _) = read(send.send_request(req).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::OK);
+    let idle = std::time::Instant::now();
+    // The client keeps its side open: only the ingress can end the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(45), conn).await;
+    assert!(ended.is_ok(), "the ingress did not close an idle http/2 connection");
+    assert!(idle.elapsed() >= Duration::from_secs(29), "closed after {:?}, before the idle timeout", idle.elapsed());
+    drop(send);
+}
+
+#[tokio::test]
+async fn plain_http_still_says_http_beside_https() {
+    let pki = Pki::new();
+    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+    let plain_addr = plain.local_addr().expect("addr");
+    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let table = RouteTable::new();
+    let config = IngressConfig::new(DOMAIN);
+    tokio::spawn(paastech_ingress::serve_with_https(
+        plain,
+        https,
+        with_wildcard(&pki),
+        config,
+        table.clone(),
+        std::future::pending(),
+    ));
+    let app = echo_backend().await;
+    table.set_backends("blog", vec![app.addr]);
+    let answer = common::get(plain_addr, &format!("blog.{DOMAIN}"), "/").await;
+    assert!(answer.body.contains("proto=http xff"), "{}", answer.body);
+}

@@ -746,9 +746,12 @@ impl Orchestrator {
         self.roll_out(project, built, artifact, Arc::new(NullSink), env).await
     }
 
-    /// The newest deployment that has a successful build.
+    /// The newest deployment that has a successful build: among the last 100, else the
+    /// live one (behind a long run of failed pushes).
     async fn latest_built(&self, project: &Project) -> Result<Option<(Deployment, Build, Artifact)>> {
-        for deployment in self.store.deployments(project.id, 100).await? {
+        let recent = self.store.deployments(project.id, 100).await?;
+        let live = self.store.live_deployment(project.id).await?;
+        for deployment in recent.into_iter().chain(live) {
             if deployment.build_id.is_none() {
                 continue;
             }

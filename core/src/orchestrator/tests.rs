@@ -818,14 +818,22 @@ async fn a_failed_scale_up_stops_what_it_started_and_keeps_the_count() {
 #[tokio::test]
 async fn the_live_deployment_is_found_after_many_failed_pushes() {
     let world = World::new(1).await;
-    world.builder.faults.set("build", 60);
-    for _ in 0..60 {
+    world.builder.faults.set("build", 120);
+    for _ in 0..120 {
         assert!(world.push().await.is_err());
     }
     let scaled = world.orchestrator.scale(&world.project, &BTreeMap::from([("web".to_owned(), 2)])).await;
     assert!(scaled.is_ok(), "{scaled:?}");
     world.serves(1, 2).await;
     assert!(world.orchestrator.prepare_run(&world.project, vec!["true".into()]).await.is_ok());
+    // An env change still deploys (the live build), rather than only saving the env.
+    let (_, deployed) = world
+        .orchestrator
+        .update_env(&world.project, &changes(&[("GREETING", Some("bonjour"))]))
+        .await
+        .expect("env change");
+    assert_eq!(deployed.map(|d| d.version), Some(122));
+    world.serves(122, 2).await;
 }
 
 // ----- Hang-ups ---------------------------------------------------------------------------

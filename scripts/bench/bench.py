@@ -846,6 +846,17 @@ def bench_static(paas, procs, work, rounds, seconds, conns, results):
     procs.stop(server)
 
 
+def median_of(rows, who, key):
+    """The median of `key` over the rounds of `who` (nginx, paastech, …) in one row."""
+    return statistics.median(x[key] for x in rows[who])
+
+
+def paired_ratio(rows, key):
+    """PaaSTech's `key` over nginx's, the median of the ratios within each round: each round
+    runs both back to back, so the ratio cancels a shared machine's drift between rounds."""
+    return statistics.median(y[key] / x[key] for x, y in zip(rows["nginx"], rows["paastech"]))
+
+
 def print_static(w, results, targets):
     st = results["static"]
     w("(d) static site (1 KB index.html) vs nginx serving the same file, wrk -t2, "
@@ -855,10 +866,10 @@ def print_static(w, results, targets):
       f"{'ratio':>7}  {'CPU us/req N/P':>15}  {'process rps':>12}  {'errors N/P':>10}  verdict\n")
     for c, t in st.items():
         def med(who, key):
-            return statistics.median(x[key] for x in t[who])
+            return median_of(t, who, key)
 
         def paired(key):
-            return statistics.median(y[key] / x[key] for x, y in zip(t["nginx"], t["paastech"]))
+            return paired_ratio(t, key)
 
         n, p, proc = med("nginx", "rps"), med("paastech", "rps"), med("process", "rps")
         n99, p99 = med("nginx", "p99"), med("paastech", "p99")
@@ -951,12 +962,10 @@ def print_ingress(w, results, targets):
           f"{'nginx p99':>10}{'PaaSTech p99':>13}{'ratio':>7}  {'CPU us/req N/P':>15}  {'errors N/P':>10}  verdict\n")
         for c, t in ing.items():
             def med(who, key):
-                return statistics.median(x[key] for x in t[who])
+                return median_of(t, who, key)
 
             def paired(key):
-                # Each round runs nginx and PaaSTech back to back: the ratio within a round
-                # cancels the drift of a shared virtual machine's speed between rounds.
-                return statistics.median(y[key] / x[key] for x, y in zip(t["nginx"], t["paastech"]))
+                return paired_ratio(t, key)
 
             b, n, p = med("backend", "rps"), med("nginx", "rps"), med("paastech", "rps")
             n99, p99 = med("nginx", "p99"), med("paastech", "p99")

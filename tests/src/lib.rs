@@ -480,3 +480,21 @@ impl Server {
         http_get(self.ingress_port, &format!("{project}.localhost:{}", self.ingress_port), path)
     }
 }
+
+/// A command's stdout, asserting that it succeeded (else its exit code and both outputs).
+pub fn ok(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A command's stderr, asserting that it failed.
+pub fn failed(output: &Output) -> String {
+    assert!(!output.status.success(), "should fail; stdout: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

@@ -4,24 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
-use paastech_tests::{Server, paastech_bin, ssh_keygen};
+use paastech_tests::{Server, failed, ok, paastech_bin, ssh_keygen};
 use serde_json::Value;
-
-fn ok(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-fn failed(output: &Output) -> String {
-    assert!(!output.status.success(), "should fail; stdout: {}", String::from_utf8_lossy(&output.stdout));
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 #[test]
 fn cli_journey_signup_login_keys_projects_env() {

@@ -2,26 +2,8 @@
 //! SSH, requests through the real ingress with the custom domain as `Host`, the API and
 //! the CLI; the domain survives a restart and goes away at once when removed.
 
-use std::process::Output;
-
-use paastech_tests::{GitRepo, Server, example, http_get};
+use paastech_tests::{GitRepo, Server, example, failed, http_get, ok};
 use serde_json::{Value, json};
-
-fn ok(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-fn failed(output: &Output) -> String {
-    assert!(!output.status.success(), "should fail; stdout: {}", String::from_utf8_lossy(&output.stdout));
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 fn message(body: &Value) -> &str {
     body["error"]["message"].as_str().unwrap_or_default()

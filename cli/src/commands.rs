@@ -194,7 +194,19 @@ fn domains(client: &Client, out: Output, cmd: DomainsCommand) -> Result<()> {
             if out.json {
                 return out.json(&domains);
             }
-            print_table(&["DOMAIN", "URL", "ADDED"], &rows(&domains, &["domain", "url", "created_at"]));
+            let rows: Vec<Vec<String>> = domains
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|d| {
+                            let cert = certificate_summary(&d["certificate"]);
+                            vec![text(&d["domain"]), text(&d["url"]), cert, text(&d["created_at"])]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            print_table(&["DOMAIN", "URL", "CERTIFICATE", "ADDED"], &rows);
         }
         DomainsCommand::Remove { project, domain } => {
             let name = resolve_project(&project)?;
@@ -203,6 +215,29 @@ fn domains(client: &Client, out: Output, cmd: DomainsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A certificate's state in a few words: `valid until …`, `failed: why (retry at …)`.
+fn certificate_summary(cert: &Value) -> String {
+    if cert.is_null() {
+        return "-".into();
+    }
+    let status = text(&cert["status"]);
+    let mut summary = match (status.as_str(), cert["expires_at"].as_str()) {
+        ("valid", Some(until)) => format!("valid until {until}"),
+        ("expired", Some(since)) => format!("expired {since}"),
+        ("operator", _) => "the operator's certificate".into(),
+        _ => status.clone(),
+    };
+    if let Some(error) = cert["last_error"].as_str() {
+        summary.push_str(&format!(": {error}"));
+    }
+    if let Some(next) = cert["next_attempt_at"].as_str()
+        && status != "valid"
+    {
+        summary.push_str(&format!(" (next attempt {next})"));
+    }
+    summary
 }
 
 /// `s` as one URL path segment: every byte but the unreserved ones percent-encoded, so a
@@ -296,6 +331,9 @@ fn projects(client: &Client, out: Output, cmd: ProjectsCommand) -> Result<()> {
             }
             for field in ["name", "status", "live_version", "url", "git_url", "owner", "created_at"] {
                 println!("{:<13} {}", format!("{field}:"), text(&project[field]));
+            }
+            if !project["certificate"].is_null() {
+                println!("{:<13} {}", "certificate:", certificate_summary(&project["certificate"]));
             }
         }
         ProjectsCommand::Delete { name, yes } => {

@@ -169,9 +169,8 @@ impl Default for IngressSection {
     }
 }
 
-/// The ingress's certificates. The ACME keys of the brief (`acme_directory`,
-/// `acme_ca_file`, `email`, `challenge`) are not accepted yet: unknown keys are errors,
-/// rather than keys accepted and ignored.
+/// The ingress's certificates: the operator's wildcard for `*.<domain>`, and ACME for
+/// every other name (all names when there is no wildcard).
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
@@ -179,6 +178,45 @@ pub struct TlsSection {
     pub cert_file: Option<PathBuf>,
     /// Its PEM private key (PKCS#8, SEC1 or RSA).
     pub key_file: Option<PathBuf>,
+    /// The ACME CA's directory URL; default Let's Encrypt.
+    pub acme_directory: Option<String>,
+    /// A PEM root the CA's HTTPS is checked against (a test or private CA).
+    pub acme_ca_file: Option<PathBuf>,
+    /// Contact address given to the CA.
+    pub email: Option<String>,
+    /// `http-01` (default) or `tls-alpn-01`.
+    pub challenge: Option<String>,
+    /// Seconds before the first retry of a failed order (doubled after each further
+    /// failure, up to 6 hours); default 60.
+    pub acme_retry_secs: Option<u64>,
+}
+
+impl TlsSection {
+    /// Whether any ACME key is set.
+    fn names_acme(&self) -> bool {
+        self.acme_directory.is_some()
+            || self.acme_ca_file.is_some()
+            || self.email.is_some()
+            || self.challenge.is_some()
+            || self.acme_retry_secs.is_some()
+    }
+}
+
+/// How the ingress gets its certificates, checked.
+pub struct TlsSettings {
+    /// The operator's certificate for `*.<domain>`.
+    pub wildcard: Option<Certificate>,
+    /// ACME, for every name the wildcard does not cover.
+    pub acme: Option<AcmeSettings>,
+}
+
+/// The `[tls]` ACME keys, checked, with defaults filled in.
+pub struct AcmeSettings {
+    pub directory: String,
+    pub ca_file: Option<PathBuf>,
+    pub email: Option<String>,
+    pub challenge: paastech_acme::ChallengeKind,
+    pub retry_first: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -387,33 +425,94 @@ impl Source {
         }
     }
 
-    /// The operator's certificate for `*.<domain>` (`[tls] cert_file`, `key_file`, paths
-    /// relative to the config file), read and checked: `None` without HTTPS. Errors name
-    /// the key, its line and the file that is wrong.
-    pub fn certificate(&self, config: &ServerConfig) -> Result<Option<Certificate>, ConfigError> {
+    /// How the ingress gets its certificates (`None` without HTTPS): the operator's
+    /// certificate for `*.<domain>` (`[tls] cert_file`, `key_file`, paths relative to the
+    /// config file), read and checked, and ACME, used for every name when there is no
+    /// certificate file, and beside it (for custom domains) when an ACME key is set.
+    /// Errors name the key, its line and the file that is wrong.
+    pub fn tls(&self, config: &ServerConfig) -> Result<Option<TlsSettings>, ConfigError> {
         let tls = &config.tls;
         let at =
             |section: &str, key: &str| self.line_of_key(section, Some(key)).or_else(|| self.line_of_key(section, None));
-        let (cert_file, key_file) = match (config.ingress.https_listen, &tls.cert_file, &tls.key_file) {
-            (None, None, None) => return Ok(None),
-            (Some(_), Some(cert), Some(key)) => (cert, key),
-            (None, _, _) => {
-                let key = if tls.cert_file.is_some() { "cert_file" } else { "key_file" };
-                return Err(self.error(
+        if config.ingress.https_listen.is_none() {
+            let set = [
+                ("cert_file", tls.cert_file.is_some()),
+                ("key_file", tls.key_file.is_some()),
+                ("acme_directory", tls.acme_directory.is_some()),
+                ("acme_ca_file", tls.acme_ca_file.is_some()),
+                ("email", tls.email.is_some()),
+                ("challenge", tls.challenge.is_some()),
+                ("acme_retry_secs", tls.acme_retry_secs.is_some()),
+            ];
+            return match set.iter().find(|(_, set)| *set) {
+                None => Ok(None),
+                Some((key, _)) => Err(self.error(
                     at("tls", key),
-                    format!("tls.{key} is set but [ingress] https_listen is not: nothing would serve the certificate"),
-                ));
+                    format!("tls.{key} is set but [ingress] https_listen is not: nothing would serve certificates"),
+                )),
+            };
+        }
+        let wildcard = self.wildcard(config)?;
+        let acme = if wildcard.is_none() || tls.names_acme() { Some(self.acme(tls)?) } else { None };
+        Ok(Some(TlsSettings { wildcard, acme }))
+    }
+
+    /// The `[tls]` ACME keys, checked.
+    fn acme(&self, tls: &TlsSection) -> Result<AcmeSettings, ConfigError> {
+        let at = |key: &str| self.line_of_key("tls", Some(key)).or_else(|| self.line_of_key("tls", None));
+        let directory = tls.acme_directory.clone().unwrap_or_else(|| paastech_acme::LETS_ENCRYPT.to_owned());
+        if !directory.starts_with("https://") || directory.len() <= "https://".len() {
+            return Err(self.error(
+                at("acme_directory"),
+                format!("tls.acme_directory must be an https:// URL (an ACME directory), not {directory:?}"),
+            ));
+        }
+        if let Some(email) = &tls.email
+            && let Err(err) = paastech_core::validate_email(email)
+        {
+            return Err(self.error(at("email"), format!("tls.email: {err}")));
+        }
+        let challenge = match &tls.challenge {
+            None => paastech_acme::ChallengeKind::Http01,
+            Some(name) => name.parse().map_err(|err| self.error(at("challenge"), format!("tls.challenge: {err}")))?,
+        };
+        let ca_file = match &tls.acme_ca_file {
+            None => None,
+            Some(path) => {
+                let base = self.file.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
+                let path = base.join(path);
+                let pem = std::fs::read(&path).map_err(|err| {
+                    self.error(at("acme_ca_file"), format!("tls.acme_ca_file: cannot read {}: {err}", path.display()))
+                })?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(self.error(
+                        at("acme_ca_file"),
+                        format!("tls.acme_ca_file: {} holds no PEM certificate", path.display()),
+                    ));
+                }
+                Some(path)
             }
-            (Some(_), None, None) => {
-                return Err(self.error(
-                    at("ingress", "https_listen"),
-                    "ingress.https_listen needs a certificate: set [tls] cert_file and key_file",
-                ));
-            }
-            (Some(_), Some(_), None) => {
+        };
+        let retry_first = match tls.acme_retry_secs {
+            None => std::time::Duration::from_secs(60),
+            Some(0) => return Err(self.error(at("acme_retry_secs"), "tls.acme_retry_secs must be at least 1")),
+            Some(secs) => std::time::Duration::from_secs(secs),
+        };
+        Ok(AcmeSettings { directory, ca_file, email: tls.email.clone(), challenge, retry_first })
+    }
+
+    /// The operator's certificate, when `cert_file` and `key_file` are set.
+    fn wildcard(&self, config: &ServerConfig) -> Result<Option<Certificate>, ConfigError> {
+        let tls = &config.tls;
+        let at =
+            |section: &str, key: &str| self.line_of_key(section, Some(key)).or_else(|| self.line_of_key(section, None));
+        let (cert_file, key_file) = match (&tls.cert_file, &tls.key_file) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => {
                 return Err(self.error(at("tls", "cert_file"), "tls.cert_file is set without tls.key_file"));
             }
-            (Some(_), None, Some(_)) => {
+            (None, Some(_)) => {
                 return Err(self.error(at("tls", "key_file"), "tls.key_file is set without tls.cert_file"));
             }
         };
@@ -593,9 +692,11 @@ patterns = "*.pem,.env"
         let (_dir, src) = tls_files(&format!("{HTTPS}[tls]\ncert_file = \"wild.pem\"\nkey_file = \"wild.key\"\n"));
         let config = src.parse().expect("parses");
         assert_eq!(config.ingress.https_listen, Some("127.0.0.1:8443".parse().expect("addr")));
-        assert!(src.certificate(&config).expect("a valid certificate").is_some());
+        let tls = src.tls(&config).expect("a valid certificate").expect("https");
+        assert!(tls.wildcard.is_some());
+        assert!(tls.acme.is_none(), "the operator's certificate alone: no ACME");
         let (_dir, src) = tls_files("");
-        assert!(src.certificate(&src.parse().expect("parses")).expect("no tls").is_none(), "no https by default");
+        assert!(src.tls(&src.parse().expect("parses")).expect("no tls").is_none(), "no https by default");
     }
 
     #[test]
@@ -632,12 +733,17 @@ patterns = "*.pem,.env"
                 &["tls.key_file", "other.key", "does not match the certificate", "wild.pem"],
             ),
             ("[tls]\ncert_file = \"wild.pem\"\n", 5, &["tls.cert_file is set without tls.key_file"]),
-            ("", 3, &["ingress.https_listen needs a certificate"]),
+            ("[tls]\nacme_directory = \"http://ca.test/dir\"\n", 5, &["tls.acme_directory", "https://"]),
+            ("[tls]\nemail = \"not an address\"\n", 5, &["tls.email"]),
+            ("[tls]\nchallenge = \"dns-01\"\n", 5, &["tls.challenge", "dns-01", "http-01", "tls-alpn-01"]),
+            ("[tls]\nacme_ca_file = \"nope.pem\"\n", 5, &["tls.acme_ca_file", "nope.pem", "cannot read"]),
+            ("[tls]\nacme_ca_file = \"wild.key\"\n", 5, &["tls.acme_ca_file", "no PEM certificate"]),
+            ("[tls]\nacme_retry_secs = 0\n", 5, &["tls.acme_retry_secs", "at least 1"]),
         ];
         for &(tls, line, needles) in cases {
             let (_dir, src) = tls_files(&format!("{HTTPS}{tls}"));
             let config = src.parse().expect("parses");
-            let err = src.certificate(&config).expect_err(tls);
+            let err = src.tls(&config).err().unwrap_or_else(|| panic!("{tls} should be refused"));
             let shown = err.to_string();
             for needle in needles {
                 assert!(shown.contains(needle), "{shown:?} should mention {needle:?}");
@@ -647,18 +753,37 @@ patterns = "*.pem,.env"
         }
         // A certificate without an HTTPS listener would serve nothing.
         let (_dir, src) = tls_files("[tls]\ncert_file = \"wild.pem\"\nkey_file = \"wild.key\"\n");
-        let err = src.certificate(&src.parse().expect("parses")).expect_err("no https_listen");
+        let err = src.tls(&src.parse().expect("parses")).err().expect("no https_listen");
         assert_eq!(err.line, Some(2), "{err}");
         assert!(err.to_string().contains("https_listen is not"), "{err}");
+        let (_dir, src) = tls_files("[tls]\nemail = \"ops@example.com\"\n");
+        let err = src.tls(&src.parse().expect("parses")).err().expect("no https_listen");
+        assert!(err.to_string().contains("tls.email is set but [ingress] https_listen is not"), "{err}");
     }
 
     #[test]
-    fn acme_keys_are_not_accepted_yet() {
-        for key in ["acme_directory", "acme_ca_file", "email", "challenge"] {
-            let err = source(&format!("[tls]\n{key} = \"x\"\n")).parse().expect_err(key);
-            assert_eq!(err.line, Some(2), "{err}");
-            assert!(err.to_string().contains(key), "{err}");
-        }
+    fn acme_orders_every_name_without_a_certificate_file_and_custom_domains_beside_one() {
+        // HTTPS alone: every name by ACME, from Let's Encrypt, by HTTP-01.
+        let (_dir, src) = tls_files(HTTPS);
+        let tls = src.tls(&src.parse().expect("parses")).expect("valid").expect("https");
+        assert!(tls.wildcard.is_none());
+        let acme = tls.acme.expect("acme");
+        assert_eq!(acme.directory, paastech_acme::LETS_ENCRYPT);
+        assert_eq!(acme.challenge, paastech_acme::ChallengeKind::Http01);
+        assert_eq!(acme.retry_first, std::time::Duration::from_secs(60));
+        // Every key, relative to the config file.
+        let (dir, src) = tls_files(&format!(
+            "{HTTPS}[tls]\ncert_file = \"wild.pem\"\nkey_file = \"wild.key\"\nacme_directory = \"https://127.0.0.1:14000/dir\"\n\
+             acme_ca_file = \"wild.pem\"\nemail = \"ops@example.com\"\nchallenge = \"tls-alpn-01\"\nacme_retry_secs = 5\n"
+        ));
+        let tls = src.tls(&src.parse().expect("parses")).expect("valid").expect("https");
+        assert!(tls.wildcard.is_some());
+        let acme = tls.acme.expect("acme beside the wildcard");
+        assert_eq!(acme.directory, "https://127.0.0.1:14000/dir");
+        assert_eq!(acme.ca_file, Some(dir.path().join("wild.pem")));
+        assert_eq!(acme.email.as_deref(), Some("ops@example.com"));
+        assert_eq!(acme.challenge, paastech_acme::ChallengeKind::TlsAlpn01);
+        assert_eq!(acme.retry_first, std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use std::time::Duration;
 
+use paastech_acme::{AcmeConfig, AcmeManager};
 use paastech_core::drivers::{ImageBuilder, Runtime};
 use paastech_core::logs::LogHub;
 use paastech_core::orchestrator::{Orchestrator, OrchestratorConfig};
@@ -17,13 +18,13 @@ use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::HookServer;
 use paastech_driver_podman::{PodmanBuilder, PodmanBuilderConfig, PodmanRuntime, PodmanRuntimeConfig, Ulimit};
 use paastech_driver_process::{ProcessBuilder, ProcessBuilderConfig, ProcessRuntime, ProcessRuntimeConfig};
-use paastech_ingress::{CertStore, Certificate, IngressConfig, IngressRouter, RouteTable};
+use paastech_ingress::{CertStore, IngressConfig, IngressRouter, RouteTable};
 use paastech_plugins::{HookHost, HookLimits, HookSpec, HostOptions, Stage};
 use paastech_ssh::{GitAccess, RepoAccess, SshServer};
 use paastech_web::{AppState, PublicUrls, SignupPolicy};
 use tokio::net::TcpListener;
 
-use crate::config::{ConfigError, ServerConfig, Signup, Source};
+use crate::config::{ConfigError, ServerConfig, Signup, Source, TlsSettings};
 
 /// A validated configuration with every default filled in.
 pub struct Settings {
@@ -35,8 +36,8 @@ pub struct Settings {
     pub build_driver: String,
     /// The WASM build hooks, compiled (operator hooks) and checked.
     pub build_hooks: Arc<HookHost>,
-    /// The operator's `*.<domain>` certificate, when the ingress serves HTTPS.
-    pub certificate: Option<Certificate>,
+    /// How the ingress gets certificates, when it serves HTTPS.
+    pub tls: Option<TlsSettings>,
 }
 
 /// What a driver constructor gets: its own keys, and where the platform keeps things.
@@ -424,14 +425,14 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         });
     }
     let build_hooks = Arc::new(load_hooks(&source, &config)?);
-    let certificate = source.certificate(&config)?;
+    let tls = source.tls(&config)?;
     let data_dir = match &config.data_dir {
         Some(dir) => dir.clone(),
         None => default_data_dir().map_err(|err| ConfigError { file: None, line: None, message: err.to_string() })?,
     };
     let database_url =
         config.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("paastech.db").display()));
-    Ok(Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks, certificate })
+    Ok(Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks, tls })
 }
 
 /// Checks every `[[hooks]]` entry and compiles its component (a missing or invalid file
@@ -540,8 +541,7 @@ fn init_logging() {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
-    let Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks, certificate } =
-        settings;
+    let Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks, tls } = settings;
     let hook_host = Arc::clone(&build_hooks);
     create_private_dir(&data_dir)?;
 
@@ -596,10 +596,31 @@ async fn serve(settings: Settings) -> Result<()> {
         let port = if port == 80 { String::new() } else { format!(":{port}") };
         format!("http://{{name}}.{}{port}", config.ingress.domain)
     };
-    let orchestrator = Arc::new(
-        Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config)
-            .with_hooks(Arc::clone(&build_hooks) as _),
-    );
+    // The certificates the ingress serves over HTTPS: the operator's wildcard, and what
+    // ACME orders for each project's names from the moment they are made.
+    let certs = tls.as_ref().map(|tls| {
+        let certs = CertStore::new(&config.ingress.domain);
+        certs.set_wildcard(tls.wildcard.clone());
+        certs
+    });
+    let acme = match (&tls, &certs) {
+        (Some(TlsSettings { acme: Some(settings), wildcard }), Some(certs)) => {
+            let mut acme_config = AcmeConfig::new(settings.directory.clone(), data_dir.join("acme"));
+            acme_config.email = settings.email.clone();
+            acme_config.challenge = settings.challenge;
+            acme_config.ca_file = settings.ca_file.clone();
+            acme_config.retry_first = settings.retry_first;
+            acme_config.wildcard_domain = wildcard.is_some().then(|| config.ingress.domain.clone());
+            Some(AcmeManager::start(acme_config, certs.clone()).context("starting ACME")?)
+        }
+        _ => None,
+    };
+    let mut orchestrator = Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config)
+        .with_hooks(Arc::clone(&build_hooks) as _);
+    if let Some(acme) = &acme {
+        orchestrator = orchestrator.with_certificates(Arc::new(acme.clone()));
+    }
+    let orchestrator = Arc::new(orchestrator);
 
     // Every listener is bound before anything is served, so a taken port stops the start.
     let api = bind(config.api.listen, "the API").await?;
@@ -661,20 +682,15 @@ async fn serve(settings: Settings) -> Result<()> {
     ingress_config.trusted_proxies = config.ingress.trusted_proxies.clone();
     ingress_config.backend_timeout = Duration::from_secs(config.ingress.backend_timeout_secs.get());
     ingress_config.max_connections = config.ingress.max_connections;
-    let ingress = match (https_listener, certificate) {
-        (Some(https), Some(certificate)) => {
-            // The store ACME will fill too; the operator's certificate covers `*.<domain>`.
-            let certs = CertStore::new(&config.ingress.domain);
-            certs.set_wildcard(Some(certificate));
-            tokio::spawn(paastech_ingress::serve_with_https(
-                ingress_listener,
-                https,
-                certs,
-                ingress_config,
-                routes,
-                stopped(),
-            ))
-        }
+    let ingress = match (https_listener, certs) {
+        (Some(https), Some(certs)) => tokio::spawn(paastech_ingress::serve_with_https(
+            ingress_listener,
+            https,
+            certs,
+            ingress_config,
+            routes,
+            stopped(),
+        )),
         _ => tokio::spawn(paastech_ingress::serve(ingress_listener, ingress_config, routes, stopped())),
     };
     tracing::info!(
@@ -823,7 +839,8 @@ mod tests {
         let path = dir.path().join("paastech.toml");
         std::fs::write(&path, block).expect("write config");
         let settings = load(Some(&path)).unwrap_or_else(|err| panic!("the README's example does not load: {err}"));
-        assert!(settings.certificate.is_some(), "the example serves https");
+        let tls = settings.tls.as_ref().expect("the example serves https");
+        assert!(tls.wildcard.is_some() && tls.acme.is_some(), "the operator's wildcard, and ACME beside it");
         assert_eq!((settings.runtime_driver.as_str(), settings.build_driver.as_str()), ("process", "process"));
         assert_eq!(settings.config.ingress.trusted_proxies.len(), 1);
         assert_eq!(

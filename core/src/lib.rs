@@ -4,6 +4,7 @@
 //! no SSH, no container engine. Drivers depend on it, never the other way round.
 
 pub mod app;
+pub mod certificates;
 pub mod deployment;
 pub mod domain;
 pub mod drivers;
@@ -16,6 +17,7 @@ pub mod ports;
 pub mod registry;
 pub mod store;
 
+pub use certificates::{CertificateState, CertificateStatus, Certificates};
 pub use deployment::{Deployment, DeploymentStatus, NewDeployment};
 pub use domain::{
     ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User, validate_email,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::certificates::{CertificateStatus, Certificates};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName};
 use crate::drivers::{
@@ -84,6 +85,8 @@ pub struct Orchestrator {
     traffic: Arc<dyn TrafficRouter>,
     logs: Arc<LogHub>,
     hooks: Arc<dyn BuildHooks>,
+    /// Who obtains certificates for projects' names, when the ingress serves HTTPS by ACME.
+    certificates: Option<Arc<dyn Certificates>>,
     config: OrchestratorConfig,
     /// One deploy at a time per project; different projects in parallel.
     locks: Mutex<HashMap<ProjectName, Arc<tokio::sync::Mutex<()>>>>,
@@ -144,6 +147,7 @@ impl Orchestrator {
             logs,
             config,
             hooks: Arc::new(NoHooks),
+            certificates: None,
             locks: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
         }
@@ -152,6 +156,13 @@ impl Orchestrator {
     /// Runs these build hooks at every deployment's stages.
     pub fn with_hooks(mut self, hooks: Arc<dyn BuildHooks>) -> Self {
         self.hooks = hooks;
+        self
+    }
+
+    /// Orders certificates for each project's own name and custom domains through
+    /// `certificates`, from when a project or a domain is made until it is removed.
+    pub fn with_certificates(mut self, certificates: Arc<dyn Certificates>) -> Self {
+        self.certificates = Some(certificates);
         self
     }
 
@@ -220,6 +231,7 @@ impl Orchestrator {
                 return Err(err);
             }
             this.traffic.switch(&name, Vec::new(), Duration::ZERO).await;
+            this.want_certificates(&project, &[]);
             Ok(project)
         })
         .await
@@ -234,6 +246,9 @@ impl Orchestrator {
     async fn delete_project_now(&self, project: &Project) -> Result<()> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         self.traffic.remove(&project.name);
+        if let Some(certificates) = &self.certificates {
+            certificates.set_names(project.name.as_str(), &[]);
+        }
         let running = self.running.lock().expect("running lock").remove(&project.name);
         if let Some(running) = running {
             self.stop_instances(&running.instances).await;
@@ -310,11 +325,31 @@ impl Orchestrator {
         .await
     }
 
-    /// Routes exactly the project's stored custom domains to it.
+    /// Routes exactly the project's stored custom domains to it, and has certificates
+    /// ordered for exactly those and its own name.
     async fn route_domains(&self, project: &Project) -> Result<()> {
         let names: Vec<Hostname> = self.store.domains(project.id).await?.into_iter().map(|d| d.name).collect();
         self.traffic.set_domains(&project.name, &names);
+        self.want_certificates(project, &names);
         Ok(())
+    }
+
+    /// The project's own host name, `NAME.<domain>`.
+    pub fn app_host(&self, project: &ProjectName) -> Option<Hostname> {
+        Hostname::parse(&format!("{project}.{}", self.config.domain_rules.app_domain)).ok()
+    }
+
+    /// Makes the project's own name and `domains` the names it has certificates for.
+    fn want_certificates(&self, project: &Project, domains: &[Hostname]) {
+        let Some(certificates) = &self.certificates else { return };
+        let names: Vec<Hostname> = self.app_host(&project.name).into_iter().chain(domains.iter().cloned()).collect();
+        certificates.set_names(project.name.as_str(), &names);
+    }
+
+    /// Where the certificate for `name` (a project's own name or a custom domain)
+    /// stands; `None` when the server obtains no certificates.
+    pub fn certificate(&self, name: &Hostname) -> Option<CertificateStatus> {
+        self.certificates.as_ref()?.status(name)
     }
 
     /// Whether `user_id` may push to (or fetch) `project`: its owner, or an admin.

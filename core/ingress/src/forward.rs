@@ -148,6 +148,23 @@ pub(crate) async fn connection<C: ClientIo>(
         let answering =
             Answering { head_method: req.head_method, http10: req.http10, keep_alive, upgrade: req.upgrade };
 
+        // ACME's HTTP-01 validation of a name this server orders a certificate for: answered
+        // before routing, as the name may have no deployment yet.
+        if !C::HTTPS
+            && let Some(answer) = acme_http01(&shared, &cbuf[req.path.clone()])
+        {
+            let keep_alive = keep_alive && req.framing == Framing::Empty;
+            cbuf.drain(..req.head_len);
+            if send(&mut client, &text_answer(&answer, answering, keep_alive)).await.is_err() {
+                return;
+            }
+            if !keep_alive {
+                linger(&mut client).await;
+                return;
+            }
+            continue;
+        }
+
         // 2. Which backend.
         let pick = pick(&shared, req.host.as_ref().and_then(|r| std::str::from_utf8(&cbuf[r.clone()]).ok()));
         let in_flight = match pick {
@@ -217,6 +234,34 @@ pub(crate) fn pick(shared: &Shared, host: Option<&str>) -> Pick {
         // Not `NAME.<domain>`: a project's custom domain, or nobody's.
         None => host.map_or(Pick::UnknownProject, |h| shared.table.pick_by_host(h)),
     }
+}
+
+/// The key authorization for a request to `/.well-known/acme-challenge/TOKEN`, while
+/// the validation of TOKEN is in progress.
+fn acme_http01(shared: &Shared, target: &[u8]) -> Option<Box<str>> {
+    let token = target.strip_prefix(b"/.well-known/acme-challenge/")?;
+    let certs = shared.certs.as_ref()?;
+    certs.http01(std::str::from_utf8(token).ok()?)
+}
+
+/// A `200` with `body` as plain text.
+fn text_answer(body: &str, req: Answering, keep_alive: bool) -> Vec<u8> {
+    let version = if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let connection = match (keep_alive, req.http10) {
+        (false, _) => "Connection: close\r\n",
+        (true, true) => "Connection: keep-alive\r\n",
+        (true, false) => "",
+    };
+    let mut answer = format!(
+        "{version} 200 OK\r\nServer: paastech\r\nContent-Type: text/plain\r\nCache-Control: no-store\r\n\
+         Content-Length: {}\r\n{connection}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !req.head_method {
+        answer.extend_from_slice(body.as_bytes());
+    }
+    answer
 }
 
 /// Moves `deadline` to `timeout` from now, unless it is that far already but for a

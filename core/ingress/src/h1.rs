@@ -58,6 +58,9 @@ pub(crate) struct Request {
     /// The host the request is for (from an absolute-form target, else `Host`), as a range
     /// of the input.
     pub host: Option<Range<usize>>,
+    /// The target's path and query (without an absolute form's scheme and authority), as
+    /// a range of the input.
+    pub path: Range<usize>,
     pub framing: Framing,
     /// HTTP/1.0 (else 1.1).
     pub http10: bool,
@@ -316,6 +319,10 @@ pub(crate) fn request(input: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
             let start = offset(input, h);
             start..start + h.len()
         }),
+        path: {
+            let start = offset(input, target.as_bytes());
+            start..start + target.len()
+        },
         framing,
         http10,
         keep_alive,

@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use crate::forward;
 use crate::h2;
 use crate::routes::RouteTable;
-use crate::tls::{ALPN_H2, CertStore};
+use crate::tls::{ALPN_ACME_TLS, ALPN_H2, CertStore};
 use crate::trust::IpRange;
 
 /// How the ingress runs. Build it with [`IngressConfig::new`] and adjust the fields.
@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     pub(crate) trusted_proxies: Arc<[IpRange]>,
     /// This thread's HTTP/1.1 client to backends, for requests that came over HTTP/2.
     pub(crate) h2_upstream: h2::Upstream,
+    /// The certificates served over HTTPS, and ACME's HTTP-01 answers in progress.
+    pub(crate) certs: Option<CertStore>,
 }
 
 /// Serves the ingress on `listener` until `shutdown` resolves (then lets open requests
@@ -161,6 +163,7 @@ async fn run(
             return;
         }
     };
+    let certs = https.as_ref().map(|(_, certs)| certs.clone());
     let (https, acceptor) = match https {
         Some((https, certs)) => {
             if let Ok(addr) = https.local_addr() {
@@ -203,6 +206,7 @@ async fn run(
             stopping: stopping.clone(),
             trusted_proxies: trusted_proxies.clone(),
             h2_upstream: h2::upstream(config.connect_timeout),
+            certs: certs.clone(),
         });
         let thread = Thread {
             shared,
@@ -548,7 +552,12 @@ async fn tls_connection(
         },
         _ = stop.changed() => return,
     };
-    if stream.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
+    let alpn = stream.get_ref().1.alpn_protocol();
+    if alpn == Some(ALPN_ACME_TLS) {
+        // An ACME validation: the handshake was all of it (RFC 8737 §3).
+        return;
+    }
+    if alpn == Some(ALPN_H2) {
         h2::connection(shared, stream, client_ip, stop).await;
     } else {
         forward::connection(shared, stream, client_ip, trusted, stop).await;

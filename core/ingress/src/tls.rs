@@ -19,6 +19,9 @@ use rustls::sign::CertifiedKey;
 /// ALPN protocols offered, in our order of preference.
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 const ALPN_HTTP11: &[u8] = b"http/1.1";
+/// ACME's TLS-ALPN-01 validation (RFC 8737): a handshake that proves control of a name,
+/// and nothing after it.
+pub(crate) const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
 
 /// Why a certificate or its key cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,25 @@ impl fmt::Debug for Certificate {
 }
 
 impl Certificate {
+    /// The self-signed certificate of an ACME TLS-ALPN-01 validation (RFC 8737), made by
+    /// this server with its key. Its critical `acmeIdentifier` extension is one no X.509
+    /// parser for real certificates accepts, so the key is not compared with it: it is
+    /// only ever shown to a CA that asks with `acme-tls/1`.
+    pub fn tls_alpn01(cert: &[u8], key: &[u8]) -> Result<Certificate, CertificateError> {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| CertificateError::CertificatePem(err.to_string()))?;
+        if chain.is_empty() {
+            return Err(CertificateError::NoCertificate);
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|err| CertificateError::KeyPem(err.to_string()))?;
+        let signing = provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|err| CertificateError::UnsupportedKey(err.to_string()))?;
+        Ok(Certificate(Arc::new(CertifiedKey::new(chain, signing))))
+    }
+
     /// Reads a PEM chain (leaf first, then intermediates) and a PEM private key (PKCS#8,
     /// SEC1 or PKCS#1 RSA), and checks that the key is the leaf's.
     pub fn from_pem(chain: &[u8], key: &[u8]) -> Result<Certificate, CertificateError> {
@@ -107,6 +129,11 @@ struct Certs {
     exact: HashMap<Box<str>, Certificate>,
     /// For `*.<domain>`.
     wildcard: Option<Certificate>,
+    /// ACME HTTP-01 answers in progress: token → key authorization.
+    http01: HashMap<Box<str>, Box<str>>,
+    /// ACME TLS-ALPN-01 certificates in progress, by name: served only to a client that
+    /// offers `acme-tls/1` alone, which is what a CA's validation does.
+    alpn01: HashMap<Box<str>, Certificate>,
 }
 
 impl fmt::Debug for CertStore {
@@ -144,6 +171,32 @@ impl CertStore {
         self.write().exact.remove(normalize(name).as_str())
     }
 
+    /// Answers ACME's HTTP-01 validation of `token` with `key_authorization` (on the plain
+    /// listener, at `/.well-known/acme-challenge/TOKEN`, for any host) until removed.
+    pub fn add_http01(&self, token: &str, key_authorization: &str) {
+        self.write().http01.insert(token.into(), key_authorization.into());
+    }
+
+    pub fn remove_http01(&self, token: &str) {
+        self.write().http01.remove(token);
+    }
+
+    /// The key authorization to answer for `token`, while its validation is in progress.
+    pub(crate) fn http01(&self, token: &str) -> Option<Box<str>> {
+        let certs = self.0.certs.read().unwrap_or_else(PoisonError::into_inner);
+        certs.http01.get(token).cloned()
+    }
+
+    /// Answers ACME's TLS-ALPN-01 validation of `name` with `cert` (the self-signed
+    /// certificate carrying the `acmeIdentifier` extension) until removed.
+    pub fn add_alpn01(&self, name: &str, cert: Certificate) {
+        self.write().alpn01.insert(normalize(name).into(), cert);
+    }
+
+    pub fn remove_alpn01(&self, name: &str) {
+        self.write().alpn01.remove(normalize(name).as_str());
+    }
+
     /// Whether a connection for `name` would get a certificate.
     pub fn serves(&self, name: &str) -> bool {
         self.find(name).is_some()
@@ -173,7 +226,9 @@ impl CertStore {
             .expect("ring's provider supports TLS 1.2 and 1.3")
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(self.clone()));
-        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+        // `acme-tls/1` last: rustls picks the first of ours a client offers, and only a
+        // CA's validation offers it.
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec(), ALPN_ACME_TLS.to_vec()];
         Arc::new(config)
     }
 }
@@ -188,6 +243,13 @@ impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // No SNI: no name to pick a certificate for, and no default one to give away.
         let name = hello.server_name()?;
+        let mut offered = hello.alpn().into_iter().flatten();
+        if offered.any(|protocol| protocol == ALPN_ACME_TLS) {
+            // A validation gets the challenge certificate or nothing: never a real one,
+            // which would be a handshake on a connection that carries no HTTP.
+            let certs = self.0.certs.read().unwrap_or_else(PoisonError::into_inner);
+            return certs.alpn01.get(normalize(name).as_str()).map(|cert| Arc::clone(&cert.0));
+        }
         let found = self.find(name).map(|cert| cert.0);
         if found.is_none() {
             tracing::debug!(sni = %name, "no certificate for this name: refusing the handshake");

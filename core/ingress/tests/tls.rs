@@ -483,3 +483,82 @@ async fn plain_http_still_says_http_beside_https() {
     let answer = common::get(plain_addr, &format!("blog.{DOMAIN}"), "/").await;
     assert!(answer.body.contains("proto=http xff"), "{}", answer.body);
 }
+
+#[tokio::test]
+async fn acme_challenges_are_answered_to_validations_only() {
+    let pki = Pki::new();
+    let certs = CertStore::new(DOMAIN);
+    let shop = pki.leaf(&["shop.example.com"]);
+    certs.insert("shop.example.com", shop);
+    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let (plain_addr, https_addr) = (plain.local_addr().expect("addr"), https.local_addr().expect("addr"));
+    let serving = paastech_ingress::serve_with_https(
+        plain,
+        https,
+        certs.clone(),
+        IngressConfig::new(DOMAIN),
+        RouteTable::new(),
+        std::future::pending(),
+    );
+    tokio::spawn(serving);
+
+    // TLS-ALPN-01: the challenge certificate goes to a client offering `acme-tls/1`, and
+    // only to it; the connection carries nothing after the handshake.
+    let (challenge_pem, challenge_key) = pki.leaf_pem(&["shop.example.com"]);
+    let challenge = Certificate::tls_alpn01(challenge_pem.as_bytes(), challenge_key.as_bytes()).expect("challenge");
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let acme: &[&[u8]] = &[b"acme-tls/1"];
+    let (before, ok) = shown_offering(https_addr, "shop.example.com", tls13, acme).await;
+    assert!(!ok && before.is_empty(), "no validation in progress: no certificate, not even the real one");
+    certs.add_alpn01("shop.example.com", challenge);
+    let (validated, ok) = shown_offering(https_addr, "shop.example.com", tls13, acme).await;
+    assert!(ok && validated.len() == 1, "the challenge certificate");
+    let (real, ok) = shown_offering(https_addr, "shop.example.com", tls13, &[H2, HTTP11]).await;
+    assert!(ok && real.len() == 1 && real != validated, "browsers keep getting the real certificate");
+    let (other, ok) = shown_offering(https_addr, "blog.example.com", tls13, acme).await;
+    assert!(!ok && other.is_empty(), "no challenge for another name");
+    certs.remove_alpn01("shop.example.com");
+    let (after, ok) = shown_offering(https_addr, "shop.example.com", tls13, acme).await;
+    assert!(!ok && after.is_empty(), "gone once removed");
+
+    // HTTP-01: the key authorization, for any host, on the plain listener; another token
+    // is routed as usual (here: no such project).
+    certs.add_http01("tok-EN_1", "tok-EN_1.thumbprint");
+    let get = |path: &'static str| async move {
+        let mut tcp = TcpStream::connect(plain_addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: www.example.org\r\nConnection: close\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer).await.expect("read");
+        answer
+    };
+    let answer = get("/.well-known/acme-challenge/tok-EN_1").await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\ntok-EN_1.thumbprint"), "{answer}");
+    let answer = get("/.well-known/acme-challenge/other").await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    certs.remove_http01("tok-EN_1");
+    let answer = get("/.well-known/acme-challenge/tok-EN_1").await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "gone once removed: {answer}");
+}
+
+/// [`shown`], offering `alpn`.
+async fn shown_offering(
+    addr: SocketAddr,
+    sni: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> (Vec<CertificateDer<'static>>, bool) {
+    let verifier = Arc::new(Shown::default());
+    let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
+        .expect("tls versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let ok = connect(addr, config, sni).await.is_ok();
+    let certs = verifier.0.lock().expect("not poisoned").clone();
+    (certs, ok)
+}

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use paastech_core::Domain;
+use paastech_core::{CertificateStatus, Domain};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -31,10 +31,39 @@ pub struct DomainView {
     /// Where the app answers on it, once DNS points the name at this server.
     pub url: String,
     pub created_at: String,
+    /// Its HTTPS certificate; null when the server obtains none by ACME.
+    pub certificate: Option<CertificateView>,
+}
+
+/// Where a name's HTTPS certificate stands.
+#[derive(Serialize, ToSchema)]
+pub struct CertificateView {
+    /// `pending` (being ordered), `valid`, `failed` (the last order failed and none is
+    /// served: see `last_error`), `expired` (no longer served; a new one is on its way) or
+    /// `operator` (covered by the operator's certificate).
+    pub status: String,
+    /// When the certificate served expires.
+    pub expires_at: Option<String>,
+    /// Why the last order failed (kept until an order succeeds).
+    pub last_error: Option<String>,
+    /// When the next order starts: a retry, or the renewal.
+    pub next_attempt_at: Option<String>,
+}
+
+impl From<CertificateStatus> for CertificateView {
+    fn from(status: CertificateStatus) -> Self {
+        CertificateView {
+            status: status.state.as_str().to_owned(),
+            expires_at: status.expires_at.map(|t| t.to_rfc3339()),
+            last_error: status.last_error,
+            next_attempt_at: status.next_attempt_at.map(|t| t.to_rfc3339()),
+        }
+    }
 }
 
 fn view(state: &AppState, domain: Domain) -> DomainView {
     DomainView {
+        certificate: state.orchestrator.certificate(&domain.name).map(CertificateView::from),
         url: state.urls.domain_url(domain.name.as_str()),
         domain: domain.name.to_string(),
         created_at: domain.created_at.to_rfc3339(),

@@ -14,6 +14,7 @@ use paastech_core::{Deployment, EnvVars, Error, Project, ProjectName, User, vali
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::domains::CertificateView;
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors, RawBodyErrors};
 use super::schemas::{EnvChangesSchema, EnvSchema, ProjectNameSchema, ScaleChangeSchema, ScaleSchema};
 use super::{JsonBody, PathParam, QueryParams, RawBody};
@@ -45,6 +46,8 @@ pub struct ProjectView {
     /// The status of the newest deployment, or null before the first push.
     pub status: Option<String>,
     pub live_version: Option<i64>,
+    /// The HTTPS certificate of `NAME.<domain>`; null when the server obtains none by ACME.
+    pub certificate: Option<CertificateView>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -98,6 +101,11 @@ async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> 
         created_at: project.created_at.to_rfc3339(),
         status,
         live_version,
+        certificate: state
+            .orchestrator
+            .app_host(&project.name)
+            .and_then(|host| state.orchestrator.certificate(&host))
+            .map(CertificateView::from),
     })
 }
 

@@ -20,8 +20,8 @@ use tokio::sync::broadcast::error::RecvError;
 use super::pages::Notice;
 use super::session::Session;
 use super::view::{
-    Badge, BuildLog, DeploymentRow, Deployments, DomainRow, DomainsPage, EnvPage, FieldErrors, InstanceRow, Layout,
-    LogsPage, Overview, ProjectHead, ScalePage, ScaleRow, SettingsPage, When,
+    Badge, BuildLog, CertificateCell, DeploymentRow, Deployments, DomainRow, DomainsPage, EnvPage, FieldErrors,
+    InstanceRow, Layout, LogsPage, Overview, ProjectHead, ScalePage, ScaleRow, SettingsPage, When,
 };
 use super::{UiResult, render};
 use crate::AppState;
@@ -223,13 +223,18 @@ async fn domains_page_with(
         .into_iter()
         .map(|d| DomainRow {
             url: state.urls.domain_url(d.name.as_str()),
+            certificate: state.orchestrator.certificate(&d.name).map(CertificateCell::of),
             domain: d.name.to_string(),
             when: When::of(d.created_at, now),
         })
         .collect();
+    let own = state.orchestrator.app_host(&project.name).and_then(|host| {
+        let cell = state.orchestrator.certificate(&host).map(CertificateCell::of)?;
+        Some((host.to_string(), cell))
+    });
     let (domain, errors) = form;
     let l = layout(session, &head, "Domains", false).with_notice(notice);
-    render(status, &DomainsPage { l, p: head, domains, domain, errors })
+    render(status, &DomainsPage { l, p: head, domains, own, domain, errors })
 }
 
 pub async fn domains_page(

@@ -285,6 +285,41 @@ pub struct DomainRow {
     pub domain: String,
     pub url: String,
     pub when: When,
+    /// Its HTTPS certificate, when the server obtains them by ACME.
+    pub certificate: Option<CertificateCell>,
+}
+
+/// A certificate's state in a table cell: a short word, and the details (expiry, the
+/// last error, the next attempt) beside it.
+pub struct CertificateCell {
+    pub state: &'static str,
+    /// `ok`, `busy` or `bad`: the badge's look (the stylesheet's classes).
+    pub tone: &'static str,
+    pub detail: String,
+}
+
+impl CertificateCell {
+    pub fn of(status: paastech_core::CertificateStatus) -> CertificateCell {
+        use paastech_core::CertificateState;
+        let tone = match status.state {
+            CertificateState::Valid | CertificateState::Operator => "ok",
+            CertificateState::Pending => "busy",
+            CertificateState::Failed | CertificateState::Expired => "bad",
+        };
+        let mut detail = Vec::new();
+        if let Some(expires) = status.expires_at {
+            detail.push(format!("expires {}", expires.to_rfc3339()));
+        }
+        if let Some(error) = status.last_error {
+            detail.push(format!("last attempt failed: {error}"));
+        }
+        if let Some(next) = status.next_attempt_at
+            && status.state != CertificateState::Valid
+        {
+            detail.push(format!("next attempt {}", next.to_rfc3339()));
+        }
+        CertificateCell { state: status.state.as_str(), tone, detail: detail.join("; ") }
+    }
 }
 
 #[derive(Template)]
@@ -293,6 +328,8 @@ pub struct DomainsPage {
     pub l: Layout,
     pub p: ProjectHead,
     pub domains: Vec<DomainRow>,
+    /// The project's own name and its certificate, when the server obtains them by ACME.
+    pub own: Option<(String, CertificateCell)>,
     /// The add form's value, shown again with its error.
     pub domain: String,
     pub errors: FieldErrors,

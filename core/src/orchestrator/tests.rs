@@ -602,7 +602,11 @@ impl World {
 
     /// The same store, drivers and files, with a new orchestrator: a server restart.
     fn restarted(&self) -> Arc<Orchestrator> {
-        Arc::new(Orchestrator::new(
+        Arc::new(self.new_orchestrator())
+    }
+
+    fn new_orchestrator(&self) -> Orchestrator {
+        Orchestrator::new(
             Arc::clone(&self.store) as _,
             Arc::new(FakeRepos { steps: Arc::clone(&self.steps) }),
             Arc::clone(&self.builder) as _,
@@ -610,7 +614,7 @@ impl World {
             Arc::clone(&self.traffic) as _,
             Arc::new(LogHub::new(self.dir.path().join("logs"), 1 << 20)),
             OrchestratorConfig::new(self.dir.path().join("releases")),
-        ))
+        )
     }
 
     async fn push(&self) -> Result<Deployment> {
@@ -1028,4 +1032,59 @@ async fn a_domain_change_completes_whoever_hangs_up() {
         assert_eq!(routed, stored, "what is routed is what is stored");
         world.orchestrator.remove_domain(&world.project, "www.example.com").await.expect("remove");
     }
+}
+
+/// Records the names each owner wants certificates for.
+#[derive(Default)]
+struct FakeCertificates(Mutex<BTreeMap<String, Vec<String>>>);
+
+impl FakeCertificates {
+    fn wanted(&self) -> BTreeMap<String, Vec<String>> {
+        self.0.lock().expect("certificates").clone()
+    }
+}
+
+impl crate::certificates::Certificates for FakeCertificates {
+    fn set_names(&self, owner: &str, names: &[Hostname]) {
+        let mut wanted = self.0.lock().expect("certificates");
+        if names.is_empty() {
+            wanted.remove(owner);
+        } else {
+            wanted.insert(owner.to_owned(), names.iter().map(Hostname::to_string).collect());
+        }
+    }
+
+    fn status(&self, _: &Hostname) -> Option<crate::certificates::CertificateStatus> {
+        None
+    }
+}
+
+#[tokio::test]
+async fn certificates_are_wanted_for_exactly_the_names_projects_have() {
+    let world = World::new(1).await;
+    let certs = Arc::new(FakeCertificates::default());
+    let orchestrator = Arc::new(world.new_orchestrator().with_certificates(Arc::clone(&certs) as _));
+    let wanted = |pairs: &[(&str, &[&str])]| -> BTreeMap<String, Vec<String>> {
+        pairs.iter().map(|(owner, names)| ((*owner).to_owned(), names.iter().map(|n| (*n).to_owned()).collect())).collect()
+    };
+    // A start asks for every project's names before anything is served.
+    let restore = orchestrator.begin_restore().await.expect("begin restore");
+    assert_eq!(certs.wanted(), wanted(&[("app", &["app.localhost"])]));
+    restore.run().await.expect("restore");
+
+    let site = orchestrator
+        .create_project(world.project.owner_id, &ProjectName::parse("site").expect("name"))
+        .await
+        .expect("project");
+    orchestrator.add_domain(&world.project, "www.example.com").await.expect("add");
+    assert_eq!(
+        certs.wanted(),
+        wanted(&[("app", &["app.localhost", "www.example.com"]), ("site", &["site.localhost"])])
+    );
+    // A refused domain asks for nothing.
+    let taken = orchestrator.add_domain(&site, "www.example.com").await;
+    assert!(matches!(taken, Err(Error::Conflict(_))), "{taken:?}");
+    orchestrator.remove_domain(&world.project, "www.example.com").await.expect("remove");
+    orchestrator.delete_project(&site).await.expect("delete");
+    assert_eq!(certs.wanted(), wanted(&[("app", &["app.localhost"])]));
 }

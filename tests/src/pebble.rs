@@ -124,15 +124,21 @@ impl Pebble {
         path
     }
 
-    /// Makes `host` resolve to `address` for pebble's validations.
+    /// Makes `host` resolve to `address` (only) for pebble's validations.
     pub fn resolve(&self, host: &str, address: &str) {
-        let body = serde_json::json!({ "host": format!("{host}."), "addresses": [address] }).to_string();
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "10", "-X", "POST", "-d", &body])
-            .arg(format!("http://127.0.0.1:{}/add-a", self.dns_management_port))
-            .output()
-            .expect("running curl");
-        assert!(out.status.success(), "challtestsrv refused: {}", String::from_utf8_lossy(&out.stderr));
+        let host = format!("{host}.");
+        let calls = [
+            ("clear-a", serde_json::json!({ "host": host })),
+            ("add-a", serde_json::json!({ "host": host, "addresses": [address] })),
+        ];
+        for (call, body) in calls {
+            let out = Command::new("curl")
+                .args(["-sS", "--fail", "--max-time", "10", "-X", "POST", "-d", &body.to_string()])
+                .arg(format!("http://127.0.0.1:{}/{call}", self.dns_management_port))
+                .output()
+                .expect("running curl");
+            assert!(out.status.success(), "challtestsrv refused {call}: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 
     /// How many certificates pebble has issued so far.

@@ -179,3 +179,35 @@ fn a_failing_challenge_or_an_unreachable_ca_is_reported_and_the_app_stays_served
     let (status, body) = down.app_get("blog", "/");
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn an_order_cut_off_by_a_crash_is_made_again_at_the_next_start() {
+    let (ingress_port, https_port) = (free_port(), free_port());
+    let pebble = Pebble::start(ingress_port, https_port, None);
+    // The CA's validation of this name reaches a listener that never answers: the order
+    // waits there until the server is killed.
+    let silent = std::net::TcpListener::bind(("127.0.0.3", ingress_port)).expect("bind 127.0.0.3");
+    silent.set_nonblocking(true).expect("nonblocking");
+    pebble.resolve("slow.shop.test", "127.0.0.3");
+    let mut server = Server::start_on(&acme_config(&pebble, https_port, "http-01"), ingress_port);
+    let ada = server.developer("ada@example.com");
+    deploy(&server, &ada.token, &ada.key, "shop");
+    let (status, body) =
+        server.api().req("POST", "/projects/shop/domains", Some(&ada.token), Some(json!({"domain": "slow.shop.test"})));
+    assert_eq!(status, 201, "{body}");
+    let waiting = eventually(Duration::from_secs(30), || {
+        silent.accept().is_ok()
+            || certificate(&server, &ada.token, "shop", Some("slow.shop.test"))["status"] != "pending"
+    });
+    assert!(waiting, "the CA reached the silent listener\n{}", server.log());
+    assert_eq!(certificate(&server, &ada.token, "shop", Some("slow.shop.test"))["status"], "pending");
+    server.kill();
+    drop(silent);
+
+    // Next start: the name resolves here now, and its order is made again.
+    pebble.resolve("slow.shop.test", "127.0.0.1");
+    server.start_again();
+    wait_for_status(&server, &ada.token, "shop", Some("slow.shop.test"), "valid");
+    let root = pebble.issuing_root();
+    assert!(curl_https(&root, "slow.shop.test", https_port, "/", false).0, "served\n{}", server.log());
+}

@@ -2,8 +2,8 @@
 //! serves: core's [`Certificates`], over the ingress's certificate store.
 //!
 //! The orchestrator says which names each project needs ([`Certificates::set_names`]);
-//! one background task orders what is missing, renews what has a third of its lifetime
-//! left, retries failures with backoff, and installs each certificate in the ingress's
+//! one background task orders what is missing (a few names at once), renews what has a
+//! third of its lifetime left, retries failures with backoff, and installs each certificate in the ingress's
 //! [`CertStore`] the moment it arrives. Challenges are answered by the ingress itself:
 //! HTTP-01 tokens on its plain listener, TLS-ALPN-01 certificates on its TLS listener.
 //! The account and the certificates are kept under a directory of their own (see
@@ -110,7 +110,12 @@ pub enum AcmeError {
 /// The longest one order may take before it counts as failed.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// Orders running at once.
+const PARALLEL_ORDERS: usize = 4;
+
 /// Orders, renews and serves certificates; see the crate's documentation.
+///
+/// Cheap to clone (clones share everything).
 #[derive(Clone)]
 pub struct AcmeManager(Arc<Inner>);
 
@@ -121,7 +126,8 @@ struct Inner {
     state: Mutex<State>,
     /// Wakes the task: names were added, or removed.
     wake: Notify,
-    /// Created at the first order, then kept.
+    /// Created (or read from its file) at the first order, then kept; the lock makes
+    /// orders that start together use one account.
     account: tokio::sync::Mutex<Option<Account>>,
 }
 
@@ -215,36 +221,34 @@ impl AcmeManager {
         entry
     }
 
-    /// The task: orders whatever is due, one at a time, then sleeps until the next thing
-    /// is due or the set of names changes.
+    /// The task: starts the orders that are due (a few at once, so one name whose
+    /// validation hangs delays no other), then sleeps until the next thing is due, an
+    /// order ends, or the set of names changes.
     async fn run(self) {
+        let mut orders = tokio::task::JoinSet::new();
         loop {
             let notified = self.0.wake.notified();
-            let (due, next) = self.due(SystemTime::now());
-            if !due.is_empty() {
-                for name in due {
-                    self.attempt(&name).await;
-                }
-                // What is due next changed with the outcomes.
-                continue;
+            let room = PARALLEL_ORDERS.saturating_sub(orders.len());
+            let (due, next) = self.due(SystemTime::now(), room);
+            for name in due {
+                let this = self.clone();
+                orders.spawn(async move { this.attempt(&name).await });
             }
-            if let Some(next) = next {
-                let wait = next.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-                // Never longer than an hour: a clock step or a suspended machine is seen.
-                let wait = wait.min(Duration::from_secs(3600));
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep(wait) => {}
-                }
-            } else {
-                notified.await;
+            // Never longer than an hour: a clock step or a suspended machine is seen.
+            let wait = next.map_or(Duration::from_secs(3600), |next| {
+                next.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO).min(Duration::from_secs(3600))
+            });
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(wait) => {}
+                Some(_) = orders.join_next(), if !orders.is_empty() => {}
             }
         }
     }
 
-    /// The names due for an order now, and when the next one is due (retiring expired
-    /// certificates on the way).
-    fn due(&self, now: SystemTime) -> (Vec<Hostname>, Option<SystemTime>) {
+    /// At most `room` names due for an order now, marked as being ordered, and when the
+    /// next one is due (retiring expired certificates on the way).
+    fn due(&self, now: SystemTime, room: usize) -> (Vec<Hostname>, Option<SystemTime>) {
         let mut state = self.state();
         let mut due = Vec::new();
         let mut next: Option<SystemTime> = None;
@@ -264,8 +268,13 @@ impl AcmeManager {
                 (Some(held), None) if !held.validity.expired(now) => held.validity.renew_at(),
                 _ => now,
             };
-            if at <= now {
+            if entry.ordering {
+                // Its order's end wakes the task.
+            } else if at <= now && due.len() < room {
+                entry.ordering = true;
                 due.push(name.clone());
+            } else if at <= now {
+                // Due, but as many orders as allowed run: one of them ending wakes the task.
             } else {
                 next = Some(next.map_or(at, |n: SystemTime| n.min(at)));
             }
@@ -280,15 +289,12 @@ impl AcmeManager {
         (due, next)
     }
 
-    /// Orders `name`'s certificate, and records what came of it.
+    /// Orders `name`'s certificate (marked as being ordered by `due`), and records what
+    /// came of it.
     async fn attempt(&self, name: &Hostname) {
-        {
-            let mut state = self.state();
-            match state.names.get_mut(name) {
-                Some(entry) => entry.ordering = true,
-                // No longer wanted.
-                None => return,
-            }
+        if !self.state().names.contains_key(name) {
+            // Removed since it was found due.
+            return;
         }
         tracing::info!(domain = %name, challenge = %self.0.config.challenge, "ordering a certificate");
         let result = match tokio::time::timeout(ORDER_TIMEOUT, self.order(name)).await {
@@ -326,19 +332,25 @@ impl AcmeManager {
     /// One order, with the account (made or loaded first); the certificate is stored,
     /// then served. A CA that forgot the account gets a new one, once.
     async fn order(&self, name: &Hostname) -> Result<Validity, String> {
-        let mut account = self.0.account.lock().await;
         for attempt in 0..2 {
-            if account.is_none() {
-                *account = Some(self.account().await?);
-            }
-            let Some(current) = account.as_ref() else { continue };
-            match order::order(current, name.as_str(), self.0.config.challenge, &self.0.certs).await {
+            let account = {
+                let mut cached = self.0.account.lock().await;
+                match cached.as_ref() {
+                    Some(account) => account.clone(),
+                    None => cached.insert(self.account().await?).clone(),
+                }
+            };
+            match order::order(&account, name.as_str(), self.0.config.challenge, &self.0.certs).await {
                 Ok(issued) => return self.keep(name, &issued.chain, &issued.key),
                 Err(OrderError::UnknownAccount(why)) if attempt == 0 => {
                     tracing::warn!(error = %why, "the ACME account is gone: making a new one");
-                    *account = None;
-                    if let Err(err) = self.0.files.remove_account() {
-                        return Err(format!("cannot delete the stale ACME account: {err}"));
+                    let mut cached = self.0.account.lock().await;
+                    // Another order may have replaced it already.
+                    if cached.as_ref().is_some_and(|c| c.id() == account.id()) {
+                        *cached = None;
+                        if let Err(err) = self.0.files.remove_account() {
+                            return Err(format!("cannot delete the stale ACME account: {err}"));
+                        }
                     }
                 }
                 Err(err) => return Err(err.to_string()),

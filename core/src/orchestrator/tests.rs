@@ -1065,7 +1065,10 @@ async fn certificates_are_wanted_for_exactly_the_names_projects_have() {
     let certs = Arc::new(FakeCertificates::default());
     let orchestrator = Arc::new(world.new_orchestrator().with_certificates(Arc::clone(&certs) as _));
     let wanted = |pairs: &[(&str, &[&str])]| -> BTreeMap<String, Vec<String>> {
-        pairs.iter().map(|(owner, names)| ((*owner).to_owned(), names.iter().map(|n| (*n).to_owned()).collect())).collect()
+        pairs
+            .iter()
+            .map(|(owner, names)| ((*owner).to_owned(), names.iter().map(|n| (*n).to_owned()).collect()))
+            .collect()
     };
     // A start asks for every project's names before anything is served.
     let restore = orchestrator.begin_restore().await.expect("begin restore");

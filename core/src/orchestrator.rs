@@ -18,6 +18,7 @@ use crate::drivers::{
 use crate::error::{Error, Result};
 use crate::hooks::{BuildHooks, HookContext, NoHooks};
 use crate::hostname::{Domain, DomainRules, Hostname};
+use crate::https::{HttpsChange, HttpsPolicy};
 use crate::logs::LogHub;
 use crate::store::{EnvChanges, Store};
 
@@ -314,6 +315,36 @@ impl Orchestrator {
     async fn route_domains(&self, project: &Project) -> Result<()> {
         let names: Vec<Hostname> = self.store.domains(project.id).await?.into_iter().map(|d| d.name).collect();
         self.traffic.set_domains(&project.name, &names);
+        Ok(())
+    }
+
+    // ----- HTTPS policy ---------------------------------------------------------------
+
+    /// The project's HTTPS policy (redirect and HSTS).
+    pub async fn https(&self, project: &Project) -> Result<HttpsPolicy> {
+        self.store.https_policy(project.id).await
+    }
+
+    /// Changes the project's HTTPS policy: stored first, then applied by the ingress for
+    /// every request after the answer. `Invalid` (nothing changed) for an out-of-range
+    /// max-age.
+    pub async fn set_https(self: &Arc<Self>, project: &Project, change: HttpsChange) -> Result<HttpsPolicy> {
+        let project = project.clone();
+        self.detached(move |this| async move {
+            let _guard = this.exclusive(&project.name, &NullSink).await;
+            let policy = this.store.https_policy(project.id).await?.apply(change)?;
+            this.store.set_https_policy(project.id, &policy).await?;
+            this.traffic.set_https(&project.name, policy);
+            tracing::info!(project = %project.name, redirect = policy.redirect, hsts_max_age = ?policy.hsts_max_age, "https policy changed");
+            Ok(policy)
+        })
+        .await
+    }
+
+    /// Hands the project's stored HTTPS policy to the ingress.
+    async fn route_https(&self, project: &Project) -> Result<()> {
+        let policy = self.store.https_policy(project.id).await?;
+        self.traffic.set_https(&project.name, policy);
         Ok(())
     }
 
@@ -1039,6 +1070,7 @@ impl Orchestrator {
             self.traffic.switch(&project.name, Vec::new(), Duration::ZERO).await;
             // Its custom domains answer like its own name from now on (503 until restored).
             self.route_domains(&project).await?;
+            self.route_https(&project).await?;
             let guard = self.lock_for(&project.name).lock_owned().await;
             held.push((project, guard));
         }

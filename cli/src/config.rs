@@ -98,6 +98,9 @@ pub struct IngressSection {
     /// Where the ingress serves HTTPS (HTTP/1.1 and HTTP/2), with the `[tls]`
     /// certificates; no HTTPS without it.
     pub https_listen: Option<SocketAddr>,
+    /// The port users reach HTTPS on, if a proxy or port forwarding in front changes it:
+    /// named in app URLs and in redirects to HTTPS (default: the https_listen port).
+    pub https_public_port: Option<u16>,
     /// What a new `web` instance must answer (any status below 500) before it gets traffic.
     #[serde(default = "IngressSection::default_health_path")]
     pub health_path: String,
@@ -158,6 +161,7 @@ impl Default for IngressSection {
             domain: Self::default_domain(),
             public_port: None,
             https_listen: None,
+            https_public_port: None,
             health_path: Self::default_health_path(),
             health_timeout_secs: Self::default_health_timeout(),
             drain_timeout_secs: Self::default_drain_timeout(),

@@ -591,11 +591,14 @@ async fn serve(settings: Settings) -> Result<()> {
     orchestrator_config.keep_builds = keep_builds(&config).unwrap_or(10);
     // Names under the app domain are projects' own: no project may claim one.
     orchestrator_config.domain_rules = DomainRules::new(config.ingress.domain.clone());
-    orchestrator_config.app_url = {
-        let port = config.ingress.public_port.unwrap_or(config.ingress.listen.port());
-        let port = if port == 80 { String::new() } else { format!(":{port}") };
-        format!("http://{{name}}.{}{port}", config.ingress.domain)
+    let urls = PublicUrls {
+        app_domain: config.ingress.domain.clone(),
+        app_port: Some(config.ingress.public_port.unwrap_or(config.ingress.listen.port())),
+        https_port: https_public_port(&config),
+        ssh_host: config.ssh.public_host.clone().unwrap_or_else(|| ssh_host_default(&config)),
+        ssh_port: config.ssh.listen.port(),
     };
+    orchestrator_config.app_url = urls.app_url("{name}");
     let orchestrator = Arc::new(
         Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config)
             .with_hooks(Arc::clone(&build_hooks) as _),
@@ -625,12 +628,6 @@ async fn serve(settings: Settings) -> Result<()> {
         }
     });
 
-    let urls = PublicUrls {
-        app_domain: config.ingress.domain.clone(),
-        app_port: Some(config.ingress.public_port.unwrap_or(config.ingress.listen.port())),
-        ssh_host: config.ssh.public_host.clone().unwrap_or_else(|| ssh_host_default(&config)),
-        ssh_port: config.ssh.listen.port(),
-    };
     let signup = match config.auth.signup {
         Signup::Open => SignupPolicy::Open,
         Signup::Closed => SignupPolicy::Closed,
@@ -661,6 +658,7 @@ async fn serve(settings: Settings) -> Result<()> {
     ingress_config.trusted_proxies = config.ingress.trusted_proxies.clone();
     ingress_config.backend_timeout = Duration::from_secs(config.ingress.backend_timeout_secs.get());
     ingress_config.max_connections = config.ingress.max_connections;
+    ingress_config.https_public_port = config.ingress.https_public_port;
     let ingress = match (https_listener, certificate) {
         (Some(https), Some(certificate)) => {
             // The store ACME will fill too; the operator's certificate covers `*.<domain>`.
@@ -701,6 +699,12 @@ async fn serve(settings: Settings) -> Result<()> {
     }
     tracing::info!("paastech server stopped");
     Ok(())
+}
+
+/// The port users reach the ingress's HTTPS on, when it serves HTTPS.
+fn https_public_port(config: &ServerConfig) -> Option<u16> {
+    let listen = config.ingress.https_listen?;
+    Some(config.ingress.https_public_port.unwrap_or(listen.port()))
 }
 
 /// App logs are rotated past this size (one old file is kept).

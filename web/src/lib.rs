@@ -37,6 +37,9 @@ pub struct PublicUrls {
     pub app_domain: String,
     /// The ingress port when it is not 80.
     pub app_port: Option<u16>,
+    /// When the ingress serves HTTPS, the port users reach it on: app URLs are then
+    /// `https://…` (the port left out when it is 443).
+    pub https_port: Option<u16>,
     /// The host users `git push` to.
     pub ssh_host: String,
     pub ssh_port: u16,
@@ -47,19 +50,26 @@ impl PublicUrls {
         format!("ssh://git@{}:{}/{project}.git", self.ssh_host, self.ssh_port)
     }
 
-    /// Where a project answers on one of its custom domains: the ingress's port, like
-    /// its own address.
+    /// Where a project answers on one of its custom domains: the ingress's plain port,
+    /// since only a certificate from ACME covers a custom domain (the operator's wildcard
+    /// covers `NAME.<domain>` only); the domain listing knows whether one is held.
     pub fn domain_url(&self, domain: &str) -> String {
-        match self.app_port {
-            Some(port) if port != 80 => format!("http://{domain}:{port}"),
-            _ => format!("http://{domain}"),
-        }
+        self.url(domain, false)
     }
 
+    /// Where a project answers on its own name: over HTTPS when the ingress serves it.
     pub fn app_url(&self, project: &str) -> String {
-        match self.app_port {
-            Some(port) if port != 80 => format!("http://{project}.{}:{port}", self.app_domain),
-            _ => format!("http://{project}.{}", self.app_domain),
+        self.url(&format!("{project}.{}", self.app_domain), true)
+    }
+
+    /// `https://HOST[:PORT]` when `https` is wanted and served, else `http://HOST[:PORT]`;
+    /// the scheme's default port is left out.
+    pub fn url(&self, host: &str, https: bool) -> String {
+        match (self.https_port.filter(|_| https), self.app_port) {
+            (Some(443), _) => format!("https://{host}"),
+            (Some(port), _) => format!("https://{host}:{port}"),
+            (None, Some(port)) if port != 80 => format!("http://{host}:{port}"),
+            (None, _) => format!("http://{host}"),
         }
     }
 }

@@ -193,7 +193,7 @@ pub(crate) async fn connection<C: ClientIo>(
             // The body was not read: the connection cannot carry another request.
             let keep_alive = keep_alive && req.framing == Framing::Empty;
             let served =
-                static_serve::serve(site, &mut client, &cbuf[..req.head_len], answering, keep_alive, &mut down);
+                static_serve::serve(site, &mut client, &cbuf[..req.head_len], answering, keep_alive, &mut down, hsts);
             let served = served.await;
             drop(in_flight);
             cbuf.drain(..req.head_len);

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
+use paastech_core::Hostname;
 use paastech_ingress::{Certificate, CertificateError, IpRange};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -48,6 +49,17 @@ pub struct ApiSection {
     /// Open connections at most; past it, a new one is answered 503 and closed.
     #[serde(default = "ApiSection::default_max_connections")]
     pub max_connections: NonZeroUsize,
+    /// The host name the ingress serves the API and web UI on too (over HTTPS, with plain
+    /// HTTP redirected once a certificate is held), so no other proxy is needed in front.
+    /// No project may claim it as a custom domain; when it is `LABEL.<domain>`, the
+    /// operator's wildcard certificate covers it and LABEL is no project's name.
+    #[serde(default, deserialize_with = "host_name")]
+    pub public_host: Option<Hostname>,
+}
+
+fn host_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Hostname>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Hostname::parse(&text).map(Some).map_err(|err| serde::de::Error::custom(err.to_string()))
 }
 
 impl ApiSection {
@@ -61,7 +73,7 @@ impl ApiSection {
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { listen: Self::default_listen(), max_connections: Self::default_max_connections() }
+        ApiSection { listen: Self::default_listen(), max_connections: Self::default_max_connections(), public_host: None }
     }
 }
 

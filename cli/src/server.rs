@@ -423,6 +423,15 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
             message: "[database] url must start with sqlite:// or postgres://".into(),
         });
     }
+    if let Some(host) = &config.api.public_host
+        && host.as_str().eq_ignore_ascii_case(config.ingress.domain.trim_matches('.'))
+    {
+        return Err(ConfigError {
+            file: source.file.clone(),
+            line: source.line_of_key("api", Some("public_host")),
+            message: format!("[api] public_host {host} is the app domain itself: give the API a name of its own, such as paastech.{host}"),
+        });
+    }
     let build_hooks = Arc::new(load_hooks(&source, &config)?);
     let certificate = source.certificate(&config)?;
     let data_dir = match &config.data_dir {
@@ -591,6 +600,8 @@ async fn serve(settings: Settings) -> Result<()> {
     orchestrator_config.keep_builds = keep_builds(&config).unwrap_or(10);
     // Names under the app domain are projects' own: no project may claim one.
     orchestrator_config.domain_rules = DomainRules::new(config.ingress.domain.clone());
+    // Nor the API's public host, nor (when it is `LABEL.<domain>`) take LABEL as a name.
+    orchestrator_config.domain_rules.api_host = config.api.public_host.as_ref().map(ToString::to_string);
     let urls = PublicUrls {
         app_domain: config.ingress.domain.clone(),
         app_port: Some(config.ingress.public_port.unwrap_or(config.ingress.listen.port())),
@@ -612,6 +623,16 @@ async fn serve(settings: Settings) -> Result<()> {
         Some(addr) => Some(bind(addr, "the ingress's HTTPS").await?),
         None => None,
     };
+    // The API's listener for the ingress alone (`[api] public_host`), on a loopback port
+    // only the ingress is told of: there the ingress's X-Forwarded-For is believed.
+    let api_behind_ingress = match config.api.public_host {
+        Some(_) => Some(bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), "the API behind the ingress").await?),
+        None => None,
+    };
+    if let (Some(host), Some(listener)) = (&config.api.public_host, &api_behind_ingress) {
+        let addr = listener.local_addr().context("the API's listener for the ingress")?;
+        route_api(&routes, host, &config.ingress.domain, addr);
+    }
     let hooks = HookServer::bind(data_dir.join("run").join("hooks.sock"), Arc::clone(&orchestrator) as _)
         .context("starting the git hook socket")?;
     let access = Arc::new(RepoAccessPolicy { orchestrator: Arc::clone(&orchestrator), hooks: hooks.clone() });
@@ -687,18 +708,51 @@ async fn serve(settings: Settings) -> Result<()> {
         build = %build_driver,
         "paastech server started"
     );
+    let behind_ingress = api_behind_ingress.map(|listener| {
+        let serve = paastech_web::serve_behind_ingress(listener, state.clone(), config.api.max_connections, stopped());
+        tokio::spawn(async move {
+            if let Err(err) = serve.await {
+                tracing::error!(error = %err, "serving the API behind the ingress failed");
+            }
+        })
+    });
     let api_server = tokio::spawn(paastech_web::serve(api, state, config.api.max_connections, stopped()));
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     orchestrator.shutdown().await;
     let _ = ingress.await;
+    if let Some(behind_ingress) = behind_ingress {
+        let _ = behind_ingress.await;
+    }
     match api_server.await {
         Ok(result) => result.context("serving the API")?,
         Err(err) => tracing::error!(error = %err, "API server task failed"),
     }
     tracing::info!("paastech server stopped");
     Ok(())
+}
+
+/// Routes `[api] public_host` to the API's listener for the ingress, as the ingress
+/// routes an app: under `LABEL` when the host is `LABEL.<domain>` (a name no project may
+/// take, see `Orchestrator::create_project`), else as a custom domain of a route no
+/// project can be named (`@api`; a project's custom domain can never be this host).
+fn route_api(routes: &RouteTable, host: &paastech_core::Hostname, domain: &str, addr: std::net::SocketAddr) {
+    let domain = domain.trim_matches('.').to_ascii_lowercase();
+    let label = host
+        .as_str()
+        .strip_suffix(domain.as_str())
+        .and_then(|rest| rest.strip_suffix('.'))
+        .filter(|label| !label.is_empty() && !label.contains('.'));
+    match label {
+        Some(label) => {
+            routes.set_backends(label, vec![addr]);
+        }
+        None => {
+            routes.set_backends("@api", vec![addr]);
+            routes.set_domains("@api", &[host.as_str()]);
+        }
+    }
 }
 
 /// The port users reach the ingress's HTTPS on, when it serves HTTPS.

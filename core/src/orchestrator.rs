@@ -211,6 +211,7 @@ impl Orchestrator {
 
     /// Creates the project and its repository; neither exists if either fails.
     pub async fn create_project(self: &Arc<Self>, owner_id: i64, name: &ProjectName) -> Result<Project> {
+        self.check_project_name(name)?;
         let name = name.clone();
         self.detached(move |this| async move {
             let project = this.store.create_project(owner_id, &name).await?;
@@ -315,6 +316,20 @@ impl Orchestrator {
     async fn route_domains(&self, project: &Project) -> Result<()> {
         let names: Vec<Hostname> = self.store.domains(project.id).await?.into_iter().map(|d| d.name).collect();
         self.traffic.set_domains(&project.name, &names);
+        Ok(())
+    }
+
+    /// Refuses the one name whose `NAME.<domain>` is the API's public host: the ingress
+    /// sends that host to the API, so a project there would never be reached.
+    fn check_project_name(&self, name: &ProjectName) -> Result<()> {
+        let rules = &self.config.domain_rules;
+        let Some(api_host) = rules.api_host.as_deref() else { return Ok(()) };
+        let own = format!("{name}.{}", rules.app_domain.trim_matches('.'));
+        if own.eq_ignore_ascii_case(api_host.trim_end_matches('.')) {
+            return Err(Error::Invalid(format!(
+                "project name {name:?} is reserved: {own} is where this server's API and web UI are served"
+            )));
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -55,6 +55,8 @@ struct Answer {
     status: u16,
     location: Option<String>,
     hsts: Option<String>,
+    /// `Set-Cookie` fields (over HTTPS only).
+    cookies: Vec<String>,
     body: String,
 }
 
@@ -77,6 +79,7 @@ fn plain_get(port: u16, host: &str, path: &str) -> Answer {
         status: head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0),
         location: header("location"),
         hsts: header("strict-transport-security"),
+        cookies: Vec::new(),
         body: body.to_owned(),
     }
 }
@@ -95,6 +98,18 @@ fn client(ca: &CertificateDer<'static>, alpn: &[u8]) -> Arc<ClientConfig> {
 
 /// `GET path` over HTTPS, with HTTP/2 when `h2`, else HTTP/1.1.
 async fn https_get(addr: SocketAddr, ca: &CertificateDer<'static>, host: &str, path: &str, h2: bool) -> Answer {
+    https_request(addr, ca, host, Request::get(path), None, h2).await
+}
+
+/// `req` (its method, path and headers) over HTTPS to `host`, with `body` as JSON.
+async fn https_request(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    host: &str,
+    req: hyper::http::request::Builder,
+    body: Option<Value>,
+    h2: bool,
+) -> Answer {
     let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
     let tcp = TcpStream::connect(addr).await.expect("connect to https");
     let name = ServerName::try_from(host.to_owned()).expect("server name");
@@ -104,21 +119,32 @@ async fn https_get(addr: SocketAddr, ca: &CertificateDer<'static>, host: &str, p
         .expect("tls handshake with the test ca");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "negotiated protocol");
     let io = TokioIo::new(tls);
+    let path = req.uri_ref().map(ToString::to_string).unwrap_or_else(|| "/".into());
+    let req = if h2 {
+        req.uri(format!("https://{host}:{}{path}", addr.port())).version(hyper::Version::HTTP_2)
+    } else {
+        req.header("host", host)
+    };
+    let req = match body {
+        Some(body) => req.header("content-type", "application/json").body(Full::new(Bytes::from(body.to_string()))),
+        None => req.body(Full::new(Bytes::new())),
+    }
+    .expect("request");
     let response = if h2 {
         let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.expect("h2");
         tokio::spawn(conn);
-        let req = Request::get(format!("https://{host}:{}{path}", addr.port())).version(hyper::Version::HTTP_2);
-        send.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.expect("h2 answer")
+        send.send_request(req).await.expect("h2 answer")
     } else {
         let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.expect("http/1.1");
         tokio::spawn(conn);
-        let req = Request::get(path).header("host", host);
-        send.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.expect("http/1.1 answer")
+        send.send_request(req).await.expect("http/1.1 answer")
     };
     let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (status, location, hsts) = (response.status().as_u16(), header("location"), header("strict-transport-security"));
+    let cookies: Vec<String> =
+        response.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
     let body = response.into_body().collect().await.expect("body").to_bytes();
-    Answer { status, location, hsts, body: String::from_utf8_lossy(&body).into_owned() }
+    Answer { status, location, hsts, cookies, body: String::from_utf8_lossy(&body).into_owned() }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -216,4 +242,80 @@ fn plain_http_is_redirected_hsts_is_sent_over_https_and_the_policy_survives_a_re
         let answer = https_get(https, &ca, "site.localhost", "/", true).await;
         assert_eq!((answer.status, answer.hsts), (200, None));
     });
+}
+
+/// A server whose `[api] public_host` is `host`, with HTTPS on `https_port`.
+fn server_with_public_host(https_port: u16, certs: &std::path::Path, host: &str) -> Server {
+    // The harness writes `[api]` itself: the key goes into that table, then the server
+    // starts again with it.
+    let mut server = Server::start(&https_config(https_port, certs));
+    server.stop();
+    let config = std::fs::read_to_string(&server.config_path).expect("config");
+    let config = config.replacen("[api]\n", &format!("[api]\npublic_host = {host:?}\n"), 1);
+    std::fs::write(&server.config_path, config).expect("config");
+    server.start_again();
+    server
+}
+
+#[test]
+fn the_api_and_web_ui_are_served_at_public_host_through_the_tls_listener() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = write_certificate(certs.path(), &["paastech.localhost"]);
+    let https_port = free_port();
+    let server = server_with_public_host(https_port, certs.path(), "paastech.localhost");
+    let https = SocketAddr::from(([127, 0, 0, 1], https_port));
+    let ada = server.api().user("ada@example.com");
+    let host = "paastech.localhost";
+    let rt = runtime();
+    rt.block_on(async {
+        // The API with a token, over HTTP/1.1 and HTTP/2.
+        for h2 in [false, true] {
+            let req = Request::get("/api/v1/me").header("authorization", format!("Bearer {ada}"));
+            let answer = https_request(https, &ca, host, req, None, h2).await;
+            assert_eq!(answer.status, 200, "h2={h2}: {}", answer.body);
+            assert!(answer.body.contains("ada@example.com"), "{}", answer.body);
+        }
+        // The web UI's log-in page; its cookie is Secure, since the browser came over HTTPS.
+        let answer = https_get(https, &ca, host, "/login", false).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(answer.body.contains("<form"), "{}", answer.body);
+        assert!(!answer.cookies.is_empty() && answer.cookies.iter().all(|c| c.contains("; Secure")), "{:?}", answer.cookies);
+
+        // A client's own X-Forwarded-For makes no bucket of its own in the login limiter:
+        // behind the ingress, the address is the one the ingress saw.
+        let mut statuses = Vec::new();
+        for i in 0..11 {
+            let req = Request::post("/api/v1/auth/login").header("x-forwarded-for", format!("203.0.113.{i}"));
+            let body = json!({"email": format!("nobody{i}@example.com"), "password": "wrong password"});
+            statuses.push(https_request(https, &ca, host, req, Some(body), false).await.status);
+        }
+        assert_eq!(statuses[..10], [401; 10], "{statuses:?}");
+        assert_eq!(statuses[10], 429, "the 11th failure from one address is refused: {statuses:?}");
+    });
+    // Plain HTTP to it is redirected to HTTPS: the wildcard covers it.
+    let answer = plain_get(server.ingress_port, &format!("{host}:{}", server.ingress_port), "/api/v1/healthz");
+    assert_eq!(answer.status, 301, "{answer:?}");
+    assert_eq!(answer.location.as_deref(), Some(format!("https://{host}:{https_port}/api/v1/healthz").as_str()));
+    // Its label is no project's name.
+    let (status, body) = server.api().req("POST", "/projects", Some(&ada), Some(json!({"name": "paastech"})));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("reserved")), "{body}");
+}
+
+#[test]
+fn a_public_host_outside_the_app_domain_is_no_projects_domain() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    write_certificate(certs.path(), &[]);
+    let server = server_with_public_host(free_port(), certs.path(), "paas.example.test");
+    let ada = server.api().user("ada@example.com");
+    let (status, body) = server.api().req("POST", "/projects", Some(&ada), Some(json!({"name": "blog"})));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) =
+        server.api().req("POST", "/projects/blog/domains", Some(&ada), Some(json!({"domain": "PAAS.example.test"})));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("API host")), "{body}");
+    // No certificate covers it yet (ACME would order one): plain HTTP reaches the API.
+    let answer = plain_get(server.ingress_port, "paas.example.test", "/api/v1/healthz");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.body.contains("\"ok\""), "{answer:?}");
 }

@@ -148,6 +148,23 @@ pub async fn serve(
     serve_router(listener, router(state), max_connections, shutdown).await
 }
 
+/// Serves the API (and UI) to the ingress alone, for the requests it received for
+/// `[api] public_host`. Only the ingress is told of this listener (the server binds it on
+/// loopback, on a port of its own), so here, and only here, the ingress's forwarded
+/// headers are believed: the client's address is the last `X-Forwarded-For` entry (the
+/// one the ingress appended: what it saw), and `X-Forwarded-Proto` is the ingress's own
+/// (it replaces a client's). On the public listener these headers count for nothing but
+/// `Secure` cookies, so the login limiter keeps one bucket per real address either way.
+pub async fn serve_behind_ingress(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    max_connections: NonZeroUsize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).layer(axum::Extension(auth::BehindIngress));
+    serve_router(listener, app, max_connections, shutdown).await
+}
+
 async fn serve_router(
     listener: tokio::net::TcpListener,
     app: Router,

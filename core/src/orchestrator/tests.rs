@@ -617,6 +617,11 @@ impl World {
 
     /// The same store, drivers and files, with a new orchestrator: a server restart.
     fn restarted(&self) -> Arc<Orchestrator> {
+        self.restarted_with(OrchestratorConfig::new(self.dir.path().join("releases")))
+    }
+
+    /// A new orchestrator over the same store and drivers, with `config`.
+    fn restarted_with(&self, config: OrchestratorConfig) -> Arc<Orchestrator> {
         Arc::new(Orchestrator::new(
             Arc::clone(&self.store) as _,
             Arc::new(FakeRepos { steps: Arc::clone(&self.steps) }),
@@ -624,7 +629,7 @@ impl World {
             Arc::clone(&self.runtime) as _,
             Arc::clone(&self.traffic) as _,
             Arc::new(LogHub::new(self.dir.path().join("logs"), 1 << 20)),
-            OrchestratorConfig::new(self.dir.path().join("releases")),
+            config,
         ))
     }
 
@@ -1049,6 +1054,20 @@ async fn an_https_policy_is_stored_applied_at_once_and_again_at_a_restart() {
     let restore = world.orchestrator.begin_restore().await.expect("begin restore");
     assert_eq!(world.traffic.https.lock().expect("https").get(&app), Some(&expected));
     restore.run().await.expect("restore");
+}
+
+#[tokio::test]
+async fn the_api_hosts_label_is_no_project_name_and_its_host_no_domain() {
+    let mut world = World::new(1).await;
+    let mut config = OrchestratorConfig::new(world.dir.path().join("releases"));
+    config.domain_rules.api_host = Some("paastech.localhost".into());
+    world.orchestrator = world.restarted_with(config);
+    let owner = world.project.owner_id;
+    let taken = world.orchestrator.create_project(owner, &ProjectName::parse("paastech").expect("name")).await;
+    assert!(matches!(&taken, Err(Error::Invalid(m)) if m.contains("reserved")), "{taken:?}");
+    world.orchestrator.create_project(owner, &ProjectName::parse("paastech2").expect("name")).await.expect("other names");
+    let refused = world.orchestrator.add_domain(&world.project, "paastech.localhost").await;
+    assert!(matches!(&refused, Err(Error::Invalid(_))), "{refused:?}");
 }
 
 #[tokio::test]

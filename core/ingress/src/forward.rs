@@ -250,12 +250,14 @@ fn https_redirect(shared: &Shared, pick: &Pick, head: &[u8], host: Option<&std::
     }
     let certs = shared.certs.as_ref()?;
     let host = std::str::from_utf8(&head[host?.clone()]).ok()?;
+    if !certs.serves(host_name(host)) {
+        return None;
+    }
     let target = request_target(head)?;
     if is_acme_challenge(target) {
         return None;
     }
-    let location = https_location(host, shared.https_port, target)?;
-    certs.serves(host_name(host)).then_some(location)
+    https_location(host, shared.https_port, target)
 }
 
 /// The request target of a head (`/path?query`, or an absolute URL).

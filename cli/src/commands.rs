@@ -211,16 +211,15 @@ fn https(client: &Client, out: Output, project: ProjectArg, change: Option<Https
     // `-p` may stand before or after the verb.
     let (project, body) = match change {
         None => (project, None),
-        Some(HttpsCommand::Redirect { project: p, state }) => {
-            (p.or(project), Some(json!({"redirect": state == "on"})))
-        }
+        Some(HttpsCommand::Redirect { project: p, state }) => (p.or(project), Some(json!({"redirect": state == "on"}))),
         Some(HttpsCommand::Hsts { project: p, max_age }) => {
-            let max_age = match max_age.as_str() {
-                "off" => Value::Null,
-                seconds => json!(seconds.parse::<i64>().with_context(|| format!(
-                    "{seconds:?} is not a max-age: give seconds (0 to 63072000) or off"
-                ))?),
-            };
+            let max_age =
+                match max_age.as_str() {
+                    "off" => Value::Null,
+                    seconds => json!(seconds.parse::<i64>().with_context(|| format!(
+                        "{seconds:?} is not a max-age: give seconds (0 to 63072000) or off"
+                    ))?),
+                };
             (p.or(project), Some(json!({"hsts_max_age": max_age})))
         }
     };

@@ -73,7 +73,11 @@ impl ApiSection {
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { listen: Self::default_listen(), max_connections: Self::default_max_connections(), public_host: None }
+        ApiSection {
+            listen: Self::default_listen(),
+            max_connections: Self::default_max_connections(),
+            public_host: None,
+        }
     }
 }
 

@@ -429,7 +429,9 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         return Err(ConfigError {
             file: source.file.clone(),
             line: source.line_of_key("api", Some("public_host")),
-            message: format!("[api] public_host {host} is the app domain itself: give the API a name of its own, such as paastech.{host}"),
+            message: format!(
+                "[api] public_host {host} is the app domain itself: give the API a name of its own, such as paastech.{host}"
+            ),
         });
     }
     let build_hooks = Arc::new(load_hooks(&source, &config)?);

@@ -61,7 +61,9 @@ mod tests {
 
     #[test]
     fn max_age_is_checked_against_its_range() {
-        for (input, ok) in [(0, true), (300, true), (63_072_000, true), (63_072_001, false), (-1, false), (i64::MAX, false)] {
+        for (input, ok) in
+            [(0, true), (300, true), (63_072_000, true), (63_072_001, false), (-1, false), (i64::MAX, false)]
+        {
             assert_eq!(HttpsPolicy::parse_hsts_max_age(input).is_ok(), ok, "{input}");
         }
     }

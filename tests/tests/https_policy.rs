@@ -140,7 +140,8 @@ async fn https_request(
         send.send_request(req).await.expect("http/1.1 answer")
     };
     let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let (status, location, hsts) = (response.status().as_u16(), header("location"), header("strict-transport-security"));
+    let (status, location, hsts) =
+        (response.status().as_u16(), header("location"), header("strict-transport-security"));
     let cookies: Vec<String> =
         response.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
     let body = response.into_body().collect().await.expect("body").to_bytes();
@@ -176,7 +177,10 @@ fn plain_http_is_redirected_hsts_is_sent_over_https_and_the_policy_survives_a_re
     let host = format!("site.localhost:{}", server.ingress_port);
     let answer = plain_get(server.ingress_port, &host, "/style.css?v=2&x=y");
     assert_eq!(answer.status, 301, "{answer:?}");
-    assert_eq!(answer.location.as_deref(), Some(format!("https://site.localhost:{https_port}/style.css?v=2&x=y").as_str()));
+    assert_eq!(
+        answer.location.as_deref(),
+        Some(format!("https://site.localhost:{https_port}/style.css?v=2&x=y").as_str())
+    );
     // An ACME HTTP-01 challenge reaches the plain listener's answer, not a redirect.
     let answer = plain_get(server.ingress_port, &host, "/.well-known/acme-challenge/some-token");
     assert_ne!(answer.status, 301, "{answer:?}");
@@ -279,7 +283,11 @@ fn the_api_and_web_ui_are_served_at_public_host_through_the_tls_listener() {
         let answer = https_get(https, &ca, host, "/login", false).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert!(answer.body.contains("<form"), "{}", answer.body);
-        assert!(!answer.cookies.is_empty() && answer.cookies.iter().all(|c| c.contains("; Secure")), "{:?}", answer.cookies);
+        assert!(
+            !answer.cookies.is_empty() && answer.cookies.iter().all(|c| c.contains("; Secure")),
+            "{:?}",
+            answer.cookies
+        );
 
         // A client's own X-Forwarded-For makes no bucket of its own in the login limiter:
         // behind the ingress, the address is the one the ingress saw.

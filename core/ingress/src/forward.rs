@@ -208,9 +208,16 @@ pub(crate) async fn connection<C: ClientIo>(
         // 3. The exchange.
         down.clear();
         let buffers = Buffers { cbuf: &mut cbuf, bbuf: &mut bbuf, up: &mut up, down: &mut down };
-        let exchanged =
-            exchange(&shared, &mut client, buffers, backend_deadline.as_mut(), &req, answering, Routed { in_flight, hsts })
-                .await;
+        let exchanged = exchange(
+            &shared,
+            &mut client,
+            buffers,
+            backend_deadline.as_mut(),
+            &req,
+            answering,
+            Routed { in_flight, hsts },
+        )
+        .await;
         match exchanged {
             Ok(true) if !shared.stopping.load(Ordering::Relaxed) => {}
             Ok(_) => return,
@@ -305,7 +312,11 @@ fn https_location(host: &str, port: u16, target: &str) -> Option<String> {
         return None;
     }
     let slash = if path.starts_with('/') { "" } else { "/" };
-    Some(if port == 443 { format!("https://{name}{slash}{path}") } else { format!("https://{name}:{port}{slash}{path}") })
+    Some(if port == 443 {
+        format!("https://{name}{slash}{path}")
+    } else {
+        format!("https://{name}:{port}{slash}{path}")
+    })
 }
 
 /// Adds `Strict-Transport-Security` to a response head rewritten for the client (which
@@ -313,7 +324,9 @@ fn https_location(host: &str, port: u16, target: &str) -> Option<String> {
 fn add_hsts(head: &mut Vec<u8>, max_age: u32) {
     use std::io::Write as _;
     const NAME: &[u8] = b"strict-transport-security:";
-    let sent = head.split(|&b| b == b'\n').any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME));
+    let sent = head
+        .split(|&b| b == b'\n')
+        .any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME));
     if sent || !head.ends_with(b"\r\n\r\n") {
         return;
     }
@@ -615,10 +628,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let resp =
-        read_response_head(backend, bbuf, client, down, answering, wait.head, wait.hsts)
-            .await
-            .map_err(Failed::BeforeResponse)?;
+    let resp = read_response_head(backend, bbuf, client, down, answering, wait.head, wait.hsts)
+        .await
+        .map_err(Failed::BeforeResponse)?;
     wait.head_seen.store(true, Ordering::Relaxed);
     // `bbuf[at..]` is what is left to forward.
     let mut at = resp.head_len;

@@ -203,8 +203,7 @@ impl RouteTable {
     pub fn set_backends(&self, project: &str, backends: Vec<SocketAddr>) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
         let mut routes = self.write();
-        let (old, https) =
-            routes.pools.remove(key.as_str()).map(|p| (p.backends, p.https)).unwrap_or_default();
+        let (old, https) = routes.pools.remove(key.as_str()).map(|p| (p.backends, p.https)).unwrap_or_default();
         let mut new = Vec::with_capacity(backends.len());
         for addr in backends {
             if new.iter().any(|b: &Backend| b.addr() == addr) {

@@ -1065,7 +1065,11 @@ async fn the_api_hosts_label_is_no_project_name_and_its_host_no_domain() {
     let owner = world.project.owner_id;
     let taken = world.orchestrator.create_project(owner, &ProjectName::parse("paastech").expect("name")).await;
     assert!(matches!(&taken, Err(Error::Invalid(m)) if m.contains("reserved")), "{taken:?}");
-    world.orchestrator.create_project(owner, &ProjectName::parse("paastech2").expect("name")).await.expect("other names");
+    world
+        .orchestrator
+        .create_project(owner, &ProjectName::parse("paastech2").expect("name"))
+        .await
+        .expect("other names");
     let refused = world.orchestrator.add_domain(&world.project, "paastech.localhost").await;
     assert!(matches!(&refused, Err(Error::Invalid(_))), "{refused:?}");
 }

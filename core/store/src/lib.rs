@@ -20,8 +20,7 @@ use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
     ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname, HttpsPolicy,
-    NewDeployment,
-    Project, ProjectName, Result, SshKey, Store, Timestamp, User,
+    NewDeployment, Project, ProjectName, Result, SshKey, Store, Timestamp, User,
 };
 
 use crate::conn::{Pools, write_tx};

@@ -10,7 +10,9 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
-use paastech_core::{DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Store, Timestamp, User};
+use paastech_core::{
+    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Store, Timestamp, User,
+};
 use paastech_store::SqlStore;
 
 /// Where one test's database lives, and the cleanup when the test ends.

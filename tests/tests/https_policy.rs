@@ -18,7 +18,6 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// A test CA and the operator's `*.localhost` certificate signed by it, as PEM files in
@@ -98,8 +97,11 @@ fn client(ca: &CertificateDer<'static>, alpn: &[u8]) -> Arc<ClientConfig> {
 
 /// `GET path` over HTTPS, with HTTP/2 when `h2`, else HTTP/1.1.
 async fn https_get(addr: SocketAddr, ca: &CertificateDer<'static>, host: &str, path: &str, h2: bool) -> Answer {
-    https_request(addr, ca, host, Request::get(path), None, h2).await
+    https_request(addr, ca, host, Request::get(path), None, h2, LOCAL).await
 }
+
+/// The client address of most requests; another loopback address is another client.
+const LOCAL: [u8; 4] = [127, 0, 0, 1];
 
 /// `req` (its method, path and headers) over HTTPS to `host`, with `body` as JSON.
 async fn https_request(
@@ -109,9 +111,12 @@ async fn https_request(
     req: hyper::http::request::Builder,
     body: Option<Value>,
     h2: bool,
+    from: [u8; 4],
 ) -> Answer {
     let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
-    let tcp = TcpStream::connect(addr).await.expect("connect to https");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::from((from, 0))).expect("bind the client's address");
+    let tcp = socket.connect(addr).await.expect("connect to https");
     let name = ServerName::try_from(host.to_owned()).expect("server name");
     let tls = tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(client(ca, alpn)).connect(name, tcp))
         .await
@@ -275,7 +280,7 @@ fn the_api_and_web_ui_are_served_at_public_host_through_the_tls_listener() {
         // The API with a token, over HTTP/1.1 and HTTP/2.
         for h2 in [false, true] {
             let req = Request::get("/api/v1/me").header("authorization", format!("Bearer {ada}"));
-            let answer = https_request(https, &ca, host, req, None, h2).await;
+            let answer = https_request(https, &ca, host, req, None, h2, LOCAL).await;
             assert_eq!(answer.status, 200, "h2={h2}: {}", answer.body);
             assert!(answer.body.contains("ada@example.com"), "{}", answer.body);
         }
@@ -295,10 +300,15 @@ fn the_api_and_web_ui_are_served_at_public_host_through_the_tls_listener() {
         for i in 0..11 {
             let req = Request::post("/api/v1/auth/login").header("x-forwarded-for", format!("203.0.113.{i}"));
             let body = json!({"email": format!("nobody{i}@example.com"), "password": "wrong password"});
-            statuses.push(https_request(https, &ca, host, req, Some(body), false).await.status);
+            statuses.push(https_request(https, &ca, host, req, Some(body), false, LOCAL).await.status);
         }
         assert_eq!(statuses[..10], [401; 10], "{statuses:?}");
         assert_eq!(statuses[10], 429, "the 11th failure from one address is refused: {statuses:?}");
+        // Yet everyone behind the ingress is not one bucket: another client has its own.
+        let req = Request::post("/api/v1/auth/login");
+        let body = json!({"email": "someone@example.com", "password": "wrong password"});
+        let other = https_request(https, &ca, host, req, Some(body), false, [127, 0, 0, 2]).await;
+        assert_eq!(other.status, 401, "{}", other.body);
     });
     // Plain HTTP to it is redirected to HTTPS: the wildcard covers it.
     let answer = plain_get(server.ingress_port, &format!("{host}:{}", server.ingress_port), "/api/v1/healthz");

@@ -35,14 +35,19 @@ impl From<HttpsPolicy> for HttpsView {
 #[derive(Deserialize, ToSchema)]
 pub struct HttpsPatch {
     /// Turns the redirect to HTTPS on or off.
-    #[serde(default)]
-    #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = bool)]
     pub redirect: Option<bool>,
     /// Seconds, 0 to 63072000 (two years); null turns HSTS off. 0 tells browsers to forget
     /// an earlier max-age.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>, minimum = 0, maximum = 63072000)]
     pub hsts_max_age: Option<Option<i64>>,
+}
+
+/// A field that may be left out but, when given, is a boolean (`null` is refused).
+fn given<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    bool::deserialize(d).map(Some)
 }
 
 /// A field that is present, `null` included: `Some(None)` for `null`, while a missing

@@ -893,6 +893,24 @@ mod tests {
     }
 
     #[test]
+    fn the_apis_public_host_is_a_host_name_other_than_the_app_domain() {
+        let settings = load_text("[api]\npublic_host = \"PaaSTech.Example.com.\"\n").expect("a host name");
+        assert_eq!(settings.config.api.public_host.as_ref().map(|h| h.as_str()), Some("paastech.example.com"));
+        for (text, needle) in [
+            ("[api]\npublic_host = \"not a host\"\n", "paastech.toml:2:"),
+            ("[api]\npublic_host = \"10.0.0.1\"\n", "paastech.toml:2:"),
+            ("[api]\npublic_host = \"localhost\"\n", "at least two labels"),
+            (
+                "[api]\npublic_host = \"apps.example.com\"\n[ingress]\ndomain = \"apps.example.com\"\n",
+                "is the app domain itself",
+            ),
+        ] {
+            let shown = load_text(text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(shown.contains(needle), "{text:?}: {shown}");
+        }
+    }
+
+    #[test]
     fn unknown_drivers_are_named_with_the_known_ones() {
         let err = load_text("[runtime]\ndriver = \"kubernetes\"\n").err().expect("unknown driver");
         let shown = err.to_string();

@@ -632,6 +632,16 @@ async fn serve(settings: Settings) -> Result<()> {
         None => None,
     };
     if let (Some(host), Some(listener)) = (&config.api.public_host, &api_behind_ingress) {
+        // A project made before the operator chose this name would take it back at the
+        // restore (and lose it to the API): the operator has to choose.
+        if let Some(label) = api_label(host, &config.ingress.domain)
+            && let Ok(name) = ProjectName::parse(&label)
+            && orchestrator.store().project(&name).await.is_ok()
+        {
+            anyhow::bail!(
+                "[api] public_host {host} is the address of project {label}: choose another name for the API, or delete or rename that project"
+            );
+        }
         let addr = listener.local_addr().context("the API's listener for the ingress")?;
         route_api(&routes, host, &config.ingress.domain, addr);
     }
@@ -740,21 +750,22 @@ async fn serve(settings: Settings) -> Result<()> {
 /// take, see `Orchestrator::create_project`), else as a custom domain of a route no
 /// project can be named (`@api`; a project's custom domain can never be this host).
 fn route_api(routes: &RouteTable, host: &paastech_core::Hostname, domain: &str, addr: std::net::SocketAddr) {
-    let domain = domain.trim_matches('.').to_ascii_lowercase();
-    let label = host
-        .as_str()
-        .strip_suffix(domain.as_str())
-        .and_then(|rest| rest.strip_suffix('.'))
-        .filter(|label| !label.is_empty() && !label.contains('.'));
-    match label {
+    match api_label(host, domain) {
         Some(label) => {
-            routes.set_backends(label, vec![addr]);
+            routes.set_backends(&label, vec![addr]);
         }
         None => {
             routes.set_backends("@api", vec![addr]);
             routes.set_domains("@api", &[host.as_str()]);
         }
     }
+}
+
+/// `LABEL` when the API's public host is `LABEL.<domain>`.
+fn api_label(host: &paastech_core::Hostname, domain: &str) -> Option<String> {
+    let domain = domain.trim_matches('.').to_ascii_lowercase();
+    let label = host.as_str().strip_suffix(domain.as_str())?.strip_suffix('.')?;
+    (!label.is_empty() && !label.contains('.')).then(|| label.to_owned())
 }
 
 /// The port users reach the ingress's HTTPS on, when it serves HTTPS.

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use paastech_tests::{GitRepo, Server, example, free_port, ok};
+use paastech_tests::{GitRepo, Server, example, free_port, ok, paastech_bin};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -336,4 +336,42 @@ fn a_public_host_outside_the_app_domain_is_no_projects_domain() {
     let answer = plain_get(server.ingress_port, "paas.example.test", "/api/v1/healthz");
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(answer.body.contains("\"ok\""), "{answer:?}");
+}
+
+#[test]
+fn a_server_whose_public_host_is_a_projects_address_refuses_to_start() {
+    let mut server = Server::start("");
+    let ada = server.api().user("ada@example.com");
+    let (status, body) = server.api().req("POST", "/projects", Some(&ada), Some(json!({"name": "paastech"})));
+    assert_eq!(status, 201, "{body}");
+    server.stop();
+    let config = std::fs::read_to_string(&server.config_path).expect("config");
+    let config = config.replacen("[api]\n", "[api]\npublic_host = \"paastech.localhost\"\n", 1);
+    std::fs::write(&server.config_path, config).expect("config");
+    let mut child = std::process::Command::new(paastech_bin())
+        .args(["server", "--config"])
+        .arg(&server.config_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    assert!(status.is_some_and(|s| !s.success()), "the server started anyway: {stderr}");
+    assert!(stderr.contains("is the address of project paastech"), "{stderr}");
 }

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use crate::client::{self, Client, SavedLogin, print_table};
 use crate::{
-    Command, CredentialArgs, DomainsCommand, EnvCommand, KeysCommand, ProjectArg, ProjectsCommand, TokensCommand,
+    Command, CredentialArgs, DomainsCommand, EnvCommand, HttpsCommand, KeysCommand, ProjectArg, ProjectsCommand,
+    TokensCommand,
 };
 
 pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, command: Command) -> Result<()> {
@@ -25,6 +26,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Projects(cmd) => projects(&client, out, cmd),
         Command::Env(cmd) => env(&client, out, cmd),
         Command::Domains(cmd) => domains(&client, out, cmd),
+        Command::Https { project, change } => https(&client, out, project, change),
         Command::Deployments(project) => deployments(&client, out, project),
         Command::Deploy { project, version } => deploy(&client, out, project, version, false),
         Command::Rollback { project, version } => deploy(&client, out, project, version, true),
@@ -238,6 +240,37 @@ fn certificate_summary(cert: &Value) -> String {
         summary.push_str(&format!(" (next attempt {next})"));
     }
     summary
+}
+
+fn https(client: &Client, out: Output, project: ProjectArg, change: Option<HttpsCommand>) -> Result<()> {
+    // `-p` may stand before or after the verb.
+    let (project, body) = match change {
+        None => (project, None),
+        Some(HttpsCommand::Redirect { project: p, state }) => (p.or(project), Some(json!({"redirect": state == "on"}))),
+        Some(HttpsCommand::Hsts { project: p, max_age }) => {
+            let max_age =
+                match max_age.as_str() {
+                    "off" => Value::Null,
+                    seconds => json!(seconds.parse::<i64>().with_context(|| format!(
+                        "{seconds:?} is not a max-age: give seconds (0 to 63072000) or off"
+                    ))?),
+                };
+            (p.or(project), Some(json!({"hsts_max_age": max_age})))
+        }
+    };
+    let name = resolve_project(&project)?;
+    let path = format!("/projects/{name}/https");
+    let policy: Value = match body {
+        Some(body) => client.patch(&path, &body)?,
+        None => client.get(&path)?,
+    };
+    if out.json {
+        return out.json(&policy);
+    }
+    let redirect = if policy["redirect"].as_bool() == Some(true) { "on" } else { "off" };
+    let hsts = policy["hsts_max_age"].as_u64().map_or("off".to_owned(), |s| format!("max-age={s}"));
+    println!("{name}: redirect to https {redirect}, hsts {hsts}");
+    Ok(())
 }
 
 /// `s` as one URL path segment: every byte but the unreserved ones percent-encoded, so a

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
+use paastech_core::Hostname;
 use paastech_ingress::{Certificate, CertificateError, IpRange};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -48,6 +49,17 @@ pub struct ApiSection {
     /// Open connections at most; past it, a new one is answered 503 and closed.
     #[serde(default = "ApiSection::default_max_connections")]
     pub max_connections: NonZeroUsize,
+    /// The host name the ingress serves the API and web UI on too (over HTTPS, with plain
+    /// HTTP redirected once a certificate is held), so no other proxy is needed in front.
+    /// No project may claim it as a custom domain; when it is `LABEL.<domain>`, the
+    /// operator's wildcard certificate covers it and LABEL is no project's name.
+    #[serde(default, deserialize_with = "host_name")]
+    pub public_host: Option<Hostname>,
+}
+
+fn host_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Hostname>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Hostname::parse(&text).map(Some).map_err(|err| serde::de::Error::custom(err.to_string()))
 }
 
 impl ApiSection {
@@ -61,7 +73,11 @@ impl ApiSection {
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { listen: Self::default_listen(), max_connections: Self::default_max_connections() }
+        ApiSection {
+            listen: Self::default_listen(),
+            max_connections: Self::default_max_connections(),
+            public_host: None,
+        }
     }
 }
 
@@ -98,6 +114,9 @@ pub struct IngressSection {
     /// Where the ingress serves HTTPS (HTTP/1.1 and HTTP/2), with the `[tls]`
     /// certificates; no HTTPS without it.
     pub https_listen: Option<SocketAddr>,
+    /// The port users reach HTTPS on, if a proxy or port forwarding in front changes it:
+    /// named in app URLs and in redirects to HTTPS (default: the https_listen port).
+    pub https_public_port: Option<u16>,
     /// What a new `web` instance must answer (any status below 500) before it gets traffic.
     #[serde(default = "IngressSection::default_health_path")]
     pub health_path: String,
@@ -158,6 +177,7 @@ impl Default for IngressSection {
             domain: Self::default_domain(),
             public_port: None,
             https_listen: None,
+            https_public_port: None,
             health_path: Self::default_health_path(),
             health_timeout_secs: Self::default_health_timeout(),
             drain_timeout_secs: Self::default_drain_timeout(),

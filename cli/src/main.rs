@@ -33,6 +33,13 @@ struct ProjectArg {
     project: Option<String>,
 }
 
+impl ProjectArg {
+    /// This one if it names a project, else `other`.
+    fn or(self, other: ProjectArg) -> ProjectArg {
+        if self.project.is_some() { self } else { other }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create an account (the first account on a server is its admin).
@@ -58,6 +65,14 @@ enum Command {
     /// A project's custom domains: host names it answers on besides NAME.<domain>.
     #[command(subcommand)]
     Domains(DomainsCommand),
+    /// Show or change a project's HTTPS policy: `paastech https`, `paastech https redirect
+    /// on|off`, `paastech https hsts SECONDS|off`.
+    Https {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[command(subcommand)]
+        change: Option<HttpsCommand>,
+    },
     /// List a project's deployments, newest first.
     Deployments(ProjectArg),
     /// Deploy the latest build again, or a given version (its build and config).
@@ -212,6 +227,24 @@ enum DomainsCommand {
         #[command(flatten)]
         project: ProjectArg,
         domain: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum HttpsCommand {
+    /// Redirect plain HTTP to HTTPS (301) for the project's names that have a certificate.
+    Redirect {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Send HSTS with this max-age in seconds (0 to 63072000) over HTTPS, or `off`.
+    Hsts {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(value_name = "SECONDS|off")]
+        max_age: String,
     },
 }
 

@@ -424,6 +424,17 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
             message: "[database] url must start with sqlite:// or postgres://".into(),
         });
     }
+    if let Some(host) = &config.api.public_host
+        && host.as_str().eq_ignore_ascii_case(config.ingress.domain.trim_matches('.'))
+    {
+        return Err(ConfigError {
+            file: source.file.clone(),
+            line: source.line_of_key("api", Some("public_host")),
+            message: format!(
+                "[api] public_host {host} is the app domain itself: give the API a name of its own, such as paastech.{host}"
+            ),
+        });
+    }
     let build_hooks = Arc::new(load_hooks(&source, &config)?);
     let tls = source.tls(&config)?;
     let data_dir = match &config.data_dir {
@@ -591,10 +602,14 @@ async fn serve(settings: Settings) -> Result<()> {
     orchestrator_config.keep_builds = keep_builds(&config).unwrap_or(10);
     // Names under the app domain are projects' own: no project may claim one.
     orchestrator_config.domain_rules = DomainRules::new(config.ingress.domain.clone());
-    orchestrator_config.app_url = {
-        let port = config.ingress.public_port.unwrap_or(config.ingress.listen.port());
-        let port = if port == 80 { String::new() } else { format!(":{port}") };
-        format!("http://{{name}}.{}{port}", config.ingress.domain)
+    // Nor the API's public host, nor (when it is `LABEL.<domain>`) take LABEL as a name.
+    orchestrator_config.domain_rules.api_host = config.api.public_host.as_ref().map(ToString::to_string);
+    let urls = PublicUrls {
+        app_domain: config.ingress.domain.clone(),
+        app_port: Some(config.ingress.public_port.unwrap_or(config.ingress.listen.port())),
+        https_port: https_public_port(&config),
+        ssh_host: config.ssh.public_host.clone().unwrap_or_else(|| ssh_host_default(&config)),
+        ssh_port: config.ssh.listen.port(),
     };
     // The certificates the ingress serves over HTTPS: the operator's wildcard, and what
     // ACME orders for each project's names from the moment they are made.
@@ -615,6 +630,7 @@ async fn serve(settings: Settings) -> Result<()> {
         }
         _ => None,
     };
+    orchestrator_config.app_url = urls.app_url("{name}");
     let mut orchestrator = Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config)
         .with_hooks(Arc::clone(&build_hooks) as _);
     if let Some(acme) = &acme {
@@ -630,6 +646,31 @@ async fn serve(settings: Settings) -> Result<()> {
         Some(addr) => Some(bind(addr, "the ingress's HTTPS").await?),
         None => None,
     };
+    // The API's listener for the ingress alone (`[api] public_host`), on a loopback port
+    // only the ingress is told of: there the ingress's X-Forwarded-For is believed.
+    let api_behind_ingress = match config.api.public_host {
+        Some(_) => Some(bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), "the API behind the ingress").await?),
+        None => None,
+    };
+    if let (Some(host), Some(listener)) = (&config.api.public_host, &api_behind_ingress) {
+        // A project made before the operator chose this name would take it back at the
+        // restore (and lose it to the API): the operator has to choose.
+        if let Some(label) = api_label(host, &config.ingress.domain)
+            && let Ok(name) = ProjectName::parse(&label)
+            && orchestrator.store().project(&name).await.is_ok()
+        {
+            anyhow::bail!(
+                "[api] public_host {host} is the address of project {label}: choose another name for the API, or delete or rename that project"
+            );
+        }
+        let addr = listener.local_addr().context("the API's listener for the ingress")?;
+        route_api(&routes, host, &config.ingress.domain, addr);
+        // Its certificate by ACME too, unless the operator's wildcard covers it.
+        if let Some(acme) = &acme {
+            use paastech_core::Certificates as _;
+            acme.set_names("@api", std::slice::from_ref(host));
+        }
+    }
     let hooks = HookServer::bind(data_dir.join("run").join("hooks.sock"), Arc::clone(&orchestrator) as _)
         .context("starting the git hook socket")?;
     let access = Arc::new(RepoAccessPolicy { orchestrator: Arc::clone(&orchestrator), hooks: hooks.clone() });
@@ -646,12 +687,6 @@ async fn serve(settings: Settings) -> Result<()> {
         }
     });
 
-    let urls = PublicUrls {
-        app_domain: config.ingress.domain.clone(),
-        app_port: Some(config.ingress.public_port.unwrap_or(config.ingress.listen.port())),
-        ssh_host: config.ssh.public_host.clone().unwrap_or_else(|| ssh_host_default(&config)),
-        ssh_port: config.ssh.listen.port(),
-    };
     let signup = match config.auth.signup {
         Signup::Open => SignupPolicy::Open,
         Signup::Closed => SignupPolicy::Closed,
@@ -682,6 +717,7 @@ async fn serve(settings: Settings) -> Result<()> {
     ingress_config.trusted_proxies = config.ingress.trusted_proxies.clone();
     ingress_config.backend_timeout = Duration::from_secs(config.ingress.backend_timeout_secs.get());
     ingress_config.max_connections = config.ingress.max_connections;
+    ingress_config.https_public_port = config.ingress.https_public_port;
     let ingress = match (https_listener, certs) {
         (Some(https), Some(certs)) => tokio::spawn(paastech_ingress::serve_with_https(
             ingress_listener,
@@ -705,18 +741,58 @@ async fn serve(settings: Settings) -> Result<()> {
         build = %build_driver,
         "paastech server started"
     );
+    let behind_ingress = api_behind_ingress.map(|listener| {
+        let serve = paastech_web::serve_behind_ingress(listener, state.clone(), config.api.max_connections, stopped());
+        tokio::spawn(async move {
+            if let Err(err) = serve.await {
+                tracing::error!(error = %err, "serving the API behind the ingress failed");
+            }
+        })
+    });
     let api_server = tokio::spawn(paastech_web::serve(api, state, config.api.max_connections, stopped()));
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     orchestrator.shutdown().await;
     let _ = ingress.await;
+    if let Some(behind_ingress) = behind_ingress {
+        let _ = behind_ingress.await;
+    }
     match api_server.await {
         Ok(result) => result.context("serving the API")?,
         Err(err) => tracing::error!(error = %err, "API server task failed"),
     }
     tracing::info!("paastech server stopped");
     Ok(())
+}
+
+/// Routes `[api] public_host` to the API's listener for the ingress, as the ingress
+/// routes an app: under `LABEL` when the host is `LABEL.<domain>` (a name no project may
+/// take, see `Orchestrator::create_project`), else as a custom domain of a route no
+/// project can be named (`@api`; a project's custom domain can never be this host).
+fn route_api(routes: &RouteTable, host: &paastech_core::Hostname, domain: &str, addr: std::net::SocketAddr) {
+    match api_label(host, domain) {
+        Some(label) => {
+            routes.set_backends(&label, vec![addr]);
+        }
+        None => {
+            routes.set_backends("@api", vec![addr]);
+            routes.set_domains("@api", &[host.as_str()]);
+        }
+    }
+}
+
+/// `LABEL` when the API's public host is `LABEL.<domain>`.
+fn api_label(host: &paastech_core::Hostname, domain: &str) -> Option<String> {
+    let domain = domain.trim_matches('.').to_ascii_lowercase();
+    let label = host.as_str().strip_suffix(domain.as_str())?.strip_suffix('.')?;
+    (!label.is_empty() && !label.contains('.')).then(|| label.to_owned())
+}
+
+/// The port users reach the ingress's HTTPS on, when it serves HTTPS.
+fn https_public_port(config: &ServerConfig) -> Option<u16> {
+    let listen = config.ingress.https_listen?;
+    Some(config.ingress.https_public_port.unwrap_or(listen.port()))
 }
 
 /// App logs are rotated past this size (one old file is kept).
@@ -847,6 +923,24 @@ mod tests {
             (settings.config.api.max_connections.get(), settings.config.ingress.max_connections.get()),
             (1024, 10_000)
         );
+    }
+
+    #[test]
+    fn the_apis_public_host_is_a_host_name_other_than_the_app_domain() {
+        let settings = load_text("[api]\npublic_host = \"PaaSTech.Example.com.\"\n").expect("a host name");
+        assert_eq!(settings.config.api.public_host.as_ref().map(|h| h.as_str()), Some("paastech.example.com"));
+        for (text, needle) in [
+            ("[api]\npublic_host = \"not a host\"\n", "paastech.toml:2:"),
+            ("[api]\npublic_host = \"10.0.0.1\"\n", "paastech.toml:2:"),
+            ("[api]\npublic_host = \"localhost\"\n", "at least two labels"),
+            (
+                "[api]\npublic_host = \"apps.example.com\"\n[ingress]\ndomain = \"apps.example.com\"\n",
+                "is the app domain itself",
+            ),
+        ] {
+            let shown = load_text(text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(shown.contains(needle), "{text:?}: {shown}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::domain::{EnvVars, ProjectName};
 use crate::error::{Error, Result};
 use crate::hostname::Hostname;
+use crate::https::HttpsPolicy;
 
 /// Where build output and app output go: one line at a time, never blocking the writer.
 pub trait LogSink: Send + Sync {
@@ -243,4 +244,7 @@ pub trait TrafficRouter: Send + Sync {
     /// address (at once, for every request after this call); domains it had before and
     /// not in the set answer "not found".
     fn set_domains(&self, project: &ProjectName, domains: &[Hostname]);
+    /// Makes `policy` the project's HTTPS policy (redirect and HSTS) for every request
+    /// after this call, on its own name and its custom domains alike.
+    fn set_https(&self, project: &ProjectName, policy: HttpsPolicy);
 }

@@ -11,6 +11,7 @@ pub mod drivers;
 pub mod error;
 pub mod hooks;
 pub mod hostname;
+pub mod https;
 pub mod logs;
 pub mod orchestrator;
 pub mod ports;
@@ -25,4 +26,5 @@ pub use domain::{
 };
 pub use error::{Error, Result};
 pub use hostname::{Domain, DomainRules, Hostname};
+pub use https::{HttpsChange, HttpsPolicy};
 pub use store::Store;

@@ -19,6 +19,7 @@ use crate::drivers::{
 use crate::error::{Error, Result};
 use crate::hooks::{BuildHooks, HookContext, NoHooks};
 use crate::hostname::{Domain, DomainRules, Hostname};
+use crate::https::{HttpsChange, HttpsPolicy};
 use crate::logs::LogHub;
 use crate::store::{EnvChanges, Store};
 
@@ -221,6 +222,7 @@ impl Orchestrator {
 
     /// Creates the project and its repository; neither exists if either fails.
     pub async fn create_project(self: &Arc<Self>, owner_id: i64, name: &ProjectName) -> Result<Project> {
+        self.check_project_name(name)?;
         let name = name.clone();
         self.detached(move |this| async move {
             let project = this.store.create_project(owner_id, &name).await?;
@@ -350,6 +352,50 @@ impl Orchestrator {
     /// stands; `None` when the server obtains no certificates.
     pub fn certificate(&self, name: &Hostname) -> Option<CertificateStatus> {
         self.certificates.as_ref()?.status(name)
+    }
+
+    /// Refuses the one name whose `NAME.<domain>` is the API's public host: the ingress
+    /// sends that host to the API, so a project there would never be reached.
+    fn check_project_name(&self, name: &ProjectName) -> Result<()> {
+        let rules = &self.config.domain_rules;
+        let Some(api_host) = rules.api_host.as_deref() else { return Ok(()) };
+        let own = format!("{name}.{}", rules.app_domain.trim_matches('.'));
+        if own.eq_ignore_ascii_case(api_host.trim_end_matches('.')) {
+            return Err(Error::Invalid(format!(
+                "project name {name:?} is reserved: {own} is where this server's API and web UI are served"
+            )));
+        }
+        Ok(())
+    }
+
+    // ----- HTTPS policy ---------------------------------------------------------------
+
+    /// The project's HTTPS policy (redirect and HSTS).
+    pub async fn https(&self, project: &Project) -> Result<HttpsPolicy> {
+        self.store.https_policy(project.id).await
+    }
+
+    /// Changes the project's HTTPS policy: stored first, then applied by the ingress for
+    /// every request after the answer. `Invalid` (nothing changed) for an out-of-range
+    /// max-age.
+    pub async fn set_https(self: &Arc<Self>, project: &Project, change: HttpsChange) -> Result<HttpsPolicy> {
+        let project = project.clone();
+        self.detached(move |this| async move {
+            let _guard = this.exclusive(&project.name, &NullSink).await;
+            let policy = this.store.https_policy(project.id).await?.apply(change)?;
+            this.store.set_https_policy(project.id, &policy).await?;
+            this.traffic.set_https(&project.name, policy);
+            tracing::info!(project = %project.name, redirect = policy.redirect, hsts_max_age = ?policy.hsts_max_age, "https policy changed");
+            Ok(policy)
+        })
+        .await
+    }
+
+    /// Hands the project's stored HTTPS policy to the ingress.
+    async fn route_https(&self, project: &Project) -> Result<()> {
+        let policy = self.store.https_policy(project.id).await?;
+        self.traffic.set_https(&project.name, policy);
+        Ok(())
     }
 
     /// Whether `user_id` may push to (or fetch) `project`: its owner, or an admin.
@@ -1074,6 +1120,7 @@ impl Orchestrator {
             self.traffic.switch(&project.name, Vec::new(), Duration::ZERO).await;
             // Its custom domains answer like its own name from now on (503 until restored).
             self.route_domains(&project).await?;
+            self.route_https(&project).await?;
             let guard = self.lock_for(&project.name).lock_owned().await;
             held.push((project, guard));
         }

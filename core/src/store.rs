@@ -10,6 +10,7 @@ use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName,
 use crate::drivers::Limits;
 use crate::error::Result;
 use crate::hostname::{Domain, Hostname};
+use crate::https::HttpsPolicy;
 
 /// A change to a project's env: `Some` sets, `None` unsets.
 pub type EnvChanges = BTreeMap<String, Option<String>>;
@@ -63,6 +64,9 @@ pub trait Store: Send + Sync {
     /// The project's own instance limits; `None` fields fall back to the runtime's defaults.
     async fn limits(&self, project_id: i64) -> Result<Limits>;
     async fn set_limits(&self, project_id: i64, limits: &Limits) -> Result<()>;
+    /// The project's HTTPS policy; the default one until it is set.
+    async fn https_policy(&self, project_id: i64) -> Result<HttpsPolicy>;
+    async fn set_https_policy(&self, project_id: i64, policy: &HttpsPolicy) -> Result<()>;
 
     // Custom domains.
     /// Gives the project a custom domain; `Conflict` when any project has it already.

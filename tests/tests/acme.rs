@@ -43,6 +43,31 @@ fn wait_for_status(server: &Server, token: &str, project: &str, domain: Option<&
     last
 }
 
+/// A plain-HTTP GET through the ingress: the status and the `Location` it answered.
+fn plain_redirect(port: u16, host: &str, path: &str) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .arg(format!("http://{host}:{port}{path}"))
+        .output()
+        .expect("running curl");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, location) = shown.split_once(' ').unwrap_or((&shown, ""));
+    (status.to_owned(), location.to_owned())
+}
+
+/// The response headers of an HTTPS GET of `/`.
+fn https_headers(root: &std::path::Path, host: &str, port: u16) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-D", "-", "--cacert"])
+        .arg(root)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .expect("running curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Creates `name` and pushes the static example to it.
 fn deploy(server: &Server, token: &str, key: &std::path::Path, name: &str) {
     let (status, body) = server.api().req("POST", "/projects", Some(token), Some(json!({"name": name})));
@@ -77,6 +102,18 @@ fn http01_certificates_for_a_project_and_its_domain_served_over_https_and_http2_
             assert!(body.contains("static-hello"), "{host}: {body}");
         }
     }
+    // Once a name has its certificate, plain HTTP is redirected to it; HSTS on request.
+    let (status, location) = plain_redirect(ingress_port, "www.shop.test", "/a?b=c");
+    assert_eq!((status.as_str(), location.as_str()), ("301", &*format!("https://www.shop.test:{https_port}/a?b=c")));
+    let (status, body) =
+        server.api().req("PATCH", "/projects/shop/https", Some(&ada.token), Some(json!({"hsts_max_age": 600})));
+    assert_eq!(status, 200, "{body}");
+    let headers = https_headers(&root, "shop.localhost", https_port);
+    assert!(headers.to_ascii_lowercase().contains("strict-transport-security: max-age=600"), "{headers}");
+    // The domains listing links it over HTTPS now.
+    let (_, list) = server.api().req("GET", "/projects/shop/domains", Some(&ada.token), None);
+    assert_eq!(list[0]["url"], format!("https://www.shop.test:{https_port}"), "{list}");
+
     // A name the server has no certificate for gets none (the handshake fails), and no
     // name is served another's certificate: curl checks the name it asked for.
     let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": "blog"})));
@@ -158,7 +195,7 @@ fn a_failing_challenge_or_an_unreachable_ca_is_reported_and_the_app_stays_served
     assert!(error.contains("http-01 challenge failed"), "{failed}");
     assert!(failed["next_attempt_at"].as_str().is_some(), "a retry is planned: {failed}");
     let (status, body) = http_get(ingress_port, "elsewhere.shop.test", "/");
-    assert_eq!(status, 200, "served over plain HTTP meanwhile: {body}");
+    assert_eq!(status, 200, "served over plain HTTP meanwhile, not redirected: {body}");
     assert!(body.contains("static-hello"), "{body}");
     // The project's own name is unaffected.
     wait_for_status(&server, &ada.token, "shop", None, "valid");

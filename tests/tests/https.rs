@@ -127,7 +127,8 @@ fn a_static_site_is_served_over_https_and_http2_with_the_operators_certificate()
         let refused = connect(addr, client(&ca, &[b"http/1.1"]), "www.example.com").await;
         assert!(refused.is_err(), "a name the server has no certificate for must fail the handshake");
     });
-    // Plain HTTP is served beside it, as before.
-    let (status, body) = server.app_get("site", "/");
-    assert_eq!((status, body), (200, index));
+    // Plain HTTP to it is redirected to HTTPS: the default once a certificate is held
+    // (tests/tests/https_policy.rs has the rest of the policy).
+    let (status, _) = server.app_get("site", "/");
+    assert_eq!(status, 301);
 }

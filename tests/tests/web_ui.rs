@@ -402,6 +402,20 @@ fn forms_need_their_csrf_token_and_pages_are_locked_down() {
     );
     assert!(bad.body.contains("value=\"blog.localhost\""), "the entered value is kept");
 
+    // The HTTPS form on the same tab: the token, then the policy saved and shown again.
+    assert_eq!(web.post("/projects/blog/https", &[("hsts_max_age", "300")]).status, 403);
+    let saved = web.post("/projects/blog/https", &[("csrf", &csrf), ("hsts_max_age", "300")]);
+    assert_eq!((saved.status, saved.header("location")), (303, Some("/projects/blog/domains?done=https-saved")));
+    let page = web.get("/projects/blog/domains");
+    assert!(
+        page.body.contains("value=\"300\"") && !page.body.contains("name=\"redirect\" value=\"on\" checked"),
+        "{}",
+        page.body
+    );
+    let bad = web.post("/projects/blog/https", &[("csrf", &csrf), ("redirect", "on"), ("hsts_max_age", "99999999999")]);
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("id=\"hsts-error\"") && bad.body.contains("hsts_max_age"), "{}", bad.body);
+
     // Another user: ada's project is the same 404 page as a project that does not exist.
     let mut bob = Web::new(&server.api_url());
     bob.sign_up("bob@example.com");

@@ -156,20 +156,30 @@ impl FromRequestParts<AppState> for MaybeUser {
     }
 }
 
-/// The peer address, when the server was started with connect info (in-process tests are
-/// not).
+/// Marks a request that came through the ingress's listener for the API (see
+/// [`crate::serve_behind_ingress`]): its `X-Forwarded-For` was written by the ingress.
+#[derive(Clone, Copy, Debug)]
+pub struct BehindIngress;
+
+/// The client's address: the peer's, or behind the ingress the address the ingress saw
+/// (the last `X-Forwarded-For` entry); unspecified when the server was started without
+/// connect info (in-process tests).
 pub struct ClientIp(pub IpAddr);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        Ok(ClientIp(ip))
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+        let forwarded = || {
+            // The ingress appends the address it saw to whatever the client sent: the
+            // last entry of the last field is the only one it vouches for.
+            let last = parts.headers.get_all("x-forwarded-for").iter().next_back()?;
+            last.to_str().ok()?.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
+        };
+        let behind_ingress = parts.extensions.get::<BehindIngress>().is_some();
+        let ip = if behind_ingress { forwarded().or(peer) } else { peer };
+        Ok(ClientIp(ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
     }
 }
 

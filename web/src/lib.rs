@@ -37,6 +37,9 @@ pub struct PublicUrls {
     pub app_domain: String,
     /// The ingress port when it is not 80.
     pub app_port: Option<u16>,
+    /// When the ingress serves HTTPS, the port users reach it on: app URLs are then
+    /// `https://…` (the port left out when it is 443).
+    pub https_port: Option<u16>,
     /// The host users `git push` to.
     pub ssh_host: String,
     pub ssh_port: u16,
@@ -47,19 +50,19 @@ impl PublicUrls {
         format!("ssh://git@{}:{}/{project}.git", self.ssh_host, self.ssh_port)
     }
 
-    /// Where a project answers on one of its custom domains: the ingress's port, like
-    /// its own address.
-    pub fn domain_url(&self, domain: &str) -> String {
-        match self.app_port {
-            Some(port) if port != 80 => format!("http://{domain}:{port}"),
-            _ => format!("http://{domain}"),
-        }
+    /// Where a project answers on its own name: over HTTPS when the ingress serves it.
+    pub fn app_url(&self, project: &str) -> String {
+        self.url(&format!("{project}.{}", self.app_domain), true)
     }
 
-    pub fn app_url(&self, project: &str) -> String {
-        match self.app_port {
-            Some(port) if port != 80 => format!("http://{project}.{}:{port}", self.app_domain),
-            _ => format!("http://{project}.{}", self.app_domain),
+    /// `https://HOST[:PORT]` when `https` is wanted and served, else `http://HOST[:PORT]`;
+    /// the scheme's default port is left out.
+    pub fn url(&self, host: &str, https: bool) -> String {
+        match (self.https_port.filter(|_| https), self.app_port) {
+            (Some(443), _) => format!("https://{host}"),
+            (Some(port), _) => format!("https://{host}:{port}"),
+            (None, Some(port)) if port != 80 => format!("http://{host}:{port}"),
+            (None, _) => format!("http://{host}"),
         }
     }
 }
@@ -136,6 +139,23 @@ pub async fn serve(
         stopping.send_replace(true);
     };
     serve_router(listener, router(state), max_connections, shutdown).await
+}
+
+/// Serves the API (and UI) to the ingress alone, for the requests it received for
+/// `[api] public_host`. Only the ingress is told of this listener (the server binds it on
+/// loopback, on a port of its own), so here, and only here, the ingress's forwarded
+/// headers are believed: the client's address is the last `X-Forwarded-For` entry (the
+/// one the ingress appended: what it saw), and `X-Forwarded-Proto` is the ingress's own
+/// (it replaces a client's). On the public listener these headers count for nothing but
+/// `Secure` cookies, so the login limiter keeps one bucket per real address either way.
+pub async fn serve_behind_ingress(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    max_connections: NonZeroUsize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).layer(axum::Extension(auth::BehindIngress));
+    serve_router(listener, app, max_connections, shutdown).await
 }
 
 async fn serve_router(

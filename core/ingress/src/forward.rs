@@ -167,10 +167,30 @@ pub(crate) async fn connection<C: ClientIo>(
 
         // 2. Which backend.
         let pick = pick(&shared, req.host.as_ref().and_then(|r| std::str::from_utf8(&cbuf[r.clone()]).ok()));
+        // Plain HTTP to a project that wants HTTPS: the same URL over HTTPS instead.
+        if !C::HTTPS
+            && let Some(location) = https_redirect(&shared, &pick, &cbuf[..req.head_len], req.host.as_ref())
+        {
+            drop(pick);
+            let keep_alive = keep_alive && req.framing == Framing::Empty;
+            let head = &cbuf[..req.head_len];
+            let safe = head.starts_with(b"GET ") || head.starts_with(b"HEAD ");
+            let sent = write_redirect(&mut client, &location, safe, answering, keep_alive).await;
+            cbuf.drain(..req.head_len);
+            if sent.is_err() {
+                return;
+            }
+            if !keep_alive {
+                linger(&mut client).await;
+                return;
+            }
+            continue;
+        }
+        let hsts = if C::HTTPS { pick.https().and_then(|p| p.hsts_max_age) } else { None };
         let in_flight = match pick {
-            Pick::Backend(in_flight) => in_flight,
-            Pick::UnknownProject | Pick::NoBackends => {
-                let which = if matches!(pick, Pick::NoBackends) { Page::NoDeployment } else { Page::NotFound };
+            Pick::Backend(in_flight, _) => in_flight,
+            Pick::UnknownProject | Pick::NoBackends(_) => {
+                let which = if matches!(pick, Pick::NoBackends(_)) { Page::NoDeployment } else { Page::NotFound };
                 // The body was not read: the connection cannot carry another request.
                 let keep_alive = keep_alive && req.framing == Framing::Empty;
                 cbuf.drain(..req.head_len);
@@ -190,7 +210,7 @@ pub(crate) async fn connection<C: ClientIo>(
             // The body was not read: the connection cannot carry another request.
             let keep_alive = keep_alive && req.framing == Framing::Empty;
             let served =
-                static_serve::serve(site, &mut client, &cbuf[..req.head_len], answering, keep_alive, &mut down);
+                static_serve::serve(site, &mut client, &cbuf[..req.head_len], answering, keep_alive, &mut down, hsts);
             let served = served.await;
             drop(in_flight);
             cbuf.drain(..req.head_len);
@@ -205,8 +225,16 @@ pub(crate) async fn connection<C: ClientIo>(
         // 3. The exchange.
         down.clear();
         let buffers = Buffers { cbuf: &mut cbuf, bbuf: &mut bbuf, up: &mut up, down: &mut down };
-        let exchanged =
-            exchange(&shared, &mut client, buffers, backend_deadline.as_mut(), &req, answering, in_flight).await;
+        let exchanged = exchange(
+            &shared,
+            &mut client,
+            buffers,
+            backend_deadline.as_mut(),
+            &req,
+            answering,
+            Routed { in_flight, hsts },
+        )
+        .await;
         match exchanged {
             Ok(true) if !shared.stopping.load(Ordering::Relaxed) => {}
             Ok(_) => return,
@@ -262,6 +290,115 @@ fn text_answer(body: &str, req: Answering, keep_alive: bool) -> Vec<u8> {
         answer.extend_from_slice(body.as_bytes());
     }
     answer
+}
+
+/// Where a plain-HTTP request goes instead, over HTTPS: when it is for a project whose
+/// policy redirects, the ingress holds a certificate for its host, and it is not an ACME
+/// HTTP-01 challenge (which must be answered over plain HTTP). `head` is the request
+/// head, `host` the range of its host in it. `None`: served as it is.
+fn https_redirect(shared: &Shared, pick: &Pick, head: &[u8], host: Option<&std::ops::Range<usize>>) -> Option<String> {
+    if !pick.https()?.redirect {
+        return None;
+    }
+    let certs = shared.certs.as_ref()?;
+    let host = std::str::from_utf8(&head[host?.clone()]).ok()?;
+    if !certs.serves(host_name(host)) {
+        return None;
+    }
+    let target = request_target(head)?;
+    if is_acme_challenge(target) {
+        return None;
+    }
+    https_location(host, shared.https_port, target)
+}
+
+/// The request target of a head (`/path?query`, or an absolute URL).
+fn request_target(head: &[u8]) -> Option<&str> {
+    let line = head.split(|&b| b == b'\n').next()?;
+    let mut parts = line.split(|&b| b == b' ');
+    parts.next()?;
+    std::str::from_utf8(parts.next()?).ok()
+}
+
+/// Whether a request target is an ACME HTTP-01 challenge (RFC 8555 §8.3).
+pub(crate) fn is_acme_challenge(target: &str) -> bool {
+    origin_form(target).is_some_and(|path| path.starts_with("/.well-known/acme-challenge/"))
+}
+
+/// The path and query of a request target: itself in origin form, what follows the
+/// authority in absolute form (empty, or starting with `?`, when the path is empty);
+/// `None` for `*` and authority form.
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let (scheme, rest) = target.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    Some(rest.find(['/', '?']).map_or("", |at| &rest[at..]))
+}
+
+/// A host without its port and trailing dot.
+fn host_name(host: &str) -> &str {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+/// `https://HOST[:PORT]/path?query` for a request to `host` (its port dropped) with
+/// `target`; the port is left out when it is 443.
+fn https_location(host: &str, port: u16, target: &str) -> Option<String> {
+    let path = origin_form(target)?;
+    let name = host_name(host);
+    if name.is_empty() {
+        return None;
+    }
+    let slash = if path.starts_with('/') { "" } else { "/" };
+    Some(if port == 443 {
+        format!("https://{name}{slash}{path}")
+    } else {
+        format!("https://{name}:{port}{slash}{path}")
+    })
+}
+
+/// Adds `Strict-Transport-Security` to a response head rewritten for the client (which
+/// ends with its blank line), unless the app sent its own: the app's word wins.
+fn add_hsts(head: &mut Vec<u8>, max_age: u32) {
+    use std::io::Write as _;
+    const NAME: &[u8] = b"strict-transport-security:";
+    let sent = head
+        .split(|&b| b == b'\n')
+        .any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME));
+    if sent || !head.ends_with(b"\r\n\r\n") {
+        return;
+    }
+    head.truncate(head.len() - 2);
+    let _ = write!(head, "Strict-Transport-Security: max-age={max_age}\r\n\r\n");
+}
+
+/// Sends the redirect to HTTPS: `301` for `GET`/`HEAD` (`safe`), `308` for the others, so
+/// that a client sends its method and body again rather than turning them into a `GET`.
+async fn write_redirect(
+    client: &mut (impl AsyncWrite + Unpin),
+    location: &str,
+    safe: bool,
+    req: Answering,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let status = if safe { "301 Moved Permanently" } else { "308 Permanent Redirect" };
+    let version = if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let connection = match (keep_alive, req.http10) {
+        (false, _) => "Connection: close\r\n",
+        (true, true) => "Connection: keep-alive\r\n",
+        (true, false) => "",
+    };
+    let head = format!(
+        "{version} {status}\r\nServer: paastech\r\nLocation: {location}\r\nContent-Length: 0\r\n{connection}\r\n"
+    );
+    send(client, head.as_bytes()).await
 }
 
 /// Moves `deadline` to `timeout` from now, unless it is that far already but for a
@@ -342,6 +479,14 @@ enum BackendError {
     Timeout,
 }
 
+/// Where a request goes, as its lookup found it.
+struct Routed {
+    /// The backend, with the request counted as in flight to it.
+    in_flight: InFlight,
+    /// Over HTTPS, the project's HSTS max-age, sent with the answer.
+    hsts: Option<u32>,
+}
+
 /// A connection's buffers, lent to one exchange.
 struct Buffers<'a> {
     /// From the client: the request head, then body bytes.
@@ -364,8 +509,9 @@ async fn exchange<C: ClientIo>(
     mut deadline: Pin<&mut Sleep>,
     req: &h1::Request,
     answering: Answering,
-    in_flight: InFlight,
+    routed: Routed,
 ) -> Result<bool, Failed> {
+    let Routed { in_flight, hsts } = routed;
     let Buffers { cbuf, bbuf, up, down } = buffers;
     let timeout = shared.backend_timeout;
     let backend = in_flight.backend();
@@ -415,7 +561,7 @@ async fn exchange<C: ClientIo>(
         let head_seen = AtomicBool::new(false);
         let responded = if body_done {
             extend(deadline.as_mut(), timeout);
-            let wait = Wait { head: Some(deadline.as_mut()), head_seen: &head_seen, body: timeout };
+            let wait = Wait { head: Some(deadline.as_mut()), head_seen: &head_seen, body: timeout, hsts };
             respond(&mut conn.stream, bbuf, client, down, answering, wait).await
         } else {
             // The rest of the request body and the response stream at the same time: a
@@ -425,7 +571,7 @@ async fn exchange<C: ClientIo>(
             let body = pump_body(&mut cr, cbuf, &mut bw, up, req.framing, &mut chunked, &mut remaining);
             // The backend may wait for the whole body before it answers: its time to
             // answer counts from then, here.
-            let wait = Wait { head: None, head_seen: &head_seen, body: timeout };
+            let wait = Wait { head: None, head_seen: &head_seen, body: timeout, hsts };
             let response = respond(&mut br, bbuf, &mut cw, down, answering, wait);
             tokio::pin!(body, response);
             let (mut body_sent, mut responded) = (None, None);
@@ -508,6 +654,8 @@ struct Wait<'a> {
     head_seen: &'a AtomicBool,
     /// How long the backend may then send nothing.
     body: Duration,
+    /// `Strict-Transport-Security: max-age=N` is added to the head, unless the app sent one.
+    hsts: Option<u32>,
 }
 
 /// Reads the backend's response and sends it to the client as it arrives: head
@@ -525,8 +673,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let resp =
-        read_response_head(backend, bbuf, client, down, answering, wait.head).await.map_err(Failed::BeforeResponse)?;
+    let resp = read_response_head(backend, bbuf, client, down, answering, wait.head, wait.hsts)
+        .await
+        .map_err(Failed::BeforeResponse)?;
     wait.head_seen.store(true, Ordering::Relaxed);
     // `bbuf[at..]` is what is left to forward.
     let mut at = resp.head_len;
@@ -669,6 +818,7 @@ async fn read_response_head<R, W>(
     out: &mut Vec<u8>,
     answering: Answering,
     mut deadline: Option<Pin<&mut Sleep>>,
+    hsts: Option<u32>,
 ) -> Result<h1::Response, BackendError>
 where
     R: AsyncRead + Unpin,
@@ -690,7 +840,12 @@ where
                         bbuf.drain(..resp.head_len);
                         continue;
                     }
-                    _ => return Ok(resp),
+                    _ => {
+                        if let Some(max_age) = hsts {
+                            add_hsts(out, max_age);
+                        }
+                        return Ok(resp);
+                    }
                 }
             }
         }
@@ -808,4 +963,57 @@ fn error_page(status: u16, reason: &str, why: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_location_keeps_host_path_and_query() {
+        // (Host, https port, request target, Location)
+        let cases: &[(&str, u16, &str, Option<&str>)] = &[
+            ("blog.apps.example", 443, "/", Some("https://blog.apps.example/")),
+            ("blog.apps.example:8000", 443, "/a/b?x=1&y=2", Some("https://blog.apps.example/a/b?x=1&y=2")),
+            ("blog.apps.example:8000", 8443, "/a?x", Some("https://blog.apps.example:8443/a?x")),
+            ("www.example.com.", 443, "/p", Some("https://www.example.com/p")),
+            ("www.example.com", 443, "http://www.example.com/p?q", Some("https://www.example.com/p?q")),
+            ("www.example.com", 443, "http://www.example.com", Some("https://www.example.com/")),
+            ("www.example.com", 443, "http://www.example.com?q=1", Some("https://www.example.com/?q=1")),
+            ("www.example.com", 443, "*", None),
+            ("www.example.com", 443, "www.example.com:80", None),
+            ("www.example.com", 443, "ftp://www.example.com/", None),
+            (":80", 443, "/", None),
+        ];
+        for (host, port, target, want) in cases {
+            assert_eq!(https_location(host, *port, target).as_deref(), *want, "{host} {port} {target}");
+        }
+    }
+
+    #[test]
+    fn acme_challenges_are_recognized_in_both_forms() {
+        assert!(is_acme_challenge("/.well-known/acme-challenge/abc"));
+        assert!(is_acme_challenge("http://blog.apps.example/.well-known/acme-challenge/abc"));
+        assert!(!is_acme_challenge("/.well-known/acme-challenge"));
+        assert!(!is_acme_challenge("/.well-known/other"));
+        assert!(!is_acme_challenge("/x/.well-known/acme-challenge/abc"));
+    }
+
+    #[test]
+    fn request_target_is_the_second_word_of_the_request_line() {
+        assert_eq!(request_target(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n"), Some("/a?b"));
+        assert_eq!(request_target(b"OPTIONS * HTTP/1.1\r\n\r\n"), Some("*"));
+        assert_eq!(request_target(b"GET\r\n"), None);
+    }
+
+    #[test]
+    fn hsts_is_added_once_before_the_blank_line() {
+        let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n".to_vec();
+        add_hsts(&mut head, 300);
+        assert_eq!(head, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nStrict-Transport-Security: max-age=300\r\n\r\n");
+        let mut own = b"HTTP/1.1 200 OK\r\nstrict-transport-security: max-age=5\r\n\r\n".to_vec();
+        let before = own.clone();
+        add_hsts(&mut own, 300);
+        assert_eq!(own, before, "the app's own header wins");
+    }
 }

@@ -143,9 +143,9 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
         .authority()
         .map(|a| a.as_str().to_owned())
         .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
-    let in_flight = match forward::pick(shared, host.as_deref()) {
-        Pick::Backend(in_flight) => in_flight,
-        Pick::NoBackends => return page(Page::NoDeployment, &req),
+    let (in_flight, hsts) = match forward::pick(shared, host.as_deref()) {
+        Pick::Backend(in_flight, https) => (in_flight, https.hsts_max_age),
+        Pick::NoBackends(_) => return page(Page::NoDeployment, &req),
         Pick::UnknownProject => return page(Page::NotFound, &req),
     };
     if req.method() == Method::CONNECT {
@@ -225,6 +225,12 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
         parts.headers.keys().filter(|n| h1::dropped_response_header(n.as_str())).cloned().collect();
     for name in names {
         parts.headers.remove(&name);
+    }
+    // The project's HSTS, unless the app sent its own (as on the HTTP/1 path).
+    if let Some(max_age) = hsts
+        && let Ok(value) = HeaderValue::from_str(&format!("max-age={max_age}"))
+    {
+        parts.headers.entry(header::STRICT_TRANSPORT_SECURITY).or_insert(value);
     }
     let body = Watched {
         inner: body,

@@ -40,6 +40,10 @@ pub struct IngressConfig {
     /// SSH and the API). Past it, a new connection gets a short `503` page with
     /// `Retry-After` and is closed; see [`MAX_REFUSING`].
     pub max_connections: NonZeroUsize,
+    /// The port clients reach the HTTPS listener on, when it is not the one it listens on
+    /// (a server behind port forwarding): redirects to HTTPS name it (`None`: the
+    /// listener's own port; 443 is left out of URLs).
+    pub https_public_port: Option<u16>,
 }
 
 /// The default [`IngressConfig::max_connections`].
@@ -70,6 +74,7 @@ impl IngressConfig {
             threads: default_threads(),
             trusted_proxies: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            https_public_port: None,
         }
     }
 }
@@ -100,8 +105,11 @@ pub(crate) struct Shared {
     pub(crate) trusted_proxies: Arc<[IpRange]>,
     /// This thread's HTTP/1.1 client to backends, for requests that came over HTTP/2.
     pub(crate) h2_upstream: h2::Upstream,
-    /// The certificates served over HTTPS, and ACME's HTTP-01 answers in progress.
+    /// The certificates HTTPS is served with (`None`: no HTTPS): plain HTTP is redirected
+    /// only for a host that has one.
     pub(crate) certs: Option<CertStore>,
+    /// The port redirects to HTTPS name.
+    pub(crate) https_port: u16,
 }
 
 /// Serves the ingress on `listener` until `shutdown` resolves (then lets open requests
@@ -163,6 +171,8 @@ async fn run(
             return;
         }
     };
+    let https_port = https.as_ref().and_then(|(https, _)| https.local_addr().ok()).map_or(443, |a| a.port());
+    let https_port = config.https_public_port.unwrap_or(https_port);
     let certs = https.as_ref().map(|(_, certs)| certs.clone());
     let (https, acceptor) = match https {
         Some((https, certs)) => {
@@ -207,6 +217,7 @@ async fn run(
             trusted_proxies: trusted_proxies.clone(),
             h2_upstream: h2::upstream(config.connect_timeout),
             certs: certs.clone(),
+            https_port,
         });
         let thread = Thread {
             shared,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use paastech_core::drivers::TrafficRouter;
-use paastech_core::{Hostname, ProjectName};
+use paastech_core::{Hostname, HttpsPolicy, ProjectName};
 
 use crate::{RouteTable, drain, health_check};
 
@@ -61,5 +61,9 @@ impl TrafficRouter for IngressRouter {
     fn set_domains(&self, project: &ProjectName, domains: &[Hostname]) {
         let names: Vec<&str> = domains.iter().map(Hostname::as_str).collect();
         self.table.set_domains(project.as_str(), &names);
+    }
+
+    fn set_https(&self, project: &ProjectName, policy: HttpsPolicy) {
+        self.table.set_https(project.as_str(), policy);
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use paastech_core::HttpsPolicy;
 use tokio::sync::Notify;
 
 use crate::static_site::StaticSite;
@@ -124,13 +125,26 @@ impl Drop for InFlight {
 struct Pool {
     backends: Vec<Backend>,
     next: AtomicUsize,
+    /// The project's HTTPS policy, here so that the lookup that finds the backends finds
+    /// it too, under the same lock.
+    https: HttpsPolicy,
 }
 
-/// What a lookup found for a project.
+/// What a lookup found for a project, with the project's HTTPS policy when it is one.
 pub(crate) enum Pick {
     UnknownProject,
-    NoBackends,
-    Backend(InFlight),
+    NoBackends(HttpsPolicy),
+    Backend(InFlight, HttpsPolicy),
+}
+
+impl Pick {
+    /// The HTTPS policy of the project found, if any.
+    pub(crate) fn https(&self) -> Option<HttpsPolicy> {
+        match self {
+            Pick::UnknownProject => None,
+            Pick::NoBackends(https) | Pick::Backend(_, https) => Some(*https),
+        }
+    }
 }
 
 /// Projects and the custom domains that lead to them, under one lock, so a lookup by
@@ -189,7 +203,7 @@ impl RouteTable {
     pub fn set_backends(&self, project: &str, backends: Vec<SocketAddr>) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
         let mut routes = self.write();
-        let old = routes.pools.remove(key.as_str()).map(|p| p.backends).unwrap_or_default();
+        let (old, https) = routes.pools.remove(key.as_str()).map(|p| (p.backends, p.https)).unwrap_or_default();
         let mut new = Vec::with_capacity(backends.len());
         for addr in backends {
             if new.iter().any(|b: &Backend| b.addr() == addr) {
@@ -199,7 +213,7 @@ impl RouteTable {
             new.push(handle);
         }
         let removed = old.into_iter().filter(|b| !new.iter().any(|n| n.addr() == b.addr())).collect();
-        routes.pools.insert(key.into_boxed_str(), Pool { backends: new, next: AtomicUsize::new(0) });
+        routes.pools.insert(key.into_boxed_str(), Pool { backends: new, next: AtomicUsize::new(0), https });
         removed
     }
 
@@ -228,6 +242,16 @@ impl RouteTable {
             let domain = domain.as_ref();
             let domain = domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase();
             routes.domains.insert(domain.into_boxed_str(), key.clone());
+        }
+    }
+
+    /// Makes `policy` the HTTPS policy of `project`, for its name and custom domains
+    /// alike. A project the table does not know is left unknown: its policy comes with its
+    /// first [`Self::set_backends`] call from the orchestrator, which sets it after.
+    pub fn set_https(&self, project: &str, policy: HttpsPolicy) {
+        let key = project.to_ascii_lowercase();
+        if let Some(pool) = self.write().pools.get_mut(key.as_str()) {
+            pool.https = policy;
         }
     }
 
@@ -278,10 +302,10 @@ impl RouteTable {
     fn pick_in(pool: &Pool) -> Pick {
         let n = pool.backends.len();
         if n == 0 {
-            return Pick::NoBackends;
+            return Pick::NoBackends(pool.https);
         }
         let i = if n == 1 { 0 } else { pool.next.fetch_add(1, Ordering::Relaxed) % n };
-        Pick::Backend(InFlight::start(&pool.backends[i]))
+        Pick::Backend(InFlight::start(&pool.backends[i]), pool.https)
     }
 }
 
@@ -310,7 +334,7 @@ mod tests {
 
     fn pick_addr(t: &RouteTable, p: &str) -> Option<SocketAddr> {
         match t.pick(p) {
-            Pick::Backend(g) => Some(g.backend().addr()),
+            Pick::Backend(g, _) => Some(g.backend().addr()),
             _ => None,
         }
     }
@@ -320,7 +344,7 @@ mod tests {
         let t = RouteTable::new();
         assert!(matches!(t.pick("blog"), Pick::UnknownProject));
         t.set_backends("Blog", vec![]);
-        assert!(matches!(t.pick("blog"), Pick::NoBackends));
+        assert!(matches!(t.pick("blog"), Pick::NoBackends(_)));
         t.set_backends("blog", vec![addr(1), addr(2), addr(1)]);
         let seq: Vec<_> = (0..4).filter_map(|_| pick_addr(&t, "blog")).collect();
         assert_eq!(seq, vec![addr(1), addr(2), addr(1), addr(2)]);
@@ -333,7 +357,7 @@ mod tests {
         let t = RouteTable::new();
         t.set_backends("a", vec![addr(1), addr(2)]);
         let guard = match t.pick("a") {
-            Pick::Backend(g) => g,
+            Pick::Backend(g, _) => g,
             _ => panic!("expected a backend"),
         };
         assert_eq!(guard.backend().addr(), addr(1));
@@ -361,7 +385,7 @@ mod tests {
         t.set_domains("shop", &["shop.example.net"]);
         assert!(matches!(t.pick_by_host("shop.example.net"), Pick::UnknownProject));
         t.set_backends("shop", vec![]);
-        assert!(matches!(t.pick_by_host("shop.example.net"), Pick::NoBackends));
+        assert!(matches!(t.pick_by_host("shop.example.net"), Pick::NoBackends(_)));
         // Setting the set again drops what is not in it.
         t.set_domains("blog", &["example.org"]);
         assert!(matches!(t.pick_by_host("www.example.com"), Pick::UnknownProject));
@@ -375,7 +399,7 @@ mod tests {
 
     fn pick_by_host_addr(t: &RouteTable, host: &str) -> Option<SocketAddr> {
         match t.pick_by_host(host) {
-            Pick::Backend(g) => Some(g.backend().addr()),
+            Pick::Backend(g, _) => Some(g.backend().addr()),
             _ => None,
         }
     }
@@ -385,7 +409,7 @@ mod tests {
         let t = RouteTable::new();
         t.set_backends("a", vec![addr(1)]);
         let guard = match t.pick("a") {
-            Pick::Backend(g) => g,
+            Pick::Backend(g, _) => g,
             _ => panic!("expected a backend"),
         };
         let old = t.set_backends("a", vec![addr(2)]);

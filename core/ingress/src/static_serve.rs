@@ -33,6 +33,7 @@ pub(crate) async fn serve<S: AsyncWrite + Unpin>(
     answering: Answering,
     keep_alive: bool,
     out: &mut Vec<u8>,
+    hsts: Option<u32>,
 ) -> io::Result<bool> {
     let reply = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -70,7 +71,7 @@ pub(crate) async fn serve<S: AsyncWrite + Unpin>(
             }
         }
     };
-    write_reply(client, reply, answering, keep_alive, out).await?;
+    write_reply(client, reply, answering, keep_alive, out, hsts).await?;
     Ok(keep_alive)
 }
 
@@ -80,6 +81,7 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     answering: Answering,
     keep_alive: bool,
     out: &mut Vec<u8>,
+    hsts: Option<u32>,
 ) -> io::Result<()> {
     use std::io::Write as _;
     out.clear();
@@ -99,6 +101,10 @@ async fn write_reply<S: AsyncWrite + Unpin>(
     }
     if let Some(len) = reply.content_length {
         let _ = write!(out, "content-length: {len}\r\n");
+    }
+    // Over HTTPS, the project's HSTS (as on the proxied path).
+    if let Some(max_age) = hsts {
+        let _ = write!(out, "strict-transport-security: max-age={max_age}\r\n");
     }
     match (keep_alive, answering.http10) {
         (false, _) => out.extend_from_slice(b"connection: close\r\n"),

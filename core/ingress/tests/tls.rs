@@ -14,6 +14,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use paastech_core::HttpsPolicy;
 use paastech_ingress::{CertStore, Certificate, IngressConfig, RouteTable};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -480,8 +481,89 @@ async fn plain_http_still_says_http_beside_https() {
     ));
     let app = echo_backend().await;
     table.set_backends("blog", vec![app.addr]);
+    // Without its redirect to HTTPS, the project is served over plain HTTP.
+    table.set_https("blog", HttpsPolicy { redirect: false, hsts_max_age: Some(300) });
     let answer = common::get(plain_addr, &format!("blog.{DOMAIN}"), "/").await;
     assert!(answer.body.contains("proto=http xff"), "{}", answer.body);
+    assert!(answer.headers.get("strict-transport-security").is_none(), "never HSTS over plain HTTP");
+}
+
+#[tokio::test]
+async fn plain_http_is_redirected_to_https_for_names_with_a_certificate() {
+    let pki = Pki::new();
+    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+    let plain_addr = plain.local_addr().expect("addr");
+    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let https_port = https.local_addr().expect("addr").port();
+    let table = RouteTable::new();
+    tokio::spawn(paastech_ingress::serve_with_https(
+        plain,
+        https,
+        with_wildcard(&pki),
+        IngressConfig::new(DOMAIN),
+        table.clone(),
+        std::future::pending(),
+    ));
+    let app = echo_backend().await;
+    table.set_backends("blog", vec![app.addr]);
+    table.set_domains("blog", &["www.example.com"]);
+    let host = format!("blog.{DOMAIN}");
+
+    // Redirect on by default: the same URL over HTTPS, on the HTTPS port.
+    let answer = common::get(plain_addr, &format!("{host}:8000"), "/a/b?x=1&y=2").await;
+    assert_eq!(answer.status, StatusCode::MOVED_PERMANENTLY, "{}", answer.body);
+    let location = answer.headers.get("location").and_then(|v| v.to_str().ok());
+    assert_eq!(location, Some(format!("https://{host}:{https_port}/a/b?x=1&y=2").as_str()));
+    // A method other than GET and HEAD keeps its method and body: 308.
+    let answer = common::raw_request(
+        plain_addr,
+        &format!("POST /form HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 308 Permanent Redirect\r\n"), "{answer}");
+    // ACME's HTTP-01 challenges are answered over plain HTTP, never redirected.
+    let answer = common::get(plain_addr, &host, "/.well-known/acme-challenge/token").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.body.contains("path=/.well-known/acme-challenge/token"), "{}", answer.body);
+    // A custom domain the ingress has no certificate for stays on plain HTTP.
+    let answer = common::get(plain_addr, "www.example.com", "/").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(answer.body.contains("proto=http"), "{}", answer.body);
+    // An unknown name is not redirected either: it is nobody's.
+    let answer = common::get(plain_addr, &format!("nobody.{DOMAIN}"), "/").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+
+    // HSTS, when set, over HTTPS only: HTTP/1.1 and HTTP/2 alike.
+    table.set_https("blog", HttpsPolicy { redirect: true, hsts_max_age: Some(300) });
+    let mut answers = Vec::new();
+    for alpn in [HTTP11, H2] {
+        let tls = connect(plain_addr_https(https_port), pki.client(&[alpn]), &host).await.expect("handshake");
+        let req = Request::get("/").header("host", &host).body(no_body()).expect("request");
+        let resp = if alpn == H2 {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("h2");
+            tokio::spawn(conn);
+            send.send_request(req).await.expect("answer")
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("http/1.1");
+            tokio::spawn(conn);
+            send.send_request(req).await.expect("answer")
+        };
+        let hsts = resp.headers().get("strict-transport-security").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        answers.push((resp.version(), resp.status(), hsts));
+    }
+    for (version, status, hsts) in answers {
+        assert_eq!(status, StatusCode::OK, "{version:?}");
+        assert_eq!(hsts.as_deref(), Some("max-age=300"), "{version:?}");
+    }
+    // Redirect off: plain HTTP is served.
+    table.set_https("blog", HttpsPolicy { redirect: false, hsts_max_age: Some(300) });
+    let answer = common::get(plain_addr, &host, "/").await;
+    assert_eq!(answer.status, StatusCode::OK);
+}
+
+fn plain_addr_https(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use crate::drivers::{
 };
 use crate::error::{Error, Result};
 use crate::hostname::{Domain, Hostname};
+use crate::https::{HttpsChange, HttpsPolicy};
 use crate::logs::LogHub;
 use crate::store::{EnvChanges, Store};
 
@@ -104,6 +105,7 @@ struct Data {
     builds: Vec<Build>,
     deployments: Vec<Deployment>,
     domains: Vec<Domain>,
+    https: HashMap<i64, HttpsPolicy>,
     next_domain_id: i64,
 }
 
@@ -252,6 +254,13 @@ impl Store for MemStore {
     }
     async fn set_limits(&self, project_id: i64, limits: &Limits) -> Result<()> {
         self.enter("set_limits").await?.limits.insert(project_id, *limits);
+        Ok(())
+    }
+    async fn https_policy(&self, project_id: i64) -> Result<HttpsPolicy> {
+        Ok(self.enter("https_policy").await?.https.get(&project_id).copied().unwrap_or_default())
+    }
+    async fn set_https_policy(&self, project_id: i64, policy: &HttpsPolicy) -> Result<()> {
+        self.enter("set_https_policy").await?.https.insert(project_id, *policy);
         Ok(())
     }
     async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build> {
@@ -503,6 +512,8 @@ struct FakeTraffic {
     routes: Mutex<HashMap<ProjectName, Vec<SocketAddr>>>,
     /// Custom domain → the project it is routed to.
     domains: Mutex<BTreeMap<String, ProjectName>>,
+    /// The HTTPS policy the ingress was last given, per project.
+    https: Mutex<HashMap<ProjectName, HttpsPolicy>>,
 }
 
 impl FakeTraffic {
@@ -533,6 +544,9 @@ impl TrafficRouter for FakeTraffic {
         let mut routed = self.domains.lock().expect("domains");
         routed.retain(|_, p| p != project);
         routed.extend(domains.iter().map(|d| (d.to_string(), project.clone())));
+    }
+    fn set_https(&self, project: &ProjectName, policy: HttpsPolicy) {
+        self.https.lock().expect("https").insert(project.clone(), policy);
     }
 }
 
@@ -566,6 +580,7 @@ impl World {
             unhealthy: AtomicBool::new(false),
             routes: Mutex::default(),
             domains: Mutex::default(),
+            https: Mutex::default(),
         });
         let dir = tempfile::tempdir().expect("temp dir");
         let mut world = World {
@@ -602,10 +617,15 @@ impl World {
 
     /// The same store, drivers and files, with a new orchestrator: a server restart.
     fn restarted(&self) -> Arc<Orchestrator> {
-        Arc::new(self.new_orchestrator())
+        self.restarted_with(OrchestratorConfig::new(self.dir.path().join("releases")))
     }
 
-    fn new_orchestrator(&self) -> Orchestrator {
+    /// A new orchestrator over the same store and drivers, with `config`.
+    fn restarted_with(&self, config: OrchestratorConfig) -> Arc<Orchestrator> {
+        Arc::new(self.new_orchestrator(config))
+    }
+
+    fn new_orchestrator(&self, config: OrchestratorConfig) -> Orchestrator {
         Orchestrator::new(
             Arc::clone(&self.store) as _,
             Arc::new(FakeRepos { steps: Arc::clone(&self.steps) }),
@@ -613,7 +633,7 @@ impl World {
             Arc::clone(&self.runtime) as _,
             Arc::clone(&self.traffic) as _,
             Arc::new(LogHub::new(self.dir.path().join("logs"), 1 << 20)),
-            OrchestratorConfig::new(self.dir.path().join("releases")),
+            config,
         )
     }
 
@@ -1013,6 +1033,51 @@ async fn a_custom_domain_is_routed_at_once_kept_over_a_restart_and_unique() {
     world.orchestrator.add_domain(&other, "www.example.com").await.expect("free again");
 }
 
+// ----- HTTPS policy -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_https_policy_is_stored_applied_at_once_and_again_at_a_restart() {
+    let world = World::new(1).await;
+    let app = world.project.name.clone();
+    assert_eq!(world.orchestrator.https(&world.project).await.expect("policy"), HttpsPolicy::default());
+    let change = HttpsChange { redirect: Some(false), hsts_max_age: Some(Some(300)) };
+    let set = world.orchestrator.set_https(&world.project, change).await.expect("set");
+    let expected = HttpsPolicy { redirect: false, hsts_max_age: Some(300) };
+    assert_eq!(set, expected);
+    assert_eq!(world.store.https_policy(world.project.id).await.expect("stored"), expected);
+    assert_eq!(world.traffic.https.lock().expect("https").get(&app), Some(&expected));
+
+    let invalid = HttpsChange { redirect: Some(true), hsts_max_age: Some(Some(63_072_001)) };
+    let refused = world.orchestrator.set_https(&world.project, invalid).await;
+    assert!(matches!(&refused, Err(Error::Invalid(m)) if m.contains("hsts_max_age")), "{refused:?}");
+    assert_eq!(world.store.https_policy(world.project.id).await.expect("stored"), expected, "nothing changed");
+
+    // The ingress of a new server process knows nothing: the restore hands it the policy.
+    world.traffic.https.lock().expect("https").clear();
+    let world = World { orchestrator: world.restarted(), ..world };
+    let restore = world.orchestrator.begin_restore().await.expect("begin restore");
+    assert_eq!(world.traffic.https.lock().expect("https").get(&app), Some(&expected));
+    restore.run().await.expect("restore");
+}
+
+#[tokio::test]
+async fn the_api_hosts_label_is_no_project_name_and_its_host_no_domain() {
+    let mut world = World::new(1).await;
+    let mut config = OrchestratorConfig::new(world.dir.path().join("releases"));
+    config.domain_rules.api_host = Some("paastech.localhost".into());
+    world.orchestrator = world.restarted_with(config);
+    let owner = world.project.owner_id;
+    let taken = world.orchestrator.create_project(owner, &ProjectName::parse("paastech").expect("name")).await;
+    assert!(matches!(&taken, Err(Error::Invalid(m)) if m.contains("reserved")), "{taken:?}");
+    world
+        .orchestrator
+        .create_project(owner, &ProjectName::parse("paastech2").expect("name"))
+        .await
+        .expect("other names");
+    let refused = world.orchestrator.add_domain(&world.project, "paastech.localhost").await;
+    assert!(matches!(&refused, Err(Error::Invalid(_))), "{refused:?}");
+}
+
 #[tokio::test]
 async fn a_domain_change_completes_whoever_hangs_up() {
     let world = World::new(1).await;
@@ -1063,7 +1128,8 @@ impl crate::certificates::Certificates for FakeCertificates {
 async fn certificates_are_wanted_for_exactly_the_names_projects_have() {
     let world = World::new(1).await;
     let certs = Arc::new(FakeCertificates::default());
-    let orchestrator = Arc::new(world.new_orchestrator().with_certificates(Arc::clone(&certs) as _));
+    let config = OrchestratorConfig::new(world.dir.path().join("releases"));
+    let orchestrator = Arc::new(world.new_orchestrator(config).with_certificates(Arc::clone(&certs) as _));
     let wanted = |pairs: &[(&str, &[&str])]| -> BTreeMap<String, Vec<String>> {
         pairs
             .iter()

@@ -19,8 +19,8 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
-    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname, NewDeployment,
-    Project, ProjectName, Result, SshKey, Store, Timestamp, User,
+    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname, HttpsPolicy,
+    NewDeployment, Project, ProjectName, Result, SshKey, Store, Timestamp, User,
 };
 
 use crate::conn::{Pools, write_tx};
@@ -386,6 +386,7 @@ impl Store for SqlStore {
                 diesel::delete(process_scale::table.filter(process_scale::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(project_limits::table.filter(project_limits::project_id.eq(project_id)))
                     .execute(conn)?;
+                diesel::delete(project_https::table.filter(project_https::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(domains::table.filter(domains::project_id.eq(project_id))).execute(conn)?;
                 if diesel::delete(projects::table.find(project_id)).execute(conn)? == 0 {
                     return Err(not_found("project not found"));
@@ -494,6 +495,41 @@ impl Store for SqlStore {
                         ))
                         .execute(conn)?;
                 }
+                Ok(())
+            })
+        })
+    }
+
+    async fn https_policy(&self, project_id: i64) -> Result<HttpsPolicy> {
+        with_conn!(self, |conn| {
+            let row = project_https::table
+                .find(project_id)
+                .select((project_https::https_redirect, project_https::hsts_max_age))
+                .first::<(bool, Option<i64>)>(conn)
+                .optional()?;
+            Ok(match row {
+                // A stored age out of range (written by hand) is dropped rather than sent.
+                Some((redirect, age)) => {
+                    HttpsPolicy { redirect, hsts_max_age: age.and_then(|a| HttpsPolicy::parse_hsts_max_age(a).ok()) }
+                }
+                None => HttpsPolicy::default(),
+            })
+        })
+    }
+
+    async fn set_https_policy(&self, project_id: i64, policy: &HttpsPolicy) -> Result<()> {
+        let (redirect, age) = (policy.redirect, policy.hsts_max_age.map(i64::from));
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                ensure_project!(conn, project_id);
+                diesel::delete(project_https::table.find(project_id)).execute(conn)?;
+                diesel::insert_into(project_https::table)
+                    .values((
+                        project_https::project_id.eq(project_id),
+                        project_https::https_redirect.eq(redirect),
+                        project_https::hsts_max_age.eq(age),
+                    ))
+                    .execute(conn)?;
                 Ok(())
             })
         })

@@ -53,6 +53,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    project_https (project_id) {
+        project_id -> BigInt,
+        https_redirect -> Bool,
+        hsts_max_age -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     env_vars (project_id, key) {
         project_id -> BigInt,
         key -> Text,
@@ -118,6 +126,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     ssh_keys,
     projects,
     project_limits,
+    project_https,
     env_vars,
     process_scale,
     builds,

@@ -10,7 +10,9 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
-use paastech_core::{DeploymentStatus, Error, Hostname, NewDeployment, ProjectName, Store, Timestamp, User};
+use paastech_core::{
+    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Store, Timestamp, User,
+};
 use paastech_store::SqlStore;
 
 /// Where one test's database lives, and the cleanup when the test ends.
@@ -114,6 +116,7 @@ suite!(
     env_updates_set_and_unset_in_one_go,
     scale_sets_listed_types_only,
     limits_are_set_replaced_and_cleared,
+    https_policy_defaults_and_is_replaced,
     builds_are_created_and_finished,
     deployment_versions_increase_per_project,
     deployment_status_follows_the_state_machine,
@@ -411,6 +414,26 @@ async fn limits_are_set_replaced_and_cleared(db: &TestDb) {
     store.set_limits(project.id, &Limits::default()).await.expect("clear");
     assert_eq!(store.limits(project.id).await.expect("limits"), Limits::default());
     assert_not_found(store.set_limits(424242, &set).await, "project");
+}
+
+async fn https_policy_defaults_and_is_replaced(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let other = store.create_project(alice.id, &name("other")).await.expect("create");
+    assert_eq!(store.https_policy(project.id).await.expect("policy"), HttpsPolicy::default());
+    let off = HttpsPolicy { redirect: false, hsts_max_age: Some(300) };
+    store.set_https_policy(project.id, &off).await.expect("set");
+    assert_eq!(store.https_policy(project.id).await.expect("policy"), off);
+    assert_eq!(store.https_policy(other.id).await.expect("policy"), HttpsPolicy::default());
+    let on = HttpsPolicy { redirect: true, hsts_max_age: None };
+    store.set_https_policy(project.id, &on).await.expect("replace");
+    assert_eq!(store.https_policy(project.id).await.expect("policy"), on);
+    assert_not_found(store.set_https_policy(424242, &off).await, "project");
+    store.set_https_policy(project.id, &off).await.expect("set");
+    store.delete_project(project.id).await.expect("delete");
+    let again = store.create_project(alice.id, &name("app")).await.expect("create again");
+    assert_eq!(store.https_policy(again.id).await.expect("policy"), HttpsPolicy::default());
 }
 
 async fn builds_are_created_and_finished(db: &TestDb) {

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use paastech_core::{CertificateStatus, Domain};
+use paastech_core::{CertificateState, CertificateStatus, Domain};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -62,9 +62,12 @@ impl From<CertificateStatus> for CertificateView {
 }
 
 fn view(state: &AppState, domain: Domain) -> DomainView {
+    let certificate = state.orchestrator.certificate(&domain.name);
+    // Over HTTPS once the name has a certificate.
+    let https = certificate.as_ref().is_some_and(|c| c.state == CertificateState::Valid);
     DomainView {
-        certificate: state.orchestrator.certificate(&domain.name).map(CertificateView::from),
-        url: state.urls.domain_url(domain.name.as_str()),
+        url: state.urls.url(domain.name.as_str(), https),
+        certificate: certificate.map(CertificateView::from),
         domain: domain.name.to_string(),
         created_at: domain.created_at.to_rfc3339(),
     }

@@ -3,6 +3,7 @@
 pub(crate) mod accounts;
 pub(crate) mod domains;
 pub(crate) mod extract;
+pub(crate) mod https;
 pub(crate) mod projects;
 pub(crate) mod schemas;
 
@@ -39,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/ps", get(projects::instances))
         .route("/projects/{name}/domains", get(domains::list).post(domains::add))
         .route("/projects/{name}/domains/{domain}", delete(domains::remove))
+        .route("/projects/{name}/https", get(https::get).patch(https::patch))
         .route("/projects/{name}/run", post(projects::run))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -77,7 +79,7 @@ async fn openapi() -> ApiResult<Response> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains and deployments. Authenticate with `Authorization: Bearer <token>`."),
+    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy and deployments. Authenticate with `Authorization: Bearer <token>`."),
     servers((url = "/api/v1")),
     paths(
         healthz,
@@ -89,6 +91,7 @@ async fn openapi() -> ApiResult<Response> {
         projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances,
         projects::run,
         domains::list, domains::add, domains::remove,
+        https::get, https::patch,
     ),
     components(schemas(ErrorBody), responses(ErrorBody)),
     modifiers(&BearerAuth),

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Redirect};
 use futures_util::StreamExt;
 use paastech_core::drivers::InstanceState;
 use paastech_core::store::EnvChanges;
-use paastech_core::{Deployment, Error, Project, Timestamp, validate_env_key};
+use paastech_core::{Deployment, Error, HttpsChange, HttpsPolicy, Project, Timestamp, validate_env_key};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -212,6 +212,7 @@ async fn domains_page_with(
     name: &str,
     notice: Option<String>,
     form: (String, FieldErrors),
+    https_form: Option<(HttpsForm, Option<String>)>,
     status: StatusCode,
 ) -> UiResult {
     let (project, head, _) = load(state, session, name, "domains", 5).await?;
@@ -221,20 +222,35 @@ async fn domains_page_with(
         .domains(&project)
         .await?
         .into_iter()
-        .map(|d| DomainRow {
-            url: state.urls.domain_url(d.name.as_str()),
-            certificate: state.orchestrator.certificate(&d.name).map(CertificateCell::of),
-            domain: d.name.to_string(),
-            when: When::of(d.created_at, now),
+        .map(|d| {
+            let certificate = state.orchestrator.certificate(&d.name);
+            // Over HTTPS once the name has a certificate.
+            let https = certificate.as_ref().is_some_and(|c| c.state == paastech_core::CertificateState::Valid);
+            DomainRow {
+                url: state.urls.url(d.name.as_str(), https),
+                certificate: certificate.map(CertificateCell::of),
+                domain: d.name.to_string(),
+                when: When::of(d.created_at, now),
+            }
         })
         .collect();
     let own = state.orchestrator.app_host(&project.name).and_then(|host| {
         let cell = state.orchestrator.certificate(&host).map(CertificateCell::of)?;
         Some((host.to_string(), cell))
     });
-    let (domain, errors) = form;
+    let (domain, mut errors) = form;
+    let policy = state.orchestrator.https(&project).await?;
+    let (https_redirect, hsts_max_age) = match https_form {
+        Some((form, hsts_error)) => {
+            if let Some(message) = hsts_error {
+                errors.add("hsts_max_age", message);
+            }
+            (form.redirect.is_some(), form.hsts_max_age)
+        }
+        None => (policy.redirect, policy.hsts_max_age.map(|s| s.to_string()).unwrap_or_default()),
+    };
     let l = layout(session, &head, "Domains", false).with_notice(notice);
-    render(status, &DomainsPage { l, p: head, domains, own, domain, errors })
+    render(status, &DomainsPage { l, p: head, domains, own, domain, errors, https_redirect, hsts_max_age })
 }
 
 pub async fn domains_page(
@@ -244,7 +260,7 @@ pub async fn domains_page(
     Query(notice): Query<Notice>,
 ) -> UiResult {
     let empty = (String::new(), FieldErrors::default());
-    domains_page_with(&state, &session, &name, notice.message(), empty, StatusCode::OK).await
+    domains_page_with(&state, &session, &name, notice.message(), empty, None, StatusCode::OK).await
 }
 
 #[derive(Deserialize)]
@@ -266,7 +282,7 @@ pub async fn domain_add(
         Err(err @ (Error::Invalid(_) | Error::Conflict(_))) => {
             let status = if matches!(err, Error::Conflict(_)) { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
             let errors = FieldErrors::one("domain", err.to_string());
-            domains_page_with(&state, &session, &name, None, (domain, errors), status).await
+            domains_page_with(&state, &session, &name, None, (domain, errors), None, status).await
         }
         Err(other) => Err(other.into()),
     }
@@ -281,6 +297,44 @@ pub async fn domain_remove(
     let project = visible_project(&state, &session.user, &name).await?;
     state.orchestrator.remove_domain(&project, &form.domain).await?;
     Ok(Redirect::to(&format!("/projects/{}/domains?done=domain-removed", project.name)).into_response())
+}
+
+/// The HTTPS form of the Domains tab: a checkbox (absent when unchecked) and a max-age
+/// (empty: HSTS off).
+#[derive(Deserialize)]
+pub struct HttpsForm {
+    redirect: Option<String>,
+    #[serde(default)]
+    hsts_max_age: String,
+}
+
+pub async fn https_save(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<HttpsForm>,
+) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    let typed = form.hsts_max_age.trim();
+    let hsts_max_age = if typed.is_empty() {
+        Ok(None)
+    } else {
+        typed
+            .parse::<i64>()
+            .map_err(|_| Error::Invalid(format!("{typed:?} is not a number of seconds")))
+            .and_then(HttpsPolicy::parse_hsts_max_age)
+            .map(Some)
+    };
+    let change = match hsts_max_age {
+        Ok(age) => HttpsChange { redirect: Some(form.redirect.is_some()), hsts_max_age: Some(age) },
+        Err(err) => {
+            let empty = (String::new(), FieldErrors::default());
+            let refused = Some((form, Some(err.to_string())));
+            return domains_page_with(&state, &session, &name, None, empty, refused, StatusCode::BAD_REQUEST).await;
+        }
+    };
+    state.orchestrator.set_https(&project, change).await?;
+    Ok(Redirect::to(&format!("/projects/{}/domains?done=https-saved", project.name)).into_response())
 }
 
 // ----- Env ------------------------------------------------------------------------------

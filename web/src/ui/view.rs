@@ -333,6 +333,9 @@ pub struct DomainsPage {
     /// The add form's value, shown again with its error.
     pub domain: String,
     pub errors: FieldErrors,
+    /// The HTTPS form: redirect on, and the HSTS max-age as typed (empty: off).
+    pub https_redirect: bool,
+    pub hsts_max_age: String,
 }
 
 pub struct ScaleRow {

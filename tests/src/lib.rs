@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod engines;
 pub mod pebble;
+pub mod web;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -301,7 +302,7 @@ impl Api {
 
     /// Signs up and logs in; returns the token.
     pub fn user(&self, email: &str) -> String {
-        let password = "correct horse battery";
+        let password = web::PASSWORD;
         let (status, body) =
             self.req("POST", "/auth/signup", None, Some(json!({"email": email, "password": password})));
         assert_eq!(status, 201, "signup {email}: {body}");

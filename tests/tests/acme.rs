@@ -125,6 +125,14 @@ fn http01_certificates_for_a_project_and_its_domain_served_over_https_and_http2_
     assert!(!fetched, "no certificate for an unknown name");
     assert!(!error.contains("certificate subject name") && !error.contains("does not match"), "{error}");
 
+    // The web UI's Domains tab shows both certificates.
+    let mut web = paastech_tests::web::Web::new(&server.api_url());
+    web.log_in("ada@example.com");
+    let page = web.get("/projects/shop/domains");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("HTTPS certificate of <span class=\"url\">shop.localhost</span>"), "{}", page.body);
+    assert_eq!(page.body.matches("<span class=\"badge ok\">valid</span>").count(), 2, "{}", page.body);
+
     // The CLI shows it.
     let home = server.dir.path().join("ada-home");
     std::fs::create_dir_all(&home).expect("home");
@@ -153,17 +161,26 @@ fn http01_certificates_for_a_project_and_its_domain_served_over_https_and_http2_
 }
 
 #[test]
-fn tls_alpn01_certificates_renew_before_they_expire() {
+fn tls_alpn01_certificates_for_a_project_and_its_domain_renew_before_they_expire() {
     let (ingress_port, https_port) = (free_port(), free_port());
     // Certificates of 30 s: renewed when 10 s are left.
     let pebble = Pebble::start(ingress_port, https_port, Some(Duration::from_secs(30)));
     let server = Server::start_on(&acme_config(&pebble, https_port, "tls-alpn-01"), ingress_port);
     let ada = server.developer("ada@example.com");
     deploy(&server, &ada.token, &ada.key, "shop");
+    let (status, body) =
+        server.api().req("POST", "/projects/shop/domains", Some(&ada.token), Some(json!({"domain": "www.shop.test"})));
+    assert_eq!(status, 201, "{body}");
     let first = wait_for_status(&server, &ada.token, "shop", None, "valid");
+    wait_for_status(&server, &ada.token, "shop", Some("www.shop.test"), "valid");
     let root = pebble.issuing_root();
-    let (fetched, status, body) = curl_https(&root, "shop.localhost", https_port, "/", true);
-    assert!(fetched && status == "2 200" && body.contains("static-hello"), "{status} {body}\n{}", server.log());
+    for host in ["shop.localhost", "www.shop.test"] {
+        for http2 in [false, true] {
+            let (fetched, status, body) = curl_https(&root, host, https_port, "/", http2);
+            assert!(fetched && body.contains("static-hello"), "{host}: {status} {body}\n{}", server.log());
+            assert_eq!(status, if http2 { "2 200" } else { "1.1 200" }, "{host}");
+        }
+    }
 
     let mut renewed = Value::Null;
     let changed = eventually(Duration::from_secs(60), || {

@@ -2,7 +2,10 @@
 //! forwarded to apps as HTTP/1.1: same routing, same forwarded headers, same error pages
 //! and timeouts as the HTTP/1 path in `forward.rs`.
 //!
-//! Each request is sent through a per-thread hyper client, whose pool keeps the backend
+//! A request for a static site is answered from the site's files here, as on the HTTP/1
+//! path (`static_serve.rs`), without the hop to its process.
+//!
+//! Each other request is sent through a per-thread hyper client, whose pool keeps the backend
 //! connections alive between requests (apps only speak HTTP/1.1, so each stream in
 //! flight needs a backend connection of its own).
 
@@ -34,6 +37,7 @@ use crate::forward::{self, Page};
 use crate::h1;
 use crate::proxy::Shared;
 use crate::routes::{InFlight, Pick};
+use crate::static_files;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -157,6 +161,11 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
     let Some(host) = host else {
         return page(Page::NotFound, &req);
     };
+    if let Some(site) = in_flight.backend().site().cloned() {
+        let response = static_files::respond(&site, &req).await;
+        // Counted in flight, and the stream open, until the whole answer went out.
+        return response.map(|body| Kept { inner: body, _kept: (in_flight, busy) }.boxed_unsync());
+    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let Ok(uri) = Uri::try_from(format!("http://{}{path}", in_flight.backend().addr())) else {
@@ -273,6 +282,34 @@ impl hyper::body::Body for Watched {
                 }
                 Poll::Pending => Poll::Pending,
             },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A static site's answer on its way to the client, keeping its request counted as in
+/// flight and its stream open as [`Watched`] does for a backend's.
+struct Kept {
+    inner: static_files::StaticBody,
+    _kept: (InFlight, Busy),
+}
+
+impl hyper::body::Body for Kept {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(BoxError::from))),
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -951,10 +951,11 @@ def parse_h2load(text):
     secs = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
     m2 = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                    r"(\d+) errored, (\d+) timeout", text)
-    done, succeeded = int(m2.group(3)), int(m2.group(4))
+    done = int(m2.group(3))
     errors = int(m2.group(5)) + int(m2.group(6)) + int(m2.group(7))
-    m3 = re.search(r"status codes: (\d+) 2xx", text)
-    errors += succeeded - int(m3.group(1))
+    # Every answer must be a 2xx: a 3xx, 4xx or 5xx counts as an error, as wrk's non-2xx.
+    m3 = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    errors += int(m3.group(2)) + int(m3.group(3)) + int(m3.group(4))
 
     def mean_ms(label):
         m = re.search(label + r":\s+\S+\s+\S+\s+(\S+)", text)

@@ -408,7 +408,9 @@ async fn direct(
             response = response.header(name, value);
         }
     }
-    let framing = if head_method || status.is_informational() || status == StatusCode::NO_CONTENT
+    let framing = if head_method
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Length(0)
@@ -630,11 +632,8 @@ impl hyper::body::Body for Kept {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(BoxError::from))),
-            Poll::Pending => Poll::Pending,
-        }
+        // `Either`'s error is already boxed.
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -568,3 +568,63 @@ async fn http2_answers_arrive_whole_whatever_their_http1_framing() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection after the backend said close");
 }
+
+/// A static site over HTTP/2 is answered by the ingress from its files, as over HTTP/1:
+/// its file server process (busybox `httpd … -h DIR`, recognized as the configured
+/// static server) is stopped before the requests, so a proxied request would fail.
+#[tokio::test]
+async fn http2_requests_for_a_static_site_are_answered_from_its_files() {
+    use paastech_core::drivers::TrafficRouter;
+    use std::process::{Command, Stdio};
+
+    let pki = Pki::new();
+    let (addr, table) = start(with_wildcard(&pki)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("index.html"), "<h1>home</h1>").expect("write");
+    std::fs::write(dir.path().join("big.txt"), "x".repeat(300_000)).expect("write");
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox is installed (scripts/test.sh installs busybox-static)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    let prefix: Vec<String> =
+        [busybox, "httpd", "-f", "-p", &server.to_string(), "-h"].into_iter().map(String::from).collect();
+    let mut child = Command::new(busybox)
+        .args(&prefix[1..])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start busybox httpd");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(server).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "busybox httpd did not listen on {server}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let router = paastech_ingress::IngressRouter::new(table, "/").serve_static_sites(prefix);
+    let site = paastech_core::ProjectName::parse("site").expect("project name");
+    router.switch(&site, vec![server], Duration::from_secs(1)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let host = format!("site.{DOMAIN}");
+    let tls = connect(addr, pki.client(&[H2]), &host).await.expect("handshake");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("http/2");
+    tokio::spawn(conn);
+    for (path, want) in [("/", "<h1>home</h1>".to_owned()), ("/big.txt", "x".repeat(300_000))] {
+        // Twice: the first look reads the disk, the second is answered from memory.
+        for _ in 0..2 {
+            let req = Request::get(format!("https://{host}{path}"))
+                .version(Version::HTTP_2)
+                .body(no_body())
+                .expect("request");
+            let (status, body) = read(send.send_request(req).await.expect("answer")).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert!(body == want, "{path}: {} bytes", body.len());
+        }
+    }
+    let req =
+        Request::get(format!("https://{host}/missing")).version(Version::HTTP_2).body(no_body()).expect("request");
+    assert_eq!(read(send.send_request(req).await.expect("answer")).await.0, StatusCode::NOT_FOUND);
+}

@@ -115,7 +115,7 @@ pub(crate) async fn connection(
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(client), service);
+    let conn = builder.serve_connection(TokioIo::new(Coalesced::new(client)), service);
     tokio::pin!(conn);
     loop {
         tokio::select! {
@@ -138,6 +138,126 @@ pub(crate) async fn connection(
     conn.as_mut().graceful_shutdown();
     if let Err(err) = conn.await {
         tracing::debug!(error = %err, "http/2 connection ended with an error");
+    }
+}
+
+/// What is written to a TLS stream gathered, and a flush put off once, to the end of
+/// the current pass of the thread's run queue. The streams of one connection are tasks
+/// of their own, and the connection flushes whatever is ready each time one of them
+/// wakes it: ten answers to requests that came in one read went out as ten TLS records
+/// and ten system calls (`strace`: 10 `writev` a `recvfrom`). Put off once, the flush
+/// finds the frames of every stream that was already running.
+struct Coalesced<S> {
+    inner: S,
+    buf: Vec<u8>,
+    /// A flush was put off once already.
+    deferred: bool,
+}
+
+/// Past this, written bytes go out before more are taken (and a larger write passes
+/// straight through).
+const COALESCE_MAX: usize = 64 * 1024;
+
+impl<S> Coalesced<S> {
+    fn new(inner: S) -> Self {
+        Coalesced { inner, buf: Vec::new(), deferred: false }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> Coalesced<S> {
+    /// Writes out everything gathered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.buf.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.buf.drain(..n);
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Coalesced<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Coalesced<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buf.len() + data.len() > COALESCE_MAX {
+            if let Poll::Ready(Err(err)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(err));
+            }
+            if !this.buf.is_empty() {
+                return Poll::Pending;
+            }
+            if data.len() >= COALESCE_MAX {
+                return Pin::new(&mut this.inner).poll_write(cx, data);
+            }
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.buf.len() + total > COALESCE_MAX {
+            if let Poll::Ready(Err(err)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(err));
+            }
+            if !this.buf.is_empty() {
+                return Poll::Pending;
+            }
+            if total >= COALESCE_MAX {
+                return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            }
+        }
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.buf.is_empty() && !this.deferred {
+            this.deferred = true;
+            // Polled again after the tasks already queued on this thread.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.deferred = false;
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_shutdown(cx),
+            other => other,
+        }
     }
 }
 

@@ -6,6 +6,9 @@
 (c) ingress requests/s and p99 vs nginx as a reverse proxy to the same backend, with wrk.
 (d) a static site (1 KB index.html) served by PaaSTech's ingress vs nginx serving the same
     file, with wrk; the `serve-static` process alone is measured beside them.
+(e) TLS vs nginx with the same ECDSA P-256 certificate, with h2load: HTTPS requests/s over
+    kept-alive connections, new handshakes/s and HTTP/2 requests/s, proxied to the backend
+    of (c) and for the static site of (d).
 
 Everything listens on 127.0.0.1 only, every loop is bounded, and everything started here
 is stopped at the end (also on Ctrl-C). Run through scripts/bench.sh, which builds the

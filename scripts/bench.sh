@@ -7,13 +7,16 @@
 #   (b) push-to-live of examples/static-hello and examples/python-hello (first deploy and
 #       redeploys after a one-line change), until the ingress serves the new content;
 #   (c) ingress requests/s and p99 (wrk at 8, 64, 256 connections) vs nginx as a reverse
-#       proxy to the same nginx backend.
+#       proxy to the same nginx backend;
+#   (d) a static site (1 KB index.html) vs nginx serving the same file (wrk);
+#   (e) TLS with the same ECDSA P-256 certificate vs nginx (h2load): HTTPS requests/s over
+#       kept-alive connections, new handshakes/s, HTTP/2 requests/s, proxied and static.
 # Prints a table with ratios against the baselines. Builds paastech in release, installs
 # what it needs (as root, Debian), stops everything it started.
 #
-# Usage: [PAASTECH_BENCH_BIN=BIN] scripts/bench.sh [--rounds N] [--only push,live,ingress,static] [--big-mb MB]
+# Usage: [PAASTECH_BENCH_BIN=BIN] scripts/bench.sh [--rounds N] [--only push,live,ingress,static,tls] [--big-mb MB]
 #                         [--wrk-seconds S] [--ingress-rounds N] [--connections 8,64,256] [--keep]
-#                         [--json FILE]
+#                         [--h2-clients 8,64] [--h2-streams N] [--handshake-batch N] [--json FILE]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,6 +27,9 @@ command -v ssh >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "bench: installing ${need[*]}" >&2

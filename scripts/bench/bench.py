@@ -6,6 +6,9 @@
 (c) ingress requests/s and p99 vs nginx as a reverse proxy to the same backend, with wrk.
 (d) a static site (1 KB index.html) served by PaaSTech's ingress vs nginx serving the same
     file, with wrk; the `serve-static` process alone is measured beside them.
+(e) TLS vs nginx with the same ECDSA P-256 certificate, with h2load: HTTPS requests/s over
+    kept-alive connections, new handshakes/s and HTTP/2 requests/s, proxied to the backend
+    of (c) and for the static site of (d).
 
 Everything listens on 127.0.0.1 only, every loop is bounded, and everything started here
 is stopped at the end (also on Ctrl-C). Run through scripts/bench.sh, which builds the
@@ -134,12 +137,15 @@ class Processes:
 
 
 class PaaSTech:
-    def __init__(self, binary, work, procs, ingress_threads=None):
+    def __init__(self, binary, work, procs, ingress_threads=None, tls=None):
         self.binary = binary
         self.ingress_threads = ingress_threads
+        # (cert_file, key_file): the ingress also serves HTTPS on `https_port` with them.
+        self.tls = tls
         self.dir = os.path.join(work, "paastech")
         os.makedirs(self.dir)
         self.api_port, self.ssh_port, self.ingress_port = free_port(), free_port(), free_port()
+        self.https_port = free_port() if tls else None
         self.procs = procs
         self.proc = None
         self.token = None
@@ -153,6 +159,8 @@ class PaaSTech:
                 f'[ssh]\nlisten = "127.0.0.1:{self.ssh_port}"\n\n'
                 f'[ingress]\nlisten = "127.0.0.1:{self.ingress_port}"\ndomain = "localhost"\n'
                 + (f"threads = {self.ingress_threads}\n" if self.ingress_threads else "")
+                + (f'https_listen = "127.0.0.1:{self.https_port}"\n\n'
+                   f'[tls]\ncert_file = "{self.tls[0]}"\nkey_file = "{self.tls[1]}"\n' if self.tls else "")
             )
         self.proc = self.procs.start(
             "paastech", [self.binary, "server", "--config", config], os.path.join(self.dir, "server.log"),
@@ -637,8 +645,11 @@ def wrk(port, host, connections, seconds):
     return parse_wrk(res.stdout)
 
 
-def bench_ingress(paas, procs, work, rounds, seconds, conns, results):
-    log("(c) ingress: deploying the nginx backend as a PaaSTech app")
+def deploy_backend(paas, work, results):
+    """The nginx backend of (c) and (e), deployed once as a PaaSTech app: (port, pgid)."""
+    if "backend" in results:
+        return results["backend"]
+    log("deploying the nginx backend as a PaaSTech app")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     app = os.path.join(work, "backend-app")
     port_file = os.path.join(work, "backend.port")
@@ -664,6 +675,14 @@ def bench_ingress(paas, procs, work, rounds, seconds, conns, results):
     # The runtime made the backend's `sh -c` a process-group leader; nginx is in that group.
     with open(f"/proc/{int(pid_text)}/stat") as f:
         backend_pgid = int(f.read().rsplit(")", 1)[1].split()[2])
+    results["backend"] = (backend_port, backend_pgid)
+    return results["backend"]
+
+
+def bench_ingress(paas, procs, work, rounds, seconds, conns, results):
+    log("(c) ingress: vs nginx as a reverse proxy to the same backend")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    backend_port, backend_pgid = deploy_backend(paas, work, results)
     backend = f"127.0.0.1:{backend_port}"
     log(f"backend nginx at {backend}")
 
@@ -784,9 +803,12 @@ def static_server_port(project):
     raise RuntimeError(f"no serve-static process found for {project}")
 
 
-def bench_static(paas, procs, work, rounds, seconds, conns, results):
-    log("(d) static: deploying a static site (1 KB index.html) as a PaaSTech app")
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+def deploy_static(paas, work, results):
+    """The static site of (d) and (e), pushed once: (its page, a directory holding a copy of
+    its files for nginx; PaaSTech's release directory is its own)."""
+    if "static_site" in results:
+        return results["static_site"]
+    log("deploying a static site (1 KB index.html) as a PaaSTech app")
     app = os.path.join(work, "static-app")
     os.makedirs(app)
     page = "<!doctype html><title>bench</title><p>" + "x" * 1024 + "</p>\n"
@@ -799,12 +821,19 @@ def bench_static(paas, procs, work, rounds, seconds, conns, results):
     secs, ok, out = repo.push(url, "main")
     if not ok:
         raise RuntimeError(f"deploying the static site failed:\n{out}\n{paas.log_tail()}")
-
-    # nginx serves a copy of the same files (PaaSTech's release directory is its own).
-    nginx_dir = os.path.join(work, "nginx-static")
-    root = os.path.join(nginx_dir, "www")
+    root = os.path.join(work, "static-copy")
     os.makedirs(root)
     shutil.copy(os.path.join(app, "index.html"), root)
+    results["static_site"] = (page, root)
+    return results["static_site"]
+
+
+def bench_static(paas, procs, work, rounds, seconds, conns, results):
+    log("(d) static: vs nginx serving the same file")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    page, root = deploy_static(paas, work, results)
+    nginx_dir = os.path.join(work, "nginx-static")
+    os.makedirs(nginx_dir)
     port = free_port()
     conf = os.path.join(nginx_dir, "nginx.conf")
     with open(conf, "w") as f:
@@ -844,6 +873,267 @@ def bench_static(paas, procs, work, rounds, seconds, conns, results):
     results["static"] = out
     results["static_rounds"] = rounds
     procs.stop(server)
+
+
+# ---------------------------------------------------------------------------------------
+# (e) TLS: HTTPS over kept-alive connections, new handshakes, HTTP/2, static over HTTPS
+
+TLS_CONF = """\
+# nginx terminating TLS with the same certificate as PaaSTech: a reverse proxy to the same
+# backend (as in (c)) and a static server of the same file (as in (d)), HTTP/2 on both.
+# Session resumption is configured as an operator would (a shared session cache; tickets
+# on, nginx's default) and PaaSTech keeps its own in-memory cache: alike on both sides.
+# h2load resumes no session, so every new connection is a full handshake on either.
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    http2_max_requests 1000000;
+    client_body_temp_path {dir}/tmp-body;
+    proxy_temp_path {dir}/tmp-proxy;
+    fastcgi_temp_path {dir}/tmp-fastcgi;
+    uwsgi_temp_path {dir}/tmp-uwsgi;
+    scgi_temp_path {dir}/tmp-scgi;
+    types {{ text/html html; }}
+    default_type application/octet-stream;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    upstream backend {{
+        server {backend};
+        keepalive 256;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{proxy_port} ssl http2 backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{static_port} ssl http2 backlog=4096;
+        sendfile on;
+        tcp_nopush on;
+        open_file_cache max=1000 inactive=60s;
+        open_file_cache_valid 60s;
+        root {root};
+        location / {{ index index.html; }}
+    }}
+}}
+"""
+
+
+def make_certificate(directory):
+    """A self-signed ECDSA P-256 certificate for `*.localhost` and the bench's app names,
+    served by both PaaSTech (as the operator's wildcard, `[tls] cert_file`) and nginx."""
+    os.makedirs(directory, exist_ok=True)
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
+    run(["openssl", "req", "-x509", "-new", "-key", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.localhost",
+         "-addext", "subjectAltName=DNS:*.localhost,DNS:bench-backend.localhost,DNS:bench-static.localhost"])
+    return cert, key
+
+
+def parse_h2load(text):
+    """(requests/s, finished seconds, requests done, errors, mean connect ms, mean time to
+    1st byte ms) from h2load's summary."""
+    m = re.search(r"finished in ([\d.]+)(ms|s), ([\d.]+) req/s", text)
+    if not m:
+        raise RuntimeError(f"h2load printed no summary:\n{text}")
+    secs = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+    m2 = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                   r"(\d+) errored, (\d+) timeout", text)
+    done = int(m2.group(3))
+    errors = int(m2.group(5)) + int(m2.group(6)) + int(m2.group(7))
+    # Every answer must be a 2xx: a 3xx, 4xx or 5xx counts as an error, as wrk's non-2xx.
+    m3 = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    errors += int(m3.group(2)) + int(m3.group(3)) + int(m3.group(4))
+
+    def mean_ms(label):
+        m = re.search(label + r":\s+\S+\s+\S+\s+(\S+)", text)
+        if not m:
+            return float("nan")
+        v = re.match(r"([\d.]+)(us|ms|s)", m.group(1))
+        return float(v.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[v.group(2)] if v else float("nan")
+
+    return float(m.group(3)), secs, done, errors, mean_ms("time for connect"), mean_ms("time to 1st byte")
+
+
+def log_percentiles(path):
+    """(p50, p99) in ms of the request times h2load wrote to its --log-file."""
+    times = []
+    with open(path) as f:
+        for line in f:
+            fields = line.split("\t")
+            if len(fields) >= 3:
+                times.append(int(fields[2]) / 1000.0)
+    if not times:
+        return float("nan"), float("nan")
+    times.sort()
+    return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+def h2load(port, host, clients, seconds, h1, streams, log_path):
+    """Kept-alive connections for `seconds` (after a 1 s warm-up in which they connect):
+    HTTP/1.1 over TLS when `h1`, else HTTP/2 with `streams` at once per connection. The
+    URI names the app, so h2load sends it as SNI and :authority/Host; `--connect-to` sends
+    the traffic to 127.0.0.1, since `*.localhost` names do not resolve here."""
+    if os.path.exists(log_path):
+        os.remove(log_path)
+    cmd = ["h2load", "-t", str(min(2, clients)), "-c", str(clients), "-m", str(streams), "-D", str(seconds),
+           "--warm-up-time", "1", "--connect-to", f"127.0.0.1:{port}", "--log-file", log_path]
+    if h1:
+        cmd.append("--h1")
+    cmd.append(f"https://{host}/")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if res.returncode != 0:
+        raise RuntimeError(f"h2load failed: {res.stdout}{res.stderr}")
+    rps, _, done, errors, _, _ = parse_h2load(res.stdout)
+    p50, p99 = log_percentiles(log_path)
+    return rps, p50, p99, errors, done
+
+
+def handshakes(port, host, batch, seconds, log_path):
+    """New TLS connections per second: batches of `batch` connections opened together by
+    h2load (HTTP/1.1, one request each, then closed; h2load never resumes a session, so
+    each is a full handshake), repeated for `seconds`. The rate is all connections over the
+    time h2load itself measured for its batches; p99 is the request time after the
+    handshake (from the log), beside the mean connect (TCP + TLS) time."""
+    total, secs, errors, connect, ttfb, reqs = 0, 0.0, 0, [], [], []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.path.exists(log_path):
+            os.remove(log_path)
+        cmd = ["h2load", "--h1", "-t", "2", "-c", str(batch), "-n", str(batch), "--connect-to",
+               f"127.0.0.1:{port}", "--log-file", log_path, f"https://{host}/"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"h2load failed: {res.stdout}{res.stderr}")
+        _, s, done, e, c, t = parse_h2load(res.stdout)
+        total, secs, errors = total + done, secs + s, errors + e
+        connect.append(c)
+        ttfb.append(t)
+        with open(log_path) as f:
+            reqs.extend(int(line.split("\t")[2]) / 1000.0 for line in f if line.count("\t") >= 2)
+    reqs.sort()
+    p50 = reqs[len(reqs) // 2] if reqs else float("nan")
+    p99 = reqs[min(len(reqs) - 1, int(len(reqs) * 0.99))] if reqs else float("nan")
+    return (total / secs if secs else 0.0, p50, p99, errors, total, statistics.mean(connect),
+            statistics.mean(ttfb))
+
+
+def bench_tls(paas, procs, work, rounds, seconds, conns, h2_clients, h2_streams, batch, results):
+    log("(e) tls: HTTPS, handshakes and HTTP/2 vs nginx with the same certificate")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    backend_port, _ = deploy_backend(paas, work, results)
+    page, root = deploy_static(paas, work, results)
+    tls_dir = os.path.join(work, "nginx-tls")
+    os.makedirs(tls_dir, exist_ok=True)
+    proxy_port, static_port = free_port(), free_port()
+    conf = os.path.join(tls_dir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(TLS_CONF.format(dir=tls_dir, proxy_port=proxy_port, static_port=static_port, root=root,
+                                backend=f"127.0.0.1:{backend_port}", cert=paas.tls[0], key=paas.tls[1]))
+    run([nginx, "-t", "-q", "-p", tls_dir, "-c", conf])
+    server = procs.start(
+        "nginx-tls", [nginx, "-p", tls_dir, "-c", conf, "-g", "daemon off;"],
+        os.path.join(tls_dir, "stderr.log"), sig=signal.SIGQUIT,
+    )
+    wait_port(proxy_port)
+    wait_port(static_port)
+
+    ports = {
+        "proxy": {"nginx": proxy_port, "paastech": paas.https_port},
+        "static": {"nginx": static_port, "paastech": paas.https_port},
+    }
+    hosts = {"proxy": f"bench-backend.localhost:{paas.https_port}", "static": f"bench-static.localhost:{paas.https_port}"}
+    # Both answer the same over HTTPS and HTTP/2 (curl resolves the app's name to 127.0.0.1
+    # itself, so it sends it as SNI; nothing outside the bench changes).
+    for app, want in (("proxy", None), ("static", page)):
+        for who, port in ports[app].items():
+            name = hosts[app].split(":")[0]
+            for flag in ("--http1.1", "--http2"):
+                res = run(["curl", "-sS", "-k", flag, "--resolve", f"{name}:{port}:127.0.0.1", "-o", "-",
+                           "-w", "\n%{http_code} %{http_version}", f"https://{name}:{port}/"], check=False)
+                body, _, status = res.stdout.rpartition("\n")
+                version = "2" if flag == "--http2" else "1.1"
+                assert status == f"200 {version}", f"{who} {app} {flag}: {status!r} {res.stderr}"
+                if want is not None:
+                    assert body == want, f"{who} {app} {flag} answers {body[:80]!r}"
+
+    groups = {"nginx": server.pid, "paastech": paas.proc.pid}
+    h2log = os.path.join(work, "h2load.log")
+    cases = []  # (label, app, kind, clients)
+    for app in ("proxy", "static"):
+        cases += [(f"{app} https/1.1 c={c}", app, "h1", c) for c in conns]
+        cases += [(f"{app} h2 c={c} m={h2_streams}", app, "h2", c) for c in h2_clients]
+    cases.append((f"proxy handshakes c={batch}", "proxy", "handshake", batch))
+    out = {label: {"nginx": [], "paastech": []} for label, _, _, _ in cases}
+    for r in range(rounds):
+        for label, app, kind, clients in cases:
+            order = ["nginx", "paastech"] if r % 2 == 0 else ["paastech", "nginx"]
+            for who in order:
+                port, host = ports[app][who], hosts[app]
+                la = load()
+                cpu_before = cpu_seconds(groups[who])
+                if kind == "handshake":
+                    rps, p50, p99, errors, total, conn_ms, ttfb_ms = handshakes(port, host, clients, seconds, h2log)
+                else:
+                    rps, p50, p99, errors, total = h2load(port, host, clients, seconds, kind == "h1",
+                                                          h2_streams if kind == "h2" else 1, h2log)
+                    conn_ms = ttfb_ms = float("nan")
+                cpu = (cpu_seconds(groups[who]) - cpu_before) / max(total, 1) * 1e6
+                out[label][who].append({"rps": rps, "p50": p50, "p99": p99, "errors": errors, "load": la,
+                                        "cpu_us": cpu, "connect_ms": conn_ms, "ttfb_ms": ttfb_ms})
+                extra = f", connect {conn_ms:.2f} ms, 1st byte {ttfb_ms:.2f} ms" if kind == "handshake" else ""
+                log(f"h2load {label} round {r} {who}: {rps:.0f}/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+                    f"{cpu:.1f} CPU us/op{extra}, errors {errors} (load {la})")
+    results["tls"] = out
+    results["tls_rounds"] = rounds
+    results["tls_h2_streams"] = h2_streams
+    procs.stop(server)
+
+
+def print_tls(w, results, targets):
+    t = results["tls"]
+    w(f"(e) TLS (same ECDSA P-256 certificate, TLS 1.3) vs nginx: h2load -t2, {results['wrk_seconds']} s per run "
+      f"after a 1 s warm-up, {results['tls_rounds']} round(s); medians, ratios: median of the ratios within each "
+      "round\n")
+    w(f"{'case':<30}{'nginx /s':>10}{'PaaSTech /s':>12}{'ratio':>7}  {'nginx p99':>10}{'PaaSTech p99':>13}"
+      f"{'ratio':>7}  {'CPU us/op N/P':>14}  {'errors N/P':>10}  verdict\n")
+    for label, rows in t.items():
+        n, p = median_of(rows, "nginx", "rps"), median_of(rows, "paastech", "rps")
+        n99, p99 = median_of(rows, "nginx", "p99"), median_of(rows, "paastech", "p99")
+        rps_ratio, p99_ratio = paired_ratio(rows, "rps"), paired_ratio(rows, "p99")
+        errs = f"{sum(x['errors'] for x in rows['nginx'])}/{sum(x['errors'] for x in rows['paastech'])}"
+        cpu = f"{median_of(rows, 'nginx', 'cpu_us'):.1f}/{median_of(rows, 'paastech', 'cpu_us'):.1f}"
+        verdict = (f"rate {'met' if rps_ratio >= targets['tls'] else 'MISSED'}, "
+                   f"p99 {'met' if p99_ratio <= 1.05 else 'MISSED'}")
+        w(f"{label:<30}{n:>10.0f}{p:>12.0f}{rps_ratio:>6.2f}x  {n99:>8.2f}ms{p99:>11.2f}ms{p99_ratio:>6.2f}x  "
+          f"{cpu:>14}  {errs:>10}  {verdict}\n")
+        if "handshakes" in label:
+            w(f"{'':<30}mean connect (TCP + TLS) N/P {median_of(rows, 'nginx', 'connect_ms'):.2f}/"
+              f"{median_of(rows, 'paastech', 'connect_ms'):.2f} ms, mean time to 1st byte N/P "
+              f"{median_of(rows, 'nginx', 'ttfb_ms'):.2f}/{median_of(rows, 'paastech', 'ttfb_ms'):.2f} ms\n")
+        for who in ("nginx", "paastech"):
+            runs = ", ".join(f"{x['rps']:.0f}/{x['p99']:.2f}ms@{x['load']}" for x in rows[who])
+            w(f"{'':<30}{who} rounds (/s / p99 @load): {runs}\n")
+    w(f"targets: PaaSTech >= {targets['tls']:.1f}x nginx's rate, p99 no worse (5% tolerance). https/1.1: "
+      "requests/s over kept-alive connections; h2: HTTP/2 requests/s, m streams at once per connection; "
+      "handshakes: new connections/s, each a full handshake and one request (batches of c connections "
+      "opened together), p99 = request time after the handshake; CPU us/op: the server's own CPU time per "
+      "request or connection\n")
 
 
 def median_of(rows, who, key):
@@ -910,6 +1200,8 @@ def print_table(results, targets):
         print_ingress(w, results, targets)
     if results.get("static"):
         print_static(w, results, targets)
+    if results.get("tls"):
+        print_tls(w, results, targets)
     w("\n")
 
 
@@ -998,13 +1290,18 @@ def main():
     parser.add_argument("--ingress-rounds", type=int, default=5, help="rounds of the ingress comparison")
     parser.add_argument("--connections", default="8,64,256")
     parser.add_argument("--ingress-threads", type=int, help="the ingress's `threads` (default: the server's)")
-    parser.add_argument("--only", default="push,live,ingress,static", help="which parts to run")
+    parser.add_argument("--h2-clients", default="8,64", help="HTTP/2 connections of (e)")
+    parser.add_argument("--h2-streams", type=int, default=10, help="HTTP/2 streams at once per connection in (e)")
+    parser.add_argument("--handshake-batch", type=int, default=256,
+                        help="connections opened together per h2load batch in (e)'s handshake test")
+    parser.add_argument("--only", default="push,live,ingress,static,tls", help="which parts to run")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
     if not (1 <= args.rounds <= 20 and 1 <= args.ingress_rounds <= 20 and 1 <= args.wrk_seconds <= 60
-            and 1 <= args.big_mb <= 500):
-        parser.error("rounds and ingress-rounds 1..20, wrk-seconds 1..60, big-mb 1..500")
+            and 1 <= args.big_mb <= 500 and 1 <= args.h2_streams <= 100 and 1 <= args.handshake_batch <= 2000):
+        parser.error("rounds and ingress-rounds 1..20, wrk-seconds 1..60, big-mb 1..500, h2-streams 1..100, "
+                     "handshake-batch 1..2000")
     only = set(args.only.split(","))
     conns = [int(c) for c in args.connections.split(",")]
 
@@ -1035,7 +1332,8 @@ def main():
         pub = f.read().strip()
     results["key"] = key
 
-    paas = PaaSTech(args.paastech, work, procs, args.ingress_threads)
+    tls = make_certificate(os.path.join(work, "tls")) if "tls" in only else None
+    paas = PaaSTech(args.paastech, work, procs, args.ingress_threads, tls)
     paas.start()
     paas.developer(pub)
     log(f"paastech: api {paas.api_port}, ssh {paas.ssh_port}, ingress {paas.ingress_port}; load {load()}")
@@ -1051,8 +1349,12 @@ def main():
         bench_ingress(paas, procs, work, args.ingress_rounds, args.wrk_seconds, conns, results)
     if "static" in only:
         bench_static(paas, procs, work, args.ingress_rounds, args.wrk_seconds, conns, results)
+    if "tls" in only:
+        h2_clients = [int(c) for c in args.h2_clients.split(",")]
+        bench_tls(paas, procs, work, args.ingress_rounds, args.wrk_seconds, conns, h2_clients, args.h2_streams,
+                  args.handshake_batch, results)
 
-    targets = {"redeploy": 1.0, "ingress": 1.1, "static": 1.0}
+    targets = {"redeploy": 1.0, "ingress": 1.1, "static": 1.0, "tls": 1.0}
     print_table(results, targets)
     if args.json:
         results.pop("key", None)

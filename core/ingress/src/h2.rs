@@ -2,7 +2,10 @@
 //! forwarded to apps as HTTP/1.1: same routing, same forwarded headers, same error pages
 //! and timeouts as the HTTP/1 path in `forward.rs`.
 //!
-//! Each request is sent through a per-thread hyper client, whose pool keeps the backend
+//! A request for a static site is answered from the site's files here, as on the HTTP/1
+//! path (`static_serve.rs`), without the hop to its process.
+//!
+//! Each other request is sent through a per-thread hyper client, whose pool keeps the backend
 //! connections alive between requests (apps only speak HTTP/1.1, so each stream in
 //! flight needs a backend connection of its own).
 
@@ -14,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -25,6 +28,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Sleep;
@@ -34,6 +38,8 @@ use crate::forward::{self, Page};
 use crate::h1;
 use crate::proxy::Shared;
 use crate::routes::{InFlight, Pick};
+use crate::static_files;
+use crate::upstream::{self, Conn};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -109,7 +115,7 @@ pub(crate) async fn connection(
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(client), service);
+    let conn = builder.serve_connection(TokioIo::new(Coalesced::new(client)), service);
     tokio::pin!(conn);
     loop {
         tokio::select! {
@@ -135,6 +141,126 @@ pub(crate) async fn connection(
     }
 }
 
+/// What is written to a TLS stream gathered, and a flush put off once, to the end of
+/// the current pass of the thread's run queue. The streams of one connection are tasks
+/// of their own, and the connection flushes whatever is ready each time one of them
+/// wakes it: ten answers to requests that came in one read went out as ten TLS records
+/// and ten system calls (`strace`: 10 `writev` a `recvfrom`). Put off once, the flush
+/// finds the frames of every stream that was already running.
+struct Coalesced<S> {
+    inner: S,
+    buf: Vec<u8>,
+    /// A flush was put off once already.
+    deferred: bool,
+}
+
+/// Past this, written bytes go out before more are taken (and a larger write passes
+/// straight through).
+const COALESCE_MAX: usize = 64 * 1024;
+
+impl<S> Coalesced<S> {
+    fn new(inner: S) -> Self {
+        Coalesced { inner, buf: Vec::new(), deferred: false }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> Coalesced<S> {
+    /// Writes out everything gathered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.buf.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.buf.drain(..n);
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Coalesced<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Coalesced<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buf.len() + data.len() > COALESCE_MAX {
+            if let Poll::Ready(Err(err)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(err));
+            }
+            if !this.buf.is_empty() {
+                return Poll::Pending;
+            }
+            if data.len() >= COALESCE_MAX {
+                return Pin::new(&mut this.inner).poll_write(cx, data);
+            }
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.buf.len() + total > COALESCE_MAX {
+            if let Poll::Ready(Err(err)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(err));
+            }
+            if !this.buf.is_empty() {
+                return Poll::Pending;
+            }
+            if total >= COALESCE_MAX {
+                return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            }
+        }
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.buf.is_empty() && !this.deferred {
+            this.deferred = true;
+            // Polled again after the tasks already queued on this thread.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.deferred = false;
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_shutdown(cx),
+            other => other,
+        }
+    }
+}
+
 /// One request: routed by its authority (or `Host`), sent to a backend as HTTP/1.1, the
 /// answer streamed back.
 async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming>, busy: Busy) -> Response<Body> {
@@ -157,6 +283,11 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
     let Some(host) = host else {
         return page(Page::NotFound, &req);
     };
+    if let Some(site) = in_flight.backend().site().cloned() {
+        let response = with_hsts(static_files::respond(&site, &req).await, hsts);
+        // Counted in flight, and the stream open, until the whole answer went out.
+        return response.map(|body| Kept { inner: body, _kept: (in_flight, busy) }.boxed_unsync());
+    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let Ok(uri) = Uri::try_from(format!("http://{}{path}", in_flight.backend().addr())) else {
@@ -202,11 +333,31 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
     if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).filter(|_| has_body) {
         headers.insert(header::CONTENT_LENGTH, len.clone());
     }
+    let head_method = parts.method == Method::HEAD;
+    if !has_body {
+        // Almost every GET: sent on the ingress's own backend connections (those of the
+        // HTTP/1 path) and answered in this task. hyper's client would pass each request
+        // to a connection task and its answer back through channels: three task wakeups
+        // a request, which made HTTP/2 cost half as much CPU again as HTTP/1.
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(parts.method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in up.headers_ref().into_iter().flatten() {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        let response = direct(shared, in_flight, busy, &head, parts.method.is_idempotent(), head_method).await;
+        return with_hsts(response, hsts);
+    }
     let Ok(up) = up.body(body) else {
         return plain(StatusCode::BAD_REQUEST, "the request is not valid");
     };
 
-    let head_method = parts.method == Method::HEAD;
     let answered = tokio::time::timeout(shared.backend_timeout, shared.h2_upstream.request(up)).await;
     let response = match answered {
         Ok(Ok(response)) => response,
@@ -226,12 +377,7 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
     for name in names {
         parts.headers.remove(&name);
     }
-    // The project's HSTS, unless the app sent its own (as on the HTTP/1 path).
-    if let Some(max_age) = hsts
-        && let Ok(value) = HeaderValue::from_str(&format!("max-age={max_age}"))
-    {
-        parts.headers.entry(header::STRICT_TRANSPORT_SECURITY).or_insert(value);
-    }
+    add_hsts(&mut parts.headers, hsts);
     let body = Watched {
         inner: body,
         timeout: shared.backend_timeout,
@@ -291,6 +437,336 @@ impl hyper::body::Body for Watched {
     }
 }
 
+/// Why a backend gave no usable response head.
+enum HeadError {
+    /// The connection closed (or failed) before a byte of answer.
+    Closed,
+    /// Something else: a malformed or oversized head, or a failure after some bytes.
+    Bad(String),
+}
+
+/// Sends `head` (a request without a body) to `in_flight`'s backend on one of the
+/// ingress's kept-alive connections, and answers with its response; the body is streamed
+/// from that connection, which goes back to the idle ones once the body is complete.
+async fn direct(
+    shared: &Shared,
+    in_flight: InFlight,
+    busy: Busy,
+    head: &[u8],
+    idempotent: bool,
+    head_method: bool,
+) -> Response<Body> {
+    let backend = in_flight.backend().clone();
+    let mut retried = false;
+    let (conn, mut buf, head_len) = loop {
+        let conn = match backend.conns().take(shared.shard) {
+            Some(conn) => conn,
+            None => match upstream::connect(backend.addr(), shared.connect_timeout, shared.shard).await {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::warn!(error = %err, backend = %backend.addr(), "backend request failed");
+                    return page_for(Page::BadGateway, head_method);
+                }
+            },
+        };
+        let mut conn = conn;
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let exchange = send_and_read_head(&mut conn.stream, head, &mut buf);
+        match tokio::time::timeout(shared.backend_timeout, exchange).await {
+            Ok(Ok(head_len)) => break (conn, buf, head_len),
+            // A kept-alive connection the backend closed meanwhile: once more on another,
+            // for a request that may run twice (as the HTTP/1 path does).
+            Ok(Err(HeadError::Closed)) if conn.reused && idempotent && !retried => retried = true,
+            Ok(Err(HeadError::Closed)) => {
+                tracing::warn!(backend = %backend.addr(), "backend closed the connection without an answer");
+                return page_for(Page::BadGateway, head_method);
+            }
+            Ok(Err(HeadError::Bad(why))) => {
+                tracing::warn!(backend = %backend.addr(), error = %why, "backend answered with a bad response");
+                return page_for(Page::BadGateway, head_method);
+            }
+            Err(_) => {
+                tracing::warn!(backend = %backend.addr(), "backend did not start its answer in time");
+                return page_for(Page::GatewayTimeout, head_method);
+            }
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    if !matches!(parsed.parse(&buf), Ok(httparse::Status::Complete(_))) {
+        return page_for(Page::BadGateway, head_method);
+    }
+    let Some(status) = parsed.code.and_then(|code| StatusCode::from_u16(code).ok()) else {
+        return page_for(Page::BadGateway, head_method);
+    };
+    let mut response = Response::builder().status(status).version(Version::HTTP_2);
+    // HTTP/1.0 closes by default; either side may say `close`.
+    let mut keep_alive = parsed.version == Some(1);
+    let (mut length, mut chunked, mut other_coding) = (None, false, false);
+    for h in parsed.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") && h1::has_token(h.value, "close") {
+            keep_alive = false;
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            if h1::has_token(h.value, "chunked") {
+                chunked = true;
+            } else {
+                other_coding = true;
+            }
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => return page_for(Page::BadGateway, head_method),
+            }
+        }
+        // `Upgrade` advertised on an ordinary answer (Apache's `h2c`) is HTTP/1 only and
+        // not allowed in HTTP/2.
+        if h1::dropped_response_header(name) || name.eq_ignore_ascii_case("upgrade") {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(h.value)) {
+            response = response.header(name, value);
+        }
+    }
+    let framing = if head_method
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if chunked && !other_coding {
+        Framing::Chunked(h1::Chunked::default())
+    } else if other_coding {
+        // A coding we cannot find the end of: the body lasts until the backend closes.
+        Framing::Close
+    } else {
+        length.map_or(Framing::Close, Framing::Length)
+    };
+    if chunked {
+        // The client gets the body's data in HTTP/2 frames: no length to announce.
+        if let Some(headers) = response.headers_mut() {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+    buf.advance(head_len);
+    if let Framing::Length(n) = framing
+        && buf.len() as u64 >= n
+    {
+        // The whole body came with the head (the usual small answer): no stream to watch.
+        let extra = buf.len() as u64 > n;
+        let body = buf.split_to(n as usize).freeze();
+        if keep_alive && !extra {
+            backend.conns().put(conn);
+        }
+        drop((in_flight, busy));
+        return response
+            .body(Full::new(body).map_err(|never| match never {}).boxed_unsync())
+            .unwrap_or_else(|_| page_for(Page::BadGateway, head_method));
+    }
+    let body = Streamed {
+        conn: Some(conn),
+        pending: buf,
+        framing,
+        keep_alive,
+        done: false,
+        timeout: shared.backend_timeout,
+        sleep: Box::pin(tokio::time::sleep(shared.backend_timeout)),
+        waiting: false,
+        kept: (in_flight, busy),
+    };
+    response.body(body.boxed_unsync()).unwrap_or_else(|_| page_for(Page::BadGateway, head_method))
+}
+
+/// Writes `head` and reads until a final response head is in `buf` (informational `1xx`
+/// heads are skipped); returns the head's length.
+async fn send_and_read_head(stream: &mut TcpStream, head: &[u8], buf: &mut BytesMut) -> Result<usize, HeadError> {
+    if stream.write_all(head).await.is_err() {
+        return Err(HeadError::Closed);
+    }
+    let mut got_any = false;
+    loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(8 * 1024);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) if !got_any => return Err(HeadError::Closed),
+            Ok(0) => return Err(HeadError::Bad("closed in the middle of the response head".into())),
+            Err(err) => return Err(HeadError::Bad(err.to_string())),
+            Ok(_) => got_any = true,
+        }
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut headers);
+            match parsed.parse(buf) {
+                Ok(httparse::Status::Complete(n)) if parsed.code.is_some_and(|c| (100..200).contains(&c)) => {
+                    if parsed.code == Some(101) {
+                        return Err(HeadError::Bad("a protocol switch for a request that asked none".into()));
+                    }
+                    buf.advance(n);
+                }
+                Ok(httparse::Status::Complete(n)) => return Ok(n),
+                Ok(httparse::Status::Partial) if buf.len() < h1::MAX_HEAD_BYTES => break,
+                Ok(httparse::Status::Partial) => return Err(HeadError::Bad("response head too large".into())),
+                Err(err) => return Err(HeadError::Bad(format!("malformed response head: {err}"))),
+            }
+        }
+    }
+}
+
+/// How the end of a backend's body is found.
+enum Framing {
+    Length(u64),
+    Chunked(h1::Chunked),
+    /// At the end of the connection.
+    Close,
+}
+
+/// A backend's body read from the ingress's own connection as the client takes it, with
+/// [`Watched`]'s rule for a backend that stops sending; the connection goes back to the
+/// idle ones once the body is complete and nothing more came on it.
+struct Streamed {
+    conn: Option<Conn>,
+    /// Read but not yet passed on.
+    pending: BytesMut,
+    framing: Framing,
+    keep_alive: bool,
+    done: bool,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+    waiting: bool,
+    kept: (InFlight, Busy),
+}
+
+impl Streamed {
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && self.pending.is_empty()
+        {
+            self.kept.0.backend().conns().put(conn);
+        }
+    }
+
+    /// The next data out of `pending`, if the framing gives any yet.
+    fn next_data(&mut self) -> Result<Option<Bytes>, BoxError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        match &mut self.framing {
+            Framing::Length(remaining) => {
+                let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(self.pending.len());
+                *remaining -= n as u64;
+                let data = self.pending.split_to(n).freeze();
+                if *remaining == 0 {
+                    self.finish();
+                }
+                Ok((!data.is_empty()).then_some(data))
+            }
+            Framing::Chunked(chunked) => {
+                let mut out = Vec::new();
+                let used = chunked.decode(&self.pending, &mut out)?;
+                let done = chunked.is_done();
+                self.pending.advance(used);
+                if done {
+                    self.finish();
+                }
+                Ok((!out.is_empty()).then(|| Bytes::from(out)))
+            }
+            Framing::Close => Ok(Some(self.pending.split().freeze())),
+        }
+    }
+}
+
+impl hyper::body::Body for Streamed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            match this.next_data() {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) => {}
+                Err(err) => return Poll::Ready(Some(Err(err))),
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if !this.waiting {
+                this.waiting = true;
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                this.sleep.as_mut().reset(deadline);
+            }
+            if this.pending.capacity() - this.pending.len() < 4 * 1024 {
+                this.pending.reserve(64 * 1024);
+            }
+            let read = match conn.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => conn.stream.try_read_buf(&mut this.pending),
+                Poll::Ready(Err(err)) => Err(err),
+                Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::warn!(after = ?this.timeout, "backend stopped sending in the middle of its answer");
+                        this.conn = None;
+                        return Poll::Ready(Some(Err("backend stopped sending in the middle of its answer".into())));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            match read {
+                Ok(0) => {
+                    this.conn = None;
+                    if matches!(this.framing, Framing::Close) {
+                        this.done = true;
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err("backend closed the connection in the middle of its answer".into())));
+                }
+                Ok(_) => this.waiting = false,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.pending.is_empty()
+    }
+}
+
+/// A static site's answer on its way to the client, keeping its request counted as in
+/// flight and its stream open as [`Watched`] does for a backend's.
+struct Kept {
+    inner: static_files::StaticBody,
+    _kept: (InFlight, Busy),
+}
+
+impl hyper::body::Body for Kept {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // `Either`'s error is already boxed.
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 fn page(which: Page, req: &Request<Incoming>) -> Response<Body> {
     page_for(which, req.method() == Method::HEAD)
 }
@@ -316,5 +792,20 @@ fn plain(status: StatusCode, why: &'static str) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(header::SERVER, HeaderValue::from_static("paastech"));
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// The project's HSTS, unless the app sent its own (as on the HTTP/1 path). Only ever
+/// called over TLS: every HTTP/2 stream here came over it.
+fn add_hsts(headers: &mut http::HeaderMap, hsts: Option<u32>) {
+    if let Some(max_age) = hsts
+        && let Ok(value) = HeaderValue::from_str(&format!("max-age={max_age}"))
+    {
+        headers.entry(header::STRICT_TRANSPORT_SECURITY).or_insert(value);
+    }
+}
+
+fn with_hsts<B>(mut response: Response<B>, hsts: Option<u32>) -> Response<B> {
+    add_hsts(response.headers_mut(), hsts);
     response
 }

@@ -57,6 +57,12 @@ pub const MAX_REFUSING: usize = 64;
 /// the client sent, so that closing does not reset the connection before it read the page.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 const REFUSAL_LINGER_BYTES: usize = 64 * 1024;
+/// The listeners' accept queue: connections the kernel completes while every proxy
+/// thread is busy. A listener bound with the standard library's 128 overflows under a
+/// burst of new connections (most of all TLS ones, each a handshake's CPU time before
+/// the next accept), and a dropped SYN costs its client a one-second retransmit. nginx's
+/// bench configuration uses the same; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 4096;
 /// How long a client has for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a connection over the cap reads.
@@ -171,6 +177,7 @@ async fn run(
             return;
         }
     };
+    deepen_backlog(&listener);
     let https_port = https.as_ref().and_then(|(https, _)| https.local_addr().ok()).map_or(443, |a| a.port());
     let https_port = config.https_public_port.unwrap_or(https_port);
     let certs = https.as_ref().map(|(_, certs)| certs.clone());
@@ -180,7 +187,10 @@ async fn run(
                 tracing::info!(%addr, "ingress listening for https");
             }
             match https.into_std() {
-                Ok(https) => (Some(https), Some(tokio_rustls::TlsAcceptor::from(certs.server_config()))),
+                Ok(https) => {
+                    deepen_backlog(&https);
+                    (Some(https), Some(tokio_rustls::TlsAcceptor::from(certs.server_config())))
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "cannot take over the ingress's https socket");
                     return;
@@ -254,6 +264,14 @@ async fn run(
     let _ = stop_tx.send(true);
     // The threads give open connections `shutdown_grace` themselves.
     let _ = done_rx.recv().await;
+}
+
+/// Raises `listener`'s accept queue to [`BACKLOG`]: `listen(2)` on a socket that already
+/// listens only changes its backlog.
+fn deepen_backlog(listener: &std::net::TcpListener) {
+    if let Err(err) = socket2::SockRef::from(listener).listen(BACKLOG) {
+        tracing::warn!(error = %err, "cannot raise the ingress socket's backlog: bursts of new connections may wait");
+    }
 }
 
 /// The listening sockets one thread accepts on.

@@ -25,7 +25,7 @@ use crate::static_site::{Ask, Reply, ReplyBody, StaticSite};
 /// Size of one read from a file, and so of one body frame.
 const CHUNK: usize = 64 * 1024;
 
-type StaticBody = Either<FileBody, Full<Bytes>>;
+pub(crate) type StaticBody = Either<FileBody, Full<Bytes>>;
 
 /// Serves the files under `root` until `shutdown` resolves: GET and HEAD, `/` and
 /// directories answer their `index.html`, nothing outside `root` is ever served (not
@@ -46,6 +46,30 @@ pub async fn serve_static(listener: TcpListener, root: PathBuf, shutdown: impl F
 }
 
 async fn handle(site: Arc<StaticSite>, req: Request<Incoming>) -> Result<Response<StaticBody>, Infallible> {
+    Ok(respond(&site, &req).await)
+}
+
+/// The answer of `site` to `req`: from memory, on this thread, when what it asks for is
+/// cached (the common case once a file was read); otherwise after a look at the disk on a
+/// blocking thread. Used by this process and by the ingress for HTTP/2 requests (`h2.rs`).
+pub(crate) async fn respond<B>(site: &Arc<StaticSite>, req: &Request<B>) -> Response<StaticBody> {
+    let cached = {
+        let header = |name: header::HeaderName| req.headers().get(name).map(HeaderValue::as_bytes);
+        let ask = Ask {
+            method: req.method().as_str(),
+            target: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            if_none_match: header(header::IF_NONE_MATCH),
+            if_modified_since: header(header::IF_MODIFIED_SINCE),
+            range: header(header::RANGE),
+            if_range: header(header::IF_RANGE),
+            accept_encoding: header(header::ACCEPT_ENCODING),
+        };
+        site.answer_cached(&ask)
+    };
+    if let Some(reply) = cached {
+        return into_response(reply).await;
+    }
+    let site = site.clone();
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let header = |name: header::HeaderName| req.headers().get(name).map(|v| v.as_bytes().to_vec());
     let method = req.method().as_str().to_owned();
@@ -75,10 +99,10 @@ async fn handle(site: Arc<StaticSite>, req: Request<Incoming>) -> Result<Respons
             tracing::error!(error = %err, "static file lookup failed");
             let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(b"internal error\n"))));
             *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            return Ok(resp);
+            return resp;
         }
     };
-    Ok(into_response(reply).await)
+    into_response(reply).await
 }
 
 async fn into_response(reply: Reply) -> Response<StaticBody> {
@@ -119,7 +143,7 @@ async fn open_at(path: &std::path::Path, offset: u64) -> io::Result<tokio::fs::F
 }
 
 /// A file streamed in chunks, so large files are never held in memory.
-struct FileBody {
+pub(crate) struct FileBody {
     file: tokio::fs::File,
     remaining: u64,
 }

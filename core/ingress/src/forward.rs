@@ -56,6 +56,8 @@ pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin {
         Self: 'a;
     /// The two directions, to read a request body while a response streams back.
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+    /// The TCP socket itself when nothing is layered on it, for `sendfile(2)`.
+    fn plain_tcp(&self) -> Option<&TcpStream>;
 }
 
 impl ClientIo for TcpStream {
@@ -64,6 +66,9 @@ impl ClientIo for TcpStream {
     type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
         self.split()
+    }
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
     }
 }
 
@@ -74,6 +79,9 @@ impl ClientIo for TlsStream<TcpStream> {
     type Write<'a> = tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>;
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
         tokio::io::split(self)
+    }
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        None
     }
 }
 

@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
 
+use crate::forward::ClientIo;
 use crate::h1::{Answering, MAX_HEADERS};
 use crate::static_site::{Ask, Reply, ReplyBody, StaticSite, http_date_now};
 
@@ -23,10 +25,13 @@ use crate::static_site::{Ask, Reply, ReplyBody, StaticSite, http_date_now};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One read of a streamed file.
 const CHUNK: usize = 128 * 1024;
+/// The most one `sendfile(2)` call is asked for, so one connection does not hold its
+/// thread for long.
+const SENDFILE_CHUNK: usize = 1024 * 1024;
 
 /// Answers one request (`head`: its whole head, already parsed once by `h1`) from `site`.
 /// `Ok(true)`: the connection may carry another request.
-pub(crate) async fn serve<S: AsyncWrite + Unpin>(
+pub(crate) async fn serve<S: ClientIo>(
     site: &Arc<StaticSite>,
     client: &mut S,
     head: &[u8],
@@ -75,7 +80,7 @@ pub(crate) async fn serve<S: AsyncWrite + Unpin>(
     Ok(keep_alive)
 }
 
-async fn write_reply<S: AsyncWrite + Unpin>(
+async fn write_reply<S: ClientIo>(
     client: &mut S,
     reply: Reply,
     answering: Answering,
@@ -124,8 +129,13 @@ async fn write_reply<S: AsyncWrite + Unpin>(
         }
         ReplyBody::File { path, offset, len } => {
             let mut file = tokio::fs::File::open(&path).await?;
-            file.seek(io::SeekFrom::Start(offset)).await?;
             write_all(client, out).await?;
+            if let Some(tcp) = client.plain_tcp() {
+                // Plain HTTP: from the page cache to the socket, never through this
+                // process's memory.
+                return send_file(tcp, file.into_std().await, offset, len).await;
+            }
+            file.seek(io::SeekFrom::Start(offset)).await?;
             let mut remaining = len;
             let mut buf = vec![0u8; CHUNK];
             while remaining > 0 {
@@ -142,6 +152,33 @@ async fn write_reply<S: AsyncWrite + Unpin>(
             Ok(())
         }
     }
+}
+
+/// Sends `len` bytes of `file` from `offset` with `sendfile(2)`, waiting for the socket
+/// to take more (each wait bounded like any write).
+async fn send_file(tcp: &TcpStream, file: std::fs::File, mut offset: u64, len: u64) -> io::Result<()> {
+    let end = offset.saturating_add(len);
+    while offset < end {
+        tokio::time::timeout(WRITE_TIMEOUT, tcp.writable())
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))?;
+        let count = usize::try_from(end - offset).map_or(SENDFILE_CHUNK, |left| left.min(SENDFILE_CHUNK));
+        let sent = tcp.try_io(Interest::WRITABLE, || {
+            let mut at = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            nix::sys::sendfile::sendfile(tcp, &file, Some(&mut at), count).map_err(io::Error::from)
+        });
+        match sent {
+            Ok(0) => {
+                // The file shrank after its length was sent: cut the connection rather
+                // than send a body shorter than announced.
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent"));
+            }
+            Ok(n) => offset += n as u64,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 async fn write_all<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) -> io::Result<()> {

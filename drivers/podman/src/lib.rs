@@ -13,8 +13,11 @@
 pub mod builder;
 pub mod runtime;
 
+pub mod options;
+
 mod libpod;
 mod lines;
 
 pub use builder::{PodmanBuilder, PodmanBuilderConfig};
+pub use options::{PodmanBuildOptions, PodmanRuntimeOptions};
 pub use runtime::{DEFAULT_SOCKET, PodmanRuntime, PodmanRuntimeConfig, Ulimit, default_ulimits};

@@ -11,7 +11,7 @@ use paastech_acme::{AcmeConfig, AcmeManager};
 use paastech_core::drivers::{ImageBuilder, Runtime};
 use paastech_core::logs::LogHub;
 use paastech_core::orchestrator::{Orchestrator, OrchestratorConfig};
-use paastech_core::registry::{DriverContext, OptionsSource, Registry};
+use paastech_core::registry::{DriverContext, ImageRegistry, OptionsSource, Registry};
 use paastech_core::{DomainRules, ProjectName, Store};
 use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::HookServer;
@@ -35,6 +35,8 @@ pub struct Settings {
     pub build_hooks: Arc<HookHost>,
     /// How the ingress gets certificates, when it serves HTTPS.
     pub tls: Option<TlsSettings>,
+    /// `[registry]`: where container builds are pushed.
+    pub image_registry: Option<ImageRegistry>,
 }
 
 /// Where a driver's options come from: its section of the TOML file, minus the keys the
@@ -154,8 +156,14 @@ fn build_drivers<'a>() -> Registry<dyn ImageBuilder, DriverInput<'a>> {
 }
 
 /// What every driver is told beside its own keys.
-fn driver_context(config: &ServerConfig, runtime_driver: &str, data_dir: &Path) -> Result<DriverContext> {
+fn driver_context(
+    config: &ServerConfig,
+    runtime_driver: &str,
+    data_dir: &Path,
+    image_registry: Option<ImageRegistry>,
+) -> Result<DriverContext> {
     Ok(DriverContext {
+        image_registry,
         data_dir: data_dir.to_owned(),
         runtime_driver: runtime_driver.to_owned(),
         runtime_socket: config.runtime.get("socket").and_then(toml::Value::as_str).map(PathBuf::from),
@@ -186,11 +194,9 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     let build_driver = source.driver_name("build", &config.build, &runtime_driver)?;
     // Whatever drivers are configured, their names and their own keys are checked now,
     // through the registries, so a typo stops the start with its file and line.
-    let context = driver_context(&config, &runtime_driver, &data_dir).map_err(|err| ConfigError {
-        file: None,
-        line: None,
-        message: format!("{err:#}"),
-    })?;
+    let image_registry = source.image_registry(&config)?;
+    let context = driver_context(&config, &runtime_driver, &data_dir, image_registry.clone())
+        .map_err(|err| ConfigError { file: None, line: None, message: format!("{err:#}") })?;
     runtime_drivers().check(&runtime_driver, &runtime_input(&source, &config, &context))?;
     build_drivers().check(&build_driver, &build_input(&source, &config, &context))?;
     if let Some(value) = config.build.get("project_hooks")
@@ -230,7 +236,17 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     let tls = source.tls(&config)?;
     let database_url =
         config.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("paastech.db").display()));
-    Ok(Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks, tls })
+    Ok(Settings {
+        source,
+        config,
+        data_dir,
+        database_url,
+        runtime_driver,
+        build_driver,
+        build_hooks,
+        tls,
+        image_registry,
+    })
 }
 
 /// Checks every `[[hooks]]` entry and compiles its component (a missing or invalid file
@@ -339,7 +355,17 @@ fn init_logging() {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
-    let Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks, tls } = settings;
+    let Settings {
+        source,
+        config,
+        data_dir,
+        database_url,
+        runtime_driver,
+        build_driver,
+        build_hooks,
+        tls,
+        image_registry,
+    } = settings;
     let hook_host = Arc::clone(&build_hooks);
     create_private_dir(&data_dir)?;
 
@@ -352,7 +378,7 @@ async fn serve(settings: Settings) -> Result<()> {
     };
 
     // Drivers, as configured.
-    let context = driver_context(&config, &runtime_driver, &data_dir)?;
+    let context = driver_context(&config, &runtime_driver, &data_dir, image_registry.clone())?;
     let runtime = runtime_drivers().build(&runtime_driver, &runtime_input(&source, &config, &context))?;
     let builder = build_drivers().build(&build_driver, &build_input(&source, &config, &context))?;
     let repos = Arc::new(GitRepoStore::new(data_dir.join("repos")));
@@ -509,6 +535,7 @@ async fn serve(settings: Settings) -> Result<()> {
         database = %redact(&database_url),
         runtime = %runtime_driver,
         build = %build_driver,
+        registry = %image_registry.as_ref().map_or("none", |r| r.address.as_str()),
         "paastech server started"
     );
     let behind_ingress = api_behind_ingress.map(|listener| {
@@ -751,7 +778,7 @@ mod tests {
             panic!("a valid podman config");
         };
         assert_eq!(settings.build_driver, "podman", "the build driver follows the runtime");
-        let context = driver_context(&settings.config, "podman", &settings.data_dir).expect("context");
+        let context = driver_context(&settings.config, "podman", &settings.data_dir, None).expect("context");
         let options: PodmanRuntimeOptions =
             runtime_input(&settings.source, &settings.config, &context).options().expect("options");
         let config = options.config(&context).expect("config");
@@ -797,14 +824,16 @@ mod tests {
         use paastech_driver_docker::DockerBuildOptions;
         let settings = load_text("data_dir = \"/tmp/x\"\n[runtime]\ndriver = \"docker\"\nsocket = \"/run/d.sock\"\n")
             .unwrap_or_else(|err| panic!("a valid config: {err}"));
-        let context = driver_context(&settings.config, &settings.runtime_driver, &settings.data_dir).expect("context");
+        let context =
+            driver_context(&settings.config, &settings.runtime_driver, &settings.data_dir, None).expect("context");
         let input = build_input(&settings.source, &settings.config, &context);
         let config = input.options::<DockerBuildOptions>().and_then(|o| o.config(&context).map_err(|e| input.error(e)));
         assert_eq!(config.map(|c| c.engine.socket).ok(), Some(PathBuf::from("/run/d.sock")));
         // Not when the runtime is another engine: its socket means nothing to Docker.
         let settings = load_text("data_dir = \"/tmp/x\"\n[runtime]\ndriver = \"podman\"\nsocket = \"/run/p.sock\"\n[build]\ndriver = \"docker\"\n")
             .unwrap_or_else(|err| panic!("a valid config: {err}"));
-        let context = driver_context(&settings.config, &settings.runtime_driver, &settings.data_dir).expect("context");
+        let context =
+            driver_context(&settings.config, &settings.runtime_driver, &settings.data_dir, None).expect("context");
         let input = build_input(&settings.source, &settings.config, &context);
         let config = input.options::<DockerBuildOptions>().and_then(|o| o.config(&context).map_err(|e| input.error(e)));
         assert_eq!(

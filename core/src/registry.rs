@@ -26,6 +26,47 @@ pub struct DriverContext {
     pub runtime_socket: Option<PathBuf>,
     /// The argv prefix of the platform's static file server (what a static site runs).
     pub static_server: Vec<String>,
+    /// The container registry builds are pushed to and runtimes pull from, if any.
+    pub image_registry: Option<ImageRegistry>,
+}
+
+/// A container registry (`[registry]`): container builders push each build to it and
+/// deployments name the image by digest, so every node runs exactly the built bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImageRegistry {
+    /// `host:port` (or `host`), as image references start with it: `127.0.0.1:5000`.
+    pub address: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl ImageRegistry {
+    /// The repository of a project's images: `<address>/paastech/<project>`.
+    pub fn repository(&self, project: &str) -> String {
+        format!("{}/paastech/{project}", self.address)
+    }
+
+    /// Whether the registry is on this machine's loopback: spoken to in plain HTTP, as
+    /// Docker does by default (anything else over HTTPS).
+    pub fn is_loopback(&self) -> bool {
+        let host = match self.address.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => self.address.as_str(),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// The password never reaches a log.
+impl std::fmt::Debug for ImageRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageRegistry")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl DriverContext {
@@ -257,6 +298,24 @@ mod tests {
     fn disabled_driver_says_so() {
         let err = registry().check_name("swarm").err();
         assert!(matches!(err, Some(Error::Unavailable(m)) if m.contains("not enabled")));
+    }
+
+    #[test]
+    fn a_registry_is_loopback_by_its_host_and_hides_its_password() {
+        let at = |address: &str| ImageRegistry { address: address.into(), username: None, password: None };
+        for (address, loopback) in [
+            ("127.0.0.1:5000", true),
+            ("127.9.9.9", true),
+            ("localhost:5000", true),
+            ("[::1]:5000", true),
+            ("registry.internal:5000", false),
+            ("10.0.0.1:5000", false),
+        ] {
+            assert_eq!(at(address).is_loopback(), loopback, "{address}");
+        }
+        assert_eq!(at("127.0.0.1:5000").repository("blog"), "127.0.0.1:5000/paastech/blog");
+        let secret = ImageRegistry { password: Some("hunter2".into()), ..at("r:5000") };
+        assert!(!format!("{secret:?}").contains("hunter2"));
     }
 
     #[test]

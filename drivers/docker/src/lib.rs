@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod options;
 
 mod engine;
+mod registry;
 
 pub use builder::{DockerBuilder, DockerBuilderConfig};
 pub use engine::{DEFAULT_DOCKER_SOCKET, EngineConfig};

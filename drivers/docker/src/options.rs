@@ -37,6 +37,7 @@ impl DriverOptions<dyn Runtime> for DockerRuntimeOptions {
     fn config(self, context: &DriverContext) -> Result<DockerRuntimeConfig> {
         let mut config = DockerRuntimeConfig {
             namespace: self.namespace.unwrap_or_else(|| context.namespace()),
+            registry: context.image_registry.clone(),
             ..DockerRuntimeConfig::default()
         };
         if let Some(socket) = self.socket {
@@ -89,7 +90,11 @@ impl DriverOptions<dyn ImageBuilder> for DockerBuildOptions {
     type Config = DockerBuilderConfig;
 
     fn config(self, context: &DriverContext) -> Result<DockerBuilderConfig> {
-        let mut config = DockerBuilderConfig { base_image: self.base_image, ..DockerBuilderConfig::default() };
+        let mut config = DockerBuilderConfig {
+            base_image: self.base_image,
+            registry: context.image_registry.clone(),
+            ..DockerBuilderConfig::default()
+        };
         // The builder uses the runtime's engine unless told otherwise: the image it builds
         // is then already where the containers run.
         if let Some(socket) = self.socket.or_else(|| context.runtime_socket_of("docker")) {

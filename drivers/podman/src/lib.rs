@@ -17,6 +17,7 @@ pub mod options;
 
 mod libpod;
 mod lines;
+mod registry;
 
 pub use builder::{PodmanBuilder, PodmanBuilderConfig};
 pub use options::{PodmanBuildOptions, PodmanRuntimeOptions};

@@ -42,6 +42,7 @@ impl DriverOptions<dyn Runtime> for PodmanRuntimeOptions {
         let invalid = |message: String| Error::Invalid(message);
         let mut config = PodmanRuntimeConfig {
             namespace: self.namespace.unwrap_or_else(|| context.namespace()),
+            registry: context.image_registry.clone(),
             ..PodmanRuntimeConfig::default()
         };
         if let Some(socket) = self.socket {
@@ -106,7 +107,11 @@ impl DriverOptions<dyn ImageBuilder> for PodmanBuildOptions {
     type Config = PodmanBuilderConfig;
 
     fn config(self, context: &DriverContext) -> Result<PodmanBuilderConfig> {
-        let mut config = PodmanBuilderConfig { base_image: self.base_image, ..PodmanBuilderConfig::default() };
+        let mut config = PodmanBuilderConfig {
+            base_image: self.base_image,
+            registry: context.image_registry.clone(),
+            ..PodmanBuilderConfig::default()
+        };
         // The builder uses the runtime's engine unless told otherwise: the image it builds
         // is then already where the containers run.
         if let Some(socket) = self.socket.or_else(|| context.runtime_socket_of("podman")) {

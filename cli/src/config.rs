@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub database: DatabaseSection,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub registry: RegistrySection,
     /// `driver` plus that driver's own keys; checked by the driver registry.
     #[serde(default)]
     pub runtime: toml::Table,
@@ -244,6 +246,27 @@ pub struct AcmeSettings {
 pub struct DatabaseSection {
     /// `sqlite:///path/to/file.db` or `postgres://user@host/db`; default: SQLite in data_dir.
     pub url: Option<String>,
+}
+
+/// The container registry container builds are pushed to (none by default).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// `host:port` as image names start with it: `127.0.0.1:5000`, `registry.internal:5000`.
+    pub url: Option<String>,
+    pub username: Option<String>,
+    /// Never logged.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for RegistrySection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistrySection")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -560,6 +583,43 @@ impl Source {
         })
     }
 
+    /// The `[registry]` section, checked: a `host[:port]` without scheme or path, and a
+    /// username and a password together or neither.
+    pub fn image_registry(
+        &self,
+        config: &ServerConfig,
+    ) -> Result<Option<paastech_core::registry::ImageRegistry>, ConfigError> {
+        let section = &config.registry;
+        let at = |key: &str| self.line_of_key("registry", Some(key)).or_else(|| self.line_of_key("registry", None));
+        let Some(url) = &section.url else {
+            if section.username.is_some() || section.password.is_some() {
+                return Err(self.error(at("username"), "[registry] credentials without a url: set url too"));
+            }
+            return Ok(None);
+        };
+        let address = url.trim();
+        let valid = !address.is_empty()
+            && !address.contains("://")
+            && !address.contains('/')
+            && !address.contains(char::is_whitespace)
+            && address.bytes().all(|b| b.is_ascii_graphic());
+        if !valid {
+            return Err(self.error(
+                at("url"),
+                format!("[registry] url {url:?} must be a host and port, like \"127.0.0.1:5000\" (no scheme, no path)"),
+            ));
+        }
+        if section.username.is_some() != section.password.is_some() {
+            let missing = if section.username.is_none() { "username" } else { "password" };
+            return Err(self.error(at("url"), format!("[registry] {missing} is missing: give both or neither")));
+        }
+        Ok(Some(paastech_core::registry::ImageRegistry {
+            address: address.to_owned(),
+            username: section.username.clone(),
+            password: section.password.clone(),
+        }))
+    }
+
     /// Wraps a registry's message (unknown driver, options) with the line of `driver`.
     pub fn driver_error(&self, section: &str, message: impl fmt::Display) -> ConfigError {
         let line = self.line_of_key(section, Some("driver")).or_else(|| self.line_of_key(section, None));
@@ -804,6 +864,39 @@ patterns = "*.pem,.env"
         assert_eq!(acme.email.as_deref(), Some("ops@example.com"));
         assert_eq!(acme.challenge, paastech_acme::ChallengeKind::TlsAlpn01);
         assert_eq!(acme.retry_first, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_registry_is_a_host_and_port_with_both_credentials_or_none() {
+        let registry = |text: &str| {
+            let source = source(text);
+            let config = source.parse().expect("parses");
+            source.image_registry(&config)
+        };
+        assert!(registry("").expect("no registry").is_none());
+        let found = registry("[registry]\nurl = \"127.0.0.1:5000\"\n").expect("valid").expect("a registry");
+        assert_eq!((found.address.as_str(), found.username), ("127.0.0.1:5000", None));
+        let found = registry("[registry]\nurl = \"r.internal:5000\"\nusername = \"ci\"\npassword = \"s3cret\"\n")
+            .expect("valid")
+            .expect("a registry");
+        assert_eq!((found.username.as_deref(), found.password.as_deref()), (Some("ci"), Some("s3cret")));
+        for (text, line, needle) in [
+            ("[registry]\nurl = \"http://127.0.0.1:5000\"\n", 2, "no scheme"),
+            ("[registry]\n\nurl = \"r:5000/path\"\n", 3, "must be a host and port"),
+            ("[registry]\nurl = \"r:5000\"\nusername = \"ci\"\n", 2, "password is missing"),
+            ("[registry]\npassword = \"x\"\n", 1, "without a url"),
+            ("[registry]\nurl = \"r:5000\"\nuser = \"ci\"\n", 3, "user"),
+        ] {
+            let err = match source(text).parse() {
+                Err(err) => err,
+                Ok(config) => source(text).image_registry(&config).expect_err(text),
+            };
+            assert!(err.to_string().contains(needle), "{text:?}: {err}");
+            assert_eq!(err.line, Some(line), "{text:?}: {err}");
+        }
+        let config =
+            source("[registry]\nurl = \"r:5000\"\nusername = \"ci\"\npassword = \"s3cret\"\n").parse().expect("parses");
+        assert!(!format!("{:?}", config.registry).contains("s3cret"));
     }
 
     #[test]

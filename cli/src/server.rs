@@ -11,13 +11,10 @@ use paastech_acme::{AcmeConfig, AcmeManager};
 use paastech_core::drivers::{ImageBuilder, Runtime};
 use paastech_core::logs::LogHub;
 use paastech_core::orchestrator::{Orchestrator, OrchestratorConfig};
-use paastech_core::registry::Registry;
+use paastech_core::registry::{DriverContext, ImageRegistry, OptionsSource, Registry};
 use paastech_core::{DomainRules, ProjectName, Store};
-use paastech_driver_docker::{DockerBuilder, DockerBuilderConfig, DockerRuntime, DockerRuntimeConfig};
 use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::HookServer;
-use paastech_driver_podman::{PodmanBuilder, PodmanBuilderConfig, PodmanRuntime, PodmanRuntimeConfig, Ulimit};
-use paastech_driver_process::{ProcessBuilder, ProcessBuilderConfig, ProcessRuntime, ProcessRuntimeConfig};
 use paastech_ingress::{CertStore, IngressConfig, IngressRouter, RouteTable};
 use paastech_plugins::{HookHost, HookLimits, HookSpec, HostOptions, Stage};
 use paastech_ssh::{GitAccess, RepoAccess, SshServer};
@@ -38,205 +35,47 @@ pub struct Settings {
     pub build_hooks: Arc<HookHost>,
     /// How the ingress gets certificates, when it serves HTTPS.
     pub tls: Option<TlsSettings>,
+    /// `[registry]`: where container builds are pushed.
+    pub image_registry: Option<ImageRegistry>,
 }
 
-/// What a driver constructor gets: its own keys, and where the platform keeps things.
+/// Where a driver's options come from: its section of the TOML file, minus the keys the
+/// platform reads there. Errors name the file, the line and the key.
 pub struct DriverInput<'a> {
     pub source: &'a Source,
     pub section: &'static str,
     pub table: &'a toml::Table,
-    /// The `[runtime]` table: a builder sharing the runtime's engine reads its socket.
-    pub runtime: &'a toml::Table,
-    pub data_dir: &'a Path,
+    /// Keys of the section that are the platform's, not the driver's.
+    pub platform_keys: &'static [&'static str],
+    pub context: &'a DriverContext,
 }
 
-impl DriverInput<'_> {
+impl OptionsSource for DriverInput<'_> {
+    type Error = ConfigError;
+
     /// The driver's own keys (beside `driver`), as its options struct.
-    fn options<T: serde::de::DeserializeOwned>(&self, platform_keys: &[&str]) -> paastech_core::Result<T> {
-        self.source
-            .driver_options(self.section, self.table, platform_keys)
-            .map_err(|err| paastech_core::Error::Invalid(err.to_string()))
+    fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        self.source.driver_options(self.section, self.table, self.platform_keys)
     }
-}
 
-/// Keys of `[runtime] driver = "process"`.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ProcessRuntimeOptions {
-    /// Seconds between SIGTERM and SIGKILL when an instance stops.
-    grace_secs: Option<u64>,
-    /// Memory (data segment) limit of each process, in MiB.
-    memory_mb: Option<u64>,
-}
-
-/// Keys of `[build] driver = "process"` (besides the platform's `project_hooks`).
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ProcessBuildOptions {
-    /// The longest a build may take, in seconds.
-    timeout_secs: Option<u64>,
-}
-
-/// Keys of `[runtime] driver = "docker"`.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DockerRuntimeOptions {
-    /// The engine's API socket; default `/var/run/docker.sock`.
-    socket: Option<PathBuf>,
-    /// Memory limit of each container, in MiB (default 512); no swap beyond it.
-    memory_mb: Option<u64>,
-    /// CPU limit of each container, in cores (default 1.0).
-    cpus: Option<f64>,
-    /// Most processes per container (default 512).
-    pids_limit: Option<i64>,
-    /// Restarts of a failing container before it stays down (default 5).
-    max_restarts: Option<u32>,
-    /// Label value telling this server's containers from others' on the same engine;
-    /// default: derived from data_dir.
-    namespace: Option<String>,
-}
-
-/// Keys of `[build] driver = "docker"` (besides the platform's `project_hooks`).
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DockerBuildOptions {
-    /// The engine's API socket; default: `[runtime] socket` when the runtime is Docker,
-    /// else `/var/run/docker.sock`.
-    socket: Option<PathBuf>,
-    /// The image a Dockerfile is generated FROM for apps without one; unset: such apps
-    /// need a Dockerfile.
-    base_image: Option<String>,
-    /// The longest a build may take, in seconds (default 900).
-    timeout_secs: Option<u64>,
-}
-
-impl DockerRuntimeOptions {
-    fn config(self, data_dir: &Path) -> paastech_core::Result<DockerRuntimeConfig> {
-        let mut config = DockerRuntimeConfig {
-            namespace: self.namespace.unwrap_or_else(|| namespace_of(data_dir)),
-            ..DockerRuntimeConfig::default()
-        };
-        if let Some(socket) = self.socket {
-            config.engine.socket = socket;
-        }
-        if let Some(mb) = self.memory_mb {
-            if mb < 4 {
-                return Err(paastech_core::Error::Invalid("memory_mb must be at least 4".into()));
-            }
-            config.default_memory_bytes = mb.saturating_mul(1024 * 1024);
-        }
-        if let Some(cpus) = self.cpus {
-            if !(cpus > 0.0 && cpus.is_finite()) {
-                return Err(paastech_core::Error::Invalid("cpus must be a number above 0".into()));
-            }
-            config.default_cpus = cpus;
-        }
-        if let Some(pids) = self.pids_limit {
-            if pids < 1 {
-                return Err(paastech_core::Error::Invalid("pids_limit must be at least 1".into()));
-            }
-            config.pids_limit = pids;
-        }
-        if let Some(restarts) = self.max_restarts {
-            config.max_restarts = restarts;
-        }
-        Ok(config)
+    fn context(&self) -> &DriverContext {
+        self.context
     }
-}
 
-/// Keys of `[runtime] driver = "podman"`.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct PodmanRuntimeOptions {
-    /// The libpod API socket; default `/run/podman/podman.sock`.
-    socket: Option<PathBuf>,
-    /// The OCI runtime of containers; default `runc` (crun fails on cgroup v1 hosts).
-    runtime: Option<String>,
-    /// Ulimits of each container, `NAME=SOFT:HARD`; default nofile and nproc 1024:1024.
-    ulimits: Option<Vec<String>>,
-    /// Memory limit of each container, in MiB (default 512); no swap beyond it.
-    memory_mb: Option<u64>,
-    /// CPU limit of each container, in cores (default 1.0).
-    cpus: Option<f64>,
-    /// Most processes per container (default 512).
-    pids_limit: Option<u32>,
-    /// Restarts of a failing container before it stays down (default 5).
-    max_restarts: Option<u32>,
-    /// Label value telling this server's containers from others' on the same engine;
-    /// default: derived from data_dir.
-    namespace: Option<String>,
-}
-
-impl PodmanRuntimeOptions {
-    fn config(self, data_dir: &Path) -> paastech_core::Result<PodmanRuntimeConfig> {
-        let invalid = |message: String| paastech_core::Error::Invalid(message);
-        let mut config = PodmanRuntimeConfig {
-            namespace: self.namespace.unwrap_or_else(|| namespace_of(data_dir)),
-            ..PodmanRuntimeConfig::default()
-        };
-        if let Some(socket) = self.socket {
-            config.socket = socket;
+    /// A driver's message names its key first ("memory_mb must be at least 4"): located
+    /// at that key's line when it is written, else at the section's `driver`.
+    fn error(&self, error: paastech_core::Error) -> ConfigError {
+        let message = error.to_string();
+        let key = message.split([' ', ':']).next().filter(|key| self.table.contains_key(*key));
+        match key.and_then(|key| self.source.line_of_key(self.section, Some(key))) {
+            Some(line) => ConfigError {
+                file: self.source.file.clone(),
+                line: Some(line),
+                message: format!("[{}] {message}", self.section),
+            },
+            None => self.source.driver_error(self.section, message),
         }
-        if let Some(runtime) = self.runtime {
-            if runtime.trim().is_empty() {
-                return Err(invalid("runtime must name an OCI runtime, like \"runc\"".into()));
-            }
-            config.oci_runtime = runtime;
-        }
-        if let Some(ulimits) = self.ulimits {
-            config.ulimits = ulimits
-                .iter()
-                .map(|u| u.parse::<Ulimit>().map_err(|e| invalid(format!("ulimits: {e}"))))
-                .collect::<paastech_core::Result<_>>()?;
-        }
-        if let Some(mb) = self.memory_mb {
-            if mb < 6 {
-                return Err(invalid("memory_mb must be at least 6".into()));
-            }
-            config.default_memory_bytes = mb.saturating_mul(1024 * 1024);
-        }
-        if let Some(cpus) = self.cpus {
-            if !(cpus > 0.0 && cpus.is_finite()) {
-                return Err(invalid("cpus must be a number above 0".into()));
-            }
-            config.default_cpus = cpus;
-        }
-        if let Some(pids) = self.pids_limit {
-            if pids < 1 {
-                return Err(invalid("pids_limit must be at least 1".into()));
-            }
-            config.pids_limit = pids;
-        }
-        if let Some(restarts) = self.max_restarts {
-            config.max_restarts = restarts;
-        }
-        Ok(config)
     }
-}
-
-/// Keys of `[build] driver = "podman"` (besides the platform's `project_hooks`).
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct PodmanBuildOptions {
-    /// The libpod API socket; default: `[runtime] socket` when the runtime is Podman,
-    /// else `/run/podman/podman.sock`.
-    socket: Option<PathBuf>,
-    /// The image a Dockerfile is generated FROM for apps without one; unset: such apps
-    /// need a Dockerfile.
-    base_image: Option<String>,
-    /// The longest a build may take, in seconds (default 900).
-    timeout_secs: Option<u64>,
-}
-
-/// A stable name for the containers of the server using `data_dir`: FNV-1a of its path
-/// (stable across releases, unlike std's hasher).
-fn namespace_of(data_dir: &Path) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in data_dir.as_os_str().as_encoded_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
 }
 
 /// A hook's limits from its timeout and memory settings (named by `keys`), else the
@@ -290,76 +129,46 @@ fn keep_builds(config: &ServerConfig) -> Option<usize> {
 const BUILD_PLATFORM_KEYS: &[&str] =
     &["driver", "project_hooks", "keep_builds", "project_hook_timeout_ms", "project_hook_memory_mb"];
 
-/// What each driver name means: the one place runtime drivers are registered.
+/// Keys the platform itself reads in `[runtime]`.
+const RUNTIME_PLATFORM_KEYS: &[&str] = &["driver"];
+
+/// What each runtime driver name means: the one place runtime drivers are registered.
+/// A driver is its crate (its options type checks its keys and builds it) plus one line
+/// here.
 fn runtime_drivers<'a>() -> Registry<dyn Runtime, DriverInput<'a>> {
-    let mut registry: Registry<dyn Runtime, DriverInput<'a>> = Registry::new("runtime");
+    let mut registry = Registry::new("runtime");
     registry
-        .register("process", |input| {
-            let options: ProcessRuntimeOptions = input.options(&["driver"])?;
-            let mut config = ProcessRuntimeConfig::default();
-            if let Some(secs) = options.grace_secs {
-                config.grace = Duration::from_secs(secs);
-            }
-            config.default_memory_bytes = options.memory_mb.map(|mb| mb * 1024 * 1024);
-            config.ledger = Some(input.data_dir.join("run").join("processes"));
-            Ok(Arc::new(ProcessRuntime::new(config)) as Arc<dyn Runtime>)
-        })
-        .register("docker", |input| {
-            let options: DockerRuntimeOptions = input.options(&["driver"])?;
-            Ok(Arc::new(DockerRuntime::new(options.config(input.data_dir)?)) as Arc<dyn Runtime>)
-        })
-        .register("podman", |input| {
-            let options: PodmanRuntimeOptions = input.options(&["driver"])?;
-            Ok(Arc::new(PodmanRuntime::new(options.config(input.data_dir)?)) as Arc<dyn Runtime>)
-        })
+        .register::<paastech_driver_process::ProcessRuntimeOptions>("process")
+        .register::<paastech_driver_docker::DockerRuntimeOptions>("docker")
+        .register::<paastech_driver_podman::PodmanRuntimeOptions>("podman")
         .register_disabled("swarm", "the Docker Swarm driver is not part of this version yet");
     registry
 }
 
 /// The one place build drivers are registered.
 fn build_drivers<'a>() -> Registry<dyn ImageBuilder, DriverInput<'a>> {
-    let mut registry: Registry<dyn ImageBuilder, DriverInput<'a>> = Registry::new("build");
+    let mut registry = Registry::new("build");
     registry
-        .register("process", |input| {
-            let options: ProcessBuildOptions = input.options(BUILD_PLATFORM_KEYS)?;
-            let config = ProcessBuilderConfig {
-                cache_dir: input.data_dir.join("cache"),
-                timeout: Duration::from_secs(options.timeout_secs.unwrap_or(15 * 60)),
-                static_server: static_server_argv()?,
-            };
-            Ok(Arc::new(ProcessBuilder::new(config)) as Arc<dyn ImageBuilder>)
-        })
-        .register("docker", |input| {
-            let options: DockerBuildOptions = input.options(BUILD_PLATFORM_KEYS)?;
-            let mut config = DockerBuilderConfig { base_image: options.base_image, ..DockerBuilderConfig::default() };
-            // The builder uses the runtime's engine unless told otherwise.
-            let runtime_socket = (input.runtime.get("driver").and_then(|d| d.as_str()) == Some("docker"))
-                .then(|| input.runtime.get("socket").and_then(|s| s.as_str()).map(PathBuf::from))
-                .flatten();
-            if let Some(socket) = options.socket.or(runtime_socket) {
-                config.engine.socket = socket;
-            }
-            if let Some(secs) = options.timeout_secs {
-                config.timeout = Duration::from_secs(secs);
-            }
-            Ok(Arc::new(DockerBuilder::new(config)) as Arc<dyn ImageBuilder>)
-        })
-        .register("podman", |input| {
-            let options: PodmanBuildOptions = input.options(BUILD_PLATFORM_KEYS)?;
-            let mut config = PodmanBuilderConfig { base_image: options.base_image, ..PodmanBuilderConfig::default() };
-            // The builder uses the runtime's engine unless told otherwise.
-            let runtime_socket = (input.runtime.get("driver").and_then(|d| d.as_str()) == Some("podman"))
-                .then(|| input.runtime.get("socket").and_then(|s| s.as_str()).map(PathBuf::from))
-                .flatten();
-            if let Some(socket) = options.socket.or(runtime_socket) {
-                config.socket = socket;
-            }
-            if let Some(secs) = options.timeout_secs {
-                config.timeout = Duration::from_secs(secs);
-            }
-            Ok(Arc::new(PodmanBuilder::new(config)) as Arc<dyn ImageBuilder>)
-        });
+        .register::<paastech_driver_process::ProcessBuildOptions>("process")
+        .register::<paastech_driver_docker::DockerBuildOptions>("docker")
+        .register::<paastech_driver_podman::PodmanBuildOptions>("podman");
     registry
+}
+
+/// What every driver is told beside its own keys.
+fn driver_context(
+    config: &ServerConfig,
+    runtime_driver: &str,
+    data_dir: &Path,
+    image_registry: Option<ImageRegistry>,
+) -> Result<DriverContext> {
+    Ok(DriverContext {
+        image_registry,
+        data_dir: data_dir.to_owned(),
+        runtime_driver: runtime_driver.to_owned(),
+        runtime_socket: config.runtime.get("socket").and_then(toml::Value::as_str).map(PathBuf::from),
+        static_server: static_server_argv().context("finding the paastech executable")?,
+    })
 }
 
 fn default_data_dir() -> Result<PathBuf> {
@@ -377,31 +186,19 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     };
     let config = source.parse()?;
 
+    let data_dir = match &config.data_dir {
+        Some(dir) => dir.clone(),
+        None => default_data_dir().map_err(|err| ConfigError { file: None, line: None, message: err.to_string() })?,
+    };
     let runtime_driver = source.driver_name("runtime", &config.runtime, "process")?;
-    runtime_drivers().check(&runtime_driver).map_err(|err| source.driver_error("runtime", err))?;
     let build_driver = source.driver_name("build", &config.build, &runtime_driver)?;
-    build_drivers().check(&build_driver).map_err(|err| source.driver_error("build", err))?;
-    // Each driver's own keys are checked now, so a typo stops the start with its line.
-    if runtime_driver == "process" {
-        source.driver_options::<ProcessRuntimeOptions>("runtime", &config.runtime, &["driver"])?;
-    }
-    if build_driver == "process" {
-        source.driver_options::<ProcessBuildOptions>("build", &config.build, BUILD_PLATFORM_KEYS)?;
-    }
-    if runtime_driver == "docker" {
-        let options = source.driver_options::<DockerRuntimeOptions>("runtime", &config.runtime, &["driver"])?;
-        options.config(Path::new("")).map_err(|err| source.driver_error("runtime", err.to_string()))?;
-    }
-    if build_driver == "docker" {
-        source.driver_options::<DockerBuildOptions>("build", &config.build, BUILD_PLATFORM_KEYS)?;
-    }
-    if runtime_driver == "podman" {
-        let options = source.driver_options::<PodmanRuntimeOptions>("runtime", &config.runtime, &["driver"])?;
-        options.config(Path::new("")).map_err(|err| source.driver_error("runtime", err.to_string()))?;
-    }
-    if build_driver == "podman" {
-        source.driver_options::<PodmanBuildOptions>("build", &config.build, BUILD_PLATFORM_KEYS)?;
-    }
+    // Whatever drivers are configured, their names and their own keys are checked now,
+    // through the registries, so a typo stops the start with its file and line.
+    let image_registry = source.image_registry(&config)?;
+    let context = driver_context(&config, &runtime_driver, &data_dir, image_registry.clone())
+        .map_err(|err| ConfigError { file: None, line: None, message: format!("{err:#}") })?;
+    runtime_drivers().check(&runtime_driver, &runtime_input(&source, &config, &context))?;
+    build_drivers().check(&build_driver, &build_input(&source, &config, &context))?;
     if let Some(value) = config.build.get("project_hooks")
         && !value.is_bool()
     {
@@ -437,13 +234,19 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     }
     let build_hooks = Arc::new(load_hooks(&source, &config)?);
     let tls = source.tls(&config)?;
-    let data_dir = match &config.data_dir {
-        Some(dir) => dir.clone(),
-        None => default_data_dir().map_err(|err| ConfigError { file: None, line: None, message: err.to_string() })?,
-    };
     let database_url =
         config.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("paastech.db").display()));
-    Ok(Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks, tls })
+    Ok(Settings {
+        source,
+        config,
+        data_dir,
+        database_url,
+        runtime_driver,
+        build_driver,
+        build_hooks,
+        tls,
+        image_registry,
+    })
 }
 
 /// Checks every `[[hooks]]` entry and compiles its component (a missing or invalid file
@@ -552,7 +355,17 @@ fn init_logging() {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
-    let Settings { source, config, data_dir, database_url, runtime_driver, build_driver, build_hooks, tls } = settings;
+    let Settings {
+        source,
+        config,
+        data_dir,
+        database_url,
+        runtime_driver,
+        build_driver,
+        build_hooks,
+        tls,
+        image_registry,
+    } = settings;
     let hook_host = Arc::clone(&build_hooks);
     create_private_dir(&data_dir)?;
 
@@ -565,26 +378,9 @@ async fn serve(settings: Settings) -> Result<()> {
     };
 
     // Drivers, as configured.
-    let runtime = {
-        let input = DriverInput {
-            source: &source,
-            section: "runtime",
-            table: &config.runtime,
-            runtime: &config.runtime,
-            data_dir: &data_dir,
-        };
-        build_with(runtime_drivers(), &runtime_driver, input)?
-    };
-    let builder = {
-        let input = DriverInput {
-            source: &source,
-            section: "build",
-            table: &config.build,
-            runtime: &config.runtime,
-            data_dir: &data_dir,
-        };
-        build_with(build_drivers(), &build_driver, input)?
-    };
+    let context = driver_context(&config, &runtime_driver, &data_dir, image_registry.clone())?;
+    let runtime = runtime_drivers().build(&runtime_driver, &runtime_input(&source, &config, &context))?;
+    let builder = build_drivers().build(&build_driver, &build_input(&source, &config, &context))?;
     let repos = Arc::new(GitRepoStore::new(data_dir.join("repos")));
 
     // The orchestrator, with the ingress as its traffic router.
@@ -739,6 +535,7 @@ async fn serve(settings: Settings) -> Result<()> {
         database = %redact(&database_url),
         runtime = %runtime_driver,
         build = %build_driver,
+        registry = %image_registry.as_ref().map_or("none", |r| r.address.as_str()),
         "paastech server started"
     );
     let behind_ingress = api_behind_ingress.map(|listener| {
@@ -798,12 +595,12 @@ fn https_public_port(config: &ServerConfig) -> Option<u16> {
 /// App logs are rotated past this size (one old file is kept).
 const APP_LOG_MAX_BYTES: u64 = 8 * 1024 * 1024;
 
-fn build_with<'a, T: ?Sized>(
-    registry: Registry<T, DriverInput<'a>>,
-    name: &str,
-    input: DriverInput<'a>,
-) -> Result<Arc<T>> {
-    registry.build(name, input).map_err(|err| anyhow::anyhow!("{err}"))
+fn runtime_input<'a>(source: &'a Source, config: &'a ServerConfig, context: &'a DriverContext) -> DriverInput<'a> {
+    DriverInput { source, section: "runtime", table: &config.runtime, platform_keys: RUNTIME_PLATFORM_KEYS, context }
+}
+
+fn build_input<'a>(source: &'a Source, config: &'a ServerConfig, context: &'a DriverContext) -> DriverInput<'a> {
+    DriverInput { source, section: "build", table: &config.build, platform_keys: BUILD_PLATFORM_KEYS, context }
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
@@ -887,6 +684,8 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use paastech_core::registry::DriverOptions;
+    use paastech_driver_podman::{PodmanRuntimeOptions, Ulimit};
 
     #[test]
     fn redacts_passwords_only() {
@@ -969,8 +768,6 @@ mod tests {
         assert!(err.to_string().contains("memroy_mb") && err.line == Some(3), "{err}");
         let err = load_text("[runtime]\ndriver = \"docker\"\ncpus = 0\n").err().expect("no cpu");
         assert!(err.to_string().contains("cpus must be"), "{err}");
-        assert_ne!(namespace_of(Path::new("/a")), namespace_of(Path::new("/b")));
-        assert_eq!(namespace_of(Path::new("/a")), namespace_of(Path::new("/a")));
     }
 
     #[test]
@@ -981,19 +778,68 @@ mod tests {
             panic!("a valid podman config");
         };
         assert_eq!(settings.build_driver, "podman", "the build driver follows the runtime");
+        let context = driver_context(&settings.config, "podman", &settings.data_dir, None).expect("context");
         let options: PodmanRuntimeOptions =
-            settings.source.driver_options("runtime", &settings.config.runtime, &["driver"]).expect("options");
-        let config = options.config(Path::new("/tmp/x")).expect("config");
+            runtime_input(&settings.source, &settings.config, &context).options().expect("options");
+        let config = options.config(&context).expect("config");
         assert_eq!(config.socket, Path::new("/run/p.sock"));
         assert_eq!(config.ulimits, vec!["nofile=2048:2048".parse::<Ulimit>().expect("ulimit")]);
         assert_eq!((config.default_memory_bytes, config.default_cpus), (256 * 1024 * 1024, 0.5));
-        assert_eq!(config.namespace, namespace_of(Path::new("/tmp/x")));
+        assert_eq!(config.namespace, context.namespace());
         let err = load_text("[runtime]\ndriver = \"podman\"\nulimit = []\n").err().expect("typo");
         assert!(err.to_string().contains("ulimit") && err.line == Some(3), "{err}");
         let err = load_text("[runtime]\ndriver = \"podman\"\nulimits = [\"nofile=9:1\"]\n").err().expect("bad");
         assert!(err.to_string().contains("soft limit is above"), "{err}");
         let err = load_text("[runtime]\ndriver = \"podman\"\n[build]\nbase_imag = \"x\"\n").err().expect("typo");
         assert!(err.to_string().contains("base_imag"), "{err}");
+    }
+
+    /// Each registered driver's own keys are checked at start through the registry: a
+    /// typo names the file, the line and the key; a value out of range names its key and
+    /// the line it is on.
+    #[test]
+    fn every_drivers_keys_are_checked_at_start_with_file_line_and_key() {
+        let cases = [
+            ("[runtime]\ndriver = \"process\"\ngrace_sec = 1\n", 3, "grace_sec"),
+            ("[runtime]\ndriver = \"docker\"\n\nsockett = \"/x\"\n", 4, "sockett"),
+            ("[runtime]\ndriver = \"podman\"\nnamespace = \"a\"\npid_limit = 5\n", 4, "pid_limit"),
+            ("[build]\ndriver = \"process\"\ntimeout = 1\n", 3, "timeout"),
+            ("[runtime]\ndriver = \"process\"\n[build]\ndriver = \"docker\"\nbase = \"x\"\n", 5, "base"),
+            ("[build]\ndriver = \"podman\"\nkeep_builds = 3\nsocket_path = \"/x\"\n", 4, "socket_path"),
+            ("[runtime]\ndriver = \"process\"\nmemory_mb = 2\n", 3, "memory_mb must be at least 4"),
+            ("[runtime]\ndriver = \"docker\"\ncpus = 1\npids_limit = 0\n", 4, "pids_limit must be at least 1"),
+            ("[runtime]\ndriver = \"podman\"\n\nmemory_mb = 5\n", 4, "memory_mb must be at least 6"),
+            ("[build]\ndriver = \"docker\"\ntimeout_secs = 0\n", 3, "timeout_secs must be above 0"),
+        ];
+        for (text, line, needle) in cases {
+            let err = load_text(text).err().unwrap_or_else(|| panic!("{text:?} loaded"));
+            let shown = err.to_string();
+            assert!(shown.contains("paastech.toml:") && shown.contains(needle), "{text:?}: {shown}");
+            assert_eq!(err.line, Some(line), "{text:?}: {shown}");
+        }
+    }
+
+    #[test]
+    fn a_builder_on_the_runtimes_engine_uses_its_socket() {
+        use paastech_driver_docker::DockerBuildOptions;
+        let settings = load_text("data_dir = \"/tmp/x\"\n[runtime]\ndriver = \"docker\"\nsocket = \"/run/d.sock\"\n")
+            .unwrap_or_else(|err| panic!("a valid config: {err}"));
+        let context =
+            driver_context(&settings.config, &settings.runtime_driver, &settings.data_dir, None).expect("context");
+        let input = build_input(&settings.source, &settings.config, &context);
+        let config = input.options::<DockerBuildOptions>().and_then(|o| o.config(&context).map_err(|e| input.error(e)));
+        assert_eq!(config.map(|c| c.engine.socket).ok(), Some(PathBuf::from("/run/d.sock")));
+        // Not when the runtime is another engine: its socket means nothing to Docker.
+        let settings = load_text("data_dir = \"/tmp/x\"\n[runtime]\ndriver = \"podman\"\nsocket = \"/run/p.sock\"\n[build]\ndriver = \"docker\"\n")
+            .unwrap_or_else(|err| panic!("a valid config: {err}"));
+        let context =
+            driver_context(&settings.config, &settings.runtime_driver, &settings.data_dir, None).expect("context");
+        let input = build_input(&settings.source, &settings.config, &context);
+        let config = input.options::<DockerBuildOptions>().and_then(|o| o.config(&context).map_err(|e| input.error(e)));
+        assert_eq!(
+            config.map(|c| c.engine.socket).ok(),
+            Some(PathBuf::from(paastech_driver_docker::DEFAULT_DOCKER_SOCKET))
+        );
     }
 
     #[test]

@@ -16,10 +16,14 @@
 pub mod builder;
 pub mod runtime;
 
+pub mod options;
+
 mod engine;
+mod registry;
 
 pub use builder::{DockerBuilder, DockerBuilderConfig};
 pub use engine::{DEFAULT_DOCKER_SOCKET, EngineConfig};
+pub use options::{DockerBuildOptions, DockerRuntimeOptions};
 pub use runtime::{DockerRuntime, DockerRuntimeConfig};
 
 /// Labels every container of the platform carries; `list` and reconcile find them by these.

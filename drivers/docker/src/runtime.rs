@@ -15,13 +15,14 @@ use bollard::models::{
     HostConfigLogConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptions,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use paastech_core::ProjectName;
 use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime};
 use paastech_core::ports::free_loopback_port;
+use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, Result};
 use tokio::task::JoinHandle;
 
@@ -55,6 +56,9 @@ pub struct DockerRuntimeConfig {
     pub max_restarts: u32,
     /// The port `web` containers listen on inside (their `PORT`).
     pub container_port: u16,
+    /// The registry builds are pushed to: an image not on this engine is pulled from it
+    /// (by digest), with its credentials.
+    pub registry: Option<ImageRegistry>,
 }
 
 impl Default for DockerRuntimeConfig {
@@ -67,6 +71,7 @@ impl Default for DockerRuntimeConfig {
             pids_limit: 512,
             max_restarts: 5,
             container_port: 5000,
+            registry: None,
         }
     }
 }
@@ -214,7 +219,8 @@ impl DockerRuntime {
                 None
             };
             let name = self.container_name(spec, &spec.process_type);
-            let id = create_container(docker, &name, self.create_body(spec, host_port)).await?;
+            let body = self.create_body(spec, host_port);
+            let id = create_container(docker, &name, body, self.config.registry.as_ref()).await?;
             match docker.start_container(&id, None).await {
                 Ok(()) => return Ok((id, host_port)),
                 Err(err) => {
@@ -247,15 +253,49 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<()> {
     }
 }
 
-/// Creates a container named `name`; its id.
-async fn create_container(docker: &Docker, name: &str, body: ContainerCreateBody) -> Result<String> {
+/// Creates a container named `name`; its id. An image of the registry that this engine
+/// does not have (another node built it, or it was pruned here) is pulled first.
+async fn create_container(
+    docker: &Docker,
+    name: &str,
+    body: ContainerCreateBody,
+    registry: Option<&ImageRegistry>,
+) -> Result<String> {
     let image = body.image.clone().unwrap_or_default();
     let options = CreateContainerOptionsBuilder::default().name(name).build();
-    match docker.create_container(Some(options), body).await {
+    let from_registry = registry.filter(|r| image.starts_with(&format!("{}/", r.address)));
+    let first = match (docker.create_container(Some(options.clone()), body.clone()).await, from_registry) {
+        (Err(err), Some(registry)) if status_of(&err) == Some(404) => {
+            pull(docker, registry, &image).await?;
+            docker.create_container(Some(options), body).await
+        }
+        (result, _) => result,
+    };
+    match first {
         Ok(created) => Ok(created.id),
         Err(err) if status_of(&err) == Some(404) => Err(Error::NotFound(format!("image {image} does not exist"))),
         Err(err) => Err(engine_error(format!("creating a container for {image}"), err)),
     }
+}
+
+/// Pulls `image` (a digest reference) from `registry`.
+async fn pull(docker: &Docker, registry: &ImageRegistry, image: &str) -> Result<()> {
+    tracing::info!(image, "pulling an image from the registry");
+    let options = CreateImageOptionsBuilder::default().from_image(image).build();
+    let mut stream = docker.create_image(Some(options), None, crate::registry::credentials(registry));
+    while let Some(item) = stream.next().await {
+        if let Err(err) = item {
+            let why = match err {
+                bollard::errors::Error::DockerStreamError { error } => error,
+                other => other.to_string(),
+            };
+            return Err(Error::Unavailable(format!(
+                "pulling {image} from the registry {} failed: {why}",
+                registry.address
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Drop for DockerRuntime {
@@ -395,7 +435,7 @@ impl Runtime for DockerRuntime {
         let body = self.one_off_body(&spec, &run);
         // Its own task: when the caller gives up (a dropped request), the container is still
         // removed, at the latest at the timeout.
-        tokio::spawn(run_one_off(docker, name, body, run, output))
+        tokio::spawn(run_one_off(docker, name, body, run, output, self.config.registry.clone()))
             .await
             .map_err(|err| Error::internal("running a one-off command", err))?
     }
@@ -527,8 +567,9 @@ async fn run_one_off(
     body: ContainerCreateBody,
     run: OneOff,
     output: Arc<dyn LogSink>,
+    registry: Option<ImageRegistry>,
 ) -> Result<i32> {
-    let id = create_container(&docker, &name, body).await?;
+    let id = create_container(&docker, &name, body, registry.as_ref()).await?;
     let result = run_to_exit(&docker, &id, &run, output.as_ref()).await;
     if let Err(err) = remove_container(&docker, &id).await {
         tracing::warn!(container = %short(&id), error = %err, "cannot remove a one-off container");

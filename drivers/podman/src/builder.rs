@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use paastech_core::drivers::{Artifact, BuildRequest, ImageBuilder, LogSink};
+use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, Result};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -25,6 +26,8 @@ pub struct PodmanBuilderConfig {
     pub base_image: Option<String>,
     /// The longest a build may take.
     pub timeout: Duration,
+    /// Where each build is pushed; the artifact is then its digest reference there.
+    pub registry: Option<ImageRegistry>,
 }
 
 impl Default for PodmanBuilderConfig {
@@ -33,6 +36,7 @@ impl Default for PodmanBuilderConfig {
             socket: PathBuf::from(DEFAULT_SOCKET),
             base_image: None,
             timeout: Duration::from_secs(15 * 60),
+            registry: None,
         }
     }
 }
@@ -55,6 +59,106 @@ impl PodmanBuilder {
     }
 
     /// Checks that the engine answers, with an error saying how to start it if not.
+    /// Tags the built image `<registry>/paastech/NAME:vN`, pushes it, and answers the
+    /// digest reference the registry gives it.
+    async fn push(
+        &self,
+        registry: &ImageRegistry,
+        request: &BuildRequest,
+        tag: &str,
+        log: &dyn LogSink,
+    ) -> Result<String> {
+        let started = Instant::now();
+        let project = request.project.as_str();
+        let repository = registry.repository(project);
+        let version = format!("v{}", request.version);
+        let pushed = format!("{repository}:{version}");
+        let path = format!("images/{}/tag?repo={}&tag={version}", query_value(tag), query_value(&repository));
+        let (status, _) = self.engine.post_collect("tagging an image", &path, None).await?;
+        if !status.is_success() {
+            return Err(Error::internal_msg(format!("tagging {pushed}: podman answered {status}")));
+        }
+        log.line(&format!("-----> Pushing {pushed} to the registry {}", registry.address));
+        let outcome =
+            tokio::time::timeout(self.config.timeout, crate::registry::push(&self.engine, registry, &pushed)).await;
+        let result = match outcome {
+            Ok(result) => result,
+            Err(_) => Err(Error::Unavailable(format!(
+                "pushing {pushed} to the registry {} failed: it took longer than {}s",
+                registry.address,
+                self.config.timeout.as_secs()
+            ))),
+        };
+        let result = match result {
+            Ok(()) => crate::registry::digest_of(registry, project, &version).await,
+            Err(err) => Err(err),
+        };
+        let digest = match result {
+            Ok(digest) => digest,
+            Err(err) => {
+                let _ = self.engine.podman.images().get(&pushed).delete().await;
+                return Err(err);
+            }
+        };
+        let reference = format!("{repository}@{digest}");
+        log.line(&format!("-----> Pushed {reference} in {:.1}s", started.elapsed().as_secs_f64()));
+        tracing::info!(project = %request.project, version = request.version, image = %reference, "pushed image");
+        Ok(reference)
+    }
+
+    /// Frees a pushed build: its manifest in the registry, then its local images. When
+    /// another build of the project is the same local image (a rebuild of an unchanged
+    /// tree), the registry may hold one manifest for both: it stays.
+    async fn remove_pushed(&self, registry: &ImageRegistry, artifact: &str, project: &str, digest: &str) -> Result<()> {
+        let repository = registry.repository(project);
+        // Podman tags the pulled digest image apart from the built one: the build's own
+        // local tags are `<repository>:vN` and `localhost/paastech/NAME:vN`.
+        let version = self.pushed_version(&repository, digest).await;
+        let tags = match &version {
+            Some(version) => match self.engine.podman.images().get(format!("{repository}:{version}")).inspect().await {
+                Ok(image) => image.repo_tags.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        let shared = tags.iter().filter(|t| t.starts_with(&format!("{repository}:"))).count() > 1;
+        if shared {
+            tracing::info!(image = %artifact, tags = ?tags, "kept a pruned build's manifest: other builds are the same image");
+            return Ok(());
+        }
+        crate::registry::delete_manifest(registry, project, digest).await?;
+        let mut local = vec![artifact.to_owned()];
+        if let Some(version) = version {
+            local.push(format!("{repository}:{version}"));
+            local.push(format!("localhost/paastech/{project}:{version}"));
+        }
+        for reference in local {
+            if let Err(err) = self.engine.podman.images().get(&reference).remove().await {
+                match self.engine.error(&format!("removing image {reference}"), err) {
+                    // Gone already, or still used by a container: the disk is freed later.
+                    Error::NotFound(_) | Error::Conflict(_) | Error::Internal { .. } => {}
+                    other => return Err(other),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `vN` tag the registry gives `digest` in `repository`, if any.
+    async fn pushed_version(&self, repository: &str, digest: &str) -> Option<String> {
+        let images = self.engine.podman.images().list(&Default::default()).await.ok()?;
+        images.into_iter().find_map(|image| {
+            let digests = image.repo_digests.unwrap_or_default();
+            digests.iter().any(|d| d == &format!("{repository}@{digest}")).then(|| {
+                image
+                    .repo_tags
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find_map(|t| t.strip_prefix(&format!("{repository}:")).map(str::to_owned))
+            })?
+        })
+    }
+
     pub async fn ping(&self) -> Result<()> {
         self.engine.ping().await
     }
@@ -209,10 +313,26 @@ impl ImageBuilder for PodmanBuilder {
         }
         log.line(&format!("-----> Built {tag} in {:.1}s", started.elapsed().as_secs_f64()));
         tracing::info!(project = %request.project, version = request.version, image = %tag, "built image");
-        Ok(Artifact { reference: tag, processes: plan.processes })
+        let reference = match &self.config.registry {
+            Some(registry) => match self.push(registry, request, &tag, log).await {
+                Ok(reference) => reference,
+                Err(err) => {
+                    // The build is refused: its image has no use left here.
+                    let _ = self.remove(&tag).await;
+                    return Err(err);
+                }
+            },
+            None => tag,
+        };
+        Ok(Artifact { reference, processes: plan.processes })
     }
 
     async fn remove(&self, artifact: &str) -> Result<()> {
+        if let Some(registry) = &self.config.registry
+            && let Some((project, digest)) = crate::registry::parse_reference(registry, artifact)
+        {
+            return self.remove_pushed(registry, artifact, project, digest).await;
+        }
         if !artifact.starts_with("localhost/paastech/") {
             return Err(Error::Invalid(format!("{artifact:?} is not an image this builder made")));
         }

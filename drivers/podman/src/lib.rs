@@ -13,8 +13,12 @@
 pub mod builder;
 pub mod runtime;
 
+pub mod options;
+
 mod libpod;
 mod lines;
+mod registry;
 
 pub use builder::{PodmanBuilder, PodmanBuilderConfig};
+pub use options::{PodmanBuildOptions, PodmanRuntimeOptions};
 pub use runtime::{DEFAULT_SOCKET, PodmanRuntime, PodmanRuntimeConfig, Ulimit, default_ulimits};

@@ -104,6 +104,33 @@ impl Engine {
         Err(status_error(doing, status, &value))
     }
 
+    /// `POST /libpod/PATH_AND_QUERY` with no body (and `X-Registry-Auth` when given): the
+    /// status and the whole answer, for calls whose answer is a stream of JSON lines
+    /// (a push, a pull) that says what went wrong in an `error` line.
+    pub(crate) async fn post_collect(
+        &self,
+        doing: &str,
+        path: &str,
+        registry_auth: Option<&str>,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let mut request = Request::post(format!("/{API_VERSION}/libpod/{path}")).header("Host", "podman");
+        if let Some(auth) = registry_auth {
+            request = request.header("X-Registry-Auth", auth);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
+            .map_err(|e| Error::internal(format!("{doing}: building the request"), e))?;
+        let response = self.send(doing, request).await?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::internal(format!("{doing}: reading podman's answer"), e))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
     /// `POST /libpod/PATH_AND_QUERY` with the file at `tar` as the body (a build context);
     /// the answer's body, to be streamed, once the status is a success.
     pub(crate) async fn post_tar(&self, doing: &str, path: &str, tar: &Path) -> Result<Incoming, Error> {

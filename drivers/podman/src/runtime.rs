@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime};
+use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, ProjectName, Result};
 use podman_api::conn::TtyChunk;
 use podman_api::opts::{ContainerDeleteOpts, ContainerListFilter, ContainerListOpts, ContainerLogsOpts};
@@ -116,6 +117,9 @@ pub struct PodmanRuntimeConfig {
     /// The value of the `paastech.namespace` label: `list` sees, and reconcile touches,
     /// only containers labelled with it.
     pub namespace: String,
+    /// The registry builds are pushed to: an image of it not on this engine is pulled
+    /// (by digest) before its container is created.
+    pub registry: Option<ImageRegistry>,
 }
 
 impl Default for PodmanRuntimeConfig {
@@ -130,6 +134,7 @@ impl Default for PodmanRuntimeConfig {
             max_restarts: 5,
             container_port: 5000,
             namespace: "default".into(),
+            registry: None,
         }
     }
 }
@@ -396,6 +401,11 @@ impl Runtime for PodmanRuntime {
         let name = self.container_name(&spec, &spec.process_type);
         let label = format!("{}.{}", spec.process_type, spec.index + 1);
         let body = self.container_spec(&spec, &name);
+        if let Some(registry) =
+            self.config.registry.as_ref().filter(|r| spec.artifact.starts_with(&format!("{}/", r.address)))
+        {
+            crate::registry::ensure_image(&self.engine, registry, &spec.artifact).await?;
+        }
         // Podman checks the image and the spec here: what it refuses fails this deploy.
         let created = self.engine.post_json("creating a container", "containers/create", &body).await.map_err(
             |err| match err {
@@ -528,7 +538,7 @@ impl Runtime for PodmanRuntime {
         let body = self.one_off_spec(&spec, &run, &name);
         // Its own task: when the caller gives up (a dropped request), the container is still
         // removed, at the latest at the timeout.
-        tokio::spawn(run_one_off(self.engine.clone(), body, run, output))
+        tokio::spawn(run_one_off(self.engine.clone(), body, run, output, self.config.registry.clone()))
             .await
             .map_err(|err| Error::internal("running a one-off command", err))?
     }
@@ -551,8 +561,18 @@ async fn remove(engine: &Engine, id: &str, grace: Duration) -> Result<()> {
 
 /// Creates and runs a one-off command's container (`body`), then removes it whatever
 /// happened (which also kills a command past its timeout).
-async fn run_one_off(engine: Engine, body: Value, run: OneOff, output: Arc<dyn LogSink>) -> Result<i32> {
-    let doing = format!("creating a container of {}", body["image"].as_str().unwrap_or_default());
+async fn run_one_off(
+    engine: Engine,
+    body: Value,
+    run: OneOff,
+    output: Arc<dyn LogSink>,
+    registry: Option<ImageRegistry>,
+) -> Result<i32> {
+    let image = body["image"].as_str().unwrap_or_default().to_owned();
+    if let Some(registry) = registry.as_ref().filter(|r| image.starts_with(&format!("{}/", r.address))) {
+        crate::registry::ensure_image(&engine, registry, &image).await?;
+    }
+    let doing = format!("creating a container of {image}");
     let created = engine.post_json(&doing, "containers/create", &body).await?;
     let id = created
         .get("Id")

@@ -12,9 +12,12 @@
 pub mod builder;
 pub mod runtime;
 
+pub mod options;
+
 mod group;
 mod ledger;
 mod lines;
 
 pub use builder::{ProcessBuilder, ProcessBuilderConfig};
+pub use options::{ProcessBuildOptions, ProcessRuntimeOptions};
 pub use runtime::{ProcessRuntime, ProcessRuntimeConfig, RestartPolicy};

@@ -1,0 +1,88 @@
+//! The container registry (`[registry]`) as the Docker driver uses it: the engine pushes
+//! and pulls (with the registry's credentials), and a pruned build's manifest is deleted
+//! through distribution's HTTP API, which the engine does not speak.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bollard::auth::DockerCredentials;
+use paastech_core::registry::ImageRegistry;
+use paastech_core::{Error, Result};
+
+/// The engine's credentials for `registry`; `None` when it needs none.
+pub(crate) fn credentials(registry: &ImageRegistry) -> Option<DockerCredentials> {
+    let username = registry.username.clone()?;
+    Some(DockerCredentials {
+        username: Some(username),
+        password: registry.password.clone(),
+        serveraddress: Some(registry.address.clone()),
+        ..DockerCredentials::default()
+    })
+}
+
+/// The digest of `reference` = `<repository>@sha256:…`, when it names one in `registry`:
+/// (project, digest).
+pub(crate) fn parse_reference<'a>(registry: &ImageRegistry, reference: &'a str) -> Option<(&'a str, &'a str)> {
+    let rest = reference.strip_prefix(registry.address.as_str())?.strip_prefix("/paastech/")?;
+    let (project, digest) = rest.split_once('@')?;
+    (digest.starts_with("sha256:") && !project.is_empty()).then_some((project, digest))
+}
+
+/// Deletes a project's manifest by digest (`DELETE /v2/paastech/<project>/manifests/<digest>`),
+/// which drops every tag pointing at it; the registry's garbage collection frees the
+/// layers. One already gone is no error.
+pub(crate) async fn delete_manifest(registry: &ImageRegistry, project: &str, digest: &str) -> Result<()> {
+    let scheme = if registry.is_loopback() { "http" } else { "https" };
+    let url = format!("{scheme}://{}/v2/paastech/{project}/manifests/{digest}", registry.address);
+    let authorization = registry.username.as_ref().map(|user| {
+        let pair = format!("{user}:{}", registry.password.as_deref().unwrap_or_default());
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    });
+    let address = registry.address.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut request = agent.delete(&url).header("Accept", MANIFEST_TYPES);
+        if let Some(value) = &authorization {
+            request = request.header("Authorization", value);
+        }
+        request.call().map(|response| response.status().as_u16())
+    })
+    .await
+    .map_err(|err| Error::internal("deleting a manifest", err))?
+    .map_err(|err| Error::Unavailable(format!("the registry {address} cannot be reached: {err}")))?;
+    match status {
+        200..=299 | 404 => Ok(()),
+        405 => Err(Error::Unavailable(format!(
+            "the registry {address} refuses deletes: enable them in its config (storage: delete: enabled: true)"
+        ))),
+        401 | 403 => Err(Error::Unavailable(format!(
+            "the registry {address} refused to delete {project}@{digest}: its credentials were not accepted ({status})"
+        ))),
+        other => {
+            Err(Error::Unavailable(format!("the registry {address} answered {other} to deleting {project}@{digest}")))
+        }
+    }
+}
+
+/// Manifest kinds the engine pushes (schema 2 and OCI).
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_references_of_the_registry_are_parsed() {
+        let registry = ImageRegistry { address: "127.0.0.1:5000".into(), username: None, password: None };
+        assert_eq!(parse_reference(&registry, "127.0.0.1:5000/paastech/blog@sha256:abc"), Some(("blog", "sha256:abc")));
+        assert_eq!(parse_reference(&registry, "127.0.0.1:5000/paastech/blog:v3"), None);
+        assert_eq!(parse_reference(&registry, "paastech/blog:v3"), None);
+        assert_eq!(parse_reference(&registry, "127.0.0.1:5001/paastech/blog@sha256:abc"), None);
+        assert!(credentials(&registry).is_none());
+    }
+}

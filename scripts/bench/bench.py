@@ -211,6 +211,10 @@ class PaaSTech:
     def create_project(self, name):
         status, body = self.api("POST", "/projects", {"name": name})
         assert status == 201, f"create {name}: {status} {body}"
+        # The plain-HTTP comparisons measure serving, not the redirect to HTTPS a project
+        # gets by default once the ingress holds a certificate for its name.
+        status, body = self.api("PATCH", f"/projects/{name}/https", {"redirect": False})
+        assert status == 200, f"https policy of {name}: {status} {body}"
         return f"ssh://git@127.0.0.1:{self.ssh_port}/{name}.git"
 
     def get(self, project, path="/", timeout=5.0):

@@ -635,3 +635,148 @@ async fn acme_challenges_are_answered_to_validations_only() {
     let answer = get("/.well-known/acme-challenge/tok-EN_1").await;
     assert!(answer.starts_with("HTTP/1.1 404 "), "gone once removed: {answer}");
 }
+
+/// Requests without a body go out on the ingress's own backend connections: every way
+/// a backend may frame its answer arrives whole over HTTP/2 (chunked, a length longer
+/// than one read, no body for HEAD, informational heads skipped, until the connection
+/// closes), and a connection is reused until the backend says `close`.
+#[tokio::test]
+async fn http2_answers_arrive_whole_whatever_their_http1_framing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = Pki::new();
+    let (addr, table) = start(with_wildcard(&pki)).await;
+    let app = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    table.set_backends("raw", vec![app.local_addr().expect("addr")]);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = app.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let answer: Vec<u8> = match head.split(' ').nth(1).unwrap_or("") {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\n".to_vec(),
+                        "/big" => {
+                            let mut a = b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n".to_vec();
+                            a.extend(std::iter::repeat_n(b'z', 300_000));
+                            a
+                        }
+                        "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n".to_vec(),
+                        "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nUpgrade: h2c\r\n\r\nok".to_vec(),
+                        "/close" => b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end".to_vec(),
+                        _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                    };
+                    if stream.write_all(&answer).await.is_err() || head.contains("/close") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+
+    let host = format!("raw.{DOMAIN}");
+    let tls = connect(addr, pki.client(&[H2]), &host).await.expect("handshake");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("http/2");
+    tokio::spawn(conn);
+    let mut ask = async |method: http::Method, path: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("https://{host}{path}"))
+            .version(Version::HTTP_2)
+            .body(no_body())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("answer");
+        let length = resp.headers().get("content-length").map(|v| v.to_str().unwrap_or("?").to_owned());
+        let (status, body) = read(resp).await;
+        (status, body, length)
+    };
+    let (status, body, _) = ask(http::Method::GET, "/chunked").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello world"));
+    let (status, body, length) = ask(http::Method::GET, "/big").await;
+    assert_eq!((status, body.len(), length.as_deref()), (StatusCode::OK, 300_000, Some("300000")));
+    assert!(body.bytes().all(|b| b == b'z'));
+    let (status, body, length) = ask(http::Method::HEAD, "/head").await;
+    assert_eq!((status, body.as_str(), length.as_deref()), (StatusCode::OK, "", Some("42")));
+    let (status, body, _) = ask(http::Method::GET, "/early").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one kept-alive backend connection so far");
+    let (status, body, _) = ask(http::Method::GET, "/close").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "until the end"));
+    let (status, _, _) = ask(http::Method::GET, "/missing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection after the backend said close");
+}
+
+/// A static site over HTTP/2 is answered by the ingress from its files, as over HTTP/1:
+/// its file server process (busybox `httpd … -h DIR`, recognized as the configured
+/// static server) is stopped before the requests, so a proxied request would fail.
+#[tokio::test]
+async fn http2_requests_for_a_static_site_are_answered_from_its_files() {
+    use paastech_core::drivers::TrafficRouter;
+    use std::process::{Command, Stdio};
+
+    let pki = Pki::new();
+    let (addr, table) = start(with_wildcard(&pki)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("index.html"), "<h1>home</h1>").expect("write");
+    std::fs::write(dir.path().join("big.txt"), "x".repeat(300_000)).expect("write");
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox is installed (scripts/test.sh installs busybox-static)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    let prefix: Vec<String> =
+        [busybox, "httpd", "-f", "-p", &server.to_string(), "-h"].into_iter().map(String::from).collect();
+    let mut child = Command::new(busybox)
+        .args(&prefix[1..])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start busybox httpd");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(server).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "busybox httpd did not listen on {server}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let router = paastech_ingress::IngressRouter::new(table, "/").serve_static_sites(prefix);
+    let site = paastech_core::ProjectName::parse("site").expect("project name");
+    router.switch(&site, vec![server], Duration::from_secs(1)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let host = format!("site.{DOMAIN}");
+    let tls = connect(addr, pki.client(&[H2]), &host).await.expect("handshake");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("http/2");
+    tokio::spawn(conn);
+    for (path, want) in [("/", "<h1>home</h1>".to_owned()), ("/big.txt", "x".repeat(300_000))] {
+        // Twice: the first look reads the disk, the second is answered from memory.
+        for _ in 0..2 {
+            let req = Request::get(format!("https://{host}{path}"))
+                .version(Version::HTTP_2)
+                .body(no_body())
+                .expect("request");
+            let (status, body) = read(send.send_request(req).await.expect("answer")).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert!(body == want, "{path}: {} bytes", body.len());
+        }
+    }
+    let req =
+        Request::get(format!("https://{host}/missing")).version(Version::HTTP_2).body(no_body()).expect("request");
+    assert_eq!(read(send.send_request(req).await.expect("answer")).await.0, StatusCode::NOT_FOUND);
+}

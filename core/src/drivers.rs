@@ -3,7 +3,7 @@
 //! Swarm fit behind the same three seams.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,6 +120,72 @@ pub struct Instance {
     pub restarts: u32,
 }
 
+/// What a machine that runs instances is in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// The one machine of a runtime that has no cluster (processes, one engine).
+    Local,
+    Manager,
+    Worker,
+}
+
+/// Whether a machine is up, as its runtime last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Ready,
+    /// Lost: its instances are being started elsewhere.
+    Down,
+    Disconnected,
+    Unknown,
+}
+
+/// Whether a machine takes new instances (an operator's choice, on a cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAvailability {
+    Active,
+    /// Keeps what it runs, takes nothing new.
+    Pause,
+    /// Its instances are moved off it.
+    Drain,
+}
+
+/// One machine a runtime runs instances on, and the instances on it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The runtime's own id of the machine (a swarm node id; `local` for the one machine).
+    pub id: String,
+    /// The host name the machine reports (not unique: several may share one).
+    pub hostname: String,
+    /// The address its instances are reached at, when known.
+    pub address: Option<IpAddr>,
+    pub role: NodeRole,
+    pub state: NodeState,
+    pub availability: NodeAvailability,
+    pub instances: Vec<Instance>,
+}
+
+impl Node {
+    /// The machine this server runs on, as a runtime without a cluster describes it.
+    pub fn local(instances: Vec<Instance>) -> Node {
+        // Linux's own answer; a machine without it is still described.
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        Node {
+            id: "local".to_owned(),
+            hostname,
+            address: None,
+            role: NodeRole::Local,
+            state: NodeState::Ready,
+            availability: NodeAvailability::Active,
+            instances,
+        }
+    }
+}
+
 /// Runs instances: local processes, containers, services.
 #[async_trait]
 pub trait Runtime: Send + Sync {
@@ -174,6 +240,19 @@ pub trait Runtime: Send + Sync {
     /// stops them otherwise, as the process runtime's ledger does, keeps this default.)
     async fn remove_stray_one_offs(&self) -> Result<usize> {
         Ok(0)
+    }
+    /// The machines instances run on, each with the instances on it now (`paastech
+    /// nodes`). A runtime without a cluster is one machine: this default, with every
+    /// instance `list` shows.
+    async fn nodes(&self) -> Result<Vec<Node>> {
+        Ok(vec![Node::local(self.list().await?)])
+    }
+    /// Whether an instance's address can change while it keeps its id (a swarm task
+    /// restarted on another port or moved to another node). If so the orchestrator keeps
+    /// each live deployment's routes in step with `list_project`; otherwise an address is
+    /// fixed from `start` to `stop`.
+    fn instance_addresses_move(&self) -> bool {
+        false
     }
 }
 

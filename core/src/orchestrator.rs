@@ -13,8 +13,8 @@ use crate::certificates::{CertificateStatus, Certificates};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName};
 use crate::drivers::{
-    Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, OneOff, PushHandler,
-    RefUpdate, RepoStore, Runtime, TrafficRouter,
+    Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, Node, OneOff,
+    PushHandler, RefUpdate, RepoStore, Runtime, TrafficRouter,
 };
 use crate::error::{Error, Result};
 use crate::hooks::{BuildHooks, HookContext, NoHooks};
@@ -1087,6 +1087,23 @@ impl Orchestrator {
         Ok(all)
     }
 
+    /// The machines the runtime runs instances on, each with the instances on it now
+    /// (every project's: for admins).
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        let mut nodes = self.runtime.nodes().await?;
+        for node in &mut nodes {
+            node.instances.sort_by(|a, b| {
+                (&a.project, &a.process_type, a.index, a.version).cmp(&(
+                    &b.project,
+                    &b.process_type,
+                    b.index,
+                    b.version,
+                ))
+            });
+        }
+        Ok(nodes)
+    }
+
     /// The first step of a server start, taken before anything listens: deployments a
     /// stopped server left on their way are recorded failed and their leftovers removed;
     /// every project answers 503 and its lock is held until its live deployment runs again,
@@ -1350,6 +1367,9 @@ impl Restore {
 fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
     instances.iter().filter(|i| i.process_type == "web").filter_map(|i| i.addr).collect()
 }
+
+mod follow;
+pub use follow::{FOLLOW_INTERVAL, Follower};
 
 #[cfg(test)]
 mod tests;

@@ -465,11 +465,24 @@ struct FakeRuntime {
     faults: Faults,
     started: AtomicUsize,
     instances: Mutex<Vec<Instance>>,
+    /// What `instance_addresses_move` answers (a swarm's would be true).
+    moves: AtomicBool,
 }
 
 impl FakeRuntime {
     fn instances(&self) -> Vec<Instance> {
         self.instances.lock().expect("instances").clone()
+    }
+
+    /// The instance with this id, changed as a cluster would change it (moved, ended).
+    fn change(&self, id: &str, change: impl FnOnce(&mut Instance)) {
+        let mut instances = self.instances.lock().expect("instances");
+        change(instances.iter_mut().find(|i| i.id == id).expect("an instance with this id"));
+    }
+
+    /// The ids of the running web instances, oldest first.
+    fn web_ids(&self) -> Vec<String> {
+        self.instances().into_iter().filter(|i| i.process_type == "web").map(|i| i.id).collect()
     }
 }
 
@@ -502,13 +515,21 @@ impl Runtime for FakeRuntime {
     }
     async fn list(&self) -> Result<Vec<Instance>> {
         self.steps.tick().await;
+        self.faults.check("list")?;
         Ok(self.instances())
+    }
+    fn instance_addresses_move(&self) -> bool {
+        self.moves.load(Ordering::SeqCst)
     }
 }
 
 struct FakeTraffic {
     steps: Arc<Steps>,
     unhealthy: AtomicBool,
+    /// Addresses whose health check fails, whatever `unhealthy` says.
+    silent: Mutex<Vec<SocketAddr>>,
+    /// How many times `switch` was called.
+    switches: AtomicUsize,
     routes: Mutex<HashMap<ProjectName, Vec<SocketAddr>>>,
     /// Custom domain → the project it is routed to.
     domains: Mutex<BTreeMap<String, ProjectName>>,
@@ -526,13 +547,14 @@ impl FakeTraffic {
 impl TrafficRouter for FakeTraffic {
     async fn wait_healthy(&self, addr: SocketAddr, _: Duration) -> Result<()> {
         self.steps.tick().await;
-        if self.unhealthy.load(Ordering::SeqCst) {
+        if self.unhealthy.load(Ordering::SeqCst) || self.silent.lock().expect("silent").contains(&addr) {
             return Err(Error::DeployFailed(format!("{addr} answered 503")));
         }
         Ok(())
     }
     async fn switch(&self, project: &ProjectName, mut backends: Vec<SocketAddr>, _: Duration) {
         self.steps.tick().await;
+        self.switches.fetch_add(1, Ordering::SeqCst);
         backends.sort();
         self.routes.lock().expect("routes").insert(project.clone(), backends);
     }
@@ -574,10 +596,13 @@ impl World {
             faults: Faults::default(),
             started: AtomicUsize::new(0),
             instances: Mutex::default(),
+            moves: AtomicBool::new(false),
         });
         let traffic = Arc::new(FakeTraffic {
             steps: Arc::clone(&steps),
             unhealthy: AtomicBool::new(false),
+            silent: Mutex::default(),
+            switches: AtomicUsize::new(0),
             routes: Mutex::default(),
             domains: Mutex::default(),
             https: Mutex::default(),
@@ -1156,4 +1181,173 @@ async fn certificates_are_wanted_for_exactly_the_names_projects_have() {
     orchestrator.remove_domain(&world.project, "www.example.com").await.expect("remove");
     orchestrator.delete_project(&site).await.expect("delete");
     assert_eq!(certs.wanted(), wanted(&[("app", &["app.localhost"])]));
+}
+
+// ----- Routes that follow moving instances ------------------------------------------------
+
+/// An address on another node of a cluster.
+fn elsewhere(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 2], port))
+}
+
+fn sorted(mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    addrs.sort();
+    addrs
+}
+
+impl World {
+    /// A project with `webs` web instances of v1 live, on a runtime whose addresses move.
+    async fn moving(webs: u32) -> World {
+        let world = World::new(webs).await;
+        world.runtime.moves.store(true, Ordering::SeqCst);
+        world
+    }
+
+    /// What the ingress routes the project to now, sorted.
+    fn routes(&self) -> Vec<SocketAddr> {
+        self.traffic.routes.lock().expect("routes").get(&self.project.name).cloned().unwrap_or_default()
+    }
+
+    fn switches(&self) -> usize {
+        self.traffic.switches.load(Ordering::SeqCst)
+    }
+
+    fn addr_of(&self, id: &str) -> SocketAddr {
+        self.runtime.instances().into_iter().find(|i| i.id == id).and_then(|i| i.addr).expect("an address")
+    }
+}
+
+#[tokio::test]
+async fn a_moved_instance_is_routed_at_its_new_address_once_it_answers() {
+    let world = World::moving(2).await;
+    let ids = world.runtime.web_ids();
+    let stays = world.addr_of(&ids[1]);
+    // The cluster restarted the first instance's task on another node, where it does not
+    // answer yet.
+    world.runtime.change(&ids[0], |i| i.addr = Some(elsewhere(30_001)));
+    world.traffic.silent.lock().expect("silent").push(elsewhere(30_001));
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.routes(), vec![stays], "the old address is out at once, the new one not in before it answers");
+    world.traffic.silent.lock().expect("silent").clear();
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.routes(), sorted(vec![elsewhere(30_001), stays]), "in once it answers");
+    world.serves(1, 2).await;
+    let switches = world.switches();
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.switches(), switches, "a round that finds nothing new switches nothing");
+
+    // A deploy's switch is the truth again, and the follower follows its instances.
+    world.push().await.expect("v2 deploys");
+    world.serves(2, 2).await;
+    let v2 = world.runtime.web_ids();
+    world.runtime.change(&v2[1], |i| i.addr = Some(elsewhere(30_002)));
+    world.orchestrator.follow_round().await;
+    world.serves(2, 2).await;
+    assert!(world.routes().contains(&elsewhere(30_002)), "{:?}", world.routes());
+}
+
+#[tokio::test]
+async fn a_dead_or_vanished_instance_is_taken_out_within_a_round() {
+    let world = World::moving(3).await;
+    let ids = world.runtime.web_ids();
+    let stays = world.addr_of(&ids[2]);
+    world.runtime.change(&ids[0], |i| i.state = InstanceState::Crashed);
+    world.runtime.instances.lock().expect("instances").retain(|i| i.id != ids[1]);
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.routes(), vec![stays]);
+    // Restarted where it was: routed again once it answers.
+    world.runtime.change(&ids[0], |i| i.state = InstanceState::Running);
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.routes(), sorted(vec![world.addr_of(&ids[0]), stays]));
+}
+
+#[tokio::test]
+async fn with_no_instance_running_the_addresses_that_still_answer_stay() {
+    let world = World::moving(2).await;
+    let ids = world.runtime.web_ids();
+    let before = world.routes();
+    for id in &ids {
+        world.runtime.change(id, |i| i.state = InstanceState::Restarting);
+    }
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.routes(), before, "a request is served while any replica can serve it");
+    // Once they stop answering too, nothing is routed (the ingress says so) ...
+    world.traffic.silent.lock().expect("silent").extend(before.iter().copied());
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.routes(), Vec::<SocketAddr>::new());
+    // ... until the tasks run again, wherever the cluster put them.
+    for (n, id) in ids.iter().enumerate() {
+        world.runtime.change(id, |i| {
+            i.state = InstanceState::Running;
+            i.addr = Some(elsewhere(30_010 + n as u16));
+        });
+    }
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.routes(), vec![elsewhere(30_010), elsewhere(30_011)]);
+}
+
+#[tokio::test]
+async fn a_project_whose_lock_is_held_is_left_alone_until_it_is_free() {
+    let world = World::moving(1).await;
+    let (before, switches) = (world.routes(), world.switches());
+    let id = world.runtime.web_ids().remove(0);
+    world.runtime.change(&id, |i| i.addr = Some(elsewhere(30_003)));
+    let guard = world.orchestrator.lock_for(&world.project.name).lock_owned().await;
+    world.orchestrator.follow_round().await;
+    assert_eq!((world.routes(), world.switches()), (before, switches), "a running change decides the routes");
+    drop(guard);
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.routes(), vec![elsewhere(30_003)]);
+}
+
+#[tokio::test]
+async fn a_failed_listing_changes_nothing_and_the_next_round_follows() {
+    let world = World::moving(1).await;
+    let before = world.routes();
+    let id = world.runtime.web_ids().remove(0);
+    world.runtime.change(&id, |i| i.addr = Some(elsewhere(30_004)));
+    world.runtime.faults.set("list", 1);
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.routes(), before);
+    world.orchestrator.follow_round().await;
+    assert_eq!(world.routes(), vec![elsewhere(30_004)]);
+}
+
+#[tokio::test]
+async fn the_follower_runs_in_the_background_until_stopped() {
+    let world = World::moving(1).await;
+    let follower = world.orchestrator.follow_instances(Duration::from_millis(10)).expect("a follower");
+    let id = world.runtime.web_ids().remove(0);
+    world.runtime.change(&id, |i| i.addr = Some(elsewhere(30_005)));
+    let mut followed = false;
+    for _ in 0..500 {
+        if world.routes() == vec![elsewhere(30_005)] {
+            followed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(followed, "routes {:?}", world.routes());
+    follower.stop().await;
+    world.runtime.change(&id, |i| i.addr = Some(elsewhere(30_006)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(world.routes(), vec![elsewhere(30_005)], "a stopped follower switches nothing");
+}
+
+#[tokio::test]
+async fn a_runtime_whose_addresses_do_not_move_starts_no_follower() {
+    let world = World::new(1).await;
+    assert!(world.orchestrator.follow_instances(Duration::from_millis(10)).is_none());
+}
+
+// ----- Nodes ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_runtime_without_a_cluster_is_one_local_node_with_every_instance() {
+    let world = World::new(2).await;
+    let nodes = world.orchestrator.nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!((nodes[0].id.as_str(), nodes[0].role), ("local", crate::drivers::NodeRole::Local));
+    let listed: Vec<(String, u32)> = nodes[0].instances.iter().map(|i| (i.process_type.clone(), i.index)).collect();
+    assert_eq!(listed, vec![("web".to_owned(), 0), ("web".to_owned(), 1)]);
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use paastech_acme::{AcmeConfig, AcmeManager};
 use paastech_core::drivers::{ImageBuilder, Runtime};
 use paastech_core::logs::LogHub;
-use paastech_core::orchestrator::{Orchestrator, OrchestratorConfig};
+use paastech_core::orchestrator::{FOLLOW_INTERVAL, Orchestrator, OrchestratorConfig};
 use paastech_core::registry::{DriverContext, ImageRegistry, OptionsSource, Registry};
 use paastech_core::{DomainRules, ProjectName, Store};
 use paastech_driver_git::GitRepoStore;
@@ -482,6 +482,9 @@ async fn serve(settings: Settings) -> Result<()> {
             tracing::error!(error = %err, "cannot restore live deployments");
         }
     });
+    // On a runtime whose instances' addresses move (swarm), routes follow them; the
+    // follower leaves each project alone until its restore releases its lock.
+    let follower = orchestrator.follow_instances(FOLLOW_INTERVAL);
 
     let signup = match config.auth.signup {
         Signup::Open => SignupPolicy::Open,
@@ -550,6 +553,9 @@ async fn serve(settings: Settings) -> Result<()> {
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
+    if let Some(follower) = follower {
+        follower.stop().await;
+    }
     orchestrator.shutdown().await;
     let _ = ingress.await;
     if let Some(behind_ingress) = behind_ingress {

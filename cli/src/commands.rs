@@ -35,6 +35,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Ps(project) => ps(&client, out, project),
         Command::Run { project, command } => run_once(&client, out, project, command),
         Command::Limits { project, settings } => limits(&client, out, project, settings),
+        Command::Nodes => nodes(&client, out),
         Command::Completions { .. } | Command::Server(_) | Command::Internal(_) => {
             unreachable!("handled in main")
         }
@@ -542,6 +543,26 @@ fn ps(client: &Client, out: Output, arg: ProjectArg) -> Result<()> {
         row[1] = format!("v{}", row[1]);
     }
     print_table(&["INSTANCE", "VERSION", "STATE", "RESTARTS"], &rows);
+    Ok(())
+}
+
+fn nodes(client: &Client, out: Output) -> Result<()> {
+    let nodes: Value = client.get("/nodes")?;
+    if out.json {
+        return out.json(&nodes);
+    }
+    let mut rows = rows(&nodes, &["id", "hostname", "address", "role", "state", "availability"]);
+    for (row, node) in rows.iter_mut().zip(nodes.as_array().into_iter().flatten()) {
+        // Each instance as PROJECT/TYPE.N, so a node's line says what runs there.
+        let instances: Vec<String> = node["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| format!("{}/{}", text(&i["project"]), text(&i["name"])))
+            .collect();
+        row.push(if instances.is_empty() { "-".to_owned() } else { instances.join(" ") });
+    }
+    print_table(&["ID", "HOSTNAME", "ADDRESS", "ROLE", "STATE", "AVAILABILITY", "INSTANCES"], &rows);
     Ok(())
 }
 

@@ -124,6 +124,9 @@ enum Command {
         #[arg(value_name = "memory=MB|cpus=N")]
         settings: Vec<String>,
     },
+    /// List the machines apps run on (one `local` node without a cluster), their state,
+    /// and every project's instances on each. Admins only.
+    Nodes,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Run the PaaSTech server.

@@ -1,6 +1,6 @@
 //! Issue #2 journeys over real HTTP against a real `paastech server` process.
 
-use paastech_tests::{Server, fresh_postgres_database, ssh_keygen};
+use paastech_tests::{GitRepo, Server, example, fresh_postgres_database, http_get, ssh_keygen};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery";
@@ -289,6 +289,7 @@ fn health_and_openapi() {
         "/projects/{name}",
         "/projects/{name}/env",
         "/projects/{name}/deployments",
+        "/nodes",
     ] {
         assert!(doc["paths"].get(path).is_some(), "OpenAPI lacks {path}");
     }
@@ -344,4 +345,60 @@ fn the_api_journey_on_postgres() {
     let (_, public) = ssh_keygen(server.dir.path(), "pg_key");
     assert_eq!(api.req("POST", "/ssh-keys", Some(&ada), Some(json!({"public_key": public}))).0, 201);
     assert_eq!(api.req("POST", "/ssh-keys", Some(&bob), Some(json!({"public_key": public}))).0, 409);
+}
+
+/// Issue #13: `GET /nodes` lists the runtime's machines and every project's instances on
+/// each, for admins. The process runtime is one `local` machine.
+#[test]
+fn admins_see_the_nodes_and_the_instances_on_each() {
+    let server = Server::start("");
+    let api = server.api();
+    let ada = server.developer("ada@example.com");
+    let bob = api.user("bob@example.com");
+    assert_eq!(api.req("POST", "/projects", Some(&ada.token), Some(json!({"name": "shop"}))).0, 201);
+    let repo =
+        GitRepo::from_dir(&server.dir.path().join("shop"), &example("static-hello"), &ada.key, server.ssh_port, "shop");
+    let (pushed, output) = repo.push("main");
+    assert!(pushed, "{output}\n{}", server.log());
+    let (status, _) = api.req("PUT", "/projects/shop/scale", Some(&ada.token), Some(json!({"web": 2})));
+    assert_eq!(status, 200);
+
+    let (status, nodes) = api.req("GET", "/nodes", Some(&ada.token), None);
+    assert_eq!(status, 200, "{nodes}");
+    let [node] = nodes.as_array().expect("a list").as_slice() else { panic!("one node: {nodes}") };
+    assert_eq!(
+        (&node["id"], &node["role"], &node["state"], &node["availability"]),
+        (&json!("local"), &json!("local"), &json!("ready"), &json!("active")),
+        "{node}"
+    );
+    assert!(node["hostname"].as_str().is_some_and(|h| !h.is_empty()), "{node}");
+    let instances = node["instances"].as_array().expect("instances");
+    let names: Vec<(&str, &str, i64, i64, &str)> = instances
+        .iter()
+        .map(|i| {
+            let field = |k: &str| i[k].as_str().unwrap_or_default();
+            (
+                field("project"),
+                field("name"),
+                i["index"].as_i64().unwrap_or(0),
+                i["version"].as_i64().unwrap_or(0),
+                field("state"),
+            )
+        })
+        .collect();
+    assert_eq!(names, vec![("shop", "web.1", 1, 1, "running"), ("shop", "web.2", 2, 1, "running")], "{node}");
+    // Each address is where the instance answers.
+    for instance in instances {
+        let addr: std::net::SocketAddr =
+            instance["address"].as_str().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{instance}"));
+        let (status, body) = http_get(addr.port(), &addr.to_string(), "/");
+        assert_eq!(status, 200, "{instance}: {body}");
+        assert!(body.contains("static-hello"), "{body}");
+    }
+
+    let (status, body) = api.req("GET", "/nodes", Some(&bob), None);
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("only admins")), "{body}");
+    let (status, body) = api.req("GET", "/nodes", None, None);
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
 }

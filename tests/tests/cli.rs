@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
-use paastech_tests::{Server, failed, ok, paastech_bin, ssh_keygen};
+use paastech_tests::{GitRepo, Server, example, failed, ok, paastech_bin, ssh_keygen};
 use serde_json::Value;
 
 #[test]
@@ -85,6 +85,44 @@ fn cli_journey_signup_login_keys_projects_env() {
 
     ok(&server.cli(home, &["logout"], None));
     assert!(!saved.exists());
+}
+
+/// Issue #13: `paastech nodes` prints the runtime's machines and what runs on each; only
+/// for admins.
+#[test]
+fn nodes_lists_the_machines_and_their_instances_for_admins() {
+    let server = Server::start("");
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    let ada = server.developer("ada@example.com");
+    let bob = server.api().user("bob@example.com");
+    let (status, body) =
+        server.api().req("POST", "/projects", Some(&ada.token), Some(serde_json::json!({"name": "site"})));
+    assert_eq!(status, 201, "{body}");
+    let repo =
+        GitRepo::from_dir(&server.dir.path().join("site"), &example("static-hello"), &ada.key, server.ssh_port, "site");
+    let (pushed, output) = repo.push("main");
+    assert!(pushed, "{output}\n{}", server.log());
+
+    let out = ok(&server.cli(home, &["nodes", "--token", &ada.token], None));
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["ID", "HOSTNAME", "ADDRESS", "ROLE", "STATE", "AVAILABILITY", "INSTANCES"], "{out}");
+    let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        (row.first(), row.get(2..7)),
+        (Some(&"local"), Some(&["-", "local", "ready", "active", "site/web.1"][..])),
+        "{out}"
+    );
+    assert_eq!(lines.next(), None, "one machine: {out}");
+
+    let nodes: Value =
+        serde_json::from_str(&ok(&server.cli(home, &["nodes", "--json", "--token", &ada.token], None))).expect("json");
+    assert_eq!(nodes[0]["instances"][0]["project"], "site", "{nodes}");
+    assert_eq!(nodes[0]["instances"][0]["state"], "running", "{nodes}");
+
+    let err = failed(&server.cli(home, &["nodes", "--token", &bob], None));
+    assert!(err.contains("only admins may list nodes"), "{err}");
 }
 
 #[test]

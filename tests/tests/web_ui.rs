@@ -163,6 +163,13 @@ fn a_developer_deploys_configures_rolls_back_and_deletes_from_the_browser() {
     expect_text(&browser, "main", "Runtime driver", 5, &server);
     expect_text(&browser, "main", "webapp", 5, &server);
     browser.screenshot(&screenshot_path("admin"));
+    // The nodes page (issue #13): the process runtime's one machine and the app on it.
+    browser.find("a[href='/admin/nodes']").click();
+    expect_text(&browser, "h1", "Nodes", 5, &server);
+    expect_text(&browser, "main", "local", 5, &server);
+    expect_text(&browser, "main table.list", "webapp", 5, &server);
+    expect_text(&browser, "main table.list", "web.1", 5, &server);
+    browser.screenshot(&screenshot_path("admin-nodes"));
 
     browser.goto(&format!("{base}/"));
     expect_text(&browser, "table.list", "webapp", 5, &server);
@@ -184,8 +191,10 @@ fn a_developer_deploys_configures_rolls_back_and_deletes_from_the_browser() {
         assert!(!browser.source().contains("GREETING"), "{path} shows nothing of the project");
     }
     browser.screenshot(&screenshot_path("not-found"));
-    browser.goto(&format!("{base}/admin"));
-    expect_text(&browser, "h1", "Not found", 5, &server);
+    for path in ["/admin", "/admin/nodes"] {
+        browser.goto(&format!("{base}{path}"));
+        expect_text(&browser, "h1", "Not found", 5, &server);
+    }
     browser.goto(&format!("{base}/"));
     log_out(&browser);
 

@@ -79,7 +79,7 @@ pub fn error_response_ref(status: u16) -> RefOr<openapi::Response> {
             "JSON that does not fit the request schema (a field missing or of the wrong type), or a deployment that failed to go live (the previous one keeps serving)"
         }
         429 => "too many failed logins for this account or address; try again in a minute",
-        503 => "the database does not answer",
+        503 => "a backend does not answer: the database, or (for `/nodes`) the runtime",
         _ => "an error",
     };
     let mut reference = openapi::Ref::from_response_name(ERROR_RESPONSE);

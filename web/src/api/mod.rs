@@ -4,6 +4,7 @@ pub(crate) mod accounts;
 pub(crate) mod domains;
 pub(crate) mod extract;
 pub(crate) mod https;
+pub(crate) mod nodes;
 pub(crate) mod projects;
 pub(crate) mod schemas;
 
@@ -30,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ssh-keys", get(accounts::list_keys).post(accounts::add_key))
         .route("/ssh-keys/{id}", delete(accounts::delete_key))
         .route("/users", get(accounts::list_users))
+        .route("/nodes", get(nodes::list))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/{name}", get(projects::get).delete(projects::delete))
         .route("/projects/{name}/env", get(projects::get_env).patch(projects::patch_env))
@@ -79,13 +81,14 @@ async fn openapi() -> ApiResult<Response> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy and deployments. Authenticate with `Authorization: Bearer <token>`."),
+    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy, deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
     servers((url = "/api/v1")),
     paths(
         healthz,
         accounts::signup, accounts::login, accounts::me,
         accounts::list_tokens, accounts::create_token, accounts::delete_token,
         accounts::list_keys, accounts::add_key, accounts::delete_key, accounts::list_users,
+        nodes::list,
         projects::list, projects::create, projects::get, projects::delete,
         projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,
         projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances,

@@ -10,8 +10,12 @@ use paastech_core::{Error, Timestamp};
 use serde::Deserialize;
 
 use super::pages::{Notice, project_rows};
+use super::project::state_text;
 use super::session::{SESSION_TOKEN_NAME, Session};
-use super::view::{AdminPage, FieldErrors, KeyRow, KeysPage, Layout, TokenRow, TokensPage, UserRow, When};
+use super::view::{
+    AdminPage, FieldErrors, KeyRow, KeysPage, Layout, NodeInstanceRow, NodeRow, NodesPage, TokenRow, TokensPage,
+    UserRow, When,
+};
 use super::{UiResult, render};
 use crate::AppState;
 use crate::api::accounts::check_name;
@@ -194,6 +198,67 @@ pub async fn admin(State(state): State<AppState>, session: Session) -> UiResult 
         runtime: state.orchestrator.runtime_name().to_owned(),
         builder: state.orchestrator.builder_name().to_owned(),
         hooks: state.hook_names.as_ref().clone(),
+    };
+    render(StatusCode::OK, &page)
+}
+
+/// The machines the runtime runs instances on, and every project's instances on each.
+/// Only admins, read-only; to others it does not exist.
+pub async fn nodes(State(state): State<AppState>, session: Session) -> UiResult {
+    use paastech_core::drivers::{NodeAvailability, NodeRole, NodeState};
+    if !session.user.is_admin {
+        return Err(Error::NotFound("no such page".into()).into());
+    }
+    let nodes = state
+        .orchestrator
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|node| {
+            let (node_state, state_class) = match node.state {
+                NodeState::Ready => ("ready", "ok"),
+                NodeState::Down => ("down", "bad"),
+                NodeState::Disconnected => ("disconnected", "bad"),
+                NodeState::Unknown => ("unknown", "warn"),
+            };
+            NodeRow {
+                id: node.id,
+                hostname: node.hostname,
+                address: node.address.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                role: match node.role {
+                    NodeRole::Local => "local",
+                    NodeRole::Manager => "manager",
+                    NodeRole::Worker => "worker",
+                },
+                state: node_state,
+                state_class,
+                availability: match node.availability {
+                    NodeAvailability::Active => "active",
+                    NodeAvailability::Pause => "pause",
+                    NodeAvailability::Drain => "drain",
+                },
+                instances: node
+                    .instances
+                    .into_iter()
+                    .map(|i| {
+                        let (text, class) = state_text(i.state);
+                        NodeInstanceRow {
+                            project: i.project.to_string(),
+                            name: format!("{}.{}", i.process_type, i.index + 1),
+                            version: i.version,
+                            state: text.to_owned(),
+                            state_class: class,
+                            address: i.addr.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let page = NodesPage {
+        l: Layout::new(&session, "Nodes", "admin"),
+        runtime: state.orchestrator.runtime_name().to_owned(),
+        nodes,
     };
     render(StatusCode::OK, &page)
 }

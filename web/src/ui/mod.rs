@@ -61,6 +61,7 @@ pub fn routes() -> Router<AppState> {
         .route("/account/tokens", get(account::tokens).post(account::create_token))
         .route("/account/tokens/{id}/delete", post(account::delete_token))
         .route("/admin", get(account::admin))
+        .route("/admin/nodes", get(account::nodes))
         .route("/assets/app.css", get(|| asset(CSS, "text/css; charset=utf-8")))
         .route("/assets/app.js", get(|| asset(JS, "text/javascript; charset=utf-8")))
         .fallback(not_found_page)

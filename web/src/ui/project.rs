@@ -65,7 +65,7 @@ fn layout(session: &Session, head: &ProjectHead, title: &str, live: bool) -> Lay
     layout
 }
 
-fn state_text(state: InstanceState) -> (&'static str, &'static str) {
+pub(super) fn state_text(state: InstanceState) -> (&'static str, &'static str) {
     match state {
         InstanceState::Starting => ("starting", "busy"),
         InstanceState::Running => ("running", "ok"),

@@ -425,6 +425,36 @@ pub struct AdminPage {
     pub hooks: Vec<String>,
 }
 
+/// A machine of the runtime on the admin's nodes page.
+pub struct NodeRow {
+    pub id: String,
+    pub hostname: String,
+    pub address: String,
+    pub role: &'static str,
+    pub state: &'static str,
+    /// `ok`, `warn` or `bad`: the badge's look.
+    pub state_class: &'static str,
+    pub availability: &'static str,
+    pub instances: Vec<NodeInstanceRow>,
+}
+
+pub struct NodeInstanceRow {
+    pub project: String,
+    pub name: String,
+    pub version: i64,
+    pub state: String,
+    pub state_class: &'static str,
+    pub address: String,
+}
+
+#[derive(Template)]
+#[template(path = "nodes.html")]
+pub struct NodesPage {
+    pub l: Layout,
+    pub runtime: String,
+    pub nodes: Vec<NodeRow>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,9 +124,7 @@ async fn into_response(reply: Reply) -> Response<StaticBody> {
     let headers = resp.headers_mut();
     headers.insert(header::SERVER, HeaderValue::from_static("paastech"));
     for (name, value) in reply.headers {
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.append(name, value);
-        }
+        headers.append(name, value);
     }
     if let Some(len) = reply.content_length {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));

@@ -99,7 +99,7 @@ async fn write_reply<S: ClientIo>(
         http_date_now()
     );
     for (name, value) in &reply.headers {
-        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");

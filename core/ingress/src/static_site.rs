@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
+use http::header::{self, HeaderName, HeaderValue};
 
 /// Files up to this size are kept in memory once read.
 pub(crate) const CACHE_FILE_MAX: u64 = 256 * 1024;
@@ -51,8 +52,9 @@ struct Resolved {
 struct Variant {
     path: PathBuf,
     len: u64,
-    etag: String,
-    last_modified: String,
+    /// Kept as header values: every answer sends them, without formatting or checking.
+    etag: HeaderValue,
+    last_modified: HeaderValue,
     modified_secs: u64,
     /// The whole content, for small files.
     body: Option<Bytes>,
@@ -75,7 +77,7 @@ pub(crate) struct Ask<'a> {
 pub(crate) struct Reply {
     pub status: StatusCode,
     /// Headers other than `Content-Length`, `Date`, `Server` and `Connection`.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The body's length, sent as `Content-Length` (also for `HEAD`); `None` for a 304.
     pub content_length: Option<u64>,
     pub body: ReplyBody,
@@ -140,7 +142,7 @@ impl StaticSite {
             "HEAD" => true,
             _ => {
                 let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-                reply.headers.push(("allow", "GET, HEAD".into()));
+                reply.headers.push((header::ALLOW, HeaderValue::from_static("GET, HEAD")));
                 return Some(reply);
             }
         };
@@ -223,11 +225,12 @@ impl StaticSite {
         let len = meta.len();
         let modified = meta.modified().unwrap_or(UNIX_EPOCH);
         let since_epoch = modified.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-        let etag = if tag.is_empty() {
+        let etag = HeaderValue::try_from(if tag.is_empty() {
             format!("\"{:x}-{:x}-{:x}\"", since_epoch.as_secs(), since_epoch.subsec_nanos(), len)
         } else {
             format!("\"{:x}-{:x}-{:x}-{tag}\"", since_epoch.as_secs(), since_epoch.subsec_nanos(), len)
-        };
+        })
+        .ok()?;
         let body = if len <= CACHE_FILE_MAX {
             let bytes = std::fs::read(&real).ok()?;
             // The file changed between the two looks: describe what was read.
@@ -242,7 +245,7 @@ impl StaticSite {
             path: real,
             len,
             etag,
-            last_modified: httpdate::fmt_http_date(modified),
+            last_modified: HeaderValue::try_from(httpdate::fmt_http_date(modified)).ok()?,
             modified_secs: since_epoch.as_secs(),
             body,
         })
@@ -264,21 +267,21 @@ fn respond(resolved: &Resolved, ask: &Ask<'_>, head: bool) -> Reply {
     };
     let variant = variant.unwrap_or(&resolved.identity);
 
-    let mut headers: Vec<(&'static str, String)> = Vec::with_capacity(7);
-    headers.push(("content-type", resolved.content_type.into()));
-    headers.push(("etag", variant.etag.clone()));
-    headers.push(("last-modified", variant.last_modified.clone()));
+    let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(7);
+    headers.push((header::CONTENT_TYPE, HeaderValue::from_static(resolved.content_type)));
+    headers.push((header::ETAG, variant.etag.clone()));
+    headers.push((header::LAST_MODIFIED, variant.last_modified.clone()));
     if has_variants {
-        headers.push(("vary", "Accept-Encoding".into()));
+        headers.push((header::VARY, HeaderValue::from_static("Accept-Encoding")));
     }
     if let Some(encoding) = encoding {
-        headers.push(("content-encoding", encoding.into()));
+        headers.push((header::CONTENT_ENCODING, HeaderValue::from_static(encoding)));
     }
 
     if not_modified(variant, ask) {
         return Reply { status: StatusCode::NOT_MODIFIED, headers, content_length: None, body: ReplyBody::Empty };
     }
-    headers.push(("accept-ranges", "bytes".into()));
+    headers.push((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
 
     let range = match ask.range {
         Some(range) if if_range_holds(variant, ask.if_range) => parse_range(range, variant.len),
@@ -287,12 +290,14 @@ fn respond(resolved: &Resolved, ask: &Ask<'_>, head: bool) -> Reply {
     let (status, offset, len) = match range {
         RangeAsk::Whole => (StatusCode::OK, 0, variant.len),
         RangeAsk::Part { start, end } => {
-            headers.push(("content-range", format!("bytes {start}-{end}/{}", variant.len)));
+            let value = HeaderValue::try_from(format!("bytes {start}-{end}/{}", variant.len));
+            headers.extend(value.ok().map(|value| (header::CONTENT_RANGE, value)));
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
         }
         RangeAsk::Unsatisfiable => {
             let mut reply = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-            reply.headers.push(("content-range", format!("bytes */{}", variant.len)));
+            let value = HeaderValue::try_from(format!("bytes */{}", variant.len));
+            reply.headers.extend(value.ok().map(|value| (header::CONTENT_RANGE, value)));
             return reply;
         }
     };
@@ -318,7 +323,7 @@ fn not_modified(variant: &Variant, ask: &Ask<'_>) -> bool {
         let Ok(tags) = std::str::from_utf8(tags) else {
             return false;
         };
-        let ours = variant.etag.trim_start_matches("W/");
+        let ours = variant.etag.to_str().unwrap_or_default().trim_start_matches("W/");
         return tags.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == ours);
     }
     let Some(since) = ask.if_modified_since.and_then(|v| std::str::from_utf8(v).ok()) else {
@@ -476,8 +481,10 @@ fn redirect_to_dir(path: &str, query: Option<&str>) -> Reply {
     };
     let mut reply = text(StatusCode::MOVED_PERMANENTLY, "moved\n");
     // Only visible ASCII may go in a header; a path with anything else was sent encoded.
-    if location.bytes().all(|b| b.is_ascii_graphic()) {
-        reply.headers.push(("location", location));
+    if location.bytes().all(|b| b.is_ascii_graphic())
+        && let Ok(location) = HeaderValue::try_from(location)
+    {
+        reply.headers.push((header::LOCATION, location));
     }
     reply
 }
@@ -489,7 +496,7 @@ fn not_found() -> Reply {
 fn text(status: StatusCode, body: &'static str) -> Reply {
     Reply {
         status,
-        headers: vec![("content-type", "text/plain; charset=utf-8".into())],
+        headers: vec![(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))],
         content_length: Some(body.len() as u64),
         body: ReplyBody::Bytes(Bytes::from_static(body.as_bytes())),
     }

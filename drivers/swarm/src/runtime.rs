@@ -111,7 +111,7 @@ impl SwarmRuntime {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let process: String =
             process.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-        let suffix = format!("-{:x}{seq}", nanos & 0xffff_ff);
+        let suffix = format!("-{:x}{seq}", nanos & 0x00ff_ffff);
         let mut name = format!("paastech-{}-v{}-{process}-{}", spec.project, spec.version, spec.index);
         name.truncate(63 - suffix.len());
         name + &suffix
@@ -132,7 +132,8 @@ impl SwarmRuntime {
         if spec.is_web() {
             env.push(format!("PORT={}", self.config.base.container_port));
         }
-        let args = (!spec.command.is_empty()).then(|| vec!["/bin/sh".to_owned(), "-c".to_owned(), spec.command.clone()]);
+        let args =
+            (!spec.command.is_empty()).then(|| vec!["/bin/sh".to_owned(), "-c".to_owned(), spec.command.clone()]);
         let endpoint = spec.is_web().then(|| EndpointSpec {
             // No virtual IP: it needs IPVS, and the ingress reaches tasks directly.
             mode: Some(EndpointSpecModeEnum::DNSRR),
@@ -311,38 +312,35 @@ impl SwarmRuntime {
             .and_then(|t| t.restart_policy.as_ref())
             .and_then(|r| r.max_attempts)
             .unwrap_or(i64::from(self.config.base.max_restarts));
-        let state = match current.and_then(|t| task_state(t)) {
-            None => InstanceState::Starting,
-            Some(TaskState::RUNNING) => InstanceState::Running,
-            Some(
-                TaskState::NEW
-                | TaskState::ALLOCATED
-                | TaskState::PENDING
-                | TaskState::ASSIGNED
-                | TaskState::ACCEPTED
-                | TaskState::PREPARING
-                | TaskState::READY
-                | TaskState::STARTING,
-            ) => {
-                if restarts > 0 {
-                    InstanceState::Restarting
-                } else {
-                    InstanceState::Starting
+        let state =
+            match current.and_then(task_state) {
+                None => InstanceState::Starting,
+                Some(TaskState::RUNNING) => InstanceState::Running,
+                Some(
+                    TaskState::NEW
+                    | TaskState::ALLOCATED
+                    | TaskState::PENDING
+                    | TaskState::ASSIGNED
+                    | TaskState::ACCEPTED
+                    | TaskState::PREPARING
+                    | TaskState::READY
+                    | TaskState::STARTING,
+                ) => {
+                    if restarts > 0 {
+                        InstanceState::Restarting
+                    } else {
+                        InstanceState::Starting
+                    }
                 }
-            }
-            // It ended by itself: swarm makes the next task at once while attempts are
-            // left (a moment between the two reads as restarting), and `on-failure` does
-            // not restart a success.
-            Some(TaskState::FAILED | TaskState::REJECTED | TaskState::ORPHANED) => {
-                if (restarts as i64) < max_restarts {
-                    InstanceState::Restarting
-                } else {
-                    InstanceState::Crashed
+                // It ended by itself: swarm makes the next task at once while attempts are
+                // left (a moment between the two reads as restarting), and `on-failure` does
+                // not restart a success.
+                Some(TaskState::FAILED | TaskState::REJECTED | TaskState::ORPHANED) => {
+                    if (restarts as i64) < max_restarts { InstanceState::Restarting } else { InstanceState::Crashed }
                 }
-            }
-            Some(TaskState::COMPLETE) => InstanceState::Crashed,
-            Some(TaskState::SHUTDOWN | TaskState::REMOVE) => InstanceState::Stopped,
-        };
+                Some(TaskState::COMPLETE) => InstanceState::Crashed,
+                Some(TaskState::SHUTDOWN | TaskState::REMOVE) => InstanceState::Stopped,
+            };
         let addr = current.and_then(|task| self.address_of(task, nodes));
         Some(Instance {
             id: service.id.clone()?,
@@ -389,7 +387,7 @@ impl SwarmRuntime {
             let refs: Vec<&Task> = tasks.iter().collect();
             if let Some(mut instance) = self.instance_of(&service, &refs, &nodes) {
                 let current = newest(&refs);
-                let state = current.and_then(|t| task_state(t));
+                let state = current.and_then(task_state);
                 if state == Some(TaskState::REJECTED) {
                     let why = current.and_then(task_error).unwrap_or_else(|| "rejected".into());
                     return Err(Error::Unavailable(format!("swarm could not start a task of {id}: {why}")));
@@ -841,8 +839,10 @@ async fn tasks_of(docker: &Docker, services: &[String]) -> Result<Vec<Task>> {
 
 /// The address of every node that is up, by node id.
 async fn node_addresses(docker: &Docker) -> Result<HashMap<String, IpAddr>> {
-    let nodes =
-        docker.list_nodes(None::<ListNodesOptions>).await.map_err(|err| engine_error("listing the swarm's nodes", err))?;
+    let nodes = docker
+        .list_nodes(None::<ListNodesOptions>)
+        .await
+        .map_err(|err| engine_error("listing the swarm's nodes", err))?;
     Ok(nodes
         .iter()
         .filter(|n| n.status.as_ref().and_then(|s| s.state) == Some(EngineNodeState::READY))

@@ -930,3 +930,178 @@ fn unix_now() -> i64 {
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bollard::models::{ContainerStatus, ObjectVersion, PortStatus, TaskStatus};
+    use paastech_core::drivers::Limits;
+
+    use super::*;
+
+    fn spec(process: &str) -> InstanceSpec {
+        InstanceSpec {
+            project: ProjectName::parse("demo").expect("name"),
+            version: 4,
+            process_type: process.into(),
+            index: 2,
+            artifact: "10.0.0.1:5000/paastech/demo@sha256:abc".into(),
+            command: "exec httpd -f -p $PORT".into(),
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+            limits: Limits { memory_bytes: Some(128 * 1024 * 1024), cpus: Some(0.5) },
+        }
+    }
+
+    fn service(runtime: &SwarmRuntime) -> Service {
+        Service {
+            id: Some("svc1".into()),
+            version: Some(ObjectVersion { index: Some(7) }),
+            spec: Some(runtime.service_spec(&spec("web"))),
+            ..Default::default()
+        }
+    }
+
+    fn task(id: &str, created: &str, state: TaskState, port: Option<i64>) -> Task {
+        Task {
+            id: Some(id.into()),
+            created_at: Some(created.into()),
+            service_id: Some("svc1".into()),
+            node_id: Some("node2".into()),
+            status: Some(TaskStatus {
+                state: Some(state),
+                container_status: Some(ContainerStatus { exit_code: Some(1), ..Default::default() }),
+                port_status: Some(PortStatus {
+                    ports: port.map(|p| {
+                        vec![EndpointPortConfig {
+                            target_port: Some(5000),
+                            published_port: Some(p),
+                            ..Default::default()
+                        }]
+                    }),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_newest_task_is_the_instance_and_the_ended_ones_are_its_restarts() {
+        let runtime = SwarmRuntime::new(SwarmRuntimeConfig::default());
+        let service = service(&runtime);
+        let nodes = HashMap::from([("node2".to_owned(), "10.0.0.12".parse::<IpAddr>().expect("ip"))]);
+        let of = |tasks: &[Task]| {
+            let refs: Vec<&Task> = tasks.iter().collect();
+            runtime.instance_of(&service, &refs, &nodes).expect("an instance")
+        };
+
+        // Listed in any order; a whole second without a fraction is older than one with.
+        let running = [
+            task("t3", "2026-12-05T10:00:01.5Z", TaskState::RUNNING, Some(32770)),
+            task("t1", "2026-12-05T10:00:01Z", TaskState::FAILED, Some(32768)),
+            task("t2", "2026-12-05T10:00:01.45Z", TaskState::FAILED, Some(32769)),
+        ];
+        let instance = of(&running);
+        assert_eq!((instance.state, instance.restarts), (InstanceState::Running, 2));
+        assert_eq!(instance.addr, Some("10.0.0.12:32770".parse().expect("addr")), "the current task's port");
+        assert_eq!(
+            (instance.id.as_str(), instance.project.as_str(), instance.version, instance.process_type.as_str()),
+            ("svc1", "demo", 4, "web")
+        );
+        assert_eq!(instance.index, 2);
+
+        let starting = [task("t1", "2026-12-05T10:00:01Z", TaskState::PREPARING, None)];
+        assert_eq!((of(&starting).state, of(&starting).addr), (InstanceState::Starting, None));
+        let again = [
+            task("t1", "2026-12-05T10:00:01Z", TaskState::FAILED, Some(32768)),
+            task("t2", "2026-12-05T10:00:02Z", TaskState::READY, None),
+        ];
+        assert_eq!((of(&again).state, of(&again).restarts), (InstanceState::Restarting, 1));
+
+        // Attempts left (5 by default): the next task is on its way; none left: crashed.
+        let failed = [task("t1", "2026-12-05T10:00:01Z", TaskState::FAILED, Some(32768))];
+        assert_eq!(of(&failed).state, InstanceState::Restarting);
+        let spent: Vec<Task> = (0..6)
+            .map(|i| task(&format!("t{i}"), &format!("2026-12-05T10:00:0{i}Z"), TaskState::FAILED, Some(32768)))
+            .collect();
+        assert_eq!((of(&spent).state, of(&spent).restarts), (InstanceState::Crashed, 5));
+        // `on-failure` does not restart a success.
+        let done = [task("t1", "2026-12-05T10:00:01Z", TaskState::COMPLETE, None)];
+        assert_eq!(of(&done).state, InstanceState::Crashed);
+
+        // A task on a node that is not up (not in `nodes`) has no address.
+        let elsewhere = HashMap::new();
+        let refs: Vec<&Task> = running.iter().collect();
+        assert_eq!(runtime.instance_of(&service, &refs, &elsewhere).expect("instance").addr, None);
+
+        // Another service without the platform's labels is no instance.
+        let foreign = Service { id: Some("x".into()), spec: Some(ServiceSpec::default()), ..Default::default() };
+        assert_eq!(runtime.instance_of(&foreign, &refs, &nodes), None);
+    }
+
+    #[test]
+    fn an_instance_is_one_locked_down_replica_published_in_host_mode() {
+        let runtime = SwarmRuntime::new(SwarmRuntimeConfig::default());
+        let service = runtime.service_spec(&spec("web"));
+        assert!(service.name.as_deref().is_some_and(|n| n.starts_with("paastech-demo-v4-web-2-") && n.len() <= 63));
+        let labels = service.labels.expect("labels");
+        assert_eq!(labels.get(labels::PROJECT).map(String::as_str), Some("demo"));
+        assert_eq!(labels.get(labels::INDEX).map(String::as_str), Some("2"));
+        assert_eq!(service.mode.and_then(|m| m.replicated).and_then(|r| r.replicas), Some(1));
+        let endpoint = service.endpoint_spec.expect("a web instance publishes its port");
+        assert_eq!(endpoint.mode, Some(EndpointSpecModeEnum::DNSRR));
+        let port = &endpoint.ports.expect("ports")[0];
+        assert_eq!(
+            (port.target_port, port.published_port, port.publish_mode),
+            (Some(5000), None, Some(EndpointPortConfigPublishModeEnum::HOST)),
+            "the engine picks the published port"
+        );
+        let update = service.update_config.expect("update config");
+        assert_eq!(update.order, Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST));
+        let task = service.task_template.expect("task");
+        let container = task.container_spec.expect("container");
+        assert_eq!(container.env, Some(vec!["GREETING=hi".to_owned(), "PORT=5000".to_owned()]));
+        assert_eq!(container.args.as_ref().map(|a| a[2].as_str()), Some("exec httpd -f -p $PORT"));
+        assert_eq!(container.capability_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(container.privileges.and_then(|p| p.no_new_privileges), Some(true));
+        let limits = task.resources.and_then(|r| r.limits).expect("limits");
+        assert_eq!(
+            (limits.memory_bytes, limits.nano_cpus, limits.pids),
+            (Some(128 << 20), Some(500_000_000), Some(512))
+        );
+        let restart = task.restart_policy.expect("restart policy");
+        assert_eq!(
+            (restart.condition, restart.max_attempts),
+            (Some(TaskSpecRestartPolicyConditionEnum::ON_FAILURE), Some(5))
+        );
+        assert_eq!(task.log_driver.and_then(|l| l.name).as_deref(), Some("json-file"));
+
+        // Other process types publish nothing and get no PORT.
+        let worker = runtime.service_spec(&spec("worker"));
+        assert!(worker.endpoint_spec.is_none());
+        let env = worker.task_template.and_then(|t| t.container_spec).and_then(|c| c.env).expect("env");
+        assert!(!env.iter().any(|e| e.starts_with("PORT=")), "{env:?}");
+    }
+
+    #[test]
+    fn a_one_off_is_a_job_run_once_without_a_port_or_instance_labels() {
+        let runtime = SwarmRuntime::new(SwarmRuntimeConfig::default());
+        let run = OneOff { argv: vec!["rake".into(), "db:migrate".into()], timeout: Duration::from_secs(60) };
+        let service = runtime.one_off_spec(&spec("web"), &run);
+        let mode = service.mode.expect("mode");
+        assert!(mode.replicated.is_none());
+        assert_eq!(mode.replicated_job.and_then(|j| j.total_completions), Some(1));
+        assert!(service.endpoint_spec.is_none());
+        let labels = service.labels.expect("labels");
+        assert_eq!(labels.get(ONE_OFF_LABEL).map(String::as_str), Some("demo"));
+        assert!(!labels.contains_key(labels::PROJECT), "list does not see it: {labels:?}");
+        let task = service.task_template.expect("task");
+        assert_eq!(task.restart_policy.and_then(|r| r.condition), Some(TaskSpecRestartPolicyConditionEnum::NONE));
+        let container = task.container_spec.expect("container");
+        assert_eq!(container.args, Some(run.argv.clone()), "the argument vector, no shell");
+        assert_eq!(container.env, Some(vec!["GREETING=hi".to_owned()]), "the project's env, no PORT");
+        assert_eq!(container.capability_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(task.resources.and_then(|r| r.limits).and_then(|l| l.memory_bytes), Some(128 << 20));
+    }
+}

@@ -1,0 +1,89 @@
+//! `Runtime::nodes` on the two-node swarm of `scripts/setup/85-swarm.sh`: both machines
+//! with their roles, states and addresses, and each instance on the node that runs it,
+//! published at that node's address.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paastech_core::ProjectName;
+use paastech_core::drivers::{Instance, InstanceSpec, Limits, NodeAvailability, NodeRole, NodeState, Runtime};
+use paastech_tests::conformance::{Lines, http_get};
+use paastech_tests::swarm::{conformance_image, runtime};
+
+fn web(project: &ProjectName, index: u32) -> InstanceSpec {
+    let artifact = conformance_image();
+    InstanceSpec {
+        project: project.clone(),
+        version: 1,
+        process_type: "web".into(),
+        index,
+        artifact: artifact.reference.clone(),
+        command: artifact.processes["web"].clone(),
+        env: BTreeMap::from([("MARKER".to_owned(), format!("{project}-{index}"))]),
+        limits: Limits::default(),
+    }
+}
+
+async fn serves(instance: &Instance, needle: &str) -> bool {
+    let addr = instance.addr.expect("a web instance has an address");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if matches!(http_get(addr, "localhost", "/").await, Ok((200, body)) if body.contains(needle)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_show_both_machines_and_where_each_instance_runs() {
+    let runtime = runtime(&format!("nodes-{}", std::process::id()));
+    let nodes = runtime.nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 2, "the test swarm's two nodes: {nodes:?}");
+    assert_eq!(nodes.iter().filter(|n| n.role == NodeRole::Manager).count(), 1, "{nodes:?}");
+    assert_eq!(nodes.iter().filter(|n| n.role == NodeRole::Worker).count(), 1, "{nodes:?}");
+    assert!(
+        nodes.iter().all(|n| n.state == NodeState::Ready && n.availability == NodeAvailability::Active),
+        "{nodes:?}"
+    );
+    assert_ne!(nodes[0].id, nodes[1].id);
+    let addresses: Vec<IpAddr> = nodes.iter().map(|n| n.address.expect("a node's address")).collect();
+    assert_ne!(addresses[0], addresses[1], "each node has its own address: {nodes:?}");
+    assert!(nodes.iter().all(|n| n.instances.is_empty()), "no instance of this namespace yet: {nodes:?}");
+
+    // Swarm spreads tasks over the nodes by their load: a few instances land on both.
+    let project = ProjectName::parse(&format!("nodes-{}", std::process::id() % 100_000)).expect("name");
+    let mut started: Vec<Instance> = Vec::new();
+    let mut on_both = false;
+    for index in 0..6 {
+        let instance =
+            runtime.start(web(&project, index), Arc::new(Lines::default())).await.expect("starting an instance");
+        started.push(instance);
+        let nodes = runtime.nodes().await.expect("nodes");
+        for instance in &started {
+            let holders: Vec<_> = nodes.iter().filter(|n| n.instances.iter().any(|i| i.id == instance.id)).collect();
+            assert_eq!(holders.len(), 1, "an instance is on exactly one node: {nodes:?}");
+            let addr = instance.addr.expect("address");
+            assert_eq!(Some(addr.ip()), holders[0].address, "published at its node's address");
+        }
+        on_both = nodes.iter().all(|n| !n.instances.is_empty());
+        if on_both && started.len() >= 2 {
+            break;
+        }
+    }
+    assert!(on_both, "instances run on both nodes: {:?}", runtime.nodes().await);
+    for instance in &started {
+        let marker = format!("marker={project}-{}", instance.index);
+        assert!(serves(instance, &marker).await, "{} serves at {:?}", instance.id, instance.addr);
+    }
+    for instance in &started {
+        runtime.stop(&instance.id, Duration::from_secs(5)).await.expect("stop");
+    }
+    let nodes = runtime.nodes().await.expect("nodes");
+    assert!(nodes.iter().all(|n| n.instances.is_empty()), "stopped instances are on no node: {nodes:?}");
+}

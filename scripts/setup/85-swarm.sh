@@ -5,7 +5,7 @@
 #
 #   bash scripts/setup/85-swarm.sh              # bring the cluster up (or check it), print the exports
 #   bash scripts/setup/85-swarm.sh stop-node 2  # stop node 2's dockerd (a node lost)
-#   bash scripts/setup/85-swarm.sh start-node 2 # start it again; it rejoins the swarm
+#   bash scripts/setup/85-swarm.sh start-node 2 # start it again; returns once it is Ready again
 #   bash scripts/setup/85-swarm.sh down         # remove the cluster, its namespaces and state
 #
 # What it makes (as root, idempotent: a cluster already up is only checked):
@@ -137,6 +137,22 @@ paastech_swarm_stop_node() {
     echo "stopped node $i's dockerd (pid $pid)"
 }
 
+# Waits until the manager sees every node Ready (a restarted node rejoins a moment after
+# its engine answers).
+paastech_swarm_wait_ready() {
+    local t
+    for ((t = 0; t < 120; t++)); do
+        if paastech_swarm_answers 1 && [[ "$(paastech_swarm_docker 1 node ls -q | wc -l)" -ge 2 ]] \
+            && ! paastech_swarm_docker 1 node ls --format '{{.Status}}' | grep -qv Ready; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    echo "the swarm's nodes are not all Ready after 60 s:" >&2
+    paastech_swarm_docker 1 node ls >&2 || true
+    return 1
+}
+
 paastech_swarm_registry() {
     local addr="$PAASTECH_SWARM_NET.1:5000" dir="$PAASTECH_SWARM_STATE/registry"
     if curl -fsS --max-time 2 "http://$addr/v2/" >/dev/null 2>&1; then
@@ -223,19 +239,7 @@ paastech_swarm_up() {
             || return 1
     fi
     # Both nodes Ready before anything is scheduled (a join is reported a moment later).
-    local t ready=0
-    for ((t = 0; t < 60; t++)); do
-        ready="$(paastech_swarm_docker 1 node ls -q --filter role=worker | wc -l)"
-        if [[ "$ready" -ge 1 ]] && ! paastech_swarm_docker 1 node ls --format '{{.Status}}' | grep -qv Ready; then
-            break
-        fi
-        sleep 0.5
-    done
-    if paastech_swarm_docker 1 node ls --format '{{.Status}}' | grep -qv Ready; then
-        echo "the swarm's nodes are not all Ready:" >&2
-        paastech_swarm_docker 1 node ls >&2
-        return 1
-    fi
+    paastech_swarm_wait_ready || return 1
     paastech_swarm_registry || return 1
     for i in 1 2; do
         paastech_swarm_base_image "$i" || return 1
@@ -278,7 +282,10 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     case "${1:-up}" in
         up) paastech_swarm_up ;;
         stop-node) paastech_swarm_stop_node "${2:?stop-node needs a node number}" ;;
-        start-node) paastech_swarm_start_node "${2:?start-node needs a node number}" ;;
+        start-node)
+            paastech_swarm_start_node "${2:?start-node needs a node number}"
+            paastech_swarm_wait_ready
+            ;;
         down) paastech_swarm_down ;;
         *) echo "usage: $0 [up | stop-node N | start-node N | down]" >&2; exit 2 ;;
     esac

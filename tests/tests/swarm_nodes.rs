@@ -87,3 +87,23 @@ async fn nodes_show_both_machines_and_where_each_instance_runs() {
     let nodes = runtime.nodes().await.expect("nodes");
     assert!(nodes.iter().all(|n| n.instances.is_empty()), "stopped instances are on no node: {nodes:?}");
 }
+
+/// SHOULD (docs/specs/runtime.md, Logs): each exit of an instance is a line of its
+/// output, as on Docker: swarm's tasks are read for it, since the service's log does not
+/// say when a task ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_exit_is_a_line_of_the_output() {
+    let runtime = runtime(&format!("exits-{}", std::process::id()));
+    let project = ProjectName::parse(&format!("exits-{}", std::process::id() % 100_000)).expect("name");
+    let mut spec = web(&project, 0);
+    spec.process_type = "crash".into();
+    spec.command = conformance_image().processes["crash"].clone();
+    let lines = Arc::new(Lines::default());
+    let crash = runtime.start(spec, lines.clone()).await.expect("start");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines.count("paastech: crash.0 exited (exit status ") < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(lines.count("paastech: crash.0 exited (exit status ") >= 2, "one line per exit: {:?}", lines.all());
+    runtime.stop(&crash.id, Duration::from_secs(5)).await.expect("stop");
+}

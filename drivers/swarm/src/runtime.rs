@@ -72,6 +72,10 @@ pub struct SwarmRuntime {
     engine: Engine,
     /// The log followers of the services this runtime started or attached to, by id.
     followers: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// The same services, whose tasks' exits are reported in their output.
+    watched: Arc<Mutex<HashMap<String, Watched>>>,
+    /// The one task that reads all their tasks, once a second (started on first use).
+    watcher: Mutex<Option<JoinHandle<()>>>,
     next: AtomicU64,
     /// When this value was made, in nanoseconds since the epoch: one-off services
     /// created before are another server's.
@@ -85,6 +89,8 @@ impl SwarmRuntime {
             config,
             engine,
             followers: Mutex::new(HashMap::new()),
+            watched: Arc::new(Mutex::new(HashMap::new())),
+            watcher: Mutex::new(None),
             next: AtomicU64::new(0),
             made_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128),
         }
@@ -466,14 +472,24 @@ impl SwarmRuntime {
         }
     }
 
-    fn follow(&self, docker: &Docker, id: &str, output: Arc<dyn LogSink>, since: i64) {
-        let task = tokio::spawn(follow_logs(docker.clone(), id.to_owned(), output, since));
+    /// Follows a service's log into `output` from `since`, and reports its tasks' exits
+    /// there as `name` (`web.0`): all of them for a new service (`since` 0), those after
+    /// now for an adopted one.
+    fn follow(&self, docker: &Docker, id: &str, name: String, output: Arc<dyn LogSink>, since: i64) {
+        let task = tokio::spawn(follow_logs(docker.clone(), id.to_owned(), output.clone(), since));
         if let Some(previous) = self.followers().insert(id.to_owned(), task) {
             previous.abort();
+        }
+        let watch = Watched { name, output, reported: HashSet::new(), primed: since == 0 };
+        lock(&self.watched).insert(id.to_owned(), watch);
+        let mut watcher = lock(&self.watcher);
+        if watcher.is_none() {
+            *watcher = Some(tokio::spawn(watch_exits(docker.clone(), self.watched.clone())));
         }
     }
 
     async fn stop_follower(&self, id: &str) {
+        lock(&self.watched).remove(id);
         let follower = self.followers().remove(id);
         if let Some(task) = follower {
             // The last lines may still be on their way; a moment, no more.
@@ -490,6 +506,9 @@ impl Drop for SwarmRuntime {
     fn drop(&mut self) {
         for (_, task) in self.followers().drain() {
             task.abort();
+        }
+        if let Some(watcher) = lock(&self.watcher).take() {
+            watcher.abort();
         }
     }
 }
@@ -516,7 +535,7 @@ impl Runtime for SwarmRuntime {
             .await
             .map_err(|err| engine_error(format!("creating a swarm service for {}", spec.artifact), err))?;
         let id = created.id.ok_or_else(|| Error::internal_msg("the swarm answered a new service without an id"))?;
-        self.follow(docker, &id, output, 0);
+        self.follow(docker, &id, format!("{}.{}", spec.process_type, spec.index), output, 0);
         match self.wait_started(docker, &id, spec.is_web()).await {
             Ok(instance) => {
                 tracing::info!(service = %short(&id), addr = ?instance.addr, image = %spec.artifact, "started swarm service");
@@ -557,12 +576,17 @@ impl Runtime for SwarmRuntime {
     /// Follows an adopted service's output from now on.
     async fn attach(&self, id: &str, output: Arc<dyn LogSink>) -> Result<()> {
         let docker = self.engine.client().await?;
-        match docker.inspect_service(id, None).await {
-            Ok(service) if self.is_ours(&service) => {}
+        let service = match docker.inspect_service(id, None).await {
+            Ok(service) if self.is_ours(&service) => service,
             Ok(_) => return Err(Error::NotFound(format!("service {} is not the platform's", short(id)))),
             Err(err) => return Err(engine_error(format!("inspecting service {}", short(id)), err)),
-        }
-        self.follow(docker, id, output, unix_now());
+        };
+        let labels = service_labels(&service);
+        let name = match (labels.get(labels::PROCESS), labels.get(labels::INDEX)) {
+            (Some(process), Some(index)) => format!("{process}.{index}"),
+            _ => short(id).to_owned(),
+        };
+        self.follow(docker, id, name, output, unix_now());
         Ok(())
     }
 
@@ -750,6 +774,57 @@ async fn job_exit(docker: &Docker, id: &str, run: &OneOff) -> Result<i32> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A followed service, as the exit watcher sees it.
+struct Watched {
+    /// How its output names it: `web.0`.
+    name: String,
+    output: Arc<dyn LogSink>,
+    /// Its tasks whose exit is reported (or was before it was followed).
+    reported: HashSet<String>,
+    /// Whether exits seen now are new: false until the first look at an adopted service,
+    /// whose earlier exits its previous server reported.
+    primed: bool,
+}
+
+/// Adds `paastech: web.0 exited (exit status N)` to a followed service's output for each
+/// of its tasks that ended, as the Docker driver does for a container; one listing of
+/// every followed service's tasks a second, whatever their number.
+async fn watch_exits(docker: Docker, watched: Arc<Mutex<HashMap<String, Watched>>>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ids: Vec<String> = lock(&watched).keys().cloned().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let Ok(mut tasks) = tasks_of(&docker, &ids).await else { continue };
+        tasks.sort_by_key(created_nanos);
+        let mut watched = lock(&watched);
+        for task in &tasks {
+            let (Some(service), Some(id)) = (task.service_id.as_deref(), task.id.as_deref()) else { continue };
+            let Some(entry) = watched.get_mut(service) else { continue };
+            // A rejected task never ran: it has no exit to report.
+            if !matches!(task_state(task), Some(TaskState::FAILED | TaskState::COMPLETE))
+                || !entry.reported.insert(id.to_owned())
+                || !entry.primed
+            {
+                continue;
+            }
+            let code = task.status.as_ref().and_then(|s| s.container_status.as_ref()).and_then(|c| c.exit_code);
+            let code = code.map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+            entry.output.line(&format!("paastech: {} exited (exit status {code})", entry.name));
+        }
+        for id in &ids {
+            if let Some(entry) = watched.get_mut(id) {
+                entry.primed = true;
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Follows a service's log into `output` until the service is gone: swarm keeps one log

@@ -176,8 +176,12 @@ http:
   addr: $addr
 YAML
     echo "starting docker-registry on $addr, log in $dir/registry.log"
-    (cd /tmp && setsid docker-registry serve "$dir/config.yml" >>"$dir/registry.log" 2>&1 </dev/null &
-        echo $! >"$dir/registry.pid") >/dev/null 2>&1
+    # `$!` is the registry itself: setsid, not a group leader here, execs it in place.
+    (
+        cd /tmp || exit 1
+        setsid docker-registry serve "$dir/config.yml" >>"$dir/registry.log" 2>&1 </dev/null &
+        echo $! >"$dir/registry.pid"
+    ) >/dev/null 2>&1
     local t
     for ((t = 0; t < 60; t++)); do
         curl -fsS --max-time 2 "http://$addr/v2/" >/dev/null 2>&1 && return 0

@@ -572,6 +572,20 @@ pub async fn one_off_commands_run_once(target: &Target) {
     );
     assert_eq!(runtime.list_project(&project).await.expect("list_project"), vec![], "not even of its project");
 
+    // Containers run with no-new-privileges (a one-off is locked down as an instance is):
+    // the kernel says so for the process itself, whichever way the engine was told.
+    if target.after_restart == AfterRestart::Adopted {
+        let lines = Arc::new(Lines::default());
+        let argv = ["grep", "NoNewPrivs", "/proc/self/status"];
+        let code = runtime.run_once(spec.clone(), run(&argv, STARTUP), lines.clone()).await.expect("grep NoNewPrivs");
+        assert_eq!(code, 0, "{:?}", lines.all());
+        assert!(
+            lines.all().iter().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])),
+            "no-new-privileges is set: {:?}",
+            lines.all()
+        );
+    }
+
     let lines = Arc::new(Lines::default());
     match runtime.run_once(spec.clone(), run(&["no-such-program", "x"], STARTUP), lines.clone()).await {
         Err(err) => assert!(err.to_string().contains("no-such-program"), "the error names the program: {err}"),

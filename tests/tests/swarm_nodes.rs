@@ -107,3 +107,20 @@ async fn each_exit_is_a_line_of_the_output() {
     assert!(lines.count("paastech: crash.0 exited (exit status ") >= 2, "one line per exit: {:?}", lines.all());
     runtime.stop(&crash.id, Duration::from_secs(5)).await.expect("stop");
 }
+
+/// MUST (docs/specs/runtime.md, Swarm): a task swarm cannot run is an error saying why,
+/// not a wait until the start timeout, and nothing of it is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_the_nodes_cannot_pull_fails_the_start_saying_so() {
+    let runtime = runtime(&format!("pull-{}", std::process::id()));
+    let project = ProjectName::parse(&format!("pull-{}", std::process::id() % 100_000)).expect("name");
+    let mut spec = web(&project, 0);
+    let missing = format!("{}/paastech/nothing@sha256:{}", paastech_tests::swarm::registry().address, "0".repeat(64));
+    spec.artifact = missing.clone();
+    let started = Instant::now();
+    let err = runtime.start(spec, Arc::new(Lines::default())).await.expect_err("no such image");
+    assert!(started.elapsed() < Duration::from_secs(60), "it failed at once: {:?}", started.elapsed());
+    assert!(err.to_string().contains("swarm could not start"), "{err}");
+    assert!(err.to_string().contains("nothing"), "swarm's reason names the image: {err}");
+    assert_eq!(runtime.list_project(&project).await.expect("list_project"), vec![], "no service is left");
+}

@@ -141,7 +141,7 @@ fn runtime_drivers<'a>() -> Registry<dyn Runtime, DriverInput<'a>> {
         .register::<paastech_driver_process::ProcessRuntimeOptions>("process")
         .register::<paastech_driver_docker::DockerRuntimeOptions>("docker")
         .register::<paastech_driver_podman::PodmanRuntimeOptions>("podman")
-        .register_disabled("swarm", "the Docker Swarm driver is not part of this version yet");
+        .register::<paastech_driver_swarm::SwarmRuntimeOptions>("swarm");
     registry
 }
 
@@ -151,7 +151,8 @@ fn build_drivers<'a>() -> Registry<dyn ImageBuilder, DriverInput<'a>> {
     registry
         .register::<paastech_driver_process::ProcessBuildOptions>("process")
         .register::<paastech_driver_docker::DockerBuildOptions>("docker")
-        .register::<paastech_driver_podman::PodmanBuildOptions>("podman");
+        .register::<paastech_driver_podman::PodmanBuildOptions>("podman")
+        .register::<paastech_driver_swarm::SwarmBuildOptions>("swarm");
     registry
 }
 
@@ -754,12 +755,33 @@ mod tests {
         let shown = err.to_string();
         assert!(shown.contains("paastech.toml:2:"), "{shown}");
         assert!(
-            shown.contains("\"kubernetes\"") && shown.contains("known drivers: docker, podman, process"),
+            shown.contains("\"kubernetes\"") && shown.contains("known drivers: docker, podman, process, swarm"),
             "{shown}"
         );
+    }
 
-        let err = load_text("[runtime]\ndriver = \"swarm\"\n").err().expect("disabled driver");
-        assert!(err.to_string().contains("not enabled"), "{err}");
+    #[test]
+    fn swarm_needs_a_registry_and_builds_on_the_manager() {
+        let err = load_text("[runtime]\ndriver = \"swarm\"\nsocket = \"/run/m.sock\"\n").err().expect("no registry");
+        assert!(err.to_string().contains("[registry] url must be set"), "{err}");
+        let text = "data_dir = \"/tmp/x\"\n[runtime]\ndriver = \"swarm\"\nsocket = \"/run/m.sock\"\nstop_grace_secs = 3\n\
+                    [registry]\nurl = \"10.0.0.1:5000\"\n";
+        let Ok(settings) = load_text(text) else {
+            panic!("a valid swarm config");
+        };
+        assert_eq!(settings.build_driver, "swarm", "the build driver follows the runtime");
+        let context = driver_context(&settings.config, "swarm", &settings.data_dir, settings.image_registry.clone())
+            .expect("context");
+        let input = build_input(&settings.source, &settings.config, &context);
+        let build = input
+            .options::<paastech_driver_swarm::SwarmBuildOptions>()
+            .and_then(|o| o.config(&context).map_err(|e| input.error(e)))
+            .unwrap_or_else(|e| panic!("build config: {e}"));
+        assert_eq!(build.engine.socket, Path::new("/run/m.sock"), "builds run on the manager's engine");
+        let err = load_text("[runtime]\ndriver = \"swarm\"\nstop_grace = 3\n[registry]\nurl = \"r:5000\"\n")
+            .err()
+            .expect("typo");
+        assert!(err.to_string().contains("stop_grace") && err.line == Some(3), "{err}");
     }
 
     #[test]

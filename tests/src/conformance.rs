@@ -194,6 +194,21 @@ async fn start(runtime: &dyn Runtime, spec: InstanceSpec) -> (Instance, Arc<Line
     (instance, lines)
 }
 
+/// A web instance's address is one the ingress reaches: on loopback when the runtime is
+/// one machine (its node has no address), else the address of the node `nodes` shows it on.
+async fn reachable_address(runtime: &dyn Runtime, instance: &Instance) {
+    let addr = instance.addr.expect("a web instance has an address");
+    let nodes = runtime.nodes().await.expect("nodes");
+    let node = nodes
+        .iter()
+        .find(|n| n.instances.iter().any(|i| i.id == instance.id))
+        .unwrap_or_else(|| panic!("no node shows instance {}: {nodes:?}", instance.id));
+    match node.address {
+        Some(ip) => assert_eq!(addr.ip(), ip, "published at the address of its node {}", node.id),
+        None => assert!(addr.ip().is_loopback(), "web instances of one machine are published on loopback only: {addr}"),
+    }
+}
+
 const STARTUP: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -205,7 +220,7 @@ pub async fn start_stop_replace(target: &Target) {
     let project = project("replace");
     let (v1, _) = start(runtime.as_ref(), target.spec(&project, 1, "web", 0)).await;
     let addr1 = v1.addr.expect("a web instance has an address");
-    assert!(addr1.ip().is_loopback(), "web instances are published on loopback only: {addr1}");
+    reachable_address(runtime.as_ref(), &v1).await;
     assert!(eventually(STARTUP, || serves(addr1, "version=1")).await, "v1 serves at {addr1}");
     let listed = find(runtime.as_ref(), &v1.id).await.expect("list shows the started instance");
     assert_eq!(
@@ -556,6 +571,20 @@ pub async fn one_off_commands_run_once(target: &Target) {
         "a one-off command is no instance"
     );
     assert_eq!(runtime.list_project(&project).await.expect("list_project"), vec![], "not even of its project");
+
+    // Containers run with no-new-privileges (a one-off is locked down as an instance is):
+    // the kernel says so for the process itself, whichever way the engine was told.
+    if target.after_restart == AfterRestart::Adopted {
+        let lines = Arc::new(Lines::default());
+        let argv = ["grep", "NoNewPrivs", "/proc/self/status"];
+        let code = runtime.run_once(spec.clone(), run(&argv, STARTUP), lines.clone()).await.expect("grep NoNewPrivs");
+        assert_eq!(code, 0, "{:?}", lines.all());
+        assert!(
+            lines.all().iter().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])),
+            "no-new-privileges is set: {:?}",
+            lines.all()
+        );
+    }
 
     let lines = Arc::new(Lines::default());
     match runtime.run_once(spec.clone(), run(&["no-such-program", "x"], STARTUP), lines.clone()).await {

@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod engines;
 pub mod pebble;
+pub mod swarm;
 pub mod web;
 
 use std::io::Write;

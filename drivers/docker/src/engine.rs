@@ -1,5 +1,6 @@
 //! The connection to the engine: opened on first use, API version negotiated once, and
-//! the engine's errors turned into core errors.
+//! the engine's errors turned into core errors. Public for the Swarm driver, which speaks
+//! to a manager's engine through the same client.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,21 +30,21 @@ impl Default for EngineConfig {
 
 /// A lazily opened client: the server may start before the engine answers, and an engine
 /// that is down is reported on the request that needs it, with the socket's path.
-pub(crate) struct Engine {
+pub struct Engine {
     config: EngineConfig,
     client: OnceCell<Docker>,
 }
 
 impl Engine {
-    pub(crate) fn new(config: EngineConfig) -> Self {
+    pub fn new(config: EngineConfig) -> Self {
         Engine { config, client: OnceCell::new() }
     }
 
-    pub(crate) fn socket(&self) -> String {
+    pub fn socket(&self) -> String {
         self.config.socket.display().to_string()
     }
 
-    pub(crate) async fn client(&self) -> paastech_core::Result<&Docker> {
+    pub async fn client(&self) -> paastech_core::Result<&Docker> {
         self.client
             .get_or_try_init(|| async {
                 let socket = self.socket();
@@ -66,7 +67,7 @@ impl Engine {
 }
 
 /// The engine's HTTP status, when it answered with an error.
-pub(crate) fn status_of(err: &EngineError) -> Option<u16> {
+pub fn status_of(err: &EngineError) -> Option<u16> {
     match err {
         EngineError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -74,7 +75,7 @@ pub(crate) fn status_of(err: &EngineError) -> Option<u16> {
 }
 
 /// A core error for a failed engine request: what was being done, and what the engine said.
-pub(crate) fn engine_error(what: impl std::fmt::Display, err: EngineError) -> Error {
+pub fn engine_error(what: impl std::fmt::Display, err: EngineError) -> Error {
     match &err {
         EngineError::DockerResponseServerError { status_code: 404, message } => {
             Error::NotFound(format!("{what}: {message}"))

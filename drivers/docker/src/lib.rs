@@ -18,8 +18,8 @@ pub mod runtime;
 
 pub mod options;
 
-mod engine;
-mod registry;
+pub mod engine;
+pub mod registry;
 
 pub use builder::{DockerBuilder, DockerBuilderConfig};
 pub use engine::{DEFAULT_DOCKER_SOCKET, EngineConfig};

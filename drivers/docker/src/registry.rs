@@ -1,6 +1,7 @@
 //! The container registry (`[registry]`) as the Docker driver uses it: the engine pushes
 //! and pulls (with the registry's credentials), and a pruned build's manifest is deleted
-//! through distribution's HTTP API, which the engine does not speak.
+//! through distribution's HTTP API, which the engine does not speak. The Swarm driver
+//! hands the same credentials to the manager, which passes them to the nodes.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, Result};
 
 /// The engine's credentials for `registry`; `None` when it needs none.
-pub(crate) fn credentials(registry: &ImageRegistry) -> Option<DockerCredentials> {
+pub fn credentials(registry: &ImageRegistry) -> Option<DockerCredentials> {
     let username = registry.username.clone()?;
     Some(DockerCredentials {
         username: Some(username),

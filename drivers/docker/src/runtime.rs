@@ -32,7 +32,7 @@ use crate::labels;
 /// Capabilities given back after dropping all: what images that start as root and then
 /// switch to their own user (nginx, most official images' entrypoints) need for that.
 /// No `NET_BIND_SERVICE`: apps listen on `$PORT`, above 1024.
-const CAPABILITIES: &[&str] = &["CHOWN", "SETUID", "SETGID"];
+pub const CAPABILITIES: &[&str] = &["CHOWN", "SETUID", "SETGID"];
 
 /// The label of a one-off command's container (its value: the project), in place of the
 /// instance labels: `list` does not see it, reconcile does not adopt or stop it.

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""PaaSTech benchmark of issue #4: push-to-live of examples/dockerfile-hello on each container
-engine, beside the floor (`docker run` / `podman run` of the same image until it answers HTTP).
+"""PaaSTech benchmark of issues #4 and #13: push-to-live of examples/dockerfile-hello on each
+container engine, beside the floor (`docker run` / `podman run` of the same image until it
+answers HTTP; on Swarm, `docker service create` of it), and on Swarm the time from a node's
+loss until no request fails.
 
 For every engine (Docker, Podman) a PaaSTech server runs with `[runtime] driver = ENGINE` on
 free loopback ports and a temporary data directory. Each round, on a new project:
@@ -17,7 +19,16 @@ free loopback ports and a temporary data directory. Each round, on a new project
 "Build time aside" is the total minus the engine's build (from the `Building image` line to
 the `Built` line). The ratio is that over the floor; the issue's target is under 1.5x.
 
-Everything listens on 127.0.0.1, every loop is bounded, and every server, container and image
+Swarm (`--engines swarm`): the two-node swarm of scripts/setup/85-swarm.sh, the server's
+runtime `swarm` on the manager, builds pushed to the registry the nodes pull from; its floor
+is `docker service create --detach` of the image with a host-mode port on the manager, polled
+at the manager's address until it answers. `--node-loss` then deploys the example with 4
+replicas (over both nodes), requests it through the ingress in a loop, stops node 2's engine
+(`85-swarm.sh stop-node 2`) and reports the time from the loss until the last failed request,
+how many failed, and when all 4 replicas answered from the manager; node 2 is started again.
+
+Everything listens on 127.0.0.1 or on the swarm's own namespaces (10.231.0.0/24, made by
+85-swarm.sh), every loop is bounded, and every server, container and image
 started here is removed at the end (also on Ctrl-C). Run through scripts/bench-containers.sh.
 """
 
@@ -53,9 +64,15 @@ GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",
 }
 
+SWARM_SETUP = os.path.join(ROOT, "scripts", "setup", "85-swarm.sh")
+SWARM_SOCKET = os.environ.get("PAASTECH_SWARM_SOCKET", "/tmp/paastech-swarm/1/docker.sock")
+SWARM_REGISTRY = os.environ.get("PAASTECH_SWARM_REGISTRY", "10.231.0.1:5000")
+# The manager's address (85-swarm.sh): the swarm floor's task is put there.
+SWARM_MANAGER = "10.231.0.11"
+
 ENGINES = {
     "docker": {
-        "cli": "docker",
+        "cli": ["docker"],
         "setup": "scripts/setup/20-docker.sh",
         "image": lambda project, version: f"paastech/{project}:v{version}",
         "rm": ["rm", "-f"],
@@ -70,7 +87,7 @@ ENGINES = {
         ],
     },
     "podman": {
-        "cli": "podman",
+        "cli": ["podman"],
         "setup": "scripts/setup/30-podman.sh",
         "image": lambda project, version: f"localhost/paastech/{project}:v{version}",
         # Without --time 0 a forced removal still waits 10 s for the polite stop.
@@ -84,6 +101,24 @@ ENGINES = {
             "--pids-limit", "512", "--restart", "on-failure:5", "--log-driver", "k8s-file",
             "--log-opt", "max-size=10mb",
         ],
+    },
+    "swarm": {
+        "cli": ["docker", "-H", f"unix://{SWARM_SOCKET}"],
+        "setup": "scripts/setup/85-swarm.sh",
+        "image": lambda project, version: f"{SWARM_REGISTRY}/paastech/{project}:v{version}",
+        "rm": ["service", "rm"],
+        "run": [],
+        # What the driver gives every service (drivers/swarm/src/runtime.rs).
+        "driver_flags": [
+            "--cap-drop", "ALL", "--cap-add", "CHOWN", "--cap-add", "SETUID", "--cap-add", "SETGID",
+            "--limit-memory", "512m", "--limit-cpu", "1", "--limit-pids", "512",
+            "--restart-condition", "on-failure", "--restart-max-attempts", "5", "--log-driver", "json-file",
+            "--log-opt", "max-size=10m", "--log-opt", "max-file=2", "--update-order", "start-first",
+        ],
+        "server": lambda pid: (
+            f'[runtime]\ndriver = "swarm"\nsocket = "{SWARM_SOCKET}"\nnamespace = "bench-{pid}"\n'
+            f'stop_grace_secs = 3\n\n[registry]\nurl = "{SWARM_REGISTRY}"\n'
+        ),
     },
 }
 
@@ -121,8 +156,8 @@ def run(cmd, cwd=None, env=None, check=True, timeout=120):
     return res
 
 
-def poll_http(port, host, want, interval, deadline, stop=None, max_open=64, attempt_timeout=5.0):
-    """GETs / on 127.0.0.1:`port` every `interval` seconds until an answer satisfies `want`
+def poll_http(port, host, want, interval, deadline, stop=None, max_open=64, attempt_timeout=5.0, ip="127.0.0.1"):
+    """GETs / on `ip`:`port` (loopback unless told) every `interval` seconds until an answer satisfies `want`
     (None: any HTTP status line; else a 200 whose body contains `want`); returns the
     `time.perf_counter()` of that answer, or None at `deadline` (or when `stop` is set).
 
@@ -161,7 +196,7 @@ def poll_http(port, host, want, interval, deadline, stop=None, max_open=64, atte
                     close(min(conns, key=lambda c: conns[c][0]))
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setblocking(False)
-                sock.connect_ex(("127.0.0.1", port))
+                sock.connect_ex((ip, port))
                 conns[sock] = [now, False, b""]
                 sel.register(sock, selectors.EVENT_WRITE)
             for key, _ in sel.select(max(0.0, min(next_at, deadline) - time.perf_counter())):
@@ -249,7 +284,7 @@ class Engine:
 
     def answers(self):
         try:
-            return run([self.cli, "info", "--format", "{{.Host.OS}}" if self.name == "podman" else "{{.ServerVersion}}"],
+            return run([*self.cli, "info", "--format", "{{.Host.OS}}" if self.name == "podman" else "{{.ServerVersion}}"],
                        check=False, timeout=30).returncode == 0
         except subprocess.TimeoutExpired:
             return False
@@ -266,27 +301,31 @@ class Engine:
         return self.spec["image"](project, version)
 
     def remove_containers(self, label):
+        # On Swarm, services: their tasks' containers go with them.
+        listing = ["service", "ls", "-q"] if self.name == "swarm" else ["ps", "-aq"]
         for _ in range(3):
-            ids = run([self.cli, "ps", "-aq", "--filter", f"label={label}"], check=False).stdout.split()
+            ids = run([*self.cli, *listing, "--filter", f"label={label}"], check=False).stdout.split()
             if not ids:
                 return
-            run([self.cli, *self.spec["rm"], *ids], check=False, timeout=120)
+            run([*self.cli, *self.spec["rm"], *ids], check=False, timeout=120)
 
     def cleanup(self):
         self.remove_containers(self.floor_label)
         for project in self.projects:
             self.remove_containers(f"paastech.project={project}")
             prefix = self.image(project, 0).rsplit(":", 1)[0]
-            images = run([self.cli, "images", "-q", prefix], check=False).stdout.split()
+            images = run([*self.cli, "images", "-q", prefix], check=False).stdout.split()
             if images:
-                run([self.cli, "rmi", "-f", *sorted(set(images))], check=False, timeout=120)
+                run([*self.cli, "rmi", "-f", *sorted(set(images))], check=False, timeout=120)
         self.projects.clear()
 
     def floor(self, image, interval, flags=()):
         """`ENGINE run -d` of `image` until it answers HTTP on its published port: seconds."""
+        if self.name == "swarm":
+            return self.service_floor(image, interval, flags)
         port = free_port()
         name = f"paastech-bench-floor-{os.getpid()}-{port}"
-        cmd = [self.cli, "run", "-d", "--name", name, "--label", self.floor_label, *self.spec["run"], *flags,
+        cmd = [*self.cli, "run", "-d", "--name", name, "--label", self.floor_label, *self.spec["run"], *flags,
                "-p", f"127.0.0.1:{port}:5000", "-e", "PORT=5000", image]
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -302,9 +341,30 @@ class Engine:
         # during the command would make the floor slower than it is.
         at = poll_http(port, f"127.0.0.1:{port}", None, interval, started + 60) if proc.returncode == 0 else None
         answered = at - started if at is not None else None
-        run([self.cli, *self.spec["rm"], name], check=False)
+        run([*self.cli, *self.spec["rm"], name], check=False)
         if answered is None:
             raise RuntimeError(f"{' '.join(cmd)} never answered HTTP (exit {proc.returncode}): {out}{err}")
+        return answered
+
+    def service_floor(self, image, interval, flags):
+        """`docker service create --detach` of `image` on the manager, with a host-mode port,
+        until it answers HTTP at the manager's address: seconds. (The platform's services
+        take an engine-chosen port and are read back from the task list; the floor knows
+        its port and node beforehand, the least a swarm deploy can cost.)"""
+        port = free_port()
+        name = f"paastech-bench-floor-{os.getpid()}-{port}"
+        cmd = [*self.cli, "service", "create", "--detach", "--name", name, "--label", self.floor_label,
+               "--constraint", "node.role==manager", "--endpoint-mode", "dnsrr",
+               "--publish", f"mode=host,published={port},target=5000", "-e", "PORT=5000", *flags, image]
+        started = time.perf_counter()
+        res = run(cmd, check=False, timeout=60)
+        at = None
+        if res.returncode == 0:
+            at = poll_http(port, f"{SWARM_MANAGER}:{port}", None, interval, started + 120, ip=SWARM_MANAGER)
+        answered = at - started if at is not None else None
+        run([*self.cli, "service", "rm", name], check=False)
+        if answered is None:
+            raise RuntimeError(f"{' '.join(cmd)} never answered HTTP (exit {res.returncode}): {res.stdout}{res.stderr}")
         return answered
 
 
@@ -333,7 +393,7 @@ class Server:
                 f'[api]\nlisten = "127.0.0.1:{self.api_port}"\n\n'
                 f'[ssh]\nlisten = "127.0.0.1:{self.ssh_port}"\n\n'
                 f'[ingress]\nlisten = "127.0.0.1:{self.ingress_port}"\ndomain = "localhost"\n\n'
-                f'[runtime]\ndriver = "{self.engine}"\n'
+                + ENGINES[self.engine].get("server", lambda _: f'[runtime]\ndriver = "{self.engine}"\n')(os.getpid())
             )
         self.proc = self.procs.start([self.binary, "server", "--config", config], self.log_path,
                                      env={"PAASTECH_LOG": "info"})
@@ -531,6 +591,104 @@ def bench_engine(binary, name, work, procs, rounds, interval, results, verbose):
         engine.cleanup()
 
 
+def get_once(port, host, timeout=2.0):
+    """One GET / through the ingress: whether it answered 200."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return data.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def node_loss(binary, work, procs, interval, watch_secs, results):
+    """Swarm: 4 replicas over both nodes, a request loop through the ingress, node 2's
+    engine stopped; the time from the loss until the last failed request."""
+    engine = Engine("swarm")
+    engine.ensure()
+    server = Server(binary, work, "swarm", procs)
+    server.dir = server.dir + "-loss"
+    os.makedirs(server.dir)
+    server.start()
+    project = f"bnl{os.getpid() % 100000}"
+    engine.projects.append(project)
+    stopped = False
+    try:
+        key = os.path.join(work, "key-loss")
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", key])
+        with open(key + ".pub") as f:
+            server.developer(f.read().strip())
+        url = server.create_project(project)
+        path = os.path.join(work, f"repo-{project}")
+        shutil.copytree(EXAMPLE, path)
+        repo = Repo(path, key)
+        repo.git("init", "-q", "-b", "main")
+        repo.git("remote", "add", "paastech", url)
+        repo.commit("first commit")
+        timed_push(repo, server.ingress_port, project, "hello from dockerfile-hello (version 1)", interval)
+        status, body = server.api("PUT", f"/projects/{project}/scale", {"web": 4})
+        assert status == 200, f"scale: {status} {body}"
+
+        def on_manager():
+            status, nodes = server.api("GET", "/nodes")
+            assert status == 200, f"nodes: {status} {nodes}"
+            per_role = {}
+            for node in nodes:
+                running = [i for i in node["instances"] if i["project"] == project and i["state"] == "running"]
+                per_role[node["role"]] = per_role.get(node["role"], 0) + len(running)
+            return per_role
+
+        spread = on_manager()
+        log(f"node loss: 4 replicas, per node role {spread}")
+        host = f"{project}.localhost:{server.ingress_port}"
+        seen = []
+        stop = threading.Event()
+
+        def loop():
+            deadline = time.perf_counter() + watch_secs + 30
+            while not stop.is_set() and time.perf_counter() < deadline:
+                seen.append((time.perf_counter(), get_once(server.ingress_port, host)))
+                time.sleep(interval)
+
+        client = threading.Thread(target=loop, daemon=True)
+        client.start()
+        time.sleep(2)
+        lost = time.perf_counter()
+        run(["bash", SWARM_SETUP, "stop-node", "2"], timeout=120)
+        stopped = True
+        log(f"node loss: node 2 stopped in {time.perf_counter() - lost:.3f}s")
+        moved = None
+        while time.perf_counter() < lost + watch_secs:
+            if moved is None and on_manager().get("manager", 0) == 4:
+                moved = time.perf_counter() - lost
+            time.sleep(0.5)
+        stop.set()
+        client.join(timeout=10)
+        after = [(t - lost, ok) for t, ok in seen if t >= lost]
+        failed = [t for t, ok in after if not ok]
+        out = {
+            "requests": len(after), "failed": len(failed), "last_failure": max(failed) if failed else 0.0,
+            "first_failure": min(failed) if failed else None, "moved": moved, "spread": spread,
+            "before_failed": sum(1 for t, ok in seen if t < lost and not ok),
+        }
+        results["node_loss"] = out
+        log(f"node loss: {out}")
+    finally:
+        if stopped:
+            run(["bash", SWARM_SETUP, "start-node", "2"], check=False, timeout=180)
+        server.api("DELETE", f"/projects/{project}")
+        server.stop()
+        shutil.copy(server.log_path, os.path.join(work, "server-swarm-loss.log"))
+        engine.cleanup()
+
+
 def med(values):
     return statistics.median(values) if values else float("nan")
 
@@ -597,10 +755,30 @@ def print_table(rows, results):
       "  create+run: `Starting vN` -> `Waiting for web.1` (the runtime's start: create, start, inspect)\n"
       "  health+switch: -> the ingress serves the new page (health polling, switch, the poller's own interval)\n"
       "  floor+flags: the floor with the flags the driver adds (init, limits, capabilities, restart policy)\n\n")
+    by = {(row["engine"], row["kind"]): row for row in rows}
+    for kind in ("first", "redeploy"):
+        swarm, docker = by.get(("swarm", kind)), by.get(("docker", kind))
+        if swarm and docker:
+            w(f"swarm vs the Docker driver, {kind} deploy: total {swarm['total']:.3f}s vs {docker['total']:.3f}s "
+              f"({swarm['total'] / docker['total']:.2f}x), build aside {swarm['minus_build']:.3f}s vs "
+              f"{docker['minus_build']:.3f}s ({swarm['minus_build'] / docker['minus_build']:.2f}x)\n")
+    w("\n")
     for name, out in results.items():
         w(f"{name} rounds: first {fmt([m['served'] for m in out['first']])}; "
           f"redeploy {fmt([m['served'] for m in out['redeploy']])}; floor {fmt(out['floor'])}; "
           f"floor+flags {fmt(out['floor_flags'])}; load {', '.join(out['load'])}\n")
+    sys.stdout.flush()
+
+
+def print_node_loss(out):
+    w = sys.stdout.write
+    moved = f"{out['moved']:.1f}s" if out["moved"] is not None else "not within the watch"
+    w("\nSwarm, node 2's engine stopped under load (4 replicas over both nodes, one request at a time "
+      "through the ingress):\n"
+      f"  time from the loss until no request fails: {out['last_failure']:.2f}s "
+      f"({out['failed']} of {out['requests']} requests failed after the loss"
+      + (f", the first {out['first_failure']:.2f}s after it" if out["first_failure"] is not None else "")
+      + f"); all 4 replicas running on the manager after {moved}\n")
     sys.stdout.flush()
 
 
@@ -617,6 +795,9 @@ def main():
     parser.add_argument("--json", help="write the raw timelines to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
     parser.add_argument("--verbose", action="store_true", help="print each push's timestamped output")
+    parser.add_argument("--node-loss", action="store_true",
+                        help="swarm: also measure the time from a node's loss until no request fails")
+    parser.add_argument("--watch-secs", type=float, default=45.0, help="how long to watch after the node's loss")
     args = parser.parse_args()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     for e in engines:
@@ -641,8 +822,14 @@ def main():
     results = {}
     for e in engines:
         bench_engine(args.paastech, e, work, procs, args.rounds, args.poll_ms / 1000, results, args.verbose)
+    loss = {}
+    if args.node_loss:
+        node_loss(args.paastech, work, procs, 0.01, args.watch_secs, loss)
     rows = summarize(results)
     print_table(rows, results)
+    if loss:
+        print_node_loss(loss["node_loss"])
+        results["node_loss"] = loss["node_loss"]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "raw": results}, f, indent=1)

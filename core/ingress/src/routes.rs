@@ -388,7 +388,9 @@ impl RouteTable {
         if n == 0 {
             return None;
         }
-        let start = pool.next.fetch_add(1, Ordering::Relaxed);
+        // Read, not advanced: advancing it here would move the next request on with this
+        // one, and lock-step every request onto the failed backend again.
+        let start = pool.next.load(Ordering::Relaxed);
         let untried = (0..n).map(|k| &pool.backends[(start + k) % n]).filter(|b| !tried.contains(&b.addr()));
         let mut fallback = None;
         for b in untried {

@@ -339,7 +339,7 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
     let has_body = !hyper::body::Body::is_end_stream(&body);
     let up = match to_backend(&parts, &host, client_ip, in_flight.backend().addr(), has_body) {
         Ok(up) => up,
-        Err(refused) => return refused,
+        Err(why) => return plain(StatusCode::BAD_REQUEST, why),
     };
     let head_method = parts.method == Method::HEAD;
     if !has_body {
@@ -389,7 +389,7 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
                 tracing::warn!(error = %err, backend = %backend.addr(), next = %next.backend().addr(), "backend unreachable, trying another");
                 up = match to_backend(&parts, &host, client_ip, next.backend().addr(), has_body) {
                     Ok(up) => up,
-                    Err(refused) => return refused,
+                    Err(why) => return plain(StatusCode::BAD_REQUEST, why),
                 };
                 in_flight = next;
             }
@@ -422,24 +422,25 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
 }
 
 /// The request as the app at `addr` gets it (HTTP/1.1, forwarded headers): made anew for
-/// each backend tried, so a connect that failed costs the first try nothing.
+/// each backend tried, so a connect that failed costs the first try nothing. `Err` says
+/// why the client's request cannot be sent on (a 400).
 fn to_backend(
     parts: &http::request::Parts,
     host: &str,
     client_ip: &str,
     addr: std::net::SocketAddr,
     has_body: bool,
-) -> Result<http::request::Builder, Response<Body>> {
+) -> Result<http::request::Builder, &'static str> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let Ok(uri) = Uri::try_from(format!("http://{addr}{path}")) else {
-        return Err(plain(StatusCode::BAD_REQUEST, "the request target is not valid"));
+        return Err("the request target is not valid");
     };
     let mut up = Request::builder().method(parts.method.clone()).uri(uri).version(Version::HTTP_11);
     let Some(headers) = up.headers_mut() else {
-        return Err(plain(StatusCode::BAD_REQUEST, "the request is not valid"));
+        return Err("the request is not valid");
     };
     let Ok(host_value) = HeaderValue::from_str(host) else {
-        return Err(plain(StatusCode::BAD_REQUEST, "the request's authority is not a valid host"));
+        return Err("the request's authority is not a valid host");
     };
     headers.insert(header::HOST, host_value.clone());
     let (mut forwarded_for, mut cookies) = (Vec::new(), Vec::new());

@@ -561,6 +561,18 @@ mod tests {
         assert!(t.pick_other("gone", &[]).is_none());
     }
 
+    #[test]
+    fn another_backend_leaves_the_round_robin_where_it_was() {
+        let t = RouteTable::new();
+        t.set_backends("a", vec![addr(1), addr(2)]);
+        // Whatever the marks (none here), a request retried on 2 is not followed by the
+        // next request on 1 again, which would send every request to a dead 1 first.
+        assert_eq!(pick_addr(&t, "a"), Some(addr(1)));
+        assert_eq!(t.pick_other("a", &[addr(1)]).expect("another").backend().addr(), addr(2));
+        assert_eq!(pick_addr(&t, "a"), Some(addr(2)));
+        assert_eq!(pick_addr(&t, "a"), Some(addr(1)));
+    }
+
     #[tokio::test]
     async fn drain_waits_for_guards() {
         let t = RouteTable::new();

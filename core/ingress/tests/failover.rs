@@ -129,7 +129,7 @@ async fn unanswering_addr() -> (SocketAddr, (TcpListener, TcpStream)) {
 #[tokio::test]
 async fn a_backend_whose_connect_timed_out_is_passed_over_for_a_while() {
     let mut config = IngressConfig::new(DOMAIN);
-    let connect_timeout = Duration::from_millis(500);
+    let connect_timeout = Duration::from_secs(1);
     config.connect_timeout = connect_timeout;
     let (ingress, table) = start_ingress_with(config).await;
     let (silent, _keep) = unanswering_addr().await;

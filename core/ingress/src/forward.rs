@@ -519,10 +519,9 @@ async fn exchange<C: ClientIo>(
     answering: Answering,
     routed: Routed,
 ) -> Result<bool, Failed> {
-    let Routed { in_flight, hsts } = routed;
+    let Routed { mut in_flight, hsts } = routed;
     let Buffers { cbuf, bbuf, up, down } = buffers;
     let timeout = shared.backend_timeout;
-    let backend = in_flight.backend();
     // The body bytes that came with the head go out in the same write (a chunked body
     // chunked anew, see `Chunked::rechunk`).
     let mut chunked = Chunked::default();
@@ -549,12 +548,32 @@ async fn exchange<C: ClientIo>(
         send(client, b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(|_| Failed::Client)?;
     }
 
+    // The backends whose connect failed for this request; allocated only on a failure.
+    let mut tried = Vec::new();
     loop {
+        let backend = in_flight.backend();
         let mut conn = match backend.conns().take(shared.shard) {
             Some(conn) => conn,
-            None => upstream::connect(backend.addr(), shared.connect_timeout, shared.shard)
-                .await
-                .map_err(|e| Failed::BeforeResponse(e.into()))?,
+            None => match upstream::connect(backend.addr(), shared.connect_timeout, shared.shard).await {
+                Ok(conn) => {
+                    backend.connected();
+                    conn
+                }
+                // Nothing of the request reached any app: it goes to another backend of
+                // the project, each tried once (nginx's `proxy_next_upstream error timeout`).
+                Err(err) => {
+                    backend.connect_failed();
+                    tried.push(backend.addr());
+                    match shared.table.pick_other(backend.project(), &tried) {
+                        Some(next) => {
+                            tracing::warn!(error = %err, backend = %backend.addr(), next = %next.backend().addr(), "backend unreachable, trying another");
+                            in_flight = next;
+                            continue;
+                        }
+                        None => return Err(Failed::BeforeResponse(err.into())),
+                    }
+                }
+            },
         };
         bbuf.clear();
         if let Err(err) = idle(conn.stream.write_all(up)).await {

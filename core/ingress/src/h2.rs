@@ -47,7 +47,53 @@ type Body = UnsyncBoxBody<Bytes, BoxError>;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The HTTP/1.1 client of one ingress thread, to the backends.
-pub(crate) type Upstream = Client<HttpConnector, Incoming>;
+pub(crate) type Upstream = Client<HttpConnector, Lent>;
+
+/// A request body while it may still go to another backend.
+type BodySlot = Arc<Mutex<Option<Incoming>>>;
+
+/// A client's request body lent to hyper's client for one backend: taken out of its slot
+/// only when hyper first reads it, which it does once connected. When the connect fails,
+/// hyper drops the request unread and the body is still in the slot, whole, for the next
+/// backend.
+pub(crate) struct Lent {
+    slot: BodySlot,
+    body: Option<Incoming>,
+}
+
+impl Lent {
+    /// `f` of the body, wherever it is now.
+    fn peek<R>(&self, f: impl FnOnce(&Incoming) -> R) -> Option<R> {
+        match &self.body {
+            Some(body) => Some(f(body)),
+            None => self.slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(f),
+        }
+    }
+}
+
+impl hyper::body::Body for Lent {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if this.body.is_none() {
+            this.body = this.slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        }
+        match this.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.peek(hyper::body::Body::is_end_stream).unwrap_or(true)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.peek(hyper::body::Body::size_hint).unwrap_or_default()
+    }
+}
 
 /// A client for one ingress thread: connections kept alive between requests, connect
 /// attempts bounded by `connect_timeout`.
@@ -290,15 +336,111 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
     }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = Uri::try_from(format!("http://{}{path}", in_flight.backend().addr())) else {
-        return plain(StatusCode::BAD_REQUEST, "the request target is not valid");
+    let has_body = !hyper::body::Body::is_end_stream(&body);
+    let up = match to_backend(&parts, &host, client_ip, in_flight.backend().addr(), has_body) {
+        Ok(up) => up,
+        Err(why) => return plain(StatusCode::BAD_REQUEST, why),
+    };
+    let head_method = parts.method == Method::HEAD;
+    if !has_body {
+        // Almost every GET: sent on the ingress's own backend connections (those of the
+        // HTTP/1 path) and answered in this task. hyper's client would pass each request
+        // to a connection task and its answer back through channels: three task wakeups
+        // a request, which made HTTP/2 cost half as much CPU again as HTTP/1.
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(parts.method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in up.headers_ref().into_iter().flatten() {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        let response = direct(shared, in_flight, busy, &head, parts.method.is_idempotent(), head_method).await;
+        return with_hsts(response, hsts);
+    }
+    let (mut up, mut in_flight) = (up, in_flight);
+    let slot: BodySlot = Arc::new(Mutex::new(Some(body)));
+    // The backends whose connect failed for this request.
+    let mut tried = Vec::new();
+    let response = loop {
+        let Ok(request) = up.body(Lent { slot: slot.clone(), body: None }) else {
+            return plain(StatusCode::BAD_REQUEST, "the request is not valid");
+        };
+        let answered = tokio::time::timeout(shared.backend_timeout, shared.h2_upstream.request(request)).await;
+        let backend = in_flight.backend();
+        match answered {
+            Ok(Ok(response)) => {
+                backend.connected();
+                break response;
+            }
+            // No connection, so hyper dropped the request before taking its body: the
+            // body is whole, and goes to another backend of the project.
+            Ok(Err(err)) if err.is_connect() && slot.lock().unwrap_or_else(PoisonError::into_inner).is_some() => {
+                backend.connect_failed();
+                tried.push(backend.addr());
+                let Some(next) = shared.table.pick_other(backend.project(), &tried) else {
+                    tracing::warn!(error = %err, backend = %backend.addr(), "backend request failed");
+                    return page_for(Page::BadGateway, head_method);
+                };
+                tracing::warn!(error = %err, backend = %backend.addr(), next = %next.backend().addr(), "backend unreachable, trying another");
+                up = match to_backend(&parts, &host, client_ip, next.backend().addr(), has_body) {
+                    Ok(up) => up,
+                    Err(why) => return plain(StatusCode::BAD_REQUEST, why),
+                };
+                in_flight = next;
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, backend = %backend.addr(), "backend request failed");
+                return page_for(Page::BadGateway, head_method);
+            }
+            Err(_) => {
+                tracing::warn!(backend = %backend.addr(), "backend did not start its answer in time");
+                return page_for(Page::GatewayTimeout, head_method);
+            }
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    parts.version = Version::HTTP_2;
+    let names: Vec<HeaderName> =
+        parts.headers.keys().filter(|n| h1::dropped_response_header(n.as_str())).cloned().collect();
+    for name in names {
+        parts.headers.remove(&name);
+    }
+    add_hsts(&mut parts.headers, hsts);
+    let body = Watched {
+        inner: body,
+        timeout: shared.backend_timeout,
+        sleep: Box::pin(tokio::time::sleep(shared.backend_timeout)),
+        waiting: false,
+        _kept: (in_flight, busy),
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// The request as the app at `addr` gets it (HTTP/1.1, forwarded headers): made anew for
+/// each backend tried, so a connect that failed costs the first try nothing. `Err` says
+/// why the client's request cannot be sent on (a 400).
+fn to_backend(
+    parts: &http::request::Parts,
+    host: &str,
+    client_ip: &str,
+    addr: std::net::SocketAddr,
+    has_body: bool,
+) -> Result<http::request::Builder, &'static str> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = Uri::try_from(format!("http://{addr}{path}")) else {
+        return Err("the request target is not valid");
     };
     let mut up = Request::builder().method(parts.method.clone()).uri(uri).version(Version::HTTP_11);
     let Some(headers) = up.headers_mut() else {
-        return plain(StatusCode::BAD_REQUEST, "the request is not valid");
+        return Err("the request is not valid");
     };
-    let Ok(host_value) = HeaderValue::from_str(&host) else {
-        return plain(StatusCode::BAD_REQUEST, "the request's authority is not a valid host");
+    let Ok(host_value) = HeaderValue::from_str(host) else {
+        return Err("the request's authority is not a valid host");
     };
     headers.insert(header::HOST, host_value.clone());
     let (mut forwarded_for, mut cookies) = (Vec::new(), Vec::new());
@@ -329,63 +471,10 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
     // The ingress terminated TLS itself: whatever a client says, this is https.
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"));
     headers.insert(HeaderName::from_static("x-forwarded-host"), host_value);
-    let has_body = !hyper::body::Body::is_end_stream(&body);
     if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).filter(|_| has_body) {
         headers.insert(header::CONTENT_LENGTH, len.clone());
     }
-    let head_method = parts.method == Method::HEAD;
-    if !has_body {
-        // Almost every GET: sent on the ingress's own backend connections (those of the
-        // HTTP/1 path) and answered in this task. hyper's client would pass each request
-        // to a connection task and its answer back through channels: three task wakeups
-        // a request, which made HTTP/2 cost half as much CPU again as HTTP/1.
-        let mut head = Vec::with_capacity(512);
-        head.extend_from_slice(parts.method.as_str().as_bytes());
-        head.push(b' ');
-        head.extend_from_slice(path.as_bytes());
-        head.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in up.headers_ref().into_iter().flatten() {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
-        let response = direct(shared, in_flight, busy, &head, parts.method.is_idempotent(), head_method).await;
-        return with_hsts(response, hsts);
-    }
-    let Ok(up) = up.body(body) else {
-        return plain(StatusCode::BAD_REQUEST, "the request is not valid");
-    };
-
-    let answered = tokio::time::timeout(shared.backend_timeout, shared.h2_upstream.request(up)).await;
-    let response = match answered {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, backend = %in_flight.backend().addr(), "backend request failed");
-            return page_for(Page::BadGateway, head_method);
-        }
-        Err(_) => {
-            tracing::warn!(backend = %in_flight.backend().addr(), "backend did not start its answer in time");
-            return page_for(Page::GatewayTimeout, head_method);
-        }
-    };
-    let (mut parts, body) = response.into_parts();
-    parts.version = Version::HTTP_2;
-    let names: Vec<HeaderName> =
-        parts.headers.keys().filter(|n| h1::dropped_response_header(n.as_str())).cloned().collect();
-    for name in names {
-        parts.headers.remove(&name);
-    }
-    add_hsts(&mut parts.headers, hsts);
-    let body = Watched {
-        inner: body,
-        timeout: shared.backend_timeout,
-        sleep: Box::pin(tokio::time::sleep(shared.backend_timeout)),
-        waiting: false,
-        _kept: (in_flight, busy),
-    };
-    Response::from_parts(parts, body.boxed_unsync())
+    Ok(up)
 }
 
 /// A backend's answer on its way to the client: cut off when the backend sends nothing
@@ -450,22 +539,39 @@ enum HeadError {
 /// from that connection, which goes back to the idle ones once the body is complete.
 async fn direct(
     shared: &Shared,
-    in_flight: InFlight,
+    mut in_flight: InFlight,
     busy: Busy,
     head: &[u8],
     idempotent: bool,
     head_method: bool,
 ) -> Response<Body> {
-    let backend = in_flight.backend().clone();
     let mut retried = false;
+    // The backends whose connect failed for this request; allocated only on a failure.
+    let mut tried = Vec::new();
     let (conn, mut buf, head_len) = loop {
+        let backend = in_flight.backend();
         let conn = match backend.conns().take(shared.shard) {
             Some(conn) => conn,
             None => match upstream::connect(backend.addr(), shared.connect_timeout, shared.shard).await {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    backend.connected();
+                    conn
+                }
+                // Nothing was sent: another backend of the project, as on the HTTP/1 path.
                 Err(err) => {
-                    tracing::warn!(error = %err, backend = %backend.addr(), "backend request failed");
-                    return page_for(Page::BadGateway, head_method);
+                    backend.connect_failed();
+                    tried.push(backend.addr());
+                    match shared.table.pick_other(backend.project(), &tried) {
+                        Some(next) => {
+                            tracing::warn!(error = %err, backend = %backend.addr(), next = %next.backend().addr(), "backend unreachable, trying another");
+                            in_flight = next;
+                            continue;
+                        }
+                        None => {
+                            tracing::warn!(error = %err, backend = %backend.addr(), "backend request failed");
+                            return page_for(Page::BadGateway, head_method);
+                        }
+                    }
                 }
             },
         };
@@ -558,7 +664,7 @@ async fn direct(
         let extra = buf.len() as u64 > n;
         let body = buf.split_to(n as usize).freeze();
         if keep_alive && !extra {
-            backend.conns().put(conn);
+            in_flight.backend().conns().put(conn);
         }
         drop((in_flight, busy));
         return response

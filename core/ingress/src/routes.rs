@@ -4,15 +4,30 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use paastech_core::HttpsPolicy;
 use tokio::sync::Notify;
 
 use crate::static_site::StaticSite;
 use crate::upstream::IdleConns;
+
+/// How long a backend that could not be connected to is passed over by `pick` (nginx's
+/// `fail_timeout` is 10 s). Long enough that a dead address costs a failed connect (up to
+/// the connect timeout, on an unreachable node) only once in this time rather than on
+/// every n-th request, while the route follower takes 10–15 s to take it out of the
+/// table; short enough that an instance that only restarted gets traffic again soon.
+pub(crate) const SKIP_AFTER_CONNECT_FAILURE: Duration = Duration::from_secs(5);
+
+/// Milliseconds since the first call, at least 1: the clock of the connect-failure marks,
+/// which fit an atomic where an `Instant` does not.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
 
 /// One backend (a running `web` instance) as the ingress sees it.
 ///
@@ -24,6 +39,13 @@ pub struct Backend(Arc<BackendInner>);
 
 struct BackendInner {
     addr: SocketAddr,
+    /// The project it serves (its table key, lowercase): where a request goes next when
+    /// this backend cannot be reached.
+    project: Box<str>,
+    /// Until when (`now_ms`) `pick` passes this backend over, after a connect to it failed;
+    /// 0 when it is not marked. An atomic, shared by every ingress thread: a pick reads it
+    /// without a lock, and reads the clock only when it is set.
+    skip_until: AtomicU64,
     /// Keep-alive connections to this backend, closed when the backend is forgotten.
     conns: IdleConns,
     in_flight: AtomicUsize,
@@ -35,9 +57,11 @@ struct BackendInner {
 }
 
 impl Backend {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, project: &str) -> Self {
         Backend(Arc::new(BackendInner {
             addr,
+            project: project.into(),
+            skip_until: AtomicU64::new(0),
             conns: IdleConns::default(),
             in_flight: AtomicUsize::new(0),
             idle_notify: Notify::new(),
@@ -67,6 +91,40 @@ impl Backend {
 
     pub(crate) fn conns(&self) -> &IdleConns {
         &self.0.conns
+    }
+
+    /// The project this backend serves (lowercase).
+    pub(crate) fn project(&self) -> &str {
+        &self.0.project
+    }
+
+    /// A connect to this backend failed: `pick` passes it over for
+    /// [`SKIP_AFTER_CONNECT_FAILURE`].
+    pub(crate) fn connect_failed(&self) {
+        let until = now_ms().saturating_add(SKIP_AFTER_CONNECT_FAILURE.as_millis() as u64);
+        self.0.skip_until.store(until, Ordering::Relaxed);
+    }
+
+    /// A connect to this backend succeeded: it is picked again. A load, and a store only
+    /// when it was marked, so the shared cache line is not written on every connect.
+    pub(crate) fn connected(&self) {
+        if self.0.skip_until.load(Ordering::Relaxed) != 0 {
+            self.0.skip_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `pick` passes this backend over now. The clock is read only when a mark is
+    /// set; an expired mark is cleared, so the clock is not read again for it.
+    fn skipped(&self) -> bool {
+        let until = self.0.skip_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if until > now_ms() {
+            return true;
+        }
+        let _ = self.0.skip_until.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     /// Resolves once nothing is in flight to this backend.
@@ -209,7 +267,7 @@ impl RouteTable {
             if new.iter().any(|b: &Backend| b.addr() == addr) {
                 continue;
             }
-            let handle = old.iter().find(|b| b.addr() == addr).cloned().unwrap_or_else(|| Backend::new(addr));
+            let handle = old.iter().find(|b| b.addr() == addr).cloned().unwrap_or_else(|| Backend::new(addr, &key));
             new.push(handle);
         }
         let removed = old.into_iter().filter(|b| !new.iter().any(|n| n.addr() == b.addr())).collect();
@@ -304,8 +362,44 @@ impl RouteTable {
         if n == 0 {
             return Pick::NoBackends(pool.https);
         }
-        let i = if n == 1 { 0 } else { pool.next.fetch_add(1, Ordering::Relaxed) % n };
+        let i = if n == 1 {
+            // Alone, it is tried whatever its mark: better to try than to refuse.
+            0
+        } else {
+            let i = pool.next.fetch_add(1, Ordering::Relaxed) % n;
+            if pool.backends[i].skipped() {
+                // The next one that is not passed over; when all are, this one anyway.
+                (1..n).map(|k| (i + k) % n).find(|&j| !pool.backends[j].skipped()).unwrap_or(i)
+            } else {
+                i
+            }
+        };
         Pick::Backend(InFlight::start(&pool.backends[i]), pool.https)
+    }
+
+    /// Another backend of `project` for a request whose connect failed on each address in
+    /// `tried`: the next one round-robin that is not in `tried`, preferring one that is not
+    /// passed over. `None` when every backend of the project was tried (or the project is
+    /// gone). Looked up anew, so a backend that arrived meanwhile counts.
+    pub(crate) fn pick_other(&self, project: &str, tried: &[SocketAddr]) -> Option<InFlight> {
+        let routes = self.read();
+        let pool = routes.pools.get(project)?;
+        let n = pool.backends.len();
+        if n == 0 {
+            return None;
+        }
+        // Read, not advanced: advancing it here would move the next request on with this
+        // one, and lock-step every request onto the failed backend again.
+        let start = pool.next.load(Ordering::Relaxed);
+        let untried = (0..n).map(|k| &pool.backends[(start + k) % n]).filter(|b| !tried.contains(&b.addr()));
+        let mut fallback = None;
+        for b in untried {
+            if !b.skipped() {
+                return Some(InFlight::start(b));
+            }
+            fallback = fallback.or(Some(b));
+        }
+        fallback.map(InFlight::start)
     }
 }
 
@@ -402,6 +496,81 @@ mod tests {
             Pick::Backend(g, _) => Some(g.backend().addr()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_backend_whose_connect_failed_is_passed_over_until_it_connects() {
+        let t = RouteTable::new();
+        t.set_backends("a", vec![addr(1), addr(2), addr(3)]);
+        let backends = t.backends("a").expect("known");
+        backends[1].connect_failed();
+        let seq: Vec<_> = (0..6).filter_map(|_| pick_addr(&t, "a")).collect();
+        assert_eq!(seq, vec![addr(1), addr(3), addr(3), addr(1), addr(3), addr(3)]);
+        // The mark stays with the address when the set is given again.
+        t.set_backends("a", vec![addr(2), addr(3)]);
+        let seq: Vec<_> = (0..4).filter_map(|_| pick_addr(&t, "a")).collect();
+        assert!(!seq.contains(&addr(2)), "{seq:?}");
+        backends[1].connected();
+        let seq: Vec<_> = (0..4).filter_map(|_| pick_addr(&t, "a")).collect();
+        assert_eq!(seq.iter().filter(|a| **a == addr(2)).count(), 2, "{seq:?}");
+    }
+
+    #[test]
+    fn when_every_backend_is_passed_over_they_are_picked_as_before() {
+        let t = RouteTable::new();
+        t.set_backends("a", vec![addr(1), addr(2)]);
+        for b in t.backends("a").expect("known") {
+            b.connect_failed();
+        }
+        let seq: Vec<_> = (0..4).filter_map(|_| pick_addr(&t, "a")).collect();
+        assert_eq!(seq, vec![addr(1), addr(2), addr(1), addr(2)]);
+        t.set_backends("b", vec![addr(1)]);
+        t.backends("b").expect("known")[0].connect_failed();
+        assert_eq!(pick_addr(&t, "b"), Some(addr(1)), "a lone backend is tried anyway");
+    }
+
+    #[test]
+    fn a_mark_lasts_the_skip_time() {
+        let t = RouteTable::new();
+        t.set_backends("a", vec![addr(1)]);
+        let b = &t.backends("a").expect("known")[0];
+        b.connect_failed();
+        assert!(b.skipped());
+        // As if the mark had been set longer ago than the skip time.
+        b.0.skip_until.store(now_ms(), Ordering::Relaxed);
+        assert!(!b.skipped());
+        assert_eq!(b.0.skip_until.load(Ordering::Relaxed), 0, "an expired mark is cleared");
+    }
+
+    #[test]
+    fn another_backend_is_each_untried_one_once_then_none() {
+        let t = RouteTable::new();
+        t.set_backends("Shop", vec![addr(1), addr(2), addr(3)]);
+        let backends = t.backends("shop").expect("known");
+        assert_eq!(backends[0].project(), "shop");
+        backends[2].connect_failed();
+        let mut tried = vec![addr(1)];
+        // The one not passed over first, then the marked one: each tried once.
+        let next = t.pick_other("shop", &tried).expect("another").backend().addr();
+        assert_eq!(next, addr(2));
+        tried.push(next);
+        let next = t.pick_other("shop", &tried).expect("the marked one, rather than none").backend().addr();
+        assert_eq!(next, addr(3));
+        tried.push(next);
+        assert!(t.pick_other("shop", &tried).is_none());
+        assert!(t.pick_other("gone", &[]).is_none());
+    }
+
+    #[test]
+    fn another_backend_leaves_the_round_robin_where_it_was() {
+        let t = RouteTable::new();
+        t.set_backends("a", vec![addr(1), addr(2)]);
+        // Whatever the marks (none here), a request retried on 2 is not followed by the
+        // next request on 1 again, which would send every request to a dead 1 first.
+        assert_eq!(pick_addr(&t, "a"), Some(addr(1)));
+        assert_eq!(t.pick_other("a", &[addr(1)]).expect("another").backend().addr(), addr(2));
+        assert_eq!(pick_addr(&t, "a"), Some(addr(2)));
+        assert_eq!(pick_addr(&t, "a"), Some(addr(1)));
     }
 
     #[tokio::test]

@@ -250,6 +250,89 @@ async fn http2_streams_are_forwarded_as_http1_with_the_same_headers() {
 }
 
 #[tokio::test]
+async fn http2_requests_go_past_a_backend_that_refuses_connections() {
+    let pki = Pki::new();
+    let (addr, table) = start(with_wildcard(&pki)).await;
+    let app = echo_backend().await;
+    // Two projects, each with a dead address first in line: the first request of one is a
+    // POST (hyper's client path), of the other a GET (the direct path).
+    for name in ["posts", "gets"] {
+        let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+        table.set_backends(name, vec![dead, app.addr]);
+    }
+    let tls = connect(addr, pki.client(&[H2]), &format!("posts.{DOMAIN}")).await.expect("handshake");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("http/2");
+    tokio::spawn(conn);
+    for (name, post_first) in [("posts", true), ("gets", false)] {
+        for i in 0..50 {
+            let mut send = send.clone();
+            let uri = format!("https://{name}.{DOMAIN}/{i}");
+            let post = (i % 2 == 0) == post_first;
+            let req = if post {
+                Request::post(uri).version(Version::HTTP_2).body(body(vec![b'z'; 1000 + i])).expect("request")
+            } else {
+                Request::get(uri).version(Version::HTTP_2).body(no_body()).expect("request")
+            };
+            let (status, text) = read(send.send_request(req).await.expect("answer")).await;
+            assert_eq!(status, StatusCode::OK, "{name} {i}: {text}");
+            let want = if post { format!("method=POST path=/{i}") } else { format!("method=GET path=/{i}") };
+            assert!(text.contains(&want), "{name} {i}: {text}");
+            if post {
+                assert!(text.ends_with(&format!("body={}", 1000 + i)), "the whole body: {name} {i}: {text}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn http2_requests_that_reached_a_backend_are_not_sent_to_another() {
+    let pki = Pki::new();
+    let (addr, table) = start(with_wildcard(&pki)).await;
+    let app = echo_backend().await;
+    // Reads each request head, then closes without answering.
+    let dropper = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dropper_addr = dropper.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = dropper.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    let tls = connect(addr, pki.client(&[H2]), &format!("get.{DOMAIN}")).await.expect("handshake");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("http/2");
+    tokio::spawn(conn);
+    // A GET (the direct path) and a POST (hyper's client), each the first request of a
+    // project whose round-robin starts at the dropping backend.
+    for (i, (name, post)) in [("get", false), ("post", true)].into_iter().enumerate() {
+        table.set_backends(name, vec![dropper_addr, app.addr]);
+        let uri = format!("https://{name}.{DOMAIN}/charge");
+        let req = if post {
+            Request::post(uri).version(Version::HTTP_2).body(body("pay")).expect("request")
+        } else {
+            Request::get(uri).version(Version::HTTP_2).body(no_body()).expect("request")
+        };
+        let (status, text) = read(send.clone().send_request(req).await.expect("answer")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{name}: {text}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), i + 1, "{name}: the dropping backend saw it once");
+    }
+    assert_eq!(app.connections(), 0, "no other backend saw either request");
+}
+
+#[tokio::test]
 async fn http2_backend_timeouts_are_those_of_http1() {
     let pki = Pki::new();
     let certs = with_wildcard(&pki);

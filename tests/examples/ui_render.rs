@@ -40,7 +40,10 @@ fn main() {
     let started = Instant::now();
     let url = format!("sqlite://{}", server.data_dir().join("paastech.db").display());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(seed(&url, &names));
+    // The server's own key file: the seeded configs are sealed like the server's.
+    let keyring = paastech_store::Keyring::load_or_create(&server.data_dir().join("secrets/secrets.key"))
+        .expect("the server's secrets key");
+    runtime.block_on(seed(&url, keyring, &names));
     println!("seeded {} deployments in {:.1} s", PROJECTS as i64 * DEPLOYMENTS, started.elapsed().as_secs_f64());
 
     let session = login_cookie(&server);
@@ -137,8 +140,8 @@ fn render_ms(header: Option<&str>) -> Result<f64, String> {
 
 /// Ten deployments per project, as pushes and env changes make them: each with a build
 /// and a log, the newest live and the others superseded.
-async fn seed(url: &str, names: &[String]) {
-    let store = paastech_store::SqlStore::open(url).expect("opening the server's store");
+async fn seed(url: &str, keyring: paastech_store::Keyring, names: &[String]) {
+    let store = paastech_store::SqlStore::open(url, keyring).expect("opening the server's store");
     let processes: BTreeMap<String, String> = [("web".to_owned(), "python3 app.py".to_owned())].into();
     let log: String = (0..40).map(|i| format!("-----> step {i}: doing a build thing that prints a line\n")).collect();
     for name in names {

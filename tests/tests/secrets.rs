@@ -30,15 +30,23 @@ fn configure(server: &Server, ada: &Developer, home: &Path, name: &str) {
     let api = server.api();
     let (status, body) = api.req("POST", "/projects", Some(&ada.token), Some(json!({"name": name})));
     assert_eq!(status, 201, "{body}");
-    let (status, body) =
-        api.req("PATCH", &format!("/projects/{name}/env"), Some(&ada.token), Some(json!({"DATABASE_URL": DATABASE_URL})));
+    let (status, body) = api.req(
+        "PATCH",
+        &format!("/projects/{name}/env"),
+        Some(&ada.token),
+        Some(json!({"DATABASE_URL": DATABASE_URL})),
+    );
     assert_eq!(status, 200, "{body}");
 
     let repo = GitRepo::from_dir(&home.join(name), &example("static-hello"), &ada.key, server.ssh_port, name);
     let (pushed, output) = repo.push("main");
     assert!(pushed, "{output}\n{}", server.log());
 
-    ok(&server.cli(home, &["login", "--email", "ada@example.com", "--password-stdin"], Some(&format!("{}\n", web::PASSWORD))));
+    ok(&server.cli(
+        home,
+        &["login", "--email", "ada@example.com", "--password-stdin"],
+        Some(&format!("{}\n", web::PASSWORD)),
+    ));
     ok(&server.cli(home, &["env", "set", "-p", name, &format!("API_KEY={API_KEY}")], None));
     assert_owner_sees_the_values(server, ada, home, name);
 }
@@ -128,7 +136,8 @@ fn config_vars_are_sealed_in_the_sqlite_file_and_the_key_file_guards_them() {
     server.stop();
     assert_sqlite_holds_no_value(&server);
     // Through sqlite: each var is there, by name, with a key id and no value in the clear.
-    let vars = sqlite(&server, "SELECT key || ' ' || value || ' ' || ifnull(key_id, 'NULL') FROM env_vars ORDER BY key");
+    let vars =
+        sqlite(&server, "SELECT key || ' ' || value || ' ' || ifnull(key_id, 'NULL') FROM env_vars ORDER BY key");
     assert_no_value_in("env_vars", &vars);
     let lines: Vec<&str> = vars.lines().collect();
     assert_eq!(lines.len(), 2, "{vars}");

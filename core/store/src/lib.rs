@@ -81,9 +81,7 @@ macro_rules! on_conn {
 macro_rules! unknown_key_ids {
     ($conn:ident, $keyring:expr) => {{
         let mut ids: Vec<Option<String>> = env_vars::table.select(env_vars::key_id).distinct().load($conn)?;
-        ids.extend(
-            deployments::table.select(deployments::config_key_id).distinct().load::<Option<String>>($conn)?,
-        );
+        ids.extend(deployments::table.select(deployments::config_key_id).distinct().load::<Option<String>>($conn)?);
         let mut unknown: Vec<String> = ids.into_iter().flatten().filter(|id| !$keyring.holds(id)).collect();
         unknown.sort();
         unknown.dedup();

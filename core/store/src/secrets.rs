@@ -262,7 +262,8 @@ fn write_key_file(path: &Path, key: &[u8; KEY_LEN]) -> Result<(), Error> {
     let mut temp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     temp_name.push(".tmp");
     let temp = path.with_file_name(temp_name);
-    let failed = |e: std::io::Error| Error::internal(format!("cannot write the secrets key file {}", path.display()), e);
+    let failed =
+        |e: std::io::Error| Error::internal(format!("cannot write the secrets key file {}", path.display()), e);
     let _ = std::fs::remove_file(&temp);
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp).map_err(failed)?;
     file.write_all(format!("{KEY_FILE_HEADER}{KEY_PREFIX}{}\n", hex(key)).as_bytes()).map_err(failed)?;
@@ -388,7 +389,8 @@ mod tests {
         let message = Keyring::load_or_create(&path).expect_err("0644 must be refused").to_string();
         assert!(message.contains(&path.display().to_string()) && message.contains("644"), "{message}");
 
-        for bad in ["", "xchacha20poly1305:abcd\n", "aes:00\n", &format!("{KEY_PREFIX}{}\n{KEY_PREFIX}{0}\n", "0".repeat(64))]
+        for bad in
+            ["", "xchacha20poly1305:abcd\n", "aes:00\n", &format!("{KEY_PREFIX}{}\n{KEY_PREFIX}{0}\n", "0".repeat(64))]
         {
             std::fs::write(&path, bad).expect("write");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");

@@ -146,7 +146,6 @@ async fn seed(url: &str, keyring: paastech_store::Keyring, names: &[String]) {
     let log: String = (0..40).map(|i| format!("-----> step {i}: doing a build thing that prints a line\n")).collect();
     for name in names {
         let project = store.project(&ProjectName::parse(name).expect("name")).await.expect("project");
-        let mut previous = None;
         for version in 1..=DEPLOYMENTS {
             let commit = format!("{:040x}", version * 7919 + project.id);
             let build = store.create_build(project.id, &commit).await.expect("build");
@@ -167,14 +166,12 @@ async fn seed(url: &str, keyring: paastech_store::Keyring, names: &[String]) {
                 })
                 .await
                 .expect("deployment");
-            for status in
-                [DeploymentStatus::Built, DeploymentStatus::Starting, DeploymentStatus::Healthy, DeploymentStatus::Live]
-            {
+            for status in [DeploymentStatus::Built, DeploymentStatus::Starting, DeploymentStatus::Healthy] {
                 store.set_deployment_status(deployment.id, status, None).await.expect("status");
             }
-            if let Some(id) = previous.replace(deployment.id) {
-                store.set_deployment_status(id, DeploymentStatus::Superseded, None).await.expect("supersede");
-            }
+            // Live as the orchestrator makes it: the one live deployment of the project is
+            // superseded in the same transaction (a unique index allows one live at a time).
+            store.make_live(deployment.id, &Default::default()).await.expect("live");
         }
     }
 }

@@ -381,6 +381,26 @@ mod tests {
     }
 
     #[test]
+    fn a_start_during_a_rotation_is_refused_and_a_rotation_beside_a_server_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("key");
+        let server = Keyring::load_or_create(&path).expect("created");
+        // A second server beside the first is no rotation: both hold the key shared.
+        drop(Keyring::load_or_create(&path).expect("shared"));
+        let message = rotate_key("sqlite:///nonexistent/never-opened.db", &path).expect_err("refused").to_string();
+        assert!(message.contains("running server") && message.contains(&path.display().to_string()), "{message}");
+        drop(server);
+
+        // What a rotation holds while it runs.
+        let rotation = File::open(&path).expect("key file");
+        rotation.try_lock().expect("exclusive lock");
+        let message = Keyring::load_or_create(&path).expect_err("a start must wait for the rotation").to_string();
+        assert!(message.contains("key rotation") && message.contains(&path.display().to_string()), "{message}");
+        drop(rotation);
+        Keyring::load_or_create(&path).expect("starts once the rotation is over");
+    }
+
+    #[test]
     fn loose_or_malformed_key_files_are_refused_by_name() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("key");

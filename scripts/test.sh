@@ -17,7 +17,8 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
     step "installing system packages"
     # gcc: the C compiler and linker Rust links with (rustup does not bring one; C build
     # scripts need it). busybox-static: the process driver's conformance apps (busybox httpd).
-    packages=(git openssh-client postgresql libpq-dev libsqlite3-dev pkg-config libssl-dev gcc
+    # sqlite3: the secrets journey reads the store's database file as an attacker would.
+    packages=(git openssh-client postgresql libpq-dev libsqlite3-dev sqlite3 pkg-config libssl-dev gcc
               python3 python3-venv util-linux procps psmisc ca-certificates busybox-static)
     missing=()
     for p in "${packages[@]}"; do

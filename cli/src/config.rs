@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub registry: RegistrySection,
+    #[serde(default)]
+    pub secrets: SecretsSection,
     /// `driver` plus that driver's own keys; checked by the driver registry.
     #[serde(default)]
     pub runtime: toml::Table,
@@ -267,6 +269,15 @@ impl fmt::Debug for RegistrySection {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .finish()
     }
+}
+
+/// Where the key that seals config vars at rest lives.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSection {
+    /// The key file (relative paths are relative to the config file's directory); default
+    /// `secrets/secrets.key` in data_dir. Created (0600) on first start when missing.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]

@@ -260,11 +260,20 @@ enum HttpsCommand {
 #[derive(Args)]
 struct ServerArgs {
     /// The TOML configuration (default: the embedded default, local processes + SQLite).
-    #[arg(long, short = 'c', env = "PAASTECH_CONFIG")]
+    #[arg(long, short = 'c', env = "PAASTECH_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<ServerCommand>,
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
+    /// Replace the key that seals config vars at rest with a new one and seal every value
+    /// again with it. Stop the server first: it is refused while a server holds the key.
+    RotateKey,
 }
 
 fn main() -> ExitCode {
@@ -274,6 +283,9 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(paastech_driver_git::hook::run_client()).unwrap_or(1));
         }
         Command::Internal(InternalCommand::ServeStatic { dir }) => server::serve_static(dir),
+        Command::Server(ServerArgs { config, command: Some(ServerCommand::RotateKey), .. }) => {
+            server::rotate_key(config)
+        }
         Command::Server(args) => server::main(args.config, args.check),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "paastech", &mut std::io::stdout());

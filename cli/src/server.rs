@@ -29,6 +29,8 @@ pub struct Settings {
     pub config: ServerConfig,
     pub data_dir: PathBuf,
     pub database_url: String,
+    /// The key that seals config vars in the database (`[secrets] key_file`).
+    pub key_file: PathBuf,
     pub runtime_driver: String,
     pub build_driver: String,
     /// The WASM build hooks, compiled (operator hooks) and checked.
@@ -237,11 +239,16 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     let tls = source.tls(&config)?;
     let database_url =
         config.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("paastech.db").display()));
+    let key_file = match &config.secrets.key_file {
+        Some(path) => source.file.as_deref().and_then(Path::parent).unwrap_or(Path::new("")).join(path),
+        None => data_dir.join(DEFAULT_KEY_FILE),
+    };
     Ok(Settings {
         source,
         config,
         data_dir,
         database_url,
+        key_file,
         runtime_driver,
         build_driver,
         build_hooks,
@@ -305,6 +312,27 @@ fn load_hooks(source: &Source, config: &ServerConfig) -> Result<HookHost, Config
     })
 }
 
+/// Where the secrets key lives in data_dir unless `[secrets] key_file` says otherwise: in a
+/// directory of its own, created 0700.
+const DEFAULT_KEY_FILE: &str = "secrets/secrets.key";
+
+/// `paastech server rotate-key`: a new secrets key, every config value sealed again with
+/// it, the old key replaced last (see `paastech_store::rotate_key`). Refused while a server
+/// on this machine holds the key file: the server must be stopped first.
+pub fn rotate_key(config_path: Option<PathBuf>) -> Result<()> {
+    let settings = load(config_path.as_deref())?;
+    let rotation = paastech_store::rotate_key(&settings.database_url, &settings.key_file)
+        .with_context(|| format!("rotating the secrets key {}", settings.key_file.display()))?;
+    println!(
+        "sealed {} config values with the new key {} (was {}); {} now holds it: back it up",
+        rotation.resealed,
+        rotation.new_key_id,
+        rotation.old_key_id,
+        settings.key_file.display()
+    );
+    Ok(())
+}
+
 pub fn main(config_path: Option<PathBuf>, check: bool) -> Result<()> {
     let settings = load(config_path.as_deref())?;
     if check {
@@ -361,6 +389,7 @@ async fn serve(settings: Settings) -> Result<()> {
         config,
         data_dir,
         database_url,
+        key_file,
         runtime_driver,
         build_driver,
         build_hooks,
@@ -372,7 +401,10 @@ async fn serve(settings: Settings) -> Result<()> {
 
     let store: Arc<dyn Store> = {
         let url = database_url.clone();
-        let store = tokio::task::spawn_blocking(move || paastech_store::SqlStore::open(&url))
+        // The key stays locked (shared) while the server runs, so a rotation waits for it.
+        let keyring = paastech_store::Keyring::load_or_create(&key_file)
+            .with_context(|| format!("loading the secrets key {}", key_file.display()))?;
+        let store = tokio::task::spawn_blocking(move || paastech_store::SqlStore::open(&url, keyring))
             .await?
             .with_context(|| format!("opening the database {}", redact(&database_url)))?;
         Arc::new(store)

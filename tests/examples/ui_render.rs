@@ -40,7 +40,10 @@ fn main() {
     let started = Instant::now();
     let url = format!("sqlite://{}", server.data_dir().join("paastech.db").display());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(seed(&url, &names));
+    // The server's own key file: the seeded configs are sealed like the server's.
+    let keyring = paastech_store::Keyring::load_or_create(&server.data_dir().join("secrets/secrets.key"))
+        .expect("the server's secrets key");
+    runtime.block_on(seed(&url, keyring, &names));
     println!("seeded {} deployments in {:.1} s", PROJECTS as i64 * DEPLOYMENTS, started.elapsed().as_secs_f64());
 
     let session = login_cookie(&server);
@@ -137,13 +140,12 @@ fn render_ms(header: Option<&str>) -> Result<f64, String> {
 
 /// Ten deployments per project, as pushes and env changes make them: each with a build
 /// and a log, the newest live and the others superseded.
-async fn seed(url: &str, names: &[String]) {
-    let store = paastech_store::SqlStore::open(url).expect("opening the server's store");
+async fn seed(url: &str, keyring: paastech_store::Keyring, names: &[String]) {
+    let store = paastech_store::SqlStore::open(url, keyring).expect("opening the server's store");
     let processes: BTreeMap<String, String> = [("web".to_owned(), "python3 app.py".to_owned())].into();
     let log: String = (0..40).map(|i| format!("-----> step {i}: doing a build thing that prints a line\n")).collect();
     for name in names {
         let project = store.project(&ProjectName::parse(name).expect("name")).await.expect("project");
-        let mut previous = None;
         for version in 1..=DEPLOYMENTS {
             let commit = format!("{:040x}", version * 7919 + project.id);
             let build = store.create_build(project.id, &commit).await.expect("build");
@@ -164,14 +166,12 @@ async fn seed(url: &str, names: &[String]) {
                 })
                 .await
                 .expect("deployment");
-            for status in
-                [DeploymentStatus::Built, DeploymentStatus::Starting, DeploymentStatus::Healthy, DeploymentStatus::Live]
-            {
+            for status in [DeploymentStatus::Built, DeploymentStatus::Starting, DeploymentStatus::Healthy] {
                 store.set_deployment_status(deployment.id, status, None).await.expect("status");
             }
-            if let Some(id) = previous.replace(deployment.id) {
-                store.set_deployment_status(id, DeploymentStatus::Superseded, None).await.expect("supersede");
-            }
+            // Live as the orchestrator makes it: the one live deployment of the project is
+            // superseded in the same transaction (a unique index allows one live at a time).
+            store.make_live(deployment.id, &Default::default()).await.expect("live");
         }
     }
 }

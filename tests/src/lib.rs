@@ -205,6 +205,12 @@ impl Server {
         self.spawn();
     }
 
+    /// Starts the server again after `stop` or `kill`; when it exits before it is ready,
+    /// its log.
+    pub fn try_start_again(&mut self) -> Result<(), String> {
+        self.try_spawn()
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();

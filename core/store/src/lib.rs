@@ -5,13 +5,19 @@
 //! runs its queries on tokio's blocking pool. The query code exists once: the `with_conn!`
 //! macro expands the same diesel body for a `SqliteConnection` and a `PgConnection`, which
 //! keeps both backends in step and type-checked.
+//!
+//! Config vars (a project's env and each deployment's snapshot of it) are sealed with the
+//! operator's key before they are written and opened when read (`secrets`): the database
+//! alone reveals no value.
 
 mod conn;
 mod error;
 mod rows;
 mod schema;
+mod secrets;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use diesel::prelude::*;
@@ -27,11 +33,13 @@ use crate::conn::{Pools, write_tx};
 use crate::error::{StoreError, conflict_on_unique, not_found, not_found_on_fk};
 use crate::rows::*;
 use crate::schema::*;
+pub use crate::secrets::{Keyring, Rotation, pending_path, rotate_key};
 
 /// The SQL store. Cheap to clone: clones share one connection pool.
 #[derive(Clone)]
 pub struct SqlStore {
     pools: Pools,
+    keyring: Arc<Keyring>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -41,16 +49,6 @@ impl std::fmt::Debug for SqlStore {
 }
 
 impl SqlStore {
-    /// Opens the database at `url` and brings its schema up to date.
-    ///
-    /// Accepted: `sqlite:///absolute/path.db`, `sqlite://relative/path.db` (the parent
-    /// directory is created), `postgres://…` and `postgresql://…` (libpq connection URLs).
-    /// Anything else is `Error::Invalid`; a database that cannot be reached is
-    /// `Error::Unavailable`. Blocks while it connects and migrates: call it at startup.
-    pub fn open(url: &str) -> Result<SqlStore> {
-        Ok(SqlStore { pools: conn::open(url)? })
-    }
-
     /// `"sqlite"` or `"postgres"`, for logs and diagnostics.
     pub fn backend(&self) -> &'static str {
         match self.pools {
@@ -58,6 +56,100 @@ impl SqlStore {
             Pools::Postgres(_) => "postgres",
         }
     }
+}
+
+/// Runs `$body` on a pooled connection named `$conn`, on this thread (at open).
+macro_rules! on_conn {
+    ($pools:expr, |$conn:ident| $body:expr) => {{
+        let result: std::result::Result<_, StoreError> = (|| match &$pools {
+            Pools::Sqlite(pool) => {
+                let mut pooled = pool.get()?;
+                let $conn: &mut SqliteConnection = &mut pooled;
+                $body
+            }
+            Pools::Postgres(pool) => {
+                let mut pooled = pool.get()?;
+                let $conn: &mut PgConnection = &mut pooled;
+                $body
+            }
+        })();
+        result.map_err(Error::from)
+    }};
+}
+
+/// The key ids that sealed stored values and that `$keyring` does not hold, sorted.
+macro_rules! unknown_key_ids {
+    ($conn:ident, $keyring:expr) => {{
+        let mut ids: Vec<Option<String>> = env_vars::table.select(env_vars::key_id).distinct().load($conn)?;
+        ids.extend(deployments::table.select(deployments::config_key_id).distinct().load::<Option<String>>($conn)?);
+        let mut unknown: Vec<String> = ids.into_iter().flatten().filter(|id| !$keyring.holds(id)).collect();
+        unknown.sort();
+        unknown.dedup();
+        unknown
+    }};
+}
+
+/// Seals stored config values with `$keyring`'s first key, in one write transaction: those
+/// still in the clear when `$only_plain`, else every one not sealed with that key yet.
+/// Returns how many env vars and deployment snapshots it sealed.
+macro_rules! reseal {
+    ($conn:ident, $keyring:expr, $only_plain:expr) => {{
+        let keyring: &Keyring = $keyring;
+        let primary = keyring.key_id().to_owned();
+        write_tx($conn, |conn| {
+            let mut count = 0u64;
+            let vars = env_vars::table
+                .inner_join(projects::table)
+                .filter(env_vars::key_id.is_null().or(env_vars::key_id.ne(&primary)))
+                .select((env_vars::project_id, env_vars::key, env_vars::value, env_vars::key_id, projects::name))
+                .load::<(i64, String, String, Option<String>, String)>(conn)?;
+            for (project_id, var, value, key_id, project) in vars {
+                let plain = match key_id {
+                    None => value,
+                    Some(_) if $only_plain => continue,
+                    Some(key_id) => keyring.open(&key_id, &project, &var, &value)?,
+                };
+                diesel::update(
+                    env_vars::table.filter(env_vars::project_id.eq(project_id)).filter(env_vars::key.eq(&var)),
+                )
+                .set((env_vars::value.eq(keyring.seal(&project, &var, &plain)?), env_vars::key_id.eq(&primary)))
+                .execute(conn)?;
+                count += 1;
+            }
+            let snapshots = deployments::table
+                .inner_join(projects::table)
+                .filter(deployments::config_key_id.is_null().or(deployments::config_key_id.ne(&primary)))
+                .select((deployments::id, deployments::config, deployments::config_key_id, projects::name))
+                .load::<(i64, String, Option<String>, String)>(conn)?;
+            for (id, config, key_id, project) in snapshots {
+                if $only_plain && key_id.is_some() {
+                    continue;
+                }
+                let plain = open_config(&config, key_id.as_deref(), &project, keyring)?;
+                diesel::update(deployments::table.find(id))
+                    .set((
+                        deployments::config.eq(seal_config(&plain, &project, keyring)?),
+                        deployments::config_key_id.eq(&primary),
+                    ))
+                    .execute(conn)?;
+                count += 1;
+            }
+            Ok(count)
+        })
+    }};
+}
+
+/// The name of the project with this id (what its config values are sealed for), or
+/// `NotFound`.
+macro_rules! project_name {
+    ($conn:ident, $project_id:expr) => {
+        projects::table
+            .find($project_id)
+            .select(projects::name)
+            .first::<String>($conn)
+            .optional()?
+            .ok_or_else(|| not_found("project not found"))?
+    };
 }
 
 /// Runs `$body` on a pooled connection named `$conn`, on the blocking pool. The body is
@@ -100,19 +192,45 @@ macro_rules! ensure_project {
     };
 }
 
-/// Applies `$changes` (an `&EnvChanges`) to the project's env vars; inside a transaction.
+/// Applies `$changes` (an `&EnvChanges`) to the env vars of the project `$project_id`
+/// named `$project`, each value sealed with `$keyring`; inside a transaction.
 macro_rules! apply_env_changes {
-    ($conn:ident, $project_id:expr, $changes:expr) => {
+    ($conn:ident, $keyring:expr, $project_id:expr, $project:expr, $changes:expr) => {
         for (key, value) in $changes {
             diesel::delete(env_vars::table.filter(env_vars::project_id.eq($project_id)).filter(env_vars::key.eq(key)))
                 .execute($conn)?;
             if let Some(value) = value {
                 diesel::insert_into(env_vars::table)
-                    .values((env_vars::project_id.eq($project_id), env_vars::key.eq(key), env_vars::value.eq(value)))
+                    .values((
+                        env_vars::project_id.eq($project_id),
+                        env_vars::key.eq(key),
+                        env_vars::value.eq($keyring.seal($project, key, value)?),
+                        env_vars::key_id.eq($keyring.key_id()),
+                    ))
                     .execute($conn)?;
             }
         }
     };
+}
+
+/// The project's env vars, opened; inside a query body.
+macro_rules! load_env {
+    ($conn:ident, $keyring:expr, $project_id:expr, $project:expr) => {{
+        let rows = env_vars::table
+            .filter(env_vars::project_id.eq($project_id))
+            .select((env_vars::key, env_vars::value, env_vars::key_id))
+            .load::<(String, String, Option<String>)>($conn)?;
+        let mut env = EnvVars::new();
+        for (var, value, key_id) in rows {
+            let value = match key_id {
+                Some(key_id) => $keyring.open(&key_id, $project, &var, &value)?,
+                // Written in the clear before values were sealed; `open` seals those.
+                None => value,
+            };
+            env.insert(var, value);
+        }
+        env
+    }};
 }
 
 /// The deployment row with this id, or `NotFound`.
@@ -125,6 +243,47 @@ macro_rules! deployment_row {
             .optional()?
             .ok_or_else(|| not_found("deployment not found"))?
     };
+}
+
+impl SqlStore {
+    /// Opens the database at `url` and brings its schema up to date.
+    ///
+    /// Accepted: `sqlite:///absolute/path.db`, `sqlite://relative/path.db` (the parent
+    /// directory is created), `postgres://…` and `postgresql://…` (libpq connection URLs).
+    /// Anything else is `Error::Invalid`; a database that cannot be reached is
+    /// `Error::Unavailable`. Blocks while it connects and migrates: call it at startup.
+    ///
+    /// Config vars are sealed with `keyring`'s first key and opened with whichever of its
+    /// keys sealed them. A database holding values sealed with a key the keyring lacks is
+    /// refused (`Error::Invalid`, naming the key files): it was opened with the wrong key
+    /// file. Values still in the clear (written before they were sealed) are sealed now, in
+    /// one transaction, so an interrupted open leaves them as they were and the next one
+    /// seals them.
+    pub fn open(url: &str, keyring: Keyring) -> Result<SqlStore> {
+        let store = SqlStore { pools: conn::open(url)?, keyring: Arc::new(keyring) };
+        let keyring = &*store.keyring;
+        let unknown = on_conn!(store.pools, |conn| Ok(unknown_key_ids!(conn, keyring)))?;
+        if !unknown.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the database holds config vars sealed with key {}, which the secrets key file {} does not hold: \
+                 start with the key file they were sealed with (restore it from a backup); without it they cannot be read",
+                unknown.join(", "),
+                keyring.describe()
+            )));
+        }
+        let sealed = on_conn!(store.pools, |conn| reseal!(conn, keyring, true))?;
+        if sealed > 0 {
+            tracing::info!(count = sealed, "sealed config values that were stored in the clear");
+        }
+        Ok(store)
+    }
+
+    /// Seals every config value again with the keyring's first key, in one transaction;
+    /// returns how many vars and snapshots it sealed. For `rotate_key`.
+    pub(crate) fn reseal_all(&self) -> Result<u64> {
+        let keyring = &*self.keyring;
+        on_conn!(self.pools, |conn| reseal!(conn, keyring, false))
+    }
 }
 
 /// How precisely a token's last use is kept.
@@ -397,26 +556,26 @@ impl Store for SqlStore {
     }
 
     async fn env(&self, project_id: i64) -> Result<EnvVars> {
+        let keyring = Arc::clone(&self.keyring);
         with_conn!(self, |conn| {
-            let rows = env_vars::table
-                .filter(env_vars::project_id.eq(project_id))
-                .select((env_vars::key, env_vars::value))
-                .load::<(String, String)>(conn)?;
-            Ok(rows.into_iter().collect())
+            // A project that does not exist has no vars, as before values were sealed.
+            let Some(project) =
+                projects::table.find(project_id).select(projects::name).first::<String>(conn).optional()?
+            else {
+                return Ok(EnvVars::new());
+            };
+            Ok(load_env!(conn, keyring, project_id, &project))
         })
     }
 
     async fn update_env(&self, project_id: i64, changes: &EnvChanges) -> Result<EnvVars> {
         let changes = changes.clone();
+        let keyring = Arc::clone(&self.keyring);
         with_conn!(self, |conn| {
             write_tx(conn, |conn| {
-                ensure_project!(conn, project_id);
-                apply_env_changes!(conn, project_id, &changes);
-                let rows = env_vars::table
-                    .filter(env_vars::project_id.eq(project_id))
-                    .select((env_vars::key, env_vars::value))
-                    .load::<(String, String)>(conn)?;
-                Ok(rows.into_iter().collect())
+                let project = project_name!(conn, project_id);
+                apply_env_changes!(conn, keyring, project_id, &project, &changes);
+                Ok(load_env!(conn, keyring, project_id, &project))
             })
         })
     }
@@ -664,12 +823,13 @@ impl Store for SqlStore {
     }
 
     async fn create_deployment(&self, new: &NewDeployment) -> Result<Deployment> {
-        let config = to_json(&new.config, "deployment config")?;
         let scale = to_json(&new.scale, "deployment scale")?;
         let new = new.clone();
+        let keyring = Arc::clone(&self.keyring);
         with_conn!(self, |conn| {
             write_tx(conn, |conn| {
-                ensure_project!(conn, new.project_id);
+                let project = project_name!(conn, new.project_id);
+                let config = seal_config(&new.config, &project, &keyring)?;
                 let latest = deployments::table
                     .filter(deployments::project_id.eq(new.project_id))
                     .select(diesel::dsl::max(deployments::version))
@@ -687,6 +847,7 @@ impl Store for SqlStore {
                         cause: &new.cause,
                         created_at: now,
                         updated_at: now,
+                        config_key_id: Some(keyring.key_id()),
                     })
                     .returning(DeploymentRow::as_returning())
                     .get_result(conn)
@@ -698,7 +859,7 @@ impl Store for SqlStore {
                         }
                         e => StoreError::Db(e),
                     })?;
-                Ok(Deployment::try_from(row)?)
+                Ok(row.open(&project, &keyring)?)
             })
         })
     }
@@ -710,6 +871,7 @@ impl Store for SqlStore {
         failure: Option<&str>,
     ) -> Result<Deployment> {
         let failure = failure.map(str::to_owned);
+        let keyring = Arc::clone(&self.keyring);
         with_conn!(self, |conn| {
             // Read, check and write in one write transaction, so two racing steps cannot both
             // pass the check against the same old status.
@@ -724,38 +886,45 @@ impl Store for SqlStore {
                     ))
                     .returning(DeploymentRow::as_returning())
                     .get_result(conn)?;
-                Ok(Deployment::try_from(row)?)
+                let project = project_name!(conn, row.project_id);
+                Ok(row.open(&project, &keyring)?)
             })
         })
     }
 
     async fn deployments(&self, project_id: i64, limit: i64) -> Result<Vec<Deployment>> {
+        let keyring = Arc::clone(&self.keyring);
         with_conn!(self, |conn| {
             let rows = deployments::table
+                .inner_join(projects::table)
                 .filter(deployments::project_id.eq(project_id))
                 .order(deployments::version.desc())
                 .limit(limit.max(0))
-                .select(DeploymentRow::as_select())
-                .load(conn)?;
-            let deployments = rows.into_iter().map(Deployment::try_from).collect::<Result<Vec<_>>>()?;
+                .select((DeploymentRow::as_select(), projects::name))
+                .load::<(DeploymentRow, String)>(conn)?;
+            let deployments =
+                rows.into_iter().map(|(row, project)| row.open(&project, &keyring)).collect::<Result<Vec<_>>>()?;
             Ok(deployments)
         })
     }
 
     async fn deployment(&self, project_id: i64, version: i64) -> Result<Deployment> {
+        let keyring = Arc::clone(&self.keyring);
         with_conn!(self, |conn| {
-            let row = deployments::table
+            let (row, project) = deployments::table
+                .inner_join(projects::table)
                 .filter(deployments::project_id.eq(project_id))
                 .filter(deployments::version.eq(version))
-                .select(DeploymentRow::as_select())
-                .first(conn)
+                .select((DeploymentRow::as_select(), projects::name))
+                .first::<(DeploymentRow, String)>(conn)
                 .optional()?
                 .ok_or_else(|| not_found(format!("deployment v{version} not found")))?;
-            Ok(Deployment::try_from(row)?)
+            Ok(row.open(&project, &keyring)?)
         })
     }
 
     async fn live_deployments(&self) -> Result<Vec<(Project, Deployment)>> {
+        let keyring = Arc::clone(&self.keyring);
         with_conn!(self, |conn| {
             let rows = deployments::table
                 .inner_join(projects::table)
@@ -765,29 +934,34 @@ impl Store for SqlStore {
                 .load::<(ProjectRow, DeploymentRow)>(conn)?;
             let mut live = Vec::with_capacity(rows.len());
             for (project, deployment) in rows {
-                live.push((Project::try_from(project)?, Deployment::try_from(deployment)?));
+                let deployment = deployment.open(&project.name, &keyring)?;
+                live.push((Project::try_from(project)?, deployment));
             }
             Ok(live)
         })
     }
 
     async fn live_deployment(&self, project_id: i64) -> Result<Option<Deployment>> {
+        let keyring = Arc::clone(&self.keyring);
         with_conn!(self, |conn| {
             let row = deployments::table
+                .inner_join(projects::table)
                 .filter(deployments::project_id.eq(project_id))
                 .filter(deployments::status.eq(DeploymentStatus::Live.as_str()))
-                .select(DeploymentRow::as_select())
-                .first(conn)
+                .select((DeploymentRow::as_select(), projects::name))
+                .first::<(DeploymentRow, String)>(conn)
                 .optional()?;
-            Ok(row.map(Deployment::try_from).transpose()?)
+            Ok(row.map(|(row, project)| row.open(&project, &keyring)).transpose()?)
         })
     }
 
     async fn make_live(&self, deployment_id: i64, env: &EnvChanges) -> Result<Deployment> {
         let env = env.clone();
+        let keyring = Arc::clone(&self.keyring);
         with_conn!(self, |conn| {
             write_tx(conn, |conn| {
                 let row = deployment_row!(conn, deployment_id);
+                let project = project_name!(conn, row.project_id);
                 DeploymentStatus::parse(&row.status)?.next(DeploymentStatus::Live)?;
                 let now = now();
                 // The one-live index holds at every statement: the old one steps down first.
@@ -798,12 +972,12 @@ impl Store for SqlStore {
                 )
                 .set((deployments::status.eq(DeploymentStatus::Superseded.as_str()), deployments::updated_at.eq(now)))
                 .execute(conn)?;
-                apply_env_changes!(conn, row.project_id, &env);
+                apply_env_changes!(conn, keyring, row.project_id, &project, &env);
                 let row = diesel::update(deployments::table.find(deployment_id))
                     .set((deployments::status.eq(DeploymentStatus::Live.as_str()), deployments::updated_at.eq(now)))
                     .returning(DeploymentRow::as_returning())
                     .get_result(conn)?;
-                Ok(Deployment::try_from(row)?)
+                Ok(row.open(&project, &keyring)?)
             })
         })
     }
@@ -815,6 +989,7 @@ impl Store for SqlStore {
             .filter(|s| !s.is_terminal() && *s != DeploymentStatus::Live)
             .map(DeploymentStatus::as_str)
             .collect();
+        let keyring = Arc::clone(&self.keyring);
         with_conn!(self, |conn| {
             write_tx(conn, |conn| {
                 let now = now();
@@ -829,7 +1004,16 @@ impl Store for SqlStore {
                 diesel::update(builds::table.filter(builds::status.eq(BuildStatus::Building.as_str())))
                     .set((builds::status.eq(BuildStatus::Failed.as_str()), builds::finished_at.eq(now)))
                     .execute(conn)?;
-                Ok(rows.into_iter().map(Deployment::try_from).collect::<Result<Vec<_>>>()?)
+                let mut names = BTreeMap::new();
+                let mut interrupted = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let project = match names.get(&row.project_id) {
+                        Some(name) => name,
+                        None => names.entry(row.project_id).or_insert(project_name!(conn, row.project_id)),
+                    };
+                    interrupted.push(row.open(project, &keyring)?);
+                }
+                Ok(interrupted)
             })
         })
     }

@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use paastech_core::{
-    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, Error, Hostname, Project, ProjectName, SshKey,
-    Timestamp, User,
+    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname, Project, ProjectName,
+    SshKey, Timestamp, User,
 };
+
+use crate::secrets::Keyring;
 
 use crate::schema::{api_tokens, builds, deployments, domains, projects, ssh_keys, users};
 
@@ -209,27 +211,56 @@ pub(crate) struct DeploymentRow {
     pub failure: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub config_key_id: Option<String>,
 }
 
-impl TryFrom<DeploymentRow> for Deployment {
-    type Error = Error;
-
-    fn try_from(row: DeploymentRow) -> Result<Self, Error> {
+impl DeploymentRow {
+    /// The deployment, its config snapshot opened with `keyring` (`project` is its
+    /// project's name, part of what each value was sealed for).
+    pub(crate) fn open(self, project: &str, keyring: &Keyring) -> Result<Deployment, Error> {
         Ok(Deployment {
-            id: row.id,
-            project_id: row.project_id,
-            version: row.version,
-            status: DeploymentStatus::parse(&row.status)?,
-            build_id: row.build_id,
-            commit: row.commit,
-            config: from_json(&row.config, "deployment config")?,
-            scale: from_json::<BTreeMap<String, u32>>(&row.scale, "deployment scale")?,
-            cause: row.cause,
-            failure: row.failure,
-            created_at: Timestamp(row.created_at),
-            updated_at: Timestamp(row.updated_at),
+            id: self.id,
+            project_id: self.project_id,
+            version: self.version,
+            status: DeploymentStatus::parse(&self.status)?,
+            build_id: self.build_id,
+            config: open_config(&self.config, self.config_key_id.as_deref(), project, keyring)?,
+            commit: self.commit,
+            scale: from_json::<BTreeMap<String, u32>>(&self.scale, "deployment scale")?,
+            cause: self.cause,
+            failure: self.failure,
+            created_at: Timestamp(self.created_at),
+            updated_at: Timestamp(self.updated_at),
         })
     }
+}
+
+/// A config snapshot as stored: a JSON object of values sealed with `key_id`, or of plain
+/// values when `key_id` is NULL (written before values were sealed, until the store seals
+/// them at open).
+pub(crate) fn open_config(
+    json: &str,
+    key_id: Option<&str>,
+    project: &str,
+    keyring: &Keyring,
+) -> Result<EnvVars, Error> {
+    let stored: EnvVars = from_json(json, "deployment config")?;
+    match key_id {
+        None => Ok(stored),
+        Some(key_id) => stored
+            .into_iter()
+            .map(|(var, sealed)| Ok((var.clone(), keyring.open(key_id, project, &var, &sealed)?)))
+            .collect(),
+    }
+}
+
+/// A config snapshot sealed with the keyring's first key, as JSON.
+pub(crate) fn seal_config(config: &EnvVars, project: &str, keyring: &Keyring) -> Result<String, Error> {
+    let sealed = config
+        .iter()
+        .map(|(var, value)| Ok((var.clone(), keyring.seal(project, var, value)?)))
+        .collect::<Result<EnvVars, Error>>()?;
+    to_json(&sealed, "deployment config")
 }
 
 #[derive(Insertable)]
@@ -245,6 +276,7 @@ pub(crate) struct NewDeploymentRow<'a> {
     pub cause: &'a str,
     pub created_at: i64,
     pub updated_at: i64,
+    pub config_key_id: Option<&'a str>,
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<String, Error> {

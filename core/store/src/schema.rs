@@ -65,6 +65,8 @@ diesel::table! {
         project_id -> BigInt,
         key -> Text,
         value -> Text,
+        /// The key that sealed `value`; NULL while it is still in the clear.
+        key_id -> Nullable<Text>,
     }
 }
 
@@ -104,6 +106,8 @@ diesel::table! {
         failure -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        /// The key that sealed the values in `config`; NULL while they are in the clear.
+        config_key_id -> Nullable<Text>,
     }
 }
 
@@ -119,6 +123,7 @@ diesel::table! {
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(ssh_keys -> users (user_id));
 diesel::joinable!(deployments -> projects (project_id));
+diesel::joinable!(env_vars -> projects (project_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     users,

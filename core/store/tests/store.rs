@@ -7,17 +7,18 @@
 use std::collections::BTreeMap;
 
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, PgConnection};
+use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
     DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Store, Timestamp, User,
 };
-use paastech_store::SqlStore;
+use paastech_store::{Keyring, SqlStore, pending_path, rotate_key};
 
-/// Where one test's database lives, and the cleanup when the test ends.
+/// Where one test's database lives, its secrets key, and the cleanup when the test ends.
 struct TestDb {
     url: String,
+    keys: tempfile::TempDir,
     _cleanup: Cleanup,
 }
 
@@ -37,7 +38,7 @@ impl TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         // A subdirectory that does not exist yet: `open` must create it.
         let url = format!("sqlite://{}", dir.path().join("data/paastech.db").display());
-        TestDb { url, _cleanup: Cleanup::Sqlite { _dir: dir } }
+        TestDb { url, keys: keys_dir(), _cleanup: Cleanup::Sqlite { _dir: dir } }
     }
 
     fn postgres() -> TestDb {
@@ -54,12 +55,51 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("cannot connect to PAASTECH_TEST_POSTGRES_URL: {e}"));
         admin.batch_execute(&format!("CREATE DATABASE {database}")).expect("create test database");
         let url = with_database(&admin_url, &database);
-        TestDb { url, _cleanup: Cleanup::Postgres { admin_url, database } }
+        TestDb { url, keys: keys_dir(), _cleanup: Cleanup::Postgres { admin_url, database } }
+    }
+
+    fn key_path(&self) -> std::path::PathBuf {
+        self.keys.path().join("secrets/key")
     }
 
     fn open(&self) -> SqlStore {
-        SqlStore::open(&self.url).unwrap_or_else(|e| panic!("open {}: {e:?}", self.url))
+        self.try_open().unwrap_or_else(|e| panic!("open {}: {e:?}", self.url))
     }
+
+    /// Opens the store with the key file at `key_path()` (created when missing).
+    fn try_open(&self) -> paastech_core::Result<SqlStore> {
+        SqlStore::open(&self.url, Keyring::load_or_create(&self.key_path())?)
+    }
+
+    /// Runs SQL on a connection of its own, beside the store: as someone with the database
+    /// but not the key would.
+    fn execute(&self, sql: &str) {
+        match self.url.strip_prefix("sqlite://") {
+            Some(path) => SqliteConnection::establish(path).expect("sqlite").batch_execute(sql),
+            None => PgConnection::establish(&self.url).expect("postgres").batch_execute(sql),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The one text column (`AS text`) of each row `sql` selects, on a connection of its own.
+    fn texts(&self, sql: &str) -> Vec<String> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            text: String,
+        }
+        let query = diesel::sql_query(sql);
+        let rows: Vec<Row> = match self.url.strip_prefix("sqlite://") {
+            Some(path) => query.load(&mut SqliteConnection::establish(path).expect("sqlite")),
+            None => query.load(&mut PgConnection::establish(&self.url).expect("postgres")),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.into_iter().map(|row| row.text).collect()
+    }
+}
+
+fn keys_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir for the secrets key")
 }
 
 impl Drop for Cleanup {
@@ -127,6 +167,12 @@ suite!(
     unfinished_deployments_are_interrupted,
     data_survives_reopening_the_store,
     domains_are_unique_listed_deleted_and_go_with_their_project,
+    config_values_are_sealed_at_rest_and_read_back,
+    a_value_moved_to_another_var_or_project_does_not_open,
+    plain_values_are_sealed_at_open_once_and_all_or_nothing,
+    a_database_opened_with_another_key_file_is_refused_naming_it,
+    rotation_seals_everything_with_a_new_key_and_the_old_one_is_not_needed,
+    an_interrupted_rotation_leaves_every_value_readable_and_resumes,
 );
 
 fn host(s: &str) -> Hostname {
@@ -686,10 +732,17 @@ async fn data_survives_reopening_the_store(db: &TestDb) {
     assert!(!store.create_user("bob@example.com", "h").await.expect("user").is_admin);
 }
 
+fn test_keyring() -> (tempfile::TempDir, Keyring) {
+    let dir = keys_dir();
+    let keyring = Keyring::load_or_create(&dir.path().join("key")).expect("keyring");
+    (dir, keyring)
+}
+
 #[test]
 fn open_refuses_unknown_urls() {
     for url in ["mysql://root@localhost/db", "paastech.db", "sqlite://"] {
-        match SqlStore::open(url) {
+        let (_dir, keyring) = test_keyring();
+        match SqlStore::open(url, keyring) {
             Err(Error::Invalid(message)) => assert!(message.contains("postgres://"), "{message}"),
             other => panic!("{url:?} should be refused as invalid, got {other:?}"),
         }
@@ -699,7 +752,8 @@ fn open_refuses_unknown_urls() {
 #[test]
 fn open_reports_an_unreachable_postgres() {
     // Port 1 on loopback: nothing listens there.
-    match SqlStore::open("postgres://nobody:secret@127.0.0.1:1/db") {
+    let (_dir, keyring) = test_keyring();
+    match SqlStore::open("postgres://nobody:secret@127.0.0.1:1/db", keyring) {
         Err(Error::Unavailable(message)) => assert!(!message.contains("secret"), "{message}"),
         other => panic!("expected Unavailable, got {other:?}"),
     }
@@ -744,4 +798,258 @@ async fn domains_are_unique_listed_deleted_and_go_with_their_project(db: &TestDb
     assert_eq!(store.domains(blog.id).await.expect("list"), vec![apex]);
     // Free again, for any project.
     store.add_domain(shop.id, &host("www.example.com")).await.expect("taken by another");
+}
+
+const SECRET: &str = "s3cr3t-Value-of-the-db-password";
+
+/// Everything stored of config vars, as the database holds it (value, key id), and each
+/// deployment's config snapshot with its key id.
+fn stored_config(db: &TestDb) -> Vec<String> {
+    let mut rows = db.texts(
+        "SELECT project_id || ' ' || key || '=' || value || ' key ' || COALESCE(key_id, 'NULL') AS text FROM env_vars",
+    );
+    rows.extend(
+        db.texts("SELECT id || ' ' || config || ' key ' || COALESCE(config_key_id, 'NULL') AS text FROM deployments"),
+    );
+    rows
+}
+
+fn set(vars: &[(&str, &str)]) -> EnvChanges {
+    vars.iter().map(|(k, v)| ((*k).to_owned(), Some((*v).to_owned()))).collect()
+}
+
+async fn config_values_are_sealed_at_rest_and_read_back(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("blog")).await.expect("create");
+    let env = store.update_env(project.id, &set(&[("DATABASE_URL", SECRET), ("EMPTY", "")])).await.expect("set");
+    assert_eq!(env.get("DATABASE_URL").map(String::as_str), Some(SECRET));
+    let mut new = new_deployment(project.id, "env");
+    new.config = env.clone();
+    let deployment = store.create_deployment(&new).await.expect("deploy");
+    assert_eq!(deployment.config, env);
+
+    let stored = stored_config(db);
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    for row in &stored {
+        assert!(!row.contains(SECRET) && !row.contains("s3cr3t"), "stored in the clear: {row}");
+        assert!(!row.ends_with(" key NULL"), "no key id beside the value: {row}");
+    }
+    // The key id beside each value is the key file's.
+    let keyring = Keyring::load_or_create(&db.key_path()).expect("keyring");
+    assert!(stored.iter().all(|row| row.ends_with(&format!(" key {}", keyring.key_id()))), "{stored:?}");
+
+    // Every read path opens them again.
+    assert_eq!(store.env(project.id).await.expect("env"), env);
+    assert_eq!(store.deployment(project.id, 1).await.expect("deployment").config, env);
+    assert_eq!(store.deployments(project.id, 10).await.expect("deployments")[0].config, env);
+    store.set_deployment_status(deployment.id, DeploymentStatus::Building, None).await.expect("step");
+    store.set_deployment_status(deployment.id, DeploymentStatus::Built, None).await.expect("step");
+    store.set_deployment_status(deployment.id, DeploymentStatus::Starting, None).await.expect("step");
+    store.set_deployment_status(deployment.id, DeploymentStatus::Healthy, None).await.expect("step");
+    let live = store.make_live(deployment.id, &set(&[("LATER", SECRET)])).await.expect("live");
+    assert_eq!(live.config, env);
+    assert_eq!(store.live_deployment(project.id).await.expect("live").map(|d| d.config), Some(env.clone()));
+    assert_eq!(store.live_deployments().await.expect("live")[0].1.config, env);
+    assert_eq!(store.env(project.id).await.expect("env").get("LATER").map(String::as_str), Some(SECRET));
+    assert!(stored_config(db).iter().all(|row| !row.contains(SECRET)));
+    // Reopened, with the same key file: the same values.
+    drop(store);
+    assert_eq!(db.open().env(project.id).await.expect("env").get("DATABASE_URL").map(String::as_str), Some(SECRET));
+}
+
+fn assert_does_not_open(result: paastech_core::Result<impl std::fmt::Debug>, var: &str, project: &str) {
+    match result {
+        Err(Error::Internal { message, .. }) => {
+            assert!(message.contains(var) && message.contains(project), "{message}");
+            assert!(message.contains("not sealed for this var and project"), "{message}");
+            assert!(!message.contains(SECRET), "{message}");
+        }
+        other => panic!("a moved value must not open, got {other:?}"),
+    }
+}
+
+async fn a_value_moved_to_another_var_or_project_does_not_open(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let blog = store.create_project(alice.id, &name("blog")).await.expect("create");
+    let shop = store.create_project(alice.id, &name("shop")).await.expect("create");
+    store.update_env(blog.id, &set(&[("SECRET_KEY", SECRET), ("DEBUG", "1")])).await.expect("set");
+    store.update_env(shop.id, &set(&[("SECRET_KEY", "shop's own")])).await.expect("set");
+
+    // Someone with write access to the database copies blog's sealed SECRET_KEY into
+    // DEBUG, hoping the app prints DEBUG.
+    db.execute(&format!(
+        "UPDATE env_vars SET value = (SELECT value FROM env_vars WHERE project_id = {0} AND key = 'SECRET_KEY') \
+         WHERE project_id = {0} AND key = 'DEBUG'",
+        blog.id
+    ));
+    assert_does_not_open(store.env(blog.id).await, "DEBUG", "blog");
+    // Or into the same var of another project.
+    db.execute(&format!(
+        "UPDATE env_vars SET value = (SELECT value FROM env_vars WHERE project_id = {} AND key = 'SECRET_KEY') \
+         WHERE project_id = {} AND key = 'SECRET_KEY'",
+        blog.id, shop.id
+    ));
+    assert_does_not_open(store.env(shop.id).await, "SECRET_KEY", "shop");
+
+    // A deployment snapshot's value moved to another var of the snapshot.
+    let mut new = new_deployment(blog.id, "env");
+    new.config = BTreeMap::from([("SECRET_KEY".to_owned(), SECRET.to_owned()), ("DEBUG".to_owned(), "1".to_owned())]);
+    let deployment = store.create_deployment(&new).await.expect("deploy");
+    let config = db.texts(&format!("SELECT config AS text FROM deployments WHERE id = {}", deployment.id));
+    let mut snapshot: BTreeMap<String, String> = serde_json::from_str(&config[0]).expect("json");
+    let sealed = snapshot["SECRET_KEY"].clone();
+    snapshot.insert("DEBUG".into(), sealed);
+    let moved = serde_json::to_string(&snapshot).expect("json");
+    db.execute(&format!("UPDATE deployments SET config = '{moved}' WHERE id = {}", deployment.id));
+    assert_does_not_open(store.deployment(blog.id, deployment.version).await, "DEBUG", "blog");
+}
+
+async fn plain_values_are_sealed_at_open_once_and_all_or_nothing(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("blog")).await.expect("create");
+    let deployment = store.create_deployment(&new_deployment(project.id, "push")).await.expect("deploy");
+    drop(store);
+    // What a database written before values were sealed holds: values in the clear, no
+    // key id. One deployment's snapshot is broken, so the first sealing fails midway.
+    db.execute(&format!(
+        "INSERT INTO env_vars (project_id, key, value) VALUES ({0}, 'LEGACY', '{SECRET}');
+         INSERT INTO env_vars (project_id, key, value) VALUES ({0}, 'OTHER', 'plain too');
+         UPDATE deployments SET config = '{{\"LEGACY\":\"{SECRET}\"}}', config_key_id = NULL WHERE id = {1};",
+        project.id, deployment.id
+    ));
+    let second = format!(
+        "INSERT INTO deployments (project_id, version, status, config, scale, cause, created_at, updated_at) \
+         VALUES ({}, 2, 'failed', 'not json', '{{}}', 'push', 1, 1)",
+        project.id
+    );
+    db.execute(&second);
+    let before = stored_config(db);
+    match db.try_open() {
+        Err(Error::Internal { message, .. }) => assert!(message.contains("deployment config"), "{message}"),
+        other => panic!("a broken snapshot must stop the sealing, got {other:?}"),
+    }
+    assert_eq!(stored_config(db), before, "a failed sealing changes nothing");
+
+    // Mended, the next open seals every value, in the vars and in the snapshot.
+    db.execute("UPDATE deployments SET config = '{}' WHERE version = 2");
+    let store = db.open();
+    let sealed = stored_config(db);
+    assert_eq!(sealed.len(), 4, "{sealed:?}");
+    assert!(sealed.iter().all(|row| !row.contains(SECRET) && !row.contains("plain too")), "{sealed:?}");
+    assert!(sealed.iter().all(|row| !row.ends_with(" key NULL")), "{sealed:?}");
+    let env = store.env(project.id).await.expect("env");
+    assert_eq!(env.get("LEGACY").map(String::as_str), Some(SECRET));
+    assert_eq!(env.get("OTHER").map(String::as_str), Some("plain too"));
+    let config = store.deployment(project.id, deployment.version).await.expect("deployment").config;
+    assert_eq!(config.get("LEGACY").map(String::as_str), Some(SECRET));
+    drop(store);
+    // Opening again has nothing left to seal: the stored bytes stay as they are.
+    drop(db.open());
+    assert_eq!(stored_config(db), sealed);
+}
+
+async fn a_database_opened_with_another_key_file_is_refused_naming_it(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("blog")).await.expect("create");
+    store.update_env(project.id, &set(&[("TOKEN", SECRET)])).await.expect("set");
+    drop(store);
+    let (dir, other) = test_keyring();
+    match SqlStore::open(&db.url, other) {
+        Err(Error::Invalid(message)) => {
+            assert!(message.contains(&dir.path().join("key").display().to_string()), "{message}");
+            assert!(message.contains("does not hold"), "{message}");
+        }
+        other => panic!("another key must be refused, got {other:?}"),
+    }
+}
+
+async fn rotation_seals_everything_with_a_new_key_and_the_old_one_is_not_needed(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("blog")).await.expect("create");
+    let env = store.update_env(project.id, &set(&[("TOKEN", SECRET), ("MODE", "prod")])).await.expect("set");
+    let mut new = new_deployment(project.id, "env");
+    new.config = env.clone();
+    store.create_deployment(&new).await.expect("deploy");
+
+    // A server holds the key file while it runs: no rotation beside it.
+    match rotate_key(&db.url, &db.key_path()) {
+        Err(Error::Conflict(message)) => {
+            assert!(message.contains(&db.key_path().display().to_string()), "{message}");
+            assert!(message.contains("running server"), "{message}");
+        }
+        other => panic!("a rotation beside an open store must be refused, got {other:?}"),
+    }
+    drop(store);
+
+    let old_key_file = std::fs::read(db.key_path()).expect("old key file");
+    let before = stored_config(db);
+    let rotation = rotate_key(&db.url, &db.key_path()).expect("rotate");
+    assert_ne!(rotation.old_key_id, rotation.new_key_id);
+    assert_eq!(rotation.resealed, 3, "two vars and one snapshot");
+    assert!(!pending_path(&db.key_path()).exists(), "the new key took the old one's place");
+    let after = stored_config(db);
+    assert!(after.iter().all(|row| row.ends_with(&format!(" key {}", rotation.new_key_id))), "{after:?}");
+    assert!(after.iter().all(|row| !before.contains(row)), "every value sealed again");
+
+    // The key file alone (the old key is gone) opens everything.
+    let store = db.open();
+    assert_eq!(store.env(project.id).await.expect("env"), env);
+    assert_eq!(store.deployment(project.id, 1).await.expect("deployment").config, env);
+    drop(store);
+    // And the old key no longer does.
+    let (dir, _) = test_keyring();
+    let old_path = dir.path().join("old.key");
+    std::fs::write(&old_path, old_key_file).expect("old key");
+    std::fs::set_permissions(&old_path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let old = Keyring::load_or_create(&old_path).expect("old keyring");
+    assert_eq!(old.key_id(), rotation.old_key_id);
+    assert!(matches!(SqlStore::open(&db.url, old), Err(Error::Invalid(_))));
+}
+
+async fn an_interrupted_rotation_leaves_every_value_readable_and_resumes(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("blog")).await.expect("create");
+    store.update_env(project.id, &set(&[("TOKEN", SECRET)])).await.expect("set");
+    drop(store);
+    let key = db.key_path();
+    let pending = pending_path(&key);
+    let old_key_file = std::fs::read(&key).expect("key file");
+
+    // A crash after the new key was written, before any value was sealed with it.
+    let (dir, fresh) = test_keyring();
+    drop(fresh);
+    std::fs::copy(dir.path().join("key"), &pending).expect("pending key");
+    let store = db.open();
+    assert_eq!(store.env(project.id).await.expect("env")["TOKEN"], SECRET);
+    // A value written meanwhile is sealed with the key file's key.
+    store.update_env(project.id, &set(&[("MEANWHILE", "m")])).await.expect("set");
+    drop(store);
+    let rotation = rotate_key(&db.url, &key).expect("resumed rotation");
+    assert_eq!(
+        rotation.new_key_id,
+        Keyring::load_or_create(&key).expect("keyring").key_id(),
+        "resumed with the key in PATH.new"
+    );
+    assert!(!pending.exists());
+    assert_eq!(db.open().env(project.id).await.expect("env")["MEANWHILE"], "m");
+
+    // A crash after every value was sealed with the new key, before it replaced the old:
+    // the new key still in PATH.new, the old one in PATH.
+    std::fs::rename(&key, &pending).expect("new key back to PATH.new");
+    std::fs::write(&key, &old_key_file).expect("old key back");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let store = db.open();
+    assert_eq!(store.env(project.id).await.expect("env")["TOKEN"], SECRET);
+    drop(store);
+    let finished = rotate_key(&db.url, &key).expect("finish");
+    assert_eq!(finished.new_key_id, rotation.new_key_id);
+    assert_eq!(finished.resealed, 0, "everything was sealed with it already");
+    assert!(!pending.exists());
+    assert_eq!(db.open().env(project.id).await.expect("env")["TOKEN"], SECRET);
 }

@@ -16,9 +16,8 @@ use paastech_tests::{GitRepo, Server, eventually, example, http_get};
 use serde_json::{Value, json};
 
 fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run `source scripts/setup/85-swarm.sh` (scripts/test.sh does)")
-    })
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run `source scripts/setup/85-swarm.sh` (scripts/test.sh does)"))
 }
 
 /// `85-swarm.sh VERB 2`: stops or starts node 2's engine.
@@ -106,11 +105,14 @@ fn registry_tags(project: &str) -> String {
     }
 }
 
+/// One request of a [`Load`]: when it ended, and what failed (status and body) if it did.
+type Outcome = (Instant, Result<(), String>);
+
 /// A client requesting the app in a loop until stopped: each request's time and outcome.
 struct Load {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
-    seen: Arc<Mutex<Vec<(Instant, Result<(), String>)>>>,
+    seen: Arc<Mutex<Vec<Outcome>>>,
 }
 
 impl Load {
@@ -135,24 +137,23 @@ impl Load {
     }
 
     /// Stops the loop; every request's time and outcome.
-    fn finish(self) -> Vec<(Instant, Result<(), String>)> {
+    fn finish(self) -> Vec<Outcome> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("load thread");
         std::mem::take(&mut *self.seen.lock().expect("load lock"))
     }
 }
 
-fn failures(seen: &[(Instant, Result<(), String>)]) -> Vec<&String> {
+fn failures(seen: &[Outcome]) -> Vec<&String> {
     seen.iter().filter_map(|(_, outcome)| outcome.as_ref().err()).collect()
 }
 
 fn set_cgi(repo: &GitRepo, word: &str) {
     let cgi = std::fs::read_to_string(example("dockerfile-hello").join("www/cgi-bin/index.cgi")).expect("cgi");
     // The replica's container name too, to see which one answered.
-    let cgi = cgi.replace("from dockerfile-hello", &format!("from {word}")).replace(
-        "(version ${PAASTECH_VERSION:-unknown})\"",
-        "(version ${PAASTECH_VERSION:-unknown}) on $(hostname)\"",
-    );
+    let cgi = cgi
+        .replace("from dockerfile-hello", &format!("from {word}"))
+        .replace("(version ${PAASTECH_VERSION:-unknown})\"", "(version ${PAASTECH_VERSION:-unknown}) on $(hostname)\"");
     assert!(cgi.contains("$(hostname)"), "the example's page changed: {cgi}");
     repo.write("www/cgi-bin/index.cgi", &cgi);
     repo.commit_all(word);
@@ -264,7 +265,12 @@ fn swarm_push_scale_over_both_nodes_replace_rollback_lose_a_node_and_restart() {
     let settled = lost.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let seen = load.finish();
-    assert!(moved, "the replicas moved to the manager: {:?}\n{}", nodes(&server, &ada.token, &project, 4), server.log());
+    assert!(
+        moved,
+        "the replicas moved to the manager: {:?}\n{}",
+        nodes(&server, &ada.token, &project, 4),
+        server.log()
+    );
     let failed = failures(&seen);
     let last_failure = seen.iter().rev().find(|(_, outcome)| outcome.is_err()).map(|(at, _)| at.duration_since(lost));
     eprintln!(

@@ -1,7 +1,8 @@
 //! A server on the two-node swarm of `scripts/setup/85-swarm.sh` (`[runtime] driver =
 //! "swarm"`): a Dockerfile app pushed over git+SSH is built on the manager's engine,
 //! pushed to the registry the nodes pull from, runs as a swarm service by digest and
-//! answers through the ingress at its node's address; a server restart adopts the service.
+//! answers through the ingress at its node's address; pruned builds leave that registry;
+//! a server restart adopts the service.
 //! (The orchestrator's side of a cluster, routes that follow moving tasks, and the
 //! journeys under load are elsewhere: this is the driver wired into the binary.)
 
@@ -33,6 +34,17 @@ fn services(project: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The registry's status for a manifest URL.
+fn manifest_status(url: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
+    agent.get(url).header("Accept", accept).call().map_or(0, |response| response.status().as_u16())
+}
+
 /// Removes the project's services, whatever the test left.
 struct Cleanup(String);
 
@@ -53,7 +65,8 @@ fn a_dockerfile_app_runs_on_the_swarm_by_digest_and_is_adopted_after_a_restart()
     let project = format!("sw{}", std::process::id());
     let _cleanup = Cleanup(project.clone());
     let mut server = Server::start(&format!(
-        "[runtime]\ndriver = \"swarm\"\nsocket = {socket:?}\nstop_grace_secs = 3\n[registry]\nurl = {registry:?}\n"
+        "[runtime]\ndriver = \"swarm\"\nsocket = {socket:?}\nstop_grace_secs = 3\n[build]\nkeep_builds = 2\n\
+         [registry]\nurl = {registry:?}\n"
     ));
     let ada = server.developer("ada@example.com");
     let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": project})));
@@ -75,11 +88,39 @@ fn a_dockerfile_app_runs_on_the_swarm_by_digest_and_is_adopted_after_a_restart()
     assert_eq!(running.len(), 1, "one service for the one web instance: {running:?}");
     assert!(running[0].1.starts_with(&format!("{repository}@sha256:")), "run by digest: {running:?}");
 
+    // With keep_builds = 2, a third build prunes the first: its manifest leaves the
+    // nodes' registry, spoken to in plain HTTP as the engines do (an insecure registry).
+    let first = running[0].1.split_once('@').map(|(_, digest)| digest.to_owned()).expect("a digest");
+    for word in ["two", "three"] {
+        let cgi = std::fs::read_to_string(example("dockerfile-hello").join("www/cgi-bin/index.cgi")).expect("cgi");
+        repo.write("www/cgi-bin/index.cgi", &cgi.replace("from dockerfile-hello", &format!("from {word}")));
+        repo.commit_all(word);
+        let (ok, output) = repo.push("main");
+        assert!(ok, "push {word}: {output}\n{}", server.log());
+    }
+    let (status, body) = server.app_get(&project, "/");
+    assert_eq!((status, body.trim()), (200, "hello from three (version 3)"), "{}", server.log());
+    let manifest = format!("http://{registry}/v2/paastech/{project}/manifests/{first}");
+    assert!(
+        eventually(Duration::from_secs(20), || manifest_status(&manifest) == 404),
+        "the pruned build's manifest is deleted ({}): {}",
+        manifest_status(&manifest),
+        server.log()
+    );
+    // The old version is drained, then stopped, after the push returns.
+    assert!(
+        eventually(Duration::from_secs(60), || services(&project).len() == 1),
+        "the old versions' services are removed: {:?}\n{}",
+        services(&project),
+        server.log()
+    );
+    let running = services(&project);
+
     // The restored routes come a moment after the API answers.
     server.restart();
     assert!(
         eventually(Duration::from_secs(30), || server.app_get(&project, "/").1.trim()
-            == "hello from dockerfile-hello (version 1)"),
+            == "hello from three (version 3)"),
         "the app serves again after a restart: {:?}\n{}",
         server.app_get(&project, "/"),
         server.log()

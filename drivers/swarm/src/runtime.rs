@@ -423,7 +423,8 @@ impl SwarmRuntime {
     }
 
     /// Scales the service to nothing (its tasks get the polite stop and the spec's grace
-    /// period), waits until no task of it runs on a node that is up, then removes it.
+    /// period), waits until no task of it runs on a node that is up and swarm has reaped
+    /// them, then removes it.
     async fn remove_service(&self, docker: &Docker, service: &Service, wait: Duration) -> Result<()> {
         let Some(id) = service.id.as_deref() else { return Ok(()) };
         let replicated = service.spec.as_ref().and_then(|s| s.mode.as_ref()).and_then(|m| m.replicated.as_ref());
@@ -457,7 +458,12 @@ impl SwarmRuntime {
                 (Ok(tasks), Ok(nodes)) => tasks.iter().any(|t| {
                     // A task on a node that is down is never heard of again.
                     let on_live_node = t.node_id.as_deref().is_some_and(|n| nodes.contains_key(n));
-                    on_live_node && !matches!(task_state(t), Some(s) if is_terminal(s))
+                    // A scaled-down task is deleted by swarm's task reaper once it is
+                    // down. Removing the service meanwhile races that reaper, and Docker
+                    // 20.10's manager dies of it (swarmkit's SetServiceTasksRemove reads
+                    // a task just deleted): wait until the reaper is done.
+                    let reaping = t.desired_state == Some(TaskState::REMOVE);
+                    on_live_node && (reaping || !matches!(task_state(t), Some(s) if is_terminal(s)))
                 }),
                 _ => false,
             };

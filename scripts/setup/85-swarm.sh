@@ -92,20 +92,33 @@ paastech_swarm_storage_driver() {
 # Starts node N's dockerd in its namespace unless it answers; waits until it does.
 paastech_swarm_start_node() {
     local i="$1" dir="$PAASTECH_SWARM_STATE/$1"
-    paastech_swarm_answers "$i" && return 0
+    if paastech_swarm_answers "$i"; then
+        # Started by an older copy of this script, which kept no pid of its own.
+        if [[ ! -s "$dir/node.pid" ]]; then
+            pgrep -f -x "dockerd --data-root $dir/data .*" >"$dir/node.pid" || true
+        fi
+        return 0
+    fi
     paastech_swarm_network "$i"
     mkdir -p "$dir"
-    rm -f "$dir/docker.sock" "$dir/docker.pid"
+    rm -f "$dir/docker.sock" "$dir/docker.pid" "$dir/node.pid"
     local driver
     driver="$(paastech_swarm_storage_driver)"
     echo "starting node $i's dockerd in ptswarm-$i ($driver), log in $dir/dockerd.log"
     # setsid: the engine outlives this shell and the test run's process group. Its own
     # stdout and stderr go to its log, so no pipe of the caller stays open.
-    (cd /tmp && setsid nsenter --net="/run/netns/ptswarm-$i" dockerd \
-        --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
-        -H "unix://$dir/docker.sock" --storage-driver "$driver" \
-        --insecure-registry "$PAASTECH_SWARM_NET.1:5000" --no-new-privileges \
-        >>"$dir/dockerd.log" 2>&1 </dev/null &) >/dev/null 2>&1
+    # `$!` is dockerd itself (setsid and nsenter exec it in place), kept in a file of
+    # ours: dockerd's own pid file is removed by an engine on its way out, which may be
+    # after the next one wrote it.
+    (
+        cd /tmp || exit 1
+        setsid nsenter --net="/run/netns/ptswarm-$i" dockerd \
+            --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
+            -H "unix://$dir/docker.sock" --storage-driver "$driver" \
+            --insecure-registry "$PAASTECH_SWARM_NET.1:5000" --no-new-privileges \
+            >>"$dir/dockerd.log" 2>&1 </dev/null &
+        echo $! >"$dir/node.pid"
+    ) >/dev/null 2>&1
     local t
     for ((t = 0; t < 120; t++)); do
         paastech_swarm_answers "$i" && return 0
@@ -121,7 +134,7 @@ paastech_swarm_start_node() {
 # session: node's containers are that node's, nothing else runs in it.
 paastech_swarm_stop_node() {
     local i="$1" dir="$PAASTECH_SWARM_STATE/$1" pid
-    pid="$(cat "$dir/docker.pid" 2>/dev/null || true)"
+    pid="$(cat "$dir/node.pid" 2>/dev/null || true)"
     [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || { echo "node $i's dockerd is not running"; return 0; }
     kill "$pid" 2>/dev/null || true
     local t
@@ -250,7 +263,7 @@ paastech_swarm_up() {
     done
     PAASTECH_SWARM_SOCKET="$PAASTECH_SWARM_STATE/1/docker.sock"
     PAASTECH_SWARM_NODE2_SOCKET="$PAASTECH_SWARM_STATE/2/docker.sock"
-    PAASTECH_SWARM_NODE2_PID="$(cat "$PAASTECH_SWARM_STATE/2/docker.pid")"
+    PAASTECH_SWARM_NODE2_PID="$(cat "$PAASTECH_SWARM_STATE/2/node.pid" 2>/dev/null || true)"
     PAASTECH_SWARM_REGISTRY="$net.1:5000"
     PAASTECH_SWARM_SETUP="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
     export PAASTECH_SWARM_SOCKET PAASTECH_SWARM_NODE2_SOCKET PAASTECH_SWARM_NODE2_PID PAASTECH_SWARM_REGISTRY \

@@ -147,7 +147,11 @@ impl DockerBuilder {
             tracing::info!(image = %artifact, tags = ?pushed, "kept a pruned build's manifest: other builds are the same image");
             return Ok(());
         }
-        crate::registry::delete_manifest(registry, project, digest).await?;
+        // The engine's own view of the registry: it pushed over plain HTTP to one it was
+        // told is insecure, and so must the delete.
+        let engine = docker.info().await.ok().and_then(|info| info.registry_config);
+        let plain_http = crate::registry::plain_http(registry, engine.as_ref());
+        crate::registry::delete_manifest(registry, plain_http, project, digest).await?;
         // This build's tags: the pushed `vN` and the local `paastech/NAME:vN` of the same N.
         let mut local = Vec::new();
         if let Some(version) = pushed.first().and_then(|t| t.rsplit(':').next()) {

@@ -3,10 +3,12 @@
 //! through distribution's HTTP API, which the engine does not speak. The Swarm driver
 //! hands the same credentials to the manager, which passes them to the nodes.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
+use bollard::models::RegistryServiceConfig;
 use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, Result};
 
@@ -29,11 +31,43 @@ pub(crate) fn parse_reference<'a>(registry: &ImageRegistry, reference: &'a str) 
     (digest.starts_with("sha256:") && !project.is_empty()).then_some((project, digest))
 }
 
+/// Whether the engine speaks plain HTTP to `registry`, as it does to one on loopback or
+/// one it was told is insecure (`--insecure-registry HOST:PORT` or a CIDR holding its
+/// address): the manifest deletes then do the same. A swarm's nodes often reach their
+/// registry so, on a private network.
+pub(crate) fn plain_http(registry: &ImageRegistry, engine: Option<&RegistryServiceConfig>) -> bool {
+    if registry.is_loopback() {
+        return true;
+    }
+    let Some(engine) = engine else { return false };
+    let listed = engine.index_configs.as_ref().and_then(|configs| configs.get(&registry.address));
+    if let Some(secure) = listed.and_then(|config| config.secure) {
+        return !secure;
+    }
+    let host = registry.address.rsplit_once(':').map_or(registry.address.as_str(), |(host, _)| host);
+    let Ok(ip) = host.parse::<Ipv4Addr>() else { return false };
+    engine.insecure_registry_cidrs.iter().flatten().any(|cidr| {
+        let Some((net, bits)) = cidr.split_once('/') else { return false };
+        match (net.parse::<Ipv4Addr>(), bits.parse::<u32>()) {
+            (Ok(net), Ok(bits)) if bits <= 32 => {
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(net) & mask
+            }
+            _ => false,
+        }
+    })
+}
+
 /// Deletes a project's manifest by digest (`DELETE /v2/paastech/<project>/manifests/<digest>`),
 /// which drops every tag pointing at it; the registry's garbage collection frees the
-/// layers. One already gone is no error.
-pub(crate) async fn delete_manifest(registry: &ImageRegistry, project: &str, digest: &str) -> Result<()> {
-    let scheme = if registry.is_loopback() { "http" } else { "https" };
+/// layers. One already gone is no error. Over plain HTTP when the engine pushed so.
+pub(crate) async fn delete_manifest(
+    registry: &ImageRegistry,
+    plain_http: bool,
+    project: &str,
+    digest: &str,
+) -> Result<()> {
+    let scheme = if plain_http { "http" } else { "https" };
     let url = format!("{scheme}://{}/v2/paastech/{project}/manifests/{digest}", registry.address);
     let authorization = registry.username.as_ref().map(|user| {
         let pair = format!("{user}:{}", registry.password.as_deref().unwrap_or_default());
@@ -85,5 +119,24 @@ mod tests {
         assert_eq!(parse_reference(&registry, "paastech/blog:v3"), None);
         assert_eq!(parse_reference(&registry, "127.0.0.1:5001/paastech/blog@sha256:abc"), None);
         assert!(credentials(&registry).is_none());
+    }
+
+    #[test]
+    fn deletes_speak_plain_http_where_the_engine_does() {
+        let at = |address: &str| ImageRegistry { address: address.into(), username: None, password: None };
+        let engine = RegistryServiceConfig {
+            index_configs: Some(std::collections::HashMap::from([(
+                "10.231.0.1:5000".to_owned(),
+                bollard::models::IndexInfo { secure: Some(false), ..Default::default() },
+            )])),
+            insecure_registry_cidrs: Some(vec!["127.0.0.0/8".into(), "192.168.7.0/24".into()]),
+            ..Default::default()
+        };
+        assert!(plain_http(&at("127.0.0.1:5000"), None), "loopback");
+        assert!(plain_http(&at("10.231.0.1:5000"), Some(&engine)), "listed insecure");
+        assert!(plain_http(&at("192.168.7.9:5000"), Some(&engine)), "in an insecure CIDR");
+        assert!(!plain_http(&at("192.168.8.9:5000"), Some(&engine)), "outside it");
+        assert!(!plain_http(&at("registry.example.com:5000"), Some(&engine)), "a name not listed");
+        assert!(!plain_http(&at("10.231.0.1:5000"), None), "the engine unknown: HTTPS");
     }
 }

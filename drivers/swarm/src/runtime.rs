@@ -423,7 +423,8 @@ impl SwarmRuntime {
     }
 
     /// Scales the service to nothing (its tasks get the polite stop and the spec's grace
-    /// period), waits until no task of it runs on a node that is up, then removes it.
+    /// period), waits until no task of it runs on a node that is up and swarm has reaped
+    /// them, then removes it.
     async fn remove_service(&self, docker: &Docker, service: &Service, wait: Duration) -> Result<()> {
         let Some(id) = service.id.as_deref() else { return Ok(()) };
         let replicated = service.spec.as_ref().and_then(|s| s.mode.as_ref()).and_then(|m| m.replicated.as_ref());
@@ -457,7 +458,12 @@ impl SwarmRuntime {
                 (Ok(tasks), Ok(nodes)) => tasks.iter().any(|t| {
                     // A task on a node that is down is never heard of again.
                     let on_live_node = t.node_id.as_deref().is_some_and(|n| nodes.contains_key(n));
-                    on_live_node && !matches!(task_state(t), Some(s) if is_terminal(s))
+                    // A scaled-down task is deleted by swarm's task reaper once it is
+                    // down. Removing the service meanwhile races that reaper, and Docker
+                    // 20.10's manager dies of it (swarmkit's SetServiceTasksRemove reads
+                    // a task just deleted): wait until the reaper is done.
+                    let reaping = t.desired_state == Some(TaskState::REMOVE);
+                    on_live_node && (reaping || !matches!(task_state(t), Some(s) if is_terminal(s)))
                 }),
                 _ => false,
             };
@@ -718,10 +724,16 @@ async fn run_one_off(
         .await
         .map_err(|err| engine_error(format!("creating a one-off service for {}", run.program()), err))?;
     let id = created.id.ok_or_else(|| Error::internal_msg("the swarm answered a new service without an id"))?;
-    let seen = Arc::new(Mutex::new(HashSet::new()));
+    // How many lines the follow forwarded: the log of one task is read in the same order
+    // each time, so a second read skips that many.
+    let forwarded = Arc::new(Mutex::new(LogPosition::default()));
     let follower = tokio::spawn({
-        let (docker, id, output, seen) = (docker.clone(), id.clone(), output.clone(), seen.clone());
-        async move { forward_log(&docker, &id, 0, true, &seen, output.as_ref()).await }
+        let (docker, id, output, forwarded) = (docker.clone(), id.clone(), output.clone(), forwarded.clone());
+        async move {
+            let mut position = LogPosition::default();
+            let count = |position: &LogPosition| lock(&forwarded).lines = position.lines;
+            forward_log(&docker, &id, 0, true, &mut position, Skip::Nothing, output.as_ref(), count).await;
+        }
     });
     let result = match tokio::time::timeout(run.timeout, job_exit(&docker, &id, &run)).await {
         Ok(result) => result,
@@ -730,8 +742,10 @@ async fn run_one_off(
     follower.abort();
     if result.is_ok() {
         // The follow may not have delivered everything when the task ended: read the
-        // whole log once more, forwarding what was not seen.
-        forward_log(&docker, &id, 0, false, &seen, output.as_ref()).await;
+        // whole log once more, forwarding what it had not.
+        let skip = Skip::Lines(lock(&forwarded).lines);
+        let mut position = LogPosition::default();
+        forward_log(&docker, &id, 0, false, &mut position, skip, output.as_ref(), |_| {}).await;
     }
     if let Err(err) = docker.delete_service(&id).await
         && status_of(&err) != Some(404)
@@ -829,11 +843,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Follows a service's log into `output` until the service is gone: swarm keeps one log
 /// across its tasks (restarts included). A stream that ends while the service exists is
-/// opened again, skipping the lines already forwarded.
+/// opened again a little before it ended, skipping the lines up to the last one forwarded
+/// (by the engine's timestamp). Nothing is kept per line: an instance logs for months.
 async fn follow_logs(docker: Docker, id: String, output: Arc<dyn LogSink>, mut since: i64) {
-    let seen = Mutex::new(HashSet::new());
+    let mut position = LogPosition::default();
+    let mut skip = Skip::Nothing;
     loop {
-        forward_log(&docker, &id, since, true, &seen, output.as_ref()).await;
+        forward_log(&docker, &id, since, true, &mut position, skip, output.as_ref(), |_| {}).await;
+        skip = Skip::UpTo(position.last_stamp.clone());
         if matches!(docker.inspect_service(&id, None).await, Err(err) if status_of(&err) == Some(404)) {
             return;
         }
@@ -842,16 +859,39 @@ async fn follow_logs(docker: Docker, id: String, output: Arc<dyn LogSink>, mut s
     }
 }
 
-/// Forwards a service's log from `since` (seconds since the epoch) into `output`; lines
-/// in `seen` (the engine's timestamp and the text) are skipped, and every line forwarded
-/// is added to it.
+/// Where a reading of a service's log got to.
+#[derive(Default)]
+struct LogPosition {
+    /// The engine's timestamp of the last line read (RFC 3339, fixed-width nanoseconds:
+    /// compares as text).
+    last_stamp: String,
+    /// How many lines were read.
+    lines: usize,
+}
+
+/// What a reading of a log leaves out, because an earlier reading forwarded it.
+#[derive(Clone)]
+enum Skip {
+    Nothing,
+    /// Lines stamped up to this (a log opened again after its stream ended).
+    UpTo(String),
+    /// The first N lines (the same task's log read again to its end).
+    Lines(usize),
+}
+
+/// Forwards a service's log from `since` (seconds since the epoch) into `output`, but
+/// what `skip` says; `position` follows the reading, and `progress` sees it after each
+/// line.
+#[allow(clippy::too_many_arguments)]
 async fn forward_log(
     docker: &Docker,
     id: &str,
     since: i64,
     follow: bool,
-    seen: &Mutex<HashSet<String>>,
+    position: &mut LogPosition,
+    skip: Skip,
     output: &dyn LogSink,
+    progress: impl Fn(&LogPosition),
 ) {
     let options = LogsOptionsBuilder::default()
         .follow(follow)
@@ -874,12 +914,20 @@ async fn forward_log(
         };
         let text = String::from_utf8_lossy(&bytes);
         for raw in text.lines() {
-            let fresh = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(raw.to_owned());
-            if !fresh {
-                continue;
+            let (stamp, line) = raw.split_once(' ').unwrap_or((raw, ""));
+            position.lines += 1;
+            let skipped = match &skip {
+                Skip::Nothing => false,
+                Skip::UpTo(last) => stamp <= last.as_str(),
+                Skip::Lines(n) => position.lines <= *n,
+            };
+            if stamp > position.last_stamp.as_str() {
+                position.last_stamp = stamp.to_owned();
             }
-            let line = raw.split_once(' ').map_or("", |(_, line)| line);
-            output.line(line);
+            if !skipped {
+                output.line(line);
+                progress(position);
+            }
         }
     }
 }

@@ -287,7 +287,13 @@ fn swarm_push_scale_over_both_nodes_replace_rollback_lose_a_node_and_restart() {
     let before: BTreeSet<String> = nodes(&server, &ada.token, &project, 4).into_iter().flat_map(|n| n.3).collect();
     assert_eq!(before.len(), 4, "{before:?}");
     server.restart();
-    assert_eq!(page(&server, &project).0, "200 hello from one (version 4)");
+    // The restore adopts the live deployment in the background once the server listens.
+    assert!(
+        eventually(Duration::from_secs(60), || page(&server, &project).0 == "200 hello from one (version 4)"),
+        "the app serves again after a restart: {:?}\n{}",
+        page(&server, &project),
+        server.log()
+    );
     let after: BTreeSet<String> = nodes(&server, &ada.token, &project, 4).into_iter().flat_map(|n| n.3).collect();
     assert_eq!(after, before, "the same four services after the restart");
 

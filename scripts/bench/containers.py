@@ -371,9 +371,9 @@ class Engine:
 class Server:
     """A `paastech server` with the engine as its runtime, on free loopback ports."""
 
-    def __init__(self, binary, work, engine, procs):
+    def __init__(self, binary, work, engine, procs, name=None):
         self.binary = binary
-        self.dir = os.path.join(work, f"server-{engine}")
+        self.dir = os.path.join(work, f"server-{name or engine}")
         os.makedirs(self.dir)
         self.engine = engine
         self.api_port, self.ssh_port, self.ingress_port = free_port(), free_port(), free_port()
@@ -613,9 +613,7 @@ def node_loss(binary, work, procs, interval, watch_secs, results):
     engine stopped; the time from the loss until the last failed request."""
     engine = Engine("swarm")
     engine.ensure()
-    server = Server(binary, work, "swarm", procs)
-    server.dir = server.dir + "-loss"
-    os.makedirs(server.dir)
+    server = Server(binary, work, "swarm", procs, name="swarm-loss")
     server.start()
     project = f"bnl{os.getpid() % 100000}"
     engine.projects.append(project)

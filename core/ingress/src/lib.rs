@@ -31,7 +31,9 @@ mod trust;
 mod upstream;
 
 pub use health::{HealthError, LastSeen, health_check};
-pub use proxy::{DEFAULT_MAX_CONNECTIONS, IngressConfig, MAX_REFUSING, serve, serve_with_https};
+pub use proxy::{
+    DEFAULT_MAX_CONNECTIONS, IngressConfig, MAX_REFUSING, default_threads_with_tls, serve, serve_with_https,
+};
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
 pub use static_files::serve_static;

@@ -85,14 +85,25 @@ impl IngressConfig {
     }
 }
 
-/// One proxy thread per two cores. The ingress shares its machine with the apps behind it,
-/// and a proxy thread spends most of its time in the kernel moving bytes between sockets,
-/// waking the processes at either end: fewer, busier threads handle more events per
-/// wakeup. On 2 cores, with the load generator and the backend on the same machine, one
-/// thread served 10–20% more requests than two (`scripts/bench.sh`).
+/// One proxy thread per two cores for plain HTTP. The ingress shares its machine with the
+/// apps behind it, and a plain proxy thread spends most of its time in the kernel moving
+/// bytes between sockets, waking the processes at either end: fewer, busier threads handle
+/// more events per wakeup. On 2 cores, with the load generator and the backend on the same
+/// machine, one thread served 10–20% more proxied requests than two (`scripts/bench.sh`).
 fn default_threads() -> NonZeroUsize {
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     NonZeroUsize::new(cores / 2).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// One proxy thread per core when the ingress also terminates TLS: encrypting and
+/// decrypting is work in the proxy itself, not in the kernel, so it scales with threads.
+/// On 2 cores two threads met nginx's two workers' requests/s on every HTTPS and HTTP/2
+/// case but static HTTPS/1.1 at 8 and 64 connections (0.87x, 0.96x), where one thread
+/// missed three (proxied HTTP/2 at 64 connections 0.83x, static HTTPS/1.1 at 8 0.91x,
+/// static HTTP/2 at 64 0.89x), and served static files 1.10-1.25x nginx's over plain HTTP
+/// where one thread missed two (`scripts/bench.sh`, one quiet run of each).
+pub fn default_threads_with_tls() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
 /// What the requests of one ingress thread share.

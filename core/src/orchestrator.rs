@@ -585,7 +585,10 @@ impl Orchestrator {
     /// The process types and counts a deployment runs: every type of the build (not its
     /// release command), `web` and the others once unless scaled otherwise.
     fn plan(artifact: &Artifact, scale: &BTreeMap<String, u32>) -> Vec<(String, u32)> {
-        artifact.instance_types().map(|process| (process.to_owned(), scale.get(process).copied().unwrap_or(1))).collect()
+        artifact
+            .instance_types()
+            .map(|process| (process.to_owned(), scale.get(process).copied().unwrap_or(1)))
+            .collect()
     }
 
     /// Starts a built deployment (after its release command, when `phase` says to run
@@ -682,10 +685,8 @@ impl Orchestrator {
             limits: self.limits_of(project).await?,
         };
         // The Procfile line is the app's own shell command, as for its process types.
-        let run = OneOff {
-            argv: vec!["sh".into(), "-c".into(), command.to_owned()],
-            timeout: self.config.release_timeout,
-        };
+        let run =
+            OneOff { argv: vec!["sh".into(), "-c".into(), command.to_owned()], timeout: self.config.release_timeout };
         let failed = |why: String| {
             output.line(&format!("-----> Release command failed: {why}"));
             Err(Error::DeployFailed(format!("release command `{command}` {why}")))

@@ -52,7 +52,8 @@ fn the_release_command_runs_once_per_new_release_before_the_app_starts() {
     let (status, body) = server.api().req("PATCH", "/projects/rel/env", Some(&ada.token), Some(env));
     assert_eq!(status, 200, "{body}");
 
-    let repo = GitRepo::from_dir(&server.dir.path().join("rel"), &example("python-hello"), &ada.key, server.ssh_port, "rel");
+    let repo =
+        GitRepo::from_dir(&server.dir.path().join("rel"), &example("python-hello"), &ada.key, server.ssh_port, "rel");
     repo.write("app.py", APP);
     repo.write("Procfile", PROCFILE);
     repo.commit_all("a release step");
@@ -96,8 +97,7 @@ fn the_release_command_runs_once_per_new_release_before_the_app_starts() {
     let (_, ps) = server.api().req("GET", "/projects/rel/ps", Some(&ada.token), None);
     let names: Vec<&str> = ps.as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(names, ["web.1"], "{ps}");
-    let (status, body) =
-        server.api().req("PUT", "/projects/rel/scale", Some(&ada.token), Some(json!({"release": 1})));
+    let (status, body) = server.api().req("PUT", "/projects/rel/scale", Some(&ada.token), Some(json!({"release": 1})));
     assert_eq!(status, 400, "{body}");
 
     // Its output is in the app's log too.

@@ -1098,7 +1098,11 @@ async fn a_release_command_runs_once_per_new_release_before_its_instances() {
     }
 
     // A config change is a new release: it runs again, with the new config.
-    world.orchestrator.update_env(&world.project, &changes(&[("DATABASE_URL", Some("postgres://db"))])).await.expect("v3");
+    world
+        .orchestrator
+        .update_env(&world.project, &changes(&[("DATABASE_URL", Some("postgres://db"))]))
+        .await
+        .expect("v3");
     world.serves(3, 1).await;
     let releases = world.releases();
     assert_eq!(releases.len(), 2, "{releases:?}");

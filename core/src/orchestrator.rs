@@ -864,10 +864,10 @@ impl Orchestrator {
         build: &Build,
         artifact: &Artifact,
         config: EnvVars,
-        cause: String,
+        cause: Cause,
         env: &EnvChanges,
-        phase: ReleasePhase,
     ) -> Result<Deployment> {
+        let Cause { text: cause, phase } = cause;
         let scale = self.store.scale(project.id).await?;
         let deployment = self
             .store
@@ -940,8 +940,7 @@ impl Orchestrator {
         }
         // A config change is a new release, as on Heroku: its release command runs with the
         // new config (an add-on's `DATABASE_URL` may be new).
-        let deployment =
-            self.deploy_build(project, &build, &artifact, env.clone(), cause, changes, ReleasePhase::Run).await?;
+        let deployment = self.deploy_build(project, &build, &artifact, env.clone(), Cause::run(cause), changes).await?;
         Ok((env, Some(deployment)))
     }
 
@@ -963,8 +962,8 @@ impl Orchestrator {
                 let env = self.store.env(project.id).await?;
                 // The latest build with the current config is a new release (Heroku's
                 // `releases:retry` reruns its release phase too).
-                let cause = "redeploy".into();
-                self.deploy_build(project, &build, &artifact, env, cause, &EnvChanges::new(), ReleasePhase::Run).await
+                let cause = Cause::run("redeploy".into());
+                self.deploy_build(project, &build, &artifact, env, cause, &EnvChanges::new()).await
             }
             Some(version) => {
                 let target = self.store.deployment(project.id, version).await?;
@@ -974,11 +973,11 @@ impl Orchestrator {
                 let mut restore: EnvChanges =
                     current.keys().filter(|k| !target.config.contains_key(*k)).map(|k| (k.clone(), None)).collect();
                 restore.extend(target.config.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
-                let cause = format!("rollback to v{version}");
+                let cause = Cause::skip(format!("rollback to v{version}"));
                 // A rollback brings back code and config that already ran their release
                 // command: as on Heroku, it does not run it again.
                 let config = target.config.clone();
-                self.deploy_build(project, &build, &artifact, config, cause, &restore, ReleasePhase::Skip).await
+                self.deploy_build(project, &build, &artifact, config, cause, &restore).await
             }
         }
     }
@@ -1114,11 +1113,9 @@ impl Orchestrator {
                 return Ok(None);
             };
             let env = self.store.env(project.id).await?;
-            let cause = format!("limits: {}", describe_limits(limits));
+            let cause = Cause::skip(format!("limits: {}", describe_limits(limits)));
             // Limits change how the app runs, not what it is: no new release command.
-            self.deploy_build(project, &build, &artifact, env, cause, &EnvChanges::new(), ReleasePhase::Skip)
-                .await
-                .map(Some)
+            self.deploy_build(project, &build, &artifact, env, cause, &EnvChanges::new()).await.map(Some)
         }
         .await;
         if deployed.is_err()
@@ -1333,6 +1330,23 @@ impl PushHandler for Orchestrator {
 enum ReleasePhase {
     Run,
     Skip,
+}
+
+/// Why a deployment of an existing build is made (shown in the deployment list), and whether
+/// it runs the build's release command.
+struct Cause {
+    text: String,
+    phase: ReleasePhase,
+}
+
+impl Cause {
+    fn run(text: String) -> Cause {
+        Cause { text, phase: ReleasePhase::Run }
+    }
+
+    fn skip(text: String) -> Cause {
+        Cause { text, phase: ReleasePhase::Skip }
+    }
 }
 
 fn short(commit: &str) -> &str {

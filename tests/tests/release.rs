@@ -86,6 +86,14 @@ fn the_release_command_runs_once_per_new_release_before_the_app_starts() {
     assert_eq!((list[0]["version"].as_i64(), list[0]["status"].as_str()), (Some(3), Some("failed")), "{list:?}");
     assert_eq!(list[1]["status"], "live");
 
+    // One whose program is missing never starts: the push is rejected the same way.
+    repo.write("Procfile", "web: python3 app.py\nrelease: no-such-migrate-tool --up\n");
+    repo.commit_all("a release step whose program is missing");
+    let (ok, output) = repo.push("main");
+    assert!(!ok, "a release step that cannot start must fail the push: {output}");
+    assert!(output.contains("no-such-migrate-tool") && output.contains("exited with code 127"), "{output}");
+    assert_eq!(server.app_get("rel", "/"), (200, "v1 one\nv2 two\n".to_owned()));
+
     // A rollback does not run it: the file keeps its two lines.
     let (status, body) =
         server.api().req("POST", "/projects/rel/deployments", Some(&ada.token), Some(json!({"version": 1})));

@@ -51,8 +51,22 @@ pub struct BuildRequest {
 pub struct Artifact {
     /// An image reference (container runtimes) or a release directory (process runtime).
     pub reference: String,
-    /// Process type → command, from the Procfile or from detection.
+    /// Process type → command, from the Procfile or from detection. A `release` entry is
+    /// the release command, not a process type that runs instances.
     pub processes: BTreeMap<String, String>,
+}
+
+impl Artifact {
+    /// The Procfile's `release:` command: run once per new deployment, before its
+    /// instances start.
+    pub fn release_command(&self) -> Option<&str> {
+        self.processes.get(crate::app::procfile::RELEASE).map(String::as_str).filter(|c| !c.is_empty())
+    }
+
+    /// The process types that run instances: every one but `release`.
+    pub fn instance_types(&self) -> impl Iterator<Item = &str> {
+        self.processes.keys().map(String::as_str).filter(|p| !crate::app::procfile::is_release(p))
+    }
 }
 
 /// Turns a source tree into an artifact a `Runtime` can start.

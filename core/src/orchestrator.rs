@@ -31,6 +31,8 @@ const MAX_BUILD_LOG_BYTES: usize = 512 * 1024;
 pub const ONE_OFF_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The most a one-off command line may weigh, all arguments together.
 const MAX_ONE_OFF_BYTES: usize = 64 * 1024;
+/// How long a Procfile's `release:` command may run before its deployment fails.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Why a deployment that was on its way when the server stopped is failed at the next start.
 pub const INTERRUPTED: &str = "interrupted by a server restart";
 
@@ -54,6 +56,8 @@ pub struct OrchestratorConfig {
     /// The names a project may not claim as a custom domain (the app domain and the API's
     /// host).
     pub domain_rules: DomainRules,
+    /// How long a Procfile's `release:` command may run.
+    pub release_timeout: Duration,
 }
 
 impl OrchestratorConfig {
@@ -67,6 +71,7 @@ impl OrchestratorConfig {
             app_url: "http://{name}.localhost".into(),
             keep_builds: 10,
             domain_rules: DomainRules::new("localhost"),
+            release_timeout: RELEASE_TIMEOUT,
         }
     }
 }
@@ -442,7 +447,9 @@ impl Orchestrator {
         }
         .await;
         match built {
-            Ok((built, artifact)) => self.roll_out(project, built, &artifact, log, &EnvChanges::new()).await,
+            Ok((built, artifact)) => {
+                self.roll_out(project, built, &artifact, log, &EnvChanges::new(), ReleasePhase::Run).await
+            }
             Err(err) => Err(self.fail(project, &deployment, err).await),
         }
     }
@@ -491,7 +498,7 @@ impl Orchestrator {
         .await;
         match result {
             Ok(artifact) => {
-                if artifact.processes.is_empty() {
+                if artifact.instance_types().next().is_none() {
                     let err = Error::DeployFailed("the build defines no process types: add a Procfile".into());
                     let _ = self.finish_build(build, BuildStatus::Failed, None, &BTreeMap::new(), &tee).await;
                     let _ = tokio::fs::remove_dir_all(&source).await;
@@ -501,8 +508,11 @@ impl Orchestrator {
                 if Path::new(&artifact.reference) != source {
                     let _ = tokio::fs::remove_dir_all(&source).await;
                 }
-                let processes: Vec<&str> = artifact.processes.keys().map(String::as_str).collect();
+                let processes: Vec<&str> = artifact.instance_types().collect();
                 tee.line(&format!("-----> Build succeeded; process types: {}", processes.join(", ")));
+                if let Some(command) = artifact.release_command() {
+                    tee.line(&format!("-----> Release command: {command}"));
+                }
                 self.finish_build(build, BuildStatus::Succeeded, Some(&artifact.reference), &artifact.processes, &tee)
                     .await?;
                 Ok(artifact)
@@ -572,17 +582,21 @@ impl Orchestrator {
         }
     }
 
-    /// The process types and counts a deployment runs: every type of the build, `web` and
-    /// the others once unless scaled otherwise.
+    /// The process types and counts a deployment runs: every type of the build (not its
+    /// release command), `web` and the others once unless scaled otherwise.
     fn plan(artifact: &Artifact, scale: &BTreeMap<String, u32>) -> Vec<(String, u32)> {
-        artifact.processes.keys().map(|process| (process.clone(), scale.get(process).copied().unwrap_or(1))).collect()
+        artifact
+            .instance_types()
+            .map(|process| (process.to_owned(), scale.get(process).copied().unwrap_or(1)))
+            .collect()
     }
 
-    /// Starts a built deployment, checks its health, switches traffic to it, records it
-    /// live together with `env` (the config change it carries), and stops the deployment it
-    /// replaces. Each step that fails undoes the ones before it: what was started is
-    /// stopped, traffic goes back, the store keeps the previous deployment live and the env
-    /// unchanged, and the deployment is recorded failed.
+    /// Starts a built deployment (after its release command, when `phase` says to run
+    /// it), checks its health, switches traffic to it, records it live together with `env`
+    /// (the config change it carries), and stops the deployment it replaces. Each step that
+    /// fails undoes the ones before it: what was started is stopped, traffic goes back, the
+    /// store keeps the previous deployment live and the env unchanged, and the deployment is
+    /// recorded failed.
     async fn roll_out(
         &self,
         project: &Project,
@@ -590,12 +604,16 @@ impl Orchestrator {
         artifact: &Artifact,
         log: Arc<dyn LogSink>,
         env: &EnvChanges,
+        phase: ReleasePhase,
     ) -> Result<Deployment> {
         let ctx = self.hook_context(project, &deployment, artifact);
         let mut started: Vec<Instance> = Vec::new();
         let healthy = async {
             let starting = self.store.set_deployment_status(deployment.id, DeploymentStatus::Starting, None).await?;
             let extra_env = self.pre_deploy(&ctx, &starting, artifact, log.as_ref()).await?;
+            if let (ReleasePhase::Run, Some(command)) = (phase, artifact.release_command()) {
+                self.run_release(project, &starting, artifact, command, &extra_env, &log).await?;
+            }
             log.line(&format!("-----> Starting v{}", deployment.version));
             self.start_and_check(project, &starting, artifact, &extra_env, &mut started, log.as_ref()).await?;
             self.store.set_deployment_status(deployment.id, DeploymentStatus::Healthy, None).await
@@ -641,6 +659,49 @@ impl Orchestrator {
         Ok(live)
     }
 
+    /// Runs the release command of a new deployment once, with its config, its output
+    /// going to `log` (the push) and to the project's log as `release`. A non-zero exit, a
+    /// timeout or a command that cannot start fails the deployment; nothing of the
+    /// deployment has started yet, so nothing is left to undo.
+    async fn run_release(
+        &self,
+        project: &Project,
+        deployment: &Deployment,
+        artifact: &Artifact,
+        command: &str,
+        extra_env: &EnvVars,
+        log: &Arc<dyn LogSink>,
+    ) -> Result<()> {
+        let output = Tee::new(vec![Arc::clone(log), self.logs.sink(&project.name, "release")]);
+        output.line(&format!("-----> Running release command: {command}"));
+        let spec = InstanceSpec {
+            project: project.name.clone(),
+            version: deployment.version,
+            process_type: crate::app::procfile::RELEASE.into(),
+            index: 0,
+            artifact: artifact.reference.clone(),
+            command: command.to_owned(),
+            env: app_env(project, deployment, extra_env.clone()),
+            limits: self.limits_of(project).await?,
+        };
+        // The Procfile line is the app's own shell command, as for its process types.
+        let run =
+            OneOff { argv: vec!["sh".into(), "-c".into(), command.to_owned()], timeout: self.config.release_timeout };
+        let failed = |why: String| {
+            output.line(&format!("-----> Release command failed: {why}"));
+            Err(Error::DeployFailed(format!("release command `{command}` {why}")))
+        };
+        match self.runtime.run_once(spec, run, Arc::clone(&output) as Arc<dyn LogSink>).await {
+            Ok(0) => {
+                output.line("-----> Release command exited with code 0");
+                tracing::info!(project = %project.name, version = deployment.version, "release command succeeded");
+                Ok(())
+            }
+            Ok(code) => failed(format!("exited with code {code}")),
+            Err(err) => failed(format!("failed: {err}")),
+        }
+    }
+
     /// What hooks are told about a deployment; the build's tree is its source when the
     /// artifact is a directory that still exists (local processes).
     fn hook_context(&self, project: &Project, deployment: &Deployment, artifact: &Artifact) -> HookContext {
@@ -661,7 +722,7 @@ impl Orchestrator {
         log: &dyn LogSink,
     ) -> Result<EnvVars> {
         let env_names: Vec<String> = deployment.config.keys().cloned().collect();
-        let process_types: Vec<String> = artifact.processes.keys().cloned().collect();
+        let process_types: Vec<String> = artifact.instance_types().map(str::to_owned).collect();
         self.hooks.pre_deploy(ctx, &env_names, &process_types, log).await
     }
 
@@ -803,9 +864,10 @@ impl Orchestrator {
         build: &Build,
         artifact: &Artifact,
         config: EnvVars,
-        cause: String,
+        cause: Cause,
         env: &EnvChanges,
     ) -> Result<Deployment> {
+        let Cause { text: cause, phase } = cause;
         let scale = self.store.scale(project.id).await?;
         let deployment = self
             .store
@@ -824,7 +886,8 @@ impl Orchestrator {
             Ok(built) => built,
             Err(err) => return Err(self.fail(project, &deployment, err).await),
         };
-        self.roll_out(project, built, artifact, Arc::new(NullSink), env).await
+        // Nobody waits on a push here: the release command's output goes to the app log.
+        self.roll_out(project, built, artifact, Arc::new(NullSink), env, phase).await
     }
 
     /// The newest deployment that has a successful build: among the last 100, else the
@@ -875,7 +938,9 @@ impl Orchestrator {
         if !unset.is_empty() {
             cause.push_str(&format!(" unset {}", unset.join(", ")));
         }
-        let deployment = self.deploy_build(project, &build, &artifact, env.clone(), cause, changes).await?;
+        // A config change is a new release, as on Heroku: its release command runs with the
+        // new config (an add-on's `DATABASE_URL` may be new).
+        let deployment = self.deploy_build(project, &build, &artifact, env.clone(), Cause::run(cause), changes).await?;
         Ok((env, Some(deployment)))
     }
 
@@ -895,7 +960,10 @@ impl Orchestrator {
                     .await?
                     .ok_or_else(|| Error::Invalid(format!("{} has no build yet: git push first", project.name)))?;
                 let env = self.store.env(project.id).await?;
-                self.deploy_build(project, &build, &artifact, env, "redeploy".into(), &EnvChanges::new()).await
+                // The latest build with the current config is a new release (Heroku's
+                // `releases:retry` reruns its release phase too).
+                let cause = Cause::run("redeploy".into());
+                self.deploy_build(project, &build, &artifact, env, cause, &EnvChanges::new()).await
             }
             Some(version) => {
                 let target = self.store.deployment(project.id, version).await?;
@@ -905,8 +973,11 @@ impl Orchestrator {
                 let mut restore: EnvChanges =
                     current.keys().filter(|k| !target.config.contains_key(*k)).map(|k| (k.clone(), None)).collect();
                 restore.extend(target.config.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
-                let cause = format!("rollback to v{version}");
-                self.deploy_build(project, &build, &artifact, target.config.clone(), cause, &restore).await
+                let cause = Cause::skip(format!("rollback to v{version}"));
+                // A rollback brings back code and config that already ran their release
+                // command: as on Heroku, it does not run it again.
+                let config = target.config.clone();
+                self.deploy_build(project, &build, &artifact, config, cause, &restore).await
             }
         }
     }
@@ -926,10 +997,15 @@ impl Orchestrator {
     async fn scale_now(&self, project: &Project, scale: &BTreeMap<String, u32>) -> Result<BTreeMap<String, u32>> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         let live = self.live_artifact(project).await?;
+        if let Some(release) = scale.keys().find(|p| crate::app::procfile::is_release(p)) {
+            return Err(Error::Invalid(format!(
+                "{release:?} is the release command, run once per deployment: it cannot be scaled"
+            )));
+        }
         if let Some((_, artifact)) = &live
-            && let Some(unknown) = scale.keys().find(|p| !artifact.processes.contains_key(*p))
+            && let Some(unknown) = scale.keys().find(|p| !artifact.instance_types().any(|t| t == p.as_str()))
         {
-            let known: Vec<&str> = artifact.processes.keys().map(String::as_str).collect();
+            let known: Vec<&str> = artifact.instance_types().collect();
             return Err(Error::Invalid(format!(
                 "no process type {unknown:?} in the live deployment; it has: {}",
                 known.join(", ")
@@ -1037,7 +1113,8 @@ impl Orchestrator {
                 return Ok(None);
             };
             let env = self.store.env(project.id).await?;
-            let cause = format!("limits: {}", describe_limits(limits));
+            let cause = Cause::skip(format!("limits: {}", describe_limits(limits)));
+            // Limits change how the app runs, not what it is: no new release command.
             self.deploy_build(project, &build, &artifact, env, cause, &EnvChanges::new()).await.map(Some)
         }
         .await;
@@ -1244,6 +1321,31 @@ impl PushHandler for Orchestrator {
         let url = self.config.app_url.replace("{name}", project.name.as_str());
         log.line(&format!("-----> Deployed {} v{}: {url}", project.name, deployment.version));
         Ok(())
+    }
+}
+
+/// Whether a new deployment runs the build's release command: every new release does
+/// (a push, a config change, a redeploy); a rollback and a limits change do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReleasePhase {
+    Run,
+    Skip,
+}
+
+/// Why a deployment of an existing build is made (shown in the deployment list), and whether
+/// it runs the build's release command.
+struct Cause {
+    text: String,
+    phase: ReleasePhase,
+}
+
+impl Cause {
+    fn run(text: String) -> Cause {
+        Cause { text, phase: ReleasePhase::Run }
+    }
+
+    fn skip(text: String) -> Cause {
+        Cause { text, phase: ReleasePhase::Skip }
     }
 }
 

@@ -406,3 +406,50 @@ pub fn secrets_stay_out_of_images_journey(engine: &Engine) {
     assert!(!everything.contains(&secret), "the secret is in {image} (repository Dockerfile)");
     assert!(everything.contains(&format!("BUILD_GREETING={greeting}")), "the engine records a declared ARG's value");
 }
+
+/// A Dockerfile app whose Procfile has only a `release:` line (web stays the image's own
+/// command): the release step runs in the image with the deployment's config, its output
+/// streams to the push; when it exits non-zero (here on an env change) the deployment
+/// fails with its exit code and the previous one keeps serving.
+pub fn release_journey(engine: &Engine) {
+    engine.require();
+    let project = format!("{}rel{}", engine.prefix, std::process::id());
+    let _cleanup = Cleanup(engine, project.clone());
+    let server = Server::start(&format!("[runtime]\ndriver = \"{}\"\n", engine.driver));
+    let ada = server.developer("ada@example.com");
+    let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": project})));
+    assert_eq!(status, 201, "{body}");
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("app"),
+        &example("dockerfile-hello"),
+        &ada.key,
+        server.ssh_port,
+        &project,
+    );
+    repo.write("Procfile", "release: echo \"release of v$PAASTECH_VERSION\" && exit ${RELEASE_EXIT:-0}\n");
+    repo.commit_all("a release step");
+    let (ok, output) = repo.push("main");
+    assert!(ok, "first push: {output}\n{}", server.log());
+    for expected in [
+        "remote: -----> Running release command: echo",
+        "remote: release of v1",
+        "remote: -----> Release command exited with code 0",
+    ] {
+        assert!(output.contains(expected), "{expected:?} is not in the push's output:\n{output}");
+    }
+    assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 1)");
+
+    let (status, body) = server.api().req(
+        "PATCH",
+        &format!("/projects/{project}/env"),
+        Some(&ada.token),
+        Some(json!({"RELEASE_EXIT": "3"})),
+    );
+    assert!(status >= 400, "a failing release step fails the env change: {status} {body}");
+    assert!(body.to_string().contains("exited with code 3"), "{body}");
+    assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 1)");
+    let list = deployments(&server, &ada.token, &project);
+    assert_eq!((list[0]["version"].as_i64(), list[0]["status"].as_str()), (Some(2), Some("failed")), "{list:?}");
+    let (_, logs) = server.api().req("GET", &format!("/projects/{project}/logs?lines=200"), Some(&ada.token), None);
+    assert!(logs.as_str().unwrap_or_default().contains("release: release of v2"), "{logs}");
+}

@@ -1,7 +1,9 @@
 //! Issue #4 journeys on Docker (`scripts/setup/20-docker.sh` starts the engine): see
 //! `paastech_tests::engines`. Without an engine these tests fail, saying so.
 
-use paastech_tests::engines::{Engine, dockerfile_journey, no_dockerfile_journey, secrets_stay_out_of_images_journey};
+use paastech_tests::engines::{
+    Engine, dockerfile_journey, no_dockerfile_journey, release_journey, secrets_stay_out_of_images_journey,
+};
 
 /// Labelled, never privileged, no new privileges, every capability dropped, memory, CPU and
 /// pids limits, published on loopback only.
@@ -47,4 +49,9 @@ fn an_app_without_dockerfile_needs_one_or_a_base_image() {
 #[test]
 fn config_vars_reach_a_build_only_as_the_dockerfile_declares_them() {
     secrets_stay_out_of_images_journey(&DOCKER);
+}
+
+#[test]
+fn a_release_step_runs_in_the_image_and_a_failing_one_keeps_the_previous_deployment() {
+    release_journey(&DOCKER);
 }

@@ -1,7 +1,9 @@
 //! Issue #4 journeys on Podman (`scripts/setup/30-podman.sh` starts its API service): see
 //! `paastech_tests::engines`. Without an engine these tests fail, saying so.
 
-use paastech_tests::engines::{Engine, dockerfile_journey, no_dockerfile_journey, secrets_stay_out_of_images_journey};
+use paastech_tests::engines::{
+    Engine, dockerfile_journey, no_dockerfile_journey, release_journey, secrets_stay_out_of_images_journey,
+};
 
 /// Labelled, never privileged, no new privileges, only CHOWN/SETGID/SETUID, memory, CPU and
 /// pids limits, the runc runtime, published on loopback only.
@@ -48,4 +50,9 @@ fn an_app_without_dockerfile_needs_one_or_a_base_image() {
 #[test]
 fn config_vars_reach_a_build_only_as_the_dockerfile_declares_them() {
     secrets_stay_out_of_images_journey(&PODMAN);
+}
+
+#[test]
+fn a_release_step_runs_in_the_image_and_a_failing_one_keeps_the_previous_deployment() {
+    release_journey(&PODMAN);
 }

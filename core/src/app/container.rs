@@ -148,8 +148,12 @@ pub fn plan(source: &Path, base_image: Option<&str>, env: &EnvVars) -> Result<Bu
         let build_args = super::dockerfile::build_args(&String::from_utf8_lossy(&text), env);
         // The image's own command is `web` unless a Procfile says otherwise.
         let (processes, describe) = if is_file("Procfile") {
-            let detected = super::detect::detect(source)?;
-            (detected.processes, "-----> Building the Dockerfile; commands from the Procfile".to_owned())
+            let mut processes = super::detect::detect(source)?.processes;
+            // A Procfile with only a `release:` line keeps the image's own command as `web`.
+            if processes.keys().all(|p| super::procfile::is_release(p)) {
+                processes.insert("web".to_owned(), String::new());
+            }
+            (processes, "-----> Building the Dockerfile; commands from the Procfile".to_owned())
         } else {
             (BTreeMap::from([("web".to_owned(), String::new())]), "-----> Building the Dockerfile".to_owned())
         };
@@ -218,6 +222,21 @@ mod tests {
             generate(&detected(None, &[("web", "./serve"), ("worker", "./work")]), Some("base")).expect("procfile");
         assert_eq!(generated.processes.len(), 2);
         assert!(!generated.dockerfile.contains("RUN"), "{}", generated.dockerfile);
+    }
+
+    #[test]
+    fn a_dockerfile_with_a_release_only_procfile_keeps_the_images_command_as_web() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("Dockerfile"), "FROM base\n").expect("Dockerfile");
+        std::fs::write(dir.path().join("Procfile"), "release: ./migrate\n").expect("Procfile");
+        let only_release = plan(dir.path(), None, &EnvVars::new()).expect("a plan");
+        let expected: BTreeMap<String, String> =
+            [("release", "./migrate"), ("web", "")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        assert_eq!(only_release.processes, expected);
+        // A Procfile that names its process types keeps exactly them.
+        std::fs::write(dir.path().join("Procfile"), "worker: ./work\nrelease: ./migrate\n").expect("Procfile");
+        let named = plan(dir.path(), None, &EnvVars::new()).expect("a plan");
+        assert_eq!(named.processes.keys().collect::<Vec<_>>(), ["release", "worker"]);
     }
 
     #[test]

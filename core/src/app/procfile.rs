@@ -38,6 +38,16 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>> {
     Ok(processes)
 }
 
+/// The Procfile line that is no process type: its command runs once per new deployment
+/// (a push or a config change, not a rollback), before any instance of it starts, as on
+/// Heroku and Dokku.
+pub const RELEASE: &str = "release";
+
+/// Whether `name` is the release command's line rather than a process type.
+pub fn is_release(name: &str) -> bool {
+    name == RELEASE
+}
+
 /// `[a-zA-Z0-9_-]+`, the names Heroku and Piku accept.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,8 +16,8 @@ use super::{INTERRUPTED, Orchestrator, OrchestratorConfig};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
 use crate::drivers::{
-    Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, RepoStore, Runtime,
-    TrafficRouter,
+    Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, OneOff, RepoStore,
+    Runtime, TrafficRouter,
 };
 use crate::error::{Error, Result};
 use crate::hostname::{Domain, Hostname};
@@ -436,6 +436,8 @@ impl RepoStore for FakeRepos {
 struct FakeBuilder {
     steps: Arc<Steps>,
     faults: Faults,
+    /// The Procfile's `release:` command of the builds it makes from now on.
+    release: Mutex<Option<String>>,
 }
 
 #[async_trait]
@@ -449,10 +451,11 @@ impl ImageBuilder for FakeBuilder {
             log.line("error: the code does not compile");
             return Err(Error::Invalid(format!("compile error ({err})")));
         }
-        Ok(Artifact {
-            reference: format!("image-{}-v{}", request.project, request.version),
-            processes: BTreeMap::from([("web".to_owned(), "serve".to_owned())]),
-        })
+        let mut processes = BTreeMap::from([("web".to_owned(), "serve".to_owned())]);
+        if let Some(release) = self.release.lock().expect("release").clone() {
+            processes.insert("release".to_owned(), release);
+        }
+        Ok(Artifact { reference: format!("image-{}-v{}", request.project, request.version), processes })
     }
     async fn remove(&self, _: &str) -> Result<()> {
         self.steps.tick().await;
@@ -467,6 +470,20 @@ struct FakeRuntime {
     instances: Mutex<Vec<Instance>>,
     /// What `instance_addresses_move` answers (a swarm's would be true).
     moves: AtomicBool,
+    /// The one-off commands run, in order.
+    one_offs: Mutex<Vec<OneOffRun>>,
+    /// The exit code one-off commands answer.
+    exit_code: AtomicI32,
+}
+
+/// A one-off command the fake runtime ran, and what ran beside it then.
+#[derive(Debug, Clone)]
+struct OneOffRun {
+    version: i64,
+    argv: Vec<String>,
+    env: EnvVars,
+    /// How many instances of the same version were running when it ran.
+    instances_of_its_version: usize,
 }
 
 impl FakeRuntime {
@@ -512,6 +529,19 @@ impl Runtime for FakeRuntime {
         self.steps.tick().await;
         self.instances.lock().expect("instances").retain(|i| i.id != id);
         Ok(())
+    }
+    async fn run_once(&self, spec: InstanceSpec, run: OneOff, output: Arc<dyn LogSink>) -> Result<i32> {
+        self.steps.tick().await;
+        self.faults.check("run_once")?;
+        let instances_of_its_version = self.instances().iter().filter(|i| i.version == spec.version).count();
+        self.one_offs.lock().expect("one-offs").push(OneOffRun {
+            version: spec.version,
+            argv: run.argv,
+            env: spec.env,
+            instances_of_its_version,
+        });
+        output.line("migrating the database");
+        Ok(self.exit_code.load(Ordering::SeqCst))
     }
     async fn list(&self) -> Result<Vec<Instance>> {
         self.steps.tick().await;
@@ -590,13 +620,16 @@ impl World {
     async fn new(webs: u32) -> World {
         let steps = Arc::new(Steps::default());
         let store = Arc::new(MemStore { data: Mutex::default(), faults: Faults::default(), steps: Arc::clone(&steps) });
-        let builder = Arc::new(FakeBuilder { steps: Arc::clone(&steps), faults: Faults::default() });
+        let builder =
+            Arc::new(FakeBuilder { steps: Arc::clone(&steps), faults: Faults::default(), release: Mutex::default() });
         let runtime = Arc::new(FakeRuntime {
             steps: Arc::clone(&steps),
             faults: Faults::default(),
             started: AtomicUsize::new(0),
             instances: Mutex::default(),
             moves: AtomicBool::new(false),
+            one_offs: Mutex::default(),
+            exit_code: AtomicI32::new(0),
         });
         let traffic = Arc::new(FakeTraffic {
             steps: Arc::clone(&steps),
@@ -1012,6 +1045,117 @@ async fn a_push_during_the_restore_waits_for_it_and_stays_live() {
     let v2 = push.await.expect("task").expect("the push deploys after the restore");
     assert_eq!(v2.version, 2);
     world.serves(2, 1).await;
+}
+
+// ----- Release phase ----------------------------------------------------------------------
+
+/// A log sink that keeps every line, as a push's output does.
+#[derive(Default)]
+struct Lines(Mutex<Vec<String>>);
+
+impl LogSink for Lines {
+    fn line(&self, line: &str) {
+        self.0.lock().expect("lines").push(line.to_owned());
+    }
+}
+
+impl Lines {
+    fn text(&self) -> String {
+        self.0.lock().expect("lines").join("\n")
+    }
+}
+
+impl World {
+    fn releases(&self) -> Vec<OneOffRun> {
+        self.runtime.one_offs.lock().expect("one-offs").clone()
+    }
+
+    async fn push_logged(&self, lines: &Arc<Lines>) -> Result<Deployment> {
+        self.orchestrator.deploy_commit(&self.project, "c0ffee", Arc::clone(lines) as _).await
+    }
+}
+
+#[tokio::test]
+async fn a_release_command_runs_once_per_new_release_before_its_instances() {
+    let world = World::new(1).await;
+    assert!(world.releases().is_empty(), "a build without a release line runs none");
+    *world.builder.release.lock().expect("release") = Some("python3 migrate.py".into());
+
+    let lines = Arc::new(Lines::default());
+    world.push_logged(&lines).await.expect("v2 deploys");
+    world.serves(2, 1).await;
+    let releases = world.releases();
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    assert_eq!((releases[0].version, releases[0].instances_of_its_version), (2, 0), "before any v2 instance");
+    assert_eq!(releases[0].argv, ["sh", "-c", "python3 migrate.py"]);
+    assert_eq!(releases[0].env.get("GREETING").map(String::as_str), Some("hello"));
+    assert_eq!(releases[0].env.get("PAASTECH_VERSION").map(String::as_str), Some("2"));
+    let output = lines.text();
+    for expected in
+        ["Running release command: python3 migrate.py", "migrating the database", "Release command exited with code 0"]
+    {
+        assert!(output.contains(expected), "{expected:?} is not in the push's output:\n{output}");
+    }
+
+    // A config change is a new release: it runs again, with the new config.
+    world
+        .orchestrator
+        .update_env(&world.project, &changes(&[("DATABASE_URL", Some("postgres://db"))]))
+        .await
+        .expect("v3");
+    world.serves(3, 1).await;
+    let releases = world.releases();
+    assert_eq!(releases.len(), 2, "{releases:?}");
+    assert_eq!((releases[1].version, releases[1].instances_of_its_version), (3, 0));
+    assert_eq!(releases[1].env.get("DATABASE_URL").map(String::as_str), Some("postgres://db"));
+
+    // A rollback, a scale and a restart do not run it.
+    world.orchestrator.redeploy(&world.project, Some(2)).await.expect("rollback to v2");
+    world.serves(4, 1).await;
+    world.orchestrator.scale(&world.project, &BTreeMap::from([("web".to_owned(), 2)])).await.expect("scale");
+    world.serves(4, 2).await;
+    let world = World { orchestrator: world.restarted(), ..world };
+    world.orchestrator.restore().await.expect("restore");
+    world.serves(4, 2).await;
+    assert_eq!(world.releases().len(), 2, "{:?}", world.releases());
+
+    // It is no process type: it cannot be scaled.
+    match world.orchestrator.scale(&world.project, &BTreeMap::from([("release".to_owned(), 1)])).await {
+        Err(Error::Invalid(message)) => assert!(message.contains("release command"), "{message}"),
+        other => panic!("scaling the release command: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failing_release_command_fails_the_deployment_and_the_previous_one_serves() {
+    let world = World::new(2).await;
+    *world.builder.release.lock().expect("release") = Some("./migrate".into());
+    world.runtime.exit_code.store(3, Ordering::SeqCst);
+    let starts = world.runtime.started.load(Ordering::SeqCst);
+
+    let lines = Arc::new(Lines::default());
+    assert_failed(world.push_logged(&lines).await, "release command `./migrate` exited with code 3");
+    world.serves(1, 2).await;
+    assert_eq!(world.runtime.started.load(Ordering::SeqCst), starts, "no v2 instance started");
+    let v2 = world.deployment(2).await;
+    assert_eq!(v2.status, DeploymentStatus::Failed);
+    assert!(v2.failure.as_deref().is_some_and(|f| f.contains("exited with code 3")), "{:?}", v2.failure);
+    let output = lines.text();
+    assert!(output.contains("migrating the database"), "the step's own output reaches the push:\n{output}");
+    assert!(output.contains("Release command failed: exited with code 3"), "{output}");
+
+    // One that cannot run at all (a timeout, a missing program) fails the same way, and
+    // an env change it fails leaves the config as it was.
+    world.runtime.exit_code.store(0, Ordering::SeqCst);
+    world.runtime.faults.set("run_once", 1);
+    let result = world.orchestrator.update_env(&world.project, &changes(&[("GREETING", Some("bonjour"))])).await;
+    assert_failed(result, "release command `./migrate` failed: run_once failed on purpose");
+    world.serves(1, 2).await;
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]));
+
+    // Once it succeeds, the deployment goes live.
+    world.push().await.expect("v4 deploys");
+    world.serves(4, 2).await;
 }
 
 // ----- Custom domains ---------------------------------------------------------------------

@@ -437,8 +437,11 @@ pub async fn env_remove(
 async fn process_types(state: &AppState, project: &Project) -> Result<Vec<String>, Error> {
     if let Some(build_id) = state.store.live_deployment(project.id).await?.and_then(|d| d.build_id) {
         let build = state.store.build(build_id).await?;
-        if !build.processes.is_empty() {
-            return Ok(build.processes.keys().cloned().collect());
+        // The release command runs once per deployment: it has no instances to scale.
+        let types: Vec<String> =
+            build.processes.keys().filter(|p| !paastech_core::app::procfile::is_release(p)).cloned().collect();
+        if !types.is_empty() {
+            return Ok(types);
         }
     }
     let scaled: Vec<String> = state.store.scale(project.id).await?.into_keys().collect();

@@ -8,8 +8,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use paastech_tests::{Developer, GitRepo, Server, example, failed, ok, paastech_bin, web};
+use paastech_tests::{Developer, GitRepo, Server, eventually, example, failed, ok, paastech_bin, web};
 use serde_json::json;
 
 /// Set through the API, before the first push.
@@ -183,9 +184,14 @@ fn config_vars_are_sealed_in_the_sqlite_file_and_the_key_file_guards_them() {
     assert_sqlite_holds_no_value(&server);
     server.start_again();
     assert_owner_sees_the_values(&server, &ada, home.path(), "blog");
-    // The site still serves after all this.
-    let (status, _) = server.app_get("blog", "/");
-    assert_eq!(status, 200);
+    // The site still serves after all this (once the restore, which runs in the background
+    // after the server listens, has started it again).
+    assert!(
+        eventually(Duration::from_secs(30), || server.app_get("blog", "/").0 == 200),
+        "the site serves again after the restart: {:?}\n{}",
+        server.app_get("blog", "/"),
+        server.log()
+    );
 }
 
 fn write_private(path: &Path, bytes: &[u8]) {

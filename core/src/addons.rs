@@ -53,7 +53,8 @@ impl fmt::Display for AddonName {
 /// of the project (sealed at rest like every other value).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Addon {
-    pub project: ProjectName,
+    pub id: i64,
+    pub project_id: i64,
     pub name: AddonName,
     /// The `[addons.KIND]` that made it.
     pub kind: String,

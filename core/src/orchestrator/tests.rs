@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{INTERRUPTED, Orchestrator, OrchestratorConfig};
+use crate::addons::{Addon, AddonName};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
 use crate::drivers::{
@@ -107,6 +108,7 @@ struct Data {
     domains: Vec<Domain>,
     https: HashMap<i64, HttpsPolicy>,
     next_domain_id: i64,
+    addons: Vec<Addon>,
 }
 
 /// The store's contract in memory, for the calls the orchestrator makes.
@@ -202,7 +204,38 @@ impl Store for MemStore {
         let mut data = self.enter("delete_project").await?;
         data.projects.retain(|p| p.id != project_id);
         data.domains.retain(|d| d.project_id != project_id);
+        data.addons.retain(|a| a.project_id != project_id);
         Ok(())
+    }
+    async fn add_addon(&self, project_id: i64, name: &AddonName, kind: &str) -> Result<Addon> {
+        let mut data = self.enter("add_addon").await?;
+        if data.addons.iter().any(|a| a.project_id == project_id && &a.name == name) {
+            return Err(Error::Conflict("taken".into()));
+        }
+        let id = i64::try_from(data.addons.len()).unwrap_or(i64::MAX) + 1;
+        let addon = Addon { id, project_id, name: name.clone(), kind: kind.to_owned(), created_at: Timestamp(0) };
+        data.addons.push(addon.clone());
+        Ok(addon)
+    }
+    async fn addons(&self, project_id: i64) -> Result<Vec<Addon>> {
+        let data = self.enter("addons").await?;
+        let mut addons: Vec<Addon> = data.addons.iter().filter(|a| a.project_id == project_id).cloned().collect();
+        addons.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(addons)
+    }
+    async fn addon(&self, project_id: i64, name: &AddonName) -> Result<Addon> {
+        let data = self.enter("addon").await?;
+        data.addons
+            .iter()
+            .find(|a| a.project_id == project_id && &a.name == name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound("add-on".into()))
+    }
+    async fn delete_addon(&self, project_id: i64, name: &AddonName) -> Result<()> {
+        let mut data = self.enter("delete_addon").await?;
+        let before = data.addons.len();
+        data.addons.retain(|a| !(a.project_id == project_id && &a.name == name));
+        if data.addons.len() == before { Err(Error::NotFound("add-on".into())) } else { Ok(()) }
     }
     async fn add_domain(&self, project_id: i64, name: &Hostname) -> Result<Domain> {
         let mut data = self.enter("add_domain").await?;

@@ -75,6 +75,10 @@ pub trait AddonKind: Send + Sync {
     /// The kind's name as configured: `postgres` for `[addons.postgres]`.
     fn kind(&self) -> &'static str;
 
+    /// The config vars `provision` answers (`["DATABASE_URL"]`): what attaching sets and
+    /// detaching unsets, and what an add-on's backup reads its credentials from.
+    fn config_keys(&self) -> &'static [&'static str];
+
     /// Makes the add-on `name` of `project` and answers the config vars that give an app
     /// access to it (`DATABASE_URL`, …). A name that is already provisioned is
     /// [`Error::Conflict`]; a server that is down is [`Error::Unavailable`].

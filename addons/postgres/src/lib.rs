@@ -201,6 +201,10 @@ impl AddonKind for PostgresAddons {
         "postgres"
     }
 
+    fn config_keys(&self) -> &'static [&'static str] {
+        &[DATABASE_URL]
+    }
+
     async fn provision(&self, project: &ProjectName, name: &AddonName) -> Result<EnvVars> {
         let ident = Self::identifier(project, name);
         let password = new_password();

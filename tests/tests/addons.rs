@@ -202,3 +202,48 @@ fn a_postgres_server_that_is_down_is_a_clear_error_and_leaves_nothing() {
     let (_, env) = api.req("GET", "/projects/down/env", Some(&token), None);
     assert_eq!(env, json!({}));
 }
+
+#[test]
+fn the_addons_tab_lists_creates_and_destroys_with_confirmation() {
+    let server = Server::start(&format!("[addons.postgres]\nurl = {:?}\n", postgres_admin_url()));
+    let mut web = paastech_tests::web::Web::new(&server.api_url());
+    web.sign_up("ada@example.com");
+    let csrf = web.get("/projects/new").csrf();
+    let project = unique("ui");
+    let created = web.post("/projects", &[("name", &project), ("csrf", &csrf)]);
+    assert_eq!(created.status, 303, "{}", created.body);
+
+    let page = web.get(&format!("/projects/{project}/addons"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("aria-current=\"page\">Add-ons</a>"), "the tab: {}", page.body);
+    assert!(page.body.contains("No add-ons yet") && page.body.contains("<option value=\"postgres\""), "{}", page.body);
+
+    let path = format!("/projects/{project}/addons");
+    let refused = web.post(&path, &[("kind", "postgres"), ("name", "db")]);
+    assert_eq!(refused.status, 403, "the form needs its token");
+    let bad = web.post(&path, &[("csrf", &csrf), ("kind", "postgres"), ("name", "Bad_Name")]);
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("id=\"name-error\"") && bad.body.contains("invalid add-on name"), "{}", bad.body);
+    let added = web.post(&path, &[("csrf", &csrf), ("kind", "postgres"), ("name", "db")]);
+    assert_eq!(added.status, 303, "{}", added.body);
+    assert!(
+        added.header("location").is_some_and(|l| l.contains("done=addon-created")),
+        "{:?}",
+        added.header("location")
+    );
+    let ident = format!("pt_{project}_db");
+    assert_eq!(role_and_database(&ident), ("1".into(), "1".into()));
+    let page = web.get(&path);
+    assert!(page.body.contains("<th scope=\"row\" data-label=\"Name\">db</th>"), "{}", page.body);
+
+    // Destroying asks for the name to be typed.
+    let destroy = format!("{path}/destroy");
+    let unconfirmed = web.post(&destroy, &[("csrf", &csrf), ("name", "db"), ("confirm", "")]);
+    assert_eq!(unconfirmed.status, 422);
+    assert!(unconfirmed.body.contains("id=\"destroy-error\""), "{}", unconfirmed.body);
+    assert_eq!(role_and_database(&ident), ("1".into(), "1".into()), "kept");
+    let destroyed = web.post(&destroy, &[("csrf", &csrf), ("name", "db"), ("confirm", "db")]);
+    assert_eq!(destroyed.status, 303, "{}", destroyed.body);
+    assert_eq!(role_and_database(&ident), ("0".into(), "0".into()));
+    assert!(web.get(&path).body.contains("No add-ons yet"));
+}

@@ -24,6 +24,9 @@ use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
+/// The largest restore taken (a `Content-Length` over it answers 413 before anything runs).
+const MAX_RESTORE_BYTES: u64 = 64 << 30;
+
 /// How much of a backup may wait between the add-on's tool and the client.
 const BACKUP_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -187,17 +190,24 @@ pub async fn backup(
 #[utoipa::path(post, path = "/projects/{name}/addons/{addon}/restore", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("addon" = AddonNameSchema, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204, description = "restored"), NeedsToken, ParamErrors, ErrorStatus<404>, ErrorStatus<503>))]
+    responses((status = 204, description = "restored"), NeedsToken, ParamErrors, ErrorStatus<404>, ErrorStatus<413>,
+        ErrorStatus<503>))]
 pub async fn restore(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam((name, addon)): PathParam<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: Body,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let project = visible_project(&state, &user, &name).await?;
     let addon = addon_name(&addon)?;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_RESTORE_BYTES) {
+        let message = format!("a restore is at most {} GiB", MAX_RESTORE_BYTES >> 30);
+        return Ok(crate::error::error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message));
+    }
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let mut reader = StreamReader::new(stream);
     state.orchestrator.restore_addon(&project, &addon, &mut reader).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

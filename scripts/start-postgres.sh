@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts a throwaway PostgreSQL 15 cluster for tests and prints exactly one line on stdout:
-# its admin URL (a role with CREATEDB, trust auth, 127.0.0.1 only).
+# its admin URL (a role with CREATEDB and CREATEROLE (for add-ons), trust auth, 127.0.0.1 only).
 #
 #   export PAASTECH_TEST_POSTGRES_URL="$(scripts/start-postgres.sh)"
 #   scripts/start-postgres.sh --stop      # stops it and removes its files
@@ -37,6 +37,9 @@ fi
 # Reuse a cluster this script started earlier if it still answers.
 if [ -f "$DIR/url" ] && [ -f "$DIR/port" ] \
     && "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$(cat "$DIR/port")" -t 2; then
+    # A cluster started by an older copy of this script lacks CREATEROLE (add-on tests).
+    as_postgres "$PG_BIN/psql" -h "$DIR" -p "$(cat "$DIR/port")" -U postgres -d postgres -q \
+        -c "ALTER ROLE $ROLE CREATEROLE" >&2 || true
     cat "$DIR/url"
     exit 0
 fi
@@ -85,7 +88,7 @@ done
 "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port" -t 5 || { log "PostgreSQL does not answer"; exit 1; }
 
 as_postgres "$PG_BIN/psql" -h "$DIR" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -q \
-    -c "CREATE ROLE $ROLE LOGIN CREATEDB" >&2
+    -c "CREATE ROLE $ROLE LOGIN CREATEDB CREATEROLE" >&2
 
 url="postgres://$ROLE@127.0.0.1:$port/postgres"
 echo "$port" >"$DIR/port"

@@ -136,6 +136,14 @@ impl Client {
         self.stream(response)
     }
 
+    /// A POST whose body streams from `body` (a restore from stdin); its answer is JSON.
+    pub fn post_reader(&self, path: &str, mut body: impl std::io::Read) -> Result<Value> {
+        let request = self
+            .authorize(Self::streaming_agent().post(self.url(path)))
+            .header("Content-Type", "application/octet-stream");
+        self.finish(request.send(ureq::SendBody::from_reader(&mut body)))
+    }
+
     /// An agent without timeouts: a followed log or a command's output may take hours.
     fn streaming_agent() -> ureq::Agent {
         ureq::Agent::config_builder()

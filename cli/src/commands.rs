@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use crate::client::{self, Client, SavedLogin, print_table};
 use crate::{
-    Command, CredentialArgs, DomainsCommand, EnvCommand, HttpsCommand, KeysCommand, ProjectArg, ProjectsCommand,
-    TokensCommand,
+    AddonsCommand, Command, CredentialArgs, DomainsCommand, EnvCommand, HttpsCommand, KeysCommand, ProjectArg,
+    ProjectsCommand, TokensCommand,
 };
 
 pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, command: Command) -> Result<()> {
@@ -27,6 +27,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Env(cmd) => env(&client, out, cmd),
         Command::Domains(cmd) => domains(&client, out, cmd),
         Command::Https { project, change } => https(&client, out, project, change),
+        Command::Addons { project, command } => addons(&client, out, project, command),
         Command::Deployments(project) => deployments(&client, out, project),
         Command::Deploy { project, version } => deploy(&client, out, project, version, false),
         Command::Rollback { project, version } => deploy(&client, out, project, version, true),
@@ -241,6 +242,73 @@ fn certificate_summary(cert: &Value) -> String {
         summary.push_str(&format!(" (next attempt {next})"));
     }
     summary
+}
+
+fn addons(client: &Client, out: Output, project: ProjectArg, command: Option<AddonsCommand>) -> Result<()> {
+    // `-p` may stand before or after the verb.
+    let Some(command) = command else {
+        let name = resolve_project(&project)?;
+        let addons: Value = client.get(&format!("/projects/{name}/addons"))?;
+        if out.json {
+            return out.json(&addons);
+        }
+        print_table(&["NAME", "KIND", "CREATED"], &rows(&addons, &["name", "kind", "created_at"]));
+        return Ok(());
+    };
+    match command {
+        AddonsCommand::Create { project: p, kind, name } => {
+            let project = resolve_project(&p.or(project))?;
+            let created: Value =
+                client.post(&format!("/projects/{project}/addons"), &json!({"kind": kind, "name": name}))?;
+            if out.json {
+                return out.json(&created);
+            }
+            let addon = text(&created["addon"]["name"]);
+            match created["deployment_version"].as_i64() {
+                Some(version) => println!("Created {addon} ({kind}) for {project}; deployed v{version}"),
+                None => println!("Created {addon} ({kind}) for {project}; its config is used from the next deploy"),
+            }
+        }
+        AddonsCommand::Info { project: p, name } => {
+            let project = resolve_project(&p.or(project))?;
+            let info: Value = client.get(&format!("/projects/{project}/addons/{name}"))?;
+            if out.json {
+                return out.json(&info);
+            }
+            println!(
+                "name:    {}\nkind:    {}\ncreated: {}",
+                text(&info["name"]),
+                text(&info["kind"]),
+                text(&info["created_at"])
+            );
+            if let Some(config) = info["config"].as_object() {
+                for (key, value) in config {
+                    println!("{key}={}", text(value));
+                }
+            }
+        }
+        AddonsCommand::Destroy { project: p, name, yes } => {
+            let project = resolve_project(&p.or(project))?;
+            if !yes {
+                bail!("destroying {name} deletes all its data: run again with --yes to confirm");
+            }
+            client.delete(&format!("/projects/{project}/addons/{name}"))?;
+            println!("Destroyed {name} of {project}");
+        }
+        AddonsCommand::Backup { project: p, name } => {
+            let project = resolve_project(&p.or(project))?;
+            let mut backup = client.get_stream(&format!("/projects/{project}/addons/{name}/backup"))?;
+            let mut stdout = std::io::stdout().lock();
+            std::io::copy(&mut backup, &mut stdout).context("the backup was cut short: it is incomplete")?;
+            stdout.flush().context("writing the backup")?;
+        }
+        AddonsCommand::Restore { project: p, name } => {
+            let project = resolve_project(&p.or(project))?;
+            client.post_reader(&format!("/projects/{project}/addons/{name}/restore"), std::io::stdin().lock())?;
+            eprintln!("Restored {name} of {project}");
+        }
+    }
+    Ok(())
 }
 
 fn https(client: &Client, out: Output, project: ProjectArg, change: Option<HttpsCommand>) -> Result<()> {

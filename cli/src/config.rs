@@ -43,6 +43,10 @@ pub struct ServerConfig {
     pub build: toml::Table,
     #[serde(default)]
     pub hooks: Vec<HookConfig>,
+    /// `[addons.KIND]`: the add-on kinds offered, each with its own keys (checked by the
+    /// add-on registry).
+    #[serde(default)]
+    pub addons: std::collections::BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]

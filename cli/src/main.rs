@@ -79,6 +79,14 @@ enum Command {
         #[command(subcommand)]
         change: Option<HttpsCommand>,
     },
+    /// A project's add-ons (databases): `paastech addons` lists them; `create`, `info`,
+    /// `destroy`, `backup` (to stdout) and `restore` (from stdin) manage one.
+    Addons {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[command(subcommand)]
+        command: Option<AddonsCommand>,
+    },
     /// List a project's deployments, newest first.
     Deployments(ProjectArg),
     /// Deploy the latest build again, or a given version (its build and config).
@@ -236,6 +244,48 @@ enum DomainsCommand {
         #[command(flatten)]
         project: ProjectArg,
         domain: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AddonsCommand {
+    /// Provision an add-on of KIND (a kind the server offers, such as postgres) and set its
+    /// config vars (DATABASE_URL): a new deployment once the project has a build.
+    Create {
+        #[command(flatten)]
+        project: ProjectArg,
+        kind: String,
+        /// Its name in the project (default: the kind).
+        #[arg(long = "as", value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Show an add-on and its config vars.
+    Info {
+        #[command(flatten)]
+        project: ProjectArg,
+        name: String,
+    },
+    /// Unset the add-on's config vars, then destroy it and all its data.
+    Destroy {
+        #[command(flatten)]
+        project: ProjectArg,
+        name: String,
+        /// Confirm that the add-on's data is to be destroyed.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Write a backup of the add-on's data to stdout: `paastech addons backup NAME > file`.
+    Backup {
+        #[command(flatten)]
+        project: ProjectArg,
+        name: String,
+    },
+    /// Replace the add-on's data with a backup read from stdin: `paastech addons restore
+    /// NAME < file`.
+    Restore {
+        #[command(flatten)]
+        project: ProjectArg,
+        name: String,
     },
 }
 

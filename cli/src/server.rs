@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use std::time::Duration;
 
 use paastech_acme::{AcmeConfig, AcmeManager};
+use paastech_core::addons::AddonKind;
 use paastech_core::drivers::{ImageBuilder, Runtime};
 use paastech_core::logs::LogHub;
 use paastech_core::orchestrator::{FOLLOW_INTERVAL, Orchestrator, OrchestratorConfig};
@@ -45,7 +46,7 @@ pub struct Settings {
 /// platform reads there. Errors name the file, the line and the key.
 pub struct DriverInput<'a> {
     pub source: &'a Source,
-    pub section: &'static str,
+    pub section: &'a str,
     pub table: &'a toml::Table,
     /// Keys of the section that are the platform's, not the driver's.
     pub platform_keys: &'static [&'static str],
@@ -158,6 +159,33 @@ fn build_drivers<'a>() -> Registry<dyn ImageBuilder, DriverInput<'a>> {
     registry
 }
 
+/// The one place add-on kinds are registered (`[addons.KIND]`).
+fn addon_kinds<'a>() -> Registry<dyn AddonKind, DriverInput<'a>> {
+    let mut registry = Registry::new("addons");
+    registry.register::<paastech_addon_postgres::PostgresOptions>("postgres");
+    registry
+}
+
+/// The `[addons.KIND]` sections, each with the section name its errors carry.
+fn addon_inputs<'a>(
+    source: &'a Source,
+    config: &'a ServerConfig,
+    context: &'a DriverContext,
+    sections: &'a [(String, String)],
+) -> Vec<(&'a str, DriverInput<'a>)> {
+    sections
+        .iter()
+        .map(|(kind, section)| {
+            let table = config.addons.get(kind).expect("sections are made from the configured kinds");
+            (kind.as_str(), DriverInput { source, section, table, platform_keys: &[], context })
+        })
+        .collect()
+}
+
+fn addon_sections(config: &ServerConfig) -> Vec<(String, String)> {
+    config.addons.keys().map(|kind| (kind.clone(), format!("addons.{kind}"))).collect()
+}
+
 /// What every driver is told beside its own keys.
 fn driver_context(
     config: &ServerConfig,
@@ -202,6 +230,10 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         .map_err(|err| ConfigError { file: None, line: None, message: format!("{err:#}") })?;
     runtime_drivers().check(&runtime_driver, &runtime_input(&source, &config, &context))?;
     build_drivers().check(&build_driver, &build_input(&source, &config, &context))?;
+    let sections = addon_sections(&config);
+    for (kind, input) in addon_inputs(&source, &config, &context, &sections) {
+        addon_kinds().check(kind, &input)?;
+    }
     if let Some(value) = config.build.get("project_hooks")
         && !value.is_bool()
     {
@@ -415,6 +447,11 @@ async fn serve(settings: Settings) -> Result<()> {
     let runtime = runtime_drivers().build(&runtime_driver, &runtime_input(&source, &config, &context))?;
     let builder = build_drivers().build(&build_driver, &build_input(&source, &config, &context))?;
     let repos = Arc::new(GitRepoStore::new(data_dir.join("repos")));
+    let sections = addon_sections(&config);
+    let addons = addon_inputs(&source, &config, &context, &sections)
+        .iter()
+        .map(|(kind, input)| addon_kinds().build(kind, input))
+        .collect::<Result<Vec<_>, _>>()?;
 
     // The orchestrator, with the ingress as its traffic router.
     let routes = RouteTable::new();
@@ -461,7 +498,8 @@ async fn serve(settings: Settings) -> Result<()> {
     };
     orchestrator_config.app_url = urls.app_url("{name}");
     let mut orchestrator = Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config)
-        .with_hooks(Arc::clone(&build_hooks) as _);
+        .with_hooks(Arc::clone(&build_hooks) as _)
+        .with_addon_kinds(addons);
     if let Some(acme) = &acme {
         orchestrator = orchestrator.with_certificates(Arc::new(acme.clone()));
     }
@@ -777,6 +815,22 @@ mod tests {
                 "[api]\npublic_host = \"apps.example.com\"\n[ingress]\ndomain = \"apps.example.com\"\n",
                 "is the app domain itself",
             ),
+        ] {
+            let shown = load_text(text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(shown.contains(needle), "{text:?}: {shown}");
+        }
+    }
+
+    #[test]
+    fn addon_kinds_and_their_keys_are_checked() {
+        let settings =
+            load_text("[addons.postgres]\nurl = \"postgres://admin@127.0.0.1:5432/postgres\"\n").expect("postgres");
+        assert!(settings.config.addons.contains_key("postgres"));
+        for (text, needle) in [
+            ("[addons.mysql]\nurl = \"mysql://x\"\n", "known drivers: postgres"),
+            ("[addons.postgres]\nurl = \"mysql://x\"\n", "[addons.postgres] url must start with postgres://"),
+            ("[addons.postgres]\nurl = \"postgres://a@h/p\"\nport = 1\n", "unknown field `port`"),
+            ("[addons.postgres]\n", "missing field `url`"),
         ] {
             let shown = load_text(text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(shown.contains(needle), "{text:?}: {shown}");

@@ -3,6 +3,7 @@
 //! registry. This crate names no concrete backend and no transport: no SQL, no HTTP,
 //! no SSH, no container engine. Drivers depend on it, never the other way round.
 
+pub mod addons;
 pub mod app;
 pub mod certificates;
 pub mod deployment;
@@ -18,6 +19,7 @@ pub mod ports;
 pub mod registry;
 pub mod store;
 
+pub use addons::{Addon, AddonKind, AddonName};
 pub use certificates::{CertificateState, CertificateStatus, Certificates};
 pub use deployment::{Deployment, DeploymentStatus, NewDeployment};
 pub use domain::{

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::addons::AddonKind;
 use crate::certificates::{CertificateStatus, Certificates};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName};
@@ -93,6 +94,8 @@ pub struct Orchestrator {
     hooks: Arc<dyn BuildHooks>,
     /// Who obtains certificates for projects' names, when the ingress serves HTTPS by ACME.
     certificates: Option<Arc<dyn Certificates>>,
+    /// The configured add-on kinds (`[addons.KIND]`), by kind.
+    addon_kinds: BTreeMap<String, Arc<dyn AddonKind>>,
     config: OrchestratorConfig,
     /// One deploy at a time per project; different projects in parallel.
     locks: Mutex<HashMap<ProjectName, Arc<tokio::sync::Mutex<()>>>>,
@@ -154,6 +157,7 @@ impl Orchestrator {
             config,
             hooks: Arc::new(NoHooks),
             certificates: None,
+            addon_kinds: BTreeMap::new(),
             locks: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
         }
@@ -252,6 +256,8 @@ impl Orchestrator {
 
     async fn delete_project_now(&self, project: &Project) -> Result<()> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
+        // First: an add-on that cannot be destroyed keeps the project whole and serving.
+        self.deprovision_all(project).await?;
         self.traffic.remove(&project.name);
         if let Some(certificates) = &self.certificates {
             certificates.set_names(project.name.as_str(), &[]);
@@ -919,6 +925,15 @@ impl Orchestrator {
 
     async fn update_env_now(&self, project: &Project, changes: &EnvChanges) -> Result<(EnvVars, Option<Deployment>)> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
+        self.update_env_locked(project, changes).await
+    }
+
+    /// `update_env` for a caller that holds the project's lock already.
+    async fn update_env_locked(
+        &self,
+        project: &Project,
+        changes: &EnvChanges,
+    ) -> Result<(EnvVars, Option<Deployment>)> {
         let mut env = self.store.env(project.id).await?;
         for (key, value) in changes {
             match value {
@@ -1470,6 +1485,7 @@ fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
     instances.iter().filter(|i| i.process_type == "web").filter_map(|i| i.addr).collect()
 }
 
+mod addons;
 mod follow;
 pub use follow::{FOLLOW_INTERVAL, Follower};
 

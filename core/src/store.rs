@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+use crate::addons::{Addon, AddonName};
+
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
 use crate::drivers::Limits;
@@ -77,6 +79,16 @@ pub trait Store: Send + Sync {
     async fn domain(&self, name: &Hostname) -> Result<Domain>;
     /// Takes a custom domain from the project; `NotFound` unless the project has it.
     async fn delete_domain(&self, project_id: i64, name: &Hostname) -> Result<()>;
+
+    // Add-ons (their credentials are config vars, stored with the env).
+    /// Records an add-on of the project; `Conflict` when the project has one of that name.
+    async fn add_addon(&self, project_id: i64, name: &AddonName, kind: &str) -> Result<Addon>;
+    /// The project's add-ons, by name.
+    async fn addons(&self, project_id: i64) -> Result<Vec<Addon>>;
+    /// The project's add-on of that name; `NotFound` if it has none.
+    async fn addon(&self, project_id: i64, name: &AddonName) -> Result<Addon>;
+    /// Forgets the project's add-on; `NotFound` if it has none of that name.
+    async fn delete_addon(&self, project_id: i64, name: &AddonName) -> Result<()>;
 
     // Builds.
     async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build>;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{INTERRUPTED, Orchestrator, OrchestratorConfig};
+use crate::addons::{Addon, AddonKind, AddonName, BackupReader, BackupWriter};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
 use crate::drivers::{
@@ -107,6 +108,7 @@ struct Data {
     domains: Vec<Domain>,
     https: HashMap<i64, HttpsPolicy>,
     next_domain_id: i64,
+    addons: Vec<Addon>,
 }
 
 /// The store's contract in memory, for the calls the orchestrator makes.
@@ -202,7 +204,38 @@ impl Store for MemStore {
         let mut data = self.enter("delete_project").await?;
         data.projects.retain(|p| p.id != project_id);
         data.domains.retain(|d| d.project_id != project_id);
+        data.addons.retain(|a| a.project_id != project_id);
         Ok(())
+    }
+    async fn add_addon(&self, project_id: i64, name: &AddonName, kind: &str) -> Result<Addon> {
+        let mut data = self.enter("add_addon").await?;
+        if data.addons.iter().any(|a| a.project_id == project_id && &a.name == name) {
+            return Err(Error::Conflict("taken".into()));
+        }
+        let id = i64::try_from(data.addons.len()).unwrap_or(i64::MAX) + 1;
+        let addon = Addon { id, project_id, name: name.clone(), kind: kind.to_owned(), created_at: Timestamp(0) };
+        data.addons.push(addon.clone());
+        Ok(addon)
+    }
+    async fn addons(&self, project_id: i64) -> Result<Vec<Addon>> {
+        let data = self.enter("addons").await?;
+        let mut addons: Vec<Addon> = data.addons.iter().filter(|a| a.project_id == project_id).cloned().collect();
+        addons.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(addons)
+    }
+    async fn addon(&self, project_id: i64, name: &AddonName) -> Result<Addon> {
+        let data = self.enter("addon").await?;
+        data.addons
+            .iter()
+            .find(|a| a.project_id == project_id && &a.name == name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound("add-on".into()))
+    }
+    async fn delete_addon(&self, project_id: i64, name: &AddonName) -> Result<()> {
+        let mut data = self.enter("delete_addon").await?;
+        let before = data.addons.len();
+        data.addons.retain(|a| !(a.project_id == project_id && &a.name == name));
+        if data.addons.len() == before { Err(Error::NotFound("add-on".into())) } else { Ok(()) }
     }
     async fn add_domain(&self, project_id: i64, name: &Hostname) -> Result<Domain> {
         let mut data = self.enter("add_domain").await?;
@@ -618,6 +651,11 @@ struct World {
 impl World {
     /// A project with `webs` web instances of v1 live, and `GREETING=hello`.
     async fn new(webs: u32) -> World {
+        World::with_addon_kinds(webs, Vec::new()).await
+    }
+
+    /// As `new`, with these add-on kinds configured.
+    async fn with_addon_kinds(webs: u32, kinds: Vec<Arc<dyn AddonKind>>) -> World {
         let steps = Arc::new(Steps::default());
         let store = Arc::new(MemStore { data: Mutex::default(), faults: Faults::default(), steps: Arc::clone(&steps) });
         let builder =
@@ -642,15 +680,18 @@ impl World {
         });
         let dir = tempfile::tempdir().expect("temp dir");
         let mut world = World {
-            orchestrator: Arc::new(Orchestrator::new(
-                Arc::clone(&store) as _,
-                Arc::new(FakeRepos { steps: Arc::clone(&steps) }),
-                Arc::clone(&builder) as _,
-                Arc::clone(&runtime) as _,
-                Arc::clone(&traffic) as _,
-                Arc::new(LogHub::new(dir.path().join("logs"), 1 << 20)),
-                OrchestratorConfig::new(dir.path().join("releases")),
-            )),
+            orchestrator: Arc::new(
+                Orchestrator::new(
+                    Arc::clone(&store) as _,
+                    Arc::new(FakeRepos { steps: Arc::clone(&steps) }),
+                    Arc::clone(&builder) as _,
+                    Arc::clone(&runtime) as _,
+                    Arc::clone(&traffic) as _,
+                    Arc::new(LogHub::new(dir.path().join("logs"), 1 << 20)),
+                    OrchestratorConfig::new(dir.path().join("releases")),
+                )
+                .with_addon_kinds(kinds),
+            ),
             store,
             builder,
             runtime,
@@ -1494,4 +1535,140 @@ async fn a_runtime_without_a_cluster_is_one_local_node_with_every_instance() {
     assert_eq!((nodes[0].id.as_str(), nodes[0].role), ("local", crate::drivers::NodeRole::Local));
     let listed: Vec<(String, u32)> = nodes[0].instances.iter().map(|i| (i.process_type.clone(), i.index)).collect();
     assert_eq!(listed, vec![("web".to_owned(), 0), ("web".to_owned(), 1)]);
+}
+
+// ----- Add-ons ----------------------------------------------------------------------------
+
+/// An add-on kind that keeps what it provisioned in memory.
+#[derive(Default)]
+struct FakeAddons {
+    provisioned: Mutex<std::collections::BTreeSet<String>>,
+    faults: Faults,
+}
+
+impl FakeAddons {
+    fn provisioned(&self) -> Vec<String> {
+        self.provisioned.lock().expect("provisioned").iter().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl AddonKind for FakeAddons {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
+    fn config_keys(&self) -> &'static [&'static str] {
+        &["FAKE_URL"]
+    }
+
+    async fn provision(&self, project: &ProjectName, name: &AddonName) -> Result<EnvVars> {
+        self.faults.check("provision")?;
+        let id = format!("{project}/{name}");
+        if !self.provisioned.lock().expect("provisioned").insert(id.clone()) {
+            return Err(Error::Conflict(format!("{id} exists")));
+        }
+        Ok(vars(&[("FAKE_URL", &format!("fake://{id}"))]))
+    }
+
+    async fn deprovision(&self, project: &ProjectName, name: &AddonName) -> Result<()> {
+        self.faults.check("deprovision")?;
+        self.provisioned.lock().expect("provisioned").remove(&format!("{project}/{name}"));
+        Ok(())
+    }
+
+    async fn backup(&self, _: &ProjectName, _: &AddonName, _: &EnvVars, _: BackupWriter<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    async fn restore(&self, _: &ProjectName, _: &AddonName, _: &EnvVars, _: BackupReader<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+async fn addon_world() -> (World, Arc<FakeAddons>) {
+    let fake = Arc::new(FakeAddons::default());
+    let world = World::with_addon_kinds(1, vec![Arc::clone(&fake) as Arc<dyn AddonKind>]).await;
+    (world, fake)
+}
+
+fn addon_name(s: &str) -> AddonName {
+    AddonName::parse(s).expect("add-on name")
+}
+
+#[tokio::test]
+async fn creating_an_addon_sets_its_vars_in_a_new_deployment_and_destroying_it_unsets_them() {
+    let (world, fake) = addon_world().await;
+    let (addon, deployment) = world.orchestrator.create_addon(&world.project, "fake", None).await.expect("create");
+    assert_eq!((addon.name.as_str(), addon.kind.as_str()), ("fake", "fake"), "named after its kind by default");
+    assert_eq!(deployment.map(|d| d.version), Some(2));
+    world.serves(2, 1).await;
+    assert_eq!(world.deployment(2).await.config.get("FAKE_URL").map(String::as_str), Some("fake://app/fake"));
+    assert_eq!(world.env().await, vars(&[("FAKE_URL", "fake://app/fake"), ("GREETING", "hello")]));
+    assert_eq!(fake.provisioned(), vec!["app/fake"]);
+    let (_, credentials) = world.orchestrator.addon_info(&world.project, &addon_name("fake")).await.expect("info");
+    assert_eq!(credentials, vars(&[("FAKE_URL", "fake://app/fake")]));
+
+    let deployment = world.orchestrator.destroy_addon(&world.project, &addon_name("fake")).await.expect("destroy");
+    assert_eq!(deployment.map(|d| d.version), Some(3));
+    world.serves(3, 1).await;
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]));
+    assert!(fake.provisioned().is_empty(), "deprovisioned");
+    assert!(world.orchestrator.addons(&world.project).await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn a_create_whose_deployment_fails_leaves_nothing_behind() {
+    let (world, fake) = addon_world().await;
+    world.runtime.faults.set("start", 1);
+    let result = world.orchestrator.create_addon(&world.project, "fake", Some("db")).await;
+    assert_failed(result, "start failed on purpose");
+    world.serves(1, 1).await;
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]), "config as it was");
+    assert!(world.orchestrator.addons(&world.project).await.expect("list").is_empty(), "no record");
+    assert!(fake.provisioned().is_empty(), "deprovisioned");
+
+    // A failed provision records nothing and changes no config.
+    fake.faults.set("provision", 1);
+    let err = world.orchestrator.create_addon(&world.project, "fake", Some("db")).await.expect_err("refused");
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(world.orchestrator.addons(&world.project).await.expect("list").is_empty());
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]));
+    world.serves(1, 1).await;
+}
+
+#[tokio::test]
+async fn an_unknown_kind_a_taken_name_and_a_clashing_var_are_refused() {
+    let (world, fake) = addon_world().await;
+    let err = world.orchestrator.create_addon(&world.project, "mysql", None).await.expect_err("unknown kind");
+    assert!(
+        matches!(&err, Error::Invalid(m) if m.contains("\"mysql\"") && m.contains("configured are fake")),
+        "{err:?}"
+    );
+    let err = world.orchestrator.create_addon(&world.project, "fake", Some("Bad_Name")).await.expect_err("bad name");
+    assert!(matches!(&err, Error::Invalid(m) if m.contains("invalid add-on name")), "{err:?}");
+
+    world.orchestrator.create_addon(&world.project, "fake", Some("db")).await.expect("create");
+    let err = world.orchestrator.create_addon(&world.project, "fake", Some("db")).await.expect_err("taken");
+    assert!(matches!(&err, Error::Conflict(m) if m.contains("already has an add-on named db")), "{err:?}");
+    // A second add-on would overwrite the first one's FAKE_URL.
+    let err = world.orchestrator.create_addon(&world.project, "fake", Some("other")).await.expect_err("clash");
+    assert!(matches!(&err, Error::Conflict(m) if m.contains("FAKE_URL is already set")), "{err:?}");
+    assert_eq!(fake.provisioned(), vec!["app/db"], "nothing else provisioned");
+    let err = world.orchestrator.destroy_addon(&world.project, &addon_name("nope")).await.expect_err("none");
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn deleting_a_project_destroys_its_addons_or_keeps_it_whole() {
+    let (world, fake) = addon_world().await;
+    world.orchestrator.create_addon(&world.project, "fake", Some("db")).await.expect("create");
+    fake.faults.set("deprovision", 1);
+    let err = world.orchestrator.delete_project(&world.project).await.expect_err("the add-on cannot go");
+    assert!(matches!(&err, Error::Unavailable(m) if m.contains("db: deprovision failed on purpose")), "{err:?}");
+    world.serves(2, 1).await;
+    assert_eq!(fake.provisioned(), vec!["app/db"]);
+
+    world.orchestrator.delete_project(&world.project).await.expect("delete");
+    assert!(fake.provisioned().is_empty(), "the add-on is destroyed with its project");
 }

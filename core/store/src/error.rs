@@ -55,10 +55,10 @@ impl From<StoreError> for Error {
 }
 
 /// Maps a unique-constraint violation to `Conflict(message)`; other errors pass through.
-pub(crate) fn conflict_on_unique(message: &'static str) -> impl FnOnce(DieselError) -> StoreError {
+pub(crate) fn conflict_on_unique(message: impl Into<String>) -> impl FnOnce(DieselError) -> StoreError {
     move |e| match e {
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-            StoreError::Core(Error::Conflict(message.to_owned()))
+            StoreError::Core(Error::Conflict(message.into()))
         }
         e => StoreError::Db(e),
     }

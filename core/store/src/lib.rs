@@ -25,8 +25,8 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
-    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname, HttpsPolicy,
-    NewDeployment, Project, ProjectName, Result, SshKey, Store, Timestamp, User,
+    Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
+    HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Store, Timestamp, User,
 };
 
 use crate::conn::{Pools, write_tx};
@@ -547,6 +547,7 @@ impl Store for SqlStore {
                     .execute(conn)?;
                 diesel::delete(project_https::table.filter(project_https::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(domains::table.filter(domains::project_id.eq(project_id))).execute(conn)?;
+                diesel::delete(addons::table.filter(addons::project_id.eq(project_id))).execute(conn)?;
                 if diesel::delete(projects::table.find(project_id)).execute(conn)? == 0 {
                     return Err(not_found("project not found"));
                 }
@@ -748,6 +749,67 @@ impl Store for SqlStore {
             .execute(conn)?;
             if deleted == 0 {
                 return Err(not_found(format!("{name} is not a domain of this project")));
+            }
+            Ok(())
+        })
+    }
+
+    async fn add_addon(&self, project_id: i64, name: &AddonName, kind: &str) -> Result<Addon> {
+        let (name, kind) = (name.clone(), kind.to_owned());
+        with_conn!(self, |conn| {
+            let row = diesel::insert_into(addons::table)
+                .values((
+                    addons::project_id.eq(project_id),
+                    addons::name.eq(name.as_str()),
+                    addons::kind.eq(&kind),
+                    addons::created_at.eq(now()),
+                ))
+                .returning(AddonRow::as_returning())
+                .get_result(conn)
+                .map_err(|e| match e {
+                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                        not_found("project not found")
+                    }
+                    e => conflict_on_unique(format!("the project already has an add-on named {name}"))(e),
+                })?;
+            Ok(Addon::try_from(row)?)
+        })
+    }
+
+    async fn addons(&self, project_id: i64) -> Result<Vec<Addon>> {
+        with_conn!(self, |conn| {
+            let rows = addons::table
+                .filter(addons::project_id.eq(project_id))
+                .order(addons::name)
+                .select(AddonRow::as_select())
+                .load(conn)?;
+            Ok(rows.into_iter().map(Addon::try_from).collect::<Result<Vec<_>>>()?)
+        })
+    }
+
+    async fn addon(&self, project_id: i64, name: &AddonName) -> Result<Addon> {
+        let name = name.clone();
+        with_conn!(self, |conn| {
+            let row = addons::table
+                .filter(addons::project_id.eq(project_id))
+                .filter(addons::name.eq(name.as_str()))
+                .select(AddonRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| not_found(format!("the project has no add-on named {name}")))?;
+            Ok(Addon::try_from(row)?)
+        })
+    }
+
+    async fn delete_addon(&self, project_id: i64, name: &AddonName) -> Result<()> {
+        let name = name.clone();
+        with_conn!(self, |conn| {
+            let deleted = diesel::delete(
+                addons::table.filter(addons::project_id.eq(project_id)).filter(addons::name.eq(name.as_str())),
+            )
+            .execute(conn)?;
+            if deleted == 0 {
+                return Err(not_found(format!("the project has no add-on named {name}")));
             }
             Ok(())
         })

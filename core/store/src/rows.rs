@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use paastech_core::{
-    ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname, Project, ProjectName,
-    SshKey, Timestamp, User,
+    Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
+    Project, ProjectName, SshKey, Timestamp, User,
 };
 
 use crate::secrets::Keyring;
 
-use crate::schema::{api_tokens, builds, deployments, domains, projects, ssh_keys, users};
+use crate::schema::{addons, api_tokens, builds, deployments, domains, projects, ssh_keys, users};
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = users)]
@@ -150,6 +150,32 @@ impl TryFrom<DomainRow> for Domain {
         let name = Hostname::parse(&row.name)
             .map_err(|_| Error::internal_msg(format!("invalid domain {:?} in store", row.name)))?;
         Ok(Domain { id: row.id, project_id: row.project_id, name, created_at: Timestamp(row.created_at) })
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = addons)]
+pub(crate) struct AddonRow {
+    pub id: i64,
+    pub project_id: i64,
+    pub name: String,
+    pub kind: String,
+    pub created_at: i64,
+}
+
+impl TryFrom<AddonRow> for Addon {
+    type Error = Error;
+
+    fn try_from(row: AddonRow) -> Result<Self, Error> {
+        let name = AddonName::parse(&row.name)
+            .map_err(|_| Error::internal_msg(format!("invalid add-on name {:?} in store", row.name)))?;
+        Ok(Addon {
+            id: row.id,
+            project_id: row.project_id,
+            name,
+            kind: row.kind,
+            created_at: Timestamp(row.created_at),
+        })
     }
 }
 

@@ -120,6 +120,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    addons (id) {
+        id -> BigInt,
+        project_id -> BigInt,
+        name -> Text,
+        kind -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(ssh_keys -> users (user_id));
 diesel::joinable!(deployments -> projects (project_id));
@@ -137,4 +147,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     builds,
     deployments,
     domains,
+    addons,
 );

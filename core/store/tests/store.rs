@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
+use paastech_core::addons::AddonName;
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
@@ -167,6 +168,7 @@ suite!(
     unfinished_deployments_are_interrupted,
     data_survives_reopening_the_store,
     domains_are_unique_listed_deleted_and_go_with_their_project,
+    addons_are_unique_per_project_listed_deleted_and_go_with_their_project,
     config_values_are_sealed_at_rest_and_read_back,
     a_value_moved_to_another_var_or_project_does_not_open,
     plain_values_are_sealed_at_open_once_and_all_or_nothing,
@@ -798,6 +800,41 @@ async fn domains_are_unique_listed_deleted_and_go_with_their_project(db: &TestDb
     assert_eq!(store.domains(blog.id).await.expect("list"), vec![apex]);
     // Free again, for any project.
     store.add_domain(shop.id, &host("www.example.com")).await.expect("taken by another");
+}
+
+fn addon(s: &str) -> AddonName {
+    AddonName::parse(s).expect("valid add-on name")
+}
+
+async fn addons_are_unique_per_project_listed_deleted_and_go_with_their_project(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let blog = store.create_project(alice.id, &name("blog")).await.expect("create");
+    let shop = store.create_project(alice.id, &name("shop")).await.expect("create");
+    let main = store.add_addon(blog.id, &addon("postgres"), "postgres").await.expect("add");
+    assert_eq!((main.project_id, main.name.as_str(), main.kind.as_str()), (blog.id, "postgres", "postgres"));
+    assert!(main.created_at.0 > 0);
+    let cache = store.add_addon(blog.id, &addon("analytics"), "postgres").await.expect("add");
+    // Names are per project: another project may use the same one.
+    let other = store.add_addon(shop.id, &addon("postgres"), "postgres").await.expect("same name elsewhere");
+
+    assert_conflict(
+        store.add_addon(blog.id, &addon("postgres"), "postgres").await,
+        "the project already has an add-on named postgres",
+    );
+    assert_not_found(store.add_addon(424242, &addon("orphan"), "postgres").await, "project");
+
+    assert_eq!(store.addons(blog.id).await.expect("list"), vec![cache.clone(), main.clone()], "by name");
+    assert_eq!(store.addon(blog.id, &addon("postgres")).await.expect("one"), main);
+    assert_not_found(store.addon(blog.id, &addon("nope")).await, "nope");
+
+    store.delete_addon(blog.id, &addon("postgres")).await.expect("delete");
+    assert_not_found(store.delete_addon(blog.id, &addon("postgres")).await, "postgres");
+    assert_eq!(store.addons(blog.id).await.expect("list"), vec![cache]);
+    assert_eq!(store.addons(shop.id).await.expect("list"), vec![other]);
+
+    store.delete_project(blog.id).await.expect("delete project");
+    assert!(store.addons(blog.id).await.expect("list").is_empty(), "the add-ons go with their project");
 }
 
 const SECRET: &str = "s3cr3t-Value-of-the-db-password";

@@ -1,6 +1,7 @@
 //! `/api/v1`: routes, request and response shapes, and the OpenAPI document built from them.
 
 pub(crate) mod accounts;
+pub(crate) mod addons;
 pub(crate) mod domains;
 pub(crate) mod extract;
 pub(crate) mod https;
@@ -42,6 +43,10 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/ps", get(projects::instances))
         .route("/projects/{name}/domains", get(domains::list).post(domains::add))
         .route("/projects/{name}/domains/{domain}", delete(domains::remove))
+        .route("/projects/{name}/addons", get(addons::list).post(addons::create))
+        .route("/projects/{name}/addons/{addon}", get(addons::info).delete(addons::destroy))
+        .route("/projects/{name}/addons/{addon}/backup", get(addons::backup))
+        .route("/projects/{name}/addons/{addon}/restore", post(addons::restore))
         .route("/projects/{name}/https", get(https::get).patch(https::patch))
         .route("/projects/{name}/run", post(projects::run))
         .fallback(not_found)
@@ -81,7 +86,7 @@ async fn openapi() -> ApiResult<Response> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy, deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
+    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy, add-ons (databases), deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
     servers((url = "/api/v1")),
     paths(
         healthz,
@@ -95,6 +100,7 @@ async fn openapi() -> ApiResult<Response> {
         projects::run,
         domains::list, domains::add, domains::remove,
         https::get, https::patch,
+        addons::list, addons::create, addons::info, addons::destroy, addons::backup, addons::restore,
     ),
     components(schemas(ErrorBody), responses(ErrorBody)),
     modifiers(&BearerAuth),

@@ -38,6 +38,30 @@ impl ToSchema for ProjectNameSchema {
     }
 }
 
+/// An add-on's name as `AddonName::parse` takes it.
+pub struct AddonNameSchema;
+
+impl PartialSchema for AddonNameSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[a-z][a-z0-9-]{0,17}[a-z0-9]$"))
+            .min_length(Some(2))
+            .max_length(Some(19))
+            .description(Some(
+                "lowercase letters, digits and hyphens, starting with a letter, not ending with a hyphen, 2 to 19 characters",
+            ))
+            .examples(["postgres"])
+            .into()
+    }
+}
+
+impl ToSchema for AddonNameSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "AddonName".into()
+    }
+}
+
 /// A custom domain as `Hostname::parse` takes it: RFC 1123 labels, at least two, the last
 /// starting with a letter (a numeric one would read as an IP address), any case, an
 /// optional trailing dot; stored lowercase without the dot. Exactly what is taken, so a

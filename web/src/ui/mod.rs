@@ -51,6 +51,8 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/scale", get(project::scale_page).post(project::scale_save))
         .route("/projects/{name}/domains", get(project::domains_page).post(project::domain_add))
         .route("/projects/{name}/domains/remove", post(project::domain_remove))
+        .route("/projects/{name}/addons", get(project::addons_page).post(project::addon_create))
+        .route("/projects/{name}/addons/destroy", post(project::addon_destroy))
         .route("/projects/{name}/https", post(project::https_save))
         .route("/projects/{name}/logs", get(project::logs_page))
         .route("/projects/{name}/logs/stream", get(project::logs_stream))

@@ -35,6 +35,10 @@ impl Notice {
             "scaled" => "Scale saved and applied.".to_owned(),
             "domain-added" => "Domain added: the app answers on it as soon as its DNS points here.".to_owned(),
             "domain-removed" => "Domain removed.".to_owned(),
+            "addon-created" => {
+                format!("Add-on created: its config is set, and {v} is live if the project has a build.")
+            }
+            "addon-destroyed" => "Add-on destroyed, with its data.".to_owned(),
             "https-saved" => "HTTPS policy saved: it applies to the next request.".to_owned(),
             "key-added" => "SSH key added.".to_owned(),
             "key-removed" => "SSH key removed.".to_owned(),

@@ -1,4 +1,4 @@
-//! A project's tabs: overview, deployments (with build logs and rollback), env, domains, scale,
+//! A project's tabs: overview, deployments (with build logs and rollback), env, domains, add-ons, scale,
 //! logs (live), settings (delete). Every handler starts from `visible_project`, the API's
 //! ownership rule: someone else's project is the plain 404 page.
 
@@ -20,8 +20,9 @@ use tokio::sync::broadcast::error::RecvError;
 use super::pages::Notice;
 use super::session::Session;
 use super::view::{
-    Badge, BuildLog, CertificateCell, DeploymentRow, Deployments, DomainRow, DomainsPage, EnvPage, FieldErrors,
-    InstanceRow, Layout, LogsPage, Overview, ProjectHead, ScalePage, ScaleRow, SettingsPage, When,
+    AddonRow, AddonsPage, Badge, BuildLog, CertificateCell, DeploymentRow, Deployments, DomainRow, DomainsPage,
+    EnvPage, FieldErrors, InstanceRow, Layout, LogsPage, Overview, ProjectHead, ScalePage, ScaleRow, SettingsPage,
+    When,
 };
 use super::{UiResult, render};
 use crate::AppState;
@@ -588,4 +589,133 @@ pub async fn delete(
     state.orchestrator.delete_project(&project).await?;
     tracing::info!(project = %project.name, user = session.user.id, "project deleted (web)");
     Ok(Redirect::to("/?done=deleted").into_response())
+}
+
+// ----- Add-ons ----------------------------------------------------------------------------
+
+struct AddonsForm {
+    kind: String,
+    name: String,
+    errors: FieldErrors,
+    destroy_error: Option<(String, String)>,
+}
+
+async fn addons_page_with(
+    state: &AppState,
+    session: &Session,
+    name: &str,
+    notice: Option<String>,
+    form: AddonsForm,
+    status: StatusCode,
+) -> UiResult {
+    let (project, head, _) = load(state, session, name, "addons", 5).await?;
+    let now = Timestamp::now();
+    let addons = state
+        .orchestrator
+        .addons(&project)
+        .await?
+        .into_iter()
+        .map(|a| {
+            let error = form.destroy_error.as_ref().filter(|(n, _)| n == a.name.as_str()).map(|(_, e)| e.clone());
+            AddonRow { name: a.name.to_string(), kind: a.kind, when: When::of(a.created_at, now), error }
+        })
+        .collect();
+    let kinds = state.orchestrator.addon_kind_names().into_iter().map(str::to_owned).collect();
+    let l = layout(session, &head, "Add-ons", false).with_notice(notice);
+    let page = AddonsPage { l, p: head, addons, kinds, kind: form.kind, name: form.name, errors: form.errors };
+    render(status, &page)
+}
+
+pub async fn addons_page(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Query(notice): Query<Notice>,
+) -> UiResult {
+    let form =
+        AddonsForm { kind: String::new(), name: String::new(), errors: FieldErrors::default(), destroy_error: None };
+    addons_page_with(&state, &session, &name, notice.message(), form, StatusCode::OK).await
+}
+
+#[derive(Deserialize)]
+pub struct AddonCreateForm {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    name: String,
+}
+
+pub async fn addon_create(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<AddonCreateForm>,
+) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    let addon_name = form.name.trim().to_owned();
+    let given = (!addon_name.is_empty()).then_some(addon_name.as_str());
+    match state.orchestrator.create_addon(&project, &form.kind, given).await {
+        Ok((_, deployment)) => {
+            let v = deployment.map(|d| format!("&v={}", d.version)).unwrap_or_default();
+            Ok(Redirect::to(&format!("/projects/{}/addons?done=addon-created{v}", project.name)).into_response())
+        }
+        Err(err @ (Error::Invalid(_) | Error::Conflict(_) | Error::Unavailable(_) | Error::DeployFailed(_))) => {
+            let status = match err {
+                Error::Conflict(_) => StatusCode::CONFLICT,
+                Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Error::DeployFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            let form = AddonsForm {
+                kind: form.kind,
+                name: addon_name,
+                errors: FieldErrors::one("name", err.to_string()),
+                destroy_error: None,
+            };
+            addons_page_with(&state, &session, &name, None, form, status).await
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AddonDestroyForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// Destroys an add-on once its name has been typed.
+pub async fn addon_destroy(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<AddonDestroyForm>,
+) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    let refused = |message: String| AddonsForm {
+        kind: String::new(),
+        name: String::new(),
+        errors: FieldErrors::default(),
+        destroy_error: Some((form.name.clone(), message)),
+    };
+    if form.confirm.trim() != form.name {
+        let message = format!("Type the add-on's name, {}, to confirm: its data is deleted.", form.name);
+        return addons_page_with(&state, &session, &name, None, refused(message), StatusCode::UNPROCESSABLE_ENTITY)
+            .await;
+    }
+    let addon = paastech_core::AddonName::parse(&form.name)?;
+    match state.orchestrator.destroy_addon(&project, &addon).await {
+        Ok(_) => Ok(Redirect::to(&format!("/projects/{}/addons?done=addon-destroyed", project.name)).into_response()),
+        Err(err @ (Error::Unavailable(_) | Error::DeployFailed(_))) => {
+            let status = if matches!(err, Error::Unavailable(_)) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            addons_page_with(&state, &session, &name, None, refused(err.to_string()), status).await
+        }
+        Err(other) => Err(other.into()),
+    }
 }

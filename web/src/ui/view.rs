@@ -338,6 +338,28 @@ pub struct DomainsPage {
     pub hsts_max_age: String,
 }
 
+pub struct AddonRow {
+    pub name: String,
+    pub kind: String,
+    pub when: When,
+    /// Why destroying it was just refused.
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "addons.html")]
+pub struct AddonsPage {
+    pub l: Layout,
+    pub p: ProjectHead,
+    pub addons: Vec<AddonRow>,
+    /// The kinds the server offers.
+    pub kinds: Vec<String>,
+    /// The create form's values, shown again with its error.
+    pub kind: String,
+    pub name: String,
+    pub errors: FieldErrors,
+}
+
 pub struct ScaleRow {
     pub process: String,
     pub count: u32,

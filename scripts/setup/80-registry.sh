@@ -12,12 +12,14 @@ paastech_registry_setup() {
     local dir=/tmp/paastech-registry
     local log="$dir/registry.log"
 
-    if ! command -v docker-registry >/dev/null || ! command -v curl >/dev/null; then
-        echo "installing docker-registry curl"
-        # Its Depends (adduser, lsb-base, libc6) are all it needs; no Recommends.
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry curl >/dev/null \
+    if ! command -v docker-registry >/dev/null || ! command -v curl >/dev/null || ! command -v htpasswd >/dev/null; then
+        echo "installing docker-registry curl apache2-utils"
+        # docker-registry's Depends (adduser, lsb-base, libc6) are all it needs; no
+        # Recommends. apache2-utils brings htpasswd (the bcrypt password file of the
+        # credentials journey's registry); its Depends are libraries only.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry curl apache2-utils >/dev/null \
             || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-                --no-install-recommends docker-registry curl >/dev/null; } || return 1
+                --no-install-recommends docker-registry curl apache2-utils >/dev/null; } || return 1
     fi
 
     if ! curl -fsS --max-time 2 "http://$addr/v2/" >/dev/null 2>&1; then

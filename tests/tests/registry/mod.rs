@@ -196,12 +196,17 @@ pub fn pushed_by_digest_pruned_and_pulled_back(engine: &Engine) {
 
 /// A registry of the test's own, on a free port, with storage in `dir`.
 fn start_registry(dir: &Path) -> (Child, String) {
+    start_registry_with(dir, "")
+}
+
+/// [`start_registry`] with more of its configuration (`auth:`).
+fn start_registry_with(dir: &Path, extra: &str) -> (Child, String) {
     let address = format!("127.0.0.1:{}", free_port());
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n{extra}",
             dir.join("storage").display()
         ),
     )
@@ -212,8 +217,94 @@ fn start_registry(dir: &Path) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("docker-registry (scripts/setup/80-registry.sh installs it)");
-    assert!(eventually(Duration::from_secs(15), || registry_get(&address, "/v2/").0 == 200), "registry at {address}");
+    // 401 when it asks for credentials: it answers either way.
+    assert!(
+        eventually(Duration::from_secs(15), || matches!(registry_get(&address, "/v2/").0, 200 | 401)),
+        "registry at {address}"
+    );
     (child, address)
+}
+
+/// `GET path` from the registry as `user`: (HTTP status, body), through curl.
+fn registry_get_as(address: &str, user: &str, path: &str) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-u", user, "-w", "\n%{http_code}", &format!("http://{address}{path}")])
+        .output()
+        .expect("curl (scripts/setup/80-registry.sh installs it)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// A registry that asks for credentials (htpasswd): with `[registry] username` and
+/// `password` a push is stored there and runs; with a wrong password the push fails
+/// naming the registry and the old version keeps serving.
+pub fn credentials_are_used_and_a_wrong_password_is_refused(engine: &Engine) {
+    require(engine, &registry_address());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = format!("pw-{}", std::process::id());
+    let htpasswd = Command::new("htpasswd")
+        .args(["-Bbn", "ada", &password])
+        .output()
+        .expect("htpasswd (apache2-utils, scripts/setup/80-registry.sh installs it)");
+    assert!(htpasswd.status.success(), "{htpasswd:?}");
+    std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).expect("write htpasswd");
+    let (mut registry, address) = start_registry_with(
+        dir.path(),
+        &format!("auth:\n  htpasswd:\n    realm: paastech-test\n    path: {}\n", dir.path().join("htpasswd").display()),
+    );
+    assert_eq!(registry_get(&address, "/v2/").0, 401, "the registry asks for credentials");
+    let project = format!("{}c{}", engine.prefix, std::process::id());
+    let _cleanup = Cleanup(engine, project.clone(), address.clone());
+    let config = |password: &str| {
+        format!(
+            "[runtime]\ndriver = \"{}\"\n[registry]\nurl = \"{address}\"\nusername = \"ada\"\npassword = \"{password}\"\n",
+            engine.driver
+        )
+    };
+    let mut server = Server::start(&config(&password));
+    let ada = server.developer("ada@example.com");
+    let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": project})));
+    assert_eq!(status, 201, "{body}");
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("app"),
+        &example("dockerfile-hello"),
+        &ada.key,
+        server.ssh_port,
+        &project,
+    );
+    let (ok, output) = repo.push("main");
+    assert!(ok, "a push with the registry's credentials: {output}\n{}", server.log());
+    assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 1)");
+    let (status, tags) =
+        registry_get_as(&address, &format!("ada:{password}"), &format!("/v2/paastech/{project}/tags/list"));
+    assert_eq!(status, 200, "{tags}");
+    assert!(tags.contains("\"v1\""), "the build is in the registry: {tags}");
+    assert!(!server.log().contains(&password), "the password is not logged");
+
+    // The same server with a wrong password: the push fails naming the registry.
+    server.stop();
+    let wrong = config("not-the-password");
+    std::fs::write(
+        &server.config_path,
+        std::fs::read_to_string(&server.config_path).expect("config").replace(&config(&password), &wrong),
+    )
+    .expect("rewrite config");
+    server.start_again();
+    change(&repo, "two");
+    let (ok, output) = repo.push("main");
+    assert!(!ok, "a wrong password fails the push: {output}");
+    assert!(output.contains(&format!("to the registry {address} failed")), "names the registry: {output}");
+    assert!(!output.contains("not-the-password"), "the password is not shown: {output}");
+    assert!(
+        eventually(Duration::from_secs(30), || page(&server, &project)
+            == "200 hello from dockerfile-hello (version 1)"),
+        "the old version serves: {}",
+        page(&server, &project)
+    );
+    server.stop();
+    let _ = registry.kill();
+    let _ = registry.wait();
 }
 
 /// A registry that is down fails the push with a message naming it, and the previous

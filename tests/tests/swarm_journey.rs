@@ -280,7 +280,20 @@ fn swarm_push_scale_over_both_nodes_replace_rollback_lose_a_node_and_restart() {
         seen.len(),
         last_failure
     );
-    assert!(failed.is_empty(), "{} of {} requests failed after the node's loss: {failed:?}", failed.len(), seen.len());
+    // A request in flight on node 2's containers when they are killed fails (the ingress
+    // sends again only what never reached a backend); every later one must be answered:
+    // unreachable replicas are passed over at once, and the routes follow the moved tasks.
+    let late: Vec<_> = seen
+        .iter()
+        .filter(|(at, outcome)| outcome.is_err() && at.duration_since(lost) > Duration::from_secs(1))
+        .collect();
+    assert!(
+        late.is_empty() && failed.len() <= 4,
+        "{} of {} requests failed after the node's loss, {} of them more than 1 s after it: {failed:?}",
+        failed.len(),
+        seen.len(),
+        late.len()
+    );
 
     // Node 2 back; a server restart adopts the running services instead of replacing them.
     node2("start-node");

@@ -29,10 +29,3 @@ fn builds_are_pushed_run_by_digest_pruned_from_the_registry_and_pulled_back() {
 fn a_registry_that_is_down_fails_the_push_naming_it_and_the_old_version_serves() {
     registry::a_registry_that_is_down_fails_the_push(&DOCKER);
 }
-
-/// A registry that asks for credentials: `[registry] username` and `password` are used for
-/// the push (and the pull); a wrong password fails the push naming the registry.
-#[test]
-fn registry_credentials_are_used_and_a_wrong_password_is_refused() {
-    registry::credentials_are_used_and_a_wrong_password_is_refused(&DOCKER);
-}

@@ -87,12 +87,28 @@ fn a_postgres_addon_keeps_an_apps_data_is_private_and_is_backed_up_and_restored(
     );
     let (pushed, output) = repo.push("main");
     assert!(pushed, "{output}\n{}", server.log());
+    // The table is made by the release step alone (the app never creates it).
+    assert!(
+        output.contains("Running release command: python3 migrate.py") && output.contains("migrated: 1 statement(s) applied"),
+        "the migration ran in the push: {output}"
+    );
     assert_eq!(server.app_get(&notes, "/add?text=first%20note").0, 200);
     assert_eq!(server.app_get(&notes, "/notes"), (200, "first note\n".into()));
 
-    // Kept across a redeploy and a server restart.
+    // Kept across a redeploy (v2), a new push (v3), a rollback to v1 (v4) and a server
+    // restart; the migration runs again on each new release and finds its table there.
     let (status, body) = api.req("POST", &format!("/projects/{notes}/deployments"), Some(&ada.token), Some(json!({})));
     assert_eq!(status, 201, "{body}");
+    assert_eq!(server.app_get(&notes, "/notes"), (200, "first note\n".into()));
+    repo.write("README.md", "notes, v3\n");
+    repo.commit_all("v3");
+    let (pushed, output) = repo.push("main");
+    assert!(pushed && output.contains("migrated: 1 statement(s) applied"), "{output}\n{}", server.log());
+    assert_eq!(server.app_get(&notes, "/notes"), (200, "first note\n".into()));
+    let (status, body) =
+        api.req("POST", &format!("/projects/{notes}/deployments"), Some(&ada.token), Some(json!({"version": 1})));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["version"], 4, "{body}");
     assert_eq!(server.app_get(&notes, "/notes"), (200, "first note\n".into()));
     server.restart();
     assert!(

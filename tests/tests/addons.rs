@@ -89,7 +89,8 @@ fn a_postgres_addon_keeps_an_apps_data_is_private_and_is_backed_up_and_restored(
     assert!(pushed, "{output}\n{}", server.log());
     // The table is made by the release step alone (the app never creates it).
     assert!(
-        output.contains("Running release command: python3 migrate.py") && output.contains("migrated: 1 statement(s) applied"),
+        output.contains("Running release command: python3 migrate.py")
+            && output.contains("migrated: 1 statement(s) applied"),
         "the migration ran in the push: {output}"
     );
     assert_eq!(server.app_get(&notes, "/add?text=first%20note").0, 200);

@@ -4,13 +4,16 @@
 //! deployment as an env change does.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{StreamExt, TryStreamExt};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use paastech_core::{Addon, AddonName, Error};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::{ReaderStream, StreamReader};
@@ -206,8 +209,61 @@ pub async fn restore(
         let message = format!("a restore is at most {} GiB", MAX_RESTORE_BYTES >> 30);
         return Ok(crate::error::error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message));
     }
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    // A chunked body declares no length: it is cut off where it passes the limit, which
+    // fails the restore (each kind restores all or nothing) and answers 413.
+    let too_large = Arc::new(AtomicBool::new(false));
+    let stream = at_most(body.into_data_stream().map_err(std::io::Error::other), MAX_RESTORE_BYTES, &too_large);
     let mut reader = StreamReader::new(stream);
-    state.orchestrator.restore_addon(&project, &addon, &mut reader).await?;
+    let restored = state.orchestrator.restore_addon(&project, &addon, &mut reader).await;
+    if too_large.load(Ordering::Relaxed) {
+        let message = format!("a restore is at most {} GiB", MAX_RESTORE_BYTES >> 30);
+        return Ok(crate::error::error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message));
+    }
+    restored?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The chunks of `stream` while they total at most `limit` bytes; past it, one error (and
+/// `exceeded` set), then the end.
+fn at_most<S>(stream: S, limit: u64, exceeded: &Arc<AtomicBool>) -> impl Stream<Item = std::io::Result<Bytes>> + use<S>
+where
+    S: Stream<Item = std::io::Result<Bytes>>,
+{
+    let exceeded = Arc::clone(exceeded);
+    let mut total = 0u64;
+    stream
+        .map(move |chunk| {
+            let chunk = chunk?;
+            total = total.saturating_add(chunk.len() as u64);
+            if total > limit {
+                exceeded.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other(format!("the body is over {limit} bytes")));
+            }
+            Ok(chunk)
+        })
+        .scan(false, |failed, item| {
+            // Nothing after the first error: the reader must not see the rest as data.
+            let stop = *failed;
+            *failed |= item.is_err();
+            std::future::ready((!stop).then_some(item))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_is_cut_off_past_the_limit() {
+        let chunks = || futures_util::stream::iter([b"abcd", b"efgh", b"ijkl"].map(|c| Ok(Bytes::from_static(c))));
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let items: Vec<_> = at_most(chunks(), 12, &exceeded).collect().await;
+        assert_eq!(items.len(), 3);
+        assert!(items.iter().all(Result::is_ok) && !exceeded.load(Ordering::Relaxed));
+
+        let items: Vec<_> = at_most(chunks(), 7, &exceeded).collect().await;
+        assert_eq!(items.len(), 2, "one chunk, then one error, then nothing");
+        assert!(items[0].is_ok() && items[1].is_err());
+        assert!(exceeded.load(Ordering::Relaxed));
+    }
 }

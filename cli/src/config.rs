@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub registry: RegistrySection,
     #[serde(default)]
     pub secrets: SecretsSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// `driver` plus that driver's own keys; checked by the driver registry.
     #[serde(default)]
     pub runtime: toml::Table,
@@ -282,6 +284,15 @@ pub struct SecretsSection {
     /// The key file (relative paths are relative to the config file's directory); default
     /// `secrets/secrets.key` in data_dir. Created (0600) on first start when missing.
     pub key_file: Option<PathBuf>,
+}
+
+/// Prometheus's own listener. Without it, `GET /metrics` is on the API listener, for
+/// admins' tokens only.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where `GET /metrics` is served without a token (keep it on a private address).
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]

@@ -407,12 +407,16 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PAASTECH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
+    // One JSON object a line, for log collectors (`PAASTECH_LOG_FORMAT=json`).
+    match std::env::var("PAASTECH_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        Ok("text") | Err(_) => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        Ok(other) => {
+            logs.with_ansi(false).init();
+            tracing::warn!(format = other, "PAASTECH_LOG_FORMAT is json or text: logging as text");
+        }
+    }
 }
 
 async fn serve(settings: Settings) -> Result<()> {
@@ -513,6 +517,10 @@ async fn serve(settings: Settings) -> Result<()> {
         Some(addr) => Some(bind(addr, "the ingress's HTTPS").await?),
         None => None,
     };
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(bind(addr, "the metrics").await?),
+        None => None,
+    };
     // The API's listener for the ingress alone (`[api] public_host`), on a loopback port
     // only the ingress is told of: there the ingress's X-Forwarded-For is believed.
     let api_behind_ingress = match config.api.public_host {
@@ -606,6 +614,7 @@ async fn serve(settings: Settings) -> Result<()> {
         ssh = %config.ssh.listen,
         ingress = %config.ingress.listen,
         https = %config.ingress.https_listen.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        metrics = %config.metrics.listen.map_or_else(|| "on the API (admins)".to_owned(), |a| a.to_string()),
         domain = %config.ingress.domain,
         data_dir = %data_dir.display(),
         database = %redact(&database_url),
@@ -622,6 +631,14 @@ async fn serve(settings: Settings) -> Result<()> {
             }
         })
     });
+    let metrics_server = metrics_listener.map(|listener| {
+        let serve = paastech_web::serve_metrics(listener, state.clone(), stopped());
+        tokio::spawn(async move {
+            if let Err(err) = serve.await {
+                tracing::error!(error = %err, "serving the metrics failed");
+            }
+        })
+    });
     let api_server = tokio::spawn(paastech_web::serve(api, state, config.api.max_connections, stopped()));
 
     shutdown_signal().await;
@@ -633,6 +650,9 @@ async fn serve(settings: Settings) -> Result<()> {
     let _ = ingress.await;
     if let Some(behind_ingress) = behind_ingress {
         let _ = behind_ingress.await;
+    }
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
     }
     match api_server.await {
         Ok(result) => result.context("serving the API")?,

@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod hostname;
 pub mod https;
 pub mod logs;
+pub mod metrics;
 pub mod orchestrator;
 pub mod ports;
 pub mod registry;

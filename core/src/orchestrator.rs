@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::addons::AddonKind;
 use crate::certificates::{CertificateStatus, Certificates};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
-use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName};
+use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName, Timestamp};
 use crate::drivers::{
     Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, Node, OneOff,
     PushHandler, RefUpdate, RepoStore, Runtime, TrafficRouter,
@@ -22,6 +22,7 @@ use crate::hooks::{BuildHooks, HookContext, NoHooks};
 use crate::hostname::{Domain, DomainRules, Hostname};
 use crate::https::{HttpsChange, HttpsPolicy};
 use crate::logs::LogHub;
+use crate::metrics::metrics;
 use crate::store::{EnvChanges, Store};
 
 /// Branches whose pushes deploy; others are only stored.
@@ -565,6 +566,7 @@ impl Orchestrator {
         processes: &BTreeMap<String, String>,
         tee: &Tee,
     ) -> Result<Build> {
+        metrics().build(status == BuildStatus::Succeeded, since(build.created_at));
         self.store.finish_build(build.id, status, artifact, processes, &tee.text()).await
     }
 
@@ -581,6 +583,7 @@ impl Orchestrator {
             tracing::error!(project = %project.name, error = %store_err, "cannot record a failed deployment");
         }
         self.logs.note(&project.name, &format!("v{} failed: {reason}", deployment.version));
+        metrics().deploy(false, since(deployment.created_at));
         tracing::warn!(project = %project.name, version = deployment.version, reason = %reason, "deployment failed");
         match err {
             Error::DeployFailed(_) => err,
@@ -642,6 +645,7 @@ impl Orchestrator {
                 return Err(self.fail(project, &deployment, err).await);
             }
         };
+        metrics().deploy(true, since(deployment.created_at));
         self.running
             .lock()
             .expect("running lock")
@@ -1491,3 +1495,9 @@ pub use follow::{FOLLOW_INTERVAL, Follower};
 
 #[cfg(test)]
 mod tests;
+
+/// The time from `then` to now (zero if the clock went back).
+fn since(then: Timestamp) -> Duration {
+    let now = Timestamp::now().0;
+    Duration::from_millis(u64::try_from(now.saturating_sub(then.0)).unwrap_or(0))
+}

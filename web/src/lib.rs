@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 mod connections;
 pub mod error;
+pub mod metrics;
 pub mod ui;
 
 use std::num::NonZeroUsize;
@@ -118,7 +119,11 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The API under `/api/v1` and the web UI everywhere else.
 pub fn router(state: AppState) -> Router {
-    ui::routes().nest("/api/v1", api::routes()).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).with_state(state)
+    ui::routes()
+        .route("/metrics", axum::routing::get(metrics::for_admin))
+        .nest("/api/v1", api::routes())
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
 }
 
 /// The default cap on open API connections (`[api] max_connections`).
@@ -156,6 +161,18 @@ pub async fn serve_behind_ingress(
 ) -> std::io::Result<()> {
     let app = router(state).layer(axum::Extension(auth::BehindIngress));
     serve_router(listener, app, max_connections, shutdown).await
+}
+
+/// Serves `GET /metrics` alone, to anyone who reaches `listener` (`[metrics] listen`: the
+/// operator keeps it on an address only Prometheus reaches).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // A scraper or two: a small cap is plenty.
+    let cap = NonZeroUsize::new(16).expect("not zero");
+    serve_router(listener, metrics::router(state), cap, shutdown).await
 }
 
 async fn serve_router(

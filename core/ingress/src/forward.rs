@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 
+use paastech_core::metrics::Method;
+
 use crate::h1::{self, Answering, Chunked, Framing};
 use crate::proxy::{Shared, project_of};
 use crate::routes::{InFlight, Pick};
@@ -151,6 +153,8 @@ pub(crate) async fn connection<C: ClientIo>(
                 Ok(_) => {}
             }
         };
+        let started = Instant::now();
+        let method = Method::of(&cbuf);
         // A stopping ingress says so on its last response.
         let keep_alive = req.keep_alive && !shared.stopping.load(Ordering::Relaxed);
         let answering =
@@ -179,15 +183,13 @@ pub(crate) async fn connection<C: ClientIo>(
         if !C::HTTPS
             && let Some(location) = https_redirect(&shared, &pick, &cbuf[..req.head_len], req.host.as_ref())
         {
-            drop(pick);
             let keep_alive = keep_alive && req.framing == Framing::Empty;
-            let head = &cbuf[..req.head_len];
-            let safe = head.starts_with(b"GET ") || head.starts_with(b"HEAD ");
+            let safe = matches!(method, Method::Get | Method::Head);
             let sent = write_redirect(&mut client, &location, safe, answering, keep_alive).await;
             cbuf.drain(..req.head_len);
-            if sent.is_err() {
-                return;
-            }
+            let Ok(sent) = sent else { return };
+            pick.requests().record(method, if safe { 301 } else { 308 }, sent, started.elapsed());
+            drop(pick);
             if !keep_alive {
                 linger(&mut client).await;
                 return;
@@ -197,14 +199,13 @@ pub(crate) async fn connection<C: ClientIo>(
         let hsts = if C::HTTPS { pick.https().and_then(|p| p.hsts_max_age) } else { None };
         let in_flight = match pick {
             Pick::Backend(in_flight, _) => in_flight,
-            Pick::UnknownProject | Pick::NoBackends(_) => {
-                let which = if matches!(pick, Pick::NoBackends(_)) { Page::NoDeployment } else { Page::NotFound };
+            Pick::UnknownProject | Pick::NoBackends(..) => {
+                let which = if matches!(pick, Pick::NoBackends(..)) { Page::NoDeployment } else { Page::NotFound };
                 // The body was not read: the connection cannot carry another request.
                 let keep_alive = keep_alive && req.framing == Framing::Empty;
                 cbuf.drain(..req.head_len);
-                if write_page(&mut client, which, answering, keep_alive).await.is_err() {
-                    return;
-                }
+                let Ok(sent) = write_page(&mut client, which, answering, keep_alive).await else { return };
+                pick.requests().record(method, page(which).0, sent, started.elapsed());
                 if !keep_alive {
                     linger(&mut client).await;
                     return;
@@ -220,9 +221,12 @@ pub(crate) async fn connection<C: ClientIo>(
             let served =
                 static_serve::serve(site, &mut client, &cbuf[..req.head_len], answering, keep_alive, &mut down, hsts);
             let served = served.await;
+            if let Ok(served) = &served {
+                in_flight.backend().requests().record(method, served.status, served.bytes, started.elapsed());
+            }
             drop(in_flight);
             cbuf.drain(..req.head_len);
-            match served {
+            match served.map(|served| served.keep_alive) {
                 Ok(true) if !shared.stopping.load(Ordering::Relaxed) => continue,
                 Ok(_) => linger(&mut client).await,
                 Err(err) => tracing::debug!(error = %err, "static answer failed"),
@@ -232,6 +236,8 @@ pub(crate) async fn connection<C: ClientIo>(
 
         // 3. The exchange.
         down.clear();
+        // Kept for the count: the exchange may move to another backend of the project.
+        let requests = Arc::clone(in_flight.backend().requests_handle());
         let buffers = Buffers { cbuf: &mut cbuf, bbuf: &mut bbuf, up: &mut up, down: &mut down };
         let exchanged = exchange(
             &shared,
@@ -243,16 +249,20 @@ pub(crate) async fn connection<C: ClientIo>(
             Routed { in_flight, hsts },
         )
         .await;
+        if let Ok(answered) = &exchanged {
+            requests.record(method, answered.status, answered.bytes, started.elapsed());
+        }
         match exchanged {
-            Ok(true) if !shared.stopping.load(Ordering::Relaxed) => {}
+            Ok(Answered { keep_alive: true, .. }) if !shared.stopping.load(Ordering::Relaxed) => {}
             Ok(_) => return,
             Err(Failed::BeforeResponse(err)) => {
                 tracing::warn!(error = %err, "backend request failed");
-                let page = match err {
+                let which = match err {
                     BackendError::Timeout => Page::GatewayTimeout,
                     _ => Page::BadGateway,
                 };
-                if write_page(&mut client, page, answering, false).await.is_ok() {
+                if let Ok(sent) = write_page(&mut client, which, answering, false).await {
+                    requests.record(method, page(which).0, sent, started.elapsed());
                     linger(&mut client).await;
                 }
                 return;
@@ -395,7 +405,7 @@ async fn write_redirect(
     safe: bool,
     req: Answering,
     keep_alive: bool,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let status = if safe { "301 Moved Permanently" } else { "308 Permanent Redirect" };
     let version = if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
     let connection = match (keep_alive, req.http10) {
@@ -406,7 +416,8 @@ async fn write_redirect(
     let head = format!(
         "{version} {status}\r\nServer: paastech\r\nLocation: {location}\r\nContent-Length: 0\r\n{connection}\r\n"
     );
-    send(client, head.as_bytes()).await
+    send(client, head.as_bytes()).await?;
+    Ok(head.len() as u64)
 }
 
 /// Moves `deadline` to `timeout` from now, unless it is that far already but for a
@@ -507,8 +518,17 @@ struct Buffers<'a> {
     down: &'a mut Vec<u8>,
 }
 
+/// An answer that went out whole.
+struct Answered {
+    /// Whether the client connection can carry another request.
+    keep_alive: bool,
+    status: u16,
+    /// Sent to the client, head and body.
+    bytes: u64,
+}
+
 /// Forwards one request (its head, rewritten, in `up`; its body after `req.head_len` in
-/// `cbuf`) and the response. `Ok(true)`: the client connection can carry another request.
+/// `cbuf`) and the response.
 /// `deadline` is the connection's timer for the backend's answer.
 async fn exchange<C: ClientIo>(
     shared: &Shared,
@@ -518,7 +538,7 @@ async fn exchange<C: ClientIo>(
     req: &h1::Request,
     answering: Answering,
     routed: Routed,
-) -> Result<bool, Failed> {
+) -> Result<Answered, Failed> {
     let Routed { mut in_flight, hsts } = routed;
     let Buffers { cbuf, bbuf, up, down } = buffers;
     let timeout = shared.backend_timeout;
@@ -630,20 +650,20 @@ async fn exchange<C: ClientIo>(
                 // The backend stopped reading the body, and answered: the answer went
                 // out, but neither connection can carry another request (the rest of
                 // the body is still on the client's).
-                (Some(Err(Side::Backend)), Some(Responded::Done { .. })) => {
-                    Ok(Responded::Done { backend_keep_alive: false, client_keep_alive: false })
+                (Some(Err(Side::Backend)), Some(Responded::Done { status, bytes, .. })) => {
+                    Ok(Responded::Done { backend_keep_alive: false, client_keep_alive: false, status, bytes })
                 }
                 (_, Some(response)) => Ok(response),
                 (_, None) => Err(Failed::AfterResponse),
             }
         };
         match responded {
-            Ok(Responded::Done { backend_keep_alive, client_keep_alive }) => {
+            Ok(Responded::Done { backend_keep_alive, client_keep_alive, status, bytes }) => {
                 if backend_keep_alive {
                     backend.conns().put(conn);
                 }
                 drop(in_flight);
-                return Ok(client_keep_alive && req.keep_alive);
+                return Ok(Answered { keep_alive: client_keep_alive && req.keep_alive, status, bytes });
             }
             Ok(Responded::Switched) => {
                 // Both sides switched protocols: bytes both ways until either closes.
@@ -653,7 +673,7 @@ async fn exchange<C: ClientIo>(
                     tracing::debug!(error = %err, "upgraded connection ended with an error");
                 }
                 drop(in_flight);
-                return Ok(false);
+                return Ok(Answered { keep_alive: false, status: 101, bytes: 0 });
             }
             // Dropped without an answer after the request went out: the app may have run
             // it, so only a request that may run twice goes again.
@@ -666,8 +686,9 @@ async fn exchange<C: ClientIo>(
 
 /// How a response went out.
 enum Responded {
-    /// All of it; whether each connection can carry another exchange.
-    Done { backend_keep_alive: bool, client_keep_alive: bool },
+    /// All of it (`bytes` to the client, head and body); whether each connection can carry
+    /// another exchange.
+    Done { backend_keep_alive: bool, client_keep_alive: bool, status: u16, bytes: u64 },
     /// A `101 Switching Protocols`, head and any bytes after it: the connection is now
     /// a tunnel.
     Switched,
@@ -718,6 +739,7 @@ where
         _ => 0,
     };
     let mut backend_open = true;
+    let mut sent = 0u64;
     loop {
         let input = &bbuf[at..];
         match resp.framing {
@@ -744,6 +766,7 @@ where
         }
         if !down.is_empty() {
             idle(send(client, down)).await.map_err(|_| Failed::Client)?;
+            sent += down.len() as u64;
             down.clear();
         }
         let done = match resp.framing {
@@ -775,6 +798,8 @@ where
     Ok(Responded::Done {
         backend_keep_alive: resp.backend_keep_alive && !leftover && backend_open,
         client_keep_alive: resp.client_keep_alive,
+        status: resp.status,
+        bytes: sent,
     })
 }
 
@@ -954,7 +979,7 @@ async fn write_page(
     which: Page,
     req: Answering,
     keep_alive: bool,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let (_, html) = page(which);
     let status = match which {
         Page::NotFound => "404 Not Found",
@@ -977,7 +1002,8 @@ async fn write_page(
     if !req.head_method {
         page.extend_from_slice(html.as_bytes());
     }
-    send(client, &page).await
+    send(client, &page).await?;
+    Ok(page.len() as u64)
 }
 
 /// A plain answer to a request that cannot be served at all; the connection closes.

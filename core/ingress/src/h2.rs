@@ -28,6 +28,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use paastech_core::metrics::{self, ProjectRequests};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -37,7 +38,7 @@ use tokio_rustls::server::TlsStream;
 use crate::forward::{self, Page};
 use crate::h1;
 use crate::proxy::Shared;
-use crate::routes::{InFlight, Pick};
+use crate::routes::{InFlight, Pick, unrouted};
 use crate::static_files;
 use crate::upstream::{self, Conn};
 
@@ -157,7 +158,17 @@ pub(crate) async fn connection(
     let streams = activity.clone();
     let service = service_fn(move |req| {
         let (shared, client_ip, busy) = (shared.clone(), client_ip.clone(), Busy::start(&streams));
-        async move { Ok::<_, Infallible>(forward_request(&shared, &client_ip, req, busy).await) }
+        async move {
+            let started = Instant::now();
+            let method = metrics::Method::of(req.method().as_str().as_bytes());
+            let mut requests = None;
+            let response = forward_request(&shared, &client_ip, req, busy, &mut requests).await;
+            // A streamed body of unknown length counts its head only.
+            let bytes = hyper::body::Body::size_hint(response.body()).exact().unwrap_or(0);
+            let requests = requests.as_deref().unwrap_or_else(|| unrouted());
+            requests.record(method, response.status().as_u16(), bytes, started.elapsed());
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
@@ -309,15 +320,28 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Coalesced<S> {
 
 /// One request: routed by its authority (or `Host`), sent to a backend as HTTP/1.1, the
 /// answer streamed back.
-async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming>, busy: Busy) -> Response<Body> {
+/// Answers one stream; `requests` is set to where its project's requests are counted.
+async fn forward_request(
+    shared: &Shared,
+    client_ip: &str,
+    req: Request<Incoming>,
+    busy: Busy,
+    requests: &mut Option<Arc<ProjectRequests>>,
+) -> Response<Body> {
     let host = req
         .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
         .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
     let (in_flight, hsts) = match forward::pick(shared, host.as_deref()) {
-        Pick::Backend(in_flight, https) => (in_flight, https.hsts_max_age),
-        Pick::NoBackends(_) => return page(Page::NoDeployment, &req),
+        Pick::Backend(in_flight, https) => {
+            *requests = Some(Arc::clone(in_flight.backend().requests_handle()));
+            (in_flight, https.hsts_max_age)
+        }
+        Pick::NoBackends(_, project) => {
+            *requests = Some(project);
+            return page(Page::NoDeployment, &req);
+        }
         Pick::UnknownProject => return page(Page::NotFound, &req),
     };
     if req.method() == Method::CONNECT {

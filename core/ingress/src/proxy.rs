@@ -484,6 +484,7 @@ impl Thread {
             let client_ip = peer.ip().to_canonical().to_string().into_boxed_str();
             let trusted = self.shared.trusted_proxies.iter().any(|range| range.contains(peer.ip()));
             let load = Load(self.balance.clone(), shard);
+            let open = paastech_core::metrics::metrics().ingress.connection(tls);
             // Small request/response exchanges must not wait for Nagle.
             let _ = stream.set_nodelay(true);
             let (shared, stop) = (self.shared.clone(), stop_rx.clone());
@@ -492,16 +493,14 @@ impl Thread {
                     let connection = forward::connection(shared, stream, client_ip, trusted, stop);
                     tokio::spawn(async move {
                         connection.await;
-                        drop(load);
-                        drop(permit);
+                        drop((load, permit, open));
                     });
                 }
                 Some(acceptor) => {
                     let connection = tls_connection(shared, acceptor.clone(), stream, client_ip, trusted, stop);
                     tokio::spawn(async move {
                         connection.await;
-                        drop(load);
-                        drop(permit);
+                        drop((load, permit, open));
                     });
                 }
             }

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use paastech_core::HttpsPolicy;
+use paastech_core::metrics::{ProjectRequests, metrics};
 use tokio::sync::Notify;
 
 use crate::static_site::StaticSite;
@@ -54,13 +55,16 @@ struct BackendInner {
     /// Set when this backend is the platform's static file server: the ingress answers
     /// from the site's files instead of forwarding (`static_serve.rs`).
     site: OnceLock<Arc<StaticSite>>,
+    /// Where its project's requests are counted.
+    requests: Arc<ProjectRequests>,
 }
 
 impl Backend {
-    fn new(addr: SocketAddr, project: &str) -> Self {
+    fn new(addr: SocketAddr, project: &str, requests: &Arc<ProjectRequests>) -> Self {
         Backend(Arc::new(BackendInner {
             addr,
             project: project.into(),
+            requests: Arc::clone(requests),
             skip_until: AtomicU64::new(0),
             conns: IdleConns::default(),
             in_flight: AtomicUsize::new(0),
@@ -96,6 +100,15 @@ impl Backend {
     /// The project this backend serves (lowercase).
     pub(crate) fn project(&self) -> &str {
         &self.0.project
+    }
+
+    /// Where the requests of this backend's project are counted.
+    pub(crate) fn requests(&self) -> &ProjectRequests {
+        &self.0.requests
+    }
+
+    pub(crate) fn requests_handle(&self) -> &Arc<ProjectRequests> {
+        &self.0.requests
     }
 
     /// A connect to this backend failed: `pick` passes it over for
@@ -186,12 +199,14 @@ struct Pool {
     /// The project's HTTPS policy, here so that the lookup that finds the backends finds
     /// it too, under the same lock.
     https: HttpsPolicy,
+    /// Where the project's requests are counted.
+    requests: Arc<ProjectRequests>,
 }
 
 /// What a lookup found for a project, with the project's HTTPS policy when it is one.
 pub(crate) enum Pick {
     UnknownProject,
-    NoBackends(HttpsPolicy),
+    NoBackends(HttpsPolicy, Arc<ProjectRequests>),
     Backend(InFlight, HttpsPolicy),
 }
 
@@ -200,9 +215,25 @@ impl Pick {
     pub(crate) fn https(&self) -> Option<HttpsPolicy> {
         match self {
             Pick::UnknownProject => None,
-            Pick::NoBackends(https) | Pick::Backend(_, https) => Some(*https),
+            Pick::NoBackends(https, _) | Pick::Backend(_, https) => Some(*https),
         }
     }
+
+    /// Where this request is counted: its project's series, or those of requests no
+    /// project was found for.
+    pub(crate) fn requests(&self) -> &ProjectRequests {
+        match self {
+            Pick::UnknownProject => unrouted(),
+            Pick::NoBackends(_, requests) => requests,
+            Pick::Backend(in_flight, _) => in_flight.backend().requests(),
+        }
+    }
+}
+
+/// Where requests no project was found for are counted (`project=""`).
+pub(crate) fn unrouted() -> &'static ProjectRequests {
+    static UNROUTED: LazyLock<Arc<ProjectRequests>> = LazyLock::new(|| metrics().ingress.project(""));
+    &UNROUTED
 }
 
 /// Projects and the custom domains that lead to them, under one lock, so a lookup by
@@ -261,17 +292,21 @@ impl RouteTable {
     pub fn set_backends(&self, project: &str, backends: Vec<SocketAddr>) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
         let mut routes = self.write();
-        let (old, https) = routes.pools.remove(key.as_str()).map(|p| (p.backends, p.https)).unwrap_or_default();
+        let (old, https, requests) = match routes.pools.remove(key.as_str()) {
+            Some(pool) => (pool.backends, pool.https, pool.requests),
+            None => (Vec::new(), HttpsPolicy::default(), metrics().ingress.project(&key)),
+        };
         let mut new = Vec::with_capacity(backends.len());
         for addr in backends {
             if new.iter().any(|b: &Backend| b.addr() == addr) {
                 continue;
             }
-            let handle = old.iter().find(|b| b.addr() == addr).cloned().unwrap_or_else(|| Backend::new(addr, &key));
+            let handle =
+                old.iter().find(|b| b.addr() == addr).cloned().unwrap_or_else(|| Backend::new(addr, &key, &requests));
             new.push(handle);
         }
         let removed = old.into_iter().filter(|b| !new.iter().any(|n| n.addr() == b.addr())).collect();
-        routes.pools.insert(key.into_boxed_str(), Pool { backends: new, next: AtomicUsize::new(0), https });
+        routes.pools.insert(key.into_boxed_str(), Pool { backends: new, next: AtomicUsize::new(0), https, requests });
         removed
     }
 
@@ -360,7 +395,7 @@ impl RouteTable {
     fn pick_in(pool: &Pool) -> Pick {
         let n = pool.backends.len();
         if n == 0 {
-            return Pick::NoBackends(pool.https);
+            return Pick::NoBackends(pool.https, Arc::clone(&pool.requests));
         }
         let i = if n == 1 {
             // Alone, it is tried whatever its mark: better to try than to refuse.
@@ -438,7 +473,7 @@ mod tests {
         let t = RouteTable::new();
         assert!(matches!(t.pick("blog"), Pick::UnknownProject));
         t.set_backends("Blog", vec![]);
-        assert!(matches!(t.pick("blog"), Pick::NoBackends(_)));
+        assert!(matches!(t.pick("blog"), Pick::NoBackends(..)));
         t.set_backends("blog", vec![addr(1), addr(2), addr(1)]);
         let seq: Vec<_> = (0..4).filter_map(|_| pick_addr(&t, "blog")).collect();
         assert_eq!(seq, vec![addr(1), addr(2), addr(1), addr(2)]);
@@ -479,7 +514,7 @@ mod tests {
         t.set_domains("shop", &["shop.example.net"]);
         assert!(matches!(t.pick_by_host("shop.example.net"), Pick::UnknownProject));
         t.set_backends("shop", vec![]);
-        assert!(matches!(t.pick_by_host("shop.example.net"), Pick::NoBackends(_)));
+        assert!(matches!(t.pick_by_host("shop.example.net"), Pick::NoBackends(..)));
         // Setting the set again drops what is not in it.
         t.set_domains("blog", &["example.org"]);
         assert!(matches!(t.pick_by_host("www.example.com"), Pick::UnknownProject));

@@ -29,8 +29,16 @@ const CHUNK: usize = 128 * 1024;
 /// thread for long.
 const SENDFILE_CHUNK: usize = 1024 * 1024;
 
+/// An answer sent whole.
+pub(crate) struct Served {
+    /// Whether the connection may carry another request.
+    pub(crate) keep_alive: bool,
+    pub(crate) status: u16,
+    /// Head and body.
+    pub(crate) bytes: u64,
+}
+
 /// Answers one request (`head`: its whole head, already parsed once by `h1`) from `site`.
-/// `Ok(true)`: the connection may carry another request.
 pub(crate) async fn serve<S: ClientIo>(
     site: &Arc<StaticSite>,
     client: &mut S,
@@ -39,7 +47,7 @@ pub(crate) async fn serve<S: ClientIo>(
     keep_alive: bool,
     out: &mut Vec<u8>,
     hsts: Option<u32>,
-) -> io::Result<bool> {
+) -> io::Result<Served> {
     let reply = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
@@ -76,8 +84,9 @@ pub(crate) async fn serve<S: ClientIo>(
             }
         }
     };
-    write_reply(client, reply, answering, keep_alive, out, hsts).await?;
-    Ok(keep_alive)
+    let status = reply.status.as_u16();
+    let bytes = write_reply(client, reply, answering, keep_alive, out, hsts).await?;
+    Ok(Served { keep_alive, status, bytes })
 }
 
 async fn write_reply<S: ClientIo>(
@@ -87,7 +96,7 @@ async fn write_reply<S: ClientIo>(
     keep_alive: bool,
     out: &mut Vec<u8>,
     hsts: Option<u32>,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     use std::io::Write as _;
     out.clear();
     let version = if answering.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
@@ -118,22 +127,29 @@ async fn write_reply<S: ClientIo>(
     }
     out.extend_from_slice(b"\r\n");
     if answering.head_method {
-        return write_all(client, out).await;
+        write_all(client, out).await?;
+        return Ok(out.len() as u64);
     }
     match reply.body {
-        ReplyBody::Empty => write_all(client, out).await,
+        ReplyBody::Empty => {
+            write_all(client, out).await?;
+            Ok(out.len() as u64)
+        }
         ReplyBody::Bytes(bytes) => {
             // A small answer goes out in one write with its head.
             out.extend_from_slice(&bytes);
-            write_all(client, out).await
+            write_all(client, out).await?;
+            Ok(out.len() as u64)
         }
         ReplyBody::File { path, offset, len } => {
             let mut file = tokio::fs::File::open(&path).await?;
             write_all(client, out).await?;
+            let head = out.len() as u64;
             if let Some(tcp) = client.plain_tcp() {
                 // Plain HTTP: from the page cache to the socket, never through this
                 // process's memory.
-                return send_file(tcp, file.into_std().await, offset, len).await;
+                send_file(tcp, file.into_std().await, offset, len).await?;
+                return Ok(head + len);
             }
             file.seek(io::SeekFrom::Start(offset)).await?;
             let mut remaining = len;
@@ -149,7 +165,7 @@ async fn write_reply<S: ClientIo>(
                 write_all(client, &buf[..n]).await?;
                 remaining -= n as u64;
             }
-            Ok(())
+            Ok(head + len)
         }
     }
 }

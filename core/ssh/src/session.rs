@@ -19,6 +19,8 @@ use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use paastech_core::metrics::{OpenGuard, metrics};
+
 use crate::command::{GitService, parse_git_command};
 use crate::{GitAccess, RepoAccess};
 
@@ -50,7 +52,14 @@ impl russh::server::Server for Factory {
     type Handler = Connection;
 
     fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
-        Connection { access: self.access.clone(), peer, user_id: None, channels: HashMap::new(), on_auth: None }
+        Connection {
+            access: self.access.clone(),
+            peer,
+            user_id: None,
+            channels: HashMap::new(),
+            on_auth: None,
+            _open: metrics().ssh_connection(),
+        }
     }
 }
 
@@ -76,6 +85,8 @@ pub(crate) struct Connection {
     channels: HashMap<ChannelId, PendingChannel>,
     /// Told once the client has authenticated.
     on_auth: Option<oneshot::Sender<()>>,
+    /// Counts the connection open while it lives.
+    _open: OpenGuard,
 }
 
 impl Connection {
@@ -304,6 +315,7 @@ async fn run_channel(channel: Channel<Msg>, mut start: oneshot::Receiver<Start>)
             tracing::info!(user_id, project = %project, service = service.subcommand(), "git started");
             let code = run_git(service, repo, protocol, read, &write, client_eof).await;
             tracing::info!(user_id, project = %project, service = service.subcommand(), code, "git finished");
+            metrics().git_operation(service.subcommand());
         }
     }
 }

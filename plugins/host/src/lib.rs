@@ -390,6 +390,8 @@ impl HookHost {
         while let Ok(line) = rx.try_recv() {
             log.line(&format!("{prefix}{line}"));
         }
+        let ok = matches!(result, Some(Ok(Ok(_))));
+        paastech_core::metrics::metrics().hook_call(&hook.name, ok, started.elapsed());
         let who = format!("{} hook {} ({stage})", hook.origin, hook.name);
         let failure = match result {
             None => Failure::TimedOut(hook.limits.timeout),

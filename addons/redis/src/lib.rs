@@ -72,6 +72,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Keys asked for per `SCAN` step: each batch of a backup is held in memory at once.
 const SCAN_BATCH: usize = 200;
+/// The most bytes of keys and payloads a restore sends in one pipeline (a larger record
+/// goes alone).
+const RESTORE_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Keys of `[addons.redis]`.
 #[derive(Deserialize, Debug)]
@@ -167,30 +170,26 @@ impl RedisAddons {
         self.delete_prefixed(conn, staging).await?;
         let mut count = 0;
         let staged = async {
-            while let Some(record) = reader.next().await? {
-                let mut key = staging.as_bytes().to_vec();
-                key.extend_from_slice(&record.key);
-                let restored: redis::RedisResult<Value> = redis::cmd("RESTORE")
-                    .arg(&key)
-                    .arg(record.ttl_ms)
-                    .arg(&record.payload)
-                    .arg("REPLACE")
-                    .query_async(conn)
-                    .await;
-                match restored {
-                    Ok(_) => count += 1,
-                    Err(err) if err.code().is_some() && err.code() != Some("NOPERM") => {
-                        return Err(Error::Invalid(format!(
-                            "redis refused record {} of the backup (key {:?}): {}: nothing was restored",
-                            count + 1,
-                            String::from_utf8_lossy(&record.key),
-                            one_line(&err)
-                        )));
-                    }
-                    Err(err) => return Err(self.refused("RESTORE", &err)),
+            // RESTOREs go in pipelines of a batch of records each: one round trip per
+            // batch, not per key, with at most RESTORE_BATCH_BYTES held (or one record).
+            let mut batch: Vec<backup::Record> = Vec::new();
+            let mut batch_bytes = 0;
+            loop {
+                let record = reader.next().await?;
+                let end = record.is_none();
+                if let Some(record) = record {
+                    batch_bytes += record.key.len() + record.payload.len();
+                    batch.push(record);
+                }
+                if !batch.is_empty() && (end || batch.len() >= SCAN_BATCH || batch_bytes >= RESTORE_BATCH_BYTES) {
+                    count += self.restore_batch(conn, staging, &batch, count).await?;
+                    batch.clear();
+                    batch_bytes = 0;
+                }
+                if end {
+                    return Ok(count);
                 }
             }
-            Ok(count)
         }
         .await;
         if staged.is_err()
@@ -199,6 +198,43 @@ impl RedisAddons {
             tracing::error!(prefix = %staging, error = %err, "a failed redis restore left staged keys");
         }
         staged
+    }
+
+    /// `RESTORE`s one batch under `staging`; `before` records came before it (for the
+    /// error's record number).
+    async fn restore_batch(
+        &self,
+        conn: &mut MultiplexedConnection,
+        staging: &str,
+        batch: &[backup::Record],
+        before: u64,
+    ) -> Result<u64> {
+        let mut pipe = redis::pipe();
+        for record in batch {
+            let mut key = staging.as_bytes().to_vec();
+            key.extend_from_slice(&record.key);
+            pipe.cmd("RESTORE").arg(key).arg(record.ttl_ms).arg(&record.payload).arg("REPLACE");
+        }
+        // Each reply on its own: the first refusal names its record.
+        let replies: Vec<redis::RedisResult<Value>> =
+            pipe.ignore_errors().query_async(conn).await.map_err(|err| self.refused("RESTORE", &err))?;
+        for ((number, record), reply) in (before + 1..).zip(batch).zip(replies) {
+            match reply {
+                Ok(_) => {}
+                // The operator's user may not RESTORE: the server refuses, not the input.
+                Err(err) if err.code() == Some("NOPERM") || err.code().is_none() => {
+                    return Err(self.refused("RESTORE", &err));
+                }
+                Err(err) => {
+                    return Err(Error::Invalid(format!(
+                        "redis refused record {number} of the backup (key {:?}): {}: nothing was restored",
+                        String::from_utf8_lossy(&record.key),
+                        one_line(&err)
+                    )));
+                }
+            }
+        }
+        Ok(batch.len() as u64)
     }
 }
 
@@ -397,16 +433,18 @@ impl AddonKind for RedisAddons {
         let mut cursor = 0u64;
         loop {
             let (next, keys) = scan(&mut admin, cursor, &staging).await.map_err(|err| self.refused("SCAN", &err))?;
-            for key in keys {
-                let Some(relative) = key.strip_prefix(staging.as_bytes()) else { continue };
-                let mut target = prefix.as_bytes().to_vec();
-                target.extend_from_slice(relative);
-                let _: Value = redis::cmd("RENAME")
-                    .arg(&key)
-                    .arg(&target)
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    let Some(relative) = key.strip_prefix(staging.as_bytes()) else { continue };
+                    let mut target = prefix.as_bytes().to_vec();
+                    target.extend_from_slice(relative);
+                    pipe.cmd("RENAME").arg(key).arg(target).ignore();
+                }
+                let () = pipe
                     .query_async(&mut admin)
                     .await
-                    .map_err(|err| self.refused("RENAME of a restored key", &err))?;
+                    .map_err(|err| self.refused("RENAME of the restored keys", &err))?;
             }
             if next == 0 {
                 break;

@@ -252,16 +252,16 @@ async fn a_restore_input_that_is_not_a_whole_backup_is_refused_and_changes_nothi
     addons.backup(&project, &name("redis"), &vars, &mut dump).await.expect("backup");
     let () = app.set(format!("{p}later"), "2").expect("write");
 
-    // A record whose payload is not a DUMP: Redis checks its checksum.
-    let mut forged = BACKUP_MAGIC.to_vec();
+    // The backup's record, then one whose payload is not a DUMP: Redis checks its checksum.
+    let mut forged = dump[..dump.len() - 9].to_vec();
     forged.extend_from_slice(&[b'K', 0, 0, 0, 1, b'x', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, b'b', b'a', b'd']);
-    forged.extend_from_slice(&[b'E', 0, 0, 0, 0, 0, 0, 0, 1]);
+    forged.extend_from_slice(&[b'E', 0, 0, 0, 0, 0, 0, 0, 2]);
     let cases: [(&[u8], &str); 5] = [
         (b"", "not a PaaSTech Redis backup"),
         (b"PGDMP\x01\x0e", "not a PaaSTech Redis backup"),
         (b"SET pt_x:y z\r\n", "not a PaaSTech Redis backup"),
         (&dump[..dump.len() - 9], "cut short"),
-        (&forged, "redis refused record 1 of the backup (key \"x\")"),
+        (&forged, "redis refused record 2 of the backup (key \"x\")"),
     ];
     for (input, expected) in cases {
         let err = addons.restore(&project, &name("redis"), &vars, &mut &input[..]).await.expect_err(expected);

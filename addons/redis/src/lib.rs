@@ -283,6 +283,18 @@ async fn scan(conn: &mut MultiplexedConnection, cursor: u64, prefix: &str) -> re
         .await
 }
 
+/// The add-on user's password, from its `REDIS_URL` (`redis://USER:PASSWORD@HOST:PORT`).
+fn own_password(credentials: &EnvVars) -> Result<String> {
+    let url =
+        credentials.get(REDIS_URL).ok_or_else(|| Error::Invalid(format!("the add-on's config has no {REDIS_URL}")))?;
+    url.strip_prefix("redis://")
+        .and_then(|rest| rest.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password.to_owned())
+        .filter(|password| !password.is_empty())
+        .ok_or_else(|| Error::Invalid(format!("the add-on's {REDIS_URL} has no password (redis://USER:PASSWORD@HOST)")))
+}
+
 /// 32 characters from 62: about 190 bits from the thread's CSPRNG (ChaCha, seeded by the
 /// OS). Letters and digits only, so the password needs no escaping in a URL.
 fn new_password() -> String {
@@ -360,12 +372,14 @@ impl AddonKind for RedisAddons {
     ) -> Result<()> {
         let prefix = Self::key_prefix(project, name);
         let hostport = &self.config.server.hostport;
-        let url = credentials
-            .get(REDIS_URL)
-            .ok_or_else(|| Error::Invalid(format!("the add-on's config has no {REDIS_URL}")))?;
         // The add-on's own user reads the values; SCAN, which it may not run (it would see
         // every add-on's key names), runs as the operator's, matching the prefix only.
-        let mut own = connect(url, hostport).await?;
+        // Only the password comes from the project's config, which its owner can edit:
+        // the server and the user are this crate's own, so an edited REDIS_URL cannot point
+        // the platform at another host.
+        let password = own_password(credentials)?;
+        let own_url = self.config.server.with_user(&Self::user(project, name), &password);
+        let mut own = connect(&own_url, hostport).await?;
         let mut admin = self.admin().await?;
         let write_err = |err| Error::internal("writing the backup", err);
         backup::write_magic(out).await.map_err(write_err)?;
@@ -424,6 +438,7 @@ impl AddonKind for RedisAddons {
     ) -> Result<()> {
         let prefix = Self::key_prefix(project, name);
         let staging = Self::staging_prefix(project, name);
+        let hostport = &self.config.server.hostport;
         // RESTORE and RENAME are beyond the add-on's user (RESTORE is @dangerous): the
         // operator's user runs them, on keys this crate names under the prefix only.
         let mut admin = self.admin().await?;
@@ -439,12 +454,27 @@ impl AddonKind for RedisAddons {
                     let Some(relative) = key.strip_prefix(staging.as_bytes()) else { continue };
                     let mut target = prefix.as_bytes().to_vec();
                     target.extend_from_slice(relative);
-                    pipe.cmd("RENAME").arg(key).arg(target).ignore();
+                    pipe.cmd("RENAME").arg(key).arg(target);
                 }
-                let () = pipe
+                let replies: Vec<redis::RedisResult<Value>> = pipe
+                    .ignore_errors()
                     .query_async(&mut admin)
                     .await
                     .map_err(|err| self.refused("RENAME of the restored keys", &err))?;
+                for reply in replies {
+                    match reply {
+                        Ok(_) => {}
+                        // SCAN may answer a key twice; the first RENAME moved it already.
+                        Err(err) if err.detail().is_some_and(|detail| detail.contains("no such key")) => {}
+                        Err(err) => {
+                            return Err(Error::Unavailable(format!(
+                                "the redis add-on server at {hostport} refused RENAME of a restored key, part of the \
+                                 backup is restored and the rest is under {staging}: {}",
+                                one_line(&err)
+                            )));
+                        }
+                    }
+                }
             }
             if next == 0 {
                 break;

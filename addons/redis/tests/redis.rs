@@ -305,3 +305,24 @@ async fn a_server_that_refuses_the_operators_user_leaves_no_user_behind() {
     assert!(!user_exists(&RedisAddons::user(&project, &name("redis"))), "nothing half made");
     let _: i64 = redis::cmd("ACL").arg("DELUSER").arg(&limited).query(&mut admin()).expect("cleanup");
 }
+
+#[tokio::test]
+async fn a_backup_reads_from_the_configured_server_whatever_host_the_project_config_names() {
+    let addons = addons_at(&admin_url());
+    let project = project();
+    let vars = addons.provision(&project, &name("redis")).await.expect("provision");
+    let () = connect(url(&vars)).set(format!("{}k", prefix(&vars)), "v").expect("write");
+    // The project's owner may edit REDIS_URL: the platform must not connect where it says.
+    let server = admin_url().rsplit_once('@').map(|(_, server)| server.to_owned()).expect("a server");
+    let mut edited = vars.clone();
+    edited.insert(REDIS_URL.to_owned(), url(&vars).replace(&server, "192.0.2.1:6379"));
+    let mut dump = Vec::new();
+    addons.backup(&project, &name("redis"), &edited, &mut dump).await.expect("backup from the configured server");
+    assert!(dump.windows(2).any(|w| w == b"\x01k"), "the key is in the backup");
+
+    let mut no_url = vars.clone();
+    no_url.remove(REDIS_URL);
+    let err = addons.backup(&project, &name("redis"), &no_url, &mut Vec::new()).await.expect_err("no REDIS_URL");
+    assert!(matches!(err, Error::Invalid(_)) && err.to_string().contains("has no REDIS_URL"), "{err:?}");
+    addons.deprovision(&project, &name("redis")).await.expect("deprovision");
+}

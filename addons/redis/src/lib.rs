@@ -1,10 +1,11 @@
 //! Redis add-ons (`[addons.redis] url = "redis://default:PASSWORD@host:port"`): on a Redis
-//! 6.2+ server (channel rules) the operator runs, each add-on is an ACL user with a random password that may
-//! touch only the keys and channels of its own prefix, with a safe set of commands
-//! ([`ACL_COMMANDS`]). The app gets `REDIS_URL` and `REDIS_KEY_PREFIX`. Backups stream the
-//! prefix's keys (`DUMP` and `PTTL` as the add-on's user) in a format of this crate
-//! (see `backup.rs`); restores write them back with `RESTORE`, which the add-on's user may
-//! not run, as the operator's user, under the prefix only.
+//! 6.2+ server the operator runs (6.2 brought channel rules), each add-on is an ACL user
+//! with a random password that may touch only the keys and channels of its own prefix,
+//! with a safe set of commands ([`ACL_COMMANDS`]). The app gets `REDIS_URL` and
+//! `REDIS_KEY_PREFIX`. Backups stream the prefix's keys (`DUMP` and `PTTL` as the add-on's
+//! user) in a format of this crate (see `backup.rs`); restores write them back with
+//! `RESTORE`, which the add-on's user may not run, as the operator's user, under the prefix
+//! only.
 //!
 //! This is the only crate that knows Redis add-ons; core sees an [`AddonKind`].
 

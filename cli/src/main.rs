@@ -249,8 +249,9 @@ enum DomainsCommand {
 
 #[derive(Subcommand)]
 enum AddonsCommand {
-    /// Provision an add-on of KIND (a kind the server offers, such as postgres) and set its
-    /// config vars (DATABASE_URL): a new deployment once the project has a build.
+    /// Provision an add-on of KIND (a kind the server offers, such as postgres or redis) and
+    /// set its config vars (DATABASE_URL; REDIS_URL and REDIS_KEY_PREFIX): a new deployment
+    /// once the project has a build.
     Create {
         #[command(flatten)]
         project: ProjectArg,

@@ -163,6 +163,7 @@ fn build_drivers<'a>() -> Registry<dyn ImageBuilder, DriverInput<'a>> {
 fn addon_kinds<'a>() -> Registry<dyn AddonKind, DriverInput<'a>> {
     let mut registry = Registry::new("addons");
     registry.register::<paastech_addon_postgres::PostgresOptions>("postgres");
+    registry.register::<paastech_addon_redis::RedisOptions>("redis");
     registry
 }
 
@@ -846,11 +847,16 @@ mod tests {
         let settings =
             load_text("[addons.postgres]\nurl = \"postgres://admin@127.0.0.1:5432/postgres\"\n").expect("postgres");
         assert!(settings.config.addons.contains_key("postgres"));
+        let settings = load_text("[addons.redis]\nurl = \"redis://default:pw@127.0.0.1:6379\"\n").expect("redis");
+        assert!(settings.config.addons.contains_key("redis"));
         for (text, needle) in [
-            ("[addons.mysql]\nurl = \"mysql://x\"\n", "known drivers: postgres"),
+            ("[addons.mysql]\nurl = \"mysql://x\"\n", "known drivers: postgres, redis"),
             ("[addons.postgres]\nurl = \"mysql://x\"\n", "[addons.postgres] url must start with postgres://"),
             ("[addons.postgres]\nurl = \"postgres://a@h/p\"\nport = 1\n", "unknown field `port`"),
             ("[addons.postgres]\n", "missing field `url`"),
+            ("[addons.redis]\nurl = \"rediss://h:6380\"\n", "[addons.redis] url must start with redis://"),
+            ("[addons.redis]\nurl = \"redis://h:6379/3\"\n", "redis add-ons use database 0 only"),
+            ("[addons.redis]\nurl = \"redis://h\"\npassword = \"x\"\n", "unknown field `password`"),
         ] {
             let shown = load_text(text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(shown.contains(needle), "{text:?}: {shown}");

@@ -53,6 +53,16 @@ pub fn postgres_admin_url() -> String {
     })
 }
 
+/// The test redis-server's URL as its admin (`default`), from `scripts/setup/15-redis.sh`.
+pub fn redis_admin_url() -> String {
+    std::env::var("PAASTECH_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "PAASTECH_TEST_REDIS_URL is not set: start the test redis-server with \
+             `source scripts/setup/15-redis.sh`, which exports it (scripts/test.sh does both)"
+        )
+    })
+}
+
 /// A fresh, empty PostgreSQL database for one test; returns its URL.
 pub fn fresh_postgres_database(prefix: &str) -> String {
     let admin = postgres_admin_url();

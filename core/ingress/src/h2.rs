@@ -318,6 +318,7 @@ async fn forward_request(shared: &Shared, client_ip: &str, req: Request<Incoming
     let (in_flight, hsts) = match forward::pick(shared, host.as_deref()) {
         Pick::Backend(in_flight, https) => (in_flight, https.hsts_max_age),
         Pick::NoBackends(_) => return page(Page::NoDeployment, &req),
+        Pick::Stopped(_) => return page(Page::Stopped, &req),
         Pick::UnknownProject => return page(Page::NotFound, &req),
     };
     if req.method() == Method::CONNECT {

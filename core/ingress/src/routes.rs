@@ -186,12 +186,16 @@ struct Pool {
     /// The project's HTTPS policy, here so that the lookup that finds the backends finds
     /// it too, under the same lock.
     https: HttpsPolicy,
+    /// Stopped by its owner (`paastech stop`): with no backends, it says so.
+    stopped: bool,
 }
 
 /// What a lookup found for a project, with the project's HTTPS policy when it is one.
 pub(crate) enum Pick {
     UnknownProject,
     NoBackends(HttpsPolicy),
+    /// No backends because its owner stopped it.
+    Stopped(HttpsPolicy),
     Backend(InFlight, HttpsPolicy),
 }
 
@@ -200,7 +204,7 @@ impl Pick {
     pub(crate) fn https(&self) -> Option<HttpsPolicy> {
         match self {
             Pick::UnknownProject => None,
-            Pick::NoBackends(https) | Pick::Backend(_, https) => Some(*https),
+            Pick::NoBackends(https) | Pick::Stopped(https) | Pick::Backend(_, https) => Some(*https),
         }
     }
 }
@@ -261,7 +265,8 @@ impl RouteTable {
     pub fn set_backends(&self, project: &str, backends: Vec<SocketAddr>) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
         let mut routes = self.write();
-        let (old, https) = routes.pools.remove(key.as_str()).map(|p| (p.backends, p.https)).unwrap_or_default();
+        let (old, https, stopped) =
+            routes.pools.remove(key.as_str()).map(|p| (p.backends, p.https, p.stopped)).unwrap_or_default();
         let mut new = Vec::with_capacity(backends.len());
         for addr in backends {
             if new.iter().any(|b: &Backend| b.addr() == addr) {
@@ -271,7 +276,7 @@ impl RouteTable {
             new.push(handle);
         }
         let removed = old.into_iter().filter(|b| !new.iter().any(|n| n.addr() == b.addr())).collect();
-        routes.pools.insert(key.into_boxed_str(), Pool { backends: new, next: AtomicUsize::new(0), https });
+        routes.pools.insert(key.into_boxed_str(), Pool { backends: new, next: AtomicUsize::new(0), https, stopped });
         removed
     }
 
@@ -310,6 +315,17 @@ impl RouteTable {
         let key = project.to_ascii_lowercase();
         if let Some(pool) = self.write().pools.get_mut(key.as_str()) {
             pool.https = policy;
+        }
+    }
+
+    /// Marks `project` stopped (or not): while it has no backends, a request to it picks
+    /// [`Pick::Stopped`] instead of [`Pick::NoBackends`]. Kept across
+    /// [`Self::set_backends`]; a project the table does not know is left unknown, as for
+    /// [`Self::set_https`].
+    pub fn set_stopped(&self, project: &str, stopped: bool) {
+        let key = project.to_ascii_lowercase();
+        if let Some(pool) = self.write().pools.get_mut(key.as_str()) {
+            pool.stopped = stopped;
         }
     }
 
@@ -360,7 +376,7 @@ impl RouteTable {
     fn pick_in(pool: &Pool) -> Pick {
         let n = pool.backends.len();
         if n == 0 {
-            return Pick::NoBackends(pool.https);
+            return if pool.stopped { Pick::Stopped(pool.https) } else { Pick::NoBackends(pool.https) };
         }
         let i = if n == 1 {
             // Alone, it is tried whatever its mark: better to try than to refuse.
@@ -444,6 +460,26 @@ mod tests {
         assert_eq!(seq, vec![addr(1), addr(2), addr(1), addr(2)]);
         assert_eq!(t.remove("BLOG").len(), 2);
         assert!(t.backends("blog").is_none());
+    }
+
+    #[test]
+    fn a_stopped_project_says_so_while_it_has_no_backends() {
+        let t = RouteTable::new();
+        t.set_stopped("blog", true);
+        assert!(matches!(t.pick("blog"), Pick::UnknownProject), "an unknown project stays unknown");
+        t.set_backends("blog", vec![]);
+        t.set_domains("blog", &["www.example.com"]);
+        assert!(matches!(t.pick("blog"), Pick::NoBackends(_)));
+        t.set_stopped("Blog", true);
+        assert!(matches!(t.pick("blog"), Pick::Stopped(_)));
+        assert!(matches!(t.pick_by_host("www.example.com"), Pick::Stopped(_)), "its domains too");
+        t.set_backends("blog", vec![]);
+        assert!(matches!(t.pick("blog"), Pick::Stopped(_)), "kept across a switch");
+        t.set_backends("blog", vec![addr(1)]);
+        assert_eq!(pick_addr(&t, "blog"), Some(addr(1)), "a backend serves whatever the mark");
+        t.set_stopped("blog", false);
+        t.set_backends("blog", vec![]);
+        assert!(matches!(t.pick("blog"), Pick::NoBackends(_)));
     }
 
     #[test]

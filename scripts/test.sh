@@ -18,8 +18,9 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
     # gcc: the C compiler and linker Rust links with (rustup does not bring one; C build
     # scripts need it). busybox-static: the process driver's conformance apps (busybox httpd).
     # sqlite3: the secrets journey reads the store's database file as an attacker would.
+    # wrk: the load the lifecycle journey restarts an app under.
     packages=(git openssh-client postgresql libpq-dev libsqlite3-dev sqlite3 pkg-config libssl-dev gcc
-              python3 python3-venv util-linux procps psmisc ca-certificates busybox-static)
+              python3 python3-venv util-linux procps psmisc ca-certificates busybox-static wrk)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

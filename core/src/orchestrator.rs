@@ -1167,6 +1167,15 @@ impl Orchestrator {
         self.store.stopped(project.id).await
     }
 
+    /// The process types of the live deployment (none before the first one).
+    pub async fn process_types(&self, project: &Project) -> Result<Vec<String>> {
+        Ok(self
+            .live_artifact(project)
+            .await?
+            .map(|(_, artifact)| artifact.instance_types().map(str::to_owned).collect())
+            .unwrap_or_default())
+    }
+
     /// The live deployment's process types, checked to contain `process` when one is
     /// named: `Invalid` names the types there are.
     async fn check_process(&self, project: &Project, process: Option<&str>) -> Result<Vec<String>> {
@@ -1351,7 +1360,10 @@ impl Orchestrator {
         let env = app_env(project, &deployment, extra_env);
         let mut current = running.instances.clone();
         let mut restarted = Vec::new();
-        for old in running.instances.iter().filter(|i| process.is_none_or(|p| p == i.process_type)) {
+        let mut targets: Vec<&Instance> =
+            running.instances.iter().filter(|i| process.is_none_or(|p| p == i.process_type)).collect();
+        targets.sort_by(|a, b| (&a.process_type, a.index).cmp(&(&b.process_type, b.index)));
+        for old in targets {
             let name = format!("{}.{}", old.process_type, old.index + 1);
             let spec = instance_spec(project, &deployment, &artifact, &old.process_type, old.index, &env, limits);
             let new = self.start_instance(spec).await?;

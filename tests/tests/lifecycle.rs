@@ -37,7 +37,7 @@ fn post(server: &Server, token: &str, path: &str, body: Option<Value>) -> (u16, 
 
 /// A project `name` of `dev` running the python example with [`PROCFILE`], `webs` web
 /// instances.
-fn deploy(server: &Server, dev: &Developer, name: &str, webs: u32) {
+fn deploy(server: &Server, dev: &Developer, name: &str, webs: u32) -> GitRepo {
     let (status, body) = post(server, &dev.token, "/projects", Some(json!({ "name": name })));
     assert_eq!(status, 201, "{body}");
     let repo =
@@ -49,6 +49,7 @@ fn deploy(server: &Server, dev: &Developer, name: &str, webs: u32) {
     let (status, body) =
         server.api().req("PUT", &format!("/projects/{name}/scale"), Some(&dev.token), Some(json!({"web": webs})));
     assert_eq!(status, 200, "{body}");
+    repo
 }
 
 fn assert_stopped_page(server: &Server, project: &str) {
@@ -61,7 +62,7 @@ fn assert_stopped_page(server: &Server, project: &str) {
 fn a_stopped_app_says_so_stays_stopped_over_a_config_change_and_a_restart_and_starts_again() {
     let mut server = Server::start("");
     let ada = server.developer("ada@example.com");
-    deploy(&server, &ada, "lc", 2);
+    let repo = deploy(&server, &ada, "lc", 2);
     assert_eq!(server.app_get("lc", "/").0, 200);
     assert_eq!(names(&running(&server, &ada.token, "lc")), ["web.1", "web.2", "worker.1"]);
 
@@ -108,13 +109,22 @@ fn a_stopped_app_says_so_stays_stopped_over_a_config_change_and_a_restart_and_st
     assert_eq!(status, 200, "{body}");
     assert_stopped_page(&server, "lc");
     assert!(running(&server, &ada.token, "lc").is_empty(), "a config change does not start a stopped app");
+    // Nor does a push (as on Heroku, an app scaled to zero stays at zero): it goes live and
+    // says it is stopped.
+    repo.write("Procfile", &format!("{PROCFILE}# v3\n"));
+    repo.commit_all("a push to a stopped app");
+    let (pushed, output) = repo.push("main");
+    assert!(pushed, "a push to a stopped app is built and goes live: {output}");
+    assert!(output.contains("remote: -----> lc is stopped: v3 starts no instance"), "{output}");
+    assert_stopped_page(&server, "lc");
+    assert!(running(&server, &ada.token, "lc").is_empty(), "a push does not start a stopped app");
 
     // A server restart neither: the stopped page answers as soon as it listens.
     server.restart();
     assert_stopped_page(&server, "lc");
     let restored = eventually(Duration::from_secs(60), || {
         let (_, logs) = server.api().req("GET", "/projects/lc/logs?lines=50", Some(&ada.token), None);
-        logs.as_str().is_some_and(|l| l.contains("v2 restored after a server start"))
+        logs.as_str().is_some_and(|l| l.contains("v3 restored after a server start"))
     });
     assert!(restored, "the restore went through the project\n{}", server.log());
     assert!(running(&server, &ada.token, "lc").is_empty(), "the restore starts nothing of a stopped app");
@@ -122,7 +132,7 @@ fn a_stopped_app_says_so_stays_stopped_over_a_config_change_and_a_restart_and_st
 
     let said = ok(&server.cli(home.path(), &["start", "-p", "lc"], None));
     assert!(said.contains("Started lc"), "{said}");
-    assert_eq!(server.app_get("lc", "/"), (200, "bonjour from python-hello (version 2)\n".to_owned()));
+    assert_eq!(server.app_get("lc", "/"), (200, "bonjour from python-hello (version 3)\n".to_owned()));
     assert_eq!(names(&running(&server, &ada.token, "lc")), ["web.1", "web.2", "worker.1"]);
     let (_, project) = server.api().req("GET", "/projects/lc", Some(&ada.token), None);
     assert_eq!((&project["stopped"], &project["stopped_processes"]), (&json!(false), &json!([])), "{project}");
@@ -147,7 +157,7 @@ fn a_restart_under_load_replaces_every_instance_and_fails_no_request() {
     let server = Server::start("");
     let ada = server.developer("ada@example.com");
     // One web instance: no other one for the ingress to retry on, so any gap would show.
-    deploy(&server, &ada, "busy", 1);
+    let _repo = deploy(&server, &ada, "busy", 1);
     let before = running(&server, &ada.token, "busy");
     assert_eq!(names(&before), ["web.1", "worker.1"]);
 

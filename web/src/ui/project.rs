@@ -47,11 +47,17 @@ async fn load(
     let deployments = state.store.deployments(project.id, recent).await?;
     let live = state.store.live_deployment(project.id).await?;
     let name = project.name.as_str();
+    // A stopped project is not "live" to its owner, whatever its deployments say.
+    let badge = if state.orchestrator.stopped(&project).await?.is_all() {
+        Badge { class: "old", text: "stopped".into() }
+    } else {
+        Badge::project(deployments.first(), live.as_ref())
+    };
     let head = ProjectHead {
         name: name.to_owned(),
         url: state.urls.app_url(name),
         git_url: state.urls.git_url(name),
-        badge: Badge::project(deployments.first(), live.as_ref()),
+        badge,
         live_version: live.as_ref().map(|d| d.version),
         tab,
     };

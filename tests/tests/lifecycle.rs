@@ -161,14 +161,15 @@ fn a_restart_under_load_replaces_every_instance_and_fails_no_request() {
     let before = running(&server, &ada.token, "busy");
     assert_eq!(names(&before), ["web.1", "worker.1"]);
 
-    let load = wrk(&server, "busy", 15);
+    let load = wrk(&server, "busy", 8);
     std::thread::sleep(Duration::from_secs(2));
     let began = Instant::now();
     let (status, body) = post(&server, &ada.token, "/projects/busy/restart", None);
     let took = began.elapsed();
+    eprintln!("restart under load took {:.1}s", took.as_secs_f64());
     assert_eq!(status, 200, "{body}\n{}", server.log());
     assert_eq!(body, json!({"restarted": ["web.1", "worker.1"]}));
-    assert!(took < Duration::from_secs(12), "the restart ({took:?}) ran inside the load");
+    assert!(took < Duration::from_secs(5), "the restart ({took:?}) ran inside the load");
     let report = load.join().expect("wrk thread");
     assert!(!report.contains("Non-2xx"), "every answer is 200:\n{report}");
     assert!(!report.contains("Socket errors"), "no request failed:\n{report}");

@@ -19,8 +19,10 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
     # scripts need it). busybox-static: the process driver's conformance apps (busybox httpd).
     # sqlite3: the secrets journey reads the store's database file as an attacker would.
     # python3-prometheus-client: the metrics test parses /metrics with Prometheus's own parser.
+    # wrk: the load the lifecycle journey restarts an app under.
     packages=(git openssh-client postgresql libpq-dev libsqlite3-dev sqlite3 pkg-config libssl-dev gcc
-              python3 python3-venv python3-prometheus-client util-linux procps psmisc ca-certificates busybox-static)
+              python3 python3-venv python3-prometheus-client util-linux procps psmisc ca-certificates busybox-static
+              wrk)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,6 +34,9 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Logs { project, follow, lines } => logs(&client, project, follow, lines),
         Command::Scale { project, counts } => scale(&client, out, project, counts),
         Command::Ps(project) => ps(&client, out, project),
+        Command::Stop { project, process } => lifecycle(&client, out, project, "stop", process),
+        Command::Start { project, process } => lifecycle(&client, out, project, "start", process),
+        Command::Restart { project, process } => lifecycle(&client, out, project, "restart", process),
         Command::Run { project, command } => run_once(&client, out, project, command),
         Command::Limits { project, settings } => limits(&client, out, project, settings),
         Command::Nodes => nodes(&client, out),
@@ -437,6 +440,12 @@ fn projects(client: &Client, out: Output, cmd: ProjectsCommand) -> Result<()> {
             if !project["certificate"].is_null() {
                 println!("{:<13} {}", "certificate:", certificate_summary(&project["certificate"]));
             }
+            if project["stopped"].as_bool() == Some(true) {
+                println!("{:<13} yes (`paastech start` starts it)", "stopped:");
+            } else if let Some(types) = project["stopped_processes"].as_array().filter(|t| !t.is_empty()) {
+                let types: Vec<String> = types.iter().map(text).collect();
+                println!("{:<13} {}", "stopped:", types.join(", "));
+            }
         }
         ProjectsCommand::Delete { name, yes } => {
             if !yes {
@@ -597,6 +606,43 @@ fn scale(client: &Client, out: Output, arg: ProjectArg, counts: Vec<String>) -> 
     let shown: Vec<String> =
         result.as_object().map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default();
     println!("Scaled {name}: {}", shown.join(" "));
+    Ok(())
+}
+
+/// `stop`, `start` or `restart` (the API route of the same name), of one process type or all.
+fn lifecycle(client: &Client, out: Output, arg: ProjectArg, verb: &str, process: Option<String>) -> Result<()> {
+    let name = resolve_project(&arg)?;
+    let body = match &process {
+        Some(process) => json!({ "process": process }),
+        None => json!({}),
+    };
+    let result: Value = client.post(&format!("/projects/{name}/{verb}"), &body)?;
+    if out.json {
+        return out.json(&result);
+    }
+    let what = process.as_deref().map_or_else(|| name.clone(), |p| format!("{p} of {name}"));
+    match verb {
+        "restart" => {
+            let restarted: Vec<&str> =
+                result["restarted"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if restarted.is_empty() {
+                println!("Nothing of {what} runs: nothing to restart.");
+            } else {
+                println!("Restarted {what}: {}", restarted.join(" "));
+            }
+        }
+        _ => {
+            let stopped: Vec<&str> =
+                result["stopped_processes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let done = if verb == "stop" { "Stopped" } else { "Started" };
+            println!("{done} {what}.");
+            if result["stopped"].as_bool() == Some(true) {
+                println!("{name} is stopped: `paastech start` starts it.");
+            } else if !stopped.is_empty() {
+                println!("Stopped process types: {}", stopped.join(", "));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -121,6 +121,34 @@ enum Command {
     },
     /// List the app's instances and their state.
     Ps(ProjectArg),
+    /// Stop the app's instances (of one process type with --process) and keep them
+    /// stopped, across server restarts and pushes, until `paastech start`. Deployments and
+    /// config stay; with `web` stopped the app answers 503 "app stopped".
+    Stop {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Only this process type (`web`, `worker`, …).
+        #[arg(long, value_name = "TYPE")]
+        process: Option<String>,
+    },
+    /// Start what `paastech stop` stopped (one process type with --process), in the live
+    /// deployment; web instances must pass their health check.
+    Start {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Only this process type.
+        #[arg(long, value_name = "TYPE")]
+        process: Option<String>,
+    },
+    /// Replace the app's instances one by one, each new web instance healthy before traffic
+    /// moves to it: no request fails. A stopped app is refused (start it).
+    Restart {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Only this process type.
+        #[arg(long, value_name = "TYPE")]
+        process: Option<String>,
+    },
     /// Run a one-off command in the live deployment, with its code, env and limits:
     /// `paastech run -- python manage.py migrate`. Exits with the command's exit code.
     Run {

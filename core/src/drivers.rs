@@ -340,4 +340,8 @@ pub trait TrafficRouter: Send + Sync {
     /// Makes `policy` the project's HTTPS policy (redirect and HSTS) for every request
     /// after this call, on its own name and its custom domains alike.
     fn set_https(&self, project: &ProjectName, policy: HttpsPolicy);
+    /// Whether the project's web process is stopped (`paastech stop`): while it has no
+    /// backends, its names answer 503 with a page saying the app is stopped rather than
+    /// "no live deployment". Kept across `switch`.
+    fn set_stopped(&self, project: &ProjectName, stopped: bool);
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod hooks;
 pub mod hostname;
 pub mod https;
+pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
 pub mod orchestrator;
@@ -30,4 +31,5 @@ pub use domain::{
 pub use error::{Error, Result};
 pub use hostname::{Domain, DomainRules, Hostname};
 pub use https::{HttpsChange, HttpsPolicy};
+pub use lifecycle::Stopped;
 pub use store::Store;

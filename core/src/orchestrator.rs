@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::hooks::{BuildHooks, HookContext, NoHooks};
 use crate::hostname::{Domain, DomainRules, Hostname};
 use crate::https::{HttpsChange, HttpsPolicy};
+use crate::lifecycle::Stopped;
 use crate::logs::LogHub;
 use crate::metrics::metrics;
 use crate::store::{EnvChanges, Store};
@@ -592,12 +593,15 @@ impl Orchestrator {
     }
 
     /// The process types and counts a deployment runs: every type of the build (not its
-    /// release command), `web` and the others once unless scaled otherwise.
-    fn plan(artifact: &Artifact, scale: &BTreeMap<String, u32>) -> Vec<(String, u32)> {
-        artifact
-            .instance_types()
-            .map(|process| (process.to_owned(), scale.get(process).copied().unwrap_or(1)))
-            .collect()
+    /// release command), `web` and the others once unless scaled otherwise, and none of
+    /// a type that is `stopped`.
+    fn plan(artifact: &Artifact, scale: &BTreeMap<String, u32>, stopped: &Stopped) -> Vec<(String, u32)> {
+        stopped.apply(
+            artifact
+                .instance_types()
+                .map(|process| (process.to_owned(), scale.get(process).copied().unwrap_or(1)))
+                .collect(),
+        )
     }
 
     /// Starts a built deployment (after its release command, when `phase` says to run
@@ -747,7 +751,20 @@ impl Orchestrator {
     ) -> Result<()> {
         let limits = self.limits_of(project).await?;
         let env = app_env(project, deployment, extra_env.clone());
-        for (process, count) in Self::plan(artifact, &deployment.scale) {
+        // Stopped stays stopped whatever deploys (as a Heroku app scaled to zero stays at
+        // zero): only `start` starts it.
+        let stopped = self.store.stopped(project.id).await?;
+        if stopped.is_all() {
+            log.line(&format!(
+                "-----> {} is stopped: v{} starts no instance (`paastech start` starts it)",
+                project.name, deployment.version
+            ));
+        } else {
+            for process in artifact.instance_types().filter(|p| stopped.contains(p)) {
+                log.line(&format!("-----> {process} is stopped: not started (`paastech start --process {process}`)"));
+            }
+        }
+        for (process, count) in Self::plan(artifact, &deployment.scale, &stopped) {
             for index in 0..count {
                 let spec = instance_spec(project, deployment, artifact, &process, index, &env, limits);
                 started.push(self.start_instance(spec).await?);
@@ -1065,6 +1082,8 @@ impl Orchestrator {
         let Some(running) = current else {
             return self.store.set_scale(project.id, change).await;
         };
+        // A stopped type keeps its new count for when it is started.
+        let stopped = self.store.stopped(project.id).await?;
         let mut started: Vec<Instance> = Vec::new();
         let added = async {
             let ctx = self.hook_context(project, deployment, artifact);
@@ -1072,7 +1091,7 @@ impl Orchestrator {
             let hook_log = self.logs.sink(&project.name, "hooks");
             let extra_env = self.pre_deploy(&ctx, deployment, artifact, hook_log.as_ref()).await?;
             let env = app_env(project, deployment, extra_env);
-            for (process, count) in Self::plan(artifact, wanted) {
+            for (process, count) in Self::plan(artifact, wanted, &stopped) {
                 let have = running.instances.iter().filter(|i| i.process_type == process).count() as u32;
                 for index in have..count {
                     let spec = instance_spec(project, deployment, artifact, &process, index, &env, limits);
@@ -1090,7 +1109,7 @@ impl Orchestrator {
             self.stop_instances(&started).await;
             return Err(err);
         }
-        let plan: BTreeMap<String, u32> = Self::plan(artifact, wanted).into_iter().collect();
+        let plan: BTreeMap<String, u32> = Self::plan(artifact, wanted, &stopped).into_iter().collect();
         let (to_stop, mut kept): (Vec<Instance>, Vec<Instance>) = running
             .instances
             .into_iter()
@@ -1143,6 +1162,238 @@ impl Orchestrator {
             tracing::error!(project = %project.name, error = %err, "cannot restore the limits of a failed change");
         }
         deployed
+    }
+
+    // ----- Stop, start, restart ------------------------------------------------------
+
+    /// What is stopped of the project (`paastech stop`).
+    pub async fn stopped(&self, project: &Project) -> Result<Stopped> {
+        self.store.stopped(project.id).await
+    }
+
+    /// The process types of the live deployment (none before the first one).
+    pub async fn process_types(&self, project: &Project) -> Result<Vec<String>> {
+        Ok(self
+            .live_artifact(project)
+            .await?
+            .map(|(_, artifact)| artifact.instance_types().map(str::to_owned).collect())
+            .unwrap_or_default())
+    }
+
+    /// The live deployment's process types, checked to contain `process` when one is
+    /// named: `Invalid` names the types there are.
+    async fn check_process(&self, project: &Project, process: Option<&str>) -> Result<Vec<String>> {
+        let live = self.live_artifact(project).await?;
+        let known: Vec<String> =
+            live.as_ref().map(|(_, a)| a.instance_types().map(str::to_owned).collect()).unwrap_or_default();
+        let Some(process) = process else { return Ok(known) };
+        if crate::app::procfile::is_release(process) {
+            return Err(Error::Invalid(format!(
+                "{process:?} is the release command, run once per deployment: it cannot be stopped or started"
+            )));
+        }
+        if live.is_none() {
+            return Err(Error::Invalid(format!(
+                "no process type {process:?}: {} has no live deployment",
+                project.name
+            )));
+        }
+        if !known.iter().any(|p| p == process) {
+            return Err(Error::Invalid(format!(
+                "no process type {process:?} in the live deployment; it has: {}",
+                known.join(", ")
+            )));
+        }
+        Ok(known)
+    }
+
+    /// Stops the project's instances (of `process` alone when given) and keeps them
+    /// stopped, across server restarts and whatever deploys, until `start`. The project
+    /// keeps its deployments and config; when its `web` is stopped its names answer 503
+    /// with a page saying the app is stopped. Stopping what is stopped changes nothing.
+    pub async fn stop(self: &Arc<Self>, project: &Project, process: Option<&str>) -> Result<Stopped> {
+        let (project, process) = (project.clone(), process.map(str::to_owned));
+        self.detached(move |this| async move { this.stop_now(&project, process.as_deref()).await }).await
+    }
+
+    async fn stop_now(&self, project: &Project, process: Option<&str>) -> Result<Stopped> {
+        let _guard = self.exclusive(&project.name, &NullSink).await;
+        self.check_process(project, process).await?;
+        let mut stopped = self.store.stopped(project.id).await?;
+        stopped.stop(process);
+        // Stored first: a server that dies half-way through starts nothing of it again.
+        self.store.set_stopped(project.id, &stopped).await?;
+        let current = self.running.lock().expect("running lock").get(&project.name).cloned();
+        let web_stopped = stopped.contains("web");
+        if let Some(running) = current {
+            let (gone, kept): (Vec<Instance>, Vec<Instance>) =
+                running.instances.into_iter().partition(|i| stopped.contains(&i.process_type));
+            let web = web_addrs(&kept);
+            self.running
+                .lock()
+                .expect("running lock")
+                .insert(project.name.clone(), Running { version: running.version, instances: kept });
+            self.traffic.set_stopped(&project.name, web_stopped);
+            // Out of the ingress and drained before they are stopped.
+            self.traffic.switch(&project.name, web, self.config.drain_timeout).await;
+            self.stop_instances(&gone).await;
+        } else {
+            self.traffic.set_stopped(&project.name, web_stopped);
+        }
+        let what = process.map_or_else(|| "every process".to_owned(), |p| format!("{p} processes"));
+        self.logs.note(&project.name, &format!("stopped {what}"));
+        tracing::info!(project = %project.name, process = process.unwrap_or("*"), "stopped");
+        Ok(stopped)
+    }
+
+    /// Starts what `stop` stopped (only `process` when given) in the live deployment:
+    /// each web instance must answer its health check before traffic reaches it. When one
+    /// does not, those started are stopped and it stays stopped. Starting what runs
+    /// changes nothing.
+    pub async fn start(self: &Arc<Self>, project: &Project, process: Option<&str>) -> Result<Stopped> {
+        let (project, process) = (project.clone(), process.map(str::to_owned));
+        self.detached(move |this| async move { this.start_now(&project, process.as_deref()).await }).await
+    }
+
+    async fn start_now(&self, project: &Project, process: Option<&str>) -> Result<Stopped> {
+        let _guard = self.exclusive(&project.name, &NullSink).await;
+        let known = self.check_process(project, process).await?;
+        let before = self.store.stopped(project.id).await?;
+        let mut after = before.clone();
+        after.start(process, known.iter().map(String::as_str));
+        if after == before {
+            return Ok(after);
+        }
+        let Some((deployment, artifact)) = self.live_artifact(project).await? else {
+            // Nothing to run yet: the next deployment starts.
+            self.store.set_stopped(project.id, &after).await?;
+            self.traffic.set_stopped(&project.name, after.contains("web"));
+            return Ok(after);
+        };
+        let running = self
+            .running
+            .lock()
+            .expect("running lock")
+            .get(&project.name)
+            .cloned()
+            .unwrap_or(Running { version: deployment.version, instances: Vec::new() });
+        let scale = self.store.scale(project.id).await?;
+        let mut started: Vec<Instance> = Vec::new();
+        let result = async {
+            let ctx = self.hook_context(project, &deployment, &artifact);
+            let limits = self.limits_of(project).await?;
+            let hook_log = self.logs.sink(&project.name, "hooks");
+            let extra_env = self.pre_deploy(&ctx, &deployment, &artifact, hook_log.as_ref()).await?;
+            let env = app_env(project, &deployment, extra_env);
+            for (process, count) in Self::plan(&artifact, &scale, &after) {
+                if !before.contains(&process) {
+                    continue;
+                }
+                for index in 0..count {
+                    let spec = instance_spec(project, &deployment, &artifact, &process, index, &env, limits);
+                    let instance = self.start_instance(spec).await?;
+                    started.push(instance.clone());
+                    if let (true, Some(addr)) = (process == "web", instance.addr) {
+                        self.wait_healthy(project, &instance, addr).await?;
+                    }
+                }
+            }
+            self.store.set_stopped(project.id, &after).await
+        }
+        .await;
+        if let Err(err) = result {
+            self.stop_instances(&started).await;
+            return Err(err);
+        }
+        let mut instances = running.instances;
+        instances.extend(started);
+        let web = web_addrs(&instances);
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(project.name.clone(), Running { version: deployment.version, instances });
+        self.traffic.set_stopped(&project.name, after.contains("web"));
+        self.traffic.switch(&project.name, web, self.config.drain_timeout).await;
+        let what = process.map_or_else(|| "every process".to_owned(), |p| format!("{p} processes"));
+        self.logs.note(&project.name, &format!("started {what} of v{}", deployment.version));
+        tracing::info!(project = %project.name, process = process.unwrap_or("*"), "started");
+        Ok(after)
+    }
+
+    /// Replaces the live deployment's instances (of `process` alone when given) one by
+    /// one, as a deploy does: a new instance starts and, for `web`, answers its health
+    /// check, traffic moves to it, the old one is drained and stopped; no request to `web`
+    /// fails. A stopped project (or type) is refused: `start` starts it. When a new
+    /// instance fails, it is stopped and the old one keeps serving; those replaced already
+    /// stay replaced. The answer is the instances restarted, as `TYPE.N`.
+    pub async fn restart(self: &Arc<Self>, project: &Project, process: Option<&str>) -> Result<Vec<String>> {
+        let (project, process) = (project.clone(), process.map(str::to_owned));
+        self.detached(move |this| async move { this.restart_now(&project, process.as_deref()).await }).await
+    }
+
+    async fn restart_now(&self, project: &Project, process: Option<&str>) -> Result<Vec<String>> {
+        let _guard = self.exclusive(&project.name, &NullSink).await;
+        self.check_process(project, process).await?;
+        let stopped = self.store.stopped(project.id).await?;
+        match process {
+            None if stopped.is_all() => {
+                return Err(Error::Conflict(format!("{} is stopped: `paastech start` starts it", project.name)));
+            }
+            Some(process) if stopped.contains(process) => {
+                return Err(Error::Conflict(format!(
+                    "{process} of {} is stopped: `paastech start --process {process}` starts it",
+                    project.name
+                )));
+            }
+            _ => {}
+        }
+        let (deployment, artifact) = self
+            .live_artifact(project)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("{} has nothing live to restart: git push first", project.name)))?;
+        let Some(running) = self.running.lock().expect("running lock").get(&project.name).cloned() else {
+            return Err(Error::Unavailable(format!(
+                "{} runs no instance to restart: its live deployment could not be started; see `paastech logs`",
+                project.name
+            )));
+        };
+        let ctx = self.hook_context(project, &deployment, &artifact);
+        let limits = self.limits_of(project).await?;
+        let hook_log = self.logs.sink(&project.name, "hooks");
+        let extra_env = self.pre_deploy(&ctx, &deployment, &artifact, hook_log.as_ref()).await?;
+        let env = app_env(project, &deployment, extra_env);
+        let mut current = running.instances.clone();
+        let mut restarted = Vec::new();
+        let mut targets: Vec<&Instance> =
+            running.instances.iter().filter(|i| process.is_none_or(|p| p == i.process_type)).collect();
+        targets.sort_by(|a, b| (&a.process_type, a.index).cmp(&(&b.process_type, b.index)));
+        for old in targets {
+            let name = format!("{}.{}", old.process_type, old.index + 1);
+            let spec = instance_spec(project, &deployment, &artifact, &old.process_type, old.index, &env, limits);
+            let new = self.start_instance(spec).await?;
+            if let (true, Some(addr)) = (old.process_type == "web", new.addr)
+                && let Err(err) = self.wait_healthy(project, &new, addr).await
+            {
+                self.stop_instances(std::slice::from_ref(&new)).await;
+                self.logs.note(&project.name, &format!("restart of {name} failed; the old one keeps running: {err}"));
+                return Err(err);
+            }
+            if let Some(slot) = current.iter_mut().find(|i| i.id == old.id) {
+                *slot = new;
+            }
+            let web = web_addrs(&current);
+            self.running
+                .lock()
+                .expect("running lock")
+                .insert(project.name.clone(), Running { version: running.version, instances: current.clone() });
+            // Traffic moves to the new instance and drains from the old before it stops.
+            self.traffic.switch(&project.name, web, self.config.drain_timeout).await;
+            self.stop_instances(std::slice::from_ref(old)).await;
+            restarted.push(name);
+        }
+        self.logs.note(&project.name, &format!("restarted {}", restarted.join(", ")));
+        tracing::info!(project = %project.name, instances = restarted.len(), "restarted");
+        Ok(restarted)
     }
 
     /// Prepares a one-off command (`paastech run -- CMD…`) in the live deployment: its
@@ -1234,6 +1485,9 @@ impl Orchestrator {
             // Its custom domains answer like its own name from now on (503 until restored).
             self.route_domains(&project).await?;
             self.route_https(&project).await?;
+            // A stopped project says so at once, and stays so: the restore starts nothing of it.
+            let stopped = self.store.stopped(project.id).await?;
+            self.traffic.set_stopped(&project.name, stopped.contains("web"));
             let guard = self.lock_for(&project.name).lock_owned().await;
             held.push((project, guard));
         }
@@ -1249,11 +1503,12 @@ impl Orchestrator {
     /// outlived the server, or starts them again, and stops the project's other instances.
     async fn restore_project(&self, project: &Project, existing: &[Instance]) -> Result<()> {
         let live = self.store.live_deployment(project.id).await?;
-        let (kept, stale): (Vec<Instance>, Vec<Instance>) = existing
-            .iter()
-            .filter(|i| i.project == project.name)
-            .cloned()
-            .partition(|i| live.as_ref().is_some_and(|d| d.version == i.version));
+        let stopped = self.store.stopped(project.id).await?;
+        // Instances of a stopped type that outlived the server (a stop cut short) go too.
+        let (kept, stale): (Vec<Instance>, Vec<Instance>) =
+            existing.iter().filter(|i| i.project == project.name).cloned().partition(|i| {
+                live.as_ref().is_some_and(|d| d.version == i.version) && !stopped.contains(&i.process_type)
+            });
         for instance in &stale {
             tracing::info!(instance = %instance.id, "stopping an instance of no live deployment");
         }

@@ -13,6 +13,7 @@ use crate::drivers::Limits;
 use crate::error::Result;
 use crate::hostname::{Domain, Hostname};
 use crate::https::HttpsPolicy;
+use crate::lifecycle::Stopped;
 
 /// A change to a project's env: `Some` sets, `None` unsets.
 pub type EnvChanges = BTreeMap<String, Option<String>>;
@@ -69,6 +70,10 @@ pub trait Store: Send + Sync {
     /// The project's HTTPS policy; the default one until it is set.
     async fn https_policy(&self, project_id: i64) -> Result<HttpsPolicy>;
     async fn set_https_policy(&self, project_id: i64, policy: &HttpsPolicy) -> Result<()>;
+    /// What `paastech stop` left stopped of the project; nothing until it is set.
+    async fn stopped(&self, project_id: i64) -> Result<Stopped>;
+    /// Replaces what is stopped of the project; `NotFound` for a missing project.
+    async fn set_stopped(&self, project_id: i64, stopped: &Stopped) -> Result<()>;
 
     // Custom domains.
     /// Gives the project a custom domain; `Conflict` when any project has it already.

@@ -453,3 +453,63 @@ pub fn release_journey(engine: &Engine) {
     let (_, logs) = server.api().req("GET", &format!("/projects/{project}/logs?lines=200"), Some(&ada.token), None);
     assert!(logs.as_str().unwrap_or_default().contains("release: release of v2"), "{logs}");
 }
+
+/// Issue #15: a stopped app's containers are removed and its names answer the stopped page;
+/// a server restart adopts nothing of it and starts nothing; `start` serves again, and
+/// `restart` replaces the container.
+pub fn stop_start_restart_journey(engine: &Engine) {
+    engine.require();
+    let project = format!("{}stop{}", engine.prefix, std::process::id());
+    let _cleanup = Cleanup(engine, project.clone());
+    let mut server = Server::start(&format!("[runtime]\ndriver = \"{}\"\n", engine.driver));
+    let ada = server.developer("ada@example.com");
+    let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": project})));
+    assert_eq!(status, 201, "{body}");
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("app"),
+        &example("dockerfile-hello"),
+        &ada.key,
+        server.ssh_port,
+        &project,
+    );
+    let (ok, output) = repo.push("main");
+    assert!(ok, "first push: {output}\n{}", server.log());
+    assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 1)");
+    let post = |verb: &str| server.api().req("POST", &format!("/projects/{project}/{verb}"), Some(&ada.token), None);
+    let stopped_page = |server: &Server| {
+        let (status, body) = server.app_get(&project, "/");
+        status == 503 && body.contains("app stopped")
+    };
+
+    let (status, body) = post("stop");
+    assert_eq!(status, 200, "{body}");
+    assert!(stopped_page(&server), "{}", page(&server, &project));
+    assert!(engine.running_containers(&project).is_empty(), "its container is removed");
+
+    // Containers outlive a server; a stopped app has none to adopt, and none is started.
+    server.restart();
+    assert!(stopped_page(&server), "{}", page(&server, &project));
+    let restored = eventually(Duration::from_secs(60), || {
+        let (_, logs) = server.api().req("GET", &format!("/projects/{project}/logs?lines=50"), Some(&ada.token), None);
+        logs.as_str().is_some_and(|l| l.contains("v1 restored after a server start"))
+    });
+    assert!(restored, "the restore went through the project\n{}", server.log());
+    assert!(engine.running_containers(&project).is_empty(), "the restore starts nothing of a stopped app");
+    let post = |verb: &str| server.api().req("POST", &format!("/projects/{project}/{verb}"), Some(&ada.token), None);
+    assert_eq!(post("restart").0, 409, "a stopped app is not restarted");
+
+    let (status, body) = post("start");
+    assert_eq!(status, 200, "{body}\n{}", server.log());
+    assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 1)");
+    let before = engine.running_containers(&project);
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    let (status, body) = post("restart");
+    assert_eq!((status, body), (200, json!({"restarted": ["web.1"]})));
+    assert_eq!(page(&server, &project), "200 hello from dockerfile-hello (version 1)");
+    let replaced = eventually(Duration::from_secs(20), || {
+        let now = engine.running_containers(&project);
+        now.len() == 1 && now != before
+    });
+    assert!(replaced, "a new container replaced {before:?}: {:?}", engine.running_containers(&project));
+}

@@ -3,6 +3,7 @@
 
 use paastech_tests::engines::{
     Engine, dockerfile_journey, no_dockerfile_journey, release_journey, secrets_stay_out_of_images_journey,
+    stop_start_restart_journey,
 };
 
 /// Labelled, never privileged, no new privileges, every capability dropped, memory, CPU and
@@ -54,4 +55,9 @@ fn config_vars_reach_a_build_only_as_the_dockerfile_declares_them() {
 #[test]
 fn a_release_step_runs_in_the_image_and_a_failing_one_keeps_the_previous_deployment() {
     release_journey(&DOCKER);
+}
+
+#[test]
+fn a_stopped_app_keeps_no_container_over_a_restart_and_starts_and_restarts() {
+    stop_start_restart_journey(&DOCKER);
 }

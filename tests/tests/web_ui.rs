@@ -149,6 +149,22 @@ fn a_developer_deploys_configures_rolls_back_and_deletes_from_the_browser() {
     expect_text(&browser, ".notice", "Scale saved", 30, &server);
     browser.screenshot(&screenshot_path("project-scale"));
 
+    // Stop, start and restart from the overview's buttons (issue #15).
+    browser.goto(&format!("{base}/projects/webapp"));
+    browser.find("button[data-lifecycle='stop']").click();
+    expect_text(&browser, ".notice", "Stopped", 30, &server);
+    expect_text(&browser, "#processes", "stopped", 5, &server);
+    let (status, body) = server.app_get("webapp", "/");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("app stopped"), "{body}");
+    browser.screenshot(&screenshot_path("project-stopped"));
+    browser.find("button[data-lifecycle='start']").click();
+    expect_text(&browser, ".notice", "Started", 60, &server);
+    assert_eq!(server.app_get("webapp", "/").1.trim(), "hello from python-hello (version 3)");
+    browser.find("button[data-lifecycle='restart']").click();
+    expect_text(&browser, ".notice", "Restarted", 60, &server);
+    assert_eq!(server.app_get("webapp", "/").0, 200);
+
     browser.goto(&format!("{base}/account/tokens"));
     browser.fill("#token-name", "ci");
     browser.find("form[action='/account/tokens'] button").click();

@@ -199,8 +199,12 @@ pub(crate) async fn connection<C: ClientIo>(
         let hsts = if C::HTTPS { pick.https().and_then(|p| p.hsts_max_age) } else { None };
         let in_flight = match pick {
             Pick::Backend(in_flight, _) => in_flight,
-            Pick::UnknownProject | Pick::NoBackends(..) => {
-                let which = if matches!(pick, Pick::NoBackends(..)) { Page::NoDeployment } else { Page::NotFound };
+            Pick::UnknownProject | Pick::NoBackends(..) | Pick::Stopped(..) => {
+                let which = match pick {
+                    Pick::NoBackends(..) => Page::NoDeployment,
+                    Pick::Stopped(..) => Page::Stopped,
+                    _ => Page::NotFound,
+                };
                 // The body was not read: the connection cannot carry another request.
                 let keep_alive = keep_alive && req.framing == Framing::Empty;
                 cbuf.drain(..req.head_len);
@@ -940,6 +944,7 @@ fn reserve(buf: &mut Vec<u8>) {
 pub(crate) enum Page {
     NotFound,
     NoDeployment,
+    Stopped,
     BadGateway,
     GatewayTimeout,
 }
@@ -952,6 +957,11 @@ const NOT_FOUND_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8
 const NO_DEPLOYMENT_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>No live deployment</title></head>\
 <body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
 <h1>503 &mdash; no live deployment</h1><p>This app exists but has no live deployment right now. Push to deploy it, or scale its web processes above zero.</p>\
+<p><small>paastech</small></p></body></html>\n";
+
+const STOPPED_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>App stopped</title></head>\
+<body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
+<h1>503 &mdash; app stopped</h1><p>This app has been stopped by its owner. It serves again once they start it (<code>paastech start</code>).</p>\
 <p><small>paastech</small></p></body></html>\n";
 
 const GATEWAY_TIMEOUT_HTML: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Gateway timeout</title></head>\
@@ -969,6 +979,7 @@ pub(crate) fn page(which: Page) -> (u16, &'static str) {
     match which {
         Page::NotFound => (404, NOT_FOUND_HTML),
         Page::NoDeployment => (503, NO_DEPLOYMENT_HTML),
+        Page::Stopped => (503, STOPPED_HTML),
         Page::BadGateway => (502, BAD_GATEWAY_HTML),
         Page::GatewayTimeout => (504, GATEWAY_TIMEOUT_HTML),
     }
@@ -983,7 +994,7 @@ async fn write_page(
     let (_, html) = page(which);
     let status = match which {
         Page::NotFound => "404 Not Found",
-        Page::NoDeployment => "503 Service Unavailable",
+        Page::NoDeployment | Page::Stopped => "503 Service Unavailable",
         Page::BadGateway => "502 Bad Gateway",
         Page::GatewayTimeout => "504 Gateway Timeout",
     };

@@ -342,6 +342,10 @@ async fn forward_request(
             *requests = Some(project);
             return page(Page::NoDeployment, &req);
         }
+        Pick::Stopped(_, project) => {
+            *requests = Some(project);
+            return page(Page::Stopped, &req);
+        }
         Pick::UnknownProject => return page(Page::NotFound, &req),
     };
     if req.method() == Method::CONNECT {

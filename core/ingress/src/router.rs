@@ -66,4 +66,8 @@ impl TrafficRouter for IngressRouter {
     fn set_https(&self, project: &ProjectName, policy: HttpsPolicy) {
         self.table.set_https(project.as_str(), policy);
     }
+
+    fn set_stopped(&self, project: &ProjectName, stopped: bool) {
+        self.table.set_stopped(project.as_str(), stopped);
+    }
 }

@@ -201,12 +201,16 @@ struct Pool {
     https: HttpsPolicy,
     /// Where the project's requests are counted.
     requests: Arc<ProjectRequests>,
+    /// Stopped by its owner (`paastech stop`): with no backends, it says so.
+    stopped: bool,
 }
 
 /// What a lookup found for a project, with the project's HTTPS policy when it is one.
 pub(crate) enum Pick {
     UnknownProject,
     NoBackends(HttpsPolicy, Arc<ProjectRequests>),
+    /// No backends because its owner stopped it.
+    Stopped(HttpsPolicy, Arc<ProjectRequests>),
     Backend(InFlight, HttpsPolicy),
 }
 
@@ -215,7 +219,7 @@ impl Pick {
     pub(crate) fn https(&self) -> Option<HttpsPolicy> {
         match self {
             Pick::UnknownProject => None,
-            Pick::NoBackends(https, _) | Pick::Backend(_, https) => Some(*https),
+            Pick::NoBackends(https, _) | Pick::Stopped(https, _) | Pick::Backend(_, https) => Some(*https),
         }
     }
 
@@ -224,7 +228,7 @@ impl Pick {
     pub(crate) fn requests(&self) -> &ProjectRequests {
         match self {
             Pick::UnknownProject => unrouted(),
-            Pick::NoBackends(_, requests) => requests,
+            Pick::NoBackends(_, requests) | Pick::Stopped(_, requests) => requests,
             Pick::Backend(in_flight, _) => in_flight.backend().requests(),
         }
     }
@@ -292,9 +296,9 @@ impl RouteTable {
     pub fn set_backends(&self, project: &str, backends: Vec<SocketAddr>) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
         let mut routes = self.write();
-        let (old, https, requests) = match routes.pools.remove(key.as_str()) {
-            Some(pool) => (pool.backends, pool.https, pool.requests),
-            None => (Vec::new(), HttpsPolicy::default(), metrics().ingress.project(&key)),
+        let (old, https, stopped, requests) = match routes.pools.remove(key.as_str()) {
+            Some(pool) => (pool.backends, pool.https, pool.stopped, pool.requests),
+            None => (Vec::new(), HttpsPolicy::default(), false, metrics().ingress.project(&key)),
         };
         let mut new = Vec::with_capacity(backends.len());
         for addr in backends {
@@ -306,7 +310,8 @@ impl RouteTable {
             new.push(handle);
         }
         let removed = old.into_iter().filter(|b| !new.iter().any(|n| n.addr() == b.addr())).collect();
-        routes.pools.insert(key.into_boxed_str(), Pool { backends: new, next: AtomicUsize::new(0), https, requests });
+        let pool = Pool { backends: new, next: AtomicUsize::new(0), https, stopped, requests };
+        routes.pools.insert(key.into_boxed_str(), pool);
         removed
     }
 
@@ -345,6 +350,17 @@ impl RouteTable {
         let key = project.to_ascii_lowercase();
         if let Some(pool) = self.write().pools.get_mut(key.as_str()) {
             pool.https = policy;
+        }
+    }
+
+    /// Marks `project` stopped (or not): while it has no backends, a request to it picks
+    /// [`Pick::Stopped`] instead of [`Pick::NoBackends`]. Kept across
+    /// [`Self::set_backends`]; a project the table does not know is left unknown, as for
+    /// [`Self::set_https`].
+    pub fn set_stopped(&self, project: &str, stopped: bool) {
+        let key = project.to_ascii_lowercase();
+        if let Some(pool) = self.write().pools.get_mut(key.as_str()) {
+            pool.stopped = stopped;
         }
     }
 
@@ -395,7 +411,12 @@ impl RouteTable {
     fn pick_in(pool: &Pool) -> Pick {
         let n = pool.backends.len();
         if n == 0 {
-            return Pick::NoBackends(pool.https, Arc::clone(&pool.requests));
+            let requests = Arc::clone(&pool.requests);
+            return if pool.stopped {
+                Pick::Stopped(pool.https, requests)
+            } else {
+                Pick::NoBackends(pool.https, requests)
+            };
         }
         let i = if n == 1 {
             // Alone, it is tried whatever its mark: better to try than to refuse.
@@ -479,6 +500,26 @@ mod tests {
         assert_eq!(seq, vec![addr(1), addr(2), addr(1), addr(2)]);
         assert_eq!(t.remove("BLOG").len(), 2);
         assert!(t.backends("blog").is_none());
+    }
+
+    #[test]
+    fn a_stopped_project_says_so_while_it_has_no_backends() {
+        let t = RouteTable::new();
+        t.set_stopped("blog", true);
+        assert!(matches!(t.pick("blog"), Pick::UnknownProject), "an unknown project stays unknown");
+        t.set_backends("blog", vec![]);
+        t.set_domains("blog", &["www.example.com"]);
+        assert!(matches!(t.pick("blog"), Pick::NoBackends(..)));
+        t.set_stopped("Blog", true);
+        assert!(matches!(t.pick("blog"), Pick::Stopped(..)));
+        assert!(matches!(t.pick_by_host("www.example.com"), Pick::Stopped(..)), "its domains too");
+        t.set_backends("blog", vec![]);
+        assert!(matches!(t.pick("blog"), Pick::Stopped(..)), "kept across a switch");
+        t.set_backends("blog", vec![addr(1)]);
+        assert_eq!(pick_addr(&t, "blog"), Some(addr(1)), "a backend serves whatever the mark");
+        t.set_stopped("blog", false);
+        t.set_backends("blog", vec![]);
+        assert!(matches!(t.pick("blog"), Pick::NoBackends(..)));
     }
 
     #[test]

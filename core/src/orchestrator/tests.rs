@@ -23,6 +23,7 @@ use crate::drivers::{
 use crate::error::{Error, Result};
 use crate::hostname::{Domain, Hostname};
 use crate::https::{HttpsChange, HttpsPolicy};
+use crate::lifecycle::Stopped;
 use crate::logs::LogHub;
 use crate::store::{EnvChanges, Store};
 
@@ -107,6 +108,7 @@ struct Data {
     deployments: Vec<Deployment>,
     domains: Vec<Domain>,
     https: HashMap<i64, HttpsPolicy>,
+    stopped: HashMap<i64, Stopped>,
     next_domain_id: i64,
     addons: Vec<Addon>,
 }
@@ -291,6 +293,13 @@ impl Store for MemStore {
     }
     async fn https_policy(&self, project_id: i64) -> Result<HttpsPolicy> {
         Ok(self.enter("https_policy").await?.https.get(&project_id).copied().unwrap_or_default())
+    }
+    async fn stopped(&self, project_id: i64) -> Result<Stopped> {
+        Ok(self.enter("stopped").await?.stopped.get(&project_id).cloned().unwrap_or_default())
+    }
+    async fn set_stopped(&self, project_id: i64, stopped: &Stopped) -> Result<()> {
+        self.enter("set_stopped").await?.stopped.insert(project_id, stopped.clone());
+        Ok(())
     }
     async fn set_https_policy(&self, project_id: i64, policy: &HttpsPolicy) -> Result<()> {
         self.enter("set_https_policy").await?.https.insert(project_id, *policy);
@@ -598,6 +607,8 @@ struct FakeTraffic {
     domains: Mutex<BTreeMap<String, ProjectName>>,
     /// The HTTPS policy the ingress was last given, per project.
     https: Mutex<HashMap<ProjectName, HttpsPolicy>>,
+    /// Projects whose web process is stopped (they answer the stopped page).
+    stopped: Mutex<HashMap<ProjectName, bool>>,
 }
 
 impl FakeTraffic {
@@ -632,6 +643,9 @@ impl TrafficRouter for FakeTraffic {
     }
     fn set_https(&self, project: &ProjectName, policy: HttpsPolicy) {
         self.https.lock().expect("https").insert(project.clone(), policy);
+    }
+    fn set_stopped(&self, project: &ProjectName, stopped: bool) {
+        self.stopped.lock().expect("stopped").insert(project.clone(), stopped);
     }
 }
 
@@ -677,6 +691,7 @@ impl World {
             routes: Mutex::default(),
             domains: Mutex::default(),
             https: Mutex::default(),
+            stopped: Mutex::default(),
         });
         let dir = tempfile::tempdir().expect("temp dir");
         let mut world = World {
@@ -936,6 +951,112 @@ async fn a_failed_scale_up_stops_what_it_started_and_keeps_the_count() {
     assert!(world.orchestrator.scale(&world.project, &scale).await.is_err());
     world.serves(1, 1).await;
     assert_eq!(world.store.scale(world.project.id).await.expect("scale")["web"], 1);
+}
+
+// ----- Stop, start, restart ---------------------------------------------------------------
+
+impl World {
+    /// Whether the ingress was told the project's web is stopped.
+    fn ingress_says_stopped(&self) -> bool {
+        self.traffic.stopped.lock().expect("stopped").get(&self.project.name).copied().unwrap_or(false)
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_project_stays_stopped_over_a_push_a_scale_and_a_restart_until_started() {
+    let world = World::new(2).await;
+    let stopped = world.orchestrator.stop(&world.project, None).await.expect("stop");
+    assert!(stopped.is_all());
+    assert!(world.runtime.instances().is_empty(), "its instances are stopped");
+    assert_eq!(world.traffic.routes.lock().expect("routes").get(&world.project.name), Some(&Vec::new()));
+    assert!(world.ingress_says_stopped());
+    assert!(world.store.stopped(world.project.id).await.expect("stored").is_all());
+    // Stopping again changes nothing.
+    assert!(world.orchestrator.stop(&world.project, None).await.expect("stop again").is_all());
+
+    // A push goes live and keeps its config, but starts nothing; so does a scale.
+    let v2 = world.push().await.expect("v2 deploys");
+    assert_eq!(v2.status, DeploymentStatus::Live);
+    world.orchestrator.scale(&world.project, &BTreeMap::from([("web".to_owned(), 3)])).await.expect("scale");
+    assert!(world.runtime.instances().is_empty(), "a push or a scale starts nothing of a stopped project");
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]));
+    match world.orchestrator.restart(&world.project, None).await {
+        Err(Error::Conflict(message)) => assert!(message.contains("paastech start"), "{message}"),
+        other => panic!("a restart of a stopped project is refused, got {other:?}"),
+    }
+
+    // A server restart starts nothing of it either, and the ingress still says stopped.
+    world.traffic.stopped.lock().expect("stopped").clear();
+    let restarted = world.restarted();
+    restarted.restore().await.expect("restore");
+    assert!(world.runtime.instances().is_empty(), "the restore starts nothing of a stopped project");
+    assert!(world.ingress_says_stopped());
+
+    let world = World { orchestrator: restarted, ..world };
+    assert!(world.orchestrator.start(&world.project, None).await.expect("start").is_empty());
+    world.serves(2, 3).await;
+    assert!(!world.ingress_says_stopped());
+    assert!(world.store.stopped(world.project.id).await.expect("stored").is_empty());
+}
+
+#[tokio::test]
+async fn a_start_that_does_not_answer_stays_stopped() {
+    let world = World::new(1).await;
+    world.orchestrator.stop(&world.project, Some("web")).await.expect("stop web");
+    assert!(world.ingress_says_stopped());
+    world.traffic.unhealthy.store(true, Ordering::SeqCst);
+    assert_failed(world.orchestrator.start(&world.project, None).await, "health check");
+    assert!(world.runtime.instances().is_empty(), "what started is stopped again");
+    assert!(world.store.stopped(world.project.id).await.expect("stored").contains("web"));
+    assert!(world.ingress_says_stopped());
+    world.traffic.unhealthy.store(false, Ordering::SeqCst);
+    world.orchestrator.start(&world.project, Some("web")).await.expect("start web");
+    world.serves(1, 1).await;
+}
+
+#[tokio::test]
+async fn an_unknown_process_type_is_refused_naming_those_there_are() {
+    let world = World::new(1).await;
+    for result in [
+        world.orchestrator.stop(&world.project, Some("worker")).await,
+        world.orchestrator.start(&world.project, Some("worker")).await,
+    ] {
+        match result {
+            Err(Error::Invalid(message)) => {
+                assert!(message.contains("\"worker\"") && message.contains("it has: web"), "{message}")
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+    assert!(matches!(world.orchestrator.restart(&world.project, Some("release")).await, Err(Error::Invalid(_))));
+    world.serves(1, 1).await;
+}
+
+#[tokio::test]
+async fn a_restart_replaces_each_web_instance_once_the_new_one_answers() {
+    let world = World::new(2).await;
+    let before = world.runtime.web_ids();
+    let switches = world.traffic.switches.load(Ordering::SeqCst);
+    let restarted = world.orchestrator.restart(&world.project, None).await.expect("restart");
+    assert_eq!(restarted, vec!["web.1", "web.2"]);
+    world.serves(1, 2).await;
+    let after = world.runtime.web_ids();
+    assert!(after.iter().all(|id| !before.contains(id)), "every instance is new: {before:?} → {after:?}");
+    // One switch per instance: never both old ones out of traffic at once.
+    assert_eq!(world.traffic.switches.load(Ordering::SeqCst), switches + 2);
+    assert_eq!(world.deployments_count().await, 1, "no new version");
+
+    // A new instance that does not answer is stopped; the old one keeps serving.
+    world.traffic.unhealthy.store(true, Ordering::SeqCst);
+    assert_failed(world.orchestrator.restart(&world.project, Some("web")).await, "health check");
+    world.serves(1, 2).await;
+    assert_eq!(world.runtime.web_ids(), after);
+}
+
+impl World {
+    async fn deployments_count(&self) -> usize {
+        self.store.deployments(self.project.id, 1000).await.expect("deployments").len()
+    }
 }
 
 #[tokio::test]

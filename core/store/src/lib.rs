@@ -26,7 +26,7 @@ use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
     Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
-    HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Store, Timestamp, User,
+    HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Stopped, Store, Timestamp, User,
 };
 
 use crate::conn::{Pools, write_tx};
@@ -546,6 +546,8 @@ impl Store for SqlStore {
                 diesel::delete(project_limits::table.filter(project_limits::project_id.eq(project_id)))
                     .execute(conn)?;
                 diesel::delete(project_https::table.filter(project_https::project_id.eq(project_id))).execute(conn)?;
+                diesel::delete(stopped_processes::table.filter(stopped_processes::project_id.eq(project_id)))
+                    .execute(conn)?;
                 diesel::delete(domains::table.filter(domains::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(addons::table.filter(addons::project_id.eq(project_id))).execute(conn)?;
                 if diesel::delete(projects::table.find(project_id)).execute(conn)? == 0 {
@@ -690,6 +692,36 @@ impl Store for SqlStore {
                         project_https::hsts_max_age.eq(age),
                     ))
                     .execute(conn)?;
+                Ok(())
+            })
+        })
+    }
+
+    async fn stopped(&self, project_id: i64) -> Result<Stopped> {
+        with_conn!(self, |conn| {
+            let rows = stopped_processes::table
+                .filter(stopped_processes::project_id.eq(project_id))
+                .select(stopped_processes::process_type)
+                .load::<String>(conn)?;
+            Ok(Stopped::from_rows(rows))
+        })
+    }
+
+    async fn set_stopped(&self, project_id: i64, stopped: &Stopped) -> Result<()> {
+        let rows = stopped.to_rows();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                ensure_project!(conn, project_id);
+                diesel::delete(stopped_processes::table.filter(stopped_processes::project_id.eq(project_id)))
+                    .execute(conn)?;
+                for process_type in &rows {
+                    diesel::insert_into(stopped_processes::table)
+                        .values((
+                            stopped_processes::project_id.eq(project_id),
+                            stopped_processes::process_type.eq(process_type),
+                        ))
+                        .execute(conn)?;
+                }
                 Ok(())
             })
         })

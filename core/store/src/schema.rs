@@ -130,6 +130,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    stopped_processes (project_id, process_type) {
+        project_id -> BigInt,
+        process_type -> Text,
+    }
+}
+
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(ssh_keys -> users (user_id));
 diesel::joinable!(deployments -> projects (project_id));
@@ -144,6 +151,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     project_https,
     env_vars,
     process_scale,
+    stopped_processes,
     builds,
     deployments,
     domains,

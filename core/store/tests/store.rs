@@ -12,7 +12,7 @@ use paastech_core::addons::AddonName;
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
-    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Store, Timestamp, User,
+    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Stopped, Store, Timestamp, User,
 };
 use paastech_store::{Keyring, SqlStore, pending_path, rotate_key};
 
@@ -158,6 +158,7 @@ suite!(
     scale_sets_listed_types_only,
     limits_are_set_replaced_and_cleared,
     https_policy_defaults_and_is_replaced,
+    stopped_processes_are_replaced_and_go_with_their_project,
     builds_are_created_and_finished,
     deployment_versions_increase_per_project,
     deployment_status_follows_the_state_machine,
@@ -482,6 +483,33 @@ async fn https_policy_defaults_and_is_replaced(db: &TestDb) {
     store.delete_project(project.id).await.expect("delete");
     let again = store.create_project(alice.id, &name("app")).await.expect("create again");
     assert_eq!(store.https_policy(again.id).await.expect("policy"), HttpsPolicy::default());
+}
+
+async fn stopped_processes_are_replaced_and_go_with_their_project(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let other = store.create_project(alice.id, &name("other")).await.expect("create");
+    assert!(store.stopped(project.id).await.expect("stopped").is_empty());
+    let mut worker = Stopped::default();
+    worker.stop(Some("worker"));
+    worker.stop(Some("clock"));
+    store.set_stopped(project.id, &worker).await.expect("set");
+    assert_eq!(store.stopped(project.id).await.expect("stopped"), worker);
+    assert!(store.stopped(other.id).await.expect("stopped").is_empty());
+    store.set_stopped(project.id, &Stopped::all()).await.expect("replace");
+    assert_eq!(store.stopped(project.id).await.expect("stopped"), Stopped::all());
+    store.set_stopped(project.id, &Stopped::default()).await.expect("clear");
+    assert!(store.stopped(project.id).await.expect("stopped").is_empty());
+    assert_not_found(store.set_stopped(424242, &worker).await, "project");
+    store.set_stopped(project.id, &Stopped::all()).await.expect("set");
+    drop(store);
+    // Reopened: a server start reads what was stopped.
+    let store = db.open();
+    assert_eq!(store.stopped(project.id).await.expect("stopped after reopening"), Stopped::all());
+    store.delete_project(project.id).await.expect("delete");
+    let again = store.create_project(alice.id, &name("app")).await.expect("create again");
+    assert!(store.stopped(again.id).await.expect("stopped").is_empty());
 }
 
 async fn builds_are_created_and_finished(db: &TestDb) {

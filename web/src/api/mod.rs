@@ -5,6 +5,7 @@ pub(crate) mod addons;
 pub(crate) mod domains;
 pub(crate) mod extract;
 pub(crate) mod https;
+pub(crate) mod lifecycle;
 pub(crate) mod nodes;
 pub(crate) mod projects;
 pub(crate) mod schemas;
@@ -49,6 +50,9 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/addons/{addon}/restore", post(addons::restore))
         .route("/projects/{name}/https", get(https::get).patch(https::patch))
         .route("/projects/{name}/run", post(projects::run))
+        .route("/projects/{name}/stop", post(lifecycle::stop))
+        .route("/projects/{name}/start", post(lifecycle::start))
+        .route("/projects/{name}/restart", post(lifecycle::restart))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -98,6 +102,7 @@ async fn openapi() -> ApiResult<Response> {
         projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,
         projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances,
         projects::run,
+        lifecycle::stop, lifecycle::start, lifecycle::restart,
         domains::list, domains::add, domains::remove,
         https::get, https::patch,
         addons::list, addons::create, addons::info, addons::destroy, addons::backup, addons::restore,

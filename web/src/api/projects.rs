@@ -48,6 +48,10 @@ pub struct ProjectView {
     pub live_version: Option<i64>,
     /// The HTTPS certificate of `NAME.<domain>`; null when the server obtains none by ACME.
     pub certificate: Option<CertificateView>,
+    /// Whether the whole project is stopped (`paastech stop`).
+    pub stopped: bool,
+    /// The process types kept stopped (`paastech stop [--process TYPE]`).
+    pub stopped_processes: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -92,8 +96,12 @@ async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> 
     let latest = state.store.deployments(project.id, 1).await?;
     let status = latest.first().map(|d| d.status.as_str().to_owned());
     let live_version = state.store.live_deployment(project.id).await?.map(|d| d.version);
+    let stopped = state.orchestrator.stopped(&project).await?;
+    let stopped_view = super::lifecycle::stopped_view(state, &project, &stopped).await;
     let name = project.name.as_str();
     Ok(ProjectView {
+        stopped: stopped_view.stopped,
+        stopped_processes: stopped_view.stopped_processes,
         git_url: state.urls.git_url(name),
         url: state.urls.app_url(name),
         name: name.to_owned(),

@@ -49,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/env", get(project::env_page).post(project::env_save))
         .route("/projects/{name}/env/remove", post(project::env_remove))
         .route("/projects/{name}/scale", get(project::scale_page).post(project::scale_save))
+        .route("/projects/{name}/lifecycle", post(project::lifecycle))
         .route("/projects/{name}/domains", get(project::domains_page).post(project::domain_add))
         .route("/projects/{name}/domains/remove", post(project::domain_remove))
         .route("/projects/{name}/addons", get(project::addons_page).post(project::addon_create))

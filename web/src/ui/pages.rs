@@ -33,6 +33,12 @@ impl Notice {
             "env-saved" => "Saved. It applies from the first deployment.".to_owned(),
             "deployed" => format!("Deployed: {v} is live."),
             "scaled" => "Scale saved and applied.".to_owned(),
+            "stopped" => {
+                "Stopped: the app answers 503 and stays stopped, across pushes and server restarts, until started."
+                    .to_owned()
+            }
+            "started" => "Started: its instances answer again.".to_owned(),
+            "restarted" => "Restarted: every instance was replaced, one by one.".to_owned(),
             "domain-added" => "Domain added: the app answers on it as soon as its DNS points here.".to_owned(),
             "domain-removed" => "Domain removed.".to_owned(),
             "addon-created" => {

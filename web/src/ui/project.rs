@@ -47,11 +47,17 @@ async fn load(
     let deployments = state.store.deployments(project.id, recent).await?;
     let live = state.store.live_deployment(project.id).await?;
     let name = project.name.as_str();
+    // A stopped project is not "live" to its owner, whatever its deployments say.
+    let badge = if state.orchestrator.stopped(&project).await?.is_all() {
+        Badge { class: "old", text: "stopped".into() }
+    } else {
+        Badge::project(deployments.first(), live.as_ref())
+    };
     let head = ProjectHead {
         name: name.to_owned(),
         url: state.urls.app_url(name),
         git_url: state.urls.git_url(name),
-        badge: Badge::project(deployments.first(), live.as_ref()),
+        badge,
         live_version: live.as_ref().map(|d| d.version),
         tab,
     };
@@ -82,7 +88,19 @@ pub async fn overview(
     Path(name): Path<String>,
     Query(notice): Query<Notice>,
 ) -> UiResult {
-    let (project, head, deployments) = load(&state, &session, &name, "overview", 5).await?;
+    overview_page(&state, &session, &name, notice.message(), None, StatusCode::OK).await
+}
+
+async fn overview_page(
+    state: &AppState,
+    session: &Session,
+    name: &str,
+    notice: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> UiResult {
+    let (project, head, deployments) = load(state, session, name, "overview", 5).await?;
+    let stopped = state.orchestrator.stopped(&project).await?;
     let instances = state
         .orchestrator
         .instances(&project.name)
@@ -102,13 +120,52 @@ pub async fn overview(
     let has_keys = !state.store.ssh_keys(session.user.id).await?.is_empty();
     let now = Timestamp::now();
     let page = Overview {
-        l: layout(&session, &head, "Overview", true).with_notice(notice.message()),
+        l: layout(session, &head, "Overview", true).with_notice(notice),
         latest: deployments.first().map(|d| DeploymentRow::of(d, now)),
         p: head,
         instances,
         has_keys,
+        stopped: stopped.is_all(),
+        stopped_types: stopped.types().map(str::to_owned).collect(),
+        error,
     };
-    render(StatusCode::OK, &page)
+    render(status, &page)
+}
+
+#[derive(Deserialize)]
+pub struct LifecycleForm {
+    /// `stop`, `start` or `restart`.
+    action: String,
+    /// One process type; absent or empty: every process.
+    process: Option<String>,
+}
+
+/// The overview's Stop, Start and Restart buttons (`paastech stop|start|restart`).
+pub async fn lifecycle(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<LifecycleForm>,
+) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    let process = form.process.as_deref().map(str::trim).filter(|p| !p.is_empty());
+    let (result, done) = match form.action.as_str() {
+        "stop" => (state.orchestrator.stop(&project, process).await.map(drop), "stopped"),
+        "start" => (state.orchestrator.start(&project, process).await.map(drop), "started"),
+        "restart" => (state.orchestrator.restart(&project, process).await.map(drop), "restarted"),
+        other => (Err(Error::Invalid(format!("unknown action {other:?}: stop, start or restart"))), ""),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(project = %project.name, action = done, "lifecycle change (web)");
+            Ok(Redirect::to(&format!("/projects/{}?done={done}", project.name)).into_response())
+        }
+        Err(err @ (Error::DeployFailed(_) | Error::Invalid(_) | Error::Conflict(_) | Error::Unavailable(_))) => {
+            let message = format!("That did not work: {err}");
+            overview_page(&state, &session, &name, None, Some(message), StatusCode::UNPROCESSABLE_ENTITY).await
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 async fn deployments_page(

@@ -220,6 +220,12 @@ pub struct Overview {
     pub instances: Vec<InstanceRow>,
     pub latest: Option<DeploymentRow>,
     pub has_keys: bool,
+    /// The whole project is stopped (`paastech stop`).
+    pub stopped: bool,
+    /// The process types stopped one by one.
+    pub stopped_types: Vec<String>,
+    /// Why the last stop, start or restart did not work.
+    pub error: Option<String>,
 }
 
 pub struct DeploymentRow {

@@ -1,0 +1,1 @@
+DROP TABLE stopped_processes;

@@ -1,5 +1,6 @@
 //! `paastech`: the client commands, and `paastech server`.
 
+mod backup;
 mod client;
 mod commands;
 mod config;
@@ -353,6 +354,12 @@ enum ServerCommand {
     /// Replace the key that seals config vars at rest with a new one and seal every value
     /// again with it. Stop the server first: it is refused while a server holds the key.
     RotateKey,
+    /// Write a backup of the whole platform (database, repositories, builds, keys,
+    /// certificates) to stdout as a tar stream, while the server runs.
+    Backup,
+    /// Read a backup from stdin into this config's empty data_dir (and empty database),
+    /// then start the server as usual: every live deployment starts again.
+    Restore,
 }
 
 fn main() -> ExitCode {
@@ -365,6 +372,8 @@ fn main() -> ExitCode {
         Command::Server(ServerArgs { config, command: Some(ServerCommand::RotateKey), .. }) => {
             server::rotate_key(config)
         }
+        Command::Server(ServerArgs { config, command: Some(ServerCommand::Backup), .. }) => backup::backup(config),
+        Command::Server(ServerArgs { config, command: Some(ServerCommand::Restore), .. }) => backup::restore(config),
         Command::Server(args) => server::main(args.config, args.check),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "paastech", &mut std::io::stdout());

@@ -15,6 +15,7 @@ mod error;
 mod rows;
 mod schema;
 mod secrets;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::error::{StoreError, conflict_on_unique, not_found, not_found_on_fk};
 use crate::rows::*;
 use crate::schema::*;
 pub use crate::secrets::{Keyring, Rotation, pending_path, rotate_key};
+pub use crate::snapshot::{DatabaseKind, restore_snapshot, snapshot};
 
 /// The SQL store. Cheap to clone: clones share one connection pool.
 #[derive(Clone)]

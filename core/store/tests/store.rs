@@ -14,7 +14,7 @@ use paastech_core::store::EnvChanges;
 use paastech_core::{
     DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Stopped, Store, Timestamp, User,
 };
-use paastech_store::{Keyring, SqlStore, pending_path, rotate_key};
+use paastech_store::{DatabaseKind, Keyring, SqlStore, pending_path, restore_snapshot, rotate_key, snapshot};
 
 /// Where one test's database lives, its secrets key, and the cleanup when the test ends.
 struct TestDb {
@@ -160,6 +160,7 @@ suite!(
     https_policy_defaults_and_is_replaced,
     stopped_processes_are_replaced_and_go_with_their_project,
     builds_are_created_and_finished,
+    a_snapshot_restores_into_an_empty_database_with_builds_moved,
     deployment_versions_increase_per_project,
     deployment_status_follows_the_state_machine,
     concurrent_deployments_get_distinct_versions,
@@ -510,6 +511,43 @@ async fn stopped_processes_are_replaced_and_go_with_their_project(db: &TestDb) {
     store.delete_project(project.id).await.expect("delete");
     let again = store.create_project(alice.id, &name("app")).await.expect("create again");
     assert!(store.stopped(again.id).await.expect("stopped").is_empty());
+}
+
+/// `paastech server backup|restore`'s database half, on either backend: a copy taken
+/// while the store is open, restored into another empty database, where it opens with the
+/// same key and names the builds under the new data directory.
+async fn a_snapshot_restores_into_an_empty_database_with_builds_moved(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let build = store.create_build(project.id, "0123abc").await.expect("build");
+    let processes = BTreeMap::from([("web".to_owned(), "serve /srv/old/releases/app/v1".to_owned())]);
+    let artifact = "/srv/old/releases/app/v1";
+    store
+        .finish_build(build.id, paastech_core::BuildStatus::Succeeded, Some(artifact), &processes, "")
+        .await
+        .expect("finish");
+    let changes: EnvChanges = BTreeMap::from([("SECRET".to_owned(), Some("s3cret".to_owned()))]);
+    store.update_env(project.id, &changes).await.expect("env");
+
+    let copies = tempfile::tempdir().expect("dir");
+    let copy = copies.path().join("database");
+    let kind = snapshot(&db.url, &copy).expect("snapshot while open");
+    assert_eq!(kind, if db.url.starts_with("sqlite://") { DatabaseKind::Sqlite } else { DatabaseKind::Postgres });
+
+    let other = if kind == DatabaseKind::Sqlite { TestDb::sqlite() } else { TestDb::postgres() };
+    restore_snapshot(&other.url, kind, &copy, ("/srv/old", "/srv/new")).expect("restore");
+    std::fs::create_dir_all(other.key_path().parent().expect("key dir")).expect("key dir");
+    std::fs::copy(db.key_path(), other.key_path()).expect("the backup's key");
+    let restored = other.open();
+    let moved = restored.build(build.id).await.expect("build");
+    assert_eq!(moved.artifact.as_deref(), Some("/srv/new/releases/app/v1"));
+    assert_eq!(moved.processes["web"], "serve /srv/new/releases/app/v1");
+    assert_eq!(restored.env(project.id).await.expect("env")["SECRET"], "s3cret", "sealed values open with the key");
+
+    let again =
+        restore_snapshot(&other.url, kind, &copy, ("/srv/old", "/srv/new")).expect_err("only into an empty one");
+    assert!(matches!(again, Error::Conflict(_)), "{again}");
 }
 
 async fn builds_are_created_and_finished(db: &TestDb) {

@@ -19,6 +19,7 @@ pub mod orchestrator;
 pub mod ports;
 pub mod registry;
 pub mod store;
+pub mod webhooks;
 
 pub use addons::{Addon, AddonKind, AddonName};
 pub use certificates::{CertificateState, CertificateStatus, Certificates};
@@ -31,3 +32,4 @@ pub use error::{Error, Result};
 pub use hostname::{Domain, DomainRules, Hostname};
 pub use https::{HttpsChange, HttpsPolicy};
 pub use store::Store;
+pub use webhooks::{Webhook, WebhookAttempt, WebhookEvent};

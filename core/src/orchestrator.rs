@@ -24,6 +24,7 @@ use crate::https::{HttpsChange, HttpsPolicy};
 use crate::logs::LogHub;
 use crate::metrics::metrics;
 use crate::store::{EnvChanges, Store};
+use crate::webhooks::{RetryPolicy, WebhookEvent, WebhookSender};
 
 /// Branches whose pushes deploy; others are only stored.
 pub const DEPLOY_BRANCHES: [&str; 2] = ["refs/heads/main", "refs/heads/master"];
@@ -60,6 +61,8 @@ pub struct OrchestratorConfig {
     pub domain_rules: DomainRules,
     /// How long a Procfile's `release:` command may run.
     pub release_timeout: Duration,
+    /// How webhook deliveries are attempted (timeout, attempts, first wait).
+    pub webhook_retry: RetryPolicy,
 }
 
 impl OrchestratorConfig {
@@ -74,6 +77,7 @@ impl OrchestratorConfig {
             keep_builds: 10,
             domain_rules: DomainRules::new("localhost"),
             release_timeout: RELEASE_TIMEOUT,
+            webhook_retry: RetryPolicy::default(),
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Orchestrator {
     /// One deploy at a time per project; different projects in parallel.
     locks: Mutex<HashMap<ProjectName, Arc<tokio::sync::Mutex<()>>>>,
     running: Mutex<HashMap<ProjectName, Running>>,
+    /// Who sends deploy events to webhooks (`orchestrator/webhooks.rs`); none: none sent.
+    webhook_sender: Option<Arc<dyn WebhookSender>>,
 }
 
 /// Writes to several sinks, and keeps a bounded copy for the build record.
@@ -161,6 +167,7 @@ impl Orchestrator {
             addon_kinds: BTreeMap::new(),
             locks: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            webhook_sender: None,
         }
     }
 
@@ -584,6 +591,7 @@ impl Orchestrator {
         }
         self.logs.note(&project.name, &format!("v{} failed: {reason}", deployment.version));
         metrics().deploy(false, since(deployment.created_at));
+        self.deploy_event(project, deployment, WebhookEvent::DeployFailed, Some(&reason));
         tracing::warn!(project = %project.name, version = deployment.version, reason = %reason, "deployment failed");
         match err {
             Error::DeployFailed(_) => err,
@@ -646,6 +654,7 @@ impl Orchestrator {
             }
         };
         metrics().deploy(true, since(deployment.created_at));
+        self.deploy_event(project, &live, WebhookEvent::DeploySucceeded, None);
         self.running
             .lock()
             .expect("running lock")
@@ -1491,6 +1500,7 @@ fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
 
 mod addons;
 mod follow;
+mod webhooks;
 pub use follow::{FOLLOW_INTERVAL, Follower};
 
 #[cfg(test)]

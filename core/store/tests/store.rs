@@ -12,7 +12,8 @@ use paastech_core::addons::AddonName;
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
-    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Store, Timestamp, User,
+    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Store, Timestamp, User, WebhookAttempt,
+    WebhookEvent,
 };
 use paastech_store::{Keyring, SqlStore, pending_path, rotate_key};
 
@@ -169,6 +170,7 @@ suite!(
     data_survives_reopening_the_store,
     domains_are_unique_listed_deleted_and_go_with_their_project,
     addons_are_unique_per_project_listed_deleted_and_go_with_their_project,
+    webhooks_keep_sealed_secrets_and_their_newest_attempts,
     config_values_are_sealed_at_rest_and_read_back,
     a_value_moved_to_another_var_or_project_does_not_open,
     plain_values_are_sealed_at_open_once_and_all_or_nothing,
@@ -835,6 +837,69 @@ async fn addons_are_unique_per_project_listed_deleted_and_go_with_their_project(
 
     store.delete_project(blog.id).await.expect("delete project");
     assert!(store.addons(blog.id).await.expect("list").is_empty(), "the add-ons go with their project");
+}
+
+fn attempt(webhook_id: i64, n: u32) -> WebhookAttempt {
+    WebhookAttempt {
+        webhook_id,
+        delivery: format!("d-{n}"),
+        event: WebhookEvent::DeploySucceeded,
+        attempt: n,
+        at: Timestamp(1_000 + i64::from(n)),
+        status_code: (n % 2 == 0).then_some(500),
+        error: (n % 2 == 1).then(|| "connection refused".to_owned()),
+        duration_ms: u64::from(n),
+    }
+}
+
+async fn webhooks_keep_sealed_secrets_and_their_newest_attempts(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let blog = store.create_project(alice.id, &name("blog")).await.expect("create");
+    let shop = store.create_project(alice.id, &name("shop")).await.expect("create");
+    let all = store.add_webhook(blog.id, "http://127.0.0.1:9/a", &WebhookEvent::ALL, "whsec-one").await.expect("add");
+    assert_eq!((all.project_id, all.url.as_str()), (blog.id, "http://127.0.0.1:9/a"));
+    assert_eq!(all.events, WebhookEvent::ALL.to_vec());
+    let failed = store
+        .add_webhook(blog.id, "https://example.com/b", &[WebhookEvent::DeployFailed], "whsec-two")
+        .await
+        .expect("add");
+    assert_not_found(store.add_webhook(424242, "http://x/", &WebhookEvent::ALL, "s").await, "project");
+
+    assert_eq!(store.webhooks(blog.id).await.expect("list"), vec![all.clone(), failed.clone()]);
+    assert_eq!(
+        store.webhooks_with_secrets(blog.id).await.expect("secrets"),
+        vec![(all.clone(), "whsec-one".to_owned()), (failed.clone(), "whsec-two".to_owned())]
+    );
+    // The secret is sealed at rest: the database does not hold it.
+    let stored = db.texts("SELECT secret AS text FROM webhooks");
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|s| !s.contains("whsec")), "{stored:?}");
+    assert!(store.webhooks(shop.id).await.expect("list").is_empty());
+
+    // Only the newest attempts are kept, newest first.
+    let kept = paastech_core::webhooks::KEPT_ATTEMPTS as u32;
+    for n in 1..=kept + 3 {
+        store.record_webhook_attempt(&attempt(all.id, n)).await.expect("record");
+    }
+    let attempts = store.webhook_attempts(blog.id, all.id).await.expect("attempts");
+    assert_eq!(attempts.len(), kept as usize);
+    assert_eq!(attempts[0], attempt(all.id, kept + 3));
+    assert_eq!(attempts.last().expect("oldest").attempt, 4);
+    assert!(store.webhook_attempts(blog.id, failed.id).await.expect("none yet").is_empty());
+    // Another project's webhook is not found through this one.
+    assert_not_found(store.webhook_attempts(shop.id, all.id).await, "webhook");
+    assert_not_found(store.delete_webhook(shop.id, all.id).await, "webhook");
+
+    store.delete_webhook(blog.id, all.id).await.expect("delete");
+    assert_not_found(store.delete_webhook(blog.id, all.id).await, "webhook");
+    // An attempt finishing after its webhook was removed is dropped, not an error.
+    store.record_webhook_attempt(&attempt(all.id, 1)).await.expect("dropped");
+    assert_eq!(store.webhooks(blog.id).await.expect("list"), vec![failed]);
+    assert_eq!(db.texts("SELECT delivery AS text FROM webhook_attempts"), Vec::<String>::new());
+
+    store.delete_project(blog.id).await.expect("delete project");
+    assert!(db.texts("SELECT url AS text FROM webhooks").is_empty(), "the webhooks go with their project");
 }
 
 const SECRET: &str = "s3cr3t-Value-of-the-db-password";

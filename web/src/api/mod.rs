@@ -8,6 +8,7 @@ pub(crate) mod https;
 pub(crate) mod nodes;
 pub(crate) mod projects;
 pub(crate) mod schemas;
+pub(crate) mod webhooks;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -48,6 +49,9 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/addons/{addon}/backup", get(addons::backup))
         .route("/projects/{name}/addons/{addon}/restore", post(addons::restore))
         .route("/projects/{name}/https", get(https::get).patch(https::patch))
+        .route("/projects/{name}/webhooks", get(webhooks::list).post(webhooks::add))
+        .route("/projects/{name}/webhooks/{id}", delete(webhooks::remove))
+        .route("/projects/{name}/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/projects/{name}/run", post(projects::run))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -86,7 +90,7 @@ async fn openapi() -> ApiResult<Response> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy, add-ons (databases), deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
+    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy, add-ons (databases), deploy webhooks, deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
     servers((url = "/api/v1")),
     paths(
         healthz,
@@ -101,6 +105,7 @@ async fn openapi() -> ApiResult<Response> {
         domains::list, domains::add, domains::remove,
         https::get, https::patch,
         addons::list, addons::create, addons::info, addons::destroy, addons::backup, addons::restore,
+        webhooks::list, webhooks::add, webhooks::remove, webhooks::deliveries,
     ),
     components(schemas(ErrorBody), responses(ErrorBody)),
     modifiers(&BearerAuth),

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
+use paastech_tests::web::Web;
 use paastech_tests::{GitRepo, Server, eventually, example, paastech_bin};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -235,8 +236,12 @@ fn deploys_are_told_to_webhooks_signed_retried_filtered_and_listed() {
         attempts = api.req("GET", &deliveries, Some(&ada.token), None).1;
         attempts.as_array().is_some_and(|a| a.len() == 2)
     });
-    let summary: Vec<(Value, Value)> =
-        attempts.as_array().expect("attempts").iter().map(|a| (a["attempt"].clone(), a["status_code"].clone())).collect();
+    let summary: Vec<(Value, Value)> = attempts
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| (a["attempt"].clone(), a["status_code"].clone()))
+        .collect();
     assert_eq!(summary, vec![(json!(2), json!(200)), (json!(1), json!(500))], "{attempts}");
     assert_eq!(attempts[0]["event"], "deploy.succeeded");
     let (ok, output) = cli(&server, &ada.token, &["webhooks", "-p", "hooked"]);
@@ -270,4 +275,33 @@ fn deploys_are_told_to_webhooks_signed_retried_filtered_and_listed() {
     assert_eq!(status, 404, "{body}");
     let (_, listed) = api.req("GET", hooks, Some(&ada.token), None);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    // The web UI's Webhooks tab: the webhook and its delivery, add (the secret shown
+    // once, or the error beside the field), remove.
+    let mut web = Web::new(&server.api_url());
+    web.log_in("ada@example.com");
+    let page = web.get("/projects/hooked/webhooks");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = page.csrf();
+    assert!(page.body.contains(&receiver.url("/failed-only")) && page.body.contains("deploy.failed"), "{}", page.body);
+    assert!(page.body.contains("<span class=\"badge ok\">200</span>"), "the delivery is listed: {}", page.body);
+    let bad = web.post("/projects/hooked/webhooks", &[("csrf", &csrf), ("url", "ftp://127.0.0.1/")]);
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("id=\"url-error\"") && bad.body.contains("must be http or https"), "{}", bad.body);
+    let added = web.post(
+        "/projects/hooked/webhooks",
+        &[("csrf", &csrf), ("url", &receiver.url("/ui")), ("events", "deploy.succeeded")],
+    );
+    assert_eq!(added.status, 201, "{}", added.body);
+    assert!(added.body.contains("id=\"new-webhook-secret\">whsec_"), "{}", added.body);
+    let (_, listed) = api.req("GET", hooks, Some(&ada.token), None);
+    let ui_hook = listed.as_array().and_then(|l| l.last()).cloned().unwrap_or_default();
+    assert_eq!(
+        (ui_hook["url"].as_str(), &ui_hook["events"]),
+        (Some(receiver.url("/ui").as_str()), &json!(["deploy.succeeded"]))
+    );
+    let id = ui_hook["id"].to_string();
+    let removed = web.post("/projects/hooked/webhooks/remove", &[("csrf", &csrf), ("id", &id)]);
+    assert_eq!(removed.status, 303, "{}", removed.body);
+    assert!(!web.get("/projects/hooked/webhooks").body.contains(&receiver.url("/ui")));
 }

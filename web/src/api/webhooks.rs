@@ -72,7 +72,12 @@ fn events(webhook: &Webhook) -> Vec<String> {
 
 impl From<Webhook> for WebhookView {
     fn from(webhook: Webhook) -> Self {
-        WebhookView { id: webhook.id, events: events(&webhook), url: webhook.url, created_at: webhook.created_at.to_rfc3339() }
+        WebhookView {
+            id: webhook.id,
+            events: events(&webhook),
+            url: webhook.url,
+            created_at: webhook.created_at.to_rfc3339(),
+        }
     }
 }
 

@@ -274,9 +274,16 @@ fn webhooks(client: &Client, out: Output, project: ProjectArg, command: Option<W
                 return out.json(&created);
             }
             let events = created["events"].as_array().map(|e| e.iter().map(text).collect::<Vec<_>>().join(", "));
-            println!("Added webhook {} to {project}: {} ({})", created["id"], text(&created["url"]), events.unwrap_or_default());
+            println!(
+                "Added webhook {} to {project}: {} ({})",
+                created["id"],
+                text(&created["url"]),
+                events.unwrap_or_default()
+            );
             println!("secret: {}", text(&created["secret"]));
-            println!("Keep it: it is not shown again. Each POST carries X-PaaSTech-Signature-256: sha256=<HMAC-SHA256 of the body with it>.");
+            println!(
+                "Keep it: it is not shown again. Each POST carries X-PaaSTech-Signature-256: sha256=<HMAC-SHA256 of the body with it>."
+            );
         }
         WebhooksCommand::Remove { project: p, id } => {
             let project = resolve_project(&p.or(project))?;

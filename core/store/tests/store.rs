@@ -846,8 +846,8 @@ fn attempt(webhook_id: i64, n: u32) -> WebhookAttempt {
         event: WebhookEvent::DeploySucceeded,
         attempt: n,
         at: Timestamp(1_000 + i64::from(n)),
-        status_code: (n % 2 == 0).then_some(500),
-        error: (n % 2 == 1).then(|| "connection refused".to_owned()),
+        status_code: n.is_multiple_of(2).then_some(500),
+        error: (!n.is_multiple_of(2)).then(|| "connection refused".to_owned()),
         duration_ms: u64::from(n),
     }
 }
@@ -1077,6 +1077,7 @@ async fn rotation_seals_everything_with_a_new_key_and_the_old_one_is_not_needed(
     let mut new = new_deployment(project.id, "env");
     new.config = env.clone();
     store.create_deployment(&new).await.expect("deploy");
+    let hook = store.add_webhook(project.id, "http://127.0.0.1:9/", &WebhookEvent::ALL, "whsec-x").await.expect("hook");
 
     // A server holds the key file while it runs: no rotation beside it.
     match rotate_key(&db.url, &db.key_path()) {
@@ -1092,7 +1093,9 @@ async fn rotation_seals_everything_with_a_new_key_and_the_old_one_is_not_needed(
     let before = stored_config(db);
     let rotation = rotate_key(&db.url, &db.key_path()).expect("rotate");
     assert_ne!(rotation.old_key_id, rotation.new_key_id);
-    assert_eq!(rotation.resealed, 3, "two vars and one snapshot");
+    assert_eq!(rotation.resealed, 4, "two vars, one snapshot and one webhook secret");
+    let secret_keys = db.texts("SELECT secret_key_id AS text FROM webhooks");
+    assert_eq!(secret_keys, vec![rotation.new_key_id.clone()], "the webhook secret is sealed with the new key");
     assert!(!pending_path(&db.key_path()).exists(), "the new key took the old one's place");
     let after = stored_config(db);
     assert!(after.iter().all(|row| row.ends_with(&format!(" key {}", rotation.new_key_id))), "{after:?}");
@@ -1102,6 +1105,7 @@ async fn rotation_seals_everything_with_a_new_key_and_the_old_one_is_not_needed(
     let store = db.open();
     assert_eq!(store.env(project.id).await.expect("env"), env);
     assert_eq!(store.deployment(project.id, 1).await.expect("deployment").config, env);
+    assert_eq!(store.webhooks_with_secrets(project.id).await.expect("hooks"), vec![(hook, "whsec-x".to_owned())]);
     drop(store);
     // And the old key no longer does.
     let (dir, _) = test_keyring();

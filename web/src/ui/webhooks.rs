@@ -61,8 +61,7 @@ async fn page(
     name: &str,
     notice: Option<String>,
     created: Option<String>,
-    form: WebhookForm,
-    errors: FieldErrors,
+    (form, errors): (WebhookForm, FieldErrors),
     status: StatusCode,
 ) -> UiResult {
     let (project, head, _) = load(state, session, name, "webhooks", 5).await?;
@@ -103,17 +102,8 @@ pub async fn webhooks_page(
     Path(name): Path<String>,
     Query(notice): Query<Notice>,
 ) -> UiResult {
-    page(
-        &state,
-        &session,
-        &name,
-        notice.message(),
-        None,
-        WebhookForm::default(),
-        FieldErrors::default(),
-        StatusCode::OK,
-    )
-    .await
+    let empty = (WebhookForm::default(), FieldErrors::default());
+    page(&state, &session, &name, notice.message(), None, empty, StatusCode::OK).await
 }
 
 /// The add form: the URL and the ticked events (none ticked: all).
@@ -135,13 +125,12 @@ pub async fn webhook_add(
     match state.orchestrator.add_webhook(&project, form.url.trim(), &form.events, &secret).await {
         Ok(hook) => {
             let notice = Some(format!("Webhook {} added: deploy events are POSTed to it.", hook.id));
-            let empty = WebhookForm::default();
-            page(&state, &session, &name, notice, Some(secret), empty, FieldErrors::default(), StatusCode::CREATED)
-                .await
+            let empty = (WebhookForm::default(), FieldErrors::default());
+            page(&state, &session, &name, notice, Some(secret), empty, StatusCode::CREATED).await
         }
         Err(err @ Error::Invalid(_)) => {
             let errors = FieldErrors::one("url", err.to_string());
-            page(&state, &session, &name, None, None, form, errors, StatusCode::BAD_REQUEST).await
+            page(&state, &session, &name, None, None, (form, errors), StatusCode::BAD_REQUEST).await
         }
         Err(other) => Err(other.into()),
     }

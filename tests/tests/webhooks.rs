@@ -264,6 +264,22 @@ fn deploys_are_told_to_webhooks_signed_retried_filtered_and_listed() {
         assert!(event["reason"].as_str().is_some_and(|r| !r.is_empty()), "{event}");
     }
 
+    // Each finished delivery is counted once (ada, the first user, is an admin). The
+    // failure's deliveries end a moment after their POST arrives: wait for the count.
+    let delivered = || {
+        let text = ureq::get(&format!("{}/metrics", server.api_url()))
+            .header("Authorization", &format!("Bearer {}", ada.token))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("paastech_webhook_deliveries_total{outcome=\"delivered\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    eventually(Duration::from_secs(10), || delivered() == Some(3.0));
+    assert_eq!(delivered(), Some(3.0), "a success and a failure to /all, a failure to /failed-only");
+
     // Only the owner sees or removes them.
     let (status, _) = api.req("GET", &deliveries, Some(&bob.token), None);
     assert_eq!(status, 404);

@@ -99,6 +99,12 @@ fn post(request: &WebhookRequest) -> AttemptResult {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
     use paastech_core::Timestamp;
     use paastech_core::webhooks::WebhookEvent;
 
@@ -116,6 +122,88 @@ mod tests {
             signature("It's a Secret to Everybody", b"Hello, World!"),
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
         );
+    }
+
+    fn request(url: String, timeout: Duration) -> WebhookRequest {
+        WebhookRequest {
+            url,
+            secret: "s".into(),
+            delivery: "d-1".into(),
+            payload: DeployEvent {
+                event: WebhookEvent::DeploySucceeded,
+                project: "blog".into(),
+                version: 1,
+                commit: None,
+                status: "live".into(),
+                reason: None,
+                at: Timestamp(0),
+            },
+            timeout,
+        }
+    }
+
+    /// A server on loopback that answers each connection's request with `answer` (or holds
+    /// it unanswered when `None`), up to `count` connections; returns its port and the
+    /// number of requests it got.
+    fn receiver(answer: Option<&'static str>, count: usize) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().take(count) {
+                let Ok(mut stream) = stream else { return };
+                let mut buf = [0u8; 4096];
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = stream.read(&mut buf);
+                counter.fetch_add(1, Ordering::SeqCst);
+                match answer {
+                    Some(answer) => {
+                        let _ = stream.write_all(answer.as_bytes());
+                    }
+                    None => held.push(stream),
+                }
+            }
+            // Keeps the unanswered connections open past any timeout the tests use.
+            if !held.is_empty() {
+                std::thread::sleep(Duration::from_secs(10));
+            }
+        });
+        (port, seen)
+    }
+
+    #[test]
+    fn a_redirect_is_an_answer_not_followed() {
+        let (target, target_seen) = receiver(Some("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), 1);
+        let redirect: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{target}/\r\ncontent-length: 0\r\n\r\n"
+            )
+            .into_boxed_str(),
+        );
+        let (port, seen) = receiver(Some(redirect), 1);
+        let result = post(&request(format!("http://127.0.0.1:{port}/hook"), Duration::from_secs(5)));
+        assert_eq!(result, AttemptResult::Answered(307));
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert_eq!(target_seen.load(Ordering::SeqCst), 0, "the redirect was not followed");
+    }
+
+    #[test]
+    fn an_attempt_ends_at_its_timeout_and_a_refused_connection_is_an_error() {
+        let (port, seen) = receiver(None, 1);
+        let started = std::time::Instant::now();
+        let result = post(&request(format!("http://127.0.0.1:{port}/"), Duration::from_millis(300)));
+        assert_eq!(result, AttemptResult::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+        // A port nobody listens on (bound, then closed).
+        let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        match post(&request(format!("http://127.0.0.1:{closed}/"), Duration::from_secs(5))) {
+            AttemptResult::Failed(why) => assert!(!why.is_empty()),
+            other => panic!("a refused connection is an error, got {other:?}"),
+        }
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct WebhookAttempt {
     pub duration_ms: u64,
 }
 
+/// How many webhooks a project may have: each deploy event costs one delivery per webhook.
+pub const MAX_WEBHOOKS: usize = 20;
+
 /// How many attempts (across its deliveries) the store keeps per webhook: the last 20
 /// deliveries of up to 5 attempts each.
 pub const KEPT_ATTEMPTS: i64 = 100;

@@ -1804,3 +1804,19 @@ async fn a_receiver_that_never_answers_delays_no_deploy_and_a_failure_is_told() 
     assert_eq!(sent[0].payload.status, "failed");
     assert!(sent[0].payload.reason.as_deref().is_some_and(|r| r.contains("build failed")), "{:?}", sent[0].payload);
 }
+
+#[tokio::test]
+async fn a_project_has_at_most_max_webhooks() {
+    let world = World::new(1).await;
+    for n in 0..crate::webhooks::MAX_WEBHOOKS {
+        let url = format!("http://127.0.0.1:9/{n}");
+        world.orchestrator.add_webhook(&world.project, &url, &[], "s").await.expect("under the limit");
+    }
+    match world.orchestrator.add_webhook(&world.project, "http://127.0.0.1:9/x", &[], "s").await {
+        Err(Error::Conflict(message)) => assert!(message.contains("the most it may have"), "{message}"),
+        other => panic!("one more is refused, got {other:?}"),
+    }
+    // The URL and events are checked first, whatever the count.
+    let bad = world.orchestrator.add_webhook(&world.project, "ftp://x/", &[], "s").await;
+    assert!(matches!(bad, Err(Error::Invalid(_))), "{bad:?}");
+}

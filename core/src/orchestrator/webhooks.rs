@@ -11,12 +11,12 @@ use std::time::Instant;
 use super::Orchestrator;
 use crate::deployment::Deployment;
 use crate::domain::{Project, Timestamp};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::metrics;
 use crate::store::Store;
 use crate::webhooks::{
-    AttemptResult, DeployEvent, RetryPolicy, Webhook, WebhookAttempt, WebhookEvent, WebhookRequest, WebhookSender,
-    validate_url,
+    AttemptResult, DeployEvent, MAX_WEBHOOKS, RetryPolicy, Webhook, WebhookAttempt, WebhookEvent, WebhookRequest,
+    WebhookSender, validate_url,
 };
 
 impl Orchestrator {
@@ -38,6 +38,13 @@ impl Orchestrator {
     pub async fn add_webhook(&self, project: &Project, url: &str, events: &[String], secret: &str) -> Result<Webhook> {
         let url = validate_url(url)?;
         let events = WebhookEvent::parse_list(events)?;
+        // Checked before the insert, not in its transaction: two adds racing at the limit may
+        // pass it by one, which bounds the work all the same.
+        if self.store.webhooks(project.id).await?.len() >= MAX_WEBHOOKS {
+            return Err(Error::Conflict(format!(
+                "the project has {MAX_WEBHOOKS} webhooks, the most it may have: remove one first"
+            )));
+        }
         let webhook = self.store.add_webhook(project.id, &url, &events, secret).await?;
         tracing::info!(project = %project.name, webhook = webhook.id, url = %webhook.url, "webhook added");
         Ok(webhook)

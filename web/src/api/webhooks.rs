@@ -122,10 +122,10 @@ pub async fn list(
 }
 
 /// Adds a webhook; the answer holds its secret, shown this once. 400 names what is wrong
-/// with the URL, or the unknown event and the known ones.
+/// with the URL, or the unknown event and the known ones; 409 when the project has 20.
 #[utoipa::path(post, path = "/projects/{name}/webhooks", tag = "webhooks", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = NewWebhook,
-    responses((status = 201, body = WebhookCreated), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>))]
+    responses((status = 201, body = WebhookCreated), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<409>))]
 pub async fn add(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,

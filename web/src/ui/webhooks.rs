@@ -128,9 +128,10 @@ pub async fn webhook_add(
             let empty = (WebhookForm::default(), FieldErrors::default());
             page(&state, &session, &name, notice, Some(secret), empty, StatusCode::CREATED).await
         }
-        Err(err @ Error::Invalid(_)) => {
+        Err(err @ (Error::Invalid(_) | Error::Conflict(_))) => {
+            let status = if matches!(err, Error::Conflict(_)) { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
             let errors = FieldErrors::one("url", err.to_string());
-            page(&state, &session, &name, None, None, (form, errors), StatusCode::BAD_REQUEST).await
+            page(&state, &session, &name, None, None, (form, errors), status).await
         }
         Err(other) => Err(other.into()),
     }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::client::{self, Client, SavedLogin, print_table};
 use crate::{
     AddonsCommand, Command, CredentialArgs, DomainsCommand, EnvCommand, HttpsCommand, KeysCommand, ProjectArg,
-    ProjectsCommand, TokensCommand,
+    ProjectsCommand, TokensCommand, WebhooksCommand,
 };
 
 pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, command: Command) -> Result<()> {
@@ -28,6 +28,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Domains(cmd) => domains(&client, out, cmd),
         Command::Https { project, change } => https(&client, out, project, change),
         Command::Addons { project, command } => addons(&client, out, project, command),
+        Command::Webhooks { project, command } => webhooks(&client, out, project, command),
         Command::Deployments(project) => deployments(&client, out, project),
         Command::Deploy { project, version } => deploy(&client, out, project, version, false),
         Command::Rollback { project, version } => deploy(&client, out, project, version, true),
@@ -245,6 +246,89 @@ fn certificate_summary(cert: &Value) -> String {
         summary.push_str(&format!(" (next attempt {next})"));
     }
     summary
+}
+
+fn webhooks(client: &Client, out: Output, project: ProjectArg, command: Option<WebhooksCommand>) -> Result<()> {
+    // `-p` may stand before or after the verb.
+    let Some(command) = command else {
+        let name = resolve_project(&project)?;
+        let mut hooks: Value = client.get(&format!("/projects/{name}/webhooks"))?;
+        let mut rows = Vec::new();
+        for hook in hooks.as_array_mut().map(Vec::as_mut_slice).unwrap_or_default() {
+            let id = hook["id"].as_i64().unwrap_or_default();
+            let attempts: Value = client.get(&format!("/projects/{name}/webhooks/{id}/deliveries"))?;
+            let last = attempts.as_array().and_then(|a| a.first()).map(attempt_summary).unwrap_or("none yet".into());
+            let events = hook["events"].as_array().map(|e| e.iter().map(text).collect::<Vec<_>>().join(","));
+            rows.push(vec![id.to_string(), text(&hook["url"]), events.unwrap_or_default(), last]);
+            hook["deliveries"] = attempts;
+        }
+        if out.json {
+            return out.json(&hooks);
+        }
+        print_table(&["ID", "URL", "EVENTS", "LAST DELIVERY"], &rows);
+        return Ok(());
+    };
+    match command {
+        WebhooksCommand::Add { project: p, url, events } => {
+            let project = resolve_project(&p.or(project))?;
+            let created: Value =
+                client.post(&format!("/projects/{project}/webhooks"), &json!({"url": url, "events": events}))?;
+            if out.json {
+                return out.json(&created);
+            }
+            let events = created["events"].as_array().map(|e| e.iter().map(text).collect::<Vec<_>>().join(", "));
+            println!(
+                "Added webhook {} to {project}: {} ({})",
+                created["id"],
+                text(&created["url"]),
+                events.unwrap_or_default()
+            );
+            println!("secret: {}", text(&created["secret"]));
+            println!(
+                "Keep it: it is not shown again. Each POST carries X-PaaSTech-Signature-256: sha256=<HMAC-SHA256 of the body with it>."
+            );
+        }
+        WebhooksCommand::Remove { project: p, id } => {
+            let project = resolve_project(&p.or(project))?;
+            client.delete(&format!("/projects/{project}/webhooks/{id}"))?;
+            println!("Removed webhook {id} from {project}.");
+        }
+        WebhooksCommand::Deliveries { project: p, id } => {
+            let project = resolve_project(&p.or(project))?;
+            let attempts: Value = client.get(&format!("/projects/{project}/webhooks/{id}/deliveries"))?;
+            if out.json {
+                return out.json(&attempts);
+            }
+            let rows: Vec<Vec<String>> = attempts
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|a| {
+                            vec![
+                                text(&a["at"]),
+                                text(&a["event"]),
+                                text(&a["delivery"]),
+                                a["attempt"].to_string(),
+                                attempt_summary(a),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            print_table(&["AT", "EVENT", "DELIVERY", "ATTEMPT", "RESULT"], &rows);
+        }
+    }
+    Ok(())
+}
+
+/// One delivery attempt in a few words: `200 in 12 ms`, `error: why (10003 ms)`.
+fn attempt_summary(attempt: &Value) -> String {
+    let ms = attempt["duration_ms"].as_u64().unwrap_or_default();
+    match attempt["status_code"].as_u64() {
+        Some(code) => format!("{code} in {ms} ms"),
+        None => format!("error: {} ({ms} ms)", text(&attempt["error"])),
+    }
 }
 
 fn addons(client: &Client, out: Output, project: ProjectArg, command: Option<AddonsCommand>) -> Result<()> {

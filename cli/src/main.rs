@@ -88,6 +88,14 @@ enum Command {
         #[command(subcommand)]
         command: Option<AddonsCommand>,
     },
+    /// A project's deploy webhooks: `paastech webhooks` lists them with their last
+    /// delivery; `add URL [--events …]`, `remove ID` and `deliveries ID` manage one.
+    Webhooks {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[command(subcommand)]
+        command: Option<WebhooksCommand>,
+    },
     /// List a project's deployments, newest first.
     Deployments(ProjectArg),
     /// Deploy the latest build again, or a given version (its build and config).
@@ -273,6 +281,32 @@ enum DomainsCommand {
         #[command(flatten)]
         project: ProjectArg,
         domain: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// POST a signed JSON event to URL when a deployment goes live or fails; prints the
+    /// secret that signs them (shown once).
+    Add {
+        #[command(flatten)]
+        project: ProjectArg,
+        url: String,
+        /// The events to send, comma-separated: deploy.succeeded, deploy.failed (default: all).
+        #[arg(long, value_delimiter = ',', value_name = "EVENT,…")]
+        events: Vec<String>,
+    },
+    /// Stop sending events to the webhook ID (from `paastech webhooks`).
+    Remove {
+        #[command(flatten)]
+        project: ProjectArg,
+        id: i64,
+    },
+    /// The webhook's last delivery attempts, newest first: status code or error, duration.
+    Deliveries {
+        #[command(flatten)]
+        project: ProjectArg,
+        id: i64,
     },
 }
 

@@ -504,7 +504,8 @@ async fn serve(settings: Settings) -> Result<()> {
     orchestrator_config.app_url = urls.app_url("{name}");
     let mut orchestrator = Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config)
         .with_hooks(Arc::clone(&build_hooks) as _)
-        .with_addon_kinds(addons);
+        .with_addon_kinds(addons)
+        .with_webhooks(Arc::new(paastech_web::webhooks::HttpWebhookSender));
     if let Some(acme) = &acme {
         orchestrator = orchestrator.with_certificates(Arc::new(acme.clone()));
     }

@@ -20,6 +20,7 @@ pub mod orchestrator;
 pub mod ports;
 pub mod registry;
 pub mod store;
+pub mod webhooks;
 
 pub use addons::{Addon, AddonKind, AddonName};
 pub use certificates::{CertificateState, CertificateStatus, Certificates};
@@ -33,3 +34,4 @@ pub use hostname::{Domain, DomainRules, Hostname};
 pub use https::{HttpsChange, HttpsPolicy};
 pub use lifecycle::Stopped;
 pub use store::Store;
+pub use webhooks::{Webhook, WebhookAttempt, WebhookEvent};

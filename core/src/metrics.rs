@@ -111,6 +111,7 @@ pub struct Metrics {
     deploys: Counters<OutcomeLabel>,
     deploy_seconds: Histograms<OutcomeLabel>,
     builds: Counters<OutcomeLabel>,
+    webhook_deliveries: Counters<OutcomeLabel>,
     build_seconds: Histograms<OutcomeLabel>,
     instance_restarts: Family<ProjectLabel, Gauge>,
     hook_calls: Counters<HookLabels>,
@@ -147,6 +148,7 @@ impl Metrics {
             registry,
             ingress,
             deploys: Family::default(),
+            webhook_deliveries: Family::default(),
             deploy_seconds: Family::new_with_constructor(Buckets(job_buckets)),
             builds: Family::default(),
             build_seconds: Family::new_with_constructor(Buckets(job_buckets)),
@@ -168,6 +170,11 @@ impl Metrics {
             this.deploy_seconds.clone(),
         );
         r.register("builds", "Builds that succeeded or failed", this.builds.clone());
+        r.register(
+            "webhook_deliveries",
+            "Webhook deliveries by how they ended: delivered (2xx), refused (another answer) or error (no answer)",
+            this.webhook_deliveries.clone(),
+        );
         r.register("build_duration_seconds", "Time a build took", this.build_seconds.clone());
         r.register(
             "instance_restarts",
@@ -191,6 +198,11 @@ impl Metrics {
             this.live_instances.clone(),
         );
         this
+    }
+
+    /// A webhook delivery ended (after its last attempt): `delivered`, `refused` or `error`.
+    pub fn webhook_delivery(&self, outcome: &'static str) {
+        self.webhook_deliveries.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// A deployment went live (`ok`) or failed, `elapsed` after it started.

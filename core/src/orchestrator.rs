@@ -25,6 +25,7 @@ use crate::lifecycle::Stopped;
 use crate::logs::LogHub;
 use crate::metrics::metrics;
 use crate::store::{EnvChanges, Store};
+use crate::webhooks::{RetryPolicy, WebhookEvent, WebhookSender};
 
 /// Branches whose pushes deploy; others are only stored.
 pub const DEPLOY_BRANCHES: [&str; 2] = ["refs/heads/main", "refs/heads/master"];
@@ -61,6 +62,8 @@ pub struct OrchestratorConfig {
     pub domain_rules: DomainRules,
     /// How long a Procfile's `release:` command may run.
     pub release_timeout: Duration,
+    /// How webhook deliveries are attempted (timeout, attempts, first wait).
+    pub webhook_retry: RetryPolicy,
 }
 
 impl OrchestratorConfig {
@@ -75,6 +78,7 @@ impl OrchestratorConfig {
             keep_builds: 10,
             domain_rules: DomainRules::new("localhost"),
             release_timeout: RELEASE_TIMEOUT,
+            webhook_retry: RetryPolicy::default(),
         }
     }
 }
@@ -102,6 +106,8 @@ pub struct Orchestrator {
     /// One deploy at a time per project; different projects in parallel.
     locks: Mutex<HashMap<ProjectName, Arc<tokio::sync::Mutex<()>>>>,
     running: Mutex<HashMap<ProjectName, Running>>,
+    /// Who sends deploy events to webhooks (`orchestrator/webhooks.rs`); none: none sent.
+    webhook_sender: Option<Arc<dyn WebhookSender>>,
 }
 
 /// Writes to several sinks, and keeps a bounded copy for the build record.
@@ -162,6 +168,7 @@ impl Orchestrator {
             addon_kinds: BTreeMap::new(),
             locks: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            webhook_sender: None,
         }
     }
 
@@ -585,6 +592,7 @@ impl Orchestrator {
         }
         self.logs.note(&project.name, &format!("v{} failed: {reason}", deployment.version));
         metrics().deploy(false, since(deployment.created_at));
+        self.deploy_event(project, deployment, WebhookEvent::DeployFailed, Some(&reason));
         tracing::warn!(project = %project.name, version = deployment.version, reason = %reason, "deployment failed");
         match err {
             Error::DeployFailed(_) => err,
@@ -650,6 +658,7 @@ impl Orchestrator {
             }
         };
         metrics().deploy(true, since(deployment.created_at));
+        self.deploy_event(project, &live, WebhookEvent::DeploySucceeded, None);
         self.running
             .lock()
             .expect("running lock")
@@ -1746,6 +1755,7 @@ fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
 
 mod addons;
 mod follow;
+mod webhooks;
 pub use follow::{FOLLOW_INTERVAL, Follower};
 
 #[cfg(test)]

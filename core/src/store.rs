@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::hostname::{Domain, Hostname};
 use crate::https::HttpsPolicy;
 use crate::lifecycle::Stopped;
+use crate::webhooks::{Webhook, WebhookAttempt, WebhookEvent};
 
 /// A change to a project's env: `Some` sets, `None` unsets.
 pub type EnvChanges = BTreeMap<String, Option<String>>;
@@ -94,6 +95,22 @@ pub trait Store: Send + Sync {
     async fn addon(&self, project_id: i64, name: &AddonName) -> Result<Addon>;
     /// Forgets the project's add-on; `NotFound` if it has none of that name.
     async fn delete_addon(&self, project_id: i64, name: &AddonName) -> Result<()>;
+
+    // Deploy webhooks.
+    /// Records a webhook of the project with its secret (sealed at rest like config vars).
+    async fn add_webhook(&self, project_id: i64, url: &str, events: &[WebhookEvent], secret: &str) -> Result<Webhook>;
+    /// The project's webhooks, oldest first.
+    async fn webhooks(&self, project_id: i64) -> Result<Vec<Webhook>>;
+    /// The project's webhooks with their secrets, opened: for the dispatcher only.
+    async fn webhooks_with_secrets(&self, project_id: i64) -> Result<Vec<(Webhook, String)>>;
+    /// Removes the project's webhook and its attempts; `NotFound` unless the project has it.
+    async fn delete_webhook(&self, project_id: i64, webhook_id: i64) -> Result<()>;
+    /// Keeps one delivery attempt, and only the newest [`crate::webhooks::KEPT_ATTEMPTS`]
+    /// of its webhook. A webhook removed meanwhile is not an error: nothing is kept.
+    async fn record_webhook_attempt(&self, attempt: &WebhookAttempt) -> Result<()>;
+    /// The kept attempts of the project's webhook, newest first; `NotFound` unless the
+    /// project has it.
+    async fn webhook_attempts(&self, project_id: i64, webhook_id: i64) -> Result<Vec<WebhookAttempt>>;
 
     // Builds.
     async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build>;

@@ -8,6 +8,7 @@ mod connections;
 pub mod error;
 pub mod metrics;
 pub mod ui;
+pub mod webhooks;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;

@@ -26,6 +26,9 @@ use crate::https::{HttpsChange, HttpsPolicy};
 use crate::lifecycle::Stopped;
 use crate::logs::LogHub;
 use crate::store::{EnvChanges, Store};
+use crate::webhooks::{
+    AttemptResult, RetryPolicy, Webhook, WebhookAttempt, WebhookEvent, WebhookRequest, WebhookSender,
+};
 
 // ----- Shared step counter ----------------------------------------------------------------
 
@@ -111,6 +114,8 @@ struct Data {
     stopped: HashMap<i64, Stopped>,
     next_domain_id: i64,
     addons: Vec<Addon>,
+    webhooks: Vec<(Webhook, String)>,
+    webhook_attempts: Vec<WebhookAttempt>,
 }
 
 /// The store's contract in memory, for the calls the orchestrator makes.
@@ -304,6 +309,37 @@ impl Store for MemStore {
     async fn set_https_policy(&self, project_id: i64, policy: &HttpsPolicy) -> Result<()> {
         self.enter("set_https_policy").await?.https.insert(project_id, *policy);
         Ok(())
+    }
+    async fn add_webhook(&self, project_id: i64, url: &str, events: &[WebhookEvent], secret: &str) -> Result<Webhook> {
+        let mut data = self.enter("add_webhook").await?;
+        let webhook = Webhook {
+            id: data.webhooks.len() as i64 + 1,
+            project_id,
+            url: url.into(),
+            events: events.to_vec(),
+            created_at: Timestamp(0),
+        };
+        data.webhooks.push((webhook.clone(), secret.into()));
+        Ok(webhook)
+    }
+    async fn webhooks(&self, project_id: i64) -> Result<Vec<Webhook>> {
+        let data = self.enter("webhooks").await?;
+        Ok(data.webhooks.iter().filter(|(w, _)| w.project_id == project_id).map(|(w, _)| w.clone()).collect())
+    }
+    async fn webhooks_with_secrets(&self, project_id: i64) -> Result<Vec<(Webhook, String)>> {
+        let data = self.enter("webhooks_with_secrets").await?;
+        Ok(data.webhooks.iter().filter(|(w, _)| w.project_id == project_id).cloned().collect())
+    }
+    async fn delete_webhook(&self, _: i64, _: i64) -> Result<()> {
+        Self::not_used()
+    }
+    async fn record_webhook_attempt(&self, attempt: &WebhookAttempt) -> Result<()> {
+        self.enter("record_webhook_attempt").await?.webhook_attempts.insert(0, attempt.clone());
+        Ok(())
+    }
+    async fn webhook_attempts(&self, _: i64, webhook_id: i64) -> Result<Vec<WebhookAttempt>> {
+        let data = self.enter("webhook_attempts").await?;
+        Ok(data.webhook_attempts.iter().filter(|a| a.webhook_id == webhook_id).cloned().collect())
     }
     async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build> {
         let mut data = self.enter("create_build").await?;
@@ -1792,4 +1828,116 @@ async fn deleting_a_project_destroys_its_addons_or_keeps_it_whole() {
 
     world.orchestrator.delete_project(&world.project).await.expect("delete");
     assert!(fake.provisioned().is_empty(), "the add-on is destroyed with its project");
+}
+
+/// Answers each request with the next of `answers` (then 200), or never when `hang`.
+#[derive(Default)]
+struct FakeSender {
+    answers: Mutex<Vec<AttemptResult>>,
+    sent: Mutex<Vec<WebhookRequest>>,
+    hang: bool,
+}
+
+#[async_trait]
+impl WebhookSender for FakeSender {
+    async fn send(&self, request: &WebhookRequest) -> AttemptResult {
+        self.sent.lock().expect("sent").push(request.clone());
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        let mut answers = self.answers.lock().expect("answers");
+        if answers.is_empty() { AttemptResult::Answered(200) } else { answers.remove(0) }
+    }
+}
+
+impl World {
+    fn with_sender(&self, sender: &Arc<FakeSender>, timeout: Duration) -> Arc<Orchestrator> {
+        let mut config = OrchestratorConfig::new(self.dir.path().join("releases"));
+        config.webhook_retry = RetryPolicy { base_delay: Duration::from_millis(10), max_attempts: 3, timeout };
+        Arc::new(self.new_orchestrator(config).with_webhooks(Arc::clone(sender) as _))
+    }
+
+    /// The attempts kept for `webhook`, once there are `count` (or after 5 s).
+    async fn attempts(&self, webhook: i64, count: usize) -> Vec<WebhookAttempt> {
+        for _ in 0..500 {
+            let attempts = self.store.webhook_attempts(self.project.id, webhook).await.expect("attempts");
+            if attempts.len() >= count {
+                return attempts;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.store.webhook_attempts(self.project.id, webhook).await.expect("attempts")
+    }
+}
+
+#[tokio::test]
+async fn a_deploy_event_is_retried_after_a_5xx_and_each_attempt_kept() {
+    let world = World::new(1).await;
+    let sender = Arc::new(FakeSender {
+        answers: Mutex::new(vec![AttemptResult::Answered(500), AttemptResult::Failed("connection reset".into())]),
+        ..FakeSender::default()
+    });
+    let orchestrator = world.with_sender(&sender, Duration::from_secs(5));
+    let hook = orchestrator.add_webhook(&world.project, "http://127.0.0.1:9/hook", &[], "whsec").await.expect("add");
+    let refused = orchestrator
+        .add_webhook(&world.project, "http://127.0.0.1:9/refused", &["deploy.failed".into()], "s2")
+        .await
+        .expect("add");
+    orchestrator.deploy_commit(&world.project, "c0ffee", Arc::new(super::NullSink)).await.expect("v2 deploys");
+
+    let attempts = world.attempts(hook.id, 3).await;
+    let summary: Vec<_> = attempts.iter().map(|a| (a.attempt, a.status_code, a.error.clone())).collect();
+    assert_eq!(
+        summary,
+        vec![(3, Some(200), None), (2, None, Some("connection reset".into())), (1, Some(500), None)],
+        "newest first"
+    );
+    assert!(attempts.iter().all(|a| a.delivery == attempts[0].delivery && a.event == WebhookEvent::DeploySucceeded));
+    let sent = sender.sent.lock().expect("sent").clone();
+    assert_eq!(sent.len(), 3, "only the webhook that wants deploy.succeeded is called: {sent:?}");
+    let payload = &sent[0].payload;
+    assert_eq!((payload.project.as_str(), payload.version, payload.status.as_str()), ("app", 2, "live"));
+    assert_eq!((payload.commit.as_deref(), sent[0].secret.as_str()), (Some("c0ffee"), "whsec"));
+    assert!(world.store.webhook_attempts(world.project.id, refused.id).await.expect("none").is_empty());
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_delays_no_deploy_and_a_failure_is_told() {
+    let world = World::new(1).await;
+    let sender = Arc::new(FakeSender { hang: true, ..FakeSender::default() });
+    let orchestrator = world.with_sender(&sender, Duration::from_millis(50));
+    let hook = orchestrator
+        .add_webhook(&world.project, "https://example.com/h", &["deploy.failed".into()], "s")
+        .await
+        .expect("add");
+    world.builder.faults.set("build", 1);
+    let started = std::time::Instant::now();
+    let failed = orchestrator.deploy_commit(&world.project, "bad", Arc::new(super::NullSink)).await;
+    assert_failed(failed, "build failed");
+    assert!(started.elapsed() < Duration::from_secs(2), "the deploy did not wait for the receiver");
+
+    // Three attempts, each cut at the timeout, then the delivery gives up.
+    let attempts = world.attempts(hook.id, 3).await;
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert!(attempts.iter().all(|a| a.error.as_deref() == Some("no answer within 0.05 s")), "{attempts:?}");
+    let sent = sender.sent.lock().expect("sent").clone();
+    assert_eq!(sent[0].payload.event, WebhookEvent::DeployFailed);
+    assert_eq!(sent[0].payload.status, "failed");
+    assert!(sent[0].payload.reason.as_deref().is_some_and(|r| r.contains("build failed")), "{:?}", sent[0].payload);
+}
+
+#[tokio::test]
+async fn a_project_has_at_most_max_webhooks() {
+    let world = World::new(1).await;
+    for n in 0..crate::webhooks::MAX_WEBHOOKS {
+        let url = format!("http://127.0.0.1:9/{n}");
+        world.orchestrator.add_webhook(&world.project, &url, &[], "s").await.expect("under the limit");
+    }
+    match world.orchestrator.add_webhook(&world.project, "http://127.0.0.1:9/x", &[], "s").await {
+        Err(Error::Conflict(message)) => assert!(message.contains("the most it may have"), "{message}"),
+        other => panic!("one more is refused, got {other:?}"),
+    }
+    // The URL and events are checked first, whatever the count.
+    let bad = world.orchestrator.add_webhook(&world.project, "ftp://x/", &[], "s").await;
+    assert!(matches!(bad, Err(Error::Invalid(_))), "{bad:?}");
 }

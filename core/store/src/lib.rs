@@ -27,7 +27,8 @@ use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
     Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
-    HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Stopped, Store, Timestamp, User,
+    HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Stopped, Store, Timestamp, User, Webhook,
+    WebhookAttempt, WebhookEvent,
 };
 
 use crate::conn::{Pools, write_tx};
@@ -84,6 +85,9 @@ macro_rules! unknown_key_ids {
     ($conn:ident, $keyring:expr) => {{
         let mut ids: Vec<Option<String>> = env_vars::table.select(env_vars::key_id).distinct().load($conn)?;
         ids.extend(deployments::table.select(deployments::config_key_id).distinct().load::<Option<String>>($conn)?);
+        ids.extend(
+            webhooks::table.select(webhooks::secret_key_id).distinct().load::<String>($conn)?.into_iter().map(Some),
+        );
         let mut unknown: Vec<String> = ids.into_iter().flatten().filter(|id| !$keyring.holds(id)).collect();
         unknown.sort();
         unknown.dedup();
@@ -136,9 +140,45 @@ macro_rules! reseal {
                     .execute(conn)?;
                 count += 1;
             }
+            // Webhook secrets are sealed from the start: only a rotation has any to reseal.
+            let secrets = webhooks::table
+                .inner_join(projects::table)
+                .filter(webhooks::secret_key_id.ne(&primary))
+                .select((webhooks::id, webhooks::secret, webhooks::secret_key_id, projects::name))
+                .load::<(i64, String, String, String)>(conn)?;
+            for (id, secret, key_id, project) in secrets {
+                if $only_plain {
+                    break;
+                }
+                let plain = keyring.open(&key_id, &project, WEBHOOK_SECRET_VAR, &secret)?;
+                diesel::update(webhooks::table.find(id))
+                    .set((
+                        webhooks::secret.eq(keyring.seal(&project, WEBHOOK_SECRET_VAR, &plain)?),
+                        webhooks::secret_key_id.eq(&primary),
+                    ))
+                    .execute(conn)?;
+                count += 1;
+            }
             Ok(count)
         })
     }};
+}
+
+/// The var name a webhook's secret is sealed for (with its project's name): a secret
+/// copied into an env var's row, or into another project's webhook, does not open.
+const WEBHOOK_SECRET_VAR: &str = "webhook-secret";
+
+/// `NotFound` unless the project has this webhook; inside a query body.
+macro_rules! ensure_webhook {
+    ($conn:ident, $project_id:expr, $webhook_id:expr) => {
+        webhooks::table
+            .filter(webhooks::project_id.eq($project_id))
+            .filter(webhooks::id.eq($webhook_id))
+            .select(webhooks::id)
+            .first::<i64>($conn)
+            .optional()?
+            .ok_or_else(|| not_found(format!("the project has no webhook {}", $webhook_id)))?
+    };
 }
 
 /// The name of the project with this id (what its config values are sealed for), or
@@ -552,6 +592,10 @@ impl Store for SqlStore {
                     .execute(conn)?;
                 diesel::delete(domains::table.filter(domains::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(addons::table.filter(addons::project_id.eq(project_id))).execute(conn)?;
+                let hooks = webhooks::table.filter(webhooks::project_id.eq(project_id)).select(webhooks::id);
+                diesel::delete(webhook_attempts::table.filter(webhook_attempts::webhook_id.eq_any(hooks)))
+                    .execute(conn)?;
+                diesel::delete(webhooks::table.filter(webhooks::project_id.eq(project_id))).execute(conn)?;
                 if diesel::delete(projects::table.find(project_id)).execute(conn)? == 0 {
                     return Err(not_found("project not found"));
                 }
@@ -846,6 +890,123 @@ impl Store for SqlStore {
                 return Err(not_found(format!("the project has no add-on named {name}")));
             }
             Ok(())
+        })
+    }
+
+    async fn add_webhook(&self, project_id: i64, url: &str, events: &[WebhookEvent], secret: &str) -> Result<Webhook> {
+        let url = url.to_owned();
+        let events = events.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(",");
+        let secret = secret.to_owned();
+        let keyring = Arc::clone(&self.keyring);
+        with_conn!(self, |conn| {
+            let project = project_name!(conn, project_id);
+            let row = diesel::insert_into(webhooks::table)
+                .values((
+                    webhooks::project_id.eq(project_id),
+                    webhooks::url.eq(&url),
+                    webhooks::events.eq(&events),
+                    webhooks::secret.eq(keyring.seal(&project, WEBHOOK_SECRET_VAR, &secret)?),
+                    webhooks::secret_key_id.eq(keyring.key_id()),
+                    webhooks::created_at.eq(now()),
+                ))
+                .returning(WebhookRow::as_returning())
+                .get_result(conn)
+                .map_err(not_found_on_fk("project not found"))?;
+            Ok(Webhook::try_from(row)?)
+        })
+    }
+
+    async fn webhooks(&self, project_id: i64) -> Result<Vec<Webhook>> {
+        with_conn!(self, |conn| {
+            let rows = webhooks::table
+                .filter(webhooks::project_id.eq(project_id))
+                .order(webhooks::id)
+                .select(WebhookRow::as_select())
+                .load(conn)?;
+            Ok(rows.into_iter().map(Webhook::try_from).collect::<Result<Vec<_>>>()?)
+        })
+    }
+
+    async fn webhooks_with_secrets(&self, project_id: i64) -> Result<Vec<(Webhook, String)>> {
+        let keyring = Arc::clone(&self.keyring);
+        with_conn!(self, |conn| {
+            let rows = webhooks::table
+                .inner_join(projects::table)
+                .filter(webhooks::project_id.eq(project_id))
+                .order(webhooks::id)
+                .select((WebhookRow::as_select(), webhooks::secret, webhooks::secret_key_id, projects::name))
+                .load::<(WebhookRow, String, String, String)>(conn)?;
+            let mut hooks = Vec::with_capacity(rows.len());
+            for (row, secret, key_id, project) in rows {
+                let secret = keyring.open(&key_id, &project, WEBHOOK_SECRET_VAR, &secret)?;
+                hooks.push((Webhook::try_from(row)?, secret));
+            }
+            Ok(hooks)
+        })
+    }
+
+    async fn delete_webhook(&self, project_id: i64, webhook_id: i64) -> Result<()> {
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                ensure_webhook!(conn, project_id, webhook_id);
+                diesel::delete(webhook_attempts::table.filter(webhook_attempts::webhook_id.eq(webhook_id)))
+                    .execute(conn)?;
+                diesel::delete(webhooks::table.find(webhook_id)).execute(conn)?;
+                Ok(())
+            })
+        })
+    }
+
+    async fn record_webhook_attempt(&self, attempt: &WebhookAttempt) -> Result<()> {
+        let attempt = attempt.clone();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                let exists =
+                    webhooks::table.find(attempt.webhook_id).select(webhooks::id).first::<i64>(conn).optional()?;
+                if exists.is_none() {
+                    return Ok(());
+                }
+                diesel::insert_into(webhook_attempts::table)
+                    .values((
+                        webhook_attempts::webhook_id.eq(attempt.webhook_id),
+                        webhook_attempts::delivery.eq(&attempt.delivery),
+                        webhook_attempts::event.eq(attempt.event.as_str()),
+                        webhook_attempts::attempt.eq(i64::from(attempt.attempt)),
+                        webhook_attempts::at.eq(attempt.at.0),
+                        webhook_attempts::status_code.eq(attempt.status_code.map(i64::from)),
+                        webhook_attempts::error.eq(&attempt.error),
+                        webhook_attempts::duration_ms.eq(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX)),
+                    ))
+                    .execute(conn)?;
+                let keep_from = webhook_attempts::table
+                    .filter(webhook_attempts::webhook_id.eq(attempt.webhook_id))
+                    .order(webhook_attempts::id.desc())
+                    .offset(paastech_core::webhooks::KEPT_ATTEMPTS - 1)
+                    .select(webhook_attempts::id)
+                    .first::<i64>(conn)
+                    .optional()?;
+                if let Some(oldest_kept) = keep_from {
+                    diesel::delete(
+                        webhook_attempts::table
+                            .filter(webhook_attempts::webhook_id.eq(attempt.webhook_id))
+                            .filter(webhook_attempts::id.lt(oldest_kept)),
+                    )
+                    .execute(conn)?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    async fn webhook_attempts(&self, project_id: i64, webhook_id: i64) -> Result<Vec<WebhookAttempt>> {
+        with_conn!(self, |conn| {
+            ensure_webhook!(conn, project_id, webhook_id);
+            let rows = webhook_attempts::table
+                .filter(webhook_attempts::webhook_id.eq(webhook_id))
+                .order(webhook_attempts::id.desc())
+                .select(WebhookAttemptRow::as_select())
+                .load(conn)?;
+            Ok(rows.into_iter().map(WebhookAttempt::try_from).collect::<Result<Vec<_>>>()?)
         })
     }
 

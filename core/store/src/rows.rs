@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 use paastech_core::{
     Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
-    Project, ProjectName, SshKey, Timestamp, User,
+    Project, ProjectName, SshKey, Timestamp, User, Webhook, WebhookAttempt, WebhookEvent,
 };
 
 use crate::secrets::Keyring;
 
-use crate::schema::{addons, api_tokens, builds, deployments, domains, projects, ssh_keys, users};
+use crate::schema::{
+    addons, api_tokens, builds, deployments, domains, projects, ssh_keys, users, webhook_attempts, webhooks,
+};
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = users)]
@@ -311,4 +313,63 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<Stri
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, Error> {
     serde_json::from_str(text).map_err(|e| Error::internal(format!("corrupt {what} in store"), e))
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = webhooks)]
+pub(crate) struct WebhookRow {
+    pub id: i64,
+    pub project_id: i64,
+    pub url: String,
+    pub events: String,
+    pub created_at: i64,
+}
+
+impl TryFrom<WebhookRow> for Webhook {
+    type Error = Error;
+
+    fn try_from(row: WebhookRow) -> Result<Self, Error> {
+        let names: Vec<&str> = row.events.split(',').filter(|n| !n.is_empty()).collect();
+        let events = WebhookEvent::parse_list(&names)
+            .map_err(|e| Error::internal_msg(format!("invalid webhook events {:?} in store: {e}", row.events)))?;
+        Ok(Webhook {
+            id: row.id,
+            project_id: row.project_id,
+            url: row.url,
+            events,
+            created_at: Timestamp(row.created_at),
+        })
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = webhook_attempts)]
+pub(crate) struct WebhookAttemptRow {
+    pub webhook_id: i64,
+    pub delivery: String,
+    pub event: String,
+    pub attempt: i64,
+    pub at: i64,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+impl TryFrom<WebhookAttemptRow> for WebhookAttempt {
+    type Error = Error;
+
+    fn try_from(row: WebhookAttemptRow) -> Result<Self, Error> {
+        let event = WebhookEvent::parse(&row.event)
+            .map_err(|_| Error::internal_msg(format!("invalid webhook event {:?} in store", row.event)))?;
+        Ok(WebhookAttempt {
+            webhook_id: row.webhook_id,
+            delivery: row.delivery,
+            event,
+            attempt: u32::try_from(row.attempt).unwrap_or(u32::MAX),
+            at: Timestamp(row.at),
+            status_code: row.status_code.and_then(|c| u16::try_from(c).ok()),
+            error: row.error,
+            duration_ms: u64::try_from(row.duration_ms).unwrap_or(0),
+        })
+    }
 }

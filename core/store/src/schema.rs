@@ -137,10 +137,40 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhooks (id) {
+        id -> BigInt,
+        project_id -> BigInt,
+        url -> Text,
+        /// Event names, comma-separated.
+        events -> Text,
+        /// Sealed like config vars, for the project's name and the var `webhook-secret`.
+        secret -> Text,
+        secret_key_id -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_attempts (id) {
+        id -> BigInt,
+        webhook_id -> BigInt,
+        delivery -> Text,
+        event -> Text,
+        attempt -> BigInt,
+        at -> BigInt,
+        status_code -> Nullable<BigInt>,
+        error -> Nullable<Text>,
+        duration_ms -> BigInt,
+    }
+}
+
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(ssh_keys -> users (user_id));
 diesel::joinable!(deployments -> projects (project_id));
 diesel::joinable!(env_vars -> projects (project_id));
+diesel::joinable!(webhooks -> projects (project_id));
+diesel::joinable!(webhook_attempts -> webhooks (webhook_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     users,
@@ -156,4 +186,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     deployments,
     domains,
     addons,
+    webhooks,
+    webhook_attempts,
 );

@@ -13,6 +13,7 @@ use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
     DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Stopped, Store, Timestamp, User,
+    WebhookAttempt, WebhookEvent,
 };
 use paastech_store::{DatabaseKind, Keyring, SqlStore, pending_path, restore_snapshot, rotate_key, snapshot};
 
@@ -171,6 +172,7 @@ suite!(
     data_survives_reopening_the_store,
     domains_are_unique_listed_deleted_and_go_with_their_project,
     addons_are_unique_per_project_listed_deleted_and_go_with_their_project,
+    webhooks_keep_sealed_secrets_and_their_newest_attempts,
     config_values_are_sealed_at_rest_and_read_back,
     a_value_moved_to_another_var_or_project_does_not_open,
     plain_values_are_sealed_at_open_once_and_all_or_nothing,
@@ -903,6 +905,69 @@ async fn addons_are_unique_per_project_listed_deleted_and_go_with_their_project(
     assert!(store.addons(blog.id).await.expect("list").is_empty(), "the add-ons go with their project");
 }
 
+fn attempt(webhook_id: i64, n: u32) -> WebhookAttempt {
+    WebhookAttempt {
+        webhook_id,
+        delivery: format!("d-{n}"),
+        event: WebhookEvent::DeploySucceeded,
+        attempt: n,
+        at: Timestamp(1_000 + i64::from(n)),
+        status_code: n.is_multiple_of(2).then_some(500),
+        error: (!n.is_multiple_of(2)).then(|| "connection refused".to_owned()),
+        duration_ms: u64::from(n),
+    }
+}
+
+async fn webhooks_keep_sealed_secrets_and_their_newest_attempts(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let blog = store.create_project(alice.id, &name("blog")).await.expect("create");
+    let shop = store.create_project(alice.id, &name("shop")).await.expect("create");
+    let all = store.add_webhook(blog.id, "http://127.0.0.1:9/a", &WebhookEvent::ALL, "whsec-one").await.expect("add");
+    assert_eq!((all.project_id, all.url.as_str()), (blog.id, "http://127.0.0.1:9/a"));
+    assert_eq!(all.events, WebhookEvent::ALL.to_vec());
+    let failed = store
+        .add_webhook(blog.id, "https://example.com/b", &[WebhookEvent::DeployFailed], "whsec-two")
+        .await
+        .expect("add");
+    assert_not_found(store.add_webhook(424242, "http://x/", &WebhookEvent::ALL, "s").await, "project");
+
+    assert_eq!(store.webhooks(blog.id).await.expect("list"), vec![all.clone(), failed.clone()]);
+    assert_eq!(
+        store.webhooks_with_secrets(blog.id).await.expect("secrets"),
+        vec![(all.clone(), "whsec-one".to_owned()), (failed.clone(), "whsec-two".to_owned())]
+    );
+    // The secret is sealed at rest: the database does not hold it.
+    let stored = db.texts("SELECT secret AS text FROM webhooks");
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|s| !s.contains("whsec")), "{stored:?}");
+    assert!(store.webhooks(shop.id).await.expect("list").is_empty());
+
+    // Only the newest attempts are kept, newest first.
+    let kept = paastech_core::webhooks::KEPT_ATTEMPTS as u32;
+    for n in 1..=kept + 3 {
+        store.record_webhook_attempt(&attempt(all.id, n)).await.expect("record");
+    }
+    let attempts = store.webhook_attempts(blog.id, all.id).await.expect("attempts");
+    assert_eq!(attempts.len(), kept as usize);
+    assert_eq!(attempts[0], attempt(all.id, kept + 3));
+    assert_eq!(attempts.last().expect("oldest").attempt, 4);
+    assert!(store.webhook_attempts(blog.id, failed.id).await.expect("none yet").is_empty());
+    // Another project's webhook is not found through this one.
+    assert_not_found(store.webhook_attempts(shop.id, all.id).await, "webhook");
+    assert_not_found(store.delete_webhook(shop.id, all.id).await, "webhook");
+
+    store.delete_webhook(blog.id, all.id).await.expect("delete");
+    assert_not_found(store.delete_webhook(blog.id, all.id).await, "webhook");
+    // An attempt finishing after its webhook was removed is dropped, not an error.
+    store.record_webhook_attempt(&attempt(all.id, 1)).await.expect("dropped");
+    assert_eq!(store.webhooks(blog.id).await.expect("list"), vec![failed]);
+    assert_eq!(db.texts("SELECT delivery AS text FROM webhook_attempts"), Vec::<String>::new());
+
+    store.delete_project(blog.id).await.expect("delete project");
+    assert!(db.texts("SELECT url AS text FROM webhooks").is_empty(), "the webhooks go with their project");
+}
+
 const SECRET: &str = "s3cr3t-Value-of-the-db-password";
 
 /// Everything stored of config vars, as the database holds it (value, key id), and each
@@ -1078,6 +1143,7 @@ async fn rotation_seals_everything_with_a_new_key_and_the_old_one_is_not_needed(
     let mut new = new_deployment(project.id, "env");
     new.config = env.clone();
     store.create_deployment(&new).await.expect("deploy");
+    let hook = store.add_webhook(project.id, "http://127.0.0.1:9/", &WebhookEvent::ALL, "whsec-x").await.expect("hook");
 
     // A server holds the key file while it runs: no rotation beside it.
     match rotate_key(&db.url, &db.key_path()) {
@@ -1093,7 +1159,9 @@ async fn rotation_seals_everything_with_a_new_key_and_the_old_one_is_not_needed(
     let before = stored_config(db);
     let rotation = rotate_key(&db.url, &db.key_path()).expect("rotate");
     assert_ne!(rotation.old_key_id, rotation.new_key_id);
-    assert_eq!(rotation.resealed, 3, "two vars and one snapshot");
+    assert_eq!(rotation.resealed, 4, "two vars, one snapshot and one webhook secret");
+    let secret_keys = db.texts("SELECT secret_key_id AS text FROM webhooks");
+    assert_eq!(secret_keys, vec![rotation.new_key_id.clone()], "the webhook secret is sealed with the new key");
     assert!(!pending_path(&db.key_path()).exists(), "the new key took the old one's place");
     let after = stored_config(db);
     assert!(after.iter().all(|row| row.ends_with(&format!(" key {}", rotation.new_key_id))), "{after:?}");
@@ -1103,6 +1171,7 @@ async fn rotation_seals_everything_with_a_new_key_and_the_old_one_is_not_needed(
     let store = db.open();
     assert_eq!(store.env(project.id).await.expect("env"), env);
     assert_eq!(store.deployment(project.id, 1).await.expect("deployment").config, env);
+    assert_eq!(store.webhooks_with_secrets(project.id).await.expect("hooks"), vec![(hook, "whsec-x".to_owned())]);
     drop(store);
     // And the old key no longer does.
     let (dir, _) = test_keyring();

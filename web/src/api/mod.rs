@@ -9,6 +9,7 @@ pub(crate) mod lifecycle;
 pub(crate) mod nodes;
 pub(crate) mod projects;
 pub(crate) mod schemas;
+pub(crate) mod webhooks;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -49,6 +50,9 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/addons/{addon}/backup", get(addons::backup))
         .route("/projects/{name}/addons/{addon}/restore", post(addons::restore))
         .route("/projects/{name}/https", get(https::get).patch(https::patch))
+        .route("/projects/{name}/webhooks", get(webhooks::list).post(webhooks::add))
+        .route("/projects/{name}/webhooks/{id}", delete(webhooks::remove))
+        .route("/projects/{name}/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/projects/{name}/run", post(projects::run))
         .route("/projects/{name}/stop", post(lifecycle::stop))
         .route("/projects/{name}/start", post(lifecycle::start))
@@ -90,7 +94,7 @@ async fn openapi() -> ApiResult<Response> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy, add-ons (databases), deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
+    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy, add-ons (databases), deploy webhooks, deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
     servers((url = "/api/v1")),
     paths(
         healthz,
@@ -106,6 +110,7 @@ async fn openapi() -> ApiResult<Response> {
         domains::list, domains::add, domains::remove,
         https::get, https::patch,
         addons::list, addons::create, addons::info, addons::destroy, addons::backup, addons::restore,
+        webhooks::list, webhooks::add, webhooks::remove, webhooks::deliveries,
     ),
     components(schemas(ErrorBody), responses(ErrorBody)),
     modifiers(&BearerAuth),

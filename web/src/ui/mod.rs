@@ -12,6 +12,7 @@ mod pages;
 mod project;
 pub mod session;
 mod view;
+mod webhooks;
 
 use std::time::Instant;
 
@@ -54,6 +55,8 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/domains/remove", post(project::domain_remove))
         .route("/projects/{name}/addons", get(project::addons_page).post(project::addon_create))
         .route("/projects/{name}/addons/destroy", post(project::addon_destroy))
+        .route("/projects/{name}/webhooks", get(webhooks::webhooks_page).post(webhooks::webhook_add))
+        .route("/projects/{name}/webhooks/remove", post(webhooks::webhook_remove))
         .route("/projects/{name}/https", post(project::https_save))
         .route("/projects/{name}/logs", get(project::logs_page))
         .route("/projects/{name}/logs/stream", get(project::logs_stream))

@@ -41,6 +41,7 @@ impl Notice {
             "restarted" => "Restarted: every instance was replaced, one by one.".to_owned(),
             "domain-added" => "Domain added: the app answers on it as soon as its DNS points here.".to_owned(),
             "domain-removed" => "Domain removed.".to_owned(),
+            "webhook-removed" => "Webhook removed: no more events are sent to it.".to_owned(),
             "addon-created" => {
                 format!("Add-on created: its config is set, and {v} is live if the project has a build.")
             }

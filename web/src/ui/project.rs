@@ -36,7 +36,7 @@ const LOG_LINES_SHOWN: usize = 200;
 const BUILD_LOG_SHOWN_BYTES: usize = 96 * 1024;
 
 /// The project, the head every tab shows, and its newest `recent` deployments.
-async fn load(
+pub(super) async fn load(
     state: &AppState,
     session: &Session,
     name: &str,
@@ -64,7 +64,7 @@ async fn load(
     Ok((project, head, deployments))
 }
 
-fn layout(session: &Session, head: &ProjectHead, title: &str, live: bool) -> Layout {
+pub(super) fn layout(session: &Session, head: &ProjectHead, title: &str, live: bool) -> Layout {
     let mut layout = Layout::new(session, format!("{title} · {}", head.name), "projects");
     if live {
         layout.stream = Some(format!("/projects/{}/logs/stream", head.name));

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub secrets: SecretsSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub webhooks: WebhooksSection,
     /// `driver` plus that driver's own keys; checked by the driver registry.
     #[serde(default)]
     pub runtime: toml::Table,
@@ -284,6 +286,16 @@ pub struct SecretsSection {
     /// The key file (relative paths are relative to the config file's directory); default
     /// `secrets/secrets.key` in data_dir. Created (0600) on first start when missing.
     pub key_file: Option<PathBuf>,
+}
+
+/// Where deploy webhooks may be sent.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksSection {
+    /// Let webhooks reach loopback and private addresses (default: refused, so that a
+    /// user's webhook cannot probe the server's own network).
+    #[serde(default)]
+    pub allow_private_targets: bool,
 }
 
 /// Prometheus's own listener. Without it, `GET /metrics` is on the API listener, for

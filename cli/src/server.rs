@@ -505,7 +505,9 @@ async fn serve(settings: Settings) -> Result<()> {
     let mut orchestrator = Orchestrator::new(store, repos, builder, runtime, traffic, logs, orchestrator_config)
         .with_hooks(Arc::clone(&build_hooks) as _)
         .with_addon_kinds(addons)
-        .with_webhooks(Arc::new(paastech_web::webhooks::HttpWebhookSender));
+        .with_webhooks(Arc::new(paastech_web::webhooks::HttpWebhookSender {
+            allow_private_targets: config.webhooks.allow_private_targets,
+        }));
     if let Some(acme) = &acme {
         orchestrator = orchestrator.with_certificates(Arc::new(acme.clone()));
     }

@@ -122,6 +122,38 @@ pub fn validate_url(input: &str) -> Result<String> {
     Ok(url.to_string())
 }
 
+/// Whether an address is one a webhook must not reach unless the operator allows it
+/// (`[webhooks] allow_private_targets`): loopback, private (RFC 1918, fc00::/7), shared
+/// (100.64/10), link-local (cloud metadata services live there), unspecified, multicast and
+/// broadcast. A user's webhook would otherwise make the server probe its own network.
+pub fn is_private_target(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_private_target(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80
+            }
+        },
+    }
+}
+
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
@@ -283,6 +315,29 @@ mod tests {
             (AttemptResult::Failed("connection refused".into()), true),
         ] {
             assert_eq!(result.is_retryable(), retry, "{result:?}");
+        }
+    }
+
+    #[test]
+    fn private_targets_are_told_from_public_ones() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(is_private_target(private.parse().expect(private)), "{private}");
+        }
+        for public in ["93.184.216.34", "8.8.8.8", "100.128.0.1", "2606:4700::1111", "::ffff:1.1.1.1"] {
+            assert!(!is_private_target(public.parse().expect(public)), "{public}");
         }
     }
 }

@@ -22,7 +22,43 @@ pub const SIGNATURE_HEADER: &str = "X-PaaSTech-Signature-256";
 
 /// Sends deliveries over HTTP(S) with ureq.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct HttpWebhookSender;
+pub struct HttpWebhookSender {
+    /// Whether a webhook may reach loopback and private addresses (`[webhooks]
+    /// allow_private_targets`). Off, a URL whose name resolves only to such addresses fails
+    /// each attempt, saying so; the check is on the addresses the connection then uses, so a
+    /// name that resolves differently a moment later gains nothing.
+    pub allow_private_targets: bool,
+}
+
+/// ureq's resolver, keeping only the addresses a webhook may reach.
+#[derive(Debug)]
+struct PublicOnly(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for PublicOnly {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let all = self.0.resolve(uri, config, timeout)?;
+        let mut kept = self.empty();
+        for addr in all.iter().filter(|a| !paastech_core::webhooks::is_private_target(a.ip())) {
+            kept.push(*addr);
+        }
+        if kept.is_empty() {
+            let host = uri.host().unwrap_or("the host");
+            return Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{host} resolves only to loopback or private addresses, which webhooks may not reach \
+                     (the operator can allow them: [webhooks] allow_private_targets = true)"
+                ),
+            )));
+        }
+        Ok(kept)
+    }
+}
 
 #[derive(Serialize)]
 struct Payload<'a> {
@@ -67,22 +103,28 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 impl WebhookSender for HttpWebhookSender {
     async fn send(&self, request: &WebhookRequest) -> AttemptResult {
         let request = request.clone();
-        tokio::task::spawn_blocking(move || post(&request))
+        let allow_private = self.allow_private_targets;
+        tokio::task::spawn_blocking(move || post(&request, allow_private))
             .await
             .unwrap_or_else(|e| AttemptResult::Failed(format!("the delivery task failed: {e}")))
     }
 }
 
-fn post(request: &WebhookRequest) -> AttemptResult {
+fn post(request: &WebhookRequest, allow_private: bool) -> AttemptResult {
     let body = payload(&request.payload);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .timeout_global(Some(request.timeout))
         .max_redirects(0)
         .http_status_as_error(false)
         .proxy(None)
         .user_agent(concat!("PaaSTech-Webhook/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
+        .build();
+    let agent = if allow_private {
+        ureq::Agent::new_with_config(config)
+    } else {
+        let connector = ureq::unversioned::transport::DefaultConnector::new();
+        ureq::Agent::with_parts(config, connector, PublicOnly(Default::default()))
+    };
     let sent = agent
         .post(&request.url)
         .header("Content-Type", "application/json")
@@ -183,7 +225,7 @@ mod tests {
             .into_boxed_str(),
         );
         let (port, seen) = receiver(Some(redirect), 1);
-        let result = post(&request(format!("http://127.0.0.1:{port}/hook"), Duration::from_secs(5)));
+        let result = post(&request(format!("http://127.0.0.1:{port}/hook"), Duration::from_secs(5)), true);
         assert_eq!(result, AttemptResult::Answered(307));
         assert_eq!(seen.load(Ordering::SeqCst), 1);
         assert_eq!(target_seen.load(Ordering::SeqCst), 0, "the redirect was not followed");
@@ -193,17 +235,34 @@ mod tests {
     fn an_attempt_ends_at_its_timeout_and_a_refused_connection_is_an_error() {
         let (port, seen) = receiver(None, 1);
         let started = std::time::Instant::now();
-        let result = post(&request(format!("http://127.0.0.1:{port}/"), Duration::from_millis(300)));
+        let result = post(&request(format!("http://127.0.0.1:{port}/"), Duration::from_millis(300)), true);
         assert_eq!(result, AttemptResult::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
         assert_eq!(seen.load(Ordering::SeqCst), 1);
 
         // A port nobody listens on (bound, then closed).
         let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        match post(&request(format!("http://127.0.0.1:{closed}/"), Duration::from_secs(5))) {
+        match post(&request(format!("http://127.0.0.1:{closed}/"), Duration::from_secs(5)), true) {
             AttemptResult::Failed(why) => assert!(!why.is_empty()),
             other => panic!("a refused connection is an error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn loopback_targets_are_refused_unless_allowed() {
+        let (port, seen) = receiver(Some("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), 1);
+        for host in ["127.0.0.1", "localhost"] {
+            match post(&request(format!("http://{host}:{port}/hook"), Duration::from_secs(5)), false) {
+                AttemptResult::Failed(why) => {
+                    assert!(why.contains("loopback or private") && why.contains("allow_private_targets"), "{why}")
+                }
+                other => panic!("{host}: refused before connecting, got {other:?}"),
+            }
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing reached the receiver");
+        let result = post(&request(format!("http://127.0.0.1:{port}/hook"), Duration::from_secs(5)), true);
+        assert_eq!(result, AttemptResult::Answered(200));
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -327,6 +327,25 @@ impl IngressMetrics {
         made
     }
 
+    /// Drops `project`'s series (it was deleted): a platform whose projects come and go
+    /// would otherwise expose every name it ever served.
+    pub fn forget(&self, project: &str) {
+        let Some(handle) = self.projects.lock().unwrap_or_else(|e| e.into_inner()).remove(project) else {
+            return;
+        };
+        for (method, row) in Method::EVERY.iter().zip(&handle.counters) {
+            for (status, cell) in STATUS_CLASSES.iter().zip(row) {
+                if cell.get().is_some() {
+                    let labels = RequestLabels { project: project.to_owned(), method: method.label(), status };
+                    self.requests.remove(&labels);
+                }
+            }
+        }
+        let label = ProjectLabel { project: project.to_owned() };
+        self.seconds.remove(&label);
+        self.bytes.remove(&label);
+    }
+
     /// A client connection was accepted (`https`: on the TLS listener); the guard counts it
     /// open until dropped.
     pub fn connection(&self, https: bool) -> OpenGuard {
@@ -350,6 +369,17 @@ pub enum Method {
 
 impl Method {
     const ALL: usize = 8;
+    /// In the order of their discriminants, which index a project's counters.
+    const EVERY: [Method; Method::ALL] = [
+        Method::Get,
+        Method::Head,
+        Method::Post,
+        Method::Put,
+        Method::Delete,
+        Method::Patch,
+        Method::Options,
+        Method::Other,
+    ];
 
     /// The method that starts a request line (or an HTTP/2 `:method`).
     pub fn of(request: &[u8]) -> Method {
@@ -437,6 +467,13 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         assert!(!text.contains("3xx"), "only pairs seen are exposed:\n{text}");
+
+        ingress.forget("app");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(!text.contains(r#"project="app""#), "a deleted project's series are gone:\n{text}");
+        assert!(text.contains(r#"requests_total{project="",method="POST",status="4xx"} 1"#), "{text}");
+        assert!(!Arc::ptr_eq(&app, &ingress.project("app")), "a project of that name later starts afresh");
     }
 
     #[test]

@@ -146,4 +146,15 @@ fn metrics_count_the_requests_deploys_and_pushes_they_saw() {
     assert_eq!(sample(&last, r#"paastech_deploys_total{outcome="failed"}"#), 1.0, "{last:?}");
     assert_eq!(sample(&last, r#"paastech_deploys_total{outcome="succeeded"}"#), 2.0, "{last:?}");
     assert_eq!(sample(&last, r#"paastech_git_operations_total{service="receive-pack"}"#), 3.0, "{last:?}");
+
+    // A deleted project's series go with it.
+    let (status, body) = api.req("DELETE", "/projects/site", Some(&admin.token), None);
+    assert_eq!(status, 204, "{body}");
+    let gone = parse(&get(metrics_port, "/metrics", None).2);
+    let left: Vec<&String> = gone.keys().filter(|k| k.contains(r#"project="site""#)).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        sample(&gone, r#"paastech_ingress_requests_total{method="GET",project="py",status="2xx"}"#),
+        sample(&after, r#"paastech_ingress_requests_total{method="GET",project="py",status="2xx"}"#)
+    );
 }

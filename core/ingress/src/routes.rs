@@ -319,6 +319,7 @@ impl RouteTable {
     /// backends, to drain.
     pub fn remove(&self, project: &str) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
+        metrics().ingress.forget(&key);
         let mut routes = self.write();
         routes.domains.retain(|_, p| **p != *key);
         routes.pools.remove(key.as_str()).map(|p| p.backends).unwrap_or_default()

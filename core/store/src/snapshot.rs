@@ -194,27 +194,10 @@ fn split_password(url: &str) -> (String, Option<String>) {
     let (authority, tail) = rest.split_at(authority_end);
     let Some((userinfo, host)) = authority.rsplit_once('@') else { return (url.to_owned(), None) };
     let Some((user, password)) = userinfo.split_once(':') else { return (url.to_owned(), None) };
-    (format!("{scheme}://{user}@{host}{tail}"), Some(percent_decode(password)))
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    (
+        format!("{scheme}://{user}@{host}{tail}"),
+        Some(percent_encoding::percent_decode_str(password).decode_utf8_lossy().into_owned()),
+    )
 }
 
 #[cfg(test)]

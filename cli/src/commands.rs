@@ -27,6 +27,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Env(cmd) => env(&client, out, cmd),
         Command::Domains(cmd) => domains(&client, out, cmd),
         Command::Https { project, change } => https(&client, out, project, change),
+        Command::Previews { project, state } => previews(&client, out, project, state),
         Command::Addons { project, command } => addons(&client, out, project, command),
         Command::Webhooks { project, command } => webhooks(&client, out, project, command),
         Command::Deployments(project) => deployments(&client, out, project),
@@ -426,6 +427,36 @@ fn https(client: &Client, out: Output, project: ProjectArg, change: Option<Https
     let redirect = if policy["redirect"].as_bool() == Some(true) { "on" } else { "off" };
     let hsts = policy["hsts_max_age"].as_u64().map_or("off".to_owned(), |s| format!("max-age={s}"));
     println!("{name}: redirect to https {redirect}, hsts {hsts}");
+    Ok(())
+}
+
+fn previews(client: &Client, out: Output, project: ProjectArg, state: Option<String>) -> Result<()> {
+    let name = resolve_project(&project)?;
+    let path = format!("/projects/{name}/previews");
+    let view: Value = match state.as_deref() {
+        Some(state) => client.put(&path, &json!({ "enabled": state == "on" }))?,
+        None => client.get(&path)?,
+    };
+    if out.json {
+        return out.json(&view);
+    }
+    let enabled = if view["enabled"].as_bool() == Some(true) { "on" } else { "off" };
+    println!("{name}: previews {enabled}");
+    let previews = view["previews"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !previews.is_empty() {
+        let rows = previews
+            .iter()
+            .map(|p| {
+                vec![
+                    text(&p["name"]),
+                    text(&p["branch"]),
+                    p["live_version"].as_i64().map_or("-".into(), |v| format!("v{v}")),
+                    text(&p["url"]),
+                ]
+            })
+            .collect::<Vec<_>>();
+        print_table(&["NAME", "BRANCH", "LIVE", "URL"], &rows);
+    }
     Ok(())
 }
 

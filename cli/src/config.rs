@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub webhooks: WebhooksSection,
+    #[serde(default)]
+    pub previews: PreviewsSection,
     /// `driver` plus that driver's own keys; checked by the driver registry.
     #[serde(default)]
     pub runtime: toml::Table,
@@ -296,6 +298,25 @@ pub struct WebhooksSection {
     /// user's webhook cannot probe the server's own network).
     #[serde(default)]
     pub allow_private_targets: bool,
+}
+
+/// Preview apps (`paastech previews on`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewsSection {
+    /// How many preview apps one project may have at once (1 to 100).
+    #[serde(default = "default_max_previews")]
+    pub max_per_project: i64,
+}
+
+impl Default for PreviewsSection {
+    fn default() -> Self {
+        PreviewsSection { max_per_project: default_max_previews() }
+    }
+}
+
+fn default_max_previews() -> i64 {
+    paastech_core::previews::DEFAULT_MAX_PER_PROJECT as i64
 }
 
 /// Prometheus's own listener. Without it, `GET /metrics` is on the API listener, for

@@ -96,6 +96,15 @@ enum Command {
         #[command(subcommand)]
         command: Option<WebhooksCommand>,
     },
+    /// A project's preview apps: `paastech previews` lists them; `on` deploys each push
+    /// to a branch other than main as its own app at BRANCH--NAME.<domain>, `off` removes
+    /// them all.
+    Previews {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+    },
     /// List a project's deployments, newest first.
     Deployments(ProjectArg),
     /// Deploy the latest build again, or a given version (its build and config).

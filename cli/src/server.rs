@@ -248,6 +248,13 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         });
     }
 
+    if !(1..=100).contains(&config.previews.max_per_project) {
+        return Err(ConfigError {
+            file: source.file.clone(),
+            line: source.line_of_key("previews", Some("max_per_project")),
+            message: "[previews] max_per_project must be a whole number from 1 to 100".into(),
+        });
+    }
     if let Some(url) = &config.database.url
         && !["sqlite://", "postgres://", "postgresql://"].iter().any(|scheme| url.starts_with(scheme))
     {
@@ -471,6 +478,7 @@ async fn serve(settings: Settings) -> Result<()> {
     orchestrator_config.health_timeout = Duration::from_secs(config.ingress.health_timeout_secs);
     orchestrator_config.drain_timeout = Duration::from_secs(config.ingress.drain_timeout_secs);
     orchestrator_config.keep_builds = keep_builds(&config).unwrap_or(10);
+    orchestrator_config.max_previews = usize::try_from(config.previews.max_per_project).unwrap_or(1);
     // Names under the app domain are projects' own: no project may claim one.
     orchestrator_config.domain_rules = DomainRules::new(config.ingress.domain.clone());
     // Nor the API's public host, nor (when it is `LABEL.<domain>`) take LABEL as a name.

@@ -33,11 +33,13 @@ impl Timestamp {
 pub struct ProjectName(String);
 
 impl ProjectName {
+    /// The longest name: room for `NAME-vN-TYPE-N` in names engines cap at 63.
+    pub const MAX_LEN: usize = 40;
     pub const RULE: &'static str = "a project name is 2 to 40 characters: lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen";
 
     pub fn parse(name: &str) -> Result<Self> {
         let bytes = name.as_bytes();
-        let ok = (2..=40).contains(&bytes.len())
+        let ok = (2..=Self::MAX_LEN).contains(&bytes.len())
             && bytes[0].is_ascii_lowercase()
             && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
             && bytes[bytes.len() - 1] != b'-';
@@ -132,6 +134,10 @@ pub struct Project {
     pub name: ProjectName,
     pub owner_id: i64,
     pub created_at: Timestamp,
+    /// Whether pushes to branches other than the deployed one make preview apps.
+    pub previews_enabled: bool,
+    /// Set when this project is the preview app of another's branch.
+    pub preview: Option<crate::previews::PreviewOf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -64,6 +64,8 @@ pub struct OrchestratorConfig {
     pub release_timeout: Duration,
     /// How webhook deliveries are attempted (timeout, attempts, first wait).
     pub webhook_retry: RetryPolicy,
+    /// How many preview apps one project may have at once.
+    pub max_previews: usize,
 }
 
 impl OrchestratorConfig {
@@ -79,6 +81,7 @@ impl OrchestratorConfig {
             domain_rules: DomainRules::new("localhost"),
             release_timeout: RELEASE_TIMEOUT,
             webhook_retry: RetryPolicy::default(),
+            max_previews: crate::previews::DEFAULT_MAX_PER_PROJECT,
         }
     }
 }
@@ -264,6 +267,14 @@ impl Orchestrator {
     }
 
     async fn delete_project_now(&self, project: &Project) -> Result<()> {
+        for preview in self.store.previews(project.id).await? {
+            self.remove_project(&preview).await?;
+        }
+        self.remove_project(project).await
+    }
+
+    /// Deletes one project (not its previews: they go first) under its lock.
+    async fn remove_project(&self, project: &Project) -> Result<()> {
         let _guard = self.exclusive(&project.name, &NullSink).await;
         // First: an add-on that cannot be destroyed keeps the project whole and serving.
         self.deprovision_all(project).await?;
@@ -276,7 +287,9 @@ impl Orchestrator {
             self.stop_instances(&running.instances).await;
         }
         self.store.delete_project(project.id).await?;
-        self.repos.delete(&project.name).await?;
+        if project.preview.is_none() {
+            self.repos.delete(&project.name).await?;
+        }
         let releases = self.config.releases_dir.join(project.name.as_str());
         if let Err(err) = tokio::fs::remove_dir_all(&releases).await
             && err.kind() != std::io::ErrorKind::NotFound
@@ -377,6 +390,11 @@ impl Orchestrator {
     /// Refuses the one name whose `NAME.<domain>` is the API's public host: the ingress
     /// sends that host to the API, so a project there would never be reached.
     fn check_project_name(&self, name: &ProjectName) -> Result<()> {
+        if crate::previews::is_preview_form(name) {
+            return Err(Error::Invalid(format!(
+                "project name {name:?} is reserved: names with \"--\" are those of preview apps (BRANCH--PROJECT)"
+            )));
+        }
         let rules = &self.config.domain_rules;
         let Some(api_host) = rules.api_host.as_deref() else { return Ok(()) };
         let own = format!("{name}.{}", rules.app_domain.trim_matches('.'));
@@ -425,6 +443,12 @@ impl Orchestrator {
         let user = self.store.user(user_id).await.map_err(|_| denied())?;
         if project.owner_id != user_id && !user.is_admin {
             return Err(denied());
+        }
+        if project.preview.is_some() {
+            let parent = self.source_repo(&project).await?;
+            return Err(Error::Invalid(format!(
+                "{name} is a preview app and has no repository of its own: push its branch to {parent}"
+            )));
         }
         Ok(self.repos.path(name))
     }
@@ -490,7 +514,7 @@ impl Orchestrator {
                 .await
                 .map_err(|e| Error::internal("creating the release directory", e))?;
             tee.line(&format!("-----> Building {} v{} from {}", project.name, deployment.version, short(commit)));
-            self.repos.export(&project.name, commit, &source).await?;
+            self.repos.export(&self.source_repo(project).await?, commit, &source).await?;
             let ctx = HookContext {
                 project: project.name.clone(),
                 version: deployment.version,
@@ -1594,16 +1618,12 @@ impl PushHandler for Orchestrator {
             }
         }
         let deploy = updates.iter().rev().find(|u| !u.is_delete() && DEPLOY_BRANCHES.contains(&u.refname.as_str()));
-        let Some(update) = deploy else {
-            for update in updates {
-                log.line(&format!("-----> {} stored; only main (or master) deploys", update.refname));
-            }
-            return Ok(());
-        };
-        let deployment = self.deploy_commit(&project, &update.new, Arc::clone(&log)).await?;
-        let url = self.config.app_url.replace("{name}", project.name.as_str());
-        log.line(&format!("-----> Deployed {} v{}: {url}", project.name, deployment.version));
-        Ok(())
+        if let Some(update) = deploy {
+            let deployment = self.deploy_commit(&project, &update.new, Arc::clone(&log)).await?;
+            let url = self.config.app_url.replace("{name}", project.name.as_str());
+            log.line(&format!("-----> Deployed {} v{}: {url}", project.name, deployment.version));
+        }
+        self.push_previews(&project, updates, &log, deploy.is_some()).await
     }
 }
 
@@ -1755,6 +1775,7 @@ fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
 
 mod addons;
 mod follow;
+mod previews;
 mod webhooks;
 pub use follow::{FOLLOW_INTERVAL, Follower};
 

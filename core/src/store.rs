@@ -58,6 +58,15 @@ pub trait Store: Send + Sync {
     async fn projects(&self, owner_id: Option<i64>) -> Result<Vec<Project>>;
     /// Deletes the project and all that belongs to it.
     async fn delete_project(&self, project_id: i64) -> Result<()>;
+    /// A project by its id.
+    async fn project_by_id(&self, id: i64) -> Result<Project>;
+    /// Makes `name` the preview app of `branch` of `parent`: a project of the same owner,
+    /// with previews off. A name that is taken is a `Conflict`.
+    async fn create_preview(&self, parent: &Project, name: &ProjectName, branch: &str) -> Result<Project>;
+    /// The preview apps of a project, by name.
+    async fn previews(&self, parent_id: i64) -> Result<Vec<Project>>;
+    /// Turns a project's previews on or off (what is made of them is the orchestrator's).
+    async fn set_previews_enabled(&self, project_id: i64, enabled: bool) -> Result<()>;
 
     // Config.
     async fn env(&self, project_id: i64) -> Result<EnvVars>;

@@ -194,10 +194,52 @@ impl Store for MemStore {
     }
     async fn create_project(&self, owner_id: i64, name: &ProjectName) -> Result<Project> {
         let mut data = self.enter("create_project").await?;
-        let project =
-            Project { id: data.projects.len() as i64 + 1, name: name.clone(), owner_id, created_at: Timestamp(0) };
+        let project = Project {
+            id: data.projects.len() as i64 + 1,
+            name: name.clone(),
+            owner_id,
+            created_at: Timestamp(0),
+            previews_enabled: false,
+            preview: None,
+        };
         data.projects.push(project.clone());
         Ok(project)
+    }
+    async fn project_by_id(&self, id: i64) -> Result<Project> {
+        let data = self.enter("project_by_id").await?;
+        data.projects.iter().find(|p| p.id == id).cloned().ok_or_else(|| Error::NotFound("project".into()))
+    }
+    async fn create_preview(&self, parent: &Project, name: &ProjectName, branch: &str) -> Result<Project> {
+        let mut data = self.enter("create_preview").await?;
+        if data.projects.iter().any(|p| &p.name == name) {
+            return Err(Error::Conflict("taken".into()));
+        }
+        let project = Project {
+            id: data.projects.len() as i64 + 1,
+            name: name.clone(),
+            owner_id: parent.owner_id,
+            created_at: Timestamp(0),
+            previews_enabled: false,
+            preview: Some(crate::previews::PreviewOf { parent_id: parent.id, branch: branch.to_owned() }),
+        };
+        data.projects.push(project.clone());
+        Ok(project)
+    }
+    async fn previews(&self, parent_id: i64) -> Result<Vec<Project>> {
+        let data = self.enter("previews").await?;
+        Ok(data
+            .projects
+            .iter()
+            .filter(|p| p.preview.as_ref().is_some_and(|o| o.parent_id == parent_id))
+            .cloned()
+            .collect())
+    }
+    async fn set_previews_enabled(&self, project_id: i64, enabled: bool) -> Result<()> {
+        let mut data = self.enter("set_previews_enabled").await?;
+        let project =
+            data.projects.iter_mut().find(|p| p.id == project_id).ok_or_else(|| Error::NotFound("project".into()))?;
+        project.previews_enabled = enabled;
+        Ok(())
     }
     async fn project(&self, name: &ProjectName) -> Result<Project> {
         let data = self.enter("project").await?;
@@ -753,6 +795,8 @@ impl World {
                 name: ProjectName::parse("app").expect("name"),
                 owner_id: 0,
                 created_at: Timestamp(0),
+                previews_enabled: false,
+                preview: None,
             },
             dir,
         };

@@ -538,7 +538,13 @@ impl Store for SqlStore {
         let name = name.clone();
         with_conn!(self, |conn| {
             let row = diesel::insert_into(projects::table)
-                .values(NewProjectRow { owner_id, name: name.as_str(), created_at: now() })
+                .values(NewProjectRow {
+                    owner_id,
+                    name: name.as_str(),
+                    created_at: now(),
+                    preview_of: None,
+                    preview_branch: None,
+                })
                 .returning(ProjectRow::as_returning())
                 .get_result(conn)
                 .map_err(|e| match e {
@@ -561,6 +567,65 @@ impl Store for SqlStore {
                 .optional()?
                 .ok_or_else(|| not_found(format!("project {name} not found")))?;
             Ok(Project::try_from(row)?)
+        })
+    }
+
+    async fn project_by_id(&self, id: i64) -> Result<Project> {
+        with_conn!(self, |conn| {
+            let row = projects::table
+                .find(id)
+                .select(ProjectRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| not_found("project not found"))?;
+            Ok(Project::try_from(row)?)
+        })
+    }
+
+    async fn create_preview(&self, parent: &Project, name: &ProjectName, branch: &str) -> Result<Project> {
+        let (parent_id, owner_id, name, branch) = (parent.id, parent.owner_id, name.clone(), branch.to_owned());
+        with_conn!(self, |conn| {
+            let row = diesel::insert_into(projects::table)
+                .values(NewProjectRow {
+                    owner_id,
+                    name: name.as_str(),
+                    created_at: now(),
+                    preview_of: Some(parent_id),
+                    preview_branch: Some(branch.as_str()),
+                })
+                .returning(ProjectRow::as_returning())
+                .get_result(conn)
+                .map_err(|e| match e {
+                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                        not_found("project not found")
+                    }
+                    e => conflict_on_unique("project name already taken")(e),
+                })?;
+            Ok(Project::try_from(row)?)
+        })
+    }
+
+    async fn previews(&self, parent_id: i64) -> Result<Vec<Project>> {
+        with_conn!(self, |conn| {
+            let rows = projects::table
+                .filter(projects::preview_of.eq(parent_id))
+                .select(ProjectRow::as_select())
+                .order(projects::name)
+                .load(conn)?;
+            let previews = rows.into_iter().map(Project::try_from).collect::<Result<Vec<_>>>()?;
+            Ok(previews)
+        })
+    }
+
+    async fn set_previews_enabled(&self, project_id: i64, enabled: bool) -> Result<()> {
+        with_conn!(self, |conn| {
+            let changed = diesel::update(projects::table.find(project_id))
+                .set(projects::previews_enabled.eq(enabled))
+                .execute(conn)?;
+            if changed == 0 {
+                return Err(not_found("project not found"));
+            }
+            Ok(())
         })
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 use paastech_core::{
     Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
-    Project, ProjectName, SshKey, Timestamp, User, Webhook, WebhookAttempt, WebhookEvent,
+    PreviewOf, Project, ProjectName, SshKey, Timestamp, User, Webhook, WebhookAttempt, WebhookEvent,
 };
 
 use crate::secrets::Keyring;
@@ -116,6 +116,9 @@ pub(crate) struct ProjectRow {
     pub owner_id: i64,
     pub name: String,
     pub created_at: i64,
+    pub previews_enabled: bool,
+    pub preview_of: Option<i64>,
+    pub preview_branch: Option<String>,
 }
 
 impl TryFrom<ProjectRow> for Project {
@@ -124,7 +127,19 @@ impl TryFrom<ProjectRow> for Project {
     fn try_from(row: ProjectRow) -> Result<Self, Error> {
         let name = ProjectName::parse(&row.name)
             .map_err(|_| Error::internal_msg(format!("invalid project name {:?} in store", row.name)))?;
-        Ok(Project { id: row.id, name, owner_id: row.owner_id, created_at: Timestamp(row.created_at) })
+        let preview = match (row.preview_of, row.preview_branch) {
+            (Some(parent_id), Some(branch)) => Some(PreviewOf { parent_id, branch }),
+            (None, None) => None,
+            _ => return Err(Error::internal_msg(format!("project {name} is half a preview in store"))),
+        };
+        Ok(Project {
+            id: row.id,
+            name,
+            owner_id: row.owner_id,
+            created_at: Timestamp(row.created_at),
+            previews_enabled: row.previews_enabled,
+            preview,
+        })
     }
 }
 
@@ -134,6 +149,8 @@ pub(crate) struct NewProjectRow<'a> {
     pub owner_id: i64,
     pub name: &'a str,
     pub created_at: i64,
+    pub preview_of: Option<i64>,
+    pub preview_branch: Option<&'a str>,
 }
 
 #[derive(Queryable, Selectable)]

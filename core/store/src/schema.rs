@@ -41,6 +41,9 @@ diesel::table! {
         owner_id -> BigInt,
         name -> Text,
         created_at -> BigInt,
+        previews_enabled -> Bool,
+        preview_of -> Nullable<BigInt>,
+        preview_branch -> Nullable<Text>,
     }
 }
 

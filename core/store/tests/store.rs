@@ -12,8 +12,8 @@ use paastech_core::addons::AddonName;
 use paastech_core::drivers::Limits;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
-    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, ProjectName, Stopped, Store, Timestamp, User,
-    WebhookAttempt, WebhookEvent,
+    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, PreviewOf, ProjectName, Stopped, Store, Timestamp,
+    User, WebhookAttempt, WebhookEvent,
 };
 use paastech_store::{DatabaseKind, Keyring, SqlStore, pending_path, restore_snapshot, rotate_key, snapshot};
 
@@ -160,6 +160,7 @@ suite!(
     limits_are_set_replaced_and_cleared,
     https_policy_defaults_and_is_replaced,
     stopped_processes_are_replaced_and_go_with_their_project,
+    previews_belong_to_their_parent_one_per_branch,
     builds_are_created_and_finished,
     a_snapshot_restores_into_an_empty_database_with_builds_moved,
     deployment_versions_increase_per_project,
@@ -513,6 +514,41 @@ async fn stopped_processes_are_replaced_and_go_with_their_project(db: &TestDb) {
     store.delete_project(project.id).await.expect("delete");
     let again = store.create_project(alice.id, &name("app")).await.expect("create again");
     assert!(store.stopped(again.id).await.expect("stopped").is_empty());
+}
+
+async fn previews_belong_to_their_parent_one_per_branch(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let shop = store.create_project(alice.id, &name("shop")).await.expect("create");
+    assert!(!shop.previews_enabled && shop.preview.is_none());
+    store.set_previews_enabled(shop.id, true).await.expect("on");
+    assert!(store.project(&name("shop")).await.expect("project").previews_enabled);
+    assert_not_found(store.set_previews_enabled(424242, true).await, "project");
+
+    let login = store.create_preview(&shop, &name("login--shop"), "feature/login").await.expect("preview");
+    assert_eq!((login.owner_id, login.previews_enabled), (alice.id, false));
+    assert_eq!(login.preview, Some(PreviewOf { parent_id: shop.id, branch: "feature/login".into() }));
+    assert_eq!(store.project_by_id(login.id).await.expect("by id"), login);
+    assert_eq!(store.project(&name("login--shop")).await.expect("by name"), login);
+    assert_conflict(store.create_preview(&shop, &name("login--shop"), "other").await, "project name already taken");
+    assert_conflict(
+        store.create_preview(&shop, &name("login2--shop"), "feature/login").await,
+        "project name already taken",
+    );
+    let gone = paastech_core::Project { id: 424242, ..shop.clone() };
+    assert_not_found(store.create_preview(&gone, &name("x--gone"), "x").await, "project");
+    let fix = store.create_preview(&shop, &name("fix--shop"), "fix").await.expect("preview");
+    let names: Vec<_> = store.previews(shop.id).await.expect("previews").into_iter().map(|p| p.name).collect();
+    assert_eq!(names, [name("fix--shop"), name("login--shop")]);
+    assert!(store.previews(login.id).await.expect("previews of a preview").is_empty());
+
+    // A preview is a project: deleting it leaves its parent and siblings.
+    store.delete_project(login.id).await.expect("delete preview");
+    assert_eq!(store.previews(shop.id).await.expect("previews").len(), 1);
+    assert_not_found(store.project_by_id(login.id).await, "project");
+    drop(store);
+    let store = db.open();
+    assert_eq!(store.project(&name("fix--shop")).await.expect("reopened").preview, fix.preview);
 }
 
 /// `paastech server backup|restore`'s database half, on either backend: a copy taken

@@ -52,6 +52,18 @@ pub struct ProjectView {
     pub stopped: bool,
     /// The process types kept stopped (`paastech stop [--process TYPE]`).
     pub stopped_processes: Vec<String>,
+    /// Whether pushes to other branches make preview apps (`paastech previews on`).
+    pub previews_enabled: bool,
+    /// Set when this project is the preview app of another's branch.
+    pub preview_of: Option<PreviewOfView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PreviewOfView {
+    /// The project previewed.
+    pub project: String,
+    /// Its branch this app deploys.
+    pub branch: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -98,8 +110,17 @@ async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> 
     let live_version = state.store.live_deployment(project.id).await?.map(|d| d.version);
     let stopped = state.orchestrator.stopped(&project).await?;
     let stopped_view = super::lifecycle::stopped_view(state, &project, &stopped).await;
+    let preview_of = match &project.preview {
+        Some(of) => Some(PreviewOfView {
+            project: state.store.project_by_id(of.parent_id).await?.name.to_string(),
+            branch: of.branch.clone(),
+        }),
+        None => None,
+    };
     let name = project.name.as_str();
     Ok(ProjectView {
+        previews_enabled: project.previews_enabled,
+        preview_of,
         stopped: stopped_view.stopped,
         stopped_processes: stopped_view.stopped_processes,
         git_url: state.urls.git_url(name),

@@ -46,6 +46,8 @@ impl Notice {
                 format!("Add-on created: its config is set, and {v} is live if the project has a build.")
             }
             "addon-destroyed" => "Add-on destroyed, with its data.".to_owned(),
+            "previews-on" => "Previews on: a push to another branch deploys it as a preview app.".to_owned(),
+            "previews-off" => "Previews off: the preview apps are removed.".to_owned(),
             "https-saved" => "HTTPS policy saved: it applies to the next request.".to_owned(),
             "key-added" => "SSH key added.".to_owned(),
             "key-removed" => "SSH key removed.".to_owned(),

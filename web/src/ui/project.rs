@@ -21,8 +21,8 @@ use super::pages::Notice;
 use super::session::Session;
 use super::view::{
     AddonRow, AddonsPage, Badge, BuildLog, CertificateCell, DeploymentRow, Deployments, DomainRow, DomainsPage,
-    EnvPage, FieldErrors, InstanceRow, Layout, LogsPage, Overview, ProjectHead, ScalePage, ScaleRow, SettingsPage,
-    When,
+    EnvPage, FieldErrors, InstanceRow, Layout, LogsPage, Overview, PreviewRow, ProjectHead, ScalePage, ScaleRow,
+    SettingsPage, When,
 };
 use super::{UiResult, render};
 use crate::AppState;
@@ -613,10 +613,76 @@ pub async fn logs_stream(State(state): State<AppState>, session: Session, Path(n
 
 // ----- Settings -------------------------------------------------------------------------
 
-pub async fn settings(State(state): State<AppState>, session: Session, Path(name): Path<String>) -> UiResult {
-    let (_, head, _) = load(&state, &session, &name, "settings", 5).await?;
-    let page = SettingsPage { l: layout(&session, &head, "Settings", false), p: head, errors: FieldErrors::default() };
-    render(StatusCode::OK, &page)
+pub async fn settings(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Query(notice): Query<Notice>,
+) -> UiResult {
+    settings_page(&state, &session, &name, notice.message(), FieldErrors::default(), StatusCode::OK).await
+}
+
+async fn settings_page(
+    state: &AppState,
+    session: &Session,
+    name: &str,
+    notice: Option<String>,
+    errors: FieldErrors,
+    status: StatusCode,
+) -> UiResult {
+    let (project, head, _) = load(state, session, name, "settings", 5).await?;
+    let now = Timestamp::now();
+    let mut previews = Vec::new();
+    for preview in state.orchestrator.previews(&project).await? {
+        previews.push(PreviewRow {
+            url: state.urls.app_url(preview.name.as_str()),
+            branch: preview.preview.as_ref().map(|of| of.branch.clone()).unwrap_or_default(),
+            live_version: state.store.live_deployment(preview.id).await?.map(|d| d.version),
+            name: preview.name.to_string(),
+            when: When::of(preview.created_at, now),
+        });
+    }
+    let preview_of = match &project.preview {
+        Some(of) => Some((state.store.project_by_id(of.parent_id).await?.name.to_string(), of.branch.clone())),
+        None => None,
+    };
+    let page = SettingsPage {
+        l: layout(session, &head, "Settings", false).with_notice(notice),
+        p: head,
+        errors,
+        previews_enabled: project.previews_enabled,
+        previews,
+        preview_of,
+    };
+    render(status, &page)
+}
+
+#[derive(Deserialize)]
+pub struct PreviewsForm {
+    /// The checkbox: present when ticked.
+    enabled: Option<String>,
+}
+
+/// Turns preview apps on or off (off removes them).
+pub async fn previews_save(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<PreviewsForm>,
+) -> UiResult {
+    let project = visible_project(&state, &session.user, &name).await?;
+    let enabled = form.enabled.is_some();
+    match state.orchestrator.set_previews(&project, enabled).await {
+        Ok(_) => {
+            let done = if enabled { "previews-on" } else { "previews-off" };
+            Ok(Redirect::to(&format!("/projects/{}/settings?done={done}", project.name)).into_response())
+        }
+        Err(Error::Invalid(message)) => {
+            let errors = FieldErrors::one("previews", message);
+            settings_page(&state, &session, &name, None, errors, StatusCode::UNPROCESSABLE_ENTITY).await
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -634,14 +700,9 @@ pub async fn delete(
 ) -> UiResult {
     let project = visible_project(&state, &session.user, &name).await?;
     if form.confirm.trim() != project.name.as_str() {
-        let (_, head, _) = load(&state, &session, &name, "settings", 5).await?;
         let message = format!("Type the project's name, {}, to confirm.", project.name);
-        let page = SettingsPage {
-            l: layout(&session, &head, "Settings", false),
-            p: head,
-            errors: FieldErrors::one("confirm", message),
-        };
-        return render(StatusCode::UNPROCESSABLE_ENTITY, &page);
+        let errors = FieldErrors::one("confirm", message);
+        return settings_page(&state, &session, &name, None, errors, StatusCode::UNPROCESSABLE_ENTITY).await;
     }
     state.orchestrator.delete_project(&project).await?;
     tracing::info!(project = %project.name, user = session.user.id, "project deleted (web)");

@@ -395,6 +395,18 @@ pub struct SettingsPage {
     pub l: Layout,
     pub p: ProjectHead,
     pub errors: FieldErrors,
+    pub previews_enabled: bool,
+    pub previews: Vec<PreviewRow>,
+    /// (project, branch) when this project is a preview app.
+    pub preview_of: Option<(String, String)>,
+}
+
+pub struct PreviewRow {
+    pub name: String,
+    pub branch: String,
+    pub url: String,
+    pub live_version: Option<i64>,
+    pub when: When,
 }
 
 pub struct KeyRow {

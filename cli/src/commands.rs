@@ -763,16 +763,27 @@ fn lifecycle(client: &Client, out: Output, arg: ProjectArg, verb: &str, process:
 
 fn ps(client: &Client, out: Output, arg: ProjectArg) -> Result<()> {
     let name = resolve_project(&arg)?;
-    let instances: Value = client.get(&format!("/projects/{name}/ps"))?;
+    let stats: Value = client.get(&format!("/projects/{name}/stats"))?;
+    let instances = &stats["instances"];
     if out.json {
-        return out.json(&instances);
+        return out.json(instances);
     }
-    let mut rows = rows(&instances, &["name", "version", "state", "restarts"]);
-    for row in &mut rows {
+    let mut rows = rows(instances, &["name", "version", "state", "restarts"]);
+    for (row, instance) in rows.iter_mut().zip(instances.as_array().into_iter().flatten()) {
         row[1] = format!("v{}", row[1]);
+        row.push(instance["cpu_percent"].as_f64().map_or("-".into(), |p| format!("{p:.1}%")));
+        row.push(match (instance["memory_bytes"].as_u64(), instance["memory_limit_bytes"].as_u64()) {
+            (Some(used), Some(limit)) => format!("{} / {}", mebibytes(used), mebibytes(limit)),
+            (Some(used), None) => mebibytes(used),
+            (None, _) => "-".into(),
+        });
     }
-    print_table(&["INSTANCE", "VERSION", "STATE", "RESTARTS"], &rows);
+    print_table(&["INSTANCE", "VERSION", "STATE", "RESTARTS", "CPU", "MEMORY"], &rows);
     Ok(())
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn nodes(client: &Client, out: Output) -> Result<()> {

@@ -13,6 +13,7 @@ use paastech_core::drivers::{ImageBuilder, Runtime};
 use paastech_core::logs::LogHub;
 use paastech_core::orchestrator::{FOLLOW_INTERVAL, Orchestrator, OrchestratorConfig};
 use paastech_core::registry::{DriverContext, ImageRegistry, OptionsSource, Registry};
+use paastech_core::stats::STATS_INTERVAL;
 use paastech_core::{DomainRules, ProjectName, Store};
 use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::HookServer;
@@ -576,6 +577,8 @@ async fn serve(settings: Settings) -> Result<()> {
     // On a runtime whose instances' addresses move (swarm), routes follow them; the
     // follower leaves each project alone until its restore releases its lock.
     let follower = orchestrator.follow_instances(FOLLOW_INTERVAL);
+    // Every running project's CPU and memory, read for its chart of the last hour.
+    let sampler = orchestrator.sample_usage(STATS_INTERVAL);
 
     let signup = match config.auth.signup {
         Signup::Open => SignupPolicy::Open,
@@ -658,6 +661,7 @@ async fn serve(settings: Settings) -> Result<()> {
     if let Some(follower) = follower {
         follower.stop().await;
     }
+    sampler.stop().await;
     orchestrator.shutdown().await;
     let _ = ingress.await;
     if let Some(behind_ingress) = behind_ingress {

@@ -268,6 +268,26 @@ pub trait Runtime: Send + Sync {
     fn instance_addresses_move(&self) -> bool {
         false
     }
+    /// What the instances `ids` use now (`paastech ps`, `GET /projects/{name}/stats`), by
+    /// id; an id it cannot read figures for is left out. The default reads none: its
+    /// instances show no figures.
+    async fn usage(&self, ids: &[String]) -> Result<BTreeMap<String, Usage>> {
+        let _ = ids;
+        Ok(BTreeMap::new())
+    }
+}
+
+/// What an instance uses, as [`Runtime::usage`] reads it. A figure the runtime cannot read
+/// is `None`, never a zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time used, in nanoseconds: a counter since the instance (or its current process
+    /// or container) started, whose growth between two readings is its CPU share.
+    pub cpu_ns: Option<u64>,
+    /// Memory in use now, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// The most memory it may use, when it is limited.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// A one-off command: what `paastech run -- CMD…` asks for.

@@ -20,6 +20,7 @@ pub mod orchestrator;
 pub mod ports;
 pub mod previews;
 pub mod registry;
+pub mod stats;
 pub mod store;
 pub mod webhooks;
 

@@ -109,6 +109,8 @@ pub struct Orchestrator {
     /// One deploy at a time per project; different projects in parallel.
     locks: Mutex<HashMap<ProjectName, Arc<tokio::sync::Mutex<()>>>>,
     running: Mutex<HashMap<ProjectName, Running>>,
+    /// Each project's last usage reading and chart (`stats.rs`), in memory.
+    usage: Mutex<HashMap<ProjectName, crate::stats::UsageHistory>>,
     /// Who sends deploy events to webhooks (`orchestrator/webhooks.rs`); none: none sent.
     webhook_sender: Option<Arc<dyn WebhookSender>>,
 }
@@ -171,6 +173,7 @@ impl Orchestrator {
             addon_kinds: BTreeMap::new(),
             locks: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
             webhook_sender: None,
         }
     }
@@ -297,6 +300,7 @@ impl Orchestrator {
             tracing::warn!(project = %project.name, error = %err, "cannot remove release directories");
         }
         self.logs.remove(&project.name);
+        self.usage.lock().expect("usage lock").remove(&project.name);
         self.locks.lock().expect("locks are never poisoned").remove(&project.name);
         Ok(())
     }
@@ -1776,8 +1780,10 @@ fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
 mod addons;
 mod follow;
 mod previews;
+mod stats;
 mod webhooks;
-pub use follow::{FOLLOW_INTERVAL, Follower};
+pub use follow::{Background, FOLLOW_INTERVAL};
+pub use stats::{InstanceStats, ProjectStats};
 
 #[cfg(test)]
 mod tests;

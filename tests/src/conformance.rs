@@ -41,6 +41,9 @@ pub struct Target {
     pub after_restart: AfterRestart,
     /// The memory limit the `limits` case gives the hog.
     pub hog_memory_bytes: u64,
+    /// Whether `usage` reads every running instance (else only some: a swarm manager
+    /// reads the containers of its own node).
+    pub usage_everywhere: bool,
     /// Whatever must live as long as the target (the app's directory).
     pub keep: Option<tempfile::TempDir>,
 }
@@ -53,7 +56,8 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $target;
             start_stop_replace, env_and_port, logs_reach_the_sink, crashed_instances_are_restarted,
             scale_round_robin, health_gated_switch, reconcile_after_restart, limits_are_enforced,
-            one_off_commands_run_once, stray_one_offs_are_removed_after_a_restart, status_and_list_project);
+            one_off_commands_run_once, stray_one_offs_are_removed_after_a_restart, status_and_list_project,
+            usage_is_read);
     };
     (@cases $target:expr; $($case:ident),*) => {
         $(
@@ -543,6 +547,46 @@ pub async fn limits_are_enforced(target: &Target) {
     assert!(serves(addr, "marker=").await, "another instance keeps serving");
     runtime.stop(&hog.id, GRACE).await.expect("stop hog");
     runtime.stop(&web.id, GRACE).await.expect("stop web");
+}
+
+/// MUST: `usage` reads what each running instance uses: an instance holding 128 MiB shows
+/// at least 100 MB of memory, its limit, and a CPU counter that grows with its work; an id
+/// the runtime does not know is left out. (A runtime that reads only some of its instances
+/// may leave this one out, never give it wrong figures.)
+pub async fn usage_is_read(target: &Target) {
+    const LIMIT: u64 = 400 * 1024 * 1024;
+    let runtime = (target.new_runtime)();
+    let project = project("usage");
+    let mut spec = target.spec(&project, 1, "ballast", 0);
+    spec.limits = Limits { memory_bytes: Some(LIMIT), cpus: None };
+    let (ballast, lines) = start(runtime.as_ref(), spec).await;
+    assert!(
+        eventually(Duration::from_secs(60), || async { lines.count("ballast: holding 134217728 bytes") >= 1 }).await,
+        "the ballast is made: {:?}",
+        lines.all()
+    );
+    let ids = vec![ballast.id.clone(), "no-such-instance".to_owned()];
+    let last = Arc::new(Mutex::new(None));
+    let everywhere = target.usage_everywhere;
+    let read = eventually(Duration::from_secs(30), || {
+        let (runtime, ids, last) = (Arc::clone(&runtime), ids.clone(), Arc::clone(&last));
+        async move {
+            let usage = runtime.usage(&ids).await.expect("usage");
+            let absent_here = !everywhere && usage.is_empty();
+            let ok = absent_here
+                || usage.len() == 1
+                    && usage.get(&ids[0]).is_some_and(|u| {
+                        u.memory_bytes.is_some_and(|m| m >= 100_000_000)
+                            && u.memory_limit_bytes == Some(LIMIT)
+                            && u.cpu_ns.is_some_and(|ns| ns > 0)
+                    });
+            *last.lock().expect("last reading") = Some(usage);
+            ok
+        }
+    })
+    .await;
+    assert!(read, "the ballast's figures: {:?}", last.lock().expect("last reading"));
+    runtime.stop(&ballast.id, GRACE).await.expect("stop ballast");
 }
 
 /// MUST: a one-off command runs once in the deployment's artifact and env, as an argument

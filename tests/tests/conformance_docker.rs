@@ -66,6 +66,7 @@ fn docker_target() -> Target {
         artifact: image().clone(),
         after_restart: AfterRestart::Adopted,
         hog_memory_bytes: 64 * 1024 * 1024,
+        usage_everywhere: true,
         keep: None,
     }
 }

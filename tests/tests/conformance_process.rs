@@ -13,6 +13,7 @@ fn process_target() -> Target {
         artifact,
         after_restart: AfterRestart::Ended,
         hog_memory_bytes: 64 * 1024 * 1024,
+        usage_everywhere: true,
         keep: Some(dir),
     }
 }

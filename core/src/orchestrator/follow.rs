@@ -28,19 +28,25 @@ const FOLLOW_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 const FOLLOW_PARALLEL: usize = 8;
 
 /// The running follower (see [`Orchestrator::follow_instances`]); dropping it stops it.
-pub struct Follower {
+/// A background task of the orchestrator (the route follower, the usage sampler): it ends
+/// with this handle.
+pub struct Background {
     task: JoinHandle<()>,
 }
 
-impl Follower {
-    /// Stops the follower and waits until its round (if one is running) is gone.
+impl Background {
+    pub(super) fn new(task: JoinHandle<()>) -> Background {
+        Background { task }
+    }
+
+    /// Stops the task and waits until its round (if one is running) is gone.
     pub async fn stop(mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
     }
 }
 
-impl Drop for Follower {
+impl Drop for Background {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -51,7 +57,7 @@ impl Orchestrator {
     /// one round every `every`, when the runtime says its addresses move; `None` (nothing
     /// started) when they are fixed from start to stop. The task holds the orchestrator
     /// weakly and ends with the returned handle.
-    pub fn follow_instances(self: &Arc<Self>, every: Duration) -> Option<Follower> {
+    pub fn follow_instances(self: &Arc<Self>, every: Duration) -> Option<Background> {
         if !self.runtime.instance_addresses_move() {
             return None;
         }
@@ -73,7 +79,7 @@ impl Orchestrator {
             every_ms = every.as_millis() as u64,
             "routes follow the instances"
         );
-        Some(Follower { task })
+        Some(Background { task })
     }
 
     /// One round: every project with a live deployment running here, a few at a time.

@@ -20,6 +20,7 @@ pub mod options;
 
 pub mod engine;
 pub mod registry;
+pub mod stats;
 
 pub use builder::{DockerBuilder, DockerBuilderConfig};
 pub use engine::{DEFAULT_DOCKER_SOCKET, EngineConfig};

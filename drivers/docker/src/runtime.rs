@@ -1,7 +1,7 @@
 //! `DockerRuntime`: each instance is a labelled container, restarted by the engine when it
 //! fails, its output followed from the engine's log into the instance's sink.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,7 +20,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use paastech_core::ProjectName;
-use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime};
+use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime, Usage};
 use paastech_core::ports::free_loopback_port;
 use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, Result};
@@ -405,6 +405,18 @@ impl Runtime for DockerRuntime {
             Err(err) if status_of(&err) == Some(404) => Ok(None),
             Err(err) => Err(engine_error(format!("inspecting container {}", short(id)), err)),
         }
+    }
+
+    async fn usage(&self, ids: &[String]) -> Result<BTreeMap<String, Usage>> {
+        let docker = self.engine.client().await?;
+        let read = futures_util::future::join_all(ids.iter().map(|id| crate::stats::container_usage(docker, id))).await;
+        let mut usage = BTreeMap::new();
+        for (id, read) in ids.iter().zip(read) {
+            if let Some(figures) = read? {
+                usage.insert(id.clone(), figures);
+            }
+        }
+        Ok(usage)
     }
 
     /// The engine lists only the project's containers (a label filter), and only those are

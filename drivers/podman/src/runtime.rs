@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime};
+use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime, Usage};
 use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, ProjectName, Result};
 use podman_api::conn::TtyChunk;
@@ -259,6 +259,30 @@ impl PodmanRuntime {
             }
         }
         body
+    }
+
+    /// The libpod stats of the containers `ids`, one reading: `{"Error": null, "Stats":
+    /// [{ContainerID, CPUNano, MemUsage, MemLimit, …}]}`. The engine answers only an
+    /// `Error` when one of the containers is gone, so that case is asked again one
+    /// container at a time.
+    async fn read_stats(&self, ids: &[String]) -> Result<Vec<Value>> {
+        let stats = |ids: Vec<String>| async move {
+            let opts = podman_api::opts::ContainerStatsOpts::builder().containers(ids).build();
+            match self.engine.podman.containers().stats(&opts).await {
+                Ok(answer) if answer["Error"].is_null() => Ok(answer["Stats"].as_array().cloned().unwrap_or_default()),
+                Ok(_) | Err(podman_api::Error::Fault { .. }) => Ok(Vec::new()),
+                Err(err) => Err(self.engine.error("reading container stats", err)),
+            }
+        };
+        let all = stats(ids.to_vec()).await?;
+        if all.len() == ids.len() || ids.len() < 2 {
+            return Ok(all);
+        }
+        let mut found = Vec::new();
+        for id in ids {
+            found.extend(stats(vec![id.clone()]).await?);
+        }
+        Ok(found)
     }
 
     /// Every container of this runtime's namespace (running or not), or only those that
@@ -512,6 +536,18 @@ impl Runtime for PodmanRuntime {
 
     /// The engine lists only the project's containers (a label filter), and only those are
     /// inspected.
+    async fn usage(&self, ids: &[String]) -> Result<BTreeMap<String, Usage>> {
+        let entries = self.read_stats(ids).await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let entry =
+                    entries.iter().find(|e| e["ContainerID"].as_str().is_some_and(|c| c.starts_with(id.as_str())))?;
+                Some((id.clone(), usage_of(entry)))
+            })
+            .collect())
+    }
+
     async fn list_project(&self, project: &ProjectName) -> Result<Vec<Instance>> {
         self.instances(Some(ContainerListFilter::LabelKeyVal(LABEL_PROJECT.into(), project.to_string()))).await
     }
@@ -738,6 +774,16 @@ async fn read_log(container: &podman_api::api::Container, follow: bool, mut emit
     }
     out.finish(&mut emit);
     err.finish(&mut emit);
+}
+
+/// One container's figures from a libpod stats entry (every container of this runtime has
+/// a memory limit: the spec's or the default).
+fn usage_of(entry: &Value) -> Usage {
+    Usage {
+        cpu_ns: entry["CPUNano"].as_u64(),
+        memory_bytes: entry["MemUsage"].as_u64(),
+        memory_limit_bytes: entry["MemLimit"].as_u64().filter(|&limit| limit > 0),
+    }
 }
 
 #[cfg(test)]

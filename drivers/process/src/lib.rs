@@ -14,6 +14,7 @@ pub mod runtime;
 
 pub mod options;
 
+mod cgroup;
 mod group;
 mod ledger;
 mod lines;

@@ -1,7 +1,7 @@
 //! `ProcessRuntime`: each instance is `sh -c COMMAND` in its own process group, with a
 //! clean environment, supervised by a task that restarts it with backoff.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
-use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime};
+use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime, Usage};
 use paastech_core::ports::free_loopback_port;
 use paastech_core::{Error, ProjectName, Result};
 use tokio::io::AsyncRead;
@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cgroup::{self, Cgroups, InstanceCgroup};
 use crate::group;
 use crate::ledger::Ledger;
 use crate::lines::Lines;
@@ -91,12 +92,19 @@ impl Default for ProcessRuntimeConfig {
 pub struct ProcessRuntime {
     config: ProcessRuntimeConfig,
     ledger: Option<Arc<Ledger>>,
+    /// Where each instance gets a cgroup of its own (its figures are read there); `None`:
+    /// the machine does not let the server make one, figures come from `/proc`.
+    cgroups: Option<Cgroups>,
     instances: Mutex<HashMap<String, Entry>>,
     next_id: AtomicU64,
 }
 
 struct Entry {
     shared: Arc<Mutex<Shared>>,
+    /// The instance's own cgroup, removed once it is stopped.
+    cgroup: Option<Arc<InstanceCgroup>>,
+    /// Its memory limit, if it has one.
+    memory_limit: Option<u64>,
     /// `Some(grace)` asks the supervisor to stop the instance and end.
     stop: watch::Sender<Option<Duration>>,
     task: JoinHandle<()>,
@@ -119,6 +127,8 @@ struct Launch {
     /// `web.0`, as the instance is named in the lines the runtime writes to `output`.
     name: String,
     ledger: Option<Arc<Ledger>>,
+    /// The cgroup every process of the instance is moved into before it runs.
+    cgroup: Option<Arc<InstanceCgroup>>,
 }
 
 impl ProcessRuntime {
@@ -131,7 +141,12 @@ impl ProcessRuntime {
                 None
             }
         });
-        ProcessRuntime { config, ledger, instances: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) }
+        let cgroups = Cgroups::detect();
+        match &cgroups {
+            Some(cgroups) => tracing::info!(?cgroups, "each app instance gets a cgroup of its own"),
+            None => tracing::info!("no cgroup can be made here: app instances' figures come from /proc"),
+        }
+        ProcessRuntime { config, ledger, cgroups, instances: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) }
     }
 
     /// Stops every instance with the configured grace period, as a server shutting down
@@ -193,7 +208,7 @@ impl ProcessRuntime {
             tracing::debug!(project = %spec.project, "cpu limits are not applied to local processes");
         }
         let name = format!("{}.{}", spec.process_type, spec.index);
-        Ok(Launch { program, args, dir, env, output, name, ledger: self.ledger.clone() })
+        Ok(Launch { program, args, dir, env, output, name, ledger: self.ledger.clone(), cgroup: None })
     }
 }
 
@@ -221,9 +236,24 @@ impl Runtime for ProcessRuntime {
         } else {
             None
         };
-        let launch = self.launch(&spec, output, port, None)?;
-        let child = spawn(&launch)
-            .map_err(|err| Error::internal(format!("starting {} of {}", launch.name, spec.project), err))?;
+        let mut launch = self.launch(&spec, output, port, None)?;
+        launch.cgroup = self.cgroups.as_ref().and_then(|cgroups| match cgroups.create(&launch.name) {
+            Ok(cgroup) => Some(Arc::new(cgroup)),
+            Err(err) => {
+                tracing::warn!(project = %spec.project, instance = %launch.name, error = %err, "cannot make the instance's cgroup; its figures come from /proc");
+                None
+            }
+        });
+        let memory_limit = spec.limits.memory_bytes.or(self.config.default_memory_bytes);
+        let child = match spawn(&launch) {
+            Ok(child) => child,
+            Err(err) => {
+                if let Some(cgroup) = &launch.cgroup {
+                    cgroup.remove();
+                }
+                return Err(Error::internal(format!("starting {} of {}", launch.name, spec.project), err));
+            }
+        };
 
         let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-v{}-{}-{}-{seq}", spec.project, spec.version, spec.process_type, spec.index);
@@ -239,8 +269,9 @@ impl Runtime for ProcessRuntime {
         };
         let shared = Arc::new(Mutex::new(Shared { instance: instance.clone(), pgid: group::pgid_of(&child) }));
         let (stop, stop_rx) = watch::channel(None);
+        let cgroup = launch.cgroup.clone();
         let task = tokio::spawn(supervise(child, launch, Arc::clone(&shared), stop_rx, self.config.restart));
-        lock(&self.instances).insert(id.clone(), Entry { shared, stop, task });
+        lock(&self.instances).insert(id.clone(), Entry { shared, cgroup, memory_limit, stop, task });
         tracing::info!(instance = %id, addr = ?instance.addr, "started instance");
         Ok(instance)
     }
@@ -285,6 +316,9 @@ impl Runtime for ProcessRuntime {
         if let Err(err) = entry.task.await {
             tracing::warn!(instance = %id, error = %err, "instance supervisor failed");
         }
+        if let Some(cgroup) = entry.cgroup {
+            let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+        }
         tracing::info!(instance = %id, "stopped instance");
         Ok(())
     }
@@ -299,6 +333,37 @@ impl Runtime for ProcessRuntime {
 
     async fn list_project(&self, project: &ProjectName) -> Result<Vec<Instance>> {
         Ok(self.instances_where(|instance| &instance.project == project))
+    }
+
+    async fn usage(&self, ids: &[String]) -> Result<BTreeMap<String, Usage>> {
+        let wanted: Vec<(String, Option<Arc<InstanceCgroup>>, Option<i32>, Option<u64>)> = {
+            let instances = lock(&self.instances);
+            ids.iter()
+                .filter_map(|id| {
+                    let entry = instances.get(id)?;
+                    Some((id.clone(), entry.cgroup.clone(), lock(&entry.shared).pgid, entry.memory_limit))
+                })
+                .collect()
+        };
+        // Reading /proc and cgroup files blocks; a few instances' worth at once.
+        tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .map(|(id, cgroup, pgid, memory_limit)| {
+                    let mut usage = match &cgroup {
+                        Some(cgroup) => cgroup.usage(),
+                        None => pgid.map(cgroup::group_usage).unwrap_or_default(),
+                    };
+                    if cgroup.as_ref().is_some_and(|c| !c.reads_memory()) {
+                        usage.memory_bytes = pgid.and_then(|pgid| cgroup::group_usage(pgid).memory_bytes);
+                    }
+                    usage.memory_limit_bytes = memory_limit;
+                    (id, usage)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|err| Error::internal("reading instances' usage", err))
     }
 }
 
@@ -429,6 +494,17 @@ fn spawn_forwarding(launch: &Launch) -> io::Result<(Child, Vec<JoinHandle<()>>)>
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     group::own_session(&mut command);
+    if let Some(cgroup) = &launch.cgroup {
+        // Opened here, before the fork, and held by the command (closed with it in the
+        // server, at exec in the child, which writes to them first).
+        let files = cgroup.procs_files()?;
+        // SAFETY: the closure runs in the child between fork and exec; `join` only calls
+        // write(2) on files opened before the fork, and allocates nothing.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || cgroup::join(&files));
+        }
+    }
     let mut child = command.spawn()?;
     if let (Some(ledger), Some(pgid)) = (&launch.ledger, group::pgid_of(&child)) {
         ledger.record(pgid);

@@ -2,7 +2,7 @@
 //! like the Docker driver's containers; its state, restarts and address are read from the
 //! service's tasks, its output followed from the service's log.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,7 +25,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use paastech_core::ProjectName;
 use paastech_core::drivers::{
-    Instance, InstanceSpec, InstanceState, LogSink, Node, NodeAvailability, NodeRole, NodeState, OneOff, Runtime,
+    Instance, InstanceSpec, InstanceState, LogSink, Node, NodeAvailability, NodeRole, NodeState, OneOff, Runtime, Usage,
 };
 use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, Result};
@@ -653,6 +653,25 @@ impl Runtime for SwarmRuntime {
         tokio::spawn(run_one_off(docker, service, run, output, registry))
             .await
             .map_err(|err| Error::internal("running a one-off command", err))?
+    }
+
+    /// Read from the manager's engine, which has the figures of the containers on its own
+    /// node only: a task on another node is left out (its instance shows none).
+    async fn usage(&self, ids: &[String]) -> Result<BTreeMap<String, Usage>> {
+        let docker = self.engine.client().await?;
+        let mut usage = BTreeMap::new();
+        for task in tasks_of(docker, ids).await? {
+            let running = task.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING);
+            let container =
+                task.status.as_ref().and_then(|s| s.container_status.as_ref()).and_then(|c| c.container_id.clone());
+            let (Some(service), Some(container), true) = (task.service_id.clone(), container, running) else {
+                continue;
+            };
+            if let Some(figures) = paastech_driver_docker::stats::container_usage(docker, &container).await? {
+                usage.insert(service, figures);
+            }
+        }
+        Ok(usage)
     }
 
     async fn nodes(&self) -> Result<Vec<Node>> {

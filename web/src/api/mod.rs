@@ -10,6 +10,7 @@ pub(crate) mod nodes;
 pub(crate) mod previews;
 pub(crate) mod projects;
 pub(crate) mod schemas;
+pub(crate) mod stats;
 pub(crate) mod webhooks;
 
 use axum::http::StatusCode;
@@ -44,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/limits", get(projects::get_limits).put(projects::put_limits))
         .route("/projects/{name}/logs", get(projects::logs))
         .route("/projects/{name}/ps", get(projects::instances))
+        .route("/projects/{name}/stats", get(stats::get))
         .route("/projects/{name}/domains", get(domains::list).post(domains::add))
         .route("/projects/{name}/domains/{domain}", delete(domains::remove))
         .route("/projects/{name}/addons", get(addons::list).post(addons::create))
@@ -106,7 +108,7 @@ async fn openapi() -> ApiResult<Response> {
         nodes::list,
         projects::list, projects::create, projects::get, projects::delete,
         projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,
-        projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances,
+        projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances, stats::get,
         projects::run,
         lifecycle::stop, lifecycle::start, lifecycle::restart,
         domains::list, domains::add, domains::remove,

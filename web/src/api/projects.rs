@@ -556,22 +556,20 @@ pub async fn instances(
 ) -> ApiResult<Json<Vec<InstanceView>>> {
     let project = visible_project(&state, &user, &name).await?;
     let instances = state.orchestrator.instances(&project.name).await?;
-    Ok(Json(
-        instances
-            .into_iter()
-            .map(|i| InstanceView {
-                name: format!("{}.{}", i.process_type, i.index + 1),
-                id: i.id,
-                process_type: i.process_type,
-                version: i.version,
-                state: serde_json::to_value(i.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                restarts: i.restarts,
-            })
-            .collect(),
-    ))
+    Ok(Json(instances.into_iter().map(InstanceView::from).collect()))
+}
+
+impl From<paastech_core::drivers::Instance> for InstanceView {
+    fn from(i: paastech_core::drivers::Instance) -> Self {
+        InstanceView {
+            name: format!("{}.{}", i.process_type, i.index + 1),
+            id: i.id,
+            process_type: i.process_type,
+            version: i.version,
+            state: serde_json::to_value(i.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            restarts: i.restarts,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! user's project is the same 404 page as one that does not exist.
 
 mod account;
+mod chart;
 mod pages;
 mod project;
 pub mod session;

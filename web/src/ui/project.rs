@@ -17,6 +17,7 @@ use paastech_core::{Deployment, Error, HttpsChange, HttpsPolicy, Project, Timest
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::chart::UsageChart;
 use super::pages::Notice;
 use super::session::Session;
 use super::view::{
@@ -101,12 +102,14 @@ async fn overview_page(
 ) -> UiResult {
     let (project, head, deployments) = load(state, session, name, "overview", 5).await?;
     let stopped = state.orchestrator.stopped(&project).await?;
-    let instances = state
-        .orchestrator
-        .instances(&project.name)
-        .await?
+    let stats = state.orchestrator.stats(&project.name).await?;
+    let now = Timestamp::now();
+    let chart = UsageChart::of(&stats.history, now);
+    let instances = stats
+        .instances
         .into_iter()
-        .map(|i| {
+        .map(|s| {
+            let i = s.instance;
             let (text, class) = state_text(i.state);
             InstanceRow {
                 name: format!("{}.{}", i.process_type, i.index + 1),
@@ -114,16 +117,18 @@ async fn overview_page(
                 state: text.to_owned(),
                 state_class: class,
                 restarts: i.restarts,
+                cpu: s.cpu_percent.map_or("—".into(), |p| format!("{p:.1} %")),
+                memory: s.memory_bytes.map_or("—".into(), |m| format!("{:.1} MiB", m as f64 / (1024.0 * 1024.0))),
             }
         })
         .collect();
     let has_keys = !state.store.ssh_keys(session.user.id).await?.is_empty();
-    let now = Timestamp::now();
     let page = Overview {
         l: layout(session, &head, "Overview", true).with_notice(notice),
         latest: deployments.first().map(|d| DeploymentRow::of(d, now)),
         p: head,
         instances,
+        chart,
         has_keys,
         stopped: stopped.is_all(),
         stopped_types: stopped.types().map(str::to_owned).collect(),

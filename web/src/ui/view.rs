@@ -210,6 +210,9 @@ pub struct InstanceRow {
     pub state: String,
     pub state_class: &'static str,
     pub restarts: u32,
+    /// CPU share and memory as shown, `—` when unknown.
+    pub cpu: String,
+    pub memory: String,
 }
 
 #[derive(Template)]
@@ -218,6 +221,8 @@ pub struct Overview {
     pub l: Layout,
     pub p: ProjectHead,
     pub instances: Vec<InstanceRow>,
+    /// The last hour's memory and CPU, once there are two readings.
+    pub chart: Option<super::chart::UsageChart>,
     pub latest: Option<DeploymentRow>,
     pub has_keys: bool,
     /// The whole project is stopped (`paastech stop`).

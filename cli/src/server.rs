@@ -11,7 +11,7 @@ use paastech_acme::{AcmeConfig, AcmeManager};
 use paastech_core::addons::AddonKind;
 use paastech_core::drivers::{ImageBuilder, Runtime};
 use paastech_core::logs::LogHub;
-use paastech_core::orchestrator::{FOLLOW_INTERVAL, Orchestrator, OrchestratorConfig};
+use paastech_core::orchestrator::{CRON_TICK, FOLLOW_INTERVAL, Orchestrator, OrchestratorConfig};
 use paastech_core::registry::{DriverContext, ImageRegistry, OptionsSource, Registry};
 use paastech_core::{DomainRules, ProjectName, Store};
 use paastech_driver_git::GitRepoStore;
@@ -568,6 +568,9 @@ async fn serve(settings: Settings) -> Result<()> {
     // On a runtime whose instances' addresses move (swarm), routes follow them; the
     // follower leaves each project alone until its restore releases its lock.
     let follower = orchestrator.follow_instances(FOLLOW_INTERVAL);
+    // Scheduled jobs (app.json `cron`) of each live deployment as it runs again; times
+    // missed while the server was down are not run.
+    let scheduler = orchestrator.schedule_cron(CRON_TICK);
 
     let signup = match config.auth.signup {
         Signup::Open => SignupPolicy::Open,
@@ -650,6 +653,7 @@ async fn serve(settings: Settings) -> Result<()> {
     if let Some(follower) = follower {
         follower.stop().await;
     }
+    scheduler.stop().await;
     orchestrator.shutdown().await;
     let _ = ingress.await;
     if let Some(behind_ingress) = behind_ingress {

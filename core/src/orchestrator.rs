@@ -499,6 +499,7 @@ impl Orchestrator {
             };
             let mut build_env = env.clone();
             build_env.extend(self.pre_build(&ctx, &source, tee.as_ref()).await?);
+            self.keep_cron_jobs(build, &source, tee.as_ref()).await?;
             let request = BuildRequest {
                 project: project.name.clone(),
                 version: deployment.version,
@@ -1754,8 +1755,10 @@ fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
 }
 
 mod addons;
+mod cron;
 mod follow;
 mod webhooks;
+pub use cron::{CRON_TICK, CronScheduler};
 pub use follow::{FOLLOW_INTERVAL, Follower};
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use super::{INTERRUPTED, Orchestrator, OrchestratorConfig};
 use crate::addons::{Addon, AddonKind, AddonName, BackupReader, BackupWriter};
+use crate::cron::{CronJob, CronRun};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
 use crate::drivers::{
@@ -116,6 +117,8 @@ struct Data {
     addons: Vec<Addon>,
     webhooks: Vec<(Webhook, String)>,
     webhook_attempts: Vec<WebhookAttempt>,
+    build_cron: HashMap<i64, Vec<CronJob>>,
+    cron_runs: Vec<CronRun>,
 }
 
 /// The store's contract in memory, for the calls the orchestrator makes.
@@ -340,6 +343,21 @@ impl Store for MemStore {
     async fn webhook_attempts(&self, _: i64, webhook_id: i64) -> Result<Vec<WebhookAttempt>> {
         let data = self.enter("webhook_attempts").await?;
         Ok(data.webhook_attempts.iter().filter(|a| a.webhook_id == webhook_id).cloned().collect())
+    }
+    async fn set_build_cron(&self, build_id: i64, jobs: &[CronJob]) -> Result<()> {
+        self.enter("set_build_cron").await?.build_cron.insert(build_id, jobs.to_vec());
+        Ok(())
+    }
+    async fn build_cron(&self, build_id: i64) -> Result<Vec<CronJob>> {
+        Ok(self.enter("build_cron").await?.build_cron.get(&build_id).cloned().unwrap_or_default())
+    }
+    async fn record_cron_run(&self, run: &CronRun) -> Result<()> {
+        self.enter("record_cron_run").await?.cron_runs.insert(0, run.clone());
+        Ok(())
+    }
+    async fn cron_runs(&self, project_id: i64) -> Result<Vec<CronRun>> {
+        let data = self.enter("cron_runs").await?;
+        Ok(data.cron_runs.iter().filter(|r| r.project_id == project_id).cloned().collect())
     }
     async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build> {
         let mut data = self.enter("create_build").await?;

@@ -43,9 +43,10 @@ impl CronJob {
         Schedule::parse(&self.schedule, self.timezone.as_deref())
     }
 
-    /// The job's log source in the project log: `cron.N`, N its index in `app.json`.
-    pub fn log_source(index: usize) -> String {
-        format!("cron.{index}")
+    /// The job's name, and its source in the project log: `cron.N`, N its number (1 for
+    /// the first entry of `app.json`'s list, as `web.1` is the first web instance).
+    pub fn name(index: usize) -> String {
+        format!("cron.{}", index + 1)
     }
 }
 
@@ -81,8 +82,8 @@ pub fn read_app_json(source: &Path) -> Result<Vec<CronJob>> {
 
 /// The jobs of an `app.json` text. Other top-level keys (Dokku's `scripts`,
 /// `healthchecks`, …) are left alone; inside `cron`, every entry must be complete and
-/// valid, and the first one that is not is named in the error (`app.json cron[1]: …`,
-/// counted from 0).
+/// valid, and the first one that is not is named in the error by its place in the list
+/// (counted from 0, as `jq '.cron[0]'` does) and its job name (`app.json cron[1] (cron.2): …`).
 pub fn parse_app_json(text: &str) -> Result<Vec<CronJob>> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|err| Error::Invalid(format!("{APP_JSON}: not valid JSON: {err}")))?;
@@ -101,7 +102,7 @@ pub fn parse_app_json(text: &str) -> Result<Vec<CronJob>> {
 }
 
 fn parse_entry(index: usize, entry: serde_json::Value) -> Result<CronJob> {
-    let invalid = |why: String| Error::Invalid(format!("{APP_JSON} cron[{index}]: {why}"));
+    let invalid = |why: String| Error::Invalid(format!("{APP_JSON} cron[{index}] ({}): {why}", CronJob::name(index)));
     let entry: Entry = serde_json::from_value(entry).map_err(|err| invalid(err.to_string()))?;
     if entry.command.trim().is_empty() {
         return Err(invalid("command is empty".into()));
@@ -271,7 +272,7 @@ impl CronOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CronRun {
     pub project_id: i64,
-    /// The job's index in its `app.json`.
+    /// The job's number: 1 for the first entry of `app.json`'s list (`cron.1`).
     pub job: u32,
     pub command: String,
     pub schedule: String,
@@ -336,30 +337,33 @@ mod tests {
             (r#"{"cron": {}}"#.into(), "app.json cron: must be a list of jobs"),
             (
                 format!(r#"{{"cron": [{ok}, {{"command": "x", "schedule": "*/61 * * * *"}}]}}"#),
-                "app.json cron[1]: schedule \"*/61 * * * *\"",
+                "app.json cron[1] (cron.2): schedule \"*/61 * * * *\"",
             ),
-            (r#"{"cron": [{"command": " ", "schedule": "* * * * *"}]}"#.into(), "app.json cron[0]: command is empty"),
-            (r#"{"cron": [{"schedule": "* * * * *"}]}"#.into(), "app.json cron[0]: missing field `command`"),
-            (r#"{"cron": [{"command": "x"}]}"#.into(), "app.json cron[0]: missing field `schedule`"),
+            (
+                r#"{"cron": [{"command": " ", "schedule": "* * * * *"}]}"#.into(),
+                "app.json cron[0] (cron.1): command is empty",
+            ),
+            (r#"{"cron": [{"schedule": "* * * * *"}]}"#.into(), "app.json cron[0] (cron.1): missing field `command`"),
+            (r#"{"cron": [{"command": "x"}]}"#.into(), "app.json cron[0] (cron.1): missing field `schedule`"),
             (
                 format!(r#"{{"cron": [{ok}, {ok}, {{"command": "x", "schedule": "* * * * *", "every": 3}}]}}"#),
-                "app.json cron[2]: unknown field `every`",
+                "app.json cron[2] (cron.3): unknown field `every`",
             ),
             (
                 r#"{"cron": [{"command": "x", "schedule": "0 * * * * *"}]}"#.into(),
-                "app.json cron[0]: schedule \"0 * * * * *\": needs 5 fields",
+                "app.json cron[0] (cron.1): schedule \"0 * * * * *\": needs 5 fields",
             ),
             (r#"{"cron": [{"command": "x", "schedule": "* * * *"}]}"#.into(), "needs 5 fields"),
             (
                 r#"{"cron": [{"command": "x", "schedule": "60 * * * *"}]}"#.into(),
-                "app.json cron[0]: schedule \"60 * * * *\"",
+                "app.json cron[0] (cron.1): schedule \"60 * * * *\"",
             ),
             (r#"{"cron": [{"command": "x", "schedule": "0 0 30 2 *"}]}"#.into(), "never matches"),
             (
                 r#"{"cron": [{"command": "x", "schedule": "* * * * *", "timezone": "Mars/Olympus"}]}"#.into(),
-                "app.json cron[0]: timezone \"Mars/Olympus\": not a known IANA time zone",
+                "app.json cron[0] (cron.1): timezone \"Mars/Olympus\": not a known IANA time zone",
             ),
-            (r#"{"cron": [3]}"#.into(), "app.json cron[0]: invalid type"),
+            (r#"{"cron": [3]}"#.into(), "app.json cron[0] (cron.1): invalid type"),
         ];
         for (text, expected) in cases {
             match parse_app_json(text) {
@@ -380,7 +384,9 @@ mod tests {
         assert_eq!(read_app_json(dir.path()).expect("valid").len(), 1);
         std::fs::write(dir.path().join(APP_JSON), r#"{"cron": [{"command": "true", "schedule": "nope"}]}"#)
             .expect("write");
-        assert!(matches!(read_app_json(dir.path()), Err(Error::Invalid(m)) if m.starts_with("app.json cron[0]: ")));
+        assert!(
+            matches!(read_app_json(dir.path()), Err(Error::Invalid(m)) if m.starts_with("app.json cron[0] (cron.1): "))
+        );
     }
 
     #[test]

@@ -79,7 +79,12 @@ impl Orchestrator {
         }
         for (index, job) in jobs.iter().enumerate() {
             let zone = job.timezone.as_deref().unwrap_or("UTC");
-            log.line(&format!("-----> Scheduled job cron.{index}: {} ({zone}): {}", job.schedule, job.command));
+            log.line(&format!(
+                "-----> Scheduled job {}: {} ({zone}): {}",
+                CronJob::name(index),
+                job.schedule,
+                job.command
+            ));
         }
         self.store.set_build_cron(build.id, &jobs).await
     }
@@ -168,7 +173,7 @@ impl Orchestrator {
                     Some(Fire::Skip(at)) => {
                         let run = CronRun {
                             project_id: entry.project.id,
-                            job: index as u32,
+                            job: index as u32 + 1,
                             command: job.command.clone(),
                             schedule: job.schedule.clone(),
                             version: entry.version,
@@ -180,7 +185,7 @@ impl Orchestrator {
                             error: Some(SKIPPED.into()),
                         };
                         self.logs
-                            .sink(&entry.project.name, &CronJob::log_source(index))
+                            .sink(&entry.project.name, &CronJob::name(index))
                             .line(&format!("skipped the run of {}: {SKIPPED}", show_time(at)));
                         let this = Arc::clone(self);
                         tokio::spawn(async move { this.record_cron_run(run).await });
@@ -217,10 +222,10 @@ impl Orchestrator {
     }
 
     /// Runs one scheduled time of a job in the live deployment (`sh -c COMMAND`, its output
-    /// into the project log as `cron.N`) and records it. Nothing runs, and nothing is
+    /// into the project log as `cron.N`, N = `index` + 1) and records it. Nothing runs, and nothing is
     /// recorded, when the project is stopped or its live deployment is no longer `version`.
     async fn run_cron_job(&self, project: &Project, version: i64, index: usize, job: &CronJob, at: Timestamp) {
-        let output = self.logs.sink(&project.name, &CronJob::log_source(index));
+        let output = self.logs.sink(&project.name, &CronJob::name(index));
         let prepared = async {
             if self.store.stopped(project.id).await?.is_all() {
                 return Ok(None);
@@ -289,7 +294,7 @@ fn cron_run(
     };
     CronRun {
         project_id: project.id,
-        job: index as u32,
+        job: index as u32 + 1,
         command: job.command.clone(),
         schedule: job.schedule.clone(),
         version,

@@ -122,6 +122,20 @@ fn jobs_from_app_json_run_every_minute_are_listed_logged_refused_when_malformed_
     assert!(logs.lines().any(|l| l.contains("cron.2: about to fail")), "{logs}");
     assert!(logs.lines().any(|l| l.contains("cron.2: exited with code 4")), "{logs}");
 
+    // Counted by outcome on /metrics (ada, the first user, is an admin).
+    let metrics = ureq::get(&format!("{}/metrics", server.api_url()))
+        .header("Authorization", &format!("Bearer {}", ada.token))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default();
+    let count = |outcome: &str| {
+        let prefix = format!("paastech_cron_runs_total{{outcome=\"{outcome}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert!(count("succeeded").is_some_and(|n| n >= 1.0), "{metrics}");
+    assert!(count("failed").is_some_and(|n| n >= 1.0), "{metrics}");
+
     // A stopped project runs no job: nothing new past the next minute.
     ok(&server.cli(home.path(), &["stop", "-p", "jobs"], None));
     std::thread::sleep(Duration::from_secs(2));

@@ -50,7 +50,7 @@ impl Drop for CronScheduler {
 }
 
 /// One project's jobs, as of one live version.
-struct ProjectJobs {
+pub(super) struct ProjectJobs {
     project: Project,
     version: i64,
     jobs: Vec<(CronJob, Arc<Mutex<JobTimer>>)>,
@@ -131,7 +131,7 @@ impl Orchestrator {
     }
 
     /// One tick: follows the live versions, then starts (or skips) what is due at `now`.
-    async fn cron_tick(self: &Arc<Self>, projects: &mut HashMap<ProjectName, ProjectJobs>, now: Timestamp) {
+    pub(super) async fn cron_tick(self: &Arc<Self>, projects: &mut HashMap<ProjectName, ProjectJobs>, now: Timestamp) {
         let live: HashMap<ProjectName, i64> =
             self.running.lock().expect("running lock").iter().map(|(name, r)| (name.clone(), r.version)).collect();
         // A project no longer running here (deleted): its timers and runs go.

@@ -1959,3 +1959,89 @@ async fn a_project_has_at_most_max_webhooks() {
     let bad = world.orchestrator.add_webhook(&world.project, "ftp://x/", &[], "s").await;
     assert!(matches!(bad, Err(Error::Invalid(_))), "{bad:?}");
 }
+
+// ----- Scheduled jobs -----------------------------------------------------------------------
+
+impl World {
+    /// Every kept run of the project's jobs, newest first, once `count` are there.
+    async fn cron_runs(&self, count: usize) -> Vec<CronRun> {
+        for _ in 0..400 {
+            let runs = self.store.cron_runs(self.project.id).await.expect("runs");
+            if runs.len() >= count {
+                return runs;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.store.cron_runs(self.project.id).await.expect("runs")
+    }
+}
+
+/// Minute `m` after an arbitrary hour, plus `s` seconds.
+fn minute(m: i64, s: i64) -> Timestamp {
+    Timestamp(1_796_000_400_000 + m * 60_000 + s * 1000)
+}
+
+#[tokio::test]
+async fn scheduled_jobs_run_in_the_live_deployment_follow_it_and_stop_with_the_project() {
+    let world = World::new(1).await;
+    let v1_build = world.deployment(1).await.build_id.expect("v1 has a build");
+    let job = CronJob { command: "echo one".into(), schedule: "* * * * *".into(), timezone: None };
+    world.store.set_build_cron(v1_build, std::slice::from_ref(&job)).await.expect("jobs");
+    let mut jobs = HashMap::new();
+
+    // The first tick only starts the clock: the time before it is not run.
+    world.orchestrator.cron_tick(&mut jobs, minute(0, 30)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(0, 59)).await;
+    assert!(world.releases().is_empty(), "nothing due yet");
+    world.orchestrator.cron_tick(&mut jobs, minute(1, 0)).await;
+    let runs = world.cron_runs(1).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!((runs[0].job, runs[0].version, runs[0].scheduled_at), (1, 1, minute(1, 0)));
+    assert_eq!((runs[0].outcome, runs[0].exit_code), (crate::cron::CronOutcome::Succeeded, Some(0)));
+    let one_offs = world.releases();
+    assert_eq!(one_offs.len(), 1);
+    assert_eq!(one_offs[0].argv, ["sh", "-c", "echo one"]);
+    assert_eq!(one_offs[0].env.get("PAASTECH_VERSION").map(String::as_str), Some("1"));
+    assert_eq!(one_offs[0].env.get("GREETING").map(String::as_str), Some("hello"));
+    let listed = world.orchestrator.cron(&world.project).await.expect("listing");
+    assert_eq!(listed.0.len(), 1);
+    assert!(listed.0[0].1.is_some(), "a next time while running");
+
+    // A non-zero exit is recorded with its code.
+    world.runtime.exit_code.store(4, Ordering::SeqCst);
+    world.orchestrator.cron_tick(&mut jobs, minute(2, 0)).await;
+    let runs = world.cron_runs(2).await;
+    assert_eq!((runs[0].outcome, runs[0].exit_code), (crate::cron::CronOutcome::Failed, Some(4)));
+    world.runtime.exit_code.store(0, Ordering::SeqCst);
+
+    // Stopped: the time passes without a run, and nothing is listed as next.
+    world.orchestrator.stop(&world.project, None).await.expect("stop");
+    world.orchestrator.cron_tick(&mut jobs, minute(3, 0)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(world.releases().len(), 2, "no run while stopped");
+    assert_eq!(world.cron_runs(3).await.len(), 2);
+    assert_eq!(world.orchestrator.cron(&world.project).await.expect("listing").0[0].1, None);
+    world.orchestrator.start(&world.project, None).await.expect("start");
+
+    // A new deployment without jobs replaces them from its switch on.
+    world.push().await.expect("v2");
+    world.serves(2, 1).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(4, 0)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(5, 0)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(world.releases().len(), 2, "v2 has no jobs");
+
+    // A rollback to v1's build brings its jobs back, from the next time after it.
+    world.orchestrator.redeploy(&world.project, Some(1)).await.expect("rollback");
+    world.serves(3, 1).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(5, 30)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(6, 0)).await;
+    let runs = world.cron_runs(3).await;
+    assert_eq!((runs[0].version, runs[0].scheduled_at), (3, minute(6, 0)), "{runs:?}");
+
+    // A deleted project's jobs are gone.
+    world.orchestrator.delete_project(&world.project).await.expect("delete");
+    world.orchestrator.cron_tick(&mut jobs, minute(7, 0)).await;
+    assert!(jobs.is_empty());
+    assert_eq!(world.releases().len(), 3);
+}

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use paastech_tests::web::Web;
 use paastech_tests::{GitRepo, Server, eventually, example, ok};
 use serde_json::{Value, json};
 
@@ -121,6 +122,22 @@ fn jobs_from_app_json_run_every_minute_are_listed_logged_refused_when_malformed_
     assert!(logs.lines().any(|l| l.contains("cron.1: ran-1")), "the job's output, as cron.1:\n{logs}");
     assert!(logs.lines().any(|l| l.contains("cron.2: about to fail")), "{logs}");
     assert!(logs.lines().any(|l| l.contains("cron.2: exited with code 4")), "{logs}");
+
+    // The project's Cron tab shows them too; to its owner only.
+    let mut web = Web::new(&server.api_url());
+    web.log_in("ada@example.com");
+    let page = web.get("/projects/jobs/cron");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("<code>cron.1</code>") && page.body.contains("echo ran-$PAASTECH_VERSION"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<span class=\"badge ok\">exit 0</span>"), "{}", page.body);
+    assert!(page.body.contains("<span class=\"badge bad\">exit 4</span>"), "{}", page.body);
+    let mut bobs = Web::new(&server.api_url());
+    bobs.log_in("bob@example.com");
+    assert_eq!(bobs.get("/projects/jobs/cron").status, 404);
 
     // Counted by outcome on /metrics (ada, the first user, is an admin).
     let metrics = ureq::get(&format!("{}/metrics", server.api_url()))

@@ -6,8 +6,9 @@
 //! The scheduler follows the orchestrator's `Running` map, which every switch updates:
 //! when a project's live version changes, its jobs are read again from the new
 //! deployment's build and their timers start from that moment (a new deployment's jobs
-//! replace the old ones' from its switch on, and times missed before are not run). A
-//! project that leaves the map (deleted) loses its timers and its runs under way.
+//! replace the old ones' from its switch on, and times missed before are not run); a job
+//! the deployment did not change keeps its timer, and so its run under way. A project
+//! that leaves the map (deleted) loses its timers and its runs under way.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -141,12 +142,26 @@ impl Orchestrator {
                 continue;
             }
             match self.load_cron(&name, version, now).await {
-                Ok((project, jobs)) => {
+                Ok((project, mut jobs)) => {
                     if !jobs.is_empty() {
                         tracing::info!(project = %name, version, jobs = jobs.len(), "scheduled jobs follow the live deployment");
                     }
-                    // Runs of the previous version go on to their end, and stay abortable.
-                    let runs = projects.remove(&name).map(|mut old| std::mem::take(&mut old.runs)).unwrap_or_default();
+                    let mut runs = Vec::new();
+                    if let Some(mut old) = projects.remove(&name) {
+                        // A job the new deployment left as it was (same place, command,
+                        // schedule and zone) is the same job: it keeps its clock and its run
+                        // under way, so a config change or a redeploy neither skips one of
+                        // its times nor lets it run twice at once.
+                        for (index, (job, timer)) in jobs.iter_mut().enumerate() {
+                            if let Some((old_job, old_timer)) = old.jobs.get(index)
+                                && old_job == job
+                            {
+                                *timer = Arc::clone(old_timer);
+                            }
+                        }
+                        // Runs of the previous version go on to their end, and stay abortable.
+                        runs = std::mem::take(&mut old.runs);
+                    }
                     projects.insert(name, ProjectJobs { project, version, jobs, runs });
                 }
                 Err(err) => {

@@ -1983,6 +1983,8 @@ fn minute(m: i64, s: i64) -> Timestamp {
 
 #[tokio::test]
 async fn scheduled_jobs_run_in_the_live_deployment_follow_it_and_stop_with_the_project() {
+    // Versions: v1 with a job, v2 an env change (the same build), v3 a push without jobs,
+    // v4 a rollback to v1.
     let world = World::new(1).await;
     let v1_build = world.deployment(1).await.build_id.expect("v1 has a build");
     let job = CronJob { command: "echo one".into(), schedule: "* * * * *".into(), timezone: None };
@@ -2014,34 +2016,44 @@ async fn scheduled_jobs_run_in_the_live_deployment_follow_it_and_stop_with_the_p
     assert_eq!((runs[0].outcome, runs[0].exit_code), (crate::cron::CronOutcome::Failed, Some(4)));
     world.runtime.exit_code.store(0, Ordering::SeqCst);
 
+    // A config change keeps the unchanged job's clock: the time it was waiting for runs,
+    // in the new deployment.
+    world.orchestrator.cron_tick(&mut jobs, minute(2, 30)).await;
+    world.orchestrator.update_env(&world.project, &changes(&[("GREETING", Some("hi"))])).await.expect("v2");
+    world.serves(2, 1).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(3, 0)).await;
+    let runs = world.cron_runs(3).await;
+    assert_eq!((runs[0].version, runs[0].scheduled_at), (2, minute(3, 0)), "{runs:?}");
+    assert_eq!(world.releases()[2].env.get("GREETING").map(String::as_str), Some("hi"));
+
     // Stopped: the time passes without a run, and nothing is listed as next.
     world.orchestrator.stop(&world.project, None).await.expect("stop");
-    world.orchestrator.cron_tick(&mut jobs, minute(3, 0)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(4, 0)).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(world.releases().len(), 2, "no run while stopped");
-    assert_eq!(world.cron_runs(3).await.len(), 2);
+    assert_eq!(world.releases().len(), 3, "no run while stopped");
+    assert_eq!(world.cron_runs(4).await.len(), 3);
     assert_eq!(world.orchestrator.cron(&world.project).await.expect("listing").0[0].1, None);
     world.orchestrator.start(&world.project, None).await.expect("start");
 
     // A new deployment without jobs replaces them from its switch on.
-    world.push().await.expect("v2");
-    world.serves(2, 1).await;
-    world.orchestrator.cron_tick(&mut jobs, minute(4, 0)).await;
+    world.push().await.expect("v3");
+    world.serves(3, 1).await;
     world.orchestrator.cron_tick(&mut jobs, minute(5, 0)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(6, 0)).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(world.releases().len(), 2, "v2 has no jobs");
+    assert_eq!(world.releases().len(), 3, "v3 has no jobs");
 
     // A rollback to v1's build brings its jobs back, from the next time after it.
     world.orchestrator.redeploy(&world.project, Some(1)).await.expect("rollback");
-    world.serves(3, 1).await;
-    world.orchestrator.cron_tick(&mut jobs, minute(5, 30)).await;
-    world.orchestrator.cron_tick(&mut jobs, minute(6, 0)).await;
-    let runs = world.cron_runs(3).await;
-    assert_eq!((runs[0].version, runs[0].scheduled_at), (3, minute(6, 0)), "{runs:?}");
+    world.serves(4, 1).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(6, 30)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(7, 0)).await;
+    let runs = world.cron_runs(4).await;
+    assert_eq!((runs[0].version, runs[0].scheduled_at), (4, minute(7, 0)), "{runs:?}");
 
     // A deleted project's jobs are gone.
     world.orchestrator.delete_project(&world.project).await.expect("delete");
-    world.orchestrator.cron_tick(&mut jobs, minute(7, 0)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(8, 0)).await;
     assert!(jobs.is_empty());
-    assert_eq!(world.releases().len(), 3);
+    assert_eq!(world.releases().len(), 4);
 }

@@ -199,11 +199,9 @@ impl Orchestrator {
                             exit_code: None,
                             error: Some(SKIPPED.into()),
                         };
-                        self.logs
-                            .sink(&entry.project.name, &CronJob::name(index))
-                            .line(&format!("skipped the run of {}: {SKIPPED}", show_time(at)));
                         let this = Arc::clone(self);
-                        tokio::spawn(async move { this.record_cron_run(run).await });
+                        let project = entry.project.name.clone();
+                        tokio::spawn(async move { this.skip_cron_run(&project, run).await });
                     }
                 }
             }
@@ -282,6 +280,19 @@ impl Orchestrator {
             Err(err) => output.line(&format!("failed: {err}")),
         }
         self.record_cron_run(cron_run(project, version, index, job, at, started, result)).await;
+    }
+
+    /// Records a time skipped because the job's previous run was still going, unless the
+    /// project is stopped (a stopped project has no times, run or skipped).
+    async fn skip_cron_run(&self, project: &ProjectName, run: CronRun) {
+        match self.store.stopped(run.project_id).await {
+            Ok(stopped) if stopped.is_all() => return,
+            Ok(_) => {}
+            Err(err) => tracing::warn!(project = %project, error = %err, "cannot tell whether the project is stopped"),
+        }
+        let name = CronJob::name(run.job.saturating_sub(1) as usize);
+        self.logs.sink(project, &name).line(&format!("skipped the run of {}: {SKIPPED}", show_time(run.scheduled_at)));
+        self.record_cron_run(run).await;
     }
 
     async fn record_cron_run(&self, run: CronRun) {

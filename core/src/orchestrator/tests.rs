@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use super::{INTERRUPTED, Orchestrator, OrchestratorConfig};
 use crate::addons::{Addon, AddonKind, AddonName, BackupReader, BackupWriter};
-use crate::cron::{CronJob, CronRun};
+use crate::cron::{CronJob, CronOutcome, CronRun};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
 use crate::drivers::{
@@ -568,6 +568,8 @@ struct FakeRuntime {
     moves: AtomicBool,
     /// The one-off commands run, in order.
     one_offs: Mutex<Vec<OneOffRun>>,
+    /// Held by a test, keeps every one-off command running until released.
+    one_off_gate: tokio::sync::RwLock<()>,
     /// The exit code one-off commands answer.
     exit_code: AtomicI32,
 }
@@ -637,6 +639,7 @@ impl Runtime for FakeRuntime {
             instances_of_its_version,
         });
         output.line("migrating the database");
+        drop(self.one_off_gate.read().await);
         Ok(self.exit_code.load(Ordering::SeqCst))
     }
     async fn list(&self) -> Result<Vec<Instance>> {
@@ -735,6 +738,7 @@ impl World {
             instances: Mutex::default(),
             moves: AtomicBool::new(false),
             one_offs: Mutex::default(),
+            one_off_gate: tokio::sync::RwLock::new(()),
             exit_code: AtomicI32::new(0),
         });
         let traffic = Arc::new(FakeTraffic {
@@ -1999,7 +2003,7 @@ async fn scheduled_jobs_run_in_the_live_deployment_follow_it_and_stop_with_the_p
     let runs = world.cron_runs(1).await;
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!((runs[0].job, runs[0].version, runs[0].scheduled_at), (1, 1, minute(1, 0)));
-    assert_eq!((runs[0].outcome, runs[0].exit_code), (crate::cron::CronOutcome::Succeeded, Some(0)));
+    assert_eq!((runs[0].outcome, runs[0].exit_code), (CronOutcome::Succeeded, Some(0)));
     let one_offs = world.releases();
     assert_eq!(one_offs.len(), 1);
     assert_eq!(one_offs[0].argv, ["sh", "-c", "echo one"]);
@@ -2013,7 +2017,7 @@ async fn scheduled_jobs_run_in_the_live_deployment_follow_it_and_stop_with_the_p
     world.runtime.exit_code.store(4, Ordering::SeqCst);
     world.orchestrator.cron_tick(&mut jobs, minute(2, 0)).await;
     let runs = world.cron_runs(2).await;
-    assert_eq!((runs[0].outcome, runs[0].exit_code), (crate::cron::CronOutcome::Failed, Some(4)));
+    assert_eq!((runs[0].outcome, runs[0].exit_code), (CronOutcome::Failed, Some(4)));
     world.runtime.exit_code.store(0, Ordering::SeqCst);
 
     // A config change keeps the unchanged job's clock: the time it was waiting for runs,
@@ -2056,4 +2060,47 @@ async fn scheduled_jobs_run_in_the_live_deployment_follow_it_and_stop_with_the_p
     world.orchestrator.cron_tick(&mut jobs, minute(8, 0)).await;
     assert!(jobs.is_empty());
     assert_eq!(world.releases().len(), 4);
+}
+
+#[tokio::test]
+async fn a_job_time_that_comes_while_its_run_is_going_is_skipped_and_recorded() {
+    let world = World::new(1).await;
+    let v1_build = world.deployment(1).await.build_id.expect("v1 has a build");
+    let job = CronJob { command: "sleep 90".into(), schedule: "* * * * *".into(), timezone: None };
+    world.store.set_build_cron(v1_build, &[job]).await.expect("jobs");
+    let mut jobs = HashMap::new();
+    world.orchestrator.cron_tick(&mut jobs, minute(0, 30)).await;
+
+    let gate = world.runtime.one_off_gate.write().await;
+    world.orchestrator.cron_tick(&mut jobs, minute(1, 0)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(2, 0)).await;
+    let runs = world.cron_runs(1).await;
+    assert_eq!(runs.len(), 1, "only the skipped time is recorded while the run goes on: {runs:?}");
+    assert_eq!((runs[0].outcome, runs[0].scheduled_at, runs[0].started_at), (CronOutcome::Skipped, minute(2, 0), None));
+    assert_eq!(world.releases().len(), 1, "one run at once");
+    drop(gate);
+    let runs = world.cron_runs(2).await;
+    assert_eq!((runs[0].outcome, runs[0].scheduled_at), (CronOutcome::Succeeded, minute(1, 0)), "{runs:?}");
+
+    // The run ended: the next time runs.
+    world.orchestrator.cron_tick(&mut jobs, minute(3, 0)).await;
+    assert_eq!(world.cron_runs(3).await[0].scheduled_at, minute(3, 0));
+
+    // A stopped project records no skipped time either.
+    let gate = world.runtime.one_off_gate.write().await;
+    world.orchestrator.cron_tick(&mut jobs, minute(4, 0)).await;
+    for _ in 0..400 {
+        if world.releases().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(world.releases().len(), 3, "the run at 4:00 started");
+    world.orchestrator.stop(&world.project, None).await.expect("stop");
+    world.orchestrator.cron_tick(&mut jobs, minute(5, 0)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(gate);
+    let runs = world.cron_runs(4).await;
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    assert_eq!((runs[0].outcome, runs[0].scheduled_at), (CronOutcome::Succeeded, minute(4, 0)), "{runs:?}");
 }

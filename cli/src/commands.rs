@@ -30,6 +30,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Previews { project, state } => previews(&client, out, project, state),
         Command::Addons { project, command } => addons(&client, out, project, command),
         Command::Webhooks { project, command } => webhooks(&client, out, project, command),
+        Command::Cron(project) => cron(&client, out, project),
         Command::Deployments(project) => deployments(&client, out, project),
         Command::Deploy { project, version } => deploy(&client, out, project, version, false),
         Command::Rollback { project, version } => deploy(&client, out, project, version, true),
@@ -613,6 +614,55 @@ fn env(client: &Client, out: Output, cmd: EnvCommand) -> Result<()> {
         return out.json(&env);
     }
     println!("Updated the env of {name}: {} variable(s) now set.", env.as_object().map_or(0, |o| o.len()));
+    Ok(())
+}
+
+fn cron(client: &Client, out: Output, arg: ProjectArg) -> Result<()> {
+    let name = resolve_project(&arg)?;
+    let cron: Value = client.get(&format!("/projects/{name}/cron"))?;
+    if out.json {
+        return out.json(&cron);
+    }
+    let jobs = rows(&cron["jobs"], &["job", "schedule", "timezone", "next_run_at", "command"]);
+    if jobs.is_empty() {
+        println!("{name} has no scheduled jobs: declare them in app.json under \"cron\" and push.");
+    } else {
+        let jobs: Vec<Vec<String>> = jobs
+            .into_iter()
+            .map(|mut row| {
+                row[0] = format!("cron.{}", row[0]);
+                if row[3] == "-" {
+                    row[3] = "stopped".into();
+                }
+                row
+            })
+            .collect();
+        print_table(&["JOB", "SCHEDULE", "TIMEZONE", "NEXT RUN", "COMMAND"], &jobs);
+    }
+    let runs = cron["runs"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if runs.is_empty() {
+        return Ok(());
+    }
+    println!();
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            let result = match (run["outcome"].as_str(), run["exit_code"].as_i64()) {
+                (Some("skipped"), _) => "skipped (still running)".to_owned(),
+                (_, Some(code)) => code.to_string(),
+                _ => format!("error: {}", text(&run["error"])),
+            };
+            vec![
+                format!("cron.{}", text(&run["job"])),
+                format!("v{}", text(&run["version"])),
+                text(&run["scheduled_at"]),
+                text(&run["started_at"]),
+                text(&run["finished_at"]),
+                result,
+            ]
+        })
+        .collect();
+    print_table(&["JOB", "VERSION", "SCHEDULED", "STARTED", "ENDED", "EXIT CODE"], &rows);
     Ok(())
 }
 

@@ -105,6 +105,9 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         state: Option<String>,
     },
+    /// List a project's scheduled jobs (from `app.json` of the live deployment) with their
+    /// next run, then the last runs of each: start, end, exit code.
+    Cron(ProjectArg),
     /// List a project's deployments, newest first.
     Deployments(ProjectArg),
     /// Deploy the latest build again, or a given version (its build and config).

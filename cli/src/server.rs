@@ -11,7 +11,7 @@ use paastech_acme::{AcmeConfig, AcmeManager};
 use paastech_core::addons::AddonKind;
 use paastech_core::drivers::{ImageBuilder, Runtime};
 use paastech_core::logs::LogHub;
-use paastech_core::orchestrator::{FOLLOW_INTERVAL, Orchestrator, OrchestratorConfig};
+use paastech_core::orchestrator::{CRON_TICK, FOLLOW_INTERVAL, Orchestrator, OrchestratorConfig};
 use paastech_core::registry::{DriverContext, ImageRegistry, OptionsSource, Registry};
 use paastech_core::stats::STATS_INTERVAL;
 use paastech_core::{DomainRules, ProjectName, Store};
@@ -579,6 +579,9 @@ async fn serve(settings: Settings) -> Result<()> {
     let follower = orchestrator.follow_instances(FOLLOW_INTERVAL);
     // Every running project's CPU and memory, read for its chart of the last hour.
     let sampler = orchestrator.sample_usage(STATS_INTERVAL);
+    // Scheduled jobs (app.json `cron`) of each live deployment as it runs again; times
+    // missed while the server was down are not run.
+    let scheduler = orchestrator.schedule_cron(CRON_TICK);
 
     let signup = match config.auth.signup {
         Signup::Open => SignupPolicy::Open,
@@ -662,6 +665,7 @@ async fn serve(settings: Settings) -> Result<()> {
         follower.stop().await;
     }
     sampler.stop().await;
+    scheduler.stop().await;
     orchestrator.shutdown().await;
     let _ = ingress.await;
     if let Some(behind_ingress) = behind_ingress {

@@ -6,6 +6,7 @@
 pub mod addons;
 pub mod app;
 pub mod certificates;
+pub mod cron;
 pub mod deployment;
 pub mod domain;
 pub mod drivers;
@@ -26,6 +27,7 @@ pub mod webhooks;
 
 pub use addons::{Addon, AddonKind, AddonName};
 pub use certificates::{CertificateState, CertificateStatus, Certificates};
+pub use cron::{CronJob, CronOutcome, CronRun};
 pub use deployment::{Deployment, DeploymentStatus, NewDeployment};
 pub use domain::{
     ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User, validate_email,

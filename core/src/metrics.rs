@@ -112,6 +112,7 @@ pub struct Metrics {
     deploy_seconds: Histograms<OutcomeLabel>,
     builds: Counters<OutcomeLabel>,
     webhook_deliveries: Counters<OutcomeLabel>,
+    cron_runs: Counters<OutcomeLabel>,
     build_seconds: Histograms<OutcomeLabel>,
     instance_restarts: Family<ProjectLabel, Gauge>,
     hook_calls: Counters<HookLabels>,
@@ -149,6 +150,7 @@ impl Metrics {
             ingress,
             deploys: Family::default(),
             webhook_deliveries: Family::default(),
+            cron_runs: Family::default(),
             deploy_seconds: Family::new_with_constructor(Buckets(job_buckets)),
             builds: Family::default(),
             build_seconds: Family::new_with_constructor(Buckets(job_buckets)),
@@ -174,6 +176,11 @@ impl Metrics {
             "webhook_deliveries",
             "Webhook deliveries by how they ended: delivered (2xx), refused (another answer) or error (no answer)",
             this.webhook_deliveries.clone(),
+        );
+        r.register(
+            "cron_runs",
+            "Scheduled jobs' times by how they ended: succeeded, failed (non-zero, timeout, no start) or skipped (still running)",
+            this.cron_runs.clone(),
         );
         r.register("build_duration_seconds", "Time a build took", this.build_seconds.clone());
         r.register(
@@ -203,6 +210,11 @@ impl Metrics {
     /// A webhook delivery ended (after its last attempt): `delivered`, `refused` or `error`.
     pub fn webhook_delivery(&self, outcome: &'static str) {
         self.webhook_deliveries.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// A scheduled job's time ended: `succeeded`, `failed` or `skipped`.
+    pub fn cron_run(&self, outcome: &'static str) {
+        self.cron_runs.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// A deployment went live (`ok`) or failed, `elapsed` after it started.

@@ -527,6 +527,7 @@ impl Orchestrator {
             };
             let mut build_env = env.clone();
             build_env.extend(self.pre_build(&ctx, &source, tee.as_ref()).await?);
+            self.keep_cron_jobs(build, &source, tee.as_ref()).await?;
             let request = BuildRequest {
                 project: project.name.clone(),
                 version: deployment.version,
@@ -1778,10 +1779,12 @@ fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
 }
 
 mod addons;
+mod cron;
 mod follow;
 mod previews;
 mod stats;
 mod webhooks;
+pub use cron::CRON_TICK;
 pub use follow::{Background, FOLLOW_INTERVAL};
 pub use stats::{InstanceStats, ProjectStats};
 

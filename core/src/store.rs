@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::addons::{Addon, AddonName};
 
+use crate::cron::{CronJob, CronRun};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
 use crate::drivers::Limits;
@@ -135,6 +136,19 @@ pub trait Store: Send + Sync {
     /// Forgets a build's artifact once it has been removed to save space; its record and
     /// log stay.
     async fn clear_build_artifact(&self, build_id: i64) -> Result<()>;
+
+    // Scheduled jobs (`app.json`'s `cron`).
+    /// Keeps the jobs a build's `app.json` declared, replacing any it had: a rollback to
+    /// the build runs its jobs.
+    async fn set_build_cron(&self, build_id: i64, jobs: &[CronJob]) -> Result<()>;
+    /// The jobs of a build, in `app.json` order; none when it declared none.
+    async fn build_cron(&self, build_id: i64) -> Result<Vec<CronJob>>;
+    /// Keeps one run (or skipped time) of a job, and only the newest
+    /// [`crate::cron::KEPT_RUNS`] of that job of the project. A project deleted meanwhile
+    /// is not an error: nothing is kept.
+    async fn record_cron_run(&self, run: &CronRun) -> Result<()>;
+    /// The project's kept runs, newest first.
+    async fn cron_runs(&self, project_id: i64) -> Result<Vec<CronRun>>;
 
     // Deployments.
     /// Records a deployment with the next version number of its project.

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use super::{INTERRUPTED, Orchestrator, OrchestratorConfig};
 use crate::addons::{Addon, AddonKind, AddonName, BackupReader, BackupWriter};
+use crate::cron::{CronJob, CronOutcome, CronRun};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
 use crate::drivers::{
@@ -116,6 +117,8 @@ struct Data {
     addons: Vec<Addon>,
     webhooks: Vec<(Webhook, String)>,
     webhook_attempts: Vec<WebhookAttempt>,
+    build_cron: HashMap<i64, Vec<CronJob>>,
+    cron_runs: Vec<CronRun>,
 }
 
 /// The store's contract in memory, for the calls the orchestrator makes.
@@ -383,6 +386,21 @@ impl Store for MemStore {
         let data = self.enter("webhook_attempts").await?;
         Ok(data.webhook_attempts.iter().filter(|a| a.webhook_id == webhook_id).cloned().collect())
     }
+    async fn set_build_cron(&self, build_id: i64, jobs: &[CronJob]) -> Result<()> {
+        self.enter("set_build_cron").await?.build_cron.insert(build_id, jobs.to_vec());
+        Ok(())
+    }
+    async fn build_cron(&self, build_id: i64) -> Result<Vec<CronJob>> {
+        Ok(self.enter("build_cron").await?.build_cron.get(&build_id).cloned().unwrap_or_default())
+    }
+    async fn record_cron_run(&self, run: &CronRun) -> Result<()> {
+        self.enter("record_cron_run").await?.cron_runs.insert(0, run.clone());
+        Ok(())
+    }
+    async fn cron_runs(&self, project_id: i64) -> Result<Vec<CronRun>> {
+        let data = self.enter("cron_runs").await?;
+        Ok(data.cron_runs.iter().filter(|r| r.project_id == project_id).cloned().collect())
+    }
     async fn create_build(&self, project_id: i64, commit: &str) -> Result<Build> {
         let mut data = self.enter("create_build").await?;
         let build = Build {
@@ -592,6 +610,8 @@ struct FakeRuntime {
     moves: AtomicBool,
     /// The one-off commands run, in order.
     one_offs: Mutex<Vec<OneOffRun>>,
+    /// Held by a test, keeps every one-off command running until released.
+    one_off_gate: tokio::sync::RwLock<()>,
     /// The exit code one-off commands answer.
     exit_code: AtomicI32,
 }
@@ -661,6 +681,7 @@ impl Runtime for FakeRuntime {
             instances_of_its_version,
         });
         output.line("migrating the database");
+        drop(self.one_off_gate.read().await);
         Ok(self.exit_code.load(Ordering::SeqCst))
     }
     async fn list(&self) -> Result<Vec<Instance>> {
@@ -759,6 +780,7 @@ impl World {
             instances: Mutex::default(),
             moves: AtomicBool::new(false),
             one_offs: Mutex::default(),
+            one_off_gate: tokio::sync::RwLock::new(()),
             exit_code: AtomicI32::new(0),
         });
         let traffic = Arc::new(FakeTraffic {
@@ -1984,4 +2006,145 @@ async fn a_project_has_at_most_max_webhooks() {
     // The URL and events are checked first, whatever the count.
     let bad = world.orchestrator.add_webhook(&world.project, "ftp://x/", &[], "s").await;
     assert!(matches!(bad, Err(Error::Invalid(_))), "{bad:?}");
+}
+
+// ----- Scheduled jobs -----------------------------------------------------------------------
+
+impl World {
+    /// Every kept run of the project's jobs, newest first, once `count` are there.
+    async fn cron_runs(&self, count: usize) -> Vec<CronRun> {
+        for _ in 0..400 {
+            let runs = self.store.cron_runs(self.project.id).await.expect("runs");
+            if runs.len() >= count {
+                return runs;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.store.cron_runs(self.project.id).await.expect("runs")
+    }
+}
+
+/// Minute `m` after an arbitrary hour, plus `s` seconds.
+fn minute(m: i64, s: i64) -> Timestamp {
+    Timestamp(1_796_000_400_000 + m * 60_000 + s * 1000)
+}
+
+#[tokio::test]
+async fn scheduled_jobs_run_in_the_live_deployment_follow_it_and_stop_with_the_project() {
+    // Versions: v1 with a job, v2 an env change (the same build), v3 a push without jobs,
+    // v4 a rollback to v1.
+    let world = World::new(1).await;
+    let v1_build = world.deployment(1).await.build_id.expect("v1 has a build");
+    let job = CronJob { command: "echo one".into(), schedule: "* * * * *".into(), timezone: None };
+    world.store.set_build_cron(v1_build, std::slice::from_ref(&job)).await.expect("jobs");
+    let mut jobs = HashMap::new();
+
+    // The first tick only starts the clock: the time before it is not run.
+    world.orchestrator.cron_tick(&mut jobs, minute(0, 30)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(0, 59)).await;
+    assert!(world.releases().is_empty(), "nothing due yet");
+    world.orchestrator.cron_tick(&mut jobs, minute(1, 0)).await;
+    let runs = world.cron_runs(1).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!((runs[0].job, runs[0].version, runs[0].scheduled_at), (1, 1, minute(1, 0)));
+    assert_eq!((runs[0].outcome, runs[0].exit_code), (CronOutcome::Succeeded, Some(0)));
+    let one_offs = world.releases();
+    assert_eq!(one_offs.len(), 1);
+    assert_eq!(one_offs[0].argv, ["sh", "-c", "echo one"]);
+    assert_eq!(one_offs[0].env.get("PAASTECH_VERSION").map(String::as_str), Some("1"));
+    assert_eq!(one_offs[0].env.get("GREETING").map(String::as_str), Some("hello"));
+    let listed = world.orchestrator.cron(&world.project).await.expect("listing");
+    assert_eq!(listed.0.len(), 1);
+    assert!(listed.0[0].1.is_some(), "a next time while running");
+
+    // A non-zero exit is recorded with its code.
+    world.runtime.exit_code.store(4, Ordering::SeqCst);
+    world.orchestrator.cron_tick(&mut jobs, minute(2, 0)).await;
+    let runs = world.cron_runs(2).await;
+    assert_eq!((runs[0].outcome, runs[0].exit_code), (CronOutcome::Failed, Some(4)));
+    world.runtime.exit_code.store(0, Ordering::SeqCst);
+
+    // A config change keeps the unchanged job's clock: the time it was waiting for runs,
+    // in the new deployment.
+    world.orchestrator.cron_tick(&mut jobs, minute(2, 30)).await;
+    world.orchestrator.update_env(&world.project, &changes(&[("GREETING", Some("hi"))])).await.expect("v2");
+    world.serves(2, 1).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(3, 0)).await;
+    let runs = world.cron_runs(3).await;
+    assert_eq!((runs[0].version, runs[0].scheduled_at), (2, minute(3, 0)), "{runs:?}");
+    assert_eq!(world.releases()[2].env.get("GREETING").map(String::as_str), Some("hi"));
+
+    // Stopped: the time passes without a run, and nothing is listed as next.
+    world.orchestrator.stop(&world.project, None).await.expect("stop");
+    world.orchestrator.cron_tick(&mut jobs, minute(4, 0)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(world.releases().len(), 3, "no run while stopped");
+    assert_eq!(world.cron_runs(4).await.len(), 3);
+    assert_eq!(world.orchestrator.cron(&world.project).await.expect("listing").0[0].1, None);
+    world.orchestrator.start(&world.project, None).await.expect("start");
+
+    // A new deployment without jobs replaces them from its switch on.
+    world.push().await.expect("v3");
+    world.serves(3, 1).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(5, 0)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(6, 0)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(world.releases().len(), 3, "v3 has no jobs");
+
+    // A rollback to v1's build brings its jobs back, from the next time after it.
+    world.orchestrator.redeploy(&world.project, Some(1)).await.expect("rollback");
+    world.serves(4, 1).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(6, 30)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(7, 0)).await;
+    let runs = world.cron_runs(4).await;
+    assert_eq!((runs[0].version, runs[0].scheduled_at), (4, minute(7, 0)), "{runs:?}");
+
+    // A deleted project's jobs are gone.
+    world.orchestrator.delete_project(&world.project).await.expect("delete");
+    world.orchestrator.cron_tick(&mut jobs, minute(8, 0)).await;
+    assert!(jobs.is_empty());
+    assert_eq!(world.releases().len(), 4);
+}
+
+#[tokio::test]
+async fn a_job_time_that_comes_while_its_run_is_going_is_skipped_and_recorded() {
+    let world = World::new(1).await;
+    let v1_build = world.deployment(1).await.build_id.expect("v1 has a build");
+    let job = CronJob { command: "sleep 90".into(), schedule: "* * * * *".into(), timezone: None };
+    world.store.set_build_cron(v1_build, &[job]).await.expect("jobs");
+    let mut jobs = HashMap::new();
+    world.orchestrator.cron_tick(&mut jobs, minute(0, 30)).await;
+
+    let gate = world.runtime.one_off_gate.write().await;
+    world.orchestrator.cron_tick(&mut jobs, minute(1, 0)).await;
+    world.orchestrator.cron_tick(&mut jobs, minute(2, 0)).await;
+    let runs = world.cron_runs(1).await;
+    assert_eq!(runs.len(), 1, "only the skipped time is recorded while the run goes on: {runs:?}");
+    assert_eq!((runs[0].outcome, runs[0].scheduled_at, runs[0].started_at), (CronOutcome::Skipped, minute(2, 0), None));
+    assert_eq!(world.releases().len(), 1, "one run at once");
+    drop(gate);
+    let runs = world.cron_runs(2).await;
+    assert_eq!((runs[0].outcome, runs[0].scheduled_at), (CronOutcome::Succeeded, minute(1, 0)), "{runs:?}");
+
+    // The run ended: the next time runs.
+    world.orchestrator.cron_tick(&mut jobs, minute(3, 0)).await;
+    assert_eq!(world.cron_runs(3).await[0].scheduled_at, minute(3, 0));
+
+    // A stopped project records no skipped time either.
+    let gate = world.runtime.one_off_gate.write().await;
+    world.orchestrator.cron_tick(&mut jobs, minute(4, 0)).await;
+    for _ in 0..400 {
+        if world.releases().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(world.releases().len(), 3, "the run at 4:00 started");
+    world.orchestrator.stop(&world.project, None).await.expect("stop");
+    world.orchestrator.cron_tick(&mut jobs, minute(5, 0)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(gate);
+    let runs = world.cron_runs(4).await;
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    assert_eq!((runs[0].outcome, runs[0].scheduled_at), (CronOutcome::Succeeded, minute(4, 0)), "{runs:?}");
 }

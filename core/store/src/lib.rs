@@ -30,6 +30,7 @@ use paastech_core::{
     HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Stopped, Store, Timestamp, User, Webhook,
     WebhookAttempt, WebhookEvent,
 };
+use paastech_core::{CronJob, CronRun};
 
 use crate::conn::{Pools, write_tx};
 use crate::error::{StoreError, conflict_on_unique, not_found, not_found_on_fk};
@@ -647,7 +648,10 @@ impl Store for SqlStore {
             // project goes" true even on a SQLite connection opened without foreign keys.
             write_tx(conn, |conn| {
                 diesel::delete(deployments::table.filter(deployments::project_id.eq(project_id))).execute(conn)?;
+                let builds_of = builds::table.filter(builds::project_id.eq(project_id)).select(builds::id);
+                diesel::delete(build_cron::table.filter(build_cron::build_id.eq_any(builds_of))).execute(conn)?;
                 diesel::delete(builds::table.filter(builds::project_id.eq(project_id))).execute(conn)?;
+                diesel::delete(cron_runs::table.filter(cron_runs::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(env_vars::table.filter(env_vars::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(process_scale::table.filter(process_scale::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(project_limits::table.filter(project_limits::project_id.eq(project_id)))
@@ -1072,6 +1076,79 @@ impl Store for SqlStore {
                 .select(WebhookAttemptRow::as_select())
                 .load(conn)?;
             Ok(rows.into_iter().map(WebhookAttempt::try_from).collect::<Result<Vec<_>>>()?)
+        })
+    }
+
+    async fn set_build_cron(&self, build_id: i64, jobs: &[CronJob]) -> Result<()> {
+        let jobs = cron_jobs_to_json(jobs)?;
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                diesel::delete(build_cron::table.find(build_id)).execute(conn)?;
+                diesel::insert_into(build_cron::table)
+                    .values((build_cron::build_id.eq(build_id), build_cron::jobs.eq(&jobs)))
+                    .execute(conn)
+                    .map_err(not_found_on_fk("build not found"))?;
+                Ok(())
+            })
+        })
+    }
+
+    async fn build_cron(&self, build_id: i64) -> Result<Vec<CronJob>> {
+        let jobs = with_conn!(self, |conn| {
+            Ok(build_cron::table.find(build_id).select(build_cron::jobs).first::<String>(conn).optional()?)
+        })?;
+        jobs.map_or_else(|| Ok(Vec::new()), |text| cron_jobs_from_json(&text))
+    }
+
+    async fn record_cron_run(&self, run: &CronRun) -> Result<()> {
+        let run = run.clone();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                let exists = projects::table.find(run.project_id).select(projects::id).first::<i64>(conn).optional()?;
+                if exists.is_none() {
+                    return Ok(());
+                }
+                let job = i64::from(run.job);
+                diesel::insert_into(cron_runs::table)
+                    .values((
+                        cron_runs::project_id.eq(run.project_id),
+                        cron_runs::job.eq(job),
+                        cron_runs::command.eq(&run.command),
+                        cron_runs::schedule.eq(&run.schedule),
+                        cron_runs::version.eq(run.version),
+                        cron_runs::scheduled_at.eq(run.scheduled_at.0),
+                        cron_runs::started_at.eq(run.started_at.map(|t| t.0)),
+                        cron_runs::finished_at.eq(run.finished_at.map(|t| t.0)),
+                        cron_runs::outcome.eq(run.outcome.as_str()),
+                        cron_runs::exit_code.eq(run.exit_code.map(i64::from)),
+                        cron_runs::error.eq(&run.error),
+                    ))
+                    .execute(conn)?;
+                let of_job = cron_runs::project_id.eq(run.project_id).and(cron_runs::job.eq(job));
+                let keep_from = cron_runs::table
+                    .filter(of_job)
+                    .order(cron_runs::id.desc())
+                    .offset(paastech_core::cron::KEPT_RUNS - 1)
+                    .select(cron_runs::id)
+                    .first::<i64>(conn)
+                    .optional()?;
+                if let Some(oldest_kept) = keep_from {
+                    diesel::delete(cron_runs::table.filter(of_job).filter(cron_runs::id.lt(oldest_kept)))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    async fn cron_runs(&self, project_id: i64) -> Result<Vec<CronRun>> {
+        with_conn!(self, |conn| {
+            let rows = cron_runs::table
+                .filter(cron_runs::project_id.eq(project_id))
+                .order(cron_runs::id.desc())
+                .select(CronRunRow::as_select())
+                .load(conn)?;
+            Ok(rows.into_iter().map(CronRun::try_from).collect::<Result<Vec<_>>>()?)
         })
     }
 

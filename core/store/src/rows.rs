@@ -9,11 +9,12 @@ use paastech_core::{
     Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
     PreviewOf, Project, ProjectName, SshKey, Timestamp, User, Webhook, WebhookAttempt, WebhookEvent,
 };
+use paastech_core::{CronJob, CronOutcome, CronRun};
 
 use crate::secrets::Keyring;
 
 use crate::schema::{
-    addons, api_tokens, builds, deployments, domains, projects, ssh_keys, users, webhook_attempts, webhooks,
+    addons, api_tokens, builds, cron_runs, deployments, domains, projects, ssh_keys, users, webhook_attempts, webhooks,
 };
 
 #[derive(Queryable, Selectable)]
@@ -389,4 +390,49 @@ impl TryFrom<WebhookAttemptRow> for WebhookAttempt {
             duration_ms: u64::try_from(row.duration_ms).unwrap_or(0),
         })
     }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = cron_runs)]
+pub(crate) struct CronRunRow {
+    pub project_id: i64,
+    pub job: i64,
+    pub command: String,
+    pub schedule: String,
+    pub version: i64,
+    pub scheduled_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub outcome: String,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+}
+
+impl TryFrom<CronRunRow> for CronRun {
+    type Error = Error;
+
+    fn try_from(row: CronRunRow) -> Result<Self, Error> {
+        Ok(CronRun {
+            project_id: row.project_id,
+            job: u32::try_from(row.job)
+                .map_err(|_| Error::internal_msg(format!("invalid cron job {} in store", row.job)))?,
+            command: row.command,
+            schedule: row.schedule,
+            version: row.version,
+            scheduled_at: Timestamp(row.scheduled_at),
+            started_at: row.started_at.map(Timestamp),
+            finished_at: row.finished_at.map(Timestamp),
+            outcome: CronOutcome::parse(&row.outcome)?,
+            exit_code: row.exit_code.and_then(|c| i32::try_from(c).ok()),
+            error: row.error,
+        })
+    }
+}
+
+pub(crate) fn cron_jobs_to_json(jobs: &[CronJob]) -> Result<String, Error> {
+    to_json(&jobs, "cron jobs")
+}
+
+pub(crate) fn cron_jobs_from_json(text: &str) -> Result<Vec<CronJob>, Error> {
+    from_json(text, "cron jobs")
 }

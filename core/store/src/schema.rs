@@ -168,6 +168,32 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// The jobs a build's `app.json` declared: a JSON list of `CronJob`.
+    build_cron (build_id) {
+        build_id -> BigInt,
+        jobs -> Text,
+    }
+}
+
+diesel::table! {
+    cron_runs (id) {
+        id -> BigInt,
+        project_id -> BigInt,
+        /// The job's index in `app.json`.
+        job -> BigInt,
+        command -> Text,
+        schedule -> Text,
+        version -> BigInt,
+        scheduled_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+        outcome -> Text,
+        exit_code -> Nullable<BigInt>,
+        error -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(ssh_keys -> users (user_id));
 diesel::joinable!(deployments -> projects (project_id));
@@ -191,4 +217,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     addons,
     webhooks,
     webhook_attempts,
+    build_cron,
+    cron_runs,
 );

@@ -180,6 +180,7 @@ suite!(
     a_database_opened_with_another_key_file_is_refused_naming_it,
     rotation_seals_everything_with_a_new_key_and_the_old_one_is_not_needed,
     an_interrupted_rotation_leaves_every_value_readable_and_resumes,
+    cron_jobs_stay_with_their_build_and_runs_keep_the_newest_per_job,
 );
 
 fn host(s: &str) -> Hostname {
@@ -617,6 +618,67 @@ async fn builds_are_created_and_finished(db: &TestDb) {
     assert_not_found(store.create_build(424242, "x").await, "project");
     let none = BTreeMap::new();
     assert_not_found(store.finish_build(424242, paastech_core::BuildStatus::Failed, None, &none, "").await, "build");
+}
+
+async fn cron_jobs_stay_with_their_build_and_runs_keep_the_newest_per_job(db: &TestDb) {
+    use paastech_core::{CronJob, CronOutcome, CronRun, Timestamp};
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let first = store.create_build(project.id, "aaa").await.expect("build");
+    let second = store.create_build(project.id, "bbb").await.expect("build");
+    let jobs = vec![
+        CronJob { command: "echo one".into(), schedule: "* * * * *".into(), timezone: None },
+        CronJob { command: "./two".into(), schedule: "0 3 * * *".into(), timezone: Some("Europe/Paris".into()) },
+    ];
+    store.set_build_cron(first.id, &jobs).await.expect("set jobs");
+    assert_eq!(store.build_cron(first.id).await.expect("jobs"), jobs);
+    // A build without app.json jobs has none; setting again replaces.
+    assert_eq!(store.build_cron(second.id).await.expect("jobs"), vec![]);
+    store.set_build_cron(first.id, &jobs[1..]).await.expect("replace jobs");
+    assert_eq!(store.build_cron(first.id).await.expect("jobs"), jobs[1..].to_vec());
+    assert_not_found(store.set_build_cron(424242, &jobs).await, "build");
+
+    let run = |job: u32, minute: i64, outcome: CronOutcome| CronRun {
+        project_id: project.id,
+        job,
+        command: "echo one".into(),
+        schedule: "* * * * *".into(),
+        version: 3,
+        scheduled_at: Timestamp(minute * 60_000),
+        started_at: (outcome != CronOutcome::Skipped).then_some(Timestamp(minute * 60_000 + 5)),
+        finished_at: (outcome != CronOutcome::Skipped).then_some(Timestamp(minute * 60_000 + 900)),
+        outcome,
+        exit_code: match outcome {
+            CronOutcome::Succeeded => Some(0),
+            CronOutcome::Failed => Some(4),
+            CronOutcome::Skipped => None,
+        },
+        error: (outcome == CronOutcome::Skipped).then(|| "the previous run was still going".to_owned()),
+    };
+    let kept = paastech_core::cron::KEPT_RUNS;
+    for minute in 0..kept + 5 {
+        let outcome = [CronOutcome::Succeeded, CronOutcome::Failed, CronOutcome::Skipped][(minute % 3) as usize];
+        store.record_cron_run(&run(0, minute, outcome)).await.expect("record");
+    }
+    store.record_cron_run(&run(1, 0, CronOutcome::Succeeded)).await.expect("record another job");
+    let runs = store.cron_runs(project.id).await.expect("runs");
+    // Job 0 keeps its newest KEPT_RUNS, job 1 its one: newest first.
+    assert_eq!(runs.len() as i64, kept + 1);
+    assert_eq!(runs[0], run(1, 0, CronOutcome::Succeeded));
+    let job0: Vec<i64> = runs.iter().filter(|r| r.job == 0).map(|r| r.scheduled_at.0 / 60_000).collect();
+    assert_eq!(job0, (5..kept + 5).rev().collect::<Vec<_>>());
+    let failed = runs.iter().find(|r| r.outcome == CronOutcome::Failed).expect("a failed run");
+    assert_eq!(failed.exit_code, Some(4));
+    let skipped = runs.iter().find(|r| r.outcome == CronOutcome::Skipped).expect("a skipped time");
+    assert_eq!((skipped.started_at, skipped.exit_code), (None, None));
+
+    // A deleted project's jobs and runs go with it; a late run of it is not an error.
+    store.delete_project(project.id).await.expect("delete");
+    assert_eq!(store.build_cron(first.id).await.expect("jobs"), vec![]);
+    assert_eq!(store.cron_runs(project.id).await.expect("runs"), vec![]);
+    store.record_cron_run(&run(0, 99, CronOutcome::Succeeded)).await.expect("late run");
+    assert_eq!(store.cron_runs(project.id).await.expect("runs"), vec![]);
 }
 
 async fn deployment_versions_increase_per_project(db: &TestDb) {

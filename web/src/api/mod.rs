@@ -2,6 +2,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod addons;
+pub(crate) mod cron;
 pub(crate) mod domains;
 pub(crate) mod extract;
 pub(crate) mod https;
@@ -57,6 +58,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/webhooks/{id}", delete(webhooks::remove))
         .route("/projects/{name}/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/projects/{name}/previews", get(previews::get).put(previews::put))
+        .route("/projects/{name}/cron", get(cron::list))
         .route("/projects/{name}/run", post(projects::run))
         .route("/projects/{name}/stop", post(lifecycle::stop))
         .route("/projects/{name}/start", post(lifecycle::start))
@@ -98,7 +100,7 @@ async fn openapi() -> ApiResult<Response> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy, add-ons (databases), deploy webhooks, preview apps, deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
+    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy, add-ons (databases), deploy webhooks, scheduled jobs, preview apps, deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
     servers((url = "/api/v1")),
     paths(
         healthz,
@@ -116,6 +118,7 @@ async fn openapi() -> ApiResult<Response> {
         addons::list, addons::create, addons::info, addons::destroy, addons::backup, addons::restore,
         webhooks::list, webhooks::add, webhooks::remove, webhooks::deliveries,
         previews::get, previews::put,
+        cron::list,
     ),
     components(schemas(ErrorBody), responses(ErrorBody)),
     modifiers(&BearerAuth),

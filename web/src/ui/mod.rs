@@ -9,6 +9,7 @@
 
 mod account;
 mod chart;
+mod cron;
 mod pages;
 mod project;
 pub mod session;
@@ -58,6 +59,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/addons/destroy", post(project::addon_destroy))
         .route("/projects/{name}/webhooks", get(webhooks::webhooks_page).post(webhooks::webhook_add))
         .route("/projects/{name}/webhooks/remove", post(webhooks::webhook_remove))
+        .route("/projects/{name}/cron", get(cron::cron_page))
         .route("/projects/{name}/https", post(project::https_save))
         .route("/projects/{name}/logs", get(project::logs_page))
         .route("/projects/{name}/logs/stream", get(project::logs_stream))

@@ -104,6 +104,8 @@ pub struct User {
     pub email: String,
     pub is_admin: bool,
     pub created_at: Timestamp,
+    /// Whether the address was proved by a mailed link (always, on a server without mail).
+    pub email_verified: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,7 @@ pub mod hostname;
 pub mod https;
 pub mod lifecycle;
 pub mod logs;
+pub mod mail;
 pub mod metrics;
 pub mod orchestrator;
 pub mod ports;

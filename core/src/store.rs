@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::hostname::{Domain, Hostname};
 use crate::https::HttpsPolicy;
 use crate::lifecycle::Stopped;
+use crate::mail::EmailPurpose;
 use crate::webhooks::{Webhook, WebhookAttempt, WebhookEvent};
 
 /// A change to a project's env: `Some` sets, `None` unsets.
@@ -31,6 +32,22 @@ pub trait Store: Send + Sync {
     async fn user(&self, id: i64) -> Result<User>;
     /// The user with this email and their password hash.
     async fn user_by_email(&self, email: &str) -> Result<(User, String)>;
+    async fn set_email_verified(&self, user_id: i64, verified: bool) -> Result<()>;
+    async fn set_password(&self, user_id: i64, password_hash: &str) -> Result<()>;
+    /// Keeps `token_hash` as the user's one usable token for `purpose` (earlier unused ones
+    /// of the same purpose are dropped), usable until `expires_at`.
+    async fn create_email_token(
+        &self,
+        user_id: i64,
+        purpose: EmailPurpose,
+        token_hash: &str,
+        expires_at: Timestamp,
+    ) -> Result<()>;
+    /// Uses a token once: its user, when it exists for `purpose`, is unused and has not
+    /// expired at `now`; otherwise `NotFound`. A token is never usable twice.
+    async fn use_email_token(&self, purpose: EmailPurpose, token_hash: &str, now: Timestamp) -> Result<User>;
+    /// Deletes the user's tokens with one of `names` (their sessions); how many.
+    async fn delete_tokens_named(&self, user_id: i64, names: &[&str]) -> Result<usize>;
     async fn users(&self) -> Result<Vec<User>>;
 
     // API tokens, stored as hashes only.

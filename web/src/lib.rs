@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 mod connections;
+pub mod email;
 pub mod error;
 pub mod metrics;
 pub mod ui;
@@ -80,6 +81,10 @@ pub struct AppState {
     pub signup: SignupPolicy,
     pub urls: Arc<PublicUrls>,
     pub limiter: Arc<LoginLimiter>,
+    /// Password reset requests, per address and client (as the login's failures).
+    pub reset_limiter: Arc<LoginLimiter>,
+    /// The server's mail (`[smtp]`), if it sends any.
+    pub mail: Option<Arc<email::MailSettings>>,
     /// Names of the build hooks in use (configured and per-project), shown on the admin page.
     pub hook_names: Arc<Vec<String>>,
     /// Flips to true when the server starts shutting down, so endless streams (live logs)
@@ -95,9 +100,17 @@ impl AppState {
             signup,
             urls: Arc::new(urls),
             limiter: Arc::new(LoginLimiter::new(10, Duration::from_secs(60))),
+            reset_limiter: Arc::new(LoginLimiter::new(5, Duration::from_secs(3600))),
+            mail: None,
             hook_names: Arc::new(Vec::new()),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Sends mail through `mailer`, with links to `public_url`.
+    pub fn with_mail(mut self, mailer: Arc<dyn paastech_core::mail::Mailer>, public_url: String) -> Self {
+        self.mail = Some(Arc::new(email::MailSettings { mailer, public_url }));
+        self
     }
 
     /// Records the build hooks in use, for the admin page.

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use paastech_core::drivers::Limits;
+use paastech_core::mail::EmailPurpose;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
     Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
@@ -385,6 +386,97 @@ impl Store for SqlStore {
                 .ok_or_else(|| not_found("no user with this email"))?;
             let hash = row.password_hash.clone();
             Ok((User::from(row), hash))
+        })
+    }
+
+    async fn set_email_verified(&self, user_id: i64, verified: bool) -> Result<()> {
+        with_conn!(self, |conn| {
+            let changed =
+                diesel::update(users::table.find(user_id)).set(users::email_verified.eq(verified)).execute(conn)?;
+            if changed == 0 {
+                return Err(not_found("user not found"));
+            }
+            Ok(())
+        })
+    }
+
+    async fn set_password(&self, user_id: i64, password_hash: &str) -> Result<()> {
+        let password_hash = password_hash.to_owned();
+        with_conn!(self, |conn| {
+            let changed = diesel::update(users::table.find(user_id))
+                .set(users::password_hash.eq(&password_hash))
+                .execute(conn)?;
+            if changed == 0 {
+                return Err(not_found("user not found"));
+            }
+            Ok(())
+        })
+    }
+
+    async fn create_email_token(
+        &self,
+        user_id: i64,
+        purpose: EmailPurpose,
+        token_hash: &str,
+        expires_at: Timestamp,
+    ) -> Result<()> {
+        let token_hash = token_hash.to_owned();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                diesel::delete(
+                    email_tokens::table
+                        .filter(email_tokens::user_id.eq(user_id))
+                        .filter(email_tokens::purpose.eq(purpose.as_str()))
+                        .filter(email_tokens::used_at.is_null()),
+                )
+                .execute(conn)?;
+                diesel::insert_into(email_tokens::table)
+                    .values((
+                        email_tokens::user_id.eq(user_id),
+                        email_tokens::purpose.eq(purpose.as_str()),
+                        email_tokens::token_hash.eq(&token_hash),
+                        email_tokens::created_at.eq(now()),
+                        email_tokens::expires_at.eq(expires_at.0),
+                    ))
+                    .execute(conn)
+                    .map_err(not_found_on_fk("user not found"))?;
+                Ok(())
+            })
+        })
+    }
+
+    async fn use_email_token(&self, purpose: EmailPurpose, token_hash: &str, now: Timestamp) -> Result<User> {
+        let token_hash = token_hash.to_owned();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                // One UPDATE decides: of two uses racing, one changes the row, the other
+                // finds it used.
+                let used = diesel::update(
+                    email_tokens::table
+                        .filter(email_tokens::token_hash.eq(&token_hash))
+                        .filter(email_tokens::purpose.eq(purpose.as_str()))
+                        .filter(email_tokens::used_at.is_null())
+                        .filter(email_tokens::expires_at.gt(now.0)),
+                )
+                .set(email_tokens::used_at.eq(now.0))
+                .returning(email_tokens::user_id)
+                .get_result::<i64>(conn)
+                .optional()?
+                .ok_or_else(|| not_found("the link is unknown, used or expired"))?;
+                let row = users::table.find(used).select(UserRow::as_select()).first(conn)?;
+                Ok(User::from(row))
+            })
+        })
+    }
+
+    async fn delete_tokens_named(&self, user_id: i64, names: &[&str]) -> Result<usize> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        with_conn!(self, |conn| {
+            let deleted = diesel::delete(
+                api_tokens::table.filter(api_tokens::user_id.eq(user_id)).filter(api_tokens::name.eq_any(&names)),
+            )
+            .execute(conn)?;
+            Ok(deleted)
         })
     }
 

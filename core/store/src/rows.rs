@@ -25,11 +25,18 @@ pub(crate) struct UserRow {
     pub password_hash: String,
     pub is_admin: bool,
     pub created_at: i64,
+    pub email_verified: bool,
 }
 
 impl From<UserRow> for User {
     fn from(row: UserRow) -> Self {
-        User { id: row.id, email: row.email, is_admin: row.is_admin, created_at: Timestamp(row.created_at) }
+        User {
+            id: row.id,
+            email: row.email,
+            is_admin: row.is_admin,
+            created_at: Timestamp(row.created_at),
+            email_verified: row.email_verified,
+        }
     }
 }
 

@@ -9,6 +9,19 @@ diesel::table! {
         password_hash -> Text,
         is_admin -> Bool,
         created_at -> BigInt,
+        email_verified -> Bool,
+    }
+}
+
+diesel::table! {
+    email_tokens (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        purpose -> Text,
+        token_hash -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
     }
 }
 
@@ -195,6 +208,7 @@ diesel::table! {
 }
 
 diesel::joinable!(api_tokens -> users (user_id));
+diesel::joinable!(email_tokens -> users (user_id));
 diesel::joinable!(ssh_keys -> users (user_id));
 diesel::joinable!(deployments -> projects (project_id));
 diesel::joinable!(env_vars -> projects (project_id));
@@ -219,4 +233,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_attempts,
     build_cron,
     cron_runs,
+    email_tokens,
 );

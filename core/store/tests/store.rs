@@ -10,6 +10,7 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, SqliteConnection};
 use paastech_core::addons::AddonName;
 use paastech_core::drivers::Limits;
+use paastech_core::mail::EmailPurpose;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
     DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, PreviewOf, ProjectName, Stopped, Store, Timestamp,
@@ -161,6 +162,7 @@ suite!(
     https_policy_defaults_and_is_replaced,
     stopped_processes_are_replaced_and_go_with_their_project,
     previews_belong_to_their_parent_one_per_branch,
+    email_tokens_are_single_use_expire_and_replace_each_other,
     builds_are_created_and_finished,
     a_snapshot_restores_into_an_empty_database_with_builds_moved,
     deployment_versions_increase_per_project,
@@ -515,6 +517,39 @@ async fn stopped_processes_are_replaced_and_go_with_their_project(db: &TestDb) {
     store.delete_project(project.id).await.expect("delete");
     let again = store.create_project(alice.id, &name("app")).await.expect("create again");
     assert!(store.stopped(again.id).await.expect("stopped").is_empty());
+}
+
+async fn email_tokens_are_single_use_expire_and_replace_each_other(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    assert!(!alice.email_verified, "a new account has not proved its address");
+    store.set_email_verified(alice.id, true).await.expect("verify");
+    assert!(store.user(alice.id).await.expect("user").email_verified);
+    assert_not_found(store.set_email_verified(424242, true).await, "user");
+
+    let later = Timestamp(Timestamp::now().0 + 3_600_000);
+    store.create_email_token(alice.id, EmailPurpose::Reset, "hash-1", later).await.expect("token");
+    // Another purpose does not take it.
+    assert_not_found(store.use_email_token(EmailPurpose::Verify, "hash-1", Timestamp::now()).await, "link");
+    // A newer reset token replaces the unused one.
+    store.create_email_token(alice.id, EmailPurpose::Reset, "hash-2", later).await.expect("token");
+    assert_not_found(store.use_email_token(EmailPurpose::Reset, "hash-1", Timestamp::now()).await, "link");
+    let user = store.use_email_token(EmailPurpose::Reset, "hash-2", Timestamp::now()).await.expect("use");
+    assert_eq!(user.id, alice.id);
+    assert_not_found(store.use_email_token(EmailPurpose::Reset, "hash-2", Timestamp::now()).await, "link");
+    // Expired.
+    store.create_email_token(alice.id, EmailPurpose::Verify, "hash-3", later).await.expect("token");
+    assert_not_found(store.use_email_token(EmailPurpose::Verify, "hash-3", Timestamp(later.0 + 1)).await, "link");
+    assert_not_found(store.create_email_token(424242, EmailPurpose::Verify, "hash-4", later).await, "user");
+
+    store.set_password(alice.id, "new-hash").await.expect("password");
+    assert_eq!(store.user_by_email("alice@example.com").await.expect("user").1, "new-hash");
+    store.create_token(alice.id, "web session", "t1", None).await.expect("token");
+    store.create_token(alice.id, "login", "t2", None).await.expect("token");
+    store.create_token(alice.id, "ci", "t3", None).await.expect("token");
+    assert_eq!(store.delete_tokens_named(alice.id, &["web session", "login"]).await.expect("delete"), 2);
+    let left: Vec<_> = store.tokens(alice.id).await.expect("tokens").into_iter().map(|t| t.name).collect();
+    assert_eq!(left, ["ci"]);
 }
 
 async fn previews_belong_to_their_parent_one_per_branch(db: &TestDb) {

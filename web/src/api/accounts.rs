@@ -33,11 +33,20 @@ pub struct UserView {
     pub email: String,
     pub is_admin: bool,
     pub created_at: String,
+    /// Whether the address was proved by its mailed link (on a server without mail:
+    /// always). An unverified account may log in but not create projects.
+    pub email_verified: bool,
 }
 
 impl From<User> for UserView {
     fn from(user: User) -> Self {
-        UserView { id: user.id, email: user.email, is_admin: user.is_admin, created_at: user.created_at.to_rfc3339() }
+        UserView {
+            id: user.id,
+            email: user.email,
+            is_admin: user.is_admin,
+            created_at: user.created_at.to_rfc3339(),
+            email_verified: user.email_verified,
+        }
     }
 }
 
@@ -148,8 +157,10 @@ pub async fn signup(
         }
     }
     let hash = auth::hash_password(body.password).await?;
-    let user = state.store.create_user(&email, &hash).await?;
+    let mut user = state.store.create_user(&email, &hash).await?;
     tracing::info!(user = user.id, admin = user.is_admin, "account created");
+    crate::email::account_created(&state, &user).await?;
+    user.email_verified = state.mail.is_none();
     Ok((StatusCode::CREATED, Json(user.into())))
 }
 
@@ -193,7 +204,7 @@ pub async fn login(
     attempt.succeeded();
     let token = auth::new_token();
     let expires = Timestamp(Timestamp::now().0 + LOGIN_TOKEN_LIFETIME_MS);
-    state.store.create_token(user.id, "login", &auth::token_hash(&token), Some(expires)).await?;
+    state.store.create_token(user.id, crate::email::LOGIN_TOKEN_NAME, &auth::token_hash(&token), Some(expires)).await?;
     Ok(Json(LoginResponse { token, expires_at: expires.to_rfc3339(), user: user.into() }))
 }
 

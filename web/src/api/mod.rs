@@ -4,6 +4,7 @@ pub(crate) mod accounts;
 pub(crate) mod addons;
 pub(crate) mod cron;
 pub(crate) mod domains;
+pub(crate) mod email;
 pub(crate) mod extract;
 pub(crate) mod https;
 pub(crate) mod lifecycle;
@@ -31,6 +32,10 @@ pub fn routes() -> Router<AppState> {
         .route("/openapi.json", get(openapi))
         .route("/auth/signup", post(accounts::signup))
         .route("/auth/login", post(accounts::login))
+        .route("/auth/verify", post(email::verify))
+        .route("/auth/verify/resend", post(email::resend))
+        .route("/auth/password/reset", post(email::request_reset))
+        .route("/auth/password/reset/confirm", post(email::confirm_reset))
         .route("/me", get(accounts::me))
         .route("/tokens", get(accounts::list_tokens).post(accounts::create_token))
         .route("/tokens/{id}", delete(accounts::delete_token))
@@ -105,6 +110,7 @@ async fn openapi() -> ApiResult<Response> {
     paths(
         healthz,
         accounts::signup, accounts::login, accounts::me,
+        email::verify, email::resend, email::request_reset, email::confirm_reset,
         accounts::list_tokens, accounts::create_token, accounts::delete_token,
         accounts::list_keys, accounts::add_key, accounts::delete_key, accounts::list_users,
         nodes::list,

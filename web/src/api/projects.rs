@@ -162,6 +162,7 @@ pub async fn create(
     JsonBody(body): JsonBody<NewProject>,
 ) -> ApiResult<(StatusCode, Json<ProjectView>)> {
     let name = ProjectName::parse(&body.name)?;
+    crate::email::require_verified(&state, &user)?;
     let project = state.orchestrator.create_project(user.id, &name).await?;
     tracing::info!(project = %name, user = user.id, "project created");
     Ok((StatusCode::CREATED, Json(view(&state, project).await?)))

@@ -10,6 +10,7 @@
 mod account;
 mod chart;
 mod cron;
+mod email;
 mod pages;
 mod project;
 pub mod session;
@@ -44,6 +45,10 @@ pub fn routes() -> Router<AppState> {
         .route("/signup", get(session::signup_page).post(session::signup))
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
+        .route("/verify-email", get(email::verify_page))
+        .route("/verify-email/resend", post(email::resend))
+        .route("/password/forgot", get(email::forgot_page).post(email::forgot))
+        .route("/password/reset", get(email::reset_page).post(email::reset))
         .route("/projects/new", get(pages::new_project_page))
         .route("/projects", post(pages::create_project))
         .route("/projects/{name}", get(project::overview))
@@ -106,7 +111,7 @@ async fn page_headers(request: Request, next: Next) -> Response {
 }
 
 /// Forms that exist before there is a session: they use a double-submit cookie.
-const PRE_SESSION_FORMS: [&str; 2] = ["/login", "/signup"];
+const PRE_SESSION_FORMS: [&str; 4] = ["/login", "/signup", "/password/forgot", "/password/reset"];
 
 /// Every POST must carry the CSRF token of the page it came from in its `csrf` field:
 /// the session-bound token for signed-in forms, the double-submit cookie's value for the

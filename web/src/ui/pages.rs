@@ -48,6 +48,7 @@ impl Notice {
             "addon-destroyed" => "Add-on destroyed, with its data.".to_owned(),
             "previews-on" => "Previews on: a push to another branch deploys it as a preview app.".to_owned(),
             "previews-off" => "Previews off: the preview apps are removed.".to_owned(),
+            "verify-sent" => "A new link is on its way: open it to verify your address.".to_owned(),
             "https-saved" => "HTTPS policy saved: it applies to the next request.".to_owned(),
             "key-added" => "SSH key added.".to_owned(),
             "key-removed" => "SSH key removed.".to_owned(),
@@ -97,6 +98,7 @@ pub async fn dashboard(State(state): State<AppState>, session: Session, Query(no
         l: Layout::new(&session, "Projects", "projects").with_notice(notice.message()),
         projects: rows,
         has_keys,
+        unverified: state.mail.is_some() && !session.user.email_verified,
     };
     render(StatusCode::OK, &page)
 }
@@ -123,7 +125,10 @@ pub async fn create_project(
 ) -> UiResult {
     let name = form.name.trim().to_owned();
     let result = match ProjectName::parse(&name) {
-        Ok(parsed) => state.orchestrator.create_project(session.user.id, &parsed).await.map(|_| parsed),
+        Ok(parsed) => match crate::email::require_verified(&state, &session.user) {
+            Ok(()) => state.orchestrator.create_project(session.user.id, &parsed).await.map(|_| parsed),
+            Err(err) => Err(Error::Invalid(err.to_string())),
+        },
         Err(err) => Err(err),
     };
     match result {

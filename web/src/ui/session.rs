@@ -137,14 +137,25 @@ fn auth_page(
     notice: Option<String>,
     status: StatusCode,
 ) -> UiResult {
-    let (token, is_new) = pre_session_token(headers);
     let title = if signup { "Sign up" } else { "Log in" };
+    anonymous_page(headers, title, notice, status, |l| AuthPage { l, signup, email: email.to_owned(), errors })
+}
+
+/// A page for whoever is not logged in (its forms carry the pre-session CSRF token, set
+/// as a cookie when the browser has none yet).
+pub(super) fn anonymous_page<T: askama::Template>(
+    headers: &HeaderMap,
+    title: &str,
+    notice: Option<String>,
+    status: StatusCode,
+    page: impl FnOnce(Layout) -> T,
+) -> UiResult {
+    let (token, is_new) = pre_session_token(headers);
     let mut layout = Layout::anonymous(title);
     layout.csrf = token.clone();
     layout.auth_links = true;
     layout.notice = notice;
-    let page = AuthPage { l: layout, signup, email: email.to_owned(), errors };
-    let mut response = render(status, &page)?;
+    let mut response = render(status, &page(layout))?;
     if is_new {
         // A day is plenty to fill in a form; the cookie is replaced by the session.
         response
@@ -165,7 +176,11 @@ pub async fn login_page(State(state): State<AppState>, headers: HeaderMap, Query
     if signed_in(&state, &headers).await {
         return Ok(Redirect::to("/").into_response());
     }
-    let notice = (query.done.as_deref() == Some("logout")).then(|| "You are logged out.".to_owned());
+    let notice = match query.done.as_deref() {
+        Some("logout") => Some("You are logged out.".to_owned()),
+        Some("password-reset") => Some("Your password is set: log in with it.".to_owned()),
+        _ => None,
+    };
     auth_page(&headers, false, "", FieldErrors::default(), notice, StatusCode::OK)
 }
 
@@ -249,6 +264,7 @@ pub async fn signup(State(state): State<AppState>, headers: HeaderMap, Form(form
         Err(other) => return Err(other.into()),
     };
     tracing::info!(user = user.id, admin = user.is_admin, "account created (web)");
+    crate::email::account_created(&state, &user).await?;
     start_session(&state, &headers, &user).await
 }
 

@@ -160,6 +160,17 @@ pub struct ErrorPage {
 }
 
 #[derive(Template)]
+#[template(path = "password.html")]
+pub struct PasswordPage {
+    pub l: Layout,
+    /// `forgot`, `sent`, `reset`, `verified`, `bad-link` or `off` (no mail on this server).
+    pub mode: &'static str,
+    /// The reset link's token, carried by the form.
+    pub token: String,
+    pub errors: FieldErrors,
+}
+
+#[derive(Template)]
 #[template(path = "auth.html")]
 pub struct AuthPage {
     pub l: Layout,
@@ -184,6 +195,8 @@ pub struct Dashboard {
     pub l: Layout,
     pub projects: Vec<ProjectRow>,
     pub has_keys: bool,
+    /// The address still has to be verified (a server with mail).
+    pub unverified: bool,
 }
 
 #[derive(Template)]

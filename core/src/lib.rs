@@ -13,6 +13,7 @@ pub mod error;
 pub mod hooks;
 pub mod hostname;
 pub mod https;
+pub mod interactive;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;

@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod options;
 
 mod group;
+mod interactive;
 mod ledger;
 mod lines;
 

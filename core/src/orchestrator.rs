@@ -1445,8 +1445,17 @@ impl Orchestrator {
 
     /// [`prepare_run`](Self::prepare_run) for a command run on a terminal: the same checks,
     /// deployment, env, limits and timeout, plus the idle limit the caller applies.
-    pub async fn prepare_interactive(&self, project: &Project, argv: Vec<String>) -> Result<PreparedInteractive> {
-        let prepared = self.prepare_run(project, argv).await?;
+    /// `term` is the user's terminal type, given to the command as `TERM`.
+    pub async fn prepare_interactive(
+        &self,
+        project: &Project,
+        argv: Vec<String>,
+        term: Option<String>,
+    ) -> Result<PreparedInteractive> {
+        let mut prepared = self.prepare_run(project, argv).await?;
+        if let Some(term) = term {
+            prepared.spec.env.insert("TERM".into(), term);
+        }
         Ok(PreparedInteractive { prepared, idle: self.config.interactive_idle })
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use paastech_core::drivers::OneOff;
 use paastech_core::interactive::{TtyInput, TtySession, TtySize};
 
-use crate::conformance::{Target, project};
+use crate::conformance::{AfterRestart, Target, project};
 
 /// One `#[tokio::test]` for the interactive case, with a fresh target from `$target`.
 #[macro_export]
@@ -151,4 +151,10 @@ pub async fn interactive_commands_on_a_terminal(target: &Target) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!runtime.list().await.expect("list").iter().any(|i| i.project == project), "a one-off is no instance");
+    if target.after_restart == AfterRestart::Adopted {
+        // Nothing of the container is left either: a new runtime finds no stray one-off
+        // (creation times are in whole seconds, hence the wait).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!((target.new_runtime)().remove_stray_one_offs().await.expect("sweep"), 0, "the container is gone");
+    }
 }

@@ -39,7 +39,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Start { project, process } => lifecycle(&client, out, project, "start", process),
         Command::Restart { project, process } => lifecycle(&client, out, project, "restart", process),
         Command::Run { project, command, tty, no_tty } => {
-            if crate::interactive::wanted(tty, no_tty) {
+            if crate::interactive::wanted(tty, no_tty, out.json) {
                 let name = resolve_project(&project)?;
                 let code = crate::interactive::run(&client, &name, command)?;
                 std::process::exit(code);

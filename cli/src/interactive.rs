@@ -7,7 +7,7 @@
 use std::io::{IsTerminal, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -25,12 +25,13 @@ use crate::client::Client;
 const POLL: Duration = Duration::from_millis(10);
 
 /// Whether `run` opens an interactive session: `--tty` and `--no-tty` decide, else whether
-/// stdin is a terminal (as `heroku run` and `docker exec -t` do).
-pub fn wanted(tty: bool, no_tty: bool) -> bool {
+/// stdin is a terminal (as `heroku run` and `docker exec -t` do), unless `--json` asked for
+/// the output as JSON lines.
+pub fn wanted(tty: bool, no_tty: bool, json: bool) -> bool {
     if tty || no_tty {
         return tty;
     }
-    std::io::stdin().is_terminal()
+    !json && std::io::stdin().is_terminal()
 }
 
 /// Runs `command` in `project` on a remote terminal; answers its exit code, with the local
@@ -40,6 +41,11 @@ pub fn run(client: &Client, project: &str, command: Vec<String>) -> Result<i32> 
     // only the signal thread sees them (and can restore the terminal before exiting).
     let signals = handled_signals();
     signals.thread_block().context("blocking signals")?;
+    // From here on the signals are the signal thread's: it runs before the connection is
+    // made, so a Ctrl-C while connecting still ends the CLI.
+    let saved: Arc<Mutex<Option<Termios>>> = Arc::default();
+    let (to_server, outgoing) = mpsc::channel::<Message>();
+    spawn_signals(signals, to_server.clone(), Arc::clone(&saved));
 
     let size = window_size();
     let mut request =
@@ -51,10 +57,8 @@ pub fn run(client: &Client, project: &str, command: Vec<String>) -> Result<i32> 
     let (mut socket, _) = tungstenite::connect(request).map_err(|err| refused(client, err))?;
     set_read_timeout(&socket, POLL)?;
 
-    let raw = RawMode::enter()?;
-    let (to_server, outgoing) = mpsc::channel::<Message>();
-    spawn_stdin(to_server.clone());
-    spawn_signals(signals, to_server, raw.saved.clone());
+    let raw = RawMode::enter(Arc::clone(&saved))?;
+    spawn_stdin(to_server);
     let ended = relay(&mut socket, &outgoing);
     drop(raw);
     let _ = socket.close(None);
@@ -177,7 +181,7 @@ fn spawn_stdin(to_server: mpsc::Sender<Message>) {
 
 /// Waits for the blocked signals: a window change is sent as a resize; any other restores
 /// the terminal and exits as that signal would have (128 + N).
-fn spawn_signals(signals: SigSet, to_server: mpsc::Sender<Message>, saved: Option<Termios>) {
+fn spawn_signals(signals: SigSet, to_server: mpsc::Sender<Message>, saved: Arc<Mutex<Option<Termios>>>) {
     std::thread::spawn(move || {
         loop {
             let Ok(signal) = signals.wait() else { return };
@@ -188,8 +192,9 @@ fn spawn_signals(signals: SigSet, to_server: mpsc::Sender<Message>, saved: Optio
                 }
                 continue;
             }
-            if let Some(saved) = &saved {
-                restore(saved);
+            // Taken, not copied: the guard then has nothing left to restore over it.
+            if let Some(saved) = lock(&saved).take() {
+                restore(&saved);
             }
             std::process::exit(128 + signal as i32);
         }
@@ -212,31 +217,38 @@ fn size_of(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
 }
 
 /// The local terminal in raw mode while this lives (when stdin is a terminal): restored
-/// when dropped, on every way out of the session, unwinding included.
+/// when dropped, on every way out of the session, unwinding included, or by the signal
+/// thread, which shares the saved mode.
 struct RawMode {
-    saved: Option<Termios>,
+    saved: Arc<Mutex<Option<Termios>>>,
 }
 
 impl RawMode {
-    fn enter() -> Result<RawMode> {
+    fn enter(saved: Arc<Mutex<Option<Termios>>>) -> Result<RawMode> {
         let stdin = std::io::stdin();
-        if !stdin.is_terminal() {
-            return Ok(RawMode { saved: None });
+        if stdin.is_terminal() {
+            let mode = termios::tcgetattr(stdin.as_fd()).context("reading the terminal's mode")?;
+            let mut raw = mode.clone();
+            termios::cfmakeraw(&mut raw);
+            // Saved first: a signal that arrives once the mode changed finds it.
+            *lock(&saved) = Some(mode);
+            termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).context("putting the terminal in raw mode")?;
         }
-        let saved = termios::tcgetattr(stdin.as_fd()).context("reading the terminal's mode")?;
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).context("putting the terminal in raw mode")?;
-        Ok(RawMode { saved: Some(saved) })
+        Ok(RawMode { saved })
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        if let Some(saved) = &self.saved {
-            restore(saved);
+        if let Some(saved) = lock(&self.saved).take() {
+            restore(&saved);
         }
     }
+}
+
+/// A poisoned lock only means a panic elsewhere; the saved mode is still the one to restore.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn restore(saved: &Termios) {

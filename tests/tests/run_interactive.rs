@@ -2,8 +2,8 @@
 //! made here, as a user at a terminal drives it, against a real server on the process
 //! runtime: typed commands run in the live deployment's env, a window resize reaches the
 //! command, Ctrl-C interrupts a job and not the shell, `exit 3` is the CLI's exit code, the
-//! local terminal is restored, a killed client kills its command, and another user's
-//! project is refused.
+//! local terminal is restored (also when the client is sent SIGTERM), a killed client kills
+//! its command, another user's project is refused, and an idle session is ended.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -198,6 +198,28 @@ fn paastech_run_sh_on_a_terminal() {
     let deadline = Instant::now() + WAIT;
     while processes_running(&["sleep", &secs]) > 0 {
         assert!(Instant::now() < deadline, "a hang-up kills the command");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // SIGTERM to the client: it restores the terminal and exits as the signal would have;
+    // its command goes with it.
+    let secs = (30_000 + std::process::id() % 30_000).to_string();
+    let mut terminal = Terminal::spawn(&server, &ada.token, &["run", "-p", "tty", "--", "sh"]);
+    terminal.type_in(format!("sleep {secs}\r").as_bytes());
+    let deadline = Instant::now() + WAIT;
+    while processes_running(&["sleep", &secs]) == 0 {
+        assert!(Instant::now() < deadline, "the sleep started: {:?}", terminal.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!terminal.local_flags().contains(LocalFlags::ECHO), "raw while the session runs");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(terminal.child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(terminal.exit_code(), Some(128 + 15), "{:?}", terminal.text());
+    let restored = terminal.local_flags();
+    assert!(restored.contains(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG), "restored: {restored:?}");
+    let deadline = Instant::now() + WAIT;
+    while processes_running(&["sleep", &secs]) > 0 {
+        assert!(Instant::now() < deadline, "the client's end kills the command");
         std::thread::sleep(Duration::from_millis(100));
     }
 

@@ -25,6 +25,8 @@ use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
+/// The largest message a client may send (a paste of this much is sent in pieces).
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// The largest terminal accepted, either way.
 const MAX_CELLS: u16 = 1000;
 
@@ -84,6 +86,9 @@ pub async fn interactive(
     tracing::info!(project = %project.name, user = user.id, %program, "interactive command requested");
     let stopped = state.stopped();
     let name = project.name;
+    // Keystrokes and control messages are small: a client cannot make the server buffer
+    // more than this per message (axum's default is 64 MiB).
+    let upgrade = upgrade.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE);
     Ok(upgrade.on_upgrade(move |socket| serve(socket, prepared, size, name, stopped)).into_response())
 }
 

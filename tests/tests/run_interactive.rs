@@ -287,4 +287,31 @@ fn a_session_with_neither_input_nor_output_is_ended_at_the_idle_limit() {
         assert!(Instant::now() < deadline, "the idle command was killed");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // A client that keeps its connection open but stops reading while the command writes
+    // without end: past the idle limit it counts as gone, and the command is killed.
+    let marker = format!("flood-{}", std::process::id());
+    let command = format!("%5B%22yes%22%2C%22{marker}%22%5D");
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", server.api_port)).expect("connect to the API");
+    let upgrade = format!(
+        "GET /api/v1/projects/idle/run/interactive?command={command} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        ada.token
+    );
+    client.write_all(upgrade.as_bytes()).expect("upgrade request");
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).expect("the answer's status line");
+    assert_eq!(&head, b"HTTP/1.1 101", "switched to the WebSocket");
+    let deadline = Instant::now() + WAIT;
+    while processes_running(&["yes", &marker]) == 0 {
+        assert!(Instant::now() < deadline, "the flood started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + WAIT;
+    while processes_running(&["yes", &marker]) > 0 {
+        assert!(Instant::now() < deadline, "a client that stopped reading is taken as gone");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(client);
 }

@@ -184,8 +184,11 @@ async fn relay(
             chunk = output.recv() => match chunk {
                 Some(bytes) => {
                     idle_until = Instant::now() + idle;
-                    if socket.send(Message::Binary(bytes.into())).await.is_err() {
-                        return Outcome::HungUp;
+                    // A client that keeps its connection but stops reading would hold this
+                    // send (and the command) for ever: past the idle limit, it hung up.
+                    match tokio::time::timeout(idle, socket.send(Message::Binary(bytes.into()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) | Err(_) => return Outcome::HungUp,
                     }
                 }
                 None => {

@@ -38,7 +38,7 @@ pub(crate) fn tty_body(mut body: ContainerCreateBody) -> ContainerCreateBody {
 
 /// Creates the container, attaches, starts it at `size`, and hands the relay to a task;
 /// the container is removed when the session ends, or here when it cannot start.
-pub async fn start(
+pub(crate) async fn start(
     docker: Docker,
     name: &str,
     body: ContainerCreateBody,

@@ -19,7 +19,7 @@ pub mod runtime;
 pub mod options;
 
 pub mod engine;
-pub mod interactive;
+mod interactive;
 pub mod registry;
 
 pub use builder::{DockerBuilder, DockerBuilderConfig};

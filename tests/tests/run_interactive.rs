@@ -239,6 +239,17 @@ fn paastech_run_sh_on_a_terminal() {
     assert!(!output.status.success(), "refused: {stderr}");
     assert!(stderr.contains("not found"), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("ran"));
+    // The same through the API, before any upgrade: 404 for Bob; for Ada, a plain GET is
+    // told the route is a WebSocket, and a command that is not a JSON array is refused.
+    let route = "/projects/tty/run/interactive?command=%5B%22sh%22%5D";
+    let (status, body) = server.api().req("GET", route, Some(&bob.token), None);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, body) = server.api().req("GET", route, Some(&ada.token), None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("WebSocket")), "{body}");
+    let (status, body) = server.api().req("GET", "/projects/tty/run/interactive?command=sh", Some(&ada.token), None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("JSON array")), "{body}");
 
     // Without a terminal (stdin a pipe), `run` streams lines as before.
     let output = Command::new(paastech_bin())

@@ -91,6 +91,11 @@ impl Client {
         &self.base
     }
 
+    /// The token requests carry, if any (the interactive `run` sends it itself).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.base)
     }

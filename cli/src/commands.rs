@@ -40,7 +40,14 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Stop { project, process } => lifecycle(&client, out, project, "stop", process),
         Command::Start { project, process } => lifecycle(&client, out, project, "start", process),
         Command::Restart { project, process } => lifecycle(&client, out, project, "restart", process),
-        Command::Run { project, command } => run_once(&client, out, project, command),
+        Command::Run { project, command, tty, no_tty } => {
+            if crate::interactive::wanted(tty, no_tty, out.json) {
+                let name = resolve_project(&project)?;
+                let code = crate::interactive::run(&client, &name, command)?;
+                std::process::exit(code);
+            }
+            run_once(&client, out, project, command)
+        }
         Command::Limits { project, settings } => limits(&client, out, project, settings),
         Command::Nodes => nodes(&client, out),
         Command::Completions { .. } | Command::Server(_) | Command::Internal(_) => {

@@ -69,6 +69,10 @@ pub struct ApiSection {
     /// operator's wildcard certificate covers it and LABEL is no project's name.
     #[serde(default, deserialize_with = "host_name")]
     pub public_host: Option<Hostname>,
+    /// How long an interactive `paastech run` session may see neither input nor output
+    /// before the server ends it (and kills its command).
+    #[serde(default = "ApiSection::default_run_idle_timeout_secs")]
+    pub run_idle_timeout_secs: NonZeroU64,
 }
 
 fn host_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Hostname>, D::Error> {
@@ -83,6 +87,9 @@ impl ApiSection {
     fn default_max_connections() -> NonZeroUsize {
         paastech_web::DEFAULT_MAX_CONNECTIONS
     }
+    fn default_run_idle_timeout_secs() -> NonZeroU64 {
+        NonZeroU64::new(paastech_core::orchestrator::INTERACTIVE_IDLE.as_secs()).expect("a default above zero")
+    }
 }
 
 impl Default for ApiSection {
@@ -91,6 +98,7 @@ impl Default for ApiSection {
             listen: Self::default_listen(),
             max_connections: Self::default_max_connections(),
             public_host: None,
+            run_idle_timeout_secs: Self::default_run_idle_timeout_secs(),
         }
     }
 }
@@ -704,6 +712,15 @@ mod tests {
         assert_eq!(config.auth.signup, Signup::Open);
         assert!(config.database.url.is_none());
         assert_eq!((config.api.max_connections.get(), config.ingress.max_connections.get()), (1024, 10_000));
+        assert_eq!(config.api.run_idle_timeout_secs.get(), 1800);
+    }
+
+    #[test]
+    fn the_interactive_idle_limit_is_read_and_zero_is_refused() {
+        let config = source("[api]\nrun_idle_timeout_secs = 5\n").parse().expect("parses");
+        assert_eq!(config.api.run_idle_timeout_secs.get(), 5);
+        let err = source("[api]\nrun_idle_timeout_secs = 0\n").parse().expect_err("zero is refused");
+        assert!(err.to_string().contains("api.run_idle_timeout_secs"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod backup;
 mod client;
 mod commands;
 mod config;
+mod interactive;
 mod server;
 
 use std::path::PathBuf;
@@ -178,6 +179,12 @@ enum Command {
         /// The program and its arguments, after `--`; no shell (`-- sh -c '…'` for one).
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
+        /// Run it on a terminal (an interactive session) even when stdin is not one.
+        #[arg(long, conflicts_with = "no_tty")]
+        tty: bool,
+        /// Never open an interactive session: stream the output as lines, as on a pipe.
+        #[arg(long)]
+        no_tty: bool,
     },
     /// Show or set the memory and CPU of each instance: `paastech limits memory=256 cpus=0.5`
     /// (`default` resets one to the server's default). A change deploys.

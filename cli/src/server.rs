@@ -480,6 +480,7 @@ async fn serve(settings: Settings) -> Result<()> {
     orchestrator_config.drain_timeout = Duration::from_secs(config.ingress.drain_timeout_secs);
     orchestrator_config.keep_builds = keep_builds(&config).unwrap_or(10);
     orchestrator_config.max_previews = usize::try_from(config.previews.max_per_project).unwrap_or(1);
+    orchestrator_config.interactive_idle = Duration::from_secs(config.api.run_idle_timeout_secs.get());
     // Names under the app domain are projects' own: no project may claim one.
     orchestrator_config.domain_rules = DomainRules::new(config.ingress.domain.clone());
     // Nor the API's public host, nor (when it is `LABEL.<domain>`) take LABEL as a name.

@@ -15,6 +15,7 @@ use crate::domain::{EnvVars, ProjectName};
 use crate::error::{Error, Result};
 use crate::hostname::Hostname;
 use crate::https::HttpsPolicy;
+use crate::interactive::{TtySession, TtySize};
 
 /// Where build output and app output go: one line at a time, never blocking the writer.
 pub trait LogSink: Send + Sync {
@@ -247,6 +248,14 @@ pub trait Runtime: Send + Sync {
     async fn run_once(&self, spec: InstanceSpec, run: OneOff, output: Arc<dyn LogSink>) -> Result<i32> {
         let _ = (spec, run, output);
         Err(Error::Unavailable(format!("the {} runtime cannot run one-off commands", self.name())))
+    }
+    /// Runs a one-off command as [`run_once`](Runtime::run_once) does (artifact, env,
+    /// limits, timeout, removed afterwards), but on a pseudo-terminal of `size` that it
+    /// leads (its controlling terminal), for a user typing at it: `paastech run -- sh`
+    /// from a terminal. Returns once it has started; see [`TtySession`] for what ends it.
+    async fn run_interactive(&self, spec: InstanceSpec, run: OneOff, size: TtySize) -> Result<TtySession> {
+        let _ = (spec, run, size);
+        Err(Error::Unavailable(format!("the {} runtime cannot run interactive commands", self.name())))
     }
     /// Removes the one-off commands a previous server left running: it stopped without
     /// waiting for them (a crash, a kill), and containers outlive it. The ones started

@@ -14,6 +14,7 @@ pub mod error;
 pub mod hooks;
 pub mod hostname;
 pub mod https;
+pub mod interactive;
 pub mod lifecycle;
 pub mod logs;
 pub mod mail;

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::hooks::{BuildHooks, HookContext, NoHooks};
 use crate::hostname::{Domain, DomainRules, Hostname};
 use crate::https::{HttpsChange, HttpsPolicy};
+use crate::interactive::{TtySession, TtySize};
 use crate::lifecycle::Stopped;
 use crate::logs::LogHub;
 use crate::metrics::metrics;
@@ -33,6 +34,8 @@ pub const DEPLOY_BRANCHES: [&str; 2] = ["refs/heads/main", "refs/heads/master"];
 const MAX_BUILD_LOG_BYTES: usize = 512 * 1024;
 /// How long a one-off command (`paastech run`) may run.
 pub const ONE_OFF_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long an interactive one-off may be idle (no input, no output) by default.
+pub const INTERACTIVE_IDLE: Duration = Duration::from_secs(30 * 60);
 /// The most a one-off command line may weigh, all arguments together.
 const MAX_ONE_OFF_BYTES: usize = 64 * 1024;
 /// How long a Procfile's `release:` command may run before its deployment fails.
@@ -66,6 +69,9 @@ pub struct OrchestratorConfig {
     pub webhook_retry: RetryPolicy,
     /// How many preview apps one project may have at once.
     pub max_previews: usize,
+    /// How long an interactive one-off (`paastech run` from a terminal) may go without
+    /// input or output before it is ended.
+    pub interactive_idle: Duration,
 }
 
 impl OrchestratorConfig {
@@ -82,6 +88,7 @@ impl OrchestratorConfig {
             release_timeout: RELEASE_TIMEOUT,
             webhook_retry: RetryPolicy::default(),
             max_previews: crate::previews::DEFAULT_MAX_PER_PROJECT,
+            interactive_idle: INTERACTIVE_IDLE,
         }
     }
 }
@@ -1465,6 +1472,22 @@ impl Orchestrator {
         Ok(PreparedRun { runtime: self.runtime.clone(), spec, run: OneOff { argv, timeout: ONE_OFF_TIMEOUT } })
     }
 
+    /// [`prepare_run`](Self::prepare_run) for a command run on a terminal: the same checks,
+    /// deployment, env, limits and timeout, plus the idle limit the caller applies.
+    /// `term` is the user's terminal type, given to the command as `TERM`.
+    pub async fn prepare_interactive(
+        &self,
+        project: &Project,
+        argv: Vec<String>,
+        term: Option<String>,
+    ) -> Result<PreparedInteractive> {
+        let mut prepared = self.prepare_run(project, argv).await?;
+        if let Some(term) = term {
+            prepared.spec.env.insert("TERM".into(), term);
+        }
+        Ok(PreparedInteractive { prepared, idle: self.config.interactive_idle })
+    }
+
     /// The project's instances as the runtime sees them.
     pub async fn instances(&self, project: &ProjectName) -> Result<Vec<Instance>> {
         let mut all: Vec<Instance> = self.runtime.list_project(project).await?;
@@ -1735,6 +1758,26 @@ impl PreparedRun {
     /// Runs it; its output goes to `output`; the answer is its exit code.
     pub async fn run(self, output: Arc<dyn LogSink>) -> Result<i32> {
         self.runtime.run_once(self.spec, self.run, output).await
+    }
+}
+
+/// An interactive one-off ready to start: see [`Orchestrator::prepare_interactive`].
+pub struct PreparedInteractive {
+    prepared: PreparedRun,
+    idle: Duration,
+}
+
+impl PreparedInteractive {
+    /// Starts it on a terminal of `size`.
+    pub async fn start(self, size: TtySize) -> Result<TtySession> {
+        let PreparedRun { runtime, spec, run } = self.prepared;
+        runtime.run_interactive(spec, run, size).await
+    }
+
+    /// How long the session may see neither input nor output before the caller ends it
+    /// (by dropping the session, which kills the command).
+    pub fn idle_limit(&self) -> Duration {
+        self.idle
     }
 }
 

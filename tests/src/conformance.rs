@@ -96,7 +96,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A project name no other case (or concurrent run) uses.
-fn project(case: &str) -> ProjectName {
+pub(crate) fn project(case: &str) -> ProjectName {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let salt = std::process::id() % 100_000;
@@ -124,7 +124,7 @@ impl LogSink for Lines {
 }
 
 impl Target {
-    fn spec(&self, project: &ProjectName, version: i64, process: &str, index: u32) -> InstanceSpec {
+    pub(crate) fn spec(&self, project: &ProjectName, version: i64, process: &str, index: u32) -> InstanceSpec {
         let command = self
             .artifact
             .processes

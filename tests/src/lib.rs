@@ -2,6 +2,7 @@
 //! on free loopback ports, talk to it over real HTTP, run the real CLI against it.
 
 pub mod conformance;
+pub mod conformance_tty;
 pub mod engines;
 pub mod pebble;
 pub mod swarm;

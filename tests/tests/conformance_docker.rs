@@ -72,3 +72,4 @@ fn docker_target() -> Target {
 }
 
 paastech_tests::conformance_tests!(docker_target());
+paastech_tests::conformance_tty_tests!(docker_target());

@@ -69,3 +69,4 @@ fn podman_target() -> Target {
 }
 
 paastech_tests::conformance_tests!(podman_target());
+paastech_tests::conformance_tty_tests!(podman_target());

@@ -19,3 +19,4 @@ fn process_target() -> Target {
 }
 
 paastech_tests::conformance_tests!(process_target());
+paastech_tests::conformance_tty_tests!(process_target());

@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod options;
 
 pub mod engine;
+mod interactive;
 pub mod registry;
 pub mod stats;
 

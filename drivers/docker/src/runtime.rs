@@ -21,6 +21,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use paastech_core::ProjectName;
 use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime, Usage};
+use paastech_core::interactive::{TtySession, TtySize, tty_channels};
 use paastech_core::ports::free_loopback_port;
 use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, Result};
@@ -243,7 +244,7 @@ impl DockerRuntime {
 }
 
 /// Removes a container, running or not; one already gone (or being removed) is no error.
-async fn remove_container(docker: &Docker, id: &str) -> Result<()> {
+pub(crate) async fn remove_container(docker: &Docker, id: &str) -> Result<()> {
     match docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await {
         // 409: the engine is already removing it.
         Err(err) if !matches!(status_of(&err), Some(404 | 409)) => {
@@ -255,7 +256,7 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<()> {
 
 /// Creates a container named `name`; its id. An image of the registry that this engine
 /// does not have (another node built it, or it was pruned here) is pulled first.
-async fn create_container(
+pub(crate) async fn create_container(
     docker: &Docker,
     name: &str,
     body: ContainerCreateBody,
@@ -451,6 +452,18 @@ impl Runtime for DockerRuntime {
             .await
             .map_err(|err| Error::internal("running a one-off command", err))?
     }
+
+    async fn run_interactive(&self, spec: InstanceSpec, run: OneOff, size: TtySize) -> Result<TtySession> {
+        if run.argv.is_empty() {
+            return Err(crate::interactive::no_program());
+        }
+        let docker = self.engine.client().await?.clone();
+        let name = self.container_name(&spec, "run");
+        let body = self.one_off_body(&spec, &run);
+        let (session, ends) = tty_channels();
+        crate::interactive::start(docker, &name, body, run, size, self.config.registry.as_ref(), ends).await?;
+        Ok(session)
+    }
 }
 
 impl DockerRuntime {
@@ -605,7 +618,7 @@ async fn run_to_exit(docker: &Docker, id: &str, run: &OneOff, output: &dyn LogSi
 }
 
 /// A container's exit code, once it has exited.
-async fn exit_code(docker: &Docker, id: &str) -> Result<i32> {
+pub(crate) async fn exit_code(docker: &Docker, id: &str) -> Result<i32> {
     let mut wait = std::pin::pin!(docker.wait_container(id, None::<WaitContainerOptions>));
     let code = match wait.next().await {
         Some(Ok(exit)) => exit.status_code,
@@ -653,7 +666,7 @@ async fn forward_log(docker: &Docker, id: &str, since: i64, last_stamp: &mut Str
     }
 }
 
-fn short(id: &str) -> &str {
+pub(crate) fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 

@@ -15,6 +15,7 @@ pub mod runtime;
 
 pub mod options;
 
+mod interactive;
 mod libpod;
 mod lines;
 mod registry;

@@ -45,10 +45,15 @@ impl Engine {
     }
 
     /// Maps a podman-api error: the engine not answering is `Unavailable` (with the socket
-    /// and how to start it), a 404 `NotFound`, anything else `Internal`.
+    /// and how to start it), a 404 (or a container gone meanwhile) `NotFound`, anything
+    /// else `Internal`.
     pub(crate) fn error(&self, doing: &str, err: podman_api::Error) -> Error {
         match &err {
-            podman_api::Error::Fault { code, message } if code.as_u16() == 404 => {
+            // Libpod 4.3 answers 500 "no such container" for a container removed while it
+            // was being looked at (listed, then inspected): it is gone all the same.
+            podman_api::Error::Fault { code, message }
+                if code.as_u16() == 404 || message.ends_with("no such container") =>
+            {
                 Error::NotFound(format!("{doing}: {message}"))
             }
             podman_api::Error::Fault { message, .. } => {

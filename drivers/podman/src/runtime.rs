@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime, Usage};
+use paastech_core::interactive::{TtySession, TtySize, tty_channels};
 use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, ProjectName, Result};
 use podman_api::conn::TtyChunk;
@@ -578,12 +579,23 @@ impl Runtime for PodmanRuntime {
             .await
             .map_err(|err| Error::internal("running a one-off command", err))?
     }
+
+    async fn run_interactive(&self, spec: InstanceSpec, run: OneOff, size: TtySize) -> Result<TtySession> {
+        if run.argv.is_empty() {
+            return Err(Error::Invalid("a one-off command needs a program to run".into()));
+        }
+        let name = self.container_name(&spec, "run");
+        let body = self.one_off_spec(&spec, &run, &name);
+        let (session, ends) = tty_channels();
+        crate::interactive::start(self.engine.clone(), body, run, size, self.config.registry.as_ref(), ends).await?;
+        Ok(session)
+    }
 }
 
 /// Stops (the stop signal, then SIGKILL after `grace`) and removes a container in one
 /// call. podman-api's stop sends its timeout as `Timeout`, which libpod 4.3 ignores (it
 /// waits its default 10 s); removal's `timeout` is read.
-async fn remove(engine: &Engine, id: &str, grace: Duration) -> Result<()> {
+pub(crate) async fn remove(engine: &Engine, id: &str, grace: Duration) -> Result<()> {
     let timeout = usize::try_from(grace.as_secs()).unwrap_or(usize::MAX);
     let opts = ContainerDeleteOpts::builder().force(true).timeout(timeout).build();
     match engine.podman.containers().get(id).delete(&opts).await {

@@ -68,6 +68,51 @@ fn live_member(stat: &str, pgid: i32) -> bool {
     pgrp == Some(pgid) && !matches!(state, Some("Z" | "X" | "x"))
 }
 
+/// SIGKILL to every process of the session led by `sid`, whatever process group it is in
+/// (a shell with job control puts each job in a group of its own), until none is left
+/// alive or a few seconds passed.
+pub(crate) async fn kill_session(sid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let members = session_members(sid);
+        if members.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for pid in members {
+            match nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(err) => tracing::warn!(pid, error = %err, "killing a process of an interactive session"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The live (not zombie) processes of session `sid`.
+pub(crate) fn session_members(sid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()))
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| live_in_session(&stat, sid))
+        })
+        .collect()
+}
+
+/// `/proc/PID/stat` again: `pid (comm) state ppid pgrp session …`.
+fn live_in_session(stat: &str, sid: i32) -> bool {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let session = fields.nth(2).and_then(|f| f.parse::<i32>().ok());
+    session == Some(sid) && !matches!(state, Some("Z" | "X" | "x"))
+}
+
 /// SIGTERM to the group, then SIGKILL to what is left after `grace`. Reaps the leader and
 /// returns once the group is gone (or SIGKILL was sent to it).
 pub(crate) async fn terminate(child: &mut Child, pgid: i32, grace: Duration) {
@@ -103,5 +148,8 @@ mod tests {
         assert!(!live_member("42 (sleep) Z 1 40 40 0 -1", 40));
         assert!(!live_member("42 (sleep) S 1 41 41 0 -1", 40));
         assert!(!live_member("garbage", 40));
+        assert!(live_in_session("42 (sleep) S 1 43 40 0 -1", 40));
+        assert!(!live_in_session("42 (sleep) Z 1 43 40 0 -1", 40));
+        assert!(!live_in_session("42 (sleep) S 1 40 41 0 -1", 40));
     }
 }

@@ -16,6 +16,7 @@ pub mod options;
 
 mod cgroup;
 mod group;
+mod interactive;
 mod ledger;
 mod lines;
 

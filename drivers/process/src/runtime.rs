@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime, Usage};
+use paastech_core::interactive::{TtySession, TtySize, tty_channels};
 use paastech_core::ports::free_loopback_port;
 use paastech_core::{Error, ProjectName, Result};
 use tokio::io::AsyncRead;
@@ -118,15 +119,15 @@ struct Shared {
 }
 
 /// Everything needed to start the instance's process again.
-struct Launch {
-    program: PathBuf,
-    args: Vec<OsString>,
-    dir: PathBuf,
-    env: Vec<(OsString, OsString)>,
+pub(crate) struct Launch {
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) dir: PathBuf,
+    pub(crate) env: Vec<(OsString, OsString)>,
     output: Arc<dyn LogSink>,
     /// `web.0`, as the instance is named in the lines the runtime writes to `output`.
     name: String,
-    ledger: Option<Arc<Ledger>>,
+    pub(crate) ledger: Option<Arc<Ledger>>,
     /// The cgroup every process of the instance is moved into before it runs.
     cgroup: Option<Arc<InstanceCgroup>>,
 }
@@ -306,6 +307,18 @@ impl Runtime for ProcessRuntime {
             let _ = task.await;
         }
         ran
+    }
+
+    async fn run_interactive(&self, spec: InstanceSpec, run: OneOff, size: TtySize) -> Result<TtySession> {
+        if run.argv.is_empty() {
+            return Err(Error::Invalid("no command to run".into()));
+        }
+        // The terminal carries the output; nothing goes to a log sink.
+        let launch = self.launch(&spec, Arc::new(Discard), None, Some(&run.argv))?;
+        let (session, ends) = tty_channels();
+        crate::interactive::start(&launch, &run, size, ends)?;
+        tracing::info!(project = %spec.project, program = %run.program(), "interactive command started");
+        Ok(session)
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
@@ -524,6 +537,13 @@ async fn forward(stream: impl AsyncRead + Unpin, output: Arc<dyn LogSink>) {
     while let Some(line) = lines.next_line().await {
         output.line(&line);
     }
+}
+
+/// A sink for what has nowhere to go.
+struct Discard;
+
+impl LogSink for Discard {
+    fn line(&self, _line: &str) {}
 }
 
 /// The release's own tools first, then the system's.

@@ -11,6 +11,7 @@ pub(crate) mod lifecycle;
 pub(crate) mod nodes;
 pub(crate) mod previews;
 pub(crate) mod projects;
+pub(crate) mod run;
 pub(crate) mod schemas;
 pub(crate) mod stats;
 pub(crate) mod webhooks;
@@ -65,6 +66,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/previews", get(previews::get).put(previews::put))
         .route("/projects/{name}/cron", get(cron::list))
         .route("/projects/{name}/run", post(projects::run))
+        .route("/projects/{name}/run/interactive", get(run::interactive))
         .route("/projects/{name}/stop", post(lifecycle::stop))
         .route("/projects/{name}/start", post(lifecycle::start))
         .route("/projects/{name}/restart", post(lifecycle::restart))
@@ -117,7 +119,7 @@ async fn openapi() -> ApiResult<Response> {
         projects::list, projects::create, projects::get, projects::delete,
         projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,
         projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances, stats::get,
-        projects::run,
+        projects::run, run::interactive,
         lifecycle::stop, lifecycle::start, lifecycle::restart,
         domains::list, domains::add, domains::remove,
         https::get, https::patch,

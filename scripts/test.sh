@@ -20,7 +20,8 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
     # sqlite3: the secrets journey reads the store's database file as an attacker would.
     # python3-prometheus-client: the metrics test parses /metrics with Prometheus's own parser.
     # wrk: the load the lifecycle journey restarts an app under.
-    packages=(git openssh-client postgresql libpq-dev libsqlite3-dev sqlite3 pkg-config libssl-dev gcc
+    # python3-aiosmtpd: the SMTP server on loopback the mail journeys send to.
+    packages=(git openssh-client postgresql libpq-dev libsqlite3-dev sqlite3 pkg-config libssl-dev gcc python3-aiosmtpd
               python3 python3-venv python3-prometheus-client util-linux procps psmisc ca-certificates busybox-static
               wrk)
     missing=()

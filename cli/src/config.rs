@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub webhooks: WebhooksSection,
     #[serde(default)]
     pub previews: PreviewsSection,
+    /// Mail to users (address checks, password resets, notices); none without it.
+    pub smtp: Option<SmtpSection>,
     /// `driver` plus that driver's own keys; checked by the driver registry.
     #[serde(default)]
     pub runtime: toml::Table,
@@ -73,6 +75,9 @@ pub struct ApiSection {
     /// before the server ends it (and kills its command).
     #[serde(default = "ApiSection::default_run_idle_timeout_secs")]
     pub run_idle_timeout_secs: NonZeroU64,
+    /// Where users open the web UI (`https://paastech.example.com`): the links in mails
+    /// point there. Default: `https://` + `public_host` when that is set.
+    pub public_url: Option<String>,
 }
 
 fn host_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Hostname>, D::Error> {
@@ -98,6 +103,7 @@ impl Default for ApiSection {
             listen: Self::default_listen(),
             max_connections: Self::default_max_connections(),
             public_host: None,
+            public_url: None,
             run_idle_timeout_secs: Self::default_run_idle_timeout_secs(),
         }
     }
@@ -306,6 +312,17 @@ pub struct WebhooksSection {
     /// user's webhook cannot probe the server's own network).
     #[serde(default)]
     pub allow_private_targets: bool,
+}
+
+/// The mail server users' mail goes through.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSection {
+    /// `smtp://HOST:PORT` (plain), `smtp://HOST:587?tls=required` (STARTTLS) or
+    /// `smtps://HOST:465`, with `USER:PASSWORD@` before the host for a login.
+    pub url: String,
+    /// The sender: `PaaSTech <paastech@example.com>` or a bare address.
+    pub from: String,
 }
 
 /// Preview apps (`paastech previews on`).

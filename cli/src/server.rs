@@ -41,6 +41,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// `[registry]`: where container builds are pushed.
     pub image_registry: Option<ImageRegistry>,
+    /// `[smtp]`, checked, with the public URL its mails' links point to.
+    pub mail: Option<MailSetup>,
 }
 
 /// Where a driver's options come from: its section of the TOML file, minus the keys the
@@ -284,6 +286,7 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         Some(path) => source.file.as_deref().and_then(Path::parent).unwrap_or(Path::new("")).join(path),
         None => data_dir.join(DEFAULT_KEY_FILE),
     };
+    let mail = mail_settings(&source, &config)?;
     Ok(Settings {
         source,
         config,
@@ -295,7 +298,55 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         build_hooks,
         tls,
         image_registry,
+        mail,
     })
+}
+
+/// The mailer of `[smtp]`, and the public URL its mails' links point to.
+pub type MailSetup = (Arc<dyn paastech_core::mail::Mailer>, String);
+
+/// `[smtp]` as a mailer, and the URL its links point to: `[api] public_url`, else
+/// `https://` + `[api] public_host`. Mail without a public URL is refused: its links would
+/// point nowhere users can reach.
+fn mail_settings(
+    source: &Source,
+    config: &ServerConfig,
+) -> Result<Option<MailSetup>, ConfigError> {
+    let error = |section: &str, key: &str, message: String| ConfigError {
+        file: source.file.clone(),
+        line: source.line_of_key(section, Some(key)),
+        message,
+    };
+    if let Some(url) = &config.api.public_url {
+        let valid = (url.starts_with("https://") || url.starts_with("http://"))
+            && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        if !valid {
+            return Err(error(
+                "api",
+                "public_url",
+                format!(
+                    "[api] public_url {url:?} must be an http:// or https:// URL, such as https://paastech.example.com"
+                ),
+            ));
+        }
+    }
+    let Some(smtp) = &config.smtp else { return Ok(None) };
+    let public_url = match (&config.api.public_url, &config.api.public_host) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(host)) => format!("https://{host}"),
+        (None, None) => {
+            return Err(error(
+                "smtp",
+                "url",
+                "[smtp] needs [api] public_url (or public_host): the links in mails point there".into(),
+            ));
+        }
+    };
+    let mailer = paastech_mail::SmtpMailer::new(&smtp.url, &smtp.from).map_err(|err| {
+        let key = if err.to_string().contains("[smtp] from") { "from" } else { "url" };
+        error("smtp", key, err.to_string())
+    })?;
+    Ok(Some((Arc::new(mailer), public_url)))
 }
 
 /// Checks every `[[hooks]]` entry and compiles its component (a missing or invalid file
@@ -440,6 +491,7 @@ async fn serve(settings: Settings) -> Result<()> {
         build_hooks,
         tls,
         image_registry,
+        mail,
     } = settings;
     let hook_host = Arc::clone(&build_hooks);
     create_private_dir(&data_dir)?;
@@ -592,7 +644,11 @@ async fn serve(settings: Settings) -> Result<()> {
     if hook_host.project_hooks_allowed() {
         hook_names.push("project hooks (.paastech/hooks/*.wasm)".into());
     }
-    let state = AppState::new(Arc::clone(&orchestrator), signup, urls).with_hook_names(hook_names);
+    let mut state = AppState::new(Arc::clone(&orchestrator), signup, urls).with_hook_names(hook_names);
+    if let Some((mailer, public_url)) = mail {
+        tracing::info!(%public_url, "mail on: address checks and password resets by mail");
+        state = state.with_mail(mailer, public_url);
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

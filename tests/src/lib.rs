@@ -98,20 +98,25 @@ pub struct Server {
 impl Server {
     /// Starts a server; `extra` is appended to its TOML configuration.
     pub fn start(extra: &str) -> Server {
-        Server::start_with(extra, None)
+        Server::start_with("", extra, None)
+    }
+
+    /// [`Server::start`] with more keys in its `[api]` section (`public_url = "…"`).
+    pub fn start_with_api_keys(api_keys: &str, extra: &str) -> Server {
+        Server::start_with(api_keys, extra, None)
     }
 
     /// [`Server::start`] with the ingress on `ingress_port` (a port something else, such
     /// as an ACME CA, was told about before the server started).
     pub fn start_on(extra: &str, ingress_port: u16) -> Server {
-        Server::start_with(extra, Some(ingress_port))
+        Server::start_with("", extra, Some(ingress_port))
     }
 
-    fn start_with(extra: &str, ingress_port: Option<u16>) -> Server {
+    fn start_with(api_keys: &str, extra: &str, ingress_port: Option<u16>) -> Server {
         // Another test's server or app may bind a port between its choice here and this
         // server's bind: then it starts again on other ports.
         for _ in 0..3 {
-            let mut server = Server::configure(extra, ingress_port);
+            let mut server = Server::configure(api_keys, extra, ingress_port);
             match server.try_spawn() {
                 Ok(()) => return server,
                 Err(log) if log.contains("Address already in use") => continue,
@@ -121,13 +126,13 @@ impl Server {
         panic!("paastech server found its ports taken three times in a row")
     }
 
-    fn configure(extra: &str, ingress_port: Option<u16>) -> Server {
+    fn configure(api_keys: &str, extra: &str, ingress_port: Option<u16>) -> Server {
         let dir = tempfile::tempdir().expect("server temp dir");
         let (api_port, ssh_port) = (free_port(), free_port());
         let ingress_port = ingress_port.unwrap_or_else(free_port);
         let config_path = dir.path().join("paastech.toml");
         let config = format!(
-            "data_dir = {data:?}\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n[ssh]\nlisten = \"127.0.0.1:{ssh_port}\"\n\n\
+            "data_dir = {data:?}\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n{api_keys}\n[ssh]\nlisten = \"127.0.0.1:{ssh_port}\"\n\n\
              [ingress]\nlisten = \"127.0.0.1:{ingress_port}\"\ndomain = \"localhost\"\n\n{extra}\n",
             data = dir.path().join("data").display().to_string(),
         );

@@ -308,10 +308,7 @@ pub type MailSetup = (Arc<dyn paastech_core::mail::Mailer>, String);
 /// `[smtp]` as a mailer, and the URL its links point to: `[api] public_url`, else
 /// `https://` + `[api] public_host`. Mail without a public URL is refused: its links would
 /// point nowhere users can reach.
-fn mail_settings(
-    source: &Source,
-    config: &ServerConfig,
-) -> Result<Option<MailSetup>, ConfigError> {
+fn mail_settings(source: &Source, config: &ServerConfig) -> Result<Option<MailSetup>, ConfigError> {
     let error = |section: &str, key: &str, message: String| ConfigError {
         file: source.file.clone(),
         line: source.line_of_key(section, Some(key)),

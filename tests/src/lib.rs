@@ -5,6 +5,7 @@ pub mod conformance;
 pub mod conformance_tty;
 pub mod engines;
 pub mod pebble;
+pub mod smtp;
 pub mod swarm;
 pub mod web;
 

@@ -5,109 +5,16 @@
 //! password refused after it, the link refused a second time and after its hour, the same
 //! answer for an unknown address). Without `[smtp]`, these flows are off and say so.
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use paastech_tests::smtp::SmtpSink;
 use paastech_tests::web::{PASSWORD, Web};
-use paastech_tests::{Server, eventually, free_port};
+use paastech_tests::{Server, eventually};
 use serde_json::{Value, json};
 
 const PUBLIC_URL: &str = "https://paastech.example.com";
-
-/// aiosmtpd on 127.0.0.1:`port`, storing each message as a file in `dir/new`.
-struct SmtpSink {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl SmtpSink {
-    fn start() -> SmtpSink {
-        let dir = tempfile::tempdir().expect("maildir");
-        let port = free_port();
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(dir.path().join("maildir"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("/usr/bin/python3 -m aiosmtpd (python3-aiosmtpd: scripts/test.sh installs it)");
-        let mut sink = SmtpSink { child, port, dir };
-        let up = eventually(Duration::from_secs(15), || TcpStream::connect(("127.0.0.1", port)).is_ok());
-        if !up {
-            let _ = sink.child.kill();
-            panic!("aiosmtpd did not listen on 127.0.0.1:{port}: is python3-aiosmtpd installed (scripts/test.sh)?");
-        }
-        sink
-    }
-
-    fn maildir(&self) -> PathBuf {
-        self.dir.path().join("maildir").join("new")
-    }
-
-    /// Every message received so far, oldest first, as text (headers and body, the body's
-    /// quoted-printable encoding undone).
-    fn messages(&self) -> Vec<String> {
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(self.maildir())
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok())
-                    .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files.iter().filter_map(|(_, path)| std::fs::read_to_string(path).ok()).map(|m| quoted_printable(&m)).collect()
-    }
-
-    /// The newest message to `to` whose text has `needle`, waiting up to 20 s for it.
-    fn wait_for(&self, to: &str, needle: &str) -> String {
-        let mut found = None;
-        eventually(Duration::from_secs(20), || {
-            found = self
-                .messages()
-                .into_iter()
-                .rev()
-                .find(|m| m.lines().any(|l| l.eq_ignore_ascii_case(&format!("To: {to}"))) && m.contains(needle));
-            found.is_some()
-        });
-        found.unwrap_or_else(|| panic!("no mail to {to} with {needle:?}; received: {:#?}", self.messages()))
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `text` with quoted-printable soft line breaks and `=XX` escapes undone (lettre encodes
-/// bodies with lines longer than 76 characters so).
-fn quoted_printable(text: &str) -> String {
-    let joined = text.replace("=\r\n", "").replace("=\n", "");
-    let bytes = joined.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'=' && i + 2 < bytes.len())
-            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .flatten();
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// The token of the first link in `mail` that starts with `prefix`.
 fn token_after(mail: &str, prefix: &str) -> String {
@@ -120,10 +27,7 @@ fn message(body: &Value) -> &str {
 }
 
 fn mail_server(sink: &SmtpSink) -> Server {
-    Server::start_with_api_keys(
-        &format!("public_url = {PUBLIC_URL:?}\n"),
-        &format!("[smtp]\nurl = \"smtp://127.0.0.1:{}\"\nfrom = \"PaaSTech <paastech@example.com>\"\n", sink.port),
-    )
+    Server::start_with_api_keys(&format!("public_url = {PUBLIC_URL:?}\n"), &sink.config())
 }
 
 fn count_in(dir: &Path) -> usize {

@@ -8,11 +8,15 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use paastech_tests::smtp::SmtpSink;
 use paastech_tests::{Server, fresh_postgres_database, ssh_keygen};
 use serde_json::{Value, json};
 
 /// Whole-run bound for schemathesis: it normally takes about half of it.
 const SCHEMATHESIS_DEADLINE: Duration = Duration::from_secs(150);
+
+/// The `[api]` key the fuzzed servers' mail needs.
+const PUBLIC_URL: &str = "public_url = \"https://paastech.example.com\"\n";
 
 /// The schemathesis installed by `scripts/setup/60-schemathesis.sh`.
 fn schemathesis() -> PathBuf {
@@ -40,7 +44,9 @@ fn id_of(value: &Value) -> i64 {
 #[test]
 fn schemathesis_finds_no_server_error_and_no_undocumented_status_on_sqlite() {
     let schemathesis = schemathesis();
-    fuzz(&schemathesis, Server::start(""));
+    // With mail, so the routes of mailed links answer as they do on a server that sends it.
+    let sink = SmtpSink::start();
+    fuzz(&schemathesis, Server::start_with_api_keys(PUBLIC_URL, &sink.config()), &sink);
 }
 
 /// PostgreSQL refuses what SQLite stores (a NUL in text, an integer out of range): the
@@ -49,7 +55,8 @@ fn schemathesis_finds_no_server_error_and_no_undocumented_status_on_sqlite() {
 fn schemathesis_finds_no_server_error_and_no_undocumented_status_on_postgres() {
     let schemathesis = schemathesis();
     let url = fresh_postgres_database("paastech_openapi");
-    let server = Server::start(&format!("[database]\nurl = {url:?}\n"));
+    let sink = SmtpSink::start();
+    let server = Server::start_with_api_keys(PUBLIC_URL, &format!("[database]\nurl = {url:?}\n{}", sink.config()));
     // A NUL in an email reached PostgreSQL and answered 500.
     let api = server.api();
     let nul = json!({"email": "a\u{0}@example.com", "password": "correct horse battery"});
@@ -57,17 +64,18 @@ fn schemathesis_finds_no_server_error_and_no_undocumented_status_on_postgres() {
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid")), "{body}");
     let (status, body) = api.req("POST", "/auth/login", None, Some(nul));
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{body}");
-    fuzz(&schemathesis, server);
+    fuzz(&schemathesis, server, &sink);
 }
 
 /// Runs schemathesis against `server`'s document as a signed-in user; panics with its
 /// report if it finds a problem.
-fn fuzz(schemathesis: &std::path::Path, server: Server) {
+fn fuzz(schemathesis: &std::path::Path, server: Server, sink: &SmtpSink) {
     let api = server.api();
 
     // Ada (the first account, so an admin: `GET /users` answers 200) is the signed-in user
     // of every operation, and owns "blog", the project the `{name}` routes mostly hit.
     let ada = api.user("ada@example.com");
+    sink.verify(&api, "ada@example.com");
     created(&api, "/projects", &ada, json!({"name": "blog"}));
     let (status, body) = api.req("PATCH", "/projects/blog/env", Some(&ada), Some(json!({"GREETING": "hello"})));
     assert_eq!(status, 200, "{body}");
@@ -78,6 +86,7 @@ fn fuzz(schemathesis: &std::path::Path, server: Server) {
     // answered) nor delete "blog". Their fuzzing draws ids from Bo's dictionaries rather
     // than from Ada's answers, which Bo could only ever get 404 for.
     let bo = api.user("bo@example.com");
+    sink.verify(&api, "bo@example.com");
     for name in ["doomed-1", "doomed-2"] {
         created(&api, "/projects", &bo, json!({"name": name}));
     }
@@ -294,7 +303,14 @@ fn the_document_declares_bearer_auth_and_one_error_response() {
     assert_eq!(error_body["required"], json!(["error"]), "{error_body}");
 
     // The routes that answer without a token; every other one needs it.
-    let open = ["GET /healthz", "POST /auth/login", "POST /auth/signup"];
+    let open = [
+        "GET /healthz",
+        "POST /auth/login",
+        "POST /auth/signup",
+        "POST /auth/verify",
+        "POST /auth/password/reset",
+        "POST /auth/password/reset/confirm",
+    ];
     let mut seen = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, operation) in item.as_object().expect("path item") {

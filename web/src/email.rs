@@ -94,8 +94,10 @@ pub async fn request_reset(state: &AppState, email: &str) -> Result<()> {
         return Err(mail_off());
     }
     let email = email.trim().to_lowercase();
+    // A malformed address is refused (that says nothing about which accounts exist).
+    paastech_core::validate_email(&email)?;
     if email.chars().any(char::is_control) {
-        return Ok(());
+        return Err(Error::Invalid(format!("invalid email address {email:?}: control characters")));
     }
     let state = state.clone();
     tokio::spawn(async move {

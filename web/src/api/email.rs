@@ -74,7 +74,8 @@ pub async fn resend(
 }
 
 /// Asks for a password reset link. The answer is the same whether or not an account has
-/// the address; five requests an hour per address or client, then 429.
+/// the address; five requests an hour per address or client, then 429. 400 for a
+/// malformed address.
 #[utoipa::path(post, path = "/auth/password/reset", tag = "accounts", request_body = ResetRequest,
     responses((status = 202, body = Accepted), JsonBodyErrors, ErrorStatus<429>, ErrorStatus<503>))]
 pub async fn request_reset(
@@ -86,6 +87,7 @@ pub async fn request_reset(
         return Err(email::mail_off().into());
     }
     let address = body.email.trim().to_lowercase();
+    paastech_core::validate_email(&address)?;
     // Never marked as succeeded: every request counts.
     let _counted = state.reset_limiter.attempt(&address, ip)?;
     email::request_reset(&state, &address).await?;

@@ -90,8 +90,13 @@ pub async fn forgot(
     if let Err(err) = state.reset_limiter.attempt(&address, ip) {
         return page(&headers, "forgot", "", FieldErrors::one("email", err.to_string()), StatusCode::TOO_MANY_REQUESTS);
     }
-    email::request_reset(&state, &address).await?;
-    page(&headers, "sent", "", FieldErrors::default(), StatusCode::OK)
+    match email::request_reset(&state, &address).await {
+        Ok(()) => page(&headers, "sent", "", FieldErrors::default(), StatusCode::OK),
+        Err(Error::Invalid(message)) => {
+            page(&headers, "forgot", "", FieldErrors::one("email", message), StatusCode::BAD_REQUEST)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 pub async fn reset_page(

@@ -15,12 +15,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use paastech_core::{Addon, AddonName, Error};
+use paastech_core::Role;
 use serde::{Deserialize, Serialize};
 use tokio_util::io::{ReaderStream, StreamReader};
 use utoipa::ToSchema;
 
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::{AddonNameSchema, ProjectNameSchema};
 use super::{JsonBody, PathParam};
 use crate::AppState;
@@ -85,7 +86,7 @@ pub async fn list(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<Vec<AddonView>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     let addons = state.orchestrator.addons(&project).await?;
     Ok(Json(addons.into_iter().map(AddonView::from).collect()))
 }
@@ -104,7 +105,7 @@ pub async fn create(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<NewAddon>,
 ) -> ApiResult<(StatusCode, Json<AddonChange>)> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let (addon, deployment) = state.orchestrator.create_addon(&project, &body.kind, body.name.as_deref()).await?;
     let change = AddonChange { addon: addon.into(), deployment_version: deployment.map(|d| d.version) };
     Ok((StatusCode::CREATED, Json(change)))
@@ -119,7 +120,7 @@ pub async fn info(
     CurrentUser(user): CurrentUser,
     PathParam((name, addon)): PathParam<(String, String)>,
 ) -> ApiResult<Json<AddonInfo>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let (addon, config) = state.orchestrator.addon_info(&project, &addon_name(&addon)?).await?;
     Ok(Json(AddonInfo {
         name: addon.name.to_string(),
@@ -140,7 +141,7 @@ pub async fn destroy(
     CurrentUser(user): CurrentUser,
     PathParam((name, addon)): PathParam<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     state.orchestrator.destroy_addon(&project, &addon_name(&addon)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -156,7 +157,7 @@ pub async fn backup(
     CurrentUser(user): CurrentUser,
     PathParam((name, addon)): PathParam<(String, String)>,
 ) -> ApiResult<Response> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let addon = addon_name(&addon)?;
     // A missing add-on answers 404 before any byte is sent.
     state.orchestrator.addon_info(&project, &addon).await?;
@@ -202,7 +203,7 @@ pub async fn restore(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let addon = addon_name(&addon)?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > MAX_RESTORE_BYTES) {

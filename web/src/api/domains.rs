@@ -5,11 +5,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use paastech_core::{CertificateState, CertificateStatus, Domain};
+use paastech_core::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::{DomainNameSchema, ProjectNameSchema};
 use super::{JsonBody, PathParam};
 use crate::AppState;
@@ -82,7 +83,7 @@ pub async fn list(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<Vec<DomainView>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     let domains = state.orchestrator.domains(&project).await?;
     Ok(Json(domains.into_iter().map(|d| view(&state, d)).collect()))
 }
@@ -100,7 +101,7 @@ pub async fn add(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<NewDomain>,
 ) -> ApiResult<(StatusCode, Json<DomainView>)> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let domain = state.orchestrator.add_domain(&project, &body.domain).await?;
     Ok((StatusCode::CREATED, Json(view(&state, domain))))
 }
@@ -114,7 +115,7 @@ pub async fn remove(
     CurrentUser(user): CurrentUser,
     PathParam((name, domain)): PathParam<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     state.orchestrator.remove_domain(&project, &domain).await?;
     Ok(StatusCode::NO_CONTENT)
 }

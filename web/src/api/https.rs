@@ -4,11 +4,12 @@ use axum::Json;
 use axum::extract::State;
 use paastech_core::https::MAX_HSTS_MAX_AGE;
 use paastech_core::{HttpsChange, HttpsPolicy};
+use paastech_core::Role;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{JsonBody, PathParam};
 use crate::AppState;
@@ -80,7 +81,7 @@ pub async fn get(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<HttpsView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     Ok(Json(state.orchestrator.https(&project).await?.into()))
 }
 
@@ -95,7 +96,7 @@ pub async fn patch(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<HttpsPatch>,
 ) -> ApiResult<Json<HttpsView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let change = body.change()?;
     Ok(Json(state.orchestrator.set_https(&project, change).await?.into()))
 }

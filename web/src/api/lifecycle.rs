@@ -4,11 +4,12 @@
 use axum::Json;
 use axum::extract::State;
 use paastech_core::{Error, Stopped};
+use paastech_core::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{NeedsToken, ParamErrors, RawBodyErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{PathParam, RawBody};
 use crate::AppState;
@@ -80,7 +81,7 @@ pub async fn stop(
     PathParam(name): PathParam<String>,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<StoppedView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let process = process_of(&body)?;
     let stopped = state.orchestrator.stop(&project, process.as_deref()).await?;
     tracing::info!(project = %project.name, user = user.id, process = process.as_deref().unwrap_or("*"), "stopped");
@@ -101,7 +102,7 @@ pub async fn start(
     PathParam(name): PathParam<String>,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<StoppedView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let process = process_of(&body)?;
     let stopped = state.orchestrator.start(&project, process.as_deref()).await?;
     tracing::info!(project = %project.name, user = user.id, process = process.as_deref().unwrap_or("*"), "started");
@@ -124,7 +125,7 @@ pub async fn restart(
     PathParam(name): PathParam<String>,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<RestartView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let process = process_of(&body)?;
     let restarted = state.orchestrator.restart(&project, process.as_deref()).await?;
     tracing::info!(project = %project.name, user = user.id, instances = restarted.len(), "restarted");

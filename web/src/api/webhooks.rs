@@ -6,12 +6,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use paastech_core::{Webhook, WebhookAttempt};
+use paastech_core::Role;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{JsonBody, PathParam};
 use crate::AppState;
@@ -116,7 +117,7 @@ pub async fn list(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<Vec<WebhookView>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let webhooks = state.orchestrator.webhooks(&project).await?;
     Ok(Json(webhooks.into_iter().map(Into::into).collect()))
 }
@@ -132,7 +133,7 @@ pub async fn add(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<NewWebhook>,
 ) -> ApiResult<(StatusCode, Json<WebhookCreated>)> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let secret = new_secret();
     let webhook = state.orchestrator.add_webhook(&project, &body.url, &body.events, &secret).await?;
     Ok((
@@ -156,7 +157,7 @@ pub async fn remove(
     CurrentUser(user): CurrentUser,
     PathParam((name, id)): PathParam<(String, i64)>,
 ) -> ApiResult<StatusCode> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     state.orchestrator.remove_webhook(&project, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -171,7 +172,7 @@ pub async fn deliveries(
     CurrentUser(user): CurrentUser,
     PathParam((name, id)): PathParam<(String, i64)>,
 ) -> ApiResult<Json<Vec<DeliveryAttemptView>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let attempts = state.orchestrator.webhook_attempts(&project, id).await?;
     Ok(Json(attempts.into_iter().map(Into::into).collect()))
 }

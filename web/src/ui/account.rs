@@ -194,7 +194,7 @@ pub async fn admin(State(state): State<AppState>, session: Session) -> UiResult 
     let page = AdminPage {
         l: Layout::new(&session, "Admin", "admin"),
         users: user_rows,
-        projects: project_rows(&state, projects, &owners).await?,
+        projects: project_rows(&state, projects.into_iter().map(|p| (p, paastech_core::Role::Owner)).collect(), &owners).await?,
         runtime: state.orchestrator.runtime_name().to_owned(),
         builder: state.orchestrator.builder_name().to_owned(),
         hooks: state.hook_names.as_ref().clone(),

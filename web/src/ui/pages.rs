@@ -53,6 +53,13 @@ impl Notice {
             "key-added" => "SSH key added.".to_owned(),
             "key-removed" => "SSH key removed.".to_owned(),
             "token-revoked" => "Token revoked.".to_owned(),
+            "member-set" => "Saved: the member has this role now.".to_owned(),
+            "member-removed" => "Member removed.".to_owned(),
+            "transferred" => "Transferred: the project has its new owner, and you stay an owner member.".to_owned(),
+            "left" => "You left the project.".to_owned(),
+            "user-disabled" => "Account disabled: its sessions, tokens and SSH keys no longer work.".to_owned(),
+            "user-enabled" => "Account enabled again.".to_owned(),
+            "user-deleted" => "Account deleted.".to_owned(),
             _ => return None,
         };
         Some(text)

@@ -457,6 +457,7 @@ pub struct TokensPage {
 pub struct UserRow {
     pub email: String,
     pub is_admin: bool,
+    pub disabled: bool,
     pub projects: usize,
     pub when: When,
 }

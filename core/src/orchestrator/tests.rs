@@ -156,14 +156,13 @@ impl Store for MemStore {
     }
     async fn create_user(&self, email: &str, _: &str) -> Result<User> {
         let mut data = self.enter("create_user").await?;
-        let user =
-            User {
-                id: data.users.len() as i64 + 1,
-                email: email.into(),
-                is_admin: false,
-                disabled: false,
-                created_at: Timestamp(0),
-            };
+        let user = User {
+            id: data.users.len() as i64 + 1,
+            email: email.into(),
+            is_admin: false,
+            disabled: false,
+            created_at: Timestamp(0),
+        };
         data.users.push(user.clone());
         Ok(user)
     }

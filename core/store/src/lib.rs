@@ -448,8 +448,7 @@ impl Store for SqlStore {
             match role {
                 None => Ok(None),
                 Some(role) => Ok(Some(
-                    Role::parse(&role)
-                        .map_err(|_| Error::internal_msg(format!("unknown role {role:?} in store")))?,
+                    Role::parse(&role).map_err(|_| Error::internal_msg(format!("unknown role {role:?} in store")))?,
                 )),
             }
         })
@@ -831,8 +830,7 @@ impl Store for SqlStore {
                 diesel::delete(builds::table.filter(builds::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(cron_runs::table.filter(cron_runs::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(env_vars::table.filter(env_vars::project_id.eq(project_id))).execute(conn)?;
-                diesel::delete(collaborators::table.filter(collaborators::project_id.eq(project_id)))
-                    .execute(conn)?;
+                diesel::delete(collaborators::table.filter(collaborators::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(process_scale::table.filter(process_scale::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(project_limits::table.filter(project_limits::project_id.eq(project_id)))
                     .execute(conn)?;

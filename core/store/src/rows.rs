@@ -15,7 +15,8 @@ use paastech_core::{CronJob, CronOutcome, CronRun};
 use crate::secrets::Keyring;
 
 use crate::schema::{
-    addons, api_tokens, builds, collaborators, cron_runs, deployments, domains, projects, ssh_keys, users, webhook_attempts, webhooks,
+    addons, api_tokens, builds, collaborators, cron_runs, deployments, domains, projects, ssh_keys, users,
+    webhook_attempts, webhooks,
 };
 
 #[derive(Queryable, Selectable)]
@@ -43,7 +44,13 @@ impl From<UserRow> for User {
 
 /// A collaborator's row; the role is checked on the way out (the table's CHECK keeps it
 /// one of the three anyway).
-pub(crate) fn collaborator(project_id: i64, user_id: i64, email: String, role: &str, created_at: i64) -> Result<Collaborator, Error> {
+pub(crate) fn collaborator(
+    project_id: i64,
+    user_id: i64,
+    email: String,
+    role: &str,
+    created_at: i64,
+) -> Result<Collaborator, Error> {
     let role = Role::parse(role).map_err(|_| Error::internal_msg(format!("unknown role {role:?} in store")))?;
     Ok(Collaborator { project_id, user_id, email, role, created_at: Timestamp(created_at) })
 }

@@ -1346,7 +1346,10 @@ async fn collaborators_have_one_role_per_project_and_go_with_user_and_project(db
     store.set_collaborator(blog.id, bob.id, Role::Viewer).await.expect("add");
     let members: Vec<_> =
         store.collaborators(shop.id).await.expect("list").into_iter().map(|c| (c.email, c.role)).collect();
-    assert_eq!(members, [("bob@example.com".to_owned(), Role::Developer), ("carol@example.com".to_owned(), Role::Owner)]);
+    assert_eq!(
+        members,
+        [("bob@example.com".to_owned(), Role::Developer), ("carol@example.com".to_owned(), Role::Owner)]
+    );
     assert_eq!(store.collaborator_role(shop.id, bob.id).await.expect("role"), Some(Role::Developer));
     let of_bob: Vec<_> = store
         .collaborations(bob.id)

@@ -14,8 +14,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use paastech_core::{Addon, AddonName, Error};
 use paastech_core::Role;
+use paastech_core::{Addon, AddonName, Error};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::{ReaderStream, StreamReader};
 use utoipa::ToSchema;
@@ -97,7 +97,7 @@ pub async fn list(
 /// fails (nothing is kept); 503 when the add-on's server is down or refuses.
 #[utoipa::path(post, path = "/projects/{name}/addons", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = NewAddon,
-    responses((status = 201, body = AddonChange), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>,
+    responses((status = 201, body = AddonChange), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>,
         ErrorStatus<409>, ErrorStatus<503>))]
 pub async fn create(
     State(state): State<AppState>,
@@ -114,7 +114,7 @@ pub async fn create(
 /// One add-on and its config vars.
 #[utoipa::path(get, path = "/projects/{name}/addons/{addon}", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("addon" = AddonNameSchema, Path)),
-    responses((status = 200, body = AddonInfo), NeedsToken, ParamErrors, ErrorStatus<404>, ErrorStatus<503>))]
+    responses((status = 200, body = AddonInfo), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<503>))]
 pub async fn info(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -134,7 +134,7 @@ pub async fn info(
 /// destroys it and its data.
 #[utoipa::path(delete, path = "/projects/{name}/addons/{addon}", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("addon" = AddonNameSchema, Path)),
-    responses((status = 204, description = "destroyed"), NeedsToken, ParamErrors, ErrorStatus<404>, ErrorStatus<422>,
+    responses((status = 204, description = "destroyed"), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>,
         ErrorStatus<503>))]
 pub async fn destroy(
     State(state): State<AppState>,
@@ -151,7 +151,7 @@ pub async fn destroy(
 #[utoipa::path(get, path = "/projects/{name}/addons/{addon}/backup", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("addon" = AddonNameSchema, Path)),
     responses((status = 200, description = "the backup", content_type = "application/octet-stream", body = Vec<u8>),
-        NeedsToken, ParamErrors, ErrorStatus<404>, ErrorStatus<503>))]
+        NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<503>))]
 pub async fn backup(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -194,7 +194,7 @@ pub async fn backup(
 #[utoipa::path(post, path = "/projects/{name}/addons/{addon}/restore", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("addon" = AddonNameSchema, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204, description = "restored"), NeedsToken, ParamErrors, ErrorStatus<404>, ErrorStatus<413>,
+    responses((status = 204, description = "restored"), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<413>,
         ErrorStatus<503>))]
 pub async fn restore(
     State(state): State<AppState>,

@@ -68,7 +68,12 @@ pub struct MemberView {
 
 impl From<Collaborator> for MemberView {
     fn from(c: Collaborator) -> Self {
-        MemberView { email: c.email, role: c.role.as_str().to_owned(), primary: false, since: c.created_at.to_rfc3339() }
+        MemberView {
+            email: c.email,
+            role: c.role.as_str().to_owned(),
+            primary: false,
+            since: c.created_at.to_rfc3339(),
+        }
     }
 }
 
@@ -148,9 +153,7 @@ async fn member_id(state: &AppState, project: &Project, member: &str) -> Result<
     };
     match found {
         Some(c) => Ok(c.user_id),
-        None if project.owner_id.to_string() == member
-            || state.store.user(project.owner_id).await?.email == member =>
-        {
+        None if project.owner_id.to_string() == member || state.store.user(project.owner_id).await?.email == member => {
             Err(Error::Conflict("the project's owner cannot be removed: transfer the project first".into()))
         }
         None => Err(Error::NotFound(format!("{member} is not a collaborator of {}", project.name))),

@@ -4,8 +4,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use paastech_core::{CronJob, CronRun, Timestamp};
 use paastech_core::Role;
+use paastech_core::{CronJob, CronRun, Timestamp};
 use serde::Serialize;
 use utoipa::ToSchema;
 

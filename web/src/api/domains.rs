@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use paastech_core::{CertificateState, CertificateStatus, Domain};
 use paastech_core::Role;
+use paastech_core::{CertificateState, CertificateStatus, Domain};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -94,7 +94,7 @@ pub async fn list(
 /// has it already.
 #[utoipa::path(post, path = "/projects/{name}/domains", tag = "domains", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = NewDomain,
-    responses((status = 201, body = DomainView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<409>))]
+    responses((status = 201, body = DomainView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<409>))]
 pub async fn add(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -109,7 +109,7 @@ pub async fn add(
 /// Removes a custom domain of the project; the ingress answers 404 on it at once.
 #[utoipa::path(delete, path = "/projects/{name}/domains/{domain}", tag = "domains", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("domain" = DomainNameSchema, Path)),
-    responses((status = 204, description = "removed"), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    responses((status = 204, description = "removed"), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn remove(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,

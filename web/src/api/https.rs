@@ -2,9 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
+use paastech_core::Role;
 use paastech_core::https::MAX_HSTS_MAX_AGE;
 use paastech_core::{HttpsChange, HttpsPolicy};
-use paastech_core::Role;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
@@ -89,7 +89,7 @@ pub async fn get(
 /// names a field out of range (nothing changes then).
 #[utoipa::path(patch, path = "/projects/{name}/https", tag = "domains", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = HttpsPatch,
-    responses((status = 200, body = HttpsView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>))]
+    responses((status = 200, body = HttpsView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn patch(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,

@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use paastech_core::{Error, Stopped};
 use paastech_core::Role;
+use paastech_core::{Error, Stopped};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -74,7 +74,7 @@ pub(crate) async fn stopped_view(state: &AppState, project: &paastech_core::Proj
     params(("name" = ProjectNameSchema, Path)),
     request_body(content = Option<ProcessRequest>, content_type = "application/json",
         description = "optional: absent or empty stops every process"),
-    responses((status = 200, body = StoppedView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<404>))]
+    responses((status = 200, body = StoppedView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn stop(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -95,7 +95,7 @@ pub async fn stop(
     params(("name" = ProjectNameSchema, Path)),
     request_body(content = Option<ProcessRequest>, content_type = "application/json",
         description = "optional: absent or empty starts every process"),
-    responses((status = 200, body = StoppedView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
+    responses((status = 200, body = StoppedView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn start(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -117,7 +117,7 @@ pub async fn start(
     params(("name" = ProjectNameSchema, Path)),
     request_body(content = Option<ProcessRequest>, content_type = "application/json",
         description = "optional: absent or empty restarts every process"),
-    responses((status = 200, body = RestartView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<404>,
+    responses((status = 200, body = RestartView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<403>, ErrorStatus<404>,
         ErrorStatus<409>, ErrorStatus<422>, ErrorStatus<503>))]
 pub async fn restart(
     State(state): State<AppState>,

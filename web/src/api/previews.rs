@@ -76,7 +76,7 @@ pub async fn get(
 /// preview apps. 400 for a preview app itself (its parent has the setting).
 #[utoipa::path(put, path = "/projects/{name}/previews", tag = "projects", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = PreviewsChange,
-    responses((status = 200, body = PreviewsView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>))]
+    responses((status = 200, body = PreviewsView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn put(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,

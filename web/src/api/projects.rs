@@ -219,7 +219,7 @@ pub async fn get(
 
 /// Deletes the project, its repository, its deployments and its running instances.
 #[utoipa::path(delete, path = "/projects/{name}", tag = "projects", security(("bearer" = [])),
-    params(("name" = ProjectNameSchema, Path)), responses((status = 204, description = "deleted"), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    params(("name" = ProjectNameSchema, Path)), responses((status = 204, description = "deleted"), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn delete(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -232,7 +232,7 @@ pub async fn delete(
 }
 
 #[utoipa::path(get, path = "/projects/{name}/env", tag = "config", security(("bearer" = [])),
-    params(("name" = ProjectNameSchema, Path)), responses((status = 200, body = EnvSchema), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    params(("name" = ProjectNameSchema, Path)), responses((status = 200, body = EnvSchema), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn get_env(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -265,7 +265,7 @@ pub(crate) fn check_env_changes(changes: &EnvChanges) -> Result<(), Error> {
 /// deployment goes live (otherwise 422, and nothing changed).
 #[utoipa::path(patch, path = "/projects/{name}/env", tag = "config", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = EnvChangesSchema,
-    responses((status = 200, body = EnvSchema), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
+    responses((status = 200, body = EnvSchema), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn patch_env(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -312,7 +312,7 @@ pub(crate) fn check_scale(scale: &BTreeMap<String, u32>) -> Result<(), Error> {
 
 #[utoipa::path(put, path = "/projects/{name}/scale", tag = "config", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = ScaleChangeSchema,
-    responses((status = 200, body = ScaleSchema), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
+    responses((status = 200, body = ScaleSchema), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn put_scale(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -393,7 +393,7 @@ pub async fn get_limits(
 /// has a build this makes a new deployment; if that fails (422), nothing changed.
 #[utoipa::path(put, path = "/projects/{name}/limits", tag = "config", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = LimitsBody,
-    responses((status = 200, body = LimitsBody), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
+    responses((status = 200, body = LimitsBody), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn put_limits(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -419,7 +419,7 @@ pub struct DeployRequest {
     params(("name" = ProjectNameSchema, Path)),
     request_body(content = Option<DeployRequest>, content_type = "application/json",
         description = "optional: absent or empty redeploys the latest build"),
-    responses((status = 201, body = DeploymentView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
+    responses((status = 201, body = DeploymentView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn create_deployment(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -509,7 +509,7 @@ pub struct RunRequest {
 /// run to its end (it is stopped after an hour). It keeps running if the client goes away.
 #[utoipa::path(post, path = "/projects/{name}/run", tag = "deployments", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = RunRequest,
-    responses((status = 200, content_type = "application/x-ndjson", body = String), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>))]
+    responses((status = 200, content_type = "application/x-ndjson", body = String), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn run(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,

@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use paastech_core::orchestrator::ProjectStats;
 use paastech_core::Role;
+use paastech_core::orchestrator::ProjectStats;
 use serde::Serialize;
 use utoipa::ToSchema;
 

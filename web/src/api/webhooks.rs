@@ -5,8 +5,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use paastech_core::{Webhook, WebhookAttempt};
 use paastech_core::Role;
+use paastech_core::{Webhook, WebhookAttempt};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -111,7 +111,7 @@ pub(crate) fn new_secret() -> String {
 /// The project's webhooks, oldest first (without their secrets).
 #[utoipa::path(get, path = "/projects/{name}/webhooks", tag = "webhooks", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)),
-    responses((status = 200, body = Vec<WebhookView>), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    responses((status = 200, body = Vec<WebhookView>), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn list(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -126,7 +126,7 @@ pub async fn list(
 /// with the URL, or the unknown event and the known ones; 409 when the project has 20.
 #[utoipa::path(post, path = "/projects/{name}/webhooks", tag = "webhooks", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = NewWebhook,
-    responses((status = 201, body = WebhookCreated), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<409>))]
+    responses((status = 201, body = WebhookCreated), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<409>))]
 pub async fn add(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -151,7 +151,7 @@ pub async fn add(
 /// Removes a webhook of the project, and its kept deliveries.
 #[utoipa::path(delete, path = "/projects/{name}/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("id" = i64, Path, description = "the webhook's id")),
-    responses((status = 204, description = "removed"), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    responses((status = 204, description = "removed"), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn remove(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -166,7 +166,7 @@ pub async fn remove(
 /// deliveries of up to 5 attempts).
 #[utoipa::path(get, path = "/projects/{name}/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("id" = i64, Path, description = "the webhook's id")),
-    responses((status = 200, body = Vec<DeliveryAttemptView>), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    responses((status = 200, body = Vec<DeliveryAttemptView>), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn deliveries(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,

@@ -101,7 +101,9 @@ pub async fn member_add(
         Err(err) => Err(err),
     };
     match result {
-        Ok(()) => Ok(Redirect::to(&format!("/projects/{}/collaborators?done=member-set", project.name)).into_response()),
+        Ok(()) => {
+            Ok(Redirect::to(&format!("/projects/{}/collaborators?done=member-set", project.name)).into_response())
+        }
         Err(err) => {
             let (status, errors) = form_error(err, "email")?;
             page(&state, &session, &name, None, (form.email, form.role, errors), status).await
@@ -138,7 +140,9 @@ pub async fn transfer(
 ) -> UiResult {
     let project = project_for(&state, &session.user, &name, Role::Owner).await?;
     match transfer_project(&state, &session.user, &project, &form.email).await {
-        Ok(_) => Ok(Redirect::to(&format!("/projects/{}/collaborators?done=transferred", project.name)).into_response()),
+        Ok(_) => {
+            Ok(Redirect::to(&format!("/projects/{}/collaborators?done=transferred", project.name)).into_response())
+        }
         Err(err) => {
             let (status, errors) = form_error(err, "transfer")?;
             page(&state, &session, &name, None, (String::new(), "developer".into(), errors), status).await

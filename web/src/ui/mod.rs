@@ -62,10 +62,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/webhooks", get(webhooks::webhooks_page).post(webhooks::webhook_add))
         .route("/projects/{name}/webhooks/remove", post(webhooks::webhook_remove))
         .route("/projects/{name}/cron", get(cron::cron_page))
-        .route(
-            "/projects/{name}/collaborators",
-            get(collaborators::collaborators_page).post(collaborators::member_add),
-        )
+        .route("/projects/{name}/collaborators", get(collaborators::collaborators_page).post(collaborators::member_add))
         .route("/projects/{name}/collaborators/remove", post(collaborators::member_remove))
         .route("/projects/{name}/transfer", post(collaborators::transfer))
         .route("/projects/{name}/https", post(project::https_save))

@@ -11,10 +11,10 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect};
 use futures_util::StreamExt;
+use paastech_core::Role;
 use paastech_core::drivers::InstanceState;
 use paastech_core::store::EnvChanges;
 use paastech_core::{Deployment, Error, HttpsChange, HttpsPolicy, Project, Timestamp, validate_env_key};
-use paastech_core::Role;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 

@@ -6,9 +6,9 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
+use paastech_core::Role;
 use paastech_core::webhooks::WebhookEvent;
 use paastech_core::{Error, Timestamp};
-use paastech_core::Role;
 use serde::Deserialize;
 
 use super::pages::Notice;

@@ -453,3 +453,64 @@ fn web_journey(server: &Server) {
 fn collaborators_tab_and_admin_page() {
     web_journey(&Server::start(""));
 }
+
+/// A preview app has no members of its own: its parent's act on it with their roles, and
+/// a transfer of the parent moves it too.
+#[test]
+fn a_preview_app_takes_its_parents_members() {
+    let server = Server::start("");
+    let api = server.api();
+    let c = cast(&server);
+    let (status, body) =
+        api.req("PUT", "/projects/shop/previews", Some(&c.developer.token), Some(json!({"enabled": true})));
+    assert_eq!(status, 200, "{body}");
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("preview"),
+        &example("static-hello"),
+        &c.developer.key,
+        server.ssh_port,
+        "shop",
+    );
+    // The developer's push of a branch makes the preview.
+    let (ok, text) = repo.push("main:refs/heads/feature");
+    assert!(ok, "{text}\n{}", server.log());
+    let preview = "/projects/feature--shop";
+    for (who, member) in [("owner", &c.owner), ("developer", &c.developer), ("viewer", &c.viewer), ("admin", &c.admin)]
+    {
+        let (status, body) = api.req("GET", preview, Some(&member.token), None);
+        assert_eq!(status, 200, "{who}: {body}");
+    }
+    let (status, body) = api.req("GET", &format!("{preview}/env"), Some(&c.developer.token), None);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api.req("GET", &format!("{preview}/env"), Some(&c.viewer.token), None);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = api.req("GET", preview, Some(&c.stranger.token), None);
+    assert_eq!(status, 404, "{body}");
+    // Its members are its parent's, and are changed there.
+    let (_, members) = api.req("GET", &format!("{preview}/collaborators"), Some(&c.viewer.token), None);
+    assert_eq!(members.as_array().map(Vec::len), Some(3), "{members}");
+    let (status, body) = api.req(
+        "POST",
+        &format!("{preview}/collaborators"),
+        Some(&c.owner.token),
+        Some(json!({"email": STRANGER, "role": "viewer"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    // The parent's transfer takes the preview along: the new owner lists both as theirs.
+    let (status, body) =
+        api.req("POST", "/projects/shop/transfer", Some(&c.owner.token), Some(json!({"email": DEVELOPER})));
+    assert_eq!(status, 200, "{body}");
+    let (_, list) = api.req("GET", "/projects", Some(&c.developer.token), None);
+    let roles: Vec<(&Value, &Value)> =
+        list.as_array().map(|l| l.iter().map(|p| (&p["name"], &p["role"])).collect()).unwrap_or_default();
+    assert_eq!(roles, [(&json!("feature--shop"), &json!("owner")), (&json!("shop"), &json!("owner"))]);
+    // The stranger, once a viewer of the parent, sees the preview too.
+    let (status, _) = api.req(
+        "POST",
+        "/projects/shop/collaborators",
+        Some(&c.developer.token),
+        Some(json!({"email": STRANGER, "role": "viewer"})),
+    );
+    assert_eq!(status, 201);
+    assert_eq!(api.req("GET", preview, Some(&c.stranger.token), None).0, 200);
+}

@@ -417,6 +417,10 @@ fn web_journey(server: &Server) {
     assert_eq!(tab.status, 200);
     assert!(!tab.body.contains("Add a member") && tab.body.contains("Leave"), "{}", tab.body);
     assert_eq!(viewer.get("/projects/shop/env").status, 403);
+    // Nor are the tabs it may not open offered.
+    let overview = viewer.get("/projects/shop");
+    assert!(!overview.body.contains("href=\"/projects/shop/env\""), "{}", overview.body);
+    assert!(web.get("/projects/shop").body.contains("href=\"/projects/shop/env\""));
     assert_eq!(viewer.get("/projects/shop/logs").status, 200);
     let csrf = tab.csrf();
     let refused = viewer.post("/projects/shop/delete", &[("csrf", &csrf), ("confirm", "shop")]);

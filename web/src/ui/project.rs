@@ -28,7 +28,7 @@ use super::view::{
 };
 use super::{UiResult, render};
 use crate::AppState;
-use crate::api::projects::{MAX_INSTANCES, check_env_changes, check_scale, project_for};
+use crate::api::projects::{MAX_INSTANCES, check_env_changes, check_scale, project_and_role, project_for};
 
 /// Deployments listed on the deployments tab.
 const DEPLOYMENTS_SHOWN: i64 = 50;
@@ -45,7 +45,7 @@ pub(super) async fn load(
     tab: &'static str,
     recent: i64,
 ) -> Result<(Project, ProjectHead, Vec<Deployment>), Error> {
-    let project = project_for(state, &session.user, name, tab_role(tab)).await?;
+    let (project, role) = project_and_role(state, &session.user, name, tab_role(tab)).await?;
     let deployments = state.store.deployments(project.id, recent).await?;
     let live = state.store.live_deployment(project.id).await?;
     let name = project.name.as_str();
@@ -62,6 +62,7 @@ pub(super) async fn load(
         badge,
         live_version: live.as_ref().map(|d| d.version),
         tab,
+        developer: role.allows(Role::Developer),
     };
     Ok((project, head, deployments))
 }

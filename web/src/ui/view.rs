@@ -204,6 +204,8 @@ pub struct ProjectHead {
     pub badge: Badge,
     pub live_version: Option<i64>,
     pub tab: &'static str,
+    /// The viewer's role allows a developer's tabs (Env, Add-ons, Webhooks).
+    pub developer: bool,
 }
 
 pub struct InstanceRow {

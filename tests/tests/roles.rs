@@ -151,6 +151,25 @@ fn role_matrix(server: &Server) {
         assert_eq!(answer.0, 404, "non-member: {} {path}: {}", r.method, answer.1);
         strangers.push(answer);
     }
+    // Emails are matched as stored (lowercase); one no account can have is nobody's.
+    let (status, body) = api.req(
+        "POST",
+        "/projects/shop/collaborators",
+        Some(&cast.owner.token),
+        Some(json!({"email": " Viewer@Example.COM ", "role": "viewer"})),
+    );
+    assert_eq!((status, &body["email"]), (200, &json!(VIEWER)), "{body}");
+    for email in ["nobody@example.com", "viewer@example.com\u{0}"] {
+        let (status, body) = api.req(
+            "POST",
+            "/projects/shop/collaborators",
+            Some(&cast.owner.token),
+            Some(json!({"email": email, "role": "viewer"})),
+        );
+        assert_eq!(status, 404, "{email:?}: {body}");
+        assert_eq!(body["error"]["message"], "no user with this email can be added");
+    }
+
     // Listings show the member's projects with their role; the stranger's has none.
     for (member, role) in [(&cast.owner, "owner"), (&cast.developer, "developer"), (&cast.viewer, "viewer")] {
         let (_, list) = api.req("GET", "/projects", Some(&member.token), None);

@@ -96,7 +96,13 @@ fn not_a_preview(project: &Project) -> Result<(), Error> {
 
 /// The account with this email that may become a member.
 async fn member_to_be(state: &AppState, email: &str) -> Result<User, Error> {
-    match state.store.user_by_email(email.trim()).await {
+    // Stored emails are lowercase and have no control characters (signup sees to it;
+    // PostgreSQL would fail on a NUL): such an email is simply nobody's.
+    let email = email.trim().to_lowercase();
+    if email.chars().any(char::is_control) {
+        return Err(no_such_member());
+    }
+    match state.store.user_by_email(&email).await {
         Ok((user, _)) if !user.disabled => Ok(user),
         Ok(_) | Err(Error::NotFound(_)) => Err(no_such_member()),
         Err(other) => Err(other),

@@ -49,7 +49,10 @@ fn admin_only(user: &User) -> Result<(), Error> {
 async fn target(state: &AppState, who: &str) -> Result<User, Error> {
     let found = match who.parse::<i64>() {
         Ok(id) => state.store.user(id).await,
-        Err(_) => state.store.user_by_email(who).await.map(|(user, _)| user),
+        // Stored emails are lowercase and have no control characters (PostgreSQL would
+        // fail on a NUL): such a name is nobody's.
+        Err(_) if who.chars().any(char::is_control) => Err(Error::NotFound(String::new())),
+        Err(_) => state.store.user_by_email(&who.trim().to_lowercase()).await.map(|(user, _)| user),
     };
     found.map_err(|err| match err {
         Error::NotFound(_) => Error::NotFound(format!("no user {who}")),

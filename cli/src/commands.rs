@@ -24,6 +24,8 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Keys(cmd) => keys(&client, out, cmd),
         Command::Tokens(cmd) => tokens(&client, out, cmd),
         Command::Projects(cmd) => projects(&client, out, cmd),
+        Command::Access(cmd) => crate::access::access(&client, out.json, cmd),
+        Command::Users(cmd) => crate::access::users(&client, out.json, cmd),
         Command::Env(cmd) => env(&client, out, cmd),
         Command::Domains(cmd) => domains(&client, out, cmd),
         Command::Https { project, change } => https(&client, out, project, change),
@@ -470,7 +472,7 @@ fn previews(client: &Client, out: Output, project: ProjectArg, state: Option<Str
 
 /// `s` as one URL path segment: every byte but the unreserved ones percent-encoded, so a
 /// `/`, `?` or `#` a user typed stays inside the segment.
-fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

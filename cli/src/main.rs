@@ -1,5 +1,6 @@
 //! `paastech`: the client commands, and `paastech server`.
 
+mod access;
 mod backup;
 mod client;
 mod commands;
@@ -67,6 +68,14 @@ enum Command {
     /// Create, list, inspect and delete projects.
     #[command(subcommand)]
     Projects(ProjectsCommand),
+    /// A project's members and their roles (owner, developer, viewer): `access add EMAIL
+    /// --role ROLE`, `access list`, `access remove EMAIL`, `access transfer EMAIL`.
+    #[command(subcommand)]
+    Access(access::AccessCommand),
+    /// Admins: `users list`, `users disable|enable USER`, `users delete USER [--projects
+    /// transfer --to EMAIL | --projects delete]` (USER: an email or id).
+    #[command(subcommand)]
+    Users(access::UsersCommand),
     /// A project's environment variables.
     #[command(subcommand)]
     Env(EnvCommand),

@@ -14,7 +14,7 @@ use paastech_core::logs::LogHub;
 use paastech_core::orchestrator::{CRON_TICK, FOLLOW_INTERVAL, Orchestrator, OrchestratorConfig};
 use paastech_core::registry::{DriverContext, ImageRegistry, OptionsSource, Registry};
 use paastech_core::stats::STATS_INTERVAL;
-use paastech_core::{DomainRules, ProjectName, Store};
+use paastech_core::{DomainRules, GitVerb, ProjectName, Store};
 use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::HookServer;
 use paastech_ingress::{CertStore, IngressConfig, IngressRouter, RouteTable};
@@ -780,7 +780,7 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("listening for {what} on {addr}"))
 }
 
-/// Who may push and fetch over SSH: the owner of a project, or an admin. A push gets a
+/// Who may push and fetch over SSH: members by role (`Orchestrator::authorize_repo`). A push gets a
 /// one-time ticket for the pre-receive hook, valid while git runs.
 struct RepoAccessPolicy {
     orchestrator: Arc<Orchestrator>,
@@ -794,7 +794,8 @@ impl GitAccess for RepoAccessPolicy {
     }
 
     async fn open_repo(&self, user_id: i64, project: &ProjectName, write: bool) -> paastech_core::Result<RepoAccess> {
-        let path = self.orchestrator.authorize_repo(user_id, project).await?;
+        let verb = if write { GitVerb::Push } else { GitVerb::Fetch };
+        let path = self.orchestrator.authorize_repo(user_id, project, verb).await?;
         let access = RepoAccess::new(path);
         Ok(if write {
             let ticket = self.hooks.register(project, user_id);

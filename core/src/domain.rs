@@ -103,6 +103,8 @@ pub struct User {
     pub id: i64,
     pub email: String,
     pub is_admin: bool,
+    /// Set by an admin: the account cannot log in and its tokens and SSH keys are refused.
+    pub disabled: bool,
     pub created_at: Timestamp,
     /// Whether the address was proved by a mailed link (always, on a server without mail).
     pub email_verified: bool,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::addons::AddonKind;
 use crate::certificates::{CertificateStatus, Certificates};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
-use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName, Timestamp};
+use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName, Timestamp, User};
 use crate::drivers::{
     Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, Node, OneOff,
     PushHandler, RefUpdate, RepoStore, Runtime, TrafficRouter,
@@ -25,6 +25,7 @@ use crate::interactive::{TtySession, TtySize};
 use crate::lifecycle::Stopped;
 use crate::logs::LogHub;
 use crate::metrics::metrics;
+use crate::roles::{GitVerb, Role};
 use crate::store::{EnvChanges, Store};
 use crate::webhooks::{RetryPolicy, WebhookEvent, WebhookSender};
 
@@ -447,13 +448,33 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Whether `user_id` may push to (or fetch) `project`: its owner, or an admin.
-    pub async fn authorize_repo(&self, user_id: i64, name: &ProjectName) -> Result<PathBuf> {
+    /// The caller's role on the project, or `None` when they are not a member: the one
+    /// place a role is decided, for the API, the web UI and git alike. Admins act as
+    /// owners everywhere; the project's owner (`Project::owner_id`) is an owner; anyone
+    /// else has the role of their row. A preview app takes its parent's members (it has
+    /// its parent's owner too). A disabled account is nobody's member.
+    pub async fn role_of(&self, user: &User, project: &Project) -> Result<Option<Role>> {
+        if user.disabled {
+            return Ok(None);
+        }
+        if user.is_admin || project.owner_id == user.id {
+            return Ok(Some(Role::Owner));
+        }
+        let members_of = project.preview.as_ref().map_or(project.id, |of| of.parent_id);
+        self.store.collaborator_role(members_of, user.id).await
+    }
+
+    /// Whether `user_id` may run git's `verb` on `project`'s repository: fetch needs a
+    /// viewer, push a developer. A non-member (or a missing project) gets the same "not
+    /// found or access denied"; a member lacking the role a refusal naming it.
+    pub async fn authorize_repo(&self, user_id: i64, name: &ProjectName, verb: GitVerb) -> Result<PathBuf> {
         let denied = || Error::NotFound("project not found or access denied".into());
         let project = self.store.project(name).await.map_err(|_| denied())?;
         let user = self.store.user(user_id).await.map_err(|_| denied())?;
-        if project.owner_id != user_id && !user.is_admin {
-            return Err(denied());
+        match self.role_of(&user, &project).await? {
+            None => return Err(denied()),
+            Some(role) if !role.allows(verb.needed()) => return Err(role.refusal(verb.needed(), name.as_str())),
+            Some(_) => {}
         }
         if project.preview.is_some() {
             let parent = self.source_repo(&project).await?;
@@ -1639,7 +1660,8 @@ impl PushHandler for Orchestrator {
         log: Arc<dyn LogSink>,
     ) -> Result<()> {
         let project = self.store.project(name).await?;
-        self.authorize_repo(user_id, name).await?;
+        // Checked again here: the hook's ticket says who pushes, not that they still may.
+        self.authorize_repo(user_id, name, GitVerb::Push).await?;
         for update in updates {
             if update.is_delete() && DEPLOY_BRANCHES.contains(&update.refname.as_str()) {
                 return Err(Error::Invalid(format!("{} is the deployed branch; it cannot be deleted", update.refname)));

@@ -16,6 +16,7 @@ use crate::hostname::{Domain, Hostname};
 use crate::https::HttpsPolicy;
 use crate::lifecycle::Stopped;
 use crate::mail::EmailPurpose;
+use crate::roles::{Collaborator, Role};
 use crate::webhooks::{Webhook, WebhookAttempt, WebhookEvent};
 
 /// A change to a project's env: `Some` sets, `None` unsets.
@@ -49,6 +50,12 @@ pub trait Store: Send + Sync {
     /// Deletes the user's tokens with one of `names` (their sessions); how many.
     async fn delete_tokens_named(&self, user_id: i64, names: &[&str]) -> Result<usize>;
     async fn users(&self) -> Result<Vec<User>>;
+    /// Disables or enables an account. Disabling also deletes all its tokens (API tokens
+    /// and web sessions), so whatever it was signed in with stops at once.
+    async fn set_user_disabled(&self, user_id: i64, disabled: bool) -> Result<User>;
+    /// Deletes an account with its tokens, SSH keys and collaborator rows; `Conflict`
+    /// while it still owns a project (the caller transfers or deletes them first).
+    async fn delete_user(&self, user_id: i64) -> Result<()>;
 
     // API tokens, stored as hashes only.
     async fn create_token(
@@ -85,6 +92,22 @@ pub trait Store: Send + Sync {
     async fn previews(&self, parent_id: i64) -> Result<Vec<Project>>;
     /// Turns a project's previews on or off (what is made of them is the orchestrator's).
     async fn set_previews_enabled(&self, project_id: i64, enabled: bool) -> Result<()>;
+
+    // Members other than the owner (`Project::owner_id`, whose role is always owner).
+    /// The user's role from their row on the project, if they have one.
+    async fn collaborator_role(&self, project_id: i64, user_id: i64) -> Result<Option<Role>>;
+    /// The project's collaborators, oldest first.
+    async fn collaborators(&self, project_id: i64) -> Result<Vec<Collaborator>>;
+    /// Gives the user a row on the project with this role, or changes the role of their
+    /// row; `NotFound` for a missing project or user.
+    async fn set_collaborator(&self, project_id: i64, user_id: i64, role: Role) -> Result<Collaborator>;
+    /// Removes the user's row; `NotFound` unless they have one.
+    async fn remove_collaborator(&self, project_id: i64, user_id: i64) -> Result<()>;
+    /// The projects the user has a row on, with their role, by name.
+    async fn collaborations(&self, user_id: i64) -> Result<Vec<(Project, Role)>>;
+    /// In one transaction: `new_owner_id` becomes the owner of the project and of its
+    /// previews, their own row goes, and the previous owner keeps a row as an owner.
+    async fn transfer_project(&self, project_id: i64, new_owner_id: i64) -> Result<Project>;
 
     // Config.
     async fn env(&self, project_id: i64) -> Result<EnvVars>;

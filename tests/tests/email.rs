@@ -92,6 +92,21 @@ fn signup_mails_a_link_that_verifies_the_address_before_projects_can_be_made() {
     assert_eq!(status, 400, "the replaced link: {body}");
     let (status, body) = api.req("POST", "/auth/verify", None, Some(json!({"token": second})));
     assert_eq!((status, &body["email_verified"]), (200, &json!(true)), "{body}");
+
+    // Given access to a project, Bob is told by mail.
+    let (status, body) = api.req(
+        "POST",
+        "/projects/blog/collaborators",
+        Some(&token),
+        Some(json!({"email": "bob@example.com", "role": "developer"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let notice = sink.wait_for("bob@example.com", "You were added to blog");
+    assert!(
+        notice.contains("ada@example.com gave you the role developer")
+            && notice.contains(&format!("{PUBLIC_URL}/projects/blog")),
+        "{notice}"
+    );
 }
 
 #[test]

@@ -161,6 +161,7 @@ impl Store for MemStore {
             id: data.users.len() as i64 + 1,
             email: email.into(),
             is_admin: false,
+            disabled: false,
             created_at: Timestamp(0),
             email_verified: true,
         };
@@ -190,6 +191,31 @@ impl Store for MemStore {
         Self::not_used()
     }
     async fn users(&self) -> Result<Vec<User>> {
+        Self::not_used()
+    }
+    async fn set_user_disabled(&self, _: i64, _: bool) -> Result<User> {
+        Self::not_used()
+    }
+    async fn delete_user(&self, _: i64) -> Result<()> {
+        Self::not_used()
+    }
+    async fn collaborator_role(&self, _: i64, _: i64) -> Result<Option<crate::roles::Role>> {
+        // The owner pushes in these tests: nobody else has a row.
+        Ok(None)
+    }
+    async fn collaborators(&self, _: i64) -> Result<Vec<crate::roles::Collaborator>> {
+        Self::not_used()
+    }
+    async fn set_collaborator(&self, _: i64, _: i64, _: crate::roles::Role) -> Result<crate::roles::Collaborator> {
+        Self::not_used()
+    }
+    async fn remove_collaborator(&self, _: i64, _: i64) -> Result<()> {
+        Self::not_used()
+    }
+    async fn collaborations(&self, _: i64) -> Result<Vec<(Project, crate::roles::Role)>> {
+        Self::not_used()
+    }
+    async fn transfer_project(&self, _: i64, _: i64) -> Result<Project> {
         Self::not_used()
     }
     async fn create_token(&self, _: i64, _: &str, _: &str, _: Option<Timestamp>) -> Result<ApiToken> {

@@ -135,9 +135,15 @@ impl Connection {
         };
         match self.access.open_repo(user_id, &project, service.is_write()).await {
             Ok(repo) => Start::Git { service, project, repo, user_id, protocol },
-            Err(Error::NotFound(_) | Error::Forbidden(_) | Error::Unauthorized(_)) => {
+            Err(Error::NotFound(_) | Error::Unauthorized(_)) => {
                 tracing::info!(user_id, project = %project, "git access denied");
                 Start::Refuse(DENIED.to_owned())
+            }
+            // A member whose role does not allow the verb: the message names the role
+            // needed (a non-member gets `NotFound`, answered as above).
+            Err(Error::Forbidden(message)) => {
+                tracing::info!(user_id, project = %project, "git verb refused for the role");
+                Start::Refuse(message)
             }
             Err(err) => {
                 tracing::error!(user_id, project = %project, error = %err, "opening a repository failed");

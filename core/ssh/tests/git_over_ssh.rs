@@ -60,7 +60,7 @@ impl GitAccess for TestAccess {
     async fn open_repo(&self, user_id: i64, project: &ProjectName, write: bool) -> Result<RepoAccess> {
         match self.owners.get(project.as_str()) {
             None => return Err(Error::NotFound(format!("no project {project}"))),
-            Some(owner) if *owner != user_id => return Err(Error::Forbidden("not yours".into())),
+            Some(owner) if *owner != user_id => return Err(Error::NotFound(format!("no project {project}"))),
             Some(_) => {}
         }
         let access = RepoAccess::new(self.store.path(project));

@@ -31,7 +31,7 @@ use paastech_core::{
     HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Stopped, Store, Timestamp, User, Webhook,
     WebhookAttempt, WebhookEvent,
 };
-use paastech_core::{CronJob, CronRun};
+use paastech_core::{Collaborator, CronJob, CronRun, Role};
 
 use crate::conn::{Pools, write_tx};
 use crate::error::{StoreError, conflict_on_unique, not_found, not_found_on_fk};
@@ -487,6 +487,176 @@ impl Store for SqlStore {
         })
     }
 
+    async fn set_user_disabled(&self, user_id: i64, disabled: bool) -> Result<User> {
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                let row = diesel::update(users::table.find(user_id))
+                    .set(users::disabled.eq(disabled))
+                    .returning(UserRow::as_returning())
+                    .get_result(conn)
+                    .optional()?
+                    .ok_or_else(|| not_found("user not found"))?;
+                if disabled {
+                    // Web sessions are tokens too: every way in ends with the same delete.
+                    diesel::delete(api_tokens::table.filter(api_tokens::user_id.eq(user_id))).execute(conn)?;
+                }
+                Ok(User::from(row))
+            })
+        })
+    }
+
+    async fn delete_user(&self, user_id: i64) -> Result<()> {
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                let owned: Vec<String> = projects::table
+                    .filter(projects::owner_id.eq(user_id))
+                    .order(projects::name)
+                    .select(projects::name)
+                    .load(conn)?;
+                if !owned.is_empty() {
+                    return Err(StoreError::Core(Error::Conflict(format!(
+                        "the user still owns projects: {}",
+                        owned.join(", ")
+                    ))));
+                }
+                diesel::delete(collaborators::table.filter(collaborators::user_id.eq(user_id))).execute(conn)?;
+                diesel::delete(api_tokens::table.filter(api_tokens::user_id.eq(user_id))).execute(conn)?;
+                diesel::delete(ssh_keys::table.filter(ssh_keys::user_id.eq(user_id))).execute(conn)?;
+                diesel::delete(email_tokens::table.filter(email_tokens::user_id.eq(user_id))).execute(conn)?;
+                if diesel::delete(users::table.find(user_id)).execute(conn)? == 0 {
+                    return Err(not_found("user not found"));
+                }
+                Ok(())
+            })
+        })
+    }
+
+    async fn collaborator_role(&self, project_id: i64, user_id: i64) -> Result<Option<Role>> {
+        with_conn!(self, |conn| {
+            let role = collaborators::table
+                .find((project_id, user_id))
+                .select(collaborators::role)
+                .first::<String>(conn)
+                .optional()?;
+            match role {
+                None => Ok(None),
+                Some(role) => Ok(Some(
+                    Role::parse(&role).map_err(|_| Error::internal_msg(format!("unknown role {role:?} in store")))?,
+                )),
+            }
+        })
+    }
+
+    async fn collaborators(&self, project_id: i64) -> Result<Vec<Collaborator>> {
+        with_conn!(self, |conn| {
+            let rows = collaborators::table
+                .inner_join(users::table)
+                .filter(collaborators::project_id.eq(project_id))
+                .order((collaborators::created_at, collaborators::user_id))
+                .select((collaborators::user_id, users::email, collaborators::role, collaborators::created_at))
+                .load::<(i64, String, String, i64)>(conn)?;
+            let members = rows
+                .into_iter()
+                .map(|(user_id, email, role, at)| rows::collaborator(project_id, user_id, email, &role, at))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(members)
+        })
+    }
+
+    async fn set_collaborator(&self, project_id: i64, user_id: i64, role: Role) -> Result<Collaborator> {
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                ensure_project!(conn, project_id);
+                let email = users::table
+                    .find(user_id)
+                    .select(users::email)
+                    .first::<String>(conn)
+                    .optional()?
+                    .ok_or_else(|| not_found("user not found"))?;
+                let changed = diesel::update(collaborators::table.find((project_id, user_id)))
+                    .set(collaborators::role.eq(role.as_str()))
+                    .execute(conn)?;
+                if changed == 0 {
+                    diesel::insert_into(collaborators::table)
+                        .values(NewCollaboratorRow { project_id, user_id, role: role.as_str(), created_at: now() })
+                        .execute(conn)?;
+                }
+                let created_at = collaborators::table
+                    .find((project_id, user_id))
+                    .select(collaborators::created_at)
+                    .first::<i64>(conn)?;
+                Ok(Collaborator { project_id, user_id, email, role, created_at: Timestamp(created_at) })
+            })
+        })
+    }
+
+    async fn remove_collaborator(&self, project_id: i64, user_id: i64) -> Result<()> {
+        with_conn!(self, |conn| {
+            if diesel::delete(collaborators::table.find((project_id, user_id))).execute(conn)? == 0 {
+                return Err(not_found("this user is not a collaborator of the project"));
+            }
+            Ok(())
+        })
+    }
+
+    async fn collaborations(&self, user_id: i64) -> Result<Vec<(Project, Role)>> {
+        with_conn!(self, |conn| {
+            let rows = collaborators::table
+                .inner_join(projects::table)
+                .filter(collaborators::user_id.eq(user_id))
+                .order(projects::name)
+                .select((ProjectRow::as_select(), collaborators::role))
+                .load::<(ProjectRow, String)>(conn)?;
+            let mut projects = Vec::with_capacity(rows.len());
+            for (row, role) in rows {
+                let role =
+                    Role::parse(&role).map_err(|_| Error::internal_msg(format!("unknown role {role:?} in store")))?;
+                projects.push((Project::try_from(row)?, role));
+            }
+            Ok(projects)
+        })
+    }
+
+    async fn transfer_project(&self, project_id: i64, new_owner_id: i64) -> Result<Project> {
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                let old_owner = projects::table
+                    .find(project_id)
+                    .select(projects::owner_id)
+                    .first::<i64>(conn)
+                    .optional()?
+                    .ok_or_else(|| not_found("project not found"))?;
+                users::table
+                    .find(new_owner_id)
+                    .select(users::id)
+                    .first::<i64>(conn)
+                    .optional()?
+                    .ok_or_else(|| not_found("user not found"))?;
+                if old_owner != new_owner_id {
+                    let rows = collaborators::table.filter(collaborators::project_id.eq(project_id));
+                    diesel::delete(rows.filter(collaborators::user_id.eq_any([new_owner_id, old_owner])))
+                        .execute(conn)?;
+                    diesel::insert_into(collaborators::table)
+                        .values(NewCollaboratorRow {
+                            project_id,
+                            user_id: old_owner,
+                            role: Role::Owner.as_str(),
+                            created_at: now(),
+                        })
+                        .execute(conn)?;
+                    // A preview app is its parent's owner's: it moves with the parent.
+                    diesel::update(
+                        projects::table.filter(projects::id.eq(project_id).or(projects::preview_of.eq(project_id))),
+                    )
+                    .set(projects::owner_id.eq(new_owner_id))
+                    .execute(conn)?;
+                }
+                let row = projects::table.find(project_id).select(ProjectRow::as_select()).first(conn)?;
+                Ok(Project::try_from(row)?)
+            })
+        })
+    }
+
     async fn create_token(
         &self,
         user_id: i64,
@@ -528,6 +698,9 @@ impl Store for SqlStore {
                 .first::<(TokenRow, UserRow)>(conn)
                 .optional()?
                 .ok_or_else(|| StoreError::Core(Error::Unauthorized("invalid API token".into())))?;
+            if user.disabled {
+                return Err(StoreError::Core(Error::Unauthorized("this account is disabled".into())));
+            }
             let now = now();
             if token.expires_at.is_some_and(|expires| expires <= now) {
                 return Err(StoreError::Core(Error::Unauthorized("API token expired".into())));
@@ -623,6 +796,11 @@ impl Store for SqlStore {
                 .first::<(SshKeyRow, UserRow)>(conn)
                 .optional()?
                 .ok_or_else(|| not_found("no user has this SSH key"))?;
+            // A disabled account's keys are kept (enabling it again restores them) but
+            // let nobody in.
+            if user.disabled {
+                return Err(not_found("no user has this SSH key"));
+            }
             Ok((SshKey::from(key), User::from(user)))
         })
     }
@@ -745,6 +923,7 @@ impl Store for SqlStore {
                 diesel::delete(builds::table.filter(builds::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(cron_runs::table.filter(cron_runs::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(env_vars::table.filter(env_vars::project_id.eq(project_id))).execute(conn)?;
+                diesel::delete(collaborators::table.filter(collaborators::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(process_scale::table.filter(process_scale::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(project_limits::table.filter(project_limits::project_id.eq(project_id)))
                     .execute(conn)?;

@@ -9,12 +9,14 @@ use paastech_core::{
     Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
     PreviewOf, Project, ProjectName, SshKey, Timestamp, User, Webhook, WebhookAttempt, WebhookEvent,
 };
+use paastech_core::{Collaborator, Role};
 use paastech_core::{CronJob, CronOutcome, CronRun};
 
 use crate::secrets::Keyring;
 
 use crate::schema::{
-    addons, api_tokens, builds, cron_runs, deployments, domains, projects, ssh_keys, users, webhook_attempts, webhooks,
+    addons, api_tokens, builds, collaborators, cron_runs, deployments, domains, projects, ssh_keys, users,
+    webhook_attempts, webhooks,
 };
 
 #[derive(Queryable, Selectable)]
@@ -25,6 +27,7 @@ pub(crate) struct UserRow {
     pub password_hash: String,
     pub is_admin: bool,
     pub created_at: i64,
+    pub disabled: bool,
     pub email_verified: bool,
 }
 
@@ -34,10 +37,33 @@ impl From<UserRow> for User {
             id: row.id,
             email: row.email,
             is_admin: row.is_admin,
+            disabled: row.disabled,
             created_at: Timestamp(row.created_at),
             email_verified: row.email_verified,
         }
     }
+}
+
+/// A collaborator's row; the role is checked on the way out (the table's CHECK keeps it
+/// one of the three anyway).
+pub(crate) fn collaborator(
+    project_id: i64,
+    user_id: i64,
+    email: String,
+    role: &str,
+    created_at: i64,
+) -> Result<Collaborator, Error> {
+    let role = Role::parse(role).map_err(|_| Error::internal_msg(format!("unknown role {role:?} in store")))?;
+    Ok(Collaborator { project_id, user_id, email, role, created_at: Timestamp(created_at) })
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = collaborators)]
+pub(crate) struct NewCollaboratorRow<'a> {
+    pub project_id: i64,
+    pub user_id: i64,
+    pub role: &'a str,
+    pub created_at: i64,
 }
 
 #[derive(Insertable)]

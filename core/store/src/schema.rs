@@ -9,6 +9,7 @@ diesel::table! {
         password_hash -> Text,
         is_admin -> Bool,
         created_at -> BigInt,
+        disabled -> Bool,
         email_verified -> Bool,
     }
 }
@@ -207,8 +208,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    collaborators (project_id, user_id) {
+        project_id -> BigInt,
+        user_id -> BigInt,
+        role -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(email_tokens -> users (user_id));
+diesel::joinable!(collaborators -> users (user_id));
+diesel::joinable!(collaborators -> projects (project_id));
 diesel::joinable!(ssh_keys -> users (user_id));
 diesel::joinable!(deployments -> projects (project_id));
 diesel::joinable!(env_vars -> projects (project_id));
@@ -234,4 +246,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     build_cron,
     cron_runs,
     email_tokens,
+    collaborators,
 );

@@ -13,8 +13,8 @@ use paastech_core::drivers::Limits;
 use paastech_core::mail::EmailPurpose;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
-    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, PreviewOf, ProjectName, Stopped, Store, Timestamp,
-    User, WebhookAttempt, WebhookEvent,
+    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, PreviewOf, ProjectName, Role, Stopped, Store,
+    Timestamp, User, WebhookAttempt, WebhookEvent,
 };
 use paastech_store::{DatabaseKind, Keyring, SqlStore, pending_path, restore_snapshot, rotate_key, snapshot};
 
@@ -183,6 +183,10 @@ suite!(
     rotation_seals_everything_with_a_new_key_and_the_old_one_is_not_needed,
     an_interrupted_rotation_leaves_every_value_readable_and_resumes,
     cron_jobs_stay_with_their_build_and_runs_keep_the_newest_per_job,
+    collaborators_have_one_role_per_project_and_go_with_user_and_project,
+    a_transfer_moves_the_owner_with_previews_and_keeps_the_old_one_as_owner,
+    a_disabled_user_has_no_tokens_and_no_ssh_login,
+    a_user_is_deleted_only_without_projects_and_takes_their_rows,
 );
 
 fn host(s: &str) -> Hostname {
@@ -1357,4 +1361,114 @@ async fn an_interrupted_rotation_leaves_every_value_readable_and_resumes(db: &Te
     assert_eq!(finished.resealed, 0, "everything was sealed with it already");
     assert!(!pending.exists());
     assert_eq!(db.open().env(project.id).await.expect("env")["TOKEN"], SECRET);
+}
+
+async fn collaborators_have_one_role_per_project_and_go_with_user_and_project(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let bob = new_user(&store, "bob@example.com").await;
+    let carol = new_user(&store, "carol@example.com").await;
+    let shop = store.create_project(alice.id, &name("shop")).await.expect("create");
+    let blog = store.create_project(alice.id, &name("blog")).await.expect("create");
+    assert_eq!(store.collaborator_role(shop.id, bob.id).await.expect("role"), None);
+
+    let added = store.set_collaborator(shop.id, bob.id, Role::Viewer).await.expect("add");
+    assert_eq!((added.user_id, added.email.as_str(), added.role), (bob.id, "bob@example.com", Role::Viewer));
+    // Adding again changes the role of the one row.
+    let changed = store.set_collaborator(shop.id, bob.id, Role::Developer).await.expect("change");
+    assert_eq!((changed.role, changed.created_at), (Role::Developer, added.created_at));
+    store.set_collaborator(shop.id, carol.id, Role::Owner).await.expect("add");
+    store.set_collaborator(blog.id, bob.id, Role::Viewer).await.expect("add");
+    let members: Vec<_> =
+        store.collaborators(shop.id).await.expect("list").into_iter().map(|c| (c.email, c.role)).collect();
+    assert_eq!(
+        members,
+        [("bob@example.com".to_owned(), Role::Developer), ("carol@example.com".to_owned(), Role::Owner)]
+    );
+    assert_eq!(store.collaborator_role(shop.id, bob.id).await.expect("role"), Some(Role::Developer));
+    let of_bob: Vec<_> = store
+        .collaborations(bob.id)
+        .await
+        .expect("collaborations")
+        .into_iter()
+        .map(|(p, role)| (p.name.to_string(), role))
+        .collect();
+    assert_eq!(of_bob, [("blog".to_owned(), Role::Viewer), ("shop".to_owned(), Role::Developer)]);
+    assert_not_found(store.set_collaborator(424242, bob.id, Role::Viewer).await, "project");
+    assert_not_found(store.set_collaborator(shop.id, 424242, Role::Viewer).await, "user");
+
+    store.remove_collaborator(shop.id, carol.id).await.expect("remove");
+    assert_not_found(store.remove_collaborator(shop.id, carol.id).await, "not a collaborator");
+    assert_eq!(store.collaborator_role(shop.id, carol.id).await.expect("role"), None);
+
+    // A project deleted takes its rows; a user deleted takes theirs.
+    store.delete_project(blog.id).await.expect("delete project");
+    assert_eq!(store.collaborations(bob.id).await.expect("collaborations").len(), 1);
+    store.delete_user(bob.id).await.expect("delete user");
+    assert!(store.collaborators(shop.id).await.expect("list").is_empty());
+}
+
+async fn a_transfer_moves_the_owner_with_previews_and_keeps_the_old_one_as_owner(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let bob = new_user(&store, "bob@example.com").await;
+    let shop = store.create_project(alice.id, &name("shop")).await.expect("create");
+    let preview = store.create_preview(&shop, &name("fix--shop"), "fix").await.expect("preview");
+    store.set_collaborator(shop.id, bob.id, Role::Developer).await.expect("add");
+
+    let moved = store.transfer_project(shop.id, bob.id).await.expect("transfer");
+    assert_eq!(moved.owner_id, bob.id);
+    assert_eq!(store.project_by_id(preview.id).await.expect("preview").owner_id, bob.id);
+    assert_eq!(store.collaborator_role(shop.id, bob.id).await.expect("role"), None, "the owner has no row");
+    assert_eq!(store.collaborator_role(shop.id, alice.id).await.expect("role"), Some(Role::Owner));
+    let names: Vec<_> = store.projects(Some(bob.id)).await.expect("projects").into_iter().map(|p| p.name).collect();
+    assert_eq!(names, [name("fix--shop"), name("shop")]);
+    assert_not_found(store.transfer_project(shop.id, 424242).await, "user");
+    assert_not_found(store.transfer_project(424242, bob.id).await, "project");
+    // Back again: alice's row goes, bob keeps one.
+    store.transfer_project(shop.id, alice.id).await.expect("transfer back");
+    assert_eq!(store.collaborator_role(shop.id, alice.id).await.expect("role"), None);
+    assert_eq!(store.collaborator_role(shop.id, bob.id).await.expect("role"), Some(Role::Owner));
+}
+
+async fn a_disabled_user_has_no_tokens_and_no_ssh_login(db: &TestDb) {
+    let store = db.open();
+    let _admin = new_user(&store, "admin@example.com").await;
+    let bob = new_user(&store, "bob@example.com").await;
+    store.create_token(bob.id, "cli", "hash-1", None).await.expect("token");
+    store.add_ssh_key(bob.id, "laptop", "SHA256:bob", "ssh-ed25519 AAAA bob").await.expect("key");
+    let disabled = store.set_user_disabled(bob.id, true).await.expect("disable");
+    assert!(disabled.disabled);
+    assert!(store.user(bob.id).await.expect("user").disabled);
+    assert!(store.tokens(bob.id).await.expect("tokens").is_empty(), "disabling ends every token and session");
+    // A token made while disabled (no route makes one, but the check is the store's) is refused.
+    store.create_token(bob.id, "late", "hash-2", None).await.expect("token");
+    let refused = store.use_token("hash-2").await.expect_err("disabled");
+    assert!(matches!(&refused, Error::Unauthorized(m) if m.contains("disabled")), "{refused:?}");
+    assert_not_found(store.user_by_ssh_fingerprint("SHA256:bob").await, "SSH key");
+    // Enabled again, the key works (tokens were ended for good).
+    store.set_user_disabled(bob.id, false).await.expect("enable");
+    assert_eq!(store.user_by_ssh_fingerprint("SHA256:bob").await.expect("key").1.id, bob.id);
+    assert_not_found(store.set_user_disabled(424242, true).await, "user");
+}
+
+async fn a_user_is_deleted_only_without_projects_and_takes_their_rows(db: &TestDb) {
+    let store = db.open();
+    let _admin = new_user(&store, "admin@example.com").await;
+    let bob = new_user(&store, "bob@example.com").await;
+    store.create_project(bob.id, &name("shop")).await.expect("create");
+    store.create_project(bob.id, &name("blog")).await.expect("create");
+    store.create_token(bob.id, "cli", "hash-1", None).await.expect("token");
+    store.add_ssh_key(bob.id, "laptop", "SHA256:bob", "ssh-ed25519 AAAA bob").await.expect("key");
+    assert_conflict(store.delete_user(bob.id).await, "the user still owns projects: blog, shop");
+    for project in store.projects(Some(bob.id)).await.expect("projects") {
+        store.delete_project(project.id).await.expect("delete project");
+    }
+    store.delete_user(bob.id).await.expect("delete");
+    assert_not_found(store.user(bob.id).await, "user");
+    assert!(store.use_token("hash-1").await.is_err());
+    assert_not_found(store.user_by_ssh_fingerprint("SHA256:bob").await, "SSH key");
+    assert_not_found(store.delete_user(bob.id).await, "user");
+    // The email can sign up again.
+    new_user(&store, "bob@example.com").await;
 }

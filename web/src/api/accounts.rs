@@ -32,6 +32,8 @@ pub struct UserView {
     pub id: i64,
     pub email: String,
     pub is_admin: bool,
+    /// Set by an admin: the account cannot log in, nor use tokens or SSH keys.
+    pub disabled: bool,
     pub created_at: String,
     /// Whether the address was proved by its mailed link (on a server without mail:
     /// always). An unverified account may log in but not create projects.
@@ -44,6 +46,7 @@ impl From<User> for UserView {
             id: user.id,
             email: user.email,
             is_admin: user.is_admin,
+            disabled: user.disabled,
             created_at: user.created_at.to_rfc3339(),
             email_verified: user.email_verified,
         }
@@ -174,7 +177,7 @@ pub struct LoginResponse {
 /// Exchanges email and password for a token. Ten failures a minute for one account or one
 /// address answer 429 until the minute has passed.
 #[utoipa::path(post, path = "/auth/login", tag = "accounts", request_body = Credentials,
-    responses((status = 200, body = LoginResponse), JsonBodyErrors, ErrorStatus<401>, ErrorStatus<429>))]
+    responses((status = 200, body = LoginResponse), JsonBodyErrors, ErrorStatus<401>, ErrorStatus<403>, ErrorStatus<429>))]
 pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -202,6 +205,10 @@ pub async fn login(
     }
     let (user, _) = found.expect("verify_password is false without a user");
     attempt.succeeded();
+    if user.disabled {
+        // Only after the password: the answer tells nothing to who does not know it.
+        return Err(Error::Forbidden("this account is disabled; ask an admin".into()).into());
+    }
     let token = auth::new_token();
     let expires = Timestamp(Timestamp::now().0 + LOGIN_TOKEN_LIFETIME_MS);
     state.store.create_token(user.id, crate::email::LOGIN_TOKEN_NAME, &auth::token_hash(&token), Some(expires)).await?;

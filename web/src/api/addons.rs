@@ -14,13 +14,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
+use paastech_core::Role;
 use paastech_core::{Addon, AddonName, Error};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::{ReaderStream, StreamReader};
 use utoipa::ToSchema;
 
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::{AddonNameSchema, ProjectNameSchema};
 use super::{JsonBody, PathParam};
 use crate::AppState;
@@ -85,7 +86,7 @@ pub async fn list(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<Vec<AddonView>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     let addons = state.orchestrator.addons(&project).await?;
     Ok(Json(addons.into_iter().map(AddonView::from).collect()))
 }
@@ -96,7 +97,7 @@ pub async fn list(
 /// fails (nothing is kept); 503 when the add-on's server is down or refuses.
 #[utoipa::path(post, path = "/projects/{name}/addons", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = NewAddon,
-    responses((status = 201, body = AddonChange), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>,
+    responses((status = 201, body = AddonChange), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>,
         ErrorStatus<409>, ErrorStatus<503>))]
 pub async fn create(
     State(state): State<AppState>,
@@ -104,7 +105,7 @@ pub async fn create(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<NewAddon>,
 ) -> ApiResult<(StatusCode, Json<AddonChange>)> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let (addon, deployment) = state.orchestrator.create_addon(&project, &body.kind, body.name.as_deref()).await?;
     let change = AddonChange { addon: addon.into(), deployment_version: deployment.map(|d| d.version) };
     Ok((StatusCode::CREATED, Json(change)))
@@ -113,13 +114,13 @@ pub async fn create(
 /// One add-on and its config vars.
 #[utoipa::path(get, path = "/projects/{name}/addons/{addon}", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("addon" = AddonNameSchema, Path)),
-    responses((status = 200, body = AddonInfo), NeedsToken, ParamErrors, ErrorStatus<404>, ErrorStatus<503>))]
+    responses((status = 200, body = AddonInfo), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<503>))]
 pub async fn info(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam((name, addon)): PathParam<(String, String)>,
 ) -> ApiResult<Json<AddonInfo>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let (addon, config) = state.orchestrator.addon_info(&project, &addon_name(&addon)?).await?;
     Ok(Json(AddonInfo {
         name: addon.name.to_string(),
@@ -133,14 +134,14 @@ pub async fn info(
 /// destroys it and its data.
 #[utoipa::path(delete, path = "/projects/{name}/addons/{addon}", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("addon" = AddonNameSchema, Path)),
-    responses((status = 204, description = "destroyed"), NeedsToken, ParamErrors, ErrorStatus<404>, ErrorStatus<422>,
+    responses((status = 204, description = "destroyed"), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>,
         ErrorStatus<503>))]
 pub async fn destroy(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam((name, addon)): PathParam<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     state.orchestrator.destroy_addon(&project, &addon_name(&addon)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -150,13 +151,13 @@ pub async fn destroy(
 #[utoipa::path(get, path = "/projects/{name}/addons/{addon}/backup", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("addon" = AddonNameSchema, Path)),
     responses((status = 200, description = "the backup", content_type = "application/octet-stream", body = Vec<u8>),
-        NeedsToken, ParamErrors, ErrorStatus<404>, ErrorStatus<503>))]
+        NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<503>))]
 pub async fn backup(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam((name, addon)): PathParam<(String, String)>,
 ) -> ApiResult<Response> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let addon = addon_name(&addon)?;
     // A missing add-on answers 404 before any byte is sent.
     state.orchestrator.addon_info(&project, &addon).await?;
@@ -193,7 +194,7 @@ pub async fn backup(
 #[utoipa::path(post, path = "/projects/{name}/addons/{addon}/restore", tag = "addons", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("addon" = AddonNameSchema, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204, description = "restored"), NeedsToken, ParamErrors, ErrorStatus<404>, ErrorStatus<413>,
+    responses((status = 204, description = "restored"), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<413>,
         ErrorStatus<503>))]
 pub async fn restore(
     State(state): State<AppState>,
@@ -202,7 +203,7 @@ pub async fn restore(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let addon = addon_name(&addon)?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > MAX_RESTORE_BYTES) {

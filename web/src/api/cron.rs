@@ -4,13 +4,14 @@
 
 use axum::Json;
 use axum::extract::State;
+use paastech_core::Role;
 use paastech_core::{CronJob, CronRun, Timestamp};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::PathParam;
 use super::extract::{NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use crate::AppState;
 use crate::auth::CurrentUser;
@@ -103,7 +104,7 @@ pub async fn list(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<CronView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     let (jobs, runs) = state.orchestrator.cron(&project).await?;
     Ok(Json(CronView {
         jobs: jobs.into_iter().enumerate().map(|(index, (job, next))| job_view(index, job, next)).collect(),

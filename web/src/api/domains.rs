@@ -4,12 +4,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use paastech_core::Role;
 use paastech_core::{CertificateState, CertificateStatus, Domain};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::{DomainNameSchema, ProjectNameSchema};
 use super::{JsonBody, PathParam};
 use crate::AppState;
@@ -82,7 +83,7 @@ pub async fn list(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<Vec<DomainView>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     let domains = state.orchestrator.domains(&project).await?;
     Ok(Json(domains.into_iter().map(|d| view(&state, d)).collect()))
 }
@@ -93,14 +94,14 @@ pub async fn list(
 /// has it already.
 #[utoipa::path(post, path = "/projects/{name}/domains", tag = "domains", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = NewDomain,
-    responses((status = 201, body = DomainView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<409>))]
+    responses((status = 201, body = DomainView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<409>))]
 pub async fn add(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<NewDomain>,
 ) -> ApiResult<(StatusCode, Json<DomainView>)> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let domain = state.orchestrator.add_domain(&project, &body.domain).await?;
     Ok((StatusCode::CREATED, Json(view(&state, domain))))
 }
@@ -108,13 +109,13 @@ pub async fn add(
 /// Removes a custom domain of the project; the ingress answers 404 on it at once.
 #[utoipa::path(delete, path = "/projects/{name}/domains/{domain}", tag = "domains", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("domain" = DomainNameSchema, Path)),
-    responses((status = 204, description = "removed"), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    responses((status = 204, description = "removed"), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn remove(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam((name, domain)): PathParam<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     state.orchestrator.remove_domain(&project, &domain).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,13 +2,14 @@
 
 use axum::Json;
 use axum::extract::State;
+use paastech_core::Role;
 use paastech_core::https::MAX_HSTS_MAX_AGE;
 use paastech_core::{HttpsChange, HttpsPolicy};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{JsonBody, PathParam};
 use crate::AppState;
@@ -80,7 +81,7 @@ pub async fn get(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<HttpsView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     Ok(Json(state.orchestrator.https(&project).await?.into()))
 }
 
@@ -88,14 +89,14 @@ pub async fn get(
 /// names a field out of range (nothing changes then).
 #[utoipa::path(patch, path = "/projects/{name}/https", tag = "domains", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = HttpsPatch,
-    responses((status = 200, body = HttpsView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>))]
+    responses((status = 200, body = HttpsView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn patch(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<HttpsPatch>,
 ) -> ApiResult<Json<HttpsView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let change = body.change()?;
     Ok(Json(state.orchestrator.set_https(&project, change).await?.into()))
 }

@@ -3,12 +3,13 @@
 
 use axum::Json;
 use axum::extract::State;
+use paastech_core::Role;
 use paastech_core::{Error, Stopped};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{NeedsToken, ParamErrors, RawBodyErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{PathParam, RawBody};
 use crate::AppState;
@@ -73,14 +74,14 @@ pub(crate) async fn stopped_view(state: &AppState, project: &paastech_core::Proj
     params(("name" = ProjectNameSchema, Path)),
     request_body(content = Option<ProcessRequest>, content_type = "application/json",
         description = "optional: absent or empty stops every process"),
-    responses((status = 200, body = StoppedView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<404>))]
+    responses((status = 200, body = StoppedView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn stop(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<StoppedView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let process = process_of(&body)?;
     let stopped = state.orchestrator.stop(&project, process.as_deref()).await?;
     tracing::info!(project = %project.name, user = user.id, process = process.as_deref().unwrap_or("*"), "stopped");
@@ -94,14 +95,14 @@ pub async fn stop(
     params(("name" = ProjectNameSchema, Path)),
     request_body(content = Option<ProcessRequest>, content_type = "application/json",
         description = "optional: absent or empty starts every process"),
-    responses((status = 200, body = StoppedView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
+    responses((status = 200, body = StoppedView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn start(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<StoppedView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let process = process_of(&body)?;
     let stopped = state.orchestrator.start(&project, process.as_deref()).await?;
     tracing::info!(project = %project.name, user = user.id, process = process.as_deref().unwrap_or("*"), "started");
@@ -116,7 +117,7 @@ pub async fn start(
     params(("name" = ProjectNameSchema, Path)),
     request_body(content = Option<ProcessRequest>, content_type = "application/json",
         description = "optional: absent or empty restarts every process"),
-    responses((status = 200, body = RestartView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<404>,
+    responses((status = 200, body = RestartView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<403>, ErrorStatus<404>,
         ErrorStatus<409>, ErrorStatus<422>, ErrorStatus<503>))]
 pub async fn restart(
     State(state): State<AppState>,
@@ -124,7 +125,7 @@ pub async fn restart(
     PathParam(name): PathParam<String>,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<RestartView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let process = process_of(&body)?;
     let restarted = state.orchestrator.restart(&project, process.as_deref()).await?;
     tracing::info!(project = %project.name, user = user.id, instances = restarted.len(), "restarted");

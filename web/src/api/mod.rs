@@ -2,6 +2,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod addons;
+pub(crate) mod collaborators;
 pub(crate) mod cron;
 pub(crate) mod domains;
 pub(crate) mod email;
@@ -14,11 +15,12 @@ pub(crate) mod projects;
 pub(crate) mod run;
 pub(crate) mod schemas;
 pub(crate) mod stats;
+pub(crate) mod users;
 pub(crate) mod webhooks;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use paastech_core::Error;
 use utoipa::OpenApi;
@@ -43,9 +45,13 @@ pub fn routes() -> Router<AppState> {
         .route("/ssh-keys", get(accounts::list_keys).post(accounts::add_key))
         .route("/ssh-keys/{id}", delete(accounts::delete_key))
         .route("/users", get(accounts::list_users))
+        .route("/users/{user}", patch(users::patch).delete(users::delete))
         .route("/nodes", get(nodes::list))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/{name}", get(projects::get).delete(projects::delete))
+        .route("/projects/{name}/collaborators", get(collaborators::list).post(collaborators::add))
+        .route("/projects/{name}/collaborators/{member}", delete(collaborators::remove))
+        .route("/projects/{name}/transfer", post(collaborators::transfer))
         .route("/projects/{name}/env", get(projects::get_env).patch(projects::patch_env))
         .route("/projects/{name}/scale", get(projects::get_scale).put(projects::put_scale))
         .route("/projects/{name}/deployments", get(projects::list_deployments).post(projects::create_deployment))
@@ -107,7 +113,7 @@ async fn openapi() -> ApiResult<Response> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts, SSH keys, projects, config, custom domains, HTTPS policy, add-ons (databases), deploy webhooks, scheduled jobs, preview apps, deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
+    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts (and, for admins, users), SSH keys, projects, their collaborators, config, custom domains, HTTPS policy, add-ons (databases), deploy webhooks, scheduled jobs, preview apps, deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
     servers((url = "/api/v1")),
     paths(
         healthz,
@@ -115,8 +121,10 @@ async fn openapi() -> ApiResult<Response> {
         email::verify, email::resend, email::request_reset, email::confirm_reset,
         accounts::list_tokens, accounts::create_token, accounts::delete_token,
         accounts::list_keys, accounts::add_key, accounts::delete_key, accounts::list_users,
+        users::patch, users::delete,
         nodes::list,
         projects::list, projects::create, projects::get, projects::delete,
+        collaborators::list, collaborators::add, collaborators::remove, collaborators::transfer,
         projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,
         projects::list_deployments, projects::create_deployment, projects::get_limits, projects::put_limits, projects::logs, projects::instances, stats::get,
         projects::run, run::interactive,

@@ -4,11 +4,12 @@
 use axum::Json;
 use axum::extract::State;
 use paastech_core::Project;
+use paastech_core::Role;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{JsonBody, PathParam};
 use crate::AppState;
@@ -67,7 +68,7 @@ pub async fn get(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<PreviewsView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     Ok(Json(view(&state, &project).await?))
 }
 
@@ -75,14 +76,14 @@ pub async fn get(
 /// preview apps. 400 for a preview app itself (its parent has the setting).
 #[utoipa::path(put, path = "/projects/{name}/previews", tag = "projects", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = PreviewsChange,
-    responses((status = 200, body = PreviewsView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>))]
+    responses((status = 200, body = PreviewsView), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn put(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<PreviewsChange>,
 ) -> ApiResult<Json<PreviewsView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let project = state.orchestrator.set_previews(&project, body.enabled).await?;
     Ok(Json(view(&state, &project).await?))
 }

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use paastech_core::drivers::LogSink;
 use paastech_core::store::EnvChanges;
-use paastech_core::{Deployment, EnvVars, Error, Project, ProjectName, User, validate_env_key};
+use paastech_core::{Deployment, EnvVars, Error, Project, ProjectName, Role, User, validate_env_key};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -42,6 +42,9 @@ pub struct ProjectView {
     /// Where the app is served.
     pub url: String,
     pub owner: String,
+    /// The caller's role on the project: `owner`, `developer` or `viewer` (an admin is an
+    /// owner of every project).
+    pub role: String,
     pub created_at: String,
     /// The status of the newest deployment, or null before the first push.
     pub status: Option<String>,
@@ -91,19 +94,36 @@ impl From<Deployment> for DeploymentView {
     }
 }
 
-/// The project named in the path, if the caller may see it; otherwise "not found", exactly
-/// as for a project that does not exist.
-pub(crate) async fn visible_project(state: &AppState, user: &User, name: &str) -> Result<Project, Error> {
+/// The project named in the path, if the caller may do what needs `needed` on it: the
+/// one door to a project for every API route and UI page (the role itself is decided by
+/// `Orchestrator::role_of`). A non-member gets exactly the answer for a project that does
+/// not exist, so a project's existence is not revealed; a member lacking the role gets 403
+/// naming the role needed.
+pub(crate) async fn project_for(state: &AppState, user: &User, name: &str, needed: Role) -> Result<Project, Error> {
+    project_and_role(state, user, name, needed).await.map(|(project, _)| project)
+}
+
+/// [`project_for`], with the caller's role.
+pub(crate) async fn project_and_role(
+    state: &AppState,
+    user: &User,
+    name: &str,
+    needed: Role,
+) -> Result<(Project, Role), Error> {
     let not_found = || Error::NotFound(format!("project {name:?} not found"));
-    let name = ProjectName::parse(name).map_err(|_| not_found())?;
-    let project = state.store.project(&name).await.map_err(|err| match err {
+    let parsed = ProjectName::parse(name).map_err(|_| not_found())?;
+    let project = state.store.project(&parsed).await.map_err(|err| match err {
         Error::NotFound(_) => not_found(),
         other => other,
     })?;
-    if project.owner_id == user.id || user.is_admin { Ok(project) } else { Err(not_found()) }
+    match state.orchestrator.role_of(user, &project).await? {
+        None => Err(not_found()),
+        Some(role) if !role.allows(needed) => Err(role.refusal(needed, name)),
+        Some(role) => Ok((project, role)),
+    }
 }
 
-async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> {
+async fn view(state: &AppState, project: Project, role: Role) -> Result<ProjectView, Error> {
     let owner = state.store.user(project.owner_id).await?.email;
     let latest = state.store.deployments(project.id, 1).await?;
     let status = latest.first().map(|d| d.status.as_str().to_owned());
@@ -127,6 +147,7 @@ async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> 
         url: state.urls.app_url(name),
         name: name.to_owned(),
         owner,
+        role: role.as_str().to_owned(),
         created_at: project.created_at.to_rfc3339(),
         status,
         live_version,
@@ -138,16 +159,34 @@ async fn view(state: &AppState, project: Project) -> Result<ProjectView, Error> 
     })
 }
 
-/// The caller's projects (an admin sees all).
+/// The projects `user` is a member of, with their role, by name: those they own, those
+/// they have a row on and the previews of these (an admin's: every project, as owner).
+pub(crate) async fn member_projects(state: &AppState, user: &User) -> Result<Vec<(Project, Role)>, Error> {
+    if user.is_admin {
+        return Ok(state.store.projects(None).await?.into_iter().map(|p| (p, Role::Owner)).collect());
+    }
+    let mut projects: Vec<(Project, Role)> =
+        state.store.projects(Some(user.id)).await?.into_iter().map(|p| (p, Role::Owner)).collect();
+    for (project, role) in state.store.collaborations(user.id).await? {
+        for preview in state.store.previews(project.id).await? {
+            projects.push((preview, role));
+        }
+        projects.push((project, role));
+    }
+    projects.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    projects.dedup_by_key(|(project, _)| project.id);
+    Ok(projects)
+}
+
+/// The projects the caller is a member of, with their role (an admin sees all).
 #[utoipa::path(get, path = "/projects", tag = "projects", security(("bearer" = [])),
     responses((status = 200, body = Vec<ProjectView>), NeedsToken))]
 pub async fn list(State(state): State<AppState>, CurrentUser(user): CurrentUser) -> ApiResult<Json<Vec<ProjectView>>> {
     use futures_util::{StreamExt, TryStreamExt};
-    let owner = if user.is_admin { None } else { Some(user.id) };
-    let projects = state.store.projects(owner).await?;
+    let projects = member_projects(&state, &user).await?;
     // A few projects' queries at once, as the web UI's dashboard does.
     let views = futures_util::stream::iter(projects)
-        .map(|project| view(&state, project))
+        .map(|(project, role)| view(&state, project, role))
         .buffered(crate::PARALLEL_QUERIES)
         .try_collect()
         .await?;
@@ -165,7 +204,7 @@ pub async fn create(
     crate::email::require_verified(&state, &user)?;
     let project = state.orchestrator.create_project(user.id, &name).await?;
     tracing::info!(project = %name, user = user.id, "project created");
-    Ok((StatusCode::CREATED, Json(view(&state, project).await?)))
+    Ok((StatusCode::CREATED, Json(view(&state, project, Role::Owner).await?)))
 }
 
 #[utoipa::path(get, path = "/projects/{name}", tag = "projects", security(("bearer" = [])),
@@ -175,32 +214,32 @@ pub async fn get(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<ProjectView>> {
-    let project = visible_project(&state, &user, &name).await?;
-    Ok(Json(view(&state, project).await?))
+    let (project, role) = project_and_role(&state, &user, &name, Role::Viewer).await?;
+    Ok(Json(view(&state, project, role).await?))
 }
 
 /// Deletes the project, its repository, its deployments and its running instances.
 #[utoipa::path(delete, path = "/projects/{name}", tag = "projects", security(("bearer" = [])),
-    params(("name" = ProjectNameSchema, Path)), responses((status = 204, description = "deleted"), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    params(("name" = ProjectNameSchema, Path)), responses((status = 204, description = "deleted"), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn delete(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<StatusCode> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Owner).await?;
     state.orchestrator.delete_project(&project).await?;
     tracing::info!(project = %project.name, user = user.id, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/projects/{name}/env", tag = "config", security(("bearer" = [])),
-    params(("name" = ProjectNameSchema, Path)), responses((status = 200, body = EnvSchema), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    params(("name" = ProjectNameSchema, Path)), responses((status = 200, body = EnvSchema), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn get_env(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<EnvVars>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     Ok(Json(state.store.env(project.id).await?))
 }
 
@@ -227,14 +266,14 @@ pub(crate) fn check_env_changes(changes: &EnvChanges) -> Result<(), Error> {
 /// deployment goes live (otherwise 422, and nothing changed).
 #[utoipa::path(patch, path = "/projects/{name}/env", tag = "config", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = EnvChangesSchema,
-    responses((status = 200, body = EnvSchema), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
+    responses((status = 200, body = EnvSchema), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn patch_env(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
     JsonBody(changes): JsonBody<EnvChanges>,
 ) -> ApiResult<Json<EnvVars>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     check_env_changes(&changes)?;
     let (env, _) = state.orchestrator.update_env(&project, &changes).await?;
     tracing::info!(project = %project.name, keys = changes.len(), "env changed");
@@ -248,7 +287,7 @@ pub async fn get_scale(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<BTreeMap<String, u32>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     Ok(Json(state.store.scale(project.id).await?))
 }
 
@@ -274,14 +313,14 @@ pub(crate) fn check_scale(scale: &BTreeMap<String, u32>) -> Result<(), Error> {
 
 #[utoipa::path(put, path = "/projects/{name}/scale", tag = "config", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = ScaleChangeSchema,
-    responses((status = 200, body = ScaleSchema), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
+    responses((status = 200, body = ScaleSchema), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn put_scale(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
     JsonBody(scale): JsonBody<BTreeMap<String, u32>>,
 ) -> ApiResult<Json<BTreeMap<String, u32>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     check_scale(&scale)?;
     Ok(Json(state.orchestrator.scale(&project, &scale).await?))
 }
@@ -303,7 +342,7 @@ pub async fn list_deployments(
     PathParam(name): PathParam<String>,
     QueryParams(page): QueryParams<Page>,
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
     let deployments = state.store.deployments(project.id, limit).await?;
     Ok(Json(deployments.into_iter().map(Into::into).collect()))
@@ -347,7 +386,7 @@ pub async fn get_limits(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<LimitsBody>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     Ok(Json(LimitsBody::of(state.store.limits(project.id).await?)))
 }
 
@@ -355,14 +394,14 @@ pub async fn get_limits(
 /// has a build this makes a new deployment; if that fails (422), nothing changed.
 #[utoipa::path(put, path = "/projects/{name}/limits", tag = "config", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = LimitsBody,
-    responses((status = 200, body = LimitsBody), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
+    responses((status = 200, body = LimitsBody), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn put_limits(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<LimitsBody>,
 ) -> ApiResult<Json<LimitsBody>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let limits = body.check()?;
     state.orchestrator.set_limits(&project, &limits).await?;
     Ok(Json(LimitsBody::of(state.store.limits(project.id).await?)))
@@ -381,14 +420,14 @@ pub struct DeployRequest {
     params(("name" = ProjectNameSchema, Path)),
     request_body(content = Option<DeployRequest>, content_type = "application/json",
         description = "optional: absent or empty redeploys the latest build"),
-    responses((status = 201, body = DeploymentView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<404>, ErrorStatus<422>))]
+    responses((status = 201, body = DeploymentView), NeedsToken, ParamErrors, RawBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<422>))]
 pub async fn create_deployment(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
     RawBody(body): RawBody,
 ) -> ApiResult<(StatusCode, Json<DeploymentView>)> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     // No body, an empty one or `null`: the latest build again.
     let request: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DeployRequest::default()
@@ -424,7 +463,7 @@ pub async fn logs(
     QueryParams(query): QueryParams<LogQuery>,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     let hub = state.orchestrator.logs();
     let lines = query.lines.unwrap_or(100).min(10_000);
     // Subscribe before reading the tail so no line falls between the two.
@@ -471,7 +510,7 @@ pub struct RunRequest {
 /// run to its end (it is stopped after an hour). It keeps running if the client goes away.
 #[utoipa::path(post, path = "/projects/{name}/run", tag = "deployments", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = RunRequest,
-    responses((status = 200, content_type = "application/x-ndjson", body = String), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>))]
+    responses((status = 200, content_type = "application/x-ndjson", body = String), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn run(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -479,7 +518,7 @@ pub async fn run(
     JsonBody(body): JsonBody<RunRequest>,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let program = body.command.first().cloned().unwrap_or_default();
     let prepared = state.orchestrator.prepare_run(&project, body.command).await?;
     tracing::info!(project = %project.name, user = user.id, %program, "one-off command started");
@@ -555,7 +594,7 @@ pub async fn instances(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<Vec<InstanceView>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     let instances = state.orchestrator.instances(&project.name).await?;
     Ok(Json(instances.into_iter().map(InstanceView::from).collect()))
 }

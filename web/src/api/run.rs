@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::extract::{NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{PathParam, QueryParams};
 use crate::AppState;
@@ -73,7 +73,7 @@ pub async fn interactive(
     QueryParams(query): QueryParams<InteractiveQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, paastech_core::Role::Developer).await?;
     let argv: Vec<String> = serde_json::from_str(&query.command)
         .map_err(|_| Error::Invalid("command: give a JSON array of strings, the program first".into()))?;
     let size = size(query.rows, query.cols)?;

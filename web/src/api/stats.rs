@@ -2,13 +2,14 @@
 
 use axum::Json;
 use axum::extract::State;
+use paastech_core::Role;
 use paastech_core::orchestrator::ProjectStats;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::PathParam;
 use super::extract::{NeedsToken, ParamErrors};
-use super::projects::{InstanceView, visible_project};
+use super::projects::{InstanceView, project_for};
 use super::schemas::ProjectNameSchema;
 use crate::AppState;
 use crate::auth::CurrentUser;
@@ -83,6 +84,6 @@ pub async fn get(
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<StatsView>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Viewer).await?;
     Ok(Json(state.orchestrator.stats(&project.name).await?.into()))
 }

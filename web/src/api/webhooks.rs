@@ -5,13 +5,14 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use paastech_core::Role;
 use paastech_core::{Webhook, WebhookAttempt};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
-use super::projects::visible_project;
+use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{JsonBody, PathParam};
 use crate::AppState;
@@ -110,13 +111,13 @@ pub(crate) fn new_secret() -> String {
 /// The project's webhooks, oldest first (without their secrets).
 #[utoipa::path(get, path = "/projects/{name}/webhooks", tag = "webhooks", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)),
-    responses((status = 200, body = Vec<WebhookView>), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    responses((status = 200, body = Vec<WebhookView>), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn list(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<Vec<WebhookView>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let webhooks = state.orchestrator.webhooks(&project).await?;
     Ok(Json(webhooks.into_iter().map(Into::into).collect()))
 }
@@ -125,14 +126,14 @@ pub async fn list(
 /// with the URL, or the unknown event and the known ones; 409 when the project has 20.
 #[utoipa::path(post, path = "/projects/{name}/webhooks", tag = "webhooks", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path)), request_body = NewWebhook,
-    responses((status = 201, body = WebhookCreated), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<404>, ErrorStatus<409>))]
+    responses((status = 201, body = WebhookCreated), NeedsToken, ParamErrors, JsonBodyErrors, ErrorStatus<403>, ErrorStatus<404>, ErrorStatus<409>))]
 pub async fn add(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<NewWebhook>,
 ) -> ApiResult<(StatusCode, Json<WebhookCreated>)> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let secret = new_secret();
     let webhook = state.orchestrator.add_webhook(&project, &body.url, &body.events, &secret).await?;
     Ok((
@@ -150,13 +151,13 @@ pub async fn add(
 /// Removes a webhook of the project, and its kept deliveries.
 #[utoipa::path(delete, path = "/projects/{name}/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("id" = i64, Path, description = "the webhook's id")),
-    responses((status = 204, description = "removed"), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    responses((status = 204, description = "removed"), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn remove(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam((name, id)): PathParam<(String, i64)>,
 ) -> ApiResult<StatusCode> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     state.orchestrator.remove_webhook(&project, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -165,13 +166,13 @@ pub async fn remove(
 /// deliveries of up to 5 attempts).
 #[utoipa::path(get, path = "/projects/{name}/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
     params(("name" = ProjectNameSchema, Path), ("id" = i64, Path, description = "the webhook's id")),
-    responses((status = 200, body = Vec<DeliveryAttemptView>), NeedsToken, ParamErrors, ErrorStatus<404>))]
+    responses((status = 200, body = Vec<DeliveryAttemptView>), NeedsToken, ParamErrors, ErrorStatus<403>, ErrorStatus<404>))]
 pub async fn deliveries(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     PathParam((name, id)): PathParam<(String, i64)>,
 ) -> ApiResult<Json<Vec<DeliveryAttemptView>>> {
-    let project = visible_project(&state, &user, &name).await?;
+    let project = project_for(&state, &user, &name, Role::Developer).await?;
     let attempts = state.orchestrator.webhook_attempts(&project, id).await?;
     Ok(Json(attempts.into_iter().map(Into::into).collect()))
 }

@@ -170,7 +170,7 @@ pub async fn delete_token(State(state): State<AppState>, session: Session, Path(
 
 /// Users, every project, and what the platform runs on. Only admins; to others it does
 /// not exist.
-pub async fn admin(State(state): State<AppState>, session: Session) -> UiResult {
+pub async fn admin(State(state): State<AppState>, session: Session, Query(notice): Query<Notice>) -> UiResult {
     if !session.user.is_admin {
         return Err(Error::NotFound("no such page".into()).into());
     }
@@ -188,13 +188,19 @@ pub async fn admin(State(state): State<AppState>, session: Session) -> UiResult 
             projects: counts.get(&u.id).copied().unwrap_or(0),
             email: u.email,
             is_admin: u.is_admin,
+            disabled: u.disabled,
             when: When::of(u.created_at, now),
         })
         .collect();
     let page = AdminPage {
-        l: Layout::new(&session, "Admin", "admin"),
+        l: Layout::new(&session, "Admin", "admin").with_notice(notice.message()),
         users: user_rows,
-        projects: project_rows(&state, projects, &owners).await?,
+        projects: project_rows(
+            &state,
+            projects.into_iter().map(|p| (p, paastech_core::Role::Owner)).collect(),
+            &owners,
+        )
+        .await?,
         runtime: state.orchestrator.runtime_name().to_owned(),
         builder: state.orchestrator.builder_name().to_owned(),
         hooks: state.hook_names.as_ref().clone(),

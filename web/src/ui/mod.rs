@@ -9,11 +9,13 @@
 
 mod account;
 mod chart;
+mod collaborators;
 mod cron;
 mod email;
 mod pages;
 mod project;
 pub mod session;
+mod users;
 mod view;
 mod webhooks;
 
@@ -65,6 +67,9 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/webhooks", get(webhooks::webhooks_page).post(webhooks::webhook_add))
         .route("/projects/{name}/webhooks/remove", post(webhooks::webhook_remove))
         .route("/projects/{name}/cron", get(cron::cron_page))
+        .route("/projects/{name}/collaborators", get(collaborators::collaborators_page).post(collaborators::member_add))
+        .route("/projects/{name}/collaborators/remove", post(collaborators::member_remove))
+        .route("/projects/{name}/transfer", post(collaborators::transfer))
         .route("/projects/{name}/https", post(project::https_save))
         .route("/projects/{name}/logs", get(project::logs_page))
         .route("/projects/{name}/logs/stream", get(project::logs_stream))
@@ -77,6 +82,8 @@ pub fn routes() -> Router<AppState> {
         .route("/account/tokens/{id}/delete", post(account::delete_token))
         .route("/admin", get(account::admin))
         .route("/admin/nodes", get(account::nodes))
+        .route("/admin/users/disable", post(users::disable))
+        .route("/admin/users/delete", post(users::delete))
         .route("/assets/app.css", get(|| asset(CSS, "text/css; charset=utf-8")))
         .route("/assets/app.js", get(|| asset(JS, "text/javascript; charset=utf-8")))
         .fallback(not_found_page)

@@ -7,13 +7,14 @@ use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
-use paastech_core::{Error, Project, ProjectName, Timestamp};
+use paastech_core::{Error, Project, ProjectName, Role, Timestamp, User};
 use serde::Deserialize;
 
 use super::session::Session;
 use super::view::{Badge, Dashboard, FieldErrors, Layout, NewProject, ProjectRow, When};
 use super::{UiResult, render};
 use crate::AppState;
+use crate::api::projects::member_projects;
 
 /// After a POST, pages redirect with `?done=WHAT[&v=N]`; the page turns that into a
 /// sentence. Only these fixed sentences can appear, so a crafted link shows nothing odd.
@@ -53,6 +54,13 @@ impl Notice {
             "key-added" => "SSH key added.".to_owned(),
             "key-removed" => "SSH key removed.".to_owned(),
             "token-revoked" => "Token revoked.".to_owned(),
+            "member-set" => "Saved: the member has this role now.".to_owned(),
+            "member-removed" => "Member removed.".to_owned(),
+            "transferred" => "Transferred: the project has its new owner, and you stay an owner member.".to_owned(),
+            "left" => "You left the project.".to_owned(),
+            "user-disabled" => "Account disabled: its sessions, tokens and SSH keys no longer work.".to_owned(),
+            "user-enabled" => "Account enabled again.".to_owned(),
+            "user-deleted" => "Account deleted.".to_owned(),
             _ => return None,
         };
         Some(text)
@@ -64,13 +72,13 @@ impl Notice {
 /// overlap (hundreds of projects stay well within a page's time budget).
 pub(crate) async fn project_rows(
     state: &AppState,
-    projects: Vec<Project>,
+    projects: Vec<(Project, Role)>,
     owners: &HashMap<i64, String>,
 ) -> Result<Vec<ProjectRow>, Error> {
     use futures_util::{StreamExt, TryStreamExt};
     let now = Timestamp::now();
     futures_util::stream::iter(projects)
-        .map(|project| async move {
+        .map(|(project, role)| async move {
             let recent = state.store.deployments(project.id, 1).await?;
             let live = state.store.live_deployment(project.id).await?;
             let latest = recent.first();
@@ -79,6 +87,7 @@ pub(crate) async fn project_rows(
                 url: state.urls.app_url(name),
                 badge: Badge::project(latest, live.as_ref()),
                 owner: owners.get(&project.owner_id).cloned().unwrap_or_default(),
+                role: role.as_str(),
                 last: latest.map(|d| format!("v{} · {}", d.version, d.cause)),
                 when: latest.map(|d| When::of(d.created_at, now)),
                 name: name.to_owned(),
@@ -90,8 +99,10 @@ pub(crate) async fn project_rows(
 }
 
 pub async fn dashboard(State(state): State<AppState>, session: Session, Query(notice): Query<Notice>) -> UiResult {
-    // Admins see every project on the admin page; here, as everyone, their own.
-    let projects = state.store.projects(Some(session.user.id)).await?;
+    // Admins see every project on the admin page; here, as everyone, those they are a
+    // member of.
+    let as_member = User { is_admin: false, ..session.user.clone() };
+    let projects = member_projects(&state, &as_member).await?;
     let rows = project_rows(&state, projects, &HashMap::new()).await?;
     let has_keys = !state.store.ssh_keys(session.user.id).await?.is_empty();
     let page = Dashboard {

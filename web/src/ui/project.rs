@@ -1,5 +1,5 @@
 //! A project's tabs: overview, deployments (with build logs and rollback), env, domains, add-ons, scale,
-//! logs (live), settings (delete). Every handler starts from `visible_project`, the API's
+//! logs (live), settings (delete). Every handler starts from `project_for` with the role it needs, the API's
 //! ownership rule: someone else's project is the plain 404 page.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect};
 use futures_util::StreamExt;
+use paastech_core::Role;
 use paastech_core::drivers::InstanceState;
 use paastech_core::store::EnvChanges;
 use paastech_core::{Deployment, Error, HttpsChange, HttpsPolicy, Project, Timestamp, validate_env_key};
@@ -27,7 +28,7 @@ use super::view::{
 };
 use super::{UiResult, render};
 use crate::AppState;
-use crate::api::projects::{MAX_INSTANCES, check_env_changes, check_scale, visible_project};
+use crate::api::projects::{MAX_INSTANCES, check_env_changes, check_scale, project_and_role, project_for};
 
 /// Deployments listed on the deployments tab.
 const DEPLOYMENTS_SHOWN: i64 = 50;
@@ -44,7 +45,7 @@ pub(super) async fn load(
     tab: &'static str,
     recent: i64,
 ) -> Result<(Project, ProjectHead, Vec<Deployment>), Error> {
-    let project = visible_project(state, &session.user, name).await?;
+    let (project, role) = project_and_role(state, &session.user, name, tab_role(tab)).await?;
     let deployments = state.store.deployments(project.id, recent).await?;
     let live = state.store.live_deployment(project.id).await?;
     let name = project.name.as_str();
@@ -61,8 +62,18 @@ pub(super) async fn load(
         badge,
         live_version: live.as_ref().map(|d| d.version),
         tab,
+        developer: role.allows(Role::Developer),
     };
     Ok((project, head, deployments))
+}
+
+/// The role a tab needs to be seen: config values, add-on credentials and webhooks are
+/// not a viewer's; the forms on each tab check the role of their own action.
+fn tab_role(tab: &str) -> Role {
+    match tab {
+        "env" | "addons" | "webhooks" => Role::Developer,
+        _ => Role::Viewer,
+    }
 }
 
 pub(super) fn layout(session: &Session, head: &ProjectHead, title: &str, live: bool) -> Layout {
@@ -152,7 +163,7 @@ pub async fn lifecycle(
     Path(name): Path<String>,
     Form(form): Form<LifecycleForm>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     let process = form.process.as_deref().map(str::trim).filter(|p| !p.is_empty());
     let (result, done) = match form.action.as_str() {
         "stop" => (state.orchestrator.stop(&project, process).await.map(drop), "stopped"),
@@ -213,7 +224,7 @@ pub async fn deploy(
     Path(name): Path<String>,
     Form(form): Form<DeployForm>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     match state.orchestrator.redeploy(&project, form.version).await {
         Ok(deployment) => {
             tracing::info!(project = %project.name, version = deployment.version, "deployed (web)");
@@ -338,7 +349,7 @@ pub async fn domain_add(
     Path(name): Path<String>,
     Form(form): Form<DomainForm>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     let domain = form.domain.trim().to_owned();
     match state.orchestrator.add_domain(&project, &domain).await {
         Ok(_) => Ok(Redirect::to(&format!("/projects/{}/domains?done=domain-added", project.name)).into_response()),
@@ -357,7 +368,7 @@ pub async fn domain_remove(
     Path(name): Path<String>,
     Form(form): Form<DomainForm>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     state.orchestrator.remove_domain(&project, &form.domain).await?;
     Ok(Redirect::to(&format!("/projects/{}/domains?done=domain-removed", project.name)).into_response())
 }
@@ -377,7 +388,7 @@ pub async fn https_save(
     Path(name): Path<String>,
     Form(form): Form<HttpsForm>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     let typed = form.hsts_max_age.trim();
     let hsts_max_age = if typed.is_empty() {
         Ok(None)
@@ -439,7 +450,7 @@ pub struct EnvForm {
 /// Applies one change; a change to a deployed app makes a new deployment, kept only if it
 /// goes live.
 async fn apply_env(state: &AppState, session: &Session, name: &str, key: String, value: Option<String>) -> UiResult {
-    let project = visible_project(state, &session.user, name).await?;
+    let project = project_for(state, &session.user, name, Role::Developer).await?;
     let shown_value = value.clone().unwrap_or_default();
     let mut errors = FieldErrors::default();
     if let Err(err) = validate_env_key(&key) {
@@ -559,7 +570,7 @@ pub async fn scale_save(
     Path(name): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     let mut scale = BTreeMap::new();
     let mut errors = FieldErrors::default();
     let mut bad_field = None;
@@ -602,7 +613,7 @@ pub async fn logs_page(State(state): State<AppState>, session: Session, Path(nam
 /// output and the platform's notes) as one event, until the page goes away or the server
 /// stops.
 pub async fn logs_stream(State(state): State<AppState>, session: Session, Path(name): Path<String>) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Viewer).await?;
     let follower = state.orchestrator.logs().follow(&project.name);
     let lines = futures_util::stream::unfold(follower, |mut rx| async move {
         let data = match rx.recv().await {
@@ -675,7 +686,7 @@ pub async fn previews_save(
     Path(name): Path<String>,
     Form(form): Form<PreviewsForm>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     let enabled = form.enabled.is_some();
     match state.orchestrator.set_previews(&project, enabled).await {
         Ok(_) => {
@@ -703,7 +714,7 @@ pub async fn delete(
     Path(name): Path<String>,
     Form(form): Form<DeleteForm>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Owner).await?;
     if form.confirm.trim() != project.name.as_str() {
         let message = format!("Type the project's name, {}, to confirm.", project.name);
         let errors = FieldErrors::one("confirm", message);
@@ -774,7 +785,7 @@ pub async fn addon_create(
     Path(name): Path<String>,
     Form(form): Form<AddonCreateForm>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     let addon_name = form.name.trim().to_owned();
     let given = (!addon_name.is_empty()).then_some(addon_name.as_str());
     match state.orchestrator.create_addon(&project, &form.kind, given).await {
@@ -816,7 +827,7 @@ pub async fn addon_destroy(
     Path(name): Path<String>,
     Form(form): Form<AddonDestroyForm>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     let refused = |message: String| AddonsForm {
         kind: String::new(),
         name: String::new(),

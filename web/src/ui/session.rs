@@ -236,6 +236,10 @@ pub async fn login(
         }
     };
     attempt.succeeded();
+    if user.disabled {
+        let errors = FieldErrors::one("form", "This account is disabled: ask an admin.".into());
+        return auth_page(&headers, false, &email, errors, None, StatusCode::FORBIDDEN);
+    }
     start_session(&state, &headers, &user).await
 }
 

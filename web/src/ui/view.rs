@@ -184,6 +184,8 @@ pub struct ProjectRow {
     pub url: String,
     pub badge: Badge,
     pub owner: String,
+    /// The viewer's role on the project.
+    pub role: &'static str,
     /// "v3 · push" of the newest deployment.
     pub last: Option<String>,
     pub when: Option<When>,
@@ -215,6 +217,8 @@ pub struct ProjectHead {
     pub badge: Badge,
     pub live_version: Option<i64>,
     pub tab: &'static str,
+    /// The viewer's role allows a developer's tabs (Env, Add-ons, Webhooks).
+    pub developer: bool,
 }
 
 pub struct InstanceRow {
@@ -468,6 +472,7 @@ pub struct TokensPage {
 pub struct UserRow {
     pub email: String,
     pub is_admin: bool,
+    pub disabled: bool,
     pub projects: usize,
     pub when: When,
 }

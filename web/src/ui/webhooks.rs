@@ -6,6 +6,7 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
+use paastech_core::Role;
 use paastech_core::webhooks::WebhookEvent;
 use paastech_core::{Error, Timestamp};
 use serde::Deserialize;
@@ -16,7 +17,7 @@ use super::session::Session;
 use super::view::{FieldErrors, Layout, ProjectHead, When};
 use super::{UiResult, render};
 use crate::AppState;
-use crate::api::projects::visible_project;
+use crate::api::projects::project_for;
 use crate::api::webhooks::new_secret;
 
 /// Attempts shown under each webhook.
@@ -119,7 +120,7 @@ pub async fn webhook_add(
     Path(name): Path<String>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     let form = WebhookForm::of(pairs);
     let secret = new_secret();
     match state.orchestrator.add_webhook(&project, form.url.trim(), &form.events, &secret).await {
@@ -164,7 +165,7 @@ pub async fn webhook_remove(
     Path(name): Path<String>,
     Form(form): Form<RemoveForm>,
 ) -> UiResult {
-    let project = visible_project(&state, &session.user, &name).await?;
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     state.orchestrator.remove_webhook(&project, form.id).await?;
     Ok(Redirect::to(&format!("/projects/{}/webhooks?done=webhook-removed", project.name)).into_response())
 }

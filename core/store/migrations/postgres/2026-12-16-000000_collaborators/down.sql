@@ -1,0 +1,3 @@
+ALTER TABLE users DROP COLUMN disabled;
+DROP INDEX collaborators_user_id;
+DROP TABLE collaborators;

@@ -74,6 +74,18 @@ pub(crate) fn not_found_on_fk(message: &'static str) -> impl FnOnce(DieselError)
     }
 }
 
+/// An insert's failure as the caller should hear it: the row it points at is gone
+/// (`NotFound(missing)`), or a unique value is taken (`Conflict(taken)`).
+pub(crate) fn missing_or_taken(
+    missing: &'static str,
+    taken: impl Into<String>,
+) -> impl FnOnce(DieselError) -> StoreError {
+    move |e| match e {
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => not_found(missing),
+        e => conflict_on_unique(taken)(e),
+    }
+}
+
 pub(crate) fn not_found(message: impl Into<String>) -> StoreError {
     StoreError::Core(Error::NotFound(message.into()))
 }

@@ -34,7 +34,7 @@ use paastech_core::{
 use paastech_core::{Collaborator, CronJob, CronRun, Role};
 
 use crate::conn::{Pools, write_tx};
-use crate::error::{StoreError, conflict_on_unique, not_found, not_found_on_fk};
+use crate::error::{StoreError, conflict_on_unique, missing_or_taken, not_found, not_found_on_fk};
 use crate::rows::*;
 use crate::schema::*;
 pub use crate::secrets::{Keyring, Rotation, pending_path, rotate_key};
@@ -676,12 +676,7 @@ impl Store for SqlStore {
                 })
                 .returning(TokenRow::as_returning())
                 .get_result(conn)
-                .map_err(|e| match e {
-                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                        not_found("user not found")
-                    }
-                    e => conflict_on_unique("this token already exists")(e),
-                })?;
+                .map_err(missing_or_taken("user not found", "this token already exists"))?;
             Ok(ApiToken::from(row))
         })
     }
@@ -753,12 +748,7 @@ impl Store for SqlStore {
                 })
                 .returning(SshKeyRow::as_returning())
                 .get_result(conn)
-                .map_err(|e| match e {
-                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                        not_found("user not found")
-                    }
-                    e => conflict_on_unique("this SSH key is already registered")(e),
-                })?;
+                .map_err(missing_or_taken("user not found", "this SSH key is already registered"))?;
             Ok(SshKey::from(row))
         })
     }
@@ -818,12 +808,7 @@ impl Store for SqlStore {
                 })
                 .returning(ProjectRow::as_returning())
                 .get_result(conn)
-                .map_err(|e| match e {
-                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                        not_found("user not found")
-                    }
-                    e => conflict_on_unique("project name already taken")(e),
-                })?;
+                .map_err(missing_or_taken("user not found", "project name already taken"))?;
             Ok(Project::try_from(row)?)
         })
     }
@@ -866,12 +851,7 @@ impl Store for SqlStore {
                 })
                 .returning(ProjectRow::as_returning())
                 .get_result(conn)
-                .map_err(|e| match e {
-                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                        not_found("project not found")
-                    }
-                    e => conflict_on_unique("project name already taken")(e),
-                })?;
+                .map_err(missing_or_taken("project not found", "project name already taken"))?;
             Ok(Project::try_from(row)?)
         })
     }
@@ -1124,12 +1104,7 @@ impl Store for SqlStore {
                 ))
                 .returning(DomainRow::as_returning())
                 .get_result(conn)
-                .map_err(|e| match e {
-                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                        not_found("project not found")
-                    }
-                    e => conflict_on_unique("this domain is taken by another project")(e),
-                })?;
+                .map_err(missing_or_taken("project not found", "this domain is taken by another project"))?;
             Ok(Domain::try_from(row)?)
         })
     }
@@ -1184,12 +1159,10 @@ impl Store for SqlStore {
                 ))
                 .returning(AddonRow::as_returning())
                 .get_result(conn)
-                .map_err(|e| match e {
-                    DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
-                        not_found("project not found")
-                    }
-                    e => conflict_on_unique(format!("the project already has an add-on named {name}"))(e),
-                })?;
+                .map_err(missing_or_taken(
+                    "project not found",
+                    format!("the project already has an add-on named {name}"),
+                ))?;
             Ok(Addon::try_from(row)?)
         })
     }

@@ -8,6 +8,7 @@ mod connections;
 pub mod email;
 pub mod error;
 pub mod metrics;
+pub mod two_factor;
 pub mod ui;
 pub mod webhooks;
 

@@ -14,6 +14,7 @@ mod cron;
 mod email;
 mod pages;
 mod project;
+mod security;
 pub mod session;
 mod users;
 mod view;
@@ -46,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(pages::dashboard))
         .route("/signup", get(session::signup_page).post(session::signup))
         .route("/login", get(session::login_page).post(session::login))
+        .route("/login/code", post(session::login_code))
         .route("/logout", post(session::logout))
         .route("/verify-email", get(email::verify_page))
         .route("/verify-email/resend", post(email::resend))
@@ -79,6 +81,10 @@ pub fn routes() -> Router<AppState> {
         .route("/account/keys", get(account::keys).post(account::add_key))
         .route("/account/keys/{id}/delete", post(account::delete_key))
         .route("/account/tokens", get(account::tokens).post(account::create_token))
+        .route("/account/security", get(security::security))
+        .route("/account/security/start", post(security::start))
+        .route("/account/security/confirm", post(security::confirm))
+        .route("/account/security/disable", post(security::disable))
         .route("/account/tokens/{id}/delete", post(account::delete_token))
         .route("/admin", get(account::admin))
         .route("/admin/nodes", get(account::nodes))

@@ -124,7 +124,7 @@ async fn page_headers(request: Request, next: Next) -> Response {
 }
 
 /// Forms that exist before there is a session: they use a double-submit cookie.
-const PRE_SESSION_FORMS: [&str; 4] = ["/login", "/signup", "/password/forgot", "/password/reset"];
+const PRE_SESSION_FORMS: [&str; 5] = ["/login", "/login/code", "/signup", "/password/forgot", "/password/reset"];
 
 /// Every POST must carry the CSRF token of the page it came from in its `csrf` field:
 /// the session-bound token for signed-in forms, the double-submit cookie's value for the

@@ -201,6 +201,9 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> ApiResult<Response> {
+    if let Some(code) = &body.code {
+        crate::two_factor::check_code_length(code)?;
+    }
     let email = body.email.trim().to_lowercase();
     // Counted as a failure until the password proves right.
     let attempt = state.limiter.attempt(&email, ip)?;

@@ -109,6 +109,7 @@ pub async fn confirm_enrolment(
     CurrentUser(user): CurrentUser,
     JsonBody(body): JsonBody<TwoFactorCode>,
 ) -> ApiResult<Json<RecoveryCodes>> {
+    two_factor::check_code_length(&body.code)?;
     let recovery_codes = confirm(&state, &user, &body.code).await?;
     Ok(Json(RecoveryCodes { recovery_codes }))
 }
@@ -122,6 +123,7 @@ pub async fn disable_own(
     CurrentUser(user): CurrentUser,
     JsonBody(body): JsonBody<TwoFactorCode>,
 ) -> ApiResult<StatusCode> {
+    two_factor::check_code_length(&body.code)?;
     disable(&state, &user, &body.code).await?;
     Ok(StatusCode::NO_CONTENT)
 }

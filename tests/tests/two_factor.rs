@@ -180,3 +180,31 @@ fn the_api_asks_for_the_code_and_an_admin_resets_it() {
     let (status, _) = api.req("DELETE", "/users/bob@example.com/2fa", Some(&admin), None);
     assert_eq!(status, 404, "nothing left to reset");
 }
+
+#[test]
+fn with_require_2fa_a_user_must_enrol_before_anything_else() {
+    let server = Server::start("[auth]\nrequire_2fa = true\n");
+    let api = server.api();
+    let bob = api.user("bob@example.com");
+    let (status, body) = api.req("GET", "/projects", Some(&bob), None);
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("requires two-factor login")), "{body}");
+    assert_eq!(api.req("GET", "/me", Some(&bob), None).0, 200);
+    let (status, started) = api.req("POST", "/me/2fa", Some(&bob), None);
+    assert_eq!(status, 201, "{started}");
+    let secret = started["secret"].as_str().expect("secret").to_owned();
+    let (status, body) = api.req("POST", "/me/2fa/confirm", Some(&bob), Some(json!({"code": code(&secret, 0)})));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(api.req("GET", "/projects", Some(&bob), None).0, 200, "enrolled: everything again");
+
+    // In the web UI, every page leads to Account → Security until enrolled.
+    let mut web = paastech_tests::web::Web::new(&server.api_url());
+    let csrf = web.get("/signup").csrf();
+    let signed = web.post("/signup", &[("csrf", &csrf), ("email", "carol@example.com"), ("password", PASSWORD)]);
+    assert_eq!(signed.status, 303, "{}", signed.body);
+    let page = web.get("/projects/new");
+    assert_eq!((page.status, page.header("location")), (303, Some("/account/security?done=2fa-required")));
+    let page = web.get("/account/security?done=2fa-required");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("requires two-factor login"), "{}", page.body);
+}

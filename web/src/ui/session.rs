@@ -100,7 +100,18 @@ impl FromRequestParts<AppState> for Session {
             return Err(Redirect::to("/login").into_response());
         };
         match state.store.use_token(&auth::token_hash(secret)).await {
-            Ok((token, user)) => Ok(Session { user, token_id: token.id, csrf: csrf_for_session(secret) }),
+            Ok((token, user)) => {
+                let path = parts.uri.path();
+                let enrolling = path.starts_with("/account/security") || path == "/logout";
+                if state.require_2fa && !enrolling {
+                    match crate::two_factor::enabled(state, &user).await {
+                        Ok(true) => {}
+                        Ok(false) => return Err(Redirect::to("/account/security?done=2fa-required").into_response()),
+                        Err(err) => return Err(UiError(err).into_response()),
+                    }
+                }
+                Ok(Session { user, token_id: token.id, csrf: csrf_for_session(secret) })
+            }
             Err(Error::NotFound(_)) => {
                 // Expired or revoked: forget the cookie too.
                 let mut response = Redirect::to("/login").into_response();

@@ -179,6 +179,23 @@ fn the_api_asks_for_the_code_and_an_admin_resets_it() {
     assert_eq!(status, 200, "the password alone again: {body}");
     let (status, _) = api.req("DELETE", "/users/bob@example.com/2fa", Some(&admin), None);
     assert_eq!(status, 404, "nothing left to reset");
+
+    // The admin page's button does the same.
+    let bob = api.login("bob@example.com", PASSWORD);
+    let (_, started) = api.req("POST", "/me/2fa", Some(&bob), None);
+    let secret = started["secret"].as_str().expect("secret").to_owned();
+    let (status, _) = api.req("POST", "/me/2fa/confirm", Some(&bob), Some(json!({"code": code(&secret, 0)})));
+    assert_eq!(status, 200);
+    assert_eq!(login(None).0, 401);
+    let mut web = paastech_tests::web::Web::new(&server.api_url());
+    let csrf = web.get("/login").csrf();
+    let signed = web.post("/login", &[("csrf", &csrf), ("email", "admin@example.com"), ("password", PASSWORD)]);
+    assert_eq!(signed.status, 303, "{}", signed.body);
+    let csrf = web.get("/admin").csrf();
+    let reset = web.post("/admin/users/reset-2fa", &[("csrf", &csrf), ("email", "bob@example.com")]);
+    assert_eq!((reset.status, reset.header("location")), (303, Some("/admin?done=2fa-reset")), "{}", reset.body);
+    assert_eq!(api.req("GET", "/me", Some(&bob), None).0, 401, "the login token ended");
+    assert_eq!(login(None).0, 200, "the password alone again");
 }
 
 #[test]

@@ -90,6 +90,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/nodes", get(account::nodes))
         .route("/admin/users/disable", post(users::disable))
         .route("/admin/users/delete", post(users::delete))
+        .route("/admin/users/reset-2fa", post(users::reset_2fa))
         .route("/assets/app.css", get(|| asset(CSS, "text/css; charset=utf-8")))
         .route("/assets/app.js", get(|| asset(JS, "text/javascript; charset=utf-8")))
         .fallback(not_found_page)

@@ -53,6 +53,7 @@ impl Notice {
             "https-saved" => "HTTPS policy saved: it applies to the next request.".to_owned(),
             "key-added" => "SSH key added.".to_owned(),
             "2fa-disabled" => "Two-factor login is off.".to_owned(),
+            "2fa-none" => "That user has no two-factor login to reset.".to_owned(),
             "2fa-required" => "This server requires two-factor login: set it up to go on.".to_owned(),
             "2fa-reset" => {
                 "Two-factor login reset: the user logs in with their password alone, and their sessions ended."

@@ -147,6 +147,7 @@ fn the_api_asks_for_the_code_and_an_admin_resets_it() {
     let (status, body) = api.req("POST", "/me/2fa/confirm", Some(&bob), Some(json!({"code": code(&secret, 0)})));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["recovery_codes"].as_array().map(Vec::len), Some(10), "{body}");
+    let recovery = body["recovery_codes"][0].as_str().expect("recovery code").to_owned();
     let (status, _) = api.req("POST", "/me/2fa", Some(&bob), None);
     assert_eq!(status, 409, "enabled already");
 
@@ -168,6 +169,21 @@ fn the_api_asks_for_the_code_and_an_admin_resets_it() {
     let session = body["token"].as_str().expect("token").to_owned();
     let (status, _) = login(Some(code(&secret, 1)));
     assert_eq!(status, 401, "a code is used once");
+
+    // The CLI asks for the code (here: the line after the password).
+    let home = tempfile::tempdir().expect("home");
+    let refused = server.cli(
+        home.path(),
+        &["login", "--email", "bob@example.com", "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("two-factor"), "{refused:?}");
+    // (This step's code is used already: a recovery code.)
+    let stdin = format!("{PASSWORD}\n{recovery}\n");
+    let logged = server.cli(home.path(), &["login", "--email", "bob@example.com", "--password-stdin"], Some(&stdin));
+    assert!(logged.status.success(), "{logged:?}");
+    assert!(String::from_utf8_lossy(&logged.stdout).contains("Logged in"), "{logged:?}");
 
     // Only an admin resets another user's 2FA; it ends their login tokens.
     let (status, _) = api.req("DELETE", "/users/admin@example.com/2fa", Some(&bob), None);

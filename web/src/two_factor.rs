@@ -3,7 +3,7 @@
 //!
 //! The secret is 20 random bytes, sealed at rest by the store. A code is accepted once:
 //! the store keeps the last step a code was accepted for and refuses that step and
-//! earlier ones. Recovery codes are random (50 bits each), so a SHA-256 of them is stored,
+//! earlier ones. Recovery codes are random (about 50 bits each), so a SHA-256 of them is stored,
 //! as for API tokens; each one is deleted when used.
 
 use paastech_core::{Error, User};

@@ -20,6 +20,18 @@ pub struct SavedLogin {
     pub token: String,
 }
 
+/// A login whose password was right, but whose account needs a two-factor code too.
+#[derive(Debug)]
+pub struct TwoFactorRequired;
+
+impl std::fmt::Display for TwoFactorRequired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this account has two-factor login: a code is needed")
+    }
+}
+
+impl std::error::Error for TwoFactorRequired {}
+
 pub fn login_path() -> Result<PathBuf> {
     let dir = dirs::config_dir().context("no configuration directory for this user (is HOME set?)")?;
     Ok(dir.join("paastech").join("login.json"))
@@ -115,8 +127,11 @@ impl Client {
             let text = if text.is_empty() { "null" } else { &text };
             return serde_json::from_str(text).with_context(|| format!("unexpected answer from the server ({status})"));
         }
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
+        let error = serde_json::from_str::<Value>(&text).ok();
+        if error.as_ref().and_then(|v| v["error"]["code"].as_str()) == Some("two_factor_required") {
+            return Err(anyhow::Error::new(TwoFactorRequired));
+        }
+        let message = error
             .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
             .unwrap_or_else(|| format!("the server answered {status}"));
         if status == 401 && self.token.is_none() {

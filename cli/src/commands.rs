@@ -113,6 +113,25 @@ fn email_and_password(args: &CredentialArgs, confirm: bool) -> Result<(String, S
     Ok((email, password))
 }
 
+/// The code of a two-factor login: the next line of standard input with
+/// `--password-stdin`, else asked on the terminal.
+fn two_factor_code(args: &CredentialArgs) -> Result<String> {
+    if !args.password_stdin {
+        if !std::io::stdin().is_terminal() {
+            bail!("no terminal to ask for the two-factor code: use --password-stdin with the code on the next line");
+        }
+        eprint!("Two-factor code (or a recovery code): ");
+        std::io::stderr().flush()?;
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let code = line.trim().to_owned();
+    if code.is_empty() {
+        bail!("this account has two-factor login: give a code of your app, or a recovery code");
+    }
+    Ok(code)
+}
+
 fn signup(client: &Client, args: CredentialArgs) -> Result<()> {
     let (email, password) = email_and_password(&args, true)?;
     let user: Value = client.post("/auth/signup", &json!({"email": email, "password": password}))?;
@@ -127,7 +146,15 @@ fn signup(client: &Client, args: CredentialArgs) -> Result<()> {
 
 fn login(client: &Client, args: CredentialArgs) -> Result<()> {
     let (email, password) = email_and_password(&args, false)?;
-    let answer: Value = client.post("/auth/login", &json!({"email": email, "password": password}))?;
+    let mut body = json!({"email": email, "password": password});
+    let answer: Value = match client.post("/auth/login", &body) {
+        Ok(answer) => answer,
+        Err(err) if err.is::<client::TwoFactorRequired>() => {
+            body["code"] = json!(two_factor_code(&args)?);
+            client.post("/auth/login", &body)?
+        }
+        Err(err) => return Err(err),
+    };
     let token = answer["token"].as_str().context("the server sent no token")?.to_owned();
     let path = client::save_login(&SavedLogin { server: client.base().to_owned(), email: email.clone(), token })?;
     println!("Logged in to {} as {email} (saved in {}).", client.base(), path.display());

@@ -366,6 +366,9 @@ pub enum Signup {
 pub struct AuthSection {
     #[serde(default)]
     pub signup: Signup,
+    /// Every user must turn on two-factor login before anything else.
+    #[serde(default)]
+    pub require_2fa: bool,
 }
 
 /// One `[[hooks]]` entry: an operator's WASM build hook, run for every project.

@@ -227,7 +227,8 @@ enum InternalCommand {
 struct CredentialArgs {
     #[arg(long)]
     email: Option<String>,
-    /// Read the password from standard input instead of prompting.
+    /// Read the password from standard input instead of prompting (and, for `login` to an
+    /// account with two-factor login, the code from the next line).
     #[arg(long)]
     password_stdin: bool,
 }

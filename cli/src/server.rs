@@ -642,6 +642,7 @@ async fn serve(settings: Settings) -> Result<()> {
         hook_names.push("project hooks (.paastech/hooks/*.wasm)".into());
     }
     let mut state = AppState::new(Arc::clone(&orchestrator), signup, urls).with_hook_names(hook_names);
+    state.require_2fa = config.auth.require_2fa;
     if let Some((mailer, public_url)) = mail {
         tracing::info!(%public_url, "mail on: address checks and password resets by mail");
         state = state.with_mail(mailer, public_url);

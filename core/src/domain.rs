@@ -110,6 +110,29 @@ pub struct User {
     pub email_verified: bool,
 }
 
+/// A user's TOTP enrolment (two-factor login): pending until a first code confirms it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TotpEnrolment {
+    /// The shared secret (RFC 6238), opened from its sealed form.
+    pub secret: Vec<u8>,
+    pub enabled: bool,
+    /// The last time step a code was accepted for: that step and earlier ones are refused.
+    pub last_step: Option<i64>,
+    /// How many unused recovery codes are left.
+    pub recovery_codes_left: i64,
+}
+
+impl std::fmt::Debug for TotpEnrolment {
+    // Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpEnrolment")
+            .field("enabled", &self.enabled)
+            .field("last_step", &self.last_step)
+            .field("recovery_codes_left", &self.recovery_codes_left)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiToken {
     pub id: i64,

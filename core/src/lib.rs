@@ -33,8 +33,8 @@ pub use certificates::{CertificateState, CertificateStatus, Certificates};
 pub use cron::{CronJob, CronOutcome, CronRun};
 pub use deployment::{Deployment, DeploymentStatus, NewDeployment};
 pub use domain::{
-    ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User, validate_email,
-    validate_env_key,
+    ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, TotpEnrolment, User,
+    validate_email, validate_env_key,
 };
 pub use error::{Error, Result};
 pub use hostname::{Domain, DomainRules, Hostname};

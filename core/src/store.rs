@@ -9,7 +9,9 @@ use crate::addons::{Addon, AddonName};
 
 use crate::cron::{CronJob, CronRun};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
-use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
+use crate::domain::{
+    ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, TotpEnrolment, User,
+};
 use crate::drivers::Limits;
 use crate::error::Result;
 use crate::hostname::{Domain, Hostname};
@@ -53,6 +55,23 @@ pub trait Store: Send + Sync {
     /// Disables or enables an account. Disabling also deletes all its tokens (API tokens
     /// and web sessions), so whatever it was signed in with stops at once.
     async fn set_user_disabled(&self, user_id: i64, disabled: bool) -> Result<User>;
+    // Two-factor login (TOTP). The secret is sealed at rest like config vars.
+    /// The user's TOTP enrolment, pending or enabled, if any.
+    async fn totp(&self, user_id: i64) -> Result<Option<TotpEnrolment>>;
+    /// Starts an enrolment with a new `secret` (replacing a pending one); `Conflict` when
+    /// the user has 2FA enabled already.
+    async fn start_totp(&self, user_id: i64, secret: &[u8]) -> Result<()>;
+    /// Enables the pending enrolment: `step` is the step of the code that confirmed it
+    /// (used, so it cannot log in again), and `recovery_hashes` replace the user's
+    /// recovery codes. `NotFound` without a pending enrolment.
+    async fn enable_totp(&self, user_id: i64, step: i64, recovery_hashes: &[String]) -> Result<()>;
+    /// Records `step` as used: false when it, or a later step, was used already (a
+    /// replay), decided in one statement so two uses racing cannot both pass.
+    async fn use_totp_step(&self, user_id: i64, step: i64) -> Result<bool>;
+    /// Uses one recovery code by its hash: false when the user has no such unused code.
+    async fn use_recovery_code(&self, user_id: i64, code_hash: &str) -> Result<bool>;
+    /// Removes the user's enrolment and recovery codes; false when there was none.
+    async fn delete_totp(&self, user_id: i64) -> Result<bool>;
     /// Deletes an account with its tokens, SSH keys and collaborator rows; `Conflict`
     /// while it still owns a project (the caller transfers or deletes them first).
     async fn delete_user(&self, user_id: i64) -> Result<()>;

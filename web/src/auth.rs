@@ -134,11 +134,30 @@ impl FromRequestParts<AppState> for CurrentUser {
             .filter(|token| !token.is_empty())
             .ok_or_else(|| Error::Unauthorized("the Authorization header must be \"Bearer <token>\"".into()))?;
         match state.store.use_token(&token_hash(token)).await {
-            Ok((_, user)) => Ok(CurrentUser(user)),
+            Ok((_, user)) => {
+                if state.require_2fa
+                    && !enrolment_route(parts.uri.path())
+                    && !crate::two_factor::enabled(state, &user).await?
+                {
+                    return Err(Error::Forbidden(
+                        "this server requires two-factor login: turn it on first (POST /api/v1/me/2fa, or Account → Security in the web UI)"
+                            .into(),
+                    )
+                    .into());
+                }
+                Ok(CurrentUser(user))
+            }
             Err(Error::NotFound(_)) => Err(Error::Unauthorized("invalid or expired token".into()).into()),
             Err(other) => Err(other.into()),
         }
     }
+}
+
+/// The API routes a user without two-factor login may still use when the server requires
+/// it: who they are, and enrolling.
+fn enrolment_route(path: &str) -> bool {
+    let path = path.strip_prefix("/api/v1").unwrap_or(path);
+    matches!(path, "/me" | "/me/2fa" | "/me/2fa/confirm")
 }
 
 /// The user, if the request carries a valid token; no token is not an error.

@@ -30,7 +30,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: not_found, conflict, invalid, unauthorized, forbidden,
     /// rate_limited, deploy_failed, unavailable, internal, too_large,
-    /// unsupported_media_type, method_not_allowed, too_many_connections (past
+    /// unsupported_media_type, method_not_allowed, two_factor_required (a login whose
+    /// password is right but that lacks the code), too_many_connections (past
     /// `[api] max_connections`, answered by the listener before any route).
     pub code: String,
     /// What went wrong, for a person to read.

@@ -8,6 +8,7 @@ mod connections;
 pub mod email;
 pub mod error;
 pub mod metrics;
+pub mod two_factor;
 pub mod ui;
 pub mod webhooks;
 
@@ -79,6 +80,9 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub orchestrator: Arc<Orchestrator>,
     pub signup: SignupPolicy,
+    /// `[auth] require_2fa`: a user without two-factor login may only enrol (pages lead to
+    /// Account → Security; the API answers 403 but for `/me`, `/me/2fa*`).
+    pub require_2fa: bool,
     pub urls: Arc<PublicUrls>,
     pub limiter: Arc<LoginLimiter>,
     /// Password reset requests, per address and client (as the login's failures).
@@ -98,6 +102,7 @@ impl AppState {
             store: Arc::clone(orchestrator.store()),
             orchestrator,
             signup,
+            require_2fa: false,
             urls: Arc::new(urls),
             limiter: Arc::new(LoginLimiter::new(10, Duration::from_secs(60))),
             reset_limiter: Arc::new(LoginLimiter::new(5, Duration::from_secs(3600))),

@@ -187,6 +187,24 @@ impl Store for MemStore {
     async fn use_email_token(&self, _: EmailPurpose, _: &str, _: Timestamp) -> Result<User> {
         Self::not_used()
     }
+    async fn totp(&self, _: i64) -> Result<Option<crate::domain::TotpEnrolment>> {
+        Self::not_used()
+    }
+    async fn start_totp(&self, _: i64, _: &[u8]) -> Result<()> {
+        Self::not_used()
+    }
+    async fn enable_totp(&self, _: i64, _: i64, _: &[String]) -> Result<()> {
+        Self::not_used()
+    }
+    async fn use_totp_step(&self, _: i64, _: i64) -> Result<bool> {
+        Self::not_used()
+    }
+    async fn use_recovery_code(&self, _: i64, _: &str) -> Result<bool> {
+        Self::not_used()
+    }
+    async fn delete_totp(&self, _: i64) -> Result<bool> {
+        Self::not_used()
+    }
     async fn delete_tokens_named(&self, _: i64, _: &[&str]) -> Result<usize> {
         Self::not_used()
     }

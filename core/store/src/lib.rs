@@ -28,8 +28,8 @@ use paastech_core::mail::EmailPurpose;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
     Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
-    HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Stopped, Store, Timestamp, User, Webhook,
-    WebhookAttempt, WebhookEvent,
+    HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Stopped, Store, Timestamp, TotpEnrolment, User,
+    Webhook, WebhookAttempt, WebhookEvent,
 };
 use paastech_core::{Collaborator, CronJob, CronRun, Role};
 
@@ -90,6 +90,7 @@ macro_rules! unknown_key_ids {
         ids.extend(
             webhooks::table.select(webhooks::secret_key_id).distinct().load::<String>($conn)?.into_iter().map(Some),
         );
+        ids.extend(user_totp::table.select(user_totp::key_id).distinct().load::<String>($conn)?.into_iter().map(Some));
         let mut unknown: Vec<String> = ids.into_iter().flatten().filter(|id| !$keyring.holds(id)).collect();
         unknown.sort();
         unknown.dedup();
@@ -161,9 +162,42 @@ macro_rules! reseal {
                     .execute(conn)?;
                 count += 1;
             }
+            // TOTP secrets too are sealed from the start.
+            let totp = user_totp::table
+                .filter(user_totp::key_id.ne(&primary))
+                .select((user_totp::user_id, user_totp::secret, user_totp::key_id))
+                .load::<(i64, String, String)>(conn)?;
+            for (user_id, secret, key_id) in totp {
+                if $only_plain {
+                    break;
+                }
+                let label = totp_secret_label(user_id);
+                let plain = keyring.open(&key_id, "", &label, &secret)?;
+                diesel::update(user_totp::table.find(user_id))
+                    .set((user_totp::secret.eq(keyring.seal("", &label, &plain)?), user_totp::key_id.eq(&primary)))
+                    .execute(conn)?;
+                count += 1;
+            }
             Ok(count)
         })
     }};
+}
+
+/// What a user's TOTP secret is sealed for, with an empty project name (no project has
+/// one): a secret copied into another user's row, or into a config var, does not open.
+fn totp_secret_label(user_id: i64) -> String {
+    format!("totp-secret:{user_id}")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// The var name a webhook's secret is sealed for (with its project's name): a secret
@@ -469,6 +503,111 @@ impl Store for SqlStore {
         })
     }
 
+    async fn totp(&self, user_id: i64) -> Result<Option<TotpEnrolment>> {
+        let keyring = Arc::clone(&self.keyring);
+        with_conn!(self, |conn| {
+            let row = user_totp::table
+                .find(user_id)
+                .select((user_totp::secret, user_totp::key_id, user_totp::enabled, user_totp::last_step))
+                .first::<(String, String, bool, Option<i64>)>(conn)
+                .optional()?;
+            let Some((sealed, key_id, enabled, last_step)) = row else {
+                return Ok(None);
+            };
+            let plain = keyring.open(&key_id, "", &totp_secret_label(user_id), &sealed)?;
+            let secret = unhex(&plain)
+                .ok_or_else(|| Error::internal_msg(format!("the TOTP secret of user {user_id} is not hex")))?;
+            let recovery_codes_left: i64 =
+                recovery_codes::table.filter(recovery_codes::user_id.eq(user_id)).count().get_result(conn)?;
+            Ok(Some(TotpEnrolment { secret, enabled, last_step, recovery_codes_left }))
+        })
+    }
+
+    async fn start_totp(&self, user_id: i64, secret: &[u8]) -> Result<()> {
+        let keyring = Arc::clone(&self.keyring);
+        let plain = hex(secret);
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                let enabled =
+                    user_totp::table.find(user_id).select(user_totp::enabled).first::<bool>(conn).optional()?;
+                if enabled == Some(true) {
+                    return Err(StoreError::Core(Error::Conflict(
+                        "two-factor login is enabled already: disable it first".into(),
+                    )));
+                }
+                diesel::delete(user_totp::table.find(user_id)).execute(conn)?;
+                diesel::insert_into(user_totp::table)
+                    .values((
+                        user_totp::user_id.eq(user_id),
+                        user_totp::secret.eq(keyring.seal("", &totp_secret_label(user_id), &plain)?),
+                        user_totp::key_id.eq(keyring.key_id()),
+                        user_totp::enabled.eq(false),
+                        user_totp::created_at.eq(now()),
+                    ))
+                    .execute(conn)
+                    .map_err(not_found_on_fk("user not found"))?;
+                Ok(())
+            })
+        })
+    }
+
+    async fn enable_totp(&self, user_id: i64, step: i64, recovery_hashes: &[String]) -> Result<()> {
+        let hashes = recovery_hashes.to_vec();
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                let changed = diesel::update(user_totp::table.find(user_id).filter(user_totp::enabled.eq(false)))
+                    .set((user_totp::enabled.eq(true), user_totp::last_step.eq(step)))
+                    .execute(conn)?;
+                if changed == 0 {
+                    return Err(not_found("no two-factor enrolment is pending: start one first"));
+                }
+                diesel::delete(recovery_codes::table.filter(recovery_codes::user_id.eq(user_id))).execute(conn)?;
+                for hash in &hashes {
+                    diesel::insert_into(recovery_codes::table)
+                        .values((recovery_codes::user_id.eq(user_id), recovery_codes::code_hash.eq(hash)))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    async fn use_totp_step(&self, user_id: i64, step: i64) -> Result<bool> {
+        with_conn!(self, |conn| {
+            let changed = diesel::update(
+                user_totp::table
+                    .find(user_id)
+                    .filter(user_totp::enabled.eq(true))
+                    .filter(user_totp::last_step.is_null().or(user_totp::last_step.lt(step))),
+            )
+            .set(user_totp::last_step.eq(step))
+            .execute(conn)?;
+            Ok(changed == 1)
+        })
+    }
+
+    async fn use_recovery_code(&self, user_id: i64, code_hash: &str) -> Result<bool> {
+        let code_hash = code_hash.to_owned();
+        with_conn!(self, |conn| {
+            let deleted = diesel::delete(
+                recovery_codes::table
+                    .filter(recovery_codes::user_id.eq(user_id))
+                    .filter(recovery_codes::code_hash.eq(&code_hash)),
+            )
+            .execute(conn)?;
+            Ok(deleted == 1)
+        })
+    }
+
+    async fn delete_totp(&self, user_id: i64) -> Result<bool> {
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                diesel::delete(recovery_codes::table.filter(recovery_codes::user_id.eq(user_id))).execute(conn)?;
+                Ok(diesel::delete(user_totp::table.find(user_id)).execute(conn)? == 1)
+            })
+        })
+    }
+
     async fn delete_tokens_named(&self, user_id: i64, names: &[&str]) -> Result<usize> {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         with_conn!(self, |conn| {
@@ -523,6 +662,8 @@ impl Store for SqlStore {
                 diesel::delete(api_tokens::table.filter(api_tokens::user_id.eq(user_id))).execute(conn)?;
                 diesel::delete(ssh_keys::table.filter(ssh_keys::user_id.eq(user_id))).execute(conn)?;
                 diesel::delete(email_tokens::table.filter(email_tokens::user_id.eq(user_id))).execute(conn)?;
+                diesel::delete(user_totp::table.find(user_id)).execute(conn)?;
+                diesel::delete(recovery_codes::table.filter(recovery_codes::user_id.eq(user_id))).execute(conn)?;
                 if diesel::delete(users::table.find(user_id)).execute(conn)? == 0 {
                     return Err(not_found("user not found"));
                 }

@@ -27,6 +27,25 @@ diesel::table! {
 }
 
 diesel::table! {
+    user_totp (user_id) {
+        user_id -> BigInt,
+        secret -> Text,
+        key_id -> Text,
+        enabled -> Bool,
+        last_step -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    recovery_codes (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        code_hash -> Text,
+    }
+}
+
+diesel::table! {
     api_tokens (id) {
         id -> BigInt,
         user_id -> BigInt,
@@ -219,6 +238,8 @@ diesel::table! {
 
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(email_tokens -> users (user_id));
+diesel::joinable!(user_totp -> users (user_id));
+diesel::joinable!(recovery_codes -> users (user_id));
 diesel::joinable!(collaborators -> users (user_id));
 diesel::joinable!(collaborators -> projects (project_id));
 diesel::joinable!(ssh_keys -> users (user_id));
@@ -246,5 +267,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     build_cron,
     cron_runs,
     email_tokens,
+    user_totp,
+    recovery_codes,
     collaborators,
 );

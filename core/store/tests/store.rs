@@ -163,6 +163,7 @@ suite!(
     stopped_processes_are_replaced_and_go_with_their_project,
     previews_belong_to_their_parent_one_per_branch,
     email_tokens_are_single_use_expire_and_replace_each_other,
+    totp_is_sealed_confirmed_refuses_replays_and_recovery_codes_work_once,
     builds_are_created_and_finished,
     a_snapshot_restores_into_an_empty_database_with_builds_moved,
     deployment_versions_increase_per_project,
@@ -1471,4 +1472,52 @@ async fn a_user_is_deleted_only_without_projects_and_takes_their_rows(db: &TestD
     assert_not_found(store.delete_user(bob.id).await, "user");
     // The email can sign up again.
     new_user(&store, "bob@example.com").await;
+}
+
+async fn totp_is_sealed_confirmed_refuses_replays_and_recovery_codes_work_once(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let bob = new_user(&store, "bob@example.com").await;
+    assert_eq!(store.totp(alice.id).await.expect("none yet"), None);
+    let secret = [0xabu8; 20];
+    store.start_totp(alice.id, &secret).await.expect("start");
+    // Sealed at rest: neither the bytes as hex nor anything readable is stored.
+    let stored = db.texts("SELECT secret AS text FROM user_totp");
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].contains(&"ab".repeat(20)), "the secret is stored in the clear: {stored:?}");
+    let pending = store.totp(alice.id).await.expect("read").expect("pending");
+    assert_eq!((pending.secret.as_slice(), pending.enabled, pending.last_step), (&secret[..], false, None));
+    // A pending enrolment accepts no code yet.
+    assert!(!store.use_totp_step(alice.id, 100).await.expect("use"));
+
+    let hashes: Vec<String> = (0..10).map(|i| format!("hash-{i}")).collect();
+    store.enable_totp(alice.id, 100, &hashes).await.expect("enable");
+    assert!(matches!(store.enable_totp(alice.id, 101, &hashes).await, Err(Error::NotFound(_))), "enabled once");
+    assert!(matches!(store.start_totp(alice.id, &[1u8; 20]).await, Err(Error::Conflict(_))));
+    let enabled = store.totp(alice.id).await.expect("read").expect("enabled");
+    assert_eq!((enabled.enabled, enabled.last_step, enabled.recovery_codes_left), (true, Some(100), 10));
+
+    // The confirming step, and any earlier one, is a replay; a later one passes once.
+    assert!(!store.use_totp_step(alice.id, 100).await.expect("use"));
+    assert!(!store.use_totp_step(alice.id, 99).await.expect("use"));
+    assert!(store.use_totp_step(alice.id, 101).await.expect("use"));
+    assert!(!store.use_totp_step(alice.id, 101).await.expect("use"));
+    assert!(!store.use_totp_step(bob.id, 500).await.expect("bob has none"));
+
+    assert!(store.use_recovery_code(alice.id, "hash-3").await.expect("use"));
+    assert!(!store.use_recovery_code(alice.id, "hash-3").await.expect("used"));
+    assert!(!store.use_recovery_code(bob.id, "hash-4").await.expect("not bob's"));
+    assert_eq!(store.totp(alice.id).await.expect("read").expect("enabled").recovery_codes_left, 9);
+
+    // A rotation seals the secret again with the new key; the new key alone opens it.
+    drop(store);
+    let rotation = rotate_key(&db.url, &db.key_path()).expect("rotate");
+    assert_eq!(db.texts("SELECT key_id AS text FROM user_totp"), vec![rotation.new_key_id.clone()]);
+    let store = db.open();
+    assert_eq!(store.totp(alice.id).await.expect("read").expect("enabled").secret, secret.to_vec());
+
+    assert!(store.delete_totp(alice.id).await.expect("delete"));
+    assert!(!store.delete_totp(alice.id).await.expect("gone"));
+    assert_eq!(store.totp(alice.id).await.expect("read"), None);
+    assert!(!store.use_recovery_code(alice.id, "hash-4").await.expect("codes went with it"));
 }

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use paastech_core::{ApiToken, Error, SshKey, Timestamp, User, validate_email};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,7 +13,10 @@ use super::{JsonBody, PathParam};
 use crate::AppState;
 use crate::SignupPolicy;
 use crate::auth::{self, ClientIp, CurrentUser, MaybeUser};
-use crate::error::{ApiResult, ErrorStatus};
+use crate::error::{ApiResult, ErrorStatus, error_response};
+
+/// The error code of a login that needs its second factor.
+pub const TWO_FACTOR_REQUIRED: &str = "two_factor_required";
 
 /// Login tokens expire; tokens made with `POST /tokens` do not.
 const LOGIN_TOKEN_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
@@ -25,6 +29,18 @@ pub struct Credentials {
     /// At least 8 characters, at most 1024 bytes.
     #[schema(min_length = 8, max_length = 1024, example = "correct horse battery")]
     pub password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// Compared without case and surrounding spaces.
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
+    pub email: String,
+    #[schema(max_length = 1024, example = "correct horse battery")]
+    pub password: String,
+    /// With two-factor login: a current 6-digit code, or one of the recovery codes.
+    #[schema(max_length = 64, example = "123456")]
+    pub code: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -174,15 +190,20 @@ pub struct LoginResponse {
     pub user: UserView,
 }
 
-/// Exchanges email and password for a token. Ten failures a minute for one account or one
-/// address answer 429 until the minute has passed.
-#[utoipa::path(post, path = "/auth/login", tag = "accounts", request_body = Credentials,
+/// Exchanges email and password (and, with two-factor login, a code) for a token. Ten
+/// failures a minute for one account or one address answer 429 until the minute has
+/// passed; a missing or wrong code is a failure. A right password without the `code` a
+/// two-factor account needs answers 401 with the error code `two_factor_required`.
+#[utoipa::path(post, path = "/auth/login", tag = "accounts", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse), JsonBodyErrors, ErrorStatus<401>, ErrorStatus<403>, ErrorStatus<429>))]
 pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    JsonBody(body): JsonBody<Credentials>,
-) -> ApiResult<Json<LoginResponse>> {
+    JsonBody(body): JsonBody<LoginRequest>,
+) -> ApiResult<Response> {
+    if let Some(code) = &body.code {
+        crate::two_factor::check_code_length(code)?;
+    }
     let email = body.email.trim().to_lowercase();
     // Counted as a failure until the password proves right.
     let attempt = state.limiter.attempt(&email, ip)?;
@@ -204,15 +225,31 @@ pub async fn login(
         return Err(Error::Unauthorized("wrong email or password".into()).into());
     }
     let (user, _) = found.expect("verify_password is false without a user");
-    attempt.succeeded();
     if user.disabled {
+        attempt.succeeded();
         // Only after the password: the answer tells nothing to who does not know it.
         return Err(Error::Forbidden("this account is disabled; ask an admin".into()).into());
     }
+    if crate::two_factor::enabled(&state, &user).await? {
+        // The attempt stays a failure until the second factor is right too: a guesser who
+        // has the password gets no more tries at the code than at a password.
+        let Some(code) = body.code.as_deref() else {
+            return Ok(error_response(
+                StatusCode::UNAUTHORIZED,
+                TWO_FACTOR_REQUIRED,
+                "this account has two-factor login: send a current code (or a recovery code) as \"code\"".into(),
+            ));
+        };
+        if !crate::two_factor::check(&state, &user, code).await? {
+            tracing::warn!(%ip, user = user.id, "failed login: wrong two-factor code");
+            return Err(Error::Unauthorized("wrong two-factor code".into()).into());
+        }
+    }
+    attempt.succeeded();
     let token = auth::new_token();
     let expires = Timestamp(Timestamp::now().0 + LOGIN_TOKEN_LIFETIME_MS);
     state.store.create_token(user.id, crate::email::LOGIN_TOKEN_NAME, &auth::token_hash(&token), Some(expires)).await?;
-    Ok(Json(LoginResponse { token, expires_at: expires.to_rfc3339(), user: user.into() }))
+    Ok(Json(LoginResponse { token, expires_at: expires.to_rfc3339(), user: user.into() }).into_response())
 }
 
 #[utoipa::path(get, path = "/me", tag = "accounts", security(("bearer" = [])),

@@ -15,6 +15,7 @@ pub(crate) mod projects;
 pub(crate) mod run;
 pub(crate) mod schemas;
 pub(crate) mod stats;
+pub(crate) mod two_factor;
 pub(crate) mod users;
 pub(crate) mod webhooks;
 
@@ -40,12 +41,15 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/password/reset", post(email::request_reset))
         .route("/auth/password/reset/confirm", post(email::confirm_reset))
         .route("/me", get(accounts::me))
+        .route("/me/2fa", post(two_factor::start_enrolment).delete(two_factor::disable_own))
+        .route("/me/2fa/confirm", post(two_factor::confirm_enrolment))
         .route("/tokens", get(accounts::list_tokens).post(accounts::create_token))
         .route("/tokens/{id}", delete(accounts::delete_token))
         .route("/ssh-keys", get(accounts::list_keys).post(accounts::add_key))
         .route("/ssh-keys/{id}", delete(accounts::delete_key))
         .route("/users", get(accounts::list_users))
         .route("/users/{user}", patch(users::patch).delete(users::delete))
+        .route("/users/{user}/2fa", delete(two_factor::admin_reset))
         .route("/nodes", get(nodes::list))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/{name}", get(projects::get).delete(projects::delete))
@@ -122,6 +126,7 @@ async fn openapi() -> ApiResult<Response> {
         accounts::list_tokens, accounts::create_token, accounts::delete_token,
         accounts::list_keys, accounts::add_key, accounts::delete_key, accounts::list_users,
         users::patch, users::delete,
+        two_factor::start_enrolment, two_factor::confirm_enrolment, two_factor::disable_own, two_factor::admin_reset,
         nodes::list,
         projects::list, projects::create, projects::get, projects::delete,
         collaborators::list, collaborators::add, collaborators::remove, collaborators::transfer,

@@ -46,7 +46,7 @@ fn admin_only(user: &User) -> Result<(), Error> {
 }
 
 /// The user named by id or email.
-async fn target(state: &AppState, who: &str) -> Result<User, Error> {
+pub(crate) async fn target(state: &AppState, who: &str) -> Result<User, Error> {
     let found = match who.parse::<i64>() {
         Ok(id) => state.store.user(id).await,
         // Stored emails are lowercase and have no control characters (PostgreSQL would

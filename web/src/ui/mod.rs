@@ -14,6 +14,7 @@ mod cron;
 mod email;
 mod pages;
 mod project;
+mod security;
 pub mod session;
 mod users;
 mod view;
@@ -46,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(pages::dashboard))
         .route("/signup", get(session::signup_page).post(session::signup))
         .route("/login", get(session::login_page).post(session::login))
+        .route("/login/code", post(session::login_code))
         .route("/logout", post(session::logout))
         .route("/verify-email", get(email::verify_page))
         .route("/verify-email/resend", post(email::resend))
@@ -79,11 +81,16 @@ pub fn routes() -> Router<AppState> {
         .route("/account/keys", get(account::keys).post(account::add_key))
         .route("/account/keys/{id}/delete", post(account::delete_key))
         .route("/account/tokens", get(account::tokens).post(account::create_token))
+        .route("/account/security", get(security::security))
+        .route("/account/security/start", post(security::start))
+        .route("/account/security/confirm", post(security::confirm))
+        .route("/account/security/disable", post(security::disable))
         .route("/account/tokens/{id}/delete", post(account::delete_token))
         .route("/admin", get(account::admin))
         .route("/admin/nodes", get(account::nodes))
         .route("/admin/users/disable", post(users::disable))
         .route("/admin/users/delete", post(users::delete))
+        .route("/admin/users/reset-2fa", post(users::reset_2fa))
         .route("/assets/app.css", get(|| asset(CSS, "text/css; charset=utf-8")))
         .route("/assets/app.js", get(|| asset(JS, "text/javascript; charset=utf-8")))
         .fallback(not_found_page)
@@ -118,7 +125,7 @@ async fn page_headers(request: Request, next: Next) -> Response {
 }
 
 /// Forms that exist before there is a session: they use a double-submit cookie.
-const PRE_SESSION_FORMS: [&str; 4] = ["/login", "/signup", "/password/forgot", "/password/reset"];
+const PRE_SESSION_FORMS: [&str; 5] = ["/login", "/login/code", "/signup", "/password/forgot", "/password/reset"];
 
 /// Every POST must carry the CSRF token of the page it came from in its `csrf` field:
 /// the session-bound token for signed-in forms, the double-submit cookie's value for the

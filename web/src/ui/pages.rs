@@ -52,6 +52,13 @@ impl Notice {
             "verify-sent" => "A new link is on its way: open it to verify your address.".to_owned(),
             "https-saved" => "HTTPS policy saved: it applies to the next request.".to_owned(),
             "key-added" => "SSH key added.".to_owned(),
+            "2fa-disabled" => "Two-factor login is off.".to_owned(),
+            "2fa-none" => "That user has no two-factor login to reset.".to_owned(),
+            "2fa-required" => "This server requires two-factor login: set it up to go on.".to_owned(),
+            "2fa-reset" => {
+                "Two-factor login reset: the user logs in with their password alone, and their sessions ended."
+                    .to_owned()
+            }
             "key-removed" => "SSH key removed.".to_owned(),
             "token-revoked" => "Token revoked.".to_owned(),
             "member-set" => "Saved: the member has this role now.".to_owned(),

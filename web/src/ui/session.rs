@@ -8,6 +8,8 @@
 //! plays that part.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -18,7 +20,7 @@ use paastech_core::{Error, Timestamp, User, validate_email};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::view::{AuthPage, FieldErrors, Layout};
+use super::view::{AuthPage, FieldErrors, Layout, LoginCodePage};
 use super::{UiError, UiResult, render};
 use crate::AppState;
 use crate::SignupPolicy;
@@ -26,6 +28,10 @@ use crate::auth::{self, ClientIp};
 
 pub const SESSION_COOKIE: &str = "paastech_session";
 pub const PRE_SESSION_COOKIE: &str = "paastech_csrf";
+/// Holds the secret of a half-done login (right password, code still to come).
+pub const PENDING_LOGIN_COOKIE: &str = "paastech_2fa";
+/// How long a half-done login waits for its code.
+const PENDING_LOGIN_SECS: u64 = 300;
 /// The name sessions have among a user's tokens.
 pub const SESSION_TOKEN_NAME: &str = "web session";
 const SESSION_LIFETIME_SECS: i64 = 7 * 24 * 3600;
@@ -94,7 +100,18 @@ impl FromRequestParts<AppState> for Session {
             return Err(Redirect::to("/login").into_response());
         };
         match state.store.use_token(&auth::token_hash(secret)).await {
-            Ok((token, user)) => Ok(Session { user, token_id: token.id, csrf: csrf_for_session(secret) }),
+            Ok((token, user)) => {
+                let path = parts.uri.path();
+                let enrolling = path.starts_with("/account/security") || path == "/logout";
+                if state.require_2fa && !enrolling {
+                    match crate::two_factor::enabled(state, &user).await {
+                        Ok(true) => {}
+                        Ok(false) => return Err(Redirect::to("/account/security?done=2fa-required").into_response()),
+                        Err(err) => return Err(UiError(err).into_response()),
+                    }
+                }
+                Ok(Session { user, token_id: token.id, csrf: csrf_for_session(secret) })
+            }
             Err(Error::NotFound(_)) => {
                 // Expired or revoked: forget the cookie too.
                 let mut response = Redirect::to("/login").into_response();
@@ -235,12 +252,112 @@ pub async fn login(
             return auth_page(&headers, false, &email, errors, None, StatusCode::UNAUTHORIZED);
         }
     };
-    attempt.succeeded();
     if user.disabled {
+        attempt.succeeded();
         let errors = FieldErrors::one("form", "This account is disabled: ask an admin.".into());
         return auth_page(&headers, false, &email, errors, None, StatusCode::FORBIDDEN);
     }
+    if crate::two_factor::enabled(&state, &user).await? {
+        // No session yet: a server-side record of the half-done login, bound to the user,
+        // that only the right code turns into one. The attempt stays a failure until then.
+        let secret = auth::new_token();
+        pending_logins().insert(&auth::token_hash(&secret), user.id);
+        let mut response = code_page(&headers, FieldErrors::default(), StatusCode::OK)?;
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            cookie(PENDING_LOGIN_COOKIE, &secret, PENDING_LOGIN_SECS as i64, is_https(&headers)),
+        );
+        return Ok(response);
+    }
+    attempt.succeeded();
     start_session(&state, &headers, &user).await
+}
+
+fn code_page(headers: &HeaderMap, errors: FieldErrors, status: StatusCode) -> UiResult {
+    anonymous_page(headers, "Two-factor code", None, status, |l| LoginCodePage { l, errors })
+}
+
+/// Half-done logins by the hash of their cookie's secret: the user and when it lapses.
+/// In memory: a restart only asks for the password again.
+pub(crate) struct PendingLogins(Mutex<HashMap<String, (i64, Instant)>>);
+
+pub(crate) fn pending_logins() -> &'static PendingLogins {
+    static PENDING: OnceLock<PendingLogins> = OnceLock::new();
+    PENDING.get_or_init(|| PendingLogins(Mutex::new(HashMap::new())))
+}
+
+impl PendingLogins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, Instant)>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn insert(&self, hash: &str, user_id: i64) {
+        let now = Instant::now();
+        let mut pending = self.lock();
+        pending.retain(|_, (_, lapses)| *lapses > now);
+        pending.insert(hash.to_owned(), (user_id, now + Duration::from_secs(PENDING_LOGIN_SECS)));
+    }
+
+    /// The user of a half-done login that has not lapsed.
+    fn user(&self, hash: &str) -> Option<i64> {
+        let pending = self.lock();
+        pending.get(hash).filter(|(_, lapses)| *lapses > Instant::now()).map(|(user, _)| *user)
+    }
+
+    /// Ends a half-done login: true for the one caller that got it (single use).
+    fn take(&self, hash: &str) -> bool {
+        self.lock().remove(hash).is_some()
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct CodeForm {
+    #[serde(default)]
+    code: String,
+}
+
+/// The second step of a login with two-factor: the code (or a recovery code) for the
+/// half-done login of the cookie.
+pub async fn login_code(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(form): Form<CodeForm>,
+) -> UiResult {
+    let secret = Cookies::from_headers(&headers).get(PENDING_LOGIN_COOKIE).map(str::to_owned);
+    let hash = secret.as_deref().map(auth::token_hash);
+    let user = match hash.as_deref().and_then(|h| pending_logins().user(h)) {
+        Some(user_id) => match state.store.user(user_id).await {
+            Ok(user) if !user.disabled => Some(user),
+            Ok(_) | Err(Error::NotFound(_)) => None,
+            Err(other) => return Err(other.into()),
+        },
+        None => None,
+    };
+    let (Some(user), Some(hash)) = (user, hash) else {
+        let errors = FieldErrors::one("form", "This login has expired: log in again.".into());
+        return auth_page(&headers, false, "", errors, None, StatusCode::UNAUTHORIZED);
+    };
+    let attempt = match state.limiter.attempt(&user.email, ip) {
+        Ok(attempt) => attempt,
+        Err(err) => {
+            return code_page(&headers, FieldErrors::one("form", err.to_string()), StatusCode::TOO_MANY_REQUESTS);
+        }
+    };
+    if !crate::two_factor::check(&state, &user, &form.code).await? {
+        tracing::warn!(%ip, user = user.id, "failed web login: wrong two-factor code");
+        let errors = FieldErrors::one("code", "Wrong code.".into());
+        return code_page(&headers, errors, StatusCode::UNAUTHORIZED);
+    }
+    if !pending_logins().take(&hash) {
+        // Another request finished this login first.
+        let errors = FieldErrors::one("form", "This login has expired: log in again.".into());
+        return auth_page(&headers, false, "", errors, None, StatusCode::UNAUTHORIZED);
+    }
+    attempt.succeeded();
+    let mut response = start_session(&state, &headers, &user).await?;
+    response.headers_mut().append(header::SET_COOKIE, cookie(PENDING_LOGIN_COOKIE, "", 0, is_https(&headers)));
+    Ok(response)
 }
 
 pub async fn signup(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<AuthForm>) -> UiResult {

@@ -1,5 +1,5 @@
 //! The admin page's user actions: disable or enable an account, delete one with what
-//! becomes of its projects. The API's functions do the work, with the same checks (the
+//! becomes of its projects, reset one's two-factor login. The API's functions do the work, with the same checks (the
 //! last admin is kept; a user with projects is deleted only with their fate said).
 
 use axum::Form;
@@ -54,4 +54,21 @@ pub async fn delete(State(state): State<AppState>, session: Session, Form(form):
     let to = Some(form.to.trim()).filter(|to| !to.is_empty());
     delete_user(&state, &session.user, &form.email, fate, to).await?;
     Ok(Redirect::to("/admin?done=user-deleted").into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ResetForm {
+    email: String,
+}
+
+/// Resets a user's two-factor login (lost device); their sessions end.
+pub async fn reset_2fa(State(state): State<AppState>, session: Session, Form(form): Form<ResetForm>) -> UiResult {
+    admin_only(&session)?;
+    let done = match crate::api::two_factor::reset(&state, &session.user, &form.email).await {
+        Ok(_) => "2fa-reset",
+        // Nothing to reset: say so on the page rather than as an error page.
+        Err(Error::NotFound(_)) => "2fa-none",
+        Err(other) => return Err(other.into()),
+    };
+    Ok(Redirect::to(&format!("/admin?done={done}")).into_response())
 }

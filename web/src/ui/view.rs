@@ -438,6 +438,31 @@ pub struct KeyRow {
     pub when: When,
 }
 
+pub struct PendingTotp {
+    pub secret: String,
+    /// Made by the `qrcode` crate from the otpauth URL: an `<svg>` of rects only.
+    pub qr_svg: String,
+}
+
+#[derive(Template)]
+#[template(path = "security.html")]
+pub struct SecurityPage {
+    pub l: Layout,
+    pub enabled: bool,
+    pub recovery_left: i64,
+    pub pending: Option<PendingTotp>,
+    /// Shown once, right after two-factor login was turned on.
+    pub recovery_codes: Option<Vec<String>>,
+    pub errors: FieldErrors,
+}
+
+#[derive(Template)]
+#[template(path = "login_code.html")]
+pub struct LoginCodePage {
+    pub l: Layout,
+    pub errors: FieldErrors,
+}
+
 #[derive(Template)]
 #[template(path = "keys.html")]
 pub struct KeysPage {

@@ -36,6 +36,14 @@ enum Cleanup {
     },
 }
 
+/// A connection of the test's own to the SQLite file, which waits for a lock as the store's
+/// connections do (a pool that was just dropped may still be closing one that wrote).
+fn sqlite_beside(path: &str) -> SqliteConnection {
+    let mut conn = SqliteConnection::establish(path).expect("sqlite");
+    conn.batch_execute("PRAGMA busy_timeout = 5000").expect("busy timeout");
+    conn
+}
+
 impl TestDb {
     fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -78,7 +86,7 @@ impl TestDb {
     /// but not the key would.
     fn execute(&self, sql: &str) {
         match self.url.strip_prefix("sqlite://") {
-            Some(path) => SqliteConnection::establish(path).expect("sqlite").batch_execute(sql),
+            Some(path) => sqlite_beside(path).batch_execute(sql),
             None => PgConnection::establish(&self.url).expect("postgres").batch_execute(sql),
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -93,7 +101,7 @@ impl TestDb {
         }
         let query = diesel::sql_query(sql);
         let rows: Vec<Row> = match self.url.strip_prefix("sqlite://") {
-            Some(path) => query.load(&mut SqliteConnection::establish(path).expect("sqlite")),
+            Some(path) => query.load(&mut sqlite_beside(path)),
             None => query.load(&mut PgConnection::establish(&self.url).expect("postgres")),
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"));

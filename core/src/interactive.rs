@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::drivers::OneOff;
 use crate::error::Result;
 
 /// A terminal's size in character cells.
@@ -64,4 +65,38 @@ pub fn tty_channels() -> (TtySession, TtyEnds) {
         TtySession { input: input_tx, output: output_rx, exit: exit_rx },
         TtyEnds { input: input_rx, output: output_tx, exit: exit_tx },
     )
+}
+
+/// How a runtime's interactive session ended.
+#[derive(Debug)]
+pub enum TtyEnd {
+    /// The command ended: its exit code, or why it could not be read.
+    Exited(Result<i32>),
+    /// It ran past `OneOff::timeout` and was stopped.
+    TimedOut,
+    /// The caller dropped its ends: nobody waits for an answer.
+    HungUp,
+}
+
+impl TtyEnd {
+    /// Answers the caller on `exit` how the session ended (`run` words a timeout). Call it
+    /// once all output was sent and `output` dropped: the caller reads that first. A
+    /// hang-up (or no end at all) answers nothing.
+    pub fn report(ended: Option<TtyEnd>, run: &OneOff, exit: oneshot::Sender<Result<i32>>) {
+        let answer = match ended {
+            Some(TtyEnd::Exited(code)) => code,
+            Some(TtyEnd::TimedOut) => Err(run.timed_out()),
+            Some(TtyEnd::HungUp) | None => return,
+        };
+        let _ = exit.send(answer);
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one (a `select!` branch that is off until
+/// a deadline is set).
+pub async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

@@ -10,7 +10,7 @@ use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{AttachContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder};
 use futures_util::StreamExt;
 use paastech_core::drivers::OneOff;
-use paastech_core::interactive::{TtyEnds, TtyInput, TtySize};
+use paastech_core::interactive::{TtyEnd, TtyEnds, TtyInput, TtySize, sleep_until_some};
 use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, Result};
 use tokio::io::AsyncWriteExt;
@@ -92,12 +92,6 @@ async fn resize(docker: &Docker, id: &str, size: TtySize) -> Result<()> {
         .map_err(|err| engine_error(format!("resizing the terminal of container {}", short(id)), err))
 }
 
-enum End {
-    Exited(Result<i32>),
-    TimedOut,
-    HungUp,
-}
-
 async fn relay(
     docker: Docker,
     id: String,
@@ -109,12 +103,12 @@ async fn relay(
     let bollard::container::AttachContainerResults { output: mut stream, input: mut stdin } = attached;
     let deadline = Instant::now() + run.timeout;
     let mut waiting = std::pin::pin!(exit_code(&docker, &id));
-    let mut ended: Option<End> = None;
+    let mut ended: Option<TtyEnd> = None;
     let mut stream_open = true;
     let mut drain_until: Option<Instant> = None;
     loop {
         if let Some(end) = &ended
-            && (!stream_open || matches!(end, End::HungUp))
+            && (!stream_open || matches!(end, TtyEnd::HungUp))
         {
             break;
         }
@@ -122,7 +116,7 @@ async fn relay(
             item = stream.next(), if stream_open => match item {
                 Some(Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message } | LogOutput::Console { message })) => {
                     if output.send(message.to_vec()).await.is_err() {
-                        ended = Some(End::HungUp);
+                        ended = Some(TtyEnd::HungUp);
                     }
                 }
                 Some(Ok(LogOutput::StdIn { .. })) => {}
@@ -145,15 +139,15 @@ async fn relay(
                         tracing::debug!(error = %err, "resizing an interactive container");
                     }
                 }
-                None => ended = Some(End::HungUp),
+                None => ended = Some(TtyEnd::HungUp),
             },
-            () = output.closed(), if ended.is_none() => ended = Some(End::HungUp),
+            () = output.closed(), if ended.is_none() => ended = Some(TtyEnd::HungUp),
             code = &mut waiting, if ended.is_none() => {
-                ended = Some(End::Exited(code));
+                ended = Some(TtyEnd::Exited(code));
                 drain_until = Some(Instant::now() + DRAIN);
             }
             () = tokio::time::sleep_until(deadline), if ended.is_none() => {
-                ended = Some(End::TimedOut);
+                ended = Some(TtyEnd::TimedOut);
                 drain_until = Some(Instant::now() + DRAIN);
                 // Removing kills it; its stream then ends.
                 if let Err(err) = remove_container(&docker, &id).await {
@@ -169,19 +163,7 @@ async fn relay(
     }
     // All output first, then the end.
     drop(output);
-    let answer = match ended {
-        Some(End::Exited(code)) => code,
-        Some(End::TimedOut) => Err(run.timed_out()),
-        Some(End::HungUp) | None => return,
-    };
-    let _ = exit.send(answer);
-}
-
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
+    TtyEnd::report(ended, &run, exit);
 }
 
 /// What `run_interactive` answers when it cannot even begin.

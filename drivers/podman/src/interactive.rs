@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{AsyncWriteExt, StreamExt};
 use paastech_core::drivers::OneOff;
-use paastech_core::interactive::{TtyEnds, TtyInput, TtySize};
+use paastech_core::interactive::{TtyEnd, TtyEnds, TtyInput, TtySize, sleep_until_some};
 use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, Result};
 use podman_api::conn::TtyChunk;
@@ -101,12 +101,6 @@ async fn exit_code(engine: &Engine, id: &str) -> Result<i32> {
     Ok(data.state.and_then(|s| s.exit_code).unwrap_or_default())
 }
 
-enum End {
-    Exited(Result<i32>),
-    TimedOut,
-    HungUp,
-}
-
 async fn relay(engine: Engine, id: String, attached: podman_api::conn::Multiplexer, run: OneOff, ends: TtyEnds) {
     let TtyEnds { mut input, output, exit } = ends;
     let (stream, stdin) = attached.split();
@@ -114,12 +108,12 @@ async fn relay(engine: Engine, id: String, attached: podman_api::conn::Multiplex
     let mut stdin = std::pin::pin!(stdin);
     let deadline = Instant::now() + run.timeout;
     let mut waiting = std::pin::pin!(exit_code(&engine, &id));
-    let mut ended: Option<End> = None;
+    let mut ended: Option<TtyEnd> = None;
     let mut stream_open = true;
     let mut drain_until: Option<Instant> = None;
     loop {
         if let Some(end) = &ended
-            && (!stream_open || matches!(end, End::HungUp))
+            && (!stream_open || matches!(end, TtyEnd::HungUp))
         {
             break;
         }
@@ -127,7 +121,7 @@ async fn relay(engine: Engine, id: String, attached: podman_api::conn::Multiplex
             item = stream.next(), if stream_open => match item {
                 Some(Ok(TtyChunk::StdOut(bytes) | TtyChunk::StdErr(bytes))) => {
                     if output.send(bytes).await.is_err() {
-                        ended = Some(End::HungUp);
+                        ended = Some(TtyEnd::HungUp);
                     }
                 }
                 Some(Ok(TtyChunk::StdIn(_))) => {}
@@ -150,15 +144,15 @@ async fn relay(engine: Engine, id: String, attached: podman_api::conn::Multiplex
                         tracing::debug!(error = %err, "resizing an interactive container");
                     }
                 }
-                None => ended = Some(End::HungUp),
+                None => ended = Some(TtyEnd::HungUp),
             },
-            () = output.closed(), if ended.is_none() => ended = Some(End::HungUp),
+            () = output.closed(), if ended.is_none() => ended = Some(TtyEnd::HungUp),
             code = &mut waiting, if ended.is_none() => {
-                ended = Some(End::Exited(code));
+                ended = Some(TtyEnd::Exited(code));
                 drain_until = Some(Instant::now() + DRAIN);
             }
             () = tokio::time::sleep_until(deadline), if ended.is_none() => {
-                ended = Some(End::TimedOut);
+                ended = Some(TtyEnd::TimedOut);
                 drain_until = Some(Instant::now() + DRAIN);
                 // Removing kills it; its stream then ends.
                 if let Err(err) = remove(&engine, &id, Duration::ZERO).await {
@@ -173,17 +167,5 @@ async fn relay(engine: Engine, id: String, attached: podman_api::conn::Multiplex
     }
     // All output first, then the end.
     drop(output);
-    let answer = match ended {
-        Some(End::Exited(code)) => code,
-        Some(End::TimedOut) => Err(run.timed_out()),
-        Some(End::HungUp) | None => return,
-    };
-    let _ = exit.send(answer);
-}
-
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
+    TtyEnd::report(ended, &run, exit);
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::pty::{Winsize, openpty};
 use paastech_core::drivers::OneOff;
-use paastech_core::interactive::{TtyEnds, TtyInput, TtySize};
+use paastech_core::interactive::{TtyEnd, TtyEnds, TtyInput, TtySize, sleep_until_some};
 use paastech_core::{Error, Result};
 use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, Command};
@@ -98,24 +98,17 @@ fn resize(master: &File, size: TtySize) -> io::Result<()> {
     if done == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// How the relay ended.
-enum End {
-    Exited(i32),
-    TimedOut,
-    HungUp,
-}
-
 async fn relay(mut child: Child, master: AsyncFd<File>, sid: Option<i32>, ends: TtyEnds, run: OneOff) {
     let TtyEnds { mut input, output, exit } = ends;
     let deadline = Instant::now() + run.timeout;
     let mut pending: Vec<u8> = Vec::new();
     let mut buffer = vec![0u8; 16 * 1024];
     let mut output_open = true;
-    let mut ended: Option<End> = None;
+    let mut ended: Option<TtyEnd> = None;
     let mut drain_until: Option<Instant> = None;
     loop {
         if let Some(end) = &ended
-            && (!output_open || matches!(end, End::HungUp))
+            && (!output_open || matches!(end, TtyEnd::HungUp))
         {
             break;
         }
@@ -128,7 +121,7 @@ async fn relay(mut child: Child, master: AsyncFd<File>, sid: Option<i32>, ends: 
                     Ok(Ok(0)) | Ok(Err(_)) => output_open = false,
                     Ok(Ok(n)) => {
                         if output.send(buffer[..n].to_vec()).await.is_err() {
-                            ended = Some(End::HungUp);
+                            ended = Some(TtyEnd::HungUp);
                         }
                     }
                 }
@@ -151,9 +144,9 @@ async fn relay(mut child: Child, master: AsyncFd<File>, sid: Option<i32>, ends: 
                         tracing::debug!(error = %err, "resizing an interactive command's terminal");
                     }
                 }
-                None => ended = Some(End::HungUp),
+                None => ended = Some(TtyEnd::HungUp),
             },
-            () = output.closed(), if ended.is_none() => ended = Some(End::HungUp),
+            () = output.closed(), if ended.is_none() => ended = Some(TtyEnd::HungUp),
             status = child.wait(), if ended.is_none() => {
                 let code = match status {
                     Ok(status) => {
@@ -166,11 +159,11 @@ async fn relay(mut child: Child, master: AsyncFd<File>, sid: Option<i32>, ends: 
                 if let Some(sid) = sid {
                     group::kill_session(sid).await;
                 }
-                ended = Some(End::Exited(code));
+                ended = Some(TtyEnd::Exited(Ok(code)));
                 drain_until = Some(Instant::now() + DRAIN);
             }
             () = tokio::time::sleep_until(deadline), if ended.is_none() => {
-                ended = Some(End::TimedOut);
+                ended = Some(TtyEnd::TimedOut);
                 if let Some(sid) = sid {
                     group::kill_session(sid).await;
                 }
@@ -185,17 +178,5 @@ async fn relay(mut child: Child, master: AsyncFd<File>, sid: Option<i32>, ends: 
     let _ = child.wait().await;
     // All output first, then the end: the caller reads `output` to its end before `exit`.
     drop(output);
-    let answer = match ended {
-        Some(End::Exited(code)) => Ok(code),
-        Some(End::TimedOut) => Err(run.timed_out()),
-        Some(End::HungUp) | None => return,
-    };
-    let _ = exit.send(answer);
-}
-
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
+    TtyEnd::report(ended, &run, exit);
 }

@@ -33,6 +33,7 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Addons { project, command } => addons(&client, out, project, command),
         Command::Webhooks { project, command } => webhooks(&client, out, project, command),
         Command::Cron(project) => cron(&client, out, project),
+        Command::Audit { project, limit, before } => audit(&client, out, project.as_deref(), limit, before),
         Command::Deployments(project) => deployments(&client, out, project),
         Command::Deploy { project, version } => deploy(&client, out, project, version, false),
         Command::Rollback { project, version } => deploy(&client, out, project, version, true),
@@ -870,6 +871,27 @@ fn ps(client: &Client, out: Output, arg: ProjectArg) -> Result<()> {
 
 fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn audit(client: &Client, out: Output, project: Option<&str>, limit: u32, before: Option<i64>) -> Result<()> {
+    let mut path = format!("/audit?limit={limit}");
+    if let Some(project) = project {
+        path.push_str(&format!("&project={}", path_segment(project)));
+    }
+    if let Some(before) = before {
+        path.push_str(&format!("&before={before}"));
+    }
+    let events: Value = client.get(&path)?;
+    if out.json {
+        return out.json(&events);
+    }
+    let rows = rows(&events, &["id", "at", "actor", "address", "project", "action", "detail"]);
+    if rows.is_empty() {
+        println!("No audit records.");
+    } else {
+        print_table(&["ID", "AT", "WHO", "FROM", "PROJECT", "ACTION", "DETAIL"], &rows);
+    }
+    Ok(())
 }
 
 fn nodes(client: &Client, out: Output) -> Result<()> {

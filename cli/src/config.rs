@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub webhooks: WebhooksSection,
     #[serde(default)]
     pub previews: PreviewsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
     /// Mail to users (address checks, password resets, notices); none without it.
     pub smtp: Option<SmtpSection>,
     /// `driver` plus that driver's own keys; checked by the driver registry.
@@ -342,6 +344,25 @@ impl Default for PreviewsSection {
 
 fn default_max_previews() -> i64 {
     paastech_core::previews::DEFAULT_MAX_PER_PROJECT as i64
+}
+
+/// The audit log (`paastech audit`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// How many days records are kept; older ones are dropped (checked every hour).
+    #[serde(default = "default_audit_retention_days")]
+    pub retention_days: std::num::NonZeroU32,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection { retention_days: default_audit_retention_days() }
+    }
+}
+
+fn default_audit_retention_days() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(paastech_core::audit::DEFAULT_RETENTION_DAYS).expect("a default above zero")
 }
 
 /// Prometheus's own listener. Without it, `GET /metrics` is on the API listener, for

@@ -203,6 +203,20 @@ enum Command {
         #[arg(value_name = "memory=MB|cpus=N")]
         settings: Vec<String>,
     },
+    /// Show the audit log, newest first: who changed what, when, from which address. With
+    /// `-p`, that project's records (for its members); without, everything you may read
+    /// (all of it for an admin; else your own actions and your projects' records).
+    Audit {
+        /// Only this project's records.
+        #[arg(short = 'p', long = "project")]
+        project: Option<String>,
+        /// How many records (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only records older than this id (the ID column), for the page before.
+        #[arg(long)]
+        before: Option<i64>,
+    },
     /// List the machines apps run on (one `local` node without a cluster), their state,
     /// and every project's instances on each. Admins only.
     Nodes,

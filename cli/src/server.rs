@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use paastech_acme::{AcmeConfig, AcmeManager};
 use paastech_core::addons::AddonKind;
-use paastech_core::drivers::{ImageBuilder, Runtime};
+use paastech_core::drivers::{ImageBuilder, Pusher, Runtime};
 use paastech_core::logs::LogHub;
-use paastech_core::orchestrator::{CRON_TICK, FOLLOW_INTERVAL, Orchestrator, OrchestratorConfig};
+use paastech_core::orchestrator::{AUDIT_PRUNE_INTERVAL, CRON_TICK, FOLLOW_INTERVAL, Orchestrator, OrchestratorConfig};
 use paastech_core::registry::{DriverContext, ImageRegistry, OptionsSource, Registry};
 use paastech_core::stats::STATS_INTERVAL;
 use paastech_core::{DomainRules, GitVerb, ProjectName, Store};
@@ -632,6 +632,9 @@ async fn serve(settings: Settings) -> Result<()> {
     // Scheduled jobs (app.json `cron`) of each live deployment as it runs again; times
     // missed while the server was down are not run.
     let scheduler = orchestrator.schedule_cron(CRON_TICK);
+    // Audit records past the operator's retention are dropped at start and then hourly.
+    let retention = Duration::from_secs(u64::from(config.audit.retention_days.get()) * 86_400);
+    let audit_pruner = orchestrator.prune_audit_log(retention, AUDIT_PRUNE_INTERVAL);
 
     let signup = match config.auth.signup {
         Signup::Open => SignupPolicy::Open,
@@ -721,6 +724,7 @@ async fn serve(settings: Settings) -> Result<()> {
     }
     sampler.stop().await;
     scheduler.stop().await;
+    audit_pruner.stop().await;
     orchestrator.shutdown().await;
     let _ = ingress.await;
     if let Some(behind_ingress) = behind_ingress {
@@ -794,12 +798,18 @@ impl GitAccess for RepoAccessPolicy {
         self.orchestrator.store().user_by_ssh_fingerprint(fingerprint).await.ok().map(|(_, user)| user.id)
     }
 
-    async fn open_repo(&self, user_id: i64, project: &ProjectName, write: bool) -> paastech_core::Result<RepoAccess> {
+    async fn open_repo(
+        &self,
+        user_id: i64,
+        peer: Option<std::net::IpAddr>,
+        project: &ProjectName,
+        write: bool,
+    ) -> paastech_core::Result<RepoAccess> {
         let verb = if write { GitVerb::Push } else { GitVerb::Fetch };
         let path = self.orchestrator.authorize_repo(user_id, project, verb).await?;
         let access = RepoAccess::new(path);
         Ok(if write {
-            let ticket = self.hooks.register(project, user_id);
+            let ticket = self.hooks.register(project, Pusher { user_id, address: peer });
             access.with_env(ticket.env()).with_guard(ticket)
         } else {
             access

@@ -335,6 +335,14 @@ impl RefUpdate {
     }
 }
 
+/// Who pushes: the user the SSH key belongs to, and the address the push came from (for
+/// the audit log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pusher {
+    pub user_id: i64,
+    pub address: Option<std::net::IpAddr>,
+}
+
 /// Who receives a push before its refs move (git's pre-receive): the orchestrator.
 #[async_trait]
 pub trait PushHandler: Send + Sync {
@@ -344,7 +352,7 @@ pub trait PushHandler: Send + Sync {
     async fn pre_receive(
         &self,
         project: &ProjectName,
-        user_id: i64,
+        pusher: Pusher,
         updates: &[RefUpdate],
         log: Arc<dyn LogSink>,
     ) -> Result<()>;

@@ -5,6 +5,7 @@
 
 pub mod addons;
 pub mod app;
+pub mod audit;
 pub mod certificates;
 pub mod cron;
 pub mod deployment;
@@ -29,6 +30,7 @@ pub mod store;
 pub mod webhooks;
 
 pub use addons::{Addon, AddonKind, AddonName};
+pub use audit::{AuditAction, AuditEvent, AuditRecord, AuditScope};
 pub use certificates::{CertificateState, CertificateStatus, Certificates};
 pub use cron::{CronJob, CronOutcome, CronRun};
 pub use deployment::{Deployment, DeploymentStatus, NewDeployment};

@@ -15,7 +15,7 @@ use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{Build, BuildStatus, EnvVars, Project, ProjectName, Timestamp, User};
 use crate::drivers::{
     Artifact, BuildRequest, ImageBuilder, Instance, InstanceSpec, InstanceState, Limits, LogSink, Node, OneOff,
-    PushHandler, RefUpdate, RepoStore, Runtime, TrafficRouter,
+    PushHandler, Pusher, RefUpdate, RepoStore, Runtime, TrafficRouter,
 };
 use crate::error::{Error, Result};
 use crate::hooks::{BuildHooks, HookContext, NoHooks};
@@ -1655,13 +1655,13 @@ impl PushHandler for Orchestrator {
     async fn pre_receive(
         &self,
         name: &ProjectName,
-        user_id: i64,
+        pusher: Pusher,
         updates: &[RefUpdate],
         log: Arc<dyn LogSink>,
     ) -> Result<()> {
         let project = self.store.project(name).await?;
         // Checked again here: the hook's ticket says who pushes, not that they still may.
-        self.authorize_repo(user_id, name, GitVerb::Push).await?;
+        self.authorize_repo(pusher.user_id, name, GitVerb::Push).await?;
         for update in updates {
             if update.is_delete() && DEPLOY_BRANCHES.contains(&update.refname.as_str()) {
                 return Err(Error::Invalid(format!("{} is the deployed branch; it cannot be deleted", update.refname)));
@@ -1669,11 +1669,13 @@ impl PushHandler for Orchestrator {
         }
         let deploy = updates.iter().rev().find(|u| !u.is_delete() && DEPLOY_BRANCHES.contains(&u.refname.as_str()));
         if let Some(update) = deploy {
-            let deployment = self.deploy_commit(&project, &update.new, Arc::clone(&log)).await?;
+            let deployed = self.deploy_commit(&project, &update.new, Arc::clone(&log)).await;
+            self.record_push(pusher, &project, &update.new, &deployed).await;
+            let deployment = deployed?;
             let url = self.config.app_url.replace("{name}", project.name.as_str());
             log.line(&format!("-----> Deployed {} v{}: {url}", project.name, deployment.version));
         }
-        self.push_previews(&project, updates, &log, deploy.is_some()).await
+        self.push_previews(pusher, &project, updates, &log, deploy.is_some()).await
     }
 }
 
@@ -1844,11 +1846,13 @@ fn web_addrs(instances: &[Instance]) -> Vec<SocketAddr> {
 }
 
 mod addons;
+mod audit;
 mod cron;
 mod follow;
 mod previews;
 mod stats;
 mod webhooks;
+pub use audit::AUDIT_PRUNE_INTERVAL;
 pub use cron::CRON_TICK;
 pub use follow::{Background, FOLLOW_INTERVAL};
 pub use stats::{InstanceStats, ProjectStats};

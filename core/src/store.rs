@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use crate::addons::{Addon, AddonName};
+use crate::audit::{AuditEvent, AuditRecord, AuditScope};
 
 use crate::cron::{CronJob, CronRun};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
@@ -234,4 +235,13 @@ pub trait Store: Send + Sync {
     /// every build still running failed: what a server that stopped mid-way left. Returns
     /// the deployments it marked. Called at start, before any new work is taken.
     async fn interrupt_unfinished(&self, reason: &str) -> Result<Vec<Deployment>>;
+
+    // The audit log.
+    /// Appends one record to the audit log.
+    async fn record_audit(&self, record: &AuditRecord) -> Result<()>;
+    /// The records `scope` lets its reader see, newest first: at most `limit`, and only
+    /// those older than the record `before` (an id) when given.
+    async fn audit_events(&self, scope: &AuditScope, before: Option<i64>, limit: i64) -> Result<Vec<AuditEvent>>;
+    /// Deletes the records made before `cutoff`; returns how many.
+    async fn prune_audit(&self, cutoff: Timestamp) -> Result<u64>;
 }

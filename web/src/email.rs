@@ -8,9 +8,10 @@
 use std::sync::Arc;
 
 use paastech_core::mail::{EmailPurpose, Mail, Mailer};
-use paastech_core::{Error, Result, Timestamp, User};
+use paastech_core::{AuditAction, Error, Result, Timestamp, User};
 
 use crate::AppState;
+use crate::audit;
 use crate::auth;
 use crate::ui::session::SESSION_TOKEN_NAME;
 
@@ -149,6 +150,7 @@ pub async fn reset_password(state: &AppState, token: &str, password: String) -> 
     state.store.set_email_verified(user.id, true).await?;
     let ended = state.store.delete_tokens_named(user.id, &[SESSION_TOKEN_NAME, LOGIN_TOKEN_NAME]).await?;
     tracing::info!(user = user.id, sessions_ended = ended, "password reset");
+    state.audit(audit::by(&user, AuditAction::PasswordReset)).await;
     Ok(User { email_verified: true, ..user })
 }
 

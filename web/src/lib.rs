@@ -3,6 +3,7 @@
 //! core's traits.
 
 pub mod api;
+mod audit;
 pub mod auth;
 mod connections;
 pub mod email;
@@ -141,6 +142,7 @@ pub fn router(state: AppState) -> Router {
     ui::routes()
         .route("/metrics", axum::routing::get(metrics::for_admin))
         .nest("/api/v1", api::routes())
+        .layer(axum::middleware::from_fn(audit::client_address))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::{DEPLOY_BRANCHES, NullSink, Orchestrator};
 use crate::domain::{EnvVars, Project, ProjectName};
-use crate::drivers::{LogSink, RefUpdate};
+use crate::drivers::{LogSink, Pusher, RefUpdate};
 use crate::error::{Error, Result};
 use crate::previews::{PREVIEW_ENV, branch_of, preview_name};
 use crate::store::EnvChanges;
@@ -62,6 +62,7 @@ impl Orchestrator {
     /// deployment does.
     pub(super) async fn push_previews(
         &self,
+        pusher: Pusher,
         project: &Project,
         updates: &[RefUpdate],
         log: &Arc<dyn LogSink>,
@@ -75,7 +76,7 @@ impl Orchestrator {
             let done = if update.is_delete() {
                 self.remove_preview_of(project, branch, log.as_ref()).await
             } else if project.previews_enabled {
-                self.deploy_preview(project, branch, &update.new, log).await
+                self.deploy_preview(pusher, project, branch, &update.new, log).await
             } else {
                 log.line(&format!(
                     "-----> {} stored; only main (or master) deploys (previews are off: `paastech previews on` deploys branches as preview apps)",
@@ -109,6 +110,7 @@ impl Orchestrator {
     /// push is refused and nothing of it is left.
     async fn deploy_preview(
         &self,
+        pusher: Pusher,
         project: &Project,
         branch: &str,
         commit: &str,
@@ -156,6 +158,7 @@ impl Orchestrator {
             self.deploy_commit(&preview, commit, Arc::clone(log)).await
         }
         .await;
+        self.record_push(pusher, &preview, commit, &deployed).await;
         match deployed {
             Ok(deployment) => {
                 let url = self.config.app_url.replace("{name}", preview.name.as_str());

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use super::{INTERRUPTED, Orchestrator, OrchestratorConfig};
 use crate::addons::{Addon, AddonKind, AddonName, BackupReader, BackupWriter};
+use crate::audit::{AuditEvent, AuditRecord, AuditScope};
 use crate::cron::{CronJob, CronOutcome, CronRun};
 use crate::deployment::{Deployment, DeploymentStatus, NewDeployment};
 use crate::domain::{ApiToken, Build, BuildStatus, EnvVars, Project, ProjectName, SshKey, Timestamp, User};
@@ -120,6 +121,7 @@ struct Data {
     webhook_attempts: Vec<WebhookAttempt>,
     build_cron: HashMap<i64, Vec<CronJob>>,
     cron_runs: Vec<CronRun>,
+    audit: Vec<AuditRecord>,
 }
 
 /// The store's contract in memory, for the calls the orchestrator makes.
@@ -608,6 +610,19 @@ impl Store for MemStore {
             build.status = BuildStatus::Failed;
         }
         Ok(interrupted)
+    }
+    async fn record_audit(&self, record: &AuditRecord) -> Result<()> {
+        self.enter("record_audit").await?.audit.push(record.clone());
+        Ok(())
+    }
+    async fn audit_events(&self, _: &AuditScope, _: Option<i64>, _: i64) -> Result<Vec<AuditEvent>> {
+        Self::not_used()
+    }
+    async fn prune_audit(&self, cutoff: Timestamp) -> Result<u64> {
+        let mut data = self.enter("prune_audit").await?;
+        let before = data.audit.len();
+        data.audit.retain(|record| record.at >= cutoff);
+        Ok((before - data.audit.len()) as u64)
     }
 }
 

@@ -33,11 +33,18 @@ pub trait GitAccess: Send + Sync {
     /// `ssh-keygen -l` prints it), if any.
     async fn user_for_key(&self, fingerprint_sha256: &str) -> Option<i64>;
 
-    /// Opens `project`'s repository for `user_id`, to push (`write`) or fetch. Answer
+    /// Opens `project`'s repository for `user_id` (connected from `peer`), to push
+    /// (`write`) or fetch. Answer
     /// `NotFound` when the project is missing or not theirs: both reach the user as the
     /// same "project not found or access denied"; `Forbidden` (a member whose role does
     /// not allow the verb) reaches them with its message.
-    async fn open_repo(&self, user_id: i64, project: &ProjectName, write: bool) -> Result<RepoAccess>;
+    async fn open_repo(
+        &self,
+        user_id: i64,
+        peer: Option<std::net::IpAddr>,
+        project: &ProjectName,
+        write: bool,
+    ) -> Result<RepoAccess>;
 }
 
 /// A repository git may run against.

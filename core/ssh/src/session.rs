@@ -133,7 +133,7 @@ impl Connection {
                 return Start::Refuse(err.to_string());
             }
         };
-        match self.access.open_repo(user_id, &project, service.is_write()).await {
+        match self.access.open_repo(user_id, self.peer.map(|peer| peer.ip()), &project, service.is_write()).await {
             Ok(repo) => Start::Git { service, project, repo, user_id, protocol },
             Err(Error::NotFound(_) | Error::Unauthorized(_)) => {
                 tracing::info!(user_id, project = %project, "git access denied");

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use paastech_core::drivers::{LogSink, PushHandler, RefUpdate, RepoStore};
+use paastech_core::drivers::{LogSink, PushHandler, Pusher, RefUpdate, RepoStore};
 use paastech_core::{Error, ProjectName, Result};
 use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::{self, HookServer};
@@ -57,7 +57,13 @@ impl GitAccess for TestAccess {
         self.keys.get(fingerprint).copied()
     }
 
-    async fn open_repo(&self, user_id: i64, project: &ProjectName, write: bool) -> Result<RepoAccess> {
+    async fn open_repo(
+        &self,
+        user_id: i64,
+        peer: Option<std::net::IpAddr>,
+        project: &ProjectName,
+        write: bool,
+    ) -> Result<RepoAccess> {
         match self.owners.get(project.as_str()) {
             None => return Err(Error::NotFound(format!("no project {project}"))),
             Some(owner) if *owner != user_id => return Err(Error::NotFound(format!("no project {project}"))),
@@ -65,7 +71,7 @@ impl GitAccess for TestAccess {
         }
         let access = RepoAccess::new(self.store.path(project));
         Ok(if write {
-            let ticket = self.hooks.register(project, user_id);
+            let ticket = self.hooks.register(project, Pusher { user_id, address: peer });
             access.with_env(ticket.env()).with_guard(ticket)
         } else {
             access
@@ -78,7 +84,7 @@ impl GitAccess for TestAccess {
 struct TestHandler {
     store: GitRepoStore,
     scratch: PathBuf,
-    seen: Mutex<Vec<(String, i64, Vec<RefUpdate>)>>,
+    seen: Mutex<Vec<(String, Pusher, Vec<RefUpdate>)>>,
     /// A push whose app.txt says WAIT holds its hook until the test releases it.
     release: tokio::sync::Notify,
 }
@@ -88,11 +94,11 @@ impl PushHandler for TestHandler {
     async fn pre_receive(
         &self,
         project: &ProjectName,
-        user_id: i64,
+        pusher: Pusher,
         updates: &[RefUpdate],
         log: Arc<dyn LogSink>,
     ) -> Result<()> {
-        self.seen.lock().expect("lock").push((project.to_string(), user_id, updates.to_vec()));
+        self.seen.lock().expect("lock").push((project.to_string(), pusher, updates.to_vec()));
         for update in updates.iter().filter(|u| !u.is_delete()) {
             let dest = self.scratch.join(&update.new);
             self.store.export(project, &update.new, &dest).await?;
@@ -298,7 +304,9 @@ async fn push_builds_then_clone_and_fetch() {
 
     let seen = f.handler.seen.lock().expect("lock").clone();
     let expected = vec![RefUpdate { refname: "refs/heads/main".into(), old: "0".repeat(40), new: head.clone() }];
-    assert_eq!(seen, vec![("blog".to_owned(), ALICE, expected)]);
+    // The hook learns who pushed, and from where (the SSH peer, for the audit log).
+    let loopback = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    assert_eq!(seen, vec![("blog".to_owned(), Pusher { user_id: ALICE, address: loopback }, expected)]);
     let exported = f.dir.path().join("scratch").join(&head).join("app.txt");
     assert_eq!(std::fs::read_to_string(exported).expect("exported during the hook"), "hello over ssh");
 

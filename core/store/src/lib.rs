@@ -31,7 +31,7 @@ use paastech_core::{
     HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Stopped, Store, Timestamp, TotpEnrolment, User,
     Webhook, WebhookAttempt, WebhookEvent,
 };
-use paastech_core::{Collaborator, CronJob, CronRun, Role};
+use paastech_core::{AuditEvent, AuditRecord, AuditScope, Collaborator, CronJob, CronRun, Role};
 
 use crate::conn::{Pools, write_tx};
 use crate::error::{StoreError, conflict_on_unique, missing_or_taken, not_found, not_found_on_fk};
@@ -1799,6 +1799,64 @@ impl Store for SqlStore {
                 }
                 Ok(interrupted)
             })
+        })
+    }
+
+    async fn record_audit(&self, record: &AuditRecord) -> Result<()> {
+        let record = record.clone();
+        with_conn!(self, |conn| {
+            diesel::insert_into(audit_events::table)
+                .values((
+                    audit_events::at.eq(record.at.0),
+                    audit_events::actor_id.eq(record.actor.as_ref().map(|(id, _)| *id)),
+                    audit_events::actor.eq(record.actor.as_ref().map(|(_, email)| email.as_str())),
+                    audit_events::address.eq(record.address.map(|address| address.to_string())),
+                    audit_events::project_id.eq(record.project.as_ref().map(|(id, _)| *id)),
+                    audit_events::project.eq(record.project.as_ref().map(|(_, name)| name.as_str())),
+                    audit_events::action.eq(record.action.as_str()),
+                    audit_events::detail.eq(&record.detail),
+                ))
+                .execute(conn)?;
+            Ok(())
+        })
+    }
+
+    async fn audit_events(&self, scope: &AuditScope, before: Option<i64>, limit: i64) -> Result<Vec<AuditEvent>> {
+        let scope = scope.clone();
+        with_conn!(self, |conn| {
+            let mut query = audit_events::table
+                .select(AuditEventRow::as_select())
+                .order(audit_events::id.desc())
+                .limit(limit.max(0))
+                .into_boxed();
+            match &scope {
+                AuditScope::All => {}
+                AuditScope::Project(project_id) => query = query.filter(audit_events::project_id.eq(*project_id)),
+                AuditScope::Member { user_id, project_ids } => {
+                    // The preview apps of the member's projects are theirs to read too.
+                    let previews = projects::table
+                        .filter(projects::preview_of.eq_any(project_ids.clone()))
+                        .select(projects::id.nullable());
+                    query = query.filter(
+                        audit_events::actor_id
+                            .eq(*user_id)
+                            .or(audit_events::project_id.eq_any(project_ids.clone()))
+                            .or(audit_events::project_id.eq_any(previews)),
+                    );
+                }
+            }
+            if let Some(before) = before {
+                query = query.filter(audit_events::id.lt(before));
+            }
+            let rows: Vec<AuditEventRow> = query.load(conn)?;
+            Ok(rows.into_iter().map(AuditEvent::from).collect::<Vec<_>>())
+        })
+    }
+
+    async fn prune_audit(&self, cutoff: Timestamp) -> Result<u64> {
+        with_conn!(self, |conn| {
+            let deleted = diesel::delete(audit_events::table.filter(audit_events::at.lt(cutoff.0))).execute(conn)?;
+            Ok(deleted as u64)
         })
     }
 }

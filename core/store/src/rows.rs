@@ -9,14 +9,14 @@ use paastech_core::{
     Addon, AddonName, ApiToken, Build, BuildStatus, Deployment, DeploymentStatus, Domain, EnvVars, Error, Hostname,
     PreviewOf, Project, ProjectName, SshKey, Timestamp, User, Webhook, WebhookAttempt, WebhookEvent,
 };
-use paastech_core::{Collaborator, Role};
+use paastech_core::{AuditEvent, Collaborator, Role};
 use paastech_core::{CronJob, CronOutcome, CronRun};
 
 use crate::secrets::Keyring;
 
 use crate::schema::{
-    addons, api_tokens, builds, collaborators, cron_runs, deployments, domains, projects, ssh_keys, users,
-    webhook_attempts, webhooks,
+    addons, api_tokens, audit_events, builds, collaborators, cron_runs, deployments, domains, projects, ssh_keys,
+    users, webhook_attempts, webhooks,
 };
 
 #[derive(Queryable, Selectable)]
@@ -468,4 +468,34 @@ pub(crate) fn cron_jobs_to_json(jobs: &[CronJob]) -> Result<String, Error> {
 
 pub(crate) fn cron_jobs_from_json(text: &str) -> Result<Vec<CronJob>, Error> {
     from_json(text, "cron jobs")
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = audit_events)]
+pub(crate) struct AuditEventRow {
+    pub id: i64,
+    pub at: i64,
+    pub actor_id: Option<i64>,
+    pub actor: Option<String>,
+    pub address: Option<String>,
+    pub project_id: Option<i64>,
+    pub project: Option<String>,
+    pub action: String,
+    pub detail: String,
+}
+
+impl From<AuditEventRow> for AuditEvent {
+    fn from(row: AuditEventRow) -> AuditEvent {
+        AuditEvent {
+            id: row.id,
+            at: Timestamp(row.at),
+            actor_id: row.actor_id,
+            actor: row.actor,
+            address: row.address,
+            project_id: row.project_id,
+            project: row.project,
+            action: row.action,
+            detail: row.detail,
+        }
+    }
 }

@@ -236,6 +236,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// The audit log; no foreign keys: a record outlives what it names.
+    audit_events (id) {
+        id -> BigInt,
+        at -> BigInt,
+        actor_id -> Nullable<BigInt>,
+        actor -> Nullable<Text>,
+        address -> Nullable<Text>,
+        project_id -> Nullable<BigInt>,
+        project -> Nullable<Text>,
+        action -> Text,
+        detail -> Text,
+    }
+}
+
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(email_tokens -> users (user_id));
 diesel::joinable!(user_totp -> users (user_id));
@@ -270,4 +285,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     user_totp,
     recovery_codes,
     collaborators,
+    audit_events,
 );

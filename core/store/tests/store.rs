@@ -13,8 +13,8 @@ use paastech_core::drivers::Limits;
 use paastech_core::mail::EmailPurpose;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
-    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, PreviewOf, ProjectName, Role, Stopped, Store,
-    Timestamp, User, WebhookAttempt, WebhookEvent,
+    AuditAction, AuditRecord, AuditScope, DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, PreviewOf,
+    ProjectName, Role, Stopped, Store, Timestamp, User, WebhookAttempt, WebhookEvent,
 };
 use paastech_store::{DatabaseKind, Keyring, SqlStore, pending_path, restore_snapshot, rotate_key, snapshot};
 
@@ -196,6 +196,7 @@ suite!(
     a_transfer_moves_the_owner_with_previews_and_keeps_the_old_one_as_owner,
     a_disabled_user_has_no_tokens_and_no_ssh_login,
     a_user_is_deleted_only_without_projects_and_takes_their_rows,
+    audit_records_outlive_what_they_name_and_are_read_by_scope,
 );
 
 fn host(s: &str) -> Hostname {
@@ -1528,4 +1529,65 @@ async fn totp_is_sealed_confirmed_refuses_replays_and_recovery_codes_work_once(d
     assert!(!store.delete_totp(alice.id).await.expect("gone"));
     assert_eq!(store.totp(alice.id).await.expect("read"), None);
     assert!(!store.use_recovery_code(alice.id, "hash-4").await.expect("codes went with it"));
+}
+
+async fn audit_records_outlive_what_they_name_and_are_read_by_scope(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let bob = new_user(&store, "bob@example.com").await;
+    let shop = store.create_project(alice.id, &name("shop")).await.expect("create");
+    let blog = store.create_project(bob.id, &name("blog")).await.expect("create");
+    let preview = store.create_preview(&shop, &name("login--shop"), "login").await.expect("preview");
+    let address: std::net::IpAddr = "192.0.2.7".parse().expect("address");
+    let record = |action, actor: &User| AuditRecord::new(action, Some(actor), Some(address));
+    store.record_audit(&record(AuditAction::Login, &alice)).await.expect("record");
+    store.record_audit(&record(AuditAction::EnvChanged, &alice).on(&shop).detail("set A")).await.expect("record");
+    store.record_audit(&record(AuditAction::Deployed, &alice).on(&preview).detail("v1")).await.expect("record");
+    store.record_audit(&record(AuditAction::Login, &bob)).await.expect("record");
+    store.record_audit(&record(AuditAction::Scaled, &bob).on(&blog).detail("web=2")).await.expect("record");
+    let mut unknown = AuditRecord::new(AuditAction::LoginFailed, None, None).detail("unknown account");
+    unknown.at = Timestamp(unknown.at.0 - 10_000);
+    store.record_audit(&unknown).await.expect("record");
+
+    let actions = |events: Vec<paastech_core::AuditEvent>| -> Vec<String> {
+        events.into_iter().map(|e| format!("{} {}", e.action, e.project.unwrap_or_default())).collect()
+    };
+    let all = store.audit_events(&AuditScope::All, None, 100).await.expect("all");
+    assert_eq!(all.len(), 6);
+    assert!(all.windows(2).all(|pair| pair[0].id > pair[1].id), "newest first: {all:?}");
+    let env = &all[4];
+    assert_eq!(
+        (env.action.as_str(), env.actor.as_deref(), env.actor_id, env.address.as_deref()),
+        ("env.change", Some("alice@example.com"), Some(alice.id), Some("192.0.2.7"))
+    );
+    assert_eq!((env.project.as_deref(), env.project_id, env.detail.as_str()), (Some("shop"), Some(shop.id), "set A"));
+    assert_eq!((all[0].actor.as_deref(), all[0].address.as_deref()), (None, None));
+
+    // Paging: older than a record, at most `limit`.
+    let page = store.audit_events(&AuditScope::All, Some(all[1].id), 2).await.expect("page");
+    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [all[2].id, all[3].id]);
+
+    let of_shop = store.audit_events(&AuditScope::Project(shop.id), None, 100).await.expect("project");
+    assert_eq!(actions(of_shop), ["env.change shop"]);
+    // Bob collaborates on shop: he reads its records and its preview's, and his own, not
+    // alice's login.
+    let bob_view = AuditScope::Member { user_id: bob.id, project_ids: vec![blog.id, shop.id] };
+    let seen = actions(store.audit_events(&bob_view, None, 100).await.expect("member"));
+    assert_eq!(seen, ["scale blog", "login ", "deploy login--shop", "env.change shop"]);
+    let alone = AuditScope::Member { user_id: bob.id, project_ids: vec![] };
+    assert_eq!(actions(store.audit_events(&alone, None, 100).await.expect("member")), ["scale blog", "login "]);
+
+    // Records outlive the project they name: deleting it keeps them, and a new project of
+    // the same name does not inherit them.
+    store.delete_project(blog.id).await.expect("delete");
+    let again = store.create_project(alice.id, &name("blog")).await.expect("create");
+    assert!(store.audit_events(&AuditScope::Project(again.id), None, 100).await.expect("project").is_empty());
+    assert_eq!(store.audit_events(&AuditScope::All, None, 100).await.expect("all").len(), 6);
+
+    // Pruning drops what is older than the cutoff only.
+    let pruned = store.prune_audit(Timestamp(Timestamp::now().0 - 5_000)).await.expect("prune");
+    assert_eq!(pruned, 1);
+    let left = store.audit_events(&AuditScope::All, None, 100).await.expect("all");
+    assert_eq!(left.len(), 5);
+    assert!(left.iter().all(|e| e.action != "login.failed"));
 }

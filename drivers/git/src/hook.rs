@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use paastech_core::drivers::{LogSink, PushHandler, RefUpdate};
+use paastech_core::drivers::{LogSink, PushHandler, Pusher, RefUpdate};
 use paastech_core::{Error, ProjectName, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -72,7 +72,7 @@ enum Reply {
 #[derive(Debug, Clone)]
 struct Registration {
     project: ProjectName,
-    user_id: i64,
+    pusher: Pusher,
 }
 
 type Tickets = Arc<Mutex<HashMap<String, Registration>>>;
@@ -131,12 +131,12 @@ impl HookServer {
         &self.socket
     }
 
-    /// Authorizes one hook run for `project` as `user_id`. Pass [`HookTicket::env`] to the
+    /// Authorizes one hook run for `project` by `pusher`. Pass [`HookTicket::env`] to the
     /// `git receive-pack` child and keep the ticket until it exits: dropping it revokes the
     /// token. A token is good for one hook run.
-    pub fn register(&self, project: &ProjectName, user_id: i64) -> HookTicket {
+    pub fn register(&self, project: &ProjectName, pusher: Pusher) -> HookTicket {
         let token: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
-        lock(&self.tickets).insert(token.clone(), Registration { project: project.clone(), user_id });
+        lock(&self.tickets).insert(token.clone(), Registration { project: project.clone(), pusher });
         HookTicket { token, socket: self.socket.clone(), exe: self.exe.clone(), tickets: self.tickets.clone() }
     }
 
@@ -183,7 +183,7 @@ impl HookServer {
             serde_json::from_str(&line).map_err(|err| format!("the hook sent a malformed request: {err}"))?;
         // One use per token: a leaked token cannot start a second build.
         let registration = lock(&self.tickets).remove(&request.token);
-        let Some(Registration { project, user_id }) = registration else {
+        let Some(Registration { project, pusher }) = registration else {
             tracing::warn!("hook connection with an unknown token refused");
             return Err("this push was not authorized by the PaaSTech server".to_owned());
         };
@@ -205,17 +205,17 @@ impl HookServer {
         let sink: Arc<dyn LogSink> = queue.clone();
         let handler = self.handler.clone();
         let push = tokio::spawn(async move {
-            let result = handler.pre_receive(&project, user_id, &updates, sink).await;
+            let result = handler.pre_receive(&project, pusher, &updates, sink).await;
             (project, result)
         });
         let outcome = relay(&queue, write, push).await;
         match outcome {
             Ok((project, Ok(()))) => {
-                tracing::info!(project = %project, user_id, "push accepted");
+                tracing::info!(project = %project, user_id = pusher.user_id, "push accepted");
                 Ok(())
             }
             Ok((project, Err(err))) => {
-                tracing::info!(project = %project, user_id, error = %err, "push rejected");
+                tracing::info!(project = %project, user_id = pusher.user_id, error = %err, "push rejected");
                 Err(err.to_string())
             }
             Err(err) => {

@@ -10,7 +10,7 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use paastech_core::drivers::{LogSink, PushHandler, RefUpdate, RepoStore};
+use paastech_core::drivers::{LogSink, PushHandler, Pusher, RefUpdate, RepoStore};
 use paastech_core::{Error, ProjectName, Result};
 use paastech_driver_git::GitRepoStore;
 use paastech_driver_git::hook::{self, HookServer};
@@ -35,7 +35,7 @@ fn main() {
 struct TestHandler {
     store: GitRepoStore,
     scratch: PathBuf,
-    seen: Mutex<Vec<(String, i64, Vec<RefUpdate>)>>,
+    seen: Mutex<Vec<(String, Pusher, Vec<RefUpdate>)>>,
 }
 
 #[async_trait]
@@ -43,11 +43,11 @@ impl PushHandler for TestHandler {
     async fn pre_receive(
         &self,
         project: &ProjectName,
-        user_id: i64,
+        pusher: Pusher,
         updates: &[RefUpdate],
         log: Arc<dyn LogSink>,
     ) -> Result<()> {
-        self.seen.lock().expect("lock").push((project.to_string(), user_id, updates.to_vec()));
+        self.seen.lock().expect("lock").push((project.to_string(), pusher, updates.to_vec()));
         for update in updates.iter().filter(|u| !u.is_delete()) {
             let dest = self.scratch.join(&update.new);
             self.store.export(project, &update.new, &dest).await?;
@@ -142,7 +142,7 @@ fn remote_main(f: &Fixture) -> Option<String> {
 async fn push_runs_handler_and_export_reads_quarantine() {
     let f = fixture().await;
     let head = commit(&f.work, "hello").await;
-    let ticket = f.hooks.register(&f.project, 7);
+    let ticket = f.hooks.register(&f.project, Pusher { user_id: 7, address: None });
     let out = push(&f, &ticket.env()).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "push failed: {stderr}");
@@ -153,7 +153,7 @@ async fn push_runs_handler_and_export_reads_quarantine() {
     let seen = f.handler.seen.lock().expect("lock").clone();
     assert_eq!(seen.len(), 1);
     let (project, user, updates) = &seen[0];
-    assert_eq!((project.as_str(), *user), ("blog", 7));
+    assert_eq!((project.as_str(), user.user_id), ("blog", 7));
     assert_eq!(updates, &vec![RefUpdate { refname: "refs/heads/main".into(), old: "0".repeat(40), new: head.clone() }]);
 
     // What the handler exported inside the hook: content, exec bit, symlink, no .git.
@@ -176,13 +176,13 @@ async fn push_runs_handler_and_export_reads_quarantine() {
 async fn handler_error_rejects_push() {
     let f = fixture().await;
     let good = commit(&f.work, "fine").await;
-    let ticket = f.hooks.register(&f.project, 1);
+    let ticket = f.hooks.register(&f.project, Pusher { user_id: 1, address: None });
     let out = push(&f, &ticket.env()).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     drop(ticket);
 
     commit(&f.work, "please FAIL").await;
-    let ticket = f.hooks.register(&f.project, 1);
+    let ticket = f.hooks.register(&f.project, Pusher { user_id: 1, address: None });
     let out = push(&f, &ticket.env()).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "push should fail: {stderr}");
@@ -195,7 +195,7 @@ async fn handler_error_rejects_push() {
 async fn unknown_or_revoked_token_is_refused() {
     let f = fixture().await;
     commit(&f.work, "hello").await;
-    let ticket = f.hooks.register(&f.project, 1);
+    let ticket = f.hooks.register(&f.project, Pusher { user_id: 1, address: None });
     let mut env = ticket.env();
     drop(ticket);
     let out = push(&f, &env).await;
@@ -214,7 +214,7 @@ async fn unknown_or_revoked_token_is_refused() {
     assert_eq!(remote_main(&f), None);
 
     // A token is good for one hook run only.
-    let ticket = f.hooks.register(&f.project, 1);
+    let ticket = f.hooks.register(&f.project, Pusher { user_id: 1, address: None });
     let out = push(&f, &ticket.env()).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     commit(&f.work, "second").await;

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use paastech_core::{ApiToken, Error, SshKey, Timestamp, User, validate_email};
+use paastech_core::{ApiToken, AuditAction, Error, SshKey, Timestamp, User, validate_email};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -12,6 +12,7 @@ use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
 use super::{JsonBody, PathParam};
 use crate::AppState;
 use crate::SignupPolicy;
+use crate::audit;
 use crate::auth::{self, ClientIp, CurrentUser, MaybeUser};
 use crate::error::{ApiResult, ErrorStatus, error_response};
 
@@ -178,6 +179,11 @@ pub async fn signup(
     let hash = auth::hash_password(body.password).await?;
     let mut user = state.store.create_user(&email, &hash).await?;
     tracing::info!(user = user.id, admin = user.is_admin, "account created");
+    let record = match &caller {
+        Some(admin) if admin.is_admin => audit::by(admin, AuditAction::Signup).detail(format!("created {email}")),
+        _ => audit::by(&user, AuditAction::Signup),
+    };
+    state.audit(record).await;
     crate::email::account_created(&state, &user).await?;
     user.email_verified = state.mail.is_none();
     Ok((StatusCode::CREATED, Json(user.into())))
@@ -222,11 +228,17 @@ pub async fn login(
     let hash = found.as_ref().map(|(_, hash)| hash.clone());
     if !auth::verify_password(body.password, hash).await {
         tracing::warn!(%ip, "failed login");
+        let record = match &found {
+            Some((user, _)) => audit::by(user, AuditAction::LoginFailed).detail("api: wrong password"),
+            None => audit::anonymous(AuditAction::LoginFailed).detail("api: no such account"),
+        };
+        state.audit(record).await;
         return Err(Error::Unauthorized("wrong email or password".into()).into());
     }
     let (user, _) = found.expect("verify_password is false without a user");
     if user.disabled {
         attempt.succeeded();
+        state.audit(audit::by(&user, AuditAction::LoginFailed).detail("api: account disabled")).await;
         // Only after the password: the answer tells nothing to who does not know it.
         return Err(Error::Forbidden("this account is disabled; ask an admin".into()).into());
     }
@@ -242,6 +254,7 @@ pub async fn login(
         };
         if !crate::two_factor::check(&state, &user, code).await? {
             tracing::warn!(%ip, user = user.id, "failed login: wrong two-factor code");
+            state.audit(audit::by(&user, AuditAction::LoginFailed).detail("api: wrong two-factor code")).await;
             return Err(Error::Unauthorized("wrong two-factor code".into()).into());
         }
     }
@@ -249,6 +262,7 @@ pub async fn login(
     let token = auth::new_token();
     let expires = Timestamp(Timestamp::now().0 + LOGIN_TOKEN_LIFETIME_MS);
     state.store.create_token(user.id, crate::email::LOGIN_TOKEN_NAME, &auth::token_hash(&token), Some(expires)).await?;
+    state.audit(audit::by(&user, AuditAction::Login).detail("api")).await;
     Ok(Json(LoginResponse { token, expires_at: expires.to_rfc3339(), user: user.into() }).into_response())
 }
 
@@ -290,6 +304,7 @@ pub async fn create_token(
     check_name("token", &body.name)?;
     let token = auth::new_token();
     let stored = state.store.create_token(user.id, body.name.trim(), &auth::token_hash(&token), None).await?;
+    state.audit(audit::by(&user, AuditAction::TokenCreated).detail(stored.name.clone())).await;
     Ok((StatusCode::CREATED, Json(TokenCreated { id: stored.id, name: stored.name, token, expires_at: None })))
 }
 
@@ -301,7 +316,7 @@ pub async fn delete_token(
     CurrentUser(user): CurrentUser,
     PathParam(id): PathParam<i64>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_token(user.id, id).await?;
+    revoke_token(&state, &user, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -332,6 +347,7 @@ pub async fn add_key(
     check_name("key", &name)?;
     let key = state.store.add_ssh_key(user.id, &name, &parsed.fingerprint, &parsed.openssh).await?;
     tracing::info!(user = user.id, fingerprint = %key.fingerprint, "ssh key added");
+    state.audit(audit::by(&user, AuditAction::KeyAdded).detail(format!("{} {}", key.name, key.fingerprint))).await;
     Ok((StatusCode::CREATED, Json(key.into())))
 }
 
@@ -343,6 +359,23 @@ pub async fn delete_key(
     CurrentUser(user): CurrentUser,
     PathParam(id): PathParam<i64>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_ssh_key(user.id, id).await?;
+    remove_key(&state, &user, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes one of `user`'s tokens (a session is one), recording its name.
+pub(crate) async fn revoke_token(state: &AppState, user: &User, id: i64) -> Result<(), Error> {
+    let name = state.store.tokens(user.id).await?.into_iter().find(|t| t.id == id).map(|t| t.name);
+    state.store.delete_token(user.id, id).await?;
+    state.audit(audit::by(user, AuditAction::TokenDeleted).detail(name.unwrap_or_else(|| format!("#{id}")))).await;
+    Ok(())
+}
+
+/// Removes one of `user`'s SSH keys, recording its name and fingerprint.
+pub(crate) async fn remove_key(state: &AppState, user: &User, id: i64) -> Result<(), Error> {
+    let key = state.store.ssh_keys(user.id).await?.into_iter().find(|k| k.id == id);
+    state.store.delete_ssh_key(user.id, id).await?;
+    let detail = key.map_or_else(|| format!("#{id}"), |key| format!("{} {}", key.name, key.fingerprint));
+    state.audit(audit::by(user, AuditAction::KeyDeleted).detail(detail)).await;
+    Ok(())
 }

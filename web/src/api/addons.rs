@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use paastech_core::Role;
-use paastech_core::{Addon, AddonName, Error};
+use paastech_core::{Addon, AddonName, AuditAction, Error};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::{ReaderStream, StreamReader};
 use utoipa::ToSchema;
@@ -25,6 +25,7 @@ use super::projects::project_for;
 use super::schemas::{AddonNameSchema, ProjectNameSchema};
 use super::{JsonBody, PathParam};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
@@ -107,6 +108,8 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<AddonChange>)> {
     let project = project_for(&state, &user, &name, Role::Developer).await?;
     let (addon, deployment) = state.orchestrator.create_addon(&project, &body.kind, body.name.as_deref()).await?;
+    let detail = format!("{} ({})", addon.name, addon.kind);
+    state.audit(audit::by(&user, AuditAction::AddonCreated).on(&project).detail(detail)).await;
     let change = AddonChange { addon: addon.into(), deployment_version: deployment.map(|d| d.version) };
     Ok((StatusCode::CREATED, Json(change)))
 }
@@ -143,6 +146,7 @@ pub async fn destroy(
 ) -> ApiResult<StatusCode> {
     let project = project_for(&state, &user, &name, Role::Developer).await?;
     state.orchestrator.destroy_addon(&project, &addon_name(&addon)?).await?;
+    state.audit(audit::by(&user, AuditAction::AddonDestroyed).on(&project).detail(addon)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -221,6 +225,7 @@ pub async fn restore(
         return Ok(crate::error::error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message));
     }
     restored?;
+    state.audit(audit::by(&user, AuditAction::AddonRestored).on(&project).detail(addon.to_string())).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

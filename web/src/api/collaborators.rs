@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use paastech_core::AuditAction;
 use paastech_core::{Collaborator, Error, Project, Role, User};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,6 +15,7 @@ use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{JsonBody, PathParam};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
@@ -143,6 +145,8 @@ pub(crate) async fn add_member(
     let had = state.store.collaborator_role(project.id, user.id).await?;
     let member = state.store.set_collaborator(project.id, user.id, role).await?;
     tracing::info!(project = %project.name, user = user.id, role = %role, by = by.id, "collaborator set");
+    let detail = format!("{} as {role}", user.email);
+    state.audit(audit::by(by, AuditAction::CollaboratorAdded).on(project).detail(detail)).await;
     if had != Some(role) {
         crate::email::collaborator_added(state, project.name.as_str(), &user.email, &role.to_string(), &by.email);
     }
@@ -151,14 +155,14 @@ pub(crate) async fn add_member(
 }
 
 /// Finds a member's row by email or user id (digits).
-async fn member_id(state: &AppState, project: &Project, member: &str) -> Result<i64, Error> {
+async fn member_id(state: &AppState, project: &Project, member: &str) -> Result<(i64, String), Error> {
     let rows = state.store.collaborators(project.id).await?;
     let found = match member.parse::<i64>() {
         Ok(id) => rows.iter().find(|c| c.user_id == id),
         Err(_) => rows.iter().find(|c| c.email == member),
     };
     match found {
-        Some(c) => Ok(c.user_id),
+        Some(c) => Ok((c.user_id, c.email.clone())),
         None if project.owner_id.to_string() == member || state.store.user(project.owner_id).await?.email == member => {
             Err(Error::Conflict("the project's owner cannot be removed: transfer the project first".into()))
         }
@@ -216,9 +220,10 @@ pub async fn remove(
 
 pub(crate) async fn remove_member(state: &AppState, by: &User, project: &Project, member: &str) -> Result<(), Error> {
     not_a_preview(project)?;
-    let user_id = member_id(state, project, member).await?;
+    let (user_id, email) = member_id(state, project, member).await?;
     state.store.remove_collaborator(project.id, user_id).await?;
     tracing::info!(project = %project.name, user = user_id, by = by.id, "collaborator removed");
+    state.audit(audit::by(by, AuditAction::CollaboratorRemoved).on(project).detail(email)).await;
     Ok(())
 }
 
@@ -249,5 +254,6 @@ pub(crate) async fn transfer_project(
     let to = member_to_be(state, email).await?;
     let project = state.store.transfer_project(project.id, to.id).await?;
     tracing::info!(project = %project.name, to = to.id, by = by.id, "project transferred");
+    state.audit(audit::by(by, AuditAction::ProjectTransferred).on(&project).detail(format!("to {}", to.email))).await;
     Ok(project)
 }

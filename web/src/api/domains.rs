@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use paastech_core::AuditAction;
 use paastech_core::Role;
 use paastech_core::{CertificateState, CertificateStatus, Domain};
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,7 @@ use super::projects::project_for;
 use super::schemas::{DomainNameSchema, ProjectNameSchema};
 use super::{JsonBody, PathParam};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
@@ -103,6 +105,7 @@ pub async fn add(
 ) -> ApiResult<(StatusCode, Json<DomainView>)> {
     let project = project_for(&state, &user, &name, Role::Developer).await?;
     let domain = state.orchestrator.add_domain(&project, &body.domain).await?;
+    state.audit(audit::by(&user, AuditAction::DomainAdded).on(&project).detail(domain.name.to_string())).await;
     Ok((StatusCode::CREATED, Json(view(&state, domain))))
 }
 
@@ -117,5 +120,6 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     let project = project_for(&state, &user, &name, Role::Developer).await?;
     state.orchestrator.remove_domain(&project, &domain).await?;
+    state.audit(audit::by(&user, AuditAction::DomainRemoved).on(&project).detail(domain)).await;
     Ok(StatusCode::NO_CONTENT)
 }

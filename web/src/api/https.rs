@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use paastech_core::AuditAction;
 use paastech_core::Role;
 use paastech_core::https::MAX_HSTS_MAX_AGE;
 use paastech_core::{HttpsChange, HttpsPolicy};
@@ -13,6 +14,7 @@ use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{JsonBody, PathParam};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
@@ -98,5 +100,16 @@ pub async fn patch(
 ) -> ApiResult<Json<HttpsView>> {
     let project = project_for(&state, &user, &name, Role::Developer).await?;
     let change = body.change()?;
-    Ok(Json(state.orchestrator.set_https(&project, change).await?.into()))
+    let policy = state.orchestrator.set_https(&project, change).await?;
+    state.audit(audit::by(&user, AuditAction::HttpsChanged).on(&project).detail(https_detail(&policy))).await;
+    Ok(Json(policy.into()))
+}
+
+/// An HTTPS policy change's detail: `redirect on, hsts off`.
+pub(crate) fn https_detail(policy: &HttpsPolicy) -> String {
+    let redirect = if policy.redirect { "on" } else { "off" };
+    match policy.hsts_max_age {
+        Some(max_age) => format!("redirect {redirect}, hsts max-age {max_age}"),
+        None => format!("redirect {redirect}, hsts off"),
+    }
 }

@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use paastech_core::AuditAction;
 use paastech_core::Role;
 use paastech_core::{Error, Stopped};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{PathParam, RawBody};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
@@ -85,6 +87,7 @@ pub async fn stop(
     let process = process_of(&body)?;
     let stopped = state.orchestrator.stop(&project, process.as_deref()).await?;
     tracing::info!(project = %project.name, user = user.id, process = process.as_deref().unwrap_or("*"), "stopped");
+    state.audit(audit::by(&user, AuditAction::Stopped).on(&project).detail(process_detail(process.as_deref()))).await;
     Ok(Json(stopped_view(&state, &project, &stopped).await))
 }
 
@@ -106,6 +109,7 @@ pub async fn start(
     let process = process_of(&body)?;
     let stopped = state.orchestrator.start(&project, process.as_deref()).await?;
     tracing::info!(project = %project.name, user = user.id, process = process.as_deref().unwrap_or("*"), "started");
+    state.audit(audit::by(&user, AuditAction::Started).on(&project).detail(process_detail(process.as_deref()))).await;
     Ok(Json(stopped_view(&state, &project, &stopped).await))
 }
 
@@ -129,7 +133,13 @@ pub async fn restart(
     let process = process_of(&body)?;
     let restarted = state.orchestrator.restart(&project, process.as_deref()).await?;
     tracing::info!(project = %project.name, user = user.id, instances = restarted.len(), "restarted");
+    state.audit(audit::by(&user, AuditAction::Restarted).on(&project).detail(process_detail(process.as_deref()))).await;
     Ok(Json(RestartView { restarted }))
+}
+
+/// A stop, start or restart's detail: the process type, or the whole project.
+pub(crate) fn process_detail(process: Option<&str>) -> String {
+    process.map_or_else(|| "all processes".to_owned(), |process| format!("process {process}"))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod addons;
+pub(crate) mod audit;
 pub(crate) mod collaborators;
 pub(crate) mod cron;
 pub(crate) mod domains;
@@ -51,6 +52,7 @@ pub fn routes() -> Router<AppState> {
         .route("/users/{user}", patch(users::patch).delete(users::delete))
         .route("/users/{user}/2fa", delete(two_factor::admin_reset))
         .route("/nodes", get(nodes::list))
+        .route("/audit", get(audit::list))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/{name}", get(projects::get).delete(projects::delete))
         .route("/projects/{name}/collaborators", get(collaborators::list).post(collaborators::add))
@@ -117,7 +119,7 @@ async fn openapi() -> ApiResult<Response> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts (and, for admins, users), SSH keys, projects, their collaborators, config, custom domains, HTTPS policy, add-ons (databases), deploy webhooks, scheduled jobs, preview apps, deployments, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
+    info(title = "PaaSTech API", description = "Self-hosted PaaS: accounts (and, for admins, users), SSH keys, projects, their collaborators, config, custom domains, HTTPS policy, add-ons (databases), deploy webhooks, scheduled jobs, preview apps, deployments, the audit log, and (for admins) the nodes apps run on. Authenticate with `Authorization: Bearer <token>`."),
     servers((url = "/api/v1")),
     paths(
         healthz,
@@ -128,6 +130,7 @@ async fn openapi() -> ApiResult<Response> {
         users::patch, users::delete,
         two_factor::start_enrolment, two_factor::confirm_enrolment, two_factor::disable_own, two_factor::admin_reset,
         nodes::list,
+        audit::list,
         projects::list, projects::create, projects::get, projects::delete,
         collaborators::list, collaborators::add, collaborators::remove, collaborators::transfer,
         projects::get_env, projects::patch_env, projects::get_scale, projects::put_scale,

@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use paastech_core::AuditAction;
 use paastech_core::Project;
 use paastech_core::Role;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{JsonBody, PathParam};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
@@ -85,5 +87,7 @@ pub async fn put(
 ) -> ApiResult<Json<PreviewsView>> {
     let project = project_for(&state, &user, &name, Role::Developer).await?;
     let project = state.orchestrator.set_previews(&project, body.enabled).await?;
+    let detail = if body.enabled { "on" } else { "off" };
+    state.audit(audit::by(&user, AuditAction::PreviewsChanged).on(&project).detail(detail)).await;
     Ok(Json(view(&state, &project).await?))
 }

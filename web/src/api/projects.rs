@@ -8,9 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use paastech_core::audit::env_change_detail;
 use paastech_core::drivers::LogSink;
 use paastech_core::store::EnvChanges;
-use paastech_core::{Deployment, EnvVars, Error, Project, ProjectName, Role, User, validate_env_key};
+use paastech_core::{
+    AuditAction, AuditRecord, Deployment, EnvVars, Error, Project, ProjectName, Role, User, validate_env_key,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -19,6 +22,7 @@ use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors, RawBodyErrors};
 use super::schemas::{EnvChangesSchema, EnvSchema, ProjectNameSchema, ScaleChangeSchema, ScaleSchema};
 use super::{JsonBody, PathParam, QueryParams, RawBody};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
@@ -204,6 +208,7 @@ pub async fn create(
     crate::email::require_verified(&state, &user)?;
     let project = state.orchestrator.create_project(user.id, &name).await?;
     tracing::info!(project = %name, user = user.id, "project created");
+    state.audit(audit::by(&user, AuditAction::ProjectCreated).on(&project)).await;
     Ok((StatusCode::CREATED, Json(view(&state, project, Role::Owner).await?)))
 }
 
@@ -229,6 +234,7 @@ pub async fn delete(
     let project = project_for(&state, &user, &name, Role::Owner).await?;
     state.orchestrator.delete_project(&project).await?;
     tracing::info!(project = %project.name, user = user.id, "project deleted");
+    state.audit(audit::by(&user, AuditAction::ProjectDeleted).on(&project)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -277,6 +283,7 @@ pub async fn patch_env(
     check_env_changes(&changes)?;
     let (env, _) = state.orchestrator.update_env(&project, &changes).await?;
     tracing::info!(project = %project.name, keys = changes.len(), "env changed");
+    state.audit(audit::by(&user, AuditAction::EnvChanged).on(&project).detail(env_change_detail(&changes))).await;
     Ok(Json(env))
 }
 
@@ -289,6 +296,27 @@ pub async fn get_scale(
 ) -> ApiResult<Json<BTreeMap<String, u32>>> {
     let project = project_for(&state, &user, &name, Role::Viewer).await?;
     Ok(Json(state.store.scale(project.id).await?))
+}
+
+/// The record of a redeploy (`rolled_back_to`: none) or a rollback that made `deployment`.
+pub(crate) fn redeploy_record(
+    user: &User,
+    project: &Project,
+    rolled_back_to: Option<i64>,
+    deployment: &Deployment,
+) -> AuditRecord {
+    let record = match rolled_back_to {
+        Some(version) => {
+            audit::by(user, AuditAction::Rollback).detail(format!("to v{version}, as v{}", deployment.version))
+        }
+        None => audit::by(user, AuditAction::Deployed).detail(format!("v{} (redeploy)", deployment.version)),
+    };
+    record.on(project)
+}
+
+/// A scale change's detail: `web=2 worker=1`.
+pub(crate) fn scale_detail(scale: &BTreeMap<String, u32>) -> String {
+    scale.iter().map(|(process, count)| format!("{process}={count}")).collect::<Vec<_>>().join(" ")
 }
 
 pub(crate) fn check_scale(scale: &BTreeMap<String, u32>) -> Result<(), Error> {
@@ -322,7 +350,9 @@ pub async fn put_scale(
 ) -> ApiResult<Json<BTreeMap<String, u32>>> {
     let project = project_for(&state, &user, &name, Role::Developer).await?;
     check_scale(&scale)?;
-    Ok(Json(state.orchestrator.scale(&project, &scale).await?))
+    let scaled = state.orchestrator.scale(&project, &scale).await?;
+    state.audit(audit::by(&user, AuditAction::Scaled).on(&project).detail(scale_detail(&scale))).await;
+    Ok(Json(scaled))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -404,7 +434,10 @@ pub async fn put_limits(
     let project = project_for(&state, &user, &name, Role::Developer).await?;
     let limits = body.check()?;
     state.orchestrator.set_limits(&project, &limits).await?;
-    Ok(Json(LimitsBody::of(state.store.limits(project.id).await?)))
+    let now = LimitsBody::of(state.store.limits(project.id).await?);
+    let detail = serde_json::to_string(&now).unwrap_or_default();
+    state.audit(audit::by(&user, AuditAction::LimitsChanged).on(&project).detail(detail)).await;
+    Ok(Json(now))
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -437,6 +470,7 @@ pub async fn create_deployment(
             .unwrap_or_default()
     };
     let deployment = state.orchestrator.redeploy(&project, request.version).await?;
+    state.audit(redeploy_record(&user, &project, request.version, &deployment)).await;
     Ok((StatusCode::CREATED, Json(deployment.into())))
 }
 
@@ -522,6 +556,8 @@ pub async fn run(
     let program = body.command.first().cloned().unwrap_or_default();
     let prepared = state.orchestrator.prepare_run(&project, body.command).await?;
     tracing::info!(project = %project.name, user = user.id, %program, "one-off command started");
+    // The program's name only: arguments may carry secrets.
+    state.audit(audit::by(&user, AuditAction::CommandRun).on(&project).detail(program)).await;
     let (events, rx) = tokio::sync::mpsc::channel(RUN_EVENTS_BUFFERED);
     let sink = Arc::new(RunOutput { events, skipped: AtomicUsize::new(0) });
     tokio::spawn(async move {

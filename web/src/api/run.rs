@@ -13,7 +13,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_
 use axum::response::{IntoResponse, Response};
 use paastech_core::interactive::{TtyInput, TtySession, TtySize};
 use paastech_core::orchestrator::PreparedInteractive;
-use paastech_core::{Error, ProjectName};
+use paastech_core::{AuditAction, Error, ProjectName};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -22,6 +22,7 @@ use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{PathParam, QueryParams};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
@@ -84,6 +85,9 @@ pub async fn interactive(
     let program = argv.first().cloned().unwrap_or_default();
     let prepared = state.orchestrator.prepare_interactive(&project, argv, term).await?;
     tracing::info!(project = %project.name, user = user.id, %program, "interactive command requested");
+    // The program's name only: arguments may carry secrets.
+    let detail = format!("{program} (interactive)");
+    state.audit(audit::by(&user, AuditAction::CommandRun).on(&project).detail(detail)).await;
     let stopped = state.stopped();
     let name = project.name;
     // Keystrokes and control messages are small: a client cannot make the server buffer

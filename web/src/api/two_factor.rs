@@ -3,13 +3,14 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use paastech_core::{Error, User};
+use paastech_core::{AuditAction, Error, User};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
 use super::{JsonBody, PathParam};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::email::LOGIN_TOKEN_NAME;
 use crate::error::{ApiResult, ErrorStatus};
@@ -66,6 +67,7 @@ pub(crate) async fn confirm(state: &AppState, user: &User, code: &str) -> Result
     let hashes: Vec<String> = codes.iter().map(|c| two_factor::recovery_hash(c)).collect();
     state.store.enable_totp(user.id, step, &hashes).await?;
     tracing::info!(user = user.id, "two-factor login enabled");
+    state.audit(audit::by(user, AuditAction::TwoFactorEnabled)).await;
     Ok(codes)
 }
 
@@ -85,6 +87,7 @@ pub(crate) async fn disable(state: &AppState, user: &User, code: &str) -> Result
     }
     state.store.delete_totp(user.id).await?;
     tracing::info!(user = user.id, "two-factor login disabled");
+    state.audit(audit::by(user, AuditAction::TwoFactorDisabled)).await;
     Ok(())
 }
 
@@ -153,5 +156,6 @@ pub(crate) async fn reset(state: &AppState, admin: &User, who: &str) -> Result<U
     }
     let ended = state.store.delete_tokens_named(user.id, &[SESSION_TOKEN_NAME, LOGIN_TOKEN_NAME]).await?;
     tracing::info!(user = user.id, admin = admin.id, sessions_ended = ended, "two-factor login reset by an admin");
+    state.audit(audit::by(admin, AuditAction::TwoFactorReset).detail(user.email.clone())).await;
     Ok(user)
 }

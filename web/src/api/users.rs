@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use paastech_core::{Error, Project, User};
+use paastech_core::{AuditAction, Error, Project, User};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -12,6 +12,7 @@ use super::accounts::UserView;
 use super::extract::{JsonBodyErrors, NeedsToken, ParamErrors};
 use super::{JsonBody, PathParam, QueryParams};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
@@ -95,6 +96,8 @@ pub(crate) async fn set_disabled(state: &AppState, admin: &User, who: &str, disa
     }
     let user = state.store.set_user_disabled(user.id, disabled).await?;
     tracing::info!(user = user.id, disabled, by = admin.id, "account disabled or enabled");
+    let action = if disabled { AuditAction::UserDisabled } else { AuditAction::UserEnabled };
+    state.audit(audit::by(admin, action).detail(user.email.clone())).await;
     Ok(user)
 }
 
@@ -127,8 +130,9 @@ pub(crate) async fn delete_user(
     // Previews go with their parents, whichever way.
     let owned: Vec<Project> =
         state.store.projects(Some(user.id)).await?.into_iter().filter(|p| p.preview.is_none()).collect();
+    let names: Vec<&str> = owned.iter().map(|p| p.name.as_str()).collect();
+    let mut detail = user.email.clone();
     if !owned.is_empty() {
-        let names: Vec<&str> = owned.iter().map(|p| p.name.as_str()).collect();
         match fate {
             None => {
                 return Err(Error::Conflict(format!(
@@ -146,15 +150,18 @@ pub(crate) async fn delete_user(
                 for project in &owned {
                     state.store.transfer_project(project.id, heir.id).await?;
                 }
+                detail = format!("{detail}, projects given to {}: {}", heir.email, names.join(", "));
             }
             Some(ProjectsFate::Delete) => {
                 for project in &owned {
                     state.orchestrator.delete_project(project).await?;
                 }
+                detail = format!("{detail}, projects deleted: {}", names.join(", "));
             }
         }
     }
     state.store.delete_user(user.id).await?;
     tracing::info!(user = user.id, by = admin.id, projects = owned.len(), "account deleted");
+    state.audit(audit::by(admin, AuditAction::UserDeleted).detail(detail)).await;
     Ok(())
 }

@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use paastech_core::AuditAction;
 use paastech_core::Role;
 use paastech_core::{Webhook, WebhookAttempt};
 use rand::RngCore;
@@ -16,6 +17,7 @@ use super::projects::project_for;
 use super::schemas::ProjectNameSchema;
 use super::{JsonBody, PathParam};
 use crate::AppState;
+use crate::audit;
 use crate::auth::CurrentUser;
 use crate::error::{ApiResult, ErrorStatus};
 
@@ -136,6 +138,8 @@ pub async fn add(
     let project = project_for(&state, &user, &name, Role::Developer).await?;
     let secret = new_secret();
     let webhook = state.orchestrator.add_webhook(&project, &body.url, &body.events, &secret).await?;
+    let detail = format!("#{} {}", webhook.id, webhook.url);
+    state.audit(audit::by(&user, AuditAction::WebhookAdded).on(&project).detail(detail)).await;
     Ok((
         StatusCode::CREATED,
         Json(WebhookCreated {
@@ -159,6 +163,7 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     let project = project_for(&state, &user, &name, Role::Developer).await?;
     state.orchestrator.remove_webhook(&project, id).await?;
+    state.audit(audit::by(&user, AuditAction::WebhookRemoved).on(&project).detail(format!("#{id}"))).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

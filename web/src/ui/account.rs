@@ -6,7 +6,7 @@ use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
-use paastech_core::{Error, Timestamp};
+use paastech_core::{AuditAction, Error, Timestamp};
 use serde::Deserialize;
 
 use super::pages::{Notice, project_rows};
@@ -19,6 +19,7 @@ use super::view::{
 use super::{UiResult, render};
 use crate::AppState;
 use crate::api::accounts::check_name;
+use crate::audit;
 use crate::auth;
 
 async fn keys_page(
@@ -76,6 +77,8 @@ pub async fn add_key(State(state): State<AppState>, session: Session, Form(form)
         match state.store.add_ssh_key(session.user.id, &name, &parsed.fingerprint, &parsed.openssh).await {
             Ok(key) => {
                 tracing::info!(user = session.user.id, fingerprint = %key.fingerprint, "ssh key added (web)");
+                let detail = format!("{} {}", key.name, key.fingerprint);
+                state.audit(audit::by(&session.user, AuditAction::KeyAdded).detail(detail)).await;
                 return Ok(Redirect::to("/account/keys?done=key-added").into_response());
             }
             Err(err @ Error::Conflict(_)) => errors.add("public_key", err.to_string()),
@@ -91,7 +94,7 @@ pub async fn add_key(State(state): State<AppState>, session: Session, Form(form)
 }
 
 pub async fn delete_key(State(state): State<AppState>, session: Session, Path(id): Path<i64>) -> UiResult {
-    state.store.delete_ssh_key(session.user.id, id).await?;
+    crate::api::accounts::remove_key(&state, &session.user, id).await?;
     Ok(Redirect::to("/account/keys?done=key-removed").into_response())
 }
 
@@ -154,13 +157,14 @@ pub async fn create_token(State(state): State<AppState>, session: Session, Form(
     let secret = auth::new_token();
     state.store.create_token(session.user.id, &name, &auth::token_hash(&secret), None).await?;
     tracing::info!(user = session.user.id, "api token created (web)");
+    state.audit(audit::by(&session.user, AuditAction::TokenCreated).detail(name.clone())).await;
     let notice = Some(format!("Token {name:?} created."));
     tokens_page(&state, &session, notice, Some(secret), (String::new(), FieldErrors::default()), StatusCode::CREATED)
         .await
 }
 
 pub async fn delete_token(State(state): State<AppState>, session: Session, Path(id): Path<i64>) -> UiResult {
-    state.store.delete_token(session.user.id, id).await?;
+    crate::api::accounts::revoke_token(&state, &session.user, id).await?;
     if id == session.token_id {
         // Revoking this very session is logging out.
         return Ok(Redirect::to("/login").into_response());

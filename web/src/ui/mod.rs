@@ -8,6 +8,7 @@
 //! user's project is the same 404 page as one that does not exist.
 
 mod account;
+mod audit;
 mod chart;
 mod collaborators;
 mod cron;
@@ -69,6 +70,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/webhooks", get(webhooks::webhooks_page).post(webhooks::webhook_add))
         .route("/projects/{name}/webhooks/remove", post(webhooks::webhook_remove))
         .route("/projects/{name}/cron", get(cron::cron_page))
+        .route("/projects/{name}/audit", get(audit::project_audit_page))
         .route("/projects/{name}/collaborators", get(collaborators::collaborators_page).post(collaborators::member_add))
         .route("/projects/{name}/collaborators/remove", post(collaborators::member_remove))
         .route("/projects/{name}/transfer", post(collaborators::transfer))
@@ -86,6 +88,7 @@ pub fn routes() -> Router<AppState> {
         .route("/account/security/confirm", post(security::confirm))
         .route("/account/security/disable", post(security::disable))
         .route("/account/tokens/{id}/delete", post(account::delete_token))
+        .route("/audit", get(audit::audit_page))
         .route("/admin", get(account::admin))
         .route("/admin/nodes", get(account::nodes))
         .route("/admin/users/disable", post(users::disable))

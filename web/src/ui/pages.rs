@@ -7,7 +7,7 @@ use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
-use paastech_core::{Error, Project, ProjectName, Role, Timestamp, User};
+use paastech_core::{AuditAction, Error, Project, ProjectName, Role, Timestamp, User};
 use serde::Deserialize;
 
 use super::session::Session;
@@ -15,6 +15,7 @@ use super::view::{Badge, Dashboard, FieldErrors, Layout, NewProject, ProjectRow,
 use super::{UiResult, render};
 use crate::AppState;
 use crate::api::projects::member_projects;
+use crate::audit;
 
 /// After a POST, pages redirect with `?done=WHAT[&v=N]`; the page turns that into a
 /// sentence. Only these fixed sentences can appear, so a crafted link shows nothing odd.
@@ -144,14 +145,16 @@ pub async fn create_project(
     let name = form.name.trim().to_owned();
     let result = match ProjectName::parse(&name) {
         Ok(parsed) => match crate::email::require_verified(&state, &session.user) {
-            Ok(()) => state.orchestrator.create_project(session.user.id, &parsed).await.map(|_| parsed),
+            Ok(()) => state.orchestrator.create_project(session.user.id, &parsed).await,
             Err(err) => Err(Error::Invalid(err.to_string())),
         },
         Err(err) => Err(err),
     };
     match result {
-        Ok(parsed) => {
+        Ok(project) => {
+            let parsed = &project.name;
             tracing::info!(project = %parsed, user = session.user.id, "project created (web)");
+            state.audit(audit::by(&session.user, AuditAction::ProjectCreated).on(&project)).await;
             Ok(Redirect::to(&format!("/projects/{parsed}?done=created")).into_response())
         }
         Err(err @ (Error::Invalid(_) | Error::Conflict(_))) => {

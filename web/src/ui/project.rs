@@ -11,9 +11,10 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect};
 use futures_util::StreamExt;
-use paastech_core::Role;
+use paastech_core::audit::env_change_detail;
 use paastech_core::drivers::InstanceState;
 use paastech_core::store::EnvChanges;
+use paastech_core::{AuditAction, Role};
 use paastech_core::{Deployment, Error, HttpsChange, HttpsPolicy, Project, Timestamp, validate_env_key};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -28,7 +29,12 @@ use super::view::{
 };
 use super::{UiResult, render};
 use crate::AppState;
-use crate::api::projects::{MAX_INSTANCES, check_env_changes, check_scale, project_and_role, project_for};
+use crate::api::https::https_detail;
+use crate::api::lifecycle::process_detail;
+use crate::api::projects::{
+    MAX_INSTANCES, check_env_changes, check_scale, project_and_role, project_for, redeploy_record, scale_detail,
+};
+use crate::audit;
 
 /// Deployments listed on the deployments tab.
 const DEPLOYMENTS_SHOWN: i64 = 50;
@@ -165,15 +171,29 @@ pub async fn lifecycle(
 ) -> UiResult {
     let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     let process = form.process.as_deref().map(str::trim).filter(|p| !p.is_empty());
-    let (result, done) = match form.action.as_str() {
-        "stop" => (state.orchestrator.stop(&project, process).await.map(drop), "stopped"),
-        "start" => (state.orchestrator.start(&project, process).await.map(drop), "started"),
-        "restart" => (state.orchestrator.restart(&project, process).await.map(drop), "restarted"),
-        other => (Err(Error::Invalid(format!("unknown action {other:?}: stop, start or restart"))), ""),
+    let (result, done, action) = match form.action.as_str() {
+        "stop" => (state.orchestrator.stop(&project, process).await.map(drop), "stopped", AuditAction::Stopped),
+        "start" => (state.orchestrator.start(&project, process).await.map(drop), "started", AuditAction::Started),
+        "restart" => {
+            (state.orchestrator.restart(&project, process).await.map(drop), "restarted", AuditAction::Restarted)
+        }
+        other => {
+            let err = Error::Invalid(format!("unknown action {other:?}: stop, start or restart"));
+            return overview_page(
+                &state,
+                &session,
+                &name,
+                None,
+                Some(format!("That did not work: {err}")),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await;
+        }
     };
     match result {
         Ok(()) => {
             tracing::info!(project = %project.name, action = done, "lifecycle change (web)");
+            state.audit(audit::by(&session.user, action).on(&project).detail(process_detail(process))).await;
             Ok(Redirect::to(&format!("/projects/{}?done={done}", project.name)).into_response())
         }
         Err(err @ (Error::DeployFailed(_) | Error::Invalid(_) | Error::Conflict(_) | Error::Unavailable(_))) => {
@@ -228,6 +248,7 @@ pub async fn deploy(
     match state.orchestrator.redeploy(&project, form.version).await {
         Ok(deployment) => {
             tracing::info!(project = %project.name, version = deployment.version, "deployed (web)");
+            state.audit(redeploy_record(&session.user, &project, form.version, &deployment)).await;
             let to = format!("/projects/{}/deployments?done=deployed&v={}", project.name, deployment.version);
             Ok(Redirect::to(&to).into_response())
         }
@@ -352,7 +373,11 @@ pub async fn domain_add(
     let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     let domain = form.domain.trim().to_owned();
     match state.orchestrator.add_domain(&project, &domain).await {
-        Ok(_) => Ok(Redirect::to(&format!("/projects/{}/domains?done=domain-added", project.name)).into_response()),
+        Ok(added) => {
+            let record = audit::by(&session.user, AuditAction::DomainAdded).on(&project).detail(added.name.to_string());
+            state.audit(record).await;
+            Ok(Redirect::to(&format!("/projects/{}/domains?done=domain-added", project.name)).into_response())
+        }
         Err(err @ (Error::Invalid(_) | Error::Conflict(_))) => {
             let status = if matches!(err, Error::Conflict(_)) { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
             let errors = FieldErrors::one("domain", err.to_string());
@@ -370,6 +395,7 @@ pub async fn domain_remove(
 ) -> UiResult {
     let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     state.orchestrator.remove_domain(&project, &form.domain).await?;
+    state.audit(audit::by(&session.user, AuditAction::DomainRemoved).on(&project).detail(form.domain)).await;
     Ok(Redirect::to(&format!("/projects/{}/domains?done=domain-removed", project.name)).into_response())
 }
 
@@ -407,7 +433,8 @@ pub async fn https_save(
             return domains_page_with(&state, &session, &name, None, empty, refused, StatusCode::BAD_REQUEST).await;
         }
     };
-    state.orchestrator.set_https(&project, change).await?;
+    let policy = state.orchestrator.set_https(&project, change).await?;
+    state.audit(audit::by(&session.user, AuditAction::HttpsChanged).on(&project).detail(https_detail(&policy))).await;
     Ok(Redirect::to(&format!("/projects/{}/domains?done=https-saved", project.name)).into_response())
 }
 
@@ -468,6 +495,8 @@ async fn apply_env(state: &AppState, session: &Session, name: &str, key: String,
     match state.orchestrator.update_env(&project, &changes).await {
         Ok((_, deployment)) => {
             tracing::info!(project = %project.name, "env changed (web)");
+            let detail = env_change_detail(&changes);
+            state.audit(audit::by(&session.user, AuditAction::EnvChanged).on(&project).detail(detail)).await;
             let to = match deployment {
                 Some(d) => format!("/projects/{}/env?done=env-deployed&v={}", project.name, d.version),
                 None => format!("/projects/{}/env?done=env-saved", project.name),
@@ -591,6 +620,8 @@ pub async fn scale_save(
         match state.orchestrator.scale(&project, &scale).await {
             Ok(_) => {
                 tracing::info!(project = %project.name, "scaled (web)");
+                let detail = scale_detail(&scale);
+                state.audit(audit::by(&session.user, AuditAction::Scaled).on(&project).detail(detail)).await;
                 return Ok(Redirect::to(&format!("/projects/{}/scale?done=scaled", project.name)).into_response());
             }
             Err(err @ (Error::Invalid(_) | Error::DeployFailed(_))) => errors.add("form", err.to_string()),
@@ -690,6 +721,8 @@ pub async fn previews_save(
     let enabled = form.enabled.is_some();
     match state.orchestrator.set_previews(&project, enabled).await {
         Ok(_) => {
+            let detail = if enabled { "on" } else { "off" };
+            state.audit(audit::by(&session.user, AuditAction::PreviewsChanged).on(&project).detail(detail)).await;
             let done = if enabled { "previews-on" } else { "previews-off" };
             Ok(Redirect::to(&format!("/projects/{}/settings?done={done}", project.name)).into_response())
         }
@@ -722,6 +755,7 @@ pub async fn delete(
     }
     state.orchestrator.delete_project(&project).await?;
     tracing::info!(project = %project.name, user = session.user.id, "project deleted (web)");
+    state.audit(audit::by(&session.user, AuditAction::ProjectDeleted).on(&project)).await;
     Ok(Redirect::to("/?done=deleted").into_response())
 }
 
@@ -789,7 +823,9 @@ pub async fn addon_create(
     let addon_name = form.name.trim().to_owned();
     let given = (!addon_name.is_empty()).then_some(addon_name.as_str());
     match state.orchestrator.create_addon(&project, &form.kind, given).await {
-        Ok((_, deployment)) => {
+        Ok((addon, deployment)) => {
+            let detail = format!("{} ({})", addon.name, addon.kind);
+            state.audit(audit::by(&session.user, AuditAction::AddonCreated).on(&project).detail(detail)).await;
             let v = deployment.map(|d| format!("&v={}", d.version)).unwrap_or_default();
             Ok(Redirect::to(&format!("/projects/{}/addons?done=addon-created{v}", project.name)).into_response())
         }
@@ -841,7 +877,11 @@ pub async fn addon_destroy(
     }
     let addon = paastech_core::AddonName::parse(&form.name)?;
     match state.orchestrator.destroy_addon(&project, &addon).await {
-        Ok(_) => Ok(Redirect::to(&format!("/projects/{}/addons?done=addon-destroyed", project.name)).into_response()),
+        Ok(_) => {
+            let record = audit::by(&session.user, AuditAction::AddonDestroyed).on(&project).detail(addon.to_string());
+            state.audit(record).await;
+            Ok(Redirect::to(&format!("/projects/{}/addons?done=addon-destroyed", project.name)).into_response())
+        }
         Err(err @ (Error::Unavailable(_) | Error::DeployFailed(_))) => {
             let status = if matches!(err, Error::Unavailable(_)) {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -16,7 +16,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, extract::Query};
-use paastech_core::{Error, Timestamp, User, validate_email};
+use paastech_core::{AuditAction, Error, Timestamp, User, validate_email};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -24,6 +24,7 @@ use super::view::{AuthPage, FieldErrors, Layout, LoginCodePage};
 use super::{UiError, UiResult, render};
 use crate::AppState;
 use crate::SignupPolicy;
+use crate::audit;
 use crate::auth::{self, ClientIp};
 
 pub const SESSION_COOKIE: &str = "paastech_session";
@@ -246,14 +247,20 @@ pub async fn login(
     let verified = auth::verify_password(form.password, hash).await;
     let user = match found {
         Some((user, _)) if verified => user,
-        _ => {
+        found => {
             tracing::warn!(%ip, "failed web login");
+            let record = match &found {
+                Some((user, _)) => audit::by(user, AuditAction::LoginFailed).detail("web: wrong password"),
+                None => audit::anonymous(AuditAction::LoginFailed).detail("web: no such account"),
+            };
+            state.audit(record).await;
             let errors = FieldErrors::one("password", "Wrong email or password.".into());
             return auth_page(&headers, false, &email, errors, None, StatusCode::UNAUTHORIZED);
         }
     };
     if user.disabled {
         attempt.succeeded();
+        state.audit(audit::by(&user, AuditAction::LoginFailed).detail("web: account disabled")).await;
         let errors = FieldErrors::one("form", "This account is disabled: ask an admin.".into());
         return auth_page(&headers, false, &email, errors, None, StatusCode::FORBIDDEN);
     }
@@ -270,6 +277,7 @@ pub async fn login(
         return Ok(response);
     }
     attempt.succeeded();
+    state.audit(audit::by(&user, AuditAction::Login).detail("web")).await;
     start_session(&state, &headers, &user).await
 }
 
@@ -346,6 +354,7 @@ pub async fn login_code(
     };
     if !crate::two_factor::check(&state, &user, &form.code).await? {
         tracing::warn!(%ip, user = user.id, "failed web login: wrong two-factor code");
+        state.audit(audit::by(&user, AuditAction::LoginFailed).detail("web: wrong two-factor code")).await;
         let errors = FieldErrors::one("code", "Wrong code.".into());
         return code_page(&headers, errors, StatusCode::UNAUTHORIZED);
     }
@@ -355,6 +364,7 @@ pub async fn login_code(
         return auth_page(&headers, false, "", errors, None, StatusCode::UNAUTHORIZED);
     }
     attempt.succeeded();
+    state.audit(audit::by(&user, AuditAction::Login).detail("web, with a two-factor code")).await;
     let mut response = start_session(&state, &headers, &user).await?;
     response.headers_mut().append(header::SET_COOKIE, cookie(PENDING_LOGIN_COOKIE, "", 0, is_https(&headers)));
     Ok(response)
@@ -385,6 +395,7 @@ pub async fn signup(State(state): State<AppState>, headers: HeaderMap, Form(form
         Err(other) => return Err(other.into()),
     };
     tracing::info!(user = user.id, admin = user.is_admin, "account created (web)");
+    state.audit(audit::by(&user, AuditAction::Signup)).await;
     crate::email::account_created(&state, &user).await?;
     start_session(&state, &headers, &user).await
 }

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use paastech_core::Role;
 use paastech_core::webhooks::WebhookEvent;
-use paastech_core::{Error, Timestamp};
+use paastech_core::{AuditAction, Error, Timestamp};
 use serde::Deserialize;
 
 use super::pages::Notice;
@@ -19,6 +19,7 @@ use super::{UiResult, render};
 use crate::AppState;
 use crate::api::projects::project_for;
 use crate::api::webhooks::new_secret;
+use crate::audit;
 
 /// Attempts shown under each webhook.
 const ATTEMPTS_SHOWN: usize = 10;
@@ -125,6 +126,8 @@ pub async fn webhook_add(
     let secret = new_secret();
     match state.orchestrator.add_webhook(&project, form.url.trim(), &form.events, &secret).await {
         Ok(hook) => {
+            let detail = format!("#{} {}", hook.id, hook.url);
+            state.audit(audit::by(&session.user, AuditAction::WebhookAdded).on(&project).detail(detail)).await;
             let notice = Some(format!("Webhook {} added: deploy events are POSTed to it.", hook.id));
             let empty = (WebhookForm::default(), FieldErrors::default());
             page(&state, &session, &name, notice, Some(secret), empty, StatusCode::CREATED).await
@@ -167,5 +170,7 @@ pub async fn webhook_remove(
 ) -> UiResult {
     let project = project_for(&state, &session.user, &name, Role::Developer).await?;
     state.orchestrator.remove_webhook(&project, form.id).await?;
+    let record = audit::by(&session.user, AuditAction::WebhookRemoved).on(&project).detail(format!("#{}", form.id));
+    state.audit(record).await;
     Ok(Redirect::to(&format!("/projects/{}/webhooks?done=webhook-removed", project.name)).into_response())
 }

@@ -102,6 +102,12 @@ fn journey(server: &Server) {
     let (status, body) = api.req("POST", "/projects/shop/deployments", Some(&owner.token), Some(json!({"version": 1})));
     assert_eq!(status, 201, "rollback: {body}");
 
+    // A push whose build fails is recorded too, with the reason.
+    repo.write("app.json", r#"{"cron": [{"command": "true", "schedule": "not a schedule"}]}"#);
+    repo.commit_all("a bad schedule");
+    let (pushed, output) = repo.push("main");
+    assert!(!pushed, "{output}");
+
     // Admin actions.
     let disable = json!({"disabled": true});
     assert_eq!(api.req("PATCH", &format!("/users/{STRANGER}"), Some(&admin.token), Some(disable)).0, 200);
@@ -115,11 +121,23 @@ fn journey(server: &Server) {
     let actions: Vec<&str> = shop.iter().map(|e| text(&e["action"])).collect();
     assert_eq!(
         actions,
-        ["rollback", "deploy", "scale", "deploy", "env.change", "env.change", "collaborator.add", "project.create"],
+        [
+            "deploy.failed",
+            "rollback",
+            "deploy",
+            "scale",
+            "deploy",
+            "env.change",
+            "env.change",
+            "collaborator.add",
+            "project.create"
+        ],
         "{:#?}",
         lines(&shop)
     );
     assert!(shop.windows(2).all(|w| w[0]["id"].as_i64() > w[1]["id"].as_i64()), "newest first");
+    assert!(text(&shop[0]["detail"]).contains("app.json"), "{}", shop[0]);
+    let shop = &shop[1..];
     let pushed = &shop[3];
     assert_eq!(pushed["actor"], DEVELOPER);
     assert_eq!(pushed["address"], "127.0.0.3", "a push's address is the SSH client's");
@@ -130,7 +148,7 @@ fn journey(server: &Server) {
     assert_eq!(shop[4]["detail"], "unset PLAIN");
     assert_eq!(shop[5]["detail"], "set PLAIN, SECRET_TOKEN");
     assert_eq!(shop[6]["detail"], "dev@example.com as developer");
-    for event in &shop {
+    for event in shop {
         assert_eq!(event["project"], "shop");
         assert!(event["at"].as_str().is_some_and(|at| at.ends_with('Z')), "{event}");
     }
@@ -173,7 +191,8 @@ fn journey(server: &Server) {
     assert!(listed.contains("127.0.0.3") && listed.contains("set PLAIN, SECRET_TOKEN"), "{listed}");
     let json_out = ok(&server.cli(&home, &["audit", "-p", "shop", "--limit", "1", "--json"], None));
     let parsed: Value = serde_json::from_str(&json_out).expect("json listing");
-    assert_eq!(lines(parsed.as_array().expect("array")), ["rollback to v1, as v3"]);
+    let newest = lines(parsed.as_array().expect("array"));
+    assert!(newest.len() == 1 && newest[0].starts_with("deploy.failed git push of"), "{newest:?}");
 
     // The pages: the project's Audit tab and the account's log, read as each user may.
     let mut web = Web::new(&server.api_url());

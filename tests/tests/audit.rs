@@ -111,7 +111,8 @@ fn journey(server: &Server) {
     // Admin actions.
     let disable = json!({"disabled": true});
     assert_eq!(api.req("PATCH", &format!("/users/{STRANGER}"), Some(&admin.token), Some(disable)).0, 200);
-    let (status, _) = api.req("PATCH", &format!("/users/{STRANGER}"), Some(&admin.token), Some(json!({"disabled": false})));
+    let (status, _) =
+        api.req("PATCH", &format!("/users/{STRANGER}"), Some(&admin.token), Some(json!({"disabled": false})));
     assert_eq!(status, 200);
     assert_eq!(api.req("DELETE", &format!("/users/{STRANGER}"), Some(&admin.token), None).0, 204);
     drop(stranger);

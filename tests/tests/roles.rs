@@ -154,6 +154,14 @@ fn role_matrix(server: &Server) {
         assert_eq!(answer.0, 404, "non-member: {} {path}: {}", r.method, answer.1);
         strangers.push(answer);
     }
+    // The project's audit log (`GET /audit?project=`): any member reads it.
+    for (who, member, _) in members {
+        let (status, body) = api.req("GET", "/audit?project=shop", Some(&member.token), None);
+        assert_eq!(status, 200, "{who}: GET /audit?project=shop: {body}");
+    }
+    let stranger_audit = api.req("GET", "/audit?project=shop", Some(&cast.stranger.token), None);
+    assert_eq!(stranger_audit.0, 404, "non-member: GET /audit?project=shop: {}", stranger_audit.1);
+
     // Emails are matched as stored (lowercase); one no account can have is nobody's.
     let (status, body) = api.req(
         "POST",
@@ -193,6 +201,8 @@ fn role_matrix(server: &Server) {
     assert_eq!(api.req("DELETE", "/projects/shop", Some(&cast.owner.token), None).0, 204);
     // Now that "shop" is missing, the non-member's answers must not have differed.
     assert_eq!(api.req("DELETE", "/projects/shop", Some(&cast.stranger.token), None), stranger_delete);
+    let audit_now = api.req("GET", "/audit?project=shop", Some(&cast.stranger.token), None);
+    assert_eq!(audit_now, stranger_audit, "a non-member's audit read differs from a missing project's");
     for (r, before) in rows.iter().zip(&strangers) {
         let path = format!("/projects/shop{}", r.path);
         let now = api.req(r.method, &path, Some(&cast.stranger.token), r.body.clone());

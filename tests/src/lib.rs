@@ -93,31 +93,41 @@ pub struct Server {
     pub api_port: u16,
     pub ssh_port: u16,
     pub ingress_port: u16,
+    /// Variables the server process gets besides the test's own environment.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl Server {
     /// Starts a server; `extra` is appended to its TOML configuration.
     pub fn start(extra: &str) -> Server {
-        Server::start_with("", extra, None)
+        Server::start_with("", extra, None, Vec::new())
     }
 
     /// [`Server::start`] with more keys in its `[api]` section (`public_url = "…"`).
     pub fn start_with_api_keys(api_keys: &str, extra: &str) -> Server {
-        Server::start_with(api_keys, extra, None)
+        Server::start_with(api_keys, extra, None, Vec::new())
     }
 
     /// [`Server::start`] with the ingress on `ingress_port` (a port something else, such
     /// as an ACME CA, was told about before the server started).
     pub fn start_on(extra: &str, ingress_port: u16) -> Server {
-        Server::start_with("", extra, Some(ingress_port))
+        Server::start_with("", extra, Some(ingress_port), Vec::new())
     }
 
-    fn start_with(api_keys: &str, extra: &str, ingress_port: Option<u16>) -> Server {
+    /// [`Server::start`] with `env` set in the server's environment (a `PATH` with more
+    /// tools, say), for this start and every start again.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Server::start_with("", extra, None, env)
+    }
+
+    fn start_with(api_keys: &str, extra: &str, ingress_port: Option<u16>, env: Vec<(String, String)>) -> Server {
         // Another test's server or app may bind a port between its choice here and this
         // server's bind: then it starts again on other ports.
         for _ in 0..3 {
             let mut server = Server::configure(api_keys, extra, ingress_port);
+            server.env = env.clone();
             match server.try_spawn() {
                 Ok(()) => return server,
                 Err(log) if log.contains("Address already in use") => continue,
@@ -138,7 +148,7 @@ impl Server {
             data = dir.path().join("data").display().to_string(),
         );
         std::fs::write(&config_path, config).expect("writing server config");
-        Server { dir, config_path, api_port, ssh_port, ingress_port, child: None }
+        Server { dir, config_path, api_port, ssh_port, ingress_port, env: Vec::new(), child: None }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -167,6 +177,7 @@ impl Server {
             .args(["server", "--config"])
             .arg(&self.config_path)
             .env("PAASTECH_LOG", "info,paastech=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)

@@ -141,6 +141,29 @@ fn read_error(what: &str, err: io::Error) -> Error {
     Error::internal(format!("reading {what}"), err)
 }
 
+/// Whether `package.json` declares a `build` script: the process builder runs
+/// `npm run build` after installing, as Heroku's Node buildpack does.
+pub fn has_npm_build(dir: &Path) -> Result<bool> {
+    let Some(text) = super::versions::read_small(dir, "package.json")? else { return Ok(false) };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|err| Error::Invalid(format!("package.json is not valid JSON: {err}")))?;
+    Ok(json.get("scripts").and_then(|scripts| scripts.get("build")).is_some_and(|build| build.is_string()))
+}
+
+/// Whether the app is a Django project: `manage.py` at its root and Django among its
+/// requirements (`requirements.txt` or `pyproject.toml`). Such an app gets
+/// `manage.py collectstatic --noinput` at build time, as on Heroku.
+pub fn is_django(dir: &Path) -> Result<bool> {
+    if !is_regular_file(&dir.join("manage.py")) {
+        return Ok(false);
+    }
+    let read = |file| super::versions::read_small(dir, file).map(|text| text.unwrap_or_default().to_ascii_lowercase());
+    // `Django==5.1` on a line of its own; `"django>=5"` in pyproject's dependencies.
+    let requirements = read("requirements.txt")?;
+    let pyproject = read("pyproject.toml")?;
+    Ok(requirements.lines().any(|line| line.trim_start().starts_with("django")) || pyproject.contains("\"django"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +282,27 @@ mod tests {
                 other => panic!("{files:?}: expected an invalid error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn django_apps_and_npm_build_scripts_are_recognised() {
+        for (files, django) in [
+            (&[("manage.py", ""), ("requirements.txt", "gunicorn\nDjango==5.1\n")][..], true),
+            (&[("manage.py", ""), ("pyproject.toml", "dependencies = [\"django>=5\"]")][..], true),
+            (&[("manage.py", ""), ("requirements.txt", "flask\n")][..], false),
+            (&[("requirements.txt", "django\n")][..], false),
+        ] {
+            assert_eq!(is_django(tree(files).path()).expect("read"), django, "{files:?}");
+        }
+        for (json, build) in [
+            (r#"{"scripts": {"build": "vite build", "start": "node ."}}"#, true),
+            (r#"{"scripts": {"start": "node ."}}"#, false),
+            ("{}", false),
+        ] {
+            assert_eq!(has_npm_build(tree(&[("package.json", json)]).path()).expect("read"), build, "{json}");
+        }
+        assert!(!has_npm_build(tree(&[]).path()).expect("no package.json"));
+        assert!(has_npm_build(tree(&[("package.json", "{")]).path()).is_err());
     }
 
     #[test]

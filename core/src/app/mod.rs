@@ -7,6 +7,7 @@ pub mod detect;
 pub mod dockerfile;
 pub mod procfile;
 pub mod shell;
+pub mod versions;
 
 pub use detect::{Detected, Language, MARKERS, detect};
 pub use shell::{shell_join, shell_quote};

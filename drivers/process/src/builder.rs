@@ -15,8 +15,10 @@ use tokio::time::Instant;
 
 use crate::group;
 use crate::lines::Lines;
+use crate::toolchains::{self, ToolEnv};
 use paastech_core::app::detect::{self, Detected, Language};
 use paastech_core::app::shell::{shell_join, shell_quote};
+use paastech_core::app::versions;
 
 /// Variables passed from the server's environment to build steps besides PATH and HOME.
 /// They say where toolchains live and how to reach package registries (proxies, extra CA
@@ -64,16 +66,82 @@ impl ProcessBuilder {
         ProcessBuilder { config }
     }
 
-    /// The steps that build `language` in `dir`, in order.
-    fn plan(&self, language: Option<Language>, dir: &Path) -> Result<Vec<Step>> {
+    /// The interpreters the app in `dir` gets: the version its `.python-version`,
+    /// `runtime.txt` or `engines.node` asks for, found among the machine's (the build fails
+    /// naming what was asked and what there is), else the `python3` or `node` on PATH.
+    async fn choose_tools(&self, language: Option<Language>, dir: &Path, log: &dyn LogSink) -> Result<Tools> {
+        let env = ToolEnv::current();
+        let mut tools = Tools { python: None, uv: None, node: None };
+        match language {
+            Some(Language::Python) => {
+                if let Some(wanted) = versions::python_wanted(dir)? {
+                    let found = toolchains::pythons(&env).await;
+                    let asked = wanted.to_string();
+                    let chosen = versions::choose("Python", &asked, wanted.file, &found, |v| wanted.matches(v))?;
+                    log.line(&format!(
+                        "-----> Python {} ({} asks for {asked}): {}",
+                        chosen.version,
+                        wanted.file,
+                        chosen.path.display()
+                    ));
+                    tools.python = Some(chosen.path.clone());
+                }
+                tools.uv = toolchains::uv(&env);
+                if tools.uv.is_some() {
+                    log.line("-----> Installing with uv");
+                }
+            }
+            Some(Language::Node) => {
+                if let Some(wanted) = versions::node_wanted(dir)? {
+                    let found = toolchains::nodes(&env).await;
+                    let file = "package.json engines.node";
+                    let chosen = versions::choose("Node", &wanted.asked, file, &found, |v| wanted.matches(v))?;
+                    log.line(&format!(
+                        "-----> Node {} ({file} asks for {}): {}",
+                        chosen.version,
+                        wanted.asked,
+                        chosen.path.display()
+                    ));
+                    tools.node = Some(chosen.path.clone());
+                }
+            }
+            _ => {}
+        }
+        Ok(tools)
+    }
+
+    /// The steps that build `language` in `dir` with `tools`, in order.
+    fn plan(&self, language: Option<Language>, dir: &Path, tools: &Tools) -> Result<Vec<Step>> {
         let cache = &self.config.cache_dir;
-        let pip = |args: &[&str]| {
-            let pip_cache = cache.join("pip");
-            Step::new(".venv/bin/pip", &[PIP_INSTALL, args].concat())
-                .program(dir.join(".venv/bin/pip"))
-                .env("PIP_CACHE_DIR", pip_cache.clone())
-                .env("PIP_NO_INPUT", "1")
-                .cache(pip_cache)
+        let venv = |with_pip: bool| match &tools.uv {
+            Some(uv) => {
+                // The interpreter chosen, else `python3` on PATH, as without uv.
+                let python = tools.python.as_deref().map_or("python3".into(), Path::to_string_lossy);
+                uv_step(uv, &["venv", "--quiet", "--python", &python, ".venv"], cache)
+            }
+            None => {
+                let args: &[&str] =
+                    if with_pip { &["-m", "venv", ".venv"] } else { &["-m", "venv", "--without-pip", ".venv"] };
+                let step = Step::new("python3", args);
+                match &tools.python {
+                    Some(path) => step.program(path.clone()),
+                    None => step,
+                }
+            }
+        };
+        let install = |args: &[&str]| match &tools.uv {
+            Some(uv) => {
+                let python = dir.join(".venv/bin/python").to_string_lossy().into_owned();
+                uv_step(uv, &[&["pip", "install", "--python", python.as_str()], args].concat(), cache)
+            }
+            None => {
+                let pip_cache = cache.join("pip");
+                Step::new(".venv/bin/pip", &[PIP_INSTALL, args].concat())
+                    .program(dir.join(".venv/bin/pip"))
+                    .env("PIP_CACHE_DIR", pip_cache.clone())
+                    .env("PIP_NO_INPUT", "1")
+                    .cache(pip_cache)
+            }
         };
         let steps = match language {
             None | Some(Language::Static) => Vec::new(),
@@ -81,25 +149,33 @@ impl ProcessBuilder {
                 let text = std::fs::read_to_string(dir.join("requirements.txt"))
                     .map_err(|e| Error::internal("reading requirements.txt", e))?;
                 if has_requirements(&text) {
-                    vec![Step::new("python3", &["-m", "venv", ".venv"]), pip(&["-r", "requirements.txt"])]
+                    vec![venv(true), install(&["-r", "requirements.txt"])]
                 } else {
                     // Nothing to install: a venv without pip takes a tenth of the time.
-                    vec![Step::new("python3", &["-m", "venv", "--without-pip", ".venv"])]
+                    vec![venv(false)]
                 }
             }
-            Some(Language::Python) => {
-                vec![Step::new("python3", &["-m", "venv", ".venv"]), pip(&["."])]
-            }
+            Some(Language::Python) => vec![venv(true), install(&["."])],
             Some(Language::Node) => {
                 let locked = dir.join("package-lock.json").is_file() || dir.join("npm-shrinkwrap.json").is_file();
                 let install = if locked { "ci" } else { "install" };
                 let npm_cache = cache.join("npm");
-                vec![
-                    Step::new("npm", &[install, "--no-audit", "--no-fund"])
+                let npm = |args: &[&str]| {
+                    let step = Step::new("npm", args)
                         .env("npm_config_cache", npm_cache.clone())
                         .env("npm_config_update_notifier", "false")
-                        .cache(npm_cache),
-                ]
+                        .cache(npm_cache.clone());
+                    // The chosen node's directory first: its `npm`, and the `node` npm runs.
+                    match tools.node.as_deref().and_then(Path::parent) {
+                        Some(bin) => step.env("PATH", path_with(bin)),
+                        None => step,
+                    }
+                };
+                let mut steps = vec![npm(&[install, "--no-audit", "--no-fund"])];
+                if detect::has_npm_build(dir)? {
+                    steps.push(npm(&["run", "build"]));
+                }
+                steps
             }
             Some(Language::Rust) => {
                 vec![Step::new("cargo", &["build", "--release"]).env("CARGO_TARGET_DIR", dir.join("target"))]
@@ -175,14 +251,21 @@ impl ImageBuilder for ProcessBuilder {
         };
         log.line(&describe(&detected));
 
+        let tools = self.choose_tools(detected.language, dir, log).await?;
         let base_env = self.base_env(request);
-        for step in self.plan(detected.language, dir)? {
+        for step in self.plan(detected.language, dir, &tools)? {
             for cache in &step.caches {
                 tokio::fs::create_dir_all(cache)
                     .await
                     .map_err(|e| Error::internal("creating the build cache directory", e))?;
             }
             run_step(&step, dir, &base_env, deadline, self.config.timeout, log).await?;
+        }
+        if let Some(node) = &tools.node {
+            pin_node(dir, node).await?;
+        }
+        if detected.language == Some(Language::Python) && detect::is_django(dir)? {
+            self.collectstatic(request, dir, &base_env, deadline, log).await?;
         }
 
         let mut processes = detected.processes;
@@ -210,6 +293,89 @@ impl ImageBuilder for ProcessBuilder {
             Err(err) => Err(Error::internal(format!("removing release directory {artifact}"), err)),
         }
     }
+}
+
+impl ProcessBuilder {
+    /// `manage.py collectstatic --noinput`, as Heroku runs it for Django apps: skipped when
+    /// the project sets `DISABLE_COLLECTSTATIC` (to anything but `0`) or when the app has no
+    /// `collectstatic` command (no `django.contrib.staticfiles`); a failure fails the build.
+    async fn collectstatic(
+        &self,
+        request: &BuildRequest,
+        dir: &Path,
+        base_env: &[(OsString, OsString)],
+        deadline: Instant,
+        log: &dyn LogSink,
+    ) -> Result<()> {
+        if request.env.get("DISABLE_COLLECTSTATIC").is_some_and(|value| !value.is_empty() && value != "0") {
+            log.line("-----> collectstatic skipped: DISABLE_COLLECTSTATIC is set");
+            return Ok(());
+        }
+        let python = dir.join(".venv/bin/python");
+        let probe = Step::new("python", &["manage.py", "help", "collectstatic"]).program(python.clone());
+        if run_step(&probe, dir, base_env, deadline, self.config.timeout, &Discard).await.is_err() {
+            log.line("-----> collectstatic skipped: the app has no collectstatic command (django.contrib.staticfiles)");
+            return Ok(());
+        }
+        log.line("-----> Running manage.py collectstatic --noinput");
+        let step = Step::new("python", &["manage.py", "collectstatic", "--noinput"]).program(python);
+        run_step(&step, dir, base_env, deadline, self.config.timeout, log).await.map_err(|err| match err {
+            Error::Invalid(message) => Error::Invalid(format!(
+                "{message}; set DISABLE_COLLECTSTATIC=1 in the project's env to build without it"
+            )),
+            other => other,
+        })
+    }
+}
+
+/// What `choose_tools` picked for a build.
+struct Tools {
+    /// The interpreter the venv is made from; `None`: `python3` on PATH.
+    python: Option<PathBuf>,
+    /// `uv`, when the server has it: venv and installs through it instead of pip.
+    uv: Option<PathBuf>,
+    /// The `node` binary asked for by `engines.node`; `None`: the one on PATH.
+    node: Option<PathBuf>,
+}
+
+/// A `uv` step, with its cache kept between builds.
+fn uv_step(uv: &Path, args: &[&str], cache: &Path) -> Step {
+    let uv_cache = cache.join("uv");
+    Step::new("uv", args)
+        .program(uv.to_owned())
+        .env("UV_CACHE_DIR", uv_cache.clone())
+        .env("UV_NO_PROGRESS", "1")
+        // Only interpreters the machine has: uv would otherwise download one.
+        .env("UV_PYTHON_DOWNLOADS", "never")
+        .cache(uv_cache)
+}
+
+/// The server's PATH with `first` before it.
+fn path_with(first: &Path) -> OsString {
+    let mut path = first.as_os_str().to_owned();
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()));
+    path
+}
+
+/// Makes the release run the chosen `node`: `.paastech/bin/node` links to it, and the
+/// process runtime puts `.paastech/bin` on the app's PATH.
+async fn pin_node(dir: &Path, node: &Path) -> Result<()> {
+    let bin = dir.join(PINNED_BIN);
+    tokio::fs::create_dir_all(&bin).await.map_err(|e| Error::internal("creating .paastech/bin", e))?;
+    let link = bin.join("node");
+    let _ = tokio::fs::remove_file(&link).await;
+    tokio::fs::symlink(node, &link).await.map_err(|e| Error::internal("linking the chosen node", e))
+}
+
+/// Where a release keeps links to the interpreters its build chose.
+pub const PINNED_BIN: &str = ".paastech/bin";
+
+/// A sink for what has nowhere to go.
+struct Discard;
+
+impl LogSink for Discard {
+    fn line(&self, _line: &str) {}
 }
 
 fn describe(detected: &Detected) -> String {

@@ -19,6 +19,7 @@ mod group;
 mod interactive;
 mod ledger;
 mod lines;
+mod toolchains;
 
 pub use builder::{ProcessBuilder, ProcessBuilderConfig};
 pub use options::{ProcessBuildOptions, ProcessRuntimeOptions};

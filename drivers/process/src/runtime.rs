@@ -549,7 +549,7 @@ impl LogSink for Discard {
 /// The release's own tools first, then the system's.
 fn app_path(dir: &Path) -> OsString {
     let mut path = OsString::new();
-    for sub in [".venv/bin", "node_modules/.bin"] {
+    for sub in [".venv/bin", "node_modules/.bin", crate::builder::PINNED_BIN] {
         path.push(dir.join(sub));
         path.push(":");
     }

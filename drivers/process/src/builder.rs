@@ -77,14 +77,8 @@ impl ProcessBuilder {
                 if let Some(wanted) = versions::python_wanted(dir)? {
                     let found = toolchains::pythons(&env).await;
                     let asked = wanted.to_string();
-                    let chosen = versions::choose("Python", &asked, wanted.file, &found, |v| wanted.matches(v))?;
-                    log.line(&format!(
-                        "-----> Python {} ({} asks for {asked}): {}",
-                        chosen.version,
-                        wanted.file,
-                        chosen.path.display()
-                    ));
-                    tools.python = Some(chosen.path.clone());
+                    let path = pick("Python", &asked, wanted.file, &found, |v| wanted.matches(v), log)?;
+                    tools.python = Some(path);
                 }
                 tools.uv = toolchains::uv(&env);
                 if tools.uv.is_some() {
@@ -95,14 +89,7 @@ impl ProcessBuilder {
                 if let Some(wanted) = versions::node_wanted(dir)? {
                     let found = toolchains::nodes(&env).await;
                     let file = "package.json engines.node";
-                    let chosen = versions::choose("Node", &wanted.asked, file, &found, |v| wanted.matches(v))?;
-                    log.line(&format!(
-                        "-----> Node {} ({file} asks for {}): {}",
-                        chosen.version,
-                        wanted.asked,
-                        chosen.path.display()
-                    ));
-                    tools.node = Some(chosen.path.clone());
+                    tools.node = Some(pick("Node", &wanted.asked, file, &found, |v| wanted.matches(v), log)?);
                 }
             }
             _ => {}
@@ -326,6 +313,20 @@ impl ProcessBuilder {
             other => other,
         })
     }
+}
+
+/// The newest of `found` that `matches` (see `versions::choose`), said in the build log.
+fn pick(
+    language: &str,
+    asked: &str,
+    file: &str,
+    found: &[versions::Interpreter],
+    matches: impl Fn(&semver::Version) -> bool,
+    log: &dyn LogSink,
+) -> Result<PathBuf> {
+    let chosen = versions::choose(language, asked, file, found, matches)?;
+    log.line(&format!("-----> {language} {} ({file} asks for {asked}): {}", chosen.version, chosen.path.display()));
+    Ok(chosen.path.clone())
 }
 
 /// What `choose_tools` picked for a build.

@@ -429,6 +429,9 @@ pub fn main(config_path: Option<PathBuf>, check: bool) -> Result<()> {
             Some(path) => println!("{}: configuration is valid", path.display()),
             None => println!("embedded default configuration is valid"),
         }
+        let plan = paastech_store::migration_plan(&settings.database_url)
+            .with_context(|| format!("reading the database {}", redact(&settings.database_url)))?;
+        print!("{}", describe_migrations(&plan));
         return Ok(());
     }
     init_logging();
@@ -438,6 +441,30 @@ pub fn main(config_path: Option<PathBuf>, check: bool) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(serve(settings))
+}
+
+/// What `server --check` says of the database: which migrations a start would run (it
+/// runs none of them).
+fn describe_migrations(plan: &paastech_store::MigrationPlan) -> String {
+    let mut text = String::new();
+    if !plan.database_exists {
+        text.push_str("database: does not exist yet; a start creates it\n");
+    }
+    if plan.pending.is_empty() {
+        text.push_str("database: schema up to date, a start would run no migration\n");
+    } else {
+        text.push_str(&format!("database: a start would run {} migration(s):\n", plan.pending.len()));
+        for name in &plan.pending {
+            text.push_str(&format!("  {name}\n"));
+        }
+    }
+    if !plan.unknown.is_empty() {
+        text.push_str(&format!(
+            "database: it records migration(s) this version does not know (written by a newer paastech?): {}\n",
+            plan.unknown.join(", ")
+        ));
+    }
+    text
 }
 
 /// The argv of the static file server, without its directory: what the process builder

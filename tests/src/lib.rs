@@ -127,6 +127,12 @@ impl Server {
         panic!("paastech server found its ports taken three times in a row")
     }
 
+    /// A server configured with `extra` but not started: put files into its data
+    /// directory, then start it with [`Server::start_again`].
+    pub fn configured(extra: &str) -> Server {
+        Server::configure("", extra, None)
+    }
+
     fn configure(api_keys: &str, extra: &str, ingress_port: Option<u16>) -> Server {
         let dir = tempfile::tempdir().expect("server temp dir");
         let (api_port, ssh_port) = (free_port(), free_port());

@@ -434,6 +434,10 @@ pub fn main(config_path: Option<PathBuf>, check: bool) -> Result<()> {
         print!("{}", describe_migrations(&plan));
         return Ok(());
     }
+    // What the server makes is its own: the database, keys, repositories and logs are
+    // never readable by app users (whose release directories the process driver opens
+    // to them, and only those).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

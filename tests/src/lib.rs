@@ -501,6 +501,22 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// The first line (`Name:`) of `/proc/PID/status` of each live process (not a zombie,
+/// which an init that never reaps may keep) whose real uid is `uid`.
+pub fn processes_of(uid: u64) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("status")).ok())
+        .filter(|status| {
+            let real = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
+            let state = status.lines().find_map(|l| l.strip_prefix("State:")).unwrap_or_default();
+            real == Some(&uid.to_string()) && !state.trim_start().starts_with('Z')
+        })
+        .map(|status| status.lines().next().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// A signed-up user with a registered SSH key: their token and private key path.
 pub struct Developer {
     pub token: String,

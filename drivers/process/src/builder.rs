@@ -2,8 +2,10 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::group;
 use crate::lines::Lines;
+use crate::users::{AppUser, AppUsers, reachable_by_others};
 use paastech_core::app::detect::{self, Detected, Language};
 use paastech_core::app::shell::{shell_join, shell_quote};
 
@@ -53,6 +56,9 @@ pub struct ProcessBuilderConfig {
     pub timeout: Duration,
     /// The argv prefix of the static file server; the app directory is appended.
     pub static_server: Vec<String>,
+    /// Each project's build steps run as its uid (the one its processes get) when the
+    /// server can switch users. `None`: as the server's user.
+    pub users: Option<Arc<AppUsers>>,
 }
 
 pub struct ProcessBuilder {
@@ -65,8 +71,7 @@ impl ProcessBuilder {
     }
 
     /// The steps that build `language` in `dir`, in order.
-    fn plan(&self, language: Option<Language>, dir: &Path) -> Result<Vec<Step>> {
-        let cache = &self.config.cache_dir;
+    fn plan(&self, language: Option<Language>, dir: &Path, cache: &Path) -> Result<Vec<Step>> {
         let pip = |args: &[&str]| {
             let pip_cache = cache.join("pip");
             Step::new(".venv/bin/pip", &[PIP_INSTALL, args].concat())
@@ -119,13 +124,27 @@ impl ProcessBuilder {
     }
 
     /// The environment every step starts from: nothing of the server's but where its
-    /// tools are, then the project's build env.
-    fn base_env(&self, request: &BuildRequest) -> Vec<(OsString, OsString)> {
+    /// tools are, then the project's build env. A step run as an app user gets only the
+    /// PATH entries such a user can reach, and `home` as its HOME.
+    fn base_env(&self, request: &BuildRequest, home: Option<&Path>) -> Vec<(OsString, OsString)> {
         let mut env = Vec::new();
         let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let path = match home {
+            Some(_) => {
+                let reachable: Vec<PathBuf> =
+                    std::env::split_paths(&path).filter(|dir| reachable_by_others(dir)).collect();
+                std::env::join_paths(reachable).unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
+            }
+            None => path,
+        };
         env.push(("PATH".into(), path));
-        if let Some(home) = std::env::var_os("HOME") {
-            env.push(("HOME".into(), home));
+        match home {
+            Some(home) => env.push(("HOME".into(), home.into())),
+            None => {
+                if let Some(home) = std::env::var_os("HOME") {
+                    env.push(("HOME".into(), home));
+                }
+            }
         }
         env.push(("LANG".into(), "C.UTF-8".into()));
         for name in PASSTHROUGH_VARS {
@@ -175,14 +194,44 @@ impl ImageBuilder for ProcessBuilder {
         };
         log.line(&describe(&detected));
 
-        let base_env = self.base_env(request);
-        for step in self.plan(detected.language, dir)? {
+        // As the project's user: the release directory becomes its own, and its caches
+        // and HOME are a directory of its own under the cache.
+        let user = match &self.config.users {
+            Some(users) => users.user(&request.project)?,
+            None => None,
+        };
+        let cache = match (&self.config.users, user) {
+            (Some(users), Some(user)) => {
+                let (users, dir, cache_dir, project) =
+                    (Arc::clone(users), dir.to_owned(), self.config.cache_dir.clone(), request.project.clone());
+                tokio::task::spawn_blocking(move || {
+                    users.give_release(&dir, user)?;
+                    users.project_cache(&cache_dir, &project, user)
+                })
+                .await
+                .map_err(|e| Error::internal("preparing the build's directories", e))?
+                .map_err(|e| Error::internal(format!("giving the release directory to uid {}", user.uid), e))?
+            }
+            _ => self.config.cache_dir.clone(),
+        };
+        let home = user.map(|_| cache.join("home"));
+        let base_env = self.base_env(request, home.as_deref());
+        for step in self.plan(detected.language, dir, &cache)? {
             for cache in &step.caches {
                 tokio::fs::create_dir_all(cache)
                     .await
                     .map_err(|e| Error::internal("creating the build cache directory", e))?;
+                if let Some(user) = user
+                    && std::fs::metadata(cache)
+                        .map_err(|e| Error::internal("reading the build cache directory", e))?
+                        .uid()
+                        != user.uid
+                {
+                    std::os::unix::fs::lchown(cache, Some(user.uid), None)
+                        .map_err(|e| Error::internal("giving the build cache directory to the app's user", e))?;
+                }
             }
-            run_step(&step, dir, &base_env, deadline, self.config.timeout, log).await?;
+            run_step(&step, dir, &base_env, user, deadline, self.config.timeout, log).await?;
         }
 
         let mut processes = detected.processes;
@@ -269,6 +318,7 @@ async fn run_step(
     step: &Step,
     dir: &Path,
     base_env: &[(OsString, OsString)],
+    user: Option<AppUser>,
     deadline: Instant,
     limit: Duration,
     log: &dyn LogSink,
@@ -286,6 +336,13 @@ async fn run_step(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     group::own_session(&mut command);
+    if let Some(user) = user {
+        // SAFETY: runs in the child between fork and exec; only raw system calls.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || user.drop_privileges());
+        }
+    }
     let mut child = command.spawn().map_err(|err| {
         if err.kind() == io::ErrorKind::NotFound {
             Error::Unavailable(format!(

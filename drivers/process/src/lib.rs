@@ -19,7 +19,9 @@ mod group;
 mod interactive;
 mod ledger;
 mod lines;
+mod users;
 
 pub use builder::{ProcessBuilder, ProcessBuilderConfig};
 pub use options::{ProcessBuildOptions, ProcessRuntimeOptions};
 pub use runtime::{ProcessRuntime, ProcessRuntimeConfig, RestartPolicy};
+pub use users::{AppUsers, DEFAULT_FIRST_UID, DEFAULT_UID_COUNT};

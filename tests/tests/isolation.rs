@@ -1,0 +1,92 @@
+//! Apps on the process runtime never run as the server's user (#17 item 2): each project
+//! runs as a uid of its own, with no capability, no supplementary group and no way to
+//! gain privileges, and cannot read the server's database, keys, repositories or another
+//! project's release directory. The app (`tests/apps/snoop`) tries, and says what it got
+//! over HTTP. The server (root here) stops every process it started, whatever its uid.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use paastech_tests::{GitRepo, Server, eventually, processes_of};
+use serde_json::{Value, json};
+
+fn snoop() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps").join("snoop")
+}
+
+fn whoami(server: &Server, project: &str) -> Value {
+    let (status, body) = server.app_get(project, "/whoami");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|err| panic!("{project}'s whoami: {err}: {body}"))
+}
+
+/// What the app of `project` got trying to read `path`.
+fn read(server: &Server, project: &str, path: &Path) -> String {
+    let path = path.to_str().expect("utf-8 path");
+    assert!(path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)), "no escaping needed: {path}");
+    let (status, body) = server.app_get(project, &format!("/read?path={path}"));
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[test]
+fn an_app_runs_as_its_own_user_and_cannot_read_the_server_or_another_project() {
+    let mut server = Server::start("");
+    // The test's temporary directory is private (0700), which alone would keep every app
+    // out of everything below it by path: open it as /var/lib is, so that what the apps
+    // cannot read is kept from them by the data directory's own modes.
+    std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let ada = server.developer("ada@example.com");
+    for name in ["alpha", "beta"] {
+        let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": name})));
+        assert_eq!(status, 201, "{body}");
+        let repo = GitRepo::from_dir(&server.dir.path().join(name), &snoop(), &ada.key, server.ssh_port, name);
+        let (ok, output) = repo.push("main");
+        assert!(ok, "push {name}: {output}\n{}", server.log());
+    }
+
+    let alpha = whoami(&server, "alpha");
+    let beta = whoami(&server, "beta");
+    let alpha_uid = alpha["uid"].as_u64().expect("uid");
+    assert_ne!(alpha_uid, 0, "the app runs as root: {alpha}");
+    assert_ne!(alpha["uid"], beta["uid"], "two projects share a uid");
+    assert_eq!(alpha["gid"], alpha["uid"], "{alpha}");
+    assert_eq!(alpha["groups"], json!([]), "supplementary groups are cleared: {alpha}");
+    assert_eq!(alpha["cap_eff"], "0000000000000000", "{alpha}");
+    assert_eq!(alpha["cap_amb"], "0000000000000000", "{alpha}");
+    assert_eq!(alpha["no_new_privs"], "1", "{alpha}");
+
+    let data = server.data_dir();
+    let own = PathBuf::from(alpha["cwd"].as_str().expect("cwd"));
+    let other = PathBuf::from(beta["cwd"].as_str().expect("cwd"));
+    assert!(own.starts_with(&data) && other.starts_with(&data), "{own:?} {other:?}");
+    // What must be readable is, by the same absolute path: the probe can say "readable".
+    assert_eq!(read(&server, "alpha", &own), "readable");
+    assert_eq!(read(&server, "alpha", &own.join("app.py")), "readable");
+
+    let secrets = [
+        data.join("paastech.db"),
+        data.join("secrets").join("secrets.key"),
+        data.join("ssh_host_ed25519_key"),
+        data.join("repos"),
+        other.clone(),
+        other.join("app.py"),
+        data.join("releases").join("beta"),
+        data.clone(),
+    ];
+    for path in &secrets {
+        assert!(path.exists(), "{} does not exist: the denial below would prove nothing", path.display());
+        let got = read(&server, "alpha", path);
+        assert!(got.starts_with("denied: Permission denied"), "alpha read {}: {got}", path.display());
+    }
+
+    // Stopping the server stops every process it started, though none is its own uid.
+    assert!(!processes_of(alpha_uid).is_empty(), "alpha's app is not running as {alpha_uid}");
+    server.stop();
+    assert!(
+        eventually(Duration::from_secs(10), || processes_of(alpha_uid).is_empty()),
+        "processes of uid {alpha_uid} outlived the server: {:?}",
+        processes_of(alpha_uid)
+    );
+}

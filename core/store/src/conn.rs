@@ -112,18 +112,23 @@ pub struct MigrationPlan {
     pub unknown: Vec<String>,
 }
 
-/// [`MigrationPlan`] of the database at `url`. SQLite is opened read-only and PostgreSQL
-/// is only read, so this works beside a running server and writes nothing, not even
-/// diesel's bookkeeping table.
+/// [`MigrationPlan`] of the database at `url`. SQLite is opened read-only (no file made,
+/// not even its -wal and -shm) and PostgreSQL is only read, so this works beside a running
+/// server and writes nothing, not even diesel's bookkeeping table.
 pub fn migration_plan(url: &str) -> Result<MigrationPlan, Error> {
     match parse_url(url)? {
         Target::Sqlite(path) => {
             if !Path::new(path).exists() {
                 return plan::<diesel::sqlite::Sqlite>(SQLITE_MIGRATIONS, None, false);
             }
-            // A URI with mode=ro: diesel opens every file with SQLITE_OPEN_URI, and a
-            // read-only open can neither create the file nor change its journal mode.
-            let uri = format!("file:{}?mode=ro", path.replace('%', "%25").replace('?', "%3f").replace('#', "%23"));
+            // A URI (diesel opens every file with SQLITE_OPEN_URI) that creates nothing:
+            // mode=ro while a server has the WAL open (its -wal and -shm exist, and hold
+            // what it wrote last); immutable=1 when they do not (a stopped server left
+            // everything in the file), since even a read-only open would make them, owned
+            // by whoever runs the check (root), and the server could not open them.
+            let wal = ["-wal", "-shm"].iter().all(|suffix| Path::new(&format!("{path}{suffix}")).exists());
+            let mode = if wal { "mode=ro" } else { "immutable=1" };
+            let uri = format!("file:{}?{mode}", path.replace('%', "%25").replace('?', "%3f").replace('#', "%23"));
             let mut conn = SqliteConnection::establish(&uri)
                 .map_err(|e| Error::Unavailable(format!("cannot open SQLite database {path}: {e}")))?;
             let applied = applied_versions!(&mut conn)?;

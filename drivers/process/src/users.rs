@@ -100,7 +100,7 @@ impl AppUsers {
     /// The app users of `data_dir`, with the range `(first, count)` when given (the
     /// runtime's options), else the range already set for it (the builder), else the
     /// default.
-    pub(crate) fn shared(data_dir: &Path, range: Option<(u32, u32)>) -> Arc<AppUsers> {
+    pub fn shared(data_dir: &Path, range: Option<(u32, u32)>) -> Arc<AppUsers> {
         let mut users = registry().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = users.get(data_dir)
             && range.is_none_or(|(first, count)| (existing.first, existing.count) == (first, count))

@@ -33,9 +33,10 @@ fn read(server: &Server, project: &str, path: &Path) -> String {
 #[test]
 fn an_app_runs_as_its_own_user_and_cannot_read_the_server_or_another_project() {
     let mut server = Server::start("");
-    // The test's temporary directory is private (0700), which alone would keep every app
-    // out of everything below it by path: open it as /var/lib is, so that what the apps
-    // cannot read is kept from them by the data directory's own modes.
+    // The test's temporary directory has whatever mode the test's umask gave it (0700
+    // would alone keep every app out of everything below it by path): make it what
+    // /var/lib is to /var/lib/paastech, so that what the apps cannot read is kept from
+    // them by the data directory's own modes, and what they may read they can.
     std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
     let ada = server.developer("ada@example.com");
     for name in ["alpha", "beta"] {

@@ -236,7 +236,18 @@ impl ImageBuilder for ProcessBuilder {
 
         let mut processes = detected.processes;
         if detected.language == Some(Language::Static) {
-            processes.insert("web".to_owned(), self.static_web_command(&reference)?);
+            let command = self.static_web_command(&reference)?;
+            // The site's process runs as the app's user, who must be able to run it.
+            if user.is_some()
+                && let Some(server) = self.config.static_server.first()
+                && !reachable_by_others(Path::new(server))
+            {
+                return Err(Error::Unavailable(format!(
+                    "the static file server {server} cannot be run by app users (a directory above it is closed to \
+                     other users): install paastech where every user may run it, such as /usr/bin"
+                )));
+            }
+            processes.insert("web".to_owned(), command);
         }
         for (name, command) in &processes {
             log.line(&format!("-----> Process type {name}: {command}"));

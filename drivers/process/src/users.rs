@@ -372,7 +372,8 @@ pub(crate) fn reachable_by_others(path: &Path) -> bool {
     let Ok(path) = path.canonicalize() else {
         return false;
     };
-    path.ancestors().skip(1).all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o001 != 0))
+    // The path itself too: a directory of PATH must be searchable, a program executable.
+    path.ancestors().all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o001 != 0))
 }
 
 #[cfg(test)]
@@ -385,6 +386,24 @@ mod tests {
         assert_eq!(capabilities(status, "CapEff"), Some(0xe1));
         assert_eq!(capabilities(status, "CapInh"), Some(0));
         assert_eq!(capabilities(status, "CapAmb"), None);
+    }
+
+    #[test]
+    fn reachable_means_every_directory_on_the_way_open_to_others() {
+        let tmp = tempfile::tempdir().expect("dir");
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).expect("mkdir");
+        let chmod = |path: &Path, mode| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        chmod(tmp.path(), 0o755).expect("chmod");
+        chmod(&bin, 0o755).expect("chmod");
+        assert!(reachable_by_others(&bin));
+        chmod(&bin, 0o750).expect("chmod");
+        assert!(!reachable_by_others(&bin), "the directory itself closed");
+        chmod(&bin, 0o711).expect("chmod");
+        chmod(tmp.path(), 0o700).expect("chmod");
+        assert!(!reachable_by_others(&bin), "a directory above it closed");
+        assert!(!reachable_by_others(&tmp.path().join("missing")));
+        assert!(reachable_by_others(Path::new("/bin/sh")));
     }
 
     #[test]

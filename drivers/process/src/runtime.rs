@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -227,7 +228,20 @@ impl ProcessRuntime {
         }
         let name = format!("{}.{}", spec.process_type, spec.index);
         let user = match &self.config.users {
-            Some(users) => users.user(&spec.project)?,
+            Some(users) => {
+                let user = users.user(&spec.project)?;
+                // A release not (or no longer) the project's uid's: restored from a backup
+                // (which keeps no uid map), or built before the server could switch users.
+                if let Some(user) = user
+                    && std::fs::metadata(&dir).map_err(|e| Error::internal("reading the release directory", e))?.uid()
+                        != user.uid
+                {
+                    users.give_release(&dir, user).map_err(|e| {
+                        Error::internal(format!("giving release directory {} to uid {}", dir.display(), user.uid), e)
+                    })?;
+                }
+                user
+            }
             None => None,
         };
         Ok(Launch { program, args, dir, env, output, name, ledger: self.ledger.clone(), cgroup: None, user })

@@ -91,3 +91,44 @@ fn an_app_runs_as_its_own_user_and_cannot_read_the_server_or_another_project() {
         processes_of(alpha_uid)
     );
 }
+
+/// A server that cannot switch users (not root, no capability) says so at start, in one
+/// line naming what it lacks, and still starts: its apps run as itself.
+#[test]
+fn a_server_without_the_capabilities_says_which_isolation_it_gives() {
+    use std::process::{Command, Stdio};
+
+    let server = Server::configured("");
+    let nobody = "65534";
+    let chown = Command::new("chown").args(["-R", &format!("{nobody}:{nobody}")]).arg(server.dir.path()).status();
+    assert!(chown.expect("chown").success());
+    std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let log = std::fs::File::create(server.log_path()).expect("log");
+    let mut child = Command::new("setpriv")
+        .args(["--reuid", nobody, "--regid", nobody, "--clear-groups", "--inh-caps=-all", "--"])
+        .arg(paastech_tests::paastech_bin())
+        .args(["server", "--config"])
+        .arg(&server.config_path)
+        .env("HOME", server.dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("setpriv");
+    let api = server.api();
+    let ready = eventually(Duration::from_secs(30), || matches!(api.call("GET", "/healthz", None, None), Ok((200, _))));
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = server.log();
+    assert!(ready, "the server did not start:\n{said}");
+    let lines: Vec<&str> = said.lines().filter(|l| l.contains("app isolation")).collect();
+    assert_eq!(lines.len(), 1, "{said}");
+    assert!(lines[0].contains("WARN"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("none between apps and the server")
+            && lines[0].contains("lacks CAP_CHOWN, CAP_KILL, CAP_SETGID, CAP_SETUID")
+            && lines[0].contains("run as the server's own user (uid 65534)"),
+        "{}",
+        lines[0]
+    );
+}

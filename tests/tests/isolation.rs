@@ -132,3 +132,32 @@ fn a_server_without_the_capabilities_says_which_isolation_it_gives() {
         lines[0]
     );
 }
+
+/// A data directory below a directory other users cannot pass (root's home, where a
+/// server run from root's shell keeps it by default) would keep apps of their own uids
+/// from their releases by path: the server says so and runs apps as itself, and they
+/// work (a virtualenv's scripts name their interpreter by its path).
+#[test]
+fn a_data_dir_apps_could_not_reach_keeps_apps_on_the_servers_uid_and_says_so() {
+    let mut server = Server::configured("");
+    std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    server.start_again();
+    let said = server.log();
+    let line =
+        said.lines().find(|l| l.contains("app isolation")).unwrap_or_else(|| panic!("no isolation line:\n{said}"));
+    assert!(
+        line.contains("none between apps and the server") && line.contains("which other users cannot pass"),
+        "{line}"
+    );
+
+    let ada = server.developer("ada@example.com");
+    let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": "venv"})));
+    assert_eq!(status, 201, "{body}");
+    let repo = GitRepo::from_dir(&server.dir.path().join("venv"), &snoop(), &ada.key, server.ssh_port, "venv");
+    // A line that is not a comment: a venv with pip, and pip run by its path.
+    repo.write("requirements.txt", "--no-index\n");
+    repo.commit_all("a venv");
+    let (ok, output) = repo.push("main");
+    assert!(ok, "{output}\n{}", server.log());
+    assert_eq!(whoami(&server, "venv")["uid"], 0, "apps run as the server (root here)");
+}

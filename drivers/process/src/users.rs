@@ -77,8 +77,9 @@ pub struct AppUsers {
     file: PathBuf,
     data_dir: PathBuf,
     server_gid: u32,
-    /// `None`: the server can switch users. `Some`: why not (apps run as the server).
-    cannot: Option<String>,
+    /// `None`: the server can switch users. `Some`: why not and what would let it (apps
+    /// run as the server).
+    cannot: Option<(String, String)>,
     cache: Mutex<HashMap<String, u32>>,
 }
 
@@ -120,7 +121,7 @@ impl AppUsers {
             file: data_dir.join("run").join("app-uids"),
             data_dir: data_dir.to_owned(),
             server_gid: effective_ids().1,
-            cannot: missing_privileges(),
+            cannot: missing_privileges().or_else(|| closed_above(data_dir)),
             cache: Mutex::default(),
         }
     }
@@ -140,11 +141,10 @@ impl AppUsers {
                 self.first.saturating_add(self.count - 1),
                 self.file.display()
             ),
-            Some(why) => format!(
+            Some((why, remedy)) => format!(
                 "app isolation: none between apps and the server: {why}, so builds and apps run as the server's own \
                  user (uid {}) and can read its data directory, database, keys and every project's files; they still \
-                 get a clean environment, their own session and cgroup; run the server as root or with CAP_SETUID, \
-                 CAP_SETGID, CAP_CHOWN and CAP_KILL (the packaged unit does) for a uid per project",
+                 get a clean environment, their own session and cgroup; {remedy} for a uid per project",
                 effective_ids().0
             ),
         }
@@ -331,9 +331,36 @@ fn set_mode(path: &Path, meta: &std::fs::Metadata, wanted: u32) -> io::Result<()
     Ok(())
 }
 
+/// Why apps could not be given uids of their own under `data_dir`, and what would let
+/// them: a directory above it that other users cannot pass (a data directory in root's
+/// home, the default of a server run as root from a shell) would keep every app from its
+/// release by path, and a virtualenv's scripts name their interpreter by path.
+fn closed_above(data_dir: &Path) -> Option<(String, String)> {
+    let closed = data_dir
+        .ancestors()
+        .skip(1)
+        .filter(|dir| dir.exists())
+        .find(|dir| std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o001 == 0))?;
+    Some((
+        format!(
+            "the data directory {} is below {}, which other users cannot pass, so apps of their own uids could not \
+             reach their releases",
+            data_dir.display(),
+            closed.display()
+        ),
+        "set data_dir where every user may pass, such as /var/lib/paastech,".into(),
+    ))
+}
+
 /// Why this process cannot switch users, or `None` when it can: it is root with the
 /// capabilities, or holds them (effective) as another uid.
-fn missing_privileges() -> Option<String> {
+fn missing_privileges() -> Option<(String, String)> {
+    let remedy =
+        "run the server as root or with CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_KILL (the packaged unit does)";
+    missing_capabilities().map(|why| (why, remedy.to_owned()))
+}
+
+fn missing_capabilities() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok();
     let effective = status.as_deref().and_then(|s| capabilities(s, "CapEff"));
     let Some(effective) = effective else {

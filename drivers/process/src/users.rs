@@ -17,8 +17,9 @@
 //! alone.
 //!
 //! The switch needs root or the capabilities `CAP_SETUID`, `CAP_SETGID` (the switch),
-//! `CAP_CHOWN` (release directories) and `CAP_KILL` (stopping another uid's processes).
-//! Without them apps run as the server's own user, and the runtime says so once at start.
+//! `CAP_CHOWN` (release directories) and `CAP_KILL` (stopping another uid's processes),
+//! and a data directory that other users may pass to. Without them apps run as the
+//! server's own user, and the runtime says so once at start.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -174,9 +175,9 @@ impl AppUsers {
         Ok(Some(AppUser { uid, gid: uid }))
     }
 
-    /// Reads the file under an exclusive lock (another server process on the same data
-    /// directory, a `--check`, allocates through the same file) and appends the project
-    /// when it has no uid yet: the lowest free one of the range.
+    /// Reads the file under an exclusive lock (the runtime and the builder allocate
+    /// through it, and so would a second server on the same data directory) and appends
+    /// the project when it has no uid yet: the lowest free one of the range.
     fn allocate(&self, project: &str) -> io::Result<Option<u32>> {
         if let Some(parent) = self.file.parent() {
             std::fs::create_dir_all(parent)?;

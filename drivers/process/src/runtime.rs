@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -230,13 +229,8 @@ impl ProcessRuntime {
         let user = match &self.config.users {
             Some(users) => {
                 let user = users.user(&spec.project)?;
-                // A release not (or no longer) the project's uid's: restored from a backup
-                // (which keeps no uid map), or built before the server could switch users.
-                if let Some(user) = user
-                    && std::fs::metadata(&dir).map_err(|e| Error::internal("reading the release directory", e))?.uid()
-                        != user.uid
-                {
-                    users.give_release(&dir, user).map_err(|e| {
+                if let Some(user) = user {
+                    users.adopt_release(&dir, user).map_err(|e| {
                         Error::internal(format!("giving release directory {} to uid {}", dir.display(), user.uid), e)
                     })?;
                 }

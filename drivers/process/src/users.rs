@@ -252,6 +252,21 @@ impl AppUsers {
         give_tree(dir, user.uid, self.server_gid)
     }
 
+    /// Gives `dir` to `user` when it is a release of this data directory that the server
+    /// still owns: restored from a backup (which keeps no uid map), or built before the
+    /// server could switch users. A directory outside the data directory, or one another
+    /// uid owns, is left as it is.
+    pub(crate) fn adopt_release(&self, dir: &Path, user: AppUser) -> io::Result<()> {
+        if !dir.starts_with(&self.data_dir) {
+            return Ok(());
+        }
+        let owner = std::fs::metadata(dir)?.uid();
+        if owner == user.uid || owner != effective_ids().0 {
+            return Ok(());
+        }
+        self.give_release(dir, user)
+    }
+
     /// The project's own cache directory (`cache/PROJECT`), made and given to its user:
     /// download caches and the build's HOME, never shared with another project.
     pub(crate) fn project_cache(&self, cache_dir: &Path, project: &ProjectName, user: AppUser) -> io::Result<PathBuf> {

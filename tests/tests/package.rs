@@ -156,6 +156,7 @@ fn uid_of(user: &str) -> u64 {
 fn the_package_installs_runs_the_server_as_its_user_and_keeps_data_across_reinstall() {
     assert_eq!(uid_of("root"), 0);
     // Two runs (two test processes, two checkouts) never install at once.
+    std::fs::create_dir_all("/run/lock").expect("/run/lock");
     let lock = File::create("/run/lock/paastech-package-test.lock").expect("lock file");
     lock.lock().expect("taking the package test lock");
     if installed() {

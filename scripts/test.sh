@@ -21,9 +21,13 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
     # python3-prometheus-client: the metrics test parses /metrics with Prometheus's own parser.
     # wrk: the load the lifecycle journey restarts an app under.
     # python3-aiosmtpd: the SMTP server on loopback the mail journeys send to.
+    # systemd: `systemd-analyze verify` of the packaged unit (the package journey); it is
+    # not started (no systemd runs as init on these machines). Without recommends it pulls
+    # only libraries (libsystemd-shared, libseccomp2, libcryptsetup12, …) and `mount`, not
+    # dbus or systemd-timesyncd. adduser: the package's postinst makes the `paastech` user.
     packages=(git openssh-client postgresql libpq-dev libsqlite3-dev sqlite3 pkg-config libssl-dev gcc python3-aiosmtpd
               python3 python3-venv python3-prometheus-client util-linux procps psmisc ca-certificates busybox-static
-              wrk)
+              wrk systemd adduser)
     missing=()
     for p in "${packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

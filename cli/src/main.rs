@@ -419,7 +419,8 @@ struct ServerArgs {
     /// The TOML configuration (default: the embedded default, local processes + SQLite).
     #[arg(long, short = 'c', env = "PAASTECH_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Validate the configuration and exit.
+    /// Validate the configuration, print which database migrations a start would run
+    /// (running none), and exit.
     #[arg(long)]
     check: bool,
     #[command(subcommand)]

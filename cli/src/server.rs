@@ -429,8 +429,15 @@ pub fn main(config_path: Option<PathBuf>, check: bool) -> Result<()> {
             Some(path) => println!("{}: configuration is valid", path.display()),
             None => println!("embedded default configuration is valid"),
         }
+        let plan = paastech_store::migration_plan(&settings.database_url)
+            .with_context(|| format!("reading the database {}", redact(&settings.database_url)))?;
+        print!("{}", describe_migrations(&plan));
         return Ok(());
     }
+    // What the server makes is its own: the database, keys, repositories and logs are
+    // never readable by app users (whose release directories the process driver opens
+    // to them, and only those).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -438,6 +445,30 @@ pub fn main(config_path: Option<PathBuf>, check: bool) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(serve(settings))
+}
+
+/// What `server --check` says of the database: which migrations a start would run (it
+/// runs none of them).
+fn describe_migrations(plan: &paastech_store::MigrationPlan) -> String {
+    let mut text = String::new();
+    if !plan.database_exists {
+        text.push_str("database: does not exist yet; a start creates it\n");
+    }
+    if plan.pending.is_empty() {
+        text.push_str("database: schema up to date, a start would run no migration\n");
+    } else {
+        text.push_str(&format!("database: a start would run {} migration(s):\n", plan.pending.len()));
+        for name in &plan.pending {
+            text.push_str(&format!("  {name}\n"));
+        }
+    }
+    if !plan.unknown.is_empty() {
+        text.push_str(&format!(
+            "database: it records migration(s) this version does not know (written by a newer paastech?): {}\n",
+            plan.unknown.join(", ")
+        ));
+    }
+    text
 }
 
 /// The argv of the static file server, without its directory: what the process builder

@@ -35,8 +35,50 @@ pub fn paastech_bin() -> &'static Path {
         assert!(status.success(), "building the paastech binary failed");
         let bin = profile_dir.join("paastech");
         assert!(bin.exists(), "no paastech binary at {}", bin.display());
-        bin
+        reachable_copy(&bin)
     })
+}
+
+/// `bin`, or when a directory above it is closed to other users (a checkout under
+/// `/root`), a copy of it where they can run it: the servers the tests start run apps
+/// and builds as users of their own, and a static site's web process is this binary.
+/// One copy per build of the binary (named by its size and time), shared by the test
+/// processes, made under another name and renamed into place.
+fn reachable_copy(bin: &Path) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let open_to_others =
+        |path: &Path| path.ancestors().all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o001 != 0));
+    if open_to_others(bin) {
+        return bin.to_owned();
+    }
+    let meta = std::fs::metadata(bin).expect("the paastech binary's metadata");
+    let dir = std::env::temp_dir().join("paastech-test-bin").join(format!(
+        "{}-{}",
+        meta.len(),
+        meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+    ));
+    let copy = dir.join("paastech");
+    if !copy.exists() {
+        std::fs::create_dir_all(&dir).expect("a directory for the binary's copy");
+        for made in dir.ancestors().take(2) {
+            std::fs::set_permissions(made, std::fs::Permissions::from_mode(0o755))
+                .expect("opening the copy's directory");
+        }
+        let partial = dir.join(format!("paastech.{}", std::process::id()));
+        std::fs::copy(bin, &partial).expect("copying the paastech binary where app users can run it");
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).expect("making the copy runnable");
+        std::fs::rename(&partial, &copy).expect("putting the copy in place");
+        // Copies of earlier builds are of no more use.
+        if let Some(parent) = dir.parent() {
+            for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+                if entry.path() != dir {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+    assert!(open_to_others(&copy), "{} is not reachable by other users either", copy.display());
+    copy
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released: good enough on a test machine).
@@ -135,6 +177,12 @@ impl Server {
             }
         }
         panic!("paastech server found its ports taken three times in a row")
+    }
+
+    /// A server configured with `extra` but not started: put files into its data
+    /// directory, then start it with [`Server::start_again`].
+    pub fn configured(extra: &str) -> Server {
+        Server::configure("", extra, None)
     }
 
     fn configure(api_keys: &str, extra: &str, ingress_port: Option<u16>) -> Server {
@@ -504,6 +552,22 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     check()
+}
+
+/// The first line (`Name:`) of `/proc/PID/status` of each live process (not a zombie,
+/// which an init that never reaps may keep) whose real uid is `uid`.
+pub fn processes_of(uid: u64) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("status")).ok())
+        .filter(|status| {
+            let real = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
+            let state = status.lines().find_map(|l| l.strip_prefix("State:")).unwrap_or_default();
+            real == Some(&uid.to_string()) && !state.trim_start().starts_with('Z')
+        })
+        .map(|status| status.lines().next().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// A signed-up user with a registered SSH key: their token and private key path.

@@ -299,7 +299,9 @@ fn old_builds_are_pruned_and_say_so() {
 
 /// The pids of the `paastech internal serve-static DIR` processes serving a release of
 /// `project` (their DIR is the release directory, which holds the project's name).
-fn static_server_pids(project: &str) -> Vec<u32> {
+fn static_server_pids(server: &Server, project: &str) -> Vec<u32> {
+    // This server's only: another test running beside this one may have a "site" too.
+    let releases = format!("{}/releases/{project}/", server.data_dir().display());
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
@@ -310,7 +312,7 @@ fn static_server_pids(project: &str) -> Vec<u32> {
         };
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         if args.get(1..3) == Some(&["internal".to_owned(), "serve-static".to_owned()][..])
-            && args.get(3).is_some_and(|dir| dir.contains(&format!("/releases/{project}/")))
+            && args.get(3).is_some_and(|dir| dir.starts_with(&releases))
         {
             pids.push(pid);
         }
@@ -354,7 +356,7 @@ fn a_static_site_is_served_by_the_ingress_and_a_push_serves_its_new_files_at_onc
 
     // The ingress answers from the files itself: with the static server process frozen
     // (a proxied request would wait for it), the site is still served.
-    let pids = static_server_pids("site");
+    let pids = static_server_pids(&server, "site");
     assert_eq!(pids.len(), 1, "one web instance serves the site: {pids:?}");
     {
         let _frozen = Frozen::new(pids);
@@ -369,6 +371,6 @@ fn a_static_site_is_served_by_the_ingress_and_a_push_serves_its_new_files_at_onc
     let (ok, output) = site.push("main");
     assert!(ok, "{output}\n{}", server.log());
     assert_eq!(server.app_get("site", "/"), (200, "<h1>version two</h1>\n".to_owned()));
-    let _frozen = Frozen::new(static_server_pids("site"));
+    let _frozen = Frozen::new(static_server_pids(&server, "site"));
     assert_eq!(server.app_get("site", "/"), (200, "<h1>version two</h1>\n".to_owned()));
 }

@@ -47,6 +47,8 @@ fn the_release_command_runs_once_per_new_release_before_the_app_starts() {
     let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({"name": "rel"})));
     assert_eq!(status, 201, "{body}");
     let markers = tempfile::tempdir().expect("marker dir");
+    // The app runs as its project's own uid, not the test's: it may write here.
+    std::fs::set_permissions(markers.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).expect("chmod");
     let marker_dir = markers.path().display().to_string();
     let env = json!({"MARKER_DIR": marker_dir, "GREETING": "one"});
     let (status, body) = server.api().req("PATCH", "/projects/rel/env", Some(&ada.token), Some(env));

@@ -168,8 +168,9 @@ fn a_server_killed_during_a_build_or_a_start_comes_back_whole() {
     let repo = deploy_slow_app(&server, &ada, name, 0);
     assert_serving(&server, &ada.token, name, 1, 1, "hello");
 
-    // kill -9 while v2 builds (the venv and pip install take a few seconds).
-    repo.write("requirements.txt", "# a change that makes a new build\n");
+    // kill -9 while v2 builds: a line that is not a comment makes the builder create a
+    // venv with pip (ensurepip takes seconds) and run pip, which installs nothing offline.
+    repo.write("requirements.txt", "# a change that makes a new build\n--no-index\n");
     repo.commit_all("second");
     let push = {
         let repo_dir = repo.dir.clone();

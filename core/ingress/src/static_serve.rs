@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -302,6 +303,10 @@ fn discover_blocking(prefix: &[String], addrs: &[SocketAddr]) -> HashMap<SocketA
         let Some(addr) = addr else {
             continue;
         };
+        let Some(dir) = entry.metadata().ok().and_then(|proc| servable(proc.uid(), own_uid(), &dir)) else {
+            tracing::debug!(%addr, dir = %dir.display(), "a static site server of a directory its user may not give out: proxied");
+            continue;
+        };
         match StaticSite::open(&dir) {
             Ok(site) => {
                 tracing::debug!(%addr, dir = %dir.display(), "serving a static site from the ingress");
@@ -311,6 +316,40 @@ fn discover_blocking(prefix: &[String], addrs: &[SocketAddr]) -> HashMap<SocketA
         }
     }
     found
+}
+
+/// The uid this process runs as (the owner of its `/proc` entry).
+fn own_uid() -> u32 {
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+}
+
+/// `dir`, resolved, when a static server running as `uid` may have the ingress serve it.
+/// The ingress reads as the server: an app running as a uid of its own (the process
+/// runtime's isolation) must not make it serve what that uid cannot read itself (the
+/// data directory, another project's release). So the directory must be the app's own,
+/// and no directory above it the app's or open to writes by others than their owner (else
+/// the app could swap it for a link elsewhere once checked). A process of the server's
+/// own uid (apps not isolated) reads all that anyway.
+fn servable(uid: u32, server_uid: u32, dir: &Path) -> Option<PathBuf> {
+    let dir = dir.canonicalize().ok()?;
+    if uid == server_uid {
+        return Some(dir);
+    }
+    if std::fs::metadata(&dir).ok()?.uid() != uid {
+        return None;
+    }
+    // Each directory on the way, with the uid owning the entry below it: a sticky one
+    // (/tmp) lets nobody but that entry's owner rename it.
+    let mut below = uid;
+    for above in dir.ancestors().skip(1) {
+        let meta = std::fs::metadata(above).ok()?;
+        let closed = meta.mode() & 0o022 == 0 || (meta.mode() & 0o1000 != 0 && below != uid);
+        if meta.uid() == uid || !closed {
+            return None;
+        }
+        below = meta.uid();
+    }
+    Some(dir)
 }
 
 /// The directory a process serves, if it is `exe` run as `prefix… DIR`.
@@ -357,6 +396,34 @@ fn listening_socket(line: &str) -> Option<(IpAddr, u16, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An app's uid may have its own directory served, in a place it cannot swap, and
+    /// nothing else; the server's own uid anything. Needs root (chown), as the journeys.
+    #[test]
+    fn a_static_server_of_another_uid_gets_only_its_own_fixed_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let (app, other, server) = (2_000_000_042, 2_000_000_043, own_uid());
+        assert_eq!(server, 0, "this test chowns files: run it as root");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let base = tmp.path().join("releases");
+        let site = base.join("v1");
+        std::fs::create_dir_all(&site).expect("dirs");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        std::os::unix::fs::chown(&site, Some(app), None).expect("chown");
+        assert_eq!(servable(app, server, &site), Some(site.clone()), "its own release");
+        assert_eq!(servable(other, server, &site), None, "another uid's directory");
+        assert_eq!(servable(app, server, &base), None, "a directory it does not own");
+        assert_eq!(servable(server, server, &base), Some(base.clone()), "the server's own processes");
+        assert_eq!(servable(app, server, &site.join("..").join("v1")), Some(site.clone()), "resolved first");
+        // Where the app could rename its directory and put a link in its place: refused.
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert_eq!(servable(app, server, &site), None, "under a directory others may write");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        assert_eq!(servable(app, server, &site), None, "right under a sticky directory, which it owns the entry of");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        std::os::unix::fs::chown(&base, Some(app), None).expect("chown");
+        assert_eq!(servable(app, server, &site), None, "under a directory of its own");
+    }
 
     #[test]
     fn reads_listening_sockets() {

@@ -74,6 +74,98 @@ fn migrate<C: MigrationHarness<DB>, DB: diesel::backend::Backend>(
         .map_err(|source| Error::Internal { message: "database migration failed".into(), source: Some(source) })
 }
 
+diesel::table! {
+    /// diesel's own record of the migrations it ran (read here, never written).
+    __diesel_schema_migrations (version) {
+        version -> Text,
+    }
+}
+
+/// The versions diesel recorded, or `None` when its table does not exist (an empty
+/// database: every migration is pending). A macro: the same query on either connection.
+macro_rules! applied_versions {
+    ($conn:expr) => {
+        match __diesel_schema_migrations::table.select(__diesel_schema_migrations::version).load::<String>($conn) {
+            Ok(versions) => Ok(Some(versions)),
+            // SQLite: "no such table"; PostgreSQL: "relation … does not exist".
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("no such table") || info.message().contains("does not exist") =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(Error::internal("reading the database's applied migrations", err)),
+        }
+    };
+}
+
+/// What a start would do to a database's schema, found without changing anything: the
+/// migrations it would run, in order, and those the database records that this binary
+/// does not know (it was written by a newer version). Migrations only move forward: a
+/// start runs the pending ones and never a down migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationPlan {
+    /// `false` for a SQLite file that does not exist yet (a start creates it).
+    pub database_exists: bool,
+    /// The names (`2026-12-12-000000_cron`) of the migrations a start would run.
+    pub pending: Vec<String>,
+    /// Versions the database records that no migration of this binary has.
+    pub unknown: Vec<String>,
+}
+
+/// [`MigrationPlan`] of the database at `url`. SQLite is opened read-only (no file made,
+/// not even its -wal and -shm) and PostgreSQL is only read, so this works beside a running
+/// server and writes nothing, not even diesel's bookkeeping table.
+pub fn migration_plan(url: &str) -> Result<MigrationPlan, Error> {
+    match parse_url(url)? {
+        Target::Sqlite(path) => {
+            if !Path::new(path).exists() {
+                return plan::<diesel::sqlite::Sqlite>(SQLITE_MIGRATIONS, None, false);
+            }
+            // A URI (diesel opens every file with SQLITE_OPEN_URI) that creates nothing:
+            // mode=ro while a server has the WAL open (its -wal and -shm exist, and hold
+            // what it wrote last); immutable=1 when they do not (a stopped server left
+            // everything in the file), since even a read-only open would make them, owned
+            // by whoever runs the check (root), and the server could not open them.
+            let wal = ["-wal", "-shm"].iter().all(|suffix| Path::new(&format!("{path}{suffix}")).exists());
+            let mode = if wal { "mode=ro" } else { "immutable=1" };
+            let uri = format!("file:{}?{mode}", path.replace('%', "%25").replace('?', "%3f").replace('#', "%23"));
+            let mut conn = SqliteConnection::establish(&uri)
+                .map_err(|e| Error::Unavailable(format!("cannot open SQLite database {path}: {e}")))?;
+            let applied = applied_versions!(&mut conn)?;
+            plan::<diesel::sqlite::Sqlite>(SQLITE_MIGRATIONS, applied, true)
+        }
+        Target::Postgres(url) => {
+            let mut conn = PgConnection::establish(url)
+                .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {}", e.to_string().trim())))?;
+            let applied = applied_versions!(&mut conn)?;
+            plan::<diesel::pg::Pg>(POSTGRES_MIGRATIONS, applied, true)
+        }
+    }
+}
+
+fn plan<DB: diesel::backend::Backend>(
+    migrations: EmbeddedMigrations,
+    applied: Option<Vec<String>>,
+    database_exists: bool,
+) -> Result<MigrationPlan, Error> {
+    use diesel::migration::MigrationSource;
+    let known = MigrationSource::<DB>::migrations(&migrations).map_err(|source| Error::Internal {
+        message: "reading the embedded migrations".into(),
+        source: Some(source),
+    })?;
+    let applied = applied.unwrap_or_default();
+    let mut pending: Vec<(String, String)> = known
+        .iter()
+        .map(|m| (m.name().version().to_string(), m.name().to_string()))
+        .filter(|(version, _)| !applied.contains(version))
+        .collect();
+    pending.sort();
+    let known_versions: Vec<String> = known.iter().map(|m| m.name().version().to_string()).collect();
+    let mut unknown: Vec<String> = applied.into_iter().filter(|v| !known_versions.contains(v)).collect();
+    unknown.sort();
+    Ok(MigrationPlan { database_exists, pending: pending.into_iter().map(|(_, name)| name).collect(), unknown })
+}
+
 fn open_sqlite(path: &str) -> Result<Pools, Error> {
     if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)

@@ -33,6 +33,7 @@ use paastech_core::{
 };
 use paastech_core::{AuditEvent, AuditRecord, AuditScope, Collaborator, CronJob, CronRun, Role};
 
+pub use crate::conn::{MigrationPlan, migration_plan};
 use crate::conn::{Pools, write_tx};
 use crate::error::{StoreError, conflict_on_unique, missing_or_taken, not_found, not_found_on_fk};
 use crate::rows::*;

@@ -1,9 +1,11 @@
 //! `ProcessBuilder`: builds a release directory in place, with the language's own tools.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +18,7 @@ use tokio::time::Instant;
 use crate::group;
 use crate::lines::Lines;
 use crate::toolchains::{self, ToolEnv};
+use crate::users::{AppUser, AppUsers, reachable_by_others};
 use paastech_core::app::detect::{self, Detected, Language};
 use paastech_core::app::shell::{shell_join, shell_quote};
 use paastech_core::app::versions;
@@ -28,6 +31,8 @@ const PASSTHROUGH_VARS: &[&str] = &[
     "RUSTUP_HOME",
     "CARGO_HOME",
     "PYENV_ROOT",
+    "NVM_DIR",
+    "UV_PYTHON_INSTALL_DIR",
     "PYENV_VERSION",
     "GOROOT",
     "HTTP_PROXY",
@@ -55,6 +60,9 @@ pub struct ProcessBuilderConfig {
     pub timeout: Duration,
     /// The argv prefix of the static file server; the app directory is appended.
     pub static_server: Vec<String>,
+    /// Each project's build steps run as its uid (the one its processes get) when the
+    /// server can switch users. `None`: as the server's user.
+    pub users: Option<Arc<AppUsers>>,
 }
 
 pub struct ProcessBuilder {
@@ -69,13 +77,25 @@ impl ProcessBuilder {
     /// The interpreters the app in `dir` gets: the version its `.python-version`,
     /// `runtime.txt` or `engines.node` asks for, found among the machine's (the build fails
     /// naming what was asked and what there is), else the `python3` or `node` on PATH.
-    async fn choose_tools(&self, language: Option<Language>, dir: &Path, log: &dyn LogSink) -> Result<Tools> {
-        let env = ToolEnv::current();
-        let mut tools = Tools { python: None, uv: None, node: None };
+    /// `env` is the build's own (its PATH, HOME); with `app_user`, only interpreters other
+    /// users can reach count (one in the server's private home is of no use to the app).
+    async fn choose_tools(
+        &self,
+        language: Option<Language>,
+        dir: &Path,
+        env: &ToolEnv,
+        app_user: bool,
+        log: &dyn LogSink,
+    ) -> Result<Tools> {
+        let usable = |found: Vec<versions::Interpreter>| -> Vec<versions::Interpreter> {
+            found.into_iter().filter(|i| !app_user || reachable_by_others(&i.path)).collect()
+        };
+        let env = env.clone();
+        let mut tools = Tools { python: None, uv: None, node: None, path: env.path() };
         match language {
             Some(Language::Python) => {
                 if let Some(wanted) = versions::python_wanted(dir)? {
-                    let found = toolchains::pythons(&env).await;
+                    let found = usable(toolchains::pythons(&env).await);
                     let asked = wanted.to_string();
                     let path = pick("Python", &asked, wanted.file, &found, |v| wanted.matches(v), log)?;
                     tools.python = Some(path);
@@ -87,7 +107,7 @@ impl ProcessBuilder {
             }
             Some(Language::Node) => {
                 if let Some(wanted) = versions::node_wanted(dir)? {
-                    let found = toolchains::nodes(&env).await;
+                    let found = usable(toolchains::nodes(&env).await);
                     let file = "package.json engines.node";
                     tools.node = Some(pick("Node", &wanted.asked, file, &found, |v| wanted.matches(v), log)?);
                 }
@@ -97,9 +117,9 @@ impl ProcessBuilder {
         Ok(tools)
     }
 
-    /// The steps that build `language` in `dir` with `tools`, in order.
-    fn plan(&self, language: Option<Language>, dir: &Path, tools: &Tools) -> Result<Vec<Step>> {
-        let cache = &self.config.cache_dir;
+    /// The steps that build `language` in `dir` with `tools`, its downloads kept in
+    /// `cache`, in order.
+    fn plan(&self, language: Option<Language>, dir: &Path, cache: &Path, tools: &Tools) -> Result<Vec<Step>> {
         let venv = |with_pip: bool| match &tools.uv {
             Some(uv) => {
                 // The interpreter chosen, else `python3` on PATH, as without uv.
@@ -154,7 +174,7 @@ impl ProcessBuilder {
                         .cache(npm_cache.clone());
                     // The chosen node's directory first: its `npm`, and the `node` npm runs.
                     match tools.node.as_deref().and_then(Path::parent) {
-                        Some(bin) => step.env("PATH", path_with(bin)),
+                        Some(bin) => step.env("PATH", path_with(bin, &tools.path)),
                         None => step,
                     }
                 };
@@ -182,13 +202,27 @@ impl ProcessBuilder {
     }
 
     /// The environment every step starts from: nothing of the server's but where its
-    /// tools are, then the project's build env.
-    fn base_env(&self, request: &BuildRequest) -> Vec<(OsString, OsString)> {
+    /// tools are, then the project's build env. A step run as an app user gets only the
+    /// PATH entries such a user can reach, and `home` as its HOME.
+    fn base_env(&self, request: &BuildRequest, home: Option<&Path>) -> Vec<(OsString, OsString)> {
         let mut env = Vec::new();
         let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let path = match home {
+            Some(_) => {
+                let reachable: Vec<PathBuf> =
+                    std::env::split_paths(&path).filter(|dir| reachable_by_others(dir)).collect();
+                std::env::join_paths(reachable).unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
+            }
+            None => path,
+        };
         env.push(("PATH".into(), path));
-        if let Some(home) = std::env::var_os("HOME") {
-            env.push(("HOME".into(), home));
+        match home {
+            Some(home) => env.push(("HOME".into(), home.into())),
+            None => {
+                if let Some(home) = std::env::var_os("HOME") {
+                    env.push(("HOME".into(), home));
+                }
+            }
         }
         env.push(("LANG".into(), "C.UTF-8".into()));
         for name in PASSTHROUGH_VARS {
@@ -238,26 +272,68 @@ impl ImageBuilder for ProcessBuilder {
         };
         log.line(&describe(&detected));
 
-        let tools = self.choose_tools(detected.language, dir, log).await?;
-        let base_env = self.base_env(request);
-        for step in self.plan(detected.language, dir, &tools)? {
+        // As the project's user: the release directory becomes its own, and its caches
+        // and HOME are a directory of its own under the cache.
+        let user = match &self.config.users {
+            Some(users) => users.user(&request.project)?,
+            None => None,
+        };
+        let cache = match (&self.config.users, user) {
+            (Some(users), Some(user)) => {
+                let (users, dir, cache_dir, project) =
+                    (Arc::clone(users), dir.to_owned(), self.config.cache_dir.clone(), request.project.clone());
+                tokio::task::spawn_blocking(move || {
+                    users.give_release(&dir, user)?;
+                    users.project_cache(&cache_dir, &project, user)
+                })
+                .await
+                .map_err(|e| Error::internal("preparing the build's directories", e))?
+                .map_err(|e| Error::internal(format!("giving the release directory to uid {}", user.uid), e))?
+            }
+            _ => self.config.cache_dir.clone(),
+        };
+        let home = user.map(|_| cache.join("home"));
+        let base_env = self.base_env(request, home.as_deref());
+        let tool_env = ToolEnv::of(&base_env);
+        let tools = self.choose_tools(detected.language, dir, &tool_env, user.is_some(), log).await?;
+        for step in self.plan(detected.language, dir, &cache, &tools)? {
             for cache in &step.caches {
                 tokio::fs::create_dir_all(cache)
                     .await
                     .map_err(|e| Error::internal("creating the build cache directory", e))?;
+                if let Some(user) = user
+                    && std::fs::metadata(cache)
+                        .map_err(|e| Error::internal("reading the build cache directory", e))?
+                        .uid()
+                        != user.uid
+                {
+                    std::os::unix::fs::lchown(cache, Some(user.uid), None)
+                        .map_err(|e| Error::internal("giving the build cache directory to the app's user", e))?;
+                }
             }
-            run_step(&step, dir, &base_env, deadline, self.config.timeout, log).await?;
+            run_step(&step, dir, &base_env, user, deadline, self.config.timeout, log).await?;
         }
         if let Some(node) = &tools.node {
-            pin_node(dir, node).await?;
+            pin_node(dir, node, user).await?;
         }
         if detected.language == Some(Language::Python) && detect::is_django(dir)? {
-            self.collectstatic(request, dir, &base_env, deadline, log).await?;
+            self.collectstatic(request, dir, &base_env, user, deadline, log).await?;
         }
 
         let mut processes = detected.processes;
         if detected.language == Some(Language::Static) {
-            processes.insert("web".to_owned(), self.static_web_command(&reference)?);
+            let command = self.static_web_command(&reference)?;
+            // The site's process runs as the app's user, who must be able to run it.
+            if user.is_some()
+                && let Some(server) = self.config.static_server.first()
+                && !reachable_by_others(Path::new(server))
+            {
+                return Err(Error::Unavailable(format!(
+                    "the static file server {server} cannot be run by app users (a directory above it is closed to \
+                     other users): install paastech where every user may run it, such as /usr/bin"
+                )));
+            }
+            processes.insert("web".to_owned(), command);
         }
         for (name, command) in &processes {
             log.line(&format!("-----> Process type {name}: {command}"));
@@ -291,6 +367,7 @@ impl ProcessBuilder {
         request: &BuildRequest,
         dir: &Path,
         base_env: &[(OsString, OsString)],
+        user: Option<AppUser>,
         deadline: Instant,
         log: &dyn LogSink,
     ) -> Result<()> {
@@ -300,13 +377,13 @@ impl ProcessBuilder {
         }
         let python = dir.join(".venv/bin/python");
         let probe = Step::new("python", &["manage.py", "help", "collectstatic"]).program(python.clone());
-        if run_step(&probe, dir, base_env, deadline, self.config.timeout, &Discard).await.is_err() {
+        if run_step(&probe, dir, base_env, user, deadline, self.config.timeout, &Discard).await.is_err() {
             log.line("-----> collectstatic skipped: the app has no collectstatic command (django.contrib.staticfiles)");
             return Ok(());
         }
         log.line("-----> Running manage.py collectstatic --noinput");
         let step = Step::new("python", &["manage.py", "collectstatic", "--noinput"]).program(python);
-        run_step(&step, dir, base_env, deadline, self.config.timeout, log).await.map_err(|err| match err {
+        run_step(&step, dir, base_env, user, deadline, self.config.timeout, log).await.map_err(|err| match err {
             Error::Invalid(message) => Error::Invalid(format!(
                 "{message}; set DISABLE_COLLECTSTATIC=1 in the project's env to build without it"
             )),
@@ -337,6 +414,8 @@ struct Tools {
     uv: Option<PathBuf>,
     /// The `node` binary asked for by `engines.node`; `None`: the one on PATH.
     node: Option<PathBuf>,
+    /// The build's PATH, which a chosen node's directory goes before.
+    path: OsString,
 }
 
 /// A `uv` step, with its cache kept between builds.
@@ -351,22 +430,30 @@ fn uv_step(uv: &Path, args: &[&str], cache: &Path) -> Step {
         .cache(uv_cache)
 }
 
-/// The server's PATH with `first` before it.
-fn path_with(first: &Path) -> OsString {
-    let mut path = first.as_os_str().to_owned();
-    path.push(":");
-    path.push(std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()));
-    path
+/// `path` with `first` before it.
+fn path_with(first: &Path, path: &OsStr) -> OsString {
+    let mut joined = first.as_os_str().to_owned();
+    joined.push(":");
+    joined.push(path);
+    joined
 }
 
 /// Makes the release run the chosen `node`: `.paastech/bin/node` links to it, and the
 /// process runtime puts `.paastech/bin` on the app's PATH.
-async fn pin_node(dir: &Path, node: &Path) -> Result<()> {
+/// With an app user, the links are theirs, as the rest of the release.
+async fn pin_node(dir: &Path, node: &Path, user: Option<AppUser>) -> Result<()> {
     let bin = dir.join(PINNED_BIN);
     tokio::fs::create_dir_all(&bin).await.map_err(|e| Error::internal("creating .paastech/bin", e))?;
     let link = bin.join("node");
     let _ = tokio::fs::remove_file(&link).await;
-    tokio::fs::symlink(node, &link).await.map_err(|e| Error::internal("linking the chosen node", e))
+    tokio::fs::symlink(node, &link).await.map_err(|e| Error::internal("linking the chosen node", e))?;
+    if let Some(user) = user {
+        for path in [dir.join(".paastech"), bin, link] {
+            std::os::unix::fs::lchown(&path, Some(user.uid), None)
+                .map_err(|e| Error::internal("giving .paastech/bin to the app's user", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Where a release keeps links to the interpreters its build chose.
@@ -436,6 +523,7 @@ async fn run_step(
     step: &Step,
     dir: &Path,
     base_env: &[(OsString, OsString)],
+    user: Option<AppUser>,
     deadline: Instant,
     limit: Duration,
     log: &dyn LogSink,
@@ -453,6 +541,13 @@ async fn run_step(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     group::own_session(&mut command);
+    if let Some(user) = user {
+        // SAFETY: runs in the child between fork and exec; only raw system calls.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || user.drop_privileges());
+        }
+    }
     let mut child = command.spawn().map_err(|err| {
         if err.kind() == io::ErrorKind::NotFound {
             Error::Unavailable(format!(

@@ -76,6 +76,14 @@ fn spawn_on(launch: &Launch, slave: OwnedFd) -> io::Result<Child> {
             Ok(())
         });
     }
+    if let Some(user) = launch.user {
+        // SAFETY: as above: in the child, after the terminal is its own; raw system calls
+        // only.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || user.drop_privileges());
+        }
+    }
     command.spawn()
 }
 

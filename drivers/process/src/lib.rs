@@ -20,7 +20,9 @@ mod interactive;
 mod ledger;
 mod lines;
 mod toolchains;
+mod users;
 
 pub use builder::{ProcessBuilder, ProcessBuilderConfig};
 pub use options::{ProcessBuildOptions, ProcessRuntimeOptions};
 pub use runtime::{ProcessRuntime, ProcessRuntimeConfig, RestartPolicy};
+pub use users::{AppUsers, DEFAULT_FIRST_UID, DEFAULT_UID_COUNT};

@@ -28,6 +28,7 @@ use crate::cgroup::{self, Cgroups, InstanceCgroup};
 use crate::group;
 use crate::ledger::Ledger;
 use crate::lines::Lines;
+use crate::users::{AppUser, AppUsers};
 
 /// The directories searched for system tools, and the tail of every app's PATH. Fixed, so
 /// that neither the server's PATH nor the app's own files decide which `sh` or `prlimit`
@@ -77,6 +78,9 @@ pub struct ProcessRuntimeConfig {
     /// Where the process groups started are written down, so that the next runtime can
     /// stop those a dead server left running. `None`: not recorded.
     pub ledger: Option<PathBuf>,
+    /// Each project's processes run as a uid of its own from here (when the server can
+    /// switch users). `None`: as the server's user.
+    pub users: Option<Arc<AppUsers>>,
 }
 
 impl Default for ProcessRuntimeConfig {
@@ -86,6 +90,7 @@ impl Default for ProcessRuntimeConfig {
             restart: RestartPolicy::default(),
             default_memory_bytes: None,
             ledger: None,
+            users: None,
         }
     }
 }
@@ -130,6 +135,8 @@ pub(crate) struct Launch {
     pub(crate) ledger: Option<Arc<Ledger>>,
     /// The cgroup every process of the instance is moved into before it runs.
     cgroup: Option<Arc<InstanceCgroup>>,
+    /// Who it runs as, when not as the server's user.
+    pub(crate) user: Option<AppUser>,
 }
 
 impl ProcessRuntime {
@@ -146,6 +153,16 @@ impl ProcessRuntime {
         match &cgroups {
             Some(cgroups) => tracing::info!(?cgroups, "each app instance gets a cgroup of its own"),
             None => tracing::info!("no cgroup can be made here: app instances' figures come from /proc"),
+        }
+        if let Some(users) = &config.users {
+            if users.switching() {
+                tracing::info!("{}", users.describe());
+            } else {
+                tracing::warn!("{}", users.describe());
+            }
+            if let Err(err) = users.guard_data_dir() {
+                tracing::warn!(error = %err, "cannot close the data directory to app users");
+            }
         }
         ProcessRuntime { config, ledger, cgroups, instances: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) }
     }
@@ -209,7 +226,19 @@ impl ProcessRuntime {
             tracing::debug!(project = %spec.project, "cpu limits are not applied to local processes");
         }
         let name = format!("{}.{}", spec.process_type, spec.index);
-        Ok(Launch { program, args, dir, env, output, name, ledger: self.ledger.clone(), cgroup: None })
+        let user = match &self.config.users {
+            Some(users) => {
+                let user = users.user(&spec.project)?;
+                if let Some(user) = user {
+                    users.adopt_release(&dir, user).map_err(|e| {
+                        Error::internal(format!("giving release directory {} to uid {}", dir.display(), user.uid), e)
+                    })?;
+                }
+                user
+            }
+            None => None,
+        };
+        Ok(Launch { program, args, dir, env, output, name, ledger: self.ledger.clone(), cgroup: None, user })
     }
 }
 
@@ -516,6 +545,14 @@ fn spawn_forwarding(launch: &Launch) -> io::Result<(Child, Vec<JoinHandle<()>>)>
         #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || cgroup::join(&files));
+        }
+    }
+    if let Some(user) = launch.user {
+        // SAFETY: runs in the child between fork and exec, after the cgroup was joined
+        // (which needs the server's rights); only raw system calls, nothing allocated.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || user.drop_privileges());
         }
     }
     let mut child = command.spawn()?;

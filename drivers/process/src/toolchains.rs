@@ -16,6 +16,9 @@ use paastech_core::app::versions::Interpreter;
 use semver::Version;
 use tokio::process::Command;
 
+/// The PATH of an environment without one.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// How long an interpreter may take to say its version.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -77,17 +80,24 @@ pub fn uv(env: &ToolEnv) -> Option<PathBuf> {
     env.path_dirs().into_iter().map(|dir| dir.join("uv")).find(|path| path.is_file())
 }
 
-/// What discovery reads of the server's environment (the builder's own, passed in so
-/// tests can point it elsewhere).
+/// What discovery reads of the environment: the build's (its PATH; HOME, which is the
+/// project's own when apps run as their own user; PYENV_ROOT, NVM_DIR, …).
 #[derive(Debug, Clone, Default)]
 pub struct ToolEnv {
     pub vars: Vec<(String, String)>,
 }
 
 impl ToolEnv {
-    /// The server's own environment.
-    pub fn current() -> ToolEnv {
-        ToolEnv { vars: std::env::vars().collect() }
+    /// A build's environment, as its steps get it.
+    pub fn of(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> ToolEnv {
+        let vars =
+            env.iter().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())).collect();
+        ToolEnv { vars }
+    }
+
+    /// Its PATH.
+    pub fn path(&self) -> std::ffi::OsString {
+        self.var("PATH").unwrap_or(DEFAULT_PATH).into()
     }
 
     fn var(&self, name: &str) -> Option<&str> {
@@ -99,7 +109,7 @@ impl ToolEnv {
     }
 
     fn path_dirs(&self) -> Vec<PathBuf> {
-        std::env::split_paths(self.var("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin")).collect()
+        std::env::split_paths(self.var("PATH").unwrap_or(DEFAULT_PATH)).collect()
     }
 }
 

@@ -35,6 +35,7 @@ fn builder(cache: &Path, timeout: Duration, static_server: &[&str]) -> ProcessBu
         cache_dir: cache.to_owned(),
         timeout,
         static_server: static_server.iter().map(|s| (*s).to_owned()).collect(),
+        users: None,
     })
 }
 

@@ -24,6 +24,7 @@ fn runtime() -> ProcessRuntime {
         },
         default_memory_bytes: None,
         ledger: None,
+        users: None,
     })
 }
 

@@ -114,6 +114,7 @@ struct Data {
     domains: Vec<Domain>,
     https: HashMap<i64, HttpsPolicy>,
     stopped: HashMap<i64, Stopped>,
+    sleep: HashMap<i64, crate::sleep::SleepState>,
     next_domain_id: i64,
     addons: Vec<Addon>,
     webhooks: Vec<(Webhook, String)>,
@@ -414,6 +415,13 @@ impl Store for MemStore {
     }
     async fn set_stopped(&self, project_id: i64, stopped: &Stopped) -> Result<()> {
         self.enter("set_stopped").await?.stopped.insert(project_id, stopped.clone());
+        Ok(())
+    }
+    async fn sleep(&self, project_id: i64) -> Result<crate::sleep::SleepState> {
+        Ok(self.enter("sleep").await?.sleep.get(&project_id).cloned().unwrap_or_default())
+    }
+    async fn set_sleep(&self, project_id: i64, sleep: &crate::sleep::SleepState) -> Result<()> {
+        self.enter("set_sleep").await?.sleep.insert(project_id, sleep.clone());
         Ok(())
     }
     async fn set_https_policy(&self, project_id: i64, policy: &HttpsPolicy) -> Result<()> {

@@ -11,6 +11,7 @@ pub(crate) mod https;
 pub(crate) mod lifecycle;
 pub(crate) mod nodes;
 pub(crate) mod previews;
+pub(crate) mod sleep;
 pub(crate) mod projects;
 pub(crate) mod run;
 pub(crate) mod schemas;
@@ -74,6 +75,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/webhooks/{id}", delete(webhooks::remove))
         .route("/projects/{name}/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/projects/{name}/previews", get(previews::get).put(previews::put))
+        .route("/projects/{name}/sleep", get(sleep::get).put(sleep::put))
         .route("/projects/{name}/cron", get(cron::list))
         .route("/projects/{name}/run", post(projects::run))
         .route("/projects/{name}/run/interactive", get(run::interactive))
@@ -139,6 +141,7 @@ async fn openapi() -> ApiResult<Response> {
         addons::list, addons::create, addons::info, addons::destroy, addons::backup, addons::restore,
         webhooks::list, webhooks::add, webhooks::remove, webhooks::deliveries,
         previews::get, previews::put,
+        sleep::get, sleep::put,
         cron::list,
     ),
     components(schemas(ErrorBody), responses(ErrorBody)),

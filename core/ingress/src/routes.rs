@@ -591,6 +591,55 @@ mod tests {
     }
 
     #[test]
+    fn an_asleep_project_is_held_while_it_has_no_backends() {
+        let t = RouteTable::new();
+        t.set_asleep("blog", true);
+        assert!(matches!(t.pick("blog"), Pick::UnknownProject), "an unknown project stays unknown");
+        t.set_backends("blog", vec![addr(1)]);
+        t.set_domains("blog", &["www.example.com"]);
+        t.set_asleep("Blog", true);
+        assert_eq!(pick_addr(&t, "blog"), Some(addr(1)), "its backends serve until they are taken out");
+        t.set_backends("blog", vec![]);
+        match t.pick("blog") {
+            Pick::Asleep(_, _, name) => assert_eq!(&*name, "blog"),
+            _ => panic!("expected asleep"),
+        }
+        assert!(matches!(t.pick_by_host("www.example.com"), Pick::Asleep(..)), "its domains too");
+        t.set_stopped("blog", true);
+        assert!(matches!(t.pick("blog"), Pick::Stopped(..)), "stopped says more than asleep");
+        t.set_stopped("blog", false);
+        t.set_backends("blog", vec![addr(2)]);
+        t.set_asleep("blog", false);
+        assert_eq!(pick_addr(&t, "blog"), Some(addr(2)));
+        t.set_backends("blog", vec![]);
+        assert!(matches!(t.pick("blog"), Pick::NoBackends(..)));
+    }
+
+    #[test]
+    fn idle_time_counts_from_the_last_request_or_switch_and_is_zero_in_flight() {
+        let t = RouteTable::new();
+        assert_eq!(t.idle_for("blog"), None);
+        t.set_backends("blog", vec![addr(1)]);
+        let last = |t: &RouteTable| t.read().pools.get("blog").map(|p| p.last_request.load(Ordering::Relaxed));
+        let at_switch = last(&t).expect("known");
+        assert!(t.idle_for("blog").expect("known") < Duration::from_secs(1), "a switch counts as a request");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(t.idle_for("blog").expect("known") >= Duration::from_millis(250));
+        assert_eq!(last(&t), Some(at_switch), "reading it changes nothing");
+        let guard = match t.pick("blog") {
+            Pick::Backend(g, _) => g,
+            _ => panic!("expected a backend"),
+        };
+        assert_eq!(t.idle_for("blog"), Some(Duration::ZERO), "a request in flight");
+        drop(guard);
+        assert!(t.idle_for("blog").expect("known") < Duration::from_millis(250), "a request resets it");
+        // Kept across a switch that gives no backends (a sleep).
+        let before = last(&t);
+        t.set_backends("blog", vec![]);
+        assert_eq!(last(&t), before);
+    }
+
+    #[test]
     fn set_backends_returns_only_removed_and_keeps_counts() {
         let t = RouteTable::new();
         t.set_backends("a", vec![addr(1), addr(2)]);

@@ -123,3 +123,92 @@ impl Wakes {
         Flight { outcome: rx, waiting: Arc::new(AtomicUsize::new(0)) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Counts its calls; each wake takes `delay` and succeeds unless `fail`.
+    struct Counting {
+        calls: AtomicUsize,
+        delay: Duration,
+        fail: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Waker for Counting {
+        async fn wake(&self, _project: &str, _timeout: Duration) -> Result<(), String> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            if self.fail.load(Ordering::SeqCst) { Err("web.1 exited at start".into()) } else { Ok(()) }
+        }
+    }
+
+    fn counting(delay: Duration) -> Arc<Counting> {
+        Arc::new(Counting { calls: AtomicUsize::new(0), delay, fail: AtomicBool::new(false) })
+    }
+
+    #[tokio::test]
+    async fn requests_during_a_wake_wait_for_the_same_one() {
+        let waker = counting(Duration::from_millis(200));
+        let wakes = Arc::new(Wakes::new(Some(waker.clone() as Arc<dyn Waker>), Duration::from_secs(5), 100));
+        let project: Arc<str> = Arc::from("blog");
+        let waiters: Vec<_> = (0..50)
+            .map(|_| {
+                let (wakes, project) = (Arc::clone(&wakes), Arc::clone(&project));
+                tokio::spawn(async move { wakes.wait(&project).await })
+            })
+            .collect();
+        for waiter in waiters {
+            assert_eq!(waiter.await.expect("join"), Ok(()));
+        }
+        assert_eq!(waker.calls.load(Ordering::SeqCst), 1, "one wake for 50 requests");
+        // Ended: the next request (after a new sleep) starts a new one.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(wakes.wait(&project).await, Ok(()));
+        assert_eq!(waker.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_a_request_is_refused_at_once() {
+        let waker = counting(Duration::from_millis(300));
+        let wakes = Arc::new(Wakes::new(Some(waker.clone() as Arc<dyn Waker>), Duration::from_secs(5), 3));
+        let project: Arc<str> = Arc::from("blog");
+        let held: Vec<_> = (0..3)
+            .map(|_| {
+                let (wakes, project) = (Arc::clone(&wakes), Arc::clone(&project));
+                tokio::spawn(async move { wakes.wait(&project).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(wakes.wait(&project).await, Err(WakeRefused::TooMany));
+        for waiter in held {
+            assert_eq!(waiter.await.expect("join"), Ok(()));
+        }
+        // Another project has its own cap.
+        assert_eq!(wakes.wait(&Arc::from("shop")).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_slow_wake_says_why_and_the_next_request_tries_again() {
+        let waker = counting(Duration::from_millis(10));
+        waker.fail.store(true, Ordering::SeqCst);
+        let wakes = Wakes::new(Some(waker.clone() as Arc<dyn Waker>), Duration::from_secs(5), 10);
+        let project: Arc<str> = Arc::from("blog");
+        assert_eq!(wakes.wait(&project).await, Err(WakeRefused::Failed("web.1 exited at start".into())));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waker.fail.store(false, Ordering::SeqCst);
+        assert_eq!(wakes.wait(&project).await, Ok(()));
+        assert_eq!(waker.calls.load(Ordering::SeqCst), 2);
+
+        let slow = counting(Duration::from_secs(10));
+        let wakes = Wakes::new(Some(slow as Arc<dyn Waker>), Duration::from_millis(100), 10);
+        let began = std::time::Instant::now();
+        assert_eq!(wakes.wait(&project).await, Err(WakeRefused::Timeout(Duration::from_millis(100))));
+        assert!(began.elapsed() < Duration::from_secs(2), "answered at the timeout");
+
+        let none = Wakes::new(None, Duration::from_secs(1), 10);
+        assert!(matches!(none.wait(&project).await, Err(WakeRefused::Failed(_))));
+    }
+}

@@ -521,7 +521,9 @@ fn sleep(
             }
             client.put(&path, &body)?
         }
-        None if after.is_some() || ignore_workers => bail!("say `on` to change the idle time: paastech sleep on --after MINUTES"),
+        None if after.is_some() || ignore_workers => {
+            bail!("say `on` to change the idle time: paastech sleep on --after MINUTES")
+        }
         None => client.get(&path)?,
     };
     if out.json {
@@ -535,7 +537,8 @@ fn sleep(
 fn print_sleep(name: &str, view: &Value) {
     let now = if view["asleep"].as_bool() == Some(true) { "asleep" } else { "awake" };
     if view["enabled"].as_bool() == Some(true) {
-        let workers = if view["workers_keep_awake"].as_bool() == Some(false) { "; workers do not keep it awake" } else { "" };
+        let workers =
+            if view["workers_keep_awake"].as_bool() == Some(false) { "; workers do not keep it awake" } else { "" };
         println!("{name}: sleep on, after {} min without a request{workers}; {now}", text(&view["after_minutes"]));
     } else {
         println!("{name}: sleep off; {now}");

@@ -700,7 +700,7 @@ impl Orchestrator {
             // A deployment of a sleeping project starts and checks its web like any other
             // (a broken push still fails); it is awake once live, and sleeps again after
             // its idle time.
-            self.start_and_check(project, &starting, artifact, &extra_env, &mut started, false, log.as_ref()).await?;
+            self.start_and_check(project, &starting, artifact, &extra_env, &mut started, log.as_ref()).await?;
             self.store.set_deployment_status(deployment.id, DeploymentStatus::Healthy, None).await
         }
         .await;
@@ -821,7 +821,6 @@ impl Orchestrator {
         artifact: &Artifact,
         extra_env: &EnvVars,
         started: &mut Vec<Instance>,
-        asleep: bool,
         log: &dyn LogSink,
     ) -> Result<()> {
         let limits = self.limits_of(project).await?;
@@ -829,7 +828,9 @@ impl Orchestrator {
         // Stopped stays stopped whatever deploys (as a Heroku app scaled to zero stays at
         // zero): only `start` starts it.
         let stopped = self.store.stopped(project.id).await?;
-        // A sleeping project's web waits for its first request (the restore at start).
+        // The live deployment of a sleeping project (the restore at start) leaves its web
+        // to its first request; a new deployment starts and checks it.
+        let asleep = deployment.status == DeploymentStatus::Live && self.store.sleep(project.id).await?.asleep;
         let planned = if asleep {
             let mut planned = stopped.clone();
             planned.stop(Some("web"));
@@ -1615,8 +1616,7 @@ impl Orchestrator {
     async fn restore_project(&self, project: &Project, existing: &[Instance]) -> Result<()> {
         let live = self.store.live_deployment(project.id).await?;
         let mut stopped = self.store.stopped(project.id).await?;
-        let asleep = self.store.sleep(project.id).await?.asleep;
-        if asleep {
+        if self.store.sleep(project.id).await?.asleep {
             // Its web instances that outlived the server (a sleep cut short) go too.
             stopped.stop(Some("web"));
         }
@@ -1645,8 +1645,7 @@ impl Orchestrator {
             let ctx = self.hook_context(project, &deployment, &artifact);
             let checked = async {
                 let extra_env = self.pre_deploy(&ctx, &deployment, &artifact, log.as_ref()).await?;
-                self.start_and_check(project, &deployment, &artifact, &extra_env, &mut started, asleep, log.as_ref())
-                    .await
+                self.start_and_check(project, &deployment, &artifact, &extra_env, &mut started, log.as_ref()).await
             }
             .await;
             if let Err(err) = checked {

@@ -56,7 +56,13 @@ impl SleepState {
     /// how long a minute of `after_minutes` lasts (60 s; less in tests), `web_running`
     /// whether it has web instances, `others_running` whether instances of other process
     /// types run.
-    pub fn sleeps_now(&self, idle: Option<Duration>, minute: Duration, web_running: bool, others_running: bool) -> bool {
+    pub fn sleeps_now(
+        &self,
+        idle: Option<Duration>,
+        minute: Duration,
+        web_running: bool,
+        others_running: bool,
+    ) -> bool {
         if !self.enabled || self.asleep || !web_running || (others_running && self.workers_keep_awake) {
             return false;
         }

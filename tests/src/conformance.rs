@@ -489,7 +489,8 @@ struct RuntimeWaker {
 #[async_trait::async_trait]
 impl paastech_ingress::Waker for RuntimeWaker {
     async fn wake(&self, _project: &str, timeout: Duration) -> Result<(), String> {
-        let instance = self.runtime.start(self.spec.clone(), Arc::new(Lines::default())).await.map_err(|e| e.to_string())?;
+        let instance =
+            self.runtime.start(self.spec.clone(), Arc::new(Lines::default())).await.map_err(|e| e.to_string())?;
         let addr = instance.addr.ok_or("no address")?;
         self.started.lock().expect("started").push(instance);
         self.router.wait_healthy(addr, timeout).await.map_err(|e| e.to_string())?;

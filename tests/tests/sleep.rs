@@ -45,7 +45,8 @@ fn asleep(server: &Server, dev: &Developer, project: &str) -> bool {
 
 /// How many times the app started: its own start line in the project's log.
 fn starts(server: &Server, dev: &Developer, project: &str, line: &str) -> usize {
-    let (status, logs) = server.api().req("GET", &format!("/projects/{project}/logs?lines=2000"), Some(&dev.token), None);
+    let (status, logs) =
+        server.api().req("GET", &format!("/projects/{project}/logs?lines=2000"), Some(&dev.token), None);
     assert_eq!(status, 200, "{logs}");
     // Not the build's output, which shows the command (with `$PORT`, not a number).
     logs.as_str().unwrap_or_default().lines().filter(|l| l.contains(line) && !l.contains("$PORT")).count()
@@ -69,33 +70,48 @@ fn journey(runtime: &Runtime, project: &str) {
     let ada = server.developer("ada@example.com");
     let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({ "name": project })));
     assert_eq!(status, 201, "{body}");
-    let repo =
-        GitRepo::from_dir(&server.dir.path().join("app"), &example(runtime.example), &ada.key, server.ssh_port, project);
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("app"),
+        &example(runtime.example),
+        &ada.key,
+        server.ssh_port,
+        project,
+    );
     let (pushed, output) = repo.push("main");
     assert!(pushed, "push: {output}\n{}", server.log());
     assert_eq!(page(&server, project), (200, (runtime.answer)(1)));
     assert!((runtime.web_runs)(project), "the web runs before it sleeps");
     assert_eq!(sleep_view(&server, &ada, project)["enabled"], json!(false), "off by default");
 
-    // Sleep on, idle for 2 "minutes" (2 s here); a viewer may not change it, nobody else
-    // sees it, and 0 minutes is refused.
+    // Sleep on, idle for 3 "minutes" (3 s here); nobody else sees it, a viewer may read
+    // but not change it, and 0 minutes is refused.
     let bob = server.developer("bob@example.com");
     let put = |server: &Server, token: &str, body: Value| {
         server.api().req("PUT", &format!("/projects/{project}/sleep"), Some(token), Some(body))
     };
     assert_eq!(put(&server, &bob.token, json!({"enabled": true})).0, 404, "someone else's project");
+    let (status, body) = server.api().req(
+        "POST",
+        &format!("/projects/{project}/collaborators"),
+        Some(&ada.token),
+        Some(json!({"email": "bob@example.com", "role": "viewer"})),
+    );
+    assert!(status < 300, "{status} {body}");
+    assert_eq!(sleep_view(&server, &bob, project)["enabled"], json!(false), "a viewer reads it");
+    let (status, body) = put(&server, &bob.token, json!({"enabled": true}));
+    assert_eq!(status, 403, "a viewer may not change it: {body}");
     let (status, body) = put(&server, &ada.token, json!({"enabled": true, "after_minutes": 0}));
     assert_eq!(status, 400, "{body}");
-    let (status, body) = put(&server, &ada.token, json!({"enabled": true, "after_minutes": 2}));
+    assert_eq!(page(&server, project).0, 200);
+    let (status, body) = put(&server, &ada.token, json!({"enabled": true, "after_minutes": 3}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        json!({"enabled": true, "after_minutes": 2, "workers_keep_awake": true, "asleep": false, "wake_error": null})
+        json!({"enabled": true, "after_minutes": 3, "workers_keep_awake": true, "asleep": false, "wake_error": null})
     );
-    let started_before = starts(&server, &ada, project, runtime.start_line);
-    assert_eq!(started_before, 1, "one start so far");
 
-    // Requests keep it awake; then it falls asleep, and says so.
+    // Requests keep it awake (one every 0.8 s, the idle time is 3 s); then it falls
+    // asleep, and says so.
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(800));
         assert_eq!(server.app_get(project, "/").0, 200);
@@ -105,11 +121,16 @@ fn journey(runtime: &Runtime, project: &str) {
     let (_, view) = server.api().req("GET", &format!("/projects/{project}"), Some(&ada.token), None);
     assert_eq!(view["asleep"], json!(true), "{view}");
     let home = tempfile::tempdir().expect("home");
-    ok(&server.cli(home.path(), &["login", "--email", "ada@example.com", "--password-stdin"], Some(paastech_tests::web::PASSWORD)));
+    ok(&server.cli(
+        home.path(),
+        &["login", "--email", "ada@example.com", "--password-stdin"],
+        Some(paastech_tests::web::PASSWORD),
+    ));
     let ps = ok(&server.cli(home.path(), &["ps", "-p", project], None));
     assert!(ps.contains("web: asleep"), "{ps}");
 
     // 50 requests at once at the wake: every one answered by the app, one start.
+    let started_before = starts(&server, &ada, project, runtime.start_line);
     let began = Instant::now();
     let port = server.ingress_port;
     let host = format!("{project}.localhost");
@@ -119,12 +140,21 @@ fn journey(runtime: &Runtime, project: &str) {
     });
     let took = began.elapsed();
     for (status, body) in &answers {
-        assert_eq!((*status, body.trim()), (200, (runtime.answer)(1).as_str()), "every held request is answered by the app");
+        assert_eq!(
+            (*status, body.trim()),
+            (200, (runtime.answer)(1).as_str()),
+            "every held request is answered by the app"
+        );
     }
     eprintln!("50 requests at a wake answered in {:.0} ms", took.as_secs_f64() * 1000.0);
     assert!(!asleep(&server, &ada, project));
     assert!((runtime.web_runs)(project));
-    assert_eq!(starts(&server, &ada, project, runtime.start_line), started_before + 1, "exactly one start");
+    assert_eq!(
+        starts(&server, &ada, project, runtime.start_line),
+        started_before + 1,
+        "exactly one start\n{}",
+        server.log()
+    );
 
     // Asleep again; a server restart keeps it asleep (nothing of its web starts), and the
     // first request after wakes it.
@@ -197,9 +227,18 @@ fn a_wake_that_does_not_finish_answers_503_within_the_timeout() {
     let (status, body) = server.api().req("POST", "/projects", Some(&ada.token), Some(json!({ "name": project })));
     assert_eq!(status, 201, "{body}");
     let hang = server.dir.path().join("hang");
-    let repo = GitRepo::from_dir(&server.dir.path().join("app"), &example("python-hello"), &ada.key, server.ssh_port, &project);
+    let repo = GitRepo::from_dir(
+        &server.dir.path().join("app"),
+        &example("python-hello"),
+        &ada.key,
+        server.ssh_port,
+        &project,
+    );
     // While the file exists the web process never listens.
-    repo.write("Procfile", &format!("web: if test -e {}; then exec sleep 600; fi; exec python3 app.py\n", hang.display()));
+    repo.write(
+        "Procfile",
+        &format!("web: if test -e {}; then exec sleep 600; fi; exec python3 app.py\n", hang.display()),
+    );
     repo.commit_all("a web that hangs on demand");
     let (pushed, output) = repo.push("main");
     assert!(pushed, "push: {output}\n{}", server.log());
@@ -237,7 +276,14 @@ fn a_wake_that_does_not_finish_answers_503_within_the_timeout() {
 /// Whether a web container of `project` runs: asked of the engine.
 fn docker_web_runs(project: &str) -> bool {
     let output = Command::new("docker")
-        .args(["ps", "-q", "--filter", &format!("label=paastech.project={project}"), "--filter", "label=paastech.process=web"])
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=paastech.project={project}"),
+            "--filter",
+            "label=paastech.process=web",
+        ])
         .output()
         .expect("docker ps");
     assert!(output.status.success(), "docker answers (scripts/setup/20-docker.sh starts it): {output:?}");

@@ -17,7 +17,7 @@ use crate::h2;
 use crate::routes::RouteTable;
 use crate::tls::{ALPN_ACME_TLS, ALPN_H2, CertStore};
 use crate::trust::IpRange;
-use crate::wake::{Wakes, Waker};
+use crate::wake::{Waker, Wakes};
 
 /// How the ingress runs. Build it with [`IngressConfig::new`] and adjust the fields.
 #[derive(Clone)]

@@ -350,7 +350,8 @@ impl RouteTable {
         }
         let removed = old.into_iter().filter(|b| !new.iter().any(|n| n.addr() == b.addr())).collect();
         let name: Arc<str> = Arc::from(key.as_str());
-        let pool = Pool { backends: new, next: AtomicUsize::new(0), https, stopped, asleep, name, requests, last_request };
+        let pool =
+            Pool { backends: new, next: AtomicUsize::new(0), https, stopped, asleep, name, requests, last_request };
         routes.pools.insert(key.into_boxed_str(), pool);
         removed
     }

@@ -45,7 +45,11 @@ impl Orchestrator {
             state.after_minutes = change.after_minutes.unwrap_or(state.after_minutes);
             state.workers_keep_awake = change.workers_keep_awake.unwrap_or(state.workers_keep_awake);
             this.store.set_sleep(project.id, &state).await?;
-            let what = if state.enabled { format!("on, after {} min without a request", state.after_minutes) } else { "off".into() };
+            let what = if state.enabled {
+                format!("on, after {} min without a request", state.after_minutes)
+            } else {
+                "off".into()
+            };
             this.logs.note(&project.name, &format!("sleep {what}"));
             if !state.enabled && state.asleep {
                 this.wake_locked(&project, this.config.health_timeout).await?;

@@ -1253,9 +1253,7 @@ impl Store for SqlStore {
                     enabled,
                     // Stored by `set_sleep` from a checked u32; a row written by hand that
                     // is out of range falls back to the default rather than failing.
-                    after_minutes: u32::try_from(after)
-                        .unwrap_or(paastech_core::sleep::DEFAULT_AFTER_MINUTES)
-                        .max(1),
+                    after_minutes: u32::try_from(after).unwrap_or(paastech_core::sleep::DEFAULT_AFTER_MINUTES).max(1),
                     workers_keep_awake,
                     asleep,
                     wake_error,

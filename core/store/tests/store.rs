@@ -13,8 +13,8 @@ use paastech_core::drivers::Limits;
 use paastech_core::mail::EmailPurpose;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
-    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, PreviewOf, ProjectName, Role, SleepState, Stopped, Store,
-    Timestamp, User, WebhookAttempt, WebhookEvent,
+    DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, PreviewOf, ProjectName, Role, SleepState, Stopped,
+    Store, Timestamp, User, WebhookAttempt, WebhookEvent,
 };
 use paastech_store::{DatabaseKind, Keyring, SqlStore, pending_path, restore_snapshot, rotate_key, snapshot};
 

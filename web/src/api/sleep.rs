@@ -87,8 +87,11 @@ pub async fn put(
     if let Some(minutes) = body.after_minutes {
         SleepState::check_after_minutes(minutes)?;
     }
-    let change =
-        SleepChange { enabled: body.enabled, after_minutes: body.after_minutes, workers_keep_awake: body.workers_keep_awake };
+    let change = SleepChange {
+        enabled: body.enabled,
+        after_minutes: body.after_minutes,
+        workers_keep_awake: body.workers_keep_awake,
+    };
     let slept = state.orchestrator.set_sleep(&project, change).await?;
     tracing::info!(project = %project.name, user = user.id, enabled = slept.enabled, after_minutes = slept.after_minutes, "sleep set");
     Ok(Json(slept.into()))

@@ -223,7 +223,7 @@ impl Orchestrator {
     /// server start starts no web instance of it), then its route marked asleep and emptied
     /// (requests in flight drain), then its web instances stopped. The deployment stays
     /// live; other process types keep running.
-    async fn put_to_sleep(&self, name: &ProjectName) -> Result<()> {
+    pub(super) async fn put_to_sleep(&self, name: &ProjectName) -> Result<()> {
         let lock = self.lock_for(name);
         let Ok(_guard) = lock.try_lock_owned() else { return Ok(()) };
         let project = self.store.project(name).await?;

@@ -52,6 +52,22 @@ fn starts(server: &Server, dev: &Developer, project: &str, line: &str) -> usize 
     logs.as_str().unwrap_or_default().lines().filter(|l| l.contains(line) && !l.contains("$PORT")).count()
 }
 
+/// The API's `/metrics`, as `token` reads it.
+fn metrics_text(server: &Server, token: &str) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(&format!("http://127.0.0.1:{}/metrics", server.api_port))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .expect("GET /metrics");
+    assert_eq!(response.status().as_u16(), 200);
+    response.body_mut().read_to_string().expect("body")
+}
+
 /// Waits for the sleeper to put `project` to sleep, then checks its web is gone.
 fn falls_asleep(server: &Server, dev: &Developer, project: &str, runtime: &Runtime) {
     assert!(
@@ -155,6 +171,16 @@ fn journey(runtime: &Runtime, project: &str) {
         "exactly one start\n{}",
         server.log()
     );
+
+    // Counted: the first user is an admin, who reads `/metrics`.
+    let metrics = metrics_text(&server, &ada.token);
+    let sample =
+        |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok()).unwrap_or(0);
+    let wakes = sample("paastech_wakes_total{outcome=\"succeeded\"} ");
+    // As many wakes as sleeps so far (one each, or two on a machine slow enough that the
+    // app slept as soon as sleep was turned on), each timed.
+    assert!(wakes >= 1 && wakes == sample("paastech_sleeps_total "), "{metrics}");
+    assert_eq!(sample("paastech_wake_duration_seconds_count{outcome=\"succeeded\"} "), wakes, "{metrics}");
 
     // Asleep again; a server restart keeps it asleep (nothing of its web starts), and the
     // first request after wakes it.

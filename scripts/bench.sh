@@ -10,11 +10,13 @@
 #       proxy to the same nginx backend;
 #   (d) a static site (1 KB index.html) vs nginx serving the same file (wrk);
 #   (e) TLS with the same ECDSA P-256 certificate vs nginx (h2load): HTTPS requests/s over
-#       kept-alive connections, new handshakes/s, HTTP/2 requests/s, proxied and static.
+#       kept-alive connections, new handshakes/s, HTTP/2 requests/s, proxied and static;
+#   (f) coldstart (only with --only coldstart): the first request to a sleeping app, per
+#       example and runtime, beside the warm request and the runtime's start floor.
 # Prints a table with ratios against the baselines. Builds paastech in release, installs
 # what it needs (as root, Debian), stops everything it started.
 #
-# Usage: [PAASTECH_BENCH_BIN=BIN] scripts/bench.sh [--rounds N] [--only push,live,ingress,static,tls] [--big-mb MB]
+# Usage: [PAASTECH_BENCH_BIN=BIN] scripts/bench.sh [--rounds N] [--only push,live,ingress,static,tls,coldstart] [--big-mb MB]
 #                         [--wrk-seconds S] [--ingress-rounds N] [--connections 8,64,256] [--keep]
 #                         [--h2-clients 8,64] [--h2-streams N] [--handshake-batch N] [--json FILE]
 set -euo pipefail

@@ -30,6 +30,9 @@ pub fn run(server: &Option<String>, token: Option<String>, json_out: bool, comma
         Command::Domains(cmd) => domains(&client, out, cmd),
         Command::Https { project, change } => https(&client, out, project, change),
         Command::Previews { project, state } => previews(&client, out, project, state),
+        Command::Sleep { project, state, after, ignore_workers } => {
+            sleep(&client, out, project, state, after, ignore_workers)
+        }
         Command::Addons { project, command } => addons(&client, out, project, command),
         Command::Webhooks { project, command } => webhooks(&client, out, project, command),
         Command::Cron(project) => cron(&client, out, project),
@@ -498,6 +501,54 @@ fn previews(client: &Client, out: Output, project: ProjectArg, state: Option<Str
     Ok(())
 }
 
+fn sleep(
+    client: &Client,
+    out: Output,
+    project: ProjectArg,
+    state: Option<String>,
+    after: Option<u32>,
+    ignore_workers: bool,
+) -> Result<()> {
+    let name = resolve_project(&project)?;
+    let path = format!("/projects/{name}/sleep");
+    let view: Value = match state.as_deref() {
+        Some(state) => {
+            let mut body = json!({ "enabled": state == "on" });
+            if let Some(after) = after {
+                body["after_minutes"] = json!(after);
+            }
+            if ignore_workers {
+                body["workers_keep_awake"] = json!(false);
+            }
+            client.put(&path, &body)?
+        }
+        None if after.is_some() || ignore_workers => {
+            bail!("say `on` to change the idle time: paastech sleep on --after MINUTES")
+        }
+        None => client.get(&path)?,
+    };
+    if out.json {
+        return out.json(&view);
+    }
+    print_sleep(&name, &view);
+    Ok(())
+}
+
+/// One line for a project's sleep (and a second with its last wake's failure).
+fn print_sleep(name: &str, view: &Value) {
+    let now = if view["asleep"].as_bool() == Some(true) { "asleep" } else { "awake" };
+    if view["enabled"].as_bool() == Some(true) {
+        let workers =
+            if view["workers_keep_awake"].as_bool() == Some(false) { "; workers do not keep it awake" } else { "" };
+        println!("{name}: sleep on, after {} min without a request{workers}; {now}", text(&view["after_minutes"]));
+    } else {
+        println!("{name}: sleep off; {now}");
+    }
+    if let Some(error) = view["wake_error"].as_str() {
+        println!("last wake failed: {error}");
+    }
+}
+
 /// `s` as one URL path segment: every byte but the unreserved ones percent-encoded, so a
 /// `/`, `?` or `#` a user typed stays inside the segment.
 pub(crate) fn path_segment(s: &str) -> String {
@@ -866,6 +917,13 @@ fn ps(client: &Client, out: Output, arg: ProjectArg) -> Result<()> {
         });
     }
     print_table(&["INSTANCE", "VERSION", "STATE", "RESTARTS", "CPU", "MEMORY"], &rows);
+    let sleep: Value = client.get(&format!("/projects/{name}/sleep"))?;
+    if sleep["enabled"].as_bool() == Some(true) || sleep["asleep"].as_bool() == Some(true) {
+        if sleep["asleep"].as_bool() == Some(true) {
+            println!("web: asleep (the next request wakes it)");
+        }
+        print_sleep(&name, &sleep);
+    }
     Ok(())
 }
 

@@ -169,6 +169,14 @@ pub struct IngressSection {
     /// Open client connections at most; past it, a new one gets a 503 page and is closed.
     #[serde(default = "IngressSection::default_max_connections")]
     pub max_connections: NonZeroUsize,
+    /// How long a request for a sleeping app is held while it wakes (its web instances
+    /// start and pass their health check); past it, a 503 page saying why.
+    #[serde(default = "IngressSection::default_wake_timeout")]
+    pub wake_timeout_secs: NonZeroU64,
+    /// For tests only: how many seconds a minute of a project's sleep idle time lasts
+    /// (`paastech sleep on --after 2` with 1 here sleeps after 2 s). Default 60.
+    #[serde(default = "IngressSection::default_sleep_minute")]
+    pub sleep_minute_secs: NonZeroU64,
 }
 
 fn ip_ranges<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpRange>, D::Error> {
@@ -198,6 +206,12 @@ impl IngressSection {
     fn default_max_connections() -> NonZeroUsize {
         paastech_ingress::DEFAULT_MAX_CONNECTIONS
     }
+    fn default_wake_timeout() -> NonZeroU64 {
+        NonZeroU64::new(paastech_ingress::DEFAULT_WAKE_TIMEOUT.as_secs()).unwrap_or(NonZeroU64::MIN)
+    }
+    fn default_sleep_minute() -> NonZeroU64 {
+        NonZeroU64::new(60).unwrap_or(NonZeroU64::MIN)
+    }
 }
 
 impl Default for IngressSection {
@@ -215,6 +229,8 @@ impl Default for IngressSection {
             threads: None,
             trusted_proxies: Vec::new(),
             max_connections: Self::default_max_connections(),
+            wake_timeout_secs: Self::default_wake_timeout(),
+            sleep_minute_secs: Self::default_sleep_minute(),
         }
     }
 }

@@ -115,6 +115,22 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         state: Option<String>,
     },
+    /// Whether a project's idle web instances sleep (scale to zero): `paastech sleep` shows
+    /// it; `on` stops them after MINUTES without a request (default 30) and the next
+    /// request wakes them; `off` keeps them running (and wakes a sleeping app).
+    Sleep {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+        /// Minutes without a request before the web instances stop (1 to 10080).
+        #[arg(long, value_name = "MINUTES", value_parser = clap::value_parser!(u32).range(1..=10080))]
+        after: Option<u32>,
+        /// Let the web sleep even while other process types (a worker) run; by default
+        /// they keep the project awake.
+        #[arg(long)]
+        ignore_workers: bool,
+    },
     /// List a project's scheduled jobs (from `app.json` of the live deployment) with their
     /// next run, then the last runs of each: start, end, exit code.
     Cron(ProjectArg),

@@ -558,6 +558,7 @@ async fn serve(settings: Settings) -> Result<()> {
     let mut orchestrator_config = OrchestratorConfig::new(data_dir.join("releases"));
     orchestrator_config.health_timeout = Duration::from_secs(config.ingress.health_timeout_secs);
     orchestrator_config.drain_timeout = Duration::from_secs(config.ingress.drain_timeout_secs);
+    orchestrator_config.sleep_minute = Duration::from_secs(config.ingress.sleep_minute_secs.get());
     orchestrator_config.keep_builds = keep_builds(&config).unwrap_or(10);
     orchestrator_config.max_previews = usize::try_from(config.previews.max_per_project).unwrap_or(1);
     orchestrator_config.interactive_idle = Duration::from_secs(config.api.run_idle_timeout_secs.get());
@@ -666,6 +667,9 @@ async fn serve(settings: Settings) -> Result<()> {
     // Audit records past the operator's retention are dropped at start and then hourly.
     let retention = Duration::from_secs(u64::from(config.audit.retention_days.get()) * 86_400);
     let audit_pruner = orchestrator.prune_audit_log(retention, AUDIT_PRUNE_INTERVAL);
+    // Idle projects with sleep on have their web instances stopped; looked at a few times
+    // per minute of idle time (more often with the tests' short minutes).
+    let sleeper = orchestrator.sleep_idle(sleep_check_interval(config.ingress.sleep_minute_secs.get()));
 
     let signup = match config.auth.signup {
         Signup::Open => SignupPolicy::Open,
@@ -705,6 +709,13 @@ async fn serve(settings: Settings) -> Result<()> {
     ingress_config.backend_timeout = Duration::from_secs(config.ingress.backend_timeout_secs.get());
     ingress_config.max_connections = config.ingress.max_connections;
     ingress_config.https_public_port = config.ingress.https_public_port;
+    // A request for a sleeping app wakes it through the orchestrator, on this runtime: the
+    // ingress's threads run their own, which must not carry a project's start.
+    ingress_config.waker = Some(Arc::new(OrchestratorWaker {
+        orchestrator: Arc::clone(&orchestrator),
+        runtime: tokio::runtime::Handle::current(),
+    }));
+    ingress_config.wake_timeout = Duration::from_secs(config.ingress.wake_timeout_secs.get());
     let ingress = match (https_listener, certs) {
         (Some(https), Some(certs)) => tokio::spawn(paastech_ingress::serve_with_https(
             ingress_listener,
@@ -756,6 +767,7 @@ async fn serve(settings: Settings) -> Result<()> {
     sampler.stop().await;
     scheduler.stop().await;
     audit_pruner.stop().await;
+    sleeper.stop().await;
     orchestrator.shutdown().await;
     let _ = ingress.await;
     if let Some(behind_ingress) = behind_ingress {
@@ -814,6 +826,31 @@ fn build_input<'a>(source: &'a Source, config: &'a ServerConfig, context: &'a Dr
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("listening for {what} on {addr}"))
+}
+
+/// How often the sleeper looks for idle projects: four times per minute of idle time,
+/// between 250 ms (the tests' one-second minutes) and 15 s.
+fn sleep_check_interval(minute_secs: u64) -> Duration {
+    (Duration::from_secs(minute_secs) / 4).clamp(Duration::from_millis(250), Duration::from_secs(15))
+}
+
+/// The ingress's way to wake a sleeping project: the orchestrator's `wake`, run on the
+/// server's runtime (the caller is an ingress thread's).
+struct OrchestratorWaker {
+    orchestrator: Arc<Orchestrator>,
+    runtime: tokio::runtime::Handle,
+}
+
+#[async_trait::async_trait]
+impl paastech_ingress::Waker for OrchestratorWaker {
+    async fn wake(&self, project: &str, timeout: Duration) -> Result<(), String> {
+        let name = ProjectName::parse(project).map_err(|err| err.to_string())?;
+        let orchestrator = Arc::clone(&self.orchestrator);
+        match self.runtime.spawn(async move { orchestrator.wake(&name, timeout).await }).await {
+            Ok(result) => result.map_err(|err| err.to_string()),
+            Err(err) => Err(format!("the wake stopped unexpectedly: {err}")),
+        }
+    }
 }
 
 /// Who may push and fetch over SSH: members by role (`Orchestrator::authorize_repo`). A push gets a

@@ -381,4 +381,17 @@ pub trait TrafficRouter: Send + Sync {
     /// backends, its names answer 503 with a page saying the app is stopped rather than
     /// "no live deployment". Kept across `switch`.
     fn set_stopped(&self, project: &ProjectName, stopped: bool);
+    /// How long the project's web has had no request, counted from its last request or
+    /// the last `switch` that gave it backends, and zero while a request is in flight;
+    /// `None` when the router cannot tell (then it never sleeps). Read by the sleeper.
+    fn idle_for(&self, project: &ProjectName) -> Option<Duration> {
+        let _ = project;
+        None
+    }
+    /// Whether the project sleeps (`paastech sleep`): while it has no backends, a request
+    /// to it is held while it is woken, instead of answered "no live deployment". Kept
+    /// across `switch`.
+    fn set_asleep(&self, project: &ProjectName, asleep: bool) {
+        let _ = (project, asleep);
+    }
 }

@@ -113,6 +113,9 @@ pub struct Metrics {
     builds: Counters<OutcomeLabel>,
     webhook_deliveries: Counters<OutcomeLabel>,
     cron_runs: Counters<OutcomeLabel>,
+    wakes: Counters<OutcomeLabel>,
+    wake_seconds: Histograms<OutcomeLabel>,
+    sleeps: Counter,
     build_seconds: Histograms<OutcomeLabel>,
     instance_restarts: Family<ProjectLabel, Gauge>,
     hook_calls: Counters<HookLabels>,
@@ -151,6 +154,9 @@ impl Metrics {
             deploys: Family::default(),
             webhook_deliveries: Family::default(),
             cron_runs: Family::default(),
+            wakes: Family::default(),
+            wake_seconds: Family::new_with_constructor(Buckets(request_buckets)),
+            sleeps: Counter::default(),
             deploy_seconds: Family::new_with_constructor(Buckets(job_buckets)),
             builds: Family::default(),
             build_seconds: Family::new_with_constructor(Buckets(job_buckets)),
@@ -184,6 +190,17 @@ impl Metrics {
         );
         r.register("build_duration_seconds", "Time a build took", this.build_seconds.clone());
         r.register(
+            "wakes",
+            "Wakes of sleeping projects by how they ended: succeeded, failed (start or health check) or timeout",
+            this.wakes.clone(),
+        );
+        r.register(
+            "wake_duration_seconds",
+            "Time from a wake's start to its web instances healthy and routed, or to its failure",
+            this.wake_seconds.clone(),
+        );
+        r.register("sleeps", "Projects put to sleep after their idle time", this.sleeps.clone());
+        r.register(
             "instance_restarts",
             "Restarts of the instances running now after they exited, as the runtime counts them, by project",
             this.instance_restarts.clone(),
@@ -215,6 +232,19 @@ impl Metrics {
     /// A scheduled job's time ended: `succeeded`, `failed` or `skipped`.
     pub fn cron_run(&self, outcome: &'static str) {
         self.cron_runs.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// A sleeping project's wake ended (`succeeded`, `failed` or `timeout`), `elapsed`
+    /// after it started.
+    pub fn wake(&self, outcome: &'static str, elapsed: Duration) {
+        let label = OutcomeLabel { outcome };
+        self.wakes.get_or_create(&label).inc();
+        self.wake_seconds.get_or_create(&label).observe(elapsed.as_secs_f64());
+    }
+
+    /// A project was put to sleep.
+    pub fn sleep(&self) {
+        self.sleeps.inc();
     }
 
     /// A deployment went live (`ok`) or failed, `elapsed` after it started.

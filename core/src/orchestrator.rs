@@ -73,6 +73,9 @@ pub struct OrchestratorConfig {
     /// How long an interactive one-off (`paastech run` from a terminal) may go without
     /// input or output before it is ended.
     pub interactive_idle: Duration,
+    /// How long a minute of a project's sleep idle time (`after_minutes`) lasts: 60 s,
+    /// except in tests (`[ingress] sleep_minute_secs`).
+    pub sleep_minute: Duration,
 }
 
 impl OrchestratorConfig {
@@ -90,6 +93,7 @@ impl OrchestratorConfig {
             webhook_retry: RetryPolicy::default(),
             max_previews: crate::previews::DEFAULT_MAX_PER_PROJECT,
             interactive_idle: INTERACTIVE_IDLE,
+            sleep_minute: Duration::from_secs(60),
         }
     }
 }
@@ -693,6 +697,9 @@ impl Orchestrator {
                 self.run_release(project, &starting, artifact, command, &extra_env, &log).await?;
             }
             log.line(&format!("-----> Starting v{}", deployment.version));
+            // A deployment of a sleeping project starts and checks its web like any other
+            // (a broken push still fails); it is awake once live, and sleeps again after
+            // its idle time.
             self.start_and_check(project, &starting, artifact, &extra_env, &mut started, log.as_ref()).await?;
             self.store.set_deployment_status(deployment.id, DeploymentStatus::Healthy, None).await
         }
@@ -715,6 +722,7 @@ impl Orchestrator {
             }
         };
         metrics().deploy(true, since(deployment.created_at));
+        self.mark_awake(project).await;
         self.deploy_event(project, &live, WebhookEvent::DeploySucceeded, None);
         self.running
             .lock()
@@ -820,6 +828,16 @@ impl Orchestrator {
         // Stopped stays stopped whatever deploys (as a Heroku app scaled to zero stays at
         // zero): only `start` starts it.
         let stopped = self.store.stopped(project.id).await?;
+        // The live deployment of a sleeping project (the restore at start) leaves its web
+        // to its first request; a new deployment starts and checks it.
+        let asleep = deployment.status == DeploymentStatus::Live && self.store.sleep(project.id).await?.asleep;
+        let planned = if asleep {
+            let mut planned = stopped.clone();
+            planned.stop(Some("web"));
+            planned
+        } else {
+            stopped.clone()
+        };
         if stopped.is_all() {
             log.line(&format!(
                 "-----> {} is stopped: v{} starts no instance (`paastech start` starts it)",
@@ -830,7 +848,7 @@ impl Orchestrator {
                 log.line(&format!("-----> {process} is stopped: not started (`paastech start --process {process}`)"));
             }
         }
-        for (process, count) in Self::plan(artifact, &deployment.scale, &stopped) {
+        for (process, count) in Self::plan(artifact, &deployment.scale, &planned) {
             for index in 0..count {
                 let spec = instance_spec(project, deployment, artifact, &process, index, &env, limits);
                 started.push(self.start_instance(spec).await?);
@@ -1148,8 +1166,12 @@ impl Orchestrator {
         let Some(running) = current else {
             return self.store.set_scale(project.id, change).await;
         };
-        // A stopped type keeps its new count for when it is started.
-        let stopped = self.store.stopped(project.id).await?;
+        // A stopped type keeps its new count for when it is started; a sleeping web, for
+        // when it wakes.
+        let mut stopped = self.store.stopped(project.id).await?;
+        if self.store.sleep(project.id).await?.asleep {
+            stopped.stop(Some("web"));
+        }
         let mut started: Vec<Instance> = Vec::new();
         let added = async {
             let ctx = self.hook_context(project, deployment, artifact);
@@ -1380,6 +1402,10 @@ impl Orchestrator {
             .insert(project.name.clone(), Running { version: deployment.version, instances });
         self.traffic.set_stopped(&project.name, after.contains("web"));
         self.traffic.switch(&project.name, web, self.config.drain_timeout).await;
+        if before.contains("web") && !after.contains("web") {
+            // Its web runs again: a sleep it was in before the stop is over.
+            self.mark_awake(project).await;
+        }
         let what = process.map_or_else(|| "every process".to_owned(), |p| format!("{p} processes"));
         self.logs.note(&project.name, &format!("started {what} of v{}", deployment.version));
         tracing::info!(project = %project.name, process = process.unwrap_or("*"), "started");
@@ -1570,6 +1596,10 @@ impl Orchestrator {
             // A stopped project says so at once, and stays so: the restore starts nothing of it.
             let stopped = self.store.stopped(project.id).await?;
             self.traffic.set_stopped(&project.name, stopped.contains("web"));
+            // A sleeping project stays asleep: its first request wakes it.
+            if self.store.sleep(project.id).await?.asleep {
+                self.traffic.set_asleep(&project.name, true);
+            }
             let guard = self.lock_for(&project.name).lock_owned().await;
             held.push((project, guard));
         }
@@ -1585,7 +1615,11 @@ impl Orchestrator {
     /// outlived the server, or starts them again, and stops the project's other instances.
     async fn restore_project(&self, project: &Project, existing: &[Instance]) -> Result<()> {
         let live = self.store.live_deployment(project.id).await?;
-        let stopped = self.store.stopped(project.id).await?;
+        let mut stopped = self.store.stopped(project.id).await?;
+        if self.store.sleep(project.id).await?.asleep {
+            // Its web instances that outlived the server (a sleep cut short) go too.
+            stopped.stop(Some("web"));
+        }
         // Instances of a stopped type that outlived the server (a stop cut short) go too.
         let (kept, stale): (Vec<Instance>, Vec<Instance>) =
             existing.iter().filter(|i| i.project == project.name).cloned().partition(|i| {
@@ -1850,11 +1884,13 @@ mod audit;
 mod cron;
 mod follow;
 mod previews;
+mod sleep;
 mod stats;
 mod webhooks;
 pub use audit::AUDIT_PRUNE_INTERVAL;
 pub use cron::CRON_TICK;
 pub use follow::{Background, FOLLOW_INTERVAL};
+pub use sleep::SleepChange;
 pub use stats::{InstanceStats, ProjectStats};
 
 #[cfg(test)]

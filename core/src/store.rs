@@ -20,6 +20,7 @@ use crate::https::HttpsPolicy;
 use crate::lifecycle::Stopped;
 use crate::mail::EmailPurpose;
 use crate::roles::{Collaborator, Role};
+use crate::sleep::SleepState;
 use crate::webhooks::{Webhook, WebhookAttempt, WebhookEvent};
 
 /// A change to a project's env: `Some` sets, `None` unsets.
@@ -145,6 +146,11 @@ pub trait Store: Send + Sync {
     async fn stopped(&self, project_id: i64) -> Result<Stopped>;
     /// Replaces what is stopped of the project; `NotFound` for a missing project.
     async fn set_stopped(&self, project_id: i64, stopped: &Stopped) -> Result<()>;
+    /// The project's sleep settings and whether it sleeps now; the default (off, awake)
+    /// until they are set.
+    async fn sleep(&self, project_id: i64) -> Result<SleepState>;
+    /// Replaces the project's sleep settings and state; `NotFound` for a missing project.
+    async fn set_sleep(&self, project_id: i64, sleep: &SleepState) -> Result<()>;
 
     // Custom domains.
     /// Gives the project a custom domain; `Conflict` when any project has it already.

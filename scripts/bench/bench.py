@@ -9,6 +9,11 @@
 (e) TLS vs nginx with the same ECDSA P-256 certificate, with h2load: HTTPS requests/s over
     kept-alive connections, new handshakes/s and HTTP/2 requests/s, proxied to the backend
     of (c) and for the static site of (d).
+(f) `coldstart` (issue #18): the first request to a sleeping app (sent until answered) for
+    the static, Python and Dockerfile examples on each runtime (process; Docker and Podman
+    when their engine answers), beside the warm request time and the runtime's own start
+    floor (`sh -c true`; a trivial busybox container), and the memory its web used before
+    it slept (freed while asleep).
 
 Everything listens on 127.0.0.1 only, every loop is bounded, and everything started here
 is stopped at the end (also on Ctrl-C). Run through scripts/bench.sh, which builds the
@@ -137,12 +142,14 @@ class Processes:
 
 
 class PaaSTech:
-    def __init__(self, binary, work, procs, ingress_threads=None, tls=None):
+    def __init__(self, binary, work, procs, ingress_threads=None, tls=None, ingress_extra="", extra="", name="paastech"):
         self.binary = binary
+        # More `[ingress]` keys, and more sections after it (a `[runtime]`).
+        self.ingress_extra, self.extra = ingress_extra, extra
         self.ingress_threads = ingress_threads
         # (cert_file, key_file): the ingress also serves HTTPS on `https_port` with them.
         self.tls = tls
-        self.dir = os.path.join(work, "paastech")
+        self.dir = os.path.join(work, name)
         os.makedirs(self.dir)
         self.api_port, self.ssh_port, self.ingress_port = free_port(), free_port(), free_port()
         self.https_port = free_port() if tls else None
@@ -159,8 +166,10 @@ class PaaSTech:
                 f'[ssh]\nlisten = "127.0.0.1:{self.ssh_port}"\n\n'
                 f'[ingress]\nlisten = "127.0.0.1:{self.ingress_port}"\ndomain = "localhost"\n'
                 + (f"threads = {self.ingress_threads}\n" if self.ingress_threads else "")
+                + self.ingress_extra
                 + (f'https_listen = "127.0.0.1:{self.https_port}"\n\n'
                    f'[tls]\ncert_file = "{self.tls[0]}"\nkey_file = "{self.tls[1]}"\n' if self.tls else "")
+                + self.extra
             )
         self.proc = self.procs.start(
             "paastech", [self.binary, "server", "--config", config], os.path.join(self.dir, "server.log"),
@@ -513,6 +522,120 @@ def bench_live(paas, key, work, rounds, results):
             log(f"{project} redeploy {n}: served after {served:.3f}s, push returned after {pushed:.3f}s (load {la})")
             entry["redeploys"].append((served, pushed, la))
         results["live"][project] = entry
+
+
+# ---------------------------------------------------------------------------------------
+# (f) cold starts of sleeping apps
+
+# Runtime -> (server config after [ingress], the floor: a command that starts the runtime's
+# smallest unit of work and ends, and whether its engine answers).
+COLDSTART_RUNTIMES = {
+    "process": ("", ["sh", "-c", "true"], ["true"]),
+    "docker": ('[runtime]\ndriver = "docker"\n', ["docker", "run", "--rm", "paastech/busybox:latest", "true"],
+               ["docker", "info", "--format", "{{.ServerVersion}}"]),
+    "podman": ('[runtime]\ndriver = "podman"\n',
+               ["podman", "run", "--rm", "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit",
+                "nproc=1024:1024", "localhost/paastech/busybox:latest", "true"],
+               ["podman", "--url", "unix:///run/podman/podman.sock", "version"]),
+}
+# Which examples each runtime builds: a Dockerfile only on containers; the container
+# builders' generated Dockerfiles need a base image with the language (none here: no
+# registry), so the static and Python examples run on processes.
+COLDSTART_APPS = {
+    "process": [("static-hello", "hello from static-hello"), ("python-hello", "hello from python-hello")],
+    "docker": [("dockerfile-hello", "hello from dockerfile-hello")],
+    "podman": [("dockerfile-hello", "hello from dockerfile-hello")],
+}
+
+
+def timed_get(paas, project, timeout=60.0):
+    """(seconds from sending the request to the whole answer, status, body): a new connection."""
+    began = time.perf_counter()
+    status, body = paas.get(project, "/", timeout)
+    return time.perf_counter() - began, status, body
+
+
+def wait_asleep(paas, project, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = paas.api("GET", f"/projects/{project}/sleep")
+        if status == 200 and body["asleep"]:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{project} did not fall asleep within {timeout}s\n{paas.log_tail()}")
+
+
+def web_memory(paas, project):
+    status, body = paas.api("GET", f"/projects/{project}/stats")
+    if status != 200:
+        return None
+    used = [i.get("memory_bytes") for i in body["instances"] if i["process_type"] == "web"]
+    return sum(u for u in used if u) if used and all(used) else None
+
+
+def bench_coldstart(binary, procs, key, pub, work, rounds, results):
+    for runtime, (extra, floor_cmd, ping) in COLDSTART_RUNTIMES.items():
+        if run(ping, check=False).returncode != 0:
+            log(f"(f) coldstart: the {runtime} engine does not answer; not measured")
+            results["coldstart"][runtime] = {"skipped": f"{ping[0]} does not answer"}
+            continue
+        floors = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            run(floor_cmd)
+            floors.append(time.perf_counter() - began)
+        # A second of the server's is a "minute" of idle time: the app sleeps 1 s after
+        # its last request.
+        paas = PaaSTech(binary, work, procs, ingress_extra="sleep_minute_secs = 1\nwake_timeout_secs = 60\n",
+                        extra=extra, name=f"coldstart-{runtime}")
+        paas.start()
+        paas.developer(pub)
+        entry = {"floor": floors, "apps": {}}
+        for example, want in COLDSTART_APPS[runtime]:
+            project = f"cold-{runtime[:3]}-{example.split('-')[0]}"
+            repo = copy_example(example, os.path.join(work, f"cold-{runtime}-{example}"), key)
+            url = paas.create_project(project)
+            push_to_live(paas, repo, url, project, want, timeout=600.0)
+            warm = []
+            for _ in range(max(rounds, 5)):
+                took, status, body = timed_get(paas, project)
+                assert status == 200 and want in body, f"{project} warm: {status} {body[:200]}"
+                warm.append(took)
+            status, body = paas.api("PUT", f"/projects/{project}/sleep", {"enabled": True, "after_minutes": 1})
+            assert status == 200, f"sleep on {project}: {status} {body}"
+            cold, memory = [], []
+            for n in range(rounds):
+                memory.append(web_memory(paas, project))
+                wait_asleep(paas, project)
+                # The sleeper stops the instances right after it records the sleep.
+                time.sleep(0.5)
+                took, status, body = timed_get(paas, project)
+                assert status == 200 and want in body, f"{project} cold: {status} {body[:300]}\n{paas.log_tail()}"
+                cold.append(took)
+                log(f"(f) {runtime} {example} cold start {n + 1}: {took * 1000:.0f} ms (load {load()})")
+            entry["apps"][example] = {"cold": cold, "warm": warm, "memory": memory}
+        paas.stop()
+        results["coldstart"][runtime] = entry
+
+
+def print_coldstart(w, results):
+    w("(f) cold start of a sleeping app: the first request after it slept, sent until answered (new connection),\n")
+    w("    beside the warm request (new connection) and the runtime's start floor; medians; a shared machine: noisy\n")
+    w("runtime  app               cold ms  warm ms  floor ms  cold/warm  cold/floor  web memory before sleep\n")
+    for runtime, entry in results["coldstart"].items():
+        if "skipped" in entry:
+            w(f"{runtime:<8} not measured: {entry['skipped']}\n")
+            continue
+        floor = statistics.median(entry["floor"])
+        for app, m in entry["apps"].items():
+            cold, warm = statistics.median(m["cold"]), statistics.median(m["warm"])
+            known = [b for b in m["memory"] if b]
+            memory = f"{statistics.median(known) / (1024 * 1024):.1f} MiB" if known else "unknown"
+            target = "  (target < 500 ms: " + ("met" if cold < 0.5 else "MISSED") + ")" if app == "python-hello" and runtime == "process" else ""
+            w(f"{runtime:<8} {app:<16} {cold * 1000:8.0f} {warm * 1000:8.1f} {floor * 1000:9.1f} "
+              f"{cold / warm:9.1f}x {cold / floor:10.1f}x  {memory}{target}\n")
+            w(f"         rounds: cold {', '.join(f'{c * 1000:.0f}' for c in m['cold'])} ms\n")
+    w("\n")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1206,6 +1329,8 @@ def print_table(results, targets):
         print_static(w, results, targets)
     if results.get("tls"):
         print_tls(w, results, targets)
+    if results.get("coldstart"):
+        print_coldstart(w, results)
     w("\n")
 
 
@@ -1298,7 +1423,8 @@ def main():
     parser.add_argument("--h2-streams", type=int, default=10, help="HTTP/2 streams at once per connection in (e)")
     parser.add_argument("--handshake-batch", type=int, default=256,
                         help="connections opened together per h2load batch in (e)'s handshake test")
-    parser.add_argument("--only", default="push,live,ingress,static,tls", help="which parts to run")
+    parser.add_argument("--only", default="push,live,ingress,static,tls",
+                        help="which parts to run (also: coldstart)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
@@ -1328,7 +1454,7 @@ def main():
     # SIGTERM/SIGINT: unwind through atexit so every process is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    results = {"push": {}, "live": {}, "rounds": args.rounds, "big_mb": args.big_mb,
+    results = {"push": {}, "live": {}, "coldstart": {}, "rounds": args.rounds, "big_mb": args.big_mb,
                "wrk_seconds": args.wrk_seconds, "load_start": load()}
     key = os.path.join(work, "client_key")
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", key])
@@ -1337,6 +1463,12 @@ def main():
     results["key"] = key
 
     tls = make_certificate(os.path.join(work, "tls")) if "tls" in only else None
+    # The cold starts run servers of their own, one per runtime.
+    if "coldstart" in only:
+        bench_coldstart(args.paastech, procs, key, pub, work, args.rounds, results)
+    if only <= {"coldstart"}:
+        print_table(results, {})
+        return
     paas = PaaSTech(args.paastech, work, procs, args.ingress_threads, tls)
     paas.start()
     paas.developer(pub)

@@ -57,7 +57,7 @@ macro_rules! conformance_tests {
             start_stop_replace, env_and_port, logs_reach_the_sink, crashed_instances_are_restarted,
             scale_round_robin, health_gated_switch, reconcile_after_restart, limits_are_enforced,
             one_off_commands_run_once, stray_one_offs_are_removed_after_a_restart, status_and_list_project,
-            usage_is_read);
+            usage_is_read, sleep_and_wake);
     };
     (@cases $target:expr; $($case:ident),*) => {
         $(
@@ -150,6 +150,11 @@ impl Target {
 
 /// One HTTP/1.1 GET: (status, body), or what went wrong.
 pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    http_get_within(addr, host, path, Duration::from_secs(10)).await
+}
+
+/// [`http_get`], given `timeout` to answer.
+async fn http_get_within(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<(u16, String), String> {
     let work = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
@@ -162,7 +167,7 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, 
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
         Ok((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(10), work).await.unwrap_or_else(|_| Err(format!("GET {addr}: timeout")))
+    tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| Err(format!("GET {addr}: timeout")))
 }
 
 /// Polls `check` until it holds or `timeout` passes; returns whether it held.
@@ -470,6 +475,89 @@ pub async fn health_gated_switch(target: &Target) {
     assert!(requests > 10, "the client loop ran ({requests} requests)");
     assert!(failures.is_empty(), "{} of {requests} requests failed during the switches: {failures:?}", failures.len());
     runtime.stop(&v2.id, GRACE).await.expect("stop v2");
+}
+
+/// Wakes a project as the orchestrator does, with nothing but the runtime and the router:
+/// its web instance started, health-checked, routed, the asleep mark cleared.
+struct RuntimeWaker {
+    runtime: Arc<dyn Runtime>,
+    router: IngressRouter,
+    spec: InstanceSpec,
+    started: Mutex<Vec<Instance>>,
+}
+
+#[async_trait::async_trait]
+impl paastech_ingress::Waker for RuntimeWaker {
+    async fn wake(&self, _project: &str, timeout: Duration) -> Result<(), String> {
+        let instance =
+            self.runtime.start(self.spec.clone(), Arc::new(Lines::default())).await.map_err(|e| e.to_string())?;
+        let addr = instance.addr.ok_or("no address")?;
+        self.started.lock().expect("started").push(instance);
+        self.router.wait_healthy(addr, timeout).await.map_err(|e| e.to_string())?;
+        self.router.switch(&self.spec.project, vec![addr], Duration::from_secs(5)).await;
+        self.router.set_asleep(&self.spec.project, false);
+        Ok(())
+    }
+}
+
+/// MUST: what sleep and wake do through the runtime works: a deployment's web instance
+/// stopped (gone from `list`, nothing at its address) while the project's route is
+/// asleep, then started again from the same spec, healthy and served; requests that
+/// arrive at the ingress meanwhile are held and answered, with one start for all.
+pub async fn sleep_and_wake(target: &Target) {
+    let runtime = (target.new_runtime)();
+    let project = project("sleep");
+    let table = RouteTable::new();
+    let router = IngressRouter::new(table.clone(), "/");
+    let spec = target.spec(&project, 1, "web", 0);
+    let (v1, _) = start(runtime.as_ref(), spec.clone()).await;
+    let addr1 = v1.addr.expect("address");
+    router.wait_healthy(addr1, STARTUP).await.expect("v1 becomes healthy");
+    router.switch(&project, vec![addr1], Duration::from_secs(5)).await;
+
+    // Asleep: out of the route, then stopped.
+    router.set_asleep(&project, true);
+    router.switch(&project, Vec::new(), Duration::from_secs(5)).await;
+    runtime.stop(&v1.id, GRACE).await.expect("stop for sleep");
+    assert!(find(runtime.as_ref(), &v1.id).await.is_none(), "a sleeping web instance is not listed");
+    assert!(
+        eventually(Duration::from_secs(10), || async { http_get(addr1, "localhost", "/").await.is_err() }).await,
+        "nothing answers at its address while it sleeps"
+    );
+
+    let waker = Arc::new(RuntimeWaker {
+        runtime: Arc::clone(&runtime),
+        router: IngressRouter::new(table.clone(), "/"),
+        spec,
+        started: Mutex::new(Vec::new()),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+    let ingress_addr = listener.local_addr().expect("ingress addr");
+    let mut config = IngressConfig::new("localhost");
+    config.waker = Some(waker.clone() as Arc<dyn paastech_ingress::Waker>);
+    config.wake_timeout = STARTUP;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(paastech_ingress::serve(listener, config, table, async {
+        let _ = stopped.await;
+    }));
+    let host = format!("{project}.localhost");
+    let held: Vec<_> = (0..10)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { http_get_within(ingress_addr, &host, "/", STARTUP + GRACE).await })
+        })
+        .collect();
+    for answer in held {
+        let (status, body) = answer.await.expect("join").expect("an answer");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("version=1"), "the woken instance answers: {body}");
+    }
+    let started = waker.started.lock().expect("started").clone();
+    assert_eq!(started.len(), 1, "one start for every held request");
+    let woken = find(runtime.as_ref(), &started[0].id).await.expect("the woken instance is listed");
+    assert_eq!(woken.state, InstanceState::Running);
+    runtime.stop(&started[0].id, GRACE).await.expect("stop the woken instance");
+    let _ = stop.send(());
 }
 
 /// MUST: a new runtime (a server restart) lists what the previous one started when the

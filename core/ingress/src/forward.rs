@@ -25,6 +25,7 @@ use paastech_core::metrics::Method;
 use crate::h1::{self, Answering, Chunked, Framing};
 use crate::proxy::{Shared, project_of};
 use crate::routes::{InFlight, Pick};
+use crate::wake::WakeRefused;
 use crate::{static_serve, upstream};
 
 /// How long a client has to send a whole request head, counted from when the ingress
@@ -178,7 +179,8 @@ pub(crate) async fn connection<C: ClientIo>(
         }
 
         // 2. Which backend.
-        let pick = pick(&shared, req.host.as_ref().and_then(|r| std::str::from_utf8(&cbuf[r.clone()]).ok()));
+        let host = req.host.as_ref().and_then(|r| std::str::from_utf8(&cbuf[r.clone()]).ok());
+        let pick = pick(&shared, host);
         // Plain HTTP to a project that wants HTTPS: the same URL over HTTPS instead.
         if !C::HTTPS
             && let Some(location) = https_redirect(&shared, &pick, &cbuf[..req.head_len], req.host.as_ref())
@@ -196,12 +198,31 @@ pub(crate) async fn connection<C: ClientIo>(
             }
             continue;
         }
+        // A sleeping project: the request is held while it wakes, then routed again.
+        let pick = match pick {
+            Pick::Asleep(_, requests, project) => match woken(&shared, &project, host).await {
+                Ok(pick) => pick,
+                Err(why) => {
+                    // The body was not read: the connection cannot carry another request.
+                    let keep_alive = keep_alive && req.framing == Framing::Empty;
+                    cbuf.drain(..req.head_len);
+                    let Ok(sent) = write_wake_refused(&mut client, &why, answering, keep_alive).await else { return };
+                    requests.record(method, 503, sent, started.elapsed());
+                    if !keep_alive {
+                        linger(&mut client).await;
+                        return;
+                    }
+                    continue;
+                }
+            },
+            other => other,
+        };
         let hsts = if C::HTTPS { pick.https().and_then(|p| p.hsts_max_age) } else { None };
         let in_flight = match pick {
             Pick::Backend(in_flight, _) => in_flight,
-            Pick::UnknownProject | Pick::NoBackends(..) | Pick::Stopped(..) => {
+            Pick::UnknownProject | Pick::NoBackends(..) | Pick::Stopped(..) | Pick::Asleep(..) => {
                 let which = match pick {
-                    Pick::NoBackends(..) => Page::NoDeployment,
+                    Pick::NoBackends(..) | Pick::Asleep(..) => Page::NoDeployment,
                     Pick::Stopped(..) => Page::Stopped,
                     _ => Page::NotFound,
                 };
@@ -283,6 +304,17 @@ pub(crate) fn pick(shared: &Shared, host: Option<&str>) -> Pick {
         Some(name) => shared.table.pick(name),
         // Not `NAME.<domain>`: a project's custom domain, or nobody's.
         None => host.map_or(Pick::UnknownProject, |h| shared.table.pick_by_host(h)),
+    }
+}
+
+/// Holds a request for the sleeping `project` until it is woken, then routes it again:
+/// a backend, or why it gets none (the wake failed, timed out, too many wait).
+pub(crate) async fn woken(shared: &Shared, project: &Arc<str>, host: Option<&str>) -> Result<Pick, WakeRefused> {
+    shared.wakes.wait(project).await?;
+    match pick(shared, host) {
+        // Woken, and asleep again already (or its web has no instance to start).
+        Pick::Asleep(..) => Err(WakeRefused::Failed("it has no web instance running".into())),
+        pick => Ok(pick),
     }
 }
 
@@ -1007,6 +1039,44 @@ async fn write_page(
     let mut page = format!(
         "{version} {status}\r\nServer: paastech\r\nContent-Type: text/html; charset=utf-8\r\n\
          Cache-Control: no-store\r\nContent-Length: {}\r\n{connection}\r\n",
+        html.len()
+    )
+    .into_bytes();
+    if !req.head_method {
+        page.extend_from_slice(html.as_bytes());
+    }
+    send(client, &page).await?;
+    Ok(page.len() as u64)
+}
+
+/// The 503 page of a request for a sleeping app that could not be woken, saying why.
+pub(crate) fn wake_refused_html(why: &WakeRefused) -> String {
+    let why = why.to_string().replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>App not started</title></head>\
+<body style=\"font-family:sans-serif;margin:4em auto;max-width:40em\">\
+<h1>503 &mdash; app not started</h1><p>This app was asleep and could not be woken: {why}.</p>\
+<p>Try again in a moment; its owner sees the reason in <code>paastech ps</code>.</p>\
+<p><small>paastech</small></p></body></html>\n"
+    )
+}
+
+async fn write_wake_refused(
+    client: &mut (impl AsyncWrite + Unpin),
+    why: &WakeRefused,
+    req: Answering,
+    keep_alive: bool,
+) -> io::Result<u64> {
+    let html = wake_refused_html(why);
+    let version = if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let connection = match (keep_alive, req.http10) {
+        (false, _) => "Connection: close\r\n",
+        (true, true) => "Connection: keep-alive\r\n",
+        (true, false) => "",
+    };
+    let mut page = format!(
+        "{version} 503 Service Unavailable\r\nServer: paastech\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Cache-Control: no-store\r\nRetry-After: 5\r\nContent-Length: {}\r\n{connection}\r\n",
         html.len()
     )
     .into_bytes();

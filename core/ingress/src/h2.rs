@@ -333,12 +333,23 @@ async fn forward_request(
         .authority()
         .map(|a| a.as_str().to_owned())
         .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
-    let (in_flight, hsts) = match forward::pick(shared, host.as_deref()) {
+    let mut pick = forward::pick(shared, host.as_deref());
+    // A sleeping project: the stream is held while it wakes, then routed again.
+    if let Pick::Asleep(_, project_requests, project) = pick {
+        pick = match forward::woken(shared, &project, host.as_deref()).await {
+            Ok(pick) => pick,
+            Err(why) => {
+                *requests = Some(project_requests);
+                return wake_refused(&why, req.method() == Method::HEAD);
+            }
+        };
+    }
+    let (in_flight, hsts) = match pick {
         Pick::Backend(in_flight, https) => {
             *requests = Some(Arc::clone(in_flight.backend().requests_handle()));
             (in_flight, https.hsts_max_age)
         }
-        Pick::NoBackends(_, project) => {
+        Pick::NoBackends(_, project) | Pick::Asleep(_, project, _) => {
             *requests = Some(project);
             return page(Page::NoDeployment, &req);
         }
@@ -916,6 +927,22 @@ fn page_for(which: Page, head_method: bool) -> Response<Body> {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(html.len()));
+    response
+}
+
+/// The 503 page of a stream for a sleeping app that could not be woken.
+fn wake_refused(why: &crate::wake::WakeRefused, head_method: bool) -> Response<Body> {
+    let html = forward::wake_refused_html(why);
+    let length = html.len();
+    let body = if head_method { Bytes::new() } else { Bytes::from(html) };
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(header::SERVER, HeaderValue::from_static("paastech"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     response
 }
 

@@ -29,10 +29,12 @@ mod static_site;
 mod tls;
 mod trust;
 mod upstream;
+mod wake;
 
 pub use health::{HealthError, LastSeen, health_check};
 pub use proxy::{
-    DEFAULT_MAX_CONNECTIONS, IngressConfig, MAX_REFUSING, default_threads_with_tls, serve, serve_with_https,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITING_WAKES, DEFAULT_WAKE_TIMEOUT, IngressConfig, MAX_REFUSING,
+    default_threads_with_tls, serve, serve_with_https,
 };
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
@@ -40,3 +42,4 @@ pub use static_files::serve_static;
 pub use static_site::StaticSite;
 pub use tls::{CertStore, Certificate, CertificateError};
 pub use trust::{IpRange, IpRangeError};
+pub use wake::{WakeRefused, Waker};

@@ -17,9 +17,10 @@ use crate::h2;
 use crate::routes::RouteTable;
 use crate::tls::{ALPN_ACME_TLS, ALPN_H2, CertStore};
 use crate::trust::IpRange;
+use crate::wake::{Waker, Wakes};
 
 /// How the ingress runs. Build it with [`IngressConfig::new`] and adjust the fields.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IngressConfig {
     /// Project `blog` is served at `blog.<domain>`.
     pub domain: String,
@@ -44,7 +45,38 @@ pub struct IngressConfig {
     /// (a server behind port forwarding): redirects to HTTPS name it (`None`: the
     /// listener's own port; 443 is left out of URLs).
     pub https_public_port: Option<u16>,
+    /// Who wakes a sleeping project when a request for it arrives (`None`: such a request
+    /// is answered 503 at once).
+    pub waker: Option<Arc<dyn Waker>>,
+    /// How long a request for a sleeping project is held while it wakes; past it, 503.
+    pub wake_timeout: Duration,
+    /// How many requests may wait for one project's wake; more are answered 503 at once.
+    pub max_waiting_wakes: usize,
 }
+
+impl std::fmt::Debug for IngressConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressConfig")
+            .field("domain", &self.domain)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("backend_timeout", &self.backend_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("threads", &self.threads)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("max_connections", &self.max_connections)
+            .field("https_public_port", &self.https_public_port)
+            .field("waker", &self.waker.is_some())
+            .field("wake_timeout", &self.wake_timeout)
+            .field("max_waiting_wakes", &self.max_waiting_wakes)
+            .finish()
+    }
+}
+
+/// The default [`IngressConfig::wake_timeout`].
+pub const DEFAULT_WAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default [`IngressConfig::max_waiting_wakes`]: a burst of a page's assets from a few
+/// browsers, well under the connection cap.
+pub const DEFAULT_MAX_WAITING_WAKES: usize = 1024;
 
 /// The default [`IngressConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(10_000).expect("not zero");
@@ -81,6 +113,9 @@ impl IngressConfig {
             trusted_proxies: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             https_public_port: None,
+            waker: None,
+            wake_timeout: DEFAULT_WAKE_TIMEOUT,
+            max_waiting_wakes: DEFAULT_MAX_WAITING_WAKES,
         }
     }
 }
@@ -127,6 +162,8 @@ pub(crate) struct Shared {
     pub(crate) certs: Option<CertStore>,
     /// The port redirects to HTTPS name.
     pub(crate) https_port: u16,
+    /// Wakes of sleeping projects, shared by every thread (one wake per project).
+    pub(crate) wakes: Arc<Wakes>,
 }
 
 /// Serves the ingress on `listener` until `shutdown` resolves (then lets open requests
@@ -212,6 +249,7 @@ async fn run(
     };
     let suffix: Box<str> = format!(".{domain}").into_boxed_str();
     let trusted_proxies: Arc<[IpRange]> = config.trusted_proxies.clone().into();
+    let wakes = Arc::new(Wakes::new(config.waker.clone(), config.wake_timeout, config.max_waiting_wakes));
 
     // `true` (or the sender dropped with this future) stops every thread.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -239,6 +277,7 @@ async fn run(
             h2_upstream: h2::upstream(config.connect_timeout),
             certs: certs.clone(),
             https_port,
+            wakes: Arc::clone(&wakes),
         });
         let thread = Thread {
             shared,

@@ -70,4 +70,12 @@ impl TrafficRouter for IngressRouter {
     fn set_stopped(&self, project: &ProjectName, stopped: bool) {
         self.table.set_stopped(project.as_str(), stopped);
     }
+
+    fn idle_for(&self, project: &ProjectName) -> Option<Duration> {
+        self.table.idle_for(project.as_str())
+    }
+
+    fn set_asleep(&self, project: &ProjectName, asleep: bool) {
+        self.table.set_asleep(project.as_str(), asleep);
+    }
 }

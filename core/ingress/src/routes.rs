@@ -203,7 +203,29 @@ struct Pool {
     requests: Arc<ProjectRequests>,
     /// Stopped by its owner (`paastech stop`): with no backends, it says so.
     stopped: bool,
+    /// Asleep (`paastech sleep`): with no backends, a request is held while it wakes.
+    asleep: bool,
+    /// The project's name (its key): what a held request asks to wake.
+    name: Arc<str>,
+    /// When (`now_ms`) it was last asked for, or last given backends: what the sleeper
+    /// reads. An atomic shared by every ingress thread, written without a lock.
+    last_request: Arc<AtomicU64>,
 }
+
+impl Pool {
+    /// Records a request now. At most one write per [`TOUCH_EVERY_MS`], so a busy route's
+    /// shared cache line is not written by every request of every thread.
+    #[inline]
+    fn touch(&self) {
+        let now = now_ms();
+        if now.saturating_sub(self.last_request.load(Ordering::Relaxed)) >= TOUCH_EVERY_MS {
+            self.last_request.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How stale a route's last-request time may be: far below any idle time (a minute).
+const TOUCH_EVERY_MS: u64 = 100;
 
 /// What a lookup found for a project, with the project's HTTPS policy when it is one.
 pub(crate) enum Pick {
@@ -211,6 +233,8 @@ pub(crate) enum Pick {
     NoBackends(HttpsPolicy, Arc<ProjectRequests>),
     /// No backends because its owner stopped it.
     Stopped(HttpsPolicy, Arc<ProjectRequests>),
+    /// No backends because it sleeps: the request waits while the project named wakes.
+    Asleep(HttpsPolicy, Arc<ProjectRequests>, Arc<str>),
     Backend(InFlight, HttpsPolicy),
 }
 
@@ -219,7 +243,10 @@ impl Pick {
     pub(crate) fn https(&self) -> Option<HttpsPolicy> {
         match self {
             Pick::UnknownProject => None,
-            Pick::NoBackends(https, _) | Pick::Stopped(https, _) | Pick::Backend(_, https) => Some(*https),
+            Pick::NoBackends(https, _)
+            | Pick::Stopped(https, _)
+            | Pick::Asleep(https, _, _)
+            | Pick::Backend(_, https) => Some(*https),
         }
     }
 
@@ -228,7 +255,7 @@ impl Pick {
     pub(crate) fn requests(&self) -> &ProjectRequests {
         match self {
             Pick::UnknownProject => unrouted(),
-            Pick::NoBackends(_, requests) | Pick::Stopped(_, requests) => requests,
+            Pick::NoBackends(_, requests) | Pick::Stopped(_, requests) | Pick::Asleep(_, requests, _) => requests,
             Pick::Backend(in_flight, _) => in_flight.backend().requests(),
         }
     }
@@ -296,10 +323,22 @@ impl RouteTable {
     pub fn set_backends(&self, project: &str, backends: Vec<SocketAddr>) -> Vec<Backend> {
         let key = project.to_ascii_lowercase();
         let mut routes = self.write();
-        let (old, https, stopped, requests) = match routes.pools.remove(key.as_str()) {
-            Some(pool) => (pool.backends, pool.https, pool.stopped, pool.requests),
-            None => (Vec::new(), HttpsPolicy::default(), false, metrics().ingress.project(&key)),
+        let (old, https, stopped, asleep, requests, last_request) = match routes.pools.remove(key.as_str()) {
+            Some(pool) => (pool.backends, pool.https, pool.stopped, pool.asleep, pool.requests, pool.last_request),
+            None => (
+                Vec::new(),
+                HttpsPolicy::default(),
+                false,
+                false,
+                metrics().ingress.project(&key),
+                Arc::new(AtomicU64::new(0)),
+            ),
         };
+        // Backends given count as a request: an app just deployed or woken gets its whole
+        // idle time before it sleeps.
+        if !backends.is_empty() {
+            last_request.store(now_ms(), Ordering::Relaxed);
+        }
         let mut new = Vec::with_capacity(backends.len());
         for addr in backends {
             if new.iter().any(|b: &Backend| b.addr() == addr) {
@@ -310,7 +349,9 @@ impl RouteTable {
             new.push(handle);
         }
         let removed = old.into_iter().filter(|b| !new.iter().any(|n| n.addr() == b.addr())).collect();
-        let pool = Pool { backends: new, next: AtomicUsize::new(0), https, stopped, requests };
+        let name: Arc<str> = Arc::from(key.as_str());
+        let pool =
+            Pool { backends: new, next: AtomicUsize::new(0), https, stopped, asleep, name, requests, last_request };
         routes.pools.insert(key.into_boxed_str(), pool);
         removed
     }
@@ -365,6 +406,30 @@ impl RouteTable {
         }
     }
 
+    /// Marks `project` asleep (or not): while it has no backends, a request to it picks
+    /// [`Pick::Asleep`] (held while it wakes). Kept across [`Self::set_backends`]; a
+    /// project the table does not know is left unknown, as for [`Self::set_stopped`].
+    pub fn set_asleep(&self, project: &str, asleep: bool) {
+        let key = project.to_ascii_lowercase();
+        if let Some(pool) = self.write().pools.get_mut(key.as_str()) {
+            pool.asleep = asleep;
+        }
+    }
+
+    /// How long `project` has had no request: since its last one, or since it was last
+    /// given backends, whichever is later; zero while a request to it is in flight.
+    /// `None` for a project the table does not know.
+    pub fn idle_for(&self, project: &str) -> Option<Duration> {
+        let key = project.to_ascii_lowercase();
+        let routes = self.read();
+        let pool = routes.pools.get(key.as_str())?;
+        if pool.backends.iter().any(|b| b.in_flight() > 0) {
+            return Some(Duration::ZERO);
+        }
+        let last = pool.last_request.load(Ordering::Relaxed);
+        Some(Duration::from_millis(now_ms().saturating_sub(last)))
+    }
+
     /// The project a custom domain leads to.
     pub fn project_of_domain(&self, domain: &str) -> Option<String> {
         let domain = domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase();
@@ -410,11 +475,14 @@ impl RouteTable {
     }
 
     fn pick_in(pool: &Pool) -> Pick {
+        pool.touch();
         let n = pool.backends.len();
         if n == 0 {
             let requests = Arc::clone(&pool.requests);
             return if pool.stopped {
                 Pick::Stopped(pool.https, requests)
+            } else if pool.asleep {
+                Pick::Asleep(pool.https, requests, Arc::clone(&pool.name))
             } else {
                 Pick::NoBackends(pool.https, requests)
             };
@@ -521,6 +589,55 @@ mod tests {
         t.set_stopped("blog", false);
         t.set_backends("blog", vec![]);
         assert!(matches!(t.pick("blog"), Pick::NoBackends(..)));
+    }
+
+    #[test]
+    fn an_asleep_project_is_held_while_it_has_no_backends() {
+        let t = RouteTable::new();
+        t.set_asleep("blog", true);
+        assert!(matches!(t.pick("blog"), Pick::UnknownProject), "an unknown project stays unknown");
+        t.set_backends("blog", vec![addr(1)]);
+        t.set_domains("blog", &["www.example.com"]);
+        t.set_asleep("Blog", true);
+        assert_eq!(pick_addr(&t, "blog"), Some(addr(1)), "its backends serve until they are taken out");
+        t.set_backends("blog", vec![]);
+        match t.pick("blog") {
+            Pick::Asleep(_, _, name) => assert_eq!(&*name, "blog"),
+            _ => panic!("expected asleep"),
+        }
+        assert!(matches!(t.pick_by_host("www.example.com"), Pick::Asleep(..)), "its domains too");
+        t.set_stopped("blog", true);
+        assert!(matches!(t.pick("blog"), Pick::Stopped(..)), "stopped says more than asleep");
+        t.set_stopped("blog", false);
+        t.set_backends("blog", vec![addr(2)]);
+        t.set_asleep("blog", false);
+        assert_eq!(pick_addr(&t, "blog"), Some(addr(2)));
+        t.set_backends("blog", vec![]);
+        assert!(matches!(t.pick("blog"), Pick::NoBackends(..)));
+    }
+
+    #[test]
+    fn idle_time_counts_from_the_last_request_or_switch_and_is_zero_in_flight() {
+        let t = RouteTable::new();
+        assert_eq!(t.idle_for("blog"), None);
+        t.set_backends("blog", vec![addr(1)]);
+        let last = |t: &RouteTable| t.read().pools.get("blog").map(|p| p.last_request.load(Ordering::Relaxed));
+        let at_switch = last(&t).expect("known");
+        assert!(t.idle_for("blog").expect("known") < Duration::from_secs(1), "a switch counts as a request");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(t.idle_for("blog").expect("known") >= Duration::from_millis(250));
+        assert_eq!(last(&t), Some(at_switch), "reading it changes nothing");
+        let guard = match t.pick("blog") {
+            Pick::Backend(g, _) => g,
+            _ => panic!("expected a backend"),
+        };
+        assert_eq!(t.idle_for("blog"), Some(Duration::ZERO), "a request in flight");
+        drop(guard);
+        assert!(t.idle_for("blog").expect("known") < Duration::from_millis(250), "a request resets it");
+        // Kept across a switch that gives no backends (a sleep).
+        let before = last(&t);
+        t.set_backends("blog", vec![]);
+        assert_eq!(last(&t), before);
     }
 
     #[test]

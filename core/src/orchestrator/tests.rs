@@ -115,6 +115,7 @@ struct Data {
     domains: Vec<Domain>,
     https: HashMap<i64, HttpsPolicy>,
     stopped: HashMap<i64, Stopped>,
+    sleep: HashMap<i64, crate::sleep::SleepState>,
     next_domain_id: i64,
     addons: Vec<Addon>,
     webhooks: Vec<(Webhook, String)>,
@@ -416,6 +417,13 @@ impl Store for MemStore {
     }
     async fn set_stopped(&self, project_id: i64, stopped: &Stopped) -> Result<()> {
         self.enter("set_stopped").await?.stopped.insert(project_id, stopped.clone());
+        Ok(())
+    }
+    async fn sleep(&self, project_id: i64) -> Result<crate::sleep::SleepState> {
+        Ok(self.enter("sleep").await?.sleep.get(&project_id).cloned().unwrap_or_default())
+    }
+    async fn set_sleep(&self, project_id: i64, sleep: &crate::sleep::SleepState) -> Result<()> {
+        self.enter("set_sleep").await?.sleep.insert(project_id, sleep.clone());
         Ok(())
     }
     async fn set_https_policy(&self, project_id: i64, policy: &HttpsPolicy) -> Result<()> {
@@ -788,6 +796,10 @@ struct FakeTraffic {
     https: Mutex<HashMap<ProjectName, HttpsPolicy>>,
     /// Projects whose web process is stopped (they answer the stopped page).
     stopped: Mutex<HashMap<ProjectName, bool>>,
+    /// What `idle_for` answers for every project (`None`: it cannot tell).
+    idle: Mutex<Option<Duration>>,
+    /// Projects the ingress was told sleep.
+    asleep: Mutex<HashMap<ProjectName, bool>>,
 }
 
 impl FakeTraffic {
@@ -825,6 +837,12 @@ impl TrafficRouter for FakeTraffic {
     }
     fn set_stopped(&self, project: &ProjectName, stopped: bool) {
         self.stopped.lock().expect("stopped").insert(project.clone(), stopped);
+    }
+    fn idle_for(&self, _: &ProjectName) -> Option<Duration> {
+        *self.idle.lock().expect("idle")
+    }
+    fn set_asleep(&self, project: &ProjectName, asleep: bool) {
+        self.asleep.lock().expect("asleep").insert(project.clone(), asleep);
     }
 }
 
@@ -872,6 +890,8 @@ impl World {
             domains: Mutex::default(),
             https: Mutex::default(),
             stopped: Mutex::default(),
+            idle: Mutex::default(),
+            asleep: Mutex::default(),
         });
         let dir = tempfile::tempdir().expect("temp dir");
         let mut world = World {
@@ -1179,6 +1199,94 @@ async fn a_stopped_project_stays_stopped_over_a_push_a_scale_and_a_restart_until
     world.serves(2, 3).await;
     assert!(!world.ingress_says_stopped());
     assert!(world.store.stopped(world.project.id).await.expect("stored").is_empty());
+}
+
+impl World {
+    fn ingress_says_asleep(&self) -> bool {
+        self.traffic.asleep.lock().expect("asleep").get(&self.project.name).copied().unwrap_or(false)
+    }
+
+    async fn asleep(&self) -> bool {
+        self.store.sleep(self.project.id).await.expect("sleep").asleep
+    }
+}
+
+#[tokio::test]
+async fn an_idle_project_sleeps_wakes_once_for_many_and_stays_asleep_over_a_restart() {
+    let world = World::new(2).await;
+    let name = world.project.name.clone();
+    let on = super::SleepChange { enabled: true, after_minutes: Some(5), workers_keep_awake: None };
+    world.orchestrator.set_sleep(&world.project, on).await.expect("sleep on");
+    // Not idle long enough, or the ingress cannot tell: it stays awake.
+    *world.traffic.idle.lock().expect("idle") = Some(Duration::from_secs(299));
+    world.orchestrator.put_to_sleep(&name).await.expect("look");
+    *world.traffic.idle.lock().expect("idle") = None;
+    world.orchestrator.put_to_sleep(&name).await.expect("look");
+    assert!(!world.asleep().await);
+    world.serves(1, 2).await;
+
+    *world.traffic.idle.lock().expect("idle") = Some(Duration::from_secs(300));
+    world.orchestrator.put_to_sleep(&name).await.expect("sleep");
+    assert!(world.asleep().await, "stored asleep");
+    assert!(world.ingress_says_asleep());
+    assert!(world.runtime.instances().is_empty(), "its web instances are stopped");
+    assert_eq!(world.traffic.routes.lock().expect("routes").get(&name), Some(&Vec::new()));
+    assert_eq!(world.store.live_deployment(world.project.id).await.expect("live").map(|d| d.version), Some(1));
+
+    // A server restart starts none of it, and tells the ingress it sleeps.
+    world.traffic.asleep.lock().expect("asleep").clear();
+    let restarted = world.restarted();
+    restarted.restore().await.expect("restore");
+    assert!(world.runtime.instances().is_empty(), "the restore starts no web of a sleeping project");
+    assert!(world.ingress_says_asleep());
+    let world = World { orchestrator: restarted, ..world };
+
+    // Eight wakes at once (as many flights as a racing ingress could make): one start of
+    // each web instance.
+    let before = world.runtime.started.load(Ordering::SeqCst);
+    *world.traffic.idle.lock().expect("idle") = Some(Duration::ZERO);
+    let wakes: Vec<_> = (0..8)
+        .map(|_| {
+            let (orchestrator, name) = (Arc::clone(&world.orchestrator), name.clone());
+            tokio::spawn(async move { orchestrator.wake(&name, Duration::from_secs(5)).await })
+        })
+        .collect();
+    for wake in wakes {
+        wake.await.expect("join").expect("woken");
+    }
+    assert_eq!(world.runtime.started.load(Ordering::SeqCst) - before, 2, "one start per web instance");
+    world.serves(1, 2).await;
+    assert!(!world.asleep().await);
+    assert!(!world.ingress_says_asleep());
+}
+
+#[tokio::test]
+async fn a_failed_wake_stays_asleep_says_why_and_a_push_wakes_it() {
+    let world = World::new(1).await;
+    let name = world.project.name.clone();
+    let on = super::SleepChange { enabled: true, after_minutes: Some(1), workers_keep_awake: None };
+    world.orchestrator.set_sleep(&world.project, on).await.expect("sleep on");
+    *world.traffic.idle.lock().expect("idle") = Some(Duration::from_secs(60));
+    world.orchestrator.put_to_sleep(&name).await.expect("sleep");
+    assert!(world.asleep().await);
+
+    world.traffic.unhealthy.store(true, Ordering::SeqCst);
+    let err = world.orchestrator.wake(&name, Duration::from_secs(5)).await.expect_err("an unhealthy web");
+    assert!(err.to_string().contains("health check"), "{err}");
+    assert!(world.runtime.instances().is_empty(), "what the wake started is stopped");
+    let state = world.store.sleep(world.project.id).await.expect("sleep");
+    assert!(state.asleep, "still asleep");
+    assert!(state.wake_error.as_deref().is_some_and(|e| e.contains("health check")), "{state:?}");
+    assert!(world.ingress_says_asleep());
+
+    // A push starts and checks its web like any deployment, and it is awake once live.
+    world.traffic.unhealthy.store(false, Ordering::SeqCst);
+    *world.traffic.idle.lock().expect("idle") = Some(Duration::ZERO);
+    world.push().await.expect("v2 deploys");
+    world.serves(2, 1).await;
+    let state = world.store.sleep(world.project.id).await.expect("sleep");
+    assert!(!state.asleep && state.wake_error.is_none(), "{state:?}");
+    assert!(!world.ingress_says_asleep());
 }
 
 #[tokio::test]

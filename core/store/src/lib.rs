@@ -31,7 +31,7 @@ use paastech_core::{
     HttpsPolicy, NewDeployment, Project, ProjectName, Result, SshKey, Stopped, Store, Timestamp, TotpEnrolment, User,
     Webhook, WebhookAttempt, WebhookEvent,
 };
-use paastech_core::{AuditEvent, AuditRecord, AuditScope, Collaborator, CronJob, CronRun, Role};
+use paastech_core::{AuditEvent, AuditRecord, AuditScope, Collaborator, CronJob, CronRun, Role, SleepState};
 
 pub use crate::conn::{MigrationPlan, migration_plan};
 use crate::conn::{Pools, write_tx};
@@ -1052,6 +1052,7 @@ impl Store for SqlStore {
                 diesel::delete(project_https::table.filter(project_https::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(stopped_processes::table.filter(stopped_processes::project_id.eq(project_id)))
                     .execute(conn)?;
+                diesel::delete(project_sleep::table.find(project_id)).execute(conn)?;
                 diesel::delete(domains::table.filter(domains::project_id.eq(project_id))).execute(conn)?;
                 diesel::delete(addons::table.filter(addons::project_id.eq(project_id))).execute(conn)?;
                 let hooks = webhooks::table.filter(webhooks::project_id.eq(project_id)).select(webhooks::id);
@@ -1230,6 +1231,56 @@ impl Store for SqlStore {
                         ))
                         .execute(conn)?;
                 }
+                Ok(())
+            })
+        })
+    }
+
+    async fn sleep(&self, project_id: i64) -> Result<SleepState> {
+        with_conn!(self, |conn| {
+            let row = project_sleep::table
+                .find(project_id)
+                .select((
+                    project_sleep::enabled,
+                    project_sleep::after_minutes,
+                    project_sleep::workers_keep_awake,
+                    project_sleep::asleep,
+                    project_sleep::wake_error,
+                ))
+                .first::<(bool, i32, bool, bool, Option<String>)>(conn)
+                .optional()?;
+            Ok(match row {
+                Some((enabled, after, workers_keep_awake, asleep, wake_error)) => SleepState {
+                    enabled,
+                    // Stored by `set_sleep` from a checked u32; a row written by hand that
+                    // is out of range falls back to the default rather than failing.
+                    after_minutes: u32::try_from(after).unwrap_or(paastech_core::sleep::DEFAULT_AFTER_MINUTES).max(1),
+                    workers_keep_awake,
+                    asleep,
+                    wake_error,
+                },
+                None => SleepState::default(),
+            })
+        })
+    }
+
+    async fn set_sleep(&self, project_id: i64, sleep: &SleepState) -> Result<()> {
+        let sleep = sleep.clone();
+        let after = i32::try_from(sleep.after_minutes).unwrap_or(i32::MAX);
+        with_conn!(self, |conn| {
+            write_tx(conn, |conn| {
+                ensure_project!(conn, project_id);
+                diesel::delete(project_sleep::table.find(project_id)).execute(conn)?;
+                diesel::insert_into(project_sleep::table)
+                    .values((
+                        project_sleep::project_id.eq(project_id),
+                        project_sleep::enabled.eq(sleep.enabled),
+                        project_sleep::after_minutes.eq(after),
+                        project_sleep::workers_keep_awake.eq(sleep.workers_keep_awake),
+                        project_sleep::asleep.eq(sleep.asleep),
+                        project_sleep::wake_error.eq(sleep.wake_error.as_deref()),
+                    ))
+                    .execute(conn)?;
                 Ok(())
             })
         })

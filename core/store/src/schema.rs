@@ -97,6 +97,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    project_sleep (project_id) {
+        project_id -> BigInt,
+        enabled -> Bool,
+        after_minutes -> Integer,
+        workers_keep_awake -> Bool,
+        asleep -> Bool,
+        wake_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     env_vars (project_id, key) {
         project_id -> BigInt,
         key -> Text,
@@ -270,6 +281,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     projects,
     project_limits,
     project_https,
+    project_sleep,
     env_vars,
     process_scale,
     stopped_processes,

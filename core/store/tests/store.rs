@@ -14,7 +14,7 @@ use paastech_core::mail::EmailPurpose;
 use paastech_core::store::EnvChanges;
 use paastech_core::{
     AuditAction, AuditRecord, AuditScope, DeploymentStatus, Error, Hostname, HttpsPolicy, NewDeployment, PreviewOf,
-    ProjectName, Role, Stopped, Store, Timestamp, User, WebhookAttempt, WebhookEvent,
+    ProjectName, Role, SleepState, Stopped, Store, Timestamp, User, WebhookAttempt, WebhookEvent,
 };
 use paastech_store::{DatabaseKind, Keyring, SqlStore, pending_path, restore_snapshot, rotate_key, snapshot};
 
@@ -169,6 +169,7 @@ suite!(
     limits_are_set_replaced_and_cleared,
     https_policy_defaults_and_is_replaced,
     stopped_processes_are_replaced_and_go_with_their_project,
+    sleep_is_stored_kept_over_a_reopen_and_goes_with_its_project,
     previews_belong_to_their_parent_one_per_branch,
     email_tokens_are_single_use_expire_and_replace_each_other,
     totp_is_sealed_confirmed_refuses_replays_and_recovery_codes_work_once,
@@ -531,6 +532,36 @@ async fn stopped_processes_are_replaced_and_go_with_their_project(db: &TestDb) {
     store.delete_project(project.id).await.expect("delete");
     let again = store.create_project(alice.id, &name("app")).await.expect("create again");
     assert!(store.stopped(again.id).await.expect("stopped").is_empty());
+}
+
+async fn sleep_is_stored_kept_over_a_reopen_and_goes_with_its_project(db: &TestDb) {
+    let store = db.open();
+    let alice = new_user(&store, "alice@example.com").await;
+    let project = store.create_project(alice.id, &name("app")).await.expect("create");
+    let other = store.create_project(alice.id, &name("other")).await.expect("create");
+    assert_eq!(store.sleep(project.id).await.expect("sleep"), SleepState::default(), "off and awake until set");
+    let asleep = SleepState {
+        enabled: true,
+        after_minutes: 7,
+        workers_keep_awake: false,
+        asleep: true,
+        wake_error: Some("web.1 did not answer".into()),
+    };
+    store.set_sleep(project.id, &asleep).await.expect("set");
+    assert_eq!(store.sleep(project.id).await.expect("sleep"), asleep);
+    assert_eq!(store.sleep(other.id).await.expect("sleep"), SleepState::default());
+    let awake = SleepState { asleep: false, wake_error: None, ..asleep.clone() };
+    store.set_sleep(project.id, &awake).await.expect("replace");
+    assert_eq!(store.sleep(project.id).await.expect("sleep"), awake);
+    assert_not_found(store.set_sleep(424242, &asleep).await, "project");
+    store.set_sleep(project.id, &asleep).await.expect("set");
+    drop(store);
+    // Reopened: a server start reads that it sleeps.
+    let store = db.open();
+    assert_eq!(store.sleep(project.id).await.expect("sleep after reopening"), asleep);
+    store.delete_project(project.id).await.expect("delete");
+    let again = store.create_project(alice.id, &name("app")).await.expect("create again");
+    assert_eq!(store.sleep(again.id).await.expect("sleep"), SleepState::default());
 }
 
 async fn email_tokens_are_single_use_expire_and_replace_each_other(db: &TestDb) {

@@ -15,6 +15,7 @@ pub(crate) mod previews;
 pub(crate) mod projects;
 pub(crate) mod run;
 pub(crate) mod schemas;
+pub(crate) mod sleep;
 pub(crate) mod stats;
 pub(crate) mod two_factor;
 pub(crate) mod users;
@@ -76,6 +77,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/webhooks/{id}", delete(webhooks::remove))
         .route("/projects/{name}/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/projects/{name}/previews", get(previews::get).put(previews::put))
+        .route("/projects/{name}/sleep", get(sleep::get).put(sleep::put))
         .route("/projects/{name}/cron", get(cron::list))
         .route("/projects/{name}/run", post(projects::run))
         .route("/projects/{name}/run/interactive", get(run::interactive))
@@ -142,6 +144,7 @@ async fn openapi() -> ApiResult<Response> {
         addons::list, addons::create, addons::info, addons::destroy, addons::backup, addons::restore,
         webhooks::list, webhooks::add, webhooks::remove, webhooks::deliveries,
         previews::get, previews::put,
+        sleep::get, sleep::put,
         cron::list,
     ),
     components(schemas(ErrorBody), responses(ErrorBody)),

@@ -61,6 +61,8 @@ pub struct ProjectView {
     pub stopped_processes: Vec<String>,
     /// Whether pushes to other branches make preview apps (`paastech previews on`).
     pub previews_enabled: bool,
+    /// Whether its web instances are asleep (`paastech sleep`): the next request wakes them.
+    pub asleep: bool,
     /// Set when this project is the preview app of another's branch.
     pub preview_of: Option<PreviewOfView>,
 }
@@ -133,6 +135,7 @@ async fn view(state: &AppState, project: Project, role: Role) -> Result<ProjectV
     let status = latest.first().map(|d| d.status.as_str().to_owned());
     let live_version = state.store.live_deployment(project.id).await?.map(|d| d.version);
     let stopped = state.orchestrator.stopped(&project).await?;
+    let asleep = state.orchestrator.sleep_state(&project).await?.asleep;
     let stopped_view = super::lifecycle::stopped_view(state, &project, &stopped).await;
     let preview_of = match &project.preview {
         Some(of) => Some(PreviewOfView {
@@ -144,6 +147,7 @@ async fn view(state: &AppState, project: Project, role: Role) -> Result<ProjectV
     let name = project.name.as_str();
     Ok(ProjectView {
         previews_enabled: project.previews_enabled,
+        asleep,
         preview_of,
         stopped: stopped_view.stopped,
         stopped_processes: stopped_view.stopped_processes,

@@ -79,6 +79,7 @@ pub fn routes() -> Router<AppState> {
         .route("/projects/{name}/logs/stream", get(project::logs_stream))
         .route("/projects/{name}/settings", get(project::settings))
         .route("/projects/{name}/previews", post(project::previews_save))
+        .route("/projects/{name}/sleep", post(project::sleep_save))
         .route("/projects/{name}/delete", post(project::delete))
         .route("/account/keys", get(account::keys).post(account::add_key))
         .route("/account/keys/{id}/delete", post(account::delete_key))

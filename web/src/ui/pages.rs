@@ -50,6 +50,8 @@ impl Notice {
             "addon-destroyed" => "Add-on destroyed, with its data.".to_owned(),
             "previews-on" => "Previews on: a push to another branch deploys it as a preview app.".to_owned(),
             "previews-off" => "Previews off: the preview apps are removed.".to_owned(),
+            "sleep-on" => "Sleep on: the web processes stop when idle, and the next request wakes them.".to_owned(),
+            "sleep-off" => "Sleep off: the web processes keep running.".to_owned(),
             "verify-sent" => "A new link is on its way: open it to verify your address.".to_owned(),
             "https-saved" => "HTTPS policy saved: it applies to the next request.".to_owned(),
             "key-added" => "SSH key added.".to_owned(),

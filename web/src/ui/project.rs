@@ -119,6 +119,7 @@ async fn overview_page(
 ) -> UiResult {
     let (project, head, deployments) = load(state, session, name, "overview", 5).await?;
     let stopped = state.orchestrator.stopped(&project).await?;
+    let sleep = state.orchestrator.sleep_state(&project).await?;
     let stats = state.orchestrator.stats(&project.name).await?;
     let now = Timestamp::now();
     let chart = UsageChart::of(&stats.history, now);
@@ -149,6 +150,7 @@ async fn overview_page(
         has_keys,
         stopped: stopped.is_all(),
         stopped_types: stopped.types().map(str::to_owned).collect(),
+        sleep,
         error,
     };
     render(status, &page)
@@ -700,6 +702,8 @@ async fn settings_page(
         previews_enabled: project.previews_enabled,
         previews,
         preview_of,
+        sleep: state.orchestrator.sleep_state(&project).await?,
+        max_sleep_minutes: paastech_core::sleep::MAX_AFTER_MINUTES,
     };
     render(status, &page)
 }
@@ -728,6 +732,57 @@ pub async fn previews_save(
         }
         Err(Error::Invalid(message)) => {
             let errors = FieldErrors::one("previews", message);
+            settings_page(&state, &session, &name, None, errors, StatusCode::UNPROCESSABLE_ENTITY).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SleepForm {
+    /// The checkbox: present when ticked.
+    enabled: Option<String>,
+    /// Minutes without a request; as typed.
+    #[serde(default)]
+    after_minutes: String,
+}
+
+/// Turns sleep on or off, with its idle time (off wakes a sleeping app).
+pub async fn sleep_save(
+    State(state): State<AppState>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<SleepForm>,
+) -> UiResult {
+    let project = project_for(&state, &session.user, &name, Role::Developer).await?;
+    let enabled = form.enabled.is_some();
+    let after = match form.after_minutes.trim() {
+        "" => Ok(None),
+        typed => typed
+            .parse::<u32>()
+            .map_err(|_| Error::Invalid("Give the idle time as a whole number of minutes.".into()))
+            .and_then(paastech_core::SleepState::check_after_minutes)
+            .map(Some),
+    };
+    let change = after.map(|after_minutes| paastech_core::orchestrator::SleepChange {
+        enabled,
+        after_minutes,
+        workers_keep_awake: None,
+    });
+    match change {
+        Ok(change) => match state.orchestrator.set_sleep(&project, change).await {
+            Ok(_) => {
+                let done = if enabled { "sleep-on" } else { "sleep-off" };
+                Ok(Redirect::to(&format!("/projects/{}/settings?done={done}", project.name)).into_response())
+            }
+            Err(Error::Invalid(message) | Error::DeployFailed(message) | Error::Unavailable(message)) => {
+                let errors = FieldErrors::one("sleep", message);
+                settings_page(&state, &session, &name, None, errors, StatusCode::UNPROCESSABLE_ENTITY).await
+            }
+            Err(err) => Err(err.into()),
+        },
+        Err(Error::Invalid(message)) => {
+            let errors = FieldErrors::one("sleep", message);
             settings_page(&state, &session, &name, None, errors, StatusCode::UNPROCESSABLE_ENTITY).await
         }
         Err(err) => Err(err.into()),

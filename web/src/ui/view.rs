@@ -246,6 +246,8 @@ pub struct Overview {
     pub stopped: bool,
     /// The process types stopped one by one.
     pub stopped_types: Vec<String>,
+    /// Its sleep (`paastech sleep`): on or off, asleep or awake, the last wake's failure.
+    pub sleep: paastech_core::SleepState,
     /// Why the last stop, start or restart did not work.
     pub error: Option<String>,
 }
@@ -419,6 +421,9 @@ pub struct SettingsPage {
     pub errors: FieldErrors,
     pub previews_enabled: bool,
     pub previews: Vec<PreviewRow>,
+    pub sleep: paastech_core::SleepState,
+    /// The largest idle time the form accepts, in minutes.
+    pub max_sleep_minutes: u32,
     /// (project, branch) when this project is a preview app.
     pub preview_of: Option<(String, String)>,
 }

@@ -531,20 +531,37 @@ def bench_live(paas, key, work, rounds, results):
 # smallest unit of work and ends, and whether its engine answers).
 COLDSTART_RUNTIMES = {
     "process": ("", ["sh", "-c", "true"], ["true"]),
-    "docker": ('[runtime]\ndriver = "docker"\n', ["docker", "run", "--rm", "paastech/busybox:latest", "true"],
+    "docker": ('[runtime]\ndriver = "docker"\n\n[build]\nbase_image = "paastech/busybox:latest"\n', ["docker", "run", "--rm", "paastech/busybox:latest", "true"],
                ["docker", "info", "--format", "{{.ServerVersion}}"]),
-    "podman": ('[runtime]\ndriver = "podman"\n',
+    "podman": ('[runtime]\ndriver = "podman"\n\n[build]\nbase_image = "localhost/paastech/busybox:latest"\n',
                ["podman", "run", "--rm", "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit",
                 "nproc=1024:1024", "localhost/paastech/busybox:latest", "true"],
                ["podman", "--url", "unix:///run/podman/podman.sock", "version"]),
 }
-# Which examples each runtime builds: a Dockerfile only on containers; the container
-# builders' generated Dockerfiles need a base image with the language (none here: no
-# registry), so the static and Python examples run on processes.
+# The swarm of `scripts/setup/85-swarm.sh` (its manager's socket and the registry its nodes
+# pull from), when its variables are set: a task is started on the swarm, the floor is a
+# container started on the manager's engine.
+if os.environ.get("PAASTECH_SWARM_SOCKET") and os.environ.get("PAASTECH_SWARM_REGISTRY"):
+    _SWARM = "unix://" + os.environ["PAASTECH_SWARM_SOCKET"]
+    COLDSTART_RUNTIMES["swarm"] = (
+        '[runtime]\ndriver = "swarm"\nsocket = "%s"\nnamespace = "bench"\nstop_grace_secs = 3\n\n'
+        '[registry]\nurl = "%s"\n\n[build]\nbase_image = "paastech/busybox:latest"\n' % (os.environ["PAASTECH_SWARM_SOCKET"], os.environ["PAASTECH_SWARM_REGISTRY"]),
+        ["docker", "-H", _SWARM, "run", "--rm", "paastech/busybox:latest", "true"],
+        ["docker", "-H", _SWARM, "info", "--format", "{{.Swarm.LocalNodeState}}"],
+    )
+else:
+    COLDSTART_RUNTIMES["swarm"] = ("", [], ["false"])
+# Which examples each runtime builds: a Dockerfile only on containers; a static site on
+# containers is served by the busybox base image's httpd; the Python example needs a base
+# image with Python, which no machine here has (no registry but our own), so it runs on
+# processes only.
+STATIC = ("static-hello", "hello from static-hello")
+DOCKERFILE = ("dockerfile-hello", "hello from dockerfile-hello")
 COLDSTART_APPS = {
-    "process": [("static-hello", "hello from static-hello"), ("python-hello", "hello from python-hello")],
-    "docker": [("dockerfile-hello", "hello from dockerfile-hello")],
-    "podman": [("dockerfile-hello", "hello from dockerfile-hello")],
+    "process": [STATIC, ("python-hello", "hello from python-hello")],
+    "docker": [STATIC, DOCKERFILE],
+    "podman": [STATIC, DOCKERFILE],
+    "swarm": [STATIC, DOCKERFILE],
 }
 
 
@@ -575,6 +592,10 @@ def web_memory(paas, project):
 
 def bench_coldstart(binary, procs, key, pub, work, rounds, results):
     for runtime, (extra, floor_cmd, ping) in COLDSTART_RUNTIMES.items():
+        if runtime == "swarm" and not floor_cmd:
+            log("(f) coldstart: no swarm (PAASTECH_SWARM_SOCKET): `source scripts/setup/85-swarm.sh` first")
+            results["coldstart"][runtime] = {"skipped": "no swarm: source scripts/setup/85-swarm.sh first"}
+            continue
         if run(ping, check=False).returncode != 0:
             log(f"(f) coldstart: the {runtime} engine does not answer; not measured")
             results["coldstart"][runtime] = {"skipped": f"{ping[0]} does not answer"}

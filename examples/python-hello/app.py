@@ -33,8 +33,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 def main():
     port = int(os.environ.get("PORT", "5000"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    print(f"python-hello listening on 127.0.0.1:{port}", flush=True)
+    # Loopback unless told otherwise: on the process runtime apps share the host's network,
+    # and only the ingress should reach them; in a container, HOST=0.0.0.0.
+    host = os.environ.get("HOST", "127.0.0.1")
+    server = http.server.ThreadingHTTPServer((host, port), Handler)
+    print(f"python-hello listening on {host}:{port}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

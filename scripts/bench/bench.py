@@ -620,6 +620,10 @@ def bench_coldstart(binary, procs, key, pub, work, rounds, results):
             project = f"cold-{runtime[:3]}-{example.split('-')[0]}"
             repo = copy_example(example, os.path.join(work, f"cold-{runtime}-{example}"), key)
             url = paas.create_project(project)
+            if runtime != "process" and example == "python-hello":
+                # In a container the app must listen beyond its own loopback.
+                status, body = paas.api("PATCH", f"/projects/{project}/env", {"HOST": "0.0.0.0"})
+                assert status == 200, f"env of {project}: {status} {body}"
             push_to_live(paas, repo, url, project, want, timeout=600.0)
             warm = []
             for _ in range(max(rounds, 5)):

@@ -211,6 +211,41 @@ fn journey(server: &Server) {
     assert!(page.body.contains("user.delete") && page.body.contains("no such account"), "{}", page.body);
     // The web logins are records too.
     assert!(has(&audit(server, &admin.token, ""), "login", "web"));
+
+    // The project's other changes, each recorded with what changed.
+    let changes: [(&str, &str, Value, &str, &str); 10] = [
+        ("POST", "/domains", json!({"domain": "www.shop.test"}), "domain.add", "www.shop.test"),
+        ("DELETE", "/domains/www.shop.test", Value::Null, "domain.remove", "www.shop.test"),
+        ("PATCH", "/https", json!({"hsts_max_age": 600}), "https", "hsts max-age 600"),
+        ("PUT", "/previews", json!({"enabled": true}), "previews", "on"),
+        ("PUT", "/limits", json!({"memory_mb": 256}), "limits", "\"memory_mb\":256"),
+        ("POST", "/stop", json!({"process": "web"}), "stop", "process web"),
+        ("POST", "/start", json!({"process": "web"}), "start", "process web"),
+        ("POST", "/restart", Value::Null, "restart", "all processes"),
+        ("POST", "/run", json!({"command": ["true", "--secret-argument"]}), "run", "true"),
+        ("PUT", "/previews", json!({"enabled": false}), "previews", "off"),
+    ];
+    for (method, path, body, _, _) in &changes {
+        let body = (!body.is_null()).then(|| body.clone());
+        let (status, answer) = api.req(method, &format!("/projects/shop{path}"), Some(&dev.token), body);
+        assert!((200..300).contains(&status), "{method} {path}: {status} {answer}");
+    }
+    let newest = audit(server, &dev.token, &format!("?project=shop&limit={}", changes.len()));
+    let mut expected: Vec<String> =
+        changes.iter().map(|(_, _, _, action, detail)| format!("{action} {detail}")).collect();
+    expected.reverse();
+    for (event, want) in newest.iter().zip(&expected) {
+        let line = format!("{} {}", text(&event["action"]), text(&event["detail"]));
+        let (action, detail) = want.split_once(' ').expect("action and detail");
+        assert!(
+            line.starts_with(action) && line.contains(detail),
+            "{line:?} should be {want:?}: {:#?}",
+            lines(&newest)
+        );
+        assert_eq!((&event["actor"], &event["address"]), (&json!(DEVELOPER), &json!("127.0.0.1")));
+    }
+    assert_eq!(newest.len(), expected.len(), "{:#?}", lines(&newest));
+    assert!(!newest.iter().any(|e| text(&e["detail"]).contains("--secret-argument")), "a run's arguments are not kept");
 }
 
 #[test]

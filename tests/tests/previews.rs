@@ -159,7 +159,14 @@ fn a_branch_becomes_a_preview_app_with_the_projects_config_and_goes_with_its_bra
     assert_eq!(status, 404);
     let second = format!("second--{shop}");
     assert_eq!(previews(&server, &ada.token, &shop), (true, vec![(second.clone(), "second".into())]));
-    assert_eq!(server.app_get(&second, "/").0, 200);
+    // Restored after the restart too (each project is restored on its own; the first one
+    // answering says nothing of this one).
+    assert!(
+        eventually(Duration::from_secs(30), || server.app_get(&second, "/").0 == 200),
+        "the other preview after a restart: {:?}\n{}",
+        server.app_get(&second, "/"),
+        server.log()
+    );
 
     // The web UI lists it under the project's settings; turning previews off there (the
     // checkbox left empty) removes the rest.

@@ -631,9 +631,12 @@ pub(crate) async fn exit_code(docker: &Docker, id: &str) -> Result<i32> {
 }
 
 /// Forwards a container's log from `since` (seconds since the epoch) into `output`,
-/// following it while the container runs; lines not newer than `last_stamp` (the engine's
-/// timestamp of the last line forwarded) are skipped.
+/// following it while the container runs; lines not newer than `last_stamp` (the newest
+/// engine timestamp an earlier reading forwarded) are skipped, and `last_stamp` becomes the
+/// newest of this reading. Within one reading nothing is skipped: the engine merges stdout
+/// and stderr, and a line of one may come after a newer line of the other.
 async fn forward_log(docker: &Docker, id: &str, since: i64, last_stamp: &mut String, output: &dyn LogSink) {
+    let forwarded_up_to = last_stamp.clone();
     let options = LogsOptionsBuilder::default()
         .follow(true)
         .stdout(true)
@@ -657,10 +660,12 @@ async fn forward_log(docker: &Docker, id: &str, since: i64, last_stamp: &mut Str
         for line in text.lines() {
             let (stamp, line) = line.split_once(' ').unwrap_or((line, ""));
             // RFC 3339 with fixed-width nanoseconds: compares as text.
-            if stamp <= last_stamp.as_str() {
+            if stamp <= forwarded_up_to.as_str() {
                 continue;
             }
-            *last_stamp = stamp.to_owned();
+            if stamp > last_stamp.as_str() {
+                *last_stamp = stamp.to_owned();
+            }
             output.line(line);
         }
     }

@@ -555,11 +555,15 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// The first line (`Name:`) of `/proc/PID/status` of each live process (not a zombie,
-/// which an init that never reaps may keep) whose real uid is `uid`.
-pub fn processes_of(uid: u64) -> Vec<String> {
+/// which an init that never reaps may keep) whose real uid is `uid` and whose working
+/// directory is below `under` (a server's data directory).
+pub fn processes_of(uid: u64, under: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|entry| entry.ok())
+        // Every server of the tests maps its first project to the same uid: only those
+        // working below this server's directory are its own.
+        .filter(|entry| std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(under)))
         .filter_map(|entry| std::fs::read_to_string(entry.path().join("status")).ok())
         .filter(|status| {
             let real = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());

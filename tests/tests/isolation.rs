@@ -83,12 +83,12 @@ fn an_app_runs_as_its_own_user_and_cannot_read_the_server_or_another_project() {
     }
 
     // Stopping the server stops every process it started, though none is its own uid.
-    assert!(!processes_of(alpha_uid).is_empty(), "alpha's app is not running as {alpha_uid}");
+    assert!(!processes_of(alpha_uid, &data).is_empty(), "alpha's app is not running as {alpha_uid}");
     server.stop();
     assert!(
-        eventually(Duration::from_secs(10), || processes_of(alpha_uid).is_empty()),
+        eventually(Duration::from_secs(10), || processes_of(alpha_uid, &data).is_empty()),
         "processes of uid {alpha_uid} outlived the server: {:?}",
-        processes_of(alpha_uid)
+        processes_of(alpha_uid, &data)
     );
 }
 

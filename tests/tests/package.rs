@@ -229,7 +229,7 @@ fn the_package_installs_runs_the_server_as_its_user_and_keeps_data_across_reinst
     // Removed and installed again: the data and the operator's config are still there.
     installation.stop();
     assert!(
-        eventually(Duration::from_secs(10), || processes_of(app_uid).is_empty()),
+        eventually(Duration::from_secs(10), || processes_of(app_uid, Path::new("/var/lib/paastech")).is_empty()),
         "the app outlived the server that started it"
     );
     ok("dpkg", &["-r", "paastech"]);

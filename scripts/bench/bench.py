@@ -808,7 +808,12 @@ def deploy_backend(paas, work, results):
     log("deploying the nginx backend as a PaaSTech app")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     app = os.path.join(work, "backend-app")
-    port_file = os.path.join(work, "backend.port")
+    # The app runs as a user of its own (the process runtime's app uids): it writes its port
+    # into a directory anyone may write to, not into the benchmark's own directory.
+    drop = os.path.join(work, "backend-drop")
+    os.makedirs(drop)
+    os.chmod(drop, 0o1777)
+    port_file = os.path.join(drop, "backend.port")
     os.makedirs(os.path.join(app, "www"))
     # A small page, typical of an API answer or a tiny HTML page.
     with open(os.path.join(app, "www", "index.html"), "w") as f:

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use base64::Engine;
@@ -69,9 +69,8 @@ pub async fn hash_password(password: String) -> Result<String, Error> {
     run_argon2(move || {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
-        let salt = SaltString::encode_b64(&salt).map_err(|e| Error::internal_msg(format!("salt: {e}")))?;
         Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
+            .hash_password_with_salt(password.as_bytes(), &salt)
             .map(|hash| hash.to_string())
             .map_err(|e| Error::internal_msg(format!("hashing password: {e}")))
     })
@@ -83,8 +82,10 @@ pub async fn hash_password(password: String) -> Result<String, Error> {
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
-        let salt = SaltString::encode_b64(b"paastech-no-user").expect("16 bytes is a valid salt");
-        Argon2::default().hash_password(new_token().as_bytes(), &salt).map(|hash| hash.to_string()).unwrap_or_default()
+        Argon2::default()
+            .hash_password_with_salt(new_token().as_bytes(), b"paastech-no-user")
+            .map(|hash| hash.to_string())
+            .unwrap_or_default()
     })
 }
 
@@ -92,10 +93,7 @@ pub async fn verify_password(password: String, hash: Option<String>) -> bool {
     run_argon2(move || {
         let exists = hash.is_some();
         let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            return false;
-        };
-        let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+        let ok = Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok();
         ok && exists
     })
     .await

@@ -38,6 +38,7 @@ pub use proxy::{
 };
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};
+pub use server::Serving;
 pub use static_files::serve_static;
 pub use static_site::StaticSite;
 pub use tls::{CertStore, Certificate, CertificateError};

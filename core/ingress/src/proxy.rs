@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use crate::forward;
 use crate::h2;
 use crate::routes::RouteTable;
+use crate::server::{Serving, Shutdown};
 use crate::tls::{ALPN_ACME_TLS, ALPN_H2, CertStore};
 use crate::trust::IpRange;
 use crate::wake::{Waker, Wakes};
@@ -179,13 +180,13 @@ pub(crate) struct Shared {
 /// on the way (on a multi-thread runtime those cost about a third of the CPU time at low
 /// concurrency). The caller's runtime only waits for `shutdown`. Dropping the returned
 /// future stops the threads too.
-pub async fn serve(
+pub fn serve(
     listener: TcpListener,
     config: IngressConfig,
     table: RouteTable,
-    shutdown: impl Future<Output = ()>,
-) {
-    run(listener, None, config, table, shutdown).await;
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Serving<()> {
+    proxying(listener, None, config, table, Box::pin(shutdown))
 }
 
 /// [`serve`], and HTTPS on `https` with the certificates of `certs` (chosen per
@@ -196,15 +197,27 @@ pub async fn serve(
 /// Both listeners share the proxy threads and the cap on open connections (a TLS
 /// connection over the cap is closed without an answer: a plain-text 503 page would mean
 /// nothing to it).
-pub async fn serve_with_https(
+pub fn serve_with_https(
     listener: TcpListener,
     https: TcpListener,
     certs: CertStore,
     config: IngressConfig,
     table: RouteTable,
-    shutdown: impl Future<Output = ()>,
-) {
-    run(listener, Some((https, certs)), config, table, shutdown).await;
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Serving<()> {
+    proxying(listener, Some((https, certs)), config, table, Box::pin(shutdown))
+}
+
+/// Made here, not in the caller's crate: see [`Serving`].
+#[inline(never)]
+fn proxying(
+    listener: TcpListener,
+    https: Option<(TcpListener, CertStore)>,
+    config: IngressConfig,
+    table: RouteTable,
+    shutdown: Shutdown,
+) -> Serving<()> {
+    Box::pin(run(listener, https, config, table, shutdown))
 }
 
 async fn run(
@@ -212,7 +225,7 @@ async fn run(
     https: Option<(TcpListener, CertStore)>,
     config: IngressConfig,
     table: RouteTable,
-    shutdown: impl Future<Output = ()>,
+    shutdown: Shutdown,
 ) {
     let domain = config.domain.trim_matches('.').to_ascii_lowercase();
     if let Ok(addr) = listener.local_addr() {

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
@@ -12,14 +13,20 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// The future whose end stops a server, boxed so that no serving code is generic over it.
+pub(crate) type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A serving future as the public entry points return it: made and boxed (coerced to
+/// `dyn Future`) in a non-generic function of this crate, so that its code is compiled here,
+/// at this crate's opt-level. An `async fn` returned as it is would be compiled in the
+/// caller's crate (an async body is instantiated wherever it is polled), and the binary's
+/// crate builds at opt-level 0 (the workspace's release profile).
+pub type Serving<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
 /// Serves connections from `listener` until `shutdown` resolves, then asks every open
 /// connection to finish its current request and waits up to `grace` for them.
-pub(crate) async fn run<F, S>(
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    mut make_service: F,
-) where
+pub(crate) async fn run<F, S>(listener: TcpListener, shutdown: Shutdown, grace: Duration, mut make_service: F)
+where
     F: FnMut(SocketAddr) -> S,
     S: HttpService<Incoming> + Send + 'static,
     S::Future: Send + 'static,

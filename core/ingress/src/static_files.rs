@@ -20,6 +20,7 @@ use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncSeekExt, ReadBuf};
 use tokio::net::TcpListener;
 
+use crate::server::{Serving, Shutdown};
 use crate::static_site::{Ask, Reply, ReplyBody, StaticSite};
 
 /// Size of one read from a file, and so of one body frame.
@@ -32,7 +33,21 @@ pub(crate) type StaticBody = Either<FileBody, Full<Bytes>>;
 /// through `..`, encoded or not, nor through symlinks).
 ///
 /// Fails at once if `root` is not a readable directory.
-pub async fn serve_static(listener: TcpListener, root: PathBuf, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+pub fn serve_static(
+    listener: TcpListener,
+    root: PathBuf,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Serving<io::Result<()>> {
+    serving_site(listener, root, Box::pin(shutdown))
+}
+
+/// Made here, not in the caller's crate: see [`Serving`].
+#[inline(never)]
+fn serving_site(listener: TcpListener, root: PathBuf, shutdown: Shutdown) -> Serving<io::Result<()>> {
+    Box::pin(serve_site(listener, root, shutdown))
+}
+
+async fn serve_site(listener: TcpListener, root: PathBuf, shutdown: Shutdown) -> io::Result<()> {
     let site = tokio::task::spawn_blocking(move || StaticSite::open(&root))
         .await
         .map_err(|err| io::Error::other(format!("opening the static root: {err}")))??;

@@ -12,7 +12,9 @@ mod keys;
 mod session;
 
 use std::any::Any;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,7 +146,16 @@ impl SshServer {
 
     /// Serves connections from `listener` until the future is dropped. Sessions already
     /// running carry on to their end.
-    pub async fn serve(self, listener: TcpListener) {
+    ///
+    /// Boxed here (coerced to `dyn Future`, not inlined into callers) so that the sessions'
+    /// code is compiled in this crate at its opt-level: an `async fn` is compiled wherever it
+    /// is polled, and the binary's crate builds at opt-level 0 (the release profile).
+    #[inline(never)]
+    pub fn serve(self, listener: TcpListener) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.run(listener))
+    }
+
+    async fn run(self, listener: TcpListener) {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, fingerprint = %self.fingerprint, "SSH git server listening");
         }

@@ -57,14 +57,20 @@ struct BackendInner {
     site: OnceLock<Arc<StaticSite>>,
     /// Where its project's requests are counted.
     requests: Arc<ProjectRequests>,
+    /// Its pool's `last_request`: written when its last request in flight ends, so that a
+    /// project's idle time counts from the end of its last request, not its start (a wake
+    /// whose held requests took longer than the idle time must not be put to sleep again
+    /// the moment they are answered).
+    last_request: Arc<AtomicU64>,
 }
 
 impl Backend {
-    fn new(addr: SocketAddr, project: &str, requests: &Arc<ProjectRequests>) -> Self {
+    fn new(addr: SocketAddr, project: &str, requests: &Arc<ProjectRequests>, last_request: &Arc<AtomicU64>) -> Self {
         Backend(Arc::new(BackendInner {
             addr,
             project: project.into(),
             requests: Arc::clone(requests),
+            last_request: Arc::clone(last_request),
             skip_until: AtomicU64::new(0),
             conns: IdleConns::default(),
             in_flight: AtomicUsize::new(0),
@@ -188,6 +194,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.0.last_request.store(now_ms(), Ordering::Relaxed);
             self.0.0.idle_notify.notify_waiters();
         }
     }
@@ -344,8 +351,11 @@ impl RouteTable {
             if new.iter().any(|b: &Backend| b.addr() == addr) {
                 continue;
             }
-            let handle =
-                old.iter().find(|b| b.addr() == addr).cloned().unwrap_or_else(|| Backend::new(addr, &key, &requests));
+            let handle = old
+                .iter()
+                .find(|b| b.addr() == addr)
+                .cloned()
+                .unwrap_or_else(|| Backend::new(addr, &key, &requests, &last_request));
             new.push(handle);
         }
         let removed = old.into_iter().filter(|b| !new.iter().any(|n| n.addr() == b.addr())).collect();
@@ -416,8 +426,8 @@ impl RouteTable {
         }
     }
 
-    /// How long `project` has had no request: since its last one, or since it was last
-    /// given backends, whichever is later; zero while a request to it is in flight.
+    /// How long `project` has had no request: since its last one ended, or since it was
+    /// last given backends, whichever is later; zero while a request to it is in flight.
     /// `None` for a project the table does not know.
     pub fn idle_for(&self, project: &str) -> Option<Duration> {
         let key = project.to_ascii_lowercase();
@@ -632,8 +642,10 @@ mod tests {
             _ => panic!("expected a backend"),
         };
         assert_eq!(t.idle_for("blog"), Some(Duration::ZERO), "a request in flight");
+        // A request that lasts longer than the idle time so far: idle counts from its end.
+        std::thread::sleep(Duration::from_millis(300));
         drop(guard);
-        assert!(t.idle_for("blog").expect("known") < Duration::from_millis(250), "a request resets it");
+        assert!(t.idle_for("blog").expect("known") < Duration::from_millis(250), "counted from the end of the request");
         // Kept across a switch that gives no backends (a sleep).
         let before = last(&t);
         t.set_backends("blog", vec![]);

@@ -29,7 +29,13 @@ for engine in "${engines[@]}"; do has_image "$engine" || missing+=("$engine"); d
 ((${#missing[@]})) || exit 0
 
 if [[ ! -f "$TARBALL" ]]; then
-    command -v debootstrap >/dev/null || { apt-get update -qq; apt-get install -y -qq --no-install-recommends debootstrap; }
+    need=()
+    command -v debootstrap >/dev/null || need+=(debootstrap)
+    command -v busybox >/dev/null || need+=(busybox-static)
+    if ((${#need[@]})); then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+    fi
     if [[ ! -x "$ROOTFS/usr/bin/python3" ]]; then
         rm -rf "$ROOTFS"
         mkdir -p "$WORK"

@@ -194,7 +194,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.0.last_request.store(now_ms(), Ordering::Relaxed);
+            touch(&self.0.0.last_request);
             self.0.0.idle_notify.notify_waiters();
         }
     }
@@ -224,10 +224,17 @@ impl Pool {
     /// shared cache line is not written by every request of every thread.
     #[inline]
     fn touch(&self) {
-        let now = now_ms();
-        if now.saturating_sub(self.last_request.load(Ordering::Relaxed)) >= TOUCH_EVERY_MS {
-            self.last_request.store(now, Ordering::Relaxed);
-        }
+        touch(&self.last_request);
+    }
+}
+
+/// Writes now into a pool's `last_request`, unless it is already less than
+/// [`TOUCH_EVERY_MS`] old.
+#[inline]
+fn touch(last_request: &AtomicU64) {
+    let now = now_ms();
+    if now.saturating_sub(last_request.load(Ordering::Relaxed)) >= TOUCH_EVERY_MS {
+        last_request.store(now, Ordering::Relaxed);
     }
 }
 

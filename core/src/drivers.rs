@@ -270,6 +270,16 @@ pub trait Runtime: Send + Sync {
     async fn nodes(&self) -> Result<Vec<Node>> {
         Ok(vec![Node::local(self.list().await?)])
     }
+    /// Whether what answers on a web instance's address is the instance itself: checked
+    /// once its health check passes, before traffic goes there. A runtime that chooses a
+    /// free port for the app to bind (local processes) can lose it to another process
+    /// between the choice and the bind; the app then cannot listen, and that process
+    /// answers for it. The default, for runtimes whose engine binds an instance's address
+    /// as it starts it (a container's published port), is yes.
+    async fn answers_itself(&self, instance: &Instance) -> Result<bool> {
+        let _ = instance;
+        Ok(true)
+    }
     /// Whether an instance's address can change while it keeps its id (a swarm task
     /// restarted on another port or moved to another node). If so the orchestrator keeps
     /// each live deployment's routes in step with `list_project`; otherwise an address is

@@ -43,6 +43,9 @@ const MAX_ONE_OFF_BYTES: usize = 64 * 1024;
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Why a deployment that was on its way when the server stopped is failed at the next start.
 pub const INTERRUPTED: &str = "interrupted by a server restart";
+/// How many times a web instance is started, each on a new port, while another process
+/// takes the port chosen for it before the app binds it (see `wait_serving`).
+const PORT_TAKEN_STARTS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -848,18 +851,17 @@ impl Orchestrator {
                 log.line(&format!("-----> {process} is stopped: not started (`paastech start --process {process}`)"));
             }
         }
+        let (first, mut specs) = (started.len(), Vec::new());
         for (process, count) in Self::plan(artifact, &deployment.scale, &planned) {
             for index in 0..count {
                 let spec = instance_spec(project, deployment, artifact, &process, index, &env, limits);
-                started.push(self.start_instance(spec).await?);
+                started.push(self.start_instance(spec.clone()).await?);
+                specs.push(spec);
             }
         }
-        for instance in started.iter().filter(|i| i.process_type == "web") {
-            let addr = instance.addr.ok_or_else(|| {
-                Error::internal_msg(format!("the runtime gave web.{} no address", instance.index + 1))
-            })?;
+        for (instance, spec) in started[first..].iter_mut().zip(&specs).filter(|(i, _)| i.process_type == "web") {
             log.line(&format!("-----> Waiting for web.{} to answer HTTP", instance.index + 1));
-            self.wait_healthy(project, instance, addr).await?;
+            self.wait_serving(project, instance, spec).await?;
         }
         // Processes without a health check must at least not have died straight away.
         let ids: Vec<&str> = started.iter().map(|i| i.id.as_str()).collect();
@@ -880,6 +882,35 @@ impl Orchestrator {
     async fn start_instance(&self, spec: InstanceSpec) -> Result<Instance> {
         let output = self.logs.sink(&spec.project, &format!("{}.{}", spec.process_type, spec.index + 1));
         self.runtime.start(spec, output).await
+    }
+
+    /// Waits for a web instance to answer on its own address ([`Self::wait_healthy`]).
+    /// When another process answers there instead (it took the port before the app bound
+    /// it: [`Runtime::answers_itself`]), the instance is stopped and started again from
+    /// `spec`, on another port, a few times; `instance` is then the new one.
+    async fn wait_serving(&self, project: &Project, instance: &mut Instance, spec: &InstanceSpec) -> Result<()> {
+        let name = format!("web.{}", instance.index + 1);
+        for attempt in 1..=PORT_TAKEN_STARTS {
+            let addr =
+                instance.addr.ok_or_else(|| Error::internal_msg(format!("the runtime gave {name} no address")))?;
+            self.wait_healthy(project, instance, addr).await?;
+            if self.runtime.answers_itself(instance).await? {
+                return Ok(());
+            }
+            tracing::warn!(project = %project.name, instance = %instance.id, %addr, "another process answers on the instance's port");
+            self.stop_instances(std::slice::from_ref(instance)).await;
+            if attempt == PORT_TAKEN_STARTS {
+                break;
+            }
+            self.logs.note(
+                &project.name,
+                &format!("{name}: another process took its port {addr} before it listened; starting it on another"),
+            );
+            *instance = self.start_instance(spec.clone()).await?;
+        }
+        Err(Error::DeployFailed(format!(
+            "{name}: another process took each port chosen for it ({PORT_TAKEN_STARTS} tries) before it listened"
+        )))
     }
 
     /// Waits for a web instance to answer, failing early if it exits.
@@ -1183,10 +1214,11 @@ impl Orchestrator {
                 let have = running.instances.iter().filter(|i| i.process_type == process).count() as u32;
                 for index in have..count {
                     let spec = instance_spec(project, deployment, artifact, &process, index, &env, limits);
-                    let instance = self.start_instance(spec).await?;
-                    started.push(instance.clone());
-                    if let (true, Some(addr)) = (process == "web", instance.addr) {
-                        self.wait_healthy(project, &instance, addr).await?;
+                    let instance = self.start_instance(spec.clone()).await?;
+                    let web = process == "web" && instance.addr.is_some();
+                    started.push(instance);
+                    if web {
+                        self.wait_serving(project, started.last_mut().expect("just started"), &spec).await?;
                     }
                 }
             }
@@ -1379,10 +1411,11 @@ impl Orchestrator {
                 }
                 for index in 0..count {
                     let spec = instance_spec(project, &deployment, &artifact, &process, index, &env, limits);
-                    let instance = self.start_instance(spec).await?;
-                    started.push(instance.clone());
-                    if let (true, Some(addr)) = (process == "web", instance.addr) {
-                        self.wait_healthy(project, &instance, addr).await?;
+                    let instance = self.start_instance(spec.clone()).await?;
+                    let web = process == "web" && instance.addr.is_some();
+                    started.push(instance);
+                    if web {
+                        self.wait_serving(project, started.last_mut().expect("just started"), &spec).await?;
                     }
                 }
             }
@@ -1462,9 +1495,10 @@ impl Orchestrator {
         for old in targets {
             let name = format!("{}.{}", old.process_type, old.index + 1);
             let spec = instance_spec(project, &deployment, &artifact, &old.process_type, old.index, &env, limits);
-            let new = self.start_instance(spec).await?;
-            if let (true, Some(addr)) = (old.process_type == "web", new.addr)
-                && let Err(err) = self.wait_healthy(project, &new, addr).await
+            let mut new = self.start_instance(spec.clone()).await?;
+            if old.process_type == "web"
+                && new.addr.is_some()
+                && let Err(err) = self.wait_serving(project, &mut new, &spec).await
             {
                 self.stop_instances(std::slice::from_ref(&new)).await;
                 self.logs.note(&project.name, &format!("restart of {name} failed; the old one keeps running: {err}"));

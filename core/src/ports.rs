@@ -8,7 +8,8 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -55,9 +56,95 @@ fn ephemeral_low() -> Option<u16> {
     range.split_whitespace().next()?.parse().ok()
 }
 
+/// A listening TCP socket of this network namespace, as `/proc/net/tcp{,6}` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    /// Where it listens (an IPv4-mapped IPv6 address as the IPv4 one).
+    pub addr: SocketAddr,
+    /// The uid that made it.
+    pub uid: u32,
+    /// Its inode: what a process's descriptor of it links to (`socket:[INODE]`).
+    pub inode: u64,
+}
+
+impl Listener {
+    /// Whether a connection to `addr` can reach this socket: the same port, on that
+    /// address or on the unspecified one.
+    pub fn takes(&self, addr: SocketAddr) -> bool {
+        self.addr.port() == addr.port() && (self.addr.ip() == addr.ip() || self.addr.ip().is_unspecified())
+    }
+}
+
+/// Every listening TCP socket of this network namespace (none where `/proc` is not).
+pub fn listeners() -> Vec<Listener> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| text.lines().skip(1).filter_map(listener).collect::<Vec<_>>())
+        .collect()
+}
+
+/// The socket inode a file descriptor (`/proc/PID/fd/N`) refers to, if it is a socket.
+pub fn socket_inode(fd: &Path) -> Option<u64> {
+    let link = std::fs::read_link(fd).ok()?;
+    link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// One line of `/proc/net/tcp{,6}`, if it is a listening socket.
+fn listener(line: &str) -> Option<Listener> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+    if fields.len() < 10 || fields[3] != "0A" {
+        return None;
+    }
+    let (ip, port) = fields[1].split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // Addresses are printed as 32-bit words in the kernel's byte order.
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes())),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+                let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            let v6 = Ipv6Addr::from(bytes);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some(Listener { addr: SocketAddr::new(ip, port), uid: fields[7].parse().ok()?, inode: fields[9].parse().ok()? })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_listening_sockets() {
+        let v4 = "   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001        0 12345 1 0000000000000000 100 0 0 10 0";
+        let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 8080));
+        assert_eq!(listener(v4), Some(Listener { addr: local, uid: 1001, inode: 12345 }));
+        let established = v4.replace(" 0A ", " 01 ");
+        assert_eq!(listener(&established), None);
+        let v6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1";
+        let v6 = listener(v6).expect("a v6 listener");
+        assert_eq!((v6.addr, v6.uid, v6.inode), (SocketAddr::from((Ipv6Addr::LOCALHOST, 80)), 0, 777));
+        let any = "   2: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 9 1";
+        let any = listener(any).expect("a listener on every address");
+        assert!(any.takes(local) && !any.takes(SocketAddr::from((Ipv4Addr::LOCALHOST, 8081))));
+        assert!(!v6.takes(local), "::1 is not 127.0.0.1");
+    }
+
+    #[test]
+    fn a_listener_of_this_process_is_found_with_its_inode() {
+        let held = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let addr = held.local_addr().expect("addr");
+        let found: Vec<Listener> = listeners().into_iter().filter(|l| l.takes(addr)).collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        let fds = std::fs::read_dir("/proc/self/fd").expect("fds");
+        assert!(fds.flatten().any(|fd| socket_inode(&fd.path()) == Some(found[0].inode)), "its descriptor links to it");
+    }
 
     #[test]
     fn ports_are_below_the_ephemeral_range_and_not_repeated() {

@@ -441,6 +441,7 @@ pub async fn health_gated_switch(target: &Target) {
     let (v1, _) = start(runtime.as_ref(), target.spec(&project, 1, "web", 0)).await;
     let addr1 = v1.addr.expect("address");
     router.wait_healthy(addr1, STARTUP).await.expect("v1 becomes healthy");
+    assert!(runtime.answers_itself(&v1).await.expect("who answers"), "v1 answers on its address itself");
     router.switch(&project, vec![addr1], Duration::from_secs(10)).await;
 
     let client = ClientLoop::start(ingress_addr, format!("{project}.localhost"));

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -266,17 +266,10 @@ fn discover_blocking(prefix: &[String], addrs: &[SocketAddr]) -> HashMap<SocketA
         return found;
     }
     // Listening sockets on our addresses: inode → address.
-    let mut inodes: HashMap<u64, SocketAddr> = HashMap::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for (ip, port, inode) in text.lines().skip(1).filter_map(listening_socket) {
-            if let Some(addr) = addrs.iter().find(|a| a.port() == port && (a.ip() == ip || ip.is_unspecified())) {
-                inodes.insert(inode, *addr);
-            }
-        }
-    }
+    let inodes: HashMap<u64, SocketAddr> = paastech_core::ports::listeners()
+        .into_iter()
+        .filter_map(|l| Some((l.inode, *addrs.iter().find(|a| l.takes(**a))?)))
+        .collect();
     if inodes.is_empty() {
         return found;
     }
@@ -295,11 +288,7 @@ fn discover_blocking(prefix: &[String], addrs: &[SocketAddr]) -> HashMap<SocketA
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
-        let addr = fds.flatten().find_map(|fd| {
-            let link = std::fs::read_link(fd.path()).ok()?;
-            let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()?;
-            inodes.get(&inode).copied()
-        });
+        let addr = fds.flatten().find_map(|fd| inodes.get(&paastech_core::ports::socket_inode(&fd.path())?).copied());
         let Some(addr) = addr else {
             continue;
         };
@@ -367,32 +356,6 @@ fn static_dir_of(proc_dir: &Path, exe: &Path, prefix: &[String]) -> Option<PathB
     dir.is_absolute().then_some(dir)
 }
 
-/// One line of `/proc/net/tcp{,6}`: the local address and inode of a listening socket.
-fn listening_socket(line: &str) -> Option<(IpAddr, u16, u64)> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-    if fields.len() < 10 || fields[3] != "0A" {
-        return None;
-    }
-    let (ip, port) = fields[1].split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    // Addresses are printed as 32-bit words in the kernel's byte order.
-    let ip = match ip.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes())),
-        32 => {
-            let mut bytes = [0u8; 16];
-            for (i, chunk) in bytes.chunks_mut(4).enumerate() {
-                let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
-                chunk.copy_from_slice(&word.to_ne_bytes());
-            }
-            let v6 = Ipv6Addr::from(bytes);
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }
-        _ => return None,
-    };
-    Some((ip, port, fields[9].parse().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,15 +386,5 @@ mod tests {
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)).expect("chmod");
         std::os::unix::fs::chown(&base, Some(app), None).expect("chown");
         assert_eq!(servable(app, server, &site), None, "under a directory of its own");
-    }
-
-    #[test]
-    fn reads_listening_sockets() {
-        let v4 = "   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0";
-        assert_eq!(listening_socket(v4), Some((IpAddr::V4(Ipv4Addr::LOCALHOST), 8080, 12345)));
-        let established = v4.replace(" 0A ", " 01 ");
-        assert_eq!(listening_socket(&established), None);
-        let v6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1";
-        assert_eq!(listening_socket(v6), Some((IpAddr::V6(Ipv6Addr::LOCALHOST), 80, 777)));
     }
 }

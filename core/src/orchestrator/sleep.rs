@@ -157,15 +157,14 @@ impl Orchestrator {
         let hook_log = self.logs.sink(&project.name, "hooks");
         let extra_env = self.pre_deploy(&ctx, &deployment, &artifact, hook_log.as_ref()).await.map_err(failed)?;
         let env = app_env(project, &deployment, extra_env);
+        let (first, mut specs) = (started.len(), Vec::new());
         for index in 0..count {
             let spec = instance_spec(project, &deployment, &artifact, "web", index, &env, limits);
-            started.push(self.start_instance(spec).await.map_err(failed)?);
+            started.push(self.start_instance(spec.clone()).await.map_err(failed)?);
+            specs.push(spec);
         }
-        for instance in started.iter() {
-            let addr = instance.addr.ok_or_else(|| {
-                failed(Error::internal_msg(format!("the runtime gave web.{} no address", instance.index + 1)))
-            })?;
-            match tokio::time::timeout_at(deadline, self.wait_healthy(project, instance, addr)).await {
+        for (instance, spec) in started[first..].iter_mut().zip(&specs) {
+            match tokio::time::timeout_at(deadline, self.wait_serving(project, instance, spec)).await {
                 Ok(result) => result.map_err(failed)?,
                 Err(_) => {
                     let secs = timeout.as_secs_f32();

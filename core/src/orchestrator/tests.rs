@@ -702,6 +702,8 @@ struct FakeRuntime {
     one_off_gate: tokio::sync::RwLock<()>,
     /// The exit code one-off commands answer.
     exit_code: AtomicI32,
+    /// How many of the next web instances find their port taken by another process.
+    taken_ports: AtomicUsize,
 }
 
 /// A one-off command the fake runtime ran, and what ran beside it then.
@@ -779,6 +781,10 @@ impl Runtime for FakeRuntime {
     }
     fn instance_addresses_move(&self) -> bool {
         self.moves.load(Ordering::SeqCst)
+    }
+    async fn answers_itself(&self, _: &Instance) -> Result<bool> {
+        let taken = self.taken_ports.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        Ok(taken.is_err())
     }
 }
 
@@ -880,6 +886,7 @@ impl World {
             one_offs: Mutex::default(),
             one_off_gate: tokio::sync::RwLock::new(()),
             exit_code: AtomicI32::new(0),
+            taken_ports: AtomicUsize::new(0),
         });
         let traffic = Arc::new(FakeTraffic {
             steps: Arc::clone(&steps),
@@ -1063,6 +1070,33 @@ async fn a_failed_health_check_stops_the_new_instances() {
     let v2 = world.deployment(2).await;
     assert_eq!(v2.status, DeploymentStatus::Failed);
     assert!(v2.failure.as_deref().is_some_and(|f| f.contains("health check")), "{:?}", v2.failure);
+}
+
+#[tokio::test]
+async fn a_web_instance_whose_port_another_process_took_is_started_again_on_another() {
+    let world = World::new(2).await;
+    let starts = world.runtime.started.load(Ordering::SeqCst);
+    world.runtime.taken_ports.store(2, Ordering::SeqCst);
+    let result = world.orchestrator.update_env(&world.project, &changes(&[("GREETING", Some("bonjour"))])).await;
+    let (_, deployment) = result.expect("v2 deploys");
+    assert_eq!(deployment.map(|d| d.version), Some(2));
+    // Two v2 instances serve (`serves` checks the routes are exactly theirs), after two
+    // starts that lost their port.
+    world.serves(2, 2).await;
+    assert_eq!(world.runtime.started.load(Ordering::SeqCst), starts + 4);
+    let log = world.orchestrator.logs().tail(&world.project.name, 50).join("\n");
+    assert!(log.contains("another process took its port"), "{log}");
+}
+
+#[tokio::test]
+async fn a_web_instance_that_never_gets_its_port_fails_the_deployment() {
+    let world = World::new(1).await;
+    world.runtime.taken_ports.store(super::PORT_TAKEN_STARTS, Ordering::SeqCst);
+    let result = world.orchestrator.update_env(&world.project, &changes(&[("GREETING", Some("bonjour"))])).await;
+    assert_failed(result, "another process took each port chosen for it");
+    world.serves(1, 1).await;
+    assert_eq!(world.env().await, vars(&[("GREETING", "hello")]), "the config is unchanged");
+    assert_eq!(world.deployment(2).await.status, DeploymentStatus::Failed);
 }
 
 #[tokio::test]

@@ -148,6 +148,13 @@ impl InstanceCgroup {
             .collect()
     }
 
+    /// The processes in it now (none if its file cannot be read).
+    pub(crate) fn pids(&self) -> Vec<i32> {
+        let Some(dir) = self.dirs.first() else { return Vec::new() };
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        procs.lines().filter_map(|line| line.trim().parse().ok()).collect()
+    }
+
     /// What its processes use now; a figure whose file cannot be read is `None`.
     pub(crate) fn usage(&self) -> Usage {
         let number = |path: &Path| std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u64>().ok());

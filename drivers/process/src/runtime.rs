@@ -1,7 +1,7 @@
 //! `ProcessRuntime`: each instance is `sh -c COMMAND` in its own process group, with a
 //! clean environment, supervised by a task that restarts it with backoff.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime, Usage};
 use paastech_core::interactive::{TtySession, TtySize, tty_channels};
-use paastech_core::ports::free_loopback_port;
+use paastech_core::ports::{self, Listener, free_loopback_port};
 use paastech_core::{Error, ProjectName, Result};
 use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
@@ -111,6 +111,8 @@ struct Entry {
     cgroup: Option<Arc<InstanceCgroup>>,
     /// Its memory limit, if it has one.
     memory_limit: Option<u64>,
+    /// The uid of its own, when it runs as one (apps isolated from each other).
+    uid: Option<u32>,
     /// `Some(grace)` asks the supervisor to stop the instance and end.
     stop: watch::Sender<Option<Duration>>,
     task: JoinHandle<()>,
@@ -275,6 +277,7 @@ impl Runtime for ProcessRuntime {
             }
         });
         let memory_limit = spec.limits.memory_bytes.or(self.config.default_memory_bytes);
+        let uid = launch.user.as_ref().map(|user| user.uid);
         let child = match spawn(&launch) {
             Ok(child) => child,
             Err(err) => {
@@ -301,7 +304,7 @@ impl Runtime for ProcessRuntime {
         let (stop, stop_rx) = watch::channel(None);
         let cgroup = launch.cgroup.clone();
         let task = tokio::spawn(supervise(child, launch, Arc::clone(&shared), stop_rx, self.config.restart));
-        lock(&self.instances).insert(id.clone(), Entry { shared, cgroup, memory_limit, stop, task });
+        lock(&self.instances).insert(id.clone(), Entry { shared, cgroup, memory_limit, uid, stop, task });
         tracing::info!(instance = %id, addr = ?instance.addr, "started instance");
         Ok(instance)
     }
@@ -377,6 +380,28 @@ impl Runtime for ProcessRuntime {
         Ok(self.instances_where(|instance| &instance.project == project))
     }
 
+    /// The port was free when it was chosen, but the app binds it only once it runs: a
+    /// process that bound it meanwhile answers the health check while the app fails to
+    /// listen. So every socket taking connections to the address must be held by a process
+    /// of the instance (its session or its cgroup: the shell, the app, what the app
+    /// started); where the server may not read those processes' descriptors (apps under
+    /// a uid of their own, a server that is not root), made by the instance's own uid,
+    /// which no other project's processes have.
+    async fn answers_itself(&self, instance: &Instance) -> Result<bool> {
+        let Some(addr) = instance.addr else { return Ok(true) };
+        let (session, cgroup, uid) = match lock(&self.instances).get(&instance.id) {
+            Some(entry) => (lock(&entry.shared).pgid, entry.cgroup.clone(), entry.uid),
+            None => return Ok(false),
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut members = session.map(group::session_members).unwrap_or_default();
+            members.extend(cgroup.map(|cgroup| cgroup.pids()).unwrap_or_default());
+            listens_itself(addr, &members, uid)
+        })
+        .await
+        .map_err(|err| Error::internal("looking at who listens on an instance's port", err))
+    }
+
     async fn usage(&self, ids: &[String]) -> Result<BTreeMap<String, Usage>> {
         let wanted: Vec<(String, Option<Arc<InstanceCgroup>>, Option<i32>, Option<u64>)> = {
             let instances = lock(&self.instances);
@@ -428,6 +453,22 @@ impl ProcessRuntime {
         });
         instances
     }
+}
+
+/// Whether every socket listening where a connection to `addr` arrives is held by one of
+/// `members` (pids), or, for those whose descriptors cannot be read, was made by `uid`.
+/// Nothing listening is not listening itself.
+fn listens_itself(addr: SocketAddr, members: &[i32], uid: Option<u32>) -> bool {
+    let listening: Vec<Listener> = ports::listeners().into_iter().filter(|l| l.takes(addr)).collect();
+    let mut held = HashSet::new();
+    let mut unreadable = false;
+    for pid in members {
+        match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(fds) => held.extend(fds.flatten().filter_map(|fd| ports::socket_inode(&fd.path()))),
+            Err(_) => unreadable = true,
+        }
+    }
+    !listening.is_empty() && listening.iter().all(|l| held.contains(&l.inode) || (unreadable && Some(l.uid) == uid))
 }
 
 /// Runs one instance until it is stopped or has crashed: waits for the process, restarts
@@ -614,5 +655,25 @@ mod tests {
         let waits: Vec<u128> = (1..=9).map(|n| policy.backoff(n).as_millis()).collect();
         assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
         assert_eq!(policy.backoff(1000), Duration::from_secs(30));
+    }
+
+    /// Where the descriptors of the instance's processes cannot be read (gone here; under
+    /// another uid for a server that is not root), the uid that made the socket decides.
+    #[test]
+    fn a_listener_whose_holders_cannot_be_read_is_the_instances_if_its_uid_made_it() {
+        let held = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let addr = held.local_addr().expect("addr");
+        let own_uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("own /proc entry"));
+        let us = std::process::id() as i32;
+        assert!(listens_itself(addr, &[us], None), "held by a member");
+        assert!(!listens_itself(addr, &[], Some(own_uid)), "no member holds it");
+        let vanished = i32::MAX;
+        assert!(listens_itself(addr, &[vanished], Some(own_uid)), "made by the instance's uid");
+        assert!(!listens_itself(addr, &[vanished], Some(own_uid + 1)), "made by another uid");
+        assert!(!listens_itself(addr, &[vanished], None), "no uid of its own to go by");
+        let other = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let nobody = other.local_addr().expect("addr");
+        drop(other);
+        assert!(!listens_itself(nobody, &[us], None), "nothing listens");
     }
 }

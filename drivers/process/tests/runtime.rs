@@ -73,6 +73,27 @@ async fn serves_the_python_example_over_http() {
     assert!(std::net::TcpStream::connect(addr).is_err(), "the app still listens after stop");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_listener_of_the_instances_own_processes_is_the_instance() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_tree(&example("python-hello"), dir.path());
+    let runtime = runtime();
+    // The app binds its port two seconds in, from a child of the instance's shell.
+    let instance =
+        runtime.start(spec(dir.path(), "web", "sleep 2; python3 app.py"), Collect::new()).await.expect("start");
+    let addr = instance.addr.expect("a web instance has an address");
+    assert!(!runtime.answers_itself(&instance).await.expect("look"), "nothing listens yet");
+    // Another process takes the port first: it would answer a health check.
+    let thief = std::net::TcpListener::bind(addr).expect("take the instance's port");
+    assert!(!runtime.answers_itself(&instance).await.expect("look"), "the listener is another process's");
+    drop(thief);
+    let response = http_get(addr, "/").await;
+    assert!(response.contains("hello from python-hello"), "{response}");
+    assert!(runtime.answers_itself(&instance).await.expect("look"), "the app's own listener");
+    runtime.stop(&instance.id, Duration::from_secs(2)).await.expect("stop");
+    assert!(!runtime.answers_itself(&instance).await.expect("look"), "a stopped instance answers nothing");
+}
+
 #[tokio::test]
 async fn apps_get_their_env_and_nothing_of_the_servers() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -56,21 +56,14 @@ impl Orchestrator {
     /// Starts dropping audit records older than `retention`, at once and then once every
     /// `every`. The task holds the orchestrator weakly and ends with the returned handle.
     pub fn prune_audit_log(self: &Arc<Self>, retention: Duration, every: Duration) -> Background {
-        let orchestrator = Arc::downgrade(self);
-        Background::new(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(this) = orchestrator.upgrade() else { return };
-                let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-                let cutoff = Timestamp(Timestamp::now().0.saturating_sub(keep_ms));
-                match this.store.prune_audit(cutoff).await {
-                    Ok(0) => {}
-                    Ok(dropped) => tracing::info!(dropped, "audit records past their retention dropped"),
-                    Err(err) => tracing::warn!(error = %err, "dropping old audit records"),
-                }
+        self.every(every, move |this| async move {
+            let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            let cutoff = Timestamp(Timestamp::now().0.saturating_sub(keep_ms));
+            match this.store.prune_audit(cutoff).await {
+                Ok(0) => {}
+                Ok(dropped) => tracing::info!(dropped, "audit records past their retention dropped"),
+                Err(err) => tracing::warn!(error = %err, "dropping old audit records"),
             }
-        }))
+        })
     }
 }

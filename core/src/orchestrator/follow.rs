@@ -7,6 +7,7 @@
 //! addresses in `Running`), and changes only the addresses of the instances it holds.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,29 @@ impl Background {
 impl Drop for Background {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl Orchestrator {
+    /// Runs `round` with the orchestrator once every `every`, the first at once. A round
+    /// that took longer than `every` is not followed by a burst of rounds. The task holds
+    /// the orchestrator weakly (it ends when the orchestrator is gone) and ends with the
+    /// returned handle.
+    pub(super) fn every<F, R>(self: &Arc<Self>, every: Duration, round: F) -> Background
+    where
+        F: Fn(Arc<Orchestrator>) -> R + Send + 'static,
+        R: Future<Output = ()> + Send,
+    {
+        let orchestrator = Arc::downgrade(self);
+        Background::new(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(this) = orchestrator.upgrade() else { return };
+                round(this).await;
+            }
+        }))
     }
 }
 

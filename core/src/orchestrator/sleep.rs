@@ -188,34 +188,27 @@ impl Orchestrator {
     /// is taken (a deploy, a wake) is looked at again next round. The task holds the
     /// orchestrator weakly and ends with the returned handle.
     pub fn sleep_idle(self: &Arc<Self>, every: Duration) -> Background {
-        let orchestrator = Arc::downgrade(self);
-        Background::new(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(this) = orchestrator.upgrade() else { return };
-                let minute = this.config.sleep_minute;
-                // Cheap first: the shortest idle time is a minute, and asking the ingress
-                // costs no store query.
-                let candidates: Vec<ProjectName> = this
-                    .running
-                    .lock()
-                    .expect("running lock")
-                    .iter()
-                    .filter(|(_, running)| running.instances.iter().any(|i| i.process_type == "web"))
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                for name in candidates {
-                    if this.traffic.idle_for(&name).is_none_or(|idle| idle < minute) {
-                        continue;
-                    }
-                    if let Err(err) = this.put_to_sleep(&name).await {
-                        tracing::warn!(project = %name, error = %err, "cannot put a project to sleep");
-                    }
+        self.every(every, |this| async move {
+            let minute = this.config.sleep_minute;
+            // Cheap first: the shortest idle time is a minute, and asking the ingress
+            // costs no store query.
+            let candidates: Vec<ProjectName> = this
+                .running
+                .lock()
+                .expect("running lock")
+                .iter()
+                .filter(|(_, running)| running.instances.iter().any(|i| i.process_type == "web"))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in candidates {
+                if this.traffic.idle_for(&name).is_none_or(|idle| idle < minute) {
+                    continue;
+                }
+                if let Err(err) = this.put_to_sleep(&name).await {
+                    tracing::warn!(project = %name, error = %err, "cannot put a project to sleep");
                 }
             }
-        }))
+        })
     }
 
     /// Puts one project to sleep when it should sleep now: recorded asleep first (so a

@@ -59,21 +59,14 @@ impl Orchestrator {
     /// Starts reading every running project's figures once every `every`, for the charts.
     /// The task holds the orchestrator weakly and ends with the returned handle.
     pub fn sample_usage(self: &Arc<Self>, every: Duration) -> Background {
-        let orchestrator = Arc::downgrade(self);
-        Background::new(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(this) = orchestrator.upgrade() else { return };
-                let projects: Vec<ProjectName> = this.running.lock().expect("running lock").keys().cloned().collect();
-                for project in projects {
-                    if let Err(err) = this.stats(&project).await {
-                        tracing::debug!(%project, error = %err, "reading usage");
-                    }
+        self.every(every, |this| async move {
+            let projects: Vec<ProjectName> = this.running.lock().expect("running lock").keys().cloned().collect();
+            for project in projects {
+                if let Err(err) = this.stats(&project).await {
+                    tracing::debug!(%project, error = %err, "reading usage");
                 }
             }
-        }))
+        })
     }
 }
 

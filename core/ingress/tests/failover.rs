@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 /// An address where nothing listens: connects to it are refused.
 async fn refused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = listen_loopback().await;
     listener.local_addr().expect("addr")
 }
 
@@ -33,7 +33,7 @@ struct RawBackend {
 
 impl RawBackend {
     async fn start(text: Option<&'static str>) -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = listen_loopback().await;
         let addr = listener.local_addr().expect("backend addr");
         let requests = Arc::new(AtomicUsize::new(0));
         let count = requests.clone();

@@ -38,7 +38,7 @@ async fn healthy_once_the_app_answers_below_500() {
 #[tokio::test]
 async fn waits_for_the_app_to_start_listening() {
     let addr = {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = listen_loopback().await;
         l.local_addr().expect("addr")
     };
     let start_later = tokio::spawn(async move {
@@ -72,7 +72,7 @@ async fn fails_on_500_and_says_so() {
 #[tokio::test]
 async fn fails_on_connection_refused() {
     let addr = {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = listen_loopback().await;
         l.local_addr().expect("addr")
     };
     let err = health_check(addr, "/", Duration::from_millis(300)).await.expect_err("nothing listens");
@@ -85,7 +85,7 @@ async fn fails_on_connection_refused() {
 #[tokio::test]
 async fn times_out_when_the_app_never_answers() {
     // Accepts connections and holds them without a word.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = listen_loopback().await;
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let mut held = Vec::new();

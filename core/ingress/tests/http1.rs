@@ -16,7 +16,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use paastech_ingress::IngressConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A backend that echoes the request body, with its length.
 async fn echo_backend() -> TestBackend {
@@ -44,7 +44,7 @@ where
     D: Fn(&str) -> Duration + Send + Sync + 'static,
     F: Fn(&str, usize) -> Option<(Vec<u8>, bool)> + Send + Sync + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = listen_loopback().await;
     let addr = listener.local_addr().expect("addr");
     let requests = Arc::new(AtomicUsize::new(0));
     let count = requests.clone();
@@ -358,7 +358,7 @@ async fn a_body_the_backend_did_not_read_never_becomes_a_request() {
     let (ingress, table) = start_ingress().await;
     // Answers at once and closes without reading the body, as servers do with bodies
     // they do not want; records every request line it sees.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = listen_loopback().await;
     let app = listener.local_addr().expect("addr");
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let record = seen.clone();

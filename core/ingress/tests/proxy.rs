@@ -11,7 +11,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use paastech_ingress::IngressConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 #[tokio::test]
@@ -73,7 +73,7 @@ async fn project_without_backends_is_503_page() {
 async fn dead_backend_is_502_page() {
     let (ingress, table) = start_ingress().await;
     let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = listen_loopback().await;
         l.local_addr().expect("addr")
     };
     table.set_backends("down", vec![dead]);
@@ -275,7 +275,7 @@ async fn read_head(stream: &mut TcpStream) -> String {
 async fn upgrade_is_tunnelled_both_ways() {
     let (ingress, table) = start_ingress().await;
     // A raw backend: answers 101 to an upgrade, then echoes bytes in upper case.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = listen_loopback().await;
     let backend_addr = listener.local_addr().expect("addr");
     let (head_tx, head_rx) = oneshot::channel::<String>();
     tokio::spawn(async move {
@@ -405,7 +405,7 @@ async fn drain_gives_up_at_timeout() {
 
 #[tokio::test]
 async fn shutdown_lets_open_requests_finish_then_stops() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = listen_loopback().await;
     let ingress = listener.local_addr().expect("addr");
     let table = paastech_ingress::RouteTable::new();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -15,7 +15,6 @@ use http::StatusCode;
 use paastech_core::ProjectName;
 use paastech_core::drivers::TrafficRouter;
 use paastech_ingress::IngressRouter;
-use tokio::net::TcpListener;
 
 struct Site {
     addr: SocketAddr,
@@ -36,7 +35,7 @@ async fn site(via: Via) -> Site {
     let (dir, root) = site_files();
     match via {
         Via::Process => {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = listen_loopback().await;
             let addr = listener.local_addr().expect("addr");
             tokio::spawn(paastech_ingress::serve_static(listener, root, std::future::pending()));
             Site { addr, host: "site".into(), _dir: dir }
@@ -255,7 +254,7 @@ async fn never_serves_outside_the_root(via: Via) {
 
 #[tokio::test]
 async fn missing_root_is_an_error() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = listen_loopback().await;
     let err = paastech_ingress::serve_static(
         listener,
         Path::new("/nonexistent/paastech-root").to_path_buf(),

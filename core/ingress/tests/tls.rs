@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{DOMAIN, backend, full};
+use common::{DOMAIN, backend, full, listen_loopback};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -73,8 +73,8 @@ impl Pki {
 /// An ingress with HTTPS on a random port, serving `DOMAIN` with the certificates in
 /// `certs`, until the test's runtime ends. Returns the HTTPS address.
 async fn start(certs: CertStore) -> (SocketAddr, RouteTable) {
-    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
-    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let plain = listen_loopback().await;
+    let https = listen_loopback().await;
     let addr = https.local_addr().expect("https addr");
     let table = RouteTable::new();
     let config = IngressConfig::new(DOMAIN);
@@ -291,7 +291,7 @@ async fn http2_requests_that_reached_a_backend_are_not_sent_to_another() {
     let (addr, table) = start(with_wildcard(&pki)).await;
     let app = echo_backend().await;
     // Reads each request head, then closes without answering.
-    let dropper = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dropper = listen_loopback().await;
     let dropper_addr = dropper.local_addr().expect("addr");
     let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = seen.clone();
@@ -336,8 +336,8 @@ async fn http2_requests_that_reached_a_backend_are_not_sent_to_another() {
 async fn http2_backend_timeouts_are_those_of_http1() {
     let pki = Pki::new();
     let certs = with_wildcard(&pki);
-    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
-    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let plain = listen_loopback().await;
+    let https = listen_loopback().await;
     let addr = https.local_addr().expect("https addr");
     let table = RouteTable::new();
     let mut config = IngressConfig::new(DOMAIN);
@@ -370,7 +370,7 @@ async fn http2_backend_timeouts_are_those_of_http1() {
 
     // A backend that stops in the middle of its answer: the stream is cut off after the
     // same timeout, not left hanging.
-    let stalls = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let stalls = listen_loopback().await;
     table.set_backends("stalls", vec![stalls.local_addr().expect("addr")]);
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -560,9 +560,9 @@ async fn an_idle_http2_connection_is_closed_after_30_seconds() {
 #[tokio::test]
 async fn plain_http_still_says_http_beside_https() {
     let pki = Pki::new();
-    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+    let plain = listen_loopback().await;
     let plain_addr = plain.local_addr().expect("addr");
-    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let https = listen_loopback().await;
     let table = RouteTable::new();
     let config = IngressConfig::new(DOMAIN);
     tokio::spawn(paastech_ingress::serve_with_https(
@@ -585,9 +585,9 @@ async fn plain_http_still_says_http_beside_https() {
 #[tokio::test]
 async fn plain_http_is_redirected_to_https_for_names_with_a_certificate() {
     let pki = Pki::new();
-    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+    let plain = listen_loopback().await;
     let plain_addr = plain.local_addr().expect("addr");
-    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let https = listen_loopback().await;
     let https_port = https.local_addr().expect("addr").port();
     let table = RouteTable::new();
     tokio::spawn(paastech_ingress::serve_with_https(
@@ -666,8 +666,8 @@ async fn acme_challenges_are_answered_to_validations_only() {
     let certs = CertStore::new(DOMAIN);
     let shop = pki.leaf(&["shop.example.com"]);
     certs.insert("shop.example.com", shop);
-    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
-    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let plain = listen_loopback().await;
+    let https = listen_loopback().await;
     let (plain_addr, https_addr) = (plain.local_addr().expect("addr"), https.local_addr().expect("addr"));
     let serving = paastech_ingress::serve_with_https(
         plain,
@@ -730,7 +730,7 @@ async fn http2_answers_arrive_whole_whatever_their_http1_framing() {
 
     let pki = Pki::new();
     let (addr, table) = start(with_wildcard(&pki)).await;
-    let app = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = listen_loopback().await;
     table.set_backends("raw", vec![app.local_addr().expect("addr")]);
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();

@@ -40,11 +40,27 @@ pub async fn start_ingress() -> (SocketAddr, RouteTable) {
 
 /// [`start_ingress`] with another configuration (its domain should be `DOMAIN`).
 pub async fn start_ingress_with(config: IngressConfig) -> (SocketAddr, RouteTable) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ingress");
+    let listener = listen_loopback().await;
     let addr = listener.local_addr().expect("ingress addr");
     let table = RouteTable::new();
     tokio::spawn(paastech_ingress::serve(listener, config, table.clone(), std::future::pending()));
     (addr, table)
+}
+
+/// A listener on a loopback port below the kernel's ephemeral range, where the platform
+/// puts apps too (`paastech_core::ports`). A port from that range (`127.0.0.1:0`) is also
+/// the local end of client connections: with hundreds of connections a test, a connect to
+/// a new listener there now and then meets a TIME_WAIT of an earlier connection with the
+/// same two ports, and is refused.
+pub async fn listen_loopback() -> TcpListener {
+    for _ in 0..20 {
+        let port = paastech_core::ports::free_loopback_port().expect("a free port");
+        // Another test process may bind it between the check and here: the next one.
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)).await {
+            return listener;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range after 20 tries")
 }
 
 pub struct TestBackend {
@@ -65,7 +81,7 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let listener = listen_loopback().await;
     let addr = listener.local_addr().expect("backend addr");
     let connections = Arc::new(AtomicUsize::new(0));
     let count = connections.clone();

@@ -78,6 +78,13 @@ pub trait ImageBuilder: Send + Sync {
     async fn build(&self, request: &BuildRequest, log: &dyn LogSink) -> Result<Artifact>;
     /// Frees an artifact no deployment refers to any more.
     async fn remove(&self, artifact: &str) -> Result<()>;
+    /// Forgets a deleted project: what the builder keeps for it beside its artifacts (a
+    /// download cache, a uid of its own), so that a project made later under the same
+    /// name, by anyone, starts from nothing of it. The default keeps nothing.
+    async fn forget(&self, project: &ProjectName) -> Result<()> {
+        let _ = project;
+        Ok(())
+    }
 }
 
 /// Resource limits applied to each instance. `None` means the runtime's default.

@@ -308,6 +308,9 @@ impl Orchestrator {
         if project.preview.is_none() {
             self.repos.delete(&project.name).await?;
         }
+        if let Err(err) = self.builder.forget(&project.name).await {
+            tracing::warn!(project = %project.name, error = %err, "cannot forget the deleted project's build cache and uid");
+        }
         let releases = self.config.releases_dir.join(project.name.as_str());
         if let Err(err) = tokio::fs::remove_dir_all(&releases).await
             && err.kind() != std::io::ErrorKind::NotFound

@@ -82,6 +82,23 @@ fn an_app_runs_as_its_own_user_and_cannot_read_the_server_or_another_project() {
         assert!(got.starts_with("denied: Permission denied"), "alpha read {}: {got}", path.display());
     }
 
+    // A deleted project's uid is retired and its build cache removed: a project made
+    // again under its name, by someone else, starts with neither.
+    let beta_uid = beta["uid"].as_u64().expect("uid");
+    let beta_cache = data.join("cache").join("beta");
+    assert!(beta_cache.is_dir(), "beta's build cache {} is not where this test looks", beta_cache.display());
+    let (status, body) = server.api().req("DELETE", "/projects/beta", Some(&ada.token), None);
+    assert!(status == 204 || status == 200, "{status} {body}");
+    assert!(!beta_cache.exists(), "the deleted project's cache is left: {}", beta_cache.display());
+    let bob = server.developer("bob@example.com");
+    let (status, body) = server.api().req("POST", "/projects", Some(&bob.token), Some(json!({"name": "beta"})));
+    assert_eq!(status, 201, "{body}");
+    let repo = GitRepo::from_dir(&server.dir.path().join("beta-again"), &snoop(), &bob.key, server.ssh_port, "beta");
+    let (ok, output) = repo.push("main");
+    assert!(ok, "push beta again: {output}\n{}", server.log());
+    let again = whoami(&server, "beta")["uid"].as_u64().expect("uid");
+    assert!(again != beta_uid && again != alpha_uid, "the new beta got uid {again} (old beta {beta_uid}, alpha {alpha_uid})");
+
     // Stopping the server stops every process it started, though none is its own uid.
     assert!(!processes_of(alpha_uid, &data).is_empty(), "alpha's app is not running as {alpha_uid}");
     server.stop();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use paastech_core::drivers::{Artifact, BuildRequest, ImageBuilder, LogSink};
-use paastech_core::{Error, Result};
+use paastech_core::{Error, ProjectName, Result};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -341,6 +341,24 @@ impl ImageBuilder for ProcessBuilder {
         log.line(&format!("-----> Build finished in {:.1}s", started.elapsed().as_secs_f64()));
         tracing::info!(project = %request.project, version = request.version, dir = %reference, "built release");
         Ok(Artifact { reference, processes })
+    }
+
+    /// The project's uid is retired and its cache directory (`cache/PROJECT`: download
+    /// caches, the builds' HOME) removed.
+    async fn forget(&self, project: &ProjectName) -> Result<()> {
+        let Some(users) = self.config.users.clone().filter(|users| users.switching()) else { return Ok(()) };
+        let cache = self.config.cache_dir.join(project.as_str());
+        let name = project.clone();
+        tokio::task::spawn_blocking(move || {
+            users.retire(&name)?;
+            match std::fs::remove_dir_all(&cache) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| Error::internal("forgetting a project", e))?
+        .map_err(|e| Error::internal(format!("retiring the uid and removing the build cache of {project}"), e))
     }
 
     async fn remove(&self, artifact: &str) -> Result<()> {

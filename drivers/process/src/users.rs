@@ -179,22 +179,11 @@ impl AppUsers {
     /// through it, and so would a second server on the same data directory) and appends
     /// the project when it has no uid yet: the lowest free one of the range.
     fn allocate(&self, project: &str) -> io::Result<Option<u32>> {
-        if let Some(parent) = self.file.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let mut file = File::options().read(true).append(true).create(true).open(&self.file)?;
-        file.lock()?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
-        let taken: BTreeMap<&str, u32> = text
-            .lines()
-            .filter_map(|line| line.split_once(' '))
-            .filter_map(|(name, uid)| Some((name, uid.trim().parse().ok()?)))
-            .collect();
+        let (mut file, text) = self.open_locked()?;
+        let (taken, used) = read_uids(&text);
         if let Some(&uid) = taken.get(project) {
             return Ok(Some(uid));
         }
-        let used: std::collections::BTreeSet<u32> = taken.values().copied().collect();
         let Some(uid) = (0..self.count).map(|i| self.first.saturating_add(i)).find(|uid| !used.contains(uid)) else {
             return Ok(None);
         };
@@ -202,6 +191,35 @@ impl AppUsers {
         file.write_all(format!("{project} {uid}\n").as_bytes())?;
         file.sync_data()?;
         Ok(Some(uid))
+    }
+
+    /// Retires the uid of a deleted project (a `NAME -` line): a project made later under
+    /// that name, whoever owns it, gets a new uid, so what the old one left (in `/tmp`,
+    /// in a shared memory segment) stays out of its reach; the retired uid is never handed
+    /// out again.
+    pub(crate) fn retire(&self, project: &ProjectName) -> io::Result<()> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.remove(project.as_str());
+        let (mut file, text) = self.open_locked()?;
+        if read_uids(&text).0.contains_key(project.as_str()) {
+            file.seek(io::SeekFrom::End(0))?;
+            file.write_all(format!("{project} -\n").as_bytes())?;
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// The uid file, made if missing, under an exclusive lock (held until the file is
+    /// dropped), and what it says.
+    fn open_locked(&self) -> io::Result<(File, String)> {
+        if let Some(parent) = self.file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut file = File::options().read(true).append(true).create(true).open(&self.file)?;
+        file.lock()?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        Ok((file, text))
     }
 
     /// Makes the data directory traversable (never listable) by app users and takes
@@ -283,6 +301,26 @@ impl AppUsers {
         give_dir(&dir.join("home"), user.uid, self.server_gid)?;
         Ok(dir)
     }
+}
+
+/// The uid file's lines in order (`NAME UID` gives NAME a uid, `NAME -` retires it): each
+/// project's uid now, and every uid ever given (a retired one too).
+fn read_uids(text: &str) -> (BTreeMap<&str, u32>, std::collections::BTreeSet<u32>) {
+    let (mut taken, mut used) = (BTreeMap::new(), std::collections::BTreeSet::new());
+    for (name, uid) in text.lines().filter_map(|line| line.split_once(' ')) {
+        match uid.trim() {
+            "-" => {
+                taken.remove(name);
+            }
+            uid => {
+                if let Ok(uid) = uid.parse() {
+                    taken.insert(name, uid);
+                    used.insert(uid);
+                }
+            }
+        }
+    }
+    (taken, used)
 }
 
 /// rwx for the owner, x for group and others: reachable, not listable.
@@ -460,5 +498,21 @@ mod tests {
         // Another process (a restart) reads the same file.
         let again = AppUsers::new(dir.path(), 5000, 2);
         assert_eq!(again.allocate("shop").expect("alloc"), Some(5001));
+    }
+
+    #[test]
+    fn a_deleted_projects_uid_is_retired_never_given_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let users = AppUsers::new(dir.path(), 5000, 3);
+        let blog = ProjectName::parse("blog").expect("name");
+        assert_eq!(users.allocate("blog").expect("alloc"), Some(5000));
+        assert_eq!(users.allocate("shop").expect("alloc"), Some(5001));
+        users.retire(&blog).expect("retire");
+        users.retire(&blog).expect("retiring twice is no error");
+        assert_eq!(users.allocate("blog").expect("alloc"), Some(5002), "a new blog gets a new uid");
+        assert_eq!(users.allocate("shop").expect("alloc"), Some(5001), "others keep theirs");
+        assert_eq!(users.allocate("wiki").expect("alloc"), None, "5000 is retired, not free");
+        let text = std::fs::read_to_string(dir.path().join("run").join("app-uids")).expect("file");
+        assert_eq!(text, "blog 5000\nshop 5001\nblog -\nblog 5002\n");
     }
 }

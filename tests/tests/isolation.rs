@@ -97,7 +97,10 @@ fn an_app_runs_as_its_own_user_and_cannot_read_the_server_or_another_project() {
     let (ok, output) = repo.push("main");
     assert!(ok, "push beta again: {output}\n{}", server.log());
     let again = whoami(&server, "beta")["uid"].as_u64().expect("uid");
-    assert!(again != beta_uid && again != alpha_uid, "the new beta got uid {again} (old beta {beta_uid}, alpha {alpha_uid})");
+    assert!(
+        again != beta_uid && again != alpha_uid,
+        "the new beta got uid {again} (old beta {beta_uid}, alpha {alpha_uid})"
+    );
 
     // Stopping the server stops every process it started, though none is its own uid.
     assert!(!processes_of(alpha_uid, &data).is_empty(), "alpha's app is not running as {alpha_uid}");

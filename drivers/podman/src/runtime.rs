@@ -1,7 +1,7 @@
 //! `PodmanRuntime`: each instance is a container of the build's image, labelled with what
 //! it runs, locked down (no privileges, no capabilities, no-new-privileges, memory, CPU,
-//! pids and ulimits), publishing its `PORT` on a random loopback port, restarted by the
-//! engine on failure a bounded number of times. Containers outlive the server; `list`
+//! pids and ulimits), publishing its `PORT` on a free loopback port below the ephemeral
+//! range, restarted by the engine on failure a bounded number of times. Containers outlive the server; `list`
 //! finds them again by their labels.
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use paastech_core::drivers::{Instance, InstanceSpec, InstanceState, LogSink, OneOff, Runtime, Usage};
 use paastech_core::interactive::{TtySession, TtySize, tty_channels};
+use paastech_core::ports::free_loopback_port;
 use paastech_core::registry::ImageRegistry;
 use paastech_core::{Error, ProjectName, Result};
 use podman_api::conn::TtyChunk;
@@ -181,8 +182,9 @@ impl PodmanRuntime {
         ulimits
     }
 
-    /// The libpod SpecGenerator of an instance's container.
-    fn container_spec(&self, spec: &InstanceSpec, name: &str) -> Value {
+    /// The libpod SpecGenerator of an instance's container; a web one publishes its `PORT`
+    /// on `host_port` of loopback (0: the engine picks).
+    fn container_spec(&self, spec: &InstanceSpec, name: &str, host_port: u16) -> Value {
         let mut env = spec.env.clone();
         if spec.is_web() {
             env.insert("PORT".into(), self.config.container_port.to_string());
@@ -231,7 +233,7 @@ impl PodmanRuntime {
             body["portmappings"] = json!([{
                 "container_port": self.config.container_port,
                 "host_ip": Ipv4Addr::LOCALHOST.to_string(),
-                "host_port": 0,
+                "host_port": host_port,
                 "protocol": "tcp",
             }]);
         }
@@ -242,7 +244,7 @@ impl PodmanRuntime {
     /// limits, lockdown), but running `run.argv` once, without a port, a restart or instance
     /// labels.
     fn one_off_spec(&self, spec: &InstanceSpec, run: &OneOff, name: &str) -> Value {
-        let mut body = self.container_spec(spec, name);
+        let mut body = self.container_spec(spec, name, 0);
         // In place of the image's entrypoint and command, as `start` puts a Procfile command.
         body["entrypoint"] = json!([run.program()]);
         body["command"] = json!(run.argv.get(1..).unwrap_or_default());
@@ -304,6 +306,51 @@ impl PodmanRuntime {
             .unwrap_or_default();
         let suffix = (u64::from(nanos) ^ (seq << 32)) & 0xff_ffff;
         format!("paastech-{}-v{}-{process}-{}-{suffix:06x}", spec.project, spec.version, spec.index + 1)
+    }
+
+    /// Creates and starts an instance's container, its id. A web container's host port is
+    /// picked here, below the ephemeral range, as the Docker runtime does: a port the engine
+    /// picks comes from that range, where the kernel also takes client connections' own
+    /// ports, and one such container was refused every connection for its whole health
+    /// wait. A port taken between the pick and the start is picked again, a few times.
+    async fn create_and_start(&self, spec: &InstanceSpec, name: &str, label: &str) -> Result<String> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let host_port = if spec.is_web() {
+                free_loopback_port().map_err(|e| Error::internal("finding a free port", e))?
+            } else {
+                0
+            };
+            let body = self.container_spec(spec, name, host_port);
+            // Podman checks the image and the spec here: what it refuses fails this deploy.
+            let created = self.engine.post_json("creating a container", "containers/create", &body).await.map_err(
+                |err| match err {
+                    Error::Unavailable(_) => err,
+                    other => Error::DeployFailed(format!("{label} of {} could not be created: {other}", spec.artifact)),
+                },
+            )?;
+            let id = created
+                .get("Id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::internal_msg("podman created a container but gave no id"))?
+                .to_owned();
+            let Err(err) = self.engine.podman.containers().get(&id).start(None).await else {
+                return Ok(id);
+            };
+            let err = self.engine.error("starting a container", err);
+            if let Err(cleanup) = remove(&self.engine, &id, Duration::ZERO).await {
+                tracing::warn!(container = %id, error = %cleanup, "cannot remove a container that did not start");
+            }
+            if spec.is_web() && attempt < 4 && err.to_string().contains("address already in use") {
+                tracing::debug!(port = host_port, "host port taken meanwhile, picking another");
+                continue;
+            }
+            return Err(match err {
+                Error::Unavailable(_) => err,
+                other => Error::DeployFailed(format!("{label} could not start: {other}")),
+            });
+        }
     }
 
     /// The loopback address the engine published the container's `PORT` on.
@@ -425,35 +472,12 @@ impl Runtime for PodmanRuntime {
     async fn start(&self, spec: InstanceSpec, output: Arc<dyn LogSink>) -> Result<Instance> {
         let name = self.container_name(&spec, &spec.process_type);
         let label = format!("{}.{}", spec.process_type, spec.index + 1);
-        let body = self.container_spec(&spec, &name);
         if let Some(registry) =
             self.config.registry.as_ref().filter(|r| spec.artifact.starts_with(&format!("{}/", r.address)))
         {
             crate::registry::ensure_image(&self.engine, registry, &spec.artifact).await?;
         }
-        // Podman checks the image and the spec here: what it refuses fails this deploy.
-        let created = self.engine.post_json("creating a container", "containers/create", &body).await.map_err(
-            |err| match err {
-                Error::Unavailable(_) => err,
-                other => Error::DeployFailed(format!("{label} of {} could not be created: {other}", spec.artifact)),
-            },
-        )?;
-        let id = created
-            .get("Id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::internal_msg("podman created a container but gave no id"))?
-            .to_owned();
-
-        if let Err(err) = self.engine.podman.containers().get(&id).start(None).await {
-            let err = self.engine.error("starting a container", err);
-            if let Err(cleanup) = remove(&self.engine, &id, Duration::ZERO).await {
-                tracing::warn!(container = %id, error = %cleanup, "cannot remove a container that did not start");
-            }
-            return Err(match err {
-                Error::Unavailable(_) => err,
-                other => Error::DeployFailed(format!("{label} could not start: {other}")),
-            });
-        }
+        let id = self.create_and_start(&spec, &name, &label).await?;
         let addr = if spec.is_web() {
             match self.published_addr(&id).await {
                 Ok(addr) => Some(addr),
@@ -852,7 +876,7 @@ mod tests {
             limits: Default::default(),
         };
         spec.limits.cpus = Some(0.5);
-        let body = runtime.container_spec(&spec, "n");
+        let body = runtime.container_spec(&spec, "n", 15000);
         assert_eq!(body["no_new_privileges"], true);
         assert_eq!(body["privileged"], false);
         assert_eq!(body["cap_drop"], json!(["ALL"]));
@@ -871,12 +895,12 @@ mod tests {
             json!([{"type": "nofile", "soft": 2048, "hard": 4096}, {"type": "nproc", "soft": 1024, "hard": 1024}])
         );
         assert_eq!(body["portmappings"][0]["host_ip"], "127.0.0.1");
-        assert_eq!(body["portmappings"][0]["host_port"], 0);
+        assert_eq!(body["portmappings"][0]["host_port"], 15000);
         assert_eq!(body["command"], json!(["exec httpd -f -p $PORT"]));
 
         spec.process_type = "worker".into();
         spec.command = String::new();
-        let body = runtime.container_spec(&spec, "n");
+        let body = runtime.container_spec(&spec, "n", 0);
         assert!(body.get("portmappings").is_none() && body.get("command").is_none(), "{body}");
         assert!(body["env"].get("PORT").is_none());
     }

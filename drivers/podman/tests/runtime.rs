@@ -72,6 +72,10 @@ async fn serves_http_on_a_loopback_port_and_stops() {
     let instance = runtime.start(web, log.clone()).await.expect("start");
     let addr = instance.addr.expect("a web instance has an address");
     assert!(addr.ip().is_loopback(), "{addr}");
+    // Outside the range client connections take their own ports from.
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("the ephemeral range");
+    let ephemeral_low: u16 = ephemeral.split_whitespace().next().and_then(|low| low.parse().ok()).expect("its low end");
+    assert!(addr.port() < ephemeral_low, "{addr} is in the ephemeral range ({ephemeral})");
     assert_eq!((instance.state, instance.restarts), (InstanceState::Running, 0));
 
     let response = http_get(addr, "/").await;

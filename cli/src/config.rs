@@ -160,7 +160,7 @@ pub struct IngressSection {
     /// 504 page), and then how long it may send nothing in the middle of its answer.
     #[serde(default = "IngressSection::default_backend_timeout")]
     pub backend_timeout_secs: NonZeroU64,
-    /// Proxy threads (default: one per two cores; one per core with `https_listen`).
+    /// Proxy threads (default: one per core).
     pub threads: Option<NonZeroUsize>,
     /// Addresses or CIDR blocks of proxies in front (a load balancer, a TLS terminator)
     /// whose `X-Forwarded-Proto` reaches apps; from anyone else it is `http`.

@@ -702,8 +702,6 @@ async fn serve(settings: Settings) -> Result<()> {
     let mut ingress_config = IngressConfig::new(config.ingress.domain.clone());
     if let Some(threads) = config.ingress.threads {
         ingress_config.threads = threads;
-    } else if https_listener.is_some() {
-        ingress_config.threads = paastech_ingress::default_threads_with_tls();
     }
     ingress_config.trusted_proxies = config.ingress.trusted_proxies.clone();
     ingress_config.backend_timeout = Duration::from_secs(config.ingress.backend_timeout_secs.get());

@@ -114,6 +114,7 @@ pub(crate) async fn connection<C: ClientIo>(
     let mut down: Vec<u8> = Vec::with_capacity(4096);
 
     loop {
+        crate::turns::between_requests();
         // 1. A whole request head, rewritten for the backend into `up`.
         extend(deadline.as_mut(), HEAD_TIMEOUT);
         for buf in [&mut cbuf, &mut bbuf, &mut up, &mut down] {

@@ -28,13 +28,14 @@ mod static_serve;
 mod static_site;
 mod tls;
 mod trust;
+mod turns;
 mod upstream;
 mod wake;
 
 pub use health::{HealthError, LastSeen, health_check};
 pub use proxy::{
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITING_WAKES, DEFAULT_WAKE_TIMEOUT, IngressConfig, MAX_REFUSING,
-    default_threads_with_tls, serve, serve_with_https,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WAITING_WAKES, DEFAULT_WAKE_TIMEOUT, IngressConfig, MAX_REFUSING, serve,
+    serve_with_https,
 };
 pub use router::IngressRouter;
 pub use routes::{Backend, RouteTable, drain};

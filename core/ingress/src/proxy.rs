@@ -121,24 +121,16 @@ impl IngressConfig {
     }
 }
 
-/// One proxy thread per two cores for plain HTTP. The ingress shares its machine with the
-/// apps behind it, and a plain proxy thread spends most of its time in the kernel moving
-/// bytes between sockets, waking the processes at either end: fewer, busier threads handle
-/// more events per wakeup. On 2 cores, with the load generator and the backend on the same
-/// machine, one thread served 10–20% more proxied requests than two (`scripts/bench.sh`).
+/// One proxy thread per core, for plain HTTP and HTTPS alike. Encrypting and decrypting
+/// is the proxy's own work, so TLS scales with threads; plain HTTP once did better on one
+/// thread per two cores (fewer, busier threads handle more events per wakeup), but only
+/// until the threads took turns with the rest of the machine (`turns.rs`). Since then, on
+/// 2 cores with the load generator and the backend on the same machine, two threads serve
+/// the static site 1.40x/1.19x/1.01x nginx's requests/s at 8/64/256 connections with p99
+/// 0.3-0.7x nginx's, where one thread missed the rate at 8 and 256 connections (0.94x,
+/// 0.91x) and p99 at 8 (2.1x); proxied requests went 0.97x/1.11x/1.02x nginx's with two
+/// threads and 1.22x/1.13x/0.87x with one (`scripts/bench.sh`, README "Benchmarks").
 fn default_threads() -> NonZeroUsize {
-    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    NonZeroUsize::new(cores / 2).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// One proxy thread per core when the ingress also terminates TLS: encrypting and
-/// decrypting is work in the proxy itself, not in the kernel, so it scales with threads.
-/// On 2 cores two threads met nginx's two workers' requests/s on every HTTPS and HTTP/2
-/// case but static HTTPS/1.1 at 8 and 64 connections (0.87x, 0.96x), where one thread
-/// missed three (proxied HTTP/2 at 64 connections 0.83x, static HTTPS/1.1 at 8 0.91x,
-/// static HTTP/2 at 64 0.89x), and served static files 1.10-1.25x nginx's over plain HTTP
-/// where one thread missed two (`scripts/bench.sh`, one quiet run of each).
-pub fn default_threads_with_tls() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 

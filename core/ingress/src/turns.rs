@@ -12,7 +12,7 @@
 //!
 //! Only HTTP/1 requests (plain and over TLS) count. Yielding between the streams of an
 //! HTTP/2 connection, which hyper serves in batches, cost proxied HTTP/2 at 64
-//! connections a fifth of its rate (0.86x nginx's instead of 1.13x, more CPU per request).
+//! connections about a fifth of its rate (0.86x nginx's instead of 1.13x, more CPU per request).
 
 use std::cell::Cell;
 

@@ -1,8 +1,8 @@
 //! `PodmanRuntime`: each instance is a container of the build's image, labelled with what
 //! it runs, locked down (no privileges, no capabilities, no-new-privileges, memory, CPU,
 //! pids and ulimits), publishing its `PORT` on a free loopback port below the ephemeral
-//! range, restarted by the engine on failure a bounded number of times. Containers outlive the server; `list`
-//! finds them again by their labels.
+//! range, restarted by the engine on failure a bounded number of times. Containers
+//! outlive the server; `list` finds them again by their labels.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};

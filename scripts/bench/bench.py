@@ -681,6 +681,13 @@ http {{
     access_log off;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
+    # In the app's own directory: the app's user may not write to nginx's default
+    # (/var/lib/nginx, made by the package's service only when it starts as root).
+    client_body_temp_path {dir}/tmp-body;
+    proxy_temp_path {dir}/tmp-proxy;
+    fastcgi_temp_path {dir}/tmp-fastcgi;
+    uwsgi_temp_path {dir}/tmp-uwsgi;
+    scgi_temp_path {dir}/tmp-scgi;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         root {dir}/www;

@@ -170,13 +170,22 @@ pub fn pushed_by_digest_pruned_and_pulled_back(engine: &Engine) {
     assert!(!tags.contains("\"v1\"") && tags.contains("\"v2\"") && tags.contains("\"v3\""), "{tags}");
 
     // v2's image leaves this engine; a rollback to it pulls it back from the registry.
-    for reference in
-        [format!("{repository}:v2"), format!("{}{project}:v2", engine.local), format!("{repository}@{digest2}")]
-    {
-        let _ = cli(engine, &["rmi", &reference]);
-    }
-    let inspect = Command::new(engine.cli).args(["image", "inspect", &format!("{repository}@{digest2}")]).output();
-    assert!(inspect.is_ok_and(|o| !o.status.success()), "v2 is off the engine");
+    // Tried until it is gone: v2's stopped container may still hold the image for a moment
+    // after the switch to v3 (Podman refuses to remove an image a container uses).
+    let off_engine = eventually(Duration::from_secs(20), || {
+        for reference in
+            [format!("{repository}:v2"), format!("{}{project}:v2", engine.local), format!("{repository}@{digest2}")]
+        {
+            let _ = cli(engine, &["rmi", &reference]);
+        }
+        let inspect = Command::new(engine.cli).args(["image", "inspect", &format!("{repository}@{digest2}")]).output();
+        inspect.is_ok_and(|o| !o.status.success())
+    });
+    assert!(
+        off_engine,
+        "v2 is off the engine: {}",
+        cli(engine, &["ps", "-a", "--format", "{{.Names}} {{.Image}} {{.Status}}"])
+    );
     let (status, body) = server.api().req(
         "POST",
         &format!("/projects/{project}/deployments"),
